@@ -1,0 +1,100 @@
+"""Accounts and devices: registration, Argon2id passwords, hashed bearer tokens, logout."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from message_svc import rules
+from message_svc.ports import Fanout
+from message_svc.store import Store, UserRow
+from natter.domain import Delivery, Device, DeviceRevoked, Me, Principal, User
+from natter.errors import NotFound, Unauthenticated
+from natter.settings import Settings
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def public(row: UserRow) -> User:
+    return User(row.user_id, row.username, row.display_name)
+
+
+class Accounts:
+    def __init__(self, store: Store, settings: Settings, fanout: Fanout) -> None:
+        self.store = store
+        self.fanout = fanout
+        self.hasher = PasswordHasher(
+            time_cost=settings.argon2_time_cost,
+            memory_cost=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+        )
+        # A hash to verify against when the user does not exist, so timing does not tell.
+        self._dummy = self.hasher.hash(secrets.token_hex(16))
+
+    async def register(self, username: str, display_name: str, phone: str, password: str) -> User:
+        name = rules.username(username.strip().lower())
+        shown = rules.display_name(display_name or name)
+        number = rules.phone(phone.strip())
+        rules.password(password, name)
+        hashed = await asyncio.to_thread(self.hasher.hash, password)
+        row = await self.store.create_user(name, shown, number, hashed)
+        return public(row)
+
+    async def login(self, username: str, password: str, device_name: str) -> tuple[User, int, str]:
+        ident = username.strip().lower() if not username.startswith("+") else username.strip()
+        device = (device_name or "device").strip()[:64] or "device"
+        rows = await self.store.find_users([ident]) if ident else {}
+        row = rows.get(ident)
+        hashed = row.password_hash if row else self._dummy
+        try:
+            await asyncio.to_thread(self.hasher.verify, hashed, password)
+        except (VerificationError, InvalidHashError):
+            row = None
+        if row is None:
+            raise Unauthenticated("wrong username or password", "BAD_CREDENTIALS")
+        token = secrets.token_urlsafe(32)
+        dev = await self.store.create_device(row.user_id, device, token_hash(token))
+        return public(row), dev.device_id, token
+
+    async def authenticate(self, token: str) -> Principal:
+        if not token:
+            raise Unauthenticated("missing bearer token: send 'authorization: Bearer <token>'",
+                                  "NO_TOKEN")
+        found = await self.store.device_by_token(token_hash(token))
+        if found is None:
+            raise Unauthenticated("token is invalid or was revoked; log in again", "BAD_TOKEN")
+        user, device = found
+        return Principal(public(user), device.device_id)
+
+    async def logout(self, who: Principal) -> None:
+        await self.store.revoke_device(who.device_id)
+        await self.fanout.deliver(
+            [Delivery(DeviceRevoked(who.device_id), user_ids=(who.user.user_id,))]
+        )
+
+    async def devices(self, who: Principal) -> list[Device]:
+        rows = await self.store.list_devices(who.user.user_id)
+        return [
+            Device(r.device_id, r.name, r.create_time, r.last_active_time,
+                   r.device_id == who.device_id)
+            for r in rows
+        ]
+
+    async def me(self, who: Principal) -> Me:
+        rows = await self.store.get_users([who.user.user_id])
+        row = rows.get(who.user.user_id)
+        if row is None:
+            raise NotFound("account no longer exists")
+        return Me(public(row), who.device_id, row.phone or "", row.hide_last_seen)
+
+    async def update_settings(
+        self, who: Principal, display_name: str | None, hide_last_seen: bool | None
+    ) -> None:
+        shown = rules.display_name(display_name) if display_name is not None else None
+        await self.store.update_user(who.user.user_id, shown, hide_last_seen)

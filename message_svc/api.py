@@ -1,0 +1,31 @@
+"""The interface socket servers use to reach message_svc, in-process or over gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from natter.domain import (
+    Cursor,
+    DeviceAck,
+    Message,
+    Principal,
+    SendRequest,
+    SendResult,
+    SyncPage,
+)
+
+
+class MessageApi(Protocol):
+    async def authenticate(self, token: str) -> Principal: ...
+    async def send(self, who: Principal, req: SendRequest) -> SendResult: ...
+    async def sync_device(
+        self, who: Principal, cursors: Sequence[Cursor], skip_replay: bool, limit: int
+    ) -> tuple[SyncPage, list[Cursor]]: ...
+    async def messages_between(
+        self, who: Principal, thread_id: int, after_seq: int, before_seq: int
+    ) -> list[Message]: ...
+    async def ack(self, acks: Sequence[DeviceAck]) -> None: ...
+    async def mark_read(self, who: Principal, cursor: Cursor) -> None: ...
+    async def relay_typing(self, who: Principal, thread_id: int, active: bool) -> None: ...
+    async def user_groups(self, user_id: int) -> list[int]: ...

@@ -1,0 +1,375 @@
+"""Threads and messages: durable idempotent sends, routing, history, sync, receipts, typing."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+
+from message_svc import rules
+from message_svc.accounts import public
+from message_svc.committer import GroupCommitter
+from message_svc.contacts import Contacts
+from message_svc.ports import Fanout
+from message_svc.store import (
+    Appended,
+    MemberRow,
+    NewMessage,
+    Store,
+    ThreadRow,
+    ThreadSummary,
+    UserRow,
+)
+from natter.domain import (
+    Cursor,
+    Delivery,
+    DeviceAck,
+    Member,
+    Message,
+    MessageKind,
+    MessageState,
+    Principal,
+    ReadCursor,
+    Receipt,
+    ReceiptKind,
+    SendRequest,
+    SendResult,
+    SyncPage,
+    Thread,
+    ThreadKind,
+    Typing,
+    User,
+)
+from natter.errors import InvalidArgument, NotFound, PermissionDenied
+from natter.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+UNBOUNDED = 1 << 62
+
+
+def _encode_token(when: datetime, thread_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{when.isoformat()}|{thread_id}".encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[datetime, int]:
+    try:
+        when, tid = base64.urlsafe_b64decode(token.encode()).decode().split("|")
+        return datetime.fromisoformat(when), int(tid)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidArgument("page_token is not one this server issued", "BAD_PAGE_TOKEN") from e
+
+
+class Messaging:
+    """The system of record's rules for threads and messages."""
+
+    def __init__(self, store: Store, settings: Settings, fanout: Fanout, contacts: Contacts) -> None:
+        self.store = store
+        self.settings = settings
+        self.fanout = fanout
+        self.contacts = contacts
+        self.committer: GroupCommitter[NewMessage, Appended] = GroupCommitter(
+            store.append_messages
+        )
+        # Direct threads never change members, so their pair is cached for routing.
+        self._direct: dict[int, tuple[int, int]] = {}
+
+    # -- membership ----------------------------------------------------------------------
+
+    async def member(self, who: Principal, thread_id: int) -> tuple[ThreadRow, MemberRow]:
+        if thread_id <= 0:
+            raise InvalidArgument("thread_id must be positive", "BAD_THREAD")
+        thread = await self.store.get_thread(thread_id)
+        if thread is None:
+            raise NotFound(f"thread {thread_id} does not exist", "THREAD_NOT_FOUND")
+        row = await self.store.get_member(thread_id, who.user.user_id)
+        if row is None:
+            raise PermissionDenied(f"you are not a member of thread {thread_id}", "NOT_A_MEMBER")
+        return thread, row
+
+    async def active_member(self, who: Principal, thread_id: int) -> tuple[ThreadRow, MemberRow]:
+        thread, row = await self.member(who, thread_id)
+        if not row.active:
+            raise PermissionDenied(
+                f"you are no longer a member of thread {thread_id}", "NOT_A_MEMBER"
+            )
+        return thread, row
+
+    async def audience(self, thread_id: int, kind: ThreadKind) -> list[int]:
+        """Active member ids of a thread."""
+        if kind is ThreadKind.DIRECT:
+            pair = self._direct.get(thread_id)
+            if pair is None:
+                ids = await self.store.active_member_ids(thread_id)
+                pair = (ids[0], ids[-1])
+                self._direct[thread_id] = pair
+            return list(dict.fromkeys(pair))
+        return await self.store.active_member_ids(thread_id)
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def send(self, who: Principal, req: SendRequest) -> SendResult:
+        rules.client_msg_id(req.client_msg_id)
+        text = rules.text(req.text, self.settings.max_text_bytes)
+        if req.recipient:
+            peer = await self.contacts.resolve(req.recipient)
+            thread_id = await self.store.direct_thread(who.user.user_id, peer.user_id)
+            kind = ThreadKind.DIRECT
+        elif req.thread_id:
+            thread, _ = await self.active_member(who, req.thread_id)
+            thread_id, kind = thread.thread_id, thread.kind
+        else:
+            raise InvalidArgument("send needs a thread_id or a recipient", "NO_TARGET")
+        new = NewMessage(thread_id, who.user, who.device_id, req.client_msg_id,
+                         MessageKind.TEXT, text)
+        appended = await self.committer.submit(new)
+        message = appended.message
+        if appended.duplicate:
+            if message.text != text or message.thread_id != thread_id:
+                raise_reused(req.client_msg_id)
+        else:
+            await self.publish(message, kind, exclude_device_id=who.device_id)
+        return SendResult(req.client_msg_id, message.msg_id, message.thread_id, message.seq,
+                          message.create_time)
+
+    async def publish(
+        self, message: Message, kind: ThreadKind, exclude_device_id: int = 0,
+        extra_users: Iterable[int] = (),
+    ) -> None:
+        """Push a stored message; failures only delay it until the devices sync."""
+        try:
+            if kind is ThreadKind.DIRECT:
+                users = await self.audience(message.thread_id, kind)
+                deliveries = [Delivery(message, user_ids=users, exclude_device_id=exclude_device_id)]
+            else:
+                deliveries = [Delivery(message, thread_id=message.thread_id,
+                                       exclude_device_id=exclude_device_id)]
+                extra = tuple(extra_users)
+                if extra:
+                    deliveries.append(Delivery(message, user_ids=extra))
+            await self.fanout.deliver(deliveries)
+        except Exception:  # the store is the truth; devices catch up by sync
+            logger.warning("push of %s/%s failed", message.thread_id, message.seq, exc_info=True)
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def list_threads(
+        self, who: Principal, page_size: int, token: str
+    ) -> tuple[list[Thread], str]:
+        size = 50 if page_size <= 0 else min(page_size, 500)
+        before = _decode_token(token) if token else None
+        rows = await self.store.list_threads(who.user.user_id, before, size + 1)
+        more = len(rows) > size
+        rows = rows[:size]
+        peers = await self.store.get_users([r.peer_id for r in rows if r.peer_id])
+        threads = [self._thread_view(r, peers) for r in rows]
+        nxt = _encode_token(rows[-1].member.update_time, rows[-1].thread.thread_id) if more else ""
+        return threads, nxt
+
+    def _thread_view(self, s: ThreadSummary, peers: Mapping[int, UserRow]) -> Thread:
+        peer_row = peers.get(s.peer_id) if s.peer_id else None
+        peer = public(peer_row) if peer_row is not None else None
+        hi = s.thread.last_seq if s.member.left_seq is None else min(
+            s.thread.last_seq, s.member.left_seq
+        )
+        title = s.thread.title if s.thread.kind is ThreadKind.GROUP else (
+            peer.display_name if peer else ""
+        )
+        return Thread(
+            thread_id=s.thread.thread_id, kind=s.thread.kind, title=title, last_seq=hi,
+            read_seq=s.member.read_seq, unread_count=s.unread_count,
+            update_time=s.member.update_time, role=s.member.role, member_count=s.member_count,
+            active=s.member.active, peer=peer, last_message=s.last_message,
+        )
+
+    async def get_thread(self, who: Principal, thread_id: int) -> tuple[Thread, list[Member]]:
+        thread, me = await self.member(who, thread_id)
+        members = await self.store.list_members(thread_id)
+        users = await self.store.get_users([m.user_id for m in members])
+        active = [m for m in members if m.active]
+        peer = None
+        if thread.kind is ThreadKind.DIRECT:
+            other = next((m for m in members if m.user_id != who.user.user_id), me)
+            peer = public(users[other.user_id])
+        hi = thread.last_seq if me.left_seq is None else min(thread.last_seq, me.left_seq)
+        view = Thread(
+            thread_id=thread.thread_id, kind=thread.kind,
+            title=thread.title if thread.kind is ThreadKind.GROUP else (peer.display_name if peer else ""),
+            last_seq=hi, read_seq=me.read_seq, unread_count=0, update_time=me.update_time,
+            role=me.role, member_count=len(active), active=me.active, peer=peer,
+        )
+        shown = [
+            Member(public(users[m.user_id]), m.role, m.delivered_seq, m.read_seq, m.create_time)
+            for m in active
+        ]
+        return view, shown
+
+    async def direct_thread(self, who: Principal, identifier: str) -> Thread:
+        peer = await self.contacts.resolve(identifier)
+        thread_id = await self.store.direct_thread(who.user.user_id, peer.user_id)
+        view, _ = await self.get_thread(who, thread_id)
+        return view
+
+    async def list_messages(
+        self, who: Principal, thread_id: int, before_seq: int, after_seq: int, limit: int,
+        forward: bool = False,
+    ) -> tuple[list[Message], bool]:
+        if before_seq < 0 or after_seq < 0:
+            raise InvalidArgument("before_seq and after_seq must not be negative", "BAD_CURSOR")
+        size = 50 if limit <= 0 else min(limit, 1000)
+        thread, me = await self.member(who, thread_id)
+        lo = max(after_seq, me.first_seq - 1)
+        hi_incl = thread.last_seq if me.left_seq is None else min(thread.last_seq, me.left_seq)
+        newest = before_seq > 0 or (after_seq == 0 and not forward)
+        upper = min(before_seq, hi_incl + 1) if before_seq > 0 else hi_incl + 1
+        rows = await self.store.list_messages(thread_id, lo, upper, size + 1, newest)
+        more = len(rows) > size
+        rows = rows[1:] if (more and newest) else rows[:size]
+        return await self._with_state(who, thread, rows), more
+
+    async def _with_state(
+        self, who: Principal, thread: ThreadRow, rows: list[Message]
+    ) -> list[Message]:
+        mine = [m for m in rows if m.sender.user_id == who.user.user_id]
+        if not mine:
+            return rows
+        others = [
+            m for m in await self.store.list_members(thread.thread_id)
+            if m.active and m.user_id != who.user.user_id
+        ]
+        delivered = min((m.delivered_seq for m in others), default=UNBOUNDED)
+        read = min((m.read_seq for m in others), default=UNBOUNDED)
+
+        def state(m: Message) -> Message:
+            if m.sender.user_id != who.user.user_id or m.kind is not MessageKind.TEXT:
+                return m
+            s = (MessageState.READ if m.seq <= read else
+                 MessageState.DELIVERED if m.seq <= delivered else MessageState.SENT)
+            return replace(m, state=s)
+
+        return [state(m) for m in rows]
+
+    # -- sync ----------------------------------------------------------------------------
+
+    async def sync_device(
+        self, who: Principal, cursors: Sequence[Cursor], skip_replay: bool, limit: int
+    ) -> tuple[SyncPage, list[Cursor]]:
+        """Messages after the device's cursors (stored, or given), in thread then seq order."""
+        size = 500 if limit <= 0 else min(limit, 2000)
+        memberships = await self.store.user_threads(who.user.user_id)
+        stored = await self.store.device_cursors(who.device_id)
+        given = {c.thread_id: c.seq for c in cursors}
+        starts: list[Cursor] = []
+        ranges: list[tuple[int, int, int]] = []
+        lasts: dict[int, int] = {}
+        if skip_replay:
+            for m in memberships:
+                if m.thread_id not in given and m.thread_id not in stored:
+                    thread = await self.store.get_thread(m.thread_id)
+                    lasts[m.thread_id] = thread.last_seq if thread else 0
+        for m in sorted(memberships, key=lambda r: r.thread_id):
+            base = given.get(m.thread_id, stored.get(m.thread_id, lasts.get(m.thread_id, 0)))
+            start = max(base, m.first_seq - 1)
+            upto = m.left_seq if m.left_seq is not None else UNBOUNDED
+            starts.append(Cursor(m.thread_id, start))
+            if start < upto:
+                ranges.append((m.thread_id, start, upto))
+        rows = await self.store.messages_after(ranges, size + 1)
+        more = len(rows) > size
+        return SyncPage(rows[:size], more), starts
+
+    async def messages_between(
+        self, who: Principal, thread_id: int, after_seq: int, before_seq: int
+    ) -> list[Message]:
+        """The gap (after_seq, before_seq) of a thread, as far as this member may see it."""
+        _, me = await self.member(who, thread_id)
+        lo = max(after_seq, me.first_seq - 1)
+        hi = before_seq if me.left_seq is None else min(before_seq, me.left_seq + 1)
+        if hi - lo <= 1:
+            return []
+        return await self.store.list_messages(thread_id, lo, hi, hi - lo, False)
+
+    # -- receipts ------------------------------------------------------------------------
+
+    async def ack(self, acks: Sequence[DeviceAck]) -> None:
+        advances = await self.store.advance_delivered(acks)
+        if not advances:
+            return
+        users = await self.store.get_users([a.user_id for a in advances])
+        deliveries: list[Delivery] = []
+        for a in advances:
+            receipt = Receipt(a.thread_id, public(users[a.user_id]), ReceiptKind.DELIVERED, a.seq,
+                              datetime.now().astimezone())
+            audience = await self._receipt_audience(a.thread_id, a.user_id)
+            if audience:
+                deliveries.append(Delivery(receipt, user_ids=audience))
+        if deliveries:
+            await self.fanout.deliver(deliveries)
+
+    async def _receipt_audience(self, thread_id: int, user_id: int) -> list[int]:
+        thread = await self.store.get_thread(thread_id)
+        if thread is None:
+            return []
+        ids = await self.audience(thread_id, thread.kind)
+        if thread.kind is ThreadKind.GROUP and len(ids) > self.settings.presence_push_group_size:
+            return []  # large groups: per-member receipts are read with GetThread
+        return [i for i in ids if i != user_id]
+
+    async def mark_read(self, who: Principal, cursor: Cursor) -> None:
+        thread, me = await self.member(who, cursor.thread_id)
+        hi = thread.last_seq if me.left_seq is None else min(thread.last_seq, me.left_seq)
+        if cursor.seq < 0 or cursor.seq > hi:
+            raise InvalidArgument(
+                f"read seq {cursor.seq} is outside thread {cursor.thread_id} (last is {hi})",
+                "BAD_CURSOR",
+            )
+        # A read cursor never moves back: an older Read (from a slower device) is a no-op.
+        if not await self.store.advance_read(who.user.user_id, cursor.thread_id, cursor.seq):
+            return
+        receipt = Receipt(cursor.thread_id, who.user, ReceiptKind.READ, cursor.seq,
+                          datetime.now().astimezone())
+        deliveries = [
+            Delivery(ReadCursor(cursor), user_ids=(who.user.user_id,),
+                     exclude_device_id=who.device_id)
+        ]
+        audience = await self._receipt_audience(cursor.thread_id, who.user.user_id)
+        if audience:
+            deliveries.append(Delivery(receipt, user_ids=audience))
+        await self.fanout.deliver(deliveries)
+
+    # -- ephemeral -----------------------------------------------------------------------
+
+    async def relay_typing(self, who: Principal, thread_id: int, active: bool) -> None:
+        thread, _ = await self.active_member(who, thread_id)
+        event = Typing(thread_id, who.user, active)
+        if thread.kind is ThreadKind.DIRECT:
+            others = [u for u in await self.audience(thread_id, thread.kind) if u != who.user.user_id]
+            delivery = Delivery(event, user_ids=others)
+        else:
+            delivery = Delivery(event, thread_id=thread_id, exclude_device_id=who.device_id)
+        await self.fanout.deliver([delivery])
+
+    async def user_groups(self, user_id: int) -> list[int]:
+        rows = await self.store.user_threads(user_id)
+        groups = []
+        for r in rows:
+            if r.active:
+                thread = await self.store.get_thread(r.thread_id)
+                if thread is not None and thread.kind is ThreadKind.GROUP:
+                    groups.append(r.thread_id)
+        return groups
+
+    async def users(self, ids: Sequence[int]) -> dict[int, User]:
+        return {k: public(v) for k, v in (await self.store.get_users(ids)).items()}
+
+
+def raise_reused(client_msg_id: str) -> None:
+    from natter.errors import AlreadyExists
+
+    raise AlreadyExists(
+        f"client_msg_id {client_msg_id!r} was already used for a different message; "
+        "the original is kept",
+        "CLIENT_MSG_ID_REUSED",
+    )

@@ -1,0 +1,195 @@
+"""Tables of the system of record and the migrations that create and change them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+_MYSQL = ("mysql", "mariadb")
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """An instant stored in UTC and always read back tz-aware in UTC, on every engine.
+
+    PostgreSQL keeps `timestamptz`; SQLite and MySQL/MariaDB have no zone in the column, so
+    values are converted to UTC before they are stored (an aware non-UTC time would otherwise
+    be stored as its wall-clock time) and tagged UTC when read. MySQL gets DATETIME(6) so
+    microseconds survive. A naive value is taken to be UTC already.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name in _MYSQL:
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+TS = UtcDateTime()
+# MySQL/MariaDB: every table in utf8mb4 with binary collation whatever the database default,
+# so text holds any character (emoji included) and keys compare byte for byte as they do on
+# SQLite and PostgreSQL ("abc" and "ABC" are different client_msg_ids).
+_TABLE_OPTIONS: dict[str, Any] = {
+    f"{name}_{option}": value
+    for name in _MYSQL
+    for option, value in (("engine", "InnoDB"), ("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))
+}
+# Message text may be max_text_bytes (64 KiB) and a system event lists up to a group's worth
+# of users: more than MySQL's TEXT (65,535 bytes) holds.
+LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), *_MYSQL)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("username", sa.String(32), nullable=False, unique=True),
+    sa.Column("display_name", sa.String(64), nullable=False),
+    sa.Column("phone", sa.String(16), nullable=True, unique=True),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("hide_last_seen", sa.Boolean, nullable=False, default=False),
+    sa.Column("last_seen_time", TS, nullable=True),
+    sa.Column("create_time", TS, nullable=False),
+    **_TABLE_OPTIONS,
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("user_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("create_time", TS, nullable=False),
+    sa.Column("last_active_time", TS, nullable=True),
+    sa.Column("revoke_time", TS, nullable=True),
+    **_TABLE_OPTIONS,
+)
+
+contacts = sa.Table(
+    "contacts",
+    metadata,
+    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("contact_id", sa.BigInteger, sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("alias", sa.String(64), nullable=False, default=""),
+    sa.Column("create_time", TS, nullable=False),
+    sa.Index("ix_contacts_contact", "contact_id"),
+    **_TABLE_OPTIONS,
+)
+
+threads = sa.Table(
+    "threads",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("kind", sa.SmallInteger, nullable=False),
+    sa.Column("title", sa.String(128), nullable=False, default=""),
+    sa.Column("last_seq", sa.BigInteger, nullable=False, default=0),
+    sa.Column("direct_key", sa.String(48), nullable=True, unique=True),
+    sa.Column("create_time", TS, nullable=False),
+    sa.Column("update_time", TS, nullable=False),
+    **_TABLE_OPTIONS,
+)
+
+# The seed's Thread table: one row per owner and thread, listed by update time.
+thread_members = sa.Table(
+    "thread_members",
+    metadata,
+    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("thread_id", sa.BigInteger, sa.ForeignKey("threads.id"), primary_key=True),
+    sa.Column("role", sa.SmallInteger, nullable=False),
+    sa.Column("nickname", sa.String(64), nullable=False, default=""),
+    sa.Column("first_seq", sa.BigInteger, nullable=False, default=1),
+    sa.Column("left_seq", sa.BigInteger, nullable=True),
+    sa.Column("delivered_seq", sa.BigInteger, nullable=False, default=0),
+    sa.Column("read_seq", sa.BigInteger, nullable=False, default=0),
+    sa.Column("create_time", TS, nullable=False),
+    sa.Column("update_time", TS, nullable=False),
+    sa.Index("ix_thread_members_thread", "thread_id"),
+    **_TABLE_OPTIONS,
+)
+# A column expression, not raw SQL text, so every dialect renders it (MySQL would otherwise
+# take the text for a functional index).
+sa.Index(
+    "ix_thread_members_owner_update",
+    thread_members.c.owner_id,
+    thread_members.c.update_time.desc(),
+)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("thread_id", sa.BigInteger, sa.ForeignKey("threads.id"), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("msg_id", sa.String(26), nullable=False, unique=True),
+    sa.Column("sender_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("sender_device_id", sa.BigInteger, nullable=False),
+    sa.Column("client_msg_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.SmallInteger, nullable=False),
+    sa.Column("text", LONG_TEXT, nullable=False),
+    sa.Column("system", LONG_TEXT, nullable=True),
+    sa.Column("create_time", TS, nullable=False),
+    sa.UniqueConstraint("sender_id", "client_msg_id", name="uq_messages_sender_client"),
+    **_TABLE_OPTIONS,
+)
+
+device_cursors = sa.Table(
+    "device_cursors",
+    metadata,
+    sa.Column("device_id", sa.BigInteger, sa.ForeignKey("devices.id"), primary_key=True),
+    sa.Column("thread_id", sa.BigInteger, sa.ForeignKey("threads.id"), primary_key=True),
+    sa.Column("delivered_seq", sa.BigInteger, nullable=False),
+    **_TABLE_OPTIONS,
+)
+
+schema_migrations = sa.Table(
+    "schema_migrations",
+    sa.MetaData(),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    **_TABLE_OPTIONS,
+)
+
+Migration = Callable[[AsyncConnection], Awaitable[None]]
+
+
+async def _initial(conn: AsyncConnection) -> None:
+    await conn.run_sync(metadata.create_all)
+
+
+# Append only: a released migration is never edited; a change is a new entry.
+MIGRATIONS: list[tuple[int, str, Migration]] = [
+    (1, "initial schema", _initial),
+]
+
+
+async def migrate(conn: AsyncConnection) -> list[int]:
+    """Apply pending migrations in order inside the caller's transaction; return those applied."""
+    await conn.run_sync(schema_migrations.create, checkfirst=True)
+    done = set((await conn.execute(sa.select(schema_migrations.c.version))).scalars())
+    applied = []
+    for version, name, step in MIGRATIONS:
+        if version in done:
+            continue
+        await step(conn)
+        await conn.execute(schema_migrations.insert().values(version=version, name=name))
+        applied.append(version)
+    return applied

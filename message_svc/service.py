@@ -1,0 +1,92 @@
+"""message_svc assembled: the domain objects over one store, served in-process or over gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from message_svc.accounts import Accounts
+from message_svc.contacts import Contacts
+from message_svc.messaging import Messaging
+from message_svc.ports import Fanout
+from message_svc.servicer import (
+    AccountServicer,
+    ContactServicer,
+    MessageInternalServicer,
+    ThreadServicer,
+)
+from message_svc.store import Store
+from natter.domain import (
+    Cursor,
+    DeviceAck,
+    Message,
+    Principal,
+    SendRequest,
+    SendResult,
+    SyncPage,
+)
+from natter.settings import Settings
+from natter.v1 import account_service_pb2_grpc as apb_grpc
+from natter.v1 import contact_service_pb2_grpc as cpb_grpc
+from natter.v1 import message_internal_service_pb2_grpc as mpb_grpc
+from natter.v1 import thread_service_pb2_grpc as tpb_grpc
+
+PUBLIC_SERVICES = (
+    "natter.v1.AccountService",
+    "natter.v1.ContactService",
+    "natter.v1.ThreadService",
+)
+
+
+class MessageService:
+    """The MessageApi in-process: what a socket server in the same process calls directly."""
+
+    def __init__(self, store: Store, settings: Settings, fanout: Fanout) -> None:
+        self.store = store
+        self.settings = settings
+        self.accounts = Accounts(store, settings, fanout)
+        self.contacts = Contacts(store)
+        self.messaging = Messaging(store, settings, fanout, self.contacts)
+
+    def add_public(self, server: grpc.aio.Server) -> None:
+        apb_grpc.add_AccountServiceServicer_to_server(AccountServicer(self.accounts), server)
+        cpb_grpc.add_ContactServiceServicer_to_server(
+            ContactServicer(self.accounts, self.contacts), server
+        )
+        tpb_grpc.add_ThreadServiceServicer_to_server(
+            ThreadServicer(self.accounts, self.messaging), server
+        )
+
+    def add_internal(self, server: grpc.aio.Server) -> None:
+        mpb_grpc.add_MessageInternalServiceServicer_to_server(
+            MessageInternalServicer(self.accounts, self.messaging), server
+        )
+
+    async def authenticate(self, token: str) -> Principal:
+        return await self.accounts.authenticate(token)
+
+    async def send(self, who: Principal, req: SendRequest) -> SendResult:
+        return await self.messaging.send(who, req)
+
+    async def sync_device(
+        self, who: Principal, cursors: Sequence[Cursor], skip_replay: bool, limit: int
+    ) -> tuple[SyncPage, list[Cursor]]:
+        return await self.messaging.sync_device(who, cursors, skip_replay, limit)
+
+    async def messages_between(
+        self, who: Principal, thread_id: int, after_seq: int, before_seq: int
+    ) -> list[Message]:
+        return await self.messaging.messages_between(who, thread_id, after_seq, before_seq)
+
+    async def ack(self, acks: Sequence[DeviceAck]) -> None:
+        await self.messaging.ack(acks)
+
+    async def mark_read(self, who: Principal, cursor: Cursor) -> None:
+        await self.messaging.mark_read(who, cursor)
+
+    async def relay_typing(self, who: Principal, thread_id: int, active: bool) -> None:
+        await self.messaging.relay_typing(who, thread_id, active)
+
+    async def user_groups(self, user_id: int) -> list[int]:
+        return await self.messaging.user_groups(user_id)

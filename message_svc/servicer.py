@@ -1,0 +1,243 @@
+"""Thin gRPC servicers of message_svc: proto in, one domain call, proto out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from message_svc.accounts import Accounts
+from message_svc.contacts import Contacts
+from message_svc.messaging import Messaging
+from natter import convert
+from natter import domain as d
+from natter.rpc import bearer
+from natter.v1 import account_service_pb2 as apb
+from natter.v1 import account_service_pb2_grpc as apb_grpc
+from natter.v1 import contact_service_pb2 as cpb
+from natter.v1 import contact_service_pb2_grpc as cpb_grpc
+from natter.v1 import message_internal_service_pb2 as mpb
+from natter.v1 import message_internal_service_pb2_grpc as mpb_grpc
+from natter.v1 import socket_service_pb2 as spb
+from natter.v1 import thread_service_pb2 as tpb
+from natter.v1 import thread_service_pb2_grpc as tpb_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class _Authed:
+    accounts: Accounts
+
+    async def who(self, context: Context) -> d.Principal:
+        return await self.accounts.authenticate(bearer(context.invocation_metadata()))
+
+
+class AccountServicer(_Authed, apb_grpc.AccountServiceServicer):
+    def __init__(self, accounts: Accounts) -> None:
+        self.accounts = accounts
+
+    async def Register(self, request: apb.RegisterRequest, context: Context) -> apb.RegisterResponse:
+        user = await self.accounts.register(
+            request.username, request.display_name, request.phone, request.password
+        )
+        return apb.RegisterResponse(user=convert.user(user))
+
+    async def Login(self, request: apb.LoginRequest, context: Context) -> apb.LoginResponse:
+        user, device_id, token = await self.accounts.login(
+            request.username, request.password, request.device_name
+        )
+        return apb.LoginResponse(user=convert.user(user), device_id=device_id, token=token)
+
+    async def Logout(self, request: apb.LogoutRequest, context: Context) -> apb.LogoutResponse:
+        await self.accounts.logout(await self.who(context))
+        return apb.LogoutResponse()
+
+    async def ListDevices(
+        self, request: apb.ListDevicesRequest, context: Context
+    ) -> apb.ListDevicesResponse:
+        devices = await self.accounts.devices(await self.who(context))
+        return apb.ListDevicesResponse(devices=[convert.device(x) for x in devices])
+
+    async def GetMe(self, request: apb.GetMeRequest, context: Context) -> apb.GetMeResponse:
+        me = await self.accounts.me(await self.who(context))
+        return apb.GetMeResponse(user=convert.user(me.user), device_id=me.device_id,
+                                 phone=me.phone, hide_last_seen=me.hide_last_seen)
+
+    async def UpdateSettings(
+        self, request: apb.UpdateSettingsRequest, context: Context
+    ) -> apb.UpdateSettingsResponse:
+        await self.accounts.update_settings(
+            await self.who(context),
+            request.display_name if request.HasField("display_name") else None,
+            request.hide_last_seen if request.HasField("hide_last_seen") else None,
+        )
+        return apb.UpdateSettingsResponse()
+
+
+class ContactServicer(_Authed, cpb_grpc.ContactServiceServicer):
+    def __init__(self, accounts: Accounts, contacts: Contacts) -> None:
+        self.accounts = accounts
+        self.contacts = contacts
+
+    async def AddContact(
+        self, request: cpb.AddContactRequest, context: Context
+    ) -> cpb.AddContactResponse:
+        c = await self.contacts.add(await self.who(context), request.username, request.alias)
+        return cpb.AddContactResponse(contact=cpb.Contact(user=convert.user(c.user), alias=c.alias))
+
+    async def RemoveContact(
+        self, request: cpb.RemoveContactRequest, context: Context
+    ) -> cpb.RemoveContactResponse:
+        await self.contacts.remove(await self.who(context), request.username)
+        return cpb.RemoveContactResponse()
+
+    async def ListContacts(
+        self, request: cpb.ListContactsRequest, context: Context
+    ) -> cpb.ListContactsResponse:
+        items, token = await self.contacts.page(
+            await self.who(context), request.page_size, request.page_token
+        )
+        return cpb.ListContactsResponse(
+            contacts=[cpb.Contact(user=convert.user(c.user), alias=c.alias) for c in items],
+            next_page_token=token,
+        )
+
+    async def DiscoverContacts(
+        self, request: cpb.DiscoverContactsRequest, context: Context
+    ) -> cpb.DiscoverContactsResponse:
+        await self.who(context)
+        found = await self.contacts.discover(list(request.identifiers))
+        return cpb.DiscoverContactsResponse(
+            found=[cpb.DiscoveredUser(identifier=i, user=convert.user(u)) for i, u in found]
+        )
+
+
+class ThreadServicer(_Authed, tpb_grpc.ThreadServiceServicer):
+    def __init__(self, accounts: Accounts, messaging: Messaging) -> None:
+        self.accounts = accounts
+        self.messaging = messaging
+
+    async def ListThreads(
+        self, request: tpb.ListThreadsRequest, context: Context
+    ) -> tpb.ListThreadsResponse:
+        threads, token = await self.messaging.list_threads(
+            await self.who(context), request.page_size, request.page_token
+        )
+        return tpb.ListThreadsResponse(
+            threads=[convert.thread(t) for t in threads], next_page_token=token
+        )
+
+    async def GetThread(self, request: tpb.GetThreadRequest, context: Context) -> tpb.GetThreadResponse:
+        thread, members = await self.messaging.get_thread(await self.who(context), request.thread_id)
+        return tpb.GetThreadResponse(
+            thread=convert.thread(thread), members=[convert.member(m) for m in members]
+        )
+
+    async def GetDirectThread(
+        self, request: tpb.GetDirectThreadRequest, context: Context
+    ) -> tpb.GetDirectThreadResponse:
+        thread = await self.messaging.direct_thread(await self.who(context), request.username)
+        return tpb.GetDirectThreadResponse(thread=convert.thread(thread))
+
+    async def ListMessages(
+        self, request: tpb.ListMessagesRequest, context: Context
+    ) -> tpb.ListMessagesResponse:
+        rows, more = await self.messaging.list_messages(
+            await self.who(context), request.thread_id, request.before_seq, request.after_seq,
+            request.limit, request.forward,
+        )
+        return tpb.ListMessagesResponse(messages=[convert.message(m) for m in rows], more=more)
+
+
+def _principal(user_id: int, device_id: int, users: dict[int, d.User]) -> d.Principal:
+    return d.Principal(users[user_id], device_id)
+
+
+class MessageInternalServicer(mpb_grpc.MessageInternalServiceServicer):
+    """Trusted callers only (internal listener): identities come from socket servers."""
+
+    def __init__(self, accounts: Accounts, messaging: Messaging) -> None:
+        self.accounts = accounts
+        self.messaging = messaging
+
+    async def _who(self, user_id: int, device_id: int) -> d.Principal:
+        users = await self.messaging.users([user_id])
+        if user_id not in users:
+            from natter.errors import NotFound
+
+            raise NotFound(f"user {user_id} does not exist")
+        return d.Principal(users[user_id], device_id)
+
+    async def Authenticate(
+        self, request: mpb.AuthenticateRequest, context: Context
+    ) -> mpb.AuthenticateResponse:
+        who = await self.accounts.authenticate(request.token)
+        return mpb.AuthenticateResponse(user=convert.user(who.user), device_id=who.device_id)
+
+    async def SendMessage(
+        self, request: mpb.SendMessageRequest, context: Context
+    ) -> mpb.SendMessageResponse:
+        s = request.send
+        which = s.WhichOneof("target")
+        res = await self.messaging.send(
+            await self._who(request.user_id, request.device_id),
+            d.SendRequest(s.client_msg_id, s.text,
+                          s.thread_id if which == "thread_id" else 0,
+                          s.recipient if which == "recipient" else ""),
+        )
+        return mpb.SendMessageResponse(
+            result=spb.SendResult(
+                client_msg_id=res.client_msg_id, msg_id=res.msg_id, thread_id=res.thread_id,
+                seq=res.seq, create_time=convert.ts(res.create_time),
+            )
+        )
+
+    async def SyncDevice(
+        self, request: mpb.SyncDeviceRequest, context: Context
+    ) -> mpb.SyncDeviceResponse:
+        page, starts = await self.messaging.sync_device(
+            await self._who(request.user_id, request.device_id),
+            [convert.cursor_of(c) for c in request.cursors], request.skip_replay, request.limit,
+        )
+        return mpb.SyncDeviceResponse(
+            messages=[convert.message(m) for m in page.messages], more=page.more,
+            starts=[convert.cursor(c) for c in starts],
+        )
+
+    async def ReadGap(self, request: mpb.ReadGapRequest, context: Context) -> mpb.ReadGapResponse:
+        rows = await self.messaging.messages_between(
+            await self._who(request.user_id, request.device_id), request.thread_id,
+            request.after_seq, request.before_seq,
+        )
+        return mpb.ReadGapResponse(messages=[convert.message(m) for m in rows])
+
+    async def AckCursors(
+        self, request: mpb.AckCursorsRequest, context: Context
+    ) -> mpb.AckCursorsResponse:
+        await self.messaging.ack([
+            d.DeviceAck(a.user_id, a.device_id, tuple(convert.cursor_of(c) for c in a.cursors))
+            for a in request.acks
+        ])
+        return mpb.AckCursorsResponse()
+
+    async def MarkRead(self, request: mpb.MarkReadRequest, context: Context) -> mpb.MarkReadResponse:
+        await self.messaging.mark_read(
+            await self._who(request.user_id, request.device_id), convert.cursor_of(request.cursor)
+        )
+        return mpb.MarkReadResponse()
+
+    async def RelayTyping(
+        self, request: mpb.RelayTypingRequest, context: Context
+    ) -> mpb.RelayTypingResponse:
+        await self.messaging.relay_typing(
+            await self._who(request.user_id, request.device_id), request.typing.thread_id,
+            request.typing.active,
+        )
+        return mpb.RelayTypingResponse()
+
+    async def ListUserGroups(
+        self, request: mpb.ListUserGroupsRequest, context: Context
+    ) -> mpb.ListUserGroupsResponse:
+        return mpb.ListUserGroupsResponse(
+            thread_ids=await self.messaging.user_groups(request.user_id)
+        )

@@ -1,0 +1,859 @@
+"""The Store on SQLAlchemy 2 async Core: SQLite (WAL, synchronous=FULL), PostgreSQL, MariaDB."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from message_svc import schema as t
+from message_svc.store import (
+    Advance,
+    Appended,
+    DeviceRow,
+    MemberChange,
+    MemberRow,
+    NewMessage,
+    ThreadRow,
+    ThreadSummary,
+    UserRow,
+)
+from natter.domain import (
+    DeviceAck,
+    Message,
+    MessageKind,
+    Role,
+    SystemEvent,
+    SystemKind,
+    ThreadKind,
+    User,
+)
+from natter.errors import AlreadyExists, NotFound, Unavailable
+from natter.ids import new_msg_id
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# How many times a write is tried when a concurrent writer got in its way.
+_ATTEMPTS = 5
+# The unique index on users.phone as each engine names it in a duplicate-key error:
+# SQLite and MySQL "users.phone", PostgreSQL "users_phone_key", MariaDB "for key 'phone'".
+_PHONE_CLASH = re.compile(r"users[._]phone|key 'phone'")
+# Deadlocks and serialisation failures: the engine rolled the transaction back; run it again.
+_PG_CONFLICTS = frozenset({"40001", "40P01"})
+_MYSQL_CONFLICTS = frozenset({1213})  # ER_LOCK_DEADLOCK
+
+
+class _Conflict(Unavailable):
+    """The database aborted the transaction to break a deadlock; it is safe to run it again."""
+
+
+def _is_conflict(e: exc.DBAPIError) -> bool:
+    code = getattr(e.orig, "sqlstate", None)
+    if code in _PG_CONFLICTS:
+        return True
+    args = getattr(e.orig, "args", ())
+    return bool(args) and args[0] in _MYSQL_CONFLICTS
+
+
+async def _backoff(attempt: int) -> None:
+    await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _user_json(user: User) -> list[Any]:
+    return [user.user_id, user.username, user.display_name]
+
+
+def _system_to_json(event_: SystemEvent | None) -> str | None:
+    if event_ is None:
+        return None
+    return json.dumps(
+        {
+            "kind": event_.kind.value,
+            "actor": _user_json(event_.actor),
+            "users": [_user_json(u) for u in event_.users],
+            "title": event_.title,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _system_from_json(raw: str | None) -> SystemEvent | None:
+    if not raw:
+        return None
+    data = json.loads(raw)
+    return SystemEvent(
+        kind=SystemKind(data["kind"]),
+        actor=User(*data["actor"]),
+        users=tuple(User(*u) for u in data["users"]),
+        title=data["title"],
+    )
+
+
+def _user_row(r: Any) -> UserRow:
+    return UserRow(
+        user_id=r.id,
+        username=r.username,
+        display_name=r.display_name,
+        phone=r.phone,
+        password_hash=r.password_hash,
+        hide_last_seen=bool(r.hide_last_seen),
+        last_seen_time=_utc(r.last_seen_time),
+    )
+
+
+def _device_row(r: Any) -> DeviceRow:
+    return DeviceRow(
+        device_id=r.id,
+        user_id=r.user_id,
+        name=r.name,
+        create_time=_aware(r.create_time),
+        last_active_time=_utc(r.last_active_time),
+    )
+
+
+def _member_row(r: Any) -> MemberRow:
+    return MemberRow(
+        thread_id=r.thread_id,
+        user_id=r.owner_id,
+        role=Role(r.role),
+        first_seq=r.first_seq,
+        left_seq=r.left_seq,
+        delivered_seq=r.delivered_seq,
+        read_seq=r.read_seq,
+        create_time=_aware(r.create_time),
+        update_time=_aware(r.update_time),
+    )
+
+
+def _thread_row(r: Any) -> ThreadRow:
+    return ThreadRow(
+        thread_id=r.id,
+        kind=ThreadKind(r.kind),
+        title=r.title,
+        last_seq=r.last_seq,
+        update_time=_aware(r.update_time),
+    )
+
+
+_MESSAGE_COLUMNS = (
+    t.messages.c.thread_id,
+    t.messages.c.seq,
+    t.messages.c.msg_id,
+    t.messages.c.sender_id,
+    t.messages.c.sender_device_id,
+    t.messages.c.client_msg_id,
+    t.messages.c.kind,
+    t.messages.c.text,
+    t.messages.c.system,
+    t.messages.c.create_time,
+    t.users.c.username,
+    t.users.c.display_name,
+)
+
+
+def _message_select() -> sa.Select[Any]:
+    return sa.select(*_MESSAGE_COLUMNS).join(t.users, t.users.c.id == t.messages.c.sender_id)
+
+
+def _message(r: Any) -> Message:
+    return Message(
+        thread_id=r.thread_id,
+        seq=r.seq,
+        msg_id=r.msg_id,
+        sender=User(r.sender_id, r.username, r.display_name),
+        sender_device_id=r.sender_device_id,
+        client_msg_id=r.client_msg_id,
+        kind=MessageKind(r.kind),
+        text=r.text,
+        create_time=_aware(r.create_time),
+        system=_system_from_json(r.system),
+    )
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+class SqlStore:
+    """One Store for every SQLAlchemy engine; dialect differences stay in a few helpers."""
+
+    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+        self.url = sa.make_url(url)
+        self.sqlite = self.url.get_backend_name() == "sqlite"
+        self.engine: AsyncEngine | None = None
+        self._pool_size = pool_size
+        # SQLite has one writer; serialising writes here avoids busy retries.
+        self._write_lock = asyncio.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        kwargs: dict[str, Any] = {}
+        if self.sqlite:
+            if self.url.database and self.url.database != ":memory:":
+                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            kwargs.update(pool_size=self._pool_size, max_overflow=10, pool_pre_ping=True)
+        self.engine = create_async_engine(self.url, **kwargs)
+        if self.sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        async with self._tx() as conn:
+            applied = await t.migrate(conn)
+        if applied:
+            logger.info("applied migrations %s to %s", applied, self.url.render_as_string())
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            await self.engine.dispose()
+            self.engine = None
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncConnection]:
+        assert self.engine is not None, "store is not open"
+        lock = self._write_lock if self.sqlite else contextlib.nullcontext()
+        try:
+            async with lock, self.engine.begin() as conn:
+                yield conn
+        except exc.IntegrityError:
+            raise
+        except exc.DBAPIError as e:
+            if _is_conflict(e):
+                raise _Conflict("database conflict (deadlock); try again") from e
+            if e.connection_invalidated or isinstance(e, exc.OperationalError | exc.InterfaceError):
+                raise Unavailable(f"database unavailable: {type(e).__name__}") from e
+            raise
+        except OSError as e:
+            raise Unavailable(f"database unavailable: {type(e).__name__}") from e
+
+    async def _retry(
+        self, write: Callable[[], Awaitable[T]], *, integrity: bool = False
+    ) -> T:
+        """Run a write again when a deadlock (or, if asked, a concurrent insert) aborted it."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                return await write()
+            except _Conflict:
+                if attempt == _ATTEMPTS - 1:
+                    raise
+                await _backoff(attempt)
+            except exc.IntegrityError:
+                # A concurrent writer stored the same key first; the next attempt sees it.
+                if not integrity or attempt == _ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        assert self.engine is not None, "store is not open"
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except exc.DBAPIError as e:
+            if e.connection_invalidated or isinstance(e, exc.OperationalError | exc.InterfaceError):
+                raise Unavailable(f"database unavailable: {type(e).__name__}") from e
+            raise
+        except OSError as e:
+            raise Unavailable(f"database unavailable: {type(e).__name__}") from e
+
+    async def _bump_seq(self, conn: AsyncConnection, thread_id: int, n: int, now: datetime) -> int:
+        """Reserve n sequence numbers in a thread; return the last one."""
+        th = t.threads
+        stmt = th.update().where(th.c.id == thread_id)
+        stmt = stmt.values(last_seq=th.c.last_seq + n, update_time=now)
+        if conn.dialect.update_returning:
+            last = (await conn.execute(stmt.returning(th.c.last_seq))).scalar_one_or_none()
+            if last is None:
+                raise NotFound(f"thread {thread_id} does not exist")
+            return int(last)
+        cur = await conn.execute(sa.select(th.c.last_seq).where(th.c.id == thread_id).with_for_update())
+        before = cur.scalar_one_or_none()
+        if before is None:
+            raise NotFound(f"thread {thread_id} does not exist")
+        await conn.execute(stmt)
+        return int(before) + n
+
+    # -- users ---------------------------------------------------------------------------
+
+    async def create_user(
+        self, username: str, display_name: str, phone: str | None, password_hash: str
+    ) -> UserRow:
+        now = utcnow()
+        try:
+            async with self._tx() as conn:
+                res = await conn.execute(
+                    t.users.insert().values(
+                        username=username,
+                        display_name=display_name,
+                        phone=phone,
+                        password_hash=password_hash,
+                        hide_last_seen=False,
+                        create_time=now,
+                    )
+                )
+                user_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+        except exc.IntegrityError as e:
+            what = "phone number" if phone and _PHONE_CLASH.search(str(e.orig)) else "username"
+            raise AlreadyExists(f"{what} is already registered", "ACCOUNT_EXISTS") from e
+        return UserRow(user_id, username, display_name, phone, password_hash, False, None)
+
+    async def find_users(self, identifiers: Sequence[str]) -> dict[str, UserRow]:
+        if not identifiers:
+            return {}
+        ids = list(dict.fromkeys(identifiers))
+        u = t.users
+        out: dict[str, UserRow] = {}
+        async with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = await conn.execute(
+                    sa.select(u).where(sa.or_(u.c.username.in_(chunk), u.c.phone.in_(chunk)))
+                )
+                for r in rows:
+                    row = _user_row(r)
+                    out[row.username] = row
+                    if row.phone:
+                        out[row.phone] = row
+        return {i: out[i] for i in ids if i in out}
+
+    async def get_users(self, user_ids: Sequence[int]) -> dict[int, UserRow]:
+        if not user_ids:
+            return {}
+        u = t.users
+        async with self._read() as conn:
+            rows = await conn.execute(sa.select(u).where(u.c.id.in_(list(set(user_ids)))))
+            return {r.id: _user_row(r) for r in rows}
+
+    async def update_user(
+        self, user_id: int, display_name: str | None, hide_last_seen: bool | None
+    ) -> None:
+        values: dict[str, Any] = {}
+        if display_name is not None:
+            values["display_name"] = display_name
+        if hide_last_seen is not None:
+            values["hide_last_seen"] = hide_last_seen
+        if not values:
+            return
+        async with self._tx() as conn:
+            await conn.execute(t.users.update().where(t.users.c.id == user_id).values(**values))
+
+    async def set_last_seen(self, seen: Sequence[tuple[int, datetime]]) -> None:
+        if not seen:
+            return
+        u = t.users
+        async with self._tx() as conn:
+            await conn.execute(
+                u.update().where(u.c.id == sa.bindparam("uid")).values(last_seen_time=sa.bindparam("ts")),
+                [{"uid": uid, "ts": ts} for uid, ts in seen],
+            )
+
+    # -- devices -------------------------------------------------------------------------
+
+    async def create_device(self, user_id: int, name: str, token_hash: str) -> DeviceRow:
+        now = utcnow()
+        async with self._tx() as conn:
+            res = await conn.execute(
+                t.devices.insert().values(
+                    user_id=user_id, name=name, token_hash=token_hash, create_time=now
+                )
+            )
+            device_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+        return DeviceRow(device_id, user_id, name, now, None)
+
+    async def device_by_token(self, token_hash: str) -> tuple[UserRow, DeviceRow] | None:
+        d, u = t.devices, t.users
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(d, u.c.username, u.c.display_name, u.c.phone, u.c.password_hash,
+                              u.c.hide_last_seen, u.c.last_seen_time)
+                    .join(u, u.c.id == d.c.user_id)
+                    .where(d.c.token_hash == token_hash, d.c.revoke_time.is_(None))
+                )
+            ).first()
+        if row is None:
+            return None
+        user = UserRow(
+            row.user_id, row.username, row.display_name, row.phone, row.password_hash,
+            bool(row.hide_last_seen), _utc(row.last_seen_time),
+        )
+        return user, _device_row(row)
+
+    async def revoke_device(self, device_id: int) -> bool:
+        d = t.devices
+        async with self._tx() as conn:
+            res = await conn.execute(
+                d.update()
+                .where(d.c.id == device_id, d.c.revoke_time.is_(None))
+                .values(revoke_time=utcnow())
+            )
+            return bool(res.rowcount)
+
+    async def list_devices(self, user_id: int) -> list[DeviceRow]:
+        d = t.devices
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(d)
+                .where(d.c.user_id == user_id, d.c.revoke_time.is_(None))
+                .order_by(d.c.id)
+            )
+            return [_device_row(r) for r in rows]
+
+    async def touch_devices(self, device_ids: Sequence[int], when: datetime) -> None:
+        if not device_ids:
+            return
+        d = t.devices
+        async with self._tx() as conn:
+            await conn.execute(
+                d.update().where(d.c.id.in_(list(device_ids))).values(last_active_time=when)
+            )
+
+    # -- contacts ------------------------------------------------------------------------
+
+    async def add_contact(self, owner_id: int, contact_id: int, alias: str) -> None:
+        c = t.contacts
+        async with self._tx() as conn:
+            res = await conn.execute(
+                c.update()
+                .where(c.c.owner_id == owner_id, c.c.contact_id == contact_id)
+                .values(alias=alias)
+            )
+            if not res.rowcount:
+                await conn.execute(
+                    c.insert().values(
+                        owner_id=owner_id, contact_id=contact_id, alias=alias, create_time=utcnow()
+                    )
+                )
+
+    async def remove_contact(self, owner_id: int, contact_id: int) -> bool:
+        c = t.contacts
+        async with self._tx() as conn:
+            res = await conn.execute(
+                c.delete().where(c.c.owner_id == owner_id, c.c.contact_id == contact_id)
+            )
+            return bool(res.rowcount)
+
+    async def list_contacts(
+        self, owner_id: int, after_username: str, limit: int
+    ) -> list[tuple[UserRow, str]]:
+        c, u = t.contacts, t.users
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(u, c.c.alias)
+                .join(c, c.c.contact_id == u.c.id)
+                .where(c.c.owner_id == owner_id, u.c.username > after_username)
+                .order_by(u.c.username)
+                .limit(limit)
+            )
+            return [(_user_row(r), r.alias) for r in rows]
+
+    async def watchers(self, user_ids: Sequence[int]) -> dict[int, list[int]]:
+        if not user_ids:
+            return {}
+        c = t.contacts
+        out: dict[int, list[int]] = defaultdict(list)
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(c.c.contact_id, c.c.owner_id).where(c.c.contact_id.in_(list(user_ids)))
+            )
+            for r in rows:
+                out[r.contact_id].append(r.owner_id)
+        return dict(out)
+
+    # -- threads -------------------------------------------------------------------------
+
+    async def direct_thread(self, a: int, b: int) -> int:
+        lo, hi = sorted((a, b))
+        key = f"{lo}:{hi}"
+        th, m = t.threads, t.thread_members
+        async with self._read() as conn:
+            found = (
+                await conn.execute(sa.select(th.c.id).where(th.c.direct_key == key))
+            ).scalar_one_or_none()
+        if found is not None:
+            return int(found)
+        now = utcnow()
+        try:
+            async with self._tx() as conn:
+                res = await conn.execute(
+                    th.insert().values(
+                        kind=ThreadKind.DIRECT.value, title="", last_seq=0, direct_key=key,
+                        create_time=now, update_time=now,
+                    )
+                )
+                thread_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+                await conn.execute(
+                    m.insert(),
+                    [
+                        dict(owner_id=uid, thread_id=thread_id, role=Role.MEMBER.value,
+                             nickname="", first_seq=1, left_seq=None, delivered_seq=0,
+                             read_seq=0, create_time=now, update_time=now)
+                        for uid in dict.fromkeys((lo, hi))
+                    ],
+                )
+                return thread_id
+        except exc.IntegrityError:
+            # Another request created the pair's thread first: use it.
+            async with self._read() as conn:
+                return int(
+                    (await conn.execute(sa.select(th.c.id).where(th.c.direct_key == key))).scalar_one()
+                )
+
+    async def get_thread(self, thread_id: int) -> ThreadRow | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(sa.select(t.threads).where(t.threads.c.id == thread_id))
+            ).first()
+        return _thread_row(row) if row is not None else None
+
+    async def get_member(self, thread_id: int, user_id: int) -> MemberRow | None:
+        m = t.thread_members
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(m).where(m.c.thread_id == thread_id, m.c.owner_id == user_id)
+                )
+            ).first()
+        return _member_row(row) if row is not None else None
+
+    async def list_members(self, thread_id: int) -> list[MemberRow]:
+        m = t.thread_members
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(m).where(m.c.thread_id == thread_id).order_by(m.c.create_time, m.c.owner_id)
+            )
+            return [_member_row(r) for r in rows]
+
+    async def active_member_ids(self, thread_id: int) -> list[int]:
+        m = t.thread_members
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(m.c.owner_id).where(m.c.thread_id == thread_id, m.c.left_seq.is_(None))
+            )
+            return [int(x) for x in rows.scalars()]
+
+    async def user_threads(self, user_id: int) -> list[MemberRow]:
+        m = t.thread_members
+        async with self._read() as conn:
+            rows = await conn.execute(sa.select(m).where(m.c.owner_id == user_id))
+            return [_member_row(r) for r in rows]
+
+    async def list_threads(
+        self, user_id: int, before: tuple[datetime, int] | None, limit: int
+    ) -> list[ThreadSummary]:
+        m, th, msg = t.thread_members, t.threads, t.messages
+        q = sa.select(m, th.c.kind, th.c.title, th.c.last_seq, th.c.update_time.label("t_update"),
+                      th.c.id).join(th, th.c.id == m.c.thread_id).where(m.c.owner_id == user_id)
+        if before is not None:
+            when, tid = before
+            q = q.where(
+                sa.or_(m.c.update_time < when, sa.and_(m.c.update_time == when, m.c.thread_id < tid))
+            )
+        q = q.order_by(m.c.update_time.desc(), m.c.thread_id.desc()).limit(limit)
+        out: list[ThreadSummary] = []
+        async with self._read() as conn:
+            rows = (await conn.execute(q)).all()
+            for r in rows:
+                member = _member_row(r)
+                thread = ThreadRow(r.thread_id, ThreadKind(r.kind), r.title, r.last_seq,
+                                   _aware(r.t_update))
+                hi = thread.last_seq if member.left_seq is None else min(thread.last_seq, member.left_seq)
+                last = None
+                if hi >= member.first_seq:
+                    lr = (
+                        await conn.execute(
+                            _message_select().where(msg.c.thread_id == thread.thread_id, msg.c.seq == hi)
+                        )
+                    ).first()
+                    last = _message(lr) if lr is not None else None
+                lo = max(member.read_seq, member.first_seq - 1)
+                unread = (
+                    await conn.execute(
+                        sa.select(sa.func.count())
+                        .select_from(msg)
+                        .where(msg.c.thread_id == thread.thread_id, msg.c.seq > lo,
+                               msg.c.seq <= hi, msg.c.sender_id != user_id)
+                    )
+                ).scalar_one()
+                others = (
+                    await conn.execute(
+                        sa.select(m.c.owner_id).where(m.c.thread_id == thread.thread_id,
+                                                      m.c.left_seq.is_(None))
+                    )
+                ).scalars().all()
+                peer = None
+                if thread.kind is ThreadKind.DIRECT:
+                    peer = next((int(o) for o in others if o != user_id), user_id)
+                out.append(ThreadSummary(thread, member, len(others), peer, last, int(unread)))
+        return out
+
+    async def create_group(
+        self, title: str, creator_id: int, member_ids: Sequence[int], event: NewMessage
+    ) -> tuple[int, Message]:
+        th, m = t.threads, t.thread_members
+        now = utcnow()
+        async with self._tx() as conn:
+            res = await conn.execute(
+                th.insert().values(kind=ThreadKind.GROUP.value, title=title, last_seq=1,
+                                   direct_key=None, create_time=now, update_time=now)
+            )
+            thread_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+            rows = [
+                dict(owner_id=uid, thread_id=thread_id,
+                     role=(Role.ADMIN if uid == creator_id else Role.MEMBER).value,
+                     nickname="", first_seq=1, left_seq=None, delivered_seq=0, read_seq=0,
+                     create_time=now, update_time=now)
+                for uid in dict.fromkeys([creator_id, *member_ids])
+            ]
+            await conn.execute(m.insert(), rows)
+            message = await self._insert_one(conn, thread_id, 1, event, now)
+        return thread_id, message
+
+    async def change_group(
+        self, thread_id: int, changes: Sequence[MemberChange], title: str | None, event: NewMessage
+    ) -> Message:
+        return await self._retry(lambda: self._change_group(thread_id, changes, title, event))
+
+    async def _change_group(
+        self, thread_id: int, changes: Sequence[MemberChange], title: str | None, event: NewMessage
+    ) -> Message:
+        th, m = t.threads, t.thread_members
+        now = utcnow()
+        async with self._tx() as conn:
+            seq = await self._bump_seq(conn, thread_id, 1, now)
+            if title is not None:
+                await conn.execute(th.update().where(th.c.id == thread_id).values(title=title))
+            for ch in changes:
+                where = (m.c.thread_id == thread_id, m.c.owner_id == ch.user_id)
+                if ch.join:
+                    first = 1 if ch.full_history else seq
+                    res = await conn.execute(
+                        m.update().where(*where).values(
+                            left_seq=None, first_seq=first, role=Role.MEMBER.value, update_time=now
+                        )
+                    )
+                    if not res.rowcount:
+                        await conn.execute(
+                            m.insert().values(
+                                owner_id=ch.user_id, thread_id=thread_id, role=Role.MEMBER.value,
+                                nickname="", first_seq=first, left_seq=None, delivered_seq=0,
+                                read_seq=0, create_time=now, update_time=now,
+                            )
+                        )
+                if ch.leave:
+                    await conn.execute(m.update().where(*where).values(left_seq=seq, update_time=now))
+                if ch.role is not None:
+                    await conn.execute(m.update().where(*where).values(role=ch.role.value))
+            message = await self._insert_one(conn, thread_id, seq, event, now)
+            await conn.execute(
+                m.update()
+                .where(m.c.thread_id == thread_id, m.c.left_seq.is_(None))
+                .values(update_time=now)
+            )
+        return message
+
+    async def _insert_one(
+        self, conn: AsyncConnection, thread_id: int, seq: int, new: NewMessage, now: datetime
+    ) -> Message:
+        msg_id = new_msg_id()
+        await conn.execute(
+            t.messages.insert().values(
+                thread_id=thread_id, seq=seq, msg_id=msg_id, sender_id=new.sender.user_id,
+                sender_device_id=new.sender_device_id, client_msg_id=new.client_msg_id,
+                kind=new.kind.value, text=new.text, system=_system_to_json(new.system),
+                create_time=now,
+            )
+        )
+        return Message(thread_id, seq, msg_id, new.sender, new.sender_device_id,
+                       new.client_msg_id, new.kind, new.text, now, new.system)
+
+    # -- messages ------------------------------------------------------------------------
+
+    async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended]:
+        # A concurrent writer (another replica) may store one of these keys first; the next
+        # attempt finds it and answers with the original.
+        return await self._retry(lambda: self._append(batch), integrity=True)
+
+    async def _append(self, batch: Sequence[NewMessage]) -> list[Appended]:
+        msg = t.messages
+        now = utcnow()
+        keys = list(dict.fromkeys((n.sender.user_id, n.client_msg_id) for n in batch))
+        out: list[Appended | None] = [None] * len(batch)
+        async with self._tx() as conn:
+            existing: dict[tuple[int, str], Message] = {}
+            for start in range(0, len(keys), 300):
+                chunk = keys[start : start + 300]
+                rows = await conn.execute(
+                    _message_select().where(sa.tuple_(msg.c.sender_id, msg.c.client_msg_id).in_(chunk))
+                )
+                for r in rows:
+                    m_ = _message(r)
+                    existing[(m_.sender.user_id, m_.client_msg_id)] = m_
+            fresh: dict[tuple[int, str], int] = {}
+            per_thread: dict[int, list[int]] = defaultdict(list)
+            for i, n in enumerate(batch):
+                key = (n.sender.user_id, n.client_msg_id)
+                if key in existing:
+                    out[i] = Appended(existing[key], True)
+                elif key in fresh:
+                    continue
+                else:
+                    fresh[key] = i
+                    per_thread[n.thread_id].append(i)
+            rows_to_insert: list[dict[str, Any]] = []
+            # Threads are locked in id order so concurrent batches cannot deadlock.
+            for thread_id, idxs in sorted(per_thread.items()):
+                last = await self._bump_seq(conn, thread_id, len(idxs), now)
+                for offset, i in enumerate(idxs):
+                    n = batch[i]
+                    seq = last - len(idxs) + 1 + offset
+                    msg_id = new_msg_id()
+                    rows_to_insert.append(
+                        dict(thread_id=thread_id, seq=seq, msg_id=msg_id, sender_id=n.sender.user_id,
+                             sender_device_id=n.sender_device_id, client_msg_id=n.client_msg_id,
+                             kind=n.kind.value, text=n.text, system=_system_to_json(n.system),
+                             create_time=now)
+                    )
+                    out[i] = Appended(
+                        Message(thread_id, seq, msg_id, n.sender, n.sender_device_id,
+                                n.client_msg_id, n.kind, n.text, now, n.system),
+                        False,
+                    )
+            if rows_to_insert:
+                await conn.execute(msg.insert(), rows_to_insert)
+                m = t.thread_members
+                await conn.execute(
+                    m.update()
+                    .where(m.c.thread_id.in_(list(per_thread)), m.c.left_seq.is_(None))
+                    .values(update_time=now)
+                )
+        for i, n in enumerate(batch):
+            if out[i] is None:  # repeated inside this batch: same answer as the first
+                first = out[fresh[(n.sender.user_id, n.client_msg_id)]]
+                assert first is not None
+                out[i] = Appended(first.message, True)
+        return [a for a in out if a is not None]
+
+    async def list_messages(
+        self, thread_id: int, after_seq: int, before_seq: int, limit: int, newest: bool
+    ) -> list[Message]:
+        msg = t.messages
+        q = _message_select().where(msg.c.thread_id == thread_id, msg.c.seq > after_seq)
+        if before_seq > 0:
+            q = q.where(msg.c.seq < before_seq)
+        q = q.order_by(msg.c.seq.desc() if newest else msg.c.seq).limit(limit)
+        async with self._read() as conn:
+            rows = [_message(r) for r in await conn.execute(q)]
+        if newest:
+            rows.reverse()
+        return rows
+
+    async def messages_after(
+        self, ranges: Sequence[tuple[int, int, int]], limit: int
+    ) -> list[Message]:
+        msg = t.messages
+        out: list[Message] = []
+        async with self._read() as conn:
+            for thread_id, after, upto in ranges:
+                if len(out) >= limit:
+                    break
+                q = (
+                    _message_select()
+                    .where(msg.c.thread_id == thread_id, msg.c.seq > after, msg.c.seq <= upto)
+                    .order_by(msg.c.seq)
+                    .limit(limit - len(out))
+                )
+                out.extend(_message(r) for r in await conn.execute(q))
+        return out
+
+    # -- cursors -------------------------------------------------------------------------
+
+    async def device_cursors(self, device_id: int) -> dict[int, int]:
+        c = t.device_cursors
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(c.c.thread_id, c.c.delivered_seq).where(c.c.device_id == device_id)
+            )
+            return {int(r.thread_id): int(r.delivered_seq) for r in rows}
+
+    async def advance_delivered(self, acks: Sequence[DeviceAck]) -> list[Advance]:
+        return await self._retry(lambda: self._advance_delivered(acks), integrity=True)
+
+    async def _advance_delivered(self, acks: Sequence[DeviceAck]) -> list[Advance]:
+        c, m = t.device_cursors, t.thread_members
+        advanced: list[Advance] = []
+        async with self._tx() as conn:
+            for ack in acks:
+                have = {
+                    int(r.thread_id): int(r.delivered_seq)
+                    for r in await conn.execute(
+                        sa.select(c.c.thread_id, c.c.delivered_seq).where(c.c.device_id == ack.device_id)
+                    )
+                }
+                for cur in ack.cursors:
+                    old = have.get(cur.thread_id)
+                    if old is None:
+                        await conn.execute(
+                            c.insert().values(device_id=ack.device_id, thread_id=cur.thread_id,
+                                              delivered_seq=cur.seq)
+                        )
+                    elif cur.seq > old:
+                        await conn.execute(
+                            c.update()
+                            .where(c.c.device_id == ack.device_id, c.c.thread_id == cur.thread_id)
+                            .values(delivered_seq=cur.seq)
+                        )
+                    else:
+                        continue
+                    res = await conn.execute(
+                        m.update()
+                        .where(m.c.owner_id == ack.user_id, m.c.thread_id == cur.thread_id,
+                               m.c.delivered_seq < cur.seq)
+                        .values(delivered_seq=cur.seq)
+                    )
+                    if res.rowcount:
+                        advanced.append(Advance(cur.thread_id, ack.user_id, cur.seq))
+        return advanced
+
+    async def advance_read(self, user_id: int, thread_id: int, seq: int) -> bool:
+        m = t.thread_members
+        async with self._tx() as conn:
+            res = await conn.execute(
+                m.update()
+                .where(m.c.owner_id == user_id, m.c.thread_id == thread_id, m.c.read_seq < seq)
+                .values(read_seq=seq, delivered_seq=sa.func.max(m.c.delivered_seq, seq)
+                        if self.sqlite else sa.func.greatest(m.c.delivered_seq, seq))
+            )
+            return bool(res.rowcount)

@@ -1,0 +1,141 @@
+"""The embedded server: every service in one process over SQLite, calling each other directly."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from channel_svc import Channels
+from message_svc import MessageService, SqlStore
+from message_svc.service import PUBLIC_SERVICES
+from natter import domain as d
+from natter.rpc import ErrorInterceptor
+from natter.settings import Settings
+from natter.v1 import socket_service_pb2_grpc as spb_grpc
+from socket_svc import Hub, SocketServicer
+from socket_svc.web import WebServer
+
+logger = logging.getLogger(__name__)
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_frame_bytes),
+        ("grpc.max_send_message_length", 16 * 1024 * 1024),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class _LocalSocket:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def deliver(self, deliveries: Sequence[d.Delivery]) -> None:
+        await self.hub.deliver(deliveries)
+
+    async def list_subscriptions(self) -> list[int]:
+        return self.hub.subscriptions()
+
+
+class LocalFanout:
+    """Direct deliveries go to the hub, group ones through channel_svc: no sockets in between."""
+
+    def __init__(self) -> None:
+        self.hub: Hub | None = None
+        self.channels: Channels | None = None
+
+    async def deliver(self, deliveries: Sequence[d.Delivery]) -> None:
+        assert self.hub is not None and self.channels is not None
+        direct = [x for x in deliveries if x.user_ids]
+        group = [x for x in deliveries if not x.user_ids]
+        if direct:
+            await self.hub.deliver(direct)
+        if group:
+            await self.channels.publish(group)
+
+
+class EmbeddedServer:
+    """`async with EmbeddedServer(settings) as s:` binds, serves, and on exit stops everything."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id or f"embedded-{uuid.uuid4().hex[:8]}"
+        self.store = SqlStore(settings.db_url)
+        self.fanout = LocalFanout()
+        self.messages = MessageService(self.store, settings, self.fanout)
+        self.channels = Channels(lambda node: _LocalSocket(self.hub) if node == self.node_id else None)
+        self.hub = Hub(self.node_id, self.messages, settings, channel=self.channels)
+        self.fanout.hub = self.hub
+        self.fanout.channels = self.channels
+        self.grpc_port = 0
+        self.http_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self.web: WebServer | None = None
+
+    @property
+    def grpc_address(self) -> str:
+        host = self.settings.grpc_addr.rsplit(":", 1)[0]
+        return f"{host}:{self.grpc_port}"
+
+    async def _locate(self, username: str) -> tuple[str, str]:
+        await self.messages.contacts.resolve(username)
+        return self.settings.advertise_addr or self.grpc_address, self.node_id
+
+    async def start(self) -> None:
+        await self.store.open()
+        server = grpc.aio.server(
+            interceptors=[ErrorInterceptor()], options=server_options(self.settings)
+        )
+        self.messages.add_public(server)
+        spb_grpc.add_SocketServiceServicer_to_server(
+            SocketServicer(self.hub, self.messages, self.settings, self._locate), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = (*PUBLIC_SERVICES, "natter.v1.SocketService",
+                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+        self.grpc_port = server.add_insecure_port(self.settings.grpc_addr)
+        if not self.grpc_port:
+            raise OSError(f"cannot listen on {self.settings.grpc_addr}")
+        await server.start()
+        self._server = server
+        self.hub.start()
+        self.web = WebServer(self.settings, self.hub, self.messages, self.grpc_address)
+        self.http_port = await self.web.start()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        logger.info("natter %s serving gRPC on %s and HTTP on %s:%d (data in %s)", self.node_id,
+                    self.grpc_address, self.settings.http_addr.rsplit(":", 1)[0], self.http_port,
+                    self.settings.data_dir)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        with contextlib.suppress(Exception):
+            await self._health.enter_graceful_shutdown()
+        await self.hub.stop()
+        if self.web is not None:
+            await self.web.stop()
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self.store.close()
+
+    async def __aenter__(self) -> EmbeddedServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,17 @@
+"""The reference Python SDK: unary calls, a resilient live connection, client-side ordering."""
+
+from natter.sdk.client import Client
+from natter.sdk.connection import (
+    Connected,
+    Connection,
+    Disconnected,
+    Event,
+    Rejected,
+    SyncDone,
+)
+from natter.sdk.merge import Gap, Merger
+
+__all__ = [
+    "Client", "Connected", "Connection", "Disconnected", "Event", "Gap", "Merger", "Rejected",
+    "SyncDone",
+]

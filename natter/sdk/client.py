@@ -1,0 +1,241 @@
+"""The Python SDK's unary side: typed calls over the public gRPC services, errors as NatterError."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from natter import convert
+from natter import domain as d
+from natter.rpc import error_from_rpc
+from natter.v1 import account_service_pb2 as apb
+from natter.v1 import account_service_pb2_grpc as apb_grpc
+from natter.v1 import contact_service_pb2 as cpb
+from natter.v1 import contact_service_pb2_grpc as cpb_grpc
+from natter.v1 import group_service_pb2 as gpb
+from natter.v1 import group_service_pb2_grpc as gpb_grpc
+from natter.v1 import presence_service_pb2 as ppb
+from natter.v1 import presence_service_pb2_grpc as ppb_grpc
+from natter.v1 import socket_service_pb2 as spb
+from natter.v1 import socket_service_pb2_grpc as spb_grpc
+from natter.v1 import thread_service_pb2 as tpb
+from natter.v1 import thread_service_pb2_grpc as tpb_grpc
+from natter.v1 import types_pb2 as tpb_types
+
+R = TypeVar("R")
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+
+
+def open_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+class Client:
+    """One server address, one channel; `token` authenticates every call once logged in."""
+
+    def __init__(self, server: str, token: str = "", timeout: float = 10.0) -> None:
+        self.server = server
+        self.token = token
+        self.timeout = timeout
+        self.channel = open_channel(server)
+        self.accounts = apb_grpc.AccountServiceStub(self.channel)
+        self.contacts_stub = cpb_grpc.ContactServiceStub(self.channel)
+        self.threads_stub = tpb_grpc.ThreadServiceStub(self.channel)
+        self.groups_stub = gpb_grpc.GroupServiceStub(self.channel)
+        self.presence_stub = ppb_grpc.PresenceServiceStub(self.channel)
+        self.socket_stub = spb_grpc.SocketServiceStub(self.channel)
+        self.user: d.User | None = None
+        self.device_id = 0
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    async def _call(self, fn: Callable[..., Awaitable[R]], request: Any) -> R:
+        try:
+            return await fn(request, metadata=self.metadata(), timeout=self.timeout)
+        except grpc.aio.AioRpcError as e:
+            raise error_from_rpc(e) from None
+
+    # -- accounts ------------------------------------------------------------------------
+
+    async def register(
+        self, username: str, password: str, display_name: str = "", phone: str = ""
+    ) -> d.User:
+        res = await self._call(
+            self.accounts.Register,
+            apb.RegisterRequest(username=username, password=password, display_name=display_name,
+                                phone=phone),
+        )
+        return convert.user_of(res.user)
+
+    async def login(self, username: str, password: str, device_name: str = "sdk") -> str:
+        res = await self._call(
+            self.accounts.Login,
+            apb.LoginRequest(username=username, password=password, device_name=device_name),
+        )
+        self.token = res.token
+        self.user = convert.user_of(res.user)
+        self.device_id = res.device_id
+        return res.token
+
+    async def logout(self) -> None:
+        await self._call(self.accounts.Logout, apb.LogoutRequest())
+
+    async def devices(self) -> list[Any]:
+        res = await self._call(self.accounts.ListDevices, apb.ListDevicesRequest())
+        return list(res.devices)
+
+    async def me(self) -> apb.GetMeResponse:
+        return await self._call(self.accounts.GetMe, apb.GetMeRequest())
+
+    async def update_settings(
+        self, display_name: str | None = None, hide_last_seen: bool | None = None
+    ) -> None:
+        req = apb.UpdateSettingsRequest()
+        if display_name is not None:
+            req.display_name = display_name
+        if hide_last_seen is not None:
+            req.hide_last_seen = hide_last_seen
+        await self._call(self.accounts.UpdateSettings, req)
+
+    # -- contacts ------------------------------------------------------------------------
+
+    async def add_contact(self, username: str, alias: str = "") -> cpb.Contact:
+        res = await self._call(
+            self.contacts_stub.AddContact, cpb.AddContactRequest(username=username, alias=alias)
+        )
+        return res.contact
+
+    async def remove_contact(self, username: str) -> None:
+        await self._call(self.contacts_stub.RemoveContact,
+                         cpb.RemoveContactRequest(username=username))
+
+    async def contacts(self) -> list[cpb.Contact]:
+        out: list[cpb.Contact] = []
+        token = ""
+        while True:
+            res = await self._call(
+                self.contacts_stub.ListContacts, cpb.ListContactsRequest(page_size=1000,
+                                                                         page_token=token)
+            )
+            out.extend(res.contacts)
+            token = res.next_page_token
+            if not token:
+                return out
+
+    async def discover(self, identifiers: list[str]) -> dict[str, d.User]:
+        res = await self._call(
+            self.contacts_stub.DiscoverContacts,
+            cpb.DiscoverContactsRequest(identifiers=identifiers),
+        )
+        return {f.identifier: convert.user_of(f.user) for f in res.found}
+
+    # -- threads -------------------------------------------------------------------------
+
+    async def threads(self, limit: int = 0) -> list[Any]:
+        out: list[Any] = []
+        token = ""
+        while True:
+            res = await self._call(
+                self.threads_stub.ListThreads,
+                tpb.ListThreadsRequest(page_size=min(limit, 500) if limit else 500,
+                                       page_token=token),
+            )
+            out.extend(res.threads)
+            token = res.next_page_token
+            if not token or (limit and len(out) >= limit):
+                return out[:limit] if limit else out
+
+    async def thread(self, thread_id: int) -> tpb.GetThreadResponse:
+        return await self._call(self.threads_stub.GetThread,
+                                tpb.GetThreadRequest(thread_id=thread_id))
+
+    async def direct_thread(self, username: str) -> Any:
+        res = await self._call(self.threads_stub.GetDirectThread,
+                               tpb.GetDirectThreadRequest(username=username))
+        return res.thread
+
+    async def history(
+        self, thread_id: int, before_seq: int = 0, after_seq: int = 0, limit: int = 50,
+        forward: bool = False,
+    ) -> tuple[list[d.Message], bool]:
+        """A page of a thread: the newest by default, older with before_seq, newer with after_seq."""
+        res = await self._call(
+            self.threads_stub.ListMessages,
+            tpb.ListMessagesRequest(thread_id=thread_id, before_seq=before_seq,
+                                    after_seq=after_seq, limit=limit, forward=forward),
+        )
+        return [convert.message_of(m) for m in res.messages], res.more
+
+    async def all_history(self, thread_id: int, page: int = 1000) -> AsyncIterator[d.Message]:
+        after = 0
+        while True:
+            rows, more = await self.history(thread_id, after_seq=after, limit=page, forward=True)
+            for m in rows:
+                yield m
+            if not rows or not more:
+                return
+            after = rows[-1].seq
+
+    # -- groups --------------------------------------------------------------------------
+
+    async def create_group(self, title: str, members: list[str]) -> Any:
+        res = await self._call(self.groups_stub.CreateGroup,
+                               gpb.CreateGroupRequest(title=title, members=members))
+        return res.thread
+
+    async def rename_group(self, thread_id: int, title: str) -> d.Message:
+        res = await self._call(self.groups_stub.RenameGroup,
+                               gpb.RenameGroupRequest(thread_id=thread_id, title=title))
+        return convert.message_of(res.message)
+
+    async def add_members(self, thread_id: int, members: list[str]) -> d.Message:
+        res = await self._call(self.groups_stub.AddMembers,
+                               gpb.AddMembersRequest(thread_id=thread_id, members=members))
+        return convert.message_of(res.message)
+
+    async def remove_members(self, thread_id: int, members: list[str]) -> d.Message:
+        res = await self._call(self.groups_stub.RemoveMembers,
+                               gpb.RemoveMembersRequest(thread_id=thread_id, members=members))
+        return convert.message_of(res.message)
+
+    async def set_role(self, thread_id: int, members: list[str], admin: bool) -> d.Message:
+        role = d.Role.ADMIN if admin else d.Role.MEMBER
+        res = await self._call(
+            self.groups_stub.SetMemberRole,
+            gpb.SetMemberRoleRequest(thread_id=thread_id, members=members, role=tpb_types.MemberRole.ValueType(role.value)),
+        )
+        return convert.message_of(res.message)
+
+    async def leave_group(self, thread_id: int) -> None:
+        await self._call(self.groups_stub.LeaveGroup, gpb.LeaveGroupRequest(thread_id=thread_id))
+
+    # -- presence and routing ------------------------------------------------------------
+
+    async def presence(self, usernames: list[str]) -> list[d.Presence]:
+        res = await self._call(self.presence_stub.GetPresence,
+                               ppb.GetPresenceRequest(usernames=usernames))
+        return [convert.presence_of(p) for p in res.presences]
+
+    async def locate(self, username: str) -> str:
+        res = await self._call(self.socket_stub.Locate, spb.LocateRequest(username=username))
+        return res.address

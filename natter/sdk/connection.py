@@ -1,0 +1,369 @@
+"""The SDK's live connection: reconnect with jittered backoff, resume from cursors, outbox, acks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from natter import convert
+from natter import domain as d
+from natter.errors import NatterError, Unauthenticated
+from natter.rpc import ERROR_OF, error_from_rpc
+from natter.sdk.client import Client, open_channel
+from natter.sdk.merge import Merger
+from natter.v1 import socket_service_pb2 as spb
+from natter.v1 import socket_service_pb2_grpc as spb_grpc
+from natter.v1 import types_pb2 as tpb
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE.value[0], grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+             grpc.StatusCode.INTERNAL.value[0]}
+
+
+@dataclass(frozen=True, slots=True)
+class SyncDone:
+    replayed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    node_id: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    reason: str
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A frame the server refused (not a send: those fail their future)."""
+
+    code: int
+    message: str
+    reason: str
+
+
+Event = (d.Message | d.Receipt | d.Presence | d.Typing | d.ReadCursor | SyncDone | Connected
+         | Disconnected | Rejected)
+
+
+@dataclass
+class _Pending:
+    frame: spb.Send
+    future: asyncio.Future[d.SendResult]
+    text: str
+    sent_on: int = -1
+
+
+@dataclass
+class Stats:
+    connects: int = 0
+    resends: int = 0
+    gaps_filled: int = 0
+    last_sync_seconds: float = 0.0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Connection:
+    """Holds a device's stream open across failures; every acknowledged send resolves once."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        cursors: dict[int, int] | None = None,
+        skip_replay: bool = False,
+        auto_ack: bool = True,
+        locate: bool = False,
+        heartbeat_seconds: float | None = None,
+        max_backoff: float = 5.0,
+    ) -> None:
+        if not client.token:
+            raise Unauthenticated("log in before connecting", "NO_TOKEN")
+        self.client = client
+        self.merger = Merger(dict(cursors or {}))
+        self.skip_replay = skip_replay
+        self.auto_ack = auto_ack
+        self.locate = locate
+        self.heartbeat_seconds = heartbeat_seconds
+        self.max_backoff = max_backoff
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.outbox: dict[str, _Pending] = {}
+        self.user: d.User | None = None
+        self.device_id = 0
+        self.stats = Stats()
+        self.synced = asyncio.Event()
+        self._address = client.server
+        self._call: grpc.aio.StreamStreamCall[spb.ClientFrame, spb.ServerFrame] | None = None
+        self._epoch = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._ack_dirty: dict[int, int] = {}
+        self._ack_task: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+
+    # -- public --------------------------------------------------------------------------
+
+    async def start(self, wait_synced: bool = True, timeout: float = 30.0) -> Connection:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        if wait_synced:
+            await asyncio.wait_for(self.synced.wait(), timeout)
+        return self
+
+    async def close(self) -> None:
+        self._closing = True
+        await self._flush_acks()
+        if self._call is not None:
+            with contextlib.suppress(Exception):
+                await self._call.done_writing()
+            self._call.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        for p in self.outbox.values():
+            if not p.future.done():
+                p.future.set_exception(NatterError("connection closed before the send was acknowledged"))
+
+    async def __aenter__(self) -> Connection:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def send(
+        self, text: str, *, thread_id: int = 0, recipient: str = "", client_msg_id: str = "",
+        timeout: float | None = None,
+    ) -> d.SendResult:
+        """Store-and-forward: retried on every reconnect until acknowledged or refused."""
+        key = client_msg_id or uuid.uuid4().hex
+        pending = self.outbox.get(key)
+        if pending is None:
+            frame = spb.Send(client_msg_id=key, text=text)
+            if recipient:
+                frame.recipient = recipient
+            else:
+                frame.thread_id = thread_id
+            loop = asyncio.get_running_loop()
+            pending = _Pending(frame, loop.create_future(), text)
+            self.outbox[key] = pending
+            await self._transmit(pending)
+        return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
+
+    async def read(self, thread_id: int, seq: int) -> None:
+        await self._write(spb.ClientFrame(read=spb.Read(thread_id=thread_id, seq=seq)))
+
+    async def typing(self, thread_id: int, active: bool = True) -> None:
+        await self._write(spb.ClientFrame(typing=spb.TypingRequest(thread_id=thread_id,
+                                                                   active=active)))
+
+    async def next_event(self, timeout: float | None = None) -> Event:
+        return await asyncio.wait_for(self.events.get(), timeout)
+
+    async def messages(self) -> AsyncIterator[d.Message]:
+        while True:
+            ev = await self.events.get()
+            if isinstance(ev, d.Message):
+                yield ev
+
+    @property
+    def cursors(self) -> dict[int, int]:
+        return dict(self.merger.cursors)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closing:
+            try:
+                await self._session()
+                attempt = 0
+                reason = "stream ended"
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    err = error_from_rpc(e)
+                    self._fail_outbox(err)
+                    await self.events.put(Disconnected(err.message, True))
+                    return
+                reason = f"{e.code().name}: {e.details()}"
+            except (OSError, ConnectionError) as e:
+                reason = str(e)
+            except asyncio.CancelledError:
+                raise
+            self.synced.clear()
+            self._call = None
+            if self._closing:
+                return
+            await self.events.put(Disconnected(reason, False))
+            delay = random.uniform(0, min(self.max_backoff, 0.1 * 2**attempt))
+            attempt = min(attempt + 1, 10)
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        address = self._address
+        if self.locate and self.client.user is not None:
+            with contextlib.suppress(NatterError):
+                address = await self.client.locate(self.client.user.username)
+        channel = self.client.channel if address == self.client.server else open_channel(address)
+        try:
+            stub = spb_grpc.SocketServiceStub(channel)
+            call = stub.Connect(metadata=self.client.metadata())
+            self._call = call
+            self._epoch += 1
+            cursors = [tpb.Cursor(thread_id=t, seq=s) for t, s in self.merger.cursors.items()]
+            await call.write(spb.ClientFrame(hello=spb.Hello(cursors=cursors,
+                                                             skip_replay=self.skip_replay)))
+            heart: asyncio.Task[None] | None = None
+            try:
+                async for frame in call:
+                    which = frame.WhichOneof("payload")
+                    if which == "welcome":
+                        w = frame.welcome
+                        self.user = convert.user_of(w.user)
+                        self.device_id = w.device_id
+                        self.stats.connects += 1
+                        await self.events.put(Connected(w.node_id, address))
+                        interval = self.heartbeat_seconds or w.heartbeat_interval_seconds or 5
+                        heart = asyncio.create_task(self._heartbeat(call, interval))
+                        for p in list(self.outbox.values()):
+                            await self._transmit(p)
+                    else:
+                        await self._on_frame(frame)
+                    if which == "redirect":
+                        self._address = frame.redirect.address
+                        call.cancel()
+                        return
+            finally:
+                if heart is not None:
+                    heart.cancel()
+        finally:
+            if channel is not self.client.channel:
+                await channel.close()
+
+    async def _heartbeat(self, call: grpc.aio.StreamStreamCall[spb.ClientFrame, spb.ServerFrame],
+                         interval: float) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                await asyncio.sleep(interval)
+                async with self._write_lock:
+                    await call.write(spb.ClientFrame(heartbeat=spb.Heartbeat()))
+
+    async def _on_frame(self, frame: spb.ServerFrame) -> None:
+        which = frame.WhichOneof("payload")
+        if which == "message":
+            await self._offer(convert.message_of(frame.message))
+        elif which == "send_result":
+            r = frame.send_result
+            result = d.SendResult(r.client_msg_id, r.msg_id, r.thread_id, r.seq,
+                                  convert.from_ts(r.create_time))
+            pending = self.outbox.pop(r.client_msg_id, None)
+            if pending is not None:
+                if self.user is not None:
+                    own = d.Message(r.thread_id, r.seq, r.msg_id, self.user, self.device_id,
+                                    r.client_msg_id, d.MessageKind.TEXT, pending.text,
+                                    result.create_time, state=d.MessageState.SENT)
+                    await self._offer(own)
+                if not pending.future.done():
+                    pending.future.set_result(result)
+        elif which == "sync_done":
+            self.synced.set()
+            await self.events.put(SyncDone(frame.sync_done.replayed))
+        elif which == "receipt":
+            await self.events.put(convert.receipt_of(frame.receipt))
+        elif which == "presence":
+            await self.events.put(convert.presence_of(frame.presence))
+        elif which == "typing":
+            await self.events.put(convert.typing_of(frame.typing))
+        elif which == "read_cursor":
+            c = frame.read_cursor.cursor
+            await self.events.put(d.ReadCursor(d.Cursor(c.thread_id, c.seq)))
+        elif which == "error":
+            await self._on_error(frame.error)
+
+    async def _on_error(self, e: spb.StreamError) -> None:
+        if e.client_msg_id and e.client_msg_id in self.outbox:
+            if e.code in RETRYABLE:
+                return  # stays in the outbox; sent again on the next connect
+            pending = self.outbox.pop(e.client_msg_id)
+            klass = next((k for c, k in ERROR_OF.items() if c.value[0] == e.code), NatterError)
+            if not pending.future.done():
+                pending.future.set_exception(klass(e.message, e.reason))
+            return
+        await self.events.put(Rejected(e.code, e.message, e.reason))
+
+    async def _offer(self, m: d.Message) -> None:
+        released, gap = self.merger.offer(m)
+        for r in released:
+            await self._surface(r)
+        while gap is not None:
+            rows, _ = await self.client.history(gap.thread_id, after_seq=gap.after_seq, forward=True,
+                                                limit=max(1, min(1000, gap.before_seq - gap.after_seq - 1)))
+            self.stats.gaps_filled += 1
+            gap = None
+            for row in rows:
+                released, gap2 = self.merger.offer(row)
+                for r in released:
+                    await self._surface(r)
+                gap = gap or gap2
+            gap = self.merger.pending_gap(m.thread_id) if gap is None and rows else None
+
+    async def _surface(self, m: d.Message) -> None:
+        await self.events.put(m)
+        if self.auto_ack and (m.sender_device_id != self.device_id or self.user is None
+                              or m.sender.user_id != self.user.user_id):
+            self.ack(m.thread_id, m.seq)
+
+    def ack(self, thread_id: int, seq: int) -> None:
+        """Acks are coalesced: one frame carries every thread's cursor, a few times a second."""
+        if seq > self._ack_dirty.get(thread_id, 0):
+            self._ack_dirty[thread_id] = seq
+        if self._ack_task is None or self._ack_task.done():
+            self._ack_task = asyncio.create_task(self._ack_soon())
+
+    async def _ack_soon(self) -> None:
+        await asyncio.sleep(0.05)
+        await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        if not self._ack_dirty or self._call is None:
+            return
+        acks, self._ack_dirty = self._ack_dirty, {}
+        frame = spb.ClientFrame(
+            ack=spb.Ack(cursors=[tpb.Cursor(thread_id=t, seq=s) for t, s in acks.items()])
+        )
+        with contextlib.suppress(Exception):  # the next Hello carries our cursors anyway
+            await self._write(frame)
+
+    async def _transmit(self, pending: _Pending) -> None:
+        if self._call is None or pending.sent_on == self._epoch:
+            return
+        with contextlib.suppress(Exception):
+            await self._write(spb.ClientFrame(send=pending.frame))
+            if pending.sent_on != -1:
+                self.stats.resends += 1
+            pending.sent_on = self._epoch
+
+    async def _write(self, frame: spb.ClientFrame) -> None:
+        call = self._call
+        if call is None:
+            raise NatterError("not connected")
+        async with self._write_lock:
+            await call.write(frame)
+
+    def _fail_outbox(self, err: NatterError) -> None:
+        for p in self.outbox.values():
+            if not p.future.done():
+                p.future.set_exception(err)
+        self.outbox.clear()

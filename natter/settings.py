@@ -1,0 +1,122 @@
+"""The one settings object, built once from flags, NATTER_* environment and a TOML file."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ROLES = ("embedded", "socket", "message", "channel", "presence")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a natter process can be told; immutable once built."""
+
+    role: str = "embedded"
+    data_dir: Path = Path("natter-data")
+    grpc_addr: str = "127.0.0.1:7070"
+    http_addr: str = "127.0.0.1:7080"
+    internal_addr: str = "127.0.0.1:0"
+    advertise_addr: str = ""
+    node_id: str = ""
+    database_url: str = ""
+    etcd_endpoints: tuple[str, ...] = ()
+    etcd_prefix: str = "/natter"
+    lease_ttl_seconds: int = 5
+    cluster_secret: str = ""
+    message_addrs: tuple[str, ...] = ()
+    channel_addrs: tuple[str, ...] = ()
+    presence_addrs: tuple[str, ...] = ()
+    max_text_bytes: int = 64 * 1024
+    max_frame_bytes: int = 256 * 1024
+    max_group_members: int = 1024
+    group_history_from_join: bool = True
+    heartbeat_interval_seconds: float = 5.0
+    presence_timeout_beats: int = 3
+    session_idle_timeout_seconds: float = 600.0
+    keepalive_seconds: float = 30.0
+    frames_per_second: float = 200.0
+    frame_burst: int = 2000
+    typing_per_second: float = 2.0
+    presence_push_group_size: int = 32
+    ack_flush_seconds: float = 0.2
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19 * 1024
+    argon2_parallelism: int = 1
+    web_dir: Path | None = None
+    log_level: str = "INFO"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def db_url(self) -> str:
+        """The SQLAlchemy URL; SQLite under the data folder unless set."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'natter.db'}"
+
+    @property
+    def presence_timeout_seconds(self) -> float:
+        return self.heartbeat_interval_seconds * self.presence_timeout_beats
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, kind: Any, raw: object) -> object:
+    text = str(raw)
+    if kind in ("int", int):
+        return int(text)
+    if kind in ("float", float):
+        return float(text)
+    if kind in ("bool", bool):
+        if isinstance(raw, bool):
+            return raw
+        return text.lower() in ("1", "true", "yes", "on")
+    if kind in ("Path", Path):
+        return Path(text)
+    if kind in ("Path | None",):
+        return Path(text) if text else None
+    if kind in ("tuple[str, ...]",):
+        if isinstance(raw, list | tuple):
+            return tuple(str(x) for x in raw)
+        return tuple(p.strip() for p in text.split(",") if p.strip())
+    if kind in ("str", str):
+        return text
+    raise ValueError(f"setting {name} cannot be set from text")
+
+
+def load(
+    overrides: Mapping[str, object] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Build Settings: defaults < config file < NATTER_<NAME> env < explicit overrides."""
+    values: dict[str, object] = {}
+    known = {f.name: f.type for f in fields(Settings) if f.name != "extra"}
+    env = env or {}
+    path = config_file or (Path(env["NATTER_CONFIG"]) if env.get("NATTER_CONFIG") else None)
+    if path is not None:
+        with path.open("rb") as fh:
+            for key, raw in tomllib.load(fh).items():
+                name = key.replace("-", "_")
+                if name not in known:
+                    raise ValueError(f"unknown setting {key!r} in {path}")
+                values[name] = _coerce(name, known[name], raw)
+    for name, kind in known.items():
+        raw_env = env.get("NATTER_" + name.upper())
+        if raw_env is not None and raw_env != "":
+            values[name] = _coerce(name, kind, raw_env)
+    for name, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if name not in known:
+            raise ValueError(f"unknown setting {name!r}")
+        values[name] = _coerce(name, known[name], raw)
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    return settings

@@ -1,0 +1,250 @@
+"""The sessions connected to this socket server: routing of deliveries, group index, upkeep."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Protocol
+
+import grpc
+
+from message_svc.api import MessageApi
+from natter import domain as d
+from natter.settings import Settings
+from socket_svc.session import Session
+
+logger = logging.getLogger(__name__)
+
+
+class ChannelApi(Protocol):
+    """channel_svc as seen by a socket server."""
+
+    async def subscribe(self, node_id: str, thread_ids: Sequence[int]) -> None: ...
+    async def unsubscribe(self, node_id: str, thread_ids: Sequence[int]) -> None: ...
+
+
+class PresenceApi(Protocol):
+    """presence_svc as seen by a socket server."""
+
+    async def report(self, node_id: str, beats: Sequence[tuple[int, int, bool]]) -> None: ...
+
+
+class Hub:
+    """Knows which devices are connected here and which groups they belong to."""
+
+    def __init__(
+        self,
+        node_id: str,
+        api: MessageApi,
+        settings: Settings,
+        channel: ChannelApi | None = None,
+        presence: PresenceApi | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.api = api
+        self.settings = settings
+        self.channel = channel
+        self.presence = presence
+        self.by_user: dict[int, set[Session]] = defaultdict(set)
+        self.by_device: dict[int, Session] = {}
+        # group thread -> local users who are members; the channel subscription follows it.
+        self.members: dict[int, set[int]] = defaultdict(set)
+        self.groups_of: dict[int, set[int]] = {}
+        self._ack_pending: set[Session] = set()
+        self._beats: dict[tuple[int, int], bool] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._user_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.deliveries = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._flush_acks_forever()),
+            asyncio.create_task(self._sweep_forever()),
+            asyncio.create_task(self._report_forever()),
+        ]
+
+    async def stop(self) -> None:
+        for s in list(self.by_device.values()):
+            s.close(grpc.StatusCode.UNAVAILABLE, "server shutting down; reconnect")
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.flush_acks()
+        await self._report()
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def attach(self, session: Session) -> None:
+        """Register before sync so live events buffer while the replay runs."""
+        old = self.by_device.get(session.device_id)
+        if old is not None:
+            old.close(grpc.StatusCode.ALREADY_EXISTS, "this device connected again elsewhere")
+        self.by_device[session.device_id] = session
+        first = not self.by_user[session.user_id]
+        self.by_user[session.user_id].add(session)
+        self._beats[(session.user_id, session.device_id)] = True
+        if first:
+            async with self._user_locks[session.user_id]:
+                if session.user_id not in self.groups_of:
+                    groups = await self.api.user_groups(session.user_id)
+                    await self._join(session.user_id, groups)
+
+    async def detach(self, session: Session) -> None:
+        if self.by_device.get(session.device_id) is session:
+            del self.by_device[session.device_id]
+            self._beats[(session.user_id, session.device_id)] = False
+        sessions = self.by_user.get(session.user_id)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self.by_user[session.user_id]
+                async with self._user_locks[session.user_id]:
+                    if session.user_id not in self.by_user:
+                        groups = self.groups_of.pop(session.user_id, set())
+                        await self._leave(session.user_id, groups)
+        await self._flush_one(session)
+
+    async def _join(self, user_id: int, groups: Sequence[int]) -> None:
+        mine = self.groups_of.setdefault(user_id, set())
+        fresh = []
+        for g in groups:
+            mine.add(g)
+            if not self.members[g]:
+                fresh.append(g)
+            self.members[g].add(user_id)
+        if fresh and self.channel is not None:
+            await self.channel.subscribe(self.node_id, fresh)
+
+    async def _leave(self, user_id: int, groups: set[int]) -> None:
+        gone = []
+        for g in groups:
+            users = self.members.get(g)
+            if users is None:
+                continue
+            users.discard(user_id)
+            if not users:
+                del self.members[g]
+                gone.append(g)
+        if gone and self.channel is not None:
+            try:
+                await self.channel.unsubscribe(self.node_id, gone)
+            except Exception:  # soft state: a stale subscription only costs a wasted forward
+                logger.warning("unsubscribe failed", exc_info=True)
+
+    def subscriptions(self) -> list[int]:
+        return sorted(self.members)
+
+    # -- deliveries ----------------------------------------------------------------------
+
+    async def deliver(self, deliveries: Sequence[d.Delivery]) -> None:
+        for dl in deliveries:
+            event = dl.event
+            if isinstance(event, d.Message) and event.system is not None:
+                await self._membership(event)
+            if dl.user_ids:
+                users: Sequence[int] = dl.user_ids
+            else:
+                users = list(self.members.get(dl.thread_id, ()))
+            for uid in users:
+                for s in self.by_user.get(uid, ()):
+                    if s.device_id != dl.exclude_device_id:
+                        s.enqueue(event)
+                        self.deliveries += 1
+
+    async def _membership(self, m: d.Message) -> None:
+        """Keep the local group index in step with membership changes seen in the thread."""
+        assert m.system is not None
+        kind = m.system.kind
+        local = [u.user_id for u in m.system.users if u.user_id in self.by_user]
+        if kind in (d.SystemKind.MEMBERS_ADDED, d.SystemKind.GROUP_CREATED):
+            ids = local
+            if kind is d.SystemKind.GROUP_CREATED and m.system.actor.user_id in self.by_user:
+                ids = [*local, m.system.actor.user_id]
+            for uid in ids:
+                await self._join(uid, [m.thread_id])
+        elif kind is d.SystemKind.MEMBERS_REMOVED:
+            for uid in local:
+                self._later_leave(uid, m.thread_id)
+        elif kind is d.SystemKind.MEMBER_LEFT and m.system.actor.user_id in self.by_user:
+            self._later_leave(m.system.actor.user_id, m.thread_id)
+
+    def _later_leave(self, user_id: int, thread_id: int) -> None:
+        # The removal message itself still reaches them; the index drops them right after.
+        async def leave() -> None:
+            self.groups_of.get(user_id, set()).discard(thread_id)
+            await self._leave(user_id, {thread_id})
+
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(leave()))
+
+    # -- acks ----------------------------------------------------------------------------
+
+    def ack_pending(self, session: Session) -> None:
+        self._ack_pending.add(session)
+
+    async def flush_acks(self) -> None:
+        pending, self._ack_pending = self._ack_pending, set()
+        acks = [a for a in (s.take_acks() for s in pending) if a is not None]
+        if acks:
+            try:
+                await self.api.ack(acks)
+            except Exception:
+                logger.warning("ack flush failed; will retry", exc_info=True)
+                for s, a in zip(pending, acks, strict=False):
+                    for c in a.cursors:
+                        s.ack_dirty[c.thread_id] = max(s.ack_dirty.get(c.thread_id, 0), c.seq)
+                    self._ack_pending.add(s)
+
+    async def _flush_one(self, session: Session) -> None:
+        self._ack_pending.discard(session)
+        ack = session.take_acks()
+        if ack is not None:
+            try:
+                await self.api.ack([ack])
+            except Exception:
+                logger.warning("final ack flush failed", exc_info=True)
+
+    async def _flush_acks_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ack_flush_seconds)
+            await self.flush_acks()
+
+    # -- idle sessions and presence ------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        idle = self.settings.session_idle_timeout_seconds
+        while True:
+            await asyncio.sleep(min(5.0, max(idle / 4, 0.05)))
+            now = time.monotonic()
+            for s in list(self.by_device.values()):
+                if now - s.last_frame > idle:
+                    s.close(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"no heartbeat for {idle:.0f} s; session closed")
+
+    def beat(self, session: Session) -> None:
+        self._beats[(session.user_id, session.device_id)] = True
+
+    async def _report(self) -> None:
+        if self.presence is None or not self._beats:
+            self._beats.clear()
+            return
+        beats, self._beats = self._beats, {}
+        try:
+            await self.presence.report(self.node_id, [(u, dv, c) for (u, dv), c in beats.items()])
+        except Exception:
+            logger.warning("presence report failed", exc_info=True)
+
+    async def _report_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_seconds)
+            # Every connected device counts as beating while its session is alive.
+            for s in self.by_device.values():
+                self._beats.setdefault((s.user_id, s.device_id), True)
+            await self._report()

@@ -1,0 +1,132 @@
+"""gRPC servicers of socket_svc: the public Connect stream and Locate, the internal Deliver."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from message_svc.api import MessageApi
+from natter import convert
+from natter.errors import InvalidArgument, NatterError
+from natter.rpc import Malformed, bearer, rich_status
+from natter.settings import Settings
+from natter.v1 import socket_internal_service_pb2 as ipb
+from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
+from natter.v1 import socket_service_pb2 as spb
+from natter.v1 import socket_service_pb2_grpc as spb_grpc
+from socket_svc.hub import Hub
+from socket_svc.session import Session, error_frame, pump
+
+logger = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class _GrpcTransport:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    async def send(self, frame: spb.ServerFrame) -> None:
+        await self.context.write(frame)
+
+
+class SocketServicer(spb_grpc.SocketServiceServicer):
+    def __init__(
+        self, hub: Hub, api: MessageApi, settings: Settings,
+        locate: Callable[[str], Any],
+    ) -> None:
+        self.hub = hub
+        self.api = api
+        self.settings = settings
+        self._locate = locate
+
+    async def Connect(  # type: ignore[override]
+        self, request_iterator: Any, context: Context
+    ) -> None:
+        who = await self.api.authenticate(bearer(context.invocation_metadata()))
+        first = await context.read()
+        if first is grpc.aio.EOF:
+            return
+        if isinstance(first, Malformed) or first.WhichOneof("payload") != "hello":
+            raise InvalidArgument("the first frame must be hello", "HELLO_FIRST")
+        transport = _GrpcTransport(context)
+        session = Session(who, self.api, transport, self.settings, self.hub.ack_pending)
+        await transport.send(
+            spb.ServerFrame(
+                welcome=spb.Welcome(
+                    user=convert.user(who.user), device_id=who.device_id,
+                    heartbeat_interval_seconds=int(self.settings.heartbeat_interval_seconds),
+                    node_id=self.hub.node_id,
+                )
+            )
+        )
+        await self.hub.attach(session)
+
+        async def read() -> spb.ClientFrame | None:
+            while True:
+                frame = await context.read()
+                if frame is grpc.aio.EOF:
+                    return None
+                if isinstance(frame, Malformed):
+                    session.enqueue(error_frame(InvalidArgument(
+                        f"malformed frame: {frame.error}", "MALFORMED_FRAME")))
+                    continue
+                self.hub.beat(session)
+                return frame  # type: ignore[no-any-return]
+
+        writer = asyncio.create_task(session.run(first.hello))
+        reader = asyncio.create_task(pump(session, read))
+        try:
+            await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if reader.done() and not writer.done() and session.closed is None:
+                # The device hung up (or half-closed): let in-flight sends answer, then stop.
+                await session.drain()
+                session.close(grpc.StatusCode.OK, "")
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer, 5)
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            for task in (reader, writer):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self.hub.detach(session)
+        if context.cancelled():
+            return
+        if writer.done() and not writer.cancelled():
+            error = writer.exception()
+            if isinstance(error, NatterError):
+                raise error
+            if error is not None:
+                logger.debug("stream of device %s ended: %r", session.device_id, error)
+                return
+        closed = session.closed
+        if closed is not None and closed.code != grpc.StatusCode.OK:
+            status = rich_status(closed.code, closed.message, "SESSION_CLOSED")
+            await context.abort(closed.code, closed.message,
+                                trailing_metadata=status.trailing_metadata)
+
+    async def Locate(self, request: spb.LocateRequest, context: Context) -> spb.LocateResponse:
+        address, node_id = await self._locate(request.username)
+        return spb.LocateResponse(address=address, node_id=node_id)
+
+
+class SocketInternalServicer(ipb_grpc.SocketInternalServiceServicer):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def Deliver(self, request: ipb.DeliverRequest, context: Context) -> ipb.DeliverResponse:
+        await self.hub.deliver([convert.delivery_of(x) for x in request.deliveries])
+        return ipb.DeliverResponse()
+
+    async def ListSubscriptions(
+        self, request: ipb.ListSubscriptionsRequest, context: Context
+    ) -> ipb.ListSubscriptionsResponse:
+        return ipb.ListSubscriptionsResponse(
+            thread_ids=self.hub.subscriptions(), node_id=self.hub.node_id
+        )
