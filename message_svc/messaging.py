@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import TypeVar
 
 from message_svc import rules
 from message_svc.accounts import public
@@ -17,6 +18,7 @@ from message_svc.store import (
     Appended,
     MemberRow,
     NewMessage,
+    Refused,
     Store,
     ThreadRow,
     ThreadSummary,
@@ -48,6 +50,8 @@ from natter.settings import Settings
 logger = logging.getLogger(__name__)
 
 UNBOUNDED = 1 << 62
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def _encode_token(when: datetime, thread_id: int) -> str:
@@ -70,11 +74,14 @@ class Messaging:
         self.settings = settings
         self.fanout = fanout
         self.contacts = contacts
-        self.committer: GroupCommitter[NewMessage, Appended] = GroupCommitter(
+        self.committer: GroupCommitter[NewMessage, Appended | Refused] = GroupCommitter(
             store.append_messages
         )
         # Direct threads never change members, so their pair is cached for routing.
         self._direct: dict[int, tuple[int, int]] = {}
+        self._ids: dict[str, int] = {}
+        self._pairs: dict[tuple[int, int], int] = {}
+        self._kinds: dict[int, ThreadKind] = {}
 
     # -- membership ----------------------------------------------------------------------
 
@@ -114,25 +121,51 @@ class Messaging:
         rules.client_msg_id(req.client_msg_id)
         text = rules.text(req.text, self.settings.max_text_bytes)
         if req.recipient:
-            peer = await self.contacts.resolve(req.recipient)
-            thread_id = await self.store.direct_thread(who.user.user_id, peer.user_id)
-            kind = ThreadKind.DIRECT
-        elif req.thread_id:
-            thread, _ = await self.active_member(who, req.thread_id)
-            thread_id, kind = thread.thread_id, thread.kind
+            thread_id = await self._direct_with(who.user.user_id, req.recipient)
+        elif req.thread_id > 0:
+            thread_id = req.thread_id
+        elif req.thread_id < 0:
+            raise InvalidArgument("thread_id must be positive", "BAD_THREAD")
         else:
             raise InvalidArgument("send needs a thread_id or a recipient", "NO_TARGET")
         new = NewMessage(thread_id, who.user, who.device_id, req.client_msg_id,
                          MessageKind.TEXT, text)
         appended = await self.committer.submit(new)
+        if isinstance(appended, Refused):
+            await self.active_member(who, thread_id)  # raises the precise error
+            raise PermissionDenied(f"you are not a member of thread {thread_id}", "NOT_A_MEMBER")
         message = appended.message
         if appended.duplicate:
             if message.text != text or message.thread_id != thread_id:
                 raise_reused(req.client_msg_id)
         else:
-            await self.publish(message, kind, exclude_device_id=who.device_id)
+            await self.publish(message, await self._kind(thread_id), exclude_device_id=who.device_id)
         return SendResult(req.client_msg_id, message.msg_id, message.thread_id, message.seq,
                           message.create_time)
+
+    async def _direct_with(self, user_id: int, identifier: str) -> int:
+        """The direct thread with a user; ids, names and pairs never change, so all are cached."""
+        peer_id = self._ids.get(identifier)
+        if peer_id is None:
+            peer_id = (await self.contacts.resolve(identifier)).user_id
+            _remember(self._ids, identifier, peer_id)
+        pair = (min(user_id, peer_id), max(user_id, peer_id))
+        thread_id = self._pairs.get(pair)
+        if thread_id is None:
+            thread_id = await self.store.direct_thread(user_id, peer_id)
+            _remember(self._pairs, pair, thread_id)
+            _remember(self._kinds, thread_id, ThreadKind.DIRECT)
+        return thread_id
+
+    async def _kind(self, thread_id: int) -> ThreadKind:
+        kind = self._kinds.get(thread_id)
+        if kind is None:
+            thread = await self.store.get_thread(thread_id)
+            if thread is None:
+                raise NotFound(f"thread {thread_id} does not exist", "THREAD_NOT_FOUND")
+            kind = thread.kind
+            _remember(self._kinds, thread_id, kind)
+        return kind
 
     async def publish(
         self, message: Message, kind: ThreadKind, exclude_device_id: int = 0,
@@ -363,6 +396,15 @@ class Messaging:
 
     async def users(self, ids: Sequence[int]) -> dict[int, User]:
         return {k: public(v) for k, v in (await self.store.get_users(ids)).items()}
+
+
+CACHE_LIMIT = 200_000
+
+
+def _remember(cache: dict[K, V], key: K, value: V) -> None:
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
 
 
 def raise_reused(client_msg_id: str) -> None:

@@ -26,6 +26,7 @@ from message_svc.store import (
     MemberChange,
     MemberRow,
     NewMessage,
+    Refused,
     ThreadRow,
     ThreadSummary,
     UserRow,
@@ -62,11 +63,10 @@ class _Conflict(Unavailable):
 
 
 def _is_conflict(e: exc.DBAPIError) -> bool:
-    code = getattr(e.orig, "sqlstate", None)
-    if code in _PG_CONFLICTS:
+    if getattr(e.orig, "sqlstate", None) in _PG_CONFLICTS:  # asyncpg
         return True
-    args = getattr(e.orig, "args", ())
-    return bool(args) and args[0] in _MYSQL_CONFLICTS
+    args: tuple[Any, ...] = getattr(e.orig, "args", ())
+    return len(args) > 0 and args[0] in _MYSQL_CONFLICTS  # asyncmy: (errno, message)
 
 
 async def _backoff(attempt: int) -> None:
@@ -701,16 +701,16 @@ class SqlStore:
 
     # -- messages ------------------------------------------------------------------------
 
-    async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended]:
+    async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended | Refused]:
         # A concurrent writer (another replica) may store one of these keys first; the next
         # attempt finds it and answers with the original.
         return await self._retry(lambda: self._append(batch), integrity=True)
 
-    async def _append(self, batch: Sequence[NewMessage]) -> list[Appended]:
+    async def _append(self, batch: Sequence[NewMessage]) -> list[Appended | Refused]:
         msg = t.messages
         now = utcnow()
         keys = list(dict.fromkeys((n.sender.user_id, n.client_msg_id) for n in batch))
-        out: list[Appended | None] = [None] * len(batch)
+        out: list[Appended | Refused | None] = [None] * len(batch)
         async with self._tx() as conn:
             existing: dict[tuple[int, str], Message] = {}
             for start in range(0, len(keys), 300):
@@ -721,12 +721,28 @@ class SqlStore:
                 for r in rows:
                     m_ = _message(r)
                     existing[(m_.sender.user_id, m_.client_msg_id)] = m_
+            # Membership is checked in the same transaction that writes: a sender removed a
+            # moment ago cannot slip a message in.
+            pairs = list({(n.sender.user_id, n.thread_id) for n in batch
+                          if (n.sender.user_id, n.client_msg_id) not in existing})
+            allowed: set[tuple[int, int]] = set()
+            mem = t.thread_members
+            for start in range(0, len(pairs), 300):
+                rows = await conn.execute(
+                    sa.select(mem.c.owner_id, mem.c.thread_id).where(
+                        sa.tuple_(mem.c.owner_id, mem.c.thread_id).in_(pairs[start : start + 300]),
+                        mem.c.left_seq.is_(None),
+                    )
+                )
+                allowed.update((int(r.owner_id), int(r.thread_id)) for r in rows)
             fresh: dict[tuple[int, str], int] = {}
             per_thread: dict[int, list[int]] = defaultdict(list)
             for i, n in enumerate(batch):
                 key = (n.sender.user_id, n.client_msg_id)
                 if key in existing:
                     out[i] = Appended(existing[key], True)
+                elif (n.sender.user_id, n.thread_id) not in allowed:
+                    out[i] = Refused(n.thread_id)
                 elif key in fresh:
                     continue
                 else:
@@ -762,7 +778,7 @@ class SqlStore:
         for i, n in enumerate(batch):
             if out[i] is None:  # repeated inside this batch: same answer as the first
                 first = out[fresh[(n.sender.user_id, n.client_msg_id)]]
-                assert first is not None
+                assert isinstance(first, Appended)
                 out[i] = Appended(first.message, True)
         return [a for a in out if a is not None]
 

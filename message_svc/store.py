@@ -79,6 +79,13 @@ class Appended:
 
 
 @dataclass(frozen=True, slots=True)
+class Refused:
+    """Not stored: the sender is not an active member of the thread (or it does not exist)."""
+
+    thread_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class MemberChange:
     """Applied in the same transaction as the system message that records it."""
 
@@ -156,7 +163,7 @@ class ThreadStore(Protocol):
 
 
 class MessageStore(Protocol):
-    async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended]: ...
+    async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended | Refused]: ...
     async def list_messages(
         self, thread_id: int, after_seq: int, before_seq: int, limit: int, newest: bool
     ) -> list[Message]: ...
