@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -178,3 +179,28 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 stream_stream=stream, request_deserializer=lenient
             )
         return handler
+
+
+class SecretInterceptor(grpc.aio.ServerInterceptor):
+    """Internal listeners: every call must carry the cluster secret."""
+
+    def __init__(self, secret: str, header: str = "x-natter-cluster-secret") -> None:
+        self.secret = secret
+        self.header = header
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        given = ""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == self.header:
+                given = value.decode() if isinstance(value, bytes) else str(value)
+        if self.secret and hmac.compare_digest(given.encode(), self.secret.encode()):
+            return await continuation(handler_call_details)
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "internal API: cluster secret required")
+
+        return grpc.unary_unary_rpc_method_handler(deny)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import grpc
@@ -15,6 +15,8 @@ import grpc
 from message_svc.api import MessageApi
 from natter import domain as d
 from natter.settings import Settings
+from natter.v1 import socket_service_pb2 as spb
+from registry import Node
 from socket_svc.session import Session
 
 logger = logging.getLogger(__name__)
@@ -248,3 +250,27 @@ class Hub:
             for s in self.by_device.values():
                 self._beats.setdefault((s.user_id, s.device_id), True)
             await self._report()
+
+
+    # -- cluster -------------------------------------------------------------------------
+
+    def rebalance(self, owner: Callable[[int], Node | None], me: str) -> int:
+        """After a ring change, send devices of users this node no longer owns elsewhere."""
+        moved = 0
+        for uid, sessions in list(self.by_user.items()):
+            node = owner(uid)
+            if node is None or node.node_id == me:
+                continue
+            for s in list(sessions):
+                s.enqueue(spb.ServerFrame(redirect=spb.Redirect(address=node.public_addr)))
+                s.close(grpc.StatusCode.OK, "")
+                moved += 1
+        return moved
+
+    async def resubscribe(self) -> None:
+        """Channel nodes changed: tell the (new) owners every group this node has members of."""
+        if self.channel is not None and self.members:
+            try:
+                await self.channel.subscribe(self.node_id, sorted(self.members))
+            except Exception:
+                logger.warning("resubscribe failed", exc_info=True)

@@ -130,3 +130,22 @@ class SocketInternalServicer(ipb_grpc.SocketInternalServiceServicer):
         return ipb.ListSubscriptionsResponse(
             thread_ids=self.hub.subscriptions(), node_id=self.hub.node_id
         )
+
+
+class RedirectServicer(spb_grpc.SocketServiceServicer):
+    """SocketService on a message node: Locate answers, Connect redirects to the owner."""
+
+    def __init__(self, api: MessageApi, locate: Callable[[str], Any]) -> None:
+        self.api = api
+        self._locate = locate
+
+    async def Connect(  # type: ignore[override]
+        self, request_iterator: Any, context: Context
+    ) -> None:
+        who = await self.api.authenticate(bearer(context.invocation_metadata()))
+        address, _ = await self._locate(who.user.username)
+        await context.write(spb.ServerFrame(redirect=spb.Redirect(address=address)))
+
+    async def Locate(self, request: spb.LocateRequest, context: Context) -> spb.LocateResponse:
+        address, node_id = await self._locate(request.username)
+        return spb.LocateResponse(address=address, node_id=node_id)

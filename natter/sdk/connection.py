@@ -188,9 +188,9 @@ class Connection:
         attempt = 0
         while not self._closing:
             try:
-                await self._session()
+                redirected = await self._session()
                 attempt = 0
-                reason = "stream ended"
+                reason = "redirected" if redirected else "stream ended"
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.UNAUTHENTICATED:
                     err = error_from_rpc(e)
@@ -204,6 +204,9 @@ class Connection:
                 raise
             self.synced.clear()
             self._call = None
+            if reason != "redirected":
+                # A redirect target that failed may be gone: ask the front door again.
+                self._address = self.client.server
             if self._closing:
                 return
             await self.events.put(Disconnected(reason, False))
@@ -211,7 +214,7 @@ class Connection:
             attempt = min(attempt + 1, 10)
             await asyncio.sleep(delay)
 
-    async def _session(self) -> None:
+    async def _session(self) -> bool:
         address = self._address
         if self.locate and self.client.user is not None:
             with contextlib.suppress(NatterError):
@@ -244,13 +247,14 @@ class Connection:
                     if which == "redirect":
                         self._address = frame.redirect.address
                         call.cancel()
-                        return
+                        return True
             finally:
                 if heart is not None:
                     heart.cancel()
         finally:
             if channel is not self.client.channel:
                 await channel.close()
+        return False
 
     async def _heartbeat(self, call: grpc.aio.StreamStreamCall[spb.ClientFrame, spb.ServerFrame],
                          interval: float) -> None:

@@ -1,0 +1,127 @@
+"""MessageApi over gRPC: what a socket server in another process uses to reach message_svc."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from natter import convert
+from natter import domain as d
+from natter.pool import Pool
+from natter.v1 import message_internal_service_pb2 as mpb
+from natter.v1 import message_internal_service_pb2_grpc as mpb_grpc
+from natter.v1 import socket_service_pb2 as spb
+
+
+class MessageClient:
+    """Any message_svc replica will do: calls go to one, UNAVAILABLE moves them to the next."""
+
+    def __init__(self, pool: Pool, addresses: Callable[[], Sequence[str]]) -> None:
+        self.pool = pool
+        self.addresses = addresses
+
+    def _stub(self, channel: grpc.aio.Channel) -> mpb_grpc.MessageInternalServiceAsyncStub:
+        return mpb_grpc.MessageInternalServiceStub(channel)
+
+    async def authenticate(self, token: str) -> d.Principal:
+        async def go(ch: grpc.aio.Channel) -> mpb.AuthenticateResponse:
+            return await self._stub(ch).Authenticate(
+                mpb.AuthenticateRequest(token=token), metadata=self.pool.metadata,
+                timeout=self.pool.deadline,
+            )
+
+        res = await self.pool.call(self.addresses, go)
+        return d.Principal(convert.user_of(res.user), res.device_id)
+
+    async def send(self, who: d.Principal, req: d.SendRequest) -> d.SendResult:
+        frame = spb.Send(client_msg_id=req.client_msg_id, text=req.text)
+        if req.recipient:
+            frame.recipient = req.recipient
+        else:
+            frame.thread_id = req.thread_id
+        request = mpb.SendMessageRequest(user_id=who.user.user_id, device_id=who.device_id,
+                                         send=frame)
+
+        async def go(ch: grpc.aio.Channel) -> mpb.SendMessageResponse:
+            return await self._stub(ch).SendMessage(request, metadata=self.pool.metadata,
+                                                    timeout=self.pool.deadline)
+
+        # Retrying a send is safe: client_msg_id makes it idempotent.
+        r = (await self.pool.call(self.addresses, go)).result
+        return d.SendResult(r.client_msg_id, r.msg_id, r.thread_id, r.seq,
+                            convert.from_ts(r.create_time))
+
+    async def sync_device(
+        self, who: d.Principal, cursors: Sequence[d.Cursor], skip_replay: bool, limit: int
+    ) -> tuple[d.SyncPage, list[d.Cursor]]:
+        request = mpb.SyncDeviceRequest(
+            user_id=who.user.user_id, device_id=who.device_id,
+            cursors=[convert.cursor(c) for c in cursors], skip_replay=skip_replay, limit=limit,
+        )
+
+        async def go(ch: grpc.aio.Channel) -> mpb.SyncDeviceResponse:
+            return await self._stub(ch).SyncDevice(request, metadata=self.pool.metadata,
+                                                   timeout=self.pool.deadline * 4)
+
+        res = await self.pool.call(self.addresses, go)
+        page = d.SyncPage([convert.message_of(m) for m in res.messages], res.more)
+        return page, [d.Cursor(c.thread_id, c.seq) for c in res.starts]
+
+    async def messages_between(
+        self, who: d.Principal, thread_id: int, after_seq: int, before_seq: int
+    ) -> list[d.Message]:
+        request = mpb.ReadGapRequest(user_id=who.user.user_id, device_id=who.device_id,
+                                     thread_id=thread_id, after_seq=after_seq,
+                                     before_seq=before_seq)
+
+        async def go(ch: grpc.aio.Channel) -> mpb.ReadGapResponse:
+            return await self._stub(ch).ReadGap(request, metadata=self.pool.metadata,
+                                                timeout=self.pool.deadline)
+
+        res = await self.pool.call(self.addresses, go)
+        return [convert.message_of(m) for m in res.messages]
+
+    async def ack(self, acks: Sequence[d.DeviceAck]) -> None:
+        request = mpb.AckCursorsRequest(acks=[
+            mpb.DeviceAck(user_id=a.user_id, device_id=a.device_id,
+                          cursors=[convert.cursor(c) for c in a.cursors])
+            for a in acks
+        ])
+
+        async def go(ch: grpc.aio.Channel) -> mpb.AckCursorsResponse:
+            return await self._stub(ch).AckCursors(request, metadata=self.pool.metadata,
+                                                   timeout=self.pool.deadline)
+
+        await self.pool.call(self.addresses, go)
+
+    async def mark_read(self, who: d.Principal, cursor: d.Cursor) -> None:
+        request = mpb.MarkReadRequest(user_id=who.user.user_id, device_id=who.device_id,
+                                      cursor=convert.cursor(cursor))
+
+        async def go(ch: grpc.aio.Channel) -> mpb.MarkReadResponse:
+            return await self._stub(ch).MarkRead(request, metadata=self.pool.metadata,
+                                                 timeout=self.pool.deadline)
+
+        await self.pool.call(self.addresses, go)
+
+    async def relay_typing(self, who: d.Principal, thread_id: int, active: bool) -> None:
+        request = mpb.RelayTypingRequest(
+            user_id=who.user.user_id, device_id=who.device_id,
+            typing=spb.TypingRequest(thread_id=thread_id, active=active),
+        )
+
+        async def go(ch: grpc.aio.Channel) -> mpb.RelayTypingResponse:
+            return await self._stub(ch).RelayTyping(request, metadata=self.pool.metadata,
+                                                    timeout=self.pool.deadline)
+
+        await self.pool.call(self.addresses, go)
+
+    async def user_groups(self, user_id: int) -> list[int]:
+        async def go(ch: grpc.aio.Channel) -> mpb.ListUserGroupsResponse:
+            return await self._stub(ch).ListUserGroups(
+                mpb.ListUserGroupsRequest(user_id=user_id), metadata=self.pool.metadata,
+                timeout=self.pool.deadline,
+            )
+
+        return list((await self.pool.call(self.addresses, go)).thread_ids)

@@ -1,0 +1,33 @@
+"""A socket server over gRPC, as channel_svc and message_svc in other processes reach it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from natter import convert
+from natter import domain as d
+from natter.pool import Pool
+from natter.v1 import socket_internal_service_pb2 as ipb
+from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
+
+
+class SocketClient:
+    """One socket server's internal listener; failures are left to the caller (push is best effort)."""
+
+    def __init__(self, pool: Pool, address: str) -> None:
+        self.pool = pool
+        self.address = address
+
+    async def deliver(self, deliveries: Sequence[d.Delivery]) -> None:
+        stub = ipb_grpc.SocketInternalServiceStub(self.pool.channel(self.address))
+        await stub.Deliver(
+            ipb.DeliverRequest(deliveries=[convert.delivery(x) for x in deliveries]),
+            metadata=self.pool.metadata, timeout=self.pool.deadline,
+        )
+
+    async def list_subscriptions(self) -> list[int]:
+        stub = ipb_grpc.SocketInternalServiceStub(self.pool.channel(self.address))
+        res = await stub.ListSubscriptions(ipb.ListSubscriptionsRequest(),
+                                           metadata=self.pool.metadata,
+                                           timeout=self.pool.deadline)
+        return list(res.thread_ids)
