@@ -873,3 +873,80 @@ class SqlStore:
                         if self.sqlite else sa.func.greatest(m.c.delivered_seq, seq))
             )
             return bool(res.rowcount)
+
+    # -- who shares what (presence privacy and audience) ---------------------------------
+
+    async def contacts_among(self, owner_id: int, user_ids: Sequence[int]) -> set[int]:
+        """Which of user_ids the owner has as contacts."""
+        c = t.contacts
+        ids = list(dict.fromkeys(user_ids))
+        out: set[int] = set()
+        async with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                rows = await conn.execute(
+                    sa.select(c.c.contact_id).where(
+                        c.c.owner_id == owner_id, c.c.contact_id.in_(ids[start : start + 500])
+                    )
+                )
+                out.update(int(x) for x in rows.scalars())
+        return out
+
+    async def thread_peers_among(self, user_id: int, user_ids: Sequence[int]) -> set[int]:
+        """Which of user_ids are active members of a thread the user is an active member of."""
+        mine, theirs = t.thread_members.alias("mine"), t.thread_members.alias("theirs")
+        ids = list(dict.fromkeys(user_ids))
+        out: set[int] = set()
+        async with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                rows = await conn.execute(
+                    sa.select(theirs.c.owner_id)
+                    .distinct()
+                    .join(mine, mine.c.thread_id == theirs.c.thread_id)
+                    .where(
+                        mine.c.owner_id == user_id, mine.c.left_seq.is_(None),
+                        theirs.c.left_seq.is_(None),
+                        theirs.c.owner_id.in_(ids[start : start + 500]),
+                    )
+                )
+                out.update(int(x) for x in rows.scalars())
+        return out
+
+    async def small_thread_peers(
+        self, user_ids: Sequence[int], max_members: int
+    ) -> dict[int, set[int]]:
+        """For each user, the other active members of their threads with at most max_members."""
+        m = t.thread_members
+        ids = list(dict.fromkeys(user_ids))
+        threads_of: dict[int, set[int]] = defaultdict(set)
+        out: dict[int, set[int]] = {}
+        async with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                rows = await conn.execute(
+                    sa.select(m.c.thread_id, m.c.owner_id).where(
+                        m.c.owner_id.in_(ids[start : start + 500]), m.c.left_seq.is_(None)
+                    )
+                )
+                for r in rows:
+                    threads_of[int(r.thread_id)].add(int(r.owner_id))
+            tids = list(threads_of)
+            small: list[int] = []
+            for start in range(0, len(tids), 500):
+                rows = await conn.execute(
+                    sa.select(m.c.thread_id)
+                    .where(m.c.thread_id.in_(tids[start : start + 500]), m.c.left_seq.is_(None))
+                    .group_by(m.c.thread_id)
+                    .having(sa.func.count() <= max_members)
+                )
+                small.extend(int(x) for x in rows.scalars())
+            for start in range(0, len(small), 500):
+                rows = await conn.execute(
+                    sa.select(m.c.thread_id, m.c.owner_id).where(
+                        m.c.thread_id.in_(small[start : start + 500]), m.c.left_seq.is_(None)
+                    )
+                )
+                for r in rows:
+                    peer = int(r.owner_id)
+                    for subject in threads_of[int(r.thread_id)]:
+                        if subject != peer:
+                            out.setdefault(subject, set()).add(peer)
+        return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import inspect
 import hmac
 import logging
 import uuid
@@ -160,6 +161,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handler._replace(unary_unary=unary, request_deserializer=None)
         if handler.stream_stream is not None:
             inner_s = handler.stream_stream
+            if inspect.isasyncgenfunction(inner_s):
+                return handler  # e.g. server reflection: not ours, nothing to map
+            ours = handler_call_details.method.startswith("/natter.")
 
             async def stream(
                 requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -174,10 +178,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as e:
                     await _abort(context, e)
 
+            if not ours:
+                return handler._replace(stream_stream=stream)
             lenient = _lenient(deser)
-            return handler._replace(
-                stream_stream=stream, request_deserializer=lenient
-            )
+            return handler._replace(stream_stream=stream, request_deserializer=lenient)
         return handler
 
 

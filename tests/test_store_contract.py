@@ -1,0 +1,861 @@
+"""The Store contract: one suite that every backend (SQLite, PostgreSQL, MariaDB) must pass.
+
+Each engine's server starts once per test session (tests/dbservers.py); every test gets a
+fresh, empty database with the migrations applied by `SqlStore.open()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from message_svc.sqlstore import SqlStore
+from message_svc.store import Appended, MemberChange, NewMessage, Refused, UserRow
+from natter.domain import (
+    Cursor,
+    DeviceAck,
+    Message,
+    MessageKind,
+    Role,
+    SystemEvent,
+    SystemKind,
+    ThreadKind,
+    User,
+)
+from natter.errors import AlreadyExists, NotFound, Unavailable
+from tests.dbservers import ENGINES, DbServer, missing, server_for
+
+# -- backends ------------------------------------------------------------------------------
+
+SERVER_ENGINES = [e for e in ENGINES if e != "sqlite"]
+
+
+@dataclass
+class Backend:
+    """Where a test's fresh database comes from."""
+
+    engine: str
+    tmp: Path
+    server: DbServer | None = None
+    count: int = 0
+
+    async def new_url(self) -> str:
+        if self.server is not None:
+            return await self.server.create_database()
+        self.count += 1
+        return f"sqlite+aiosqlite:///{self.tmp / f'natter-{self.count}.db'}"
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session", params=ENGINES)
+async def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Backend]:
+    engine: str = request.param
+    tmp = tmp_path_factory.mktemp(engine)
+    if engine == "sqlite":
+        yield Backend(engine, tmp)
+        return
+    reason = missing(engine)
+    if reason is not None:
+        pytest.fail(f"the store contract suite needs {engine}: {reason}", pytrace=False)
+    async with server_for(engine) as server:
+        yield Backend(engine, tmp, server)
+
+
+@pytest_asyncio.fixture
+async def store(backend: Backend) -> AsyncIterator[SqlStore]:
+    s = SqlStore(await backend.new_url())
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Person:
+    row: UserRow
+    device_id: int
+
+    @property
+    def id(self) -> int:
+        return self.row.user_id
+
+    @property
+    def user(self) -> User:
+        return User(self.row.user_id, self.row.username, self.row.display_name)
+
+
+_tokens = itertools.count(1)
+_keys = itertools.count(1)
+
+
+async def person(store: SqlStore, name: str, phone: str | None = None) -> Person:
+    row = await store.create_user(name, name.title(), phone, f"hash-of-{name}")
+    device = await store.create_device(row.user_id, f"{name}'s phone", f"token-{next(_tokens)}")
+    return Person(row, device.device_id)
+
+
+def text(thread_id: int, who: Person, body: str = "hi", key: str | None = None) -> NewMessage:
+    return NewMessage(
+        thread_id=thread_id,
+        sender=who.user,
+        sender_device_id=who.device_id,
+        client_msg_id=key if key is not None else f"c-{next(_keys)}",
+        kind=MessageKind.TEXT,
+        text=body,
+    )
+
+
+def system(thread_id: int, who: Person, kind: SystemKind, *users: Person, title: str = "") -> NewMessage:
+    return NewMessage(
+        thread_id=thread_id,
+        sender=who.user,
+        sender_device_id=who.device_id,
+        client_msg_id=f"sys-{next(_keys)}",
+        kind=MessageKind.SYSTEM,
+        text="",
+        system=SystemEvent(kind, who.user, tuple(u.user for u in users), title),
+    )
+
+
+async def append(store: SqlStore, batch: list[NewMessage]) -> list[Appended]:
+    """append_messages for senders who are members: every item must be stored (or found)."""
+    result = await store.append_messages(batch)
+    assert len(result) == len(batch)
+    stored = [a for a in result if isinstance(a, Appended)]
+    assert stored == result, f"refused: {result}"
+    return stored
+
+
+async def send(store: SqlStore, thread_id: int, who: Person, body: str = "hi") -> Message:
+    [appended] = await append(store, [text(thread_id, who, body)])
+    return appended.message
+
+
+def assert_utc(value: datetime | None) -> None:
+    assert value is not None
+    assert value.tzinfo is not None and value.utcoffset() == timedelta(0), value
+
+
+async def all_seqs(store: SqlStore, thread_id: int) -> list[int]:
+    return [m.seq for m in await store.list_messages(thread_id, 0, 0, 10_000, False)]
+
+
+# -- lifecycle -----------------------------------------------------------------------------
+
+
+async def test_reopen_keeps_data_and_applies_no_migration_twice(store: SqlStore) -> None:
+    alice = await person(store, "alice")
+    again = SqlStore(store.url.render_as_string(hide_password=False))
+    await again.open()
+    try:
+        assert (await again.get_users([alice.id]))[alice.id].username == "alice"
+    finally:
+        await again.close()
+
+
+@pytest.mark.parametrize("backend", SERVER_ENGINES, indirect=True)
+async def test_a_lost_database_is_unavailable_and_the_store_recovers(
+    backend: Backend, store: SqlStore
+) -> None:
+    assert backend.server is not None
+    alice = await person(store, "alice")
+    ab = await store.direct_thread(alice.id, alice.id)
+    await send(store, ab, alice, "before the crash")
+    await backend.server.kill()
+    try:
+        with pytest.raises(Unavailable):
+            await store.get_users([alice.id])
+        with pytest.raises(Unavailable):
+            await append(store, [text(ab, alice, "during the outage")])
+    finally:
+        await backend.server.start()
+    # Acknowledged writes survived kill -9; pooled connections are replaced transparently.
+    assert [m.text for m in await store.list_messages(ab, 0, 0, 10, False)] == ["before the crash"]
+    after = await send(store, ab, alice, "after the restart")
+    assert after.seq == 2
+
+
+# -- users ---------------------------------------------------------------------------------
+
+
+async def test_create_user_returns_the_stored_row(store: SqlStore) -> None:
+    row = await store.create_user("alice", "Alice 🌷", "+15550001111", "argon2-hash")
+    assert row.user_id > 0
+    assert (row.username, row.display_name, row.phone) == ("alice", "Alice 🌷", "+15550001111")
+    assert row.hide_last_seen is False and row.last_seen_time is None
+    assert (await store.get_users([row.user_id])) == {row.user_id: row}
+
+
+async def test_duplicate_username_is_already_exists(store: SqlStore) -> None:
+    # A username that mentions "phone" must still be reported as a username clash.
+    await store.create_user("iphone-fan", "Fan", "+15550001111", "h")
+    with pytest.raises(AlreadyExists) as caught:
+        await store.create_user("iphone-fan", "Other", "+15550002222", "h")
+    assert caught.value.message.startswith("username")
+    assert caught.value.reason == "ACCOUNT_EXISTS"
+    assert set(await store.find_users(["iphone-fan", "+15550002222"])) == {"iphone-fan"}
+
+
+async def test_duplicate_phone_is_already_exists(store: SqlStore) -> None:
+    await store.create_user("alice", "Alice", "+15550001111", "h")
+    with pytest.raises(AlreadyExists) as caught:
+        await store.create_user("phone", "Bob", "+15550001111", "h")
+    assert caught.value.message.startswith("phone number")
+    assert caught.value.reason == "ACCOUNT_EXISTS"
+    assert await store.find_users(["phone"]) == {}
+
+
+async def test_many_users_may_have_no_phone(store: SqlStore) -> None:
+    a = await store.create_user("alice", "Alice", None, "h")
+    b = await store.create_user("bob", "Bob", None, "h")
+    assert a.user_id != b.user_id
+    assert {r.phone for r in (await store.get_users([a.user_id, b.user_id])).values()} == {None}
+
+
+async def test_find_users_by_username_and_by_phone(store: SqlStore) -> None:
+    alice = await store.create_user("alice", "Alice", "+15550001111", "h")
+    bob = await store.create_user("bob", "Bob", None, "h")
+    found = await store.find_users(["+15550001111", "bob", "nobody", "bob"])
+    assert found == {"+15550001111": alice, "bob": bob}
+    assert await store.find_users([]) == {}
+
+
+async def test_get_users_ignores_unknown_ids(store: SqlStore) -> None:
+    alice = await store.create_user("alice", "Alice", None, "h")
+    assert await store.get_users([alice.user_id, alice.user_id, 999_999]) == {
+        alice.user_id: alice
+    }
+    assert await store.get_users([]) == {}
+
+
+async def test_update_user_changes_only_what_is_given(store: SqlStore) -> None:
+    alice = await store.create_user("alice", "Alice", None, "h")
+    await store.update_user(alice.user_id, "Alice Liddell", None)
+    row = (await store.get_users([alice.user_id]))[alice.user_id]
+    assert (row.display_name, row.hide_last_seen) == ("Alice Liddell", False)
+    await store.update_user(alice.user_id, None, True)
+    row = (await store.get_users([alice.user_id]))[alice.user_id]
+    assert (row.display_name, row.hide_last_seen) == ("Alice Liddell", True)
+    await store.update_user(alice.user_id, None, None)
+    assert (await store.get_users([alice.user_id]))[alice.user_id] == row
+
+
+async def test_set_last_seen_keeps_the_instant_in_utc_with_microseconds(store: SqlStore) -> None:
+    alice = await store.create_user("alice", "Alice", None, "h")
+    bob = await store.create_user("bob", "Bob", None, "h")
+    seen_a = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    seen_b = datetime(2024, 5, 6, 9, 8, 9, 654321, tzinfo=timezone(timedelta(hours=2)))
+    await store.set_last_seen([(alice.user_id, seen_a), (bob.user_id, seen_b)])
+    rows = await store.get_users([alice.user_id, bob.user_id])
+    for uid, want in ((alice.user_id, seen_a), (bob.user_id, seen_b)):
+        got = rows[uid].last_seen_time
+        assert_utc(got)
+        assert got == want
+    await store.set_last_seen([])
+
+
+# -- devices -------------------------------------------------------------------------------
+
+
+async def test_device_by_token_finds_the_user_and_device(store: SqlStore) -> None:
+    alice = await store.create_user("alice", "Alice", "+15550001111", "h")
+    device = await store.create_device(alice.user_id, "laptop", "a" * 64)
+    assert device.device_id > 0 and device.user_id == alice.user_id and device.name == "laptop"
+    assert_utc(device.create_time)
+    assert device.last_active_time is None
+    found = await store.device_by_token("a" * 64)
+    assert found is not None
+    user, dev = found
+    assert user == alice
+    assert dev == device
+    assert await store.device_by_token("b" * 64) is None
+    assert await store.device_by_token("A" * 64) is None
+
+
+async def test_revoked_devices_stop_authenticating_and_leave_the_list(store: SqlStore) -> None:
+    alice = await store.create_user("alice", "Alice", None, "h")
+    phone = await store.create_device(alice.user_id, "phone", "t-phone")
+    laptop = await store.create_device(alice.user_id, "laptop", "t-laptop")
+    assert [d.device_id for d in await store.list_devices(alice.user_id)] == [
+        phone.device_id,
+        laptop.device_id,
+    ]
+    assert await store.revoke_device(phone.device_id) is True
+    assert await store.revoke_device(phone.device_id) is False
+    assert await store.revoke_device(999_999) is False
+    assert await store.device_by_token("t-phone") is None
+    assert await store.device_by_token("t-laptop") is not None
+    assert await store.list_devices(alice.user_id) == [laptop]
+
+
+async def test_touch_devices_sets_last_active_time(store: SqlStore) -> None:
+    alice = await store.create_user("alice", "Alice", None, "h")
+    phone = await store.create_device(alice.user_id, "phone", "t-phone")
+    laptop = await store.create_device(alice.user_id, "laptop", "t-laptop")
+    when = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    await store.touch_devices([phone.device_id], when)
+    await store.touch_devices([], when)
+    by_id = {d.device_id: d for d in await store.list_devices(alice.user_id)}
+    assert by_id[phone.device_id].last_active_time == when
+    assert_utc(by_id[phone.device_id].last_active_time)
+    assert by_id[laptop.device_id].last_active_time is None
+    assert by_id[phone.device_id].create_time == phone.create_time
+
+
+# -- contacts ------------------------------------------------------------------------------
+
+
+async def test_adding_a_contact_twice_updates_the_alias(store: SqlStore) -> None:
+    alice = await person(store, "alice")
+    bob = await person(store, "bob")
+    await store.add_contact(alice.id, bob.id, "Bobby")
+    await store.add_contact(alice.id, bob.id, "Robert")
+    contacts = await store.list_contacts(alice.id, "", 10)
+    assert [(row.username, alias) for row, alias in contacts] == [("bob", "Robert")]
+    assert contacts[0][0] == bob.row
+    assert await store.list_contacts(bob.id, "", 10) == []
+
+
+async def test_remove_contact(store: SqlStore) -> None:
+    alice = await person(store, "alice")
+    bob = await person(store, "bob")
+    await store.add_contact(alice.id, bob.id, "")
+    assert await store.remove_contact(alice.id, bob.id) is True
+    assert await store.remove_contact(alice.id, bob.id) is False
+    assert await store.list_contacts(alice.id, "", 10) == []
+
+
+async def test_list_contacts_pages_by_username(store: SqlStore) -> None:
+    owner = await person(store, "owner")
+    names = ["erin", "bob", "dave", "carol", "frank"]
+    for name in names:
+        await store.add_contact(owner.id, (await person(store, name)).id, name.upper())
+    pages: list[list[str]] = []
+    after = ""
+    while True:
+        page = await store.list_contacts(owner.id, after, 2)
+        if not page:
+            break
+        pages.append([row.username for row, _ in page])
+        after = page[-1][0].username
+    assert pages == [["bob", "carol"], ["dave", "erin"], ["frank"]]
+    assert [alias for _, alias in await store.list_contacts(owner.id, "carol", 1)] == ["DAVE"]
+
+
+async def test_watchers_are_the_users_who_have_someone_as_a_contact(store: SqlStore) -> None:
+    alice, bob, carol, dave = [await person(store, n) for n in ("alice", "bob", "carol", "dave")]
+    await store.add_contact(bob.id, alice.id, "")
+    await store.add_contact(carol.id, alice.id, "")
+    await store.add_contact(alice.id, bob.id, "")
+    got = await store.watchers([alice.id, bob.id, dave.id])
+    assert {k: sorted(v) for k, v in got.items()} == {
+        alice.id: sorted([bob.id, carol.id]),
+        bob.id: [alice.id],
+    }
+    assert await store.watchers([]) == {}
+
+
+# -- threads -------------------------------------------------------------------------------
+
+
+async def test_direct_thread_is_one_per_pair_in_either_order(store: SqlStore) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    ab = await store.direct_thread(alice.id, bob.id)
+    assert await store.direct_thread(bob.id, alice.id) == ab
+    ac = await store.direct_thread(carol.id, alice.id)
+    assert ac != ab
+    thread = await store.get_thread(ab)
+    assert thread is not None
+    assert (thread.thread_id, thread.kind, thread.title, thread.last_seq) == (
+        ab, ThreadKind.DIRECT, "", 0
+    )
+    assert_utc(thread.update_time)
+    members = await store.list_members(ab)
+    assert sorted(m.user_id for m in members) == sorted([alice.id, bob.id])
+    for m in members:
+        assert (m.role, m.first_seq, m.left_seq, m.delivered_seq, m.read_seq) == (
+            Role.MEMBER, 1, None, 0, 0
+        )
+        assert m.active
+
+
+async def test_a_note_to_self_thread_has_one_member(store: SqlStore) -> None:
+    alice = await person(store, "alice")
+    mine = await store.direct_thread(alice.id, alice.id)
+    assert await store.active_member_ids(mine) == [alice.id]
+    [summary] = await store.list_threads(alice.id, None, 10)
+    assert (summary.peer_id, summary.member_count) == (alice.id, 1)
+
+
+async def test_concurrent_direct_thread_calls_make_one_thread(store: SqlStore) -> None:
+    alice = await person(store, "alice")
+    bob = await person(store, "bob")
+    ids = await asyncio.gather(
+        *(
+            store.direct_thread(*((alice.id, bob.id) if i % 2 else (bob.id, alice.id)))
+            for i in range(12)
+        )
+    )
+    assert len(set(ids)) == 1
+    assert sorted(await store.active_member_ids(ids[0])) == sorted([alice.id, bob.id])
+    assert len(await store.user_threads(alice.id)) == 1
+
+
+async def test_unknown_threads_and_members_are_none(store: SqlStore) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    ab = await store.direct_thread(alice.id, bob.id)
+    assert await store.get_thread(999_999) is None
+    assert await store.get_member(ab, carol.id) is None
+    assert await store.get_member(999_999, alice.id) is None
+    member = await store.get_member(ab, alice.id)
+    assert member is not None and (member.thread_id, member.user_id) == (ab, alice.id)
+    assert_utc(member.create_time)
+    assert_utc(member.update_time)
+    assert await store.list_members(999_999) == []
+    assert await store.active_member_ids(999_999) == []
+
+
+async def test_user_threads_lists_every_membership(store: SqlStore) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    ab = await store.direct_thread(alice.id, bob.id)
+    group, _ = await store.create_group(
+        "g", carol.id, [alice.id], system(0, carol, SystemKind.GROUP_CREATED, alice)
+    )
+    rows = await store.user_threads(alice.id)
+    assert sorted(r.thread_id for r in rows) == sorted([ab, group])
+    assert all(r.user_id == alice.id for r in rows)
+    assert [r.thread_id for r in await store.user_threads(bob.id)] == [ab]
+    assert await store.user_threads(999_999) == []
+
+
+async def test_list_threads_newest_first_with_paging(store: SqlStore) -> None:
+    alice = await person(store, "alice")
+    others = [await person(store, n) for n in ("bob", "carol", "dave", "erin")]
+    threads = [await store.direct_thread(alice.id, o.id) for o in others]
+    for thread_id, who in zip(threads, others, strict=True):
+        await send(store, thread_id, who)
+    # The oldest conversation comes back to life: it moves to the top.
+    await send(store, threads[0], alice)
+    want = [threads[0], threads[3], threads[2], threads[1]]
+
+    everything = await store.list_threads(alice.id, None, 10)
+    assert [s.thread.thread_id for s in everything] == want
+    times = [s.member.update_time for s in everything]
+    assert times == sorted(times, reverse=True)
+    for s in everything:
+        assert_utc(s.member.update_time)
+        assert_utc(s.thread.update_time)
+
+    seen: list[int] = []
+    before: tuple[datetime, int] | None = None
+    while True:
+        page = await store.list_threads(alice.id, before, 3)
+        if not page:
+            break
+        seen += [s.thread.thread_id for s in page]
+        before = (page[-1].member.update_time, page[-1].thread.thread_id)
+    assert seen == want
+
+
+async def test_list_threads_breaks_update_time_ties_by_thread_id(store: SqlStore) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    first = await store.direct_thread(alice.id, bob.id)
+    second = await store.direct_thread(alice.id, carol.id)
+    # One batch touches both threads with the same time.
+    await append(store, [text(first, alice), text(second, alice)])
+    page = await store.list_threads(alice.id, None, 1)
+    assert [s.thread.thread_id for s in page] == [max(first, second)]
+    assert page[0].member.update_time == (await store.list_threads(alice.id, None, 2))[1].member.update_time
+    rest = await store.list_threads(alice.id, (page[0].member.update_time, page[0].thread.thread_id), 5)
+    assert [s.thread.thread_id for s in rest] == [min(first, second)]
+
+
+async def test_list_threads_counts_unread_and_shows_the_last_message(store: SqlStore) -> None:
+    alice = await person(store, "alice")
+    bob = await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    [empty] = await store.list_threads(alice.id, None, 10)
+    assert (empty.last_message, empty.unread_count, empty.peer_id, empty.member_count) == (
+        None, 0, bob.id, 2
+    )
+    for body in ("one", "two", "three"):
+        await send(store, ab, bob, body)
+    mine = await send(store, ab, alice, "four")
+    [summary] = await store.list_threads(alice.id, None, 10)
+    assert summary.unread_count == 3  # one's own messages are never unread
+    assert summary.last_message == mine
+    assert summary.thread.last_seq == 4
+    assert summary.peer_id == bob.id
+    [theirs] = await store.list_threads(bob.id, None, 10)
+    assert (theirs.unread_count, theirs.peer_id) == (1, alice.id)
+    assert await store.advance_read(alice.id, ab, 2) is True
+    [summary] = await store.list_threads(alice.id, None, 10)
+    assert (summary.unread_count, summary.member.read_seq) == (1, 2)
+
+
+# -- groups --------------------------------------------------------------------------------
+
+
+async def test_create_group_stores_members_and_the_first_system_message(store: SqlStore) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    event = system(0, alice, SystemKind.GROUP_CREATED, bob, carol, title="Climbing 🧗")
+    group, message = await store.create_group(
+        "Climbing 🧗", alice.id, [bob.id, carol.id, alice.id, bob.id], event
+    )
+    assert (message.thread_id, message.seq, message.kind) == (group, 1, MessageKind.SYSTEM)
+    assert message.system == event.system
+    thread = await store.get_thread(group)
+    assert thread is not None
+    assert (thread.kind, thread.title, thread.last_seq) == (ThreadKind.GROUP, "Climbing 🧗", 1)
+    members = {m.user_id: m for m in await store.list_members(group)}
+    assert set(members) == {alice.id, bob.id, carol.id}
+    assert members[alice.id].role is Role.ADMIN
+    assert members[bob.id].role is Role.MEMBER and members[carol.id].role is Role.MEMBER
+    assert all(m.first_seq == 1 and m.left_seq is None for m in members.values())
+    [stored] = await store.list_messages(group, 0, 0, 10, False)
+    assert stored == message
+    [summary] = await store.list_threads(bob.id, None, 10)
+    assert (summary.peer_id, summary.member_count, summary.unread_count) == (None, 3, 1)
+
+
+async def test_change_group_joins_leaves_and_roles_with_the_next_seq(store: SqlStore) -> None:
+    alice, bob, carol, dave = [await person(store, n) for n in ("alice", "bob", "carol", "dave")]
+    group, _ = await store.create_group(
+        "g", alice.id, [bob.id], system(0, alice, SystemKind.GROUP_CREATED, bob)
+    )
+    await send(store, group, bob, "before carol")  # seq 2
+
+    joined = await store.change_group(
+        group,
+        [MemberChange(carol.id, join=True), MemberChange(dave.id, join=True, full_history=True)],
+        None,
+        system(group, alice, SystemKind.MEMBERS_ADDED, carol, dave),
+    )
+    assert (joined.seq, joined.kind) == (3, MessageKind.SYSTEM)
+    assert joined.system is not None and joined.system.kind is SystemKind.MEMBERS_ADDED
+    carol_row = await store.get_member(group, carol.id)
+    dave_row = await store.get_member(group, dave.id)
+    assert carol_row is not None and dave_row is not None
+    assert (carol_row.first_seq, carol_row.left_seq, carol_row.role) == (3, None, Role.MEMBER)
+    assert not carol_row.visible(2) and carol_row.visible(3)
+    assert dave_row.first_seq == 1 and dave_row.visible(1)
+
+    promoted = await store.change_group(
+        group, [MemberChange(bob.id, role=Role.ADMIN)], None,
+        system(group, alice, SystemKind.ADMINS_PROMOTED, bob),
+    )
+    assert promoted.seq == 4
+    bob_row = await store.get_member(group, bob.id)
+    assert bob_row is not None and bob_row.role is Role.ADMIN
+
+    left = await store.change_group(
+        group, [MemberChange(carol.id, leave=True)], None,
+        system(group, carol, SystemKind.MEMBER_LEFT),
+    )
+    assert left.seq == 5
+    carol_row = await store.get_member(group, carol.id)
+    assert carol_row is not None
+    assert (carol_row.left_seq, carol_row.active) == (5, False)
+    assert carol_row.visible(5) and not carol_row.visible(6)
+    assert sorted(await store.active_member_ids(group)) == sorted([alice.id, bob.id, dave.id])
+
+    after = await send(store, group, bob, "after carol left")
+    assert after.seq == 6
+    [summary] = await store.list_threads(carol.id, None, 10)
+    assert summary.last_message == left  # what carol saw last, not what came after
+    assert summary.unread_count == 2  # seqs 3 and 4; 5 is her own, 6 came after she left
+    assert summary.member_count == 3
+
+    retitled = await store.change_group(
+        group, [], "New title", system(group, alice, SystemKind.TITLE_CHANGED, title="New title")
+    )
+    assert retitled.seq == 7
+    thread = await store.get_thread(group)
+    assert thread is not None and (thread.title, thread.last_seq) == ("New title", 7)
+
+    back = await store.change_group(
+        group, [MemberChange(carol.id, join=True)], None,
+        system(group, alice, SystemKind.MEMBERS_ADDED, carol),
+    )
+    carol_row = await store.get_member(group, carol.id)
+    assert carol_row is not None
+    assert (carol_row.first_seq, carol_row.left_seq) == (back.seq, None)
+    assert await all_seqs(store, group) == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+async def test_change_group_of_an_unknown_thread_is_not_found(store: SqlStore) -> None:
+    alice = await person(store, "alice")
+    with pytest.raises(NotFound):
+        await store.change_group(
+            999_999, [], "t", system(999_999, alice, SystemKind.TITLE_CHANGED, title="t")
+        )
+
+
+async def test_list_members_in_join_order(store: SqlStore) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    group, _ = await store.create_group(
+        "g", alice.id, [bob.id], system(0, alice, SystemKind.GROUP_CREATED, bob)
+    )
+    await store.change_group(
+        group, [MemberChange(carol.id, join=True)], None,
+        system(group, alice, SystemKind.MEMBERS_ADDED, carol),
+    )
+    order = [m.user_id for m in await store.list_members(group)]
+    assert order == [*sorted([alice.id, bob.id]), carol.id]
+
+
+# -- messages ------------------------------------------------------------------------------
+
+
+async def test_append_assigns_gapless_seqs_per_thread_across_a_batch(store: SqlStore) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    ab = await store.direct_thread(alice.id, bob.id)
+    ac = await store.direct_thread(alice.id, carol.id)
+    await send(store, ab, alice, "earlier")
+    batch = [
+        text(ab, alice, "a1"), text(ac, alice, "c1"), text(ab, bob, "a2"),
+        text(ac, carol, "c2"), text(ab, alice, "a3"),
+    ]
+    result = await append(store, batch)
+    assert [(a.message.thread_id, a.message.seq, a.message.text) for a in result] == [
+        (ab, 2, "a1"), (ac, 1, "c1"), (ab, 3, "a2"), (ac, 2, "c2"), (ab, 4, "a3"),
+    ]
+    assert not any(a.duplicate for a in result)
+    assert len({a.message.msg_id for a in result}) == 5
+    for a, n in zip(result, batch, strict=True):
+        assert (a.message.sender, a.message.sender_device_id, a.message.client_msg_id) == (
+            n.sender, n.sender_device_id, n.client_msg_id
+        )
+        assert_utc(a.message.create_time)
+    stored = await store.list_messages(ab, 0, 0, 10, False)
+    assert stored[1:] == [a.message for a in result if a.message.thread_id == ab]
+    for thread_id, last in ((ab, 4), (ac, 2)):
+        thread = await store.get_thread(thread_id)
+        assert thread is not None and thread.last_seq == last
+
+
+async def test_a_repeated_client_msg_id_returns_the_original(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    [first] = await append(store, [text(ab, alice, "hello", key="k-1")])
+    again = await append(
+        store, [text(ab, alice, "hello (retry)", key="k-1"), text(ab, alice, "next", key="k-2")]
+    )
+    assert again[0].duplicate is True
+    assert again[0].message == first.message
+    assert (again[1].duplicate, again[1].message.seq) == (False, 2)
+    assert [m.text for m in await store.list_messages(ab, 0, 0, 10, False)] == ["hello", "next"]
+    thread = await store.get_thread(ab)
+    assert thread is not None and thread.last_seq == 2
+
+
+async def test_a_key_twice_in_one_batch_is_stored_once(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    result = await append(
+        store,
+        [text(ab, alice, "x", key="same"), text(ab, bob, "y", key="same"),
+         text(ab, alice, "x again", key="same")],
+    )
+    assert [a.duplicate for a in result] == [False, False, True]
+    assert result[2].message == result[0].message
+    assert [m.text for m in await store.list_messages(ab, 0, 0, 10, False)] == ["x", "y"]
+
+
+async def test_client_msg_ids_are_case_sensitive(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    result = await append(store, [text(ab, alice, "lower", key="abc")])
+    result += await append(store, [text(ab, alice, "upper", key="ABC")])
+    assert [(a.duplicate, a.message.text) for a in result] == [(False, "lower"), (False, "upper")]
+    assert await all_seqs(store, ab) == [1, 2]
+
+
+async def test_append_refuses_senders_who_are_not_active_members(store: SqlStore) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    ab = await store.direct_thread(alice.id, bob.id)
+    group, _ = await store.create_group(
+        "g", alice.id, [carol.id], system(0, alice, SystemKind.GROUP_CREATED, carol)
+    )
+    await store.change_group(
+        group, [MemberChange(carol.id, leave=True)], None,
+        system(group, carol, SystemKind.MEMBER_LEFT),
+    )
+    result = await store.append_messages(
+        [text(999_999, alice), text(ab, carol), text(ab, bob, "ok"), text(group, carol)]
+    )
+    assert result[0] == Refused(999_999)
+    assert result[1] == Refused(ab)
+    assert isinstance(result[2], Appended) and result[2].message.seq == 1
+    assert result[3] == Refused(group)
+    assert await all_seqs(store, ab) == [1]
+    assert await all_seqs(store, group) == [1, 2]
+
+
+async def test_concurrent_appends_never_share_a_seq(store: SqlStore) -> None:
+    people = [await person(store, n) for n in ("alice", "bob", "carol")]
+    group, _ = await store.create_group(
+        "g", people[0].id, [p.id for p in people],
+        system(0, people[0], SystemKind.GROUP_CREATED, *people[1:]),
+    )
+    direct = await store.direct_thread(people[0].id, people[1].id)
+    batches = [
+        [text(group if (b + i) % 2 else direct, people[(b + i) % 2]) for i in range(4)]
+        for b in range(24)
+    ]
+    results = await asyncio.gather(*(append(store, b) for b in batches))
+    appended = [a for r in results for a in r]
+    assert not any(a.duplicate for a in appended)
+    per_thread = {
+        tid: sorted(a.message.seq for a in appended if a.message.thread_id == tid)
+        for tid in (group, direct)
+    }
+    assert per_thread[group] == list(range(2, 2 + len(per_thread[group])))
+    assert per_thread[direct] == list(range(1, 1 + len(per_thread[direct])))
+    assert len(per_thread[group]) + len(per_thread[direct]) == 24 * 4
+    assert await all_seqs(store, group) == [1, *per_thread[group]]
+    assert await all_seqs(store, direct) == per_thread[direct]
+
+
+async def test_concurrent_retries_of_one_send_store_it_once(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    results = await asyncio.gather(
+        *(append(store, [text(ab, alice, "once", key="retry-me")]) for _ in range(10))
+    )
+    appended = [r[0] for r in results]
+    assert sum(not a.duplicate for a in appended) == 1
+    assert len({a.message for a in appended}) == 1
+    assert await all_seqs(store, ab) == [1]
+
+
+async def test_list_messages_after_before_and_newest(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    await append(store, [text(ab, alice, f"m{i}") for i in range(1, 11)])
+
+    async def seqs(after: int, before: int, limit: int, newest: bool) -> list[int]:
+        return [m.seq for m in await store.list_messages(ab, after, before, limit, newest)]
+
+    assert await seqs(0, 0, 3, False) == [1, 2, 3]
+    assert await seqs(0, 0, 3, True) == [8, 9, 10]
+    assert await seqs(3, 7, 10, False) == [4, 5, 6]
+    assert await seqs(0, 7, 2, True) == [5, 6]
+    assert await seqs(3, 7, 2, True) == [5, 6]
+    assert await seqs(8, 0, 10, False) == [9, 10]
+    assert await seqs(10, 0, 10, False) == []
+    assert await store.list_messages(999_999, 0, 0, 10, False) == []
+
+
+async def test_messages_after_reads_ranges_up_to_a_limit(store: SqlStore) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    ab = await store.direct_thread(alice.id, bob.id)
+    ac = await store.direct_thread(alice.id, carol.id)
+    await append(store, [text(ab, bob, f"b{i}") for i in range(6)])
+    await append(store, [text(ac, carol, f"c{i}") for i in range(3)])
+
+    async def pairs(ranges: list[tuple[int, int, int]], limit: int) -> list[tuple[int, int]]:
+        return [(m.thread_id, m.seq) for m in await store.messages_after(ranges, limit)]
+
+    assert await pairs([(ab, 2, 5), (ac, 0, 1)], 10) == [(ab, 3), (ab, 4), (ab, 5), (ac, 1)]
+    assert await pairs([(ab, 2, 5), (ac, 0, 1)], 2) == [(ab, 3), (ab, 4)]
+    assert await pairs([(ab, 2, 5), (ac, 0, 3)], 5) == [(ab, 3), (ab, 4), (ab, 5), (ac, 1), (ac, 2)]
+    assert await pairs([(ab, 6, 100)], 10) == []
+    assert await pairs([], 10) == []
+
+
+async def test_messages_round_trip_exactly(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    longest = "😀" * (64 * 1024 // 4)  # the default max_text_bytes, all in 4-byte characters
+    bodies = ["plain", "multi\nline \u2018quotes\u2019 \\ % _ ' \"", "中文 עברית 🏳️‍🌈", longest]
+    sent = [a.message for a in await append(store, [text(ab, alice, b) for b in bodies])]
+    stored = await store.list_messages(ab, 0, 0, 10, False)
+    assert stored == sent
+    assert [m.text for m in stored] == bodies
+    for m in stored:
+        assert_utc(m.create_time)
+        assert m.create_time == sent[0].create_time  # one batch, one time, microseconds kept
+    assert await store.messages_after([(ab, 0, 10)], 10) == sent
+
+
+# -- cursors -------------------------------------------------------------------------------
+
+
+async def test_advance_delivered_reports_member_advances_only_when_they_move(
+    store: SqlStore,
+) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    laptop = (await store.create_device(bob.id, "laptop", "bob-laptop")).device_id
+    ab = await store.direct_thread(alice.id, bob.id)
+    await append(store, [text(ab, alice, f"m{i}") for i in range(5)])
+    assert await store.device_cursors(bob.device_id) == {}
+
+    def ack(device_id: int, seq: int) -> DeviceAck:
+        return DeviceAck(bob.id, device_id, (Cursor(ab, seq),))
+
+    first = await store.advance_delivered([ack(bob.device_id, 3)])
+    assert [(a.thread_id, a.user_id, a.seq) for a in first] == [(ab, bob.id, 3)]
+    assert await store.device_cursors(bob.device_id) == {ab: 3}
+    # Another device catching up to less than the member already has: no member advance.
+    assert await store.advance_delivered([ack(laptop, 2)]) == []
+    assert await store.device_cursors(laptop) == {ab: 2}
+    # The same ack again, or an older one, changes nothing.
+    assert await store.advance_delivered([ack(bob.device_id, 3)]) == []
+    assert await store.advance_delivered([ack(bob.device_id, 1)]) == []
+    assert await store.device_cursors(bob.device_id) == {ab: 3}
+    # Moving the laptop past the member's cursor moves the member.
+    moved = await store.advance_delivered([ack(laptop, 5)])
+    assert [(a.thread_id, a.user_id, a.seq) for a in moved] == [(ab, bob.id, 5)]
+    member = await store.get_member(ab, bob.id)
+    assert member is not None and member.delivered_seq == 5
+    assert await store.advance_delivered([]) == []
+
+
+async def test_advance_delivered_handles_many_threads_and_devices(store: SqlStore) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    ab = await store.direct_thread(alice.id, bob.id)
+    ac = await store.direct_thread(alice.id, carol.id)
+    await append(store, [text(ab, bob), text(ab, bob), text(ac, carol)])
+    advanced = await store.advance_delivered(
+        [
+            DeviceAck(alice.id, alice.device_id, (Cursor(ab, 2), Cursor(ac, 1))),
+            DeviceAck(carol.id, carol.device_id, (Cursor(ac, 1),)),
+        ]
+    )
+    assert sorted((a.thread_id, a.user_id, a.seq) for a in advanced) == sorted(
+        [(ab, alice.id, 2), (ac, alice.id, 1), (ac, carol.id, 1)]
+    )
+    assert await store.device_cursors(alice.device_id) == {ab: 2, ac: 1}
+
+
+async def test_advance_read_never_moves_backwards(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    await append(store, [text(ab, alice, f"m{i}") for i in range(6)])
+    assert await store.advance_read(bob.id, ab, 4) is True
+    member = await store.get_member(ab, bob.id)
+    assert member is not None
+    assert (member.read_seq, member.delivered_seq) == (4, 4)  # read implies delivered
+    assert await store.advance_read(bob.id, ab, 4) is False
+    assert await store.advance_read(bob.id, ab, 2) is False
+    member = await store.get_member(ab, bob.id)
+    assert member is not None and member.read_seq == 4
+    await store.advance_delivered([DeviceAck(bob.id, bob.device_id, (Cursor(ab, 6),))])
+    assert await store.advance_read(bob.id, ab, 5) is True
+    member = await store.get_member(ab, bob.id)
+    assert member is not None
+    assert (member.read_seq, member.delivered_seq) == (5, 6)  # delivered never goes back
+    assert await store.advance_read(bob.id, 999_999, 1) is False
