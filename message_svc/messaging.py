@@ -135,11 +135,11 @@ class Messaging:
             await self.active_member(who, thread_id)  # raises the precise error
             raise PermissionDenied(f"you are not a member of thread {thread_id}", "NOT_A_MEMBER")
         message = appended.message
-        if appended.duplicate:
-            if message.text != text or message.thread_id != thread_id:
-                raise_reused(req.client_msg_id)
-        else:
-            await self.publish(message, await self._kind(thread_id), exclude_device_id=who.device_id)
+        if appended.duplicate and (message.text != text or message.thread_id != thread_id):
+            raise_reused(req.client_msg_id)
+        # A retry is pushed again: the replica that stored the original may have died
+        # before pushing it. Devices drop what they already have (by thread and seq).
+        await self.publish(message, await self._kind(thread_id), exclude_device_id=who.device_id)
         return SendResult(req.client_msg_id, message.msg_id, message.thread_id, message.seq,
                           message.create_time)
 

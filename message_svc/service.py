@@ -8,6 +8,8 @@ import grpc
 
 from message_svc.accounts import Accounts
 from message_svc.contacts import Contacts
+from message_svc.group_servicer import GroupServicer
+from message_svc.groups import Groups
 from message_svc.messaging import Messaging
 from message_svc.ports import Fanout
 from message_svc.servicer import (
@@ -29,6 +31,7 @@ from natter.domain import (
 from natter.settings import Settings
 from natter.v1 import account_service_pb2_grpc as apb_grpc
 from natter.v1 import contact_service_pb2_grpc as cpb_grpc
+from natter.v1 import group_service_pb2_grpc as gpb_grpc
 from natter.v1 import message_internal_service_pb2_grpc as mpb_grpc
 from natter.v1 import thread_service_pb2_grpc as tpb_grpc
 
@@ -36,6 +39,7 @@ PUBLIC_SERVICES = (
     "natter.v1.AccountService",
     "natter.v1.ContactService",
     "natter.v1.ThreadService",
+    "natter.v1.GroupService",
 )
 
 
@@ -48,6 +52,7 @@ class MessageService:
         self.accounts = Accounts(store, settings, fanout)
         self.contacts = Contacts(store)
         self.messaging = Messaging(store, settings, fanout, self.contacts)
+        self.groups = Groups(store, settings, fanout, self.messaging, self.contacts)
 
     def add_public(self, server: grpc.aio.Server) -> None:
         apb_grpc.add_AccountServiceServicer_to_server(AccountServicer(self.accounts), server)
@@ -57,6 +62,7 @@ class MessageService:
         tpb_grpc.add_ThreadServiceServicer_to_server(
             ThreadServicer(self.accounts, self.messaging), server
         )
+        gpb_grpc.add_GroupServiceServicer_to_server(GroupServicer(self.accounts, self.groups), server)
 
     def add_internal(self, server: grpc.aio.Server) -> None:
         mpb_grpc.add_MessageInternalServiceServicer_to_server(

@@ -220,8 +220,73 @@ async def cmd_threads(app: App) -> None:
                  "peer": t.peer.username if t.HasField("peer") else None,
                  "last_seq": t.last_seq, "unread": t.unread_count, "members": t.member_count,
                  "last_text": preview},
-                f"#{t.thread_id:<6} {kind:<6} {t.title:<24} unread {t.unread_count:<4} {preview[:40]}",
+                f"#{t.thread_id:<6} {kind:<6} {t.title:<24} "
+                + (f"{t.member_count:>4} members " if kind == "group" else "")
+                + f"unread {t.unread_count:<4} {preview[:40]}",
             )
+
+
+async def cmd_group(app: App) -> None:
+    a = app.args
+    async with app.client() as c:
+        if a.action == "create":
+            t = await c.create_group(a.title, a.users)
+            app.out.emit(
+                {"type": "group_created", "thread": t.thread_id, "title": t.title,
+                 "members": t.member_count},
+                f"created group #{t.thread_id} {t.title!r} with {t.member_count} members",
+            )
+            return
+        if a.action == "leave":
+            await c.leave_group(a.thread)
+            app.out.emit({"type": "group_left", "thread": a.thread}, f"left #{a.thread}")
+            return
+        if a.action == "info":
+            res = await c.thread(a.thread)
+            t = res.thread
+            app.out.emit(
+                {"type": "group", "thread": t.thread_id, "title": t.title,
+                 "members": t.member_count, "active": t.active,
+                 "role": d.Role(t.role).name.lower() if t.role else None},
+                f"#{t.thread_id} {t.title!r}: {t.member_count} members"
+                + ("" if t.active else " (you are no longer a member)"),
+            )
+            for m in res.members:
+                role = d.Role(m.role).name.lower()
+                app.out.emit(
+                    {"type": "member", "thread": t.thread_id, "username": m.user.username,
+                     "display_name": m.user.display_name, "role": role,
+                     "read_seq": m.read_seq, "delivered_seq": m.delivered_seq},
+                    f"  {m.user.username:<24} {role:<6} read {m.read_seq}",
+                )
+            return
+        change: Callable[[], Awaitable[d.Message]] = {
+            "add": lambda: c.add_members(a.thread, a.users),
+            "rm": lambda: c.remove_members(a.thread, a.users),
+            "promote": lambda: c.set_role(a.thread, a.users, admin=True),
+            "demote": lambda: c.set_role(a.thread, a.users, admin=False),
+        }[a.action]
+        event = await change()
+        app.out.emit(message_obj(event), message_line(event))
+
+
+async def cmd_status(app: App) -> None:
+    async with app.client() as c:
+        found = await c.presence(app.args.users)
+    shown = set()
+    for p in found:
+        shown.add(p.user.username)
+        seen = _time(p.last_seen_time)
+        text = "online" if p.online else (f"offline, last seen {seen}" if seen else "offline")
+        app.out.emit(
+            {"type": "presence", "user": p.user.username, "online": p.online,
+             "last_seen": seen or None},
+            f"{p.user.username}: {text}",
+        )
+    for name in app.args.users:
+        if not name.startswith("+") and name.strip().lower() not in shown:
+            app.out.emit({"type": "presence", "user": name, "visible": False},
+                         f"{name}: status not visible to you (not a contact, no shared chat)")
 
 
 async def cmd_history(app: App) -> None:
@@ -348,6 +413,26 @@ def parser() -> argparse.ArgumentParser:
     se.set_defaults(fn=cmd_send)
 
     sub.add_parser("threads", help="your threads, latest first").set_defaults(fn=cmd_threads)
+
+    g = sub.add_parser("group", help="create and manage groups")
+    gs = g.add_subparsers(dest="action", required=True)
+    gc = gs.add_parser("create", help="create a group: TITLE USER...")
+    gc.add_argument("title")
+    gc.add_argument("users", nargs="*")
+    for action, what in (("add", "add members"), ("rm", "remove members"),
+                         ("promote", "make members admins"), ("demote", "make admins members")):
+        ga = gs.add_parser(action, help=f"{what} (admins only): THREAD USER...")
+        ga.add_argument("thread", type=int)
+        ga.add_argument("users", nargs="+")
+    gl = gs.add_parser("leave", help="leave a group: THREAD")
+    gl.add_argument("thread", type=int)
+    gi = gs.add_parser("info", help="a group's title and members: THREAD")
+    gi.add_argument("thread", type=int)
+    g.set_defaults(fn=cmd_group)
+
+    st = sub.add_parser("status", help="who is online, and last seen: USER...")
+    st.add_argument("users", nargs="+")
+    st.set_defaults(fn=cmd_status)
 
     h = sub.add_parser("history", help="a thread's messages")
     h.add_argument("target", help="username or thread id")

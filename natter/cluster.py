@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -19,6 +20,7 @@ from channel_svc.servicer import ChannelInternalServicer
 from message_svc import MessageService, SqlStore
 from message_svc.client import MessageClient
 from message_svc.service import PUBLIC_SERVICES
+from natter.cluster_presence import add_presence_proxy, build_presence, presence_client
 from natter.embedded import server_options
 from natter.errors import FailedPrecondition, Unavailable
 from natter.pool import Pool
@@ -29,7 +31,9 @@ from natter.v1 import channel_internal_service_pb2_grpc as cpb_grpc
 from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
 from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
+from presence_svc import PresenceService
 from registry import EtcdRegistry, Node, Registry
+from registry.node import ROLES
 from socket_svc import Hub, SocketInternalServicer, SocketServicer
 from socket_svc.client import SocketClient
 from socket_svc.servicer import RedirectServicer
@@ -72,12 +76,23 @@ class RoleServer:
         self.messages: MessageService | None = None
         self.public_port = 0
         self.internal_port = 0
+        self.fanout: ClusterFanout | None = None
+        self.channel_client: ChannelClient | None = None
+        self.presence: PresenceService | None = None
+        # Hooks a role adds while it is built: run after the listeners start / before close.
+        self.on_start: list[Callable[[], None]] = []
+        self.on_stop: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- addresses of peers --------------------------------------------------------------
 
-    def _addresses(self, role: str) -> list[str]:
+    def addresses(self, role: str) -> list[str]:
+        """Internal addresses of every registered node of a role."""
         return [n.internal_addr for n in self.registry.nodes(role)]
+
+    def channel_client_for_routing(self) -> ChannelClient:
+        """A client of channel_svc, sharded by thread on the channel ring."""
+        return self._channel_client()
 
     def _owner(self, role: str, key: str) -> Node | None:
         return self.registry.ring(role).owner(key)
@@ -104,25 +119,31 @@ class RoleServer:
 
     def _build_message(self) -> list[str]:
         self.store = SqlStore(self.settings.db_url)
-        fanout = ClusterFanout(self.pool, self.registry, self._channel_client())
+        # Retry pushes long enough for a dead socket server's lease to expire.
+        retry = 3 * self.settings.lease_ttl_seconds + 4
+        fanout = ClusterFanout(self.pool, self.registry, self._channel_client(), retry)
+        self.fanout = fanout
         self.messages = MessageService(self.store, self.settings, fanout)
         self.messages.add_public(self.public)
         self.messages.add_internal(self.internal)
         spb_grpc.add_SocketServiceServicer_to_server(
             RedirectServicer(self.messages, self._locate), self.public
         )
-        return [*PUBLIC_SERVICES, "natter.v1.SocketService"]
+        presence = add_presence_proxy(self, self.store)
+        return [*PUBLIC_SERVICES, *presence, "natter.v1.SocketService"]
 
     def _build_socket(self) -> list[str]:
-        api = MessageClient(self.pool, lambda: self._addresses("message"))
-        self.messages_api = api
-        self.hub = Hub(self.node_id, api, self.settings, channel=self._channel_client())
+        api = MessageClient(self.pool, lambda: self.addresses("message"))
+        self.channel_client = self._channel_client()
+        self.hub = Hub(self.node_id, api, self.settings, channel=self.channel_client,
+                       presence=presence_client(self))
         spb_grpc.add_SocketServiceServicer_to_server(
             SocketServicer(self.hub, api, self.settings, self._locate_via_message), self.public
         )
         ipb_grpc.add_SocketInternalServiceServicer_to_server(SocketInternalServicer(self.hub),
                                                              self.internal)
         self.registry.subscribe(self._on_change)
+        self._spawn(self._resubscribe_when_stale())
         return ["natter.v1.SocketService"]
 
     async def _locate_via_message(self, username: str) -> tuple[str, str]:
@@ -148,17 +169,31 @@ class RoleServer:
         self.registry.subscribe(self._on_change)
         return []
 
+    async def _resubscribe_when_stale(self) -> None:
+        """A subscribe that failed (channel node down) is repaired by sending the whole list."""
+        while True:
+            await asyncio.sleep(1.0)
+            client, hub = self.channel_client, self.hub
+            if client is not None and hub is not None and client.stale:
+                client.stale = False
+                await hub.resubscribe()
+
     def _on_change(self, role: str) -> None:
         if role == "socket" and self.hub is not None:
             me = self.registry.ring("socket").get(self.node_id)
             if me is not None:
                 self.hub.rebalance(lambda uid: self._owner("socket", str(uid)), me.node_id)
         if role == "channel" and self.hub is not None:
+            if self.channel_client is not None:
+                self.channel_client.stale = False
             self._spawn(self.hub.resubscribe())
         if role == "socket" and self.channels is not None:
             alive = {n.node_id for n in self.registry.nodes("socket")}
             for node_id in {n for nodes in self.channels.subs.values() for n in nodes} - alive:
                 self.channels.drop_node(node_id)
+        live = {n.internal_addr for r in ROLES for n in self.registry.nodes(r)}
+        live |= {n.public_addr for n in self.registry.nodes("message")}
+        self._spawn(self.pool.prune(live))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -175,8 +210,6 @@ class RoleServer:
             "channel": self._build_channel,
         }
         if self.role == "presence":
-            from natter.cluster_presence import build_presence
-
             names = build_presence(self)
         elif self.role in builders:
             names = builders[self.role]()
@@ -184,6 +217,10 @@ class RoleServer:
             raise FailedPrecondition(f"unknown role {self.role!r}")
         if self.store is not None:
             await self.store.open()
+        if self.channels is not None:
+            # Before this node is in the ring: what every socket server subscribes now.
+            # Later changes reach it as Subscribe calls once the sockets see it join.
+            await self.channels.rebuild([n.node_id for n in self.registry.nodes("socket")])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.public)
         reflection.enable_server_reflection(
             (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -198,11 +235,11 @@ class RoleServer:
         await self.internal.start()
         if self.hub is not None:
             self.hub.start()
+        for hook in self.on_start:
+            hook()
         public = self.settings.advertise_addr or f"{_host(self.settings.grpc_addr)}:{self.public_port}"
         internal = f"{_host(self.settings.internal_addr)}:{self.internal_port}"
         await self.registry.register(Node(self.node_id, self.role, public, internal))
-        if self.channels is not None:
-            await self.channels.rebuild([n.node_id for n in self.registry.nodes("socket")])
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         logger.info("natter %s (%s) serving public %s, internal %s", self.node_id, self.role,
                     public, internal)
@@ -218,6 +255,10 @@ class RoleServer:
         await self.internal.stop(grace)
         for task in list(self._tasks):
             task.cancel()
+        for stop in self.on_stop:
+            await stop()
+        if self.fanout is not None:
+            await self.fanout.close()
         if self.store is not None:
             await self.store.close()
         await self.pool.close()

@@ -16,9 +16,13 @@ from channel_svc import Channels
 from message_svc import MessageService, SqlStore
 from message_svc.service import PUBLIC_SERVICES
 from natter import domain as d
+from natter.errors import AlreadyExists
 from natter.rpc import ErrorInterceptor
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
+from presence_svc import PUBLIC_SERVICES as PRESENCE_SERVICES
+from presence_svc import PresenceService
+from presence_svc import add_public as add_presence_public
 from socket_svc import Hub, SocketServicer
 from socket_svc.web import WebServer
 
@@ -50,18 +54,27 @@ class _LocalSocket:
 
 
 class LocalFanout:
-    """Direct deliveries go to the hub, group ones through channel_svc: no sockets in between."""
+    """Direct deliveries go to the hubs, group ones through channel_svc: no sockets in between.
+
+    Usually one hub; tests and benchmarks add more, each a socket server with its own node id.
+    A hub delivers only to its own sessions, so user-addressed events go to every hub.
+    """
 
     def __init__(self) -> None:
-        self.hub: Hub | None = None
+        self.hubs: dict[str, Hub] = {}
         self.channels: Channels | None = None
 
+    def socket(self, node_id: str) -> _LocalSocket | None:
+        hub = self.hubs.get(node_id)
+        return _LocalSocket(hub) if hub is not None else None
+
     async def deliver(self, deliveries: Sequence[d.Delivery]) -> None:
-        assert self.hub is not None and self.channels is not None
+        assert self.channels is not None
         direct = [x for x in deliveries if x.user_ids]
         group = [x for x in deliveries if not x.user_ids]
         if direct:
-            await self.hub.deliver(direct)
+            for hub in list(self.hubs.values()):
+                await hub.deliver(direct)
         if group:
             await self.channels.publish(group)
 
@@ -75,13 +88,16 @@ class EmbeddedServer:
         self.store = SqlStore(settings.db_url)
         self.fanout = LocalFanout()
         self.messages = MessageService(self.store, settings, self.fanout)
-        self.channels = Channels(lambda node: _LocalSocket(self.hub) if node == self.node_id else None)
-        self.hub = Hub(self.node_id, self.messages, settings, channel=self.channels)
-        self.fanout.hub = self.hub
+        self.channels = Channels(self.fanout.socket)
+        self.presence = PresenceService(self.store, settings, self.fanout)
+        self.hub = Hub(self.node_id, self.messages, settings, channel=self.channels,
+                       presence=self.presence)
+        self.fanout.hubs[self.node_id] = self.hub
         self.fanout.channels = self.channels
         self.grpc_port = 0
         self.http_port = 0
         self._server: grpc.aio.Server | None = None
+        self._extra: list[tuple[Hub, grpc.aio.Server]] = []
         self._health = health.aio.HealthServicer()
         self.web: WebServer | None = None
 
@@ -94,25 +110,31 @@ class EmbeddedServer:
         await self.messages.contacts.resolve(username)
         return self.settings.advertise_addr or self.grpc_address, self.node_id
 
-    async def start(self) -> None:
-        await self.store.open()
+    def _grpc_server(self, hub: Hub) -> grpc.aio.Server:
         server = grpc.aio.server(
             interceptors=[ErrorInterceptor()], options=server_options(self.settings)
         )
         self.messages.add_public(server)
+        add_presence_public(server, self.presence, self.messages)
         spb_grpc.add_SocketServiceServicer_to_server(
-            SocketServicer(self.hub, self.messages, self.settings, self._locate), server
+            SocketServicer(hub, self.messages, self.settings, self._locate), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        names = (*PUBLIC_SERVICES, "natter.v1.SocketService",
+        names = (*PUBLIC_SERVICES, *PRESENCE_SERVICES, "natter.v1.SocketService",
                  health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                  reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
+        return server
+
+    async def start(self) -> None:
+        await self.store.open()
+        server = self._grpc_server(self.hub)
         self.grpc_port = server.add_insecure_port(self.settings.grpc_addr)
         if not self.grpc_port:
             raise OSError(f"cannot listen on {self.settings.grpc_addr}")
         await server.start()
         self._server = server
+        self.presence.start()
         self.hub.start()
         self.web = WebServer(self.settings, self.hub, self.messages, self.grpc_address)
         self.http_port = await self.web.start()
@@ -124,12 +146,37 @@ class EmbeddedServer:
     async def stop(self, grace: float = 2.0) -> None:
         with contextlib.suppress(Exception):
             await self._health.enter_graceful_shutdown()
+        for hub, extra in self._extra:
+            await hub.stop()
+            await extra.stop(grace)
+            self.fanout.hubs.pop(hub.node_id, None)
+        self._extra = []
         await self.hub.stop()
+        await self.presence.stop()
         if self.web is not None:
             await self.web.stop()
         if self._server is not None:
             await self._server.stop(grace)
         await self.store.close()
+
+    async def add_socket_server(self, node_id: str) -> tuple[Hub, str]:
+        """Another socket server in this process, on its own port, as a cluster would have one.
+
+        For tests and benchmarks of group fan-out across socket servers; it shares this
+        server's message, channel and presence services. Returns its hub and address.
+        """
+        if node_id in self.fanout.hubs:
+            raise AlreadyExists(f"socket server {node_id!r} already exists", "NODE_EXISTS")
+        hub = Hub(node_id, self.messages, self.settings, channel=self.channels,
+                  presence=self.presence)
+        server = self._grpc_server(hub)
+        host = self.settings.grpc_addr.rsplit(":", 1)[0]
+        port = server.add_insecure_port(f"{host}:0")
+        await server.start()
+        self.fanout.hubs[node_id] = hub
+        hub.start()
+        self._extra.append((hub, server))
+        return hub, f"{host}:{port}"
 
     async def __aenter__(self) -> EmbeddedServer:
         await self.start()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 import grpc
@@ -25,17 +27,31 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
+    # A peer's own connection: a dead peer's backoff must not delay a live one's.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+# An address that just answered UNAVAILABLE is tried last for this long.
+SUSPECT_SECONDS = 2.0
 
 
 class Pool:
-    """Channels to internal listeners, shared by every typed client of a process."""
+    """Channels to internal listeners, shared by every typed client of a process.
+
+    `call` spreads calls over the given addresses (round robin), moves on to the next one
+    when an address answers UNAVAILABLE, and remembers that address as suspect for a
+    moment so that other calls try it last. Only UNAVAILABLE (and a cancelled channel) is
+    retried, per AIP-194: the callers' RPCs are idempotent (sends carry client_msg_id).
+    """
 
     def __init__(self, secret: str, deadline: float = 5.0) -> None:
         self.secret = secret
         self.deadline = deadline
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._suspect: dict[str, float] = {}
+        self._turn = itertools.count()
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -50,32 +66,65 @@ class Pool:
 
     async def forget(self, address: str) -> None:
         ch = self._channels.pop(address, None)
+        self._suspect.pop(address, None)
         if ch is not None:
             await ch.close()
+
+    async def prune(self, keep: Iterable[str]) -> None:
+        """Close channels to addresses no longer in the cluster."""
+        wanted = set(keep)
+        for address in [a for a in self._channels if a not in wanted]:
+            await self.forget(address)
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
         for ch in channels.values():
             await ch.close()
 
+    def mark_suspect(self, address: str) -> None:
+        self._suspect[address] = time.monotonic() + SUSPECT_SECONDS
+
+    def _order(self, targets: Sequence[str]) -> list[str]:
+        """Round robin from a rotating start; suspects (recently UNAVAILABLE) go last."""
+        start = next(self._turn) % len(targets)
+        rotated = [*targets[start:], *targets[:start]]
+        now = time.monotonic()
+        fine = [a for a in rotated if self._suspect.get(a, 0.0) <= now]
+        return fine + [a for a in rotated if a not in fine]
+
     async def call(
         self, addresses: Callable[[], Sequence[str]], fn: Callable[[grpc.aio.Channel], Awaitable[T]],
         attempts: int = 4,
     ) -> T:
-        """Call the first reachable address; only UNAVAILABLE is retried (on the next one)."""
+        """Call one of `addresses()`; UNAVAILABLE moves the call on to the next address."""
         last: NatterError = Unavailable("no peer of that kind is registered", "NO_PEER")
+        tried: set[str] = set()
         for attempt in range(attempts):
             targets = list(addresses())
             if not targets:
                 await asyncio.sleep(min(1.0, 0.1 * 2**attempt))
                 continue
-            address = targets[attempt % len(targets)]
+            order = self._order(targets)
+            address = next((a for a in order if a not in tried), order[0])
+            tried.add(address)
             try:
                 return await fn(self.channel(address))
             except grpc.aio.AioRpcError as e:
-                err = error_from_rpc(e)
-                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                    raise err from None
+                if e.code() not in RETRYABLE:
+                    raise error_from_rpc(e) from None
+                self.mark_suspect(address)
                 last = Unavailable(f"{address}: {e.details()}", "PEER_UNAVAILABLE")
-                await asyncio.sleep(random.uniform(0, min(0.5, 0.05 * 2**attempt)))
+                if len(tried) >= len(targets):
+                    # Every address failed once: wait a little before going round again.
+                    tried.clear()
+                    await asyncio.sleep(random.uniform(0.05, min(1.0, 0.1 * 2**attempt)))
         raise last
+
+    async def call_one(self, address: str, fn: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
+        """One call to one address; gRPC failures come back as domain errors."""
+        try:
+            return await fn(self.channel(address))
+        except grpc.aio.AioRpcError as e:
+            if e.code() in RETRYABLE:
+                self.mark_suspect(address)
+            raise error_from_rpc(e) from None

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextvars
-import inspect
 import hmac
+import inspect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable

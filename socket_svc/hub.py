@@ -56,6 +56,10 @@ class Hub:
         # group thread -> local users who are members; the channel subscription follows it.
         self.members: dict[int, set[int]] = defaultdict(set)
         self.groups_of: dict[int, set[int]] = {}
+        # Users whose groups were fetched on connect; and, while that fetch runs, the groups
+        # they left meanwhile (a stale fetch must not put them back).
+        self._indexed: set[int] = set()
+        self._loading: dict[int, set[int]] = {}
         self._ack_pending: set[Session] = set()
         self._beats: dict[tuple[int, int], bool] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -74,6 +78,7 @@ class Hub:
     async def stop(self) -> None:
         for s in list(self.by_device.values()):
             s.close(grpc.StatusCode.UNAVAILABLE, "server shutting down; reconnect")
+            self._beats[(s.user_id, s.device_id)] = False
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -90,14 +95,26 @@ class Hub:
         if old is not None:
             old.close(grpc.StatusCode.ALREADY_EXISTS, "this device connected again elsewhere")
         self.by_device[session.device_id] = session
-        first = not self.by_user[session.user_id]
         self.by_user[session.user_id].add(session)
         self._beats[(session.user_id, session.device_id)] = True
-        if first:
-            async with self._user_locks[session.user_id]:
-                if session.user_id not in self.groups_of:
-                    groups = await self.api.user_groups(session.user_id)
-                    await self._join(session.user_id, groups)
+        try:
+            await self._index(session.user_id)
+        except BaseException:
+            await self.detach(session)
+            raise
+
+    async def _index(self, user_id: int) -> None:
+        """Load a user's groups once per stay; every device waits, so none syncs unsubscribed."""
+        async with self._user_locks[user_id]:
+            if user_id in self._indexed or user_id not in self.by_user:
+                return
+            self._loading[user_id] = set()
+            try:
+                groups = await self.api.user_groups(user_id)
+            finally:
+                left = self._loading.pop(user_id)
+            await self._join(user_id, [g for g in groups if g not in left])
+            self._indexed.add(user_id)
 
     async def detach(self, session: Session) -> None:
         if self.by_device.get(session.device_id) is session:
@@ -110,15 +127,19 @@ class Hub:
                 del self.by_user[session.user_id]
                 async with self._user_locks[session.user_id]:
                     if session.user_id not in self.by_user:
+                        self._indexed.discard(session.user_id)
                         groups = self.groups_of.pop(session.user_id, set())
                         await self._leave(session.user_id, groups)
         await self._flush_one(session)
 
     async def _join(self, user_id: int, groups: Sequence[int]) -> None:
         mine = self.groups_of.setdefault(user_id, set())
+        loading = self._loading.get(user_id)
         fresh = []
         for g in groups:
             mine.add(g)
+            if loading is not None:
+                loading.discard(g)
             if not self.members[g]:
                 fresh.append(g)
             self.members[g].add(user_id)
@@ -149,42 +170,54 @@ class Hub:
     async def deliver(self, deliveries: Sequence[d.Delivery]) -> None:
         for dl in deliveries:
             event = dl.event
+            leaving: list[int] = []
             if isinstance(event, d.Message) and event.system is not None:
-                await self._membership(event)
+                leaving = await self._membership(event)
             if dl.user_ids:
                 users: Sequence[int] = dl.user_ids
             else:
                 users = list(self.members.get(dl.thread_id, ()))
+            # Typing goes to the other members, not back to the typist's own devices.
+            typist = event.user.user_id if isinstance(event, d.Typing) else 0
             for uid in users:
+                if uid == typist:
+                    continue
                 for s in self.by_user.get(uid, ()):
                     if s.device_id != dl.exclude_device_id:
                         s.enqueue(event)
                         self.deliveries += 1
+            if leaving:
+                assert isinstance(event, d.Message)
+                await self._drop(event.thread_id, leaving)
 
-    async def _membership(self, m: d.Message) -> None:
-        """Keep the local group index in step with membership changes seen in the thread."""
+    async def _membership(self, m: d.Message) -> list[int]:
+        """Keep the local group index in step with the thread's membership changes.
+
+        Joins apply at once, so the event itself reaches the new members; the local users who
+        left are returned, to be dropped right after the event reached them too.
+        """
         assert m.system is not None
-        kind = m.system.kind
+        kind, actor = m.system.kind, m.system.actor.user_id
         local = [u.user_id for u in m.system.users if u.user_id in self.by_user]
         if kind in (d.SystemKind.MEMBERS_ADDED, d.SystemKind.GROUP_CREATED):
-            ids = local
-            if kind is d.SystemKind.GROUP_CREATED and m.system.actor.user_id in self.by_user:
-                ids = [*local, m.system.actor.user_id]
-            for uid in ids:
-                await self._join(uid, [m.thread_id])
-        elif kind is d.SystemKind.MEMBERS_REMOVED:
+            if kind is d.SystemKind.GROUP_CREATED and actor in self.by_user:
+                local.append(actor)
             for uid in local:
-                self._later_leave(uid, m.thread_id)
-        elif kind is d.SystemKind.MEMBER_LEFT and m.system.actor.user_id in self.by_user:
-            self._later_leave(m.system.actor.user_id, m.thread_id)
+                await self._join(uid, [m.thread_id])
+            return []
+        if kind is d.SystemKind.MEMBERS_REMOVED:
+            return local
+        if kind is d.SystemKind.MEMBER_LEFT and actor in self.by_user:
+            return [actor]
+        return []
 
-    def _later_leave(self, user_id: int, thread_id: int) -> None:
-        # The removal message itself still reaches them; the index drops them right after.
-        async def leave() -> None:
-            self.groups_of.get(user_id, set()).discard(thread_id)
-            await self._leave(user_id, {thread_id})
-
-        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(leave()))
+    async def _drop(self, thread_id: int, user_ids: Sequence[int]) -> None:
+        for uid in user_ids:
+            self.groups_of.get(uid, set()).discard(thread_id)
+            loading = self._loading.get(uid)
+            if loading is not None:
+                loading.add(thread_id)
+            await self._leave(uid, {thread_id})
 
     # -- acks ----------------------------------------------------------------------------
 
@@ -231,6 +264,7 @@ class Hub:
                             f"no heartbeat for {idle:.0f} s; session closed")
 
     def beat(self, session: Session) -> None:
+        """Any frame from a device shows it is alive; many frames make one beat per report."""
         self._beats[(session.user_id, session.device_id)] = True
 
     async def _report(self) -> None:
@@ -244,11 +278,10 @@ class Hub:
             logger.warning("presence report failed", exc_info=True)
 
     async def _report_forever(self) -> None:
+        # Only devices heard from since the last report are reported: a device whose stream
+        # is open but silent (half-open TCP, a frozen app) times out at presence_svc.
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_seconds)
-            # Every connected device counts as beating while its session is alive.
-            for s in self.by_device.values():
-                self._beats.setdefault((s.user_id, s.device_id), True)
             await self._report()
 
 

@@ -157,10 +157,10 @@ class Session:
         if isinstance(item, spb.ServerFrame):
             await self.transport.send(item)
         elif isinstance(item, _Own):
-            await self.transport.send(item.frame)
-            await self._advance(item.thread_id, item.seq, None)
+            await self._advance(item.thread_id, item.seq, item.frame, own=True)
         elif isinstance(item, d.Message):
-            await self._advance(item.thread_id, item.seq, item)
+            frame = spb.ServerFrame(message=convert.message(item))
+            await self._advance(item.thread_id, item.seq, frame)
         elif isinstance(item, d.Receipt):
             await self.transport.send(spb.ServerFrame(receipt=convert.receipt(item)))
         elif isinstance(item, d.Presence):
@@ -173,19 +173,28 @@ class Session:
         elif isinstance(item, d.DeviceRevoked) and item.device_id == self.device_id:
             self.close(grpc.StatusCode.UNAUTHENTICATED, "this device was logged out")
 
-    async def _advance(self, thread_id: int, seq: int, message: d.Message | None) -> None:
-        """Push in seq order without gaps: older seqs are dropped, gaps filled from the store."""
+    async def _advance(
+        self, thread_id: int, seq: int, frame: spb.ServerFrame, own: bool = False
+    ) -> None:
+        """Push in seq order without gaps: older seqs are dropped, gaps filled from the store.
+
+        `frame` carries seq: the message itself, or the SendResult of the device's own send.
+        Everything before it goes out first, so a device always sees seq - 1 before seq, even
+        when its own send was answered before another member's earlier message was pushed
+        (the device's own messages in the gap are pushed too: they were not answered yet).
+        A SendResult always goes out, even for a seq already pushed (a retried send).
+        """
         last = self.pushed.get(thread_id)
         if last is None:
             last = seq - 1 if self.skip_unknown else 0
         if seq <= last:
+            if own:
+                await self.transport.send(frame)
             return
         if seq > last + 1:
             for m in await self.api.messages_between(self.who, thread_id, last, seq):
-                if m.sender_device_id != self.device_id or m.sender.user_id != self.user_id:
-                    await self.transport.send(spb.ServerFrame(message=convert.message(m)))
-        if message is not None:
-            await self.transport.send(spb.ServerFrame(message=convert.message(message)))
+                await self.transport.send(spb.ServerFrame(message=convert.message(m)))
+        await self.transport.send(frame)
         self.pushed[thread_id] = seq
 
     # -- inbound -------------------------------------------------------------------------

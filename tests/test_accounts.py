@@ -138,7 +138,8 @@ async def test_contacts_page_by_username(user: UserFactory) -> None:
     for n in names:
         await user(n)
         await alice.add_contact(n)
-    seen, token = [], ""
+    seen: list[str] = []
+    token = ""
     while True:
         res = await alice.contacts_stub.ListContacts(
             cpb.ListContactsRequest(page_size=5, page_token=token), metadata=alice.metadata()
@@ -153,7 +154,7 @@ async def test_contacts_page_by_username(user: UserFactory) -> None:
 async def test_reflection_and_health_are_on(server: EmbeddedServer) -> None:
     async with grpc.aio.insecure_channel(server.grpc_address) as ch:
         health = health_pb2_grpc.HealthStub(ch)
-        res = await health.Check(health_pb2.HealthCheckRequest())
+        res = await health.Check(health_pb2.HealthCheckRequest())  # type: ignore[attr-defined]
         assert res.status == health_pb2.HealthCheckResponse.SERVING
 
     def list_services() -> set[str]:

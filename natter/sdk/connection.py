@@ -15,7 +15,7 @@ import grpc
 from natter import convert
 from natter import domain as d
 from natter.errors import NatterError, Unauthenticated
-from natter.rpc import ERROR_OF, error_from_rpc
+from natter.rpc import ERROR_OF, code_name, error_from_rpc
 from natter.sdk.client import Client, open_channel
 from natter.sdk.merge import Merger
 from natter.v1 import socket_service_pb2 as spb
@@ -64,6 +64,7 @@ class _Pending:
     future: asyncio.Future[d.SendResult]
     text: str
     sent_on: int = -1
+    retries: int = 0
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Connection:
         self._ack_dirty: dict[int, int] = {}
         self._ack_task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
+        self._retries: set[asyncio.Task[None]] = set()
 
     # -- public --------------------------------------------------------------------------
 
@@ -129,6 +131,8 @@ class Connection:
             with contextlib.suppress(Exception):
                 await self._call.done_writing()
             self._call.cancel()
+        for task in list(self._retries):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -299,7 +303,12 @@ class Connection:
     async def _on_error(self, e: spb.StreamError) -> None:
         if e.client_msg_id and e.client_msg_id in self.outbox:
             if e.code in RETRYABLE:
-                return  # stays in the outbox; sent again on the next connect
+                # Stays in the outbox: sent again on the next connect, or on this stream
+                # after a pause (the server is up but, say, its database is restarting).
+                key = f"send_retry_{code_name(e.code)}"  # e.g. send_retry_UNAVAILABLE
+                self.stats.extra[key] = self.stats.extra.get(key, 0) + 1
+                self._retry_later(self.outbox[e.client_msg_id])
+                return
             pending = self.outbox.pop(e.client_msg_id)
             klass = next((k for c, k in ERROR_OF.items() if c.value[0] == e.code), NatterError)
             if not pending.future.done():
@@ -358,6 +367,21 @@ class Connection:
             if pending.sent_on != -1:
                 self.stats.resends += 1
             pending.sent_on = self._epoch
+
+    def _retry_later(self, pending: _Pending) -> None:
+        epoch = self._epoch
+        pending.retries += 1
+        delay = random.uniform(0.5, 1.0) * min(self.max_backoff, 0.2 * 2 ** min(pending.retries, 5))
+
+        async def again() -> None:
+            await asyncio.sleep(delay)
+            if self.outbox.get(pending.frame.client_msg_id) is pending and self._epoch == epoch:
+                pending.sent_on = -1
+                await self._transmit(pending)
+
+        task = asyncio.create_task(again())
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
     async def _write(self, frame: spb.ClientFrame) -> None:
         call = self._call
