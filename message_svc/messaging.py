@@ -342,11 +342,12 @@ class Messaging:
             await self.fanout.deliver(deliveries)
 
     async def _receipt_audience(self, thread_id: int, user_id: int) -> list[int]:
-        thread = await self.store.get_thread(thread_id)
-        if thread is None:
+        try:
+            kind = await self._kind(thread_id)
+        except NotFound:
             return []
-        ids = await self.audience(thread_id, thread.kind)
-        if thread.kind is ThreadKind.GROUP and len(ids) > self.settings.presence_push_group_size:
+        ids = await self.audience(thread_id, kind)
+        if kind is ThreadKind.GROUP and len(ids) > self.settings.presence_push_group_size:
             return []  # large groups: per-member receipts are read with GetThread
         return [i for i in ids if i != user_id]
 

@@ -828,40 +828,65 @@ class SqlStore:
         return await self._retry(lambda: self._advance_delivered(acks), integrity=True)
 
     async def _advance_delivered(self, acks: Sequence[DeviceAck]) -> list[Advance]:
+        """One transaction for a whole flush: a few set-based statements, not one per cursor."""
         c, m = t.device_cursors, t.thread_members
-        advanced: list[Advance] = []
+        want: dict[tuple[int, int], int] = {}
+        owner: dict[int, int] = {}
+        for ack in acks:
+            owner[ack.device_id] = ack.user_id
+            for cur in ack.cursors:
+                key = (ack.device_id, cur.thread_id)
+                want[key] = max(want.get(key, 0), cur.seq)
+        if not want:
+            return []
         async with self._tx() as conn:
-            for ack in acks:
-                have = {
-                    int(r.thread_id): int(r.delivered_seq)
-                    for r in await conn.execute(
-                        sa.select(c.c.thread_id, c.c.delivered_seq).where(c.c.device_id == ack.device_id)
+            have: dict[tuple[int, int], int] = {}
+            for r in await conn.execute(
+                sa.select(c.c.device_id, c.c.thread_id, c.c.delivered_seq).where(
+                    c.c.device_id.in_(list(owner))
+                )
+            ):
+                have[(int(r.device_id), int(r.thread_id))] = int(r.delivered_seq)
+            inserts = [dict(device_id=dv, thread_id=th, delivered_seq=seq)
+                       for (dv, th), seq in want.items() if (dv, th) not in have]
+            updates = [dict(dv=dv, th=th, seq=seq)
+                       for (dv, th), seq in want.items() if (dv, th) in have and seq > have[(dv, th)]]
+            if inserts:
+                await conn.execute(c.insert(), inserts)
+            if updates:
+                await conn.execute(
+                    c.update()
+                    .where(c.c.device_id == sa.bindparam("dv"), c.c.thread_id == sa.bindparam("th"))
+                    .values(delivered_seq=sa.bindparam("seq")),
+                    updates,
+                )
+            best: dict[tuple[int, int], int] = {}
+            for (dv, th), seq in want.items():
+                if (dv, th) not in have or seq > have[(dv, th)]:
+                    key = (owner[dv], th)
+                    best[key] = max(best.get(key, 0), seq)
+            if not best:
+                return []
+            pairs = list(best)
+            current: dict[tuple[int, int], int] = {}
+            for start in range(0, len(pairs), 300):
+                for r in await conn.execute(
+                    sa.select(m.c.owner_id, m.c.thread_id, m.c.delivered_seq).where(
+                        sa.tuple_(m.c.owner_id, m.c.thread_id).in_(pairs[start : start + 300])
                     )
-                }
-                for cur in ack.cursors:
-                    old = have.get(cur.thread_id)
-                    if old is None:
-                        await conn.execute(
-                            c.insert().values(device_id=ack.device_id, thread_id=cur.thread_id,
-                                              delivered_seq=cur.seq)
-                        )
-                    elif cur.seq > old:
-                        await conn.execute(
-                            c.update()
-                            .where(c.c.device_id == ack.device_id, c.c.thread_id == cur.thread_id)
-                            .values(delivered_seq=cur.seq)
-                        )
-                    else:
-                        continue
-                    res = await conn.execute(
-                        m.update()
-                        .where(m.c.owner_id == ack.user_id, m.c.thread_id == cur.thread_id,
-                               m.c.delivered_seq < cur.seq)
-                        .values(delivered_seq=cur.seq)
-                    )
-                    if res.rowcount:
-                        advanced.append(Advance(cur.thread_id, ack.user_id, cur.seq))
-        return advanced
+                ):
+                    current[(int(r.owner_id), int(r.thread_id))] = int(r.delivered_seq)
+            moved = [(u, th, seq) for (u, th), seq in best.items()
+                     if (u, th) in current and seq > current[(u, th)]]
+            if moved:
+                await conn.execute(
+                    m.update()
+                    .where(m.c.owner_id == sa.bindparam("u"), m.c.thread_id == sa.bindparam("th"),
+                           m.c.delivered_seq < sa.bindparam("seq"))
+                    .values(delivered_seq=sa.bindparam("seq")),
+                    [dict(u=u, th=th, seq=seq) for u, th, seq in moved],
+                )
+        return [Advance(th, u, seq) for u, th, seq in moved]
 
     async def advance_read(self, user_id: int, thread_id: int, seq: int) -> bool:
         m = t.thread_members

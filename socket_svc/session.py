@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 SYNC_PAGE = 500
 MAX_QUEUE = 20_000
 MAX_SENDS_IN_FLIGHT = 64
+BATCH = 128
 
 
 class Transport(Protocol):
@@ -62,6 +64,11 @@ class TokenBucket:
             self.tokens -= 1
             return True
         return False
+
+
+def heartbeat_seconds(settings: Settings) -> int:
+    """Welcome's whole-second interval: rounded up, never 0 (0 tells the device "default")."""
+    return max(1, math.ceil(settings.heartbeat_interval_seconds))
 
 
 def error_frame(error: BaseException, client_msg_id: str = "") -> spb.ServerFrame:
@@ -105,11 +112,19 @@ class Session:
         self._sends = asyncio.Semaphore(MAX_SENDS_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
         self.replayed = 0
+        self.batches = False
+        self._out: list[spb.ServerFrame] = []
 
     # -- outbound ------------------------------------------------------------------------
 
     def enqueue(self, item: d.Event | _Own | _Close | spb.ServerFrame) -> None:
         if self.closed is not None:
+            return
+        if isinstance(item, d.DeviceRevoked):
+            # Closed at once, not when the writer reaches it: nothing sent after the logout
+            # is queued behind it.
+            if item.device_id == self.device_id:
+                self.close(grpc.StatusCode.UNAUTHENTICATED, "this device was logged out")
             return
         if self.queue.qsize() >= MAX_QUEUE:
             # A device this far behind is cheaper to resync than to feed.
@@ -124,16 +139,38 @@ class Session:
 
     async def run(self, hello: spb.Hello) -> None:
         """Replay what the device missed, mark SyncDone, then push live events until closed."""
+        self.batches = hello.accept_batches
         try:
             await self._sync(hello)
             self.synced.set()
             while True:
-                item = await self.queue.get()
-                if isinstance(item, _Close):
-                    return
-                await self._push(item)
+                items = [await self.queue.get()]
+                # Whatever else is ready goes out with it: one stream message for many frames.
+                while len(items) < BATCH and not self.queue.empty():
+                    items.append(self.queue.get_nowait())
+                for item in items:
+                    if isinstance(item, _Close):
+                        await self._flush()
+                        return
+                    await self._push(item)
+                await self._flush()
         finally:
             self.done.set()
+
+    def _emit(self, frame: spb.ServerFrame) -> None:
+        self._out.append(frame)
+
+    async def _flush(self) -> None:
+        out, self._out = self._out, []
+        if not out:
+            return
+        if not self.batches or len(out) == 1:
+            for frame in out:
+                await self.transport.send(frame)
+            return
+        for start in range(0, len(out), BATCH):
+            chunk = out[start : start + BATCH]
+            await self.transport.send(spb.ServerFrame(batch=spb.ServerBatch(frames=chunk)))
 
     async def _sync(self, hello: spb.Hello) -> None:
         given = [convert.cursor_of(c) for c in hello.cursors]
@@ -144,9 +181,10 @@ class Session:
         while True:
             for m in page.messages:
                 if m.seq > self.pushed.get(m.thread_id, 0):
-                    await self.transport.send(spb.ServerFrame(message=convert.message(m)))
+                    self._emit(spb.ServerFrame(message=convert.message(m)))
                     self.pushed[m.thread_id] = m.seq
                     self.replayed += 1
+            await self._flush()
             if not page.more:
                 break
             cursors = [d.Cursor(t, s) for t, s in self.pushed.items()]
@@ -155,21 +193,19 @@ class Session:
 
     async def _push(self, item: d.Event | _Own | spb.ServerFrame) -> None:
         if isinstance(item, spb.ServerFrame):
-            await self.transport.send(item)
+            self._emit(item)
         elif isinstance(item, _Own):
             await self._advance(item.thread_id, item.seq, item.frame, own=True)
         elif isinstance(item, d.Message):
-            frame = spb.ServerFrame(message=convert.message(item))
-            await self._advance(item.thread_id, item.seq, frame)
+            await self._advance(item.thread_id, item.seq, spb.ServerFrame(message=convert.message(item)))
         elif isinstance(item, d.Receipt):
-            await self.transport.send(spb.ServerFrame(receipt=convert.receipt(item)))
+            self._emit(spb.ServerFrame(receipt=convert.receipt(item)))
         elif isinstance(item, d.Presence):
-            await self.transport.send(spb.ServerFrame(presence=convert.presence(item)))
+            self._emit(spb.ServerFrame(presence=convert.presence(item)))
         elif isinstance(item, d.Typing):
-            await self.transport.send(spb.ServerFrame(typing=convert.typing(item)))
+            self._emit(spb.ServerFrame(typing=convert.typing(item)))
         elif isinstance(item, d.ReadCursor):
-            frame = spb.ServerFrame(read_cursor=spb.ReadCursor(cursor=convert.cursor(item.cursor)))
-            await self.transport.send(frame)
+            self._emit(spb.ServerFrame(read_cursor=spb.ReadCursor(cursor=convert.cursor(item.cursor))))
         elif isinstance(item, d.DeviceRevoked) and item.device_id == self.device_id:
             self.close(grpc.StatusCode.UNAUTHENTICATED, "this device was logged out")
 
@@ -179,32 +215,45 @@ class Session:
         """Push in seq order without gaps: older seqs are dropped, gaps filled from the store.
 
         `frame` carries seq: the message itself, or the SendResult of the device's own send.
-        Everything before it goes out first, so a device always sees seq - 1 before seq, even
+        Everything before seq goes out first, so a device never sees seq before seq - 1, even
         when its own send was answered before another member's earlier message was pushed
-        (the device's own messages in the gap are pushed too: they were not answered yet).
-        A SendResult always goes out, even for a seq already pushed (a retried send).
+        (its own messages in the gap go out too: they have not been answered yet). A
+        SendResult always goes out, even for a seq already pushed (a retried send).
         """
         last = self.pushed.get(thread_id)
         if last is None:
             last = seq - 1 if self.skip_unknown else 0
         if seq <= last:
             if own:
-                await self.transport.send(frame)
+                self._emit(frame)
             return
         if seq > last + 1:
             for m in await self.api.messages_between(self.who, thread_id, last, seq):
-                await self.transport.send(spb.ServerFrame(message=convert.message(m)))
-        await self.transport.send(frame)
+                self._emit(spb.ServerFrame(message=convert.message(m)))
+        self._emit(frame)
         self.pushed[thread_id] = seq
 
     # -- inbound -------------------------------------------------------------------------
 
     async def on_frame(self, frame: spb.ClientFrame) -> None:
         self.last_frame = time.monotonic()
-        if not self._frames.take():
+        if frame.WhichOneof("payload") != "batch" and not self._frames.take():
+            if frame.WhichOneof("payload") == "send":
+                # A dropped send must say which one it was, so the device retries just that.
+                self.enqueue(error_frame(ResourceExhausted("too many frames; slow down",
+                                                           "RATE_LIMITED"),
+                                         frame.send.client_msg_id))
+                return
             self._limited("too many frames; slow down")
             return
         which = frame.WhichOneof("payload")
+        if which == "batch":
+            for inner in frame.batch.frames:
+                if inner.WhichOneof("payload") == "batch":
+                    self.enqueue(error_frame(InvalidArgument("batches do not nest", "NESTED_BATCH")))
+                    continue
+                await self.on_frame(inner)
+            return
         try:
             if which == "send":
                 await self._sends.acquire()
@@ -260,6 +309,7 @@ class Session:
             self._sends.release()
 
     def _ack(self, ack: spb.Ack) -> None:
+        # Every cursor is checked before any is applied: a refused frame changes nothing.
         for c in ack.cursors:
             if c.thread_id not in self.pushed:
                 raise PermissionDenied(
@@ -271,6 +321,7 @@ class Session:
                     f"({self.pushed[c.thread_id]})",
                     "BAD_ACK",
                 )
+        for c in ack.cursors:
             if c.seq > self.acked.get(c.thread_id, 0):
                 self.acked[c.thread_id] = c.seq
                 self.ack_dirty[c.thread_id] = c.seq

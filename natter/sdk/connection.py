@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE.value[0], grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
              grpc.StatusCode.INTERNAL.value[0]}
+RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,10 @@ class Connection:
         self._ack_dirty: dict[int, int] = {}
         self._ack_task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
+        self._pending: list[spb.ClientFrame] = []
         self._retries: set[asyncio.Task[None]] = set()
+        self._live = False  # welcomed on the current stream
+        self._final: NatterError | None = None  # the device was logged out: no more tries
 
     # -- public --------------------------------------------------------------------------
 
@@ -127,10 +131,16 @@ class Connection:
     async def close(self) -> None:
         self._closing = True
         await self._flush_acks()
-        if self._call is not None:
+        call = self._call
+        if call is not None:
             with contextlib.suppress(Exception):
-                await self._call.done_writing()
-            self._call.cancel()
+                await call.done_writing()
+            if self._live and self._task is not None:
+                # Let the server end the stream: the acks written above are stored by then.
+                await asyncio.wait({self._task}, timeout=2.0)
+            call.cancel()
+        if self._ack_task is not None:
+            self._ack_task.cancel()
         for task in list(self._retries):
             task.cancel()
         if self._task is not None:
@@ -152,6 +162,8 @@ class Connection:
         timeout: float | None = None,
     ) -> d.SendResult:
         """Store-and-forward: retried on every reconnect until acknowledged or refused."""
+        if self._final is not None:
+            raise type(self._final)(self._final.message, self._final.reason)
         key = client_msg_id or uuid.uuid4().hex
         pending = self.outbox.get(key)
         if pending is None:
@@ -197,17 +209,24 @@ class Connection:
                 reason = "redirected" if redirected else "stream ended"
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.UNAUTHENTICATED:
-                    err = error_from_rpc(e)
-                    self._fail_outbox(err)
-                    await self.events.put(Disconnected(err.message, True))
+                    await self._give_up(error_from_rpc(e))
                     return
                 reason = f"{e.code().name}: {e.details()}"
+            except Unauthenticated as e:
+                await self._give_up(e)
+                return
+            except NatterError as e:  # a history call for a gap failed: the server went away
+                reason = f"{e.reason}: {e.message}"
             except (OSError, ConnectionError) as e:
                 reason = str(e)
             except asyncio.CancelledError:
                 raise
+            except Exception as e:  # never die quietly with sends waiting: log, try again
+                logger.exception("connection failed")
+                reason = f"{type(e).__name__}: {e}"
             self.synced.clear()
             self._call = None
+            self._live = False
             if reason != "redirected":
                 # A redirect target that failed may be gone: ask the front door again.
                 self._address = self.client.server
@@ -217,6 +236,15 @@ class Connection:
             delay = random.uniform(0, min(self.max_backoff, 0.1 * 2**attempt))
             attempt = min(attempt + 1, 10)
             await asyncio.sleep(delay)
+
+    async def _give_up(self, err: NatterError) -> None:
+        """The token is no longer valid (logged out): fail every send, now and later."""
+        self._final = err
+        self._call = None
+        self._live = False
+        self.synced.clear()
+        self._fail_outbox(err)
+        await self.events.put(Disconnected(err.message, True))
 
     async def _session(self) -> bool:
         address = self._address
@@ -228,30 +256,36 @@ class Connection:
             stub = spb_grpc.SocketServiceStub(channel)
             call = stub.Connect(metadata=self.client.metadata())
             self._call = call
+            self._pending = []
             self._epoch += 1
             cursors = [tpb.Cursor(thread_id=t, seq=s) for t, s in self.merger.cursors.items()]
-            await call.write(spb.ClientFrame(hello=spb.Hello(cursors=cursors,
-                                                             skip_replay=self.skip_replay)))
+            async with self._write_lock:  # Hello goes first, before any frame of another task
+                await call.write(spb.ClientFrame(hello=spb.Hello(
+                    cursors=cursors, skip_replay=self.skip_replay, accept_batches=True)))
             heart: asyncio.Task[None] | None = None
             try:
-                async for frame in call:
-                    which = frame.WhichOneof("payload")
-                    if which == "welcome":
-                        w = frame.welcome
-                        self.user = convert.user_of(w.user)
-                        self.device_id = w.device_id
-                        self.stats.connects += 1
-                        await self.events.put(Connected(w.node_id, address))
-                        interval = self.heartbeat_seconds or w.heartbeat_interval_seconds or 5
-                        heart = asyncio.create_task(self._heartbeat(call, interval))
-                        for p in list(self.outbox.values()):
-                            await self._transmit(p)
-                    else:
-                        await self._on_frame(frame)
-                    if which == "redirect":
-                        self._address = frame.redirect.address
-                        call.cancel()
-                        return True
+                async for outer in call:
+                    frames = (list(outer.batch.frames)
+                              if outer.WhichOneof("payload") == "batch" else [outer])
+                    for frame in frames:
+                        which = frame.WhichOneof("payload")
+                        if which == "welcome":
+                            w = frame.welcome
+                            self.user = convert.user_of(w.user)
+                            self.device_id = w.device_id
+                            self.stats.connects += 1
+                            self._live = True
+                            await self.events.put(Connected(w.node_id, address))
+                            interval = self.heartbeat_seconds or w.heartbeat_interval_seconds or 5
+                            heart = asyncio.create_task(self._heartbeat(interval))
+                            for p in list(self.outbox.values()):
+                                await self._transmit(p)
+                        elif which == "redirect":
+                            self._address = frame.redirect.address
+                            call.cancel()
+                            return True
+                        else:
+                            await self._on_frame(frame)
             finally:
                 if heart is not None:
                     heart.cancel()
@@ -260,13 +294,11 @@ class Connection:
                 await channel.close()
         return False
 
-    async def _heartbeat(self, call: grpc.aio.StreamStreamCall[spb.ClientFrame, spb.ServerFrame],
-                         interval: float) -> None:
+    async def _heartbeat(self, interval: float) -> None:
         with contextlib.suppress(Exception):
             while True:
                 await asyncio.sleep(interval)
-                async with self._write_lock:
-                    await call.write(spb.ClientFrame(heartbeat=spb.Heartbeat()))
+                await self._write(spb.ClientFrame(heartbeat=spb.Heartbeat()))
 
     async def _on_frame(self, frame: spb.ServerFrame) -> None:
         which = frame.WhichOneof("payload")
@@ -302,7 +334,7 @@ class Connection:
 
     async def _on_error(self, e: spb.StreamError) -> None:
         if e.client_msg_id and e.client_msg_id in self.outbox:
-            if e.code in RETRYABLE:
+            if e.code in RETRYABLE or (e.code == RESOURCE_EXHAUSTED and e.reason == "RATE_LIMITED"):
                 # Stays in the outbox: sent again on the next connect, or on this stream
                 # after a pause (the server is up but, say, its database is restarting).
                 key = f"send_retry_{code_name(e.code)}"  # e.g. send_retry_UNAVAILABLE
@@ -321,16 +353,24 @@ class Connection:
         for r in released:
             await self._surface(r)
         while gap is not None:
+            before = self.merger.cursors.get(gap.thread_id, 0)
             rows, _ = await self.client.history(gap.thread_id, after_seq=gap.after_seq, forward=True,
                                                 limit=max(1, min(1000, gap.before_seq - gap.after_seq - 1)))
             self.stats.gaps_filled += 1
-            gap = None
+            first = rows[0].seq if rows else gap.before_seq
+            if first > gap.after_seq + 1:
+                # History starts later: those seqs are not this member's to see (before they
+                # joined, after they left) and will never come. Move past them.
+                for r in self.merger.skip_to(gap.thread_id, min(first, gap.before_seq) - 1):
+                    await self._surface(r)
             for row in rows:
-                released, gap2 = self.merger.offer(row)
+                released, _ = self.merger.offer(row)
                 for r in released:
                     await self._surface(r)
-                gap = gap or gap2
-            gap = self.merger.pending_gap(m.thread_id) if gap is None and rows else None
+            gap = self.merger.pending_gap(gap.thread_id)
+            if gap is not None and self.merger.cursors.get(gap.thread_id, 0) == before:
+                raise NatterError(f"history of thread {gap.thread_id} did not fill seqs "
+                                  f"{gap.after_seq + 1}..{gap.before_seq - 1}", "GAP_NOT_FILLED")
 
     async def _surface(self, m: d.Message) -> None:
         await self.events.put(m)
@@ -384,11 +424,19 @@ class Connection:
         task.add_done_callback(self._retries.discard)
 
     async def _write(self, frame: spb.ClientFrame) -> None:
+        """Frames written while another write is in flight go out together in one batch."""
         call = self._call
         if call is None:
             raise NatterError("not connected")
+        self._pending.append(frame)
         async with self._write_lock:
-            await call.write(frame)
+            if not self._pending or call is not self._call:
+                return
+            frames, self._pending = self._pending, []
+            if len(frames) == 1:
+                await call.write(frames[0])
+            else:
+                await call.write(spb.ClientFrame(batch=spb.ClientBatch(frames=frames)))
 
     def _fail_outbox(self, err: NatterError) -> None:
         for p in self.outbox.values():

@@ -32,6 +32,7 @@ class ClientFrame(_message.Message):
     READ_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     TYPING_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello:
         """Starts the session; must come first and only once."""
@@ -56,6 +57,10 @@ class ClientFrame(_message.Message):
     def typing(self) -> Global___TypingRequest:
         """Says the user is typing."""
 
+    @_builtins.property
+    def batch(self) -> Global___ClientBatch:
+        """Several frames at once, handled in order; batches do not nest."""
+
     def __init__(
         self,
         *,
@@ -65,16 +70,65 @@ class ClientFrame(_message.Message):
         read: Global___Read | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         typing: Global___TypingRequest | None = ...,
+        batch: Global___ClientBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "heartbeat", b"heartbeat", "hello", b"hello", "payload", b"payload", "read", b"read", "send", b"send", "typing", b"typing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "heartbeat", b"heartbeat", "hello", b"hello", "payload", b"payload", "read", b"read", "send", b"send", "typing", b"typing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "heartbeat", b"heartbeat", "hello", b"hello", "payload", b"payload", "read", b"read", "send", b"send", "typing", b"typing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "heartbeat", b"heartbeat", "hello", b"hello", "payload", b"payload", "read", b"read", "send", b"send", "typing", b"typing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["hello", "send", "ack", "read", "heartbeat", "typing"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["hello", "send", "ack", "read", "heartbeat", "typing", "batch"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___ClientFrame: _TypeAlias = ClientFrame  # noqa: Y015
+
+@_typing.final
+class ClientBatch(_message.Message):
+    """ClientBatch carries several client frames in one stream message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def frames(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientFrame]:
+        """The frames, in order."""
+
+    def __init__(
+        self,
+        *,
+        frames: _abc.Iterable[Global___ClientFrame] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frames", b"frames"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientBatch: _TypeAlias = ClientBatch  # noqa: Y015
+
+@_typing.final
+class ServerBatch(_message.Message):
+    """ServerBatch carries several server frames in one stream message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def frames(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServerFrame]:
+        """The frames, in order."""
+
+    def __init__(
+        self,
+        *,
+        frames: _abc.Iterable[Global___ServerFrame] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frames", b"frames"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerBatch: _TypeAlias = ServerBatch  # noqa: Y015
 
 @_typing.final
 class ServerFrame(_message.Message):
@@ -93,6 +147,7 @@ class ServerFrame(_message.Message):
     REDIRECT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_ACK_FIELD_NUMBER: _builtins.int
     READ_CURSOR_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome:
         """Answers Hello."""
@@ -137,6 +192,10 @@ class ServerFrame(_message.Message):
     def read_cursor(self) -> Global___ReadCursor:
         """The user read a thread on one of their devices."""
 
+    @_builtins.property
+    def batch(self) -> Global___ServerBatch:
+        """Several frames at once, sent only to devices whose Hello set accept_batches."""
+
     def __init__(
         self,
         *,
@@ -151,12 +210,13 @@ class ServerFrame(_message.Message):
         redirect: Global___Redirect | None = ...,
         heartbeat_ack: Global___HeartbeatAck | None = ...,
         read_cursor: Global___ReadCursor | None = ...,
+        batch: Global___ServerBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "typing", b"typing", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "typing", b"typing", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "typing", b"typing", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "typing", b"typing", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["welcome", "message", "send_result", "sync_done", "receipt", "presence", "typing", "error", "redirect", "heartbeat_ack", "read_cursor"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["welcome", "message", "send_result", "sync_done", "receipt", "presence", "typing", "error", "redirect", "heartbeat_ack", "read_cursor", "batch"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -170,8 +230,11 @@ class Hello(_message.Message):
 
     CURSORS_FIELD_NUMBER: _builtins.int
     SKIP_REPLAY_FIELD_NUMBER: _builtins.int
+    ACCEPT_BATCHES_FIELD_NUMBER: _builtins.int
     skip_replay: _builtins.bool
     """Replay nothing for threads the device has no cursor for; it pages history on demand."""
+    accept_batches: _builtins.bool
+    """The device understands ServerFrame.batch; the server then coalesces frames that are ready together."""
     @_builtins.property
     def cursors(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Cursor]:
         """Replay from these cursors instead of the server's stored ones for these threads."""
@@ -181,10 +244,11 @@ class Hello(_message.Message):
         *,
         cursors: _abc.Iterable[_types_pb2.Cursor] | None = ...,
         skip_replay: _builtins.bool = ...,
+        accept_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursors", b"cursors", "skip_replay", b"skip_replay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_batches", b"accept_batches", "cursors", b"cursors", "skip_replay", b"skip_replay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
