@@ -34,7 +34,11 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.max_frame_bytes),
         ("grpc.max_send_message_length", 16 * 1024 * 1024),
         ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        # A peer that does not answer a ping within this is gone (a half-open connection).
+        # ping_timeout bounds every outstanding ping: without it a flow-control ping in
+        # flight holds a dead connection for gRPC's default of one minute.
+        ("grpc.keepalive_timeout_ms", int(min(10.0, settings.keepalive_seconds) * 1000)),
+        ("grpc.http2.ping_timeout_ms", int(min(10.0, settings.keepalive_seconds) * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_pings_without_data", 0),

@@ -20,7 +20,7 @@ from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
 from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from socket_svc.hub import Hub
-from socket_svc.session import Session, error_frame, pump
+from socket_svc.session import Session, error_frame, heartbeat_seconds, pump
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ class SocketServicer(spb_grpc.SocketServiceServicer):
     async def Connect(  # type: ignore[override]
         self, request_iterator: Any, context: Context
     ) -> None:
-        who = await self.api.authenticate(bearer(context.invocation_metadata()))
+        token = bearer(context.invocation_metadata())
+        who = await self.api.authenticate(token)
         first = await context.read()
         if first is grpc.aio.EOF:
             return
@@ -60,12 +61,19 @@ class SocketServicer(spb_grpc.SocketServiceServicer):
             spb.ServerFrame(
                 welcome=spb.Welcome(
                     user=convert.user(who.user), device_id=who.device_id,
-                    heartbeat_interval_seconds=int(self.settings.heartbeat_interval_seconds),
+                    heartbeat_interval_seconds=heartbeat_seconds(self.settings),
                     node_id=self.hub.node_id,
                 )
             )
         )
         await self.hub.attach(session)
+        try:
+            # Checked again once attached: a logout while the stream waited for its Hello (or
+            # before attach) found no session to close, so it must be seen here.
+            await self.api.authenticate(token)
+        except Exception:
+            await self.hub.detach(session)
+            raise
 
         async def read() -> spb.ClientFrame | None:
             while True:

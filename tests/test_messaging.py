@@ -12,6 +12,7 @@ from tests.conftest import PASSWORD, ConnFactory, UserFactory
 from tests.helpers import collect, eventually
 
 
+@pytest.mark.all_stores
 async def test_two_people_chat_in_real_time(user: UserFactory, connect: ConnFactory) -> None:
     alice, bob = await user("alice"), await user("bob")
     ca, cb = await connect(alice), await connect(bob)
@@ -26,6 +27,7 @@ async def test_two_people_chat_in_real_time(user: UserFactory, connect: ConnFact
     assert back.text == "hi alice" and back.sender.username == "bob"
 
 
+@pytest.mark.all_stores
 async def test_direct_thread_is_unique_per_pair(user: UserFactory, connect: ConnFactory) -> None:
     alice, bob = await user("alice"), await user("bob")
     ca, cb = await connect(alice), await connect(bob)
@@ -71,6 +73,7 @@ async def test_threads_ordered_by_last_update(user: UserFactory, connect: ConnFa
     assert len(page) == 2
 
 
+@pytest.mark.all_stores
 async def test_unread_counts_and_sender_state(user: UserFactory, connect: ConnFactory) -> None:
     alice, bob = await user("alice"), await user("bob")
     ca = await connect(alice)
@@ -96,6 +99,7 @@ async def test_unread_counts_and_sender_state(user: UserFactory, connect: ConnFa
     assert t.unread_count == 1
 
 
+@pytest.mark.all_stores
 async def test_restart_keeps_everything(settings: Settings) -> None:
     async with EmbeddedServer(settings) as srv:
         a, b = Client(srv.grpc_address), Client(srv.grpc_address)
@@ -124,6 +128,7 @@ async def test_restart_keeps_everything(settings: Settings) -> None:
         await b.close()
 
 
+@pytest.mark.all_stores
 async def test_bad_sends_get_clear_errors(user: UserFactory, connect: ConnFactory, server: EmbeddedServer) -> None:
     alice, bob, carol = await user("alice"), await user("bob"), await user("carol")
     ca = await connect(alice)
@@ -158,7 +163,6 @@ async def test_bad_sends_get_clear_errors(user: UserFactory, connect: ConnFactor
 
 async def test_invalid_utf8_and_malformed_frames_keep_the_stream(user: UserFactory, server: EmbeddedServer) -> None:
     from natter.v1 import socket_service_pb2 as spb
-    from natter.v1 import socket_service_pb2_grpc as spb_grpc
 
     alice = await user("alice")
     await user("bob")

@@ -220,7 +220,12 @@ class Connection:
             except (OSError, ConnectionError) as e:
                 reason = str(e)
             except asyncio.CancelledError:
-                raise
+                # gRPC raises this, too, when the call (not this task) was cancelled: a cut
+                # stream, which is retried like any other. Only close() stops the loop.
+                task = asyncio.current_task()
+                if self._closing or (task is not None and task.cancelling()):
+                    raise
+                reason = "stream cancelled"
             except Exception as e:  # never die quietly with sends waiting: log, try again
                 logger.exception("connection failed")
                 reason = f"{type(e).__name__}: {e}"

@@ -53,6 +53,19 @@ class Merger:
                 del self.held[m.thread_id]
         return out
 
+    def skip_to(self, thread_id: int, seq: int) -> list[Message]:
+        """Seqs up to `seq` will never arrive (not visible to this member): move past them."""
+        if seq <= self.cursors.get(thread_id, 0):
+            return []
+        self.cursors[thread_id] = seq
+        held = self.held.get(thread_id, {})
+        for s in [s for s in held if s <= seq]:
+            del held[s]
+        nxt = held.pop(seq + 1, None)
+        if not held:
+            self.held.pop(thread_id, None)
+        return self._release(nxt) if nxt is not None else []
+
     def pending_gap(self, thread_id: int) -> Gap | None:
         held = self.held.get(thread_id)
         if not held:
