@@ -58,8 +58,9 @@ async def _security_headers(
 ) -> web.StreamResponse:
     response = await handler(request)
     if not response.prepared:  # a WebSocket upgrade has already sent its headers
-        response.headers.setdefault("Content-Security-Policy",
-                                    content_security_policy(request.host))
+        response.headers.setdefault(
+            "Content-Security-Policy", content_security_policy(request.host)
+        )
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("X-Frame-Options", "DENY")
@@ -79,8 +80,9 @@ class WebServer:
 
     async def start(self) -> int:
         await self.gateway.start()
-        app = web.Application(middlewares=[_security_headers],
-                              client_max_size=self.settings.max_frame_bytes + 65536)
+        app = web.Application(
+            middlewares=[_security_headers], client_max_size=self.settings.max_frame_bytes + 65536
+        )
         app.router.add_get("/healthz", self._healthz)
         app.add_routes(self.sockets.routes())
         app.add_routes(self.gateway.routes())
@@ -109,8 +111,9 @@ class WebServer:
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
         if self.web_dir is None:
-            return web.Response(text=PLACEHOLDER.format(grpc=self.grpc_address),
-                                content_type="text/html")
+            return web.Response(
+                text=PLACEHOLDER.format(grpc=self.grpc_address), content_type="text/html"
+            )
         return self._send(self.web_dir / "index.html")
 
     async def _file(self, request: web.Request) -> web.StreamResponse:

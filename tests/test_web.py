@@ -1,0 +1,144 @@
+"""The web app: its unit tests (vitest) and browser scenarios (Playwright, Debian's chromium)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from natter.embedded import EmbeddedServer
+from tests import conftest
+
+ROOT = Path(__file__).resolve().parent.parent
+WEB = ROOT / "web"
+DIST = WEB / "dist"
+SOURCES = (
+    "src",
+    "public",
+    "sw",
+    "e2e",
+    "index.html",
+    "vite.config.ts",
+    "package.json",
+    "package-lock.json",
+    "tsconfig.json",
+    "buf.gen.yaml",
+)
+SKIPPED = 77  # e2e/run.mjs: the scenario needs a server feature that is not there yet
+
+
+def _tool(name: str, hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: {hint}", pytrace=False)
+    return path
+
+
+def chromium() -> str:
+    path = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    if not Path(path).exists():
+        pytest.fail(
+            f"no Chromium at {path}: install Debian's chromium (scripts/install --all, "
+            "or apt-get install chromium), or set CHROMIUM",
+            pytrace=False,
+        )
+    return path
+
+
+def _newest(paths: list[Path]) -> float:
+    newest = 0.0
+    for p in paths:
+        if p.is_file():
+            newest = max(newest, p.stat().st_mtime)
+        elif p.is_dir():
+            for f in p.rglob("*"):
+                if f.is_file():
+                    newest = max(newest, f.stat().st_mtime)
+    return newest
+
+
+def _run(cmd: list[str], what: str, timeout: float = 300) -> None:
+    done = subprocess.run(
+        cmd, cwd=WEB, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        pytest.fail(
+            f"{what} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def npm_ready() -> None:
+    _tool("node", "install Node.js 20+ to build and test the web app")
+    npm = _tool("npm", "install npm with Node.js")
+    lock = WEB / "package-lock.json"
+    stamp = WEB / "node_modules" / ".package-lock.json"
+    if not stamp.exists() or stamp.stat().st_mtime < lock.stat().st_mtime:
+        _run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], "npm ci")
+
+
+@pytest.fixture(scope="session")
+def built_app(npm_ready: None) -> Path:
+    """web/dist, rebuilt when any source is newer than the last build."""
+    index = DIST / "index.html"
+    sources = [WEB / s for s in SOURCES] + [ROOT / "proto"]
+    if not index.exists() or _newest(sources) > index.stat().st_mtime:
+        _run([_tool("npm", "install npm"), "run", "build"], "npm run build")
+    assert index.exists()
+    return DIST
+
+
+@pytest.mark.timeout(180)
+def test_client_unit_tests(npm_ready: None) -> None:
+    _run([str(WEB / "node_modules" / ".bin" / "vitest"), "run"], "vitest", timeout=170)
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("scenario", ["chat", "offline", "group", "mobile", "expired"])
+async def test_browser(scenario: str, built_app: Path, tmp_path: Path) -> None:
+    """One scenario of web/e2e/run.mjs against a real embedded server serving the built app."""
+    browser = chromium()
+    node = _tool("node", "install Node.js")
+    shots = (
+        ROOT / "docs" / "screenshots"
+        if os.environ.get("NATTER_UPDATE_SCREENSHOTS")
+        else tmp_path / "screenshots"
+    )
+    settings = conftest.test_settings(tmp_path / "data", web_dir=built_app)
+    async with EmbeddedServer(settings) as server:
+        env = {
+            **os.environ,
+            "NATTER_URL": f"http://127.0.0.1:{server.http_port}",
+            "NATTER_SCREENSHOTS": str(shots),
+            "CHROMIUM": browser,
+        }
+        proc = await asyncio.create_subprocess_exec(
+            node,
+            "e2e/run.mjs",
+            scenario,
+            cwd=WEB,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 170)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            pytest.fail(f"browser scenario {scenario} did not finish in 170 s")
+    text = out.decode(errors="replace")
+    if proc.returncode == SKIPPED:
+        pytest.skip(text.strip().splitlines()[0])
+    assert proc.returncode == 0, text
+    if scenario == "mobile":
+        assert {p.name for p in shots.glob("*.png")} >= {
+            "mobile-chat.png",
+            "mobile-chats.png",
+            "mobile-offline.png",
+        }

@@ -1,0 +1,393 @@
+// Browser tests: real Chromium (Debian's, driven by playwright-core) against a running natter.
+//   NATTER_URL=http://127.0.0.1:7080 node e2e/run.mjs [scenario ...]
+// Scenarios: chat, offline, group, mobile, expired (default: all). Prints "N passed, N failed";
+// exits 0 when all passed, 77 when the only problems were skipped scenarios, 1 otherwise.
+import { mkdirSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const BASE = process.env.NATTER_URL ?? "http://127.0.0.1:7080";
+const SHOTS = resolve(process.env.NATTER_SCREENSHOTS ?? join(here, "..", "..", "docs", "screenshots"));
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const PASSWORD = "correct horse battery";
+const WAIT = 15_000;
+const run = Math.random().toString(36).slice(2, 7);
+let scenario = "";
+
+class Skip extends Error {}
+
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+}
+
+async function launch() {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+}
+
+/** A person in a browser context of their own; collects page errors and CSP violations. */
+async function person(browser, name, options = {}) {
+  const context = await browser.newContext({ baseURL: BASE, ...options });
+  const page = await context.newPage();
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  page.on("console", (m) => {
+    if (m.type() === "error" && /Content Security Policy|Refused to/.test(m.text())) problems.push(`console: ${m.text()}`);
+  });
+  const username = `${name}-${scenario}-${run}`;
+  return { name, username, context, page, problems };
+}
+
+async function register(p, display) {
+  const { page } = p;
+  await page.goto("/");
+  await named(p, "the login page");
+  await page.getByRole("button", { name: "Create an account instead" }).click();
+  await page.getByLabel("Username").fill(p.username);
+  await page.getByLabel("Display name (optional)").fill(display);
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByRole("button", { name: "Create account" }).click();
+  await page.getByRole("navigation", { name: "Chats" }).waitFor({ timeout: WAIT });
+  await connected(p);
+  await named(p, "the chat list");
+}
+
+async function connected(p) {
+  await p.page.locator('.shell[data-conn="online"]').waitFor({ timeout: WAIT });
+}
+
+async function addContact(p, other) {
+  const { page } = p;
+  await page.goto("/#/contacts");
+  await page.getByLabel("Add a contact by username or phone").fill(other.username);
+  await page.getByRole("button", { name: "Add", exact: true }).click();
+  await page.locator(`[data-contact="${other.username}"]`).waitFor({ timeout: WAIT });
+}
+
+async function openChatWith(p, other, display) {
+  await addContact(p, other);
+  await named(p, "the contacts page");
+  await p.page.getByRole("button", { name: `Message ${display}` }).click();
+  await p.page.getByRole("log").waitFor({ state: "attached", timeout: WAIT });
+  await p.page.getByLabel("Message", { exact: true }).waitFor({ timeout: WAIT });
+}
+
+async function openThread(p, title) {
+  const link = p.page.getByRole("navigation", { name: "Chats" }).getByRole("link", { name: new RegExp(`^${title}`) });
+  await link.first().click();
+  await p.page.getByRole("log").waitFor({ state: "attached", timeout: WAIT });
+  await p.page.getByLabel("Message", { exact: true }).waitFor({ timeout: WAIT });
+}
+
+async function type(p, text) {
+  const box = p.page.getByLabel("Message", { exact: true });
+  await box.fill(text);
+  await box.press("Enter");
+}
+
+function bubble(p, text) {
+  return p.page.locator('[data-testid="message"]').filter({ has: p.page.locator(".text", { hasText: text }) }).last();
+}
+
+async function seen(p, text, timeout = WAIT) {
+  await bubble(p, text).waitFor({ timeout });
+}
+
+async function tick(p, text, want, timeout = WAIT) {
+  const b = bubble(p, text);
+  await b.locator(`[data-tick="${want}"]`).waitFor({ timeout });
+}
+
+/** Every control on the page has an accessible name (label, text, aria-label or title). */
+async function named(p, where) {
+  const unnamed = await p.page.evaluate(() =>
+    [...document.querySelectorAll("button, a[href], input, textarea, select")]
+      .filter((el) => el.getClientRects().length)
+      .filter((el) => {
+        const label = el.getAttribute("aria-label") || el.getAttribute("title") || el.textContent?.trim();
+        const labels = "labels" in el && el.labels ? [...el.labels].map((l) => l.textContent?.trim()).join("") : "";
+        return !(label || labels);
+      })
+      .map((el) => el.outerHTML.slice(0, 80)),
+  );
+  check(unnamed.length === 0, `controls without a name on ${where}: ${unnamed.join(" | ")}`);
+}
+
+function noProblems(...people) {
+  const all = people.flatMap((p) => p.problems.map((x) => `${p.name}: ${x}`));
+  check(all.length === 0, all.join("\n"));
+}
+
+// -- scenarios -----------------------------------------------------------------------------
+
+async function chat(browser) {
+  const alice = await person(browser, "alice");
+  const bob = await person(browser, "bob");
+  await register(alice, "Alice");
+  await register(bob, "Bob");
+  await openChatWith(alice, bob, "Bob");
+  await named(alice, "a chat");
+  await type(alice, "hello bob <b>not bold</b>");
+  await tick(alice, "hello bob", "delivered"); // bob's tab is connected and acks
+  // Bob sees the thread with an unread count and a preview, then reads it.
+  const row = bob.page.getByRole("navigation", { name: "Chats" }).getByRole("link", { name: /Alice.*1 unread/ });
+  await row.waitFor({ timeout: WAIT });
+  await openThread(bob, "Alice");
+  await seen(bob, "hello bob");
+  check((await bubble(bob, "hello bob").locator(".text").innerHTML()).includes("&lt;b&gt;"), "text is not HTML");
+  await tick(alice, "hello bob", "read");
+  // Typing indicator, then the reply.
+  await bob.page.getByLabel("Message", { exact: true }).pressSequentially("hi al", { delay: 20 });
+  await alice.page.getByText("Bob is typing…").first().waitFor({ timeout: WAIT });
+  await bob.page.getByLabel("Message", { exact: true }).press("Enter");
+  await seen(alice, "hi al");
+  await tick(bob, "hi al", "read"); // alice has the chat open
+  // Announced for screen readers.
+  await alice.page.locator('[data-testid="announcer"]', { hasText: "Bob: hi al" }).waitFor({ timeout: WAIT });
+  // Reload keeps history; scroll-back loads older pages.
+  for (let i = 0; i < 55; i++) await type(alice, `bulk ${i}`);
+  await tick(alice, "bulk 54", "read");
+  await bob.page.reload();
+  await openThread(bob, "Alice");
+  await seen(bob, "bulk 54");
+  await seen(bob, "hello bob"); // older than one page, still shown after reload
+  // A fresh device of bob's pages back through history from the server.
+  const bob2 = await person(browser, "bob2");
+  await bob2.page.goto("/");
+  await bob2.page.getByLabel("Username").fill(bob.username);
+  await bob2.page.getByLabel("Password").fill(PASSWORD);
+  await bob2.page.getByRole("button", { name: "Log in" }).click();
+  await connected(bob2);
+  await openThread(bob2, "Alice");
+  await seen(bob2, "bulk 54");
+  check((await bubble(bob2, "hello bob").count()) === 0, "only the newest page at first");
+  // Scrolling to the top loads the older page (the "Load older messages" button does too).
+  await bob2.page.getByRole("button", { name: "Load older messages" }).waitFor({ timeout: WAIT });
+  await bob2.page.locator(".messages").evaluate((el) => (el.scrollTop = 0));
+  await seen(bob2, "hello bob");
+  // The devices page lists both of bob's tabs.
+  await bob2.page.goto("/#/devices");
+  await bob2.page.getByText("(this tab)").waitFor({ timeout: WAIT });
+  check((await bob2.page.locator("[data-device]").count()) === 2, "bob has two devices");
+  await named(bob2, "the devices page");
+  noProblems(alice, bob, bob2);
+}
+
+async function offline(browser) {
+  const alice = await person(browser, "alice");
+  const bob = await person(browser, "bob");
+  await register(alice, "Alice");
+  await register(bob, "Bob");
+  await openChatWith(alice, bob, "Bob");
+  await type(alice, "before");
+  await openThread(bob, "Alice");
+  await seen(bob, "before");
+  await alice.page.locator(".subtitle", { hasText: "online" }).waitFor({ timeout: WAIT });
+  // Bob loses his network; alice sees him go, keeps writing; bob writes too.
+  await bob.context.setOffline(true);
+  await bob.page.locator('.shell[data-conn="offline"]').waitFor({ timeout: WAIT });
+  await alice.page.locator(".subtitle", { hasText: "last seen" }).waitFor({ timeout: WAIT });
+  for (const t of ["while you were away 1", "while you were away 2", "while you were away 3"]) await type(alice, t);
+  await tick(alice, "while you were away 3", "sent");
+  await type(bob, "typed offline");
+  await tick(bob, "typed offline", "pending");
+  check((await bubble(bob, "while you were away 1").count()) === 0, "nothing arrives while offline");
+  // Back online: everything arrives, in order, and the outbox drains.
+  await bob.context.setOffline(false);
+  await connected(bob);
+  await seen(bob, "while you were away 3");
+  const texts = await bob.page.locator('[data-testid="message"] .text').allTextContents();
+  const mine = texts.filter((t) => t.startsWith("while you were away"));
+  check(JSON.stringify(mine) === JSON.stringify(["while you were away 1", "while you were away 2", "while you were away 3"]), `order: ${mine}`);
+  await tick(bob, "typed offline", "read");
+  await seen(alice, "typed offline");
+  await tick(alice, "while you were away 3", "read");
+  await alice.page.locator(".subtitle", { hasText: "online" }).waitFor({ timeout: WAIT });
+  // Exactly once, after all that.
+  check((await bubble(alice, "typed offline").count()) === 1, "sent once");
+  // The contacts page shows who is online.
+  await alice.page.goto("/#/contacts");
+  await alice.page.locator(`[data-contact="${bob.username}"] .dot.online`).waitFor({ timeout: WAIT });
+  noProblems(alice, bob);
+}
+
+async function group(browser) {
+  const alice = await person(browser, "alice");
+  const bob = await person(browser, "bob");
+  const carol = await person(browser, "carol");
+  await register(alice, "Alice");
+  await register(bob, "Bob");
+  await register(carol, "Carol");
+  await addContact(alice, bob);
+  await alice.page.goto("/#/new-group");
+  await named(alice, "the new group page");
+  await alice.page.getByLabel("Group name").fill("Weekend trip");
+  await alice.page.getByRole("checkbox", { name: /Bob/ }).check();
+  await alice.page.getByLabel("Other members (usernames, separated by commas)").fill(carol.username);
+  await alice.page.getByRole("button", { name: "Create group" }).click();
+  const unsupported = alice.page.getByText("This server does not support that yet.");
+  const log = alice.page.getByLabel("Message", { exact: true });
+  await Promise.race([unsupported.waitFor({ timeout: WAIT }), log.waitFor({ timeout: WAIT })]);
+  if (await unsupported.isVisible()) throw new Skip("GroupService is not implemented on this server yet");
+  await type(alice, "who brings the tent?");
+  for (const p of [bob, carol]) {
+    await openThread(p, "Weekend trip");
+    await seen(p, "who brings the tent?");
+  }
+  await type(bob, "me");
+  await type(carol, "I bring food");
+  for (const p of [alice, bob]) await seen(p, "I bring food");
+  await seen(carol, "me");
+  await tick(alice, "who brings the tent?", "read");
+  await alice.page.screenshot({ path: join(SHOTS, "desktop-group.png") });
+  // Group info: members, remove and add.
+  await alice.page.getByRole("link", { name: "Group info" }).click();
+  await alice.page.locator(`[data-member="${carol.username}"]`).waitFor({ timeout: WAIT });
+  check((await alice.page.locator("[data-member]").count()) === 3, "three members");
+  await named(alice, "the group info page");
+  await alice.page.getByRole("button", { name: "Remove Carol" }).click();
+  await alice.page.locator(`[data-member="${carol.username}"]`).waitFor({ state: "detached", timeout: WAIT });
+  await alice.page.getByLabel("Add members (usernames, separated by commas)").fill(carol.username);
+  await alice.page.getByRole("button", { name: "Add", exact: true }).click();
+  await alice.page.locator(`[data-member="${carol.username}"]`).waitFor({ timeout: WAIT });
+  noProblems(alice, bob, carol);
+}
+
+async function mobile(browser) {
+  const phone = { viewport: { width: 360, height: 640 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true };
+  const dana = await person(browser, "dana", phone);
+  const eli = await person(browser, "eli");
+  await dana.page.goto("/");
+  await dana.page.getByRole("heading", { name: "Log in to natter" }).waitFor();
+  await dana.page.screenshot({ path: join(SHOTS, "mobile-login.png") });
+  await register(eli, "Eli Laptop");
+  await register(dana, "Dana Phone");
+  const outside = await dana.page.evaluate(() =>
+    [...document.querySelectorAll("button, a, input, textarea, h1, .thread-time")]
+      .filter((el) => el.getClientRects().length && el.getBoundingClientRect().right > innerWidth + 0.5)
+      .map((el) => el.textContent),
+  );
+  check(outside.length === 0, `nothing sticks out of a 360 px screen: ${outside}`);
+  await openChatWith(dana, eli, "Eli Laptop");
+  await type(dana, "Hi Eli, this is my phone");
+  await openThread(eli, "Dana Phone");
+  await type(eli, "Hello Dana! Here is a longer message to show how bubbles wrap on a small screen.");
+  await seen(dana, "Hello Dana!");
+  await tick(dana, "this is my phone", "read");
+  await dana.page.screenshot({ path: join(SHOTS, "mobile-chat.png") });
+  // Touch-sized targets: every visible button and link is at least 44 px tall.
+  const small = await dana.page.evaluate(() =>
+    [...document.querySelectorAll("button, a.button, .thread")]
+      .filter((el) => el.getClientRects().length && el.getBoundingClientRect().height < 43.5)
+      .map((el) => el.textContent),
+  );
+  check(small.length === 0, `small targets: ${small}`);
+  await dana.page.getByRole("button", { name: "Back to chats" }).click();
+  await dana.page.getByRole("navigation", { name: "Chats" }).waitFor();
+  await dana.page.screenshot({ path: join(SHOTS, "mobile-chats.png") });
+  // Installable: a manifest and a service worker that opens the app offline to the last state.
+  const manifest = await dana.page.evaluate(async () => (await fetch("/manifest.webmanifest")).json());
+  check(manifest.display === "standalone" && manifest.icons.length >= 2, "manifest");
+  await dana.page.waitForFunction(async () => Boolean((await navigator.serviceWorker.getRegistration())?.active), null, { timeout: WAIT });
+  await dana.context.setOffline(true);
+  await dana.page.reload();
+  await dana.page.getByRole("navigation", { name: "Chats" }).getByRole("link", { name: /Eli Laptop/ }).waitFor({ timeout: WAIT });
+  await openThread(dana, "Eli Laptop");
+  await seen(dana, "Hello Dana!");
+  await dana.page.getByText("Offline: messages wait").waitFor({ timeout: WAIT });
+  await dana.page.screenshot({ path: join(SHOTS, "mobile-offline.png") });
+  await dana.context.setOffline(false);
+  // A wide screen, for the README.
+  await eli.page.setViewportSize({ width: 1100, height: 680 });
+  await eli.page.screenshot({ path: join(SHOTS, "desktop-chat.png") });
+  noProblems(dana, eli);
+}
+
+async function expired(browser) {
+  const alice = await person(browser, "alice");
+  const bob = await person(browser, "bob");
+  await register(alice, "Alice");
+  await register(bob, "Bob");
+  await openChatWith(alice, bob, "Bob");
+  // Oversized text is refused before sending.
+  const box = alice.page.getByLabel("Message", { exact: true });
+  await box.fill("x".repeat(64 * 1024 + 1));
+  await alice.page.getByRole("alert").filter({ hasText: "the limit is 65,536" }).waitFor({ timeout: WAIT });
+  check(await alice.page.getByRole("button", { name: "Send" }).isDisabled(), "send disabled when too long");
+  await box.fill("");
+  // Alice goes offline, writes, and meanwhile her device is logged out elsewhere.
+  await alice.context.setOffline(true);
+  await alice.page.locator('.shell[data-conn="offline"]').waitFor({ timeout: WAIT });
+  await type(alice, "written before the token died");
+  await tick(alice, "written before the token died", "pending");
+  const token = await alice.page.evaluate(() => window.natter.state.token);
+  const res = await fetch(`${BASE}/natter.v1.AccountService/Logout`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+    body: "{}",
+  });
+  check(res.status === 200, `logout ${res.status}`);
+  await alice.context.setOffline(false);
+  await alice.page.getByRole("heading", { name: "Log in to natter" }).waitFor({ timeout: WAIT });
+  await alice.page.getByText("1 unsent message is kept").waitFor({ timeout: WAIT });
+  check((await alice.page.getByLabel("Username").inputValue()) === alice.username, "username kept");
+  // By keyboard this time.
+  await alice.page.getByLabel("Password").focus();
+  await alice.page.keyboard.type(PASSWORD);
+  await alice.page.keyboard.press("Enter");
+  await connected(alice);
+  await openThread(bob, "Alice");
+  await seen(bob, "written before the token died");
+  noProblems(alice, bob);
+}
+
+const SCENARIOS = { chat, offline, group, mobile, expired };
+
+const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS);
+mkdirSync(SHOTS, { recursive: true });
+let passed = 0;
+let failed = 0;
+let skipped = 0;
+const browser = await launch();
+for (const name of wanted) {
+  const fn = SCENARIOS[name];
+  if (!fn) {
+    console.error(`unknown scenario ${name}`);
+    failed++;
+    continue;
+  }
+  const started = Date.now();
+  scenario = name;
+  try {
+    await fn(browser);
+    passed++;
+    console.log(`ok ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  } catch (e) {
+    if (e instanceof Skip) {
+      skipped++;
+      console.log(`skip ${name}: ${e.message}`);
+    } else {
+      failed++;
+      console.log(`FAIL ${name}: ${e?.stack ?? e}`);
+    }
+  } finally {
+    for (const c of browser.contexts()) await c.close().catch(() => {});
+  }
+}
+await browser.close();
+console.log(`${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ""}`);
+process.exit(failed ? 1 : skipped && !passed ? 77 : 0);

@@ -1,0 +1,102 @@
+// The shell: log in, or the chat list beside the current page (one pane at a time on phones).
+import { useEffect, useState } from "preact/hooks";
+import type { Natter } from "../natter";
+import { Auth } from "./Auth";
+import { Chat } from "./Chat";
+import { useNatter, useRoute } from "./hooks";
+import { Contacts, Devices, GroupInfo, NewGroup } from "./People";
+import { Threads } from "./Threads";
+
+const NARROW = "(max-width: 719px)";
+
+function useNarrow(): boolean {
+  const [narrow, setNarrow] = useState(() => matchMedia(NARROW).matches);
+  useEffect(() => {
+    const q = matchMedia(NARROW);
+    const on = () => setNarrow(q.matches);
+    q.addEventListener("change", on);
+    return () => q.removeEventListener("change", on);
+  }, []);
+  return narrow;
+}
+
+const CONN_TEXT = {
+  offline: "Offline: messages wait and are sent when you reconnect",
+  connecting: "Connecting…",
+  syncing: "Catching up…",
+  online: "",
+};
+
+export function App({ n }: { n: Natter }) {
+  useNatter(n);
+  const route = useRoute();
+  const narrow = useNarrow();
+  const st = n.state;
+  if (!st || st.expired) return <Auth n={n} />;
+
+  const selected = route.name === "chat" || route.name === "info" ? route.id : 0;
+  let page;
+  switch (route.name) {
+    case "chat":
+      page = <Chat key={route.id} n={n} id={route.id} narrow={narrow} />;
+      break;
+    case "info":
+      page = <GroupInfo key={route.id} n={n} id={route.id} narrow={narrow} />;
+      break;
+    case "contacts":
+      page = <Contacts n={n} narrow={narrow} />;
+      break;
+    case "newGroup":
+      page = <NewGroup n={n} narrow={narrow} />;
+      break;
+    case "devices":
+      page = <Devices n={n} narrow={narrow} />;
+      break;
+    default:
+      page = narrow ? null : (
+        <section class="placeholder">
+          <p>Pick a chat, or start one from your contacts.</p>
+        </section>
+      );
+  }
+  const showList = !narrow || route.name === "home";
+  const status = CONN_TEXT[n.conn];
+  return (
+    <div class={narrow ? "shell narrow" : "shell"} data-conn={n.conn}>
+      {showList && (
+        <aside class="sidebar">
+          <header class="top">
+            <h1 class="logo">natter</h1>
+            <span class="me" title={`@${st.me.username}`}>
+              {st.me.name}
+            </span>
+          </header>
+          <nav class="actions" aria-label="Main">
+            <a class="button secondary" href="#/contacts">
+              Contacts
+            </a>
+            <a class="button secondary" href="#/new-group">
+              New group
+            </a>
+            <a class="button secondary" href="#/devices">
+              Devices
+            </a>
+          </nav>
+          <Threads n={n} selected={selected} />
+        </aside>
+      )}
+      {page && <main class="pane">{page}</main>}
+      <div class={status ? "conn visible" : "conn"} role="status" data-testid="connection">
+        {status}
+      </div>
+      {n.notice && (
+        <div class="notice floating" role="alert">
+          {n.notice}
+        </div>
+      )}
+      <div class="sr-only" aria-live="polite" aria-atomic="true" data-testid="announcer">
+        {n.announcement}
+      </div>
+    </div>
+  );
+}

@@ -1,0 +1,68 @@
+// The one place generated protobuf types meet the app's plain data.
+import { timestampMs, type Timestamp } from "@bufbuild/protobuf/wkt";
+import type { Member, Message, Presence, Thread, User } from "./gen/natter/v1/types_pb";
+import { MemberRole, MessageKind, ThreadKind } from "./gen/natter/v1/types_pb";
+import type { MemberInfo, Msg, Person, PresenceInfo, ThreadInfo } from "./model";
+
+export function ms(ts: Timestamp | undefined): number {
+  return ts ? timestampMs(ts) : 0;
+}
+
+export function person(u: User | undefined): Person {
+  if (!u) return { id: 0, username: "", name: "" };
+  return { id: Number(u.userId), username: u.username, name: u.displayName || u.username };
+}
+
+export function msg(m: Message): Msg {
+  return {
+    threadId: Number(m.threadId),
+    seq: Number(m.seq),
+    msgId: m.msgId,
+    sender: person(m.sender),
+    senderDevice: Number(m.senderDeviceId),
+    clientMsgId: m.clientMsgId,
+    system:
+      m.kind === MessageKind.SYSTEM && m.system
+        ? {
+            kind: m.system.kind,
+            actor: person(m.system.actor),
+            users: m.system.users.map(person),
+            title: m.system.title,
+          }
+        : null,
+    text: m.text,
+    time: ms(m.createTime),
+    state: m.state,
+  };
+}
+
+export function thread(t: Thread): ThreadInfo {
+  const peer = t.peer ? person(t.peer) : null;
+  return {
+    id: Number(t.threadId),
+    group: t.kind === ThreadKind.GROUP,
+    title: t.title || peer?.name || "(no title)",
+    peer,
+    lastSeq: Number(t.lastSeq),
+    readSeq: Number(t.readSeq),
+    unread: Number(t.unreadCount),
+    last: t.lastMessage ? msg(t.lastMessage) : null,
+    updated: ms(t.updateTime),
+    admin: t.role === MemberRole.ADMIN,
+    members: t.memberCount,
+    active: t.active,
+  };
+}
+
+export function member(m: Member): MemberInfo {
+  return {
+    person: person(m.user),
+    admin: m.role === MemberRole.ADMIN,
+    delivered: Number(m.deliveredSeq),
+    read: Number(m.readSeq),
+  };
+}
+
+export function presence(p: Presence): [number, PresenceInfo] {
+  return [Number(p.user?.userId ?? 0), { online: p.online, lastSeen: ms(p.lastSeenTime) }];
+}
