@@ -21,6 +21,9 @@ from socket_svc.session import Session
 
 logger = logging.getLogger(__name__)
 
+# How long connects and disconnects are gathered before they are reported to presence_svc.
+PRESENCE_QUICK = 0.1
+
 
 class ChannelApi(Protocol):
     """channel_svc as seen by a socket server."""
@@ -62,6 +65,8 @@ class Hub:
         self._loading: dict[int, set[int]] = {}
         self._ack_pending: set[Session] = set()
         self._beats: dict[tuple[int, int], bool] = {}
+        # Set on a connect or disconnect: reported within PRESENCE_QUICK, not a whole interval.
+        self._presence_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._user_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.deliveries = 0
@@ -97,6 +102,7 @@ class Hub:
         self.by_device[session.device_id] = session
         self.by_user[session.user_id].add(session)
         self._beats[(session.user_id, session.device_id)] = True
+        self._presence_changed.set()
         try:
             await self._index(session.user_id)
         except BaseException:
@@ -120,6 +126,7 @@ class Hub:
         if self.by_device.get(session.device_id) is session:
             del self.by_device[session.device_id]
             self._beats[(session.user_id, session.device_id)] = False
+            self._presence_changed.set()
         sessions = self.by_user.get(session.user_id)
         if sessions is not None:
             sessions.discard(session)
@@ -280,8 +287,21 @@ class Hub:
     async def _report_forever(self) -> None:
         # Only devices heard from since the last report are reported: a device whose stream
         # is open but silent (half-open TCP, a frozen app) times out at presence_svc.
+        # Connects and disconnects go out after a short gathering pause instead of waiting for
+        # the interval, so contacts learn of them well within one heartbeat interval.
+        interval = self.settings.heartbeat_interval_seconds
+        quick = min(PRESENCE_QUICK, interval / 4)
         while True:
-            await asyncio.sleep(self.settings.heartbeat_interval_seconds)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the task's own
+            # cancellation when the event fires at the same moment, and stop() would hang.
+            try:
+                async with asyncio.timeout(interval):
+                    await self._presence_changed.wait()
+            except TimeoutError:
+                pass
+            else:
+                await asyncio.sleep(quick)
+            self._presence_changed.clear()
             await self._report()
 
 

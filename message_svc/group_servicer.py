@@ -1,0 +1,83 @@
+"""Thin gRPC servicer of GroupService: proto in, one Groups call, proto out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from message_svc.accounts import Accounts
+from message_svc.groups import Groups
+from message_svc.servicer import _Authed
+from natter import convert
+from natter import domain as d
+from natter.errors import InvalidArgument
+from natter.v1 import group_service_pb2 as gpb
+from natter.v1 import group_service_pb2_grpc as gpb_grpc
+from natter.v1 import types_pb2 as pb
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_ROLES: dict[int, d.Role] = {
+    pb.MEMBER_ROLE_MEMBER: d.Role.MEMBER, pb.MEMBER_ROLE_ADMIN: d.Role.ADMIN,
+}
+
+
+def role_of(value: int) -> d.Role:
+    role = _ROLES.get(value)
+    if role is None:
+        raise InvalidArgument("role must be MEMBER_ROLE_MEMBER or MEMBER_ROLE_ADMIN", "BAD_ROLE")
+    return role
+
+
+class GroupServicer(_Authed, gpb_grpc.GroupServiceServicer):
+    def __init__(self, accounts: Accounts, groups: Groups) -> None:
+        self.accounts = accounts
+        self.groups = groups
+
+    async def CreateGroup(
+        self, request: gpb.CreateGroupRequest, context: Context
+    ) -> gpb.CreateGroupResponse:
+        thread = await self.groups.create(
+            await self.who(context), request.title, list(request.members)
+        )
+        return gpb.CreateGroupResponse(thread=convert.thread(thread))
+
+    async def RenameGroup(
+        self, request: gpb.RenameGroupRequest, context: Context
+    ) -> gpb.RenameGroupResponse:
+        message = await self.groups.rename(
+            await self.who(context), request.thread_id, request.title
+        )
+        return gpb.RenameGroupResponse(message=convert.message(message))
+
+    async def AddMembers(
+        self, request: gpb.AddMembersRequest, context: Context
+    ) -> gpb.AddMembersResponse:
+        message = await self.groups.add(
+            await self.who(context), request.thread_id, list(request.members)
+        )
+        return gpb.AddMembersResponse(message=convert.message(message))
+
+    async def RemoveMembers(
+        self, request: gpb.RemoveMembersRequest, context: Context
+    ) -> gpb.RemoveMembersResponse:
+        message = await self.groups.remove(
+            await self.who(context), request.thread_id, list(request.members)
+        )
+        return gpb.RemoveMembersResponse(message=convert.message(message))
+
+    async def SetMemberRole(
+        self, request: gpb.SetMemberRoleRequest, context: Context
+    ) -> gpb.SetMemberRoleResponse:
+        message = await self.groups.set_role(
+            await self.who(context), request.thread_id, list(request.members),
+            role_of(request.role),
+        )
+        return gpb.SetMemberRoleResponse(message=convert.message(message))
+
+    async def LeaveGroup(
+        self, request: gpb.LeaveGroupRequest, context: Context
+    ) -> gpb.LeaveGroupResponse:
+        await self.groups.leave(await self.who(context), request.thread_id)
+        return gpb.LeaveGroupResponse()

@@ -1,0 +1,10 @@
+"""`python -m presence_svc`: run this service alone, as `natter serve --role presence` (same flags)."""
+
+from __future__ import annotations
+
+import sys
+
+from natter.cli import main
+
+if __name__ == "__main__":
+    main(["serve", "--role", "presence", *sys.argv[1:]])

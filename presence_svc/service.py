@@ -1,0 +1,195 @@
+"""presence_svc: heartbeat batches in, changes pushed to those who may see them, GetPresence out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from message_svc.accounts import public
+from message_svc.contacts import normalise
+from message_svc.ports import Fanout
+from message_svc.store import UserRow
+from natter.domain import Delivery, Presence, Principal
+from natter.errors import InvalidArgument
+from natter.settings import Settings
+from presence_svc.tracker import Change, Tracker
+
+logger = logging.getLogger(__name__)
+
+MAX_QUERY = 1000
+MAX_BATCH = 100_000
+# Online users' last-seen time is also written this often, so a crash loses little of it.
+CHECKPOINT_SECONDS = 60.0
+# Last-seen times of recent transitions kept in memory, so a query never reads an older one
+# from the store while the newer one is being written.
+RECENT_LIMIT = 100_000
+
+
+class PresenceStore(Protocol):
+    """What presence_svc reads and writes in the system of record."""
+
+    async def find_users(self, identifiers: Sequence[str]) -> dict[str, UserRow]: ...
+    async def get_users(self, user_ids: Sequence[int]) -> dict[int, UserRow]: ...
+    async def set_last_seen(self, seen: Sequence[tuple[int, datetime]]) -> None: ...
+    async def watchers(self, user_ids: Sequence[int]) -> dict[int, list[int]]: ...
+    async def contacts_among(self, owner_id: int, user_ids: Sequence[int]) -> set[int]: ...
+    async def thread_peers_among(self, user_id: int, user_ids: Sequence[int]) -> set[int]: ...
+    async def small_thread_peers(
+        self, user_ids: Sequence[int], max_members: int
+    ) -> dict[int, set[int]]: ...
+
+
+class PresenceService:
+    """Implements socket_svc's PresenceApi (`report`) and the public presence query."""
+
+    def __init__(
+        self, store: PresenceStore, settings: Settings, fanout: Fanout,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.fanout = fanout
+        self.tracker = Tracker(settings.presence_timeout_seconds, clock)
+        # Transitions are applied (persisted, pushed) one batch at a time, in order.
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._recent: dict[int, datetime] = {}
+        self.reports = 0
+        self.beats = 0
+        self.pushes = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._expire_forever()),
+            asyncio.create_task(self._checkpoint_forever()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.checkpoint()
+
+    # -- beats in ------------------------------------------------------------------------
+
+    async def report(self, node_id: str, beats: Sequence[tuple[int, int, bool]]) -> None:
+        """A socket server's batch: (user, device, connected) for devices heard from."""
+        if not node_id:
+            raise InvalidArgument("a heartbeat report needs the socket server's node_id",
+                                  "NO_NODE_ID")
+        if len(beats) > MAX_BATCH:
+            raise InvalidArgument(f"at most {MAX_BATCH} beats per report", "BATCH_TOO_LARGE")
+        if any(u <= 0 or dv <= 0 for u, dv, _ in beats):
+            raise InvalidArgument("every beat needs a positive user_id and device_id",
+                                  "BAD_BEAT")
+        async with self._lock:
+            self.reports += 1
+            self.beats += len(beats)
+            await self._apply(self.tracker.report(node_id, beats))
+
+    async def expire(self) -> None:
+        async with self._lock:
+            await self._apply(self.tracker.expire())
+
+    async def _expire_forever(self) -> None:
+        period = max(self.settings.heartbeat_interval_seconds / 4, 0.02)
+        while True:
+            await asyncio.sleep(period)
+            await self.expire()
+
+    async def checkpoint(self) -> None:
+        seen = [(u, s) for u in self.tracker.online_users() if (s := self.tracker.seen(u))]
+        try:
+            await self.store.set_last_seen(seen)
+        except Exception:
+            logger.warning("could not record last-seen times", exc_info=True)
+
+    async def _checkpoint_forever(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_SECONDS)
+            await self.checkpoint()
+
+    async def _apply(self, changes: list[Change]) -> None:
+        if not changes:
+            return
+        if len(self._recent) + len(changes) > RECENT_LIMIT:
+            self._recent.clear()
+        for c in changes:
+            self._recent[c.user_id] = c.seen
+        try:
+            await self.store.set_last_seen([(c.user_id, c.seen) for c in changes])
+        except Exception:  # the push still tells people; the next change records it
+            logger.warning("could not record last-seen times", exc_info=True)
+        try:
+            await self._push(changes)
+        except Exception:  # soft state: the pull query still answers correctly
+            logger.warning("presence push failed", exc_info=True)
+
+    async def _push(self, changes: list[Change]) -> None:
+        """To the user's watchers (contacts) and the members of their small threads.
+
+        Only connected devices receive a delivery, so offline people cost no push. They are
+        not filtered out here: with presence sharded over several nodes (cluster mode) this
+        node's tracker does not know whether the audience is online.
+        """
+        ids = [c.user_id for c in changes]
+        users = await self.store.get_users(ids)
+        watchers = await self.store.watchers(ids)
+        peers = await self.store.small_thread_peers(ids, self.settings.presence_push_group_size)
+        deliveries = []
+        for c in changes:
+            row = users.get(c.user_id)
+            if row is None:
+                continue
+            audience = set(watchers.get(c.user_id, ())) | peers.get(c.user_id, set())
+            audience.discard(c.user_id)
+            if audience:
+                event = Presence(public(row), c.online, None if row.hide_last_seen else c.seen)
+                deliveries.append(Delivery(event, user_ids=sorted(audience)))
+        if deliveries:
+            self.pushes += len(deliveries)
+            await self.fanout.deliver(deliveries)
+
+    # -- the query -----------------------------------------------------------------------
+
+    async def get_presence(self, who: Principal, usernames: Sequence[str]) -> list[Presence]:
+        """Status of the named users the caller may see, in request order; others left out."""
+        if len(usernames) > MAX_QUERY:
+            raise InvalidArgument(
+                f"at most {MAX_QUERY} usernames per presence query; got {len(usernames)}",
+                "TOO_MANY_USERS",
+            )
+        idents = list(dict.fromkeys(normalise(u) for u in usernames if u.strip()))
+        found = await self.store.find_users(idents)
+        rows = list({found[i].user_id: found[i] for i in idents if i in found}.values())
+        me = who.user.user_id
+        others = [r.user_id for r in rows if r.user_id != me]
+        visible = {me}
+        if others:
+            visible |= await self.store.contacts_among(me, others)
+            rest = [u for u in others if u not in visible]
+            if rest:
+                visible |= await self.store.thread_peers_among(me, rest)
+        return [self._status(r, r.user_id == me) for r in rows if r.user_id in visible]
+
+    def _status(self, row: UserRow, own: bool) -> Presence:
+        online = self.tracker.online(row.user_id)
+        if online:
+            seen = self.tracker.seen(row.user_id)
+        else:
+            known = [t for t in (row.last_seen_time, self._recent.get(row.user_id)) if t]
+            seen = max(known) if known else None
+        if row.hide_last_seen and not own:
+            seen = None
+        return Presence(public(row), online, seen)
+
