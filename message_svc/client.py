@@ -47,8 +47,13 @@ class MessageClient:
             return await self._stub(ch).SendMessage(request, metadata=self.pool.metadata,
                                                     timeout=self.pool.deadline)
 
-        # Retrying a send is safe: client_msg_id makes it idempotent.
-        r = (await self.pool.call(self.addresses, go)).result
+        # One replica per conversation while it is up (pushes leave in commit order); any
+        # other on UNAVAILABLE. Retrying a send is safe: client_msg_id makes it idempotent.
+        if req.recipient:
+            key = "|".join(sorted((who.user.username, req.recipient.strip().lower())))
+        else:
+            key = f"thread:{req.thread_id}"
+        r = (await self.pool.call(self.addresses, go, key=key)).result
         return d.SendResult(r.client_msg_id, r.msg_id, r.thread_id, r.seq,
                             convert.from_ts(r.create_time))
 

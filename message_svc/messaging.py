@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -82,6 +83,7 @@ class Messaging:
         self._ids: dict[str, int] = {}
         self._pairs: dict[tuple[int, int], int] = {}
         self._kinds: dict[int, ThreadKind] = {}
+        self._acting: dict[int, tuple[float, User]] = {}
 
     # -- membership ----------------------------------------------------------------------
 
@@ -398,8 +400,25 @@ class Messaging:
     async def users(self, ids: Sequence[int]) -> dict[int, User]:
         return {k: public(v) for k, v in (await self.store.get_users(ids)).items()}
 
+    async def acting_user(self, user_id: int) -> User | None:
+        """The user a socket server acts for, cached for a few seconds.
+
+        Every internal call names its user by id; reading the row each time cost more than
+        the send itself on PostgreSQL. A renamed user's new display name shows on their
+        messages within ACTING_TTL seconds.
+        """
+        now = time.monotonic()
+        hit = self._acting.get(user_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        user = (await self.users([user_id])).get(user_id)
+        if user is not None:
+            _remember(self._acting, user_id, (now + ACTING_TTL, user))
+        return user
+
 
 CACHE_LIMIT = 200_000
+ACTING_TTL = 5.0
 
 
 def _remember(cache: dict[K, V], key: K, value: V) -> None:

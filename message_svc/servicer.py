@@ -161,12 +161,12 @@ class MessageInternalServicer(mpb_grpc.MessageInternalServiceServicer):
         self.messaging = messaging
 
     async def _who(self, user_id: int, device_id: int) -> d.Principal:
-        users = await self.messaging.users([user_id])
-        if user_id not in users:
+        user = await self.messaging.acting_user(user_id)
+        if user is None:
             from natter.errors import NotFound
 
             raise NotFound(f"user {user_id} does not exist")
-        return d.Principal(users[user_id], device_id)
+        return d.Principal(user, device_id)
 
     async def Authenticate(
         self, request: mpb.AuthenticateRequest, context: Context

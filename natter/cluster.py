@@ -40,6 +40,9 @@ from socket_svc.servicer import RedirectServicer
 
 logger = logging.getLogger(__name__)
 
+# Connections kept open per process: the overflow beyond the pool is reopened per use.
+DB_POOL = 20
+
 
 def _host(addr: str) -> str:
     return addr.rsplit(":", 1)[0]
@@ -83,6 +86,7 @@ class RoleServer:
         self.on_start: list[Callable[[], None]] = []
         self.on_stop: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._sockets_seen: set[str] = set()
 
     # -- addresses of peers --------------------------------------------------------------
 
@@ -118,7 +122,7 @@ class RoleServer:
     # -- roles ---------------------------------------------------------------------------
 
     def _build_message(self) -> list[str]:
-        self.store = SqlStore(self.settings.db_url)
+        self.store = SqlStore(self.settings.db_url, pool_size=DB_POOL)
         # Retry pushes long enough for a dead socket server's lease to expire.
         retry = 3 * self.settings.lease_ttl_seconds + 4
         fanout = ClusterFanout(self.pool, self.registry, self._channel_client(), retry)
@@ -191,9 +195,26 @@ class RoleServer:
             alive = {n.node_id for n in self.registry.nodes("socket")}
             for node_id in {n for nodes in self.channels.subs.values() for n in nodes} - alive:
                 self.channels.drop_node(node_id)
+            # A socket server that (re)appears may hold subscriptions dropped while it was
+            # off the ring (etcd lost its data, say): ask it, as at this node's start.
+            for node_id in sorted(alive - self._sockets_seen):
+                self._spawn(self._adopt(node_id))
+            self._sockets_seen = alive
         live = {n.internal_addr for r in ROLES for n in self.registry.nodes(r)}
         live |= {n.public_addr for n in self.registry.nodes("message")}
         self._spawn(self.pool.prune(live))
+
+    async def _adopt(self, node_id: str) -> None:
+        channels = self.channels
+        node = self.registry.ring("socket").get(node_id)
+        if channels is None or node is None:
+            return
+        try:
+            threads = await SocketClient(self.pool, node.internal_addr).list_subscriptions()
+        except Exception as e:
+            logger.warning("could not list the subscriptions of %s: %s", node_id, e)
+            return
+        await channels.subscribe(node_id, threads)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -221,6 +242,7 @@ class RoleServer:
             # Before this node is in the ring: what every socket server subscribes now.
             # Later changes reach it as Subscribe calls once the sockets see it join.
             await self.channels.rebuild([n.node_id for n in self.registry.nodes("socket")])
+            self._sockets_seen = {n.node_id for n in self.registry.nodes("socket")}
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.public)
         reflection.enable_server_reflection(
             (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

@@ -14,6 +14,7 @@ import grpc
 
 from natter.errors import NatterError, Unavailable
 from natter.rpc import error_from_rpc
+from registry.ring import key_hash
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ CHANNEL_OPTIONS = [
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 # An address that just answered UNAVAILABLE is tried last for this long.
 SUSPECT_SECONDS = 2.0
+# A channel to an address that left the cluster is closed this long after it left.
+PRUNE_AFTER = 60.0
 
 
 class Pool:
@@ -51,6 +54,7 @@ class Pool:
         self.deadline = deadline
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._suspect: dict[str, float] = {}
+        self._missing_since: dict[str, float] = {}
         self._turn = itertools.count()
 
     @property
@@ -71,10 +75,19 @@ class Pool:
             await ch.close()
 
     async def prune(self, keep: Iterable[str]) -> None:
-        """Close channels to addresses no longer in the cluster."""
+        """Close channels to addresses out of the cluster for PRUNE_AFTER seconds.
+
+        Not at once: membership can shrink for a moment (etcd lost its data and nodes
+        register again), and closing a channel cancels the calls in flight on it.
+        """
         wanted = set(keep)
-        for address in [a for a in self._channels if a not in wanted]:
-            await self.forget(address)
+        now = time.monotonic()
+        for address in list(self._channels):
+            if address in wanted:
+                self._missing_since.pop(address, None)
+            elif now - self._missing_since.setdefault(address, now) >= PRUNE_AFTER:
+                self._missing_since.pop(address, None)
+                await self.forget(address)
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
@@ -84,17 +97,25 @@ class Pool:
     def mark_suspect(self, address: str) -> None:
         self._suspect[address] = time.monotonic() + SUSPECT_SECONDS
 
-    def _order(self, targets: Sequence[str]) -> list[str]:
-        """Round robin from a rotating start; suspects (recently UNAVAILABLE) go last."""
-        start = next(self._turn) % len(targets)
-        rotated = [*targets[start:], *targets[:start]]
+    def _order(self, targets: Sequence[str], key: str = "") -> list[str]:
+        """Suspects (recently UNAVAILABLE) go last; otherwise by `key`, else round robin.
+
+        With a key, every process orders the same addresses the same way (rendezvous
+        hashing), so calls about one thread go to one replica while it is up: its pushes
+        then leave in commit order and devices need not fetch gaps.
+        """
+        if key:
+            rotated = sorted(targets, key=lambda a: key_hash(f"{key}@{a}"), reverse=True)
+        else:
+            start = next(self._turn) % len(targets)
+            rotated = [*targets[start:], *targets[:start]]
         now = time.monotonic()
         fine = [a for a in rotated if self._suspect.get(a, 0.0) <= now]
         return fine + [a for a in rotated if a not in fine]
 
     async def call(
         self, addresses: Callable[[], Sequence[str]], fn: Callable[[grpc.aio.Channel], Awaitable[T]],
-        attempts: int = 4,
+        attempts: int = 4, key: str = "",
     ) -> T:
         """Call one of `addresses()`; UNAVAILABLE moves the call on to the next address."""
         last: NatterError = Unavailable("no peer of that kind is registered", "NO_PEER")
@@ -104,7 +125,7 @@ class Pool:
             if not targets:
                 await asyncio.sleep(min(1.0, 0.1 * 2**attempt))
                 continue
-            order = self._order(targets)
+            order = self._order(targets, key)
             address = next((a for a in order if a not in tried), order[0])
             tried.add(address)
             try:

@@ -1,9 +1,15 @@
-"""Shared fixtures: a real embedded server on port 0 over a temporary SQLite file, SDK clients."""
+"""Shared fixtures: a real embedded server on port 0 over a temporary database, SDK clients.
+
+The store is SQLite unless `--stores` names others (`--stores sqlite,postgresql,mariadb`):
+then every test that uses the `settings` fixture runs once per engine, each against a fresh
+database on a real server started once per session (tests/dbservers.py). Tests marked
+`all_stores` (a subset of the end-to-end messaging tests, run by CI) always run on all three.
+"""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +17,7 @@ import pytest
 from natter.embedded import EmbeddedServer
 from natter.sdk import Client, Connection
 from natter.settings import Settings
+from tests.dbservers import ENGINES, DbServer, MariaDbServer, PostgresServer, require
 
 PASSWORD = "correct horse battery"
 _names = itertools.count(1)
@@ -24,9 +31,69 @@ def test_settings(data: Path, **changes: object) -> Settings:
     return base.replace(**changes)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--stores", default="sqlite",
+        help="comma-separated stores the embedded-server tests run on: sqlite,postgresql,mariadb",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "all_stores: run on SQLite, PostgreSQL and MariaDB whatever --stores says")
+    config.addinivalue_line(
+        "markers", "sqlite_only: checks something only the embedded SQLite store has")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_engine" not in metafunc.fixturenames:
+        return
+    engines = [e.strip() for e in metafunc.config.getoption("stores").split(",") if e.strip()]
+    if metafunc.definition.get_closest_marker("all_stores"):
+        engines = list(ENGINES)
+    if metafunc.definition.get_closest_marker("sqlite_only"):
+        engines = ["sqlite"]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        raise pytest.UsageError(f"--stores: unknown {unknown}; expected some of {ENGINES}")
+    if engines != ["sqlite"]:
+        metafunc.parametrize("store_engine", engines, indirect=True)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return test_settings(tmp_path / "data")
+def store_engine(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+_db_servers: dict[str, DbServer] = {}
+
+
+@pytest.fixture(scope="session")
+def db_servers() -> Iterator[dict[str, DbServer]]:
+    """Database servers started on first use, one per engine, removed at the end."""
+    yield _db_servers
+    for server in _db_servers.values():
+        server.remove()
+    _db_servers.clear()
+
+
+@pytest.fixture
+async def store_url(store_engine: str, db_servers: dict[str, DbServer]) -> str:
+    """A fresh, empty database of the engine under test ("" for SQLite in the data folder)."""
+    if store_engine == "sqlite":
+        return ""
+    server = db_servers.get(store_engine)
+    if server is None:
+        require(store_engine)
+        server = PostgresServer() if store_engine == "postgresql" else MariaDbServer()
+        db_servers[store_engine] = server
+        await server.start()
+    return await server.create_database()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, store_url: str) -> Settings:
+    return test_settings(tmp_path / "data", database_url=store_url)
 
 
 @pytest.fixture

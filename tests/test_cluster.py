@@ -1,0 +1,286 @@
+"""Cluster failover: every role a real process on loopback, killed with SIGKILL under traffic.
+
+One cluster (etcd, PostgreSQL, three socket servers, two message_svc, one channel_svc, one
+presence_svc; lease TTL 2 s, heartbeat 1 s) serves the whole module; each test hurts it,
+checks that no acknowledged message was lost or duplicated and that per-thread order held,
+and the next test starts from a healed cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from natter.errors import Unavailable
+from natter.pool import SECRET_HEADER
+from natter.v1 import channel_internal_service_pb2 as cpb
+from natter.v1 import channel_internal_service_pb2_grpc as cpb_grpc
+from natter.v1 import message_internal_service_pb2 as mpb
+from natter.v1 import message_internal_service_pb2_grpc as mpb_grpc
+from natter.v1 import presence_internal_service_pb2 as pipb
+from natter.v1 import presence_internal_service_pb2_grpc as pipb_grpc
+from natter.v1 import socket_internal_service_pb2 as ipb
+from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
+from tests.cluster import SECRET, Chat, Cluster, RoleProc
+from tests.dbservers import ServerUnavailable, require
+from tests.etcdserver import etcd_binary, eventually
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+    try:
+        require("postgresql")
+    except ServerUnavailable as e:
+        pytest.fail(f"the cluster tests need PostgreSQL: {e}", pytrace=False)
+    if etcd_binary() is None:
+        pytest.fail("the cluster tests need etcd: apt-get install -y etcd-server", pytrace=False)
+    root: Path = tmp_path_factory.mktemp("cluster")
+    async with Cluster(root) as c:
+        yield c
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def healthy(cluster: Cluster) -> AsyncIterator[Cluster]:
+    """The cluster, whole again whatever the previous test did to it."""
+    await cluster.heal()
+    yield cluster
+
+
+# -- internal traffic is not public ------------------------------------------------------
+
+
+async def _code(call: object) -> grpc.StatusCode:
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
+
+
+async def test_internal_apis_are_not_reachable_from_outside(healthy: Cluster) -> None:
+    secret = ((SECRET_HEADER, SECRET),)
+    wrong = ((SECRET_HEADER, "guess"),)
+    socket, message = healthy.of("socket")[0], healthy.of("message")[0]
+    channel, presence = healthy.of("channel")[0], healthy.of("presence")[0]
+    deliver = ipb.DeliverRequest()
+    publish = cpb.PublishRequest()
+    send = mpb.SendMessageRequest(user_id=1, device_id=1)
+    beats = pipb.ReportHeartbeatsRequest(node_id="x", beats=[pipb.DeviceBeat(user_id=1,
+                                                                             device_id=1)])
+
+    # On the public listeners the internal services do not exist, even with the secret.
+    for node in (socket, message, channel, presence):
+        async with grpc.aio.insecure_channel(node.public_addr) as ch:
+            assert await _code(ipb_grpc.SocketInternalServiceStub(ch).Deliver(
+                deliver, metadata=secret, timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
+            assert await _code(cpb_grpc.ChannelInternalServiceStub(ch).Publish(
+                publish, metadata=secret, timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
+            assert await _code(mpb_grpc.MessageInternalServiceStub(ch).SendMessage(
+                send, metadata=secret, timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
+            assert await _code(pipb_grpc.PresenceInternalServiceStub(ch).ReportHeartbeats(
+                beats, metadata=secret, timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
+
+    # On the internal listeners a call without the secret, or with a wrong one, is refused.
+    Call = Callable[[grpc.aio.Channel, tuple[tuple[str, str], ...]], object]
+    cases: list[tuple[RoleProc, Call]] = [
+        (socket, lambda ch, md: ipb_grpc.SocketInternalServiceStub(ch).Deliver(
+            deliver, metadata=md, timeout=5)),
+        (channel, lambda ch, md: cpb_grpc.ChannelInternalServiceStub(ch).Publish(
+            publish, metadata=md, timeout=5)),
+        (message, lambda ch, md: mpb_grpc.MessageInternalServiceStub(ch).SendMessage(
+            send, metadata=md, timeout=5)),
+        (presence, lambda ch, md: pipb_grpc.PresenceInternalServiceStub(ch).ReportHeartbeats(
+            beats, metadata=md, timeout=5)),
+    ]
+    for node, call in cases:
+        async with grpc.aio.insecure_channel(node.internal_addr) as ch:
+            assert await _code(call(ch, ())) == grpc.StatusCode.PERMISSION_DENIED, node.node_id
+            assert await _code(call(ch, wrong)) == grpc.StatusCode.PERMISSION_DENIED, node.node_id
+    # With the secret, the same listener answers.
+    async with grpc.aio.insecure_channel(socket.internal_addr) as ch:
+        assert await _code(ipb_grpc.SocketInternalServiceStub(ch).Deliver(
+            deliver, metadata=secret, timeout=5)) == grpc.StatusCode.OK
+
+
+# -- failover ----------------------------------------------------------------------------
+
+
+async def test_socket_server_killed_with_100_users_mid_traffic(healthy: Cluster) -> None:
+    chat = await Chat(healthy.front_door, 100, interval=0.5).open()
+    try:
+        chat.start()
+        await eventually(lambda: chat.acked_total() >= 150, 30, message="traffic flows")
+        victim_id, count = Counter(p.node for p in chat.peers).most_common(1)[0]
+        assert count < 100, "users are spread over the socket servers"
+        moved = [p for p in chat.peers if p.node == victim_id]
+        victim = healthy.proc(victim_id)
+        killed = time.monotonic()
+        victim.kill()
+
+        def reconnected() -> bool:
+            return all(any(t > killed and n != victim_id for t, n in p.connects) for p in moved)
+
+        await eventually(reconnected, healthy.ttl + 10, message="every user reconnected")
+        worst = max(min(t for t, n in p.connects if t > killed and n != victim_id) - killed
+                    for p in moved)
+        assert worst <= healthy.ttl + 2, f"slowest reconnect took {worst:.2f} s"
+        for p in moved:
+            assert p.conn is not None and p.conn.user is not None
+            assert p.node == healthy.owner(p.conn.user.user_id), "on its new owner"
+        before = chat.acked_total()
+        await eventually(lambda: chat.acked_total() >= before + 100, 30, message="traffic resumes")
+        await chat.stop()
+        await chat.settle()
+        await chat.check_store()
+    finally:
+        await chat.close()
+
+
+async def test_channel_server_killed_group_traffic_resumes(healthy: Cluster) -> None:
+    chat = await Chat(healthy.front_door, 6, group=True, interval=0.2).open()
+    try:
+        chat.start()
+        await eventually(lambda: chat.acked_total() >= 12, 20)
+        channel = healthy.of("channel")[0]
+        channel.kill()
+        # Sends are still acknowledged (the store is the truth) while fan-out is down.
+        before = chat.acked_total()
+        await eventually(lambda: chat.acked_total() >= before + 12, 20)
+        channel.spawn()
+        await healthy.wait_ready([channel])
+        before = chat.acked_total()
+        await eventually(lambda: chat.acked_total() >= before + 12, 20)
+        await chat.stop()
+        await chat.settle()
+        await chat.check_store()
+    finally:
+        await chat.close()
+
+
+async def test_message_replica_killed_sends_land_on_the_other(healthy: Cluster) -> None:
+    chat = await Chat(healthy.front_door, 10, interval=0.1).open()
+    try:
+        chat.start()
+        await eventually(lambda: chat.acked_total() >= 30, 20)
+        victim = healthy.of("message")[0]  # also the clients' first front door
+        victim.kill()
+        before = chat.acked_total()
+        await eventually(lambda: chat.acked_total() >= before + 50, 20, message="sends go on")
+        threads = await chat.peers[0].client.threads()  # unary calls fail over too
+        assert threads
+        await chat.stop()
+        await chat.settle()
+        await chat.check_store()
+    finally:
+        await chat.close()
+
+
+async def test_presence_server_killed_status_recovers(healthy: Cluster) -> None:
+    chat = await Chat(healthy.front_door, 2, interval=1.0).open()
+    try:
+        alice, bob = chat.peers
+        await alice.client.add_contact(bob.name)
+
+        async def bob_online() -> bool:
+            try:
+                found = await alice.client.presence([bob.name])
+            except Unavailable:
+                return False
+            return bool(found) and found[0].online
+
+        await eventually(bob_online, 10, message="bob online")
+        presence = healthy.of("presence")[0]
+        presence.kill()
+        with pytest.raises(Unavailable):
+            await alice.client.presence([bob.name])
+        presence.spawn()
+        await healthy.wait_ready([presence])
+        back = time.monotonic()
+        await eventually(bob_online, 10, message="bob online again")
+        took = time.monotonic() - back
+        assert took <= 2 * healthy.heartbeat, f"presence took {took:.2f} s to recover"
+    finally:
+        await chat.close()
+
+
+async def test_etcd_restarted_nodes_register_again(healthy: Cluster) -> None:
+    chat = await Chat(healthy.front_door, 6, interval=0.2).open()
+    group = await Chat(healthy.front_door, 4, group=True, interval=0.2).open()
+    both = (chat, group)
+    try:
+        for c in both:
+            c.start()
+        await eventually(lambda: all(c.acked_total() >= 12 for c in both), 20)
+        await healthy.etcd.kill()
+        # The rings live in every process's memory: traffic goes on without etcd.
+        goals = [c.acked_total() + 12 for c in both]
+        await eventually(lambda: all(c.acked_total() >= g for c, g in zip(both, goals, strict=True)), 20)
+        await healthy.etcd.restart(wipe=True)  # it lost everything: every node registers again
+        await healthy.wait_ready(timeout=20)
+        goals = [c.acked_total() + 12 for c in both]
+        await eventually(lambda: all(c.acked_total() >= g for c, g in zip(both, goals, strict=True)), 20)
+        for c in both:
+            await c.stop()
+        for c in both:
+            await c.settle()
+            await c.check_store()
+    finally:
+        for c in both:
+            await c.close()
+
+
+async def test_database_restarted_sends_wait_and_nothing_is_lost(healthy: Cluster) -> None:
+    assert healthy.db is not None
+    chat = await Chat(healthy.front_door, 6, interval=0.2).open()
+    try:
+        chat.start()
+        await eventually(lambda: chat.acked_total() >= 12, 20)
+        await healthy.db.kill()
+
+        def refused() -> bool:
+            return any(p.conn is not None and p.conn.stats.extra.get("send_retry_UNAVAILABLE")
+                       for p in chat.peers)
+
+        await eventually(refused, 20, message="sends refused with UNAVAILABLE")
+        with pytest.raises(Unavailable):
+            await chat.peers[0].client.threads()
+        before = chat.acked_total()
+        await healthy.db.start()
+        await eventually(lambda: chat.acked_total() >= before + 12, 30, message="sends resume")
+        await chat.stop()
+        await chat.settle()
+        await chat.check_store()
+    finally:
+        await chat.close()
+
+
+async def test_rolling_restart_of_every_process_under_load(healthy: Cluster) -> None:
+    chat = await Chat(healthy.front_door, 12, interval=0.2).open()
+    try:
+        chat.start()
+        await eventually(lambda: chat.acked_total() >= 24, 20)
+        for proc in list(healthy.procs):
+            await healthy.restart(proc, crash=False)
+            await healthy.wait_ready()
+            goal = chat.acked_total() + 12
+            await eventually(lambda: chat.acked_total() >= goal, 20,  # noqa: B023
+                             message=f"traffic after restarting {proc.node_id}")
+        await chat.stop()
+        await chat.settle()
+        await chat.check_store()
+
+        def on_owners() -> bool:
+            return all(p.conn is not None and p.conn.user is not None
+                       and p.node == healthy.owner(p.conn.user.user_id) for p in chat.peers)
+
+        await eventually(on_owners, 10, message="every user on its owner")
+    finally:
+        await chat.close()
