@@ -1,0 +1,1 @@
+"""Benchmarks: the bare gRPC ceiling, natter chat throughput and latency, reconnect sync time."""

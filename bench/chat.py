@@ -1,0 +1,372 @@
+"""Chat throughput and send-to-deliver latency: sender/recipient pairs over the SDK."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+import uuid
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection as Pipe
+from pathlib import Path
+
+from bench import echo
+from bench.common import (
+    PASSWORD,
+    SPAWN,
+    BenchServer,
+    append_result,
+    fmt,
+    percentile,
+    print_table,
+)
+from natter import domain as d
+from natter.errors import NatterError
+from natter.sdk import Client, Connection
+
+TEXT_BYTES = 64  # the same size as the ceiling's echo messages
+DRAIN_SECONDS = 15.0
+STAMP_DIGITS = 20
+
+
+@dataclass
+class ProcResult:
+    """What one client process saw; latencies in ns, send stamp to receipt by the recipient."""
+
+    sent: int = 0
+    acked: int = 0
+    failed: int = 0
+    acked_in_window: int = 0
+    delivered: int = 0
+    delivered_in_window: int = 0
+    duplicates: int = 0
+    cpu_window: float = 0.0
+    latencies: array[int] = field(default_factory=lambda: array("q"))
+    errors: list[str] = field(default_factory=list)
+
+
+def _text(stamp_ns: int) -> str:
+    head = f"{stamp_ns:0{STAMP_DIGITS}d} "
+    return head + "x" * (TEXT_BYTES - len(head))
+
+
+async def _login(address: str, username: str) -> Client:
+    client = Client(address, timeout=60.0)
+    await client.register(username, PASSWORD)
+    await client.login(username, PASSWORD, "bench")
+    return client
+
+
+@dataclass
+class _Pair:
+    sender: Client
+    recipient: Client
+    peer: str
+    send_conn: Connection | None = None
+    recv_conn: Connection | None = None
+
+
+async def _warm_up(pair: _Pair) -> None:
+    """One message per pair before the window: the first send creates the direct thread."""
+    assert pair.send_conn is not None and pair.recv_conn is not None
+    await pair.send_conn.send("warm up", recipient=pair.peer, timeout=60.0)
+    while not isinstance(await pair.recv_conn.next_event(60.0), d.Message):
+        pass
+
+
+async def _client(pipe: Pipe, address: str, tag: str, indices: Sequence[int], inflight: int,
+                  rate_per_sender: float, seconds: float) -> None:
+    res = ProcResult()
+    gate = asyncio.Semaphore(8)
+
+    async def make(i: int) -> _Pair:
+        async with gate:
+            peer = f"{tag}r{i}"
+            return _Pair(await _login(address, f"{tag}s{i}"), await _login(address, peer), peer)
+
+    pairs = await asyncio.gather(*(make(i) for i in indices))
+    for pair in pairs:
+        pair.send_conn = await Connection(pair.sender).start()
+        pair.recv_conn = await Connection(pair.recipient).start()
+    await asyncio.gather(*(_warm_up(pair) for pair in pairs))
+    pipe.send("ready")
+    start_at: float = await asyncio.to_thread(pipe.recv)  # time.monotonic() of the window start
+    end_ns = int((start_at + seconds) * 1e9)
+    loop = asyncio.get_running_loop()
+    seen: set[str] = set()
+    sending = True
+    all_in = asyncio.Event()  # set once sending is over and every acked send was delivered
+
+    async def drain_own(conn: Connection) -> None:
+        while True:  # the sender's own copies: not deliveries, but the queue must not grow
+            await conn.events.get()
+
+    async def receive(conn: Connection) -> None:
+        while True:
+            ev = await conn.events.get()
+            if not isinstance(ev, d.Message) or not ev.text[:STAMP_DIGITS].isdigit():
+                continue
+            now = time.monotonic_ns()
+            if ev.msg_id in seen:
+                res.duplicates += 1
+                continue
+            seen.add(ev.msg_id)
+            res.delivered += 1
+            if now <= end_ns:
+                res.delivered_in_window += 1
+            res.latencies.append(now - int(ev.text[:STAMP_DIGITS]))
+            if not sending and res.delivered >= res.acked:
+                all_in.set()
+
+    async def send_one(conn: Connection, peer: str, stamp_ns: int) -> None:
+        res.sent += 1
+        try:
+            await conn.send(_text(stamp_ns), recipient=peer, timeout=30.0)
+        except (NatterError, TimeoutError) as e:
+            res.failed += 1
+            if len(res.errors) < 5:
+                res.errors.append(repr(e))
+            return
+        res.acked += 1
+        if time.monotonic_ns() <= end_ns:
+            res.acked_in_window += 1
+
+    async def closed_loop(conn: Connection, peer: str) -> None:
+        while time.monotonic_ns() < end_ns:
+            await send_one(conn, peer, time.monotonic_ns())
+
+    async def paced(conn: Connection, peer: str, offset: float) -> None:
+        # Open loop: each send is stamped with its scheduled time, so a stall shows in latency.
+        interval = 1.0 / rate_per_sender
+        slots = asyncio.Semaphore(inflight)
+        tasks: set[asyncio.Task[None]] = set()
+        due = start_at + offset * interval
+        while due * 1e9 < end_ns:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await slots.acquire()
+            task = loop.create_task(send_one(conn, peer, int(due * 1e9)))
+            task.add_done_callback(lambda _t: slots.release())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            due += interval
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    consumers = []
+    for pair in pairs:
+        assert pair.send_conn is not None and pair.recv_conn is not None
+        consumers.append(loop.create_task(drain_own(pair.send_conn)))
+        consumers.append(loop.create_task(receive(pair.recv_conn)))
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    cpu0 = time.process_time()
+    senders: list[asyncio.Task[None]] = []
+    for n, pair in enumerate(pairs):
+        assert pair.send_conn is not None
+        if rate_per_sender > 0:
+            senders.append(loop.create_task(
+                paced(pair.send_conn, pair.peer, n / max(1, len(pairs)))))
+        else:
+            senders.extend(loop.create_task(closed_loop(pair.send_conn, pair.peer))
+                           for _ in range(inflight))
+    await asyncio.sleep(max(0.0, end_ns / 1e9 - time.monotonic()))
+    res.cpu_window = time.process_time() - cpu0
+    await asyncio.gather(*senders)
+    sending = False
+    if res.delivered >= res.acked:
+        all_in.set()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_in.wait(), DRAIN_SECONDS)
+    for task in consumers:
+        task.cancel()
+    for pair in pairs:
+        for conn in (pair.send_conn, pair.recv_conn):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        await pair.sender.close()
+        await pair.recipient.close()
+    pipe.send(res)
+
+
+def _client_main(pipe: Pipe, address: str, tag: str, indices: Sequence[int], inflight: int,
+                 rate_per_sender: float, seconds: float) -> None:
+    try:
+        asyncio.run(_client(pipe, address, tag, indices, inflight, rate_per_sender, seconds))
+    except BaseException as e:
+        pipe.send(RuntimeError(f"client process failed: {e!r}"))  # gRPC errors do not pickle
+        raise
+
+
+# -- orchestration (no gRPC in this process) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    sent: int
+    acked: int
+    failed: int
+    delivered: int
+    duplicates: int
+    acked_rate: float
+    delivered_rate: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    server_cpu: float | None
+    client_cpu: float
+    fsyncs: int | None
+    acked_in_window: int
+    errors: tuple[str, ...]
+
+
+def run_chat(address: str, server: BenchServer, pairs: int, seconds: float, inflight: int,
+             rate: float, procs: int) -> ChatResult:
+    tag = "b" + uuid.uuid4().hex[:8]
+    groups = [list(range(p, pairs, procs)) for p in range(procs)]
+    groups = [g for g in groups if g]
+    children = []
+    for group in groups:
+        ours, theirs = SPAWN.Pipe()
+        proc = SPAWN.Process(
+            target=_client_main, daemon=True,
+            args=(theirs, address, tag, group, inflight, rate / pairs if rate else 0.0, seconds),
+        )
+        proc.start()
+        children.append((ours, proc))
+    try:
+        for pipe, _ in children:
+            if not pipe.poll(180):
+                raise RuntimeError("a client process did not get ready in 180 s")
+            msg = pipe.recv()
+            if isinstance(msg, BaseException):
+                raise msg
+        start_at = time.monotonic() + 0.5
+        wall_start = time.time() + 0.5
+        for pipe, _ in children:
+            pipe.send(start_at)
+        time.sleep(max(0.0, start_at - time.monotonic()))
+        cpu0 = server.cpu()
+        time.sleep(max(0.0, start_at + seconds - time.monotonic()))
+        cpu1 = server.cpu()
+        wall_end = wall_start + seconds
+        results: list[ProcResult] = []
+        for pipe, proc in children:
+            got = pipe.recv()
+            if isinstance(got, BaseException):
+                raise got
+            results.append(got)
+            proc.join(10)
+    finally:
+        for _, proc in children:
+            if proc.is_alive():
+                proc.kill()
+    server.stop()
+    lat = sorted(x for r in results for x in r.latencies)
+    acked_in_window = sum(r.acked_in_window for r in results)
+    return ChatResult(
+        sent=sum(r.sent for r in results),
+        acked=sum(r.acked for r in results),
+        failed=sum(r.failed for r in results),
+        delivered=sum(r.delivered for r in results),
+        duplicates=sum(r.duplicates for r in results),
+        acked_rate=acked_in_window / seconds,
+        delivered_rate=sum(r.delivered_in_window for r in results) / seconds,
+        p50_ms=percentile(lat, 50) / 1e6,
+        p95_ms=percentile(lat, 95) / 1e6,
+        p99_ms=percentile(lat, 99) / 1e6,
+        server_cpu=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
+        client_cpu=sum(r.cpu_window for r in results),
+        fsyncs=server.fsyncs_between(wall_start, wall_end),
+        acked_in_window=acked_in_window,
+        errors=tuple(e for r in results for e in r.errors),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.chat", description=__doc__)
+    p.add_argument("--pairs", type=int, default=20, help="sender/recipient pairs (default 20)")
+    p.add_argument("--seconds", type=float, default=10.0, help="measured window (default 10)")
+    p.add_argument("--inflight", type=int, default=8,
+                   help="sends in flight per sender (default 8; the server allows 64)")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="pace all senders to this many msg/s in total (default: flat out)")
+    p.add_argument("--procs", type=int, default=2, help="client processes (default 2)")
+    p.add_argument("--server", help="HOST:PORT of a running server (default: start one)")
+    p.add_argument("--server-pid", type=int, help="its PID, to read its CPU time")
+    p.add_argument("--ceiling-seconds", type=float, default=5.0,
+                   help="seconds of bare-gRPC echo measured first (0 to skip)")
+    p.add_argument("--no-strace", action="store_true", help="do not count fsyncs with strace")
+    p.add_argument("--profile", type=Path,
+                   help="run the own server under cProfile, write stats here, print hot spots")
+    p.add_argument("--no-record", action="store_true", help="do not append to bench-results.md")
+    args = p.parse_args(argv)
+
+    ceiling: echo.EchoResult | None = None
+    if args.ceiling_seconds > 0:
+        ceiling = echo.measure([(args.pairs, args.inflight)], args.ceiling_seconds)[0]
+    if args.server:
+        server = BenchServer(args.server, args.server_pid)
+        print("note: an external server keeps its own frame rate limit "
+              "(default 200 frames/s per device)")
+    else:
+        server = BenchServer.start(count_fsyncs=not args.no_strace, profile=args.profile)
+    try:
+        r = run_chat(server.address, server, args.pairs, args.seconds, args.inflight, args.rate,
+                     args.procs)
+    except BaseException:
+        print(server.log_tail())
+        raise
+    finally:
+        if server.own:
+            server.cleanup()
+    per_msg = max(1, r.acked_in_window)
+    rows = [
+        ("sent / acked / delivered", f"{r.sent:,} / {r.acked:,} / {r.delivered:,}"
+         f"  (failed {r.failed}, duplicates {r.duplicates}, "
+         f"undelivered {r.acked - r.delivered})"),
+        ("acked msg/s", fmt(r.acked_rate)),
+        ("delivered msg/s", fmt(r.delivered_rate)),
+        ("send->deliver p50 / p95 / p99",
+         f"{r.p50_ms:.1f} / {r.p95_ms:.1f} / {r.p99_ms:.1f} ms"),
+        ("server CPU per message",
+         "n/a" if r.server_cpu is None else
+         f"{r.server_cpu / per_msg * 1e3:.3f} ms  ({r.server_cpu / args.seconds:.0%} of a core)"),
+        ("client CPU per message",
+         f"{r.client_cpu / per_msg * 1e3:.3f} ms  ({r.client_cpu / args.seconds:.0%} of a core, "
+         f"{args.procs} procs)"),
+        ("fsyncs per message", "n/a" if r.fsyncs is None else
+         f"{r.fsyncs / per_msg:.4f}  ({r.fsyncs:,} in the window)"),
+    ]
+    if r.errors:
+        rows.append(("first send errors", "; ".join(r.errors[:3])))
+    ratio = "n/a"
+    if ceiling is not None:
+        rows += echo.echo_rows([ceiling])
+        ratio = f"{r.acked_rate / ceiling.rate:.2f}"
+        rows.append(("natter acked / echo ceiling", ratio))
+    mode = f"paced {fmt(args.rate)} msg/s" if args.rate else "flat out"
+    print_table(f"natter chat: {args.pairs} pairs x {args.inflight} in flight, "
+                f"{args.seconds:g} s, {mode}", rows)
+    if args.profile is not None:
+        print(server.hot_spots())
+    if not args.no_record:
+        figures = (f"acked {fmt(r.acked_rate)}/s, delivered {fmt(r.delivered_rate)}/s, "
+                   f"p50/p95/p99 {r.p50_ms:.1f}/{r.p95_ms:.1f}/{r.p99_ms:.1f} ms, "
+                   + ("" if r.server_cpu is None else
+                      f"server {r.server_cpu / per_msg * 1e3:.3f} CPU-ms/msg, ")
+                   + f"client {r.client_cpu / per_msg * 1e3:.3f} CPU-ms/msg"
+                   + ("" if r.fsyncs is None else f", {r.fsyncs / per_msg:.4f} fsyncs/msg")
+                   + f", lost {r.acked - r.delivered}")
+        params = (f"{args.pairs} pairs x {args.inflight} in flight, {args.seconds:g} s, {mode}, "
+                  f"{args.procs} client procs"
+                  + (", external server" if args.server else "")
+                  + (", cProfile" if args.profile else ""))
+        ceiling_text = "n/a" if ceiling is None else f"echo {ceiling.shape}: {fmt(ceiling.rate)} rt/s"
+        append_result("chat", params, figures, ceiling_text, ratio)
+
+
+if __name__ == "__main__":
+    main()

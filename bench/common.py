@@ -1,0 +1,239 @@
+"""Shared benchmark plumbing: the server under test, CPU and fsync counters, tables, results."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import multiprocessing
+import multiprocessing.context
+import os
+import pstats
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "bench-results.md"
+PASSWORD = "bench horse battery"
+# Client processes start fresh: no inherited gRPC state (grpc does not survive fork).
+SPAWN: multiprocessing.context.SpawnContext = multiprocessing.get_context("spawn")
+
+# The bench's own server: cheap argon2 (registration is not what is measured) and no per-device
+# frame rate limit (a policy, not a capacity: peers are measured with theirs off too).
+OWN_SERVER_ENV = {
+    "NATTER_ARGON2_MEMORY_KIB": "1024",
+    "NATTER_ARGON2_TIME_COST": "1",
+    "NATTER_FRAMES_PER_SECOND": "1000000000",
+    "NATTER_FRAME_BURST": "1000000000",
+    "NATTER_LOG_LEVEL": "WARNING",
+}
+
+# Other work on the machine skews every figure; each result row says how busy it was.
+LOAD_AT_START = os.getloadavg()[0]
+
+RESULTS_HEADER = """# Benchmark results
+
+Rows are appended by `python -m bench.echo|chat|sync` (see [benchmarks.md](benchmarks.md)).
+The machine is noisy: compare the ratio to the bare-gRPC ceiling measured in the same run,
+not absolute figures across runs. "load" is the 1-minute load average when the bench started
+(2 cores: above 0.5 means something else was running).
+
+| date | commit | bench | params | figures | ceiling | ratio |
+| --- | --- | --- | --- | --- | --- | --- |
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a whole process (every thread), from /proc/PID/stat."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence (nan when empty)."""
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def git_sha() -> str:
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}+dirty" if dirty else sha
+
+
+def print_table(title: str, rows: Sequence[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    print(f"\n{title}")
+    print("-" * len(title))
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print(flush=True)
+
+
+def append_result(bench: str, params: str, figures: str, ceiling: str, ratio: str) -> None:
+    """One row in docs/bench-results.md (created with its header when missing)."""
+    if not RESULTS.exists():
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(RESULTS_HEADER)
+    date = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M")
+    params = f"{params}, load {LOAD_AT_START:.1f} at start"
+    cells = [date, git_sha(), bench, params, figures, ceiling, ratio]
+    with RESULTS.open("a") as fh:
+        fh.write("| " + " | ".join(c.replace("|", "/") for c in cells) + " |\n")
+    print(f"result appended to {RESULTS.relative_to(REPO)}")
+
+
+def fmt(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+class BenchServer:
+    """The server under test: its own `natter serve` subprocess, or an address given."""
+
+    def __init__(self, address: str, pid: int | None = None) -> None:
+        self.address = address
+        self.pid = pid
+        self.own = False
+        self.fsync_log: Path | None = None
+        self.profile: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._dir: Path | None = None
+
+    @classmethod
+    def start(cls, *, count_fsyncs: bool = True, profile: Path | None = None,
+              timeout: float = 30.0) -> BenchServer:
+        """`natter serve` on free ports over a temporary data folder, optionally under strace.
+
+        strace (`--seccomp-bpf`, only fsync/fdatasync traced) stops the server only on those
+        calls, so it costs little; each is logged with a wall-clock time to count per window.
+        """
+        folder = Path(tempfile.mkdtemp(prefix="natter-bench-"))
+        grpc_addr = f"127.0.0.1:{free_port()}"
+        serve = ["serve", "--data", str(folder / "data"), "--grpc", grpc_addr,
+                 "--http", f"127.0.0.1:{free_port()}"]
+        if profile is not None:
+            launch = ("import cProfile, sys; from natter.cli import main; "
+                      f"cProfile.run('main(sys.argv[1:])', {str(profile)!r})")
+        else:
+            launch = "import sys; from natter.cli import main; main(sys.argv[1:])"
+        cmd = [sys.executable, "-c", launch, *serve]
+        server = cls(grpc_addr)
+        server.own = True
+        server.profile = profile
+        server._dir = folder
+        if count_fsyncs and shutil.which("strace"):
+            server.fsync_log = folder / "fsyncs.log"
+            cmd = ["strace", "-f", "--seccomp-bpf", "-qq", "-ttt", "-e",
+                   "trace=fsync,fdatasync,sync_file_range", "-o", str(server.fsync_log), *cmd]
+        env = {**os.environ, **OWN_SERVER_ENV}
+        log = (folder / "server.log").open("wb")
+        server._proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        cwd=folder)
+        server._wait_ready(timeout)
+        return server
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self._proc is not None
+        host, port = self.address.rsplit(":", 1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"natter serve exited early:\n{self.log_tail()}")
+            with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 0.2):
+                break
+            time.sleep(0.05)
+        else:
+            self.stop()
+            raise RuntimeError(f"natter serve did not listen within {timeout:g} s")
+        self.pid = self._proc.pid
+        if self.fsync_log is not None:  # the server is strace's child
+            children = Path(f"/proc/{self._proc.pid}/task/{self._proc.pid}/children")
+            self.pid = int(children.read_text().split()[0])
+
+    def cpu(self) -> float | None:
+        if self.pid is None:
+            return None
+        try:
+            return cpu_seconds(self.pid)
+        except OSError:
+            return None
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self._dir is None:
+            return ""
+        path = self._dir / "server.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def fsyncs_between(self, wall_start: float, wall_end: float) -> int | None:
+        """fsync-family calls the server made in [wall_start, wall_end] (after stop())."""
+        if self.fsync_log is None or not self.fsync_log.exists():
+            return None
+        count = 0
+        for line in self.fsync_log.read_text().splitlines():
+            parts = line.split(maxsplit=2)
+            if len(parts) == 3 and "sync" in parts[2]:
+                with contextlib.suppress(ValueError):
+                    if wall_start <= float(parts[1]) <= wall_end:
+                        count += 1
+        return count
+
+    def stop(self) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        target = self.pid or proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signal.SIGKILL)
+            proc.kill()
+            proc.wait(5)
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def hot_spots(self, top: int = 20) -> str:
+        """The server's cProfile view (after stop(), in profile mode): own time, then project code.
+
+        cProfile sees only the event-loop thread; gRPC's and aiosqlite's threads are not in it.
+        The loop's idle wait (`select.epoll.poll`) is left out of the own-time list.
+        """
+        if self.profile is None or not self.profile.exists():
+            return ""
+        import io
+
+        out = io.StringIO()
+        stats = pstats.Stats(str(self.profile), stream=out)
+        print("== server hot spots by own time (event-loop thread)", file=out)
+        stats.sort_stats("tottime").print_stats(r"^(?!.*select\.epoll)", top)
+        print("== project code by cumulative time (includes awaiting)", file=out)
+        stats.sort_stats("cumulative").print_stats(r"(message_svc|socket_svc|channel_svc|natter)/",
+                                                   top)
+        return out.getvalue()
