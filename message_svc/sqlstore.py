@@ -56,6 +56,7 @@ _PHONE_CLASH = re.compile(r"users[._]phone|key 'phone'")
 # Deadlocks and serialisation failures: the engine rolled the transaction back; run it again.
 _PG_CONFLICTS = frozenset({"40001", "40P01"})
 _MYSQL_CONFLICTS = frozenset({1213})  # ER_LOCK_DEADLOCK
+_PG_DOWN = frozenset({"57P01", "57P02", "57P03"})
 
 
 class _Conflict(Unavailable):
@@ -67,6 +68,15 @@ def _is_conflict(e: exc.DBAPIError) -> bool:
         return True
     args: tuple[Any, ...] = getattr(e.orig, "args", ())
     return len(args) > 0 and args[0] in _MYSQL_CONFLICTS  # asyncmy: (errno, message)
+
+
+def _is_unavailable(e: exc.DBAPIError) -> bool:
+    """The database is down, starting, stopping or unreachable: the caller may try later."""
+    if e.connection_invalidated or isinstance(e, exc.OperationalError | exc.InterfaceError):
+        return True
+    # PostgreSQL: class 08 (connection exception), 57P01-03 (shutting down, starting up).
+    state = getattr(e.orig, "sqlstate", None) or ""
+    return state.startswith("08") or state in _PG_DOWN
 
 
 async def _backoff(attempt: int) -> None:
@@ -252,7 +262,7 @@ class SqlStore:
         except exc.DBAPIError as e:
             if _is_conflict(e):
                 raise _Conflict("database conflict (deadlock); try again") from e
-            if e.connection_invalidated or isinstance(e, exc.OperationalError | exc.InterfaceError):
+            if _is_unavailable(e):
                 raise Unavailable(f"database unavailable: {type(e).__name__}") from e
             raise
         except OSError as e:
@@ -282,7 +292,7 @@ class SqlStore:
             async with self.engine.connect() as conn:
                 yield conn
         except exc.DBAPIError as e:
-            if e.connection_invalidated or isinstance(e, exc.OperationalError | exc.InterfaceError):
+            if _is_unavailable(e):
                 raise Unavailable(f"database unavailable: {type(e).__name__}") from e
             raise
         except OSError as e:
