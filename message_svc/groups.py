@@ -114,7 +114,8 @@ class Groups:
             event = SystemEvent(SystemKind.MEMBERS_ADDED, who.user,
                                 tuple(public(r) for r in fresh))
             message = await self.store.change_group(
-                thread_id, changes, None, self._new(thread_id, who, event)
+                thread_id, changes, None, self._new(thread_id, who, event),
+                max_members=self.settings.max_group_members,
             )
         await self.messaging.publish(message, ThreadKind.GROUP,
                                      extra_users=[r.user_id for r in fresh])

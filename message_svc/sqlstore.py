@@ -41,7 +41,13 @@ from natter.domain import (
     ThreadKind,
     User,
 )
-from natter.errors import AlreadyExists, NotFound, Unavailable
+from natter.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from natter.ids import new_msg_id
 
 logger = logging.getLogger(__name__)
@@ -652,16 +658,22 @@ class SqlStore:
         return thread_id, message
 
     async def change_group(
-        self, thread_id: int, changes: Sequence[MemberChange], title: str | None, event: NewMessage
+        self, thread_id: int, changes: Sequence[MemberChange], title: str | None,
+        event: NewMessage, *, max_members: int | None = None,
     ) -> Message:
-        return await self._retry(lambda: self._change_group(thread_id, changes, title, event))
+        return await self._retry(
+            lambda: self._change_group(thread_id, changes, title, event, max_members)
+        )
 
     async def _change_group(
-        self, thread_id: int, changes: Sequence[MemberChange], title: str | None, event: NewMessage
+        self, thread_id: int, changes: Sequence[MemberChange], title: str | None,
+        event: NewMessage, max_members: int | None,
     ) -> Message:
         th, m = t.threads, t.thread_members
         now = utcnow()
         async with self._tx() as conn:
+            # Bumping the thread's seq first locks its row: changes to one group commit one at
+            # a time across every message_svc process, and the check below sees the others.
             seq = await self._bump_seq(conn, thread_id, 1, now)
             if title is not None:
                 await conn.execute(th.update().where(th.c.id == thread_id).values(title=title))
@@ -670,11 +682,11 @@ class SqlStore:
                 if ch.join:
                     first = 1 if ch.full_history else seq
                     res = await conn.execute(
-                        m.update().where(*where).values(
+                        m.update().where(*where, m.c.left_seq.is_not(None)).values(
                             left_seq=None, first_seq=first, role=Role.MEMBER.value, update_time=now
                         )
                     )
-                    if not res.rowcount:
+                    if not res.rowcount and not await self._is_member(conn, thread_id, ch.user_id):
                         await conn.execute(
                             m.insert().values(
                                 owner_id=ch.user_id, thread_id=thread_id, role=Role.MEMBER.value,
@@ -686,6 +698,7 @@ class SqlStore:
                     await conn.execute(m.update().where(*where).values(left_seq=seq, update_time=now))
                 if ch.role is not None:
                     await conn.execute(m.update().where(*where).values(role=ch.role.value))
+            await self._check_group(conn, thread_id, max_members)
             message = await self._insert_one(conn, thread_id, seq, event, now)
             await conn.execute(
                 m.update()
@@ -693,6 +706,36 @@ class SqlStore:
                 .values(update_time=now)
             )
         return message
+
+    async def _is_member(self, conn: AsyncConnection, thread_id: int, user_id: int) -> bool:
+        m = t.thread_members
+        row = await conn.execute(
+            sa.select(m.c.owner_id).where(m.c.thread_id == thread_id, m.c.owner_id == user_id)
+        )
+        return row.first() is not None
+
+    async def _check_group(
+        self, conn: AsyncConnection, thread_id: int, max_members: int | None
+    ) -> None:
+        """What must hold after any change, whichever process made it; raising rolls back."""
+        m = t.thread_members
+        admin = sa.case((m.c.role == Role.ADMIN.value, 1), else_=0)
+        members, admins = (
+            await conn.execute(
+                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(admin), 0)).where(
+                    m.c.thread_id == thread_id, m.c.left_seq.is_(None)
+                )
+            )
+        ).one()
+        if max_members is not None and members > max_members:
+            raise ResourceExhausted(
+                f"a group has at most {max_members} members", "GROUP_FULL"
+            )
+        if members and not admins:
+            raise FailedPrecondition(
+                "a group needs an admin: promote someone before the last admin steps down",
+                "LAST_ADMIN",
+            )
 
     async def _insert_one(
         self, conn: AsyncConnection, thread_id: int, seq: int, new: NewMessage, now: datetime

@@ -159,8 +159,16 @@ class ThreadStore(Protocol):
         self, title: str, creator_id: int, member_ids: Sequence[int], event: NewMessage
     ) -> tuple[int, Message]: ...
     async def change_group(
-        self, thread_id: int, changes: Sequence[MemberChange], title: str | None, event: NewMessage
-    ) -> Message: ...
+        self, thread_id: int, changes: Sequence[MemberChange], title: str | None,
+        event: NewMessage, *, max_members: int | None = None,
+    ) -> Message:
+        """Apply changes and record them as one system message, atomically.
+
+        Changes to one group are serialised across processes; the change is refused (and
+        nothing written) if the group would end with members but no admin, or with more
+        than max_members members.
+        """
+        ...
     async def thread_peers_among(self, user_id: int, user_ids: Sequence[int]) -> set[int]: ...
     async def small_thread_peers(
         self, user_ids: Sequence[int], max_members: int

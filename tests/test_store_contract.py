@@ -29,7 +29,13 @@ from natter.domain import (
     ThreadKind,
     User,
 )
-from natter.errors import AlreadyExists, NotFound, Unavailable
+from natter.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from tests.dbservers import ENGINES, DbServer, missing, server_for
 
 # -- backends ------------------------------------------------------------------------------
@@ -601,6 +607,84 @@ async def test_change_group_of_an_unknown_thread_is_not_found(store: SqlStore) -
         await store.change_group(
             999_999, [], "t", system(999_999, alice, SystemKind.TITLE_CHANGED, title="t")
         )
+
+
+async def test_change_group_keeps_an_admin_and_the_cap_and_writes_nothing_when_refused(
+    store: SqlStore,
+) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    group, _ = await store.create_group(
+        "g", alice.id, [bob.id], system(0, alice, SystemKind.GROUP_CREATED, bob)
+    )
+    with pytest.raises(FailedPrecondition, match="needs an admin"):
+        await store.change_group(
+            group, [MemberChange(alice.id, role=Role.MEMBER)], None,
+            system(group, alice, SystemKind.ADMINS_DEMOTED, alice),
+        )
+    with pytest.raises(ResourceExhausted, match="at most 2 members"):
+        await store.change_group(
+            group, [MemberChange(carol.id, join=True)], None,
+            system(group, alice, SystemKind.MEMBERS_ADDED, carol), max_members=2,
+        )
+    thread = await store.get_thread(group)
+    assert thread is not None and thread.last_seq == 1
+    assert await all_seqs(store, group) == [1]
+    assert sorted(await store.active_member_ids(group)) == sorted([alice.id, bob.id])
+    me = await store.get_member(group, alice.id)
+    assert me is not None and me.role is Role.ADMIN
+    # Joining someone who is already a member changes nothing about them.
+    await store.change_group(
+        group, [MemberChange(bob.id, role=Role.ADMIN)], None,
+        system(group, alice, SystemKind.ADMINS_PROMOTED, bob),
+    )
+    again = await store.change_group(
+        group, [MemberChange(bob.id, join=True)], None,
+        system(group, alice, SystemKind.MEMBERS_ADDED, bob),
+    )
+    bob_row = await store.get_member(group, bob.id)
+    assert bob_row is not None and bob_row.role is Role.ADMIN and bob_row.first_seq == 1
+    assert again.seq == 3
+
+
+async def test_concurrent_changes_from_two_processes_leave_an_admin(
+    store: SqlStore,
+) -> None:
+    """Two admins demote each other through two stores (two message_svc processes)."""
+    alice, bob = [await person(store, n) for n in ("alice", "bob")]
+    group, _ = await store.create_group(
+        "g", alice.id, [bob.id], system(0, alice, SystemKind.GROUP_CREATED, bob)
+    )
+    await store.change_group(
+        group, [MemberChange(bob.id, role=Role.ADMIN)], None,
+        system(group, alice, SystemKind.ADMINS_PROMOTED, bob),
+    )
+    other = SqlStore(store.url.render_as_string(hide_password=False))
+    await other.open()
+    try:
+        for _ in range(5):
+            results = await asyncio.gather(
+                store.change_group(
+                    group, [MemberChange(bob.id, role=Role.MEMBER)], None,
+                    system(group, alice, SystemKind.ADMINS_DEMOTED, bob),
+                ),
+                other.change_group(
+                    group, [MemberChange(alice.id, role=Role.MEMBER)], None,
+                    system(group, bob, SystemKind.ADMINS_DEMOTED, alice),
+                ),
+                return_exceptions=True,
+            )
+            refused = [r for r in results if isinstance(r, FailedPrecondition)]
+            assert len(refused) == 1, results
+            admins = [m for m in await store.list_members(group) if m.role is Role.ADMIN]
+            assert len(admins) == 1
+            # Put both back to admin for the next round.
+            demoted = alice if admins[0].user_id == bob.id else bob
+            await store.change_group(
+                group, [MemberChange(demoted.id, role=Role.ADMIN)], None,
+                system(group, alice, SystemKind.ADMINS_PROMOTED, demoted),
+            )
+    finally:
+        await other.close()
 
 
 async def test_list_members_in_join_order(store: SqlStore) -> None:
