@@ -3,7 +3,7 @@
 The store is SQLite unless `--stores` names others (`--stores sqlite,postgresql,mariadb`):
 then every test that uses the `settings` fixture runs once per engine, each against a fresh
 database on a real server started once per session (tests/dbservers.py). Tests marked
-`all_stores` (a subset of the end-to-end messaging tests, run by CI) always run on all three.
+`all_stores` always run on all three. `scripts/test` (and CI) runs everything on all three.
 """
 
 from __future__ import annotations

@@ -129,7 +129,8 @@ async def test_a_reused_client_msg_id_with_other_text_is_refused_and_the_origina
             await conn.send(client_msg_id="k", timeout=5, **kwargs)  # type: ignore[arg-type]
         assert info.value.reason == "CLIENT_MSG_ID_REUSED"
     # Two different texts under one new key in the same instant: one wins, one is refused.
-    raw = RawStream(alice)
+    # A device of its own, so this stream and ca's never displace each other.
+    raw = RawStream(await user("alice", device="tablet"))
     await raw.hello()
     for text in ("left", "right"):
         await raw.write(spb.ClientFrame(send=spb.Send(client_msg_id="k2", recipient="bob",
