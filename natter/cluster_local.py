@@ -109,12 +109,22 @@ def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None,
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            _as(user, argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             env=env, start_new_session=True,  # outlives this command; `down` stops it
-            user=user.pw_uid if user else None, group=user.pw_gid if user else None,
-            extra_groups=[] if user else None,
         )
     return proc.pid
+
+
+def _as(user: pwd.struct_passwd | None, argv: list[str]) -> list[str]:
+    """Run argv as another account through `setpriv`.
+
+    Popen(user=...) must fork(), and a fork() beside gRPC's threads can crash the child
+    before exec; without it Popen uses vfork, which is safe.
+    """
+    if user is None:
+        return argv
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+            *argv]
 
 
 def _secret(path: Path) -> str:
@@ -191,12 +201,12 @@ def _start_postgres(folder: Path, port: int) -> tuple[Proc, str]:
             for path in (data, pwfile):
                 os.chown(path, account.pw_uid, account.pw_gid)
         init = subprocess.run(
-            [str(bindir / "initdb"), "--pgdata", str(data), "--username", "natter",
-             "--pwfile", str(pwfile), "--auth-local", "trust", "--auth-host", "scram-sha-256",
-             "--encoding", "UTF8", "--locale", "C.UTF-8"],
+            _as(account, [
+                str(bindir / "initdb"), "--pgdata", str(data), "--username", "natter",
+                "--pwfile", str(pwfile), "--auth-local", "trust", "--auth-host",
+                "scram-sha-256", "--encoding", "UTF8", "--locale", "C.UTF-8",
+            ]),
             env=env, capture_output=True, text=True, check=False,
-            user=account.pw_uid if account else None, group=account.pw_gid if account else None,
-            extra_groups=[] if account else None,
         )
         pwfile.unlink()
         if init.returncode != 0:

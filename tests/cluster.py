@@ -35,7 +35,7 @@ from natter import domain as d
 from natter.errors import NatterError
 from natter.sdk import Client, Connected, Connection
 from registry import EtcdRegistry
-from tests.dbservers import PostgresServer, _child_env
+from tests.dbservers import PostgresServer
 from tests.etcdserver import EtcdServer, eventually
 from tests.procs import TEST_ENV, natter_command
 
@@ -62,26 +62,6 @@ def free_port() -> int:
     raise RuntimeError("no free port in 20000-32000")
 PASSWORD = "correct horse battery"
 START_TIMEOUT = 40.0
-
-
-class Postgres(PostgresServer):
-    """PostgreSQL started without `fork()` in this process (safe beside gRPC's threads).
-
-    `subprocess` can change the user only through fork(), and a fork() while gRPC's threads
-    run may crash the child (seen: the new postmaster died of SIGSEGV before exec). Here the
-    account switch is `setpriv`'s job, so Popen uses vfork/posix_spawn as usual.
-    """
-
-    def _popen(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        acc = self._account
-        if acc is None:
-            return super()._popen(argv, log)
-        wrapped = ["setpriv", f"--reuid={acc.pw_uid}", f"--regid={acc.pw_gid}",
-                   "--clear-groups", *argv]
-        with open(log, "ab") as out:
-            return subprocess.Popen(wrapped, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, cwd=self.root, env=_child_env(),
-                                    start_new_session=True)
 
 
 @dataclass
@@ -175,7 +155,7 @@ class Cluster:
                        "socket": sockets}
         self.extra_env = env or {}
         self.etcd = EtcdServer()
-        self.db: Postgres | None = None
+        self.db: PostgresServer | None = None
         self.db_url = ""
         self.procs: list[RoleProc] = []
         self.observer: EtcdRegistry | None = None
@@ -200,7 +180,7 @@ class Cluster:
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.etcd.client_port, self.etcd.peer_port = free_port(), free_port()
-        self.db = Postgres()
+        self.db = PostgresServer()
         self.db.port = free_port()  # they restart on the same ports: keep them off the ephemeral range
         await asyncio.gather(self.etcd.start(), self.db.start())
         self.db_url = await self.db.create_database("natter")

@@ -204,7 +204,14 @@ class DbServer:
     # process handling
 
     def _popen(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        # Switching to the database's account is `setpriv`'s job, not Popen's: Popen can
+        # change the user only through fork(), and a fork() while gRPC's threads run may
+        # crash the child before exec (seen: a postmaster dead of SIGSEGV). Without user=
+        # Popen uses vfork, which is safe beside those threads.
         acc = self._account
+        if acc is not None:
+            argv = ["setpriv", f"--reuid={acc.pw_uid}", f"--regid={acc.pw_gid}",
+                    "--clear-groups", *argv]
         with open(log, "ab") as out:
             return subprocess.Popen(
                 argv,
@@ -214,9 +221,6 @@ class DbServer:
                 cwd=self.root,
                 env=_child_env(),
                 start_new_session=True,  # its own process group: kill() takes every child
-                user=acc.pw_uid if acc else None,
-                group=acc.pw_gid if acc else None,
-                extra_groups=[] if acc else None,
             )
 
     def _log_tail(self, path: Path | None = None, lines: int = 30) -> str:
