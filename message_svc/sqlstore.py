@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
 import random
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy import event, exc
+from sqlalchemy import event, exc, pool
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from message_svc import schema as t
@@ -83,6 +85,23 @@ def _is_unavailable(e: exc.DBAPIError) -> bool:
     # PostgreSQL: class 08 (connection exception), 57P01-03 (shutting down, starting up).
     state = getattr(e.orig, "sqlstate", None) or ""
     return state.startswith("08") or state in _PG_DOWN
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Driver errors as the store's: deadlocks to retry, outages as UNAVAILABLE."""
+    try:
+        yield
+    except exc.IntegrityError:
+        raise
+    except exc.DBAPIError as e:
+        if _is_conflict(e):
+            raise _Conflict("database conflict (deadlock); try again") from e
+        if _is_unavailable(e):
+            raise Unavailable(f"database unavailable: {type(e).__name__}") from e
+        raise
+    except OSError as e:
+        raise Unavailable(f"database unavailable: {type(e).__name__}") from e
 
 
 async def _backoff(attempt: int) -> None:
@@ -233,6 +252,9 @@ class SqlStore:
         self._pool_size = pool_size
         # SQLite has one writer; serialising writes here avoids busy retries.
         self._write_lock = asyncio.Lock()
+        # SQLite's hot writes run whole on one thread of their own (see _write).
+        self._sync_engine: Engine | None = None
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -246,33 +268,57 @@ class SqlStore:
         self.engine = create_async_engine(self.url, **kwargs)
         if self.sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        if self.sqlite and self.url.database not in (None, "", ":memory:"):
+            self._sync_engine = sa.create_engine(
+                self.url.set(drivername="sqlite+pysqlite"), poolclass=pool.StaticPool,
+                connect_args={"check_same_thread": False},
+            )
+            event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+            self._writer = concurrent.futures.ThreadPoolExecutor(1, "sqlite-writer")
         async with self._tx() as conn:
             applied = await t.migrate(conn)
         if applied:
             logger.info("applied migrations %s to %s", applied, self.url.render_as_string())
 
     async def close(self) -> None:
+        if self._writer is not None:
+            assert self._sync_engine is not None
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._sync_engine.dispose)
+            self._writer.shutdown()
+            self._writer = self._sync_engine = None
         if self.engine is not None:
             await self.engine.dispose()
             self.engine = None
+
+    async def _write(self, fn: Callable[[Connection], T]) -> T:
+        """Run fn in one transaction; on SQLite, the whole transaction in one thread hop.
+
+        Through aiosqlite each statement is a round trip between the event loop and the
+        driver's thread, and a busy loop makes each one wait its turn: a group commit of a
+        few dozen statements took tens of milliseconds. Here the transaction runs start to
+        finish on a writer thread of its own, with the same SQLAlchemy Core statements.
+        Other engines run fn through run_sync over their async driver.
+        """
+        if self._writer is None:
+            async with self._tx() as conn:
+                return await conn.run_sync(fn)
+        engine = self._sync_engine
+        assert engine is not None
+
+        def run() -> T:
+            with _errors(), engine.begin() as conn:
+                return fn(conn)
+
+        async with self._write_lock:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, run)
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
         assert self.engine is not None, "store is not open"
         lock = self._write_lock if self.sqlite else contextlib.nullcontext()
-        try:
+        with _errors():
             async with lock, self.engine.begin() as conn:
                 yield conn
-        except exc.IntegrityError:
-            raise
-        except exc.DBAPIError as e:
-            if _is_conflict(e):
-                raise _Conflict("database conflict (deadlock); try again") from e
-            if _is_unavailable(e):
-                raise Unavailable(f"database unavailable: {type(e).__name__}") from e
-            raise
-        except OSError as e:
-            raise Unavailable(f"database unavailable: {type(e).__name__}") from e
 
     async def _retry(
         self, write: Callable[[], Awaitable[T]], *, integrity: bool = False
@@ -294,32 +340,9 @@ class SqlStore:
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         assert self.engine is not None, "store is not open"
-        try:
+        with _errors():
             async with self.engine.connect() as conn:
                 yield conn
-        except exc.DBAPIError as e:
-            if _is_unavailable(e):
-                raise Unavailable(f"database unavailable: {type(e).__name__}") from e
-            raise
-        except OSError as e:
-            raise Unavailable(f"database unavailable: {type(e).__name__}") from e
-
-    async def _bump_seq(self, conn: AsyncConnection, thread_id: int, n: int, now: datetime) -> int:
-        """Reserve n sequence numbers in a thread; return the last one."""
-        th = t.threads
-        stmt = th.update().where(th.c.id == thread_id)
-        stmt = stmt.values(last_seq=th.c.last_seq + n, update_time=now)
-        if conn.dialect.update_returning:
-            last = (await conn.execute(stmt.returning(th.c.last_seq))).scalar_one_or_none()
-            if last is None:
-                raise NotFound(f"thread {thread_id} does not exist")
-            return int(last)
-        cur = await conn.execute(sa.select(th.c.last_seq).where(th.c.id == thread_id).with_for_update())
-        before = cur.scalar_one_or_none()
-        if before is None:
-            raise NotFound(f"thread {thread_id} does not exist")
-        await conn.execute(stmt)
-        return int(before) + n
 
     # -- users ---------------------------------------------------------------------------
 
@@ -638,202 +661,30 @@ class SqlStore:
     async def create_group(
         self, title: str, creator_id: int, member_ids: Sequence[int], event: NewMessage
     ) -> tuple[int, Message]:
-        th, m = t.threads, t.thread_members
-        now = utcnow()
-        async with self._tx() as conn:
-            res = await conn.execute(
-                th.insert().values(kind=ThreadKind.GROUP.value, title=title, last_seq=1,
-                                   direct_key=None, create_time=now, update_time=now)
-            )
-            thread_id = int(res.inserted_primary_key[0])  # type: ignore[index]
-            rows = [
-                dict(owner_id=uid, thread_id=thread_id,
-                     role=(Role.ADMIN if uid == creator_id else Role.MEMBER).value,
-                     nickname="", first_seq=1, left_seq=None, delivered_seq=0, read_seq=0,
-                     create_time=now, update_time=now)
-                for uid in dict.fromkeys([creator_id, *member_ids])
-            ]
-            await conn.execute(m.insert(), rows)
-            message = await self._insert_one(conn, thread_id, 1, event, now)
-        return thread_id, message
+        return await self._write(
+            lambda conn: _create_group(conn, title, creator_id, member_ids, event)
+        )
 
     async def change_group(
         self, thread_id: int, changes: Sequence[MemberChange], title: str | None,
         event: NewMessage, *, max_members: int | None = None,
     ) -> Message:
-        return await self._retry(
-            lambda: self._change_group(thread_id, changes, title, event, max_members)
-        )
-
-    async def _change_group(
-        self, thread_id: int, changes: Sequence[MemberChange], title: str | None,
-        event: NewMessage, max_members: int | None,
-    ) -> Message:
-        th, m = t.threads, t.thread_members
-        now = utcnow()
-        async with self._tx() as conn:
-            # Bumping the thread's seq first locks its row: changes to one group commit one at
-            # a time across every message_svc process, and the check below sees the others.
-            seq = await self._bump_seq(conn, thread_id, 1, now)
-            if title is not None:
-                await conn.execute(th.update().where(th.c.id == thread_id).values(title=title))
-            for ch in changes:
-                where = (m.c.thread_id == thread_id, m.c.owner_id == ch.user_id)
-                if ch.join:
-                    first = 1 if ch.full_history else seq
-                    res = await conn.execute(
-                        m.update().where(*where, m.c.left_seq.is_not(None)).values(
-                            left_seq=None, first_seq=first, role=Role.MEMBER.value, update_time=now
-                        )
-                    )
-                    if not res.rowcount and not await self._is_member(conn, thread_id, ch.user_id):
-                        await conn.execute(
-                            m.insert().values(
-                                owner_id=ch.user_id, thread_id=thread_id, role=Role.MEMBER.value,
-                                nickname="", first_seq=first, left_seq=None, delivered_seq=0,
-                                read_seq=0, create_time=now, update_time=now,
-                            )
-                        )
-                if ch.leave:
-                    await conn.execute(m.update().where(*where).values(left_seq=seq, update_time=now))
-                if ch.role is not None:
-                    await conn.execute(m.update().where(*where).values(role=ch.role.value))
-            await self._check_group(conn, thread_id, max_members)
-            message = await self._insert_one(conn, thread_id, seq, event, now)
-            await conn.execute(
-                m.update()
-                .where(m.c.thread_id == thread_id, m.c.left_seq.is_(None))
-                .values(update_time=now)
-            )
-        return message
-
-    async def _is_member(self, conn: AsyncConnection, thread_id: int, user_id: int) -> bool:
-        m = t.thread_members
-        row = await conn.execute(
-            sa.select(m.c.owner_id).where(m.c.thread_id == thread_id, m.c.owner_id == user_id)
-        )
-        return row.first() is not None
-
-    async def _check_group(
-        self, conn: AsyncConnection, thread_id: int, max_members: int | None
-    ) -> None:
-        """What must hold after any change, whichever process made it; raising rolls back."""
-        m = t.thread_members
-        admin = sa.case((m.c.role == Role.ADMIN.value, 1), else_=0)
-        members, admins = (
-            await conn.execute(
-                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(admin), 0)).where(
-                    m.c.thread_id == thread_id, m.c.left_seq.is_(None)
-                )
-            )
-        ).one()
-        if max_members is not None and members > max_members:
-            raise ResourceExhausted(
-                f"a group has at most {max_members} members", "GROUP_FULL"
-            )
-        if members and not admins:
-            raise FailedPrecondition(
-                "a group needs an admin: promote someone before the last admin steps down",
-                "LAST_ADMIN",
-            )
-
-    async def _insert_one(
-        self, conn: AsyncConnection, thread_id: int, seq: int, new: NewMessage, now: datetime
-    ) -> Message:
-        msg_id = new_msg_id()
-        await conn.execute(
-            t.messages.insert().values(
-                thread_id=thread_id, seq=seq, msg_id=msg_id, sender_id=new.sender.user_id,
-                sender_device_id=new.sender_device_id, client_msg_id=new.client_msg_id,
-                kind=new.kind.value, text=new.text, system=_system_to_json(new.system),
-                create_time=now,
-            )
-        )
-        return Message(thread_id, seq, msg_id, new.sender, new.sender_device_id,
-                       new.client_msg_id, new.kind, new.text, now, new.system)
+        return await self._retry(lambda: self._write(
+            lambda conn: _change_group(conn, thread_id, changes, title, event, max_members)
+        ))
 
     # -- messages ------------------------------------------------------------------------
 
     async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended | Refused]:
         # A concurrent writer (another replica) may store one of these keys first; the next
         # attempt finds it and answers with the original.
-        return await self._retry(lambda: self._append(batch), integrity=True)
-
-    async def _append(self, batch: Sequence[NewMessage]) -> list[Appended | Refused]:
-        msg = t.messages
-        now = utcnow()
-        keys = list(dict.fromkeys((n.sender.user_id, n.client_msg_id) for n in batch))
-        out: list[Appended | Refused | None] = [None] * len(batch)
-        async with self._tx() as conn:
-            existing: dict[tuple[int, str], Message] = {}
-            for start in range(0, len(keys), 300):
-                chunk = keys[start : start + 300]
-                rows = await conn.execute(
-                    _message_select().where(sa.tuple_(msg.c.sender_id, msg.c.client_msg_id).in_(chunk))
-                )
-                for r in rows:
-                    m_ = _message(r)
-                    existing[(m_.sender.user_id, m_.client_msg_id)] = m_
-            # Membership is checked in the same transaction that writes: a sender removed a
-            # moment ago cannot slip a message in.
-            pairs = list({(n.sender.user_id, n.thread_id) for n in batch
-                          if (n.sender.user_id, n.client_msg_id) not in existing})
-            allowed: set[tuple[int, int]] = set()
-            mem = t.thread_members
-            for start in range(0, len(pairs), 300):
-                rows = await conn.execute(
-                    sa.select(mem.c.owner_id, mem.c.thread_id).where(
-                        sa.tuple_(mem.c.owner_id, mem.c.thread_id).in_(pairs[start : start + 300]),
-                        mem.c.left_seq.is_(None),
-                    )
-                )
-                allowed.update((int(r.owner_id), int(r.thread_id)) for r in rows)
-            fresh: dict[tuple[int, str], int] = {}
-            per_thread: dict[int, list[int]] = defaultdict(list)
-            for i, n in enumerate(batch):
-                key = (n.sender.user_id, n.client_msg_id)
-                if key in existing:
-                    out[i] = Appended(existing[key], True)
-                elif (n.sender.user_id, n.thread_id) not in allowed:
-                    out[i] = Refused(n.thread_id)
-                elif key in fresh:
-                    continue
-                else:
-                    fresh[key] = i
-                    per_thread[n.thread_id].append(i)
-            rows_to_insert: list[dict[str, Any]] = []
-            # Threads are locked in id order so concurrent batches cannot deadlock.
-            for thread_id, idxs in sorted(per_thread.items()):
-                last = await self._bump_seq(conn, thread_id, len(idxs), now)
-                for offset, i in enumerate(idxs):
-                    n = batch[i]
-                    seq = last - len(idxs) + 1 + offset
-                    msg_id = new_msg_id()
-                    rows_to_insert.append(
-                        dict(thread_id=thread_id, seq=seq, msg_id=msg_id, sender_id=n.sender.user_id,
-                             sender_device_id=n.sender_device_id, client_msg_id=n.client_msg_id,
-                             kind=n.kind.value, text=n.text, system=_system_to_json(n.system),
-                             create_time=now)
-                    )
-                    out[i] = Appended(
-                        Message(thread_id, seq, msg_id, n.sender, n.sender_device_id,
-                                n.client_msg_id, n.kind, n.text, now, n.system),
-                        False,
-                    )
-            if rows_to_insert:
-                await conn.execute(msg.insert(), rows_to_insert)
-                m = t.thread_members
-                await conn.execute(
-                    m.update()
-                    .where(m.c.thread_id.in_(list(per_thread)), m.c.left_seq.is_(None))
-                    .values(update_time=now)
-                )
-        for i, n in enumerate(batch):
-            if out[i] is None:  # repeated inside this batch: same answer as the first
-                first = out[fresh[(n.sender.user_id, n.client_msg_id)]]
-                assert isinstance(first, Appended)
-                out[i] = Appended(first.message, True)
-        return [a for a in out if a is not None]
+        try:
+            return await self._write(lambda conn: _append(conn, batch, dedupe=False))
+        except exc.IntegrityError:
+            pass  # a retried send (or another replica stored a key first): look them up
+        return await self._retry(
+            lambda: self._write(lambda conn: _append(conn, batch, dedupe=True)), integrity=True
+        )
 
     async def list_messages(
         self, thread_id: int, after_seq: int, before_seq: int, limit: int, newest: bool
@@ -878,68 +729,9 @@ class SqlStore:
             return {int(r.thread_id): int(r.delivered_seq) for r in rows}
 
     async def advance_delivered(self, acks: Sequence[DeviceAck]) -> list[Advance]:
-        return await self._retry(lambda: self._advance_delivered(acks), integrity=True)
-
-    async def _advance_delivered(self, acks: Sequence[DeviceAck]) -> list[Advance]:
-        """One transaction for a whole flush: a few set-based statements, not one per cursor."""
-        c, m = t.device_cursors, t.thread_members
-        want: dict[tuple[int, int], int] = {}
-        owner: dict[int, int] = {}
-        for ack in acks:
-            owner[ack.device_id] = ack.user_id
-            for cur in ack.cursors:
-                key = (ack.device_id, cur.thread_id)
-                want[key] = max(want.get(key, 0), cur.seq)
-        if not want:
-            return []
-        async with self._tx() as conn:
-            have: dict[tuple[int, int], int] = {}
-            for r in await conn.execute(
-                sa.select(c.c.device_id, c.c.thread_id, c.c.delivered_seq).where(
-                    c.c.device_id.in_(list(owner))
-                )
-            ):
-                have[(int(r.device_id), int(r.thread_id))] = int(r.delivered_seq)
-            inserts = [dict(device_id=dv, thread_id=th, delivered_seq=seq)
-                       for (dv, th), seq in want.items() if (dv, th) not in have]
-            updates = [dict(dv=dv, th=th, seq=seq)
-                       for (dv, th), seq in want.items() if (dv, th) in have and seq > have[(dv, th)]]
-            if inserts:
-                await conn.execute(c.insert(), inserts)
-            if updates:
-                await conn.execute(
-                    c.update()
-                    .where(c.c.device_id == sa.bindparam("dv"), c.c.thread_id == sa.bindparam("th"))
-                    .values(delivered_seq=sa.bindparam("seq")),
-                    updates,
-                )
-            best: dict[tuple[int, int], int] = {}
-            for (dv, th), seq in want.items():
-                if (dv, th) not in have or seq > have[(dv, th)]:
-                    key = (owner[dv], th)
-                    best[key] = max(best.get(key, 0), seq)
-            if not best:
-                return []
-            pairs = list(best)
-            current: dict[tuple[int, int], int] = {}
-            for start in range(0, len(pairs), 300):
-                for r in await conn.execute(
-                    sa.select(m.c.owner_id, m.c.thread_id, m.c.delivered_seq).where(
-                        sa.tuple_(m.c.owner_id, m.c.thread_id).in_(pairs[start : start + 300])
-                    )
-                ):
-                    current[(int(r.owner_id), int(r.thread_id))] = int(r.delivered_seq)
-            moved = [(u, th, seq) for (u, th), seq in best.items()
-                     if (u, th) in current and seq > current[(u, th)]]
-            if moved:
-                await conn.execute(
-                    m.update()
-                    .where(m.c.owner_id == sa.bindparam("u"), m.c.thread_id == sa.bindparam("th"),
-                           m.c.delivered_seq < sa.bindparam("seq"))
-                    .values(delivered_seq=sa.bindparam("seq")),
-                    [dict(u=u, th=th, seq=seq) for u, th, seq in moved],
-                )
-        return [Advance(th, u, seq) for u, th, seq in moved]
+        return await self._retry(
+            lambda: self._write(lambda conn: _advance_delivered(conn, acks)), integrity=True
+        )
 
     async def advance_read(self, user_id: int, thread_id: int, seq: int) -> bool:
         m = t.thread_members
@@ -1028,3 +820,311 @@ class SqlStore:
                         if subject != peer:
                             out.setdefault(subject, set()).add(peer)
         return out
+
+
+# -- transactions run whole by SqlStore._write ------------------------------------------
+
+
+def _pairs(
+    rows: Any, pairs: set[tuple[int, Any]], a: str, b: str
+) -> Iterator[Any]:
+    """Rows of a query by `a IN (...) AND b IN (...)` whose (a, b) is one of pairs.
+
+    Two IN lists are answered from the index on (a, b) by every engine, and the statement
+    is built once; a row-value IN list is a scan of the whole table on SQLite (3.40).
+    """
+    for r in rows:
+        if (getattr(r, a), getattr(r, b)) in pairs:
+            yield r
+
+
+def _in(name: str) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, expanding=True)
+
+
+# Hot statements are built once: SQLAlchemy then reuses their compiled form.
+_th, _mem, _msg = t.threads, t.thread_members, t.messages
+_BUMP = (
+    _th.update()
+    .where(_th.c.id == sa.bindparam("tid"))
+    .values(last_seq=_th.c.last_seq + sa.bindparam("n"), update_time=sa.bindparam("now"))
+)
+_BUMP_RETURNING = _BUMP.returning(_th.c.last_seq)
+_SEQ_FOR_UPDATE = sa.select(_th.c.last_seq).where(_th.c.id == sa.bindparam("tid")).with_for_update()
+_SENT = _message_select().where(
+    _msg.c.sender_id.in_(_in("senders")), _msg.c.client_msg_id.in_(_in("keys"))
+)
+_ACTIVE = sa.select(_mem.c.owner_id, _mem.c.thread_id).where(
+    _mem.c.owner_id.in_(_in("owners")), _mem.c.thread_id.in_(_in("threads")),
+    _mem.c.left_seq.is_(None),
+)
+_DELIVERED = sa.select(_mem.c.owner_id, _mem.c.thread_id, _mem.c.delivered_seq).where(
+    _mem.c.owner_id.in_(_in("owners")), _mem.c.thread_id.in_(_in("threads"))
+)
+_TOUCH = (
+    _mem.update()
+    .where(_mem.c.thread_id.in_(_in("threads")), _mem.c.left_seq.is_(None))
+    .values(update_time=sa.bindparam("now"))
+)
+
+
+def _bump_seq(conn: Connection, thread_id: int, n: int, now: datetime) -> int:
+    """Reserve n sequence numbers in a thread; return the last one."""
+    args = {"tid": thread_id, "n": n, "now": now}
+    if conn.dialect.update_returning:
+        last = conn.execute(_BUMP_RETURNING, args).scalar_one_or_none()
+        if last is None:
+            raise NotFound(f"thread {thread_id} does not exist")
+        return int(last)
+    before = conn.execute(_SEQ_FOR_UPDATE, args).scalar_one_or_none()
+    if before is None:
+        raise NotFound(f"thread {thread_id} does not exist")
+    conn.execute(_BUMP, args)
+    return int(before) + n
+
+
+def _create_group(
+    conn: Connection, title: str, creator_id: int, member_ids: Sequence[int],
+    created: NewMessage,
+) -> tuple[int, Message]:
+    th, m = t.threads, t.thread_members
+    now = utcnow()
+    res = conn.execute(
+        th.insert().values(kind=ThreadKind.GROUP.value, title=title, last_seq=1,
+                           direct_key=None, create_time=now, update_time=now)
+    )
+    thread_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+    rows = [
+        dict(owner_id=uid, thread_id=thread_id,
+             role=(Role.ADMIN if uid == creator_id else Role.MEMBER).value,
+             nickname="", first_seq=1, left_seq=None, delivered_seq=0, read_seq=0,
+             create_time=now, update_time=now)
+        for uid in dict.fromkeys([creator_id, *member_ids])
+    ]
+    conn.execute(m.insert(), rows)
+    message = _insert_one(conn, thread_id, 1, created, now)
+    return thread_id, message
+
+
+def _change_group(
+    conn: Connection, thread_id: int, changes: Sequence[MemberChange], title: str | None,
+    event: NewMessage, max_members: int | None,
+) -> Message:
+    th, m = t.threads, t.thread_members
+    now = utcnow()
+    # Bumping the thread's seq first locks its row: changes to one group commit one at
+    # a time across every message_svc process, and the check below sees the others.
+    seq = _bump_seq(conn, thread_id, 1, now)
+    if title is not None:
+        conn.execute(th.update().where(th.c.id == thread_id).values(title=title))
+    for ch in changes:
+        where = (m.c.thread_id == thread_id, m.c.owner_id == ch.user_id)
+        if ch.join:
+            first = 1 if ch.full_history else seq
+            res = conn.execute(
+                m.update().where(*where, m.c.left_seq.is_not(None)).values(
+                    left_seq=None, first_seq=first, role=Role.MEMBER.value, update_time=now
+                )
+            )
+            if not res.rowcount and not _is_member(conn, thread_id, ch.user_id):
+                conn.execute(
+                    m.insert().values(
+                        owner_id=ch.user_id, thread_id=thread_id, role=Role.MEMBER.value,
+                        nickname="", first_seq=first, left_seq=None, delivered_seq=0,
+                        read_seq=0, create_time=now, update_time=now,
+                    )
+                )
+        if ch.leave:
+            conn.execute(m.update().where(*where).values(left_seq=seq, update_time=now))
+        if ch.role is not None:
+            conn.execute(m.update().where(*where).values(role=ch.role.value))
+    _check_group(conn, thread_id, max_members)
+    message = _insert_one(conn, thread_id, seq, event, now)
+    conn.execute(
+        m.update()
+        .where(m.c.thread_id == thread_id, m.c.left_seq.is_(None))
+        .values(update_time=now)
+    )
+    return message
+
+
+def _is_member(conn: Connection, thread_id: int, user_id: int) -> bool:
+    m = t.thread_members
+    row = conn.execute(
+        sa.select(m.c.owner_id).where(m.c.thread_id == thread_id, m.c.owner_id == user_id)
+    )
+    return row.first() is not None
+
+
+def _check_group(
+    conn: Connection, thread_id: int, max_members: int | None
+) -> None:
+    """What must hold after any change, whichever process made it; raising rolls back."""
+    m = t.thread_members
+    admin = sa.case((m.c.role == Role.ADMIN.value, 1), else_=0)
+    members, admins = (
+        conn.execute(
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(admin), 0)).where(
+                m.c.thread_id == thread_id, m.c.left_seq.is_(None)
+            )
+        )
+    ).one()
+    if max_members is not None and members > max_members:
+        raise ResourceExhausted(
+            f"a group has at most {max_members} members", "GROUP_FULL"
+        )
+    if members and not admins:
+        raise FailedPrecondition(
+            "a group needs an admin: promote someone before the last admin steps down",
+            "LAST_ADMIN",
+        )
+
+
+def _insert_one(
+    conn: Connection, thread_id: int, seq: int, new: NewMessage, now: datetime
+) -> Message:
+    msg_id = new_msg_id()
+    conn.execute(
+        t.messages.insert().values(
+            thread_id=thread_id, seq=seq, msg_id=msg_id, sender_id=new.sender.user_id,
+            sender_device_id=new.sender_device_id, client_msg_id=new.client_msg_id,
+            kind=new.kind.value, text=new.text, system=_system_to_json(new.system),
+            create_time=now,
+        )
+    )
+    return Message(thread_id, seq, msg_id, new.sender, new.sender_device_id,
+                   new.client_msg_id, new.kind, new.text, now, new.system)
+
+
+def _append(
+    conn: Connection, batch: Sequence[NewMessage], dedupe: bool
+) -> list[Appended | Refused]:
+    """Store a batch; keys already stored answer with the original.
+
+    Without `dedupe` the lookup of stored keys is skipped: the unique key on (sender,
+    client_msg_id) then fails the whole transaction when one is a retry, and the caller runs
+    it again with the lookup. Retries are rare; the lookup would run on every commit.
+    """
+    now = utcnow()
+    keys = list(dict.fromkeys((n.sender.user_id, n.client_msg_id) for n in batch))
+    out: list[Appended | Refused | None] = [None] * len(batch)
+    existing: dict[tuple[int, str], Message] = {}
+    for start in range(0, len(keys) if dedupe else 0, 300):
+        chunk = keys[start : start + 300]
+        rows = conn.execute(_SENT, {"senders": list({k[0] for k in chunk}),
+                                    "keys": list({k[1] for k in chunk})})
+        for r in _pairs(rows, set(chunk), "sender_id", "client_msg_id"):
+            m_ = _message(r)
+            existing[(m_.sender.user_id, m_.client_msg_id)] = m_
+    # Membership is checked in the same transaction that writes: a sender removed a
+    # moment ago cannot slip a message in.
+    pairs = list({(n.sender.user_id, n.thread_id) for n in batch
+                  if (n.sender.user_id, n.client_msg_id) not in existing})
+    allowed: set[tuple[int, int]] = set()
+    for start in range(0, len(pairs), 300):
+        part = pairs[start : start + 300]
+        rows = conn.execute(_ACTIVE, {"owners": list({p[0] for p in part}),
+                                      "threads": list({p[1] for p in part})})
+        allowed.update((int(r.owner_id), int(r.thread_id))
+                       for r in _pairs(rows, set(part), "owner_id", "thread_id"))
+    fresh: dict[tuple[int, str], int] = {}
+    per_thread: dict[int, list[int]] = defaultdict(list)
+    for i, n in enumerate(batch):
+        key = (n.sender.user_id, n.client_msg_id)
+        if key in existing:
+            out[i] = Appended(existing[key], True)
+        elif (n.sender.user_id, n.thread_id) not in allowed:
+            out[i] = Refused(n.thread_id)
+        elif key in fresh:
+            continue
+        else:
+            fresh[key] = i
+            per_thread[n.thread_id].append(i)
+    rows_to_insert: list[dict[str, Any]] = []
+    # Threads are locked in id order so concurrent batches cannot deadlock.
+    for thread_id, idxs in sorted(per_thread.items()):
+        last = _bump_seq(conn, thread_id, len(idxs), now)
+        for offset, i in enumerate(idxs):
+            n = batch[i]
+            seq = last - len(idxs) + 1 + offset
+            msg_id = new_msg_id()
+            rows_to_insert.append(
+                dict(thread_id=thread_id, seq=seq, msg_id=msg_id, sender_id=n.sender.user_id,
+                     sender_device_id=n.sender_device_id, client_msg_id=n.client_msg_id,
+                     kind=n.kind.value, text=n.text, system=_system_to_json(n.system),
+                     create_time=now)
+            )
+            out[i] = Appended(
+                Message(thread_id, seq, msg_id, n.sender, n.sender_device_id,
+                        n.client_msg_id, n.kind, n.text, now, n.system),
+                False,
+            )
+    if rows_to_insert:
+        conn.execute(_msg.insert(), rows_to_insert)
+        conn.execute(_TOUCH, {"threads": list(per_thread), "now": now})
+    for i, n in enumerate(batch):
+        if out[i] is None:  # repeated inside this batch: same answer as the first
+            first = out[fresh[(n.sender.user_id, n.client_msg_id)]]
+            assert isinstance(first, Appended)
+            out[i] = Appended(first.message, True)
+    return [a for a in out if a is not None]
+
+
+def _advance_delivered(conn: Connection, acks: Sequence[DeviceAck]) -> list[Advance]:
+    """One transaction for a whole flush: a few set-based statements, not one per cursor."""
+    c, m = t.device_cursors, t.thread_members
+    want: dict[tuple[int, int], int] = {}
+    owner: dict[int, int] = {}
+    for ack in acks:
+        owner[ack.device_id] = ack.user_id
+        for cur in ack.cursors:
+            key = (ack.device_id, cur.thread_id)
+            want[key] = max(want.get(key, 0), cur.seq)
+    if not want:
+        return []
+    have: dict[tuple[int, int], int] = {}
+    for r in conn.execute(
+        sa.select(c.c.device_id, c.c.thread_id, c.c.delivered_seq).where(
+            c.c.device_id.in_(list(owner))
+        )
+    ):
+        have[(int(r.device_id), int(r.thread_id))] = int(r.delivered_seq)
+    inserts = [dict(device_id=dv, thread_id=th, delivered_seq=seq)
+               for (dv, th), seq in want.items() if (dv, th) not in have]
+    updates = [dict(dv=dv, th=th, seq=seq)
+               for (dv, th), seq in want.items() if (dv, th) in have and seq > have[(dv, th)]]
+    if inserts:
+        conn.execute(c.insert(), inserts)
+    if updates:
+        conn.execute(
+            c.update()
+            .where(c.c.device_id == sa.bindparam("dv"), c.c.thread_id == sa.bindparam("th"))
+            .values(delivered_seq=sa.bindparam("seq")),
+            updates,
+        )
+    best: dict[tuple[int, int], int] = {}
+    for (dv, th), seq in want.items():
+        if (dv, th) not in have or seq > have[(dv, th)]:
+            key = (owner[dv], th)
+            best[key] = max(best.get(key, 0), seq)
+    if not best:
+        return []
+    pairs = list(best)
+    current: dict[tuple[int, int], int] = {}
+    for start in range(0, len(pairs), 300):
+        chunk = pairs[start : start + 300]
+        rows = conn.execute(_DELIVERED, {"owners": list({p[0] for p in chunk}),
+                                         "threads": list({p[1] for p in chunk})})
+        for r in _pairs(rows, set(chunk), "owner_id", "thread_id"):
+            current[(int(r.owner_id), int(r.thread_id))] = int(r.delivered_seq)
+    moved = [(u, th, seq) for (u, th), seq in best.items()
+             if (u, th) in current and seq > current[(u, th)]]
+    if moved:
+        conn.execute(
+            m.update()
+            .where(m.c.owner_id == sa.bindparam("u"), m.c.thread_id == sa.bindparam("th"),
+                   m.c.delivered_seq < sa.bindparam("seq"))
+            .values(delivered_seq=sa.bindparam("seq")),
+            [dict(u=u, th=th, seq=seq) for u, th, seq in moved],
+        )
+    return [Advance(th, u, seq) for u, th, seq in moved]
