@@ -373,6 +373,45 @@ async def test_watchers_are_the_users_who_have_someone_as_a_contact(store: SqlSt
     assert await store.watchers([]) == {}
 
 
+async def test_contacts_among_are_the_owners_contacts_only(store: SqlStore) -> None:
+    alice, bob, carol, dave = [await person(store, n) for n in ("alice", "bob", "carol", "dave")]
+    await store.add_contact(alice.id, bob.id, "")
+    await store.add_contact(alice.id, carol.id, "")
+    await store.add_contact(dave.id, alice.id, "")  # dave has alice; not the other way round
+    assert await store.contacts_among(alice.id, [bob.id, dave.id, bob.id]) == {bob.id}
+    assert await store.contacts_among(alice.id, []) == set()
+    assert await store.contacts_among(bob.id, [alice.id, carol.id]) == set()
+
+
+async def test_thread_peers_among_counts_only_threads_both_are_still_in(store: SqlStore) -> None:
+    alice, bob, carol, dave, erin = [
+        await person(store, n) for n in ("alice", "bob", "carol", "dave", "erin")
+    ]
+    ab = await store.direct_thread(alice.id, bob.id)
+    await send(store, ab, alice)
+    group, _ = await store.create_group(
+        "g", alice.id, [carol.id, dave.id], system(0, alice, SystemKind.GROUP_CREATED, carol, dave)
+    )
+    await store.change_group(
+        group, [MemberChange(dave.id, leave=True)], None, system(group, dave, SystemKind.MEMBER_LEFT)
+    )
+    everyone = [bob.id, carol.id, dave.id, erin.id]
+    assert await store.thread_peers_among(alice.id, everyone) == {bob.id, carol.id}
+    assert await store.thread_peers_among(dave.id, [alice.id, carol.id]) == set()
+
+
+async def test_small_thread_peers_skip_threads_above_the_size(store: SqlStore) -> None:
+    alice, bob, carol, dave = [await person(store, n) for n in ("alice", "bob", "carol", "dave")]
+    await store.direct_thread(alice.id, bob.id)
+    await store.create_group(
+        "big", alice.id, [carol.id, dave.id], system(0, alice, SystemKind.GROUP_CREATED, carol, dave)
+    )
+    assert await store.small_thread_peers([alice.id], 2) == {alice.id: {bob.id}}
+    got = await store.small_thread_peers([alice.id, carol.id], 3)
+    assert got == {alice.id: {bob.id, carol.id, dave.id}, carol.id: {alice.id, dave.id}}
+    assert await store.small_thread_peers([], 10) == {}
+
+
 # -- threads -------------------------------------------------------------------------------
 
 
