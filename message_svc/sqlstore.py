@@ -98,6 +98,7 @@ def _errors() -> Iterator[None]:
         if _is_conflict(e):
             raise _Conflict("database conflict (deadlock); try again") from e
         if _is_unavailable(e):
+            logger.warning("database unavailable: %s", e.orig)
             raise Unavailable(f"database unavailable: {type(e).__name__}") from e
         raise
     except OSError as e:
