@@ -64,7 +64,31 @@ def build_presence(server: RoleServer) -> list[str]:
     server.on_start.append(presence.start)
     server.on_stop.append(presence.stop)
     server.presence = presence
+    follow_socket_nodes(server.registry, presence)
     return list(PUBLIC_SERVICES)
+
+
+def follow_socket_nodes(registry: Registry, presence: PresenceService) -> None:
+    """Take a socket server's devices offline when it leaves the registry.
+
+    Its lease expires within lease_ttl_seconds of a crash, sooner than the devices' beats
+    would time out; a device that reconnected elsewhere stays online through its new beats.
+    """
+    known = {n.node_id for n in registry.nodes("socket")}
+    tasks: set[asyncio.Task[None]] = set()
+
+    def changed(role: str) -> None:
+        nonlocal known
+        if role != "socket":
+            return
+        now = {n.node_id for n in registry.nodes("socket")}
+        for gone in known - now:
+            task = asyncio.get_running_loop().create_task(presence.forget_node(gone))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        known = now
+
+    registry.subscribe(changed)
 
 
 class PresenceRouter:

@@ -97,6 +97,11 @@ class PresenceService:
             self.beats += len(beats)
             await self._apply(self.tracker.report(node_id, beats))
 
+    async def forget_node(self, node_id: str) -> None:
+        """A socket server left the registry (crashed or stopped): its devices are offline."""
+        async with self._lock:
+            await self._apply(self.tracker.forget_node(node_id))
+
     async def expire(self) -> None:
         async with self._lock:
             await self._apply(self.tracker.expire())

@@ -438,3 +438,27 @@ class TestCli:
         assert seen["online"] is False and seen["last_seen"]
         text = (await cli.run("bob", "status", "alice")).stdout
         assert text.startswith("alice: offline, last seen ")
+
+
+async def test_a_socket_server_leaving_the_registry_takes_its_devices_offline(
+    user: UserFactory, connect: ConnFactory, server: EmbeddedServer
+) -> None:
+    """Cluster wiring: presence follows the socket servers' leases, not only the beats."""
+    from natter.cluster_presence import follow_socket_nodes
+    from registry import LocalRegistry, Node
+
+    alice, bob = await user("alice"), await user("bob")
+    await bob.add_contact("alice")
+    cb = await connect(bob, heartbeat_seconds=BEAT)
+    registry = LocalRegistry()
+    await registry.register(Node("far-away", "socket", "127.0.0.1:1", "127.0.0.1:2"))
+    presence = server.presence
+    follow_socket_nodes(registry, presence)
+    # alice's device is on a socket server this process knows only from the registry.
+    assert alice.user is not None
+    await presence.report("far-away", [(alice.user.user_id, alice.device_id, True)])
+    await presence_event(cb, "alice", True)
+    await registry.deregister()
+    # Offline at once, well before her beats would have timed out.
+    gone = await presence_event(cb, "alice", False, timeout=TIMEOUT / 2)
+    assert gone.last_seen_time is not None
