@@ -284,3 +284,40 @@ async def test_rolling_restart_of_every_process_under_load(healthy: Cluster) -> 
         await eventually(on_owners, 10, message="every user on its owner")
     finally:
         await chat.close()
+
+
+async def test_a_socket_server_joining_the_ring_takes_its_users_by_redirect(
+    healthy: Cluster,
+) -> None:
+    """Ring changes move exactly the users whose owner changed, once each, without loss."""
+    chat = await Chat(healthy.front_door, 30, interval=0.5).open()
+
+    def on_owners() -> bool:
+        return all(p.conn is not None and p.conn.user is not None
+                   and p.node == healthy.owner(p.conn.user.user_id) for p in chat.peers)
+
+    try:
+        chat.start()
+        await eventually(lambda: chat.acked_total() >= 60, 30, message="traffic flows")
+        victim_id = Counter(p.node for p in chat.peers).most_common(1)[0][0]
+        victim = healthy.proc(victim_id)
+        await victim.terminate()  # a clean stop deregisters: the ring changes at once
+        await eventually(on_owners, healthy.ttl + 10, message="users left the stopped server")
+        before = {p.name: len(p.connects) for p in chat.peers}
+
+        victim.spawn()
+        await healthy.wait_ready([victim])
+        await eventually(on_owners, 15, message="users moved to the server that joined")
+        back = [p for p in chat.peers if p.node == victim_id]
+        assert back, "the joining server owns some of the users"
+        for p in chat.peers:
+            moves = len(p.connects) - before[p.name]
+            want = 1 if p in back else 0
+            assert moves == want, f"{p.name} reconnected {moves} times, expected {want}"
+        goal = chat.acked_total() + 60
+        await eventually(lambda: chat.acked_total() >= goal, 30, message="traffic resumes")
+        await chat.stop()
+        await chat.settle()
+        await chat.check_store()
+    finally:
+        await chat.close()
