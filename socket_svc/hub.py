@@ -10,10 +10,9 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import grpc
-
 from message_svc.api import MessageApi
 from natter import domain as d
+from natter.errors import AlreadyExists, DeadlineExceeded, Unavailable
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
 from registry import Node
@@ -82,7 +81,7 @@ class Hub:
 
     async def stop(self) -> None:
         for s in list(self.by_device.values()):
-            s.close(grpc.StatusCode.UNAVAILABLE, "server shutting down; reconnect")
+            s.close(Unavailable("server shutting down; reconnect", "SERVER_SHUTTING_DOWN"))
             self._beats[(s.user_id, s.device_id)] = False
         for task in self._tasks:
             task.cancel()
@@ -98,7 +97,7 @@ class Hub:
         """Register before sync so live events buffer while the replay runs."""
         old = self.by_device.get(session.device_id)
         if old is not None:
-            old.close(grpc.StatusCode.ALREADY_EXISTS, "this device connected again elsewhere")
+            old.close(AlreadyExists("this device connected again elsewhere", "CONNECTED_ELSEWHERE"))
         self.by_device[session.device_id] = session
         self.by_user[session.user_id].add(session)
         self._beats[(session.user_id, session.device_id)] = True
@@ -267,8 +266,8 @@ class Hub:
             now = time.monotonic()
             for s in list(self.by_device.values()):
                 if now - s.last_frame > idle:
-                    s.close(grpc.StatusCode.DEADLINE_EXCEEDED,
-                            f"no heartbeat for {idle:.0f} s; session closed")
+                    s.close(DeadlineExceeded(f"no heartbeat for {idle:.0f} s; session closed",
+                                             "IDLE_TIMEOUT"))
 
     def beat(self, session: Session) -> None:
         """Any frame from a device shows it is alive; many frames make one beat per report."""
@@ -316,7 +315,7 @@ class Hub:
                 continue
             for s in list(sessions):
                 s.enqueue(spb.ServerFrame(redirect=spb.Redirect(address=node.public_addr)))
-                s.close(grpc.StatusCode.OK, "")
+                s.close()
                 moved += 1
         return moved
 

@@ -13,7 +13,7 @@ import grpc
 from message_svc.api import MessageApi
 from natter import convert
 from natter.errors import InvalidArgument, NatterError
-from natter.rpc import Malformed, bearer, rich_status
+from natter.rpc import Malformed, bearer, rich_status, status_of
 from natter.settings import Settings
 from natter.v1 import socket_internal_service_pb2 as ipb
 from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
@@ -94,7 +94,7 @@ class SocketServicer(spb_grpc.SocketServiceServicer):
             if reader.done() and not writer.done() and session.closed is None:
                 # The device hung up (or half-closed): let in-flight sends answer, then stop.
                 await session.drain()
-                session.close(grpc.StatusCode.OK, "")
+                session.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(writer, 5)
         finally:
@@ -114,10 +114,10 @@ class SocketServicer(spb_grpc.SocketServiceServicer):
                 logger.debug("stream of device %s ended: %r", session.device_id, error)
                 return
         closed = session.closed
-        if closed is not None and closed.code != grpc.StatusCode.OK:
-            status = rich_status(closed.code, closed.message, "SESSION_CLOSED")
-            await context.abort(closed.code, closed.message,
-                                trailing_metadata=status.trailing_metadata)
+        if closed is not None and closed.error is not None:
+            code, message, reason = status_of(closed.error)
+            status = rich_status(code, message, reason)
+            await context.abort(code, message, trailing_metadata=status.trailing_metadata)
 
     async def Locate(self, request: spb.LocateRequest, context: Context) -> spb.LocateResponse:
         address, node_id = await self._locate(request.username)

@@ -10,12 +10,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import grpc
-
 from message_svc.api import MessageApi
 from natter import convert
 from natter import domain as d
-from natter.errors import InvalidArgument, NatterError, PermissionDenied, ResourceExhausted
+from natter.errors import (
+    InvalidArgument,
+    NatterError,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from natter.rpc import status_of
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
@@ -45,8 +49,9 @@ class _Own:
 
 @dataclass(frozen=True, slots=True)
 class _Close:
-    code: grpc.StatusCode
-    message: str
+    """Why the session ends: None for a normal end, else the error the device is told."""
+
+    error: NatterError | None
 
 
 class TokenBucket:
@@ -124,17 +129,18 @@ class Session:
             # Closed at once, not when the writer reaches it: nothing sent after the logout
             # is queued behind it.
             if item.device_id == self.device_id:
-                self.close(grpc.StatusCode.UNAUTHENTICATED, "this device was logged out")
+                self.close(Unauthenticated("this device was logged out", "DEVICE_LOGGED_OUT"))
             return
         if self.queue.qsize() >= MAX_QUEUE:
             # A device this far behind is cheaper to resync than to feed.
-            self.close(grpc.StatusCode.RESOURCE_EXHAUSTED, "device too slow; reconnect to resync")
+            self.close(ResourceExhausted("device too slow; reconnect to resync", "DEVICE_TOO_SLOW"))
             return
         self.queue.put_nowait(item)
 
-    def close(self, code: grpc.StatusCode, message: str) -> None:
+    def close(self, error: NatterError | None = None) -> None:
+        """End the session after what is queued; with an error, the device is told why."""
         if self.closed is None:
-            self.closed = _Close(code, message)
+            self.closed = _Close(error)
             self.queue.put_nowait(self.closed)
 
     async def run(self, hello: spb.Hello) -> None:
@@ -207,7 +213,7 @@ class Session:
         elif isinstance(item, d.ReadCursor):
             self._emit(spb.ServerFrame(read_cursor=spb.ReadCursor(cursor=convert.cursor(item.cursor))))
         elif isinstance(item, d.DeviceRevoked) and item.device_id == self.device_id:
-            self.close(grpc.StatusCode.UNAUTHENTICATED, "this device was logged out")
+            self.close(Unauthenticated("this device was logged out", "DEVICE_LOGGED_OUT"))
 
     async def _advance(
         self, thread_id: int, seq: int, frame: spb.ServerFrame, own: bool = False

@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 
 from message_svc.api import MessageApi
 from natter import convert
-from natter.errors import NatterError
+from natter.errors import InvalidArgument, NatterError
 from natter.rpc import status_of
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
@@ -205,11 +205,11 @@ class WebSocketEdge:
             await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
             if reader.done() and not writer.done() and session.closed is None:
                 if refused:
-                    session.close(grpc.StatusCode.INVALID_ARGUMENT, "refused frame")
+                    session.close(InvalidArgument("refused frame", "REFUSED_FRAME"))
                 else:
                     # The device hung up: let in-flight sends finish, then stop.
                     await session.drain()
-                    session.close(grpc.StatusCode.OK, "")
+                    session.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(writer, 5)
         finally:
@@ -234,7 +234,8 @@ class WebSocketEdge:
             return
         closed = session.closed
         if closed is not None:
-            await ws.close(
-                code=close_code(closed.code),
-                message=close_reason("SESSION_CLOSED" if closed.message else "", closed.message),
-            )
+            if closed.error is None:
+                await ws.close(code=NORMAL, message=b"")
+            else:
+                code, message, reason = status_of(closed.error)
+                await ws.close(code=close_code(code), message=close_reason(reason, message))

@@ -8,10 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from natter import domain as d
 from natter.embedded import EmbeddedServer
+from natter.errors import Unavailable
 from natter.sdk import Client, Connection, Disconnected, SyncDone
 from tests.conftest import PASSWORD, ConnFactory, UserFactory
 from tests.helpers import collect, eventually
@@ -71,7 +70,7 @@ def cut(conn: Connection) -> Callable[[], None]:
 def close_session(server: EmbeddedServer, device_id: int) -> Callable[[], None]:
     """Server side: the socket server ends the device's session mid-stream."""
     def go() -> None:
-        server.hub.by_device[device_id].close(grpc.StatusCode.UNAVAILABLE, "node draining")
+        server.hub.by_device[device_id].close(Unavailable("node draining", "DRAINING"))
     return go
 
 
