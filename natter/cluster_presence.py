@@ -15,14 +15,14 @@ from message_svc.contacts import normalise
 from message_svc.store import Store
 from natter import convert
 from natter import domain as d
-from natter.errors import InvalidArgument, Unavailable
+from natter.errors import Unavailable
 from natter.pool import Pool
 from natter.routing import ClusterFanout
 from natter.v1 import presence_service_pb2 as ppb
 from natter.v1 import presence_service_pb2_grpc as ppb_grpc
 from presence_svc import PUBLIC_SERVICES, PresenceService, add_internal, add_public
 from presence_svc.client import PresenceClient
-from presence_svc.service import MAX_QUERY
+from presence_svc.service import query_identifiers
 from registry import Registry
 
 if TYPE_CHECKING:
@@ -102,12 +102,7 @@ class PresenceRouter:
     async def get_presence(
         self, metadata: Sequence[tuple[str, str]], usernames: Sequence[str]
     ) -> list[d.Presence]:
-        if len(usernames) > MAX_QUERY:
-            raise InvalidArgument(
-                f"at most {MAX_QUERY} usernames per presence query; got {len(usernames)}",
-                "TOO_MANY_USERS",
-            )
-        idents = list(dict.fromkeys(normalise(u) for u in usernames if u.strip()))
+        idents = query_identifiers(usernames)
         found = await self.store.find_users(idents)
         ring = self.registry.ring("presence")
         by_owner: dict[str, list[str]] = defaultdict(list)

@@ -44,6 +44,16 @@ class PresenceStore(Protocol):
     ) -> dict[int, set[int]]: ...
 
 
+def query_identifiers(usernames: Sequence[str]) -> list[str]:
+    """A presence query's names, checked and normalised, each once, in request order."""
+    if len(usernames) > MAX_QUERY:
+        raise InvalidArgument(
+            f"at most {MAX_QUERY} usernames per presence query; got {len(usernames)}",
+            "TOO_MANY_USERS",
+        )
+    return list(dict.fromkeys(normalise(u) for u in usernames if u.strip()))
+
+
 class PresenceService:
     """Implements socket_svc's PresenceApi (`report`) and the public presence query."""
 
@@ -169,12 +179,7 @@ class PresenceService:
 
     async def get_presence(self, who: Principal, usernames: Sequence[str]) -> list[Presence]:
         """Status of the named users the caller may see, in request order; others left out."""
-        if len(usernames) > MAX_QUERY:
-            raise InvalidArgument(
-                f"at most {MAX_QUERY} usernames per presence query; got {len(usernames)}",
-                "TOO_MANY_USERS",
-            )
-        idents = list(dict.fromkeys(normalise(u) for u in usernames if u.strip()))
+        idents = query_identifiers(usernames)
         found = await self.store.find_users(idents)
         rows = list({found[i].user_id: found[i] for i in idents if i in found}.values())
         me = who.user.user_id

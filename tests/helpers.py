@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from natter import domain as d
 from natter.sdk import Connection
@@ -26,35 +27,35 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-async def collect(conn: Connection, count: int, timeout: float = 10.0) -> list[d.Message]:
-    """The next `count` messages from others (own sends are skipped), or fail at the deadline."""
-    out: list[d.Message] = []
+async def gather_events(
+    conn: Connection, want: Callable[[object], bool], count: int, timeout: float = 10.0,
+    what: str = "events",
+) -> list[Any]:
+    """The next `count` events for which want(event) holds, skipping others; fail at the deadline."""
+    out: list[Any] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while len(out) < count:
         left = deadline - loop.time()
         if left <= 0:
-            raise AssertionError(f"got {len(out)} of {count} messages within {timeout} s")
+            raise AssertionError(f"got {len(out)} of {count} {what} within {timeout} s: {out}")
         try:
             ev = await conn.next_event(left)
         except TimeoutError:
             continue
-        if isinstance(ev, d.Message) and ev.sender_device_id != conn.device_id:
+        if want(ev):
             out.append(ev)
     return out
 
 
+async def collect(conn: Connection, count: int, timeout: float = 10.0) -> list[d.Message]:
+    """The next `count` messages from others (own sends are skipped), or fail at the deadline."""
+    return await gather_events(
+        conn, lambda ev: isinstance(ev, d.Message) and ev.sender_device_id != conn.device_id,
+        count, timeout, "messages")
+
+
 async def next_of(conn: Connection, kind: type, timeout: float = 10.0) -> object:
     """The next event of a type, skipping others."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        left = deadline - loop.time()
-        if left <= 0:
-            raise AssertionError(f"no {kind.__name__} within {timeout} s")
-        try:
-            ev = await conn.next_event(left)
-        except TimeoutError:
-            continue
-        if isinstance(ev, kind):
-            return ev
+    [ev] = await gather_events(conn, lambda ev: isinstance(ev, kind), 1, timeout, kind.__name__)
+    return ev

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from natter.sdk import Client, Connection
 from natter.settings import Settings
 from tests.conftest import PASSWORD, ConnFactory, UserFactory
 from tests.conftest import test_settings as make_settings
-from tests.helpers import collect, eventually
+from tests.helpers import collect, eventually, gather_events
 from tests.procs import Cli
 
 S = d.SystemKind
@@ -31,20 +30,8 @@ ADMIN, MEMBER = d.Role.ADMIN.value, d.Role.MEMBER.value
 
 async def messages(conn: Connection, count: int, timeout: float = 10.0) -> list[d.Message]:
     """The next `count` messages the connection surfaces, the device's own included."""
-    out: list[d.Message] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while len(out) < count:
-        left = deadline - loop.time()
-        if left <= 0:
-            raise AssertionError(f"got {len(out)} of {count} messages within {timeout} s: {out}")
-        try:
-            ev = await conn.next_event(left)
-        except TimeoutError:
-            continue
-        if isinstance(ev, d.Message):
-            out.append(ev)
-    return out
+    return await gather_events(conn, lambda ev: isinstance(ev, d.Message), count, timeout,
+                               "messages")
 
 
 def story(rows: list[d.Message]) -> list[tuple[int, str]]:

@@ -19,7 +19,7 @@ from natter.v1 import socket_service_pb2 as spb
 from presence_svc import Change, Tracker
 from tests.conftest import PASSWORD, ConnFactory, UserFactory
 from tests.conftest import test_settings as make_settings
-from tests.helpers import eventually
+from tests.helpers import eventually, gather_events
 from tests.procs import Cli, RawStream, wait_exit
 
 T = TypeVar("T")
@@ -38,18 +38,10 @@ async def presence_event(
     conn: Connection, username: str, online: bool, timeout: float = 10.0
 ) -> d.Presence:
     """The next presence event about a user with this status; other events are skipped."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        left = deadline - loop.time()
-        if left <= 0:
-            raise AssertionError(f"no presence {username} online={online} within {timeout} s")
-        try:
-            ev = await conn.next_event(left)
-        except TimeoutError:
-            continue
-        if isinstance(ev, d.Presence) and ev.user.username == username and ev.online == online:
-            return ev
+    [ev] = await gather_events(
+        conn, lambda ev: isinstance(ev, d.Presence) and ev.user.username == username
+        and ev.online == online, 1, timeout, f"presence {username} online={online}")
+    return ev  # type: ignore[no-any-return]
 
 
 def pending_presence(conn: Connection) -> list[d.Presence]:
