@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +18,7 @@ from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
 from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from socket_svc.hub import Hub
-from socket_svc.session import Session, error_frame, heartbeat_seconds, pump
+from socket_svc.session import Session, converse, error_frame, heartbeat_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -87,22 +85,9 @@ class SocketServicer(spb_grpc.SocketServiceServicer):
                 self.hub.beat(session)
                 return frame  # type: ignore[no-any-return]
 
-        writer = asyncio.create_task(session.run(first.hello))
-        reader = asyncio.create_task(pump(session, read))
         try:
-            await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if reader.done() and not writer.done() and session.closed is None:
-                # The device hung up (or half-closed): let in-flight sends answer, then stop.
-                await session.drain()
-                session.close()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer, 5)
+            writer = await converse(session, first.hello, read)
         finally:
-            for task in (reader, writer):
-                task.cancel()
-            for task in (reader, writer):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
             await self.hub.detach(session)
         if context.cancelled():
             return

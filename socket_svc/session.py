@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -345,6 +346,37 @@ class Session:
         """Wait for in-flight sends to finish (their results may still reach the device)."""
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+async def converse(
+    session: Session,
+    hello: spb.Hello,
+    read: Callable[[], Awaitable[spb.ClientFrame | None]],
+    refused: Callable[[], NatterError | None] = lambda: None,
+) -> asyncio.Task[None]:
+    """Run a device's session over any transport until either side ends; return the writer.
+
+    When the device hangs up first, in-flight sends still answer before the session closes;
+    when the transport refused a frame (`refused()`), the session closes with that error.
+    """
+    writer = asyncio.create_task(session.run(hello))
+    reader = asyncio.create_task(pump(session, read))
+    try:
+        await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+        if reader.done() and not writer.done() and session.closed is None:
+            error = refused()
+            if error is None:
+                await session.drain()
+            session.close(error)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, 5)
+    finally:
+        for task in (reader, writer):
+            task.cancel()
+        for task in (reader, writer):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    return writer
 
 
 async def pump(

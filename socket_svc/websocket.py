@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from natter.rpc import status_of
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
 from socket_svc.hub import Hub
-from socket_svc.session import Session, heartbeat_seconds, pump
+from socket_svc.session import Session, converse, heartbeat_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -199,25 +198,12 @@ class WebSocketEdge:
                 self.hub.beat(session)
             return frame
 
-        writer = asyncio.create_task(session.run(first.hello))
-        reader = asyncio.create_task(pump(session, read))
+        def refusal() -> NatterError | None:
+            return InvalidArgument("refused frame", "REFUSED_FRAME") if refused else None
+
         try:
-            await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if reader.done() and not writer.done() and session.closed is None:
-                if refused:
-                    session.close(InvalidArgument("refused frame", "REFUSED_FRAME"))
-                else:
-                    # The device hung up: let in-flight sends finish, then stop.
-                    await session.drain()
-                    session.close()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer, 5)
+            writer = await converse(session, first.hello, read, refusal)
         finally:
-            for task in (reader, writer):
-                task.cancel()
-            for task in (reader, writer):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
             await self.hub.detach(session)
         if ws.closed:
             return
