@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from natter import domain as d
-from natter.sdk import Connection
+from natter.sdk import Connection, SyncDone
 
 
 async def eventually(
@@ -59,3 +59,14 @@ async def next_of(conn: Connection, kind: type, timeout: float = 10.0) -> object
     """The next event of a type, skipping others."""
     [ev] = await gather_events(conn, lambda ev: isinstance(ev, kind), 1, timeout, kind.__name__)
     return ev
+
+
+async def replay_of(conn: Connection, timeout: float = 10.0) -> tuple[list[d.Message], SyncDone]:
+    """The messages a connection surfaced up to its SyncDone (it must not have read past it)."""
+    out: list[d.Message] = []
+    while True:
+        ev = await conn.next_event(timeout)
+        if isinstance(ev, SyncDone):
+            return out, ev
+        if isinstance(ev, d.Message):
+            out.append(ev)

@@ -13,23 +13,12 @@ import pytest
 from natter import domain as d
 from natter.embedded import EmbeddedServer
 from natter.errors import AlreadyExists
-from natter.sdk import Connection, SyncDone
+from natter.sdk import Connection
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
 from tests.conftest import ConnFactory, UserFactory
-from tests.helpers import collect, eventually
+from tests.helpers import collect, eventually, replay_of
 from tests.procs import RawStream
-
-
-async def replay_of(conn: Connection, timeout: float = 10.0) -> tuple[list[d.Message], SyncDone]:
-    """The messages a connection surfaced before its SyncDone."""
-    out: list[d.Message] = []
-    while True:
-        ev = await conn.next_event(timeout)
-        if isinstance(ev, SyncDone):
-            return out, ev
-        if isinstance(ev, d.Message):
-            out.append(ev)
 
 
 async def wait_for(conn: Connection, match: Callable[[object], bool],

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from natter import convert
 from natter import domain as d
-from natter.sdk import Client, Connection, Gap, Merger, SyncDone
+from natter.sdk import Client, Connection, Gap, Merger
 from natter.sdk.connection import _Pending
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
@@ -23,7 +23,7 @@ from natter.v1 import types_pb2 as tpb
 from socket_svc import session as session_mod
 from socket_svc.session import Session, _Own
 from tests.conftest import ConnFactory, UserFactory
-from tests.helpers import collect
+from tests.helpers import collect, replay_of
 
 ME = d.User(1, "me", "Me")
 PEER = d.User(2, "peer", "Peer")
@@ -341,14 +341,3 @@ async def test_connection_with_stale_hello_cursors_gets_the_rest_once(
     await ca.send("live", thread_id=first.thread_id)
     [live] = await collect(cb, 1)
     assert live.seq == 21 and cb.stats.gaps_filled == 0
-
-
-async def replay_of(conn: Connection, timeout: float = 10.0) -> tuple[list[d.Message], SyncDone]:
-    """The messages a connection surfaced up to its SyncDone (it must not have read past it)."""
-    out: list[d.Message] = []
-    while True:
-        ev = await conn.next_event(timeout)
-        if isinstance(ev, SyncDone):
-            return out, ev
-        if isinstance(ev, d.Message):
-            out.append(ev)
