@@ -362,6 +362,18 @@ async def cmd_serve(app: App) -> None:
     await serve(cfg)
 
 
+async def cmd_backup(app: App) -> None:
+    from message_svc.backup import backup
+
+    a = app.args
+    overrides = {"data_dir": a.data, "database_url": a.database_url}
+    cfg = settings_mod.load(overrides, app.env, Path(a.config) if a.config else None)
+    dest = Path(a.dest)
+    count, size = await backup(cfg.db_url, dest)
+    app.out.emit({"type": "backup", "path": str(dest), "bytes": size, "messages": count},
+                 f"backed up {count} messages ({size:,} bytes) to {dest}")
+
+
 # -- parser --------------------------------------------------------------------------------
 
 
@@ -385,6 +397,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="TOML settings file (env NATTER_CONFIG)")
     s.add_argument("--log-level", help="DEBUG, INFO, WARNING")
     s.set_defaults(fn=cmd_serve)
+
+    b = sub.add_parser("backup", help="copy the embedded database to DEST while it runs")
+    b.add_argument("dest", help="the new file to write")
+    b.add_argument("--data", help="data folder (default ./natter-data)")
+    b.add_argument("--database-url", help=argparse.SUPPRESS)
+    b.add_argument("--config", help="TOML settings file (env NATTER_CONFIG)")
+    b.set_defaults(fn=cmd_backup)
 
     r = sub.add_parser("register", help="create an account")
     r.add_argument("user")

@@ -3,6 +3,7 @@ profiles (two devices) under a temporary NATTER_HOME, and a send that outlives a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from natter.sdk import Client
+from natter.sdk import Client, Connection
 from tests.conftest import PASSWORD
 from tests.helpers import eventually
 from tests.procs import Cli, NatterServer, natter_server, refusing_listener, wait_exit
@@ -107,3 +108,52 @@ async def test_a_send_during_a_restart_succeeds_once_the_server_is_back(
         never = cli.start("a", "send", "bob", "never", "--timeout", "1")
         code, out, err = await wait_exit(never, 20)
     assert code == 1 and "not acknowledged within 1 s" in err
+
+
+async def test_backup_while_the_server_writes_and_serve_from_the_copy(
+    tmp_path: Path, served: NatterServer
+) -> None:
+    cli = Cli(tmp_path / "home", served.grpc_address, PASSWORD)
+    alice, bob = Client(served.grpc_address), Client(served.grpc_address)
+    try:
+        for c, name in ((alice, "alice"), (bob, "bob")):
+            await c.register(name, PASSWORD)
+            await c.login(name, PASSWORD, "test")
+        conn = Connection(alice)
+        await conn.start()
+        first = await conn.send("before 0", recipient="bob")
+        for i in range(1, 50):
+            await conn.send(f"before {i}", thread_id=first.thread_id)
+
+        async def keep_sending() -> None:
+            for i in range(200):
+                await conn.send(f"during {i}", thread_id=first.thread_id)
+
+        dest = tmp_path / "copy" / "natter.db"
+        sending = asyncio.create_task(keep_sending())
+        [done] = await cli.json("x", "backup", str(dest), "--data", str(served.data_dir))
+        await sending
+        await conn.close()
+        assert done["type"] == "backup" and done["bytes"] == dest.stat().st_size
+        assert 50 <= done["messages"] <= 250  # a snapshot: everything before, some of during
+
+        refused = await cli.run("x", "backup", str(dest), "--data", str(served.data_dir),
+                                check=False)
+        assert refused.returncode == 1 and "exists" in refused.stderr
+        other = await cli.run("x", "backup", str(tmp_path / "pg.db"), "--database-url",
+                              "postgresql+asyncpg://u@127.0.0.1/natter", check=False)
+        assert other.returncode == 1 and "pg_dump" in other.stderr
+    finally:
+        await alice.close()
+        await bob.close()
+
+    # The copy is a whole natter: serve it and read the history it holds, without gaps.
+    async with natter_server(dest.parent) as restored:
+        reader = Client(restored.grpc_address)
+        try:
+            await reader.login("bob", PASSWORD, "restored")
+            rows = [m async for m in reader.all_history(first.thread_id)]
+        finally:
+            await reader.close()
+    assert [m.seq for m in rows] == list(range(1, done["messages"] + 1))
+    assert [m.text for m in rows[:50]] == [f"before {i}" for i in range(50)]
