@@ -16,8 +16,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from natter import domain as d
 from natter import settings as settings_mod
+from natter import tls
 from natter.errors import InvalidArgument, NatterError, Unauthenticated
 from natter.profiles import Profile, ProfileStore
 from natter.sdk import Client, Connection, Disconnected, Rejected, SyncDone
@@ -105,13 +108,28 @@ class App:
             raise InvalidArgument("no password: set NATTER_PASSWORD or type it at the prompt")
         return getpass.getpass(prompt)
 
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS with --tls (the system's roots) or --ca FILE (a private CA); env NATTER_TLS, NATTER_CA."""
+        ca = self.ca
+        return tls.channel_credentials(ca) if (self.tls or ca) else None
+
+    @property
+    def ca(self) -> str:
+        return str(self.args.ca or self.env.get("NATTER_CA") or self.profile.ca or "")
+
+    @property
+    def tls(self) -> bool:
+        env = self.env.get("NATTER_TLS", "").lower() in ("1", "true", "yes")
+        return bool(self.args.tls or env or self.profile.tls or self.ca)
+
     def client(self, authed: bool = True) -> Client:
         if authed and not self.profile.token:
             raise Unauthenticated(
                 f"profile {self.args.profile!r} is not logged in; run: natter login USER"
             )
         server = self.args.server or self.env.get("NATTER_SERVER") or self.profile.server or DEFAULT_SERVER
-        c = Client(server, self.profile.token if authed else "", timeout=self.args.rpc_timeout)
+        c = Client(server, self.profile.token if authed else "", timeout=self.args.rpc_timeout,
+                   credentials=self.credentials())
         if authed:
             c.user = d.User(self.profile.user_id, self.profile.username, self.profile.username)
             c.device_id = self.profile.device_id
@@ -140,7 +158,8 @@ async def cmd_login(app: App) -> None:
     async with app.client(authed=False) as c:
         token = await c.login(app.args.user, app.password(), device)
         assert c.user is not None
-        profile = Profile(server=app.server, username=c.user.username, user_id=c.user.user_id,
+        profile = Profile(server=app.server, tls=app.tls, ca=app.ca,
+                          username=c.user.username, user_id=c.user.user_id,
                           device_id=c.device_id, token=token, cursors={})
     app.profiles.save(app.args.profile, profile)
     app.out.emit({"type": "logged_in", "username": profile.username, "device_id": profile.device_id},
@@ -357,6 +376,7 @@ async def cmd_serve(app: App) -> None:
         "role": a.role, "data_dir": a.data, "grpc_addr": a.grpc, "http_addr": a.http,
         "internal_addr": a.internal, "database_url": a.database_url,
         "etcd_endpoints": a.etcd, "node_id": a.node_id, "log_level": a.log_level,
+        "tls_cert_file": a.tls_cert, "tls_key_file": a.tls_key,
     }
     cfg = settings_mod.load(overrides, app.env, Path(a.config) if a.config else None)
     await serve(cfg)
@@ -382,6 +402,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--server", help="HOST:PORT of the server (env NATTER_SERVER)")
     p.add_argument("--profile", default="default", help="one profile is one device (default: default)")
     p.add_argument("--json", action="store_true", help="print JSON, one object per line")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (env NATTER_TLS=1)")
+    p.add_argument("--ca", help="PEM file of the CA that signed the server's certificate "
+                   "(env NATTER_CA; implies --tls)")
     p.add_argument("--rpc-timeout", type=float, default=15.0, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -396,6 +419,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--node-id", help="this node's id")
     s.add_argument("--config", help="TOML settings file (env NATTER_CONFIG)")
     s.add_argument("--log-level", help="DEBUG, INFO, WARNING")
+    s.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC and HTTP over TLS")
+    s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.set_defaults(fn=cmd_serve)
 
     b = sub.add_parser("backup", help="copy the embedded database to DEST while it runs")

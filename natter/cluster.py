@@ -20,6 +20,7 @@ from channel_svc.servicer import ChannelInternalServicer
 from message_svc import MessageService, SqlStore
 from message_svc.client import MessageClient
 from message_svc.service import PUBLIC_SERVICES
+from natter import tls
 from natter.cluster_presence import add_presence_proxy, build_presence, presence_client
 from natter.embedded import server_options
 from natter.errors import FailedPrecondition, Unavailable
@@ -249,7 +250,8 @@ class RoleServer:
              reflection.SERVICE_NAME),
             self.public,
         )
-        self.public_port = self.public.add_insecure_port(self.settings.grpc_addr)
+        s = self.settings
+        self.public_port = tls.listen(self.public, s.grpc_addr, s.tls_cert_file, s.tls_key_file)
         self.internal_port = self.internal.add_insecure_port(self.settings.internal_addr)
         if not self.public_port or not self.internal_port:
             raise OSError("cannot bind the public or internal listener")

@@ -16,6 +16,7 @@ from channel_svc import Channels
 from message_svc import MessageService, SqlStore
 from message_svc.service import PUBLIC_SERVICES
 from natter import domain as d
+from natter import tls
 from natter.errors import AlreadyExists
 from natter.rpc import ErrorInterceptor
 from natter.settings import Settings
@@ -133,14 +134,21 @@ class EmbeddedServer:
     async def start(self) -> None:
         await self.store.open()
         server = self._grpc_server(self.hub)
-        self.grpc_port = server.add_insecure_port(self.settings.grpc_addr)
+        s = self.settings
+        self.grpc_port = tls.listen(server, s.grpc_addr, s.tls_cert_file, s.tls_key_file)
         if not self.grpc_port:
             raise OSError(f"cannot listen on {self.settings.grpc_addr}")
+        gateway_target = self.grpc_address
+        if s.tls_cert_file:
+            # The web gateway calls the gRPC stack in this process over loopback, on a
+            # plaintext port of its own that only this machine can reach.
+            gateway_target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
         await server.start()
         self._server = server
         self.presence.start()
         self.hub.start()
-        self.web = WebServer(self.settings, self.hub, self.messages, self.grpc_address)
+        self.web = WebServer(self.settings, self.hub, self.messages, self.grpc_address,
+                             gateway_target)
         self.http_port = await self.web.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         logger.info("natter %s serving gRPC on %s and HTTP on %s:%d (data in %s)", self.node_id,
@@ -175,7 +183,8 @@ class EmbeddedServer:
                   presence=self.presence)
         server = self._grpc_server(hub)
         host = self.settings.grpc_addr.rsplit(":", 1)[0]
-        port = server.add_insecure_port(f"{host}:0")
+        port = tls.listen(server, f"{host}:0", self.settings.tls_cert_file,
+                          self.settings.tls_key_file)
         await server.start()
         self.fanout.hubs[node_id] = hub
         hub.start()

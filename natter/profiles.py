@@ -11,6 +11,8 @@ from pathlib import Path
 @dataclass
 class Profile:
     server: str = ""
+    tls: bool = False  # remembered from login, like the server
+    ca: str = ""
     username: str = ""
     user_id: int = 0
     device_id: int = 0

@@ -48,6 +48,9 @@ class Settings:
     argon2_memory_kib: int = 19 * 1024
     argon2_parallelism: int = 1
     web_dir: Path | None = None
+    # PEM files; when both are set the public gRPC and HTTP listeners speak TLS only.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -117,6 +120,8 @@ def load(
             raise ValueError(f"unknown setting {name!r}")
         values[name] = _coerce(name, known[name], raw)
     settings = Settings(**values)  # type: ignore[arg-type]
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        raise ValueError("TLS needs both tls_cert_file and tls_key_file")
     if settings.role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     return settings

@@ -10,6 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from message_svc.api import MessageApi
+from natter import tls
 from natter.settings import Settings
 from socket_svc.gateway import Gateway
 from socket_svc.hub import Hub
@@ -68,13 +69,16 @@ async def _security_headers(
 
 
 class WebServer:
-    def __init__(self, settings: Settings, hub: Hub, api: MessageApi, grpc_address: str) -> None:
+    def __init__(
+        self, settings: Settings, hub: Hub, api: MessageApi, grpc_address: str,
+        gateway_target: str = "",
+    ) -> None:
         self.settings = settings
         self.hub = hub
         self.api = api
         self.grpc_address = grpc_address
         self.web_dir = resolve_web_dir(settings)
-        self.gateway = Gateway(grpc_address, settings.max_frame_bytes)
+        self.gateway = Gateway(gateway_target or grpc_address, settings.max_frame_bytes)
         self.sockets = WebSocketEdge(hub, api, settings)
         self._runner: web.AppRunner | None = None
 
@@ -94,7 +98,10 @@ class WebServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host, port = self.settings.http_addr.rsplit(":", 1)
-        site = web.TCPSite(self._runner, host.strip("[]"), int(port))
+        context = None
+        if self.settings.tls_cert_file:
+            context = tls.server_context(self.settings.tls_cert_file, self.settings.tls_key_file)
+        site = web.TCPSite(self._runner, host.strip("[]"), int(port), ssl_context=context)
         await site.start()
         server = site._server
         assert server is not None and server.sockets  # type: ignore[attr-defined]

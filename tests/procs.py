@@ -32,7 +32,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from natter import tls
 from natter.sdk import Client
+from natter.sdk.client import open_channel
 from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from natter.v1 import types_pb2 as tpb
@@ -116,7 +118,9 @@ class NatterServer:
     async def wait_serving(self, timeout: float = START_TIMEOUT) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        async with grpc.aio.insecure_channel(self.grpc_address) as channel:
+        cert = self.env.get("NATTER_TLS_CERT_FILE")  # a self-signed test certificate
+        creds = tls.channel_credentials(cert) if cert else None
+        async with open_channel(self.grpc_address, creds) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if not self.running:

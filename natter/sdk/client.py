@@ -38,18 +38,27 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
+def open_channel(
+    address: str, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.aio.Channel:
+    """A channel to a natter server: TLS when credentials are given (natter.tls)."""
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
 class Client:
     """One server address, one channel; `token` authenticates every call once logged in."""
 
-    def __init__(self, server: str, token: str = "", timeout: float = 10.0) -> None:
+    def __init__(
+        self, server: str, token: str = "", timeout: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.server = server
         self.token = token
         self.timeout = timeout
-        self.channel = open_channel(server)
+        self.credentials = credentials
+        self.channel = open_channel(server, credentials)
         self.accounts = apb_grpc.AccountServiceStub(self.channel)
         self.contacts_stub = cpb_grpc.ContactServiceStub(self.channel)
         self.threads_stub = tpb_grpc.ThreadServiceStub(self.channel)

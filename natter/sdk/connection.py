@@ -256,7 +256,7 @@ class Connection:
         if self.locate and self.client.user is not None:
             with contextlib.suppress(NatterError):
                 address = await self.client.locate(self.client.user.username)
-        channel = self.client.channel if address == self.client.server else open_channel(address)
+        channel = self.client.channel if address == self.client.server else open_channel(address, self.client.credentials)
         try:
             stub = spb_grpc.SocketServiceStub(channel)
             call = stub.Connect(metadata=self.client.metadata())
