@@ -14,7 +14,7 @@ import grpc
 
 from natter import convert
 from natter import domain as d
-from natter.errors import NatterError, Unauthenticated
+from natter.errors import NatterError, Unauthenticated, Unavailable
 from natter.rpc import ERROR_OF, code_name, error_from_rpc
 from natter.sdk.client import Client, open_channel
 from natter.sdk.merge import Merger
@@ -438,10 +438,19 @@ class Connection:
             if not self._pending or call is not self._call:
                 return
             frames, self._pending = self._pending, []
-            if len(frames) == 1:
-                await call.write(frames[0])
-            else:
-                await call.write(spb.ClientFrame(batch=spb.ClientBatch(frames=frames)))
+            frame = frames[0] if len(frames) == 1 else spb.ClientFrame(
+                batch=spb.ClientBatch(frames=frames))
+            try:
+                await call.write(frame)
+            except asyncio.CancelledError:
+                # gRPC raises this when the call was cancelled under us (a cut stream), not
+                # only when this task is: that is a lost connection, which sends survive.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                raise Unavailable("connection lost while writing; will resend") from None
+            except (grpc.RpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as e:
+                raise Unavailable(f"connection lost while writing: {type(e).__name__}") from None
 
     def _fail_outbox(self, err: NatterError) -> None:
         for p in self.outbox.values():
