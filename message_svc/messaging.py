@@ -388,14 +388,7 @@ class Messaging:
         await self.fanout.deliver([delivery])
 
     async def user_groups(self, user_id: int) -> list[int]:
-        rows = await self.store.user_threads(user_id)
-        groups = []
-        for r in rows:
-            if r.active:
-                thread = await self.store.get_thread(r.thread_id)
-                if thread is not None and thread.kind is ThreadKind.GROUP:
-                    groups.append(r.thread_id)
-        return groups
+        return await self.store.user_groups(user_id)
 
     async def users(self, ids: Sequence[int]) -> dict[int, User]:
         return {k: public(v) for k, v in (await self.store.get_users(ids)).items()}

@@ -610,6 +610,18 @@ class SqlStore:
             rows = await conn.execute(sa.select(m).where(m.c.owner_id == user_id))
             return [_member_row(r) for r in rows]
 
+    async def user_groups(self, user_id: int) -> list[int]:
+        m, th = t.thread_members, t.threads
+        q = (
+            sa.select(m.c.thread_id)
+            .join(th, th.c.id == m.c.thread_id)
+            .where(m.c.owner_id == user_id, m.c.left_seq.is_(None),
+                   th.c.kind == ThreadKind.GROUP.value)
+            .order_by(m.c.thread_id)
+        )
+        async with self._read() as conn:
+            return [int(x) for x in (await conn.execute(q)).scalars()]
+
     async def list_threads(
         self, user_id: int, before: tuple[datetime, int] | None, limit: int
     ) -> list[ThreadSummary]:

@@ -472,6 +472,21 @@ async def test_unknown_threads_and_members_are_none(store: SqlStore) -> None:
     assert await store.active_member_ids(999_999) == []
 
 
+async def test_user_groups_are_the_groups_still_joined(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    await store.direct_thread(alice.id, bob.id)
+    kept, _ = await store.create_group(
+        "kept", alice.id, [bob.id], system(0, alice, SystemKind.GROUP_CREATED, bob))
+    left, _ = await store.create_group(
+        "left", bob.id, [alice.id], system(0, bob, SystemKind.GROUP_CREATED, alice))
+    await store.change_group(
+        left, [MemberChange(alice.id, leave=True)], None,
+        system(left, alice, SystemKind.MEMBER_LEFT))
+    assert await store.user_groups(alice.id) == [kept]
+    assert await store.user_groups(bob.id) == sorted([kept, left])
+    assert await store.user_groups(999_999) == []
+
+
 async def test_user_threads_lists_every_membership(store: SqlStore) -> None:
     alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
     ab = await store.direct_thread(alice.id, bob.id)
