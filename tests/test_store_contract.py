@@ -912,6 +912,8 @@ async def test_messages_after_reads_ranges_up_to_a_limit(store: SqlStore) -> Non
     assert await pairs([(ab, 2, 5), (ac, 0, 3)], 5) == [(ab, 3), (ab, 4), (ab, 5), (ac, 1), (ac, 2)]
     assert await pairs([(ab, 6, 100)], 10) == []
     assert await pairs([], 10) == []
+    # Threads with nothing new, and unknown ones, are skipped, not read.
+    assert await pairs([(ab, 6, 100), (999_999, 0, 100), (ac, 2, 100)], 10) == [(ac, 3)]
 
 
 async def test_messages_round_trip_exactly(store: SqlStore) -> None:
