@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -13,7 +17,7 @@ from message_svc import rules
 from message_svc.ports import Fanout
 from message_svc.store import Store, UserRow
 from natter.domain import Delivery, Device, DeviceRevoked, Me, Principal, User
-from natter.errors import NotFound, Unauthenticated
+from natter.errors import NotFound, ResourceExhausted, Unauthenticated
 from natter.settings import Settings
 
 
@@ -25,10 +29,51 @@ def public(row: UserRow) -> User:
     return User(row.user_id, row.username, row.display_name)
 
 
+class LoginThrottle:
+    """Wrong passwords per account: past the allowance, tries wait a doubling delay.
+
+    Guessing one account's password online then costs hours, not seconds, and a throttled
+    try costs no Argon2 hash. In memory, per message_svc process (each replica throttles on
+    its own); at most MAX_TRACKED accounts are remembered, the oldest forgotten first.
+    """
+
+    MAX_TRACKED = 100_000
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.allowed = settings.login_failures_allowed
+        self.base = settings.login_delay_seconds
+        self.most = settings.login_delay_max_seconds
+        self._clock = clock
+        self._failed: OrderedDict[str, tuple[int, float]] = OrderedDict()  # count, wait until
+
+    def check(self, ident: str) -> None:
+        entry = self._failed.get(ident)
+        if entry is None:
+            return
+        wait = entry[1] - self._clock()
+        if wait > 0:
+            raise ResourceExhausted(
+                f"too many wrong passwords for this account; try again in {math.ceil(wait)} s",
+                "LOGIN_THROTTLED",
+            )
+
+    def failed(self, ident: str) -> None:
+        count = self._failed.pop(ident, (0, 0.0))[0] + 1
+        over = count - self.allowed
+        delay = 0.0 if over <= 0 else min(self.most, self.base * 2 ** (over - 1))
+        self._failed[ident] = (count, self._clock() + delay)
+        while len(self._failed) > self.MAX_TRACKED:
+            self._failed.popitem(last=False)
+
+    def succeeded(self, ident: str) -> None:
+        self._failed.pop(ident, None)
+
+
 class Accounts:
     def __init__(self, store: Store, settings: Settings, fanout: Fanout) -> None:
         self.store = store
         self.fanout = fanout
+        self.throttle = LoginThrottle(settings)
         self.hasher = PasswordHasher(
             time_cost=settings.argon2_time_cost,
             memory_cost=settings.argon2_memory_kib,
@@ -49,6 +94,7 @@ class Accounts:
     async def login(self, username: str, password: str, device_name: str) -> tuple[User, int, str]:
         ident = username.strip().lower() if not username.startswith("+") else username.strip()
         device = (device_name or "device").strip()[:64] or "device"
+        self.throttle.check(ident)
         rows = await self.store.find_users([ident]) if ident else {}
         row = rows.get(ident)
         hashed = row.password_hash if row else self._dummy
@@ -57,7 +103,10 @@ class Accounts:
         except (VerificationError, InvalidHashError):
             row = None
         if row is None:
+            # Unknown names count too, so throttling does not tell which names exist.
+            self.throttle.failed(ident)
             raise Unauthenticated("wrong username or password", "BAD_CREDENTIALS")
+        self.throttle.succeeded(ident)
         token = secrets.token_urlsafe(32)
         dev = await self.store.create_device(row.user_id, device, token_hash(token))
         return public(row), dev.device_id, token

@@ -47,6 +47,11 @@ class Settings:
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19 * 1024
     argon2_parallelism: int = 1
+    # After this many wrong passwords for one account, each further try waits a delay that
+    # doubles from login_delay_seconds up to login_delay_max_seconds; a success clears it.
+    login_failures_allowed: int = 5
+    login_delay_seconds: float = 1.0
+    login_delay_max_seconds: float = 300.0
     web_dir: Path | None = None
     # PEM files; when both are set the public gRPC and HTTP listeners speak TLS only.
     tls_cert_file: str = ""

@@ -1,4 +1,5 @@
 import asyncio
+from pathlib import Path
 
 import grpc
 import pytest
@@ -7,11 +8,20 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from message_svc.accounts import LoginThrottle
 from natter.embedded import EmbeddedServer
-from natter.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from natter.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from natter.sdk import Client, Disconnected
+from natter.settings import Settings
 from tests.conftest import PASSWORD, ConnFactory, UserFactory
-from tests.helpers import next_of
+from tests.conftest import test_settings as make_settings
+from tests.helpers import eventually, next_of
 
 
 async def test_register_login_devices_logout(server: EmbeddedServer) -> None:
@@ -167,3 +177,56 @@ async def test_reflection_and_health_are_on(server: EmbeddedServer) -> None:
             "natter.v1.SocketService", "grpc.health.v1.Health"} <= services
     # Internal services are never on the public listener.
     assert not {s for s in services if "Internal" in s}
+
+
+def test_login_throttle_doubles_the_delay_past_the_allowance_and_forgets_on_success() -> None:
+    now = [100.0]
+    throttle = LoginThrottle(
+        Settings(login_failures_allowed=2, login_delay_seconds=1.0, login_delay_max_seconds=5.0),
+        clock=lambda: now[0],
+    )
+    for _ in range(2):  # within the allowance: no delay
+        throttle.check("alice")
+        throttle.failed("alice")
+    throttle.check("alice")
+    waits = []
+    for _ in range(5):
+        throttle.failed("alice")
+        with pytest.raises(ResourceExhausted) as info:
+            throttle.check("alice")
+        assert info.value.reason == "LOGIN_THROTTLED"
+        waits.append(info.value.message)
+        now[0] += 10.0  # past the longest delay
+        throttle.check("alice")
+    assert [w.rsplit("in ", 1)[1] for w in waits] == ["1 s", "2 s", "4 s", "5 s", "5 s"]
+    throttle.check("bob")  # other accounts are not affected
+    throttle.succeeded("alice")
+    throttle.failed("alice")
+    throttle.check("alice")  # the count started again
+
+
+async def test_wrong_passwords_throttle_that_account_only(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", login_failures_allowed=3,
+                             login_delay_seconds=0.3)
+    async with EmbeddedServer(settings) as server, Client(server.grpc_address) as c:
+        await c.register("alice", PASSWORD)
+        await c.register("bob", PASSWORD)
+        for _ in range(4):
+            with pytest.raises(Unauthenticated):
+                await c.login("alice", "not the password")
+        # Even the right password waits now, and costs no hash; bob logs in as usual.
+        with pytest.raises(ResourceExhausted) as info:
+            await c.login("alice", PASSWORD)
+        assert info.value.reason == "LOGIN_THROTTLED"
+        await c.login("bob", PASSWORD)
+
+        async def alice_gets_in() -> bool:
+            try:
+                await c.login("alice", PASSWORD)
+            except ResourceExhausted:
+                return False
+            return True
+
+        await eventually(alice_gets_in, 5)
+        with pytest.raises(Unauthenticated):  # a success cleared the count: no delay yet
+            await c.login("alice", "not the password")
