@@ -1,0 +1,1 @@
+"""natter's test suite: real servers, real databases, real processes."""

@@ -1,3 +1,5 @@
+"""Accounts, devices, tokens, contacts, login throttling, reflection and health, end to end."""
+
 import asyncio
 from pathlib import Path
 

@@ -1,3 +1,5 @@
+"""One-to-one messaging end to end: send, push, history, threads, unread, bad input."""
+
 import asyncio
 
 import grpc
