@@ -637,38 +637,53 @@ class SqlStore:
         out: list[ThreadSummary] = []
         async with self._read() as conn:
             rows = (await conn.execute(q)).all()
+            if not rows:
+                return []
+            # Four queries for the page, not three per thread: last messages, unread counts
+            # and member counts are read for every thread of the page at once.
+            pages: list[tuple[MemberRow, ThreadRow, int, int]] = []
             for r in rows:
                 member = _member_row(r)
                 thread = ThreadRow(r.thread_id, ThreadKind(r.kind), r.title, r.last_seq,
                                    _aware(r.t_update))
                 hi = thread.last_seq if member.left_seq is None else min(thread.last_seq, member.left_seq)
-                last = None
-                if hi >= member.first_seq:
-                    lr = (
-                        await conn.execute(
-                            _message_select().where(msg.c.thread_id == thread.thread_id, msg.c.seq == hi)
-                        )
-                    ).first()
-                    last = _message(lr) if lr is not None else None
                 lo = max(member.read_seq, member.first_seq - 1)
-                unread = (
-                    await conn.execute(
-                        sa.select(sa.func.count())
-                        .select_from(msg)
-                        .where(msg.c.thread_id == thread.thread_id, msg.c.seq > lo,
-                               msg.c.seq <= hi, msg.c.sender_id != user_id)
-                    )
-                ).scalar_one()
-                others = (
-                    await conn.execute(
-                        sa.select(m.c.owner_id).where(m.c.thread_id == thread.thread_id,
-                                                      m.c.left_seq.is_(None))
-                    )
-                ).scalars().all()
+                pages.append((member, thread, lo, hi))
+            ids = [th_.thread_id for _, th_, _, _ in pages]
+            wanted = {(th_.thread_id, hi) for m_, th_, _, hi in pages if hi >= m_.first_seq}
+            lasts: dict[int, Message] = {}
+            if wanted:
+                found = await conn.execute(_message_select().where(
+                    msg.c.thread_id.in_([t_ for t_, _ in wanted]),
+                    msg.c.seq.in_(list({s_ for _, s_ in wanted}))))
+                for lr in _pairs(found, wanted, "thread_id", "seq"):
+                    lasts[int(lr.thread_id)] = _message(lr)
+            unread: dict[int, int] = {}
+            spans = [(th_.thread_id, lo, hi) for _, th_, lo, hi in pages if hi > lo]
+            if spans:
+                counted = await conn.execute(
+                    sa.select(msg.c.thread_id, sa.func.count())
+                    .where(sa.or_(*(sa.and_(msg.c.thread_id == t_, msg.c.seq > lo, msg.c.seq <= hi)
+                                    for t_, lo, hi in spans)),
+                           msg.c.sender_id != user_id)
+                    .group_by(msg.c.thread_id)
+                )
+                unread = {int(t_): int(n) for t_, n in counted}
+            members = await conn.execute(
+                sa.select(m.c.thread_id, sa.func.count(), sa.func.min(m.c.owner_id),
+                          sa.func.max(m.c.owner_id))
+                .where(m.c.thread_id.in_(ids), m.c.left_seq.is_(None))
+                .group_by(m.c.thread_id)
+            )
+            sizes = {int(t_): (int(n), int(lo_id), int(hi_id)) for t_, n, lo_id, hi_id in members}
+            for member, thread, _, _ in pages:
+                count, first, second = sizes.get(thread.thread_id, (0, user_id, user_id))
                 peer = None
                 if thread.kind is ThreadKind.DIRECT:
-                    peer = next((int(o) for o in others if o != user_id), user_id)
-                out.append(ThreadSummary(thread, member, len(others), peer, last, int(unread)))
+                    peer = second if first == user_id else first
+                out.append(ThreadSummary(thread, member, count, peer,
+                                         lasts.get(thread.thread_id),
+                                         unread.get(thread.thread_id, 0)))
         return out
 
     async def create_group(
