@@ -24,7 +24,7 @@ import socket
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +35,8 @@ from natter import domain as d
 from natter.errors import NatterError
 from natter.sdk import Client, Connected, Connection
 from registry import EtcdRegistry
-from tests.dbservers import PostgresServer
-from tests.etcdserver import EtcdServer, eventually
+from tests.dbservers import PostgresServer, ServerUnavailable, require
+from tests.etcdserver import EtcdServer, etcd_binary, eventually
 from tests.procs import TEST_ENV, natter_command
 
 SECRET = "cluster-test-secret"
@@ -480,3 +480,18 @@ class Chat:
             if p.conn is not None:
                 await p.conn.close()
             await p.client.close()
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(root: Path, **shape: int) -> AsyncIterator[Cluster]:
+    """A Cluster of the given shape, or a test failure that says what to install."""
+    import pytest
+
+    try:
+        require("postgresql")
+    except ServerUnavailable as e:
+        pytest.fail(f"the cluster tests need PostgreSQL: {e}", pytrace=False)
+    if etcd_binary() is None:
+        pytest.fail("the cluster tests need etcd: apt-get install -y etcd-server", pytrace=False)
+    async with Cluster(root, **shape) as c:  # type: ignore[arg-type]
+        yield c

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import grpc
 import pytest
@@ -27,23 +26,15 @@ from natter.v1 import presence_internal_service_pb2 as pipb
 from natter.v1 import presence_internal_service_pb2_grpc as pipb_grpc
 from natter.v1 import socket_internal_service_pb2 as ipb
 from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
-from tests.cluster import SECRET, Chat, Cluster, RoleProc
-from tests.dbservers import ServerUnavailable, require
-from tests.etcdserver import etcd_binary, eventually
+from tests.cluster import SECRET, Chat, Cluster, RoleProc, running_cluster
+from tests.etcdserver import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
-    try:
-        require("postgresql")
-    except ServerUnavailable as e:
-        pytest.fail(f"the cluster tests need PostgreSQL: {e}", pytrace=False)
-    if etcd_binary() is None:
-        pytest.fail("the cluster tests need etcd: apt-get install -y etcd-server", pytrace=False)
-    root: Path = tmp_path_factory.mktemp("cluster")
-    async with Cluster(root) as c:
+    async with running_cluster(tmp_path_factory.mktemp("cluster")) as c:
         yield c
 
 

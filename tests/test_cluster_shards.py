@@ -7,29 +7,21 @@ group fan-out and presence each really go through two owners on their rings.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from natter.errors import Unavailable
-from tests.cluster import Chat, Cluster
-from tests.dbservers import ServerUnavailable, require
-from tests.etcdserver import etcd_binary, eventually
+from tests.cluster import Chat, Cluster, running_cluster
+from tests.etcdserver import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def sharded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
-    try:
-        require("postgresql")
-    except ServerUnavailable as e:
-        pytest.fail(f"the cluster tests need PostgreSQL: {e}", pytrace=False)
-    if etcd_binary() is None:
-        pytest.fail("the cluster tests need etcd: apt-get install -y etcd-server", pytrace=False)
-    root: Path = tmp_path_factory.mktemp("sharded")
-    async with Cluster(root, sockets=2, messages=1, channels=2, presences=2) as c:
+    async with running_cluster(tmp_path_factory.mktemp("sharded"), sockets=2, messages=1,
+                               channels=2, presences=2) as c:
         yield c
 
 
