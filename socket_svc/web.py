@@ -65,6 +65,8 @@ async def _security_headers(
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("X-Frame-Options", "DENY")
+        if request.secure:  # served over TLS: browsers keep to HTTPS for this host
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     return response
 
 

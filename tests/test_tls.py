@@ -82,6 +82,7 @@ async def test_web_app_gateway_and_websocket_over_https(
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/healthz", ssl=context) as r:
             assert r.status == 200
+            assert r.headers["Strict-Transport-Security"] == "max-age=31536000"
         async with http.post(f"{base}/natter.v1.AccountService/Register", ssl=context,
                              json={"username": "carol", "password": PASSWORD},
                              headers=headers) as r:
