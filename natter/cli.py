@@ -21,7 +21,7 @@ import grpc
 from natter import domain as d
 from natter import settings as settings_mod
 from natter import tls
-from natter.errors import InvalidArgument, NatterError, Unauthenticated
+from natter.errors import InvalidArgument, NatterError, Unauthenticated, Unavailable
 from natter.profiles import Profile, ProfileStore
 from natter.sdk import Client, Connection, Disconnected, Rejected, SyncDone
 
@@ -316,6 +316,29 @@ async def cmd_history(app: App) -> None:
             app.out.emit(message_obj(m), message_line(m))
 
 
+async def cmd_read(app: App) -> None:
+    """Mark a thread read up to its newest message: the senders see read ticks."""
+    async with app.client() as c:
+        thread_id = await resolve_thread(c, app.args.target)
+        rows, _ = await c.history(thread_id, limit=1)
+        seq = rows[-1].seq if rows else 0
+        if seq and (await c.thread(thread_id)).thread.read_seq < seq:
+            conn = Connection(c, skip_replay=True)
+            await conn.start()
+            try:
+                await conn.read(thread_id, seq)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + app.args.rpc_timeout
+                while (await c.thread(thread_id)).thread.read_seq < seq:
+                    if loop.time() > deadline:
+                        raise Unavailable("the server did not record the read in time")
+                    await asyncio.sleep(0.05)
+            finally:
+                await conn.close()
+        app.out.emit({"type": "read", "thread": thread_id, "seq": seq},
+                     f"read #{thread_id} up to {seq}")
+
+
 async def cmd_listen(app: App) -> None:
     count, timeout = app.args.count, app.args.timeout
     async with app.client() as c:
@@ -482,6 +505,10 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("target", help="username or thread id")
     h.add_argument("--limit", type=int, default=50)
     h.set_defaults(fn=cmd_history)
+
+    rd = sub.add_parser("read", help="mark USER|THREAD read up to its newest message")
+    rd.add_argument("target", help="username (direct thread) or thread id")
+    rd.set_defaults(fn=cmd_read)
 
     li = sub.add_parser("listen", help="print incoming events")
     li.add_argument("--count", type=int, default=0, help="exit after N messages")

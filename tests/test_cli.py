@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from natter import domain as d
 from natter.sdk import Client, Connection
 from tests.conftest import PASSWORD
 from tests.helpers import eventually
@@ -157,3 +158,26 @@ async def test_backup_while_the_server_writes_and_serve_from_the_copy(
             await reader.close()
     assert [m.seq for m in rows] == list(range(1, done["messages"] + 1))
     assert [m.text for m in rows[:50]] == [f"before {i}" for i in range(50)]
+
+
+async def test_read_marks_a_thread_read_and_the_sender_sees_it(
+    tmp_path: Path, served: NatterServer
+) -> None:
+    cli = Cli(tmp_path / "home", served.grpc_address, PASSWORD)
+    for name in ("alice", "bob"):
+        await cli.run(name, "register", name)
+        await cli.run(name, "login", name)
+    await cli.run("alice", "send", "bob", "one")
+    [sent] = await cli.json("alice", "send", "bob", "two")
+    [before] = only(await cli.json("bob", "threads"), "thread")
+    assert before["unread"] == 2
+    [done] = await cli.json("bob", "read", "alice")
+    assert (done["type"], done["thread"], done["seq"]) == ("read", sent["thread"], 2)
+    [after] = only(await cli.json("bob", "threads"), "thread")
+    assert after["unread"] == 0
+    async with Client(served.grpc_address) as alice:
+        await alice.login("alice", PASSWORD, "check")
+        rows, _ = await alice.history(sent["thread"])
+        assert [m.state for m in rows] == [d.MessageState.READ, d.MessageState.READ]
+    again = await cli.json("bob", "read", "alice")  # nothing new: a no-op, still an answer
+    assert again[0]["seq"] == 2
