@@ -88,6 +88,7 @@ class RoleServer:
         self.on_stop: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._sockets_seen: set[str] = set()
+        self._catching_up = False
 
     # -- addresses of peers --------------------------------------------------------------
 
@@ -183,7 +184,32 @@ class RoleServer:
                 client.stale = False
                 await hub.resubscribe()
 
+    def _catch_up_later(self) -> None:
+        """Pushes published while routing changed may have gone nowhere: look again, twice.
+
+        Once when the change has settled, and once more after a lease TTL, by when every
+        node has seen it (channel nodes adopt a reappearing socket server on their own
+        schedule). Devices then get what they missed from the store, without a reconnect.
+        """
+        if self._catching_up or self.hub is None:
+            return
+        self._catching_up = True
+        hub, ttl = self.hub, self.settings.lease_ttl_seconds
+
+        async def run() -> None:
+            try:
+                await asyncio.sleep(1.0)
+                hub.catch_up()
+            finally:
+                self._catching_up = False
+            await asyncio.sleep(ttl)
+            hub.catch_up()
+
+        self._spawn(run())
+
     def _on_change(self, role: str) -> None:
+        if role in ("socket", "channel"):
+            self._catch_up_later()
         if role == "socket" and self.hub is not None:
             me = self.registry.ring("socket").get(self.node_id)
             if me is not None:

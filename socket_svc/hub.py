@@ -306,6 +306,11 @@ class Hub:
 
     # -- cluster -------------------------------------------------------------------------
 
+    def catch_up(self) -> None:
+        """Every local device looks in the store for pushes that routing changes lost."""
+        for s in list(self.by_device.values()):
+            s.catch_up()
+
     def rebalance(self, owner: Callable[[int], Node | None], me: str) -> int:
         """After a ring change, send devices of users this node no longer owns elsewhere."""
         moved = 0

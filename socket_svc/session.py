@@ -49,6 +49,11 @@ class _Own:
 
 
 @dataclass(frozen=True, slots=True)
+class _CatchUp:
+    """Look in the store for anything after what was pushed (pushes may have been lost)."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Close:
     """Why the session ends: None for a normal end, else the error the device is told."""
 
@@ -103,7 +108,10 @@ class Session:
         self.transport = transport
         self.settings = settings
         self._on_ack = on_ack
-        self.queue: asyncio.Queue[d.Event | _Own | _Close | spb.ServerFrame] = asyncio.Queue()
+        self.queue: asyncio.Queue[d.Event | _Own | _Close | _CatchUp | spb.ServerFrame] = (
+            asyncio.Queue()
+        )
+        self._catch_up_queued = False
         self.pushed: dict[int, int] = {}
         self.skip_unknown = False
         self.acked: dict[int, int] = {}
@@ -123,7 +131,17 @@ class Session:
 
     # -- outbound ------------------------------------------------------------------------
 
-    def enqueue(self, item: d.Event | _Own | _Close | spb.ServerFrame) -> None:
+    def catch_up(self) -> None:
+        """After routing changed (a node joined or left): fetch what live pushes may have missed.
+
+        Runs in the session's own writer, in order with live pushes, so nothing is shown
+        twice; at most one is queued at a time.
+        """
+        if not self._catch_up_queued:
+            self._catch_up_queued = True
+            self.enqueue(_CatchUp())
+
+    def enqueue(self, item: d.Event | _Own | _Close | _CatchUp | spb.ServerFrame) -> None:
         if self.closed is not None:
             return
         if isinstance(item, d.DeviceRevoked):
@@ -198,9 +216,11 @@ class Session:
             page, _ = await self.api.sync_device(self.who, cursors, False, SYNC_PAGE)
         await self.transport.send(spb.ServerFrame(sync_done=spb.SyncDone(replayed=self.replayed)))
 
-    async def _push(self, item: d.Event | _Own | spb.ServerFrame) -> None:
+    async def _push(self, item: d.Event | _Own | _CatchUp | spb.ServerFrame) -> None:
         if isinstance(item, spb.ServerFrame):
             self._emit(item)
+        elif isinstance(item, _CatchUp):
+            await self._catch_up()
         elif isinstance(item, _Own):
             await self._advance(item.thread_id, item.seq, item.frame, own=True)
         elif isinstance(item, d.Message):
@@ -215,6 +235,17 @@ class Session:
             self._emit(spb.ServerFrame(read_cursor=spb.ReadCursor(cursor=convert.cursor(item.cursor))))
         elif isinstance(item, d.DeviceRevoked) and item.device_id == self.device_id:
             self.close(Unauthenticated("this device was logged out", "DEVICE_LOGGED_OUT"))
+
+    async def _catch_up(self) -> None:
+        self._catch_up_queued = False
+        while True:
+            cursors = [d.Cursor(t, s) for t, s in self.pushed.items()]
+            page, _ = await self.api.sync_device(self.who, cursors, False, SYNC_PAGE)
+            for m in page.messages:
+                await self._advance(m.thread_id, m.seq,
+                                    spb.ServerFrame(message=convert.message(m)))
+            if not page.more:
+                return
 
     async def _advance(
         self, thread_id: int, seq: int, frame: spb.ServerFrame, own: bool = False
