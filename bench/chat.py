@@ -77,8 +77,15 @@ async def _warm_up(pair: _Pair) -> None:
         pass
 
 
-async def _client(pipe: Pipe, address: str, tag: str, indices: Sequence[int], inflight: int,
-                  rate_per_sender: float, seconds: float) -> None:
+async def _client(
+    pipe: Pipe,
+    address: str,
+    tag: str,
+    indices: Sequence[int],
+    inflight: int,
+    rate_per_sender: float,
+    seconds: float,
+) -> None:
     res = ProcResult()
     gate = asyncio.Semaphore(8)
 
@@ -166,11 +173,13 @@ async def _client(pipe: Pipe, address: str, tag: str, indices: Sequence[int], in
     for n, pair in enumerate(pairs):
         assert pair.send_conn is not None
         if rate_per_sender > 0:
-            senders.append(loop.create_task(
-                paced(pair.send_conn, pair.peer, n / max(1, len(pairs)))))
+            senders.append(
+                loop.create_task(paced(pair.send_conn, pair.peer, n / max(1, len(pairs))))
+            )
         else:
-            senders.extend(loop.create_task(closed_loop(pair.send_conn, pair.peer))
-                           for _ in range(inflight))
+            senders.extend(
+                loop.create_task(closed_loop(pair.send_conn, pair.peer)) for _ in range(inflight)
+            )
     await asyncio.sleep(max(0.0, end_ns / 1e9 - time.monotonic()))
     res.cpu_window = time.process_time() - cpu0
     await asyncio.gather(*senders)
@@ -191,8 +200,15 @@ async def _client(pipe: Pipe, address: str, tag: str, indices: Sequence[int], in
     pipe.send(res)
 
 
-def _client_main(pipe: Pipe, address: str, tag: str, indices: Sequence[int], inflight: int,
-                 rate_per_sender: float, seconds: float) -> None:
+def _client_main(
+    pipe: Pipe,
+    address: str,
+    tag: str,
+    indices: Sequence[int],
+    inflight: int,
+    rate_per_sender: float,
+    seconds: float,
+) -> None:
     try:
         asyncio.run(_client(pipe, address, tag, indices, inflight, rate_per_sender, seconds))
     except BaseException as e:
@@ -222,8 +238,15 @@ class ChatResult:
     errors: tuple[str, ...]
 
 
-def run_chat(address: str, server: BenchServer, pairs: int, seconds: float, inflight: int,
-             rate: float, procs: int) -> ChatResult:
+def run_chat(
+    address: str,
+    server: BenchServer,
+    pairs: int,
+    seconds: float,
+    inflight: int,
+    rate: float,
+    procs: int,
+) -> ChatResult:
     tag = "b" + uuid.uuid4().hex[:8]
     groups = [list(range(p, pairs, procs)) for p in range(procs)]
     groups = [g for g in groups if g]
@@ -231,7 +254,8 @@ def run_chat(address: str, server: BenchServer, pairs: int, seconds: float, infl
     for group in groups:
         ours, theirs = SPAWN.Pipe()
         proc = SPAWN.Process(
-            target=_client_main, daemon=True,
+            target=_client_main,
+            daemon=True,
             args=(theirs, address, tag, group, inflight, rate / pairs if rate else 0.0, seconds),
         )
         proc.start()
@@ -289,18 +313,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.chat", description=__doc__)
     p.add_argument("--pairs", type=int, default=20, help="sender/recipient pairs (default 20)")
     p.add_argument("--seconds", type=float, default=10.0, help="measured window (default 10)")
-    p.add_argument("--inflight", type=int, default=8,
-                   help="sends in flight per sender (default 8; the server allows 64)")
-    p.add_argument("--rate", type=float, default=0.0,
-                   help="pace all senders to this many msg/s in total (default: flat out)")
+    p.add_argument(
+        "--inflight",
+        type=int,
+        default=8,
+        help="sends in flight per sender (default 8; the server allows 64)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="pace all senders to this many msg/s in total (default: flat out)",
+    )
     p.add_argument("--procs", type=int, default=2, help="client processes (default 2)")
     p.add_argument("--server", help="HOST:PORT of a running server (default: start one)")
     p.add_argument("--server-pid", type=int, help="its PID, to read its CPU time")
-    p.add_argument("--ceiling-seconds", type=float, default=5.0,
-                   help="seconds of bare-gRPC echo measured first (0 to skip)")
+    p.add_argument(
+        "--ceiling-seconds",
+        type=float,
+        default=5.0,
+        help="seconds of bare-gRPC echo measured first (0 to skip)",
+    )
     p.add_argument("--no-strace", action="store_true", help="do not count fsyncs with strace")
-    p.add_argument("--profile", type=Path,
-                   help="run the own server under cProfile, write stats here, print hot spots")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="run the own server under cProfile, write stats here, print hot spots",
+    )
     p.add_argument("--no-record", action="store_true", help="do not append to bench-results.md")
     args = p.parse_args(argv)
 
@@ -309,13 +348,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         ceiling = echo.measure([(args.pairs, args.inflight)], args.ceiling_seconds)[0]
     if args.server:
         server = BenchServer(args.server, args.server_pid)
-        print("note: an external server keeps its own frame rate limit "
-              "(default 200 frames/s per device)")
+        print(
+            "note: an external server keeps its own frame rate limit "
+            "(default 200 frames/s per device)"
+        )
     else:
         server = BenchServer.start(count_fsyncs=not args.no_strace, profile=args.profile)
     try:
-        r = run_chat(server.address, server, args.pairs, args.seconds, args.inflight, args.rate,
-                     args.procs)
+        r = run_chat(
+            server.address, server, args.pairs, args.seconds, args.inflight, args.rate, args.procs
+        )
     except BaseException:
         print(server.log_tail())
         raise
@@ -324,21 +366,32 @@ def main(argv: Sequence[str] | None = None) -> None:
             server.cleanup()
     per_msg = max(1, r.acked_in_window)
     rows = [
-        ("sent / acked / delivered", f"{r.sent:,} / {r.acked:,} / {r.delivered:,}"
-         f"  (failed {r.failed}, duplicates {r.duplicates}, "
-         f"undelivered {r.acked - r.delivered})"),
+        (
+            "sent / acked / delivered",
+            f"{r.sent:,} / {r.acked:,} / {r.delivered:,}"
+            f"  (failed {r.failed}, duplicates {r.duplicates}, "
+            f"undelivered {r.acked - r.delivered})",
+        ),
         ("acked msg/s", fmt(r.acked_rate)),
         ("delivered msg/s", fmt(r.delivered_rate)),
-        ("send->deliver p50 / p95 / p99",
-         f"{r.p50_ms:.1f} / {r.p95_ms:.1f} / {r.p99_ms:.1f} ms"),
-        ("server CPU per message",
-         "n/a" if r.server_cpu is None else
-         f"{r.server_cpu / per_msg * 1e3:.3f} ms  ({r.server_cpu / args.seconds:.0%} of a core)"),
-        ("client CPU per message",
-         f"{r.client_cpu / per_msg * 1e3:.3f} ms  ({r.client_cpu / args.seconds:.0%} of a core, "
-         f"{args.procs} procs)"),
-        ("fsyncs per message", "n/a" if r.fsyncs is None else
-         f"{r.fsyncs / per_msg:.4f}  ({r.fsyncs:,} in the window)"),
+        ("send->deliver p50 / p95 / p99", f"{r.p50_ms:.1f} / {r.p95_ms:.1f} / {r.p99_ms:.1f} ms"),
+        (
+            "server CPU per message",
+            "n/a"
+            if r.server_cpu is None
+            else f"{r.server_cpu / per_msg * 1e3:.3f} ms  ({r.server_cpu / args.seconds:.0%} of a core)",
+        ),
+        (
+            "client CPU per message",
+            f"{r.client_cpu / per_msg * 1e3:.3f} ms  ({r.client_cpu / args.seconds:.0%} of a core, "
+            f"{args.procs} procs)",
+        ),
+        (
+            "fsyncs per message",
+            "n/a"
+            if r.fsyncs is None
+            else f"{r.fsyncs / per_msg:.4f}  ({r.fsyncs:,} in the window)",
+        ),
     ]
     if r.errors:
         rows.append(("first send errors", "; ".join(r.errors[:3])))
@@ -348,23 +401,34 @@ def main(argv: Sequence[str] | None = None) -> None:
         ratio = f"{r.acked_rate / ceiling.rate:.2f}"
         rows.append(("natter acked / echo ceiling", ratio))
     mode = f"paced {fmt(args.rate)} msg/s" if args.rate else "flat out"
-    print_table(f"natter chat: {args.pairs} pairs x {args.inflight} in flight, "
-                f"{args.seconds:g} s, {mode}", rows)
+    print_table(
+        f"natter chat: {args.pairs} pairs x {args.inflight} in flight, {args.seconds:g} s, {mode}",
+        rows,
+    )
     if args.profile is not None:
         print(server.hot_spots())
     if not args.no_record:
-        figures = (f"acked {fmt(r.acked_rate)}/s, delivered {fmt(r.delivered_rate)}/s, "
-                   f"p50/p95/p99 {r.p50_ms:.1f}/{r.p95_ms:.1f}/{r.p99_ms:.1f} ms, "
-                   + ("" if r.server_cpu is None else
-                      f"server {r.server_cpu / per_msg * 1e3:.3f} CPU-ms/msg, ")
-                   + f"client {r.client_cpu / per_msg * 1e3:.3f} CPU-ms/msg"
-                   + ("" if r.fsyncs is None else f", {r.fsyncs / per_msg:.4f} fsyncs/msg")
-                   + f", lost {r.acked - r.delivered}")
-        params = (f"{args.pairs} pairs x {args.inflight} in flight, {args.seconds:g} s, {mode}, "
-                  f"{args.procs} client procs"
-                  + (", external server" if args.server else "")
-                  + (", cProfile" if args.profile else ""))
-        ceiling_text = "n/a" if ceiling is None else f"echo {ceiling.shape}: {fmt(ceiling.rate)} rt/s"
+        figures = (
+            f"acked {fmt(r.acked_rate)}/s, delivered {fmt(r.delivered_rate)}/s, "
+            f"p50/p95/p99 {r.p50_ms:.1f}/{r.p95_ms:.1f}/{r.p99_ms:.1f} ms, "
+            + (
+                ""
+                if r.server_cpu is None
+                else f"server {r.server_cpu / per_msg * 1e3:.3f} CPU-ms/msg, "
+            )
+            + f"client {r.client_cpu / per_msg * 1e3:.3f} CPU-ms/msg"
+            + ("" if r.fsyncs is None else f", {r.fsyncs / per_msg:.4f} fsyncs/msg")
+            + f", lost {r.acked - r.delivered}"
+        )
+        params = (
+            f"{args.pairs} pairs x {args.inflight} in flight, {args.seconds:g} s, {mode}, "
+            f"{args.procs} client procs"
+            + (", external server" if args.server else "")
+            + (", cProfile" if args.profile else "")
+        )
+        ceiling_text = (
+            "n/a" if ceiling is None else f"echo {ceiling.shape}: {fmt(ceiling.rate)} rt/s"
+        )
         append_result("chat", params, figures, ceiling_text, ratio)
 
 

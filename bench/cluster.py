@@ -35,7 +35,7 @@ from bench.common import (
     percentile,
     print_table,
 )
-from natter import cluster_local
+from devtools import cluster as cluster_local
 from natter.sdk import Client, Connected, Connection
 
 
@@ -85,17 +85,32 @@ def measure(sockets: int, args: argparse.Namespace, base: int) -> tuple[ChatResu
         procs = cluster_local.up(folder, base, sockets=sockets, env=OWN_SERVER_ENV)
         try:
             front = _front(procs)
-            flat = run_chat(front, ClusterCpu(front, procs), args.pairs, args.seconds,
-                            args.inflight, 0.0, args.procs)
-            paced = run_chat(front, ClusterCpu(front, procs), args.pairs, args.seconds,
-                             args.inflight, args.rate, args.procs)
+            flat = run_chat(
+                front,
+                ClusterCpu(front, procs),
+                args.pairs,
+                args.seconds,
+                args.inflight,
+                0.0,
+                args.procs,
+            )
+            paced = run_chat(
+                front,
+                ClusterCpu(front, procs),
+                args.pairs,
+                args.seconds,
+                args.inflight,
+                args.rate,
+                args.procs,
+            )
         finally:
             cluster_local.down(folder, wipe=True, quiet=True)
     return flat, paced
 
 
-async def _reconnect(front: str, procs: Sequence[cluster_local.Proc], users: int,
-                     ttl: int) -> tuple[str, int, list[float], float]:
+async def _reconnect(
+    front: str, procs: Sequence[cluster_local.Proc], users: int, ttl: int
+) -> tuple[str, int, list[float], float]:
     gate = asyncio.Semaphore(16)
     sockets = [p.pid for p in procs if p.role == "socket"]
     rss0 = sum(rss_bytes(pid) for pid in sockets)
@@ -134,8 +149,9 @@ async def _reconnect(front: str, procs: Sequence[cluster_local.Proc], users: int
     deadline = killed + ttl + 30
     delays: list[float] = []
     while time.monotonic() < deadline:
-        delays = [next((t - killed for t, n in s if t > killed and n != victim), -1.0)
-                  for s in moved]
+        delays = [
+            next((t - killed for t, n in s if t > killed and n != victim), -1.0) for s in moved
+        ]
         if all(x >= 0 for x in delays):
             break
         await asyncio.sleep(0.02)
@@ -161,28 +177,44 @@ def reconnect(users: int, ttl: int, base: int) -> tuple[str, int, list[float], f
 
 def _figures(r: ChatResult, seconds: float) -> str:
     per = max(1, r.acked_in_window)
-    cpu = "n/a" if r.server_cpu is None else (
-        f"{r.server_cpu / per * 1e3:.2f} CPU-ms/msg ({r.server_cpu / seconds:.0%} of a core)")
-    return (f"acked {fmt(r.acked_rate)}/s, delivered {fmt(r.delivered_rate)}/s, "
-            f"p50/p99 {r.p50_ms:.1f}/{r.p99_ms:.1f} ms, cluster {cpu}, "
-            f"lost {r.acked - r.delivered}, dup {r.duplicates}")
+    cpu = (
+        "n/a"
+        if r.server_cpu is None
+        else (f"{r.server_cpu / per * 1e3:.2f} CPU-ms/msg ({r.server_cpu / seconds:.0%} of a core)")
+    )
+    return (
+        f"acked {fmt(r.acked_rate)}/s, delivered {fmt(r.delivered_rate)}/s, "
+        f"p50/p99 {r.p50_ms:.1f}/{r.p99_ms:.1f} ms, cluster {cpu}, "
+        f"lost {r.acked - r.delivered}, dup {r.duplicates}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.cluster",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--sockets", default="1,2,3", help="socket server counts (default 1,2,3)")
     p.add_argument("--pairs", type=int, default=20, help="sender/recipient pairs (default 20)")
     p.add_argument("--seconds", type=float, default=8.0, help="measured window (default 8)")
     p.add_argument("--inflight", type=int, default=8, help="sends in flight per sender")
-    p.add_argument("--rate", type=float, default=300.0,
-                   help="the paced run's total msg/s, for latency below saturation (300)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=300.0,
+        help="the paced run's total msg/s, for latency below saturation (300)",
+    )
     p.add_argument("--procs", type=int, default=2, help="client processes (default 2)")
     p.add_argument("--users", type=int, default=60, help="connected users in the kill test")
     p.add_argument("--ttl", type=int, default=5, help="lease TTL in the kill test (default 5)")
     p.add_argument("--base-port", type=int, default=17100, help="cluster ports from here")
-    p.add_argument("--ceiling-seconds", type=float, default=3.0,
-                   help="seconds of bare-gRPC echo measured first (0 to skip)")
+    p.add_argument(
+        "--ceiling-seconds",
+        type=float,
+        default=3.0,
+        help="seconds of bare-gRPC echo measured first (0 to skip)",
+    )
     p.add_argument("--no-record", action="store_true", help="do not append to bench-results.md")
     args = p.parse_args(argv)
 
@@ -195,26 +227,42 @@ def main(argv: Sequence[str] | None = None) -> None:
         flat, paced = measure(n, args, args.base_port)
         ratio = "n/a" if ceiling is None else f"{flat.acked_rate / ceiling.rate:.2f}"
         rows.append((f"{n} socket server(s), flat out", _figures(flat, args.seconds)))
-        rows.append((f"{n} socket server(s), paced {fmt(args.rate)}/s",
-                     _figures(paced, args.seconds)))
+        rows.append(
+            (f"{n} socket server(s), paced {fmt(args.rate)}/s", _figures(paced, args.seconds))
+        )
         if not args.no_record:
-            params = (f"{n} socket servers, 2 message, 1 channel, 1 presence, PostgreSQL; "
-                      f"{args.pairs} pairs x {args.inflight}, {args.seconds:g} s")
-            append_result("cluster", params + ", flat out", _figures(flat, args.seconds),
-                          ceiling_text, ratio)
-            append_result("cluster", params + f", paced {fmt(args.rate)}/s",
-                          _figures(paced, args.seconds), ceiling_text, "n/a")
+            params = (
+                f"{n} socket servers, 2 message, 1 channel, 1 presence, PostgreSQL; "
+                f"{args.pairs} pairs x {args.inflight}, {args.seconds:g} s"
+            )
+            append_result(
+                "cluster", params + ", flat out", _figures(flat, args.seconds), ceiling_text, ratio
+            )
+            append_result(
+                "cluster",
+                params + f", paced {fmt(args.rate)}/s",
+                _figures(paced, args.seconds),
+                ceiling_text,
+                "n/a",
+            )
     if args.users > 0:
         victim, count, delays, per_conn = reconnect(args.users, args.ttl, args.base_port)
         done = [x for x in delays if x >= 0]
-        text = (f"{len(done)}/{count} users of {victim} reconnected; p50 "
-                f"{percentile(done, 50):.2f} s, max {max(done, default=float('nan')):.2f} s "
-                f"after SIGKILL (lease TTL {args.ttl} s); socket server memory "
-                f"{per_conn / 1024:.0f} KiB per connected device")
+        text = (
+            f"{len(done)}/{count} users of {victim} reconnected; p50 "
+            f"{percentile(done, 50):.2f} s, max {max(done, default=float('nan')):.2f} s "
+            f"after SIGKILL (lease TTL {args.ttl} s); socket server memory "
+            f"{per_conn / 1024:.0f} KiB per connected device"
+        )
         rows.append(("socket server killed", text))
         if not args.no_record:
-            append_result("cluster-failover", f"{args.users} users on 3 socket servers, "
-                          f"TTL {args.ttl} s", text, "n/a", "n/a")
+            append_result(
+                "cluster-failover",
+                f"{args.users} users on 3 socket servers, TTL {args.ttl} s",
+                text,
+                "n/a",
+                "n/a",
+            )
     if ceiling is not None:
         rows += echo.echo_rows([ceiling])
     print_table("natter cluster", rows)

@@ -72,11 +72,17 @@ def percentile(ordered: Sequence[float], p: float) -> float:
 
 def git_sha() -> str:
     try:
-        sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -122,8 +128,9 @@ class BenchServer:
         self._dir: Path | None = None
 
     @classmethod
-    def start(cls, *, count_fsyncs: bool = True, profile: Path | None = None,
-              timeout: float = 30.0) -> BenchServer:
+    def start(
+        cls, *, count_fsyncs: bool = True, profile: Path | None = None, timeout: float = 30.0
+    ) -> BenchServer:
         """`natter serve` on free ports over a temporary data folder, optionally under strace.
 
         strace (`--seccomp-bpf`, only fsync/fdatasync traced) stops the server only on those
@@ -131,13 +138,22 @@ class BenchServer:
         """
         folder = Path(tempfile.mkdtemp(prefix="natter-bench-"))
         grpc_addr = f"127.0.0.1:{free_port()}"
-        serve = ["serve", "--data", str(folder / "data"), "--grpc", grpc_addr,
-                 "--http", f"127.0.0.1:{free_port()}"]
+        serve = [
+            "serve",
+            "--data",
+            str(folder / "data"),
+            "--grpc",
+            grpc_addr,
+            "--http",
+            f"127.0.0.1:{free_port()}",
+        ]
         if profile is not None:
-            launch = ("import cProfile, sys; from natter.cli import main; "
-                      f"cProfile.run('main(sys.argv[1:])', {str(profile)!r})")
+            launch = (
+                "import cProfile, sys; from app.cli import main; "
+                f"cProfile.run('main(sys.argv[1:])', {str(profile)!r})"
+            )
         else:
-            launch = "import sys; from natter.cli import main; main(sys.argv[1:])"
+            launch = "import sys; from app.cli import main; main(sys.argv[1:])"
         cmd = [sys.executable, "-c", launch, *serve]
         server = cls(grpc_addr)
         server.own = True
@@ -145,12 +161,23 @@ class BenchServer:
         server._dir = folder
         if count_fsyncs and shutil.which("strace"):
             server.fsync_log = folder / "fsyncs.log"
-            cmd = ["strace", "-f", "--seccomp-bpf", "-qq", "-ttt", "-e",
-                   "trace=fsync,fdatasync,sync_file_range", "-o", str(server.fsync_log), *cmd]
+            cmd = [
+                "strace",
+                "-f",
+                "--seccomp-bpf",
+                "-qq",
+                "-ttt",
+                "-e",
+                "trace=fsync,fdatasync,sync_file_range",
+                "-o",
+                str(server.fsync_log),
+                *cmd,
+            ]
         env = {**os.environ, **OWN_SERVER_ENV}
         log = (folder / "server.log").open("wb")
-        server._proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        cwd=folder)
+        server._proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder
+        )
         server._wait_ready(timeout)
         return server
 
@@ -234,6 +261,7 @@ class BenchServer:
         print("== server hot spots by own time (event-loop thread)", file=out)
         stats.sort_stats("tottime").print_stats(r"^(?!.*select\.epoll)", top)
         print("== project code by cumulative time (includes awaiting)", file=out)
-        stats.sort_stats("cumulative").print_stats(r"(message_svc|socket_svc|channel_svc|natter)/",
-                                                   top)
+        stats.sort_stats("cumulative").print_stats(
+            r"(message_svc|socket_svc|channel_svc|natter)/", top
+        )
         return out.getvalue()

@@ -61,10 +61,13 @@ async def _push(request: bytes, context: Any) -> AsyncIterator[bytes]:
 
 
 async def _serve(pipe: Pipe) -> None:
-    handler = grpc.method_handlers_generic_handler(SERVICE, {
-        "Echo": grpc.stream_stream_rpc_method_handler(_echo),
-        "Push": grpc.unary_stream_rpc_method_handler(_push),
-    })
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Echo": grpc.stream_stream_rpc_method_handler(_echo),
+            "Push": grpc.unary_stream_rpc_method_handler(_push),
+        },
+    )
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -175,8 +178,14 @@ class _EchoServer:
         proc.join(10)
         if isinstance(result, EchoResult):
             # Server CPU spans the whole client run (warm-up and drain too): an upper bound.
-            return EchoResult(result.streams, result.inflight, result.seconds,
-                              result.round_trips, server_cpu, result.client_cpu)
+            return EchoResult(
+                result.streams,
+                result.inflight,
+                result.seconds,
+                result.round_trips,
+                server_cpu,
+                result.client_cpu,
+            )
         return result
 
     def close(self) -> None:
@@ -207,9 +216,11 @@ def measure_push(count: int) -> PushResult:
 
 def echo_rows(results: Sequence[EchoResult]) -> list[tuple[str, str]]:
     return [
-        (f"echo {r.shape} (streams x in flight)",
-         f"{fmt(r.rate)} round trips/s  (client CPU {r.client_cpu / r.seconds:.0%}, "
-         f"server CPU {r.server_cpu / (r.seconds + WARMUP_SECONDS):.0%})")
+        (
+            f"echo {r.shape} (streams x in flight)",
+            f"{fmt(r.rate)} round trips/s  (client CPU {r.client_cpu / r.seconds:.0%}, "
+            f"server CPU {r.server_cpu / (r.seconds + WARMUP_SECONDS):.0%})",
+        )
         for r in results
     ]
 
@@ -222,8 +233,13 @@ def parse_shape(text: str) -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__)
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per shape")
-    p.add_argument("--shape", action="append", type=parse_shape, metavar="SxK",
-                   help="S streams x K in flight (repeatable; default 1x1 and 8x8)")
+    p.add_argument(
+        "--shape",
+        action="append",
+        type=parse_shape,
+        metavar="SxK",
+        help="S streams x K in flight (repeatable; default 1x1 and 8x8)",
+    )
     p.add_argument("--no-record", action="store_true", help="do not append to bench-results.md")
     args = p.parse_args(argv)
     shapes: list[tuple[int, int]] = args.shape or [(1, 1), (8, 8)]
@@ -231,8 +247,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     print_table("bare grpc.aio echo, 64-byte messages, separate processes", echo_rows(results))
     if not args.no_record:
         append_result(
-            "echo", f"{args.seconds:g} s per shape",
-            "; ".join(f"{r.shape}: {fmt(r.rate)} rt/s" for r in results), "(is the ceiling)", "1",
+            "echo",
+            f"{args.seconds:g} s per shape",
+            "; ".join(f"{r.shape}: {fmt(r.rate)} rt/s" for r in results),
+            "(is the ceiling)",
+            "1",
         )
 
 

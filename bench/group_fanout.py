@@ -38,13 +38,19 @@ def _server_main(pipe: Pipe, data_dir: str, nodes: int, beat: float) -> None:
 
 
 async def _server(pipe: Pipe, data_dir: Path, nodes: int, beat: float) -> None:
-    from natter.embedded import EmbeddedServer
+    from app.embedded import EmbeddedServer
     from natter.settings import Settings
 
     settings = Settings(
-        data_dir=data_dir, grpc_addr="127.0.0.1:0", http_addr="127.0.0.1:0",
-        argon2_memory_kib=1024, argon2_time_cost=1, frames_per_second=1e9, frame_burst=10**9,
-        heartbeat_interval_seconds=beat, log_level="WARNING",
+        data_dir=data_dir,
+        grpc_addr="127.0.0.1:0",
+        http_addr="127.0.0.1:0",
+        argon2_memory_kib=1024,
+        argon2_time_cost=1,
+        frames_per_second=1e9,
+        frame_burst=10**9,
+        heartbeat_interval_seconds=beat,
+        log_level="WARNING",
     )
     async with EmbeddedServer(settings) as srv:
         addresses = [srv.grpc_address]
@@ -55,8 +61,12 @@ async def _server(pipe: Pipe, data_dir: Path, nodes: int, beat: float) -> None:
         while True:
             command = await asyncio.to_thread(pipe.recv)
             if command == "stats":
-                pipe.send({"forwards": srv.channels.forwards,
-                           "deliveries": sum(h.deliveries for h in srv.fanout.hubs.values())})
+                pipe.send(
+                    {
+                        "forwards": srv.channels.forwards,
+                        "deliveries": sum(h.deliveries for h in srv.fanout.hubs.values()),
+                    }
+                )
             else:
                 break
     pipe.send("stopped")
@@ -136,12 +146,21 @@ class Run:
         result: dict[str, int] = self.server_pipe.recv()
         return result
 
-    async def fanout(self, sender: Connection, thread_id: int, members: Sequence[str],
-                     online: int, latency_messages: int, load_messages: int,
-                     window: int) -> FanoutResult:
+    async def fanout(
+        self,
+        sender: Connection,
+        thread_id: int,
+        members: Sequence[str],
+        online: int,
+        latency_messages: int,
+        load_messages: int,
+        window: int,
+    ) -> FanoutResult:
         """`online` members (the sender's device among them) connected across the hubs."""
-        logins = [(self.addresses[i % len(self.addresses)], name)
-                  for i, name in enumerate(members[1:online])]
+        logins = [
+            (self.addresses[i % len(self.addresses)], name)
+            for i, name in enumerate(members[1:online])
+        ]
         ours, theirs = SPAWN.Pipe()
         proc = SPAWN.Process(target=_receivers_main, args=(theirs, logins), daemon=True)
         proc.start()
@@ -171,8 +190,9 @@ class Run:
             # 1. One message at a time: the time to the last recipient with nothing queued.
             quiet: list[float] = []
             for i in range(latency_messages):
-                await sender.send(f"{TAG} {quiet_tag} {i} {time.monotonic_ns()}",
-                                  thread_id=thread_id)
+                await sender.send(
+                    f"{TAG} {quiet_tag} {i} {time.monotonic_ns()}", thread_id=thread_id
+                )
                 lat, _ = await note(quiet_tag)
                 quiet.append(lat / 1e6)
             # 2. Flat out with a window of sends in flight: deliveries per second.
@@ -182,8 +202,9 @@ class Run:
 
             async def send(i: int) -> None:
                 async with slots:
-                    await sender.send(f"{TAG} {load_tag} {i} {time.monotonic_ns()}",
-                                      thread_id=thread_id)
+                    await sender.send(
+                        f"{TAG} {load_tag} {i} {time.monotonic_ns()}", thread_id=thread_id
+                    )
 
             await asyncio.gather(*(send(i) for i in range(load_messages)))
             loaded, last = [], start
@@ -203,9 +224,11 @@ class Run:
         quiet.sort()
         loaded.sort()
         return FanoutResult(
-            online=online, messages=load_messages,
+            online=online,
+            messages=load_messages,
             deliveries_per_second=delivered / ((last - start) / 1e9),
-            p50_ms=percentile(quiet, 50), p99_ms=percentile(quiet, 99),
+            p50_ms=percentile(quiet, 50),
+            p99_ms=percentile(quiet, 99),
             loaded_p99_ms=percentile(loaded, 99),
             forwards_per_message=(after["forwards"] - before["forwards"]) / load_messages,
             server_cpu_ms_per_delivery=(cpu1 - cpu0) * 1e3 / max(1, delivered),
@@ -267,34 +290,55 @@ async def run(args: argparse.Namespace, run_: Run) -> list[tuple[str, str]]:
     owner, sender, thread_id, names = await setup(run_.addresses[0], args.members)
     setup_s = time.monotonic() - t0
     ups, downs, silent = await presence_times(run_.addresses[0], args.presence_trials)
-    few = await run_.fanout(sender, thread_id, names, args.few, args.latency_messages,
-                            args.few_messages, args.window)
-    every = await run_.fanout(sender, thread_id, names, args.members, args.latency_messages,
-                              args.all_messages, args.window)
+    few = await run_.fanout(
+        sender, thread_id, names, args.few, args.latency_messages, args.few_messages, args.window
+    )
+    every = await run_.fanout(
+        sender,
+        thread_id,
+        names,
+        args.members,
+        args.latency_messages,
+        args.all_messages,
+        args.window,
+    )
     await sender.close()
     await owner.close()
     rows = [("setup (register, create group)", f"{setup_s:.1f} s")]
     for r in (few, every):
         label = f"{r.online} of {args.members} online"
         rows += [
-            (f"{label}: deliveries/s", f"{fmt(r.deliveries_per_second)}  "
-             f"({r.messages} messages x {r.online - 1} recipients, {args.window} in flight)"),
-            (f"{label}: to last recipient p50 / p99",
-             f"{r.p50_ms:.1f} / {r.p99_ms:.1f} ms  (one at a time; "
-             f"p99 under load {r.loaded_p99_ms:.0f} ms)"),
-            (f"{label}: channel forwards per message",
-             f"{r.forwards_per_message:.2f}  ({min(args.nodes, r.online)} socket servers)"),
+            (
+                f"{label}: deliveries/s",
+                f"{fmt(r.deliveries_per_second)}  "
+                f"({r.messages} messages x {r.online - 1} recipients, {args.window} in flight)",
+            ),
+            (
+                f"{label}: to last recipient p50 / p99",
+                f"{r.p50_ms:.1f} / {r.p99_ms:.1f} ms  (one at a time; "
+                f"p99 under load {r.loaded_p99_ms:.0f} ms)",
+            ),
+            (
+                f"{label}: channel forwards per message",
+                f"{r.forwards_per_message:.2f}  ({min(args.nodes, r.online)} socket servers)",
+            ),
             (f"{label}: server CPU per delivery", f"{r.server_cpu_ms_per_delivery:.3f} ms"),
         ]
     rows += [
-        ("deliveries/s ratio all / few", f"{every.deliveries_per_second / few.deliveries_per_second:.2f}"),
-        ("presence online push (connect -> watcher)",
-         f"mean {sum(ups) / len(ups):.2f} s, max {max(ups):.2f} s"),
-        ("presence offline push (close -> watcher)",
-         f"mean {sum(downs) / len(downs):.2f} s, max {max(downs):.2f} s"),
+        (
+            "deliveries/s ratio all / few",
+            f"{every.deliveries_per_second / few.deliveries_per_second:.2f}",
+        ),
+        (
+            "presence online push (connect -> watcher)",
+            f"mean {sum(ups) / len(ups):.2f} s, max {max(ups):.2f} s",
+        ),
+        (
+            "presence offline push (close -> watcher)",
+            f"mean {sum(downs) / len(downs):.2f} s, max {max(downs):.2f} s",
+        ),
         ("presence silent device -> offline", f"{silent:.2f} s"),
-        ("presence bound (interval / timeout)",
-         f"{args.beat:g} s / {args.beat * 3:g} s"),
+        ("presence bound (interval / timeout)", f"{args.beat:g} s / {args.beat * 3:g} s"),
     ]
     return rows
 
@@ -304,23 +348,42 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--members", type=int, default=500, help="group size (default 500)")
     p.add_argument("--few", type=int, default=10, help="members online in the small case")
     p.add_argument("--nodes", type=int, default=4, help="socket servers (default 4)")
-    p.add_argument("--latency-messages", type=int, default=20,
-                   help="messages sent one at a time for latency (default 20)")
-    p.add_argument("--few-messages", type=int, default=1000,
-                   help="messages flat out with few online (default 1000)")
-    p.add_argument("--all-messages", type=int, default=60,
-                   help="messages flat out with all online (default 60)")
+    p.add_argument(
+        "--latency-messages",
+        type=int,
+        default=20,
+        help="messages sent one at a time for latency (default 20)",
+    )
+    p.add_argument(
+        "--few-messages",
+        type=int,
+        default=1000,
+        help="messages flat out with few online (default 1000)",
+    )
+    p.add_argument(
+        "--all-messages",
+        type=int,
+        default=60,
+        help="messages flat out with all online (default 60)",
+    )
     p.add_argument("--window", type=int, default=16, help="sends in flight (default 16)")
-    p.add_argument("--beat", type=float, default=1.0,
-                   help="heartbeat interval in seconds (default 1; the product's is 5)")
+    p.add_argument(
+        "--beat",
+        type=float,
+        default=1.0,
+        help="heartbeat interval in seconds (default 1; the product's is 5)",
+    )
     p.add_argument("--presence-trials", type=int, default=3)
     args = p.parse_args(argv)
 
     started = time.monotonic()
     folder = tempfile.mkdtemp(prefix="natter-fanout-")
     ours, theirs = SPAWN.Pipe()
-    server = SPAWN.Process(target=_server_main, daemon=True,
-                           args=(theirs, str(Path(folder) / "data"), args.nodes, args.beat))
+    server = SPAWN.Process(
+        target=_server_main,
+        daemon=True,
+        args=(theirs, str(Path(folder) / "data"), args.nodes, args.beat),
+    )
     server.start()
     try:
         if not ours.poll(60):
@@ -341,4 +404,3 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-

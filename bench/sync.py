@@ -98,8 +98,12 @@ async def run_sync(server: BenchServer, messages: int, inflight: int) -> SyncRes
     await sender.close()
     await recipient.close()
     return SyncResult(
-        messages=messages, fill_seconds=fill_seconds, welcome_seconds=welcome,
-        sync_done_seconds=sync_done, all_seconds=all_seconds, replayed=replayed,
+        messages=messages,
+        fill_seconds=fill_seconds,
+        welcome_seconds=welcome,
+        sync_done_seconds=sync_done,
+        all_seconds=all_seconds,
+        replayed=replayed,
         received=received,
         server_cpu=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
         client_cpu=ccpu1 - ccpu0,
@@ -109,13 +113,17 @@ async def run_sync(server: BenchServer, messages: int, inflight: int) -> SyncRes
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.sync", description=__doc__)
     p.add_argument("--messages", type=int, default=10_000, help="how far behind (default 10000)")
-    p.add_argument("--inflight", type=int, default=32,
-                   help="sends in flight while filling (default 32)")
+    p.add_argument(
+        "--inflight", type=int, default=32, help="sends in flight while filling (default 32)"
+    )
     p.add_argument("--server", help="HOST:PORT of a running server (default: start one)")
     p.add_argument("--server-pid", type=int, help="its PID, to read its CPU time")
     p.add_argument("--no-ceiling", action="store_true", help="skip the bare-gRPC push ceiling")
-    p.add_argument("--profile", type=Path,
-                   help="run the own server under cProfile, write stats here, print hot spots")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="run the own server under cProfile, write stats here, print hot spots",
+    )
     p.add_argument("--no-record", action="store_true", help="do not append to bench-results.md")
     args = p.parse_args(argv)
 
@@ -136,37 +144,55 @@ def main(argv: Sequence[str] | None = None) -> None:
             hot = server.hot_spots()
             server.cleanup()
     rows = [
-        ("messages behind", f"{r.messages:,} (filled at {fmt(r.messages / r.fill_seconds)} msg/s, "
-                            f"{args.inflight} in flight)"),
+        (
+            "messages behind",
+            f"{r.messages:,} (filled at {fmt(r.messages / r.fill_seconds)} msg/s, "
+            f"{args.inflight} in flight)",
+        ),
         ("connect -> welcome", f"{r.welcome_seconds * 1e3:.1f} ms"),
         ("connect -> SyncDone", f"{r.sync_done_seconds:.3f} s  (server replayed {r.replayed:,})"),
         ("connect -> all received", f"{r.all_seconds:.3f} s  ({r.received:,} messages)"),
         ("catch-up rate", f"{fmt(r.rate)} msg/s"),
-        ("server CPU per message", "n/a" if r.server_cpu is None else
-         f"{r.server_cpu / r.received * 1e3:.3f} ms"),
+        (
+            "server CPU per message",
+            "n/a" if r.server_cpu is None else f"{r.server_cpu / r.received * 1e3:.3f} ms",
+        ),
         ("client CPU per message", f"{r.client_cpu / r.received * 1e3:.3f} ms"),
     ]
     ratio = "n/a"
     if ceiling is not None:
         ratio = f"{r.rate / ceiling.rate:.2f}"
         rows += [
-            (f"ceiling: bare gRPC push of {ceiling.count:,} x 64 B",
-             f"{ceiling.seconds:.3f} s  ({fmt(ceiling.rate)} msg/s)"),
+            (
+                f"ceiling: bare gRPC push of {ceiling.count:,} x 64 B",
+                f"{ceiling.seconds:.3f} s  ({fmt(ceiling.rate)} msg/s)",
+            ),
             ("natter catch-up rate / ceiling", ratio),
         ]
     print_table(f"natter sync: reconnect {r.messages:,} messages behind", rows)
     if args.profile is not None:
         print(hot)
     if not args.no_record:
-        figures = (f"SyncDone {r.sync_done_seconds:.3f} s, all {r.all_seconds:.3f} s "
-                   f"({fmt(r.rate)} msg/s), welcome {r.welcome_seconds * 1e3:.1f} ms"
-                   + ("" if r.server_cpu is None else
-                      f", server {r.server_cpu / r.received * 1e3:.3f} CPU-ms/msg"))
-        params = (f"{r.messages:,} behind" + (", external server" if args.server else "")
-                  + (", cProfile" if args.profile else ""))
-        ceiling_text = ("n/a" if ceiling is None else
-                        f"push {ceiling.count:,} x 64 B: {ceiling.seconds:.3f} s "
-                        f"({fmt(ceiling.rate)} msg/s)")
+        figures = (
+            f"SyncDone {r.sync_done_seconds:.3f} s, all {r.all_seconds:.3f} s "
+            f"({fmt(r.rate)} msg/s), welcome {r.welcome_seconds * 1e3:.1f} ms"
+            + (
+                ""
+                if r.server_cpu is None
+                else f", server {r.server_cpu / r.received * 1e3:.3f} CPU-ms/msg"
+            )
+        )
+        params = (
+            f"{r.messages:,} behind"
+            + (", external server" if args.server else "")
+            + (", cProfile" if args.profile else "")
+        )
+        ceiling_text = (
+            "n/a"
+            if ceiling is None
+            else f"push {ceiling.count:,} x 64 B: {ceiling.seconds:.3f} s "
+            f"({fmt(ceiling.rate)} msg/s)"
+        )
         append_result("sync", params, figures, ceiling_text, ratio)
 
 

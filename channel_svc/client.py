@@ -54,10 +54,14 @@ class ChannelClient:
 
         async def one(address: str, ids: list[int]) -> None:
             try:
-                await self.pool.call_one(address, lambda ch: self._stub(ch).Subscribe(
-                    cpb.SubscribeRequest(node_id=node_id, thread_ids=ids),
-                    metadata=self.pool.metadata, timeout=self.pool.deadline,
-                ))
+                await self.pool.call_one(
+                    address,
+                    lambda ch: self._stub(ch).Subscribe(
+                        cpb.SubscribeRequest(node_id=node_id, thread_ids=ids),
+                        metadata=self.pool.metadata,
+                        timeout=self.pool.deadline,
+                    ),
+                )
             except NatterError as e:
                 self.stale = True
                 logger.warning("subscribe at %s failed (%s); will resubscribe", address, e)
@@ -69,10 +73,14 @@ class ChannelClient:
 
         async def one(address: str, ids: list[int]) -> None:
             try:
-                await self.pool.call_one(address, lambda ch: self._stub(ch).Unsubscribe(
-                    cpb.UnsubscribeRequest(node_id=node_id, thread_ids=ids),
-                    metadata=self.pool.metadata, timeout=self.pool.deadline,
-                ))
+                await self.pool.call_one(
+                    address,
+                    lambda ch: self._stub(ch).Unsubscribe(
+                        cpb.UnsubscribeRequest(node_id=node_id, thread_ids=ids),
+                        metadata=self.pool.metadata,
+                        timeout=self.pool.deadline,
+                    ),
+                )
             except NatterError as e:  # a stale subscription only costs a wasted forward
                 logger.info("unsubscribe at %s failed: %s", address, e)
 
@@ -91,10 +99,14 @@ class ChannelClient:
 
         async def one(address: str, batch: list[d.Delivery]) -> None:
             try:
-                await self.pool.call_one(address, lambda ch: self._stub(ch).Publish(
-                    cpb.PublishRequest(deliveries=[convert.delivery(x) for x in batch]),
-                    metadata=self.pool.metadata, timeout=self.pool.deadline,
-                ))
+                await self.pool.call_one(
+                    address,
+                    lambda ch: self._stub(ch).Publish(
+                        cpb.PublishRequest(deliveries=[convert.delivery(x) for x in batch]),
+                        metadata=self.pool.metadata,
+                        timeout=self.pool.deadline,
+                    ),
+                )
             except NatterError as e:
                 logger.info("publish to %s failed: %s", address, e)
                 failed.extend(batch)

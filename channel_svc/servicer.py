@@ -18,7 +18,9 @@ class ChannelInternalServicer(cpb_grpc.ChannelInternalServiceServicer):
     def __init__(self, channels: Channels) -> None:
         self.channels = channels
 
-    async def Subscribe(self, request: cpb.SubscribeRequest, context: Context) -> cpb.SubscribeResponse:
+    async def Subscribe(
+        self, request: cpb.SubscribeRequest, context: Context
+    ) -> cpb.SubscribeResponse:
         await self.channels.subscribe(request.node_id, list(request.thread_ids))
         return cpb.SubscribeResponse()
 

@@ -113,8 +113,9 @@ class Accounts:
 
     async def authenticate(self, token: str) -> Principal:
         if not token:
-            raise Unauthenticated("missing bearer token: send 'authorization: Bearer <token>'",
-                                  "NO_TOKEN")
+            raise Unauthenticated(
+                "missing bearer token: send 'authorization: Bearer <token>'", "NO_TOKEN"
+            )
         found = await self.store.device_by_token(token_hash(token))
         if found is None:
             raise Unauthenticated("token is invalid or was revoked; log in again", "BAD_TOKEN")
@@ -130,8 +131,9 @@ class Accounts:
     async def devices(self, who: Principal) -> list[Device]:
         rows = await self.store.list_devices(who.user.user_id)
         return [
-            Device(r.device_id, r.name, r.create_time, r.last_active_time,
-                   r.device_id == who.device_id)
+            Device(
+                r.device_id, r.name, r.create_time, r.last_active_time, r.device_id == who.device_id
+            )
             for r in rows
         ]
 

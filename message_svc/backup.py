@@ -49,5 +49,7 @@ async def backup(database_url: str, dest: Path) -> tuple[int, int]:
         tool = "pg_dump" if url.get_backend_name() == "postgresql" else "mariadb-dump"
         raise FailedPrecondition(
             f"natter backup copies the embedded SQLite database; for "
-            f"{url.get_backend_name()} use {tool}", "NOT_SQLITE")
+            f"{url.get_backend_name()} use {tool}",
+            "NOT_SQLITE",
+        )
     return await asyncio.to_thread(_copy, Path(url.database or ""), dest)

@@ -27,7 +27,8 @@ class MessageClient:
     async def authenticate(self, token: str) -> d.Principal:
         async def go(ch: grpc.aio.Channel) -> mpb.AuthenticateResponse:
             return await self._stub(ch).Authenticate(
-                mpb.AuthenticateRequest(token=token), metadata=self.pool.metadata,
+                mpb.AuthenticateRequest(token=token),
+                metadata=self.pool.metadata,
                 timeout=self.pool.deadline,
             )
 
@@ -40,12 +41,14 @@ class MessageClient:
             frame.recipient = req.recipient
         else:
             frame.thread_id = req.thread_id
-        request = mpb.SendMessageRequest(user_id=who.user.user_id, device_id=who.device_id,
-                                         send=frame)
+        request = mpb.SendMessageRequest(
+            user_id=who.user.user_id, device_id=who.device_id, send=frame
+        )
 
         async def go(ch: grpc.aio.Channel) -> mpb.SendMessageResponse:
-            return await self._stub(ch).SendMessage(request, metadata=self.pool.metadata,
-                                                    timeout=self.pool.deadline)
+            return await self._stub(ch).SendMessage(
+                request, metadata=self.pool.metadata, timeout=self.pool.deadline
+            )
 
         # One replica per conversation while it is up (pushes leave in commit order); any
         # other on UNAVAILABLE. Retrying a send is safe: client_msg_id makes it idempotent.
@@ -54,20 +57,25 @@ class MessageClient:
         else:
             key = f"thread:{req.thread_id}"
         r = (await self.pool.call(self.addresses, go, key=key)).result
-        return d.SendResult(r.client_msg_id, r.msg_id, r.thread_id, r.seq,
-                            convert.from_ts(r.create_time))
+        return d.SendResult(
+            r.client_msg_id, r.msg_id, r.thread_id, r.seq, convert.from_ts(r.create_time)
+        )
 
     async def sync_device(
         self, who: d.Principal, cursors: Sequence[d.Cursor], skip_replay: bool, limit: int
     ) -> tuple[d.SyncPage, list[d.Cursor]]:
         request = mpb.SyncDeviceRequest(
-            user_id=who.user.user_id, device_id=who.device_id,
-            cursors=[convert.cursor(c) for c in cursors], skip_replay=skip_replay, limit=limit,
+            user_id=who.user.user_id,
+            device_id=who.device_id,
+            cursors=[convert.cursor(c) for c in cursors],
+            skip_replay=skip_replay,
+            limit=limit,
         )
 
         async def go(ch: grpc.aio.Channel) -> mpb.SyncDeviceResponse:
-            return await self._stub(ch).SyncDevice(request, metadata=self.pool.metadata,
-                                                   timeout=self.pool.deadline * 4)
+            return await self._stub(ch).SyncDevice(
+                request, metadata=self.pool.metadata, timeout=self.pool.deadline * 4
+            )
 
         res = await self.pool.call(self.addresses, go)
         page = d.SyncPage([convert.message_of(m) for m in res.messages], res.more)
@@ -76,56 +84,72 @@ class MessageClient:
     async def messages_between(
         self, who: d.Principal, thread_id: int, after_seq: int, before_seq: int
     ) -> list[d.Message]:
-        request = mpb.ReadGapRequest(user_id=who.user.user_id, device_id=who.device_id,
-                                     thread_id=thread_id, after_seq=after_seq,
-                                     before_seq=before_seq)
+        request = mpb.ReadGapRequest(
+            user_id=who.user.user_id,
+            device_id=who.device_id,
+            thread_id=thread_id,
+            after_seq=after_seq,
+            before_seq=before_seq,
+        )
 
         async def go(ch: grpc.aio.Channel) -> mpb.ReadGapResponse:
-            return await self._stub(ch).ReadGap(request, metadata=self.pool.metadata,
-                                                timeout=self.pool.deadline)
+            return await self._stub(ch).ReadGap(
+                request, metadata=self.pool.metadata, timeout=self.pool.deadline
+            )
 
         res = await self.pool.call(self.addresses, go)
         return [convert.message_of(m) for m in res.messages]
 
     async def ack(self, acks: Sequence[d.DeviceAck]) -> None:
-        request = mpb.AckCursorsRequest(acks=[
-            mpb.DeviceAck(user_id=a.user_id, device_id=a.device_id,
-                          cursors=[convert.cursor(c) for c in a.cursors])
-            for a in acks
-        ])
+        request = mpb.AckCursorsRequest(
+            acks=[
+                mpb.DeviceAck(
+                    user_id=a.user_id,
+                    device_id=a.device_id,
+                    cursors=[convert.cursor(c) for c in a.cursors],
+                )
+                for a in acks
+            ]
+        )
 
         async def go(ch: grpc.aio.Channel) -> mpb.AckCursorsResponse:
-            return await self._stub(ch).AckCursors(request, metadata=self.pool.metadata,
-                                                   timeout=self.pool.deadline)
+            return await self._stub(ch).AckCursors(
+                request, metadata=self.pool.metadata, timeout=self.pool.deadline
+            )
 
         await self.pool.call(self.addresses, go)
 
     async def mark_read(self, who: d.Principal, cursor: d.Cursor) -> None:
-        request = mpb.MarkReadRequest(user_id=who.user.user_id, device_id=who.device_id,
-                                      cursor=convert.cursor(cursor))
+        request = mpb.MarkReadRequest(
+            user_id=who.user.user_id, device_id=who.device_id, cursor=convert.cursor(cursor)
+        )
 
         async def go(ch: grpc.aio.Channel) -> mpb.MarkReadResponse:
-            return await self._stub(ch).MarkRead(request, metadata=self.pool.metadata,
-                                                 timeout=self.pool.deadline)
+            return await self._stub(ch).MarkRead(
+                request, metadata=self.pool.metadata, timeout=self.pool.deadline
+            )
 
         await self.pool.call(self.addresses, go)
 
     async def relay_typing(self, who: d.Principal, thread_id: int, active: bool) -> None:
         request = mpb.RelayTypingRequest(
-            user_id=who.user.user_id, device_id=who.device_id,
+            user_id=who.user.user_id,
+            device_id=who.device_id,
             typing=spb.TypingRequest(thread_id=thread_id, active=active),
         )
 
         async def go(ch: grpc.aio.Channel) -> mpb.RelayTypingResponse:
-            return await self._stub(ch).RelayTyping(request, metadata=self.pool.metadata,
-                                                    timeout=self.pool.deadline)
+            return await self._stub(ch).RelayTyping(
+                request, metadata=self.pool.metadata, timeout=self.pool.deadline
+            )
 
         await self.pool.call(self.addresses, go)
 
     async def user_groups(self, user_id: int) -> list[int]:
         async def go(ch: grpc.aio.Channel) -> mpb.ListUserGroupsResponse:
             return await self._stub(ch).ListUserGroups(
-                mpb.ListUserGroupsRequest(user_id=user_id), metadata=self.pool.metadata,
+                mpb.ListUserGroupsRequest(user_id=user_id),
+                metadata=self.pool.metadata,
                 timeout=self.pool.deadline,
             )
 

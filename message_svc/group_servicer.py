@@ -19,7 +19,8 @@ from natter.v1 import types_pb2 as pb
 Context = grpc.aio.ServicerContext[Any, Any]
 
 _ROLES: dict[int, d.Role] = {
-    pb.MEMBER_ROLE_MEMBER: d.Role.MEMBER, pb.MEMBER_ROLE_ADMIN: d.Role.ADMIN,
+    pb.MEMBER_ROLE_MEMBER: d.Role.MEMBER,
+    pb.MEMBER_ROLE_ADMIN: d.Role.ADMIN,
 }
 
 
@@ -71,7 +72,9 @@ class GroupServicer(_Authed, gpb_grpc.GroupServiceServicer):
         self, request: gpb.SetMemberRoleRequest, context: Context
     ) -> gpb.SetMemberRoleResponse:
         message = await self.groups.set_role(
-            await self.who(context), request.thread_id, list(request.members),
+            await self.who(context),
+            request.thread_id,
+            list(request.members),
             role_of(request.role),
         )
         return gpb.SetMemberRoleResponse(message=convert.message(message))

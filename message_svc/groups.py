@@ -52,7 +52,11 @@ class Groups:
     """Membership of group threads; the thread itself records every change in order."""
 
     def __init__(
-        self, store: Store, settings: Settings, fanout: Fanout, messaging: Messaging,
+        self,
+        store: Store,
+        settings: Settings,
+        fanout: Fanout,
+        messaging: Messaging,
         contacts: Contacts,
     ) -> None:
         self.store = store
@@ -62,9 +66,7 @@ class Groups:
         self.contacts = contacts
         # Changes to one group run one at a time in this process, so rule checks (the last
         # admin, the member cap) see the state they change.
-        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
 
     # -- commands ------------------------------------------------------------------------
 
@@ -74,13 +76,15 @@ class Groups:
         rows = await self._resolve(idents)
         others = [r for r in rows if r.user_id != who.user.user_id]
         self._check_cap(1 + len(others), 0)
-        event = SystemEvent(SystemKind.GROUP_CREATED, who.user,
-                            tuple(public(r) for r in others), name)
+        event = SystemEvent(
+            SystemKind.GROUP_CREATED, who.user, tuple(public(r) for r in others), name
+        )
         thread_id, message = await self.store.create_group(
             name, who.user.user_id, [r.user_id for r in others], self._new(0, who, event)
         )
         await self.messaging.publish(
-            message, ThreadKind.GROUP,
+            message,
+            ThreadKind.GROUP,
             extra_users=[who.user.user_id, *(r.user_id for r in others)],
         )
         view, _ = await self.messaging.get_thread(who, thread_id)
@@ -105,20 +109,21 @@ class Groups:
             rows = await self._resolve(idents)
             fresh = [r for r in rows if r.user_id not in active]
             if not fresh:
-                raise FailedPrecondition(
-                    f"{_names(rows)} already in the group", "ALREADY_MEMBERS"
-                )
+                raise FailedPrecondition(f"{_names(rows)} already in the group", "ALREADY_MEMBERS")
             self._check_cap(len(active) + len(fresh), len(active))
             full = not self.settings.group_history_from_join
             changes = [MemberChange(r.user_id, join=True, full_history=full) for r in fresh]
-            event = SystemEvent(SystemKind.MEMBERS_ADDED, who.user,
-                                tuple(public(r) for r in fresh))
+            event = SystemEvent(SystemKind.MEMBERS_ADDED, who.user, tuple(public(r) for r in fresh))
             message = await self.store.change_group(
-                thread_id, changes, None, self._new(thread_id, who, event),
+                thread_id,
+                changes,
+                None,
+                self._new(thread_id, who, event),
                 max_members=self.settings.max_group_members,
             )
-        await self.messaging.publish(message, ThreadKind.GROUP,
-                                     extra_users=[r.user_id for r in fresh])
+        await self.messaging.publish(
+            message, ThreadKind.GROUP, extra_users=[r.user_id for r in fresh]
+        )
         return message
 
     async def remove(self, who: Principal, thread_id: int, members: Sequence[str]) -> Message:
@@ -134,14 +139,18 @@ class Groups:
             gone = [r for r in rows if r.user_id in active]
             if not gone:
                 raise FailedPrecondition(f"{_names(rows)} not in the group", "NOT_MEMBERS")
-            event = SystemEvent(SystemKind.MEMBERS_REMOVED, who.user,
-                                tuple(public(r) for r in gone))
+            event = SystemEvent(
+                SystemKind.MEMBERS_REMOVED, who.user, tuple(public(r) for r in gone)
+            )
             message = await self.store.change_group(
-                thread_id, [MemberChange(r.user_id, leave=True) for r in gone], None,
+                thread_id,
+                [MemberChange(r.user_id, leave=True) for r in gone],
+                None,
                 self._new(thread_id, who, event),
             )
-        await self.messaging.publish(message, ThreadKind.GROUP,
-                                     extra_users=[r.user_id for r in gone])
+        await self.messaging.publish(
+            message, ThreadKind.GROUP, extra_users=[r.user_id for r in gone]
+        )
         return message
 
     async def set_role(
@@ -161,7 +170,9 @@ class Groups:
                 raise FailedPrecondition(f"{_names(rows)} already {what}", "NO_CHANGE")
             if role is Role.MEMBER:
                 ids = {r.user_id for r in changing}
-                left = [m for m in current.values() if m.role is Role.ADMIN and m.user_id not in ids]
+                left = [
+                    m for m in current.values() if m.role is Role.ADMIN and m.user_id not in ids
+                ]
                 if not left:
                     raise FailedPrecondition(
                         "a group needs an admin: promote someone before demoting the last admin",
@@ -170,7 +181,9 @@ class Groups:
             kind = SystemKind.ADMINS_PROMOTED if role is Role.ADMIN else SystemKind.ADMINS_DEMOTED
             event = SystemEvent(kind, who.user, tuple(public(r) for r in changing))
             message = await self.store.change_group(
-                thread_id, [MemberChange(r.user_id, role=role) for r in changing], None,
+                thread_id,
+                [MemberChange(r.user_id, role=role) for r in changing],
+                None,
                 self._new(thread_id, who, event),
             )
         await self.messaging.publish(message, ThreadKind.GROUP)
@@ -189,12 +202,16 @@ class Groups:
                     heir_user = (await self.messaging.users([heir.user_id]))[heir.user_id]
                     event = SystemEvent(SystemKind.ADMINS_PROMOTED, who.user, (heir_user,))
                     promoted = await self.store.change_group(
-                        thread_id, [MemberChange(heir.user_id, role=Role.ADMIN)], None,
+                        thread_id,
+                        [MemberChange(heir.user_id, role=Role.ADMIN)],
+                        None,
                         self._new(thread_id, who, event),
                     )
             event = SystemEvent(SystemKind.MEMBER_LEFT, who.user)
             message = await self.store.change_group(
-                thread_id, [MemberChange(who.user.user_id, leave=True)], None,
+                thread_id,
+                [MemberChange(who.user.user_id, leave=True)],
+                None,
                 self._new(thread_id, who, event),
             )
         if promoted is not None:
@@ -256,6 +273,12 @@ class Groups:
 
     @staticmethod
     def _new(thread_id: int, who: Principal, event: SystemEvent) -> NewMessage:
-        return NewMessage(thread_id, who.user, who.device_id, f"sys-{uuid.uuid4().hex}",
-                          MessageKind.SYSTEM, describe(event), event)
-
+        return NewMessage(
+            thread_id,
+            who.user,
+            who.device_id,
+            f"sys-{uuid.uuid4().hex}",
+            MessageKind.SYSTEM,
+            describe(event),
+            event,
+        )

@@ -70,7 +70,9 @@ def _decode_token(token: str) -> tuple[datetime, int]:
 class Messaging:
     """The system of record's rules for threads and messages."""
 
-    def __init__(self, store: Store, settings: Settings, fanout: Fanout, contacts: Contacts) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, fanout: Fanout, contacts: Contacts
+    ) -> None:
         self.store = store
         self.settings = settings
         self.fanout = fanout
@@ -130,8 +132,9 @@ class Messaging:
             raise InvalidArgument("thread_id must be positive", "BAD_THREAD")
         else:
             raise InvalidArgument("send needs a thread_id or a recipient", "NO_TARGET")
-        new = NewMessage(thread_id, who.user, who.device_id, req.client_msg_id,
-                         MessageKind.TEXT, text)
+        new = NewMessage(
+            thread_id, who.user, who.device_id, req.client_msg_id, MessageKind.TEXT, text
+        )
         appended = await self.committer.submit(new)
         if isinstance(appended, Refused):
             await self.active_member(who, thread_id)  # raises the precise error
@@ -142,8 +145,9 @@ class Messaging:
         # A retry is pushed again: the replica that stored the original may have died
         # before pushing it. Devices drop what they already have (by thread and seq).
         await self.publish(message, await self._kind(thread_id), exclude_device_id=who.device_id)
-        return SendResult(req.client_msg_id, message.msg_id, message.thread_id, message.seq,
-                          message.create_time)
+        return SendResult(
+            req.client_msg_id, message.msg_id, message.thread_id, message.seq, message.create_time
+        )
 
     async def _direct_with(self, user_id: int, identifier: str) -> int:
         """The direct thread with a user; ids, names and pairs never change, so all are cached."""
@@ -170,17 +174,25 @@ class Messaging:
         return kind
 
     async def publish(
-        self, message: Message, kind: ThreadKind, exclude_device_id: int = 0,
+        self,
+        message: Message,
+        kind: ThreadKind,
+        exclude_device_id: int = 0,
         extra_users: Iterable[int] = (),
     ) -> None:
         """Push a stored message; failures only delay it until the devices sync."""
         try:
             if kind is ThreadKind.DIRECT:
                 users = await self.audience(message.thread_id, kind)
-                deliveries = [Delivery(message, user_ids=users, exclude_device_id=exclude_device_id)]
+                deliveries = [
+                    Delivery(message, user_ids=users, exclude_device_id=exclude_device_id)
+                ]
             else:
-                deliveries = [Delivery(message, thread_id=message.thread_id,
-                                       exclude_device_id=exclude_device_id)]
+                deliveries = [
+                    Delivery(
+                        message, thread_id=message.thread_id, exclude_device_id=exclude_device_id
+                    )
+                ]
                 extra = tuple(extra_users)
                 if extra:
                     deliveries.append(Delivery(message, user_ids=extra))
@@ -206,17 +218,29 @@ class Messaging:
     def _thread_view(self, s: ThreadSummary, peers: Mapping[int, UserRow]) -> Thread:
         peer_row = peers.get(s.peer_id) if s.peer_id else None
         peer = public(peer_row) if peer_row is not None else None
-        hi = s.thread.last_seq if s.member.left_seq is None else min(
-            s.thread.last_seq, s.member.left_seq
+        hi = (
+            s.thread.last_seq
+            if s.member.left_seq is None
+            else min(s.thread.last_seq, s.member.left_seq)
         )
-        title = s.thread.title if s.thread.kind is ThreadKind.GROUP else (
-            peer.display_name if peer else ""
+        title = (
+            s.thread.title
+            if s.thread.kind is ThreadKind.GROUP
+            else (peer.display_name if peer else "")
         )
         return Thread(
-            thread_id=s.thread.thread_id, kind=s.thread.kind, title=title, last_seq=hi,
-            read_seq=s.member.read_seq, unread_count=s.unread_count,
-            update_time=s.member.update_time, role=s.member.role, member_count=s.member_count,
-            active=s.member.active, peer=peer, last_message=s.last_message,
+            thread_id=s.thread.thread_id,
+            kind=s.thread.kind,
+            title=title,
+            last_seq=hi,
+            read_seq=s.member.read_seq,
+            unread_count=s.unread_count,
+            update_time=s.member.update_time,
+            role=s.member.role,
+            member_count=s.member_count,
+            active=s.member.active,
+            peer=peer,
+            last_message=s.last_message,
         )
 
     async def get_thread(self, who: Principal, thread_id: int) -> tuple[Thread, list[Member]]:
@@ -230,10 +254,19 @@ class Messaging:
             peer = public(users[other.user_id])
         hi = thread.last_seq if me.left_seq is None else min(thread.last_seq, me.left_seq)
         view = Thread(
-            thread_id=thread.thread_id, kind=thread.kind,
-            title=thread.title if thread.kind is ThreadKind.GROUP else (peer.display_name if peer else ""),
-            last_seq=hi, read_seq=me.read_seq, unread_count=0, update_time=me.update_time,
-            role=me.role, member_count=len(active), active=me.active, peer=peer,
+            thread_id=thread.thread_id,
+            kind=thread.kind,
+            title=thread.title
+            if thread.kind is ThreadKind.GROUP
+            else (peer.display_name if peer else ""),
+            last_seq=hi,
+            read_seq=me.read_seq,
+            unread_count=0,
+            update_time=me.update_time,
+            role=me.role,
+            member_count=len(active),
+            active=me.active,
+            peer=peer,
         )
         shown = [
             Member(public(users[m.user_id]), m.role, m.delivered_seq, m.read_seq, m.create_time)
@@ -248,7 +281,12 @@ class Messaging:
         return view
 
     async def list_messages(
-        self, who: Principal, thread_id: int, before_seq: int, after_seq: int, limit: int,
+        self,
+        who: Principal,
+        thread_id: int,
+        before_seq: int,
+        after_seq: int,
+        limit: int,
         forward: bool = False,
     ) -> tuple[list[Message], bool]:
         if before_seq < 0 or after_seq < 0:
@@ -271,7 +309,8 @@ class Messaging:
         if not mine:
             return rows
         others = [
-            m for m in await self.store.list_members(thread.thread_id)
+            m
+            for m in await self.store.list_members(thread.thread_id)
             if m.active and m.user_id != who.user.user_id
         ]
         delivered = min((m.delivered_seq for m in others), default=UNBOUNDED)
@@ -280,8 +319,13 @@ class Messaging:
         def state(m: Message) -> Message:
             if m.sender.user_id != who.user.user_id or m.kind is not MessageKind.TEXT:
                 return m
-            s = (MessageState.READ if m.seq <= read else
-                 MessageState.DELIVERED if m.seq <= delivered else MessageState.SENT)
+            s = (
+                MessageState.READ
+                if m.seq <= read
+                else MessageState.DELIVERED
+                if m.seq <= delivered
+                else MessageState.SENT
+            )
             return replace(m, state=s)
 
         return [state(m) for m in rows]
@@ -335,8 +379,13 @@ class Messaging:
         users = await self.store.get_users([a.user_id for a in advances])
         deliveries: list[Delivery] = []
         for a in advances:
-            receipt = Receipt(a.thread_id, public(users[a.user_id]), ReceiptKind.DELIVERED, a.seq,
-                              datetime.now().astimezone())
+            receipt = Receipt(
+                a.thread_id,
+                public(users[a.user_id]),
+                ReceiptKind.DELIVERED,
+                a.seq,
+                datetime.now().astimezone(),
+            )
             audience = await self._receipt_audience(a.thread_id, a.user_id)
             if audience:
                 deliveries.append(Delivery(receipt, user_ids=audience))
@@ -364,11 +413,13 @@ class Messaging:
         # A read cursor never moves back: an older Read (from a slower device) is a no-op.
         if not await self.store.advance_read(who.user.user_id, cursor.thread_id, cursor.seq):
             return
-        receipt = Receipt(cursor.thread_id, who.user, ReceiptKind.READ, cursor.seq,
-                          datetime.now().astimezone())
+        receipt = Receipt(
+            cursor.thread_id, who.user, ReceiptKind.READ, cursor.seq, datetime.now().astimezone()
+        )
         deliveries = [
-            Delivery(ReadCursor(cursor), user_ids=(who.user.user_id,),
-                     exclude_device_id=who.device_id)
+            Delivery(
+                ReadCursor(cursor), user_ids=(who.user.user_id,), exclude_device_id=who.device_id
+            )
         ]
         audience = await self._receipt_audience(cursor.thread_id, who.user.user_id)
         if audience:
@@ -381,7 +432,9 @@ class Messaging:
         thread, _ = await self.active_member(who, thread_id)
         event = Typing(thread_id, who.user, active)
         if thread.kind is ThreadKind.DIRECT:
-            others = [u for u in await self.audience(thread_id, thread.kind) if u != who.user.user_id]
+            others = [
+                u for u in await self.audience(thread_id, thread.kind) if u != who.user.user_id
+            ]
             delivery = Delivery(event, user_ids=others)
         else:
             delivery = Delivery(event, thread_id=thread_id, exclude_device_id=who.device_id)

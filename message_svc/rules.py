@@ -11,8 +11,22 @@ USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{2,31}$")
 PHONE = re.compile(r"^\+[0-9]{7,15}$")
 CLIENT_MSG_ID = re.compile(r"^[\x21-\x7e]{1,64}$")
 _COMMON_PASSWORDS = frozenset(
-    {"password", "12345678", "123456789", "1234567890", "qwertyui", "qwerty123", "11111111",
-     "password1", "iloveyou", "abcdefgh", "letmein1", "00000000", "87654321", "passw0rd"}
+    {
+        "password",
+        "12345678",
+        "123456789",
+        "1234567890",
+        "qwertyui",
+        "qwerty123",
+        "11111111",
+        "password1",
+        "iloveyou",
+        "abcdefgh",
+        "letmein1",
+        "00000000",
+        "87654321",
+        "passw0rd",
+    }
 )
 
 
@@ -37,7 +51,9 @@ def phone(value: str) -> str | None:
 def _printable(value: str, what: str, limit: int) -> str:
     value = value.strip()
     if not value:
-        raise InvalidArgument(f"{what} must not be empty", f"EMPTY_{what.upper().replace(' ', '_')}")
+        raise InvalidArgument(
+            f"{what} must not be empty", f"EMPTY_{what.upper().replace(' ', '_')}"
+        )
     if len(value) > limit:
         raise InvalidArgument(f"{what} is longer than {limit} characters", "TOO_LONG")
     if any(unicodedata.category(ch) == "Cc" for ch in value):

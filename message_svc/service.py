@@ -62,7 +62,9 @@ class MessageService:
         tpb_grpc.add_ThreadServiceServicer_to_server(
             ThreadServicer(self.accounts, self.messaging), server
         )
-        gpb_grpc.add_GroupServiceServicer_to_server(GroupServicer(self.accounts, self.groups), server)
+        gpb_grpc.add_GroupServiceServicer_to_server(
+            GroupServicer(self.accounts, self.groups), server
+        )
 
     def add_internal(self, server: grpc.aio.Server) -> None:
         mpb_grpc.add_MessageInternalServiceServicer_to_server(

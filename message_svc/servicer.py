@@ -36,7 +36,9 @@ class AccountServicer(_Authed, apb_grpc.AccountServiceServicer):
     def __init__(self, accounts: Accounts) -> None:
         self.accounts = accounts
 
-    async def Register(self, request: apb.RegisterRequest, context: Context) -> apb.RegisterResponse:
+    async def Register(
+        self, request: apb.RegisterRequest, context: Context
+    ) -> apb.RegisterResponse:
         user = await self.accounts.register(
             request.username, request.display_name, request.phone, request.password
         )
@@ -60,8 +62,12 @@ class AccountServicer(_Authed, apb_grpc.AccountServiceServicer):
 
     async def GetMe(self, request: apb.GetMeRequest, context: Context) -> apb.GetMeResponse:
         me = await self.accounts.me(await self.who(context))
-        return apb.GetMeResponse(user=convert.user(me.user), device_id=me.device_id,
-                                 phone=me.phone, hide_last_seen=me.hide_last_seen)
+        return apb.GetMeResponse(
+            user=convert.user(me.user),
+            device_id=me.device_id,
+            phone=me.phone,
+            hide_last_seen=me.hide_last_seen,
+        )
 
     async def UpdateSettings(
         self, request: apb.UpdateSettingsRequest, context: Context
@@ -127,8 +133,12 @@ class ThreadServicer(_Authed, tpb_grpc.ThreadServiceServicer):
             threads=[convert.thread(t) for t in threads], next_page_token=token
         )
 
-    async def GetThread(self, request: tpb.GetThreadRequest, context: Context) -> tpb.GetThreadResponse:
-        thread, members = await self.messaging.get_thread(await self.who(context), request.thread_id)
+    async def GetThread(
+        self, request: tpb.GetThreadRequest, context: Context
+    ) -> tpb.GetThreadResponse:
+        thread, members = await self.messaging.get_thread(
+            await self.who(context), request.thread_id
+        )
         return tpb.GetThreadResponse(
             thread=convert.thread(thread), members=[convert.member(m) for m in members]
         )
@@ -143,8 +153,12 @@ class ThreadServicer(_Authed, tpb_grpc.ThreadServiceServicer):
         self, request: tpb.ListMessagesRequest, context: Context
     ) -> tpb.ListMessagesResponse:
         rows, more = await self.messaging.list_messages(
-            await self.who(context), request.thread_id, request.before_seq, request.after_seq,
-            request.limit, request.forward,
+            await self.who(context),
+            request.thread_id,
+            request.before_seq,
+            request.after_seq,
+            request.limit,
+            request.forward,
         )
         return tpb.ListMessagesResponse(messages=[convert.message(m) for m in rows], more=more)
 
@@ -181,14 +195,20 @@ class MessageInternalServicer(mpb_grpc.MessageInternalServiceServicer):
         which = s.WhichOneof("target")
         res = await self.messaging.send(
             await self._who(request.user_id, request.device_id),
-            d.SendRequest(s.client_msg_id, s.text,
-                          s.thread_id if which == "thread_id" else 0,
-                          s.recipient if which == "recipient" else ""),
+            d.SendRequest(
+                s.client_msg_id,
+                s.text,
+                s.thread_id if which == "thread_id" else 0,
+                s.recipient if which == "recipient" else "",
+            ),
         )
         return mpb.SendMessageResponse(
             result=spb.SendResult(
-                client_msg_id=res.client_msg_id, msg_id=res.msg_id, thread_id=res.thread_id,
-                seq=res.seq, create_time=convert.ts(res.create_time),
+                client_msg_id=res.client_msg_id,
+                msg_id=res.msg_id,
+                thread_id=res.thread_id,
+                seq=res.seq,
+                create_time=convert.ts(res.create_time),
             )
         )
 
@@ -197,30 +217,39 @@ class MessageInternalServicer(mpb_grpc.MessageInternalServiceServicer):
     ) -> mpb.SyncDeviceResponse:
         page, starts = await self.messaging.sync_device(
             await self._who(request.user_id, request.device_id),
-            [convert.cursor_of(c) for c in request.cursors], request.skip_replay, request.limit,
+            [convert.cursor_of(c) for c in request.cursors],
+            request.skip_replay,
+            request.limit,
         )
         return mpb.SyncDeviceResponse(
-            messages=[convert.message(m) for m in page.messages], more=page.more,
+            messages=[convert.message(m) for m in page.messages],
+            more=page.more,
             starts=[convert.cursor(c) for c in starts],
         )
 
     async def ReadGap(self, request: mpb.ReadGapRequest, context: Context) -> mpb.ReadGapResponse:
         rows = await self.messaging.messages_between(
-            await self._who(request.user_id, request.device_id), request.thread_id,
-            request.after_seq, request.before_seq,
+            await self._who(request.user_id, request.device_id),
+            request.thread_id,
+            request.after_seq,
+            request.before_seq,
         )
         return mpb.ReadGapResponse(messages=[convert.message(m) for m in rows])
 
     async def AckCursors(
         self, request: mpb.AckCursorsRequest, context: Context
     ) -> mpb.AckCursorsResponse:
-        await self.messaging.ack([
-            d.DeviceAck(a.user_id, a.device_id, tuple(convert.cursor_of(c) for c in a.cursors))
-            for a in request.acks
-        ])
+        await self.messaging.ack(
+            [
+                d.DeviceAck(a.user_id, a.device_id, tuple(convert.cursor_of(c) for c in a.cursors))
+                for a in request.acks
+            ]
+        )
         return mpb.AckCursorsResponse()
 
-    async def MarkRead(self, request: mpb.MarkReadRequest, context: Context) -> mpb.MarkReadResponse:
+    async def MarkRead(
+        self, request: mpb.MarkReadRequest, context: Context
+    ) -> mpb.MarkReadResponse:
         await self.messaging.mark_read(
             await self._who(request.user_id, request.device_id), convert.cursor_of(request.cursor)
         )
@@ -230,7 +259,8 @@ class MessageInternalServicer(mpb_grpc.MessageInternalServiceServicer):
         self, request: mpb.RelayTypingRequest, context: Context
     ) -> mpb.RelayTypingResponse:
         await self.messaging.relay_typing(
-            await self._who(request.user_id, request.device_id), request.typing.thread_id,
+            await self._who(request.user_id, request.device_id),
+            request.typing.thread_id,
             request.typing.active,
         )
         return mpb.RelayTypingResponse()

@@ -271,7 +271,8 @@ class SqlStore:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         if self.sqlite and self.url.database not in (None, "", ":memory:"):
             self._sync_engine = sa.create_engine(
-                self.url.set(drivername="sqlite+pysqlite"), poolclass=pool.StaticPool,
+                self.url.set(drivername="sqlite+pysqlite"),
+                poolclass=pool.StaticPool,
                 connect_args={"check_same_thread": False},
             )
             event.listen(self._sync_engine, "connect", _sqlite_pragmas)
@@ -284,7 +285,9 @@ class SqlStore:
     async def close(self) -> None:
         if self._writer is not None:
             assert self._sync_engine is not None
-            await asyncio.get_running_loop().run_in_executor(self._writer, self._sync_engine.dispose)
+            await asyncio.get_running_loop().run_in_executor(
+                self._writer, self._sync_engine.dispose
+            )
             self._writer.shutdown()
             self._writer = self._sync_engine = None
         if self.engine is not None:
@@ -321,9 +324,7 @@ class SqlStore:
             async with lock, self.engine.begin() as conn:
                 yield conn
 
-    async def _retry(
-        self, write: Callable[[], Awaitable[T]], *, integrity: bool = False
-    ) -> T:
+    async def _retry(self, write: Callable[[], Awaitable[T]], *, integrity: bool = False) -> T:
         """Run a write again when a deadlock (or, if asked, a concurrent insert) aborted it."""
         for attempt in range(_ATTEMPTS):
             try:
@@ -415,7 +416,9 @@ class SqlStore:
         u = t.users
         async with self._tx() as conn:
             await conn.execute(
-                u.update().where(u.c.id == sa.bindparam("uid")).values(last_seen_time=sa.bindparam("ts")),
+                u.update()
+                .where(u.c.id == sa.bindparam("uid"))
+                .values(last_seen_time=sa.bindparam("ts")),
                 [{"uid": uid, "ts": ts} for uid, ts in seen],
             )
 
@@ -437,8 +440,15 @@ class SqlStore:
         async with self._read() as conn:
             row = (
                 await conn.execute(
-                    sa.select(d, u.c.username, u.c.display_name, u.c.phone, u.c.password_hash,
-                              u.c.hide_last_seen, u.c.last_seen_time)
+                    sa.select(
+                        d,
+                        u.c.username,
+                        u.c.display_name,
+                        u.c.phone,
+                        u.c.password_hash,
+                        u.c.hide_last_seen,
+                        u.c.last_seen_time,
+                    )
                     .join(u, u.c.id == d.c.user_id)
                     .where(d.c.token_hash == token_hash, d.c.revoke_time.is_(None))
                 )
@@ -446,8 +456,13 @@ class SqlStore:
         if row is None:
             return None
         user = UserRow(
-            row.user_id, row.username, row.display_name, row.phone, row.password_hash,
-            bool(row.hide_last_seen), _utc(row.last_seen_time),
+            row.user_id,
+            row.username,
+            row.display_name,
+            row.phone,
+            row.password_hash,
+            bool(row.hide_last_seen),
+            _utc(row.last_seen_time),
         )
         return user, _device_row(row)
 
@@ -549,17 +564,30 @@ class SqlStore:
             async with self._tx() as conn:
                 res = await conn.execute(
                     th.insert().values(
-                        kind=ThreadKind.DIRECT.value, title="", last_seq=0, direct_key=key,
-                        create_time=now, update_time=now,
+                        kind=ThreadKind.DIRECT.value,
+                        title="",
+                        last_seq=0,
+                        direct_key=key,
+                        create_time=now,
+                        update_time=now,
                     )
                 )
                 thread_id = int(res.inserted_primary_key[0])  # type: ignore[index]
                 await conn.execute(
                     m.insert(),
                     [
-                        dict(owner_id=uid, thread_id=thread_id, role=Role.MEMBER.value,
-                             nickname="", first_seq=1, left_seq=None, delivered_seq=0,
-                             read_seq=0, create_time=now, update_time=now)
+                        dict(
+                            owner_id=uid,
+                            thread_id=thread_id,
+                            role=Role.MEMBER.value,
+                            nickname="",
+                            first_seq=1,
+                            left_seq=None,
+                            delivered_seq=0,
+                            read_seq=0,
+                            create_time=now,
+                            update_time=now,
+                        )
                         for uid in dict.fromkeys((lo, hi))
                     ],
                 )
@@ -568,7 +596,9 @@ class SqlStore:
             # Another request created the pair's thread first: use it.
             async with self._read() as conn:
                 return int(
-                    (await conn.execute(sa.select(th.c.id).where(th.c.direct_key == key))).scalar_one()
+                    (
+                        await conn.execute(sa.select(th.c.id).where(th.c.direct_key == key))
+                    ).scalar_one()
                 )
 
     async def get_thread(self, thread_id: int) -> ThreadRow | None:
@@ -592,7 +622,9 @@ class SqlStore:
         m = t.thread_members
         async with self._read() as conn:
             rows = await conn.execute(
-                sa.select(m).where(m.c.thread_id == thread_id).order_by(m.c.create_time, m.c.owner_id)
+                sa.select(m)
+                .where(m.c.thread_id == thread_id)
+                .order_by(m.c.create_time, m.c.owner_id)
             )
             return [_member_row(r) for r in rows]
 
@@ -615,8 +647,9 @@ class SqlStore:
         q = (
             sa.select(m.c.thread_id)
             .join(th, th.c.id == m.c.thread_id)
-            .where(m.c.owner_id == user_id, m.c.left_seq.is_(None),
-                   th.c.kind == ThreadKind.GROUP.value)
+            .where(
+                m.c.owner_id == user_id, m.c.left_seq.is_(None), th.c.kind == ThreadKind.GROUP.value
+            )
             .order_by(m.c.thread_id)
         )
         async with self._read() as conn:
@@ -626,12 +659,19 @@ class SqlStore:
         self, user_id: int, before: tuple[datetime, int] | None, limit: int
     ) -> list[ThreadSummary]:
         m, th, msg = t.thread_members, t.threads, t.messages
-        q = sa.select(m, th.c.kind, th.c.title, th.c.last_seq, th.c.update_time.label("t_update"),
-                      th.c.id).join(th, th.c.id == m.c.thread_id).where(m.c.owner_id == user_id)
+        q = (
+            sa.select(
+                m, th.c.kind, th.c.title, th.c.last_seq, th.c.update_time.label("t_update"), th.c.id
+            )
+            .join(th, th.c.id == m.c.thread_id)
+            .where(m.c.owner_id == user_id)
+        )
         if before is not None:
             when, tid = before
             q = q.where(
-                sa.or_(m.c.update_time < when, sa.and_(m.c.update_time == when, m.c.thread_id < tid))
+                sa.or_(
+                    m.c.update_time < when, sa.and_(m.c.update_time == when, m.c.thread_id < tid)
+                )
             )
         q = q.order_by(m.c.update_time.desc(), m.c.thread_id.desc()).limit(limit)
         out: list[ThreadSummary] = []
@@ -644,18 +684,26 @@ class SqlStore:
             pages: list[tuple[MemberRow, ThreadRow, int, int]] = []
             for r in rows:
                 member = _member_row(r)
-                thread = ThreadRow(r.thread_id, ThreadKind(r.kind), r.title, r.last_seq,
-                                   _aware(r.t_update))
-                hi = thread.last_seq if member.left_seq is None else min(thread.last_seq, member.left_seq)
+                thread = ThreadRow(
+                    r.thread_id, ThreadKind(r.kind), r.title, r.last_seq, _aware(r.t_update)
+                )
+                hi = (
+                    thread.last_seq
+                    if member.left_seq is None
+                    else min(thread.last_seq, member.left_seq)
+                )
                 lo = max(member.read_seq, member.first_seq - 1)
                 pages.append((member, thread, lo, hi))
             ids = [th_.thread_id for _, th_, _, _ in pages]
             wanted = {(th_.thread_id, hi) for m_, th_, _, hi in pages if hi >= m_.first_seq}
             lasts: dict[int, Message] = {}
             if wanted:
-                found = await conn.execute(_message_select().where(
-                    msg.c.thread_id.in_([t_ for t_, _ in wanted]),
-                    msg.c.seq.in_(list({s_ for _, s_ in wanted}))))
+                found = await conn.execute(
+                    _message_select().where(
+                        msg.c.thread_id.in_([t_ for t_, _ in wanted]),
+                        msg.c.seq.in_(list({s_ for _, s_ in wanted})),
+                    )
+                )
                 for lr in _pairs(found, wanted, "thread_id", "seq"):
                     lasts[int(lr.thread_id)] = _message(lr)
             unread: dict[int, int] = {}
@@ -663,15 +711,25 @@ class SqlStore:
             if spans:
                 counted = await conn.execute(
                     sa.select(msg.c.thread_id, sa.func.count())
-                    .where(sa.or_(*(sa.and_(msg.c.thread_id == t_, msg.c.seq > lo, msg.c.seq <= hi)
-                                    for t_, lo, hi in spans)),
-                           msg.c.sender_id != user_id)
+                    .where(
+                        sa.or_(
+                            *(
+                                sa.and_(msg.c.thread_id == t_, msg.c.seq > lo, msg.c.seq <= hi)
+                                for t_, lo, hi in spans
+                            )
+                        ),
+                        msg.c.sender_id != user_id,
+                    )
                     .group_by(msg.c.thread_id)
                 )
                 unread = {int(t_): int(n) for t_, n in counted}
             members = await conn.execute(
-                sa.select(m.c.thread_id, sa.func.count(), sa.func.min(m.c.owner_id),
-                          sa.func.max(m.c.owner_id))
+                sa.select(
+                    m.c.thread_id,
+                    sa.func.count(),
+                    sa.func.min(m.c.owner_id),
+                    sa.func.max(m.c.owner_id),
+                )
                 .where(m.c.thread_id.in_(ids), m.c.left_seq.is_(None))
                 .group_by(m.c.thread_id)
             )
@@ -681,9 +739,16 @@ class SqlStore:
                 peer = None
                 if thread.kind is ThreadKind.DIRECT:
                     peer = second if first == user_id else first
-                out.append(ThreadSummary(thread, member, count, peer,
-                                         lasts.get(thread.thread_id),
-                                         unread.get(thread.thread_id, 0)))
+                out.append(
+                    ThreadSummary(
+                        thread,
+                        member,
+                        count,
+                        peer,
+                        lasts.get(thread.thread_id),
+                        unread.get(thread.thread_id, 0),
+                    )
+                )
         return out
 
     async def create_group(
@@ -694,12 +759,19 @@ class SqlStore:
         )
 
     async def change_group(
-        self, thread_id: int, changes: Sequence[MemberChange], title: str | None,
-        event: NewMessage, *, max_members: int | None = None,
+        self,
+        thread_id: int,
+        changes: Sequence[MemberChange],
+        title: str | None,
+        event: NewMessage,
+        *,
+        max_members: int | None = None,
     ) -> Message:
-        return await self._retry(lambda: self._write(
-            lambda conn: _change_group(conn, thread_id, changes, title, event, max_members)
-        ))
+        return await self._retry(
+            lambda: self._write(
+                lambda conn: _change_group(conn, thread_id, changes, title, event, max_members)
+            )
+        )
 
     # -- messages ------------------------------------------------------------------------
 
@@ -778,8 +850,12 @@ class SqlStore:
             res = await conn.execute(
                 m.update()
                 .where(m.c.owner_id == user_id, m.c.thread_id == thread_id, m.c.read_seq < seq)
-                .values(read_seq=seq, delivered_seq=sa.func.max(m.c.delivered_seq, seq)
-                        if self.sqlite else sa.func.greatest(m.c.delivered_seq, seq))
+                .values(
+                    read_seq=seq,
+                    delivered_seq=sa.func.max(m.c.delivered_seq, seq)
+                    if self.sqlite
+                    else sa.func.greatest(m.c.delivered_seq, seq),
+                )
             )
             return bool(res.rowcount)
 
@@ -812,7 +888,8 @@ class SqlStore:
                     .distinct()
                     .join(mine, mine.c.thread_id == theirs.c.thread_id)
                     .where(
-                        mine.c.owner_id == user_id, mine.c.left_seq.is_(None),
+                        mine.c.owner_id == user_id,
+                        mine.c.left_seq.is_(None),
                         theirs.c.left_seq.is_(None),
                         theirs.c.owner_id.in_(ids[start : start + 500]),
                     )
@@ -864,9 +941,7 @@ class SqlStore:
 # -- transactions run whole by SqlStore._write ------------------------------------------
 
 
-def _pairs(
-    rows: Any, pairs: set[tuple[int, Any]], a: str, b: str
-) -> Iterator[Any]:
+def _pairs(rows: Any, pairs: set[tuple[int, Any]], a: str, b: str) -> Iterator[Any]:
     """Rows of a query by `a IN (...) AND b IN (...)` whose (a, b) is one of pairs.
 
     Two IN lists are answered from the index on (a, b) by every engine, and the statement
@@ -894,7 +969,8 @@ _SENT = _message_select().where(
     _msg.c.sender_id.in_(_in("senders")), _msg.c.client_msg_id.in_(_in("keys"))
 )
 _ACTIVE = sa.select(_mem.c.owner_id, _mem.c.thread_id).where(
-    _mem.c.owner_id.in_(_in("owners")), _mem.c.thread_id.in_(_in("threads")),
+    _mem.c.owner_id.in_(_in("owners")),
+    _mem.c.thread_id.in_(_in("threads")),
     _mem.c.left_seq.is_(None),
 )
 _DELIVERED = sa.select(_mem.c.owner_id, _mem.c.thread_id, _mem.c.delivered_seq).where(
@@ -923,21 +999,38 @@ def _bump_seq(conn: Connection, thread_id: int, n: int, now: datetime) -> int:
 
 
 def _create_group(
-    conn: Connection, title: str, creator_id: int, member_ids: Sequence[int],
+    conn: Connection,
+    title: str,
+    creator_id: int,
+    member_ids: Sequence[int],
     created: NewMessage,
 ) -> tuple[int, Message]:
     th, m = t.threads, t.thread_members
     now = utcnow()
     res = conn.execute(
-        th.insert().values(kind=ThreadKind.GROUP.value, title=title, last_seq=1,
-                           direct_key=None, create_time=now, update_time=now)
+        th.insert().values(
+            kind=ThreadKind.GROUP.value,
+            title=title,
+            last_seq=1,
+            direct_key=None,
+            create_time=now,
+            update_time=now,
+        )
     )
     thread_id = int(res.inserted_primary_key[0])  # type: ignore[index]
     rows = [
-        dict(owner_id=uid, thread_id=thread_id,
-             role=(Role.ADMIN if uid == creator_id else Role.MEMBER).value,
-             nickname="", first_seq=1, left_seq=None, delivered_seq=0, read_seq=0,
-             create_time=now, update_time=now)
+        dict(
+            owner_id=uid,
+            thread_id=thread_id,
+            role=(Role.ADMIN if uid == creator_id else Role.MEMBER).value,
+            nickname="",
+            first_seq=1,
+            left_seq=None,
+            delivered_seq=0,
+            read_seq=0,
+            create_time=now,
+            update_time=now,
+        )
         for uid in dict.fromkeys([creator_id, *member_ids])
     ]
     conn.execute(m.insert(), rows)
@@ -946,8 +1039,12 @@ def _create_group(
 
 
 def _change_group(
-    conn: Connection, thread_id: int, changes: Sequence[MemberChange], title: str | None,
-    event: NewMessage, max_members: int | None,
+    conn: Connection,
+    thread_id: int,
+    changes: Sequence[MemberChange],
+    title: str | None,
+    event: NewMessage,
+    max_members: int | None,
 ) -> Message:
     th, m = t.threads, t.thread_members
     now = utcnow()
@@ -961,16 +1058,23 @@ def _change_group(
         if ch.join:
             first = 1 if ch.full_history else seq
             res = conn.execute(
-                m.update().where(*where, m.c.left_seq.is_not(None)).values(
-                    left_seq=None, first_seq=first, role=Role.MEMBER.value, update_time=now
-                )
+                m.update()
+                .where(*where, m.c.left_seq.is_not(None))
+                .values(left_seq=None, first_seq=first, role=Role.MEMBER.value, update_time=now)
             )
             if not res.rowcount and not _is_member(conn, thread_id, ch.user_id):
                 conn.execute(
                     m.insert().values(
-                        owner_id=ch.user_id, thread_id=thread_id, role=Role.MEMBER.value,
-                        nickname="", first_seq=first, left_seq=None, delivered_seq=0,
-                        read_seq=0, create_time=now, update_time=now,
+                        owner_id=ch.user_id,
+                        thread_id=thread_id,
+                        role=Role.MEMBER.value,
+                        nickname="",
+                        first_seq=first,
+                        left_seq=None,
+                        delivered_seq=0,
+                        read_seq=0,
+                        create_time=now,
+                        update_time=now,
                     )
                 )
         if ch.leave:
@@ -980,9 +1084,7 @@ def _change_group(
     _check_group(conn, thread_id, max_members)
     message = _insert_one(conn, thread_id, seq, event, now)
     conn.execute(
-        m.update()
-        .where(m.c.thread_id == thread_id, m.c.left_seq.is_(None))
-        .values(update_time=now)
+        m.update().where(m.c.thread_id == thread_id, m.c.left_seq.is_(None)).values(update_time=now)
     )
     return message
 
@@ -995,9 +1097,7 @@ def _is_member(conn: Connection, thread_id: int, user_id: int) -> bool:
     return row.first() is not None
 
 
-def _check_group(
-    conn: Connection, thread_id: int, max_members: int | None
-) -> None:
+def _check_group(conn: Connection, thread_id: int, max_members: int | None) -> None:
     """What must hold after any change, whichever process made it; raising rolls back."""
     m = t.thread_members
     admin = sa.case((m.c.role == Role.ADMIN.value, 1), else_=0)
@@ -1009,9 +1109,7 @@ def _check_group(
         )
     ).one()
     if max_members is not None and members > max_members:
-        raise ResourceExhausted(
-            f"a group has at most {max_members} members", "GROUP_FULL"
-        )
+        raise ResourceExhausted(f"a group has at most {max_members} members", "GROUP_FULL")
     if members and not admins:
         raise FailedPrecondition(
             "a group needs an admin: promote someone before the last admin steps down",
@@ -1025,14 +1123,30 @@ def _insert_one(
     msg_id = new_msg_id()
     conn.execute(
         t.messages.insert().values(
-            thread_id=thread_id, seq=seq, msg_id=msg_id, sender_id=new.sender.user_id,
-            sender_device_id=new.sender_device_id, client_msg_id=new.client_msg_id,
-            kind=new.kind.value, text=new.text, system=_system_to_json(new.system),
+            thread_id=thread_id,
+            seq=seq,
+            msg_id=msg_id,
+            sender_id=new.sender.user_id,
+            sender_device_id=new.sender_device_id,
+            client_msg_id=new.client_msg_id,
+            kind=new.kind.value,
+            text=new.text,
+            system=_system_to_json(new.system),
             create_time=now,
         )
     )
-    return Message(thread_id, seq, msg_id, new.sender, new.sender_device_id,
-                   new.client_msg_id, new.kind, new.text, now, new.system)
+    return Message(
+        thread_id,
+        seq,
+        msg_id,
+        new.sender,
+        new.sender_device_id,
+        new.client_msg_id,
+        new.kind,
+        new.text,
+        now,
+        new.system,
+    )
 
 
 def _append(
@@ -1050,22 +1164,31 @@ def _append(
     existing: dict[tuple[int, str], Message] = {}
     for start in range(0, len(keys) if dedupe else 0, 300):
         chunk = keys[start : start + 300]
-        rows = conn.execute(_SENT, {"senders": list({k[0] for k in chunk}),
-                                    "keys": list({k[1] for k in chunk})})
+        rows = conn.execute(
+            _SENT, {"senders": list({k[0] for k in chunk}), "keys": list({k[1] for k in chunk})}
+        )
         for r in _pairs(rows, set(chunk), "sender_id", "client_msg_id"):
             m_ = _message(r)
             existing[(m_.sender.user_id, m_.client_msg_id)] = m_
     # Membership is checked in the same transaction that writes: a sender removed a
     # moment ago cannot slip a message in.
-    pairs = list({(n.sender.user_id, n.thread_id) for n in batch
-                  if (n.sender.user_id, n.client_msg_id) not in existing})
+    pairs = list(
+        {
+            (n.sender.user_id, n.thread_id)
+            for n in batch
+            if (n.sender.user_id, n.client_msg_id) not in existing
+        }
+    )
     allowed: set[tuple[int, int]] = set()
     for start in range(0, len(pairs), 300):
         part = pairs[start : start + 300]
-        rows = conn.execute(_ACTIVE, {"owners": list({p[0] for p in part}),
-                                      "threads": list({p[1] for p in part})})
-        allowed.update((int(r.owner_id), int(r.thread_id))
-                       for r in _pairs(rows, set(part), "owner_id", "thread_id"))
+        rows = conn.execute(
+            _ACTIVE, {"owners": list({p[0] for p in part}), "threads": list({p[1] for p in part})}
+        )
+        allowed.update(
+            (int(r.owner_id), int(r.thread_id))
+            for r in _pairs(rows, set(part), "owner_id", "thread_id")
+        )
     fresh: dict[tuple[int, str], int] = {}
     per_thread: dict[int, list[int]] = defaultdict(list)
     for i, n in enumerate(batch):
@@ -1088,14 +1211,32 @@ def _append(
             seq = last - len(idxs) + 1 + offset
             msg_id = new_msg_id()
             rows_to_insert.append(
-                dict(thread_id=thread_id, seq=seq, msg_id=msg_id, sender_id=n.sender.user_id,
-                     sender_device_id=n.sender_device_id, client_msg_id=n.client_msg_id,
-                     kind=n.kind.value, text=n.text, system=_system_to_json(n.system),
-                     create_time=now)
+                dict(
+                    thread_id=thread_id,
+                    seq=seq,
+                    msg_id=msg_id,
+                    sender_id=n.sender.user_id,
+                    sender_device_id=n.sender_device_id,
+                    client_msg_id=n.client_msg_id,
+                    kind=n.kind.value,
+                    text=n.text,
+                    system=_system_to_json(n.system),
+                    create_time=now,
+                )
             )
             out[i] = Appended(
-                Message(thread_id, seq, msg_id, n.sender, n.sender_device_id,
-                        n.client_msg_id, n.kind, n.text, now, n.system),
+                Message(
+                    thread_id,
+                    seq,
+                    msg_id,
+                    n.sender,
+                    n.sender_device_id,
+                    n.client_msg_id,
+                    n.kind,
+                    n.text,
+                    now,
+                    n.system,
+                ),
                 False,
             )
     if rows_to_insert:
@@ -1128,10 +1269,16 @@ def _advance_delivered(conn: Connection, acks: Sequence[DeviceAck]) -> list[Adva
         )
     ):
         have[(int(r.device_id), int(r.thread_id))] = int(r.delivered_seq)
-    inserts = [dict(device_id=dv, thread_id=th, delivered_seq=seq)
-               for (dv, th), seq in want.items() if (dv, th) not in have]
-    updates = [dict(dv=dv, th=th, seq=seq)
-               for (dv, th), seq in want.items() if (dv, th) in have and seq > have[(dv, th)]]
+    inserts = [
+        dict(device_id=dv, thread_id=th, delivered_seq=seq)
+        for (dv, th), seq in want.items()
+        if (dv, th) not in have
+    ]
+    updates = [
+        dict(dv=dv, th=th, seq=seq)
+        for (dv, th), seq in want.items()
+        if (dv, th) in have and seq > have[(dv, th)]
+    ]
     if inserts:
         conn.execute(c.insert(), inserts)
     if updates:
@@ -1152,17 +1299,25 @@ def _advance_delivered(conn: Connection, acks: Sequence[DeviceAck]) -> list[Adva
     current: dict[tuple[int, int], int] = {}
     for start in range(0, len(pairs), 300):
         chunk = pairs[start : start + 300]
-        rows = conn.execute(_DELIVERED, {"owners": list({p[0] for p in chunk}),
-                                         "threads": list({p[1] for p in chunk})})
+        rows = conn.execute(
+            _DELIVERED,
+            {"owners": list({p[0] for p in chunk}), "threads": list({p[1] for p in chunk})},
+        )
         for r in _pairs(rows, set(chunk), "owner_id", "thread_id"):
             current[(int(r.owner_id), int(r.thread_id))] = int(r.delivered_seq)
-    moved = [(u, th, seq) for (u, th), seq in best.items()
-             if (u, th) in current and seq > current[(u, th)]]
+    moved = [
+        (u, th, seq)
+        for (u, th), seq in best.items()
+        if (u, th) in current and seq > current[(u, th)]
+    ]
     if moved:
         conn.execute(
             m.update()
-            .where(m.c.owner_id == sa.bindparam("u"), m.c.thread_id == sa.bindparam("th"),
-                   m.c.delivered_seq < sa.bindparam("seq"))
+            .where(
+                m.c.owner_id == sa.bindparam("u"),
+                m.c.thread_id == sa.bindparam("th"),
+                m.c.delivered_seq < sa.bindparam("seq"),
+            )
             .values(delivered_seq=sa.bindparam("seq")),
             [dict(u=u, th=th, seq=seq) for u, th, seq in moved],
         )

@@ -158,12 +158,18 @@ class ThreadStore(Protocol):
     async def user_groups(self, user_id: int) -> list[int]:
         """The group threads the user is an active member of, in one query."""
         ...
+
     async def create_group(
         self, title: str, creator_id: int, member_ids: Sequence[int], event: NewMessage
     ) -> tuple[int, Message]: ...
     async def change_group(
-        self, thread_id: int, changes: Sequence[MemberChange], title: str | None,
-        event: NewMessage, *, max_members: int | None = None,
+        self,
+        thread_id: int,
+        changes: Sequence[MemberChange],
+        title: str | None,
+        event: NewMessage,
+        *,
+        max_members: int | None = None,
     ) -> Message:
         """Apply changes and record them as one system message, atomically.
 
@@ -172,6 +178,7 @@ class ThreadStore(Protocol):
         than max_members members.
         """
         ...
+
     async def thread_peers_among(self, user_id: int, user_ids: Sequence[int]) -> set[int]: ...
     async def small_thread_peers(
         self, user_ids: Sequence[int], max_members: int

@@ -42,20 +42,32 @@ def user_of(p: pb.User) -> d.User:
 
 
 def system(e: d.SystemEvent) -> pb.SystemEvent:
-    return pb.SystemEvent(kind=pb.SystemEventKind.ValueType(e.kind.value), actor=user(e.actor), users=[user(u) for u in e.users],
-                          title=e.title)
+    return pb.SystemEvent(
+        kind=pb.SystemEventKind.ValueType(e.kind.value),
+        actor=user(e.actor),
+        users=[user(u) for u in e.users],
+        title=e.title,
+    )
 
 
 def system_of(p: pb.SystemEvent) -> d.SystemEvent:
-    return d.SystemEvent(d.SystemKind(p.kind), user_of(p.actor), tuple(user_of(u) for u in p.users),
-                         p.title)
+    return d.SystemEvent(
+        d.SystemKind(p.kind), user_of(p.actor), tuple(user_of(u) for u in p.users), p.title
+    )
 
 
 def message(m: d.Message) -> pb.Message:
     out = pb.Message(
-        thread_id=m.thread_id, seq=m.seq, msg_id=m.msg_id, sender=user(m.sender),
-        sender_device_id=m.sender_device_id, client_msg_id=m.client_msg_id, kind=pb.MessageKind.ValueType(m.kind.value),
-        text=m.text, create_time=ts(m.create_time), state=pb.MessageState.ValueType(m.state.value),
+        thread_id=m.thread_id,
+        seq=m.seq,
+        msg_id=m.msg_id,
+        sender=user(m.sender),
+        sender_device_id=m.sender_device_id,
+        client_msg_id=m.client_msg_id,
+        kind=pb.MessageKind.ValueType(m.kind.value),
+        text=m.text,
+        create_time=ts(m.create_time),
+        state=pb.MessageState.ValueType(m.state.value),
     )
     if m.system is not None:
         out.system.CopyFrom(system(m.system))
@@ -64,9 +76,15 @@ def message(m: d.Message) -> pb.Message:
 
 def message_of(p: pb.Message) -> d.Message:
     return d.Message(
-        thread_id=p.thread_id, seq=p.seq, msg_id=p.msg_id, sender=user_of(p.sender),
-        sender_device_id=p.sender_device_id, client_msg_id=p.client_msg_id,
-        kind=d.MessageKind(p.kind), text=p.text, create_time=from_ts(p.create_time),
+        thread_id=p.thread_id,
+        seq=p.seq,
+        msg_id=p.msg_id,
+        sender=user_of(p.sender),
+        sender_device_id=p.sender_device_id,
+        client_msg_id=p.client_msg_id,
+        kind=d.MessageKind(p.kind),
+        text=p.text,
+        create_time=from_ts(p.create_time),
         system=system_of(p.system) if p.HasField("system") else None,
         state=d.MessageState(p.state),
     )
@@ -83,8 +101,13 @@ def cursor_of(p: pb.Cursor) -> d.Cursor:
 
 
 def receipt(r: d.Receipt) -> pb.Receipt:
-    return pb.Receipt(thread_id=r.thread_id, user=user(r.user), kind=pb.ReceiptKind.ValueType(r.kind.value), seq=r.seq,
-                      time=ts(r.time))
+    return pb.Receipt(
+        thread_id=r.thread_id,
+        user=user(r.user),
+        kind=pb.ReceiptKind.ValueType(r.kind.value),
+        seq=r.seq,
+        time=ts(r.time),
+    )
 
 
 def receipt_of(p: pb.Receipt) -> d.Receipt:
@@ -109,9 +132,16 @@ def typing_of(p: pb.Typing) -> d.Typing:
 
 def thread(t: d.Thread) -> pb.Thread:
     out = pb.Thread(
-        thread_id=t.thread_id, kind=pb.ThreadKind.ValueType(t.kind.value), title=t.title, last_seq=t.last_seq,
-        read_seq=t.read_seq, unread_count=t.unread_count, update_time=ts(t.update_time),
-        role=pb.MemberRole.ValueType(t.role.value), member_count=t.member_count, active=t.active,
+        thread_id=t.thread_id,
+        kind=pb.ThreadKind.ValueType(t.kind.value),
+        title=t.title,
+        last_seq=t.last_seq,
+        read_seq=t.read_seq,
+        unread_count=t.unread_count,
+        update_time=ts(t.update_time),
+        role=pb.MemberRole.ValueType(t.role.value),
+        member_count=t.member_count,
+        active=t.active,
     )
     if t.peer is not None:
         out.peer.CopyFrom(user(t.peer))
@@ -121,18 +151,29 @@ def thread(t: d.Thread) -> pb.Thread:
 
 
 def member(m: d.Member) -> pb.Member:
-    return pb.Member(user=user(m.user), role=pb.MemberRole.ValueType(m.role.value), delivered_seq=m.delivered_seq,
-                     read_seq=m.read_seq, join_time=ts(m.join_time))
+    return pb.Member(
+        user=user(m.user),
+        role=pb.MemberRole.ValueType(m.role.value),
+        delivered_seq=m.delivered_seq,
+        read_seq=m.read_seq,
+        join_time=ts(m.join_time),
+    )
 
 
 def device(x: d.Device) -> pb.Device:
-    return pb.Device(device_id=x.device_id, name=x.name, create_time=ts(x.create_time),
-                     last_active_time=ts(x.last_active_time), current=x.current)
+    return pb.Device(
+        device_id=x.device_id,
+        name=x.name,
+        create_time=ts(x.create_time),
+        last_active_time=ts(x.last_active_time),
+        current=x.current,
+    )
 
 
 def delivery(x: d.Delivery) -> ipb.Delivery:
-    out = ipb.Delivery(user_ids=list(x.user_ids), thread_id=x.thread_id,
-                       exclude_device_id=x.exclude_device_id)
+    out = ipb.Delivery(
+        user_ids=list(x.user_ids), thread_id=x.thread_id, exclude_device_id=x.exclude_device_id
+    )
     ev = x.event
     if isinstance(ev, d.Message):
         out.message.CopyFrom(message(ev))

@@ -13,8 +13,8 @@ from typing import TypeVar
 import grpc
 
 from natter.errors import NatterError, Unavailable
+from natter.hashing import key_hash
 from natter.rpc import error_from_rpc
-from registry.ring import key_hash
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,11 @@ class Pool:
         return fine + [a for a in rotated if a not in fine]
 
     async def call(
-        self, addresses: Callable[[], Sequence[str]], fn: Callable[[grpc.aio.Channel], Awaitable[T]],
-        attempts: int = 4, key: str = "",
+        self,
+        addresses: Callable[[], Sequence[str]],
+        fn: Callable[[grpc.aio.Channel], Awaitable[T]],
+        attempts: int = 4,
+        key: str = "",
     ) -> T:
         """Call one of `addresses()`; UNAVAILABLE moves the call on to the next address."""
         last: NatterError = Unavailable("no peer of that kind is registered", "NO_PEER")

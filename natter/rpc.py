@@ -72,7 +72,9 @@ def error_from_rpc(e: grpc.aio.AioRpcError | grpc.RpcError) -> errors.NatterErro
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info):
                 reason = info.reason
-    klass = ERROR_OF.get(code, errors.Unavailable if code == grpc.StatusCode.CANCELLED else errors.Internal)
+    klass = ERROR_OF.get(
+        code, errors.Unavailable if code == grpc.StatusCode.CANCELLED else errors.Internal
+    )
     return klass(message, reason)
 
 
@@ -205,6 +207,8 @@ class SecretInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(handler_call_details)
 
         async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "internal API: cluster secret required")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "internal API: cluster secret required"
+            )
 
         return grpc.unary_unary_rpc_method_handler(deny)

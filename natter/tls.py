@@ -30,8 +30,9 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(cert_file, key_file)
     except (OSError, ssl.SSLError) as e:
-        raise InvalidArgument(f"cannot load the TLS certificate {cert_file}: {e}",
-                              "TLS_FILE") from e
+        raise InvalidArgument(
+            f"cannot load the TLS certificate {cert_file}: {e}", "TLS_FILE"
+        ) from e
     return ctx
 
 

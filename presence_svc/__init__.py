@@ -12,6 +12,14 @@ from presence_svc.servicer import (
 from presence_svc.tracker import Change, Tracker
 
 __all__ = [
-    "PUBLIC_SERVICES", "Authenticator", "Change", "PresenceInternalServicer", "PresenceService",
-    "PresenceServicer", "PresenceStore", "Tracker", "add_internal", "add_public",
+    "PUBLIC_SERVICES",
+    "Authenticator",
+    "Change",
+    "PresenceInternalServicer",
+    "PresenceService",
+    "PresenceServicer",
+    "PresenceStore",
+    "Tracker",
+    "add_internal",
+    "add_public",
 ]

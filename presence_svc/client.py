@@ -41,13 +41,15 @@ class PresenceClient:
             async def go(ch: grpc.aio.Channel) -> pipb.ReportHeartbeatsResponse:
                 return await pipb_grpc.PresenceInternalServiceStub(ch).ReportHeartbeats(
                     pipb.ReportHeartbeatsRequest(node_id=node_id, beats=batch),
-                    metadata=self.pool.metadata, timeout=self.pool.deadline,
+                    metadata=self.pool.metadata,
+                    timeout=self.pool.deadline,
                 )
 
             await self.pool.call_one(address, go)
 
-        results = await asyncio.gather(*(one(a, b) for a, b in by_owner.items()),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(one(a, b) for a, b in by_owner.items()), return_exceptions=True
+        )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]

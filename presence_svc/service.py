@@ -58,7 +58,10 @@ class PresenceService:
     """Implements socket_svc's PresenceApi (`report`) and the public presence query."""
 
     def __init__(
-        self, store: PresenceStore, settings: Settings, fanout: Fanout,
+        self,
+        store: PresenceStore,
+        settings: Settings,
+        fanout: Fanout,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
@@ -95,13 +98,13 @@ class PresenceService:
     async def report(self, node_id: str, beats: Sequence[tuple[int, int, bool]]) -> None:
         """A socket server's batch: (user, device, connected) for devices heard from."""
         if not node_id:
-            raise InvalidArgument("a heartbeat report needs the socket server's node_id",
-                                  "NO_NODE_ID")
+            raise InvalidArgument(
+                "a heartbeat report needs the socket server's node_id", "NO_NODE_ID"
+            )
         if len(beats) > MAX_BATCH:
             raise InvalidArgument(f"at most {MAX_BATCH} beats per report", "BATCH_TOO_LARGE")
         if any(u <= 0 or dv <= 0 for u, dv, _ in beats):
-            raise InvalidArgument("every beat needs a positive user_id and device_id",
-                                  "BAD_BEAT")
+            raise InvalidArgument("every beat needs a positive user_id and device_id", "BAD_BEAT")
         async with self._lock:
             self.reports += 1
             self.beats += len(beats)
@@ -202,4 +205,3 @@ class PresenceService:
         if row.hide_last_seen and not own:
             seen = None
         return Presence(public(row), online, seen)
-

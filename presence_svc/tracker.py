@@ -118,4 +118,3 @@ class Tracker:
                 self._seen.pop(user_id, None)
             out.append(Change(user_id, now_online, seen))
         return out
-

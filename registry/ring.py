@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 
+from natter.hashing import key_hash
 from registry.node import Node
 
 DEFAULT_VNODES = 128
-
-
-def key_hash(key: str) -> int:
-    """Return the ring position of `key`: 8-byte BLAKE2b, big-endian; same in every process."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
 
 
 class HashRing:

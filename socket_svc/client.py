@@ -24,11 +24,20 @@ class SocketClient:
 
     async def deliver(self, deliveries: Sequence[d.Delivery]) -> None:
         request = ipb.DeliverRequest(deliveries=[convert.delivery(x) for x in deliveries])
-        await self.pool.call_one(self.address, lambda ch: ipb_grpc.SocketInternalServiceStub(
-            ch).Deliver(request, metadata=self.pool.metadata, timeout=self.pool.deadline))
+        await self.pool.call_one(
+            self.address,
+            lambda ch: ipb_grpc.SocketInternalServiceStub(ch).Deliver(
+                request, metadata=self.pool.metadata, timeout=self.pool.deadline
+            ),
+        )
 
     async def list_subscriptions(self) -> list[int]:
-        res = await self.pool.call_one(self.address, lambda ch: ipb_grpc.SocketInternalServiceStub(
-            ch).ListSubscriptions(ipb.ListSubscriptionsRequest(), metadata=self.pool.metadata,
-                                  timeout=self.pool.deadline))
+        res = await self.pool.call_one(
+            self.address,
+            lambda ch: ipb_grpc.SocketInternalServiceStub(ch).ListSubscriptions(
+                ipb.ListSubscriptionsRequest(),
+                metadata=self.pool.metadata,
+                timeout=self.pool.deadline,
+            ),
+        )
         return list(res.thread_ids)

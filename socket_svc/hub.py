@@ -10,12 +10,12 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from message_svc.api import MessageApi
 from natter import domain as d
 from natter.errors import AlreadyExists, DeadlineExceeded, Unavailable
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
 from registry import Node
+from socket_svc.ports import MessageApi
 from socket_svc.session import Session
 
 logger = logging.getLogger(__name__)
@@ -266,8 +266,11 @@ class Hub:
             now = time.monotonic()
             for s in list(self.by_device.values()):
                 if now - s.last_frame > idle:
-                    s.close(DeadlineExceeded(f"no heartbeat for {idle:.0f} s; session closed",
-                                             "IDLE_TIMEOUT"))
+                    s.close(
+                        DeadlineExceeded(
+                            f"no heartbeat for {idle:.0f} s; session closed", "IDLE_TIMEOUT"
+                        )
+                    )
 
     def beat(self, session: Session) -> None:
         """Any frame from a device shows it is alive; many frames make one beat per report."""
@@ -302,7 +305,6 @@ class Hub:
                 await asyncio.sleep(quick)
             self._presence_changed.clear()
             await self._report()
-
 
     # -- cluster -------------------------------------------------------------------------
 

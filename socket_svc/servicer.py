@@ -8,7 +8,6 @@ from typing import Any
 
 import grpc
 
-from message_svc.api import MessageApi
 from natter import convert
 from natter.errors import InvalidArgument, NatterError
 from natter.rpc import Malformed, bearer, rich_status, status_of
@@ -18,6 +17,7 @@ from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
 from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from socket_svc.hub import Hub
+from socket_svc.ports import MessageApi
 from socket_svc.session import Session, converse, error_frame, heartbeat_seconds
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,10 @@ class _GrpcTransport:
 
 class SocketServicer(spb_grpc.SocketServiceServicer):
     def __init__(
-        self, hub: Hub, api: MessageApi, settings: Settings,
+        self,
+        hub: Hub,
+        api: MessageApi,
+        settings: Settings,
         locate: Callable[[str], Any],
     ) -> None:
         self.hub = hub
@@ -58,7 +61,8 @@ class SocketServicer(spb_grpc.SocketServiceServicer):
         await transport.send(
             spb.ServerFrame(
                 welcome=spb.Welcome(
-                    user=convert.user(who.user), device_id=who.device_id,
+                    user=convert.user(who.user),
+                    device_id=who.device_id,
                     heartbeat_interval_seconds=heartbeat_seconds(self.settings),
                     node_id=self.hub.node_id,
                 )
@@ -79,8 +83,11 @@ class SocketServicer(spb_grpc.SocketServiceServicer):
                 if frame is grpc.aio.EOF:
                     return None
                 if isinstance(frame, Malformed):
-                    session.enqueue(error_frame(InvalidArgument(
-                        f"malformed frame: {frame.error}", "MALFORMED_FRAME")))
+                    session.enqueue(
+                        error_frame(
+                            InvalidArgument(f"malformed frame: {frame.error}", "MALFORMED_FRAME")
+                        )
+                    )
                     continue
                 self.hub.beat(session)
                 return frame  # type: ignore[no-any-return]

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from message_svc.api import MessageApi
 from natter import convert
 from natter import domain as d
 from natter.errors import (
@@ -24,6 +23,7 @@ from natter.errors import (
 from natter.rpc import status_of
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
+from socket_svc.ports import MessageApi
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +85,9 @@ def heartbeat_seconds(settings: Settings) -> int:
 def error_frame(error: BaseException, client_msg_id: str = "") -> spb.ServerFrame:
     code, message, reason = status_of(error)
     return spb.ServerFrame(
-        error=spb.StreamError(code=code.value[0], message=message, reason=reason,
-                              client_msg_id=client_msg_id)
+        error=spb.StreamError(
+            code=code.value[0], message=message, reason=reason, client_msg_id=client_msg_id
+        )
     )
 
 
@@ -224,7 +225,9 @@ class Session:
         elif isinstance(item, _Own):
             await self._advance(item.thread_id, item.seq, item.frame, own=True)
         elif isinstance(item, d.Message):
-            await self._advance(item.thread_id, item.seq, spb.ServerFrame(message=convert.message(item)))
+            await self._advance(
+                item.thread_id, item.seq, spb.ServerFrame(message=convert.message(item))
+            )
         elif isinstance(item, d.Receipt):
             self._emit(spb.ServerFrame(receipt=convert.receipt(item)))
         elif isinstance(item, d.Presence):
@@ -232,7 +235,9 @@ class Session:
         elif isinstance(item, d.Typing):
             self._emit(spb.ServerFrame(typing=convert.typing(item)))
         elif isinstance(item, d.ReadCursor):
-            self._emit(spb.ServerFrame(read_cursor=spb.ReadCursor(cursor=convert.cursor(item.cursor))))
+            self._emit(
+                spb.ServerFrame(read_cursor=spb.ReadCursor(cursor=convert.cursor(item.cursor)))
+            )
         elif isinstance(item, d.DeviceRevoked) and item.device_id == self.device_id:
             self.close(Unauthenticated("this device was logged out", "DEVICE_LOGGED_OUT"))
 
@@ -242,8 +247,7 @@ class Session:
             cursors = [d.Cursor(t, s) for t, s in self.pushed.items()]
             page, _ = await self.api.sync_device(self.who, cursors, False, SYNC_PAGE)
             for m in page.messages:
-                await self._advance(m.thread_id, m.seq,
-                                    spb.ServerFrame(message=convert.message(m)))
+                await self._advance(m.thread_id, m.seq, spb.ServerFrame(message=convert.message(m)))
             if not page.more:
                 return
 
@@ -278,9 +282,12 @@ class Session:
         if frame.WhichOneof("payload") != "batch" and not self._frames.take():
             if frame.WhichOneof("payload") == "send":
                 # A dropped send must say which one it was, so the device retries just that.
-                self.enqueue(error_frame(ResourceExhausted("too many frames; slow down",
-                                                           "RATE_LIMITED"),
-                                         frame.send.client_msg_id))
+                self.enqueue(
+                    error_frame(
+                        ResourceExhausted("too many frames; slow down", "RATE_LIMITED"),
+                        frame.send.client_msg_id,
+                    )
+                )
                 return
             self._limited("too many frames; slow down")
             return
@@ -288,7 +295,9 @@ class Session:
         if which == "batch":
             for inner in frame.batch.frames:
                 if inner.WhichOneof("payload") == "batch":
-                    self.enqueue(error_frame(InvalidArgument("batches do not nest", "NESTED_BATCH")))
+                    self.enqueue(
+                        error_frame(InvalidArgument("batches do not nest", "NESTED_BATCH"))
+                    )
                     continue
                 await self.on_frame(inner)
             return
@@ -334,8 +343,11 @@ class Session:
             res = await self.api.send(self.who, req)
             frame = spb.ServerFrame(
                 send_result=spb.SendResult(
-                    client_msg_id=res.client_msg_id, msg_id=res.msg_id, thread_id=res.thread_id,
-                    seq=res.seq, create_time=convert.ts(res.create_time),
+                    client_msg_id=res.client_msg_id,
+                    msg_id=res.msg_id,
+                    thread_id=res.thread_id,
+                    seq=res.seq,
+                    create_time=convert.ts(res.create_time),
                 )
             )
             self.enqueue(_Own(res.thread_id, res.seq, frame))

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from message_svc.api import MessageApi
 from natter import tls
 from natter.settings import Settings
 from socket_svc.gateway import Gateway
 from socket_svc.hub import Hub
+from socket_svc.ports import MessageApi
 from socket_svc.websocket import WebSocketEdge
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,11 @@ async def _security_headers(
 
 class WebServer:
     def __init__(
-        self, settings: Settings, hub: Hub, api: MessageApi, grpc_address: str,
+        self,
+        settings: Settings,
+        hub: Hub,
+        api: MessageApi,
+        grpc_address: str,
         gateway_target: str = "",
     ) -> None:
         self.settings = settings

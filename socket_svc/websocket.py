@@ -10,13 +10,13 @@ import grpc
 from aiohttp import WSMsgType, web
 from google.protobuf.message import DecodeError
 
-from message_svc.api import MessageApi
 from natter import convert
 from natter.errors import InvalidArgument, NatterError
 from natter.rpc import status_of
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
 from socket_svc.hub import Hub
+from socket_svc.ports import MessageApi
 from socket_svc.session import Session, converse, heartbeat_seconds
 
 logger = logging.getLogger(__name__)

@@ -60,6 +60,8 @@ def free_port() -> int:
         _taken.add(port)
         return port
     raise RuntimeError("no free port in 20000-32000")
+
+
 PASSWORD = "correct horse battery"
 START_TIMEOUT = 40.0
 
@@ -91,17 +93,33 @@ class RoleProc:
         return self.proc is not None and self.proc.poll() is None
 
     def argv(self) -> list[str]:
-        return [*natter_command(), "serve", "--role", self.role, "--node-id", self.node_id,
-                "--grpc", self.public_addr, "--internal", self.internal_addr, *self.extra_args]
+        return [
+            *natter_command(),
+            "serve",
+            "--role",
+            self.role,
+            "--node-id",
+            self.node_id,
+            "--grpc",
+            self.public_addr,
+            "--internal",
+            self.internal_addr,
+            *self.extra_args,
+        ]
 
     def spawn(self) -> None:
         assert not self.running, f"{self.node_id} is already running"
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts + 1}: {' '.join(self.argv())}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self.env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+            )
         self.starts += 1
 
     def kill(self) -> None:
@@ -128,7 +146,8 @@ class RoleProc:
             try:
                 stub = health_pb2_grpc.HealthStub(channel)
                 res = await stub.Check(  # type: ignore[attr-defined]
-                    health_pb2.HealthCheckRequest(), timeout=1.0)
+                    health_pb2.HealthCheckRequest(), timeout=1.0
+                )
             except grpc.aio.AioRpcError:
                 return False
             return bool(res.status == health_pb2.HealthCheckResponse.SERVING)
@@ -144,15 +163,26 @@ class Cluster:
     """etcd + PostgreSQL + natter roles, each a real process on loopback."""
 
     def __init__(
-        self, root: Path, *, sockets: int = 3, messages: int = 2, channels: int = 1,
-        presences: int = 1, ttl: int = 2, heartbeat: float = 1.0,
+        self,
+        root: Path,
+        *,
+        sockets: int = 3,
+        messages: int = 2,
+        channels: int = 1,
+        presences: int = 1,
+        ttl: int = 2,
+        heartbeat: float = 1.0,
         env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         self.ttl = ttl
         self.heartbeat = heartbeat
-        self.counts = {"message": messages, "channel": channels, "presence": presences,
-                       "socket": sockets}
+        self.counts = {
+            "message": messages,
+            "channel": channels,
+            "presence": presences,
+            "socket": sockets,
+        }
         self.extra_env = env or {}
         self.etcd = EtcdServer()
         self.db: PostgresServer | None = None
@@ -165,15 +195,17 @@ class Cluster:
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NATTER_")}
         env.update(TEST_ENV)
-        env.update({
-            "NATTER_LOG_LEVEL": "INFO",
-            "NATTER_CLUSTER_SECRET": SECRET,
-            "NATTER_LEASE_TTL_SECONDS": str(self.ttl),
-            "NATTER_HEARTBEAT_INTERVAL_SECONDS": str(self.heartbeat),
-            "NATTER_ETCD_ENDPOINTS": self.etcd.endpoint,
-            "NATTER_DATABASE_URL": self.db_url,
-            "GRPC_VERBOSITY": "ERROR",
-        })
+        env.update(
+            {
+                "NATTER_LOG_LEVEL": "INFO",
+                "NATTER_CLUSTER_SECRET": SECRET,
+                "NATTER_LEASE_TTL_SECONDS": str(self.ttl),
+                "NATTER_HEARTBEAT_INTERVAL_SECONDS": str(self.heartbeat),
+                "NATTER_ETCD_ENDPOINTS": self.etcd.endpoint,
+                "NATTER_DATABASE_URL": self.db_url,
+                "GRPC_VERBOSITY": "ERROR",
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -181,7 +213,9 @@ class Cluster:
         self.root.mkdir(parents=True, exist_ok=True)
         self.etcd.client_port, self.etcd.peer_port = free_port(), free_port()
         self.db = PostgresServer()
-        self.db.port = free_port()  # they restart on the same ports: keep them off the ephemeral range
+        self.db.port = (
+            free_port()
+        )  # they restart on the same ports: keep them off the ephemeral range
         await asyncio.gather(self.etcd.start(), self.db.start())
         self.db_url = await self.db.create_database("natter")
         self.observer = EtcdRegistry([self.etcd.endpoint], ttl=self.ttl)
@@ -190,8 +224,15 @@ class Cluster:
         for role, count in self.counts.items():
             for i in range(1, count + 1):
                 node_id = f"{role}-{i}"
-                self.procs.append(RoleProc(role, node_id, self.root / f"{node_id}.log", env,
-                                           ["--data", str(self.root / node_id)]))
+                self.procs.append(
+                    RoleProc(
+                        role,
+                        node_id,
+                        self.root / f"{node_id}.log",
+                        env,
+                        ["--data", str(self.root / node_id)],
+                    )
+                )
         # The first message node applies the migrations; the others start once it serves.
         first, rest = self.procs[0], self.procs[1:]
         first.spawn()
@@ -201,8 +242,9 @@ class Cluster:
         await self.wait_ready()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(p.terminate(10) for p in self.procs if p.running),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(p.terminate(10) for p in self.procs if p.running), return_exceptions=True
+        )
         for p in self.procs:
             p.kill()
         if self.observer is not None:
@@ -248,8 +290,9 @@ class Cluster:
 
     # -- waiting and healing -----------------------------------------------------------
 
-    async def wait_ready(self, procs: Sequence[RoleProc] | None = None,
-                         timeout: float = START_TIMEOUT) -> None:
+    async def wait_ready(
+        self, procs: Sequence[RoleProc] | None = None, timeout: float = START_TIMEOUT
+    ) -> None:
         """Every given (default: every) process serves and the registry lists exactly them."""
         group = list(procs if procs is not None else self.procs)
 
@@ -334,8 +377,9 @@ class Peer:
 class Chat:
     """Users sending to each other (direct pairs or one group) while the cluster is hurt."""
 
-    def __init__(self, front: str, users: int, *, group: bool = False, interval: float = 0.2,
-                 name: str = "") -> None:
+    def __init__(
+        self, front: str, users: int, *, group: bool = False, interval: float = 0.2, name: str = ""
+    ) -> None:
         self.front = front
         self.size = users
         self.group = group
@@ -361,8 +405,9 @@ class Chat:
         self.peers = list(await asyncio.gather(*(make(i) for i in range(self.size))))
         if self.group:
             first = self.peers[0]
-            thread = await first.client.create_group(f"{self.tag} group",
-                                                     [p.name for p in self.peers[1:]])
+            thread = await first.client.create_group(
+                f"{self.tag} group", [p.name for p in self.peers[1:]]
+            )
             thread_id = int(thread.thread_id)
             for p in self.peers:
                 p.thread_id = thread_id
@@ -419,13 +464,17 @@ class Chat:
         self._stopping.set()
         done, pending = await asyncio.wait(self._senders, timeout=timeout)
         if pending:
-            stuck = [f"{p.name} on {p.node}: outbox {list(p.conn.outbox)} stats {p.conn.stats} "
-                     f"loop {_state(p.conn)}"
-                     for p in self.peers if p.conn is not None and p.conn.outbox]
+            stuck = [
+                f"{p.name} on {p.node}: outbox {list(p.conn.outbox)} stats {p.conn.stats} "
+                f"loop {_state(p.conn)}"
+                for p in self.peers
+                if p.conn is not None and p.conn.outbox
+            ]
             for t in pending:
                 t.cancel()
             raise AssertionError(
-                f"{len(pending)} sends not acknowledged within {timeout} s: {stuck}")
+                f"{len(pending)} sends not acknowledged within {timeout} s: {stuck}"
+            )
         for t in done:
             t.result()
         failures = [f for p in self.peers for f in p.failures]
@@ -457,7 +506,8 @@ class Chat:
             for thread_id, got in p.received.items():
                 seqs = [s for s, _ in got]
                 assert seqs == sorted(set(seqs)), (
-                    f"{p.name} thread {thread_id}: out of order or duplicated: {seqs}")
+                    f"{p.name} thread {thread_id}: out of order or duplicated: {seqs}"
+                )
 
     async def check_store(self) -> None:
         """The store holds every acknowledged message once, with gap-free seqs."""

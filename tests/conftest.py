@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from natter.embedded import EmbeddedServer
+from app.embedded import EmbeddedServer
 from natter.sdk import Client, Connection
 from natter.settings import Settings
 from tests.dbservers import ENGINES, DbServer, MariaDbServer, PostgresServer, require
@@ -25,24 +25,31 @@ _names = itertools.count(1)
 
 def test_settings(data: Path, **changes: object) -> Settings:
     base = Settings(
-        data_dir=data, grpc_addr="127.0.0.1:0", http_addr="127.0.0.1:0",
-        argon2_memory_kib=1024, argon2_time_cost=1, ack_flush_seconds=0.05,
+        data_dir=data,
+        grpc_addr="127.0.0.1:0",
+        http_addr="127.0.0.1:0",
+        argon2_memory_kib=1024,
+        argon2_time_cost=1,
+        ack_flush_seconds=0.05,
     )
     return base.replace(**changes)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--stores", default="sqlite",
+        "--stores",
+        default="sqlite",
         help="comma-separated stores the embedded-server tests run on: sqlite,postgresql,mariadb",
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "all_stores: run on SQLite, PostgreSQL and MariaDB whatever --stores says")
+        "markers", "all_stores: run on SQLite, PostgreSQL and MariaDB whatever --stores says"
+    )
     config.addinivalue_line(
-        "markers", "sqlite_only: checks something only the embedded SQLite store has")
+        "markers", "sqlite_only: checks something only the embedded SQLite store has"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

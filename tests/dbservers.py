@@ -39,9 +39,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 ENGINES = ("sqlite", "postgresql", "mariadb")
-INSTALL_HINT = (
-    "run scripts/install-deps (Debian: apt-get install -y postgresql-15 mariadb-server)"
-)
+INSTALL_HINT = "run scripts/install-deps (Debian: apt-get install -y postgresql-15 mariadb-server)"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 _POLL = 0.05
@@ -210,8 +208,13 @@ class DbServer:
         # Popen uses vfork, which is safe beside those threads.
         acc = self._account
         if acc is not None:
-            argv = ["setpriv", f"--reuid={acc.pw_uid}", f"--regid={acc.pw_gid}",
-                    "--clear-groups", *argv]
+            argv = [
+                "setpriv",
+                f"--reuid={acc.pw_uid}",
+                f"--regid={acc.pw_gid}",
+                "--clear-groups",
+                *argv,
+            ]
         with open(log, "ab") as out:
             return subprocess.Popen(
                 argv,
@@ -369,24 +372,37 @@ class PostgresServer(DbServer):
             os.chown(pwfile, self._account.pw_uid, self._account.pw_gid)
         return [
             str(self.bindir / "initdb"),
-            "--pgdata", str(self.data_dir),
-            "--username", self.user,
-            "--pwfile", str(pwfile),
-            "--auth-local", "trust",
-            "--auth-host", "scram-sha-256",
-            "--encoding", "UTF8",
-            "--locale", "C.UTF-8",
+            "--pgdata",
+            str(self.data_dir),
+            "--username",
+            self.user,
+            "--pwfile",
+            str(pwfile),
+            "--auth-local",
+            "trust",
+            "--auth-host",
+            "scram-sha-256",
+            "--encoding",
+            "UTF8",
+            "--locale",
+            "C.UTF-8",
         ]
 
     def _server_argv(self) -> list[str]:
         return [
             str(self.bindir / "postgres"),
-            "-D", str(self.data_dir),
-            "-p", str(self.port),
-            "-c", "listen_addresses=127.0.0.1",
-            "-c", "unix_socket_directories=",
-            "-c", "logging_collector=off",
-            "-c", "max_connections=200",
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            "logging_collector=off",
+            "-c",
+            "max_connections=200",
         ]
 
     def _stop_signal(self) -> int:

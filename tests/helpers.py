@@ -28,7 +28,10 @@ async def eventually(
 
 
 async def gather_events(
-    conn: Connection, want: Callable[[object], bool], count: int, timeout: float = 10.0,
+    conn: Connection,
+    want: Callable[[object], bool],
+    count: int,
+    timeout: float = 10.0,
     what: str = "events",
 ) -> list[Any]:
     """The next `count` events for which want(event) holds, skipping others; fail at the deadline."""
@@ -51,8 +54,12 @@ async def gather_events(
 async def collect(conn: Connection, count: int, timeout: float = 10.0) -> list[d.Message]:
     """The next `count` messages from others (own sends are skipped), or fail at the deadline."""
     return await gather_events(
-        conn, lambda ev: isinstance(ev, d.Message) and ev.sender_device_id != conn.device_id,
-        count, timeout, "messages")
+        conn,
+        lambda ev: isinstance(ev, d.Message) and ev.sender_device_id != conn.device_id,
+        count,
+        timeout,
+        "messages",
+    )
 
 
 async def next_of(conn: Connection, kind: type, timeout: float = 10.0) -> object:

@@ -56,7 +56,7 @@ def natter_command() -> list[str]:
     script = Path(sys.executable).with_name("natter")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from natter.cli import main; main()"]
+    return [sys.executable, "-c", "from app.cli import main; main()"]
 
 
 def free_port() -> int:
@@ -108,11 +108,20 @@ class NatterServer:
 
     def _spawn(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [*natter_command(), "serve", "--data", str(self.data_dir),
-                "--grpc", self.grpc_address, "--http", f"127.0.0.1:{self.http_port}"]
+        args = [
+            *natter_command(),
+            "serve",
+            "--data",
+            str(self.data_dir),
+            "--grpc",
+            self.grpc_address,
+            "--http",
+            f"127.0.0.1:{self.http_port}",
+        ]
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                         env=self.env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
         self.starts += 1
 
     async def wait_serving(self, timeout: float = START_TIMEOUT) -> None:
@@ -127,12 +136,14 @@ class NatterServer:
                     raise RuntimeError(f"natter serve exited early:\n{self.log_tail()}")
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     res = await stub.Check(  # type: ignore[attr-defined]
-                        health_pb2.HealthCheckRequest(), timeout=1.0)
+                        health_pb2.HealthCheckRequest(), timeout=1.0
+                    )
                     if res.status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 if loop.time() > deadline:
-                    raise TimeoutError(f"natter serve not healthy in {timeout} s:\n"
-                                       f"{self.log_tail()}")
+                    raise TimeoutError(
+                        f"natter serve not healthy in {timeout} s:\n{self.log_tail()}"
+                    )
                 await asyncio.sleep(_POLL)
 
     def kill(self) -> None:
@@ -210,13 +221,21 @@ class Cli:
         return [*natter_command(), "--server", self.server, "--profile", profile, *argv]
 
     def start(self, profile: str, *argv: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(self.args(profile, argv), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=self.env())
+        return subprocess.Popen(
+            self.args(profile, argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env(),
+        )
 
-    async def run(self, profile: str, *argv: str, timeout: float = 30.0,
-                  check: bool = True) -> subprocess.CompletedProcess[str]:
+    async def run(
+        self, profile: str, *argv: str, timeout: float = 30.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         proc = await asyncio.create_subprocess_exec(
-            *self.args(profile, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            *self.args(profile, argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env=self.env(),
         )
         try:
@@ -225,11 +244,13 @@ class Cli:
             proc.kill()
             await proc.wait()
             raise
-        done = subprocess.CompletedProcess(list(argv), proc.returncode or 0, out.decode(),
-                                           err.decode())
+        done = subprocess.CompletedProcess(
+            list(argv), proc.returncode or 0, out.decode(), err.decode()
+        )
         if check and done.returncode != 0:
-            raise AssertionError(f"natter {' '.join(argv)} exited {done.returncode}: "
-                                 f"{done.stderr.strip()}")
+            raise AssertionError(
+                f"natter {' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}"
+            )
         return done
 
     async def json(self, profile: str, *argv: str, timeout: float = 30.0) -> list[dict[str, Any]]:
@@ -262,11 +283,11 @@ class RawStream:
         self.call = stub.Connect(metadata=client.metadata())
         self.frames: list[spb.ServerFrame] = []
 
-    async def hello(self, cursors: Mapping[int, int] | None = None,
-                    skip_replay: bool = False) -> spb.SyncDone:
+    async def hello(
+        self, cursors: Mapping[int, int] | None = None, skip_replay: bool = False
+    ) -> spb.SyncDone:
         cs = [tpb.Cursor(thread_id=t, seq=s) for t, s in (cursors or {}).items()]
-        await self.call.write(spb.ClientFrame(hello=spb.Hello(cursors=cs,
-                                                              skip_replay=skip_replay)))
+        await self.call.write(spb.ClientFrame(hello=spb.Hello(cursors=cs, skip_replay=skip_replay)))
         done = await self.until("sync_done")
         return done.sync_done
 
@@ -302,4 +323,3 @@ class RawStream:
 
     def cancel(self) -> None:
         self.call.cancel()
-

@@ -10,8 +10,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from app.embedded import EmbeddedServer
 from message_svc.accounts import LoginThrottle
-from natter.embedded import EmbeddedServer
 from natter.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -106,7 +106,9 @@ async def test_missing_bad_and_revoked_tokens(server: EmbeddedServer) -> None:
             await c.contacts()
 
 
-async def test_logout_closes_that_devices_streams_only(user: UserFactory, connect: ConnFactory) -> None:
+async def test_logout_closes_that_devices_streams_only(
+    user: UserFactory, connect: ConnFactory
+) -> None:
     laptop = await user("alice", device="laptop")
     phone = await user("alice", device="phone")
     await user("bob")
@@ -126,7 +128,11 @@ async def test_contacts_add_list_remove_discover(user: UserFactory) -> None:
         await alice.add_contact(name)
     await alice.add_contact("bob", alias="Bobby")  # adding again updates, never duplicates
     contacts = await alice.contacts()
-    assert [(c.user.username, c.alias) for c in contacts] == [("bob", "Bobby"), ("carol", ""), ("dave", "")]
+    assert [(c.user.username, c.alias) for c in contacts] == [
+        ("bob", "Bobby"),
+        ("carol", ""),
+        ("dave", ""),
+    ]
     await alice.remove_contact("carol")
     assert [c.user.username for c in await alice.contacts()] == ["bob", "dave"]
     with pytest.raises(NotFound):
@@ -175,8 +181,13 @@ async def test_reflection_and_health_are_on(server: EmbeddedServer) -> None:
             return set(ProtoReflectionDescriptorDatabase(sync_ch).get_services())
 
     services = await asyncio.to_thread(list_services)
-    assert {"natter.v1.AccountService", "natter.v1.ContactService", "natter.v1.ThreadService",
-            "natter.v1.SocketService", "grpc.health.v1.Health"} <= services
+    assert {
+        "natter.v1.AccountService",
+        "natter.v1.ContactService",
+        "natter.v1.ThreadService",
+        "natter.v1.SocketService",
+        "grpc.health.v1.Health",
+    } <= services
     # Internal services are never on the public listener.
     assert not {s for s in services if "Internal" in s}
 
@@ -208,8 +219,7 @@ def test_login_throttle_doubles_the_delay_past_the_allowance_and_forgets_on_succ
 
 
 async def test_wrong_passwords_throttle_that_account_only(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "data", login_failures_allowed=3,
-                             login_delay_seconds=0.3)
+    settings = make_settings(tmp_path / "data", login_failures_allowed=3, login_delay_seconds=0.3)
     async with EmbeddedServer(settings) as server, Client(server.grpc_address) as c:
         await c.register("alice", PASSWORD)
         await c.register("bob", PASSWORD)

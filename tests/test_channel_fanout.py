@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from natter.embedded import EmbeddedServer
+from app.embedded import EmbeddedServer
 from natter.sdk import Client, Connection
 from natter.settings import Settings
 from socket_svc import Hub
@@ -178,5 +178,6 @@ async def test_channel_restart_rebuilds_from_socket_servers_and_loses_nothing(
     for conn in (cb, cc):
         got = await collect(conn, 2)
         assert [(m.seq, m.text) for m in got] == [
-            (lost.seq, "while channels were down"), (after.seq, "after the restart")
+            (lost.seq, "while channels were down"),
+            (after.seq, "after the restart"),
         ]

@@ -33,8 +33,12 @@ async def test_two_profiles_chat_and_a_restart_keeps_history(
     tmp_path: Path, served: NatterServer
 ) -> None:
     cli = Cli(tmp_path / "home", served.grpc_address, PASSWORD)
-    assert only(await cli.json("a", "register", "alice", "--name", "Alice"),
-                "registered")[0]["username"] == "alice"
+    assert (
+        only(await cli.json("a", "register", "alice", "--name", "Alice"), "registered")[0][
+            "username"
+        ]
+        == "alice"
+    )
     await cli.run("b", "register", "bob")
     [logged] = await cli.json("a", "login", "alice", "--device", "laptop")
     assert logged["username"] == "alice" and logged["device_id"] > 0
@@ -49,7 +53,11 @@ async def test_two_profiles_chat_and_a_restart_keeps_history(
     assert (sent["type"], sent["seq"]) == ("sent", 1)
     [got] = only(await cli.json("b", "listen", "--count", "1", "--timeout", "20"), "message")
     assert (got["from"], got["text"], got["seq"], got["thread"]) == (
-        "alice", "hello bob", 1, sent["thread"])
+        "alice",
+        "hello bob",
+        1,
+        sent["thread"],
+    )
     # The profile remembers how far bob got: the next listen shows only what is new.
     listening = cli.start("b", "--json", "listen", "--count", "1", "--timeout", "20")
     await cli.json("a", "send", "--thread", str(sent["thread"]), "second", "one")
@@ -60,7 +68,9 @@ async def test_two_profiles_chat_and_a_restart_keeps_history(
 
     history = only(await cli.json("b", "history", "alice"), "message")
     assert [(m["seq"], m["from"], m["text"]) for m in history] == [
-        (1, "alice", "hello bob"), (2, "alice", "second one")]
+        (1, "alice", "hello bob"),
+        (2, "alice", "second one"),
+    ]
     mine = only(await cli.json("a", "history", "bob"), "message")
     assert [m["state"] for m in mine] == ["delivered", "delivered"]  # bob's listens acked
     [ta] = await cli.json("a", "threads")
@@ -88,8 +98,7 @@ async def test_a_send_during_a_restart_succeeds_once_the_server_is_back(
     # While the server is down something holds its port and drops every connection, so the
     # test knows the client is retrying (not merely slow to start) before bringing it back.
     async with refusing_listener(served.grpc_port) as attempts:
-        sending = cli.start("a", "--json", "send", "bob", "through the restart",
-                            "--timeout", "40")
+        sending = cli.start("a", "--json", "send", "bob", "through the restart", "--timeout", "40")
         await eventually(lambda: attempts[0] >= 2 or sending.poll() is not None, timeout=20)
         assert sending.poll() is None, sending.communicate()
     await served.start()
@@ -100,8 +109,7 @@ async def test_a_send_during_a_restart_succeeds_once_the_server_is_back(
     bob = Client(served.grpc_address)
     await bob.login("bob", PASSWORD)
     rows, _ = await bob.history(sent["thread"])
-    assert [(m.seq, m.text, m.msg_id) for m in rows] == [
-        (1, "through the restart", sent["msg_id"])]
+    assert [(m.seq, m.text, m.msg_id) for m in rows] == [(1, "through the restart", sent["msg_id"])]
     await bob.close()
     # ...and the wait is bounded by --timeout.
     served.kill()
@@ -138,11 +146,18 @@ async def test_backup_while_the_server_writes_and_serve_from_the_copy(
         assert done["type"] == "backup" and done["bytes"] == dest.stat().st_size
         assert 50 <= done["messages"] <= 250  # a snapshot: everything before, some of during
 
-        refused = await cli.run("x", "backup", str(dest), "--data", str(served.data_dir),
-                                check=False)
+        refused = await cli.run(
+            "x", "backup", str(dest), "--data", str(served.data_dir), check=False
+        )
         assert refused.returncode == 1 and "exists" in refused.stderr
-        other = await cli.run("x", "backup", str(tmp_path / "pg.db"), "--database-url",
-                              "postgresql+asyncpg://u@127.0.0.1/natter", check=False)
+        other = await cli.run(
+            "x",
+            "backup",
+            str(tmp_path / "pg.db"),
+            "--database-url",
+            "postgresql+asyncpg://u@127.0.0.1/natter",
+            check=False,
+        )
         assert other.returncode == 1 and "pg_dump" in other.stderr
     finally:
         await alice.close()

@@ -64,32 +64,73 @@ async def test_internal_apis_are_not_reachable_from_outside(healthy: Cluster) ->
     deliver = ipb.DeliverRequest()
     publish = cpb.PublishRequest()
     send = mpb.SendMessageRequest(user_id=1, device_id=1)
-    beats = pipb.ReportHeartbeatsRequest(node_id="x", beats=[pipb.DeviceBeat(user_id=1,
-                                                                             device_id=1)])
+    beats = pipb.ReportHeartbeatsRequest(
+        node_id="x", beats=[pipb.DeviceBeat(user_id=1, device_id=1)]
+    )
 
     # On the public listeners the internal services do not exist, even with the secret.
     for node in (socket, message, channel, presence):
         async with grpc.aio.insecure_channel(node.public_addr) as ch:
-            assert await _code(ipb_grpc.SocketInternalServiceStub(ch).Deliver(
-                deliver, metadata=secret, timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
-            assert await _code(cpb_grpc.ChannelInternalServiceStub(ch).Publish(
-                publish, metadata=secret, timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
-            assert await _code(mpb_grpc.MessageInternalServiceStub(ch).SendMessage(
-                send, metadata=secret, timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
-            assert await _code(pipb_grpc.PresenceInternalServiceStub(ch).ReportHeartbeats(
-                beats, metadata=secret, timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
+            assert (
+                await _code(
+                    ipb_grpc.SocketInternalServiceStub(ch).Deliver(
+                        deliver, metadata=secret, timeout=5
+                    )
+                )
+                == grpc.StatusCode.UNIMPLEMENTED
+            )
+            assert (
+                await _code(
+                    cpb_grpc.ChannelInternalServiceStub(ch).Publish(
+                        publish, metadata=secret, timeout=5
+                    )
+                )
+                == grpc.StatusCode.UNIMPLEMENTED
+            )
+            assert (
+                await _code(
+                    mpb_grpc.MessageInternalServiceStub(ch).SendMessage(
+                        send, metadata=secret, timeout=5
+                    )
+                )
+                == grpc.StatusCode.UNIMPLEMENTED
+            )
+            assert (
+                await _code(
+                    pipb_grpc.PresenceInternalServiceStub(ch).ReportHeartbeats(
+                        beats, metadata=secret, timeout=5
+                    )
+                )
+                == grpc.StatusCode.UNIMPLEMENTED
+            )
 
     # On the internal listeners a call without the secret, or with a wrong one, is refused.
     Call = Callable[[grpc.aio.Channel, tuple[tuple[str, str], ...]], object]
     cases: list[tuple[RoleProc, Call]] = [
-        (socket, lambda ch, md: ipb_grpc.SocketInternalServiceStub(ch).Deliver(
-            deliver, metadata=md, timeout=5)),
-        (channel, lambda ch, md: cpb_grpc.ChannelInternalServiceStub(ch).Publish(
-            publish, metadata=md, timeout=5)),
-        (message, lambda ch, md: mpb_grpc.MessageInternalServiceStub(ch).SendMessage(
-            send, metadata=md, timeout=5)),
-        (presence, lambda ch, md: pipb_grpc.PresenceInternalServiceStub(ch).ReportHeartbeats(
-            beats, metadata=md, timeout=5)),
+        (
+            socket,
+            lambda ch, md: ipb_grpc.SocketInternalServiceStub(ch).Deliver(
+                deliver, metadata=md, timeout=5
+            ),
+        ),
+        (
+            channel,
+            lambda ch, md: cpb_grpc.ChannelInternalServiceStub(ch).Publish(
+                publish, metadata=md, timeout=5
+            ),
+        ),
+        (
+            message,
+            lambda ch, md: mpb_grpc.MessageInternalServiceStub(ch).SendMessage(
+                send, metadata=md, timeout=5
+            ),
+        ),
+        (
+            presence,
+            lambda ch, md: pipb_grpc.PresenceInternalServiceStub(ch).ReportHeartbeats(
+                beats, metadata=md, timeout=5
+            ),
+        ),
     ]
     for node, call in cases:
         async with grpc.aio.insecure_channel(node.internal_addr) as ch:
@@ -97,8 +138,12 @@ async def test_internal_apis_are_not_reachable_from_outside(healthy: Cluster) ->
             assert await _code(call(ch, wrong)) == grpc.StatusCode.PERMISSION_DENIED, node.node_id
     # With the secret, the same listener answers.
     async with grpc.aio.insecure_channel(socket.internal_addr) as ch:
-        assert await _code(ipb_grpc.SocketInternalServiceStub(ch).Deliver(
-            deliver, metadata=secret, timeout=5)) == grpc.StatusCode.OK
+        assert (
+            await _code(
+                ipb_grpc.SocketInternalServiceStub(ch).Deliver(deliver, metadata=secret, timeout=5)
+            )
+            == grpc.StatusCode.OK
+        )
 
 
 # -- failover ----------------------------------------------------------------------------
@@ -120,8 +165,9 @@ async def test_socket_server_killed_with_100_users_mid_traffic(healthy: Cluster)
             return all(any(t > killed and n != victim_id for t, n in p.connects) for p in moved)
 
         await eventually(reconnected, healthy.ttl + 10, message="every user reconnected")
-        worst = max(min(t for t, n in p.connects if t > killed and n != victim_id) - killed
-                    for p in moved)
+        worst = max(
+            min(t for t, n in p.connects if t > killed and n != victim_id) - killed for p in moved
+        )
         assert worst <= healthy.ttl + 2, f"slowest reconnect took {worst:.2f} s"
         for p in moved:
             assert p.conn is not None and p.conn.user is not None
@@ -213,11 +259,15 @@ async def test_etcd_restarted_nodes_register_again(healthy: Cluster) -> None:
         await healthy.etcd.kill()
         # The rings live in every process's memory: traffic goes on without etcd.
         goals = [c.acked_total() + 12 for c in both]
-        await eventually(lambda: all(c.acked_total() >= g for c, g in zip(both, goals, strict=True)), 20)
+        await eventually(
+            lambda: all(c.acked_total() >= g for c, g in zip(both, goals, strict=True)), 20
+        )
         await healthy.etcd.restart(wipe=True)  # it lost everything: every node registers again
         await healthy.wait_ready(timeout=20)
         goals = [c.acked_total() + 12 for c in both]
-        await eventually(lambda: all(c.acked_total() >= g for c, g in zip(both, goals, strict=True)), 20)
+        await eventually(
+            lambda: all(c.acked_total() >= g for c, g in zip(both, goals, strict=True)), 20
+        )
         for c in both:
             await c.stop()
         for c in both:
@@ -237,8 +287,10 @@ async def test_database_restarted_sends_wait_and_nothing_is_lost(healthy: Cluste
         await healthy.db.kill()
 
         def refused() -> bool:
-            return any(p.conn is not None and p.conn.stats.extra.get("send_retry_UNAVAILABLE")
-                       for p in chat.peers)
+            return any(
+                p.conn is not None and p.conn.stats.extra.get("send_retry_UNAVAILABLE")
+                for p in chat.peers
+            )
 
         await eventually(refused, 20, message="sends refused with UNAVAILABLE")
         with pytest.raises(Unavailable):
@@ -262,15 +314,22 @@ async def test_rolling_restart_of_every_process_under_load(healthy: Cluster) -> 
             await healthy.restart(proc, crash=False)
             await healthy.wait_ready()
             goal = chat.acked_total() + 12
-            await eventually(lambda: chat.acked_total() >= goal, 20,  # noqa: B023
-                             message=f"traffic after restarting {proc.node_id}")
+            await eventually(
+                lambda: chat.acked_total() >= goal,  # noqa: B023
+                20,
+                message=f"traffic after restarting {proc.node_id}",
+            )
         await chat.stop()
         await chat.settle()
         await chat.check_store()
 
         def on_owners() -> bool:
-            return all(p.conn is not None and p.conn.user is not None
-                       and p.node == healthy.owner(p.conn.user.user_id) for p in chat.peers)
+            return all(
+                p.conn is not None
+                and p.conn.user is not None
+                and p.node == healthy.owner(p.conn.user.user_id)
+                for p in chat.peers
+            )
 
         await eventually(on_owners, 10, message="every user on its owner")
     finally:
@@ -284,8 +343,12 @@ async def test_a_socket_server_joining_the_ring_takes_its_users_by_redirect(
     chat = await Chat(healthy.front_door, 30, interval=0.5).open()
 
     def on_owners() -> bool:
-        return all(p.conn is not None and p.conn.user is not None
-                   and p.node == healthy.owner(p.conn.user.user_id) for p in chat.peers)
+        return all(
+            p.conn is not None
+            and p.conn.user is not None
+            and p.node == healthy.owner(p.conn.user.user_id)
+            for p in chat.peers
+        )
 
     try:
         chat.start()

@@ -20,8 +20,9 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def sharded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
-    async with running_cluster(tmp_path_factory.mktemp("sharded"), sockets=2, messages=1,
-                               channels=2, presences=2) as c:
+    async with running_cluster(
+        tmp_path_factory.mktemp("sharded"), sockets=2, messages=1, channels=2, presences=2
+    ) as c:
         yield c
 
 
@@ -50,19 +51,28 @@ async def test_groups_on_both_channel_shards_and_one_shard_killed(sharded: Clust
         for chat in chats:
             chat.start()
         for chat in chats:
-            await eventually(lambda c=chat: received(c) >= 12, 20,  # type: ignore[misc]
-                             message="live delivery in every group")
+            await eventually(
+                lambda c=chat: received(c) >= 12,
+                20,  # type: ignore[misc]
+                message="live delivery in every group",
+            )
 
         victim_id = next(iter(by_node))
         sharded.proc(victim_id).kill()
         # The survivor takes over the victim's threads once its lease is gone; every group
         # keeps delivering, the victim's ones included.
-        await eventually(lambda: victim_id not in sharded.registered("channel"),
-                         sharded.ttl + 5, message="the killed channel node left the ring")
+        await eventually(
+            lambda: victim_id not in sharded.registered("channel"),
+            sharded.ttl + 5,
+            message="the killed channel node left the ring",
+        )
         goals = [received(chat) + 12 for chat in chats]
         for chat, goal in zip(chats, goals, strict=True):
-            await eventually(lambda c=chat, g=goal: received(c) >= g, 20,  # type: ignore[misc]
-                             message="live delivery after a channel shard died")
+            await eventually(
+                lambda c=chat, g=goal: received(c) >= g,
+                20,  # type: ignore[misc]
+                message="live delivery after a channel shard died",
+            )
         await sharded.heal()
         for chat in chats:
             await chat.stop()

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from app.embedded import EmbeddedServer
 from natter import domain as d
-from natter.embedded import EmbeddedServer
 from natter.errors import AlreadyExists
 from natter.sdk import Connection
 from natter.settings import Settings
@@ -21,8 +21,9 @@ from tests.helpers import collect, eventually, replay_of
 from tests.procs import RawStream
 
 
-async def wait_for(conn: Connection, match: Callable[[object], bool],
-                   timeout: float = 10.0) -> list[object]:
+async def wait_for(
+    conn: Connection, match: Callable[[object], bool], timeout: float = 10.0
+) -> list[object]:
     """Events up to and including the first one that matches."""
     seen: list[object] = []
     loop = asyncio.get_running_loop()
@@ -62,7 +63,9 @@ async def test_a_retry_returns_the_original_send_result(
     assert nxt.seq == first.seq + 1
     rows, _ = await bob.history(first.thread_id)
     assert [(m.seq, m.text, m.client_msg_id) for m in rows] == [
-        (1, "hello", "k-1"), (2, "next", nxt.client_msg_id)]
+        (1, "hello", "k-1"),
+        (2, "next", nxt.client_msg_id),
+    ]
 
 
 async def test_concurrent_retries_over_several_devices_store_one_message(
@@ -83,14 +86,16 @@ async def test_concurrent_retries_over_several_devices_store_one_message(
     results = [r for rs in await asyncio.gather(*(hammer(s) for s in streams)) for r in rs]
     assert len(results) == 60
     assert {(r.msg_id, r.thread_id, r.seq) for r in results} == {
-        (results[0].msg_id, results[0].thread_id, 1)}
+        (results[0].msg_id, results[0].thread_id, 1)
+    }
     for s in streams:
         assert not s.of("error")
         s.cancel()
     # The SDK's own retries share one pending send as well.
     ca = await connect(devices[0])
-    again = await asyncio.gather(*(ca.send("once", recipient="bob", client_msg_id="same")
-                                   for _ in range(10)))
+    again = await asyncio.gather(
+        *(ca.send("once", recipient="bob", client_msg_id="same") for _ in range(10))
+    )
     assert {(r.msg_id, r.seq) for r in again} == {(results[0].msg_id, 1)}
     rows, _ = await bob.history(results[0].thread_id)
     assert [(m.seq, m.text) for m in rows] == [(1, "once")]
@@ -122,15 +127,18 @@ async def test_a_reused_client_msg_id_with_other_text_is_refused_and_the_origina
     raw = RawStream(await user("alice", device="tablet"))
     await raw.hello()
     for text in ("left", "right"):
-        await raw.write(spb.ClientFrame(send=spb.Send(client_msg_id="k2", recipient="bob",
-                                                      text=text)))
+        await raw.write(
+            spb.ClientFrame(send=spb.Send(client_msg_id="k2", recipient="bob", text=text))
+        )
     won = (await raw.until("send_result")).send_result
     refused = (await raw.until("error")).error
     assert refused.client_msg_id == "k2" and refused.reason == "CLIENT_MSG_ID_REUSED"
     raw.cancel()
     rows, _ = await bob.history(original.thread_id)
-    assert [(m.seq, m.text, m.client_msg_id) for m in rows] == [(1, "original", "k"),
-                                                                (2, rows[1].text, "k2")]
+    assert [(m.seq, m.text, m.client_msg_id) for m in rows] == [
+        (1, "original", "k"),
+        (2, rows[1].text, "k2"),
+    ]
     assert rows[1].text in ("left", "right") and rows[1].msg_id == won.msg_id and won.seq == 2
     assert await ca.send("original", recipient="bob", client_msg_id="k") == original
 
@@ -156,12 +164,14 @@ async def test_send_results_follow_a_durable_commit(
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
         results = await asyncio.gather(*(ca.send(f"m{i}", recipient="bob") for i in range(50)))
         for r in results:
-            row = db.execute("SELECT text, seq FROM messages WHERE msg_id = ?",
-                             (r.msg_id,)).fetchone()
+            row = db.execute(
+                "SELECT text, seq FROM messages WHERE msg_id = ?", (r.msg_id,)
+            ).fetchone()
             assert row is not None and row[1] == r.seq
         one = await ca.send("single", recipient="bob")
-        assert db.execute("SELECT text FROM messages WHERE msg_id = ?",
-                          (one.msg_id,)).fetchone() == ("single",)
+        assert db.execute(
+            "SELECT text FROM messages WHERE msg_id = ?", (one.msg_id,)
+        ).fetchone() == ("single",)
 
 
 # -- device cursors and sync ---------------------------------------------------------------
@@ -185,6 +195,7 @@ async def test_each_device_has_its_own_cursor_and_replay_starts_after_it(
     def stored(device_id: int, seq: int) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
             return await server.store.device_cursors(device_id) == {tid: seq}
+
         return check
 
     await eventually(stored(phone.device_id, 5))
@@ -294,8 +305,7 @@ async def test_delivered_and_read_receipts_are_stored_and_reach_all_sender_devic
     for conn in (ca1, ca2):
         r = (await wait_for(conn, is_receipt(d.ReceiptKind.READ, 2)))[-1]
         assert isinstance(r, d.Receipt) and r.seq == 2
-    assert await states() == [d.MessageState.READ, d.MessageState.READ,
-                              d.MessageState.DELIVERED]
+    assert await states() == [d.MessageState.READ, d.MessageState.READ, d.MessageState.DELIVERED]
     info = await phone.thread(tid)
     [b] = [m for m in info.members if m.user.username == "bob"]
     assert (b.delivered_seq, b.read_seq) == (3, 2)
@@ -329,8 +339,11 @@ async def test_what_one_device_sends_appears_on_the_users_other_devices(
     cp, cl, cb = await connect(phone), await connect(laptop), await connect(bob)
     sent = await cp.send("from my phone", recipient="bob")
     [mirror] = await collect(cl, 1)
-    assert (mirror.seq, mirror.text, mirror.sender_device_id) == (1, "from my phone",
-                                                                 phone.device_id)
+    assert (mirror.seq, mirror.text, mirror.sender_device_id) == (
+        1,
+        "from my phone",
+        phone.device_id,
+    )
     [got] = await collect(cb, 1)
     assert got.msg_id == sent.msg_id
     # The sending device shows its own message once (from the send result), never echoed.
@@ -383,5 +396,4 @@ async def test_a_new_device_pages_through_full_history(
             break
         before = rows[0].seq
     assert pages == [list(range(71, 121)), list(range(21, 71)), list(range(1, 21))]
-    assert [m.seq async for m in fresh.all_history(first.thread_id, page=33)] == list(
-        range(1, 121))
+    assert [m.seq async for m in fresh.all_history(first.thread_id, page=33)] == list(range(1, 121))

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.embedded import EmbeddedServer
 from natter import domain as d
-from natter.embedded import EmbeddedServer
 from natter.errors import Unavailable
 from natter.sdk import Client, Connection, Disconnected, SyncDone
 from tests.conftest import PASSWORD, ConnFactory, UserFactory
@@ -19,8 +19,9 @@ from tests.procs import NatterServer, natter_server
 BIG = "x" * 2000  # big enough that a long replay is held back by flow control mid-way
 
 
-async def account(address: str, name: str, device: str = "test", register: bool = True,
-                  timeout: float = 10.0) -> Client:
+async def account(
+    address: str, name: str, device: str = "test", register: bool = True, timeout: float = 10.0
+) -> Client:
     c = Client(address, timeout=timeout)
     if register:
         await c.register(name, PASSWORD)
@@ -32,11 +33,11 @@ def assert_once_in_order(got: list[d.Message], n: int, first: int = 1) -> None:
     seqs = [m.seq for m in got]
     assert seqs == list(range(first, first + n)), (
         f"{len(seqs)} messages; duplicates: {len(seqs) - len(set(seqs))}; "
-        f"first wrong at {next((i for i, s in enumerate(seqs) if s != first + i), None)}")
+        f"first wrong at {next((i for i, s in enumerate(seqs) if s != first + i), None)}"
+    )
 
 
-def on_message(conn: Connection, nth: int, action: Callable[[], None],
-               own: bool = False) -> None:
+def on_message(conn: Connection, nth: int, action: Callable[[], None], own: bool = False) -> None:
     """Run `action` the moment the connection surfaces its nth message (of others, or own)."""
     seen = [0]
     put = conn.events.put
@@ -61,16 +62,20 @@ def drain(conn: Connection) -> list[object]:
 
 def cut(conn: Connection) -> Callable[[], None]:
     """Client side: cancel the call under the connection, as a dropped network would."""
+
     def go() -> None:
         assert conn._call is not None
         conn._call.cancel()
+
     return go
 
 
 def close_session(server: EmbeddedServer, device_id: int) -> Callable[[], None]:
     """Server side: the socket server ends the device's session mid-stream."""
+
     def go() -> None:
         server.hub.by_device[device_id].close(Unavailable("node draining", "DRAINING"))
+
     return go
 
 
@@ -95,8 +100,9 @@ async def test_an_offline_recipient_gets_1000_messages_once_in_order(tmp_path: P
         bob = await account(srv.grpc_address, "bob")
         ca = await Connection(alice).start()
         first = await ca.send("m0", recipient="bob")
-        sent = await asyncio.gather(*(ca.send(f"m{i}", thread_id=first.thread_id)
-                                      for i in range(1, 1000)))
+        sent = await asyncio.gather(
+            *(ca.send(f"m{i}", thread_id=first.thread_id) for i in range(1, 1000))
+        )
         assert sorted(r.seq for r in [first, *sent]) == list(range(1, 1001))
         cb = Connection(bob)
         await cb.start(wait_synced=False)
@@ -176,8 +182,9 @@ async def test_server_killed_mid_replay_resumes_from_cursors(tmp_path: Path) -> 
         bob = await account(srv.grpc_address, "bob")
         ca = await Connection(alice).start()
         first = await ca.send(BIG + " 1", recipient="bob")
-        await asyncio.gather(*(ca.send(f"{BIG} {i}", thread_id=first.thread_id)
-                               for i in range(2, 1001)))
+        await asyncio.gather(
+            *(ca.send(f"{BIG} {i}", thread_id=first.thread_id) for i in range(2, 1001))
+        )
         await ca.close()
         cb = Connection(bob, max_backoff=0.3)
         on_message(cb, 300, srv.kill)
@@ -206,16 +213,18 @@ async def test_server_killed_mid_replay_resumes_from_cursors(tmp_path: Path) -> 
 # -- streams cut mid-transfer --------------------------------------------------------------
 
 
-async def _upload(user: UserFactory, connect: ConnFactory, server: EmbeddedServer,
-                  how: str) -> None:
+async def _upload(
+    user: UserFactory, connect: ConnFactory, server: EmbeddedServer, how: str
+) -> None:
     alice, bob = await user("alice"), await user("bob")
     ca = await connect(alice, max_backoff=0.2)
     cb = await connect(bob)
     thread_id = (await ca.send("start", recipient="bob")).thread_id
     ca_cut = cut(ca) if how == "client" else close_session(server, alice.device_id)
     on_message(ca, 100, ca_cut, own=True)
-    results = await asyncio.wait_for(asyncio.gather(
-        *(ca.send(f"u{i}", thread_id=thread_id) for i in range(500))), 30)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(ca.send(f"u{i}", thread_id=thread_id) for i in range(500))), 30
+    )
     assert sorted(r.seq for r in results) == list(range(2, 502))
     assert ca.stats.connects == 2
     rows = [m async for m in bob.all_history(thread_id)]
@@ -224,20 +233,21 @@ async def _upload(user: UserFactory, connect: ConnFactory, server: EmbeddedServe
     assert_once_in_order(got, 501)
 
 
-async def _download(user: UserFactory, connect: ConnFactory, server: EmbeddedServer,
-                    how: str) -> None:
+async def _download(
+    user: UserFactory, connect: ConnFactory, server: EmbeddedServer, how: str
+) -> None:
     alice, bob = await user("alice"), await user("bob")
     ca = await connect(alice)
     first = await ca.send(BIG, recipient="bob")
-    await asyncio.gather(*(ca.send(f"{BIG} {i}", thread_id=first.thread_id)
-                           for i in range(2, 801)))
+    await asyncio.gather(*(ca.send(f"{BIG} {i}", thread_id=first.thread_id) for i in range(2, 801)))
     cb = Connection(bob, max_backoff=0.2)
     on_message(cb, 200, cut(cb) if how == "client" else close_session(server, bob.device_id))
     await cb.start(wait_synced=False)
     try:
         # New messages keep arriving while the replay is cut and resumed.
-        more = asyncio.gather(*(ca.send(f"live {i}", thread_id=first.thread_id)
-                                for i in range(100)))
+        more = asyncio.gather(
+            *(ca.send(f"live {i}", thread_id=first.thread_id) for i in range(100))
+        )
         got = await collect(cb, 900, timeout=30)
         await more
         assert_once_in_order(got, 900)
@@ -248,23 +258,27 @@ async def _download(user: UserFactory, connect: ConnFactory, server: EmbeddedSer
         await cb.close()
 
 
-async def test_client_cut_while_uploading(user: UserFactory, connect: ConnFactory,
-                                          server: EmbeddedServer) -> None:
+async def test_client_cut_while_uploading(
+    user: UserFactory, connect: ConnFactory, server: EmbeddedServer
+) -> None:
     await _upload(user, connect, server, "client")
 
 
-async def test_server_cut_while_uploading(user: UserFactory, connect: ConnFactory,
-                                          server: EmbeddedServer) -> None:
+async def test_server_cut_while_uploading(
+    user: UserFactory, connect: ConnFactory, server: EmbeddedServer
+) -> None:
     await _upload(user, connect, server, "server")
 
 
-async def test_client_cut_while_downloading(user: UserFactory, connect: ConnFactory,
-                                            server: EmbeddedServer) -> None:
+async def test_client_cut_while_downloading(
+    user: UserFactory, connect: ConnFactory, server: EmbeddedServer
+) -> None:
     await _download(user, connect, server, "client")
 
 
-async def test_server_cut_while_downloading(user: UserFactory, connect: ConnFactory,
-                                            server: EmbeddedServer) -> None:
+async def test_server_cut_while_downloading(
+    user: UserFactory, connect: ConnFactory, server: EmbeddedServer
+) -> None:
     await _download(user, connect, server, "server")
 
 
@@ -294,7 +308,9 @@ async def test_two_devices_one_offline_through_the_burst(
     try:
         got = await collect(cl, 500, timeout=20)
         assert_once_in_order(got, 500)
-        assert {m.text for m in got} == {f"a{i}" for i in range(400)} | {f"b{i}" for i in range(100)}
+        assert {m.text for m in got} == {f"a{i}" for i in range(400)} | {
+            f"b{i}" for i in range(100)
+        }
         assert sum(m.sender_device_id == phone.device_id for m in got) == 100
         # Back online, both stay in step.
         await ca.send("both", thread_id=tid)
@@ -323,8 +339,7 @@ async def test_reconnect_resumes_from_cursors_without_replaying_what_was_shown(
         # Killed before bob's acks could have been stored: his Hello cursors still say 20.
         srv.kill()
         await srv.start()
-        pending = asyncio.gather(*(ca.send(f"n{i}", thread_id=first.thread_id)
-                                   for i in range(5)))
+        pending = asyncio.gather(*(ca.send(f"n{i}", thread_id=first.thread_id) for i in range(5)))
         got = await collect(cb, 5, timeout=20)
         await pending
         assert_once_in_order(got, 5, first=21)

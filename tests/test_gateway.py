@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from google.rpc import error_details_pb2
 
+from app.embedded import EmbeddedServer
 from natter import domain as d
-from natter.embedded import EmbeddedServer
 from natter.settings import Settings
 from natter.v1 import account_service_pb2 as apb
 from natter.v1 import socket_service_pb2 as spb

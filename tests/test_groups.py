@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from app.embedded import EmbeddedServer
 from natter import domain as d
-from natter.embedded import EmbeddedServer
 from natter.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -30,8 +30,9 @@ ADMIN, MEMBER = d.Role.ADMIN.value, d.Role.MEMBER.value
 
 async def messages(conn: Connection, count: int, timeout: float = 10.0) -> list[d.Message]:
     """The next `count` messages the connection surfaces, the device's own included."""
-    return await gather_events(conn, lambda ev: isinstance(ev, d.Message), count, timeout,
-                               "messages")
+    return await gather_events(
+        conn, lambda ev: isinstance(ev, d.Message), count, timeout, "messages"
+    )
 
 
 def story(rows: list[d.Message]) -> list[tuple[int, str]]:
@@ -59,7 +60,11 @@ async def test_create_a_group_and_chat(user: UserFactory, connect: ConnFactory) 
     ca, cb, cc = await connect(alice), await connect(bob), await connect(carol)
     group = await alice.create_group("Trip ✈", ["bob", "carol", "alice", "BOB"])
     assert (group.kind, group.title, group.member_count, group.role, group.last_seq) == (
-        GROUP, "Trip ✈", 3, ADMIN, 1
+        GROUP,
+        "Trip ✈",
+        3,
+        ADMIN,
+        1,
     )
     # Every device, the creator's included, sees the creation as seq 1.
     for conn in (ca, cb, cc):
@@ -67,7 +72,9 @@ async def test_create_a_group_and_chat(user: UserFactory, connect: ConnFactory) 
         assert (m.thread_id, m.seq, m.kind) == (group.thread_id, 1, d.MessageKind.SYSTEM)
         assert m.system is not None
         assert (m.system.kind, m.system.actor.username, m.system.title) == (
-            S.GROUP_CREATED, "alice", "Trip ✈"
+            S.GROUP_CREATED,
+            "alice",
+            "Trip ✈",
         )
         assert [u.username for u in m.system.users] == ["bob", "carol"]
     sent = await cb.send("hi all", thread_id=group.thread_id)
@@ -77,7 +84,12 @@ async def test_create_a_group_and_chat(user: UserFactory, connect: ConnFactory) 
         assert (m.text, m.seq, m.sender.username) == ("hi all", 2, "bob")
     [t] = await carol.threads()
     assert (t.thread_id, t.kind, t.title, t.member_count, t.role, t.active) == (
-        group.thread_id, GROUP, "Trip ✈", 3, MEMBER, True
+        group.thread_id,
+        GROUP,
+        "Trip ✈",
+        3,
+        MEMBER,
+        True,
     )
     assert t.last_message.text == "hi all" and t.unread_count == 2  # the creation too
 
@@ -97,9 +109,15 @@ async def test_membership_changes_tell_every_device_the_same_story(
     assert (removed.seq, removed.system and removed.system.kind) == (5, S.MEMBERS_REMOVED)
     await alice.set_role(g, ["bob"], admin=True)  # 6
     await bob.set_role(g, ["bob"], admin=False)  # 7: bob steps down himself
-    want = [(1, "GROUP_CREATED"), (2, "before dave"), (3, "TITLE_CHANGED"),
-            (4, "MEMBERS_ADDED"), (5, "MEMBERS_REMOVED"), (6, "ADMINS_PROMOTED"),
-            (7, "ADMINS_DEMOTED")]
+    want = [
+        (1, "GROUP_CREATED"),
+        (2, "before dave"),
+        (3, "TITLE_CHANGED"),
+        (4, "MEMBERS_ADDED"),
+        (5, "MEMBERS_REMOVED"),
+        (6, "ADMINS_PROMOTED"),
+        (7, "ADMINS_DEMOTED"),
+    ]
     # Live on each connected member's device, the same seqs in the same order.
     assert story(await messages(ca, 7)) == want
     assert story(await messages(cb, 7)) == want
@@ -158,7 +176,9 @@ async def test_full_history_for_new_members_when_configured(settings: Settings) 
             await ca.send("early", thread_id=group.thread_id)
         await alice.add_members(group.thread_id, ["carol"])
         assert story(await full_history(carol, group.thread_id)) == [
-            (1, "GROUP_CREATED"), (2, "early"), (3, "MEMBERS_ADDED")
+            (1, "GROUP_CREATED"),
+            (2, "early"),
+            (3, "MEMBERS_ADDED"),
         ]
         for c in clients:
             await c.close()
@@ -176,7 +196,9 @@ async def test_the_last_admin_leaving_promotes_the_longest_member(
     promoted, left = await messages(cb, 2)
     assert promoted.system is not None and left.system is not None
     assert (promoted.seq, promoted.system.kind, [u.username for u in promoted.system.users]) == (
-        2, S.ADMINS_PROMOTED, ["bob"]
+        2,
+        S.ADMINS_PROMOTED,
+        ["bob"],
     )
     assert (left.seq, left.system.kind, left.system.actor.username) == (3, S.MEMBER_LEFT, "alice")
     info = await bob.thread(g)
@@ -188,8 +210,7 @@ async def test_the_last_admin_leaving_promotes_the_longest_member(
     # With another admin left, nobody is promoted.
     await bob.set_role(g, ["carol"], admin=True)  # 4
     await bob.leave_group(g)  # 5
-    assert story(await full_history(carol, g))[-2:] == [(4, "ADMINS_PROMOTED"),
-                                                        (5, "MEMBER_LEFT")]
+    assert story(await full_history(carol, g))[-2:] == [(4, "ADMINS_PROMOTED"), (5, "MEMBER_LEFT")]
     await carol.leave_group(g)  # the last one out: an empty group, no error
     assert story(await full_history(carol, g))[-1] == (6, "MEMBER_LEFT")
 
@@ -223,7 +244,8 @@ async def test_group_messages_keep_the_direct_contract(
     async def states() -> bool:
         rows, _ = await alice.history(g)
         return [m.state for m in rows if m.kind is d.MessageKind.TEXT] == [
-            d.MessageState.READ, d.MessageState.DELIVERED
+            d.MessageState.READ,
+            d.MessageState.DELIVERED,
         ]
 
     await eventually(states)
@@ -232,9 +254,7 @@ async def test_group_messages_keep_the_direct_contract(
 # -- bad input -----------------------------------------------------------------------------
 
 
-async def test_bad_group_requests_get_clear_errors(
-    user: UserFactory, connect: ConnFactory
-) -> None:
+async def test_bad_group_requests_get_clear_errors(user: UserFactory, connect: ConnFactory) -> None:
     alice, bob, carol = await user("alice"), await user("bob"), await user("carol")
     group = await alice.create_group("g", ["bob"])
     g = group.thread_id
@@ -273,9 +293,12 @@ async def test_bad_group_requests_get_clear_errors(
     from natter.v1 import types_pb2 as tpb
 
     with pytest.raises(InvalidArgument) as info:
-        await alice._call(alice.groups_stub.SetMemberRole,
-                          gpb.SetMemberRoleRequest(thread_id=g, members=["bob"],
-                                                   role=tpb.MemberRole.ValueType(7)))
+        await alice._call(
+            alice.groups_stub.SetMemberRole,
+            gpb.SetMemberRoleRequest(
+                thread_id=g, members=["bob"], role=tpb.MemberRole.ValueType(7)
+            ),
+        )
     assert info.value.reason == "BAD_ROLE"
     # Nothing was written by any of them: the group is as it was created.
     assert story(await full_history(alice, g)) == [(1, "GROUP_CREATED")]
@@ -292,19 +315,23 @@ class TestMemberCap:
         for name in ("bob", "carol", "dave"):
             await user(name)
         assert await reason_of(alice.create_group("g", ["bob", "carol", "dave"])) == (
-            ResourceExhausted, "GROUP_FULL"
+            ResourceExhausted,
+            "GROUP_FULL",
         )
         group = await alice.create_group("g", ["bob", "carol", "alice"])
         assert group.member_count == 3
         assert await reason_of(alice.add_members(group.thread_id, ["dave"])) == (
-            ResourceExhausted, "GROUP_FULL"
+            ResourceExhausted,
+            "GROUP_FULL",
         )
         many = [f"user{i}" for i in range(10)]
         assert await reason_of(alice.add_members(group.thread_id, many)) == (
-            ResourceExhausted, "GROUP_FULL"
+            ResourceExhausted,
+            "GROUP_FULL",
         )
         assert await reason_of(alice.remove_members(group.thread_id, many)) == (
-            InvalidArgument, "TOO_MANY_USERS"
+            InvalidArgument,
+            "TOO_MANY_USERS",
         )
         await alice.remove_members(group.thread_id, ["carol"])
         added = await alice.add_members(group.thread_id, ["dave"])
@@ -323,8 +350,12 @@ async def test_cli_group_commands(tmp_path: Path, server: EmbeddedServer) -> Non
     assert (created["type"], created["title"], created["members"]) == ("group_created", "Pals", 2)
     g = str(created["thread"])
     [added] = await cli.json("alice", "group", "add", g, "carol")
-    assert added["system"] == {"kind": "members_added", "actor": "alice", "users": ["carol"],
-                               "title": ""}
+    assert added["system"] == {
+        "kind": "members_added",
+        "actor": "alice",
+        "users": ["carol"],
+        "title": "",
+    }
     [promoted] = await cli.json("alice", "group", "promote", g, "bob")
     assert promoted["system"]["kind"] == "admins_promoted" and promoted["seq"] == 3
     [demoted] = await cli.json("alice", "group", "demote", g, "bob")

@@ -32,8 +32,17 @@ NOW = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def msg(thread_id: int, seq: int, sender: d.User = PEER, device: int = 22) -> d.Message:
-    return d.Message(thread_id, seq, f"m{thread_id}-{seq}", sender, device, f"c{thread_id}-{seq}",
-                     d.MessageKind.TEXT, f"text {thread_id}/{seq}", NOW)
+    return d.Message(
+        thread_id,
+        seq,
+        f"m{thread_id}-{seq}",
+        sender,
+        device,
+        f"c{thread_id}-{seq}",
+        d.MessageKind.TEXT,
+        f"text {thread_id}/{seq}",
+        NOW,
+    )
 
 
 def seqs(released: Sequence[d.Message]) -> list[int]:
@@ -129,8 +138,14 @@ class _Store:
     ) -> list[d.Message]:
         return [m for m in self.log[thread_id] if after_seq < m.seq < before_seq]
 
-    async def history(self, thread_id: int, before_seq: int = 0, after_seq: int = 0,
-                      limit: int = 50, forward: bool = False) -> tuple[list[d.Message], bool]:
+    async def history(
+        self,
+        thread_id: int,
+        before_seq: int = 0,
+        after_seq: int = 0,
+        limit: int = 50,
+        forward: bool = False,
+    ) -> tuple[list[d.Message], bool]:
         assert forward and before_seq == 0
         rows = [m for m in self.log[thread_id] if m.seq > after_seq]
         return rows[:limit], len(rows) > limit
@@ -155,8 +170,14 @@ class _FakeClient:
     server: str = "fake"
     user: d.User | None = None
 
-    async def history(self, thread_id: int, before_seq: int = 0, after_seq: int = 0,
-                      limit: int = 50, forward: bool = False) -> tuple[list[d.Message], bool]:
+    async def history(
+        self,
+        thread_id: int,
+        before_seq: int = 0,
+        after_seq: int = 0,
+        limit: int = 50,
+        forward: bool = False,
+    ) -> tuple[list[d.Message], bool]:
         return await self.store.history(thread_id, before_seq, after_seq, limit, forward)
 
 
@@ -171,9 +192,15 @@ class _World:
 
 
 def _own(m: d.Message) -> _Own:
-    frame = spb.ServerFrame(send_result=spb.SendResult(
-        client_msg_id=m.client_msg_id, msg_id=m.msg_id, thread_id=m.thread_id, seq=m.seq,
-        create_time=convert.ts(m.create_time)))
+    frame = spb.ServerFrame(
+        send_result=spb.SendResult(
+            client_msg_id=m.client_msg_id,
+            msg_id=m.msg_id,
+            thread_id=m.thread_id,
+            seq=m.seq,
+            create_time=convert.ts(m.create_time),
+        )
+    )
     return _Own(m.thread_id, m.seq, frame)
 
 
@@ -181,10 +208,10 @@ OPS = st.lists(
     st.one_of(
         st.tuples(st.just("send"), st.sampled_from([1, 2]), st.booleans()),
         st.tuples(st.just("hub"), st.integers(0, 7), st.booleans()),  # deliver one (or lose it)
-        st.tuples(st.just("push"), st.integers(1, 4)),                # session writes queued items
-        st.tuples(st.just("read"), st.integers(1, 6)),                # device reads frames
-        st.tuples(st.just("reconnect")),                              # stream cut, new stream
-        st.tuples(st.just("lose"), st.integers(0, 7)),                # a pushed message never arrives
+        st.tuples(st.just("push"), st.integers(1, 4)),  # session writes queued items
+        st.tuples(st.just("read"), st.integers(1, 6)),  # device reads frames
+        st.tuples(st.just("reconnect")),  # stream cut, new stream
+        st.tuples(st.just("lose"), st.integers(0, 7)),  # a pushed message never arrives
     ),
     min_size=10,
     max_size=80,
@@ -225,8 +252,9 @@ async def _drive(ops: list[tuple[Any, ...]], skip_first: bool) -> None:
         for frame in take:
             if frame.WhichOneof("payload") == "send_result":
                 r = frame.send_result
-                world.own_unanswered = [o for o in world.own_unanswered
-                                        if (o.thread_id, o.seq) != (r.thread_id, r.seq)]
+                world.own_unanswered = [
+                    o for o in world.own_unanswered if (o.thread_id, o.seq) != (r.thread_id, r.seq)
+                ]
             await conn._on_frame(frame)
         while not conn.events.empty():
             ev = conn.events.get_nowait()
@@ -243,8 +271,9 @@ async def _drive(ops: list[tuple[Any, ...]], skip_first: bool) -> None:
                 o = _own(m)
                 key = m.client_msg_id
                 loop = asyncio.get_running_loop()
-                conn.outbox[key] = _Pending(spb.Send(client_msg_id=key, text=m.text),
-                                            loop.create_future(), m.text)
+                conn.outbox[key] = _Pending(
+                    spb.Send(client_msg_id=key, text=m.text), loop.create_future(), m.text
+                )
                 world.own_unanswered.append(o)
                 world.in_flight.append(o)
             else:
@@ -266,9 +295,12 @@ async def _drive(ops: list[tuple[Any, ...]], skip_first: bool) -> None:
             # it from history rather than show the next message out of order. (The first
             # message of a thread the device has no cursor for is trusted as the start the
             # server chose, so only later losses are detectable.)
-            pushed = [i for i, f in enumerate(world.wire.frames)
-                      if f.WhichOneof("payload") == "message"
-                      and f.message.thread_id in conn.merger.cursors]
+            pushed = [
+                i
+                for i, f in enumerate(world.wire.frames)
+                if f.WhichOneof("payload") == "message"
+                and f.message.thread_id in conn.merger.cursors
+            ]
             if pushed:
                 del world.wire.frames[pushed[op[1] % len(pushed)]]
     # Quiesce: reconnect, every retry answered, everything read; then once more, so that
@@ -295,8 +327,13 @@ async def _drive(ops: list[tuple[Any, ...]], skip_first: bool) -> None:
 
 
 # Derandomized: the same 500 interleavings on every run (the suite must be deterministic).
-@settings(max_examples=500, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=500,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(ops=OPS, skip_first=st.booleans())
 def test_any_interleaving_shows_each_message_once_in_order(
     ops: list[tuple[Any, ...]], skip_first: bool

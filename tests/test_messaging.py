@@ -5,8 +5,8 @@ import asyncio
 import grpc
 import pytest
 
+from app.embedded import EmbeddedServer
 from natter import domain as d
-from natter.embedded import EmbeddedServer
 from natter.errors import InvalidArgument, NotFound, PermissionDenied
 from natter.sdk import Client
 from natter.settings import Settings
@@ -21,7 +21,12 @@ async def test_two_people_chat_in_real_time(user: UserFactory, connect: ConnFact
     sent = await ca.send("hello bob", recipient="bob")
     assert sent.seq == 1 and sent.thread_id > 0 and len(sent.msg_id) == 26
     [got] = await collect(cb, 1)
-    assert (got.text, got.seq, got.thread_id, got.sender.username) == ("hello bob", 1, sent.thread_id, "alice")
+    assert (got.text, got.seq, got.thread_id, got.sender.username) == (
+        "hello bob",
+        1,
+        sent.thread_id,
+        "alice",
+    )
     assert got.msg_id == sent.msg_id
     reply = await cb.send("hi alice", thread_id=sent.thread_id)
     assert reply.seq == 2
@@ -94,7 +99,11 @@ async def test_unread_counts_and_sender_state(user: UserFactory, connect: ConnFa
 
     async def states() -> bool:
         rows, _ = await alice.history(sent[0].thread_id)
-        return [m.state for m in rows] == [d.MessageState.READ, d.MessageState.READ, d.MessageState.DELIVERED]
+        return [m.state for m in rows] == [
+            d.MessageState.READ,
+            d.MessageState.READ,
+            d.MessageState.DELIVERED,
+        ]
 
     await eventually(states)
     [t] = await bob.threads()
@@ -131,7 +140,9 @@ async def test_restart_keeps_everything(settings: Settings) -> None:
 
 
 @pytest.mark.all_stores
-async def test_bad_sends_get_clear_errors(user: UserFactory, connect: ConnFactory, server: EmbeddedServer) -> None:
+async def test_bad_sends_get_clear_errors(
+    user: UserFactory, connect: ConnFactory, server: EmbeddedServer
+) -> None:
     alice, bob, carol = await user("alice"), await user("bob"), await user("carol")
     ca = await connect(alice)
     cases = [
@@ -163,14 +174,17 @@ async def test_bad_sends_get_clear_errors(user: UserFactory, connect: ConnFactor
     assert carol is not None
 
 
-async def test_invalid_utf8_and_malformed_frames_keep_the_stream(user: UserFactory, server: EmbeddedServer) -> None:
+async def test_invalid_utf8_and_malformed_frames_keep_the_stream(
+    user: UserFactory, server: EmbeddedServer
+) -> None:
     from natter.v1 import socket_service_pb2 as spb
 
     alice = await user("alice")
     await user("bob")
     raw = alice.channel.stream_stream(
         "/natter.v1.SocketService/Connect",
-        request_serializer=lambda b: b, response_deserializer=spb.ServerFrame.FromString,
+        request_serializer=lambda b: b,
+        response_deserializer=spb.ServerFrame.FromString,
     )
     call = raw(metadata=alice.metadata())
     await call.write(spb.ClientFrame(hello=spb.Hello()).SerializeToString())
@@ -203,7 +217,9 @@ async def test_oversized_frame_is_refused(user: UserFactory, server: EmbeddedSer
     stub = spb_grpc.SocketServiceStub(alice.channel)
     call = stub.Connect(metadata=alice.metadata())
     await call.write(spb.ClientFrame(hello=spb.Hello()))
-    await call.write(spb.ClientFrame(send=spb.Send(client_msg_id="big", recipient="alice", text="x" * 300_000)))
+    await call.write(
+        spb.ClientFrame(send=spb.Send(client_msg_id="big", recipient="alice", text="x" * 300_000))
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async for _ in call:
             pass

@@ -10,8 +10,8 @@ from typing import TypeVar
 
 import pytest
 
+from app.embedded import EmbeddedServer
 from natter import domain as d
-from natter.embedded import EmbeddedServer
 from natter.errors import InvalidArgument
 from natter.sdk import Client, Connection, Rejected
 from natter.settings import Settings
@@ -30,8 +30,7 @@ TIMEOUT = 3 * BEAT
 
 @pytest.fixture
 def settings(tmp_path: Path, store_url: str) -> Settings:
-    return make_settings(tmp_path / "data", database_url=store_url,
-                         heartbeat_interval_seconds=BEAT)
+    return make_settings(tmp_path / "data", database_url=store_url, heartbeat_interval_seconds=BEAT)
 
 
 async def presence_event(
@@ -39,8 +38,14 @@ async def presence_event(
 ) -> d.Presence:
     """The next presence event about a user with this status; other events are skipped."""
     [ev] = await gather_events(
-        conn, lambda ev: isinstance(ev, d.Presence) and ev.user.username == username
-        and ev.online == online, 1, timeout, f"presence {username} online={online}")
+        conn,
+        lambda ev: (
+            isinstance(ev, d.Presence) and ev.user.username == username and ev.online == online
+        ),
+        1,
+        timeout,
+        f"presence {username} online={online}",
+    )
     return ev  # type: ignore[no-any-return]
 
 
@@ -157,7 +162,11 @@ async def test_a_silent_device_goes_offline_though_its_stream_is_open(
 async def test_online_while_any_device_is(
     user: UserFactory, connect: ConnFactory, server: EmbeddedServer
 ) -> None:
-    phone, laptop, bob = await user("alice", "phone"), await user("alice", "laptop"), await user("bob")
+    phone, laptop, bob = (
+        await user("alice", "phone"),
+        await user("alice", "laptop"),
+        await user("bob"),
+    )
     await bob.add_contact("alice")
     cb = await connect(bob, heartbeat_seconds=BEAT)
     c1 = await connect(phone, heartbeat_seconds=BEAT)
@@ -205,12 +214,16 @@ async def test_last_seen_survives_a_restart(settings: Settings) -> None:
 async def test_only_contacts_and_thread_peers_see_status(
     user: UserFactory, connect: ConnFactory, server: EmbeddedServer
 ) -> None:
-    alice, bob, carol, dave, erin = [await user(n) for n in ("alice", "bob", "carol", "dave", "erin")]
+    alice, bob, carol, dave, erin = [
+        await user(n) for n in ("alice", "bob", "carol", "dave", "erin")
+    ]
     await bob.add_contact("alice")  # bob has alice: he may see her
     await alice.add_contact("erin")  # alice has erin, not the other way: erin may not
     await alice.create_group("g", ["dave"])  # dave shares a thread with alice
-    watchers = {n: await connect(c, heartbeat_seconds=BEAT)
-                for n, c in (("bob", bob), ("carol", carol), ("dave", dave), ("erin", erin))}
+    watchers = {
+        n: await connect(c, heartbeat_seconds=BEAT)
+        for n, c in (("bob", bob), ("carol", carol), ("dave", dave), ("erin", erin))
+    }
     ca = await connect(alice, heartbeat_seconds=BEAT)
     await presence_event(watchers["bob"], "alice", True)
     await presence_event(watchers["dave"], "alice", True)
@@ -239,8 +252,12 @@ async def test_only_contacts_and_thread_peers_see_status(
 class TestSmallGroupPushes:
     @pytest.fixture
     def settings(self, tmp_path: Path, store_url: str) -> Settings:
-        return make_settings(tmp_path / "data", database_url=store_url,
-                             heartbeat_interval_seconds=BEAT, presence_push_group_size=2)
+        return make_settings(
+            tmp_path / "data",
+            database_url=store_url,
+            heartbeat_interval_seconds=BEAT,
+            presence_push_group_size=2,
+        )
 
     async def test_pushes_reach_small_threads_only(
         self, user: UserFactory, connect: ConnFactory, server: EmbeddedServer
@@ -283,9 +300,13 @@ async def test_presence_query_limits(user: UserFactory, server: EmbeddedServer) 
 class TestHeartbeatFlood:
     @pytest.fixture
     def settings(self, tmp_path: Path, store_url: str) -> Settings:
-        return make_settings(tmp_path / "data", database_url=store_url,
-                             heartbeat_interval_seconds=BEAT, frames_per_second=20.0,
-                             frame_burst=40)
+        return make_settings(
+            tmp_path / "data",
+            database_url=store_url,
+            heartbeat_interval_seconds=BEAT,
+            frames_per_second=20.0,
+            frame_burst=40,
+        )
 
     async def test_a_heartbeat_flood_is_refused_and_reaches_presence_as_one_beat(
         self, user: UserFactory, server: EmbeddedServer
@@ -304,8 +325,9 @@ class TestHeartbeatFlood:
         assert server.presence.beats - beats == server.presence.reports - reports
         # The stream stays usable: a device that slows down gets through again (the same
         # idempotent send, offered ten times a second until the bucket lets it in).
-        send = spb.ClientFrame(send=spb.Send(client_msg_id="after-flood", recipient="alice",
-                                             text="still here"))
+        send = spb.ClientFrame(
+            send=spb.Send(client_msg_id="after-flood", recipient="alice", text="still here")
+        )
 
         async def offer() -> None:
             while True:
@@ -327,8 +349,12 @@ class TestHeartbeatFlood:
 async def test_typing_reaches_other_members_only_is_not_stored_and_is_limited(
     user: UserFactory, connect: ConnFactory
 ) -> None:
-    alice, alice2, bob, carol = (await user("alice"), await user("alice", "tablet"),
-                                 await user("bob"), await user("carol"))
+    alice, alice2, bob, carol = (
+        await user("alice"),
+        await user("alice", "tablet"),
+        await user("bob"),
+        await user("carol"),
+    )
     group = await alice.create_group("g", ["bob", "carol"])
     g = group.thread_id
     ca, ca2 = await connect(alice), await connect(alice2)
@@ -421,10 +447,12 @@ class TestCli:
         assert code == 0, err
         events = [json.loads(line) for line in out.splitlines() if line.strip()]
         assert [(e["user"], e["online"]) for e in events if e["type"] == "presence"] == [
-            ("alice", True), ("alice", False)
+            ("alice", True),
+            ("alice", False),
         ]
-        assert [(e["user"], e["thread"], e["active"]) for e in events
-                if e["type"] == "typing"] == [("alice", thread, True)]
+        assert [(e["user"], e["thread"], e["active"]) for e in events if e["type"] == "typing"] == [
+            ("alice", thread, True)
+        ]
         assert any(e["type"] == "message" and e["text"] == "hi" for e in events)
         [seen] = await cli.json("bob", "status", "alice")
         assert seen["online"] is False and seen["last_seen"]
@@ -436,7 +464,7 @@ async def test_a_socket_server_leaving_the_registry_takes_its_devices_offline(
     user: UserFactory, connect: ConnFactory, server: EmbeddedServer
 ) -> None:
     """Cluster wiring: presence follows the socket servers' leases, not only the beats."""
-    from natter.cluster_presence import follow_socket_nodes
+    from app.roles.presence import follow_socket_nodes
     from registry import LocalRegistry, Node
 
     alice, bob = await user("alice"), await user("bob")

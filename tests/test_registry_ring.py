@@ -9,8 +9,9 @@ from collections import Counter
 
 import pytest
 
+from natter.hashing import key_hash
 from registry import HashRing, LocalRegistry, Node, Registry
-from registry.ring import key_hash, moved_fraction
+from registry.ring import moved_fraction
 
 KEYS = [str(user_id) for user_id in range(1, 20_001)]
 

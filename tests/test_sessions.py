@@ -11,8 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from app.embedded import EmbeddedServer
+from app.listeners import server_options
 from natter import domain as d
-from natter.embedded import EmbeddedServer, server_options
 from natter.errors import Unauthenticated
 from natter.sdk import Client, Connection, Disconnected
 from natter.sdk.client import CHANNEL_OPTIONS
@@ -35,8 +36,9 @@ async def running(settings: Settings) -> AsyncIterator[EmbeddedServer]:
         yield srv
 
 
-async def login(srv: EmbeddedServer, name: str, device: str = "test",
-                register: bool = True) -> Client:
+async def login(
+    srv: EmbeddedServer, name: str, device: str = "test", register: bool = True
+) -> Client:
     c = Client(srv.grpc_address)
     if register:
         await c.register(name, PASSWORD)
@@ -78,8 +80,9 @@ def test_defaults_are_a_5_s_heartbeat_and_a_10_min_idle_timeout() -> None:
 
 async def test_welcome_tells_the_configured_heartbeat_interval(tmp_path: Path) -> None:
     for configured, told in ((2.0, 2), (0.2, 1)):  # never 0: that would mean "the default"
-        async with running(make_settings(tmp_path / str(configured),
-                                         heartbeat_interval_seconds=configured)) as srv:
+        async with running(
+            make_settings(tmp_path / str(configured), heartbeat_interval_seconds=configured)
+        ) as srv:
             alice = await login(srv, "alice")
             raw = RawStream(alice)
             await raw.hello()
@@ -104,8 +107,9 @@ async def test_the_sdk_heartbeats_at_the_interval_the_server_tells(tmp_path: Pat
 
 async def test_heartbeats_keep_a_session_alive_past_the_idle_timeout(tmp_path: Path) -> None:
     idle = 0.4
-    async with running(make_settings(tmp_path, heartbeat_interval_seconds=0.1,
-                                     session_idle_timeout_seconds=idle)) as srv:
+    async with running(
+        make_settings(tmp_path, heartbeat_interval_seconds=0.1, session_idle_timeout_seconds=idle)
+    ) as srv:
         alice = await login(srv, "alice")
         conn = await Connection(alice, heartbeat_seconds=0.1).start()
         session = srv.hub.by_device[alice.device_id]
@@ -120,8 +124,9 @@ async def test_heartbeats_keep_a_session_alive_past_the_idle_timeout(tmp_path: P
 
 
 async def test_a_silent_session_is_closed_after_the_idle_timeout(tmp_path: Path) -> None:
-    async with running(make_settings(tmp_path, heartbeat_interval_seconds=0.1,
-                                     session_idle_timeout_seconds=0.3)) as srv:
+    async with running(
+        make_settings(tmp_path, heartbeat_interval_seconds=0.1, session_idle_timeout_seconds=0.3)
+    ) as srv:
         alice = await login(srv, "alice")
         raw = RawStream(alice)
         await raw.hello()
@@ -157,7 +162,9 @@ def test_keepalive_options_are_sane() -> None:
     # The SDK's own keepalive pings must not count as abuse (GOAWAY too_many_pings).
     client = dict(CHANNEL_OPTIONS)
     server = dict(server_options(Settings()))
-    assert client["grpc.keepalive_time_ms"] >= server["grpc.http2.min_ping_interval_without_data_ms"]
+    assert (
+        client["grpc.keepalive_time_ms"] >= server["grpc.http2.min_ping_interval_without_data_ms"]
+    )
     assert client["grpc.keepalive_timeout_ms"] <= client["grpc.keepalive_time_ms"]
     assert client["grpc.http2.ping_timeout_ms"] <= client["grpc.keepalive_timeout_ms"]
 
@@ -269,14 +276,20 @@ async def test_acks_for_unknown_seqs_or_foreign_threads_are_refused_and_the_stre
     raw = RawStream(bob)
     await raw.hello()
     cases = [
-        (ack(tid, 99), INVALID_ARGUMENT, "BAD_ACK"),        # beyond what exists
+        (ack(tid, 99), INVALID_ARGUMENT, "BAD_ACK"),  # beyond what exists
         (ack(tid, -1), INVALID_ARGUMENT, "BAD_ACK"),
         (ack(foreign, 1), PERMISSION_DENIED, "NOT_A_MEMBER"),
         (ack(987654, 1), PERMISSION_DENIED, "NOT_A_MEMBER"),  # no such thread
         # A frame with one good and one bad cursor is refused whole: nothing half-applied.
-        (spb.ClientFrame(ack=spb.Ack(cursors=[tpb.Cursor(thread_id=tid, seq=2),
-                                              tpb.Cursor(thread_id=foreign, seq=1)])),
-         PERMISSION_DENIED, "NOT_A_MEMBER"),
+        (
+            spb.ClientFrame(
+                ack=spb.Ack(
+                    cursors=[tpb.Cursor(thread_id=tid, seq=2), tpb.Cursor(thread_id=foreign, seq=1)]
+                )
+            ),
+            PERMISSION_DENIED,
+            "NOT_A_MEMBER",
+        ),
     ]
     for frame, code, reason in cases:
         await raw.write(frame)
@@ -288,6 +301,7 @@ async def test_acks_for_unknown_seqs_or_foreign_threads_are_refused_and_the_stre
     def stored(seq: int) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
             return await server.store.device_cursors(bob.device_id) == {tid: seq}
+
         return check
 
     await eventually(stored(1))
@@ -389,8 +403,9 @@ async def test_a_flood_of_frames_is_rate_limited_per_device_and_the_stream_stays
         raw.cancel()
         # The SDK paces itself through the same limit: every send ends up acknowledged once.
         sdk = await Connection(alice).start()
-        sent = await asyncio.gather(*(sdk.send(f"paced {i}", recipient="bob", timeout=30)
-                                      for i in range(60)))
+        sent = await asyncio.gather(
+            *(sdk.send(f"paced {i}", recipient="bob", timeout=30) for i in range(60))
+        )
         assert len({r.seq for r in sent}) == 60 and sdk.stats.extra  # some were refused first
         rows = [m async for m in bob.all_history(sent[0].thread_id)]
         texts = [m.text for m in rows]

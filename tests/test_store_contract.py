@@ -123,7 +123,9 @@ def text(thread_id: int, who: Person, body: str = "hi", key: str | None = None) 
     )
 
 
-def system(thread_id: int, who: Person, kind: SystemKind, *users: Person, title: str = "") -> NewMessage:
+def system(
+    thread_id: int, who: Person, kind: SystemKind, *users: Person, title: str = ""
+) -> NewMessage:
     return NewMessage(
         thread_id=thread_id,
         sender=who.user,
@@ -240,9 +242,7 @@ async def test_find_users_by_username_and_by_phone(store: SqlStore) -> None:
 
 async def test_get_users_ignores_unknown_ids(store: SqlStore) -> None:
     alice = await store.create_user("alice", "Alice", None, "h")
-    assert await store.get_users([alice.user_id, alice.user_id, 999_999]) == {
-        alice.user_id: alice
-    }
+    assert await store.get_users([alice.user_id, alice.user_id, 999_999]) == {alice.user_id: alice}
     assert await store.get_users([]) == {}
 
 
@@ -393,7 +393,10 @@ async def test_thread_peers_among_counts_only_threads_both_are_still_in(store: S
         "g", alice.id, [carol.id, dave.id], system(0, alice, SystemKind.GROUP_CREATED, carol, dave)
     )
     await store.change_group(
-        group, [MemberChange(dave.id, leave=True)], None, system(group, dave, SystemKind.MEMBER_LEFT)
+        group,
+        [MemberChange(dave.id, leave=True)],
+        None,
+        system(group, dave, SystemKind.MEMBER_LEFT),
     )
     everyone = [bob.id, carol.id, dave.id, erin.id]
     assert await store.thread_peers_among(alice.id, everyone) == {bob.id, carol.id}
@@ -404,7 +407,10 @@ async def test_small_thread_peers_skip_threads_above_the_size(store: SqlStore) -
     alice, bob, carol, dave = [await person(store, n) for n in ("alice", "bob", "carol", "dave")]
     await store.direct_thread(alice.id, bob.id)
     await store.create_group(
-        "big", alice.id, [carol.id, dave.id], system(0, alice, SystemKind.GROUP_CREATED, carol, dave)
+        "big",
+        alice.id,
+        [carol.id, dave.id],
+        system(0, alice, SystemKind.GROUP_CREATED, carol, dave),
     )
     assert await store.small_thread_peers([alice.id], 2) == {alice.id: {bob.id}}
     got = await store.small_thread_peers([alice.id, carol.id], 3)
@@ -424,14 +430,21 @@ async def test_direct_thread_is_one_per_pair_in_either_order(store: SqlStore) ->
     thread = await store.get_thread(ab)
     assert thread is not None
     assert (thread.thread_id, thread.kind, thread.title, thread.last_seq) == (
-        ab, ThreadKind.DIRECT, "", 0
+        ab,
+        ThreadKind.DIRECT,
+        "",
+        0,
     )
     assert_utc(thread.update_time)
     members = await store.list_members(ab)
     assert sorted(m.user_id for m in members) == sorted([alice.id, bob.id])
     for m in members:
         assert (m.role, m.first_seq, m.left_seq, m.delivered_seq, m.read_seq) == (
-            Role.MEMBER, 1, None, 0, 0
+            Role.MEMBER,
+            1,
+            None,
+            0,
+            0,
         )
         assert m.active
 
@@ -476,12 +489,17 @@ async def test_user_groups_are_the_groups_still_joined(store: SqlStore) -> None:
     alice, bob = await person(store, "alice"), await person(store, "bob")
     await store.direct_thread(alice.id, bob.id)
     kept, _ = await store.create_group(
-        "kept", alice.id, [bob.id], system(0, alice, SystemKind.GROUP_CREATED, bob))
+        "kept", alice.id, [bob.id], system(0, alice, SystemKind.GROUP_CREATED, bob)
+    )
     left, _ = await store.create_group(
-        "left", bob.id, [alice.id], system(0, bob, SystemKind.GROUP_CREATED, alice))
+        "left", bob.id, [alice.id], system(0, bob, SystemKind.GROUP_CREATED, alice)
+    )
     await store.change_group(
-        left, [MemberChange(alice.id, leave=True)], None,
-        system(left, alice, SystemKind.MEMBER_LEFT))
+        left,
+        [MemberChange(alice.id, leave=True)],
+        None,
+        system(left, alice, SystemKind.MEMBER_LEFT),
+    )
     assert await store.user_groups(alice.id) == [kept]
     assert await store.user_groups(bob.id) == sorted([kept, left])
     assert await store.user_groups(999_999) == []
@@ -537,8 +555,13 @@ async def test_list_threads_breaks_update_time_ties_by_thread_id(store: SqlStore
     await append(store, [text(first, alice), text(second, alice)])
     page = await store.list_threads(alice.id, None, 1)
     assert [s.thread.thread_id for s in page] == [max(first, second)]
-    assert page[0].member.update_time == (await store.list_threads(alice.id, None, 2))[1].member.update_time
-    rest = await store.list_threads(alice.id, (page[0].member.update_time, page[0].thread.thread_id), 5)
+    assert (
+        page[0].member.update_time
+        == (await store.list_threads(alice.id, None, 2))[1].member.update_time
+    )
+    rest = await store.list_threads(
+        alice.id, (page[0].member.update_time, page[0].thread.thread_id), 5
+    )
     assert [s.thread.thread_id for s in rest] == [min(first, second)]
 
 
@@ -548,7 +571,10 @@ async def test_list_threads_counts_unread_and_shows_the_last_message(store: SqlS
     ab = await store.direct_thread(alice.id, bob.id)
     [empty] = await store.list_threads(alice.id, None, 10)
     assert (empty.last_message, empty.unread_count, empty.peer_id, empty.member_count) == (
-        None, 0, bob.id, 2
+        None,
+        0,
+        bob.id,
+        2,
     )
     for body in ("one", "two", "three"):
         await send(store, ab, bob, body)
@@ -613,7 +639,9 @@ async def test_change_group_joins_leaves_and_roles_with_the_next_seq(store: SqlS
     assert dave_row.first_seq == 1 and dave_row.visible(1)
 
     promoted = await store.change_group(
-        group, [MemberChange(bob.id, role=Role.ADMIN)], None,
+        group,
+        [MemberChange(bob.id, role=Role.ADMIN)],
+        None,
         system(group, alice, SystemKind.ADMINS_PROMOTED, bob),
     )
     assert promoted.seq == 4
@@ -621,7 +649,9 @@ async def test_change_group_joins_leaves_and_roles_with_the_next_seq(store: SqlS
     assert bob_row is not None and bob_row.role is Role.ADMIN
 
     left = await store.change_group(
-        group, [MemberChange(carol.id, leave=True)], None,
+        group,
+        [MemberChange(carol.id, leave=True)],
+        None,
         system(group, carol, SystemKind.MEMBER_LEFT),
     )
     assert left.seq == 5
@@ -646,7 +676,9 @@ async def test_change_group_joins_leaves_and_roles_with_the_next_seq(store: SqlS
     assert thread is not None and (thread.title, thread.last_seq) == ("New title", 7)
 
     back = await store.change_group(
-        group, [MemberChange(carol.id, join=True)], None,
+        group,
+        [MemberChange(carol.id, join=True)],
+        None,
         system(group, alice, SystemKind.MEMBERS_ADDED, carol),
     )
     carol_row = await store.get_member(group, carol.id)
@@ -672,13 +704,18 @@ async def test_change_group_keeps_an_admin_and_the_cap_and_writes_nothing_when_r
     )
     with pytest.raises(FailedPrecondition, match="needs an admin"):
         await store.change_group(
-            group, [MemberChange(alice.id, role=Role.MEMBER)], None,
+            group,
+            [MemberChange(alice.id, role=Role.MEMBER)],
+            None,
             system(group, alice, SystemKind.ADMINS_DEMOTED, alice),
         )
     with pytest.raises(ResourceExhausted, match="at most 2 members"):
         await store.change_group(
-            group, [MemberChange(carol.id, join=True)], None,
-            system(group, alice, SystemKind.MEMBERS_ADDED, carol), max_members=2,
+            group,
+            [MemberChange(carol.id, join=True)],
+            None,
+            system(group, alice, SystemKind.MEMBERS_ADDED, carol),
+            max_members=2,
         )
     thread = await store.get_thread(group)
     assert thread is not None and thread.last_seq == 1
@@ -688,11 +725,15 @@ async def test_change_group_keeps_an_admin_and_the_cap_and_writes_nothing_when_r
     assert me is not None and me.role is Role.ADMIN
     # Joining someone who is already a member changes nothing about them.
     await store.change_group(
-        group, [MemberChange(bob.id, role=Role.ADMIN)], None,
+        group,
+        [MemberChange(bob.id, role=Role.ADMIN)],
+        None,
         system(group, alice, SystemKind.ADMINS_PROMOTED, bob),
     )
     again = await store.change_group(
-        group, [MemberChange(bob.id, join=True)], None,
+        group,
+        [MemberChange(bob.id, join=True)],
+        None,
         system(group, alice, SystemKind.MEMBERS_ADDED, bob),
     )
     bob_row = await store.get_member(group, bob.id)
@@ -709,7 +750,9 @@ async def test_concurrent_changes_from_two_processes_leave_an_admin(
         "g", alice.id, [bob.id], system(0, alice, SystemKind.GROUP_CREATED, bob)
     )
     await store.change_group(
-        group, [MemberChange(bob.id, role=Role.ADMIN)], None,
+        group,
+        [MemberChange(bob.id, role=Role.ADMIN)],
+        None,
         system(group, alice, SystemKind.ADMINS_PROMOTED, bob),
     )
     other = SqlStore(store.url.render_as_string(hide_password=False))
@@ -718,11 +761,15 @@ async def test_concurrent_changes_from_two_processes_leave_an_admin(
         for _ in range(5):
             results = await asyncio.gather(
                 store.change_group(
-                    group, [MemberChange(bob.id, role=Role.MEMBER)], None,
+                    group,
+                    [MemberChange(bob.id, role=Role.MEMBER)],
+                    None,
                     system(group, alice, SystemKind.ADMINS_DEMOTED, bob),
                 ),
                 other.change_group(
-                    group, [MemberChange(alice.id, role=Role.MEMBER)], None,
+                    group,
+                    [MemberChange(alice.id, role=Role.MEMBER)],
+                    None,
                     system(group, bob, SystemKind.ADMINS_DEMOTED, alice),
                 ),
                 return_exceptions=True,
@@ -734,7 +781,9 @@ async def test_concurrent_changes_from_two_processes_leave_an_admin(
             # Put both back to admin for the next round.
             demoted = alice if admins[0].user_id == bob.id else bob
             await store.change_group(
-                group, [MemberChange(demoted.id, role=Role.ADMIN)], None,
+                group,
+                [MemberChange(demoted.id, role=Role.ADMIN)],
+                None,
                 system(group, alice, SystemKind.ADMINS_PROMOTED, demoted),
             )
     finally:
@@ -747,7 +796,9 @@ async def test_list_members_in_join_order(store: SqlStore) -> None:
         "g", alice.id, [bob.id], system(0, alice, SystemKind.GROUP_CREATED, bob)
     )
     await store.change_group(
-        group, [MemberChange(carol.id, join=True)], None,
+        group,
+        [MemberChange(carol.id, join=True)],
+        None,
         system(group, alice, SystemKind.MEMBERS_ADDED, carol),
     )
     order = [m.user_id for m in await store.list_members(group)]
@@ -763,18 +814,27 @@ async def test_append_assigns_gapless_seqs_per_thread_across_a_batch(store: SqlS
     ac = await store.direct_thread(alice.id, carol.id)
     await send(store, ab, alice, "earlier")
     batch = [
-        text(ab, alice, "a1"), text(ac, alice, "c1"), text(ab, bob, "a2"),
-        text(ac, carol, "c2"), text(ab, alice, "a3"),
+        text(ab, alice, "a1"),
+        text(ac, alice, "c1"),
+        text(ab, bob, "a2"),
+        text(ac, carol, "c2"),
+        text(ab, alice, "a3"),
     ]
     result = await append(store, batch)
     assert [(a.message.thread_id, a.message.seq, a.message.text) for a in result] == [
-        (ab, 2, "a1"), (ac, 1, "c1"), (ab, 3, "a2"), (ac, 2, "c2"), (ab, 4, "a3"),
+        (ab, 2, "a1"),
+        (ac, 1, "c1"),
+        (ab, 3, "a2"),
+        (ac, 2, "c2"),
+        (ab, 4, "a3"),
     ]
     assert not any(a.duplicate for a in result)
     assert len({a.message.msg_id for a in result}) == 5
     for a, n in zip(result, batch, strict=True):
         assert (a.message.sender, a.message.sender_device_id, a.message.client_msg_id) == (
-            n.sender, n.sender_device_id, n.client_msg_id
+            n.sender,
+            n.sender_device_id,
+            n.client_msg_id,
         )
         assert_utc(a.message.create_time)
     stored = await store.list_messages(ab, 0, 0, 10, False)
@@ -804,8 +864,11 @@ async def test_a_key_twice_in_one_batch_is_stored_once(store: SqlStore) -> None:
     ab = await store.direct_thread(alice.id, bob.id)
     result = await append(
         store,
-        [text(ab, alice, "x", key="same"), text(ab, bob, "y", key="same"),
-         text(ab, alice, "x again", key="same")],
+        [
+            text(ab, alice, "x", key="same"),
+            text(ab, bob, "y", key="same"),
+            text(ab, alice, "x again", key="same"),
+        ],
     )
     assert [a.duplicate for a in result] == [False, False, True]
     assert result[2].message == result[0].message
@@ -828,7 +891,9 @@ async def test_append_refuses_senders_who_are_not_active_members(store: SqlStore
         "g", alice.id, [carol.id], system(0, alice, SystemKind.GROUP_CREATED, carol)
     )
     await store.change_group(
-        group, [MemberChange(carol.id, leave=True)], None,
+        group,
+        [MemberChange(carol.id, leave=True)],
+        None,
         system(group, carol, SystemKind.MEMBER_LEFT),
     )
     result = await store.append_messages(
@@ -845,7 +910,9 @@ async def test_append_refuses_senders_who_are_not_active_members(store: SqlStore
 async def test_concurrent_appends_never_share_a_seq(store: SqlStore) -> None:
     people = [await person(store, n) for n in ("alice", "bob", "carol")]
     group, _ = await store.create_group(
-        "g", people[0].id, [p.id for p in people],
+        "g",
+        people[0].id,
+        [p.id for p in people],
         system(0, people[0], SystemKind.GROUP_CREATED, *people[1:]),
     )
     direct = await store.direct_thread(people[0].id, people[1].id)

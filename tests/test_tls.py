@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from app.embedded import EmbeddedServer
 from natter import tls
-from natter.embedded import EmbeddedServer
 from natter.errors import Unavailable
 from natter.sdk import Client, Connection
 from natter.v1 import socket_service_pb2 as spb
@@ -31,10 +31,28 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     key, crt = folder / "key.pem", folder / "cert.pem"
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(crt),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
     )
     return crt, key
 
@@ -83,16 +101,25 @@ async def test_web_app_gateway_and_websocket_over_https(
         async with http.get(f"{base}/healthz", ssl=context) as r:
             assert r.status == 200
             assert r.headers["Strict-Transport-Security"] == "max-age=31536000"
-        async with http.post(f"{base}/natter.v1.AccountService/Register", ssl=context,
-                             json={"username": "carol", "password": PASSWORD},
-                             headers=headers) as r:
+        async with http.post(
+            f"{base}/natter.v1.AccountService/Register",
+            ssl=context,
+            json={"username": "carol", "password": PASSWORD},
+            headers=headers,
+        ) as r:
             assert r.status == 200, await r.text()
-        async with http.post(f"{base}/natter.v1.AccountService/Login", ssl=context,
-                             json={"username": "carol", "password": PASSWORD,
-                                   "deviceName": "web"}, headers=headers) as r:
+        async with http.post(
+            f"{base}/natter.v1.AccountService/Login",
+            ssl=context,
+            json={"username": "carol", "password": PASSWORD, "deviceName": "web"},
+            headers=headers,
+        ) as r:
             token = (await r.json())["token"]
-        async with http.ws_connect(f"wss://127.0.0.1:{secure.http_port}/ws", ssl=context,
-                                   protocols=("natter.v1", f"natter.bearer.{token}")) as ws:
+        async with http.ws_connect(
+            f"wss://127.0.0.1:{secure.http_port}/ws",
+            ssl=context,
+            protocols=("natter.v1", f"natter.bearer.{token}"),
+        ) as ws:
             await ws.send_bytes(spb.ClientFrame(hello=spb.Hello()).SerializeToString())
             first = spb.ServerFrame.FromString(await ws.receive_bytes(timeout=10))
             assert first.welcome.user.username == "carol"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from natter.embedded import EmbeddedServer
+from app.embedded import EmbeddedServer
 from tests import conftest
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,6 +12,13 @@ from natter.sdk.connection import (
 from natter.sdk.merge import Gap, Merger
 
 __all__ = [
-    "Client", "Connected", "Connection", "Disconnected", "Event", "Gap", "Merger", "Rejected",
+    "Client",
+    "Connected",
+    "Connection",
+    "Disconnected",
+    "Event",
+    "Gap",
+    "Merger",
+    "Rejected",
     "SyncDone",
 ]

@@ -51,7 +51,10 @@ class Client:
     """One server address, one channel; `token` authenticates every call once logged in."""
 
     def __init__(
-        self, server: str, token: str = "", timeout: float = 10.0,
+        self,
+        server: str,
+        token: str = "",
+        timeout: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.server = server
@@ -93,8 +96,9 @@ class Client:
     ) -> d.User:
         res = await self._call(
             self.accounts.Register,
-            apb.RegisterRequest(username=username, password=password, display_name=display_name,
-                                phone=phone),
+            apb.RegisterRequest(
+                username=username, password=password, display_name=display_name, phone=phone
+            ),
         )
         return convert.user_of(res.user)
 
@@ -137,16 +141,17 @@ class Client:
         return res.contact
 
     async def remove_contact(self, username: str) -> None:
-        await self._call(self.contacts_stub.RemoveContact,
-                         cpb.RemoveContactRequest(username=username))
+        await self._call(
+            self.contacts_stub.RemoveContact, cpb.RemoveContactRequest(username=username)
+        )
 
     async def contacts(self) -> list[cpb.Contact]:
         out: list[cpb.Contact] = []
         token = ""
         while True:
             res = await self._call(
-                self.contacts_stub.ListContacts, cpb.ListContactsRequest(page_size=1000,
-                                                                         page_token=token)
+                self.contacts_stub.ListContacts,
+                cpb.ListContactsRequest(page_size=1000, page_token=token),
             )
             out.extend(res.contacts)
             token = res.next_page_token
@@ -168,8 +173,9 @@ class Client:
         while True:
             res = await self._call(
                 self.threads_stub.ListThreads,
-                tpb.ListThreadsRequest(page_size=min(limit, 500) if limit else 500,
-                                       page_token=token),
+                tpb.ListThreadsRequest(
+                    page_size=min(limit, 500) if limit else 500, page_token=token
+                ),
             )
             out.extend(res.threads)
             token = res.next_page_token
@@ -177,23 +183,34 @@ class Client:
                 return out[:limit] if limit else out
 
     async def thread(self, thread_id: int) -> tpb.GetThreadResponse:
-        return await self._call(self.threads_stub.GetThread,
-                                tpb.GetThreadRequest(thread_id=thread_id))
+        return await self._call(
+            self.threads_stub.GetThread, tpb.GetThreadRequest(thread_id=thread_id)
+        )
 
     async def direct_thread(self, username: str) -> Any:
-        res = await self._call(self.threads_stub.GetDirectThread,
-                               tpb.GetDirectThreadRequest(username=username))
+        res = await self._call(
+            self.threads_stub.GetDirectThread, tpb.GetDirectThreadRequest(username=username)
+        )
         return res.thread
 
     async def history(
-        self, thread_id: int, before_seq: int = 0, after_seq: int = 0, limit: int = 50,
+        self,
+        thread_id: int,
+        before_seq: int = 0,
+        after_seq: int = 0,
+        limit: int = 50,
         forward: bool = False,
     ) -> tuple[list[d.Message], bool]:
         """A page of a thread: the newest by default, older with before_seq, newer with after_seq."""
         res = await self._call(
             self.threads_stub.ListMessages,
-            tpb.ListMessagesRequest(thread_id=thread_id, before_seq=before_seq,
-                                    after_seq=after_seq, limit=limit, forward=forward),
+            tpb.ListMessagesRequest(
+                thread_id=thread_id,
+                before_seq=before_seq,
+                after_seq=after_seq,
+                limit=limit,
+                forward=forward,
+            ),
         )
         return [convert.message_of(m) for m in res.messages], res.more
 
@@ -210,30 +227,39 @@ class Client:
     # -- groups --------------------------------------------------------------------------
 
     async def create_group(self, title: str, members: list[str]) -> Any:
-        res = await self._call(self.groups_stub.CreateGroup,
-                               gpb.CreateGroupRequest(title=title, members=members))
+        res = await self._call(
+            self.groups_stub.CreateGroup, gpb.CreateGroupRequest(title=title, members=members)
+        )
         return res.thread
 
     async def rename_group(self, thread_id: int, title: str) -> d.Message:
-        res = await self._call(self.groups_stub.RenameGroup,
-                               gpb.RenameGroupRequest(thread_id=thread_id, title=title))
+        res = await self._call(
+            self.groups_stub.RenameGroup, gpb.RenameGroupRequest(thread_id=thread_id, title=title)
+        )
         return convert.message_of(res.message)
 
     async def add_members(self, thread_id: int, members: list[str]) -> d.Message:
-        res = await self._call(self.groups_stub.AddMembers,
-                               gpb.AddMembersRequest(thread_id=thread_id, members=members))
+        res = await self._call(
+            self.groups_stub.AddMembers, gpb.AddMembersRequest(thread_id=thread_id, members=members)
+        )
         return convert.message_of(res.message)
 
     async def remove_members(self, thread_id: int, members: list[str]) -> d.Message:
-        res = await self._call(self.groups_stub.RemoveMembers,
-                               gpb.RemoveMembersRequest(thread_id=thread_id, members=members))
+        res = await self._call(
+            self.groups_stub.RemoveMembers,
+            gpb.RemoveMembersRequest(thread_id=thread_id, members=members),
+        )
         return convert.message_of(res.message)
 
     async def set_role(self, thread_id: int, members: list[str], admin: bool) -> d.Message:
         role = d.Role.ADMIN if admin else d.Role.MEMBER
         res = await self._call(
             self.groups_stub.SetMemberRole,
-            gpb.SetMemberRoleRequest(thread_id=thread_id, members=members, role=tpb_types.MemberRole.ValueType(role.value)),
+            gpb.SetMemberRoleRequest(
+                thread_id=thread_id,
+                members=members,
+                role=tpb_types.MemberRole.ValueType(role.value),
+            ),
         )
         return convert.message_of(res.message)
 
@@ -243,8 +269,9 @@ class Client:
     # -- presence and routing ------------------------------------------------------------
 
     async def presence(self, usernames: list[str]) -> list[d.Presence]:
-        res = await self._call(self.presence_stub.GetPresence,
-                               ppb.GetPresenceRequest(usernames=usernames))
+        res = await self._call(
+            self.presence_stub.GetPresence, ppb.GetPresenceRequest(usernames=usernames)
+        )
         return [convert.presence_of(p) for p in res.presences]
 
     async def locate(self, username: str) -> str:

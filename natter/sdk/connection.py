@@ -24,8 +24,11 @@ from natter.v1 import types_pb2 as tpb
 
 logger = logging.getLogger(__name__)
 
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE.value[0], grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
-             grpc.StatusCode.INTERNAL.value[0]}
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE.value[0],
+    grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+    grpc.StatusCode.INTERNAL.value[0],
+}
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 
 
@@ -55,8 +58,17 @@ class Rejected:
     reason: str
 
 
-Event = (d.Message | d.Receipt | d.Presence | d.Typing | d.ReadCursor | SyncDone | Connected
-         | Disconnected | Rejected)
+Event = (
+    d.Message
+    | d.Receipt
+    | d.Presence
+    | d.Typing
+    | d.ReadCursor
+    | SyncDone
+    | Connected
+    | Disconnected
+    | Rejected
+)
 
 
 @dataclass
@@ -149,7 +161,9 @@ class Connection:
                 await self._task
         for p in self.outbox.values():
             if not p.future.done():
-                p.future.set_exception(NatterError("connection closed before the send was acknowledged"))
+                p.future.set_exception(
+                    NatterError("connection closed before the send was acknowledged")
+                )
 
     async def __aenter__(self) -> Connection:
         return await self.start()
@@ -158,7 +172,12 @@ class Connection:
         await self.close()
 
     async def send(
-        self, text: str, *, thread_id: int = 0, recipient: str = "", client_msg_id: str = "",
+        self,
+        text: str,
+        *,
+        thread_id: int = 0,
+        recipient: str = "",
+        client_msg_id: str = "",
         timeout: float | None = None,
     ) -> d.SendResult:
         """Store-and-forward: retried on every reconnect until acknowledged or refused."""
@@ -182,8 +201,9 @@ class Connection:
         await self._write(spb.ClientFrame(read=spb.Read(thread_id=thread_id, seq=seq)))
 
     async def typing(self, thread_id: int, active: bool = True) -> None:
-        await self._write(spb.ClientFrame(typing=spb.TypingRequest(thread_id=thread_id,
-                                                                   active=active)))
+        await self._write(
+            spb.ClientFrame(typing=spb.TypingRequest(thread_id=thread_id, active=active))
+        )
 
     async def next_event(self, timeout: float | None = None) -> Event:
         return await asyncio.wait_for(self.events.get(), timeout)
@@ -256,7 +276,11 @@ class Connection:
         if self.locate and self.client.user is not None:
             with contextlib.suppress(NatterError):
                 address = await self.client.locate(self.client.user.username)
-        channel = self.client.channel if address == self.client.server else open_channel(address, self.client.credentials)
+        channel = (
+            self.client.channel
+            if address == self.client.server
+            else open_channel(address, self.client.credentials)
+        )
         try:
             stub = spb_grpc.SocketServiceStub(channel)
             call = stub.Connect(metadata=self.client.metadata())
@@ -265,13 +289,21 @@ class Connection:
             self._epoch += 1
             cursors = [tpb.Cursor(thread_id=t, seq=s) for t, s in self.merger.cursors.items()]
             async with self._write_lock:  # Hello goes first, before any frame of another task
-                await call.write(spb.ClientFrame(hello=spb.Hello(
-                    cursors=cursors, skip_replay=self.skip_replay, accept_batches=True)))
+                await call.write(
+                    spb.ClientFrame(
+                        hello=spb.Hello(
+                            cursors=cursors, skip_replay=self.skip_replay, accept_batches=True
+                        )
+                    )
+                )
             heart: asyncio.Task[None] | None = None
             try:
                 async for outer in call:
-                    frames = (list(outer.batch.frames)
-                              if outer.WhichOneof("payload") == "batch" else [outer])
+                    frames = (
+                        list(outer.batch.frames)
+                        if outer.WhichOneof("payload") == "batch"
+                        else [outer]
+                    )
                     for frame in frames:
                         which = frame.WhichOneof("payload")
                         if which == "welcome":
@@ -311,14 +343,24 @@ class Connection:
             await self._offer(convert.message_of(frame.message))
         elif which == "send_result":
             r = frame.send_result
-            result = d.SendResult(r.client_msg_id, r.msg_id, r.thread_id, r.seq,
-                                  convert.from_ts(r.create_time))
+            result = d.SendResult(
+                r.client_msg_id, r.msg_id, r.thread_id, r.seq, convert.from_ts(r.create_time)
+            )
             pending = self.outbox.pop(r.client_msg_id, None)
             if pending is not None:
                 if self.user is not None:
-                    own = d.Message(r.thread_id, r.seq, r.msg_id, self.user, self.device_id,
-                                    r.client_msg_id, d.MessageKind.TEXT, pending.text,
-                                    result.create_time, state=d.MessageState.SENT)
+                    own = d.Message(
+                        r.thread_id,
+                        r.seq,
+                        r.msg_id,
+                        self.user,
+                        self.device_id,
+                        r.client_msg_id,
+                        d.MessageKind.TEXT,
+                        pending.text,
+                        result.create_time,
+                        state=d.MessageState.SENT,
+                    )
                     await self._offer(own)
                 if not pending.future.done():
                     pending.future.set_result(result)
@@ -359,8 +401,12 @@ class Connection:
             await self._surface(r)
         while gap is not None:
             before = self.merger.cursors.get(gap.thread_id, 0)
-            rows, _ = await self.client.history(gap.thread_id, after_seq=gap.after_seq, forward=True,
-                                                limit=max(1, min(1000, gap.before_seq - gap.after_seq - 1)))
+            rows, _ = await self.client.history(
+                gap.thread_id,
+                after_seq=gap.after_seq,
+                forward=True,
+                limit=max(1, min(1000, gap.before_seq - gap.after_seq - 1)),
+            )
             self.stats.gaps_filled += 1
             first = rows[0].seq if rows else gap.before_seq
             if first > gap.after_seq + 1:
@@ -374,13 +420,19 @@ class Connection:
                     await self._surface(r)
             gap = self.merger.pending_gap(gap.thread_id)
             if gap is not None and self.merger.cursors.get(gap.thread_id, 0) == before:
-                raise NatterError(f"history of thread {gap.thread_id} did not fill seqs "
-                                  f"{gap.after_seq + 1}..{gap.before_seq - 1}", "GAP_NOT_FILLED")
+                raise NatterError(
+                    f"history of thread {gap.thread_id} did not fill seqs "
+                    f"{gap.after_seq + 1}..{gap.before_seq - 1}",
+                    "GAP_NOT_FILLED",
+                )
 
     async def _surface(self, m: d.Message) -> None:
         await self.events.put(m)
-        if self.auto_ack and (m.sender_device_id != self.device_id or self.user is None
-                              or m.sender.user_id != self.user.user_id):
+        if self.auto_ack and (
+            m.sender_device_id != self.device_id
+            or self.user is None
+            or m.sender.user_id != self.user.user_id
+        ):
             self.ack(m.thread_id, m.seq)
 
     def ack(self, thread_id: int, seq: int) -> None:
@@ -438,8 +490,11 @@ class Connection:
             if not self._pending or call is not self._call:
                 return
             frames, self._pending = self._pending, []
-            frame = frames[0] if len(frames) == 1 else spb.ClientFrame(
-                batch=spb.ClientBatch(frames=frames))
+            frame = (
+                frames[0]
+                if len(frames) == 1
+                else spb.ClientFrame(batch=spb.ClientBatch(frames=frames))
+            )
             try:
                 await call.write(frame)
             except asyncio.CancelledError:

@@ -1,11 +1,12 @@
-"""`natter serve`: run a role until SIGINT/SIGTERM, then stop cleanly."""
+"""`natter serve`: run the embedded server or one cluster role until SIGINT/SIGTERM, then stop cleanly."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from natter.embedded import EmbeddedServer
+from app.embedded import EmbeddedServer
+from app.roles import ClusterNode, create_node
 from natter.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -16,12 +17,9 @@ async def serve(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if settings.role != "embedded":
-        from natter.cluster import serve_role
-
-        await serve_role(settings)
-        return
-    server = EmbeddedServer(settings)
+    server: EmbeddedServer | ClusterNode = (
+        EmbeddedServer(settings) if settings.role == "embedded" else create_node(settings)
+    )
     await server.start()
     try:
         await asyncio.Event().wait()

@@ -18,11 +18,11 @@ from typing import Any
 
 import grpc
 
+from app.profiles import Profile, ProfileStore
 from natter import domain as d
 from natter import settings as settings_mod
 from natter import tls
 from natter.errors import InvalidArgument, NatterError, Unauthenticated, Unavailable
-from natter.profiles import Profile, ProfileStore
 from natter.sdk import Client, Connection, Disconnected, Rejected, SyncDone
 
 DEFAULT_SERVER = "127.0.0.1:7070"
@@ -45,13 +45,20 @@ def _time(value: datetime | None) -> str:
 
 def message_obj(m: d.Message) -> dict[str, Any]:
     obj: dict[str, Any] = {
-        "type": "message", "thread": m.thread_id, "seq": m.seq, "msg_id": m.msg_id,
-        "from": m.sender.username, "text": m.text, "time": _time(m.create_time),
+        "type": "message",
+        "thread": m.thread_id,
+        "seq": m.seq,
+        "msg_id": m.msg_id,
+        "from": m.sender.username,
+        "text": m.text,
+        "time": _time(m.create_time),
     }
     if m.kind is d.MessageKind.SYSTEM and m.system is not None:
         obj["system"] = {
-            "kind": m.system.kind.name.lower(), "actor": m.system.actor.username,
-            "users": [u.username for u in m.system.users], "title": m.system.title,
+            "kind": m.system.kind.name.lower(),
+            "actor": m.system.actor.username,
+            "users": [u.username for u in m.system.users],
+            "title": m.system.title,
         }
         obj["text"] = describe_system(m.system)
     if m.state is not d.MessageState.UNKNOWN:
@@ -93,7 +100,9 @@ class App:
     @property
     def server(self) -> str:
         return str(
-            self.args.server or self.env.get("NATTER_SERVER") or self.profile.server
+            self.args.server
+            or self.env.get("NATTER_SERVER")
+            or self.profile.server
             or DEFAULT_SERVER
         )
 
@@ -127,9 +136,18 @@ class App:
             raise Unauthenticated(
                 f"profile {self.args.profile!r} is not logged in; run: natter login USER"
             )
-        server = self.args.server or self.env.get("NATTER_SERVER") or self.profile.server or DEFAULT_SERVER
-        c = Client(server, self.profile.token if authed else "", timeout=self.args.rpc_timeout,
-                   credentials=self.credentials())
+        server = (
+            self.args.server
+            or self.env.get("NATTER_SERVER")
+            or self.profile.server
+            or DEFAULT_SERVER
+        )
+        c = Client(
+            server,
+            self.profile.token if authed else "",
+            timeout=self.args.rpc_timeout,
+            credentials=self.credentials(),
+        )
         if authed:
             c.user = d.User(self.profile.user_id, self.profile.username, self.profile.username)
             c.device_id = self.profile.device_id
@@ -147,10 +165,13 @@ async def resolve_thread(client: Client, target: str) -> int:
 
 async def cmd_register(app: App) -> None:
     async with app.client(authed=False) as c:
-        user = await c.register(app.args.user, app.password(), app.args.name or "",
-                                app.args.phone or "")
-    app.out.emit({"type": "registered", "user_id": user.user_id, "username": user.username},
-                 f"registered {user.username} (id {user.user_id})")
+        user = await c.register(
+            app.args.user, app.password(), app.args.name or "", app.args.phone or ""
+        )
+    app.out.emit(
+        {"type": "registered", "user_id": user.user_id, "username": user.username},
+        f"registered {user.username} (id {user.user_id})",
+    )
 
 
 async def cmd_login(app: App) -> None:
@@ -158,12 +179,21 @@ async def cmd_login(app: App) -> None:
     async with app.client(authed=False) as c:
         token = await c.login(app.args.user, app.password(), device)
         assert c.user is not None
-        profile = Profile(server=app.server, tls=app.tls, ca=app.ca,
-                          username=c.user.username, user_id=c.user.user_id,
-                          device_id=c.device_id, token=token, cursors={})
+        profile = Profile(
+            server=app.server,
+            tls=app.tls,
+            ca=app.ca,
+            username=c.user.username,
+            user_id=c.user.user_id,
+            device_id=c.device_id,
+            token=token,
+            cursors={},
+        )
     app.profiles.save(app.args.profile, profile)
-    app.out.emit({"type": "logged_in", "username": profile.username, "device_id": profile.device_id},
-                 f"logged in as {profile.username} on device {profile.device_id}")
+    app.out.emit(
+        {"type": "logged_in", "username": profile.username, "device_id": profile.device_id},
+        f"logged in as {profile.username} on device {profile.device_id}",
+    )
 
 
 async def cmd_logout(app: App) -> None:
@@ -178,8 +208,12 @@ async def cmd_devices(app: App) -> None:
     async with app.client() as c:
         for dev in await c.devices():
             app.out.emit(
-                {"type": "device", "device_id": dev.device_id, "name": dev.name,
-                 "current": dev.current},
+                {
+                    "type": "device",
+                    "device_id": dev.device_id,
+                    "name": dev.name,
+                    "current": dev.current,
+                },
                 f"{dev.device_id:>6}  {dev.name}{'  (this device)' if dev.current else ''}",
             )
 
@@ -189,8 +223,10 @@ async def cmd_contacts(app: App) -> None:
         if app.args.action == "add":
             for user in app.args.users:
                 ct = await c.add_contact(user)
-                app.out.emit({"type": "contact_added", "username": ct.user.username},
-                             f"added {ct.user.username} ({ct.user.display_name})")
+                app.out.emit(
+                    {"type": "contact_added", "username": ct.user.username},
+                    f"added {ct.user.username} ({ct.user.display_name})",
+                )
         elif app.args.action == "rm":
             for user in app.args.users:
                 await c.remove_contact(user)
@@ -198,8 +234,12 @@ async def cmd_contacts(app: App) -> None:
         else:
             for ct in await c.contacts():
                 app.out.emit(
-                    {"type": "contact", "username": ct.user.username,
-                     "display_name": ct.user.display_name, "alias": ct.alias},
+                    {
+                        "type": "contact",
+                        "username": ct.user.username,
+                        "display_name": ct.user.display_name,
+                        "alias": ct.alias,
+                    },
                     f"{ct.user.username:<24} {ct.user.display_name}",
                 )
 
@@ -223,8 +263,14 @@ async def cmd_send(app: App) -> None:
         finally:
             await conn.close()
     app.out.emit(
-        {"type": "sent", "thread": res.thread_id, "seq": res.seq, "msg_id": res.msg_id,
-         "client_msg_id": res.client_msg_id, "time": _time(res.create_time)},
+        {
+            "type": "sent",
+            "thread": res.thread_id,
+            "seq": res.seq,
+            "msg_id": res.msg_id,
+            "client_msg_id": res.client_msg_id,
+            "time": _time(res.create_time),
+        },
         f"sent #{res.thread_id}:{res.seq} ({res.msg_id})",
     )
 
@@ -235,10 +281,17 @@ async def cmd_threads(app: App) -> None:
             kind = "group" if t.kind == d.ThreadKind.GROUP.value else "direct"
             preview = t.last_message.text if t.HasField("last_message") else ""
             app.out.emit(
-                {"type": "thread", "thread": t.thread_id, "kind": kind, "title": t.title,
-                 "peer": t.peer.username if t.HasField("peer") else None,
-                 "last_seq": t.last_seq, "unread": t.unread_count, "members": t.member_count,
-                 "last_text": preview},
+                {
+                    "type": "thread",
+                    "thread": t.thread_id,
+                    "kind": kind,
+                    "title": t.title,
+                    "peer": t.peer.username if t.HasField("peer") else None,
+                    "last_seq": t.last_seq,
+                    "unread": t.unread_count,
+                    "members": t.member_count,
+                    "last_text": preview,
+                },
                 f"#{t.thread_id:<6} {kind:<6} {t.title:<24} "
                 + (f"{t.member_count:>4} members " if kind == "group" else "")
                 + f"unread {t.unread_count:<4} {preview[:40]}",
@@ -251,8 +304,12 @@ async def cmd_group(app: App) -> None:
         if a.action == "create":
             t = await c.create_group(a.title, a.users)
             app.out.emit(
-                {"type": "group_created", "thread": t.thread_id, "title": t.title,
-                 "members": t.member_count},
+                {
+                    "type": "group_created",
+                    "thread": t.thread_id,
+                    "title": t.title,
+                    "members": t.member_count,
+                },
                 f"created group #{t.thread_id} {t.title!r} with {t.member_count} members",
             )
             return
@@ -264,18 +321,29 @@ async def cmd_group(app: App) -> None:
             res = await c.thread(a.thread)
             t = res.thread
             app.out.emit(
-                {"type": "group", "thread": t.thread_id, "title": t.title,
-                 "members": t.member_count, "active": t.active,
-                 "role": d.Role(t.role).name.lower() if t.role else None},
+                {
+                    "type": "group",
+                    "thread": t.thread_id,
+                    "title": t.title,
+                    "members": t.member_count,
+                    "active": t.active,
+                    "role": d.Role(t.role).name.lower() if t.role else None,
+                },
                 f"#{t.thread_id} {t.title!r}: {t.member_count} members"
                 + ("" if t.active else " (you are no longer a member)"),
             )
             for m in res.members:
                 role = d.Role(m.role).name.lower()
                 app.out.emit(
-                    {"type": "member", "thread": t.thread_id, "username": m.user.username,
-                     "display_name": m.user.display_name, "role": role,
-                     "read_seq": m.read_seq, "delivered_seq": m.delivered_seq},
+                    {
+                        "type": "member",
+                        "thread": t.thread_id,
+                        "username": m.user.username,
+                        "display_name": m.user.display_name,
+                        "role": role,
+                        "read_seq": m.read_seq,
+                        "delivered_seq": m.delivered_seq,
+                    },
                     f"  {m.user.username:<24} {role:<6} read {m.read_seq}",
                 )
             return
@@ -298,14 +366,20 @@ async def cmd_status(app: App) -> None:
         seen = _time(p.last_seen_time)
         text = "online" if p.online else (f"offline, last seen {seen}" if seen else "offline")
         app.out.emit(
-            {"type": "presence", "user": p.user.username, "online": p.online,
-             "last_seen": seen or None},
+            {
+                "type": "presence",
+                "user": p.user.username,
+                "online": p.online,
+                "last_seen": seen or None,
+            },
             f"{p.user.username}: {text}",
         )
     for name in app.args.users:
         if not name.startswith("+") and name.strip().lower() not in shown:
-            app.out.emit({"type": "presence", "user": name, "visible": False},
-                         f"{name}: status not visible to you (not a contact, no shared chat)")
+            app.out.emit(
+                {"type": "presence", "user": name, "visible": False},
+                f"{name}: status not visible to you (not a contact, no shared chat)",
+            )
 
 
 async def cmd_history(app: App) -> None:
@@ -335,8 +409,9 @@ async def cmd_read(app: App) -> None:
                     await asyncio.sleep(0.05)
             finally:
                 await conn.close()
-        app.out.emit({"type": "read", "thread": thread_id, "seq": seq},
-                     f"read #{thread_id} up to {seq}")
+        app.out.emit(
+            {"type": "read", "thread": thread_id, "seq": seq}, f"read #{thread_id} up to {seq}"
+        )
 
 
 async def cmd_listen(app: App) -> None:
@@ -361,26 +436,42 @@ async def cmd_listen(app: App) -> None:
                     app.out.emit(message_obj(ev), message_line(ev))
                 elif isinstance(ev, d.Receipt):
                     app.out.emit(
-                        {"type": "receipt", "thread": ev.thread_id, "user": ev.user.username,
-                         "kind": ev.kind.name.lower(), "seq": ev.seq},
+                        {
+                            "type": "receipt",
+                            "thread": ev.thread_id,
+                            "user": ev.user.username,
+                            "kind": ev.kind.name.lower(),
+                            "seq": ev.seq,
+                        },
                         f"{ev.user.username} {ev.kind.name.lower()} #{ev.thread_id}:{ev.seq}",
                     )
                 elif isinstance(ev, d.Presence):
                     app.out.emit(
-                        {"type": "presence", "user": ev.user.username, "online": ev.online,
-                         "last_seen": _time(ev.last_seen_time)},
+                        {
+                            "type": "presence",
+                            "user": ev.user.username,
+                            "online": ev.online,
+                            "last_seen": _time(ev.last_seen_time),
+                        },
                         f"{ev.user.username} is {'online' if ev.online else 'offline'}",
                     )
                 elif isinstance(ev, d.Typing):
                     app.out.emit(
-                        {"type": "typing", "thread": ev.thread_id, "user": ev.user.username,
-                         "active": ev.active},
+                        {
+                            "type": "typing",
+                            "thread": ev.thread_id,
+                            "user": ev.user.username,
+                            "active": ev.active,
+                        },
                         f"{ev.user.username} {'is typing' if ev.active else 'stopped typing'}"
                         f" in #{ev.thread_id}",
                     )
                 elif isinstance(ev, SyncDone) and not app.args.json:
-                    print(f"-- in sync ({ev.replayed} missed messages shown) --",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"-- in sync ({ev.replayed} missed messages shown) --",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 elif isinstance(ev, Disconnected) and ev.final:
                     raise Unauthenticated(ev.reason)
                 elif isinstance(ev, Rejected):
@@ -392,14 +483,21 @@ async def cmd_listen(app: App) -> None:
 
 
 async def cmd_serve(app: App) -> None:
-    from natter.serve import serve
+    from app.serve import serve
 
     a = app.args
     overrides = {
-        "role": a.role, "data_dir": a.data, "grpc_addr": a.grpc, "http_addr": a.http,
-        "internal_addr": a.internal, "database_url": a.database_url,
-        "etcd_endpoints": a.etcd, "node_id": a.node_id, "log_level": a.log_level,
-        "tls_cert_file": a.tls_cert, "tls_key_file": a.tls_key,
+        "role": a.role,
+        "data_dir": a.data,
+        "grpc_addr": a.grpc,
+        "http_addr": a.http,
+        "internal_addr": a.internal,
+        "database_url": a.database_url,
+        "etcd_endpoints": a.etcd,
+        "node_id": a.node_id,
+        "log_level": a.log_level,
+        "tls_cert_file": a.tls_cert,
+        "tls_key_file": a.tls_key,
     }
     cfg = settings_mod.load(overrides, app.env, Path(a.config) if a.config else None)
     await serve(cfg)
@@ -413,8 +511,10 @@ async def cmd_backup(app: App) -> None:
     cfg = settings_mod.load(overrides, app.env, Path(a.config) if a.config else None)
     dest = Path(a.dest)
     count, size = await backup(cfg.db_url, dest)
-    app.out.emit({"type": "backup", "path": str(dest), "bytes": size, "messages": count},
-                 f"backed up {count} messages ({size:,} bytes) to {dest}")
+    app.out.emit(
+        {"type": "backup", "path": str(dest), "bytes": size, "messages": count},
+        f"backed up {count} messages ({size:,} bytes) to {dest}",
+    )
 
 
 # -- parser --------------------------------------------------------------------------------
@@ -423,11 +523,16 @@ async def cmd_backup(app: App) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="natter", description="natter: instant messaging you run.")
     p.add_argument("--server", help="HOST:PORT of the server (env NATTER_SERVER)")
-    p.add_argument("--profile", default="default", help="one profile is one device (default: default)")
+    p.add_argument(
+        "--profile", default="default", help="one profile is one device (default: default)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON, one object per line")
     p.add_argument("--tls", action="store_true", help="connect with TLS (env NATTER_TLS=1)")
-    p.add_argument("--ca", help="PEM file of the CA that signed the server's certificate "
-                   "(env NATTER_CA; implies --tls)")
+    p.add_argument(
+        "--ca",
+        help="PEM file of the CA that signed the server's certificate "
+        "(env NATTER_CA; implies --tls)",
+    )
     p.add_argument("--rpc-timeout", type=float, default=15.0, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -486,8 +591,12 @@ def parser() -> argparse.ArgumentParser:
     gc = gs.add_parser("create", help="create a group: TITLE USER...")
     gc.add_argument("title")
     gc.add_argument("users", nargs="*")
-    for action, what in (("add", "add members"), ("rm", "remove members"),
-                         ("promote", "make members admins"), ("demote", "make admins members")):
+    for action, what in (
+        ("add", "add members"),
+        ("rm", "remove members"),
+        ("promote", "make members admins"),
+        ("demote", "make admins members"),
+    ):
         ga = gs.add_parser(action, help=f"{what} (admins only): THREAD USER...")
         ga.add_argument("thread", type=int)
         ga.add_argument("users", nargs="+")

@@ -1,4 +1,4 @@
-"""The interface socket servers use to reach message_svc, in-process or over gRPC."""
+"""What a socket server needs from message_svc, in-process or over gRPC (a port it owns)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from natter.domain import (
 
 
 class MessageApi(Protocol):
+    """message_svc as a socket server sees it: MessageService in-process, MessageClient over gRPC."""
+
     async def authenticate(self, token: str) -> Principal: ...
     async def send(self, who: Principal, req: SendRequest) -> SendResult: ...
     async def sync_device(

@@ -104,13 +104,21 @@ def _serving(address: str) -> bool:
         return bool(res.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None,
-           user: pwd.struct_passwd | None = None) -> int:
+def _spawn(
+    argv: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    user: pwd.struct_passwd | None = None,
+) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            _as(user, argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True,  # outlives this command; `down` stops it
+            _as(user, argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # outlives this command; `down` stops it
         )
     return proc.pid
 
@@ -123,8 +131,7 @@ def _as(user: pwd.struct_passwd | None, argv: list[str]) -> list[str]:
     """
     if user is None:
         return argv
-    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
-            *argv]
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", *argv]
 
 
 def _secret(path: Path) -> str:
@@ -139,7 +146,8 @@ def _secret(path: Path) -> str:
 
 def _etcd_binary() -> str:
     found = shutil.which("etcd") or next(
-        (p for p in ("/usr/bin/etcd", "/usr/local/bin/etcd") if os.access(p, os.X_OK)), None)
+        (p for p in ("/usr/bin/etcd", "/usr/local/bin/etcd") if os.access(p, os.X_OK)), None
+    )
     if not found:
         raise LaunchError("etcd not found: run scripts/install --all (Debian: etcd-server)")
     return found
@@ -148,12 +156,30 @@ def _etcd_binary() -> str:
 def _start_etcd(folder: Path, client: int, peer: int) -> Proc:
     client_url, peer_url = f"http://{HOST}:{client}", f"http://{HOST}:{peer}"
     log = folder / "logs" / "etcd.log"
-    pid = _spawn([
-        _etcd_binary(), "--name", "natter", "--data-dir", str(folder / "etcd"),
-        "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
-        "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-        "--initial-cluster", f"natter={peer_url}", "--logger", "zap", "--log-outputs", "stderr",
-    ], log)
+    pid = _spawn(
+        [
+            _etcd_binary(),
+            "--name",
+            "natter",
+            "--data-dir",
+            str(folder / "etcd"),
+            "--listen-client-urls",
+            client_url,
+            "--advertise-client-urls",
+            client_url,
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--initial-cluster",
+            f"natter={peer_url}",
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+        ],
+        log,
+    )
 
     def healthy() -> bool:
         if not _alive(pid):
@@ -201,12 +227,30 @@ def _start_postgres(folder: Path, port: int) -> tuple[Proc, str]:
             for path in (data, pwfile):
                 os.chown(path, account.pw_uid, account.pw_gid)
         init = subprocess.run(
-            _as(account, [
-                str(bindir / "initdb"), "--pgdata", str(data), "--username", "natter",
-                "--pwfile", str(pwfile), "--auth-local", "trust", "--auth-host",
-                "scram-sha-256", "--encoding", "UTF8", "--locale", "C.UTF-8",
-            ]),
-            env=env, capture_output=True, text=True, check=False,
+            _as(
+                account,
+                [
+                    str(bindir / "initdb"),
+                    "--pgdata",
+                    str(data),
+                    "--username",
+                    "natter",
+                    "--pwfile",
+                    str(pwfile),
+                    "--auth-local",
+                    "trust",
+                    "--auth-host",
+                    "scram-sha-256",
+                    "--encoding",
+                    "UTF8",
+                    "--locale",
+                    "C.UTF-8",
+                ],
+            ),
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         pwfile.unlink()
         if init.returncode != 0:
@@ -216,15 +260,46 @@ def _start_postgres(folder: Path, port: int) -> tuple[Proc, str]:
     if account is not None:
         log.touch()
         os.chown(log, account.pw_uid, account.pw_gid)
-    pid = _spawn([str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-                  "-c", f"listen_addresses={HOST}", "-c", "unix_socket_directories=",
-                  "-c", "max_connections=300"], log, env, account)
+    pid = _spawn(
+        [
+            str(bindir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-c",
+            f"listen_addresses={HOST}",
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            "max_connections=300",
+        ],
+        log,
+        env,
+        account,
+    )
     psql_env = {**env, "PGPASSWORD": password}
 
     def psql(sql: str, database: str = "postgres") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(bindir / "psql"), "-h", HOST, "-p", str(port), "-U", "natter", "-d", database,
-             "-tAc", sql], env=psql_env, capture_output=True, text=True, check=False)
+            [
+                str(bindir / "psql"),
+                "-h",
+                HOST,
+                "-p",
+                str(port),
+                "-U",
+                "natter",
+                "-d",
+                database,
+                "-tAc",
+                sql,
+            ],
+            env=psql_env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
 
     def ready() -> bool:
         if not _alive(pid):
@@ -245,23 +320,42 @@ def _start_postgres(folder: Path, port: int) -> tuple[Proc, str]:
 
 def _natter() -> list[str]:
     script = Path(sys.executable).with_name("natter")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "natter.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
 
 
-def _start_role(folder: Path, role: str, index: int, public: int, env: dict[str, str],
-                etcd: str) -> Proc:
+def _start_role(
+    folder: Path, role: str, index: int, public: int, env: dict[str, str], etcd: str
+) -> Proc:
     name = f"{role}-{index}"
     log = folder / "logs" / f"{name}.log"
     internal = public + INTERNAL_OFFSET
-    pid = _spawn([*_natter(), "serve", "--role", role, "--node-id", name,
-                  "--grpc", f"{HOST}:{public}", "--internal", f"{HOST}:{internal}",
-                  "--data", str(folder / name), "--etcd", etcd], log, env)
+    pid = _spawn(
+        [
+            *_natter(),
+            "serve",
+            "--role",
+            role,
+            "--node-id",
+            name,
+            "--grpc",
+            f"{HOST}:{public}",
+            "--internal",
+            f"{HOST}:{internal}",
+            "--data",
+            str(folder / name),
+            "--etcd",
+            etcd,
+        ],
+        log,
+        env,
+    )
     return Proc(name, role, pid, f"{HOST}:{public}", f"{HOST}:{internal}", str(log))
 
 
 def _layout(sockets: int) -> list[tuple[str, int, int]]:
-    return [(role, sockets if role == "socket" else count, offset)
-            for role, count, offset in LAYOUT]
+    return [
+        (role, sockets if role == "socket" else count, offset) for role, count, offset in LAYOUT
+    ]
 
 
 def _ports(base: int, sockets: int) -> list[int]:
@@ -272,8 +366,13 @@ def _ports(base: int, sockets: int) -> list[int]:
     return ports
 
 
-def up(folder: Path, base: int, *, sockets: int = 3, env: dict[str, str] | None = None,
-       ) -> list[Proc]:
+def up(
+    folder: Path,
+    base: int,
+    *,
+    sockets: int = 3,
+    env: dict[str, str] | None = None,
+) -> list[Proc]:
     """Start the cluster; `env` adds NATTER_* settings for every natter process."""
     if not 1 <= sockets <= 9:
         raise LaunchError("between 1 and 9 socket servers")
@@ -292,9 +391,15 @@ def up(folder: Path, base: int, *, sockets: int = 3, env: dict[str, str] | None 
         procs.append(pg)
         _save(state, procs)
         role_env = {k: v for k, v in os.environ.items() if not k.startswith("NATTER_")}
-        role_env.update({"NATTER_CLUSTER_SECRET": _secret(folder / "cluster-secret"),
-                    "NATTER_DATABASE_URL": url, "NATTER_LOG_LEVEL": "INFO",
-                    "GRPC_VERBOSITY": "ERROR", **(env or {})})
+        role_env.update(
+            {
+                "NATTER_CLUSTER_SECRET": _secret(folder / "cluster-secret"),
+                "NATTER_DATABASE_URL": url,
+                "NATTER_LOG_LEVEL": "INFO",
+                "GRPC_VERBOSITY": "ERROR",
+                **(env or {}),
+            }
+        )
         etcd = procs[0].public
         for role, count, offset in _layout(sockets):
             for i in range(count):
@@ -389,12 +494,19 @@ def _print_up(folder: Path, procs: list[Proc]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="scripts/cluster", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="scripts/cluster",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("command", choices=["up", "down", "status"])
     p.add_argument("--dir", default="natter-cluster", help="cluster folder (./natter-cluster)")
-    p.add_argument("--base-port", type=int, default=7100,
-                   help="message nodes listen on BASE, BASE+1; sockets on BASE+10.. (7100)")
+    p.add_argument(
+        "--base-port",
+        type=int,
+        default=7100,
+        help="message nodes listen on BASE, BASE+1; sockets on BASE+10.. (7100)",
+    )
     p.add_argument("--sockets", type=int, default=3, help="up: socket servers (default 3)")
     p.add_argument("--wipe", action="store_true", help="down: also delete the data folder")
     args = p.parse_args(argv)

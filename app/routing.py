@@ -198,8 +198,9 @@ class ClusterFanout:
 
     def _remember(self, batch: Sequence[d.Delivery], address: str) -> None:
         now = time.monotonic()
-        self._recent.extend(_Sent(now, x, address) for x in batch
-                            if not isinstance(x.event, d.Typing))
+        self._recent.extend(
+            _Sent(now, x, address) for x in batch if not isinstance(x.event, d.Typing)
+        )
 
     def _owner_now(self, dl: d.Delivery) -> set[str]:
         if not dl.user_ids:

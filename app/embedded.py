@@ -9,16 +9,14 @@ from collections.abc import Sequence
 from types import TracebackType
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 
+from app.listeners import public_server, serve_health_and_reflection
 from channel_svc import Channels
-from message_svc import MessageService, SqlStore
-from message_svc.service import PUBLIC_SERVICES
+from message_svc import PUBLIC_SERVICES, MessageService, SqlStore
 from natter import domain as d
 from natter import tls
 from natter.errors import AlreadyExists
-from natter.rpc import ErrorInterceptor
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from presence_svc import PUBLIC_SERVICES as PRESENCE_SERVICES
@@ -29,22 +27,7 @@ from socket_svc.web import WebServer
 
 logger = logging.getLogger(__name__)
 
-
-def server_options(settings: Settings) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_receive_message_length", settings.max_frame_bytes),
-        ("grpc.max_send_message_length", 16 * 1024 * 1024),
-        ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
-        # A peer that does not answer a ping within this is gone (a half-open connection).
-        # ping_timeout bounds every outstanding ping: without it a flow-control ping in
-        # flight holds a dead connection for gRPC's default of one minute.
-        ("grpc.keepalive_timeout_ms", int(min(10.0, settings.keepalive_seconds) * 1000)),
-        ("grpc.http2.ping_timeout_ms", int(min(10.0, settings.keepalive_seconds) * 1000)),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.so_reuseport", 0),
-    ]
+SOCKET_SERVICE = "natter.v1.SocketService"
 
 
 class _LocalSocket:
@@ -95,8 +78,9 @@ class EmbeddedServer:
         self.messages = MessageService(self.store, settings, self.fanout)
         self.channels = Channels(self.fanout.socket)
         self.presence = PresenceService(self.store, settings, self.fanout)
-        self.hub = Hub(self.node_id, self.messages, settings, channel=self.channels,
-                       presence=self.presence)
+        self.hub = Hub(
+            self.node_id, self.messages, settings, channel=self.channels, presence=self.presence
+        )
         self.fanout.hubs[self.node_id] = self.hub
         self.fanout.channels = self.channels
         self.grpc_port = 0
@@ -116,19 +100,15 @@ class EmbeddedServer:
         return self.settings.advertise_addr or self.grpc_address, self.node_id
 
     def _grpc_server(self, hub: Hub) -> grpc.aio.Server:
-        server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()], options=server_options(self.settings)
-        )
+        server = public_server(self.settings)
         self.messages.add_public(server)
         add_presence_public(server, self.presence, self.messages)
         spb_grpc.add_SocketServiceServicer_to_server(
             SocketServicer(hub, self.messages, self.settings, self._locate), server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        names = (*PUBLIC_SERVICES, *PRESENCE_SERVICES, "natter.v1.SocketService",
-                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, server)
+        serve_health_and_reflection(
+            server, self._health, (*PUBLIC_SERVICES, *PRESENCE_SERVICES, SOCKET_SERVICE)
+        )
         return server
 
     async def start(self) -> None:
@@ -147,13 +127,19 @@ class EmbeddedServer:
         self._server = server
         self.presence.start()
         self.hub.start()
-        self.web = WebServer(self.settings, self.hub, self.messages, self.grpc_address,
-                             gateway_target)
+        self.web = WebServer(
+            self.settings, self.hub, self.messages, self.grpc_address, gateway_target
+        )
         self.http_port = await self.web.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        logger.info("natter %s serving gRPC on %s and HTTP on %s:%d (data in %s)", self.node_id,
-                    self.grpc_address, self.settings.http_addr.rsplit(":", 1)[0], self.http_port,
-                    self.settings.data_dir)
+        logger.info(
+            "natter %s serving gRPC on %s and HTTP on %s:%d (data in %s)",
+            self.node_id,
+            self.grpc_address,
+            self.settings.http_addr.rsplit(":", 1)[0],
+            self.http_port,
+            self.settings.data_dir,
+        )
 
     async def stop(self, grace: float = 2.0) -> None:
         with contextlib.suppress(Exception):
@@ -179,12 +165,14 @@ class EmbeddedServer:
         """
         if node_id in self.fanout.hubs:
             raise AlreadyExists(f"socket server {node_id!r} already exists", "NODE_EXISTS")
-        hub = Hub(node_id, self.messages, self.settings, channel=self.channels,
-                  presence=self.presence)
+        hub = Hub(
+            node_id, self.messages, self.settings, channel=self.channels, presence=self.presence
+        )
         server = self._grpc_server(hub)
         host = self.settings.grpc_addr.rsplit(":", 1)[0]
-        port = tls.listen(server, f"{host}:0", self.settings.tls_cert_file,
-                          self.settings.tls_key_file)
+        port = tls.listen(
+            server, f"{host}:0", self.settings.tls_cert_file, self.settings.tls_key_file
+        )
         await server.start()
         self.fanout.hubs[node_id] = hub
         hub.start()

@@ -1,0 +1,108 @@
+"""The socket role: devices' live streams, with message_svc, channel_svc and presence_svc over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import ClassVar
+
+import grpc
+
+from app.roles.node import ClusterNode
+from message_svc import MessageClient
+from natter.settings import Settings
+from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
+from natter.v1 import socket_service_pb2 as spb
+from natter.v1 import socket_service_pb2_grpc as spb_grpc
+from presence_svc.client import PresenceClient
+from registry import Registry
+from socket_svc import Hub, SocketInternalServicer, SocketServicer
+
+
+class SocketNode(ClusterNode):
+    """A Hub on the socket ring: owns the devices of the users the ring gives it."""
+
+    role: ClassVar[str] = "socket"
+    services = ("natter.v1.SocketService",)
+
+    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+        super().__init__(settings, registry)
+        api = MessageClient(self.pool, lambda: self.addresses("message"))
+        self.channels = self.channel_client()
+        self.hub = Hub(
+            self.node_id,
+            api,
+            settings,
+            channel=self.channels,
+            presence=PresenceClient(self.pool, self.presence_owner),
+        )
+        spb_grpc.add_SocketServiceServicer_to_server(
+            SocketServicer(self.hub, api, settings, self._locate_via_message), self.public
+        )
+        ipb_grpc.add_SocketInternalServiceServicer_to_server(
+            SocketInternalServicer(self.hub), self.internal
+        )
+        self.registry.subscribe(self._on_change)
+        self._catching_up = False
+
+    async def _locate_via_message(self, username: str) -> tuple[str, str]:
+        """Socket nodes do not know usernames: message_svc's public Locate answers for them."""
+
+        async def go(channel: grpc.aio.Channel) -> spb.LocateResponse:
+            stub = spb_grpc.SocketServiceStub(channel)
+            return await stub.Locate(
+                spb.LocateRequest(username=username), timeout=self.pool.deadline
+            )
+
+        res = await self.pool.call(
+            lambda: [n.public_addr for n in self.registry.nodes("message")], go
+        )
+        return res.address, res.node_id
+
+    def started(self) -> None:
+        self.hub.start()
+        self.spawn(self._resubscribe_when_stale())
+
+    async def before_stop(self) -> None:
+        await self.hub.stop()
+
+    async def _resubscribe_when_stale(self) -> None:
+        """A subscribe that failed (channel node down) is repaired by sending the whole list."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.channels.stale:
+                self.channels.stale = False
+                await self.hub.resubscribe()
+
+    def _on_change(self, role: str) -> None:
+        if role in ("socket", "channel"):
+            self._catch_up_later()
+        if role == "socket":
+            me = self.registry.ring("socket").get(self.node_id)
+            if me is not None:
+                self.hub.rebalance(lambda uid: self.owner("socket", str(uid)), me.node_id)
+        if role == "channel":
+            self.channels.stale = False
+            self.spawn(self.hub.resubscribe())
+
+    def _catch_up_later(self) -> None:
+        """Pushes published while routing changed may have gone nowhere: look again, twice.
+
+        Once when the change has settled, and once more after a lease TTL, by when every
+        node has seen it (channel nodes adopt a reappearing socket server on their own
+        schedule). Devices then get what they missed from the store, without a reconnect.
+        """
+        if self._catching_up:
+            return
+        self._catching_up = True
+        hub, ttl = self.hub, self.settings.lease_ttl_seconds
+
+        async def run() -> None:
+            try:
+                await asyncio.sleep(1.0)
+                hub.catch_up()
+            finally:
+                self._catching_up = False
+            await asyncio.sleep(ttl)
+            hub.catch_up()
+
+        self.spawn(run())
