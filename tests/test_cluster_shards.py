@@ -52,8 +52,8 @@ async def test_groups_on_both_channel_shards_and_one_shard_killed(sharded: Clust
             chat.start()
         for chat in chats:
             await eventually(
-                lambda c=chat: received(c) >= 12,
-                20,  # type: ignore[misc]
+                lambda c=chat: received(c) >= 12,  # type: ignore[misc]
+                20,
                 message="live delivery in every group",
             )
 
@@ -69,8 +69,8 @@ async def test_groups_on_both_channel_shards_and_one_shard_killed(sharded: Clust
         goals = [received(chat) + 12 for chat in chats]
         for chat, goal in zip(chats, goals, strict=True):
             await eventually(
-                lambda c=chat, g=goal: received(c) >= g,
-                20,  # type: ignore[misc]
+                lambda c=chat, g=goal: received(c) >= g,  # type: ignore[misc]
+                20,
                 message="live delivery after a channel shard died",
             )
         await sharded.heal()
