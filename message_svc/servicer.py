@@ -163,10 +163,6 @@ class ThreadServicer(_Authed, tpb_grpc.ThreadServiceServicer):
         return tpb.ListMessagesResponse(messages=[convert.message(m) for m in rows], more=more)
 
 
-def _principal(user_id: int, device_id: int, users: dict[int, d.User]) -> d.Principal:
-    return d.Principal(users[user_id], device_id)
-
-
 class MessageInternalServicer(mpb_grpc.MessageInternalServiceServicer):
     """Trusted callers only (internal listener): identities come from socket servers."""
 

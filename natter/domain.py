@@ -204,14 +204,6 @@ class Thread:
 
 
 @dataclass(frozen=True, slots=True)
-class Page:
-    """A cursor for List calls: opaque to clients."""
-
-    size: int
-    token: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class Me:
     user: User
     device_id: int

@@ -78,10 +78,6 @@ def error_from_rpc(e: grpc.aio.AioRpcError | grpc.RpcError) -> errors.NatterErro
     return klass(message, reason)
 
 
-def stream_error_code(code: grpc.StatusCode) -> int:
-    return int(code.value[0])
-
-
 def code_name(number: int) -> str:
     return str(code_pb2.Code.Name(number)) if number in code_pb2.Code.values() else str(number)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,6 @@ class Settings:
     etcd_prefix: str = "/natter"
     lease_ttl_seconds: int = 5
     cluster_secret: str = ""
-    message_addrs: tuple[str, ...] = ()
-    channel_addrs: tuple[str, ...] = ()
-    presence_addrs: tuple[str, ...] = ()
     max_text_bytes: int = 64 * 1024
     max_frame_bytes: int = 256 * 1024
     max_group_members: int = 1024
@@ -57,7 +54,6 @@ class Settings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     log_level: str = "INFO"
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def db_url(self) -> str:
@@ -104,7 +100,7 @@ def load(
 ) -> Settings:
     """Build Settings: defaults < config file < NATTER_<NAME> env < explicit overrides."""
     values: dict[str, object] = {}
-    known = {f.name: f.type for f in fields(Settings) if f.name != "extra"}
+    known = {f.name: f.type for f in fields(Settings)}
     env = env or {}
     path = config_file or (Path(env["NATTER_CONFIG"]) if env.get("NATTER_CONFIG") else None)
     if path is not None:

@@ -37,10 +37,6 @@ class Membership:
             return self._empty
         return ring
 
-    def snapshot(self) -> dict[str, dict[str, Node]]:
-        """Return a copy of every role's members by node_id."""
-        return {role: dict(members) for role, members in self._by_role.items()}
-
     def replace_all(self, nodes: Iterable[Node]) -> None:
         """Set the whole membership at once (after a fresh listing)."""
         new: dict[str, dict[str, Node]] = {}

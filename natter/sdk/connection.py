@@ -85,7 +85,6 @@ class Stats:
     connects: int = 0
     resends: int = 0
     gaps_filled: int = 0
-    last_sync_seconds: float = 0.0
     extra: dict[str, int] = field(default_factory=dict)
 
 
