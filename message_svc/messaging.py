@@ -218,11 +218,7 @@ class Messaging:
     def _thread_view(self, s: ThreadSummary, peers: Mapping[int, UserRow]) -> Thread:
         peer_row = peers.get(s.peer_id) if s.peer_id else None
         peer = public(peer_row) if peer_row is not None else None
-        hi = (
-            s.thread.last_seq
-            if s.member.left_seq is None
-            else min(s.thread.last_seq, s.member.left_seq)
-        )
+        hi = s.member.last_visible(s.thread.last_seq)
         title = (
             s.thread.title
             if s.thread.kind is ThreadKind.GROUP
@@ -252,7 +248,7 @@ class Messaging:
         if thread.kind is ThreadKind.DIRECT:
             other = next((m for m in members if m.user_id != who.user.user_id), me)
             peer = public(users[other.user_id])
-        hi = thread.last_seq if me.left_seq is None else min(thread.last_seq, me.left_seq)
+        hi = me.last_visible(thread.last_seq)
         view = Thread(
             thread_id=thread.thread_id,
             kind=thread.kind,
@@ -294,7 +290,7 @@ class Messaging:
         size = 50 if limit <= 0 else min(limit, 1000)
         thread, me = await self.member(who, thread_id)
         lo = max(after_seq, me.first_seq - 1)
-        hi_incl = thread.last_seq if me.left_seq is None else min(thread.last_seq, me.left_seq)
+        hi_incl = me.last_visible(thread.last_seq)
         newest = before_seq > 0 or (after_seq == 0 and not forward)
         upper = min(before_seq, hi_incl + 1) if before_seq > 0 else hi_incl + 1
         rows = await self.store.list_messages(thread_id, lo, upper, size + 1, newest)
@@ -351,7 +347,7 @@ class Messaging:
         for m in sorted(memberships, key=lambda r: r.thread_id):
             base = given.get(m.thread_id, stored.get(m.thread_id, lasts.get(m.thread_id, 0)))
             start = max(base, m.first_seq - 1)
-            upto = m.left_seq if m.left_seq is not None else UNBOUNDED
+            upto = m.last_visible(UNBOUNDED)
             starts.append(Cursor(m.thread_id, start))
             if start < upto:
                 ranges.append((m.thread_id, start, upto))
@@ -365,7 +361,7 @@ class Messaging:
         """The gap (after_seq, before_seq) of a thread, as far as this member may see it."""
         _, me = await self.member(who, thread_id)
         lo = max(after_seq, me.first_seq - 1)
-        hi = before_seq if me.left_seq is None else min(before_seq, me.left_seq + 1)
+        hi = me.last_visible(before_seq - 1) + 1  # exclusive, like before_seq
         if hi - lo <= 1:
             return []
         return await self.store.list_messages(thread_id, lo, hi, hi - lo, False)
@@ -404,7 +400,7 @@ class Messaging:
 
     async def mark_read(self, who: Principal, cursor: Cursor) -> None:
         thread, me = await self.member(who, cursor.thread_id)
-        hi = thread.last_seq if me.left_seq is None else min(thread.last_seq, me.left_seq)
+        hi = me.last_visible(thread.last_seq)
         if cursor.seq < 0 or cursor.seq > hi:
             raise InvalidArgument(
                 f"read seq {cursor.seq} is outside thread {cursor.thread_id} (last is {hi})",

@@ -687,11 +687,7 @@ class SqlStore:
                 thread = ThreadRow(
                     r.thread_id, ThreadKind(r.kind), r.title, r.last_seq, _aware(r.t_update)
                 )
-                hi = (
-                    thread.last_seq
-                    if member.left_seq is None
-                    else min(thread.last_seq, member.left_seq)
-                )
+                hi = member.last_visible(thread.last_seq)
                 lo = max(member.read_seq, member.first_seq - 1)
                 pages.append((member, thread, lo, hi))
             ids = [th_.thread_id for _, th_, _, _ in pages]

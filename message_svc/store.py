@@ -55,8 +55,14 @@ class MemberRow:
     def active(self) -> bool:
         return self.left_seq is None
 
+    def last_visible(self, thread_last_seq: int) -> int:
+        """The last seq this member may see: the thread's last, or the one that removed them."""
+        if self.left_seq is None:
+            return thread_last_seq
+        return min(thread_last_seq, self.left_seq)
+
     def visible(self, seq: int) -> bool:
-        return seq >= self.first_seq and (self.left_seq is None or seq <= self.left_seq)
+        return self.first_seq <= seq <= self.last_visible(seq)
 
 
 @dataclass(frozen=True, slots=True)
