@@ -6,13 +6,9 @@ from message_svc.accounts import public
 from message_svc.store import Store, UserRow
 from natter.domain import Contact, Principal, User
 from natter.errors import InvalidArgument, NotFound
+from natter.identifiers import normalise
 
 MAX_DISCOVER = 1000
-
-
-def normalise(identifier: str) -> str:
-    ident = identifier.strip()
-    return ident if ident.startswith("+") else ident.lower()
 
 
 class Contacts:

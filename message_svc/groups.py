@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from message_svc import rules
 from message_svc.accounts import public
-from message_svc.contacts import Contacts, normalise
+from message_svc.contacts import Contacts
 from message_svc.messaging import Messaging
 from message_svc.ports import Fanout
 from message_svc.store import MemberChange, MemberRow, NewMessage, Store, ThreadRow, UserRow
@@ -24,6 +24,7 @@ from natter.domain import (
     ThreadKind,
 )
 from natter.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted
+from natter.identifiers import normalise
 from natter.settings import Settings
 
 

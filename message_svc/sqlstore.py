@@ -37,6 +37,7 @@ from natter.domain import (
     DeviceAck,
     Message,
     MessageKind,
+    PresenceUser,
     Role,
     SystemEvent,
     SystemKind,
@@ -162,6 +163,12 @@ def _user_row(r: Any) -> UserRow:
         password_hash=r.password_hash,
         hide_last_seen=bool(r.hide_last_seen),
         last_seen_time=_utc(r.last_seen_time),
+    )
+
+
+def _presence_user(r: UserRow) -> PresenceUser:
+    return PresenceUser(
+        User(r.user_id, r.username, r.display_name), r.hide_last_seen, r.last_seen_time
     )
 
 
@@ -396,6 +403,13 @@ class SqlStore:
         async with self._read() as conn:
             rows = await conn.execute(sa.select(u).where(u.c.id.in_(list(set(user_ids)))))
             return {r.id: _user_row(r) for r in rows}
+
+    async def find_presence_users(self, identifiers: Sequence[str]) -> dict[str, PresenceUser]:
+        """presence_svc's view of find_users: the public user, last-seen privacy and time."""
+        return {i: _presence_user(r) for i, r in (await self.find_users(identifiers)).items()}
+
+    async def get_presence_users(self, user_ids: Sequence[int]) -> dict[int, PresenceUser]:
+        return {i: _presence_user(r) for i, r in (await self.get_users(user_ids)).items()}
 
     async def update_user(
         self, user_id: int, display_name: str | None, hide_last_seen: bool | None

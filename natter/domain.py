@@ -113,6 +113,15 @@ class Typing:
 
 
 @dataclass(frozen=True, slots=True)
+class PresenceUser:
+    """A user as presence sees them: who, whether they hide last seen, the stored last seen."""
+
+    user: User
+    hide_last_seen: bool
+    last_seen_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class ReadCursor:
     """The user read a thread on one device; their other devices clear unread."""
 

@@ -1,6 +1,6 @@
 """presence_svc: online status from heartbeats, last seen, presence pushed to contacts."""
 
-from presence_svc.service import PresenceService, PresenceStore
+from presence_svc.service import Fanout, PresenceService, PresenceStore
 from presence_svc.servicer import (
     PUBLIC_SERVICES,
     Authenticator,
@@ -15,6 +15,7 @@ __all__ = [
     "PUBLIC_SERVICES",
     "Authenticator",
     "Change",
+    "Fanout",
     "PresenceInternalServicer",
     "PresenceService",
     "PresenceServicer",

@@ -10,12 +10,9 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from message_svc.accounts import public
-from message_svc.contacts import normalise
-from message_svc.ports import Fanout
-from message_svc.store import UserRow
-from natter.domain import Delivery, Presence, Principal
+from natter.domain import Delivery, Presence, PresenceUser, Principal
 from natter.errors import InvalidArgument
+from natter.identifiers import normalise
 from natter.settings import Settings
 from presence_svc.tracker import Change, Tracker
 
@@ -31,10 +28,10 @@ RECENT_LIMIT = 100_000
 
 
 class PresenceStore(Protocol):
-    """What presence_svc reads and writes in the system of record."""
+    """What presence_svc reads and writes in the system of record (message_svc's SqlStore)."""
 
-    async def find_users(self, identifiers: Sequence[str]) -> dict[str, UserRow]: ...
-    async def get_users(self, user_ids: Sequence[int]) -> dict[int, UserRow]: ...
+    async def find_presence_users(self, identifiers: Sequence[str]) -> dict[str, PresenceUser]: ...
+    async def get_presence_users(self, user_ids: Sequence[int]) -> dict[int, PresenceUser]: ...
     async def set_last_seen(self, seen: Sequence[tuple[int, datetime]]) -> None: ...
     async def watchers(self, user_ids: Sequence[int]) -> dict[int, list[int]]: ...
     async def contacts_among(self, owner_id: int, user_ids: Sequence[int]) -> set[int]: ...
@@ -42,6 +39,12 @@ class PresenceStore(Protocol):
     async def small_thread_peers(
         self, user_ids: Sequence[int], max_members: int
     ) -> dict[int, set[int]]: ...
+
+
+class Fanout(Protocol):
+    """Pushes presence changes to the connected devices of the users they name."""
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> None: ...
 
 
 def query_identifiers(usernames: Sequence[str]) -> list[str]:
@@ -161,7 +164,7 @@ class PresenceService:
         node's tracker does not know whether the audience is online.
         """
         ids = [c.user_id for c in changes]
-        users = await self.store.get_users(ids)
+        users = await self.store.get_presence_users(ids)
         watchers = await self.store.watchers(ids)
         peers = await self.store.small_thread_peers(ids, self.settings.presence_push_group_size)
         deliveries = []
@@ -172,7 +175,7 @@ class PresenceService:
             audience = set(watchers.get(c.user_id, ())) | peers.get(c.user_id, set())
             audience.discard(c.user_id)
             if audience:
-                event = Presence(public(row), c.online, None if row.hide_last_seen else c.seen)
+                event = Presence(row.user, c.online, None if row.hide_last_seen else c.seen)
                 deliveries.append(Delivery(event, user_ids=sorted(audience)))
         if deliveries:
             self.pushes += len(deliveries)
@@ -183,25 +186,26 @@ class PresenceService:
     async def get_presence(self, who: Principal, usernames: Sequence[str]) -> list[Presence]:
         """Status of the named users the caller may see, in request order; others left out."""
         idents = query_identifiers(usernames)
-        found = await self.store.find_users(idents)
-        rows = list({found[i].user_id: found[i] for i in idents if i in found}.values())
+        found = await self.store.find_presence_users(idents)
+        rows = list({found[i].user.user_id: found[i] for i in idents if i in found}.values())
         me = who.user.user_id
-        others = [r.user_id for r in rows if r.user_id != me]
+        others = [r.user.user_id for r in rows if r.user.user_id != me]
         visible = {me}
         if others:
             visible |= await self.store.contacts_among(me, others)
             rest = [u for u in others if u not in visible]
             if rest:
                 visible |= await self.store.thread_peers_among(me, rest)
-        return [self._status(r, r.user_id == me) for r in rows if r.user_id in visible]
+        return [self._status(r, r.user.user_id == me) for r in rows if r.user.user_id in visible]
 
-    def _status(self, row: UserRow, own: bool) -> Presence:
-        online = self.tracker.online(row.user_id)
+    def _status(self, row: PresenceUser, own: bool) -> Presence:
+        user_id = row.user.user_id
+        online = self.tracker.online(user_id)
         if online:
-            seen = self.tracker.seen(row.user_id)
+            seen = self.tracker.seen(user_id)
         else:
-            known = [t for t in (row.last_seen_time, self._recent.get(row.user_id)) if t]
+            known = [t for t in (row.last_seen_time, self._recent.get(user_id)) if t]
             seen = max(known) if known else None
         if row.hide_last_seen and not own:
             seen = None
-        return Presence(public(row), online, seen)
+        return Presence(row.user, online, seen)

@@ -23,6 +23,7 @@ from natter.domain import (
     DeviceAck,
     Message,
     MessageKind,
+    PresenceUser,
     Role,
     SystemEvent,
     SystemKind,
@@ -270,6 +271,25 @@ async def test_set_last_seen_keeps_the_instant_in_utc_with_microseconds(store: S
         assert_utc(got)
         assert got == want
     await store.set_last_seen([])
+
+
+async def test_the_presence_view_of_users(store: SqlStore) -> None:
+    """presence_svc's PresenceStore: the public user, last-seen privacy and the stored time."""
+    alice = await store.create_user("alice", "Alice", "+15550001111", "h")
+    bob = await store.create_user("bob", "Bob", None, "h")
+    seen = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    await store.set_last_seen([(alice.user_id, seen)])
+    await store.update_user(bob.user_id, None, True)
+    found = await store.find_presence_users(["alice", "+15550001111", "bob", "nobody"])
+    assert found == {
+        "alice": PresenceUser(User(alice.user_id, "alice", "Alice"), False, seen),
+        "+15550001111": PresenceUser(User(alice.user_id, "alice", "Alice"), False, seen),
+        "bob": PresenceUser(User(bob.user_id, "bob", "Bob"), True, None),
+    }
+    by_id = await store.get_presence_users([bob.user_id, alice.user_id, 999_999])
+    assert by_id == {alice.user_id: found["alice"], bob.user_id: found["bob"]}
+    assert_utc(by_id[alice.user_id].last_seen_time)
+    assert await store.find_presence_users([]) == {} and await store.get_presence_users([]) == {}
 
 
 # -- devices -------------------------------------------------------------------------------

@@ -9,11 +9,11 @@ from typing import Any
 
 import grpc
 
-from message_svc.contacts import normalise
 from message_svc.store import Store
 from natter import convert
 from natter import domain as d
 from natter.errors import Unavailable
+from natter.identifiers import normalise
 from natter.pool import Pool
 from natter.v1 import presence_service_pb2 as ppb
 from natter.v1 import presence_service_pb2_grpc as ppb_grpc
