@@ -19,13 +19,14 @@ from typing import Any
 import grpc
 
 from app.profiles import Profile, ProfileStore
+from natter import convert, tls
 from natter import domain as d
 from natter import settings as settings_mod
-from natter import tls
 from natter.errors import InvalidArgument, NatterError, Unauthenticated, Unavailable
 from natter.sdk import Client, Connection, Disconnected, Rejected, SyncDone
 
 DEFAULT_SERVER = "127.0.0.1:7070"
+UNSUPPORTED = "unsupported message — update the app"
 
 
 class Output:
@@ -53,20 +54,26 @@ def message_obj(m: d.Message) -> dict[str, Any]:
         "text": m.text,
         "time": _time(m.create_time),
     }
-    if m.kind is d.MessageKind.SYSTEM and m.system is not None:
+    if m.kind is d.MessageKind.UNKNOWN:
+        # A kind from a newer server: say so rather than show its text as if it were plain.
+        obj["kind"] = "unsupported"
+        obj["text"] = UNSUPPORTED
+    elif m.kind is d.MessageKind.SYSTEM and m.system is not None:
         obj["system"] = {
             "kind": m.system.kind.name.lower(),
             "actor": m.system.actor.username,
             "users": [u.username for u in m.system.users],
             "title": m.system.title,
         }
-        obj["text"] = describe_system(m.system)
+        # An event kind this build does not know keeps the server's own description.
+        obj["text"] = describe_system(m.system) or m.text
     if m.state is not d.MessageState.UNKNOWN:
         obj["state"] = m.state.name.lower()
     return obj
 
 
 def describe_system(e: d.SystemEvent) -> str:
+    """The event in words; "" for a kind this build does not know."""
     names = ", ".join(u.username for u in e.users)
     who = e.actor.username
     return {
@@ -77,7 +84,7 @@ def describe_system(e: d.SystemEvent) -> str:
         d.SystemKind.TITLE_CHANGED: f"{who} renamed the group to {e.title!r}",
         d.SystemKind.ADMINS_PROMOTED: f"{who} made {names} admin",
         d.SystemKind.ADMINS_DEMOTED: f"{who} removed admin from {names}",
-    }[e.kind]
+    }.get(e.kind, "")
 
 
 def message_line(m: d.Message) -> str:
@@ -277,16 +284,23 @@ async def cmd_send(app: App) -> None:
 
 async def cmd_threads(app: App) -> None:
     async with app.client() as c:
-        for t in await c.threads():
-            kind = "group" if t.kind == d.ThreadKind.GROUP.value else "direct"
-            preview = t.last_message.text if t.HasField("last_message") else ""
+        for t in map(convert.thread_of, await c.threads()):
+            kind = t.kind.name.lower()
+            last = t.last_message
+            preview = (
+                ""
+                if last is None
+                else UNSUPPORTED
+                if last.kind is d.MessageKind.UNKNOWN
+                else last.text
+            )
             app.out.emit(
                 {
                     "type": "thread",
                     "thread": t.thread_id,
                     "kind": kind,
                     "title": t.title,
-                    "peer": t.peer.username if t.HasField("peer") else None,
+                    "peer": t.peer.username if t.peer else None,
                     "last_seq": t.last_seq,
                     "unread": t.unread_count,
                     "members": t.member_count,
@@ -319,7 +333,7 @@ async def cmd_group(app: App) -> None:
             return
         if a.action == "info":
             res = await c.thread(a.thread)
-            t = res.thread
+            t = convert.thread_of(res.thread)
             app.out.emit(
                 {
                     "type": "group",
@@ -327,13 +341,13 @@ async def cmd_group(app: App) -> None:
                     "title": t.title,
                     "members": t.member_count,
                     "active": t.active,
-                    "role": d.Role(t.role).name.lower() if t.role else None,
+                    "role": t.role.name.lower(),
                 },
                 f"#{t.thread_id} {t.title!r}: {t.member_count} members"
                 + ("" if t.active else " (you are no longer a member)"),
             )
-            for m in res.members:
-                role = d.Role(m.role).name.lower()
+            for m in map(convert.member_of, res.members):
+                role = m.role.name.lower()
                 app.out.emit(
                     {
                         "type": "member",

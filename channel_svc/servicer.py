@@ -31,5 +31,5 @@ class ChannelInternalServicer(cpb_grpc.ChannelInternalServiceServicer):
         return cpb.UnsubscribeResponse()
 
     async def Publish(self, request: cpb.PublishRequest, context: Context) -> cpb.PublishResponse:
-        nodes = await self.channels.publish([convert.delivery_of(x) for x in request.deliveries])
+        nodes = await self.channels.publish(convert.deliveries_of(request.deliveries))
         return cpb.PublishResponse(nodes=nodes)

@@ -79,7 +79,7 @@ class MessageClient:
 
         res = await self.pool.call(self.addresses, go)
         page = d.SyncPage([convert.message_of(m) for m in res.messages], res.more)
-        return page, [d.Cursor(c.thread_id, c.seq) for c in res.starts]
+        return page, [convert.cursor_of(c) for c in res.starts]
 
     async def messages_between(
         self, who: d.Principal, thread_id: int, after_seq: int, before_seq: int
@@ -101,16 +101,7 @@ class MessageClient:
         return [convert.message_of(m) for m in res.messages]
 
     async def ack(self, acks: Sequence[d.DeviceAck]) -> None:
-        request = mpb.AckCursorsRequest(
-            acks=[
-                mpb.DeviceAck(
-                    user_id=a.user_id,
-                    device_id=a.device_id,
-                    cursors=[convert.cursor(c) for c in a.cursors],
-                )
-                for a in acks
-            ]
-        )
+        request = mpb.AckCursorsRequest(acks=[convert.device_ack(a) for a in acks])
 
         async def go(ch: grpc.aio.Channel) -> mpb.AckCursorsResponse:
             return await self._stub(ch).AckCursors(

@@ -10,25 +10,10 @@ from message_svc.accounts import Accounts
 from message_svc.groups import Groups
 from message_svc.servicer import _Authed
 from natter import convert
-from natter import domain as d
-from natter.errors import InvalidArgument
 from natter.v1 import group_service_pb2 as gpb
 from natter.v1 import group_service_pb2_grpc as gpb_grpc
-from natter.v1 import types_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-_ROLES: dict[int, d.Role] = {
-    pb.MEMBER_ROLE_MEMBER: d.Role.MEMBER,
-    pb.MEMBER_ROLE_ADMIN: d.Role.ADMIN,
-}
-
-
-def role_of(value: int) -> d.Role:
-    role = _ROLES.get(value)
-    if role is None:
-        raise InvalidArgument("role must be MEMBER_ROLE_MEMBER or MEMBER_ROLE_ADMIN", "BAD_ROLE")
-    return role
 
 
 class GroupServicer(_Authed, gpb_grpc.GroupServiceServicer):
@@ -75,7 +60,7 @@ class GroupServicer(_Authed, gpb_grpc.GroupServiceServicer):
             await self.who(context),
             request.thread_id,
             list(request.members),
-            role_of(request.role),
+            convert.requested_role(request.role),
         )
         return gpb.SetMemberRoleResponse(message=convert.message(message))
 

@@ -157,6 +157,10 @@ class Groups:
     async def set_role(
         self, who: Principal, thread_id: int, members: Sequence[str], role: Role
     ) -> Message:
+        if role not in (Role.MEMBER, Role.ADMIN):
+            raise InvalidArgument(
+                f"a member's role is MEMBER or ADMIN, not {role.name}", "BAD_ROLE"
+            )
         idents = self._identifiers(members)
         async with self._lock(thread_id):
             await self._admin(who, thread_id)

@@ -89,7 +89,7 @@ class ContactServicer(_Authed, cpb_grpc.ContactServiceServicer):
         self, request: cpb.AddContactRequest, context: Context
     ) -> cpb.AddContactResponse:
         c = await self.contacts.add(await self.who(context), request.username, request.alias)
-        return cpb.AddContactResponse(contact=cpb.Contact(user=convert.user(c.user), alias=c.alias))
+        return cpb.AddContactResponse(contact=convert.contact(c))
 
     async def RemoveContact(
         self, request: cpb.RemoveContactRequest, context: Context
@@ -104,7 +104,7 @@ class ContactServicer(_Authed, cpb_grpc.ContactServiceServicer):
             await self.who(context), request.page_size, request.page_token
         )
         return cpb.ListContactsResponse(
-            contacts=[cpb.Contact(user=convert.user(c.user), alias=c.alias) for c in items],
+            contacts=[convert.contact(c) for c in items],
             next_page_token=token,
         )
 
@@ -235,12 +235,7 @@ class MessageInternalServicer(mpb_grpc.MessageInternalServiceServicer):
     async def AckCursors(
         self, request: mpb.AckCursorsRequest, context: Context
     ) -> mpb.AckCursorsResponse:
-        await self.messaging.ack(
-            [
-                d.DeviceAck(a.user_id, a.device_id, tuple(convert.cursor_of(c) for c in a.cursors))
-                for a in request.acks
-            ]
-        )
+        await self.messaging.ack([convert.device_ack_of(a) for a in request.acks])
         return mpb.AckCursorsResponse()
 
     async def MarkRead(

@@ -1,17 +1,34 @@
-"""Conversions between the shared domain values and their natter.v1 protobuf messages."""
+"""Conversions between the shared domain values and their natter.v1 protobuf messages.
+
+The only place proto and domain types meet. Enum numbers are mapped by explicit tables, and
+a number this build does not know is handled one of two ways: arriving from a server or a
+peer (a newer version) it becomes the domain enum's UNKNOWN member, so the caller shows it as
+unsupported and carries on; in a request field (`requested_*`) it is INVALID_ARGUMENT, with
+the field and value named.
+"""
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from natter import domain as d
 from natter.errors import InvalidArgument
+from natter.v1 import contact_service_pb2 as cpb
+from natter.v1 import message_internal_service_pb2 as mpb
 from natter.v1 import socket_internal_service_pb2 as ipb
+from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import types_pb2 as pb
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+E = TypeVar("E", bound=enum.Enum)
+V = TypeVar("V", bound=int)
 
 
 def ts(value: datetime | None) -> Timestamp | None:
@@ -33,6 +50,112 @@ def opt_ts(msg: object, field: str) -> datetime | None:
     return from_ts(getattr(msg, field)) if msg.HasField(field) else None  # type: ignore[attr-defined]
 
 
+# -- enums ---------------------------------------------------------------------------------
+
+
+class _Enum(Generic[E, V]):
+    """One enum both ways: proto number ↔ domain member, by an explicit table."""
+
+    __slots__ = ("_descriptor", "_members", "_numbers", "_unknown", "_unspecified")
+
+    def __init__(
+        self, descriptor: EnumDescriptor, members: Mapping[V, E], unknown: E, unspecified: V
+    ) -> None:
+        self._descriptor = descriptor
+        self._members = dict(members)
+        self._numbers = {m: n for n, m in members.items()}
+        self._unknown = unknown
+        self._unspecified = unspecified
+
+    def number(self, member: E) -> V:
+        """The proto number; UNKNOWN goes out as UNSPECIFIED."""
+        return self._numbers.get(member, self._unspecified)
+
+    def of(self, number: V) -> E:
+        """From a server or peer: a number this build does not know is UNKNOWN."""
+        return self._members.get(number, self._unknown)
+
+    def required(self, number: V, field: str) -> E:
+        """From a client's request: UNSPECIFIED and unknown numbers are INVALID_ARGUMENT."""
+        member = self._members.get(number)
+        if member is not None:
+            return member
+        names = self._descriptor.values_by_number
+        expected = " or ".join(names[n].name for n in self._members)
+        if number == self._unspecified:
+            raise InvalidArgument(f"{field} is required: {expected}", "UNSPECIFIED_ENUM")
+        raise InvalidArgument(
+            f"{field} = {int(number)} is not a {self._descriptor.name} this server knows "
+            f"(expected {expected})",
+            "UNKNOWN_ENUM",
+        )
+
+
+_THREAD_KIND = _Enum(
+    pb.ThreadKind.DESCRIPTOR,
+    {pb.THREAD_KIND_DIRECT: d.ThreadKind.DIRECT, pb.THREAD_KIND_GROUP: d.ThreadKind.GROUP},
+    d.ThreadKind.UNKNOWN,
+    pb.THREAD_KIND_UNSPECIFIED,
+)
+_ROLE = _Enum(
+    pb.MemberRole.DESCRIPTOR,
+    {pb.MEMBER_ROLE_MEMBER: d.Role.MEMBER, pb.MEMBER_ROLE_ADMIN: d.Role.ADMIN},
+    d.Role.UNKNOWN,
+    pb.MEMBER_ROLE_UNSPECIFIED,
+)
+_MESSAGE_KIND = _Enum(
+    pb.MessageKind.DESCRIPTOR,
+    {pb.MESSAGE_KIND_TEXT: d.MessageKind.TEXT, pb.MESSAGE_KIND_SYSTEM: d.MessageKind.SYSTEM},
+    d.MessageKind.UNKNOWN,
+    pb.MESSAGE_KIND_UNSPECIFIED,
+)
+_MESSAGE_STATE = _Enum(
+    pb.MessageState.DESCRIPTOR,
+    {
+        pb.MESSAGE_STATE_SENT: d.MessageState.SENT,
+        pb.MESSAGE_STATE_DELIVERED: d.MessageState.DELIVERED,
+        pb.MESSAGE_STATE_READ: d.MessageState.READ,
+    },
+    d.MessageState.UNKNOWN,
+    pb.MESSAGE_STATE_UNSPECIFIED,
+)
+_SYSTEM_KIND = _Enum(
+    pb.SystemEventKind.DESCRIPTOR,
+    {
+        pb.SYSTEM_EVENT_KIND_GROUP_CREATED: d.SystemKind.GROUP_CREATED,
+        pb.SYSTEM_EVENT_KIND_MEMBERS_ADDED: d.SystemKind.MEMBERS_ADDED,
+        pb.SYSTEM_EVENT_KIND_MEMBERS_REMOVED: d.SystemKind.MEMBERS_REMOVED,
+        pb.SYSTEM_EVENT_KIND_MEMBER_LEFT: d.SystemKind.MEMBER_LEFT,
+        pb.SYSTEM_EVENT_KIND_TITLE_CHANGED: d.SystemKind.TITLE_CHANGED,
+        pb.SYSTEM_EVENT_KIND_ADMINS_PROMOTED: d.SystemKind.ADMINS_PROMOTED,
+        pb.SYSTEM_EVENT_KIND_ADMINS_DEMOTED: d.SystemKind.ADMINS_DEMOTED,
+    },
+    d.SystemKind.UNKNOWN,
+    pb.SYSTEM_EVENT_KIND_UNSPECIFIED,
+)
+_RECEIPT_KIND = _Enum(
+    pb.ReceiptKind.DESCRIPTOR,
+    {pb.RECEIPT_KIND_DELIVERED: d.ReceiptKind.DELIVERED, pb.RECEIPT_KIND_READ: d.ReceiptKind.READ},
+    d.ReceiptKind.UNKNOWN,
+    pb.RECEIPT_KIND_UNSPECIFIED,
+)
+
+thread_kind, thread_kind_of = _THREAD_KIND.number, _THREAD_KIND.of
+role, role_of = _ROLE.number, _ROLE.of
+message_kind, message_kind_of = _MESSAGE_KIND.number, _MESSAGE_KIND.of
+message_state, message_state_of = _MESSAGE_STATE.number, _MESSAGE_STATE.of
+system_kind, system_kind_of = _SYSTEM_KIND.number, _SYSTEM_KIND.of
+receipt_kind, receipt_kind_of = _RECEIPT_KIND.number, _RECEIPT_KIND.of
+
+
+def requested_role(value: pb.MemberRole.ValueType, field: str = "role") -> d.Role:
+    """A role a client asks for: MEMBER or ADMIN, anything else INVALID_ARGUMENT."""
+    return _ROLE.required(value, field)
+
+
+# -- messages ------------------------------------------------------------------------------
+
+
 def user(u: d.User) -> pb.User:
     return pb.User(user_id=u.user_id, username=u.username, display_name=u.display_name)
 
@@ -43,7 +166,7 @@ def user_of(p: pb.User) -> d.User:
 
 def system(e: d.SystemEvent) -> pb.SystemEvent:
     return pb.SystemEvent(
-        kind=pb.SystemEventKind.ValueType(e.kind.value),
+        kind=system_kind(e.kind),
         actor=user(e.actor),
         users=[user(u) for u in e.users],
         title=e.title,
@@ -52,7 +175,7 @@ def system(e: d.SystemEvent) -> pb.SystemEvent:
 
 def system_of(p: pb.SystemEvent) -> d.SystemEvent:
     return d.SystemEvent(
-        d.SystemKind(p.kind), user_of(p.actor), tuple(user_of(u) for u in p.users), p.title
+        system_kind_of(p.kind), user_of(p.actor), tuple(user_of(u) for u in p.users), p.title
     )
 
 
@@ -64,10 +187,10 @@ def message(m: d.Message) -> pb.Message:
         sender=user(m.sender),
         sender_device_id=m.sender_device_id,
         client_msg_id=m.client_msg_id,
-        kind=pb.MessageKind.ValueType(m.kind.value),
+        kind=message_kind(m.kind),
         text=m.text,
         create_time=ts(m.create_time),
-        state=pb.MessageState.ValueType(m.state.value),
+        state=message_state(m.state),
     )
     if m.system is not None:
         out.system.CopyFrom(system(m.system))
@@ -75,6 +198,7 @@ def message(m: d.Message) -> pb.Message:
 
 
 def message_of(p: pb.Message) -> d.Message:
+    """A kind or state this build does not know is UNKNOWN: shown as unsupported, not fatal."""
     return d.Message(
         thread_id=p.thread_id,
         seq=p.seq,
@@ -82,11 +206,11 @@ def message_of(p: pb.Message) -> d.Message:
         sender=user_of(p.sender),
         sender_device_id=p.sender_device_id,
         client_msg_id=p.client_msg_id,
-        kind=d.MessageKind(p.kind),
+        kind=message_kind_of(p.kind),
         text=p.text,
         create_time=from_ts(p.create_time),
         system=system_of(p.system) if p.HasField("system") else None,
-        state=d.MessageState(p.state),
+        state=message_state_of(p.state),
     )
 
 
@@ -100,18 +224,36 @@ def cursor_of(p: pb.Cursor) -> d.Cursor:
     return d.Cursor(p.thread_id, p.seq)
 
 
+def read_cursor(r: d.ReadCursor) -> spb.ReadCursor:
+    return spb.ReadCursor(cursor=cursor(r.cursor))
+
+
+def read_cursor_of(p: spb.ReadCursor) -> d.ReadCursor:
+    return d.ReadCursor(d.Cursor(p.cursor.thread_id, p.cursor.seq))
+
+
+def device_ack(a: d.DeviceAck) -> mpb.DeviceAck:
+    return mpb.DeviceAck(
+        user_id=a.user_id, device_id=a.device_id, cursors=[cursor(c) for c in a.cursors]
+    )
+
+
+def device_ack_of(p: mpb.DeviceAck) -> d.DeviceAck:
+    return d.DeviceAck(p.user_id, p.device_id, tuple(cursor_of(c) for c in p.cursors))
+
+
 def receipt(r: d.Receipt) -> pb.Receipt:
     return pb.Receipt(
         thread_id=r.thread_id,
         user=user(r.user),
-        kind=pb.ReceiptKind.ValueType(r.kind.value),
+        kind=receipt_kind(r.kind),
         seq=r.seq,
         time=ts(r.time),
     )
 
 
 def receipt_of(p: pb.Receipt) -> d.Receipt:
-    return d.Receipt(p.thread_id, user_of(p.user), d.ReceiptKind(p.kind), p.seq, from_ts(p.time))
+    return d.Receipt(p.thread_id, user_of(p.user), receipt_kind_of(p.kind), p.seq, from_ts(p.time))
 
 
 def presence(p: d.Presence) -> pb.Presence:
@@ -133,13 +275,13 @@ def typing_of(p: pb.Typing) -> d.Typing:
 def thread(t: d.Thread) -> pb.Thread:
     out = pb.Thread(
         thread_id=t.thread_id,
-        kind=pb.ThreadKind.ValueType(t.kind.value),
+        kind=thread_kind(t.kind),
         title=t.title,
         last_seq=t.last_seq,
         read_seq=t.read_seq,
         unread_count=t.unread_count,
         update_time=ts(t.update_time),
-        role=pb.MemberRole.ValueType(t.role.value),
+        role=role(t.role),
         member_count=t.member_count,
         active=t.active,
     )
@@ -150,14 +292,41 @@ def thread(t: d.Thread) -> pb.Thread:
     return out
 
 
+def thread_of(p: pb.Thread) -> d.Thread:
+    return d.Thread(
+        thread_id=p.thread_id,
+        kind=thread_kind_of(p.kind),
+        title=p.title,
+        last_seq=p.last_seq,
+        read_seq=p.read_seq,
+        unread_count=p.unread_count,
+        update_time=from_ts(p.update_time),
+        role=role_of(p.role),
+        member_count=p.member_count,
+        active=p.active,
+        peer=user_of(p.peer) if p.HasField("peer") else None,
+        last_message=message_of(p.last_message) if p.HasField("last_message") else None,
+    )
+
+
 def member(m: d.Member) -> pb.Member:
     return pb.Member(
         user=user(m.user),
-        role=pb.MemberRole.ValueType(m.role.value),
+        role=role(m.role),
         delivered_seq=m.delivered_seq,
         read_seq=m.read_seq,
         join_time=ts(m.join_time),
     )
+
+
+def member_of(p: pb.Member) -> d.Member:
+    return d.Member(
+        user_of(p.user), role_of(p.role), p.delivered_seq, p.read_seq, from_ts(p.join_time)
+    )
+
+
+def contact(c: d.Contact) -> cpb.Contact:
+    return cpb.Contact(user=user(c.user), alias=c.alias)
 
 
 def device(x: d.Device) -> pb.Device:
@@ -190,7 +359,8 @@ def delivery(x: d.Delivery) -> ipb.Delivery:
     return out
 
 
-def delivery_of(p: ipb.Delivery) -> d.Delivery:
+def delivery_of(p: ipb.Delivery) -> d.Delivery | None:
+    """None when the event is none this build knows (a newer peer's): it has nothing to push."""
     which = p.WhichOneof("event")
     ev: d.Event
     if which == "message":
@@ -206,5 +376,13 @@ def delivery_of(p: ipb.Delivery) -> d.Delivery:
     elif which == "revoked_device_id":
         ev = d.DeviceRevoked(p.revoked_device_id)
     else:
-        raise InvalidArgument("delivery carries no event", "EMPTY_DELIVERY")
+        return None
     return d.Delivery(ev, tuple(p.user_ids), p.thread_id, p.exclude_device_id)
+
+
+def deliveries_of(ps: Iterable[ipb.Delivery]) -> list[d.Delivery]:
+    """A batch from a peer; events this build does not know are left out, the rest go on.
+
+    What is left out is not lost: messages are in the store, and devices get them by sync.
+    """
+    return [x for x in map(delivery_of, ps) if x is not None]

@@ -7,18 +7,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+# Every enum has UNKNOWN = 0: what a value this build does not know (sent by a newer server
+# or peer) becomes, so it is shown as unsupported instead of failing; natter/convert.py maps
+# numbers both ways. UNKNOWN never reaches the store: requests with it are INVALID_ARGUMENT.
+
 
 class ThreadKind(enum.Enum):
+    UNKNOWN = 0
     DIRECT = 1
     GROUP = 2
 
 
 class Role(enum.Enum):
+    UNKNOWN = 0
     MEMBER = 1
     ADMIN = 2
 
 
 class MessageKind(enum.Enum):
+    UNKNOWN = 0
     TEXT = 1
     SYSTEM = 2
 
@@ -31,6 +38,7 @@ class MessageState(enum.Enum):
 
 
 class SystemKind(enum.Enum):
+    UNKNOWN = 0
     GROUP_CREATED = 1
     MEMBERS_ADDED = 2
     MEMBERS_REMOVED = 3
@@ -41,6 +49,7 @@ class SystemKind(enum.Enum):
 
 
 class ReceiptKind(enum.Enum):
+    UNKNOWN = 0
     DELIVERED = 1
     READ = 2
 
@@ -106,19 +115,19 @@ class Presence:
 
 
 @dataclass(frozen=True, slots=True)
-class Typing:
-    thread_id: int
-    user: User
-    active: bool
-
-
-@dataclass(frozen=True, slots=True)
 class PresenceUser:
     """A user as presence sees them: who, whether they hide last seen, the stored last seen."""
 
     user: User
     hide_last_seen: bool
     last_seen_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    thread_id: int
+    user: User
+    active: bool
 
 
 @dataclass(frozen=True, slots=True)

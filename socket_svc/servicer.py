@@ -121,7 +121,7 @@ class SocketInternalServicer(ipb_grpc.SocketInternalServiceServicer):
         self.hub = hub
 
     async def Deliver(self, request: ipb.DeliverRequest, context: Context) -> ipb.DeliverResponse:
-        await self.hub.deliver([convert.delivery_of(x) for x in request.deliveries])
+        await self.hub.deliver(convert.deliveries_of(request.deliveries))
         return ipb.DeliverResponse()
 
     async def ListSubscriptions(

@@ -235,9 +235,7 @@ class Session:
         elif isinstance(item, d.Typing):
             self._emit(spb.ServerFrame(typing=convert.typing(item)))
         elif isinstance(item, d.ReadCursor):
-            self._emit(
-                spb.ServerFrame(read_cursor=spb.ReadCursor(cursor=convert.cursor(item.cursor)))
-            )
+            self._emit(spb.ServerFrame(read_cursor=convert.read_cursor(item)))
         elif isinstance(item, d.DeviceRevoked) and item.device_id == self.device_id:
             self.close(Unauthenticated("this device was logged out", "DEVICE_LOGGED_OUT"))
 

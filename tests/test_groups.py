@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.embedded import EmbeddedServer
+from natter import convert
 from natter import domain as d
 from natter.errors import (
     FailedPrecondition,
@@ -18,6 +19,8 @@ from natter.errors import (
 )
 from natter.sdk import Client, Connection
 from natter.settings import Settings
+from natter.v1 import group_service_pb2 as gpb
+from natter.v1 import types_pb2 as tpb
 from tests.conftest import PASSWORD, ConnFactory, UserFactory
 from tests.conftest import test_settings as make_settings
 from tests.helpers import collect, eventually, gather_events
@@ -289,20 +292,45 @@ async def test_bad_group_requests_get_clear_errors(user: UserFactory, connect: C
     for call, error, reason in cases:
         assert await reason_of(call) == (error, reason)
     # An unknown role value is refused before anything happens.
-    from natter.v1 import group_service_pb2 as gpb
-    from natter.v1 import types_pb2 as tpb
-
     with pytest.raises(InvalidArgument) as info:
-        await alice._call(
-            alice.groups_stub.SetMemberRole,
-            gpb.SetMemberRoleRequest(
-                thread_id=g, members=["bob"], role=tpb.MemberRole.ValueType(7)
-            ),
-        )
-    assert info.value.reason == "BAD_ROLE"
+        await set_role_number(alice, g, 7)
+    assert info.value.reason == "UNKNOWN_ENUM"
     # Nothing was written by any of them: the group is as it was created.
     assert story(await full_history(alice, g)) == [(1, "GROUP_CREATED")]
     assert [t.thread_id for t in await carol.threads()] == []
+
+
+async def set_role_number(client: Client, thread_id: int, role: int) -> d.Message:
+    """SetMemberRole with any number as the role, as a client built from newer protos sends."""
+    res = await client._call(
+        client.groups_stub.SetMemberRole,
+        gpb.SetMemberRoleRequest(
+            thread_id=thread_id, members=["bob"], role=tpb.MemberRole.ValueType(role)
+        ),
+    )
+    return convert.message_of(res.message)
+
+
+async def test_a_role_number_the_server_does_not_know_is_invalid_argument(
+    user: UserFactory,
+) -> None:
+    alice = await user("alice")
+    await user("bob")
+    g = (await alice.create_group("g", ["bob"])).thread_id
+    for number, reason, words in (
+        (99, "UNKNOWN_ENUM", "role = 99 is not a MemberRole this server knows"),
+        (0, "UNSPECIFIED_ENUM", "role is required"),
+    ):
+        with pytest.raises(InvalidArgument) as info:
+            await set_role_number(alice, g, number)
+        assert info.value.reason == reason
+        assert info.value.message.startswith(words), info.value.message
+        assert "MEMBER_ROLE_MEMBER or MEMBER_ROLE_ADMIN" in info.value.message
+    # Nothing was written, and the server goes on serving the same caller and group.
+    assert story(await full_history(alice, g)) == [(1, "GROUP_CREATED")]
+    event = await set_role_number(alice, g, tpb.MEMBER_ROLE_ADMIN)
+    assert event.system is not None and event.system.kind is S.ADMINS_PROMOTED
+    assert story(await full_history(alice, g)) == [(1, "GROUP_CREATED"), (2, "ADMINS_PROMOTED")]
 
 
 class TestMemberCap:

@@ -22,7 +22,6 @@ from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from natter.v1 import thread_service_pb2 as tpb
 from natter.v1 import thread_service_pb2_grpc as tpb_grpc
-from natter.v1 import types_pb2 as tpb_types
 
 R = TypeVar("R")
 
@@ -258,7 +257,7 @@ class Client:
             gpb.SetMemberRoleRequest(
                 thread_id=thread_id,
                 members=members,
-                role=tpb_types.MemberRole.ValueType(role.value),
+                role=convert.role(role),
             ),
         )
         return convert.message_of(res.message)

@@ -373,8 +373,7 @@ class Connection:
         elif which == "typing":
             await self.events.put(convert.typing_of(frame.typing))
         elif which == "read_cursor":
-            c = frame.read_cursor.cursor
-            await self.events.put(d.ReadCursor(d.Cursor(c.thread_id, c.seq)))
+            await self.events.put(convert.read_cursor_of(frame.read_cursor))
         elif which == "error":
             await self._on_error(frame.error)
 
