@@ -9,6 +9,8 @@ import getpass
 import json
 import logging
 import os
+import re
+import shlex
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -17,15 +19,26 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from app.profiles import Profile, ProfileStore
-from natter import convert, tls
+from natter import __version__, convert, tls
 from natter import domain as d
 from natter import settings as settings_mod
-from natter.errors import InvalidArgument, NatterError, Unauthenticated, Unavailable
-from natter.sdk import Client, Connection, Disconnected, Rejected, SyncDone
+from natter.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NatterError,
+    Unauthenticated,
+    Unavailable,
+)
+from natter.rpc import code_name
+from natter.sdk import Client, Connected, Connection, Disconnected, Rejected, SyncDone
+from natter.sdk.client import open_channel
 
 DEFAULT_SERVER = "127.0.0.1:7070"
+DEFAULT_PROFILE = "default"
+THREAD = re.compile(r"#?([0-9]+)")
 UNSUPPORTED = "unsupported message — update the app"
 
 
@@ -39,12 +52,31 @@ class Output:
         else:
             print(text, flush=True)
 
+    def status(self, obj: dict[str, Any], text: str) -> None:
+        """A line about the connection, not the conversation: stderr unless it is JSON."""
+        if self.json:
+            self.emit(obj, text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+
+class ServerUnreachable(Unavailable):
+    """Nothing answers at the server address."""
+
+    def __init__(self, server: str) -> None:
+        super().__init__(
+            f"cannot reach the natter server at {server}; start one with `natter serve`, "
+            "or point at another with --server HOST:PORT or NATTER_SERVER",
+            "SERVER_UNREACHABLE",
+        )
+
 
 def _time(value: datetime | None) -> str:
     return value.astimezone().isoformat(timespec="seconds") if value else ""
 
 
-def message_obj(m: d.Message) -> dict[str, Any]:
+def message_obj(m: d.Message, me: int = 0) -> dict[str, Any]:
+    """A message as JSON; with `me` (a user id), the user's own messages say so."""
     obj: dict[str, Any] = {
         "type": "message",
         "thread": m.thread_id,
@@ -69,6 +101,8 @@ def message_obj(m: d.Message) -> dict[str, Any]:
         obj["text"] = describe_system(m.system) or m.text
     if m.state is not d.MessageState.UNKNOWN:
         obj["state"] = m.state.name.lower()
+    if me and m.sender.user_id == me:
+        obj["own"] = True
     return obj
 
 
@@ -87,10 +121,11 @@ def describe_system(e: d.SystemEvent) -> str:
     }.get(e.kind, "")
 
 
-def message_line(m: d.Message) -> str:
-    obj = message_obj(m)
+def message_line(m: d.Message, me: int = 0) -> str:
+    obj = message_obj(m, me)
     state = f" ({obj['state']})" if "state" in obj else ""
-    return f"[{obj['time']}] #{m.thread_id}:{m.seq} {m.sender.username}: {obj['text']}{state}"
+    who = f"{m.sender.username} (you)" if obj.get("own") else m.sender.username
+    return f"[{obj['time']}] #{m.thread_id}:{m.seq} {who}: {obj['text']}{state}"
 
 
 class App:
@@ -138,19 +173,21 @@ class App:
         env = self.env.get("NATTER_TLS", "").lower() in ("1", "true", "yes")
         return bool(self.args.tls or env or self.profile.tls or self.ca)
 
+    def login_command(self) -> str:
+        """The command that logs this profile in, as the user would type it."""
+        name = self.args.profile
+        flags = "" if name == DEFAULT_PROFILE else f" --profile {shlex.quote(name)}"
+        if self.args.server:
+            flags += f" --server {shlex.quote(self.args.server)}"
+        return f"natter{flags} login USER"
+
     def client(self, authed: bool = True) -> Client:
         if authed and not self.profile.token:
             raise Unauthenticated(
-                f"profile {self.args.profile!r} is not logged in; run: natter login USER"
+                f"profile {self.args.profile!r} is not logged in; run: {self.login_command()}"
             )
-        server = (
-            self.args.server
-            or self.env.get("NATTER_SERVER")
-            or self.profile.server
-            or DEFAULT_SERVER
-        )
         c = Client(
-            server,
+            self.server,
             self.profile.token if authed else "",
             timeout=self.args.rpc_timeout,
             credentials=self.credentials(),
@@ -160,10 +197,34 @@ class App:
             c.device_id = self.profile.device_id
         return c
 
+    async def reachable(self) -> bool:
+        """Whether anything answers gRPC at the server address (any answer, even an error)."""
+        async with open_channel(self.server, self.credentials()) as channel:
+            try:
+                await health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
+                    health_pb2.HealthCheckRequest(), timeout=min(5.0, self.args.rpc_timeout)
+                )
+            except grpc.aio.AioRpcError as e:
+                return e.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+        return True
+
+
+def thread_arg(value: str) -> int:
+    """A thread id as natter prints it (#2) or bare (2)."""
+    m = THREAD.fullmatch(value.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a thread id (such as 2 or #2)")
+    return int(m.group(1))
+
 
 async def resolve_thread(client: Client, target: str) -> int:
-    if target.isdigit():
-        return int(target)
+    """A thread id (2 or #2), or the direct thread with a username."""
+    m = THREAD.fullmatch(target.strip())
+    if m is not None:
+        return int(m.group(1))
     return int((await client.direct_thread(target)).thread_id)
 
 
@@ -256,18 +317,22 @@ async def cmd_send(app: App) -> None:
     async with app.client() as c:
         conn = Connection(c, skip_replay=True, auto_ack=False)
         await conn.start(wait_synced=False)
+        unreachable = asyncio.Event()
+        watch = asyncio.create_task(warn_unreachable(app, conn, unreachable))
         try:
             if app.args.thread:
                 res = await conn.send(text, thread_id=app.args.thread, timeout=app.args.timeout)
             else:
-                if not app.args.user:
-                    raise InvalidArgument("send needs USER or --thread THREAD")
                 res = await conn.send(text, recipient=app.args.user, timeout=app.args.timeout)
         except TimeoutError:
-            raise NatterError(
-                f"not acknowledged within {app.args.timeout:g} s; the server may be down"
-            ) from None
+            why = (
+                f"cannot reach the natter server at {app.server}"
+                if unreachable.is_set() and conn.stats.connects == 0
+                else "the server may be down"
+            )
+            raise NatterError(f"not acknowledged within {app.args.timeout:g} s; {why}") from None
         finally:
+            watch.cancel()
             await conn.close()
     app.out.emit(
         {
@@ -282,6 +347,24 @@ async def cmd_send(app: App) -> None:
     )
 
 
+async def warn_unreachable(app: App, conn: Connection, unreachable: asyncio.Event) -> None:
+    """While a send waits for a server that does not answer, say so once (on stderr)."""
+    while True:
+        ev = await conn.next_event()
+        if isinstance(ev, Connected):
+            return
+        if isinstance(ev, Disconnected) and ev.reason != "redirected" and not ev.final:
+            if not await app.reachable():
+                unreachable.set()
+                print(
+                    f"natter: cannot reach the natter server at {app.server}; still trying "
+                    f"for up to {app.args.timeout:g} s (--timeout)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return
+
+
 async def cmd_threads(app: App) -> None:
     async with app.client() as c:
         for t in map(convert.thread_of, await c.threads()):
@@ -294,6 +377,8 @@ async def cmd_threads(app: App) -> None:
                 if last.kind is d.MessageKind.UNKNOWN
                 else last.text
             )
+            title = t.title if len(t.title) <= 24 else t.title[:23] + "…"
+            members = f"{t.member_count:>5} members" if kind == "group" else ""
             app.out.emit(
                 {
                     "type": "thread",
@@ -306,9 +391,9 @@ async def cmd_threads(app: App) -> None:
                     "members": t.member_count,
                     "last_text": preview,
                 },
-                f"#{t.thread_id:<6} {kind:<6} {t.title:<24} "
-                + (f"{t.member_count:>4} members " if kind == "group" else "")
-                + f"unread {t.unread_count:<4} {preview[:40]}",
+                # Fixed columns, whatever the kind: id, kind, title, members, unread, preview.
+                f"#{t.thread_id:<6} {kind:<6} {title:<24} {members:<13} "
+                f"unread {t.unread_count:<4} {preview[:40]}".rstrip(),
             )
 
 
@@ -428,16 +513,134 @@ async def cmd_read(app: App) -> None:
         )
 
 
+class Listener:
+    """What `natter listen` has shown, and what it says about the connection.
+
+    "Missed" are messages from others (or from this user's other devices) that arrived while
+    this device was away, i.e. in a sync's replay. A message this device sent itself (for
+    example with `natter send` on the same profile) is shown as the user's own, never as
+    missed. After the first sync a reconnect is quiet unless it was announced or brought
+    something new from others.
+    """
+
+    def __init__(self, app: App, conn: Connection) -> None:
+        self.app = app
+        self.conn = conn
+        self.me = app.profile.user_id
+        self.shown = 0  # messages from others: what --count counts
+        self.missed = 0  # in the current sync
+        self.syncing = False
+        self.syncs = 0
+        self.outage = False  # a "reconnecting" line went out since the last sync
+        self.probed = False
+
+    def from_here(self, m: d.Message) -> bool:
+        device = self.conn.device_id or self.app.profile.device_id
+        return m.sender.user_id == self.me and m.sender_device_id == device
+
+    async def on(self, ev: object) -> None:
+        out = self.app.out
+        if isinstance(ev, d.Message):
+            if not self.from_here(ev):
+                self.shown += 1
+                if self.syncing:
+                    self.missed += 1
+            out.emit(message_obj(ev, self.me), message_line(ev, self.me))
+        elif isinstance(ev, Connected):
+            self.syncing, self.missed = True, 0
+        elif isinstance(ev, SyncDone):
+            self.sync_done()
+        elif isinstance(ev, d.Receipt):
+            out.emit(
+                {
+                    "type": "receipt",
+                    "thread": ev.thread_id,
+                    "user": ev.user.username,
+                    "kind": ev.kind.name.lower(),
+                    "seq": ev.seq,
+                },
+                f"{ev.user.username} {ev.kind.name.lower()} #{ev.thread_id}:{ev.seq}",
+            )
+        elif isinstance(ev, d.Presence):
+            out.emit(
+                {
+                    "type": "presence",
+                    "user": ev.user.username,
+                    "online": ev.online,
+                    "last_seen": _time(ev.last_seen_time),
+                },
+                f"{ev.user.username} is {'online' if ev.online else 'offline'}",
+            )
+        elif isinstance(ev, d.Typing):
+            out.emit(
+                {
+                    "type": "typing",
+                    "thread": ev.thread_id,
+                    "user": ev.user.username,
+                    "active": ev.active,
+                },
+                f"{ev.user.username} {'is typing' if ev.active else 'stopped typing'}"
+                f" in #{ev.thread_id}",
+            )
+        elif isinstance(ev, Disconnected):
+            await self.disconnected(ev)
+        elif isinstance(ev, Rejected):
+            out.status(
+                {
+                    "type": "refused",
+                    "code": code_name(ev.code),
+                    "reason": ev.reason,
+                    "message": ev.message,
+                },
+                f"natter: server refused a frame: {ev.message}",
+            )
+
+    def sync_done(self) -> None:
+        n, first = self.missed, self.syncs == 0
+        self.syncing = False
+        self.syncs += 1
+        noun = "message" if n == 1 else "messages"
+        if first:
+            text = f"-- in sync ({n} missed {noun} shown) --"
+        elif n:
+            text = f"-- back in sync ({n} missed {noun} shown) --"
+        elif self.outage:
+            text = "-- back in sync --"
+        else:
+            text = ""
+        self.outage = False
+        if text or self.app.out.json:  # JSON says every sync: a program may count them
+            self.app.out.status({"type": "sync_done", "missed": n}, text)
+
+    async def disconnected(self, ev: Disconnected) -> None:
+        if ev.final:
+            raise Unauthenticated(ev.reason)
+        self.syncing = False
+        if ev.reason == "redirected":  # another server owns this user: not an outage
+            return
+        if self.syncs == 0 and not self.probed:
+            # Never connected: nothing answering is an error, not something to wait out.
+            self.probed = True
+            if not await self.app.reachable():
+                raise ServerUnreachable(self.app.server)
+        if self.syncs and not self.outage:
+            self.outage = True
+            self.app.out.status(
+                {"type": "reconnecting", "reason": ev.reason},
+                "-- connection lost; reconnecting --",
+            )
+
+
 async def cmd_listen(app: App) -> None:
     count, timeout = app.args.count, app.args.timeout
     async with app.client() as c:
         conn = Connection(c, cursors=app.profile.cursors)
         await conn.start(wait_synced=False)
-        seen = 0
+        listener = Listener(app, conn)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout if timeout else None
         try:
-            while count == 0 or seen < count:
+            while count == 0 or listener.shown < count:
                 left = None if deadline is None else deadline - loop.time()
                 if left is not None and left <= 0:
                     break
@@ -445,53 +648,10 @@ async def cmd_listen(app: App) -> None:
                     ev = await conn.next_event(left)
                 except TimeoutError:
                     break
-                if isinstance(ev, d.Message):
-                    seen += 1
-                    app.out.emit(message_obj(ev), message_line(ev))
-                elif isinstance(ev, d.Receipt):
-                    app.out.emit(
-                        {
-                            "type": "receipt",
-                            "thread": ev.thread_id,
-                            "user": ev.user.username,
-                            "kind": ev.kind.name.lower(),
-                            "seq": ev.seq,
-                        },
-                        f"{ev.user.username} {ev.kind.name.lower()} #{ev.thread_id}:{ev.seq}",
-                    )
-                elif isinstance(ev, d.Presence):
-                    app.out.emit(
-                        {
-                            "type": "presence",
-                            "user": ev.user.username,
-                            "online": ev.online,
-                            "last_seen": _time(ev.last_seen_time),
-                        },
-                        f"{ev.user.username} is {'online' if ev.online else 'offline'}",
-                    )
-                elif isinstance(ev, d.Typing):
-                    app.out.emit(
-                        {
-                            "type": "typing",
-                            "thread": ev.thread_id,
-                            "user": ev.user.username,
-                            "active": ev.active,
-                        },
-                        f"{ev.user.username} {'is typing' if ev.active else 'stopped typing'}"
-                        f" in #{ev.thread_id}",
-                    )
-                elif isinstance(ev, SyncDone) and not app.args.json:
-                    print(
-                        f"-- in sync ({ev.replayed} missed messages shown) --",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                elif isinstance(ev, Disconnected) and ev.final:
-                    raise Unauthenticated(ev.reason)
-                elif isinstance(ev, Rejected):
-                    print(f"natter: server refused a frame: {ev.message}", file=sys.stderr)
+                await listener.on(ev)
         finally:
             await conn.close()
+            # What was shown, not what arrived: the rest is shown on the next start.
             app.profile.cursors.update(conn.cursors)
             app.profiles.save(app.args.profile, app.profile)
 
@@ -534,129 +694,285 @@ async def cmd_backup(app: App) -> None:
 # -- parser --------------------------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="natter", description="natter: instant messaging you run.")
-    p.add_argument("--server", help="HOST:PORT of the server (env NATTER_SERVER)")
-    p.add_argument(
-        "--profile", default="default", help="one profile is one device (default: default)"
-    )
-    p.add_argument("--json", action="store_true", help="print JSON, one object per line")
-    p.add_argument("--tls", action="store_true", help="connect with TLS (env NATTER_TLS=1)")
-    p.add_argument(
-        "--ca",
-        help="PEM file of the CA that signed the server's certificate "
-        "(env NATTER_CA; implies --tls)",
-    )
-    p.add_argument("--rpc-timeout", type=float, default=15.0, help=argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="command", required=True)
+def global_flags(p: argparse.ArgumentParser, top: bool) -> None:
+    """The flags every command takes, before its name or after it (`natter send … --json`).
 
-    s = sub.add_parser("serve", help="run the server (embedded by default)")
-    s.add_argument("--role", help="embedded (default), socket, message, channel or presence")
-    s.add_argument("--data", help="data folder (default ./natter-data)")
-    s.add_argument("--grpc", help="gRPC listen address (default 127.0.0.1:7070)")
-    s.add_argument("--http", help="HTTP listen address (default 127.0.0.1:7080)")
-    s.add_argument("--internal", help="internal listen address (cluster roles)")
-    s.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in the data folder)")
-    s.add_argument("--etcd", help="comma-separated etcd endpoints (cluster roles)")
-    s.add_argument("--node-id", help="this node's id")
-    s.add_argument("--config", help="TOML settings file (env NATTER_CONFIG)")
-    s.add_argument("--log-level", help="DEBUG, INFO, WARNING")
-    s.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC and HTTP over TLS")
-    s.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    Repeated on each command with SUPPRESS defaults, so a flag given after the command
+    overrides one given before it, and one not given there leaves the other alone.
+    """
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    g = p.add_argument_group("global flags (before or after the command)")
+    g.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        default=default(None),
+        help="the server to talk to (env NATTER_SERVER; default: the one the profile logged "
+        f"in to, else {DEFAULT_SERVER})",
+    )
+    g.add_argument(
+        "--profile",
+        metavar="NAME",
+        default=default(DEFAULT_PROFILE),
+        help="which profile to use; each is one device with its own login, under "
+        f"$NATTER_HOME (default: {DEFAULT_PROFILE})",
+    )
+    g.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print one JSON object per line instead of text (default: text)",
+    )
+    g.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="connect with TLS, trusting the system's CAs (env NATTER_TLS=1; default: off, "
+        "or what the profile logged in with)",
+    )
+    g.add_argument(
+        "--ca",
+        metavar="FILE",
+        default=default(None),
+        help="PEM file of the CA that signed the server's certificate; implies --tls "
+        "(env NATTER_CA; default: none)",
+    )
+    g.add_argument("--rpc-timeout", type=float, default=default(15.0), help=argparse.SUPPRESS)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="natter",
+        description="natter: instant messaging you run. Global flags go before or after "
+        "the command.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    global_flags(p, top=True)
+    common = argparse.ArgumentParser(add_help=False)
+    global_flags(common, top=False)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        cp = sub.add_parser(name, help=help, description=help, parents=[common])
+        cp.set_defaults(parser=cp)  # for usage errors found after parsing (check_args)
+        return cp
+
+    s = command("serve", "run the server (embedded by default)")
+    s.add_argument(
+        "--role",
+        help="embedded, socket, message, channel or presence "
+        "(default: embedded, every service in one process)",
+    )
+    s.add_argument("--data", metavar="DIR", help="data folder (default: ./natter-data)")
+    s.add_argument(
+        "--grpc", metavar="HOST:PORT", help="gRPC listen address (default: 127.0.0.1:7070)"
+    )
+    s.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="HTTP listen address: web app, gateway, WebSocket (default: 127.0.0.1:7080)",
+    )
+    s.add_argument(
+        "--internal",
+        metavar="HOST:PORT",
+        help="internal listen address of a cluster role (default: 127.0.0.1, any free port)",
+    )
+    s.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="SQLAlchemy URL (default: SQLite in the data folder)",
+    )
+    s.add_argument(
+        "--etcd",
+        metavar="ENDPOINTS",
+        help="comma-separated etcd endpoints for cluster roles (default: none)",
+    )
+    s.add_argument("--node-id", metavar="ID", help="this node's id (default: generated at start)")
+    s.add_argument(
+        "--config", metavar="FILE", help="TOML settings file (env NATTER_CONFIG; default: none)"
+    )
+    s.add_argument("--log-level", help="DEBUG, INFO or WARNING (default: INFO)")
+    s.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM certificate chain: serve gRPC and HTTP over TLS (default: plain)",
+    )
+    s.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     s.set_defaults(fn=cmd_serve)
 
-    b = sub.add_parser("backup", help="copy the embedded database to DEST while it runs")
-    b.add_argument("dest", help="the new file to write")
-    b.add_argument("--data", help="data folder (default ./natter-data)")
+    b = command("backup", "copy the embedded database to DEST while it runs")
+    b.add_argument("dest", metavar="DEST", help="the new file to write (must not exist)")
+    b.add_argument("--data", metavar="DIR", help="data folder (default: ./natter-data)")
     b.add_argument("--database-url", help=argparse.SUPPRESS)
-    b.add_argument("--config", help="TOML settings file (env NATTER_CONFIG)")
+    b.add_argument(
+        "--config", metavar="FILE", help="TOML settings file (env NATTER_CONFIG; default: none)"
+    )
     b.set_defaults(fn=cmd_backup)
 
-    r = sub.add_parser("register", help="create an account")
-    r.add_argument("user")
-    r.add_argument("--name", help="display name")
-    r.add_argument("--phone", help="phone in E.164 form, e.g. +4915112345678")
+    r = command("register", "create an account (password: NATTER_PASSWORD, else a prompt)")
+    r.add_argument("user", metavar="USER", help="username: 3-32 of a-z, 0-9, '.', '_', '-'")
+    r.add_argument("--name", help="display name (default: the username)")
+    r.add_argument("--phone", help="phone in E.164 form, e.g. +4915112345678 (default: none)")
     r.set_defaults(fn=cmd_register)
 
-    lg = sub.add_parser("login", help="log this profile in as a new device")
-    lg.add_argument("user")
-    lg.add_argument("--device", help="device name")
+    lg = command(
+        "login", "log this profile in as a new device (password: NATTER_PASSWORD, else a prompt)"
+    )
+    lg.add_argument("user", metavar="USER", help="username, or phone in E.164 form")
+    lg.add_argument("--device", metavar="NAME", help="device name (default: cli-PROFILE)")
     lg.set_defaults(fn=cmd_login)
 
-    sub.add_parser("logout", help="log this device out").set_defaults(fn=cmd_logout)
-    sub.add_parser("devices", help="list your devices").set_defaults(fn=cmd_devices)
+    command("logout", "log this device out").set_defaults(fn=cmd_logout)
+    command("devices", "list your devices").set_defaults(fn=cmd_devices)
 
-    c = sub.add_parser("contacts", help="add, rm or list contacts")
-    c.add_argument("action", choices=["add", "rm", "list"])
-    c.add_argument("users", nargs="*")
+    c = command("contacts", "list, add or rm contacts")
+    c.add_argument(
+        "action",
+        nargs="?",
+        choices=["list", "add", "rm"],
+        default="list",
+        help="list, add or rm (default: list)",
+    )
+    c.add_argument("users", nargs="*", metavar="USER", help="usernames to add or remove")
     c.set_defaults(fn=cmd_contacts)
 
-    se = sub.add_parser("send", help="send a message to USER or --thread THREAD")
-    se.add_argument("--thread", type=int, help="thread id (groups)")
-    se.add_argument("--timeout", type=float, default=30.0, help="give up after S seconds")
-    se.add_argument("user", nargs="?")
-    se.add_argument("text", nargs="+")
+    se = command("send", "send a message to USER, or to a thread with --thread")
+    se.add_argument(
+        "--thread",
+        type=thread_arg,
+        metavar="THREAD",
+        help="send to this thread (a group, say) instead of a USER: 2 or #2",
+    )
+    se.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="give up after S seconds without an answer (default: %(default)g)",
+    )
+    se.add_argument("user", nargs="?", metavar="USER", help="who to send to (not with --thread)")
+    se.add_argument("text", nargs="*", metavar="TEXT", help="the message; words are joined")
     se.set_defaults(fn=cmd_send)
 
-    sub.add_parser("threads", help="your threads, latest first").set_defaults(fn=cmd_threads)
+    command("threads", "your threads, latest first").set_defaults(fn=cmd_threads)
 
-    g = sub.add_parser("group", help="create and manage groups")
-    gs = g.add_subparsers(dest="action", required=True)
-    gc = gs.add_parser("create", help="create a group: TITLE USER...")
-    gc.add_argument("title")
-    gc.add_argument("users", nargs="*")
-    for action, what in (
+    g = command("group", "create and manage groups")
+    gs = g.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        ap = gs.add_parser(name, help=help, description=help, parents=[common])
+        ap.set_defaults(parser=ap)
+        return ap
+
+    gc = action("create", "create a group: TITLE USER...")
+    gc.add_argument("title", metavar="TITLE", help="the group's title")
+    gc.add_argument("users", nargs="*", metavar="USER", help="members besides you")
+    for name, what in (
         ("add", "add members"),
         ("rm", "remove members"),
         ("promote", "make members admins"),
         ("demote", "make admins members"),
     ):
-        ga = gs.add_parser(action, help=f"{what} (admins only): THREAD USER...")
-        ga.add_argument("thread", type=int)
-        ga.add_argument("users", nargs="+")
-    gl = gs.add_parser("leave", help="leave a group: THREAD")
-    gl.add_argument("thread", type=int)
-    gi = gs.add_parser("info", help="a group's title and members: THREAD")
-    gi.add_argument("thread", type=int)
+        ga = action(name, f"{what} (admins only): THREAD USER...")
+        ga.add_argument("thread", type=thread_arg, metavar="THREAD", help="the group: 2 or #2")
+        ga.add_argument("users", nargs="+", metavar="USER", help="the members")
+    gl = action("leave", "leave a group: THREAD")
+    gl.add_argument("thread", type=thread_arg, metavar="THREAD", help="the group: 2 or #2")
+    gi = action("info", "a group's title and members: THREAD")
+    gi.add_argument("thread", type=thread_arg, metavar="THREAD", help="the group: 2 or #2")
     g.set_defaults(fn=cmd_group)
 
-    st = sub.add_parser("status", help="who is online, and last seen: USER...")
-    st.add_argument("users", nargs="+")
+    st = command("status", "who is online, and last seen: USER...")
+    st.add_argument("users", nargs="+", metavar="USER", help="usernames (or phones)")
     st.set_defaults(fn=cmd_status)
 
-    h = sub.add_parser("history", help="a thread's messages")
-    h.add_argument("target", help="username or thread id")
-    h.add_argument("--limit", type=int, default=50)
+    h = command("history", "a thread's messages, oldest first")
+    h.add_argument(
+        "target", metavar="USER|THREAD", help="a username (your direct thread), or 2 or #2"
+    )
+    h.add_argument(
+        "--limit",
+        type=int,
+        default=50,
+        metavar="N",
+        help="the newest N messages (default: %(default)s)",
+    )
     h.set_defaults(fn=cmd_history)
 
-    rd = sub.add_parser("read", help="mark USER|THREAD read up to its newest message")
-    rd.add_argument("target", help="username (direct thread) or thread id")
+    rd = command("read", "mark USER|THREAD read up to its newest message")
+    rd.add_argument(
+        "target", metavar="USER|THREAD", help="a username (your direct thread), or 2 or #2"
+    )
     rd.set_defaults(fn=cmd_read)
 
-    li = sub.add_parser("listen", help="print incoming events")
-    li.add_argument("--count", type=int, default=0, help="exit after N messages")
-    li.add_argument("--timeout", type=float, default=0.0, help="exit after S seconds")
+    li = command("listen", "print what this device missed, then incoming events")
+    li.add_argument(
+        "--count",
+        type=int,
+        default=0,
+        metavar="N",
+        help="exit after N messages from others (default: %(default)s, no limit)",
+    )
+    li.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="exit after S seconds (default: %(default)g, no limit)",
+    )
     li.set_defaults(fn=cmd_listen)
     return p
 
 
-def _fix_send_args(args: argparse.Namespace) -> None:
-    # `send --thread 5 hello world` puts "hello" in `user`; give it back to the text.
-    if getattr(args, "command", None) == "send" and args.thread and args.user:
-        args.text = [args.user, *args.text]
-        args.user = None
+def check_args(args: argparse.Namespace) -> None:
+    """What argparse cannot say: a send needs a target and a text, add/rm need users."""
+    command = getattr(args, "command", None)
+    usage: argparse.ArgumentParser = args.parser
+    if command == "send":
+        if args.thread and args.user:
+            # `send --thread 5 hello world` puts "hello" in `user`: it is the text's.
+            args.text = [args.user, *args.text]
+            args.user = None
+        if not args.thread and not args.user:
+            usage.error(
+                "say who to send to: natter send USER TEXT..., "
+                "or natter send --thread THREAD TEXT..."
+            )
+        if not args.text:
+            to = f"--thread {args.thread}" if args.thread else args.user
+            usage.error(f"the message text is missing: natter send {to} TEXT...")
+    elif command == "contacts":
+        if args.action in ("add", "rm") and not args.users:
+            usage.error(
+                f"name who to {'add' if args.action == 'add' else 'remove'}: "
+                f"natter contacts {args.action} USER..."
+            )
+        if args.action == "list" and args.users:
+            usage.error("list takes no users: natter contacts [list]")
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    _fix_send_args(args)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if (
+        extra
+        and getattr(args, "command", None) == "send"
+        and not any(x.startswith("-") for x in extra)
+    ):
+        # `send bob --json hello world`: argparse takes positionals only up to the flag.
+        args.text = [*args.text, *extra]
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    check_args(args)
     env = dict(os.environ)
     if args.command != "serve":
         logging.basicConfig(level=logging.WARNING, format="natter: %(message)s")
     fn: Callable[[App], Awaitable[None]] = args.fn
     try:
         app = App(args, env)
-        run(fn(app))
+        run(fn(app) if args.command in ("serve", "backup") else talk(app, fn))
     except NatterError as e:
         print(f"natter: {e.message}", file=sys.stderr)
         sys.exit(1)
@@ -665,6 +981,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+async def talk(app: App, fn: Callable[[App], Awaitable[None]]) -> None:
+    """A command that talks to a server: a server that does not answer is said so plainly."""
+    try:
+        await fn(app)
+    except ServerUnreachable:
+        raise
+    except (Unavailable, DeadlineExceeded):
+        # The server's own UNAVAILABLE (its database restarting, say) has an answer behind it.
+        if not await app.reachable():
+            raise ServerUnreachable(app.server) from None
+        raise
 
 
 def run(coro: Awaitable[None]) -> None:

@@ -1,22 +1,37 @@
 """The `natter` command line end to end: real `natter serve` and client processes, two
-profiles (two devices) under a temporary NATTER_HOME, and a send that outlives a restart."""
+profiles (two devices) under a temporary NATTER_HOME, a send that outlives a restart,
+listen showing exactly what a device missed, and the command line's usage."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import re
 import stat
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import natter
+from app.cli import parser
+from app.profiles import Profile, ProfileStore
 from natter import domain as d
 from natter.sdk import Client, Connection
 from tests.conftest import PASSWORD
 from tests.helpers import eventually
-from tests.procs import Cli, NatterServer, natter_server, refusing_listener, wait_exit
+from tests.procs import (
+    Cli,
+    NatterServer,
+    free_port,
+    natter_command,
+    natter_server,
+    refusing_listener,
+    wait_exit,
+)
 
 
 @pytest.fixture
@@ -196,3 +211,387 @@ async def test_read_marks_a_thread_read_and_the_sender_sees_it(
         assert [m.state for m in rows] == [d.MessageState.READ, d.MessageState.READ]
     again = await cli.json("bob", "read", "alice")  # nothing new: a no-op, still an answer
     assert again[0]["seq"] == 2
+
+
+# -- listen shows what the device missed, once ---------------------------------------------
+
+
+class Listening:
+    """A `natter listen` process whose stdout is read line by line while it runs."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+
+    @classmethod
+    async def start(cls, cli: Cli, profile: str, *argv: str) -> Listening:
+        proc = await asyncio.create_subprocess_exec(
+            *cli.args(profile, argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=cli.env(),
+        )
+        return cls(proc)
+
+    async def until(self, done: Callable[[str], bool], timeout: float = 30.0) -> list[str]:
+        """Read lines until one makes done(line) true; all lines read so far."""
+        assert self.proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (self.lines and done(self.lines[-1])):
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AssertionError(f"no such line within {timeout} s: {self.lines}")
+            line = await asyncio.wait_for(self.proc.stdout.readline(), left)
+            if not line:
+                raise AssertionError(f"listen ended: {self.lines} {await self.stderr()}")
+            self.lines.append(line.decode().rstrip("\n"))
+        return self.lines
+
+    async def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        return (await self.proc.stderr.read()).decode()
+
+    async def finish(self, timeout: float = 30.0) -> tuple[int, str]:
+        """Wait for it to exit; its exit status and stderr (stdout lines join `lines`)."""
+        out, err = await asyncio.wait_for(self.proc.communicate(), timeout)
+        self.lines += out.decode().splitlines()
+        return self.proc.returncode or 0, err.decode()
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+
+async def sdk_user(served: NatterServer, name: str) -> Client:
+    c = Client(served.grpc_address)
+    await c.register(name, PASSWORD)
+    await c.login(name, PASSWORD, "sdk")
+    return c
+
+
+async def test_listen_count_shows_one_and_the_next_listen_shows_the_rest_once(
+    tmp_path: Path, served: NatterServer
+) -> None:
+    cli = Cli(tmp_path / "home", served.grpc_address, PASSWORD)
+    await cli.run("b", "register", "bob")
+    await cli.run("b", "login", "bob")
+    alice = await sdk_user(served, "alice")
+    conn = await Connection(alice).start()
+    try:
+        first = await conn.send("m1", recipient="bob")
+        tid = first.thread_id
+        for i in range(2, 5):
+            await conn.send(f"m{i}", thread_id=tid)
+        [shown] = only(await cli.json("b", "listen", "--count", "1", "--timeout", "20"), "message")
+        assert (shown["seq"], shown["text"]) == (1, "m1")
+
+        def states_are(*want: d.MessageState) -> Callable[[], Any]:
+            async def check() -> bool:
+                rows, _ = await alice.history(tid)
+                return [m.state for m in rows] == list(want)
+
+            return check
+
+        # Only what bob saw is delivered; the other three wait for his next listen.
+        sent, delivered = d.MessageState.SENT, d.MessageState.DELIVERED
+        await eventually(states_are(delivered, sent, sent, sent))
+
+        listening = await Listening.start(
+            cli, "b", "--json", "listen", "--count", "4", "--timeout", "30"
+        )
+        try:
+            rows = await listening.until(lambda line: json.loads(line)["type"] == "sync_done")
+            objs = [json.loads(line) for line in rows]
+            assert [(o["seq"], o["text"]) for o in only(objs, "message")] == [
+                (2, "m2"),
+                (3, "m3"),
+                (4, "m4"),
+            ]
+            assert objs[-1] == {"type": "sync_done", "missed": 3}
+            await conn.send("live", thread_id=tid)
+            code, err = await listening.finish()
+        finally:
+            listening.kill()
+        assert code == 0, err
+        objs = [json.loads(line) for line in listening.lines]
+        # Each exactly once: the three it missed, then the live one (--count 4 ends it).
+        assert [o["seq"] for o in only(objs, "message")] == [2, 3, 4, 5]
+        await eventually(states_are(*[delivered] * 5))
+    finally:
+        await conn.close()
+        await alice.close()
+
+
+@pytest.mark.parametrize("mode", ["json", "text"])
+async def test_own_sends_are_shown_as_own_and_never_counted_as_missed(
+    tmp_path: Path, served: NatterServer, mode: str
+) -> None:
+    cli = Cli(tmp_path / "home", served.grpc_address, PASSWORD)
+    await cli.run("b", "register", "bob")
+    await cli.run("b", "login", "bob")
+    alice = await sdk_user(served, "alice")
+    conn = await Connection(alice).start()
+    as_json = mode == "json"
+
+    def parse(line: str) -> dict[str, Any]:
+        """A line of listen's stdout: JSON, or a text message line."""
+        if as_json:
+            return dict(json.loads(line))
+        m = re.fullmatch(r"\[[^]]+\] #(\d+):(\d+) (\w+)( \(you\))?: (.*)", line)
+        if m is None:  # a receipt, presence or typing line
+            return {"type": "other", "line": line}
+        return {
+            "type": "message",
+            "seq": int(m.group(2)),
+            "from": m.group(3),
+            "own": bool(m.group(4)),
+            "text": m.group(5),
+        }
+
+    try:
+        first = await conn.send("from alice", recipient="bob")
+        await cli.run("b", "send", "alice", "from bob")  # this device: sent, not missed
+        flags = ["--json"] if as_json else []
+        listening = await Listening.start(
+            cli, "b", *flags, "listen", "--count", "2", "--timeout", "60"
+        )
+        try:
+            if as_json:
+                await listening.until(lambda line: json.loads(line)["type"] == "sync_done")
+            else:
+                await listening.until(lambda line: "from bob" in line)
+            # Another `natter send` on the same profile is the same device: its stream takes
+            # the listener's, which reconnects and syncs again, showing the send as its own.
+            await cli.run("b", "send", "alice", "again")
+            await listening.until(lambda line: parse(line).get("text") == "again")
+            await conn.send("the end", thread_id=first.thread_id)
+            code, err = await listening.finish()
+        finally:
+            listening.kill()
+        assert code == 0, err
+        rows = [parse(line) for line in listening.lines]  # every line parses: nothing else
+        shown = [
+            (r["seq"], r["from"], r.get("own", False), r["text"]) for r in only(rows, "message")
+        ]
+        assert shown == [
+            (1, "alice", False, "from alice"),
+            (2, "bob", True, "from bob"),
+            (3, "bob", True, "again"),
+            (4, "alice", False, "the end"),
+        ]
+        status = [line for line in err.splitlines() if line.startswith("--")]
+        assert not [r for r in rows if r.get("line", "").startswith(("--", "natter:"))]
+        if as_json:
+            assert [r["missed"] for r in only(rows, "sync_done")][:2] == [1, 0]
+            assert {r["missed"] for r in only(rows, "sync_done")[1:]} == {0}
+            assert only(rows, "reconnecting"), rows  # the displaced stream, said as JSON
+            assert status == []
+        else:
+            # Status lines go to stderr; only the first sync counts anything as missed.
+            assert status[0] == "-- in sync (1 missed message shown) --"
+            assert [line for line in status if "missed" in line] == [status[0]]
+            assert "-- connection lost; reconnecting --" in status
+    finally:
+        await conn.close()
+        await alice.close()
+
+
+# -- the command line's usage --------------------------------------------------------------
+
+
+async def run_argv(cli: Cli, *argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """`natter ARGV...` exactly as given (Cli.run puts --server and --profile first)."""
+    proc = await asyncio.create_subprocess_exec(
+        *natter_command(),
+        *argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli.env(),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return subprocess.CompletedProcess(list(argv), proc.returncode or 0, out.decode(), err.decode())
+
+
+async def test_a_thread_is_named_with_or_without_its_hash(
+    tmp_path: Path, served: NatterServer
+) -> None:
+    cli = Cli(tmp_path / "home", served.grpc_address, PASSWORD)
+    await cli.run("a", "register", "alice")
+    await cli.run("a", "login", "alice")
+    for name in ("bob", "carol", "dave"):
+        await (await sdk_user(served, name)).close()
+    created = await cli.run("a", "group", "create", "Weekend", "bob", "carol")
+    m = re.search(r"created group #(\d+) ", created.stdout)
+    assert m is not None, created.stdout
+    tid = int(m.group(1))
+    tag = f"#{tid}"  # as natter prints it
+    [sent] = await cli.json("a", "send", "--thread", tag, "who", "is", "in?")
+    [plain] = await cli.json("a", "send", "--thread", str(tid), "me")
+    assert (sent["thread"], plain["thread"]) == (tid, tid)
+    history = only(await cli.json("a", "history", tag), "message")
+    assert [r["text"] for r in history][-2:] == ["who is in?", "me"]
+    assert only(await cli.json("a", "history", str(tid)), "message") == history
+    [added] = await cli.json("a", "group", "add", tag, "dave")
+    assert added["system"]["kind"] == "members_added" and added["thread"] == tid
+    [promoted] = await cli.json("a", "group", "promote", tag, "bob")
+    [demoted] = await cli.json("a", "group", "demote", tag, "bob")
+    [removed] = await cli.json("a", "group", "rm", tag, "dave")
+    assert [e["system"]["kind"] for e in (promoted, demoted, removed)] == [
+        "admins_promoted",
+        "admins_demoted",
+        "members_removed",
+    ]
+    info = await cli.json("a", "group", "info", tag)
+    assert (info[0]["thread"], info[0]["title"], info[0]["members"]) == (tid, "Weekend", 3)
+    [read] = await cli.json("a", "read", tag)
+    assert (read["type"], read["thread"]) == ("read", tid)
+    [left] = await cli.json("a", "group", "leave", tag)
+    assert left == {"type": "group_left", "thread": tid}
+    bad = await cli.run("a", "send", "--thread", "#x", "hi", check=False)
+    assert bad.returncode == 2 and "'#x' is not a thread id (such as 2 or #2)" in bad.stderr
+
+
+async def test_a_send_without_text_says_the_text_is_missing(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "home", "127.0.0.1:1", PASSWORD)  # refused before any connection
+    ProfileStore(tmp_path / "home").save("a", Profile(username="al", user_id=1, token="t"))
+    for argv, says in (
+        (("send", "bob"), "the message text is missing: natter send bob TEXT..."),
+        (("send", "--thread", "#2"), "the message text is missing: natter send --thread 2"),
+        (("send",), "say who to send to: natter send USER TEXT..."),
+    ):
+        done = await cli.run("a", *argv, check=False)
+        assert done.returncode == 2 and says in done.stderr, (argv, done.stderr)
+        assert "needs USER or --thread" not in done.stderr
+
+
+async def test_contacts_alone_lists_them_and_add_or_rm_without_users_says_how(
+    tmp_path: Path, served: NatterServer
+) -> None:
+    cli = Cli(tmp_path / "home", served.grpc_address, PASSWORD)
+    await cli.run("a", "register", "alice")
+    await cli.run("a", "login", "alice")
+    await (await sdk_user(served, "bob")).close()
+    assert (await cli.run("a", "contacts")).stdout == ""  # none yet, and no complaint
+    for action in ("add", "rm"):
+        done = await cli.run("a", "contacts", action, check=False)
+        assert done.returncode == 2, done
+        assert f"natter contacts {action} USER..." in done.stderr
+        assert "required" not in done.stderr
+    await cli.run("a", "contacts", "add", "bob")
+    [listed] = await cli.json("a", "contacts")
+    assert listed["type"] == "contact" and listed["username"] == "bob"
+    assert (await cli.run("a", "contacts")).stdout.split()[0] == "bob"
+    assert await cli.json("a", "contacts", "list") == [listed]
+
+
+async def test_a_missing_profile_names_the_exact_login_command(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "home", "127.0.0.1:7070", PASSWORD)
+    work = await cli.run("work", "threads", check=False)
+    assert work.returncode == 1
+    assert "run: natter --profile work --server 127.0.0.1:7070 login USER" in work.stderr
+    default = await run_argv(cli, "threads")  # no --profile, no --server
+    assert default.returncode == 1
+    assert default.stderr.strip().endswith("run: natter login USER")
+    spaced = await run_argv(cli, "--profile", "my phone", "devices")
+    assert "run: natter --profile 'my phone' login USER" in spaced.stderr
+
+
+async def test_no_server_listening_is_said_plainly(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    cli = Cli(tmp_path / "home", address, PASSWORD)
+    # A profile that is logged in, to a server that has gone away.
+    ProfileStore(tmp_path / "home").save(
+        "a", Profile(server=address, username="alice", user_id=1, device_id=1, token="t")
+    )
+    for argv in (("register", "zed"), ("threads",), ("listen", "--timeout", "20")):
+        done = await cli.run("a", *argv, check=False)
+        assert done.returncode == 1, (argv, done)
+        [line] = done.stderr.splitlines()
+        assert line.startswith(f"natter: cannot reach the natter server at {address}"), line
+        assert "--server HOST:PORT or NATTER_SERVER" in line
+        assert "UNAVAILABLE" not in line and "failed to connect" not in line
+
+
+async def test_global_flags_go_before_or_after_the_command(
+    tmp_path: Path, served: NatterServer
+) -> None:
+    cli = Cli(tmp_path / "home", served.grpc_address, PASSWORD)
+    srv = served.grpc_address
+    done = await run_argv(cli, "register", "alice", "--server", srv, "--json")
+    assert json.loads(done.stdout)["type"] == "registered", done.stderr
+    done = await run_argv(cli, "--server", srv, "login", "alice", "--profile", "a", "--json")
+    assert json.loads(done.stdout)["type"] == "logged_in", done.stderr
+    await (await sdk_user(served, "bob")).close()
+    # The profile remembers the server; the flags work on nested commands and among words.
+    done = await run_argv(cli, "group", "create", "Pals", "bob", "--json", "--profile", "a")
+    assert json.loads(done.stdout)["type"] == "group_created", done.stderr
+    done = await run_argv(cli, "send", "bob", "--json", "hello", "bob", "--profile", "a")
+    sent = json.loads(done.stdout)
+    assert sent["type"] == "sent", done.stderr
+    [row] = only(await cli.json("a", "history", "bob"), "message")
+    assert row["text"] == "hello bob"
+    # A flag after the command wins over the same flag before it.
+    done = await run_argv(cli, "--profile", "nobody", "threads", "--profile", "a", "--json")
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 2, done.stderr
+
+
+async def test_version(tmp_path: Path) -> None:
+    done = await run_argv(Cli(tmp_path, "", PASSWORD), "--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"natter {natter.__version__}"
+
+
+def test_every_argument_has_help_and_says_its_default() -> None:
+    def walk(p: argparse.ArgumentParser, path: str) -> list[tuple[str, argparse.Action]]:
+        out = []
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    out += walk(sub, f"{path} {name}")
+            else:
+                out.append((path, a))
+        return out
+
+    actions = walk(parser(), "natter")
+    assert len(actions) > 60
+    for path, a in actions:
+        name = f"{path} {'/'.join(a.option_strings) or a.dest}"
+        if a.help == argparse.SUPPRESS or isinstance(a, argparse._HelpAction):
+            continue
+        assert a.help, f"{name} has no help"
+        if a.default not in (None, False, argparse.SUPPRESS) and a.dest != "parser":
+            assert "%(default)" in a.help or "default" in a.help, f"{name}: no default in help"
+
+
+async def test_help_shows_defaults(tmp_path: Path) -> None:
+    done = await run_argv(Cli(tmp_path, "", PASSWORD), "listen", "--help")
+    assert "--count N" in done.stdout and "(default: 0, no limit)" in done.stdout
+    assert "global flags" in done.stdout and "--server HOST:PORT" in done.stdout
+
+
+async def test_threads_columns_line_up_for_groups_and_direct_chats(
+    tmp_path: Path, served: NatterServer
+) -> None:
+    cli = Cli(tmp_path / "home", served.grpc_address, PASSWORD)
+    await cli.run("a", "register", "alice")
+    await cli.run("a", "login", "alice")
+    for name in ("bob", "carol"):
+        await (await sdk_user(served, name)).close()
+    alice = Client(served.grpc_address)
+    await alice.login("alice", PASSWORD, "sdk")
+    try:
+        conn = await Connection(alice).start()
+        await conn.send("hi bob", recipient="bob")
+        group = await alice.create_group("A rather long group title, longer than most", ["bob"])
+        await conn.send("hi all", thread_id=group.thread_id)
+        await alice.create_group("Pals", ["bob", "carol"])
+        await conn.close()
+    finally:
+        await alice.close()
+    lines = (await cli.run("a", "threads")).stdout.splitlines()
+    assert len(lines) == 3
+    assert [line.split()[1] for line in lines] == ["group", "group", "direct"]
+    # The same columns on every row: a group's member count has its own, blank for a chat.
+    assert len({line.find(" unread ") for line in lines}) == 1, lines
+    assert "3 members" in lines[0] and "2 members" in lines[1] and "members" not in lines[2]
+    assert "A rather long group tit… " in lines[1]  # a long title is cut to its column

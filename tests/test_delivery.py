@@ -218,6 +218,50 @@ async def test_each_device_has_its_own_cursor_and_replay_starts_after_it(
         await c.close()
 
 
+async def test_only_what_the_application_took_is_acked_the_rest_is_replayed(
+    user: UserFactory, connect: ConnFactory, server: EmbeddedServer
+) -> None:
+    alice, bob = await user("alice"), await user("bob")
+    ca = await connect(alice)
+    first = await ca.send("m1", recipient="bob")
+    tid = first.thread_id
+    for i in range(2, 5):
+        await ca.send(f"m{i}", thread_id=tid)
+
+    def stored(cursors: dict[int, int]) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return await server.store.device_cursors(bob.device_id) == cursors
+
+        return check
+
+    cb = Connection(bob)
+    await cb.start()  # synced: all four arrived and wait in cb.events
+    [taken] = await collect(cb, 1)
+    assert taken.seq == 1 and cb.cursors == {tid: 1}
+    await cb.close()  # the application never took the other three
+    await eventually(stored({tid: 1}))
+    rows, _ = await alice.history(tid)
+    assert [m.state for m in rows] == [d.MessageState.DELIVERED] + [d.MessageState.SENT] * 3
+    # The next connect replays what the device never showed, with its cursors or without.
+    for cursors in (cb.cursors, None):
+        again = Connection(bob, cursors=cursors, auto_ack=False)
+        await again.start(wait_synced=False)
+        got, done = await replay_of(again)
+        await again.close()
+        assert [m.seq for m in got] == [2, 3, 4] and done.replayed == 3
+    # Taking them acks them, here through messages().
+    last = Connection(bob)
+    await last.start()
+    seqs = []
+    async for m in last.messages():
+        seqs.append(m.seq)
+        if m.seq == 4:
+            break
+    await last.close()
+    assert seqs == [2, 3, 4] and last.cursors == {tid: 4}
+    await eventually(stored({tid: 4}))
+
+
 async def test_hello_cursors_and_skip_replay_choose_where_replay_starts(
     user: UserFactory, connect: ConnFactory
 ) -> None:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -71,6 +71,19 @@ Event = (
 )
 
 
+class _Events(asyncio.Queue[Event]):
+    """The queue the application takes events from: taking a message is what acks it."""
+
+    def __init__(self, taken: Callable[[Event], None]) -> None:
+        super().__init__()
+        self._taken = taken
+
+    def _get(self) -> Event:  # behind get() and get_nowait()
+        ev = super()._get()
+        self._taken(ev)
+        return ev
+
+
 @dataclass
 class _Pending:
     frame: spb.Send
@@ -105,13 +118,15 @@ class Connection:
         if not client.token:
             raise Unauthenticated("log in before connecting", "NO_TOKEN")
         self.client = client
-        self.merger = Merger(dict(cursors or {}))
+        self.merger = Merger(dict(cursors or {}))  # what arrived: de-duplication and gaps
+        self._taken: dict[int, int] = dict(cursors or {})  # what the application took
         self.skip_replay = skip_replay
         self.auto_ack = auto_ack
         self.locate = locate
         self.heartbeat_seconds = heartbeat_seconds
         self.max_backoff = max_backoff
-        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        # Messages wait here until the application takes them; only then are they acked.
+        self.events: asyncio.Queue[Event] = _Events(self._took)
         self.outbox: dict[str, _Pending] = {}
         self.user: d.User | None = None
         self.device_id = 0
@@ -124,6 +139,7 @@ class Connection:
         self._closing = False
         self._ack_dirty: dict[int, int] = {}
         self._ack_task: asyncio.Task[None] | None = None
+        self._acks_ok = False  # the current stream delivered something: it can take acks
         self._write_lock = asyncio.Lock()
         self._pending: list[spb.ClientFrame] = []
         self._retries: set[asyncio.Task[None]] = set()
@@ -163,6 +179,8 @@ class Connection:
                 p.future.set_exception(
                     NatterError("connection closed before the send was acknowledged")
                 )
+                # A caller that gave up waiting (a timeout) never reads it: no warning then.
+                p.future.exception()
 
     async def __aenter__(self) -> Connection:
         return await self.start()
@@ -215,7 +233,12 @@ class Connection:
 
     @property
     def cursors(self) -> dict[int, int]:
-        return dict(self.merger.cursors)
+        """Per thread, how far the application has taken messages (or acked them itself).
+
+        Messages still waiting in `events` are not covered: a device that passes these
+        cursors to its next connection gets those again.
+        """
+        return dict(self._taken)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -286,6 +309,7 @@ class Connection:
             self._call = call
             self._pending = []
             self._epoch += 1
+            self._acks_ok = False
             cursors = [tpb.Cursor(thread_id=t, seq=s) for t, s in self.merger.cursors.items()]
             async with self._write_lock:  # Hello goes first, before any frame of another task
                 await call.write(
@@ -339,6 +363,7 @@ class Connection:
     async def _on_frame(self, frame: spb.ServerFrame) -> None:
         which = frame.WhichOneof("payload")
         if which == "message":
+            self._acks_ok = True
             await self._offer(convert.message_of(frame.message))
         elif which == "send_result":
             r = frame.send_result
@@ -364,6 +389,9 @@ class Connection:
                 if not pending.future.done():
                     pending.future.set_result(result)
         elif which == "sync_done":
+            self._acks_ok = True
+            if self._ack_dirty:  # taken while no stream could take the ack
+                self._schedule_acks()
             self.synced.set()
             await self.events.put(SyncDone(frame.sync_done.replayed))
         elif which == "receipt":
@@ -426,17 +454,36 @@ class Connection:
 
     async def _surface(self, m: d.Message) -> None:
         await self.events.put(m)
-        if self.auto_ack and (
-            m.sender_device_id != self.device_id
-            or self.user is None
-            or m.sender.user_id != self.user.user_id
+
+    def _took(self, ev: Event) -> None:
+        """The application took `ev` from `events`: a message is now shown or stored."""
+        if not isinstance(ev, d.Message) or not self.auto_ack:
+            return
+        if (
+            self.user is not None
+            and ev.sender.user_id == self.user.user_id
+            and ev.sender_device_id == self.device_id
         ):
-            self.ack(m.thread_id, m.seq)
+            self._advance(ev.thread_id, ev.seq)  # this device's own send: nothing to ack
+        else:
+            self.ack(ev.thread_id, ev.seq)
+
+    def _advance(self, thread_id: int, seq: int) -> None:
+        if seq > self._taken.get(thread_id, 0):
+            self._taken[thread_id] = seq
 
     def ack(self, thread_id: int, seq: int) -> None:
-        """Acks are coalesced: one frame carries every thread's cursor, a few times a second."""
+        """Everything up to seq of the thread is shown or stored: move the device's cursor.
+
+        With auto_ack (the default) taking a message from `events` does this. Acks are
+        coalesced: one frame carries every thread's cursor, a few times a second.
+        """
+        self._advance(thread_id, seq)
         if seq > self._ack_dirty.get(thread_id, 0):
             self._ack_dirty[thread_id] = seq
+        self._schedule_acks()
+
+    def _schedule_acks(self) -> None:
         if self._ack_task is None or self._ack_task.done():
             self._ack_task = asyncio.create_task(self._ack_soon())
 
@@ -445,14 +492,21 @@ class Connection:
         await self._flush_acks()
 
     async def _flush_acks(self) -> None:
-        if not self._ack_dirty or self._call is None:
+        # A new stream takes acks once it has replayed or pushed something: before that the
+        # server does not know where this device's threads stand. Sync done flushes them.
+        if not self._ack_dirty or self._call is None or not self._acks_ok:
             return
         acks, self._ack_dirty = self._ack_dirty, {}
         frame = spb.ClientFrame(
             ack=spb.Ack(cursors=[tpb.Cursor(thread_id=t, seq=s) for t, s in acks.items()])
         )
-        with contextlib.suppress(Exception):  # the next Hello carries our cursors anyway
+        try:
             await self._write(frame)
+        except Exception:
+            # Lost with the stream: the next one carries them (cursors are cumulative).
+            for t, s in acks.items():
+                if s > self._ack_dirty.get(t, 0):
+                    self._ack_dirty[t] = s
 
     async def _transmit(self, pending: _Pending) -> None:
         if self._call is None or pending.sent_on == self._epoch:

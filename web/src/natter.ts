@@ -68,7 +68,6 @@ export class Natter {
   private lastFrame = 0;
   private heartbeatMs = 5000;
   private ackDirty: Record<number, number> = {};
-  private ackTimer: ReturnType<typeof setTimeout> | undefined;
   private saveTimer: ReturnType<typeof setTimeout> | undefined;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
   private typingSentAt = 0;
@@ -95,11 +94,16 @@ export class Natter {
 
   private emit(): void {
     for (const fn of this.listeners) fn();
+    this.saveSoon();
+  }
+
+  private saveSoon(): void {
     if (this.state && this.saveTimer === undefined) {
       this.saveTimer = setTimeout(() => this.saveNow(), 250);
     }
   }
 
+  /** Stores the device's state, then acks what is now stored (and on screen). */
   private saveNow(): void {
     if (this.saveTimer !== undefined) clearTimeout(this.saveTimer);
     this.saveTimer = undefined;
@@ -107,6 +111,7 @@ export class Natter {
       this.state.cursors = { ...this.merger.cursors };
       saveDevice(this.state);
     }
+    this.flushAcks();
   }
 
   private get s(): DeviceState {
@@ -489,19 +494,24 @@ export class Natter {
     if (this.openThread === m.threadId) void this.loadMembers(m.threadId);
   }
 
+  /**
+   * The message is in the device's state, which the screen shows; it is acked once that state
+   * is saved (saveNow, a few times a second), so an ack never runs ahead of what is stored.
+   */
   private ack(threadId: number, seq: number): void {
     if (seq > (this.ackDirty[threadId] ?? 0)) this.ackDirty[threadId] = seq;
-    if (this.ackTimer !== undefined) return;
-    this.ackTimer = setTimeout(() => {
-      this.ackTimer = undefined;
-      const dirty = this.ackDirty;
-      this.ackDirty = {};
-      const cursors = Object.entries(dirty).map(([t, seq]) =>
-        create(CursorSchema, { threadId: BigInt(t), seq: BigInt(seq) }),
-      );
-      // Unsent acks are harmless: the next Hello carries this device's cursors.
-      if (cursors.length) this.socket?.send({ case: "ack", value: create(AckSchema, { cursors }) });
-    }, 80);
+    this.saveSoon();
+  }
+
+  private flushAcks(): void {
+    const dirty = this.ackDirty;
+    const cursors = Object.entries(dirty).map(([t, seq]) =>
+      create(CursorSchema, { threadId: BigInt(t), seq: BigInt(seq) }),
+    );
+    // A socket takes acks once it is in sync (before that the server does not know where this
+    // device's threads stand). One frame for every thread; not sent: kept for the next sync.
+    if (!cursors.length || this.conn !== "online") return;
+    if (this.socket?.send({ case: "ack", value: create(AckSchema, { cursors }) })) this.ackDirty = {};
   }
 
   private async afterSync(): Promise<void> {
