@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from devtools.ports import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "bench-results.md"
 PASSWORD = "bench horse battery"
@@ -47,12 +49,6 @@ not absolute figures across runs. "load" is the 1-minute load average when the b
 | date | commit | bench | params | figures | ceiling | ratio |
 | --- | --- | --- | --- | --- | --- | --- |
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:

@@ -27,7 +27,7 @@ from natter.v1 import presence_internal_service_pb2_grpc as pipb_grpc
 from natter.v1 import socket_internal_service_pb2 as ipb
 from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
 from tests.cluster import SECRET, Chat, Cluster, RoleProc, running_cluster
-from tests.etcdserver import eventually
+from tests.helpers import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
