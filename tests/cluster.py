@@ -441,6 +441,12 @@ class Chat:
         failures = [f for p in self.peers for f in p.failures]
         assert not failures, f"sends failed: {failures[:5]}"
 
+    async def finish(self) -> None:
+        """Stop sending, then check: every acknowledged message delivered in order, stored once."""
+        await self.stop()
+        await self.settle()
+        await self.check_store()
+
     def acked_total(self) -> int:
         return sum(len(p.acked) for p in self.peers)
 
