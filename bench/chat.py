@@ -11,17 +11,18 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
-from pathlib import Path
 
 from bench import echo
 from bench.common import (
     PASSWORD,
     SPAWN,
     BenchServer,
+    add_server_arguments,
     append_result,
     fmt,
     percentile,
     print_table,
+    server_from,
 )
 from natter import domain as d
 from natter.errors import NatterError
@@ -326,8 +327,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="pace all senders to this many msg/s in total (default: flat out)",
     )
     p.add_argument("--procs", type=int, default=2, help="client processes (default 2)")
-    p.add_argument("--server", help="HOST:PORT of a running server (default: start one)")
-    p.add_argument("--server-pid", type=int, help="its PID, to read its CPU time")
+    add_server_arguments(p)
     p.add_argument(
         "--ceiling-seconds",
         type=float,
@@ -335,25 +335,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="seconds of bare-gRPC echo measured first (0 to skip)",
     )
     p.add_argument("--no-strace", action="store_true", help="do not count fsyncs with strace")
-    p.add_argument(
-        "--profile",
-        type=Path,
-        help="run the own server under cProfile, write stats here, print hot spots",
-    )
     p.add_argument("--no-record", action="store_true", help="do not append to bench-results.md")
     args = p.parse_args(argv)
 
     ceiling: echo.EchoResult | None = None
     if args.ceiling_seconds > 0:
         ceiling = echo.measure([(args.pairs, args.inflight)], args.ceiling_seconds)[0]
-    if args.server:
-        server = BenchServer(args.server, args.server_pid)
+    server = server_from(args, count_fsyncs=not args.no_strace)
+    if not server.own:
         print(
             "note: an external server keeps its own frame rate limit "
             "(default 200 frames/s per device)"
         )
-    else:
-        server = BenchServer.start(count_fsyncs=not args.no_strace, profile=args.profile)
     try:
         r = run_chat(
             server.address, server, args.pairs, args.seconds, args.inflight, args.rate, args.procs

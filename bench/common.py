@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import multiprocessing
@@ -17,6 +18,8 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from devtools.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "bench-results.md"
@@ -47,12 +50,6 @@ not absolute figures across runs. "load" is the 1-minute load average when the b
 | date | commit | bench | params | figures | ceiling | ratio |
 | --- | --- | --- | --- | --- | --- | --- |
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -265,3 +262,21 @@ class BenchServer:
             r"(message_svc|socket_svc|channel_svc|natter)/", top
         )
         return out.getvalue()
+
+
+def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    """--server, --server-pid and --profile: the server a bench measures (`server_from`)."""
+    p.add_argument("--server", help="HOST:PORT of a running server (default: start one)")
+    p.add_argument("--server-pid", type=int, help="its PID, to read its CPU time")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="run the own server under cProfile, write stats here, print hot spots",
+    )
+
+
+def server_from(args: argparse.Namespace, *, count_fsyncs: bool) -> BenchServer:
+    """The server `add_server_arguments` asked for: the one given, or one of our own."""
+    if args.server:
+        return BenchServer(args.server, args.server_pid)
+    return BenchServer.start(count_fsyncs=count_fsyncs, profile=args.profile)

@@ -8,11 +8,18 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from bench import echo
 from bench.chat import TEXT_BYTES
-from bench.common import PASSWORD, BenchServer, append_result, fmt, print_table
+from bench.common import (
+    PASSWORD,
+    BenchServer,
+    add_server_arguments,
+    append_result,
+    fmt,
+    print_table,
+    server_from,
+)
 from natter import domain as d
 from natter.sdk import Client, Connected, Connection, SyncDone
 
@@ -116,22 +123,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument(
         "--inflight", type=int, default=32, help="sends in flight while filling (default 32)"
     )
-    p.add_argument("--server", help="HOST:PORT of a running server (default: start one)")
-    p.add_argument("--server-pid", type=int, help="its PID, to read its CPU time")
+    add_server_arguments(p)
     p.add_argument("--no-ceiling", action="store_true", help="skip the bare-gRPC push ceiling")
-    p.add_argument(
-        "--profile",
-        type=Path,
-        help="run the own server under cProfile, write stats here, print hot spots",
-    )
     p.add_argument("--no-record", action="store_true", help="do not append to bench-results.md")
     args = p.parse_args(argv)
 
     ceiling = None if args.no_ceiling else echo.measure_push(args.messages)
-    if args.server:
-        server = BenchServer(args.server, args.server_pid)
-    else:
-        server = BenchServer.start(count_fsyncs=False, profile=args.profile)
+    server = server_from(args, count_fsyncs=False)
     hot = ""
     try:
         r = asyncio.run(run_sync(server, args.messages, args.inflight))

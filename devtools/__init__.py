@@ -1,1 +1,1 @@
-"""Development tooling shared by tests, benchmarks and scripts: database and etcd launchers, a local cluster."""
+"""Development tooling shared by tests, benchmarks and scripts: ports, waiting, database and etcd launchers, a local cluster."""

@@ -11,32 +11,33 @@ front door, unchanged: `natter --server 127.0.0.1:7100 ...`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
-import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from devtools.dbservers import PostgresServer
+from devtools.etcd import EtcdServer
+from devtools.ports import HOST, port_free
+from devtools.processes import START_TIMEOUT, ServerUnavailable, log_tail
+from devtools.serving import natter_command, serving
+from devtools.waiting import eventually
 
 STATE = "state.json"
-HOST = "127.0.0.1"
 # (role, how many, first public port as an offset from --base-port)
 LAYOUT = (("message", 2, 0), ("channel", 1, 20), ("presence", 1, 30), ("socket", 3, 10))
 INTERNAL_OFFSET = 1000
 ETCD_OFFSETS = (90, 91)
 PG_OFFSET = 95
-START_TIMEOUT = 60.0
+STOP_SIGNALS = {"etcd": EtcdServer.stop_signal, "postgres": PostgresServer.stop_signal}
 
 
 class LaunchError(Exception):
@@ -58,16 +59,6 @@ class Proc:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -82,38 +73,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _wait(what: str, check: object, timeout: float, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    tail = ""
-    if log is not None and log.exists():
-        tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-    raise LaunchError(f"{what} did not come up within {timeout:.0f} s{tail}")
-
-
-def _serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            stub = health_pb2_grpc.HealthStub(channel)
-            res = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)  # type: ignore[attr-defined]
-        except grpc.RpcError:
-            return False
-        return bool(res.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-def _spawn(
-    argv: list[str],
-    log: Path,
-    env: dict[str, str] | None = None,
-    user: pwd.struct_passwd | None = None,
-) -> int:
+def _spawn(argv: list[str], log: Path, env: dict[str, str]) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            _as(user, argv),
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -121,17 +85,6 @@ def _spawn(
             start_new_session=True,  # outlives this command; `down` stops it
         )
     return proc.pid
-
-
-def _as(user: pwd.struct_passwd | None, argv: list[str]) -> list[str]:
-    """Run argv as another account through `setpriv`.
-
-    Popen(user=...) must fork(), and a fork() beside gRPC's threads can crash the child
-    before exec; without it Popen uses vfork, which is safe.
-    """
-    if user is None:
-        return argv
-    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", *argv]
 
 
 def _secret(path: Path) -> str:
@@ -144,183 +97,27 @@ def _secret(path: Path) -> str:
 # -- etcd and PostgreSQL ----------------------------------------------------------------------
 
 
-def _etcd_binary() -> str:
-    found = shutil.which("etcd") or next(
-        (p for p in ("/usr/bin/etcd", "/usr/local/bin/etcd") if os.access(p, os.X_OK)), None
+async def _start_etcd(folder: Path, client: int, peer: int) -> Proc:
+    etcd = EtcdServer(
+        folder / "etcd", client_port=client, peer_port=peer, log_path=folder / "logs" / "etcd.log"
     )
-    if not found:
-        raise LaunchError("etcd not found: run scripts/install --all (Debian: etcd-server)")
-    return found
+    await etcd.start()
+    return Proc("etcd", "etcd", etcd.pid, etcd.endpoint, f"{HOST}:{peer}", str(etcd.log_path))
 
 
-def _start_etcd(folder: Path, client: int, peer: int) -> Proc:
-    client_url, peer_url = f"http://{HOST}:{client}", f"http://{HOST}:{peer}"
-    log = folder / "logs" / "etcd.log"
-    pid = _spawn(
-        [
-            _etcd_binary(),
-            "--name",
-            "natter",
-            "--data-dir",
-            str(folder / "etcd"),
-            "--listen-client-urls",
-            client_url,
-            "--advertise-client-urls",
-            client_url,
-            "--listen-peer-urls",
-            peer_url,
-            "--initial-advertise-peer-urls",
-            peer_url,
-            "--initial-cluster",
-            f"natter={peer_url}",
-            "--logger",
-            "zap",
-            "--log-outputs",
-            "stderr",
-        ],
-        log,
+async def _start_postgres(folder: Path, port: int) -> tuple[Proc, str]:
+    pg = PostgresServer(
+        folder / "postgres",
+        port=port,
+        log_path=folder / "logs" / "postgres.log",
+        max_connections=300,
     )
-
-    def healthy() -> bool:
-        if not _alive(pid):
-            raise LaunchError(f"etcd exited; see {log}")
-        try:
-            with urllib.request.urlopen(f"{client_url}/health", timeout=1) as res:
-                return bool(json.loads(res.read()).get("health") == "true")
-        except (OSError, ValueError):
-            return False
-
-    _wait("etcd", healthy, START_TIMEOUT, log)
-    return Proc("etcd", "etcd", pid, f"{HOST}:{client}", f"{HOST}:{peer}", str(log))
-
-
-def _pg_bindir() -> Path:
-    for bindir in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (bindir / "postgres").is_file() and (bindir / "initdb").is_file():
-            return bindir
-    found = shutil.which("postgres")
-    if found and shutil.which("initdb"):
-        return Path(found).parent
-    raise LaunchError("PostgreSQL not found: run scripts/install --all (Debian: postgresql)")
-
-
-def _pg_account() -> pwd.struct_passwd | None:
-    """PostgreSQL refuses to run as root: as root, run it as `postgres` (or `nobody`)."""
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        with contextlib.suppress(KeyError):
-            return pwd.getpwnam(name)
-    raise LaunchError("running as root, and neither a 'postgres' nor a 'nobody' account exists")
-
-
-def _start_postgres(folder: Path, port: int) -> tuple[Proc, str]:
-    bindir, account = _pg_bindir(), _pg_account()
-    data, log = folder / "postgres", folder / "logs" / "postgres.log"
-    password = _secret(folder / "db-password")
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "TZ": "UTC"}
-    if not data.exists():
-        data.mkdir(mode=0o700)
-        pwfile = folder / "db-password.init"
-        pwfile.write_text(password + "\n")
-        if account is not None:
-            for path in (data, pwfile):
-                os.chown(path, account.pw_uid, account.pw_gid)
-        init = subprocess.run(
-            _as(
-                account,
-                [
-                    str(bindir / "initdb"),
-                    "--pgdata",
-                    str(data),
-                    "--username",
-                    "natter",
-                    "--pwfile",
-                    str(pwfile),
-                    "--auth-local",
-                    "trust",
-                    "--auth-host",
-                    "scram-sha-256",
-                    "--encoding",
-                    "UTF8",
-                    "--locale",
-                    "C.UTF-8",
-                ],
-            ),
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        pwfile.unlink()
-        if init.returncode != 0:
-            shutil.rmtree(data, ignore_errors=True)
-            raise LaunchError(f"initdb failed:\n{init.stdout}{init.stderr}")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    if account is not None:
-        log.touch()
-        os.chown(log, account.pw_uid, account.pw_gid)
-    pid = _spawn(
-        [
-            str(bindir / "postgres"),
-            "-D",
-            str(data),
-            "-p",
-            str(port),
-            "-c",
-            f"listen_addresses={HOST}",
-            "-c",
-            "unix_socket_directories=",
-            "-c",
-            "max_connections=300",
-        ],
-        log,
-        env,
-        account,
-    )
-    psql_env = {**env, "PGPASSWORD": password}
-
-    def psql(sql: str, database: str = "postgres") -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                str(bindir / "psql"),
-                "-h",
-                HOST,
-                "-p",
-                str(port),
-                "-U",
-                "natter",
-                "-d",
-                database,
-                "-tAc",
-                sql,
-            ],
-            env=psql_env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-
-    def ready() -> bool:
-        if not _alive(pid):
-            raise LaunchError(f"PostgreSQL exited; see {log}")
-        return psql("SELECT 1").returncode == 0
-
-    _wait("PostgreSQL", ready, START_TIMEOUT, log)
-    if psql("SELECT 1 FROM pg_database WHERE datname = 'natter'").stdout.strip() != "1":
-        made = psql("CREATE DATABASE natter")
-        if made.returncode != 0:
-            raise LaunchError(f"cannot create the database: {made.stderr}")
-    url = f"postgresql+asyncpg://natter:{password}@{HOST}:{port}/natter"
-    return Proc("postgres", "postgres", pid, f"{HOST}:{port}", "", str(log)), url
+    await pg.start()
+    url = await pg.create_database("natter", exist_ok=True)
+    return Proc("postgres", "postgres", pg.pid, f"{HOST}:{port}", "", str(pg.log_path)), url
 
 
 # -- natter roles -----------------------------------------------------------------------------
-
-
-def _natter() -> list[str]:
-    script = Path(sys.executable).with_name("natter")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
 
 
 def _start_role(
@@ -331,7 +128,7 @@ def _start_role(
     internal = public + INTERNAL_OFFSET
     pid = _spawn(
         [
-            *_natter(),
+            *natter_command(),
             "serve",
             "--role",
             role,
@@ -379,50 +176,67 @@ def up(
     state = folder / STATE
     if state.exists() and any(_alive(p.pid) for p in _load(state)):
         raise LaunchError(f"a cluster is already up (state in {state}); run: scripts/cluster down")
-    busy = [p for p in _ports(base, sockets) if not _port_free(p)]
+    busy = [p for p in _ports(base, sockets) if not port_free(p)]
     if busy:
         raise LaunchError(f"ports in use: {busy}; pick others with --base-port")
     folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o755)
+    folder.chmod(0o755)  # PostgreSQL's account reaches its folder inside
     procs: list[Proc] = []
     try:
-        procs.append(_start_etcd(folder, base + ETCD_OFFSETS[0], base + ETCD_OFFSETS[1]))
-        pg, url = _start_postgres(folder, base + PG_OFFSET)
-        procs.append(pg)
-        _save(state, procs)
-        role_env = {k: v for k, v in os.environ.items() if not k.startswith("NATTER_")}
-        role_env.update(
-            {
-                "NATTER_CLUSTER_SECRET": _secret(folder / "cluster-secret"),
-                "NATTER_DATABASE_URL": url,
-                "NATTER_LOG_LEVEL": "INFO",
-                "GRPC_VERBOSITY": "ERROR",
-                **(env or {}),
-            }
-        )
-        etcd = procs[0].public
-        for role, count, offset in _layout(sockets):
-            for i in range(count):
-                proc = _start_role(folder, role, i + 1, base + offset + i, role_env, etcd)
-                procs.append(proc)
-                _save(state, procs)
-                if proc.name == "message-1":  # it applies the migrations; the rest wait
-                    _wait_serving(proc)
-        for proc in procs[2:]:
-            _wait_serving(proc)
+        asyncio.run(_up(folder, base, sockets, env or {}, procs))
+    except ServerUnavailable as e:
+        down(folder, quiet=True)
+        raise LaunchError(str(e)) from None
     except BaseException:
         down(folder, quiet=True)
         raise
     return procs
 
 
-def _wait_serving(proc: Proc) -> None:
-    def check() -> bool:
+async def _up(
+    folder: Path, base: int, sockets: int, env: dict[str, str], procs: list[Proc]
+) -> None:
+    """Start every process in order, recording each in the state file as it starts."""
+    state = folder / STATE
+    procs.append(await _start_etcd(folder, base + ETCD_OFFSETS[0], base + ETCD_OFFSETS[1]))
+    _save(state, procs)
+    pg, url = await _start_postgres(folder, base + PG_OFFSET)
+    procs.append(pg)
+    _save(state, procs)
+    role_env = {k: v for k, v in os.environ.items() if not k.startswith("NATTER_")}
+    role_env.update(
+        {
+            "NATTER_CLUSTER_SECRET": _secret(folder / "cluster-secret"),
+            "NATTER_DATABASE_URL": url,
+            "NATTER_LOG_LEVEL": "INFO",
+            "GRPC_VERBOSITY": "ERROR",
+            **env,
+        }
+    )
+    etcd = procs[0].public
+    for role, count, offset in _layout(sockets):
+        for i in range(count):
+            proc = _start_role(folder, role, i + 1, base + offset + i, role_env, etcd)
+            procs.append(proc)
+            _save(state, procs)
+            if proc.name == "message-1":  # it applies the migrations; the rest wait
+                await _wait_serving(proc)
+    await asyncio.gather(*(_wait_serving(proc) for proc in procs[2:]))
+
+
+async def _wait_serving(proc: Proc) -> None:
+    async def check() -> bool:
         if not _alive(proc.pid):
             raise LaunchError(f"{proc.name} exited; see {proc.log}")
-        return _serving(proc.public)
+        return await serving(proc.public)
 
-    _wait(proc.name, check, START_TIMEOUT, Path(proc.log))
+    try:
+        await eventually(check, START_TIMEOUT, 0.1)
+    except AssertionError:
+        raise LaunchError(
+            f"{proc.name} did not come up within {START_TIMEOUT:.0f} s\n"
+            f"{log_tail(Path(proc.log), 15)}"
+        ) from None
 
 
 def _save(state: Path, procs: list[Proc]) -> None:
@@ -446,7 +260,7 @@ def down(folder: Path, *, wipe: bool = False, quiet: bool = False) -> list[Proc]
         live = [p for p in group if _alive(p.pid)]
         for p in live:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGINT if p.role == "postgres" else signal.SIGTERM)
+                os.kill(p.pid, STOP_SIGNALS.get(p.role, signal.SIGTERM))
         deadline = time.monotonic() + 15
         while any(_alive(p.pid) for p in live) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -475,7 +289,7 @@ def status(folder: Path) -> int:
     for p in _load(state):
         alive = _alive(p.pid)
         if alive and p.role not in ("etcd", "postgres"):
-            health = "serving" if _serving(p.public) else "starting"
+            health = "serving" if asyncio.run(serving(p.public)) else "starting"
         else:
             health = "running" if alive else "DEAD"
         bad += health in ("DEAD", "starting")

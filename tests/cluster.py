@@ -18,9 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import os
-import random
 import signal
-import socket
 import subprocess
 import time
 from collections import defaultdict
@@ -28,40 +26,19 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from devtools.dbservers import PostgresServer, ServerUnavailable, require
+from devtools.etcd import EtcdServer, etcd_binary
+from devtools.ports import free_port
+from devtools.processes import log_tail
+from devtools.serving import natter_command, serving
 from natter import domain as d
 from natter.errors import NatterError
 from natter.sdk import Client, Connected, Connection
 from registry import EtcdRegistry
-from tests.dbservers import PostgresServer, ServerUnavailable, require
-from tests.etcdserver import EtcdServer, etcd_binary, eventually
-from tests.procs import TEST_ENV, natter_command
+from tests.helpers import eventually
+from tests.procs import TEST_ENV
 
 SECRET = "cluster-test-secret"
-# Below Linux's ephemeral range (32768-60999): a port a process was killed on stays ours until
-# it restarts there, instead of going to some outgoing connection's local end.
-_PORTS = range(20000, 32000)
-_taken: set[int] = set()
-
-
-def free_port() -> int:
-    """A free 127.0.0.1 port outside the ephemeral range, not handed out before."""
-    for _ in range(1000):
-        port = random.choice(_PORTS)
-        if port in _taken:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _taken.add(port)
-        return port
-    raise RuntimeError("no free port in 20000-32000")
-
-
 PASSWORD = "correct horse battery"
 START_TIMEOUT = 40.0
 
@@ -142,21 +119,10 @@ class RoleProc:
         return int(proc.returncode)
 
     async def serving(self) -> bool:
-        async with grpc.aio.insecure_channel(self.public_addr) as channel:
-            try:
-                stub = health_pb2_grpc.HealthStub(channel)
-                res = await stub.Check(  # type: ignore[attr-defined]
-                    health_pb2.HealthCheckRequest(), timeout=1.0
-                )
-            except grpc.aio.AioRpcError:
-                return False
-            return bool(res.status == health_pb2.HealthCheckResponse.SERVING)
+        return await serving(self.public_addr)
 
     def log_tail(self, lines: int = 25) -> str:
-        with contextlib.suppress(OSError):
-            text = self.log_path.read_text(errors="replace")
-            return "\n".join(text.splitlines()[-lines:])
-        return ""
+        return log_tail(self.log_path, lines)
 
 
 class Cluster:
@@ -211,11 +177,7 @@ class Cluster:
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.etcd.client_port, self.etcd.peer_port = free_port(), free_port()
         self.db = PostgresServer()
-        self.db.port = (
-            free_port()
-        )  # they restart on the same ports: keep them off the ephemeral range
         await asyncio.gather(self.etcd.start(), self.db.start())
         self.db_url = await self.db.create_database("natter")
         self.observer = EtcdRegistry([self.etcd.endpoint], ttl=self.ttl)
@@ -249,10 +211,9 @@ class Cluster:
             p.kill()
         if self.observer is not None:
             await self.observer.close(revoke=False)
-        await self.etcd.stop()
+        await asyncio.to_thread(self.etcd.remove)
         if self.db is not None:
-            await self.db.stop()
-            self.db.remove()
+            await asyncio.to_thread(self.db.remove)
 
     async def __aenter__(self) -> Cluster:
         try:
@@ -479,6 +440,12 @@ class Chat:
             t.result()
         failures = [f for p in self.peers for f in p.failures]
         assert not failures, f"sends failed: {failures[:5]}"
+
+    async def finish(self) -> None:
+        """Stop sending, then check: every acknowledged message delivered in order, stored once."""
+        await self.stop()
+        await self.settle()
+        await self.check_store()
 
     def acked_total(self) -> int:
         return sum(len(p.acked) for p in self.peers)

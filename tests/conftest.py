@@ -2,7 +2,7 @@
 
 The store is SQLite unless `--stores` names others (`--stores sqlite,postgresql,mariadb`):
 then every test that uses the `settings` fixture runs once per engine, each against a fresh
-database on a real server started once per session (tests/dbservers.py). Tests marked
+database on a real server started once per session (devtools/dbservers.py). Tests marked
 `all_stores` always run on all three. `scripts/test` (and CI) runs everything on all three.
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from app.embedded import EmbeddedServer
+from devtools.dbservers import ENGINES, DbServer, require, server_class
 from natter.sdk import Client, Connection
 from natter.settings import Settings
-from tests.dbservers import ENGINES, DbServer, MariaDbServer, PostgresServer, require
 
 PASSWORD = "correct horse battery"
 _names = itertools.count(1)
@@ -92,7 +92,7 @@ async def store_url(store_engine: str, db_servers: dict[str, DbServer]) -> str:
     server = db_servers.get(store_engine)
     if server is None:
         require(store_engine)
-        server = PostgresServer() if store_engine == "postgresql" else MariaDbServer()
+        server = server_class(store_engine)()
         db_servers[store_engine] = server
         await server.start()
     return await server.create_database()

@@ -1,4 +1,4 @@
-"""Test helpers: polling for conditions and collecting events from a connection."""
+"""Test helpers: polling for conditions (devtools.waiting) and collecting events from a connection."""
 
 from __future__ import annotations
 
@@ -6,25 +6,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from devtools.waiting import eventually
 from natter import domain as d
 from natter.sdk import Connection, SyncDone
 
-
-async def eventually(
-    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
-) -> None:
-    """Poll until predicate() is truthy; fail with a clear message at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
+__all__ = ["collect", "eventually", "gather_events", "next_of", "replay_of"]
 
 
 async def gather_events(

@@ -21,9 +21,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devtools.ports import free_port
+from devtools.processes import log_tail
+from devtools.serving import natter_command
 from natter import tls
 from natter.sdk import Client
 from natter.sdk.client import open_channel
@@ -49,20 +50,6 @@ TEST_ENV = {
     "NATTER_ACK_FLUSH_SECONDS": "0.05",
     "NATTER_LOG_LEVEL": "WARNING",
 }
-
-
-def natter_command() -> list[str]:
-    """The installed `natter` script next to this interpreter, or the module behind it."""
-    script = Path(sys.executable).with_name("natter")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from app.cli import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -96,9 +83,7 @@ class NatterServer:
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+        return log_tail(self.log_path, lines)
 
     async def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start the process and return once its gRPC health check answers SERVING."""

@@ -26,8 +26,8 @@ from natter.v1 import presence_internal_service_pb2 as pipb
 from natter.v1 import presence_internal_service_pb2_grpc as pipb_grpc
 from natter.v1 import socket_internal_service_pb2 as ipb
 from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
-from tests.cluster import SECRET, Chat, Cluster, RoleProc, running_cluster
-from tests.etcdserver import eventually
+from tests.cluster import SECRET, Chat, Cluster, running_cluster
+from tests.helpers import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
@@ -59,8 +59,6 @@ async def _code(call: object) -> grpc.StatusCode:
 async def test_internal_apis_are_not_reachable_from_outside(healthy: Cluster) -> None:
     secret = ((SECRET_HEADER, SECRET),)
     wrong = ((SECRET_HEADER, "guess"),)
-    socket, message = healthy.of("socket")[0], healthy.of("message")[0]
-    channel, presence = healthy.of("channel")[0], healthy.of("presence")[0]
     deliver = ipb.DeliverRequest()
     publish = cpb.PublishRequest()
     send = mpb.SendMessageRequest(user_id=1, device_id=1)
@@ -68,82 +66,40 @@ async def test_internal_apis_are_not_reachable_from_outside(healthy: Cluster) ->
         node_id="x", beats=[pipb.DeviceBeat(user_id=1, device_id=1)]
     )
 
+    Call = Callable[[grpc.aio.Channel, tuple[tuple[str, str], ...]], object]
+    internal: dict[str, Call] = {
+        "socket": lambda ch, md: ipb_grpc.SocketInternalServiceStub(ch).Deliver(
+            deliver, metadata=md, timeout=5
+        ),
+        "channel": lambda ch, md: cpb_grpc.ChannelInternalServiceStub(ch).Publish(
+            publish, metadata=md, timeout=5
+        ),
+        "message": lambda ch, md: mpb_grpc.MessageInternalServiceStub(ch).SendMessage(
+            send, metadata=md, timeout=5
+        ),
+        "presence": lambda ch, md: pipb_grpc.PresenceInternalServiceStub(ch).ReportHeartbeats(
+            beats, metadata=md, timeout=5
+        ),
+    }
+
+    first = {role: healthy.of(role)[0] for role in internal}
+
     # On the public listeners the internal services do not exist, even with the secret.
-    for node in (socket, message, channel, presence):
+    for node in first.values():
         async with grpc.aio.insecure_channel(node.public_addr) as ch:
-            assert (
-                await _code(
-                    ipb_grpc.SocketInternalServiceStub(ch).Deliver(
-                        deliver, metadata=secret, timeout=5
-                    )
-                )
-                == grpc.StatusCode.UNIMPLEMENTED
-            )
-            assert (
-                await _code(
-                    cpb_grpc.ChannelInternalServiceStub(ch).Publish(
-                        publish, metadata=secret, timeout=5
-                    )
-                )
-                == grpc.StatusCode.UNIMPLEMENTED
-            )
-            assert (
-                await _code(
-                    mpb_grpc.MessageInternalServiceStub(ch).SendMessage(
-                        send, metadata=secret, timeout=5
-                    )
-                )
-                == grpc.StatusCode.UNIMPLEMENTED
-            )
-            assert (
-                await _code(
-                    pipb_grpc.PresenceInternalServiceStub(ch).ReportHeartbeats(
-                        beats, metadata=secret, timeout=5
-                    )
-                )
-                == grpc.StatusCode.UNIMPLEMENTED
-            )
+            for role, call in internal.items():
+                code = await _code(call(ch, secret))
+                assert code == grpc.StatusCode.UNIMPLEMENTED, (node.node_id, role)
 
     # On the internal listeners a call without the secret, or with a wrong one, is refused.
-    Call = Callable[[grpc.aio.Channel, tuple[tuple[str, str], ...]], object]
-    cases: list[tuple[RoleProc, Call]] = [
-        (
-            socket,
-            lambda ch, md: ipb_grpc.SocketInternalServiceStub(ch).Deliver(
-                deliver, metadata=md, timeout=5
-            ),
-        ),
-        (
-            channel,
-            lambda ch, md: cpb_grpc.ChannelInternalServiceStub(ch).Publish(
-                publish, metadata=md, timeout=5
-            ),
-        ),
-        (
-            message,
-            lambda ch, md: mpb_grpc.MessageInternalServiceStub(ch).SendMessage(
-                send, metadata=md, timeout=5
-            ),
-        ),
-        (
-            presence,
-            lambda ch, md: pipb_grpc.PresenceInternalServiceStub(ch).ReportHeartbeats(
-                beats, metadata=md, timeout=5
-            ),
-        ),
-    ]
-    for node, call in cases:
+    for role, call in internal.items():
+        node = first[role]
         async with grpc.aio.insecure_channel(node.internal_addr) as ch:
             assert await _code(call(ch, ())) == grpc.StatusCode.PERMISSION_DENIED, node.node_id
             assert await _code(call(ch, wrong)) == grpc.StatusCode.PERMISSION_DENIED, node.node_id
     # With the secret, the same listener answers.
-    async with grpc.aio.insecure_channel(socket.internal_addr) as ch:
-        assert (
-            await _code(
-                ipb_grpc.SocketInternalServiceStub(ch).Deliver(deliver, metadata=secret, timeout=5)
-            )
-            == grpc.StatusCode.OK
-        )
+    async with grpc.aio.insecure_channel(first["socket"].internal_addr) as ch:
+        assert await _code(internal["socket"](ch, secret)) == grpc.StatusCode.OK
 
 
 # -- failover ----------------------------------------------------------------------------
@@ -174,9 +130,7 @@ async def test_socket_server_killed_with_100_users_mid_traffic(healthy: Cluster)
             assert p.node == healthy.owner(p.conn.user.user_id), "on its new owner"
         before = chat.acked_total()
         await eventually(lambda: chat.acked_total() >= before + 100, 30, message="traffic resumes")
-        await chat.stop()
-        await chat.settle()
-        await chat.check_store()
+        await chat.finish()
     finally:
         await chat.close()
 
@@ -195,9 +149,7 @@ async def test_channel_server_killed_group_traffic_resumes(healthy: Cluster) -> 
         await healthy.wait_ready([channel])
         before = chat.acked_total()
         await eventually(lambda: chat.acked_total() >= before + 12, 20)
-        await chat.stop()
-        await chat.settle()
-        await chat.check_store()
+        await chat.finish()
     finally:
         await chat.close()
 
@@ -213,9 +165,7 @@ async def test_message_replica_killed_sends_land_on_the_other(healthy: Cluster) 
         await eventually(lambda: chat.acked_total() >= before + 50, 20, message="sends go on")
         threads = await chat.peers[0].client.threads()  # unary calls fail over too
         assert threads
-        await chat.stop()
-        await chat.settle()
-        await chat.check_store()
+        await chat.finish()
     finally:
         await chat.close()
 
@@ -298,9 +248,7 @@ async def test_database_restarted_sends_wait_and_nothing_is_lost(healthy: Cluste
         before = chat.acked_total()
         await healthy.db.start()
         await eventually(lambda: chat.acked_total() >= before + 12, 30, message="sends resume")
-        await chat.stop()
-        await chat.settle()
-        await chat.check_store()
+        await chat.finish()
     finally:
         await chat.close()
 
@@ -319,9 +267,7 @@ async def test_rolling_restart_of_every_process_under_load(healthy: Cluster) -> 
                 20,
                 message=f"traffic after restarting {proc.node_id}",
             )
-        await chat.stop()
-        await chat.settle()
-        await chat.check_store()
+        await chat.finish()
 
         def on_owners() -> bool:
             return all(
@@ -370,8 +316,6 @@ async def test_a_socket_server_joining_the_ring_takes_its_users_by_redirect(
             assert moves == want, f"{p.name} reconnected {moves} times, expected {want}"
         goal = chat.acked_total() + 60
         await eventually(lambda: chat.acked_total() >= goal, 30, message="traffic resumes")
-        await chat.stop()
-        await chat.settle()
-        await chat.check_store()
+        await chat.finish()
     finally:
         await chat.close()

@@ -6,14 +6,14 @@ group fan-out and presence each really go through two owners on their rings.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
 
 from natter.errors import Unavailable
 from tests.cluster import Chat, Cluster, running_cluster
-from tests.etcdserver import eventually
+from tests.helpers import eventually
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
@@ -38,6 +38,11 @@ def received(chat: Chat) -> int:
     return sum(len(got) for p in chat.peers for got in p.received.values())
 
 
+def reached(chat: Chat, goal: int) -> Callable[[], bool]:
+    """Whether the chat's devices have shown `goal` messages from others."""
+    return lambda: received(chat) >= goal
+
+
 async def test_groups_on_both_channel_shards_and_one_shard_killed(sharded: Cluster) -> None:
     chats: list[Chat] = []
     try:
@@ -51,11 +56,7 @@ async def test_groups_on_both_channel_shards_and_one_shard_killed(sharded: Clust
         for chat in chats:
             chat.start()
         for chat in chats:
-            await eventually(
-                lambda c=chat: received(c) >= 12,  # type: ignore[misc]
-                20,
-                message="live delivery in every group",
-            )
+            await eventually(reached(chat, 12), 20, message="live delivery in every group")
 
         victim_id = next(iter(by_node))
         sharded.proc(victim_id).kill()
@@ -69,9 +70,7 @@ async def test_groups_on_both_channel_shards_and_one_shard_killed(sharded: Clust
         goals = [received(chat) + 12 for chat in chats]
         for chat, goal in zip(chats, goals, strict=True):
             await eventually(
-                lambda c=chat, g=goal: received(c) >= g,  # type: ignore[misc]
-                20,
-                message="live delivery after a channel shard died",
+                reached(chat, goal), 20, message="live delivery after a channel shard died"
             )
         await sharded.heal()
         for chat in chats:

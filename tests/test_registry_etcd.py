@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
 
+from devtools.etcd import EtcdServer
 from registry import EtcdRegistry, Node, Registry
-from tests.etcdserver import EtcdServer, eventually
+from tests.helpers import eventually
 
 TTL = 2
 PREFIX = "/natter-test"

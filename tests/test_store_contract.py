@@ -1,6 +1,6 @@
 """The Store contract: one suite that every backend (SQLite, PostgreSQL, MariaDB) must pass.
 
-Each engine's server starts once per test session (tests/dbservers.py); every test gets a
+Each engine's server starts once per test session (devtools/dbservers.py); every test gets a
 fresh, empty database with the migrations applied by `SqlStore.open()`.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from devtools.dbservers import ENGINES, DbServer, missing, server_for
 from message_svc.sqlstore import SqlStore
 from message_svc.store import Appended, MemberChange, NewMessage, Refused, UserRow
 from natter.domain import (
@@ -37,7 +38,6 @@ from natter.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from tests.dbservers import ENGINES, DbServer, missing, server_for
 
 # -- backends ------------------------------------------------------------------------------
 
