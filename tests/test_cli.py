@@ -19,6 +19,8 @@ import pytest
 import natter
 from app.cli import parser
 from app.profiles import Profile, ProfileStore
+from devtools.ports import free_port
+from devtools.serving import natter_command
 from natter import domain as d
 from natter.sdk import Client, Connection
 from tests.conftest import PASSWORD
@@ -26,8 +28,6 @@ from tests.helpers import eventually
 from tests.procs import (
     Cli,
     NatterServer,
-    free_port,
-    natter_command,
     natter_server,
     refusing_listener,
     wait_exit,
