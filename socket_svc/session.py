@@ -16,7 +16,6 @@ from natter import domain as d
 from natter.errors import (
     InvalidArgument,
     NatterError,
-    PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
 )
@@ -116,6 +115,8 @@ class Session:
         self.pushed: dict[int, int] = {}
         self.skip_unknown = False
         self.acked: dict[int, int] = {}
+        # Threads message_svc confirmed the user is or was in (acks before sync named them).
+        self._member_of: set[int] = set()
         self.ack_dirty: dict[int, int] = {}
         self.last_frame = time.monotonic()
         self.closed: _Close | None = None
@@ -308,7 +309,7 @@ class Session:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             elif which == "ack":
-                self._ack(frame.ack)
+                await self._ack(frame.ack)
             elif which == "read":
                 await self.api.mark_read(self.who, d.Cursor(frame.read.thread_id, frame.read.seq))
             elif which == "heartbeat":
@@ -358,23 +359,30 @@ class Session:
         finally:
             self._sends.release()
 
-    def _ack(self, ack: spb.Ack) -> None:
-        # Every cursor is checked before any is applied: a refused frame changes nothing.
+    async def _ack(self, ack: spb.Ack) -> None:
+        """Delivered cursors, taken from Welcome on (before SyncDone, too).
+
+        The store clamps each cursor to the last seq its member may see (a device may ack
+        what it loaded through history, not only what was pushed), so only a thread the
+        user never was in is refused. A thread is known once sync or a push named it; any
+        other is asked of message_svc. Every cursor is checked before any is applied: a
+        refused frame changes nothing.
+        """
         for c in ack.cursors:
-            if c.thread_id not in self.pushed:
-                raise PermissionDenied(
-                    f"thread {c.thread_id} is not one of your threads", "NOT_A_MEMBER"
-                )
-            if c.seq < 0 or c.seq > self.pushed[c.thread_id]:
+            if c.seq < 0:
                 raise InvalidArgument(
-                    f"ack for thread {c.thread_id} seq {c.seq} is beyond what was delivered "
-                    f"({self.pushed[c.thread_id]})",
-                    "BAD_ACK",
+                    f"ack for thread {c.thread_id} has a negative seq ({c.seq})", "BAD_ACK"
                 )
+        for c in ack.cursors:
+            if c.thread_id not in self.pushed and c.thread_id not in self._member_of:
+                await self.api.check_member(self.who, c.thread_id)
+                self._member_of.add(c.thread_id)
         for c in ack.cursors:
             if c.seq > self.acked.get(c.thread_id, 0):
-                self.acked[c.thread_id] = c.seq
-                self.ack_dirty[c.thread_id] = c.seq
+                # Remembered only up to what was pushed: beyond it the store may clamp, and a
+                # later, smaller ack must still reach it.
+                self.acked[c.thread_id] = min(c.seq, self.pushed.get(c.thread_id, 0))
+                self.ack_dirty[c.thread_id] = max(c.seq, self.ack_dirty.get(c.thread_id, 0))
         if self.ack_dirty:
             self._on_ack(self)
 

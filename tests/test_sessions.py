@@ -263,7 +263,7 @@ async def test_logging_a_device_out_closes_its_streams_at_once_and_spares_the_ot
 # -- bad input -----------------------------------------------------------------------------
 
 
-async def test_acks_for_unknown_seqs_or_foreign_threads_are_refused_and_the_stream_stays_up(
+async def test_acks_beyond_the_thread_are_clamped_foreign_threads_refused_stream_stays_up(
     user: UserFactory, connect: ConnFactory, server: EmbeddedServer
 ) -> None:
     alice, bob, carol = await user("alice"), await user("bob"), await user("carol")
@@ -276,7 +276,6 @@ async def test_acks_for_unknown_seqs_or_foreign_threads_are_refused_and_the_stre
     raw = RawStream(bob)
     await raw.hello()
     cases = [
-        (ack(tid, 99), INVALID_ARGUMENT, "BAD_ACK"),  # beyond what exists
         (ack(tid, -1), INVALID_ARGUMENT, "BAD_ACK"),
         (ack(foreign, 1), PERMISSION_DENIED, "NOT_A_MEMBER"),
         (ack(987654, 1), PERMISSION_DENIED, "NOT_A_MEMBER"),  # no such thread
@@ -296,7 +295,7 @@ async def test_acks_for_unknown_seqs_or_foreign_threads_are_refused_and_the_stre
         err = await next_error(raw)
         assert (err.code, err.reason) == (code, reason), frame
     await raw.write(ack(tid, 1))
-    await still_up(raw, "k1", tid)
+    await still_up(raw, "k1", tid)  # seq 4, bob's own
 
     def stored(seq: int) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
@@ -305,8 +304,45 @@ async def test_acks_for_unknown_seqs_or_foreign_threads_are_refused_and_the_stre
         return check
 
     await eventually(stored(1))
-    await raw.write(ack(tid, 3))
-    await eventually(stored(3))
+    # Beyond what exists (a client may have loaded history, not pushes): accepted, clamped to
+    # the thread's last seq, never refused.
+    await raw.write(ack(tid, 99))
+    await eventually(stored(4))
+    assert bob.user is not None
+    member = await server.store.get_member(tid, bob.user.user_id)
+    assert member is not None and member.delivered_seq == 4
+    # The clamped ack does not hide a later real one.
+    await ca.send("m5", thread_id=tid)
+    assert (await raw.until("message")).message.seq == 5
+    await raw.write(ack(tid, 5))
+    await eventually(stored(5))
+    assert not raw.of("error")[len(cases) :]
+    raw.cancel()
+
+
+async def test_an_ack_sent_before_sync_done_is_accepted_and_stored(
+    user: UserFactory, connect: ConnFactory, server: EmbeddedServer
+) -> None:
+    alice, bob, carol = await user("alice"), await user("bob"), await user("carol")
+    ca, cc = await connect(alice), await connect(carol)
+    ab = (await ca.send("m1", recipient="bob")).thread_id
+    for i in range(2, 5):
+        await ca.send(f"m{i}", thread_id=ab)
+    cb = (await cc.send("c1", recipient="bob")).thread_id
+    raw = RawStream(bob)
+    # Hello and acks in one go: they arrive while the session is still syncing (the device
+    # knew these messages from an earlier session, or loaded them through history).
+    await raw.write(spb.ClientFrame(hello=spb.Hello()))
+    await raw.write(ack(ab, 3))
+    await raw.write(ack(cb, 7))  # beyond the thread's last seq: clamped, not refused
+    await raw.until("sync_done")
+    await still_up(raw, "k1", ab)
+    assert raw.of("error") == []
+
+    async def stored() -> bool:
+        return await server.store.device_cursors(bob.device_id) == {ab: 3, cb: 1}
+
+    await eventually(stored)
     raw.cancel()
 
 
