@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,7 +32,7 @@ BATCH = 128
 
 
 class Transport(Protocol):
-    """How a session reaches its device: a gRPC stream or a WebSocket."""
+    """How a session reaches its device: the sending half of a `socket_svc.stream.Transport`."""
 
     async def send(self, frame: spb.ServerFrame) -> None: ...
 
@@ -398,45 +397,15 @@ class Session:
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def finish(self, grace: float) -> None:
+        """Once the stream is over, let sends in flight finish, cancel the rest, wait for them.
 
-async def converse(
-    session: Session,
-    hello: spb.Hello,
-    read: Callable[[], Awaitable[spb.ClientFrame | None]],
-    refused: Callable[[], NatterError | None] = lambda: None,
-) -> asyncio.Task[None]:
-    """Run a device's session over any transport until either side ends; return the writer.
-
-    When the device hangs up first, in-flight sends still answer before the session closes;
-    when the transport refused a frame (`refused()`), the session closes with that error.
-    """
-    writer = asyncio.create_task(session.run(hello))
-    reader = asyncio.create_task(pump(session, read))
-    try:
-        await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-        if reader.done() and not writer.done() and session.closed is None:
-            error = refused()
-            if error is None:
-                await session.drain()
-            session.close(error)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer, 5)
-    finally:
-        for task in (reader, writer):
-            task.cancel()
-        for task in (reader, writer):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-    return writer
-
-
-async def pump(
-    session: Session,
-    read: Callable[[], Awaitable[spb.ClientFrame | None]],
-) -> None:
-    """Feed frames from `read` until the device hangs up or the session closes."""
-    while session.closed is None:
-        frame = await read()
-        if frame is None:
+        Sends get up to `grace` seconds; nothing the session started outlives it.
+        """
+        if not self._tasks:
             return
-        await session.on_frame(frame)
+        _, late = await asyncio.wait(list(self._tasks), timeout=grace)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)

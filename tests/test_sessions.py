@@ -15,6 +15,7 @@ from app.embedded import EmbeddedServer
 from app.listeners import server_options
 from natter import domain as d
 from natter.errors import Unauthenticated
+from natter.rpc import error_from_rpc
 from natter.sdk import Client, Connection, Disconnected
 from natter.sdk.client import CHANNEL_OPTIONS
 from natter.settings import Settings
@@ -76,6 +77,36 @@ async def still_up(raw: RawStream, key: str, thread_id: int) -> None:
 def test_defaults_are_a_5_s_heartbeat_and_a_10_min_idle_timeout() -> None:
     s = Settings()
     assert (s.heartbeat_interval_seconds, s.session_idle_timeout_seconds) == (5.0, 600.0)
+    assert s.hello_timeout_seconds == 30.0
+
+
+async def test_a_stream_that_never_says_hello_is_closed_after_the_hello_timeout(
+    tmp_path: Path,
+) -> None:
+    async with running(make_settings(tmp_path, hello_timeout_seconds=0.5)) as srv:
+        alice = await login(srv, "alice")
+        loop = asyncio.get_running_loop()
+        opened = loop.time()
+        raw = RawStream(alice)  # opened, authenticated, and then silent
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await raw.read(timeout=10)
+        waited = loop.time() - opened
+        assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert error_from_rpc(failed.value).reason == "HELLO_TIMEOUT"
+        assert 0.5 <= waited < 5
+        assert raw.frames == [] and alice.device_id not in srv.hub.by_device
+        # A stream that says hello in time outlives the deadline.
+        raw = RawStream(alice)
+        await raw.hello()
+        session = srv.hub.by_device[alice.device_id]
+        until = loop.time() + 1.0
+        while loop.time() < until:  # bounded: it must stay the same open session throughout
+            assert srv.hub.by_device.get(alice.device_id) is session and session.closed is None
+            await asyncio.sleep(0.05)
+        await raw.write(spb.ClientFrame(heartbeat=spb.Heartbeat()))
+        await raw.until("heartbeat_ack")
+        raw.cancel()
+        await alice.close()
 
 
 async def test_welcome_tells_the_configured_heartbeat_interval(tmp_path: Path) -> None:
