@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from natter import convert
-from natter.rpc import bearer, rich_status, status_of
+from natter.rpc import abort, bearer
 from natter.settings import Settings
 from natter.v1 import socket_internal_service_pb2 as ipb
 from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
@@ -56,9 +56,7 @@ class SocketServicer(spb_grpc.SocketServiceServicer):
         token = bearer(context.invocation_metadata())
         end = await stream.serve(self.hub, self.api, self.settings, _GrpcTransport(context), token)
         if end.error is not None:
-            code, message, reason = status_of(end.error)
-            status = rich_status(code, message, reason)
-            await context.abort(code, message, trailing_metadata=status.trailing_metadata)
+            await abort(context, end.error)
 
     async def Locate(self, request: spb.LocateRequest, context: Context) -> spb.LocateResponse:
         address, node_id = await self._locate(request.username)

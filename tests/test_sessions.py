@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -289,6 +292,39 @@ async def test_logging_a_device_out_closes_its_streams_at_once_and_spares_the_ot
     [back] = await collect(cl, 1)
     assert back.text == "good" and cl.stats.connects == 1
     assert [dv.name for dv in await laptop.devices()] == ["laptop"]
+
+
+async def test_streams_cancelled_right_after_welcome_end_quietly(
+    user: UserFactory,
+    connect: ConnFactory,
+    server: EmbeddedServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    alice, bob = await user("alice"), await user("bob")
+    ca = await connect(alice)
+    tid = (await ca.send("before", recipient="bob")).thread_id
+    jitter = random.Random(7)
+
+    async def cut() -> None:
+        raw = RawStream(bob)
+        await raw.write(spb.ClientFrame(hello=spb.Hello()))
+        await raw.until("welcome")
+        await asyncio.sleep(jitter.uniform(0, 0.05))  # anywhere in attach, sync, displacement
+        raw.cancel()
+
+    # One device, 50 streams at once: each displaces the one before, and each is cut.
+    for _ in range(2):
+        await asyncio.gather(*(cut() for _ in range(50)))
+    await eventually(lambda: bob.device_id not in server.hub.by_device)
+    # The device still syncs (nothing was acked: the first message is replayed) and
+    # receives on a fresh connection.
+    cb = await connect(bob)
+    sent = await ca.send("after", thread_id=tid)
+    got = await collect(cb, 2)
+    assert [(m.thread_id, m.seq) for m in got] == [(tid, 1), (tid, sent.seq)]
+    gc.collect()  # a task left pending is reported when it is collected
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 # -- bad input -----------------------------------------------------------------------------
