@@ -100,6 +100,16 @@ class MessageClient:
         res = await self.pool.call(self.addresses, go)
         return [convert.message_of(m) for m in res.messages]
 
+    async def check_member(self, who: d.Principal, thread_id: int) -> None:
+        request = mpb.CheckMemberRequest(user_id=who.user.user_id, thread_id=thread_id)
+
+        async def go(ch: grpc.aio.Channel) -> mpb.CheckMemberResponse:
+            return await self._stub(ch).CheckMember(
+                request, metadata=self.pool.metadata, timeout=self.pool.deadline
+            )
+
+        await self.pool.call(self.addresses, go)
+
     async def ack(self, acks: Sequence[d.DeviceAck]) -> None:
         request = mpb.AckCursorsRequest(acks=[convert.device_ack(a) for a in acks])
 

@@ -368,7 +368,13 @@ class Messaging:
 
     # -- receipts ------------------------------------------------------------------------
 
+    async def check_member(self, who: Principal, thread_id: int) -> None:
+        """PermissionDenied unless the user is, or once was, a member of the thread."""
+        if thread_id <= 0 or await self.store.get_member(thread_id, who.user.user_id) is None:
+            raise PermissionDenied(f"thread {thread_id} is not one of your threads", "NOT_A_MEMBER")
+
     async def ack(self, acks: Sequence[DeviceAck]) -> None:
+        """Delivered cursors; the store clamps each to the last seq its member may see."""
         advances = await self.store.advance_delivered(acks)
         if not advances:
             return

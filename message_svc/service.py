@@ -87,6 +87,9 @@ class MessageService:
     ) -> list[Message]:
         return await self.messaging.messages_between(who, thread_id, after_seq, before_seq)
 
+    async def check_member(self, who: Principal, thread_id: int) -> None:
+        await self.messaging.check_member(who, thread_id)
+
     async def ack(self, acks: Sequence[DeviceAck]) -> None:
         await self.messaging.ack(acks)
 

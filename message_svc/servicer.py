@@ -232,6 +232,12 @@ class MessageInternalServicer(mpb_grpc.MessageInternalServiceServicer):
         )
         return mpb.ReadGapResponse(messages=[convert.message(m) for m in rows])
 
+    async def CheckMember(
+        self, request: mpb.CheckMemberRequest, context: Context
+    ) -> mpb.CheckMemberResponse:
+        await self.messaging.check_member(await self._who(request.user_id, 0), request.thread_id)
+        return mpb.CheckMemberResponse()
+
     async def AckCursors(
         self, request: mpb.AckCursorsRequest, context: Context
     ) -> mpb.AckCursorsResponse:

@@ -983,8 +983,19 @@ _ACTIVE = sa.select(_mem.c.owner_id, _mem.c.thread_id).where(
     _mem.c.thread_id.in_(_in("threads")),
     _mem.c.left_seq.is_(None),
 )
-_DELIVERED = sa.select(_mem.c.owner_id, _mem.c.thread_id, _mem.c.delivered_seq).where(
-    _mem.c.owner_id.in_(_in("owners")), _mem.c.thread_id.in_(_in("threads"))
+# A member's delivered cursor, and the last seq they may see: the thread's last, or where
+# they left if that is lower.
+_DELIVERED = (
+    sa.select(
+        _mem.c.owner_id,
+        _mem.c.thread_id,
+        _mem.c.delivered_seq,
+        sa.case((_mem.c.left_seq < _th.c.last_seq, _mem.c.left_seq), else_=_th.c.last_seq).label(
+            "visible_seq"
+        ),
+    )
+    .join(_th, _th.c.id == _mem.c.thread_id)
+    .where(_mem.c.owner_id.in_(_in("owners")), _mem.c.thread_id.in_(_in("threads")))
 )
 _TOUCH = (
     _mem.update()
@@ -1261,15 +1272,44 @@ def _append(
 
 
 def _advance_delivered(conn: Connection, acks: Sequence[DeviceAck]) -> list[Advance]:
-    """One transaction for a whole flush: a few set-based statements, not one per cursor."""
+    """One transaction for a whole flush: a few set-based statements, not one per cursor.
+
+    Each cursor is first clamped to the last seq its member may see, read in this
+    transaction: a device may ack what it loaded through history, or more than exists, and
+    its cursor must still never pass what the member can be shown. That bound only grows
+    (messages are appended; a member who leaves stops at the seq of their leaving, which is
+    past what they saw before), so a bound read a moment early is never too high. A cursor
+    for a thread the user never was in is dropped. The updates only ever move a cursor
+    forward, so two flushes racing for one device cannot move it back.
+    """
     c, m = t.device_cursors, t.thread_members
-    want: dict[tuple[int, int], int] = {}
+    asked: dict[tuple[int, int], int] = {}
     owner: dict[int, int] = {}
     for ack in acks:
         owner[ack.device_id] = ack.user_id
         for cur in ack.cursors:
             key = (ack.device_id, cur.thread_id)
-            want[key] = max(want.get(key, 0), cur.seq)
+            asked[key] = max(asked.get(key, 0), cur.seq)
+    if not asked:
+        return []
+    pairs = list({(owner[dv], th) for dv, th in asked})
+    current: dict[tuple[int, int], int] = {}
+    visible: dict[tuple[int, int], int] = {}
+    for start in range(0, len(pairs), 300):
+        chunk = pairs[start : start + 300]
+        rows = conn.execute(
+            _DELIVERED,
+            {"owners": list({p[0] for p in chunk}), "threads": list({p[1] for p in chunk})},
+        )
+        for r in _pairs(rows, set(chunk), "owner_id", "thread_id"):
+            key = (int(r.owner_id), int(r.thread_id))
+            current[key] = int(r.delivered_seq)
+            visible[key] = int(r.visible_seq)
+    want = {
+        (dv, th): min(seq, visible[(owner[dv], th)])
+        for (dv, th), seq in asked.items()
+        if (owner[dv], th) in visible
+    }
     if not want:
         return []
     have: dict[tuple[int, int], int] = {}
@@ -1294,7 +1334,11 @@ def _advance_delivered(conn: Connection, acks: Sequence[DeviceAck]) -> list[Adva
     if updates:
         conn.execute(
             c.update()
-            .where(c.c.device_id == sa.bindparam("dv"), c.c.thread_id == sa.bindparam("th"))
+            .where(
+                c.c.device_id == sa.bindparam("dv"),
+                c.c.thread_id == sa.bindparam("th"),
+                c.c.delivered_seq < sa.bindparam("seq"),
+            )
             .values(delivered_seq=sa.bindparam("seq")),
             updates,
         )
@@ -1303,23 +1347,7 @@ def _advance_delivered(conn: Connection, acks: Sequence[DeviceAck]) -> list[Adva
         if (dv, th) not in have or seq > have[(dv, th)]:
             key = (owner[dv], th)
             best[key] = max(best.get(key, 0), seq)
-    if not best:
-        return []
-    pairs = list(best)
-    current: dict[tuple[int, int], int] = {}
-    for start in range(0, len(pairs), 300):
-        chunk = pairs[start : start + 300]
-        rows = conn.execute(
-            _DELIVERED,
-            {"owners": list({p[0] for p in chunk}), "threads": list({p[1] for p in chunk})},
-        )
-        for r in _pairs(rows, set(chunk), "owner_id", "thread_id"):
-            current[(int(r.owner_id), int(r.thread_id))] = int(r.delivered_seq)
-    moved = [
-        (u, th, seq)
-        for (u, th), seq in best.items()
-        if (u, th) in current and seq > current[(u, th)]
-    ]
+    moved = [(u, th, seq) for (u, th), seq in best.items() if seq > current[(u, th)]]
     if moved:
         conn.execute(
             m.update()

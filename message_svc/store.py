@@ -203,7 +203,12 @@ class MessageStore(Protocol):
 
 class CursorStore(Protocol):
     async def device_cursors(self, device_id: int) -> dict[int, int]: ...
-    async def advance_delivered(self, acks: Sequence[DeviceAck]) -> list[Advance]: ...
+    async def advance_delivered(self, acks: Sequence[DeviceAck]) -> list[Advance]:
+        """Move cursors forward, each clamped to the last seq its member may see.
+
+        A cursor for a thread the user never was in is dropped; returns members' advances.
+        """
+
     async def advance_read(self, user_id: int, thread_id: int, seq: int) -> bool: ...
 
 

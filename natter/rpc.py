@@ -92,12 +92,28 @@ def bearer(metadata: Any) -> str:
     return ""
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> None:
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> None:
+    """End a call with the status of `error` and its ErrorInfo reason (raises AbortError).
+
+    Nothing is sent when the call's status already went out: an abort whose status could
+    not be sent, because the peer had gone, must not be followed by a second one.
+    """
+    if context.done():
+        return
     code, message, reason = status_of(error)
-    if code == grpc.StatusCode.INTERNAL:
-        logger.error("request %s failed", request_id.get(), exc_info=error)
     status = rich_status(code, message, reason)
     await context.abort(code, message, trailing_metadata=status.trailing_metadata)
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> None:
+    if context.done():
+        # Raised after the status went out (typically an abort that failed to reach a peer
+        # that had cancelled): there is nobody left to tell, and nothing went wrong here.
+        logger.debug("request %s ended after its status: %r", request_id.get(), error)
+        return
+    if status_of(error)[0] == grpc.StatusCode.INTERNAL:
+        logger.error("request %s failed", request_id.get(), exc_info=error)
+    await abort(context, error)
 
 
 def _parse(deserializer: Callable[[bytes], Any] | None, raw: bytes) -> Any:

@@ -35,6 +35,8 @@ class Settings:
     heartbeat_interval_seconds: float = 5.0
     presence_timeout_beats: int = 3
     session_idle_timeout_seconds: float = 600.0
+    # A device stream must open with Hello within this long, or it is closed (HELLO_TIMEOUT).
+    hello_timeout_seconds: float = 30.0
     keepalive_seconds: float = 30.0
     frames_per_second: float = 200.0
     frame_burst: int = 2000

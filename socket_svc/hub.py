@@ -232,13 +232,15 @@ class Hub:
 
     async def flush_acks(self) -> None:
         pending, self._ack_pending = self._ack_pending, set()
-        acks = [a for a in (s.take_acks() for s in pending) if a is not None]
-        if acks:
+        # Each ack stays paired with its session: a failed flush gives every session back
+        # exactly its own cursors (a session may be pending with nothing left to ack).
+        taken = [(s, a) for s in pending if (a := s.take_acks()) is not None]
+        if taken:
             try:
-                await self.api.ack(acks)
+                await self.api.ack([a for _, a in taken])
             except Exception:
                 logger.warning("ack flush failed; will retry", exc_info=True)
-                for s, a in zip(pending, acks, strict=False):
+                for s, a in taken:
                     for c in a.cursors:
                         s.ack_dirty[c.thread_id] = max(s.ack_dirty.get(c.thread_id, 0), c.seq)
                     self._ack_pending.add(s)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,7 +15,6 @@ from natter import domain as d
 from natter.errors import (
     InvalidArgument,
     NatterError,
-    PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
 )
@@ -34,7 +32,7 @@ BATCH = 128
 
 
 class Transport(Protocol):
-    """How a session reaches its device: a gRPC stream or a WebSocket."""
+    """How a session reaches its device: the sending half of a `socket_svc.stream.Transport`."""
 
     async def send(self, frame: spb.ServerFrame) -> None: ...
 
@@ -116,6 +114,8 @@ class Session:
         self.pushed: dict[int, int] = {}
         self.skip_unknown = False
         self.acked: dict[int, int] = {}
+        # Threads message_svc confirmed the user is or was in (acks before sync named them).
+        self._member_of: set[int] = set()
         self.ack_dirty: dict[int, int] = {}
         self.last_frame = time.monotonic()
         self.closed: _Close | None = None
@@ -306,7 +306,7 @@ class Session:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             elif which == "ack":
-                self._ack(frame.ack)
+                await self._ack(frame.ack)
             elif which == "read":
                 await self.api.mark_read(self.who, d.Cursor(frame.read.thread_id, frame.read.seq))
             elif which == "heartbeat":
@@ -356,23 +356,30 @@ class Session:
         finally:
             self._sends.release()
 
-    def _ack(self, ack: spb.Ack) -> None:
-        # Every cursor is checked before any is applied: a refused frame changes nothing.
+    async def _ack(self, ack: spb.Ack) -> None:
+        """Delivered cursors, taken from Welcome on (before SyncDone, too).
+
+        The store clamps each cursor to the last seq its member may see (a device may ack
+        what it loaded through history, not only what was pushed), so only a thread the
+        user never was in is refused. A thread is known once sync or a push named it; any
+        other is asked of message_svc. Every cursor is checked before any is applied: a
+        refused frame changes nothing.
+        """
         for c in ack.cursors:
-            if c.thread_id not in self.pushed:
-                raise PermissionDenied(
-                    f"thread {c.thread_id} is not one of your threads", "NOT_A_MEMBER"
-                )
-            if c.seq < 0 or c.seq > self.pushed[c.thread_id]:
+            if c.seq < 0:
                 raise InvalidArgument(
-                    f"ack for thread {c.thread_id} seq {c.seq} is beyond what was delivered "
-                    f"({self.pushed[c.thread_id]})",
-                    "BAD_ACK",
+                    f"ack for thread {c.thread_id} has a negative seq ({c.seq})", "BAD_ACK"
                 )
+        for c in ack.cursors:
+            if c.thread_id not in self.pushed and c.thread_id not in self._member_of:
+                await self.api.check_member(self.who, c.thread_id)
+                self._member_of.add(c.thread_id)
         for c in ack.cursors:
             if c.seq > self.acked.get(c.thread_id, 0):
-                self.acked[c.thread_id] = c.seq
-                self.ack_dirty[c.thread_id] = c.seq
+                # Remembered only up to what was pushed: beyond it the store may clamp, and a
+                # later, smaller ack must still reach it.
+                self.acked[c.thread_id] = min(c.seq, self.pushed.get(c.thread_id, 0))
+                self.ack_dirty[c.thread_id] = max(c.seq, self.ack_dirty.get(c.thread_id, 0))
         if self.ack_dirty:
             self._on_ack(self)
 
@@ -388,45 +395,15 @@ class Session:
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def finish(self, grace: float) -> None:
+        """Once the stream is over, let sends in flight finish, cancel the rest, wait for them.
 
-async def converse(
-    session: Session,
-    hello: spb.Hello,
-    read: Callable[[], Awaitable[spb.ClientFrame | None]],
-    refused: Callable[[], NatterError | None] = lambda: None,
-) -> asyncio.Task[None]:
-    """Run a device's session over any transport until either side ends; return the writer.
-
-    When the device hangs up first, in-flight sends still answer before the session closes;
-    when the transport refused a frame (`refused()`), the session closes with that error.
-    """
-    writer = asyncio.create_task(session.run(hello))
-    reader = asyncio.create_task(pump(session, read))
-    try:
-        await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-        if reader.done() and not writer.done() and session.closed is None:
-            error = refused()
-            if error is None:
-                await session.drain()
-            session.close(error)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer, 5)
-    finally:
-        for task in (reader, writer):
-            task.cancel()
-        for task in (reader, writer):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-    return writer
-
-
-async def pump(
-    session: Session,
-    read: Callable[[], Awaitable[spb.ClientFrame | None]],
-) -> None:
-    """Feed frames from `read` until the device hangs up or the session closes."""
-    while session.closed is None:
-        frame = await read()
-        if frame is None:
+        Sends get up to `grace` seconds; nothing the session started outlives it.
+        """
+        if not self._tasks:
             return
-        await session.on_frame(frame)
+        _, late = await asyncio.wait(list(self._tasks), timeout=grace)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)

@@ -8,6 +8,7 @@ and the next test starts from a healed cluster.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,7 @@ import pytest_asyncio
 
 from natter.errors import Unavailable
 from natter.pool import SECRET_HEADER
+from natter.sdk import Client, Connection
 from natter.v1 import channel_internal_service_pb2 as cpb
 from natter.v1 import channel_internal_service_pb2_grpc as cpb_grpc
 from natter.v1 import message_internal_service_pb2 as mpb
@@ -26,8 +28,12 @@ from natter.v1 import presence_internal_service_pb2 as pipb
 from natter.v1 import presence_internal_service_pb2_grpc as pipb_grpc
 from natter.v1 import socket_internal_service_pb2 as ipb
 from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
+from natter.v1 import socket_service_pb2 as spb
+from natter.v1 import types_pb2 as tpb
 from tests.cluster import SECRET, Chat, Cluster, running_cluster
+from tests.conftest import PASSWORD
 from tests.helpers import eventually
+from tests.procs import RawStream
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
@@ -100,6 +106,60 @@ async def test_internal_apis_are_not_reachable_from_outside(healthy: Cluster) ->
     # With the secret, the same listener answers.
     async with grpc.aio.insecure_channel(first["socket"].internal_addr) as ch:
         assert await _code(internal["socket"](ch, secret)) == grpc.StatusCode.OK
+
+
+# -- acks through message_svc -------------------------------------------------------------
+
+
+def ack(thread_id: int, seq: int) -> spb.ClientFrame:
+    return spb.ClientFrame(ack=spb.Ack(cursors=[tpb.Cursor(thread_id=thread_id, seq=seq)]))
+
+
+async def test_acks_before_sync_done_and_for_unknown_threads_go_through_message_svc(
+    healthy: Cluster,
+) -> None:
+    """A socket server asks message_svc (CheckMember) about threads its session has not met."""
+    tag = f"ack{os.getpid() % 1000}x{int(time.time() * 1000) % 100000}"
+    names = [f"{tag}a", f"{tag}b", f"{tag}c"]
+    clients = [Client(healthy.front_door, timeout=20.0) for _ in names]
+    for c, name in zip(clients, names, strict=True):
+        await c.register(name, PASSWORD)
+        await c.login(name, PASSWORD, "test")
+    alice, bob, carol = clients
+    conns = [await Connection(c).start(timeout=30) for c in (alice, carol)]
+    try:
+        tid = (await conns[0].send("m1", recipient=names[1])).thread_id
+        for i in range(2, 4):
+            await conns[0].send(f"m{i}", thread_id=tid)
+        foreign = (await conns[1].send("not for bob", recipient=names[0])).thread_id
+        # Straight to bob's socket server: a raw stream does not follow redirects.
+        direct = Client(await bob.locate(names[1]), token=bob.token)
+        raw = RawStream(direct)
+        await raw.write(spb.ClientFrame(hello=spb.Hello()))
+        await raw.write(ack(tid, 2))  # while the session syncs
+        await raw.until("sync_done")
+        await raw.write(ack(foreign, 1))
+        error = (await raw.until("error")).error
+        assert (error.code, error.reason) == (
+            grpc.StatusCode.PERMISSION_DENIED.value[0],
+            "NOT_A_MEMBER",
+        )
+        assert len(raw.of("error")) == 1
+        raw.cancel()
+
+        async def stored() -> bool:
+            fresh = RawStream(direct)
+            done = await fresh.hello()
+            fresh.cancel()
+            return done.replayed == 1  # only seq 3: the early ack was stored
+
+        await eventually(stored, 15, message="the ack before SyncDone was stored")
+        await direct.close()
+    finally:
+        for conn in conns:
+            await conn.close()
+        for c in clients:
+            await c.close()
 
 
 # -- failover ----------------------------------------------------------------------------

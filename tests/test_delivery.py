@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import pytest
 
 from app.embedded import EmbeddedServer
 from natter import domain as d
-from natter.errors import AlreadyExists
-from natter.sdk import Connection
+from natter.errors import AlreadyExists, Unavailable
+from natter.sdk import Client, Connection
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
-from tests.conftest import ConnFactory, UserFactory
+from natter.v1 import types_pb2 as tpb
+from socket_svc.ports import MessageApi
+from tests.conftest import PASSWORD, ConnFactory, UserFactory
 from tests.helpers import collect, eventually, replay_of
 from tests.procs import RawStream
 
@@ -260,6 +263,83 @@ async def test_only_what_the_application_took_is_acked_the_rest_is_replayed(
     await last.close()
     assert seqs == [2, 3, 4] and last.cursors == {tid: 4}
     await eventually(stored({tid: 4}))
+
+
+class _AckFailsOnce:
+    """message_svc as the hub sees it, except that the next ack flush fails once."""
+
+    def __init__(self, api: MessageApi) -> None:
+        self.api = api
+        self.failures = 1
+
+    async def ack(self, acks: Sequence[d.DeviceAck]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise Unavailable("message_svc went away mid-flush", "UNAVAILABLE")
+        await self.api.ack(acks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.api, name)
+
+
+async def test_a_failed_ack_flush_gives_every_device_back_exactly_its_own_cursors(
+    settings: Settings,
+) -> None:
+    # Flushed only when the test says so.
+    async with EmbeddedServer(settings.replace(ack_flush_seconds=3600)) as srv:
+        alice = Client(srv.grpc_address)
+        await alice.register("alice", PASSWORD)
+        await alice.login("alice", PASSWORD)
+        devices: list[Client] = []
+        for i in range(10):
+            c = Client(srv.grpc_address)
+            if i == 0:
+                await c.register("bob", PASSWORD)
+            await c.login("bob", PASSWORD, f"device{i}")
+            devices.append(c)
+        ca = await Connection(alice).start()
+        tid = (await ca.send("m1", recipient="bob")).thread_id
+        for i in range(2, 11):
+            await ca.send(f"m{i}", thread_id=tid)
+        streams = [RawStream(c) for c in devices]
+        for raw in streams:
+            await raw.hello()
+        # Half the devices ack (each a different cursor); the other half are pending with
+        # nothing to ack.
+        acked = {c.device_id: 2 + i for i, c in enumerate(devices[:5])}
+        for c, raw in zip(devices[:5], streams, strict=False):
+            await raw.write(
+                spb.ClientFrame(
+                    ack=spb.Ack(cursors=[tpb.Cursor(thread_id=tid, seq=acked[c.device_id])])
+                )
+            )
+        sessions = [srv.hub.by_device[c.device_id] for c in devices]
+
+        def taken_in() -> bool:
+            return all(s.ack_dirty == {tid: acked[s.device_id]} for s in sessions[:5])
+
+        await eventually(taken_in)
+        for session in sessions[5:]:
+            srv.hub.ack_pending(session)
+        real = srv.hub.api
+        srv.hub.api = _AckFailsOnce(real)
+        await srv.hub.flush_acks()  # fails: every session keeps its acks for the next flush
+        for c in devices:
+            assert await srv.store.device_cursors(c.device_id) == {}
+        await srv.hub.flush_acks()
+        for c in devices:
+            want = {tid: acked[c.device_id]} if c.device_id in acked else {}
+            assert await srv.store.device_cursors(c.device_id) == want, c.device_id
+        bob = devices[0].user
+        assert bob is not None
+        member = await srv.store.get_member(tid, bob.user_id)
+        assert member is not None and member.delivered_seq == max(acked.values())
+        srv.hub.api = real
+        for raw in streams:
+            raw.cancel()
+        await ca.close()
+        for c in (alice, *devices):
+            await c.close()
 
 
 async def test_hello_cursors_and_skip_replay_choose_where_replay_starts(

@@ -423,6 +423,21 @@ async def test_websocket_bad_frames_close_only_that_socket(
     assert (await alice.next("send_result")).send_result.seq == sent.seq + 1
 
 
+async def test_a_websocket_that_never_says_hello_is_closed_after_the_hello_timeout(
+    settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    async with EmbeddedServer(settings.replace(hello_timeout_seconds=0.5)) as srv:
+        token = await account(http, srv, "alice")
+        loop = asyncio.get_running_loop()
+        opened = loop.time()
+        code, reason = await _closed(http, srv, token)  # opened, authenticated, then silent
+        waited = loop.time() - opened
+        # A broken handshake rule, like HELLO_FIRST: 1008, with the reason gRPC gives.
+        assert code == 1008 and reason.startswith("HELLO_TIMEOUT: ")
+        assert 0.5 <= waited < 5
+        assert not srv.hub.by_device
+
+
 async def test_websocket_refuses_oversized_text_but_stays_open(
     server: EmbeddedServer,
     http: aiohttp.ClientSession,

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from app.embedded import EmbeddedServer
 from app.listeners import server_options
 from natter import domain as d
 from natter.errors import Unauthenticated
+from natter.rpc import error_from_rpc
 from natter.sdk import Client, Connection, Disconnected
 from natter.sdk.client import CHANNEL_OPTIONS
 from natter.settings import Settings
@@ -76,6 +80,36 @@ async def still_up(raw: RawStream, key: str, thread_id: int) -> None:
 def test_defaults_are_a_5_s_heartbeat_and_a_10_min_idle_timeout() -> None:
     s = Settings()
     assert (s.heartbeat_interval_seconds, s.session_idle_timeout_seconds) == (5.0, 600.0)
+    assert s.hello_timeout_seconds == 30.0
+
+
+async def test_a_stream_that_never_says_hello_is_closed_after_the_hello_timeout(
+    tmp_path: Path,
+) -> None:
+    async with running(make_settings(tmp_path, hello_timeout_seconds=0.5)) as srv:
+        alice = await login(srv, "alice")
+        loop = asyncio.get_running_loop()
+        opened = loop.time()
+        raw = RawStream(alice)  # opened, authenticated, and then silent
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await raw.read(timeout=10)
+        waited = loop.time() - opened
+        assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert error_from_rpc(failed.value).reason == "HELLO_TIMEOUT"
+        assert 0.5 <= waited < 5
+        assert raw.frames == [] and alice.device_id not in srv.hub.by_device
+        # A stream that says hello in time outlives the deadline.
+        raw = RawStream(alice)
+        await raw.hello()
+        session = srv.hub.by_device[alice.device_id]
+        until = loop.time() + 1.0
+        while loop.time() < until:  # bounded: it must stay the same open session throughout
+            assert srv.hub.by_device.get(alice.device_id) is session and session.closed is None
+            await asyncio.sleep(0.05)
+        await raw.write(spb.ClientFrame(heartbeat=spb.Heartbeat()))
+        await raw.until("heartbeat_ack")
+        raw.cancel()
+        await alice.close()
 
 
 async def test_welcome_tells_the_configured_heartbeat_interval(tmp_path: Path) -> None:
@@ -260,10 +294,43 @@ async def test_logging_a_device_out_closes_its_streams_at_once_and_spares_the_ot
     assert [dv.name for dv in await laptop.devices()] == ["laptop"]
 
 
+async def test_streams_cancelled_right_after_welcome_end_quietly(
+    user: UserFactory,
+    connect: ConnFactory,
+    server: EmbeddedServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    alice, bob = await user("alice"), await user("bob")
+    ca = await connect(alice)
+    tid = (await ca.send("before", recipient="bob")).thread_id
+    jitter = random.Random(7)
+
+    async def cut() -> None:
+        raw = RawStream(bob)
+        await raw.write(spb.ClientFrame(hello=spb.Hello()))
+        await raw.until("welcome")
+        await asyncio.sleep(jitter.uniform(0, 0.05))  # anywhere in attach, sync, displacement
+        raw.cancel()
+
+    # One device, 50 streams at once: each displaces the one before, and each is cut.
+    for _ in range(2):
+        await asyncio.gather(*(cut() for _ in range(50)))
+    await eventually(lambda: bob.device_id not in server.hub.by_device)
+    # The device still syncs (nothing was acked: the first message is replayed) and
+    # receives on a fresh connection.
+    cb = await connect(bob)
+    sent = await ca.send("after", thread_id=tid)
+    got = await collect(cb, 2)
+    assert [(m.thread_id, m.seq) for m in got] == [(tid, 1), (tid, sent.seq)]
+    gc.collect()  # a task left pending is reported when it is collected
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 # -- bad input -----------------------------------------------------------------------------
 
 
-async def test_acks_for_unknown_seqs_or_foreign_threads_are_refused_and_the_stream_stays_up(
+async def test_acks_beyond_the_thread_are_clamped_foreign_threads_refused_stream_stays_up(
     user: UserFactory, connect: ConnFactory, server: EmbeddedServer
 ) -> None:
     alice, bob, carol = await user("alice"), await user("bob"), await user("carol")
@@ -276,7 +343,6 @@ async def test_acks_for_unknown_seqs_or_foreign_threads_are_refused_and_the_stre
     raw = RawStream(bob)
     await raw.hello()
     cases = [
-        (ack(tid, 99), INVALID_ARGUMENT, "BAD_ACK"),  # beyond what exists
         (ack(tid, -1), INVALID_ARGUMENT, "BAD_ACK"),
         (ack(foreign, 1), PERMISSION_DENIED, "NOT_A_MEMBER"),
         (ack(987654, 1), PERMISSION_DENIED, "NOT_A_MEMBER"),  # no such thread
@@ -296,7 +362,7 @@ async def test_acks_for_unknown_seqs_or_foreign_threads_are_refused_and_the_stre
         err = await next_error(raw)
         assert (err.code, err.reason) == (code, reason), frame
     await raw.write(ack(tid, 1))
-    await still_up(raw, "k1", tid)
+    await still_up(raw, "k1", tid)  # seq 4, bob's own
 
     def stored(seq: int) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
@@ -305,8 +371,45 @@ async def test_acks_for_unknown_seqs_or_foreign_threads_are_refused_and_the_stre
         return check
 
     await eventually(stored(1))
-    await raw.write(ack(tid, 3))
-    await eventually(stored(3))
+    # Beyond what exists (a client may have loaded history, not pushes): accepted, clamped to
+    # the thread's last seq, never refused.
+    await raw.write(ack(tid, 99))
+    await eventually(stored(4))
+    assert bob.user is not None
+    member = await server.store.get_member(tid, bob.user.user_id)
+    assert member is not None and member.delivered_seq == 4
+    # The clamped ack does not hide a later real one.
+    await ca.send("m5", thread_id=tid)
+    assert (await raw.until("message")).message.seq == 5
+    await raw.write(ack(tid, 5))
+    await eventually(stored(5))
+    assert not raw.of("error")[len(cases) :]
+    raw.cancel()
+
+
+async def test_an_ack_sent_before_sync_done_is_accepted_and_stored(
+    user: UserFactory, connect: ConnFactory, server: EmbeddedServer
+) -> None:
+    alice, bob, carol = await user("alice"), await user("bob"), await user("carol")
+    ca, cc = await connect(alice), await connect(carol)
+    ab = (await ca.send("m1", recipient="bob")).thread_id
+    for i in range(2, 5):
+        await ca.send(f"m{i}", thread_id=ab)
+    cb = (await cc.send("c1", recipient="bob")).thread_id
+    raw = RawStream(bob)
+    # Hello and acks in one go: they arrive while the session is still syncing (the device
+    # knew these messages from an earlier session, or loaded them through history).
+    await raw.write(spb.ClientFrame(hello=spb.Hello()))
+    await raw.write(ack(ab, 3))
+    await raw.write(ack(cb, 7))  # beyond the thread's last seq: clamped, not refused
+    await raw.until("sync_done")
+    await still_up(raw, "k1", ab)
+    assert raw.of("error") == []
+
+    async def stored() -> bool:
+        return await server.store.device_cursors(bob.device_id) == {ab: 3, cb: 1}
+
+    await eventually(stored)
     raw.cancel()
 
 

@@ -1051,6 +1051,45 @@ async def test_advance_delivered_reports_member_advances_only_when_they_move(
     assert await store.advance_delivered([]) == []
 
 
+async def test_advance_delivered_clamps_to_what_the_member_may_see(store: SqlStore) -> None:
+    alice, bob, carol, dave = [await person(store, n) for n in ("alice", "bob", "carol", "dave")]
+    ab = await store.direct_thread(alice.id, bob.id)
+    await append(store, [text(ab, alice, f"m{i}") for i in range(3)])  # seqs 1-3
+    group, _ = await store.create_group(
+        "g", alice.id, [carol.id], system(0, alice, SystemKind.GROUP_CREATED, carol)
+    )
+    await send(store, group, alice, "before")  # seq 2
+    left = await store.change_group(
+        group,
+        [MemberChange(carol.id, leave=True)],
+        None,
+        system(group, carol, SystemKind.MEMBER_LEFT),
+    )
+    await send(store, group, alice, "after carol left")  # seq 4
+    moved = await store.advance_delivered(
+        [
+            DeviceAck(bob.id, bob.device_id, (Cursor(ab, 99),)),  # past the thread's last
+            DeviceAck(carol.id, carol.device_id, (Cursor(group, 99),)),  # past her leaving
+            # dave was never in either thread: his cursors are dropped.
+            DeviceAck(dave.id, dave.device_id, (Cursor(ab, 2), Cursor(group, 1))),
+        ]
+    )
+    assert sorted((a.thread_id, a.user_id, a.seq) for a in moved) == sorted(
+        [(ab, bob.id, 3), (group, carol.id, left.seq)]
+    )
+    assert await store.device_cursors(bob.device_id) == {ab: 3}
+    assert await store.device_cursors(carol.device_id) == {group: left.seq}
+    assert await store.device_cursors(dave.device_id) == {}
+    member = await store.get_member(ab, bob.id)
+    assert member is not None and member.delivered_seq == 3
+    assert await store.get_member(ab, dave.id) is None
+    # The thread grows; the next ack moves the cursor on, clamped again.
+    await send(store, ab, alice)  # seq 4
+    moved = await store.advance_delivered([DeviceAck(bob.id, bob.device_id, (Cursor(ab, 99),))])
+    assert [(a.thread_id, a.user_id, a.seq) for a in moved] == [(ab, bob.id, 4)]
+    assert await store.device_cursors(bob.device_id) == {ab: 4}
+
+
 async def test_advance_delivered_handles_many_threads_and_devices(store: SqlStore) -> None:
     alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
     ab = await store.direct_thread(alice.id, bob.id)

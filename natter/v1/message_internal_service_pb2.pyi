@@ -201,6 +201,49 @@ class SyncDeviceResponse(_message.Message):
 Global___SyncDeviceResponse: _TypeAlias = SyncDeviceResponse  # noqa: Y015
 
 @_typing.final
+class CheckMemberRequest(_message.Message):
+    """CheckMemberRequest names a user and a thread."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.int
+    """The user."""
+    thread_id: _builtins.int
+    """The thread."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.int = ...,
+        thread_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["thread_id", b"thread_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckMemberRequest: _TypeAlias = CheckMemberRequest  # noqa: Y015
+
+@_typing.final
+class CheckMemberResponse(_message.Message):
+    """CheckMemberResponse is empty: the user is or was a member."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckMemberResponse: _TypeAlias = CheckMemberResponse  # noqa: Y015
+
+@_typing.final
 class DeviceAck(_message.Message):
     """DeviceAck is one device's delivered cursors."""
 

@@ -55,6 +55,11 @@ class MessageInternalServiceStub:
                 request_serializer=natter_dot_v1_dot_message__internal__service__pb2.ReadGapRequest.SerializeToString,
                 response_deserializer=natter_dot_v1_dot_message__internal__service__pb2.ReadGapResponse.FromString,
                 _registered_method=True)
+        self.CheckMember = channel.unary_unary(
+                '/natter.v1.MessageInternalService/CheckMember',
+                request_serializer=natter_dot_v1_dot_message__internal__service__pb2.CheckMemberRequest.SerializeToString,
+                response_deserializer=natter_dot_v1_dot_message__internal__service__pb2.CheckMemberResponse.FromString,
+                _registered_method=True)
         self.AckCursors = channel.unary_unary(
                 '/natter.v1.MessageInternalService/AckCursors',
                 request_serializer=natter_dot_v1_dot_message__internal__service__pb2.AckCursorsRequest.SerializeToString,
@@ -109,8 +114,16 @@ class MessageInternalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckMember(self, request, context):
+        """CheckMember fails with PERMISSION_DENIED unless the user is or was in the thread.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AckCursors(self, request, context):
-        """AckCursors records delivered cursors, coalesced per device and thread.
+        """AckCursors records delivered cursors, coalesced per device and thread, each clamped
+        to the last seq its member may see.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,6 +172,11 @@ def add_MessageInternalServiceServicer_to_server(servicer, server):
                     servicer.ReadGap,
                     request_deserializer=natter_dot_v1_dot_message__internal__service__pb2.ReadGapRequest.FromString,
                     response_serializer=natter_dot_v1_dot_message__internal__service__pb2.ReadGapResponse.SerializeToString,
+            ),
+            'CheckMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckMember,
+                    request_deserializer=natter_dot_v1_dot_message__internal__service__pb2.CheckMemberRequest.FromString,
+                    response_serializer=natter_dot_v1_dot_message__internal__service__pb2.CheckMemberResponse.SerializeToString,
             ),
             'AckCursors': grpc.unary_unary_rpc_method_handler(
                     servicer.AckCursors,
@@ -290,6 +308,33 @@ class MessageInternalService:
             '/natter.v1.MessageInternalService/ReadGap',
             natter_dot_v1_dot_message__internal__service__pb2.ReadGapRequest.SerializeToString,
             natter_dot_v1_dot_message__internal__service__pb2.ReadGapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/natter.v1.MessageInternalService/CheckMember',
+            natter_dot_v1_dot_message__internal__service__pb2.CheckMemberRequest.SerializeToString,
+            natter_dot_v1_dot_message__internal__service__pb2.CheckMemberResponse.FromString,
             options,
             channel_credentials,
             insecure,

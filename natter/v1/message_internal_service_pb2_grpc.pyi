@@ -41,8 +41,12 @@ class MessageInternalServiceStub:
     """SyncDevice returns messages after a device's cursors."""
     ReadGap: _grpc.UnaryUnaryMultiCallable[_message_internal_service_pb2.ReadGapRequest, _message_internal_service_pb2.ReadGapResponse]
     """ReadGap returns the messages strictly between two seqs that the user may see."""
+    CheckMember: _grpc.UnaryUnaryMultiCallable[_message_internal_service_pb2.CheckMemberRequest, _message_internal_service_pb2.CheckMemberResponse]
+    """CheckMember fails with PERMISSION_DENIED unless the user is or was in the thread."""
     AckCursors: _grpc.UnaryUnaryMultiCallable[_message_internal_service_pb2.AckCursorsRequest, _message_internal_service_pb2.AckCursorsResponse]
-    """AckCursors records delivered cursors, coalesced per device and thread."""
+    """AckCursors records delivered cursors, coalesced per device and thread, each clamped
+    to the last seq its member may see.
+    """
     MarkRead: _grpc.UnaryUnaryMultiCallable[_message_internal_service_pb2.MarkReadRequest, _message_internal_service_pb2.MarkReadResponse]
     """MarkRead records a read cursor."""
     RelayTyping: _grpc.UnaryUnaryMultiCallable[_message_internal_service_pb2.RelayTypingRequest, _message_internal_service_pb2.RelayTypingResponse]
@@ -63,8 +67,12 @@ class MessageInternalServiceAsyncStub(MessageInternalServiceStub):
     """SyncDevice returns messages after a device's cursors."""
     ReadGap: _aio.UnaryUnaryMultiCallable[_message_internal_service_pb2.ReadGapRequest, _message_internal_service_pb2.ReadGapResponse]  # type: ignore[assignment]
     """ReadGap returns the messages strictly between two seqs that the user may see."""
+    CheckMember: _aio.UnaryUnaryMultiCallable[_message_internal_service_pb2.CheckMemberRequest, _message_internal_service_pb2.CheckMemberResponse]  # type: ignore[assignment]
+    """CheckMember fails with PERMISSION_DENIED unless the user is or was in the thread."""
     AckCursors: _aio.UnaryUnaryMultiCallable[_message_internal_service_pb2.AckCursorsRequest, _message_internal_service_pb2.AckCursorsResponse]  # type: ignore[assignment]
-    """AckCursors records delivered cursors, coalesced per device and thread."""
+    """AckCursors records delivered cursors, coalesced per device and thread, each clamped
+    to the last seq its member may see.
+    """
     MarkRead: _aio.UnaryUnaryMultiCallable[_message_internal_service_pb2.MarkReadRequest, _message_internal_service_pb2.MarkReadResponse]  # type: ignore[assignment]
     """MarkRead records a read cursor."""
     RelayTyping: _aio.UnaryUnaryMultiCallable[_message_internal_service_pb2.RelayTypingRequest, _message_internal_service_pb2.RelayTypingResponse]  # type: ignore[assignment]
@@ -108,12 +116,22 @@ class MessageInternalServiceServicer(metaclass=_abc_1.ABCMeta):
         """ReadGap returns the messages strictly between two seqs that the user may see."""
 
     @_abc_1.abstractmethod
+    def CheckMember(
+        self,
+        request: _message_internal_service_pb2.CheckMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_message_internal_service_pb2.CheckMemberResponse, _abc.Awaitable[_message_internal_service_pb2.CheckMemberResponse]]:
+        """CheckMember fails with PERMISSION_DENIED unless the user is or was in the thread."""
+
+    @_abc_1.abstractmethod
     def AckCursors(
         self,
         request: _message_internal_service_pb2.AckCursorsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_message_internal_service_pb2.AckCursorsResponse, _abc.Awaitable[_message_internal_service_pb2.AckCursorsResponse]]:
-        """AckCursors records delivered cursors, coalesced per device and thread."""
+        """AckCursors records delivered cursors, coalesced per device and thread, each clamped
+        to the last seq its member may see.
+        """
 
     @_abc_1.abstractmethod
     def MarkRead(

@@ -1,0 +1,274 @@
+"""The device-stream protocol, written once for every transport: hello, attach, session, end.
+
+In the manner of sans-I/O libraries (h11, wsproto), nothing here touches a socket. A
+transport (the gRPC Connect stream, the WebSocket) moves frames in and out through the
+`Transport` port and turns the `End` it is handed into its own close: a gRPC status with an
+ErrorInfo reason, or a WebSocket close code.
+
+The rules, in order: authenticate the bearer token; the first frame must be Hello, within
+`hello_timeout_seconds`; answer Welcome; attach to the hub (live pushes buffer from here
+on); authenticate again (a logout while the stream waited found no session to close); run
+the session until either side ends it; detach; let sends still in flight finish. When the
+peer goes away (`hang_up`), the stream ends at its next wait on the transport, never
+halfway through a call to message_svc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from natter import convert
+from natter import domain as d
+from natter.errors import DeadlineExceeded, Internal, InvalidArgument, NatterError
+from natter.rpc import Malformed
+from natter.settings import Settings
+from natter.v1 import socket_service_pb2 as spb
+from socket_svc.hub import Hub
+from socket_svc.ports import MessageApi
+from socket_svc.session import Session, error_frame, heartbeat_seconds
+
+logger = logging.getLogger(__name__)
+
+# How long a closing session's writer may take to send what is already queued.
+CLOSE_GRACE = 5.0
+# How long a frame being handled when the stream ends may take to finish.
+FRAME_GRACE = 5.0
+# How long sends still in flight may take to finish once the stream has ended.
+SEND_GRACE = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A frame the transport will not carry (not binary, too big, unparsable): ends the stream."""
+
+    error: NatterError
+
+
+# What a transport receives: a frame; one that did not parse (`natter.rpc.Malformed`: the
+# device is told and the stream goes on); one that ends the stream; None once it hung up.
+Incoming = spb.ClientFrame | Malformed | Refused | None
+
+
+class Transport(Protocol):
+    """A device stream as the protocol sees it: the next frame in, a frame out."""
+
+    async def receive(self) -> Incoming: ...
+    async def send(self, frame: spb.ServerFrame) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """How a stream ended: `error` None for a normal end, else what the device is told.
+
+    `violation` marks an end because the device broke the stream's own rules — no Hello
+    first or none in time, a frame the transport refused — which the WebSocket closes with
+    an RFC 6455 code rather than 4000 + code.
+    """
+
+    error: NatterError | None = None
+    violation: bool = False
+
+
+class DeviceStream:
+    """One device's stream from its first frame to its end, over any transport."""
+
+    def __init__(
+        self, hub: Hub, api: MessageApi, settings: Settings, transport: Transport, token: str
+    ) -> None:
+        self.hub = hub
+        self.api = api
+        self.settings = settings
+        self.transport = transport
+        self.token = token
+        self.session: Session | None = None
+        self._gone = False
+        self._hello_wait: asyncio.Task[Incoming] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._receiving = False
+        self._stopping = False
+        self._refused: Refused | None = None
+
+    def hang_up(self) -> None:
+        """The peer went away: end at the next wait on the transport, not halfway through a call."""
+        self._gone = True
+        if self._hello_wait is not None:
+            self._hello_wait.cancel()
+        if self.session is not None:
+            self.session.close()
+        if self._reader is not None and self._receiving:
+            self._reader.cancel()
+
+    async def run(self) -> End:
+        try:
+            who = await self.api.authenticate(self.token)
+        except NatterError as e:
+            return End(e)
+        hello = await self._hello()
+        if isinstance(hello, End):
+            return hello
+        session = Session(who, self.api, self.transport, self.settings, self.hub.ack_pending)
+        try:
+            await self.transport.send(self._welcome(who))
+        except Exception as e:  # the device left before its Welcome reached it
+            logger.debug("stream of device %s lost before welcome: %r", who.device_id, e)
+            return End()
+        if self._gone:
+            return End()
+        self.session = session
+        try:
+            await self.hub.attach(session)
+        except NatterError as e:
+            return End(e)
+        try:
+            # Checked again once attached: a logout while the stream waited for its Hello (or
+            # before attach) found no session to close, so it must be seen here.
+            await self.api.authenticate(self.token)
+        except BaseException as e:
+            await self.hub.detach(session)
+            if isinstance(e, NatterError):
+                return End(e)
+            raise
+        try:
+            if self._gone:  # went away while attaching: nothing to sync
+                return End()
+            return await self._converse(session, hello)
+        finally:
+            await self.hub.detach(session)
+            await session.finish(SEND_GRACE)
+
+    def _welcome(self, who: d.Principal) -> spb.ServerFrame:
+        return spb.ServerFrame(
+            welcome=spb.Welcome(
+                user=convert.user(who.user),
+                device_id=who.device_id,
+                heartbeat_interval_seconds=heartbeat_seconds(self.settings),
+                node_id=self.hub.node_id,
+            )
+        )
+
+    async def _hello(self) -> spb.Hello | End:
+        """The first frame, which must be Hello and arrive within hello_timeout_seconds."""
+        limit = self.settings.hello_timeout_seconds
+        waiting = self._hello_wait = asyncio.create_task(self.transport.receive())
+        try:
+            done, _ = await asyncio.wait({waiting}, timeout=limit)
+        finally:
+            self._hello_wait = None
+            await _settle(waiting)
+        if self._gone:
+            return End()
+        if not done:
+            late = DeadlineExceeded(f"no hello frame within {limit:g} s", "HELLO_TIMEOUT")
+            return End(late, violation=True)
+        if waiting.cancelled():
+            return End()
+        lost = waiting.exception()
+        if lost is not None:
+            logger.debug("stream lost before hello: %r", lost)
+            return End()
+        first = waiting.result()
+        if first is None:
+            return End()
+        if isinstance(first, Refused):
+            return End(first.error, violation=True)
+        if isinstance(first, Malformed) or first.WhichOneof("payload") != "hello":
+            wrong = InvalidArgument("the first frame must be hello", "HELLO_FIRST")
+            return End(wrong, violation=True)
+        return first.hello
+
+    async def _converse(self, session: Session, hello: spb.Hello) -> End:
+        """Run the session until either side ends it, then say how it ended.
+
+        When the device hangs up first, in-flight sends still answer before the session
+        closes; when the transport refused a frame, the session closes with that error.
+        """
+        writer = asyncio.create_task(session.run(hello))
+        reader = self._reader = asyncio.create_task(self._pump(session))
+        try:
+            await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if not writer.done():
+                if session.closed is None:
+                    if self._refused is None:
+                        await session.drain()
+                    session.close(None if self._refused is None else self._refused.error)
+                await asyncio.wait({writer}, timeout=CLOSE_GRACE)
+        finally:
+            self._stopping = True
+            if not reader.done() and not self._receiving:
+                # Halfway through a frame (a read cursor, an ack): let it finish rather than
+                # cut a call to message_svc short.
+                await asyncio.wait({reader}, timeout=FRAME_GRACE)
+            await _settle(reader)
+            await _settle(writer)
+        if not reader.cancelled() and reader.exception() is not None:
+            logger.debug("reading from device %s failed: %r", session.device_id, reader.exception())
+        return self._end(session, writer)
+
+    def _end(self, session: Session, writer: asyncio.Task[None]) -> End:
+        if self._refused is not None:
+            return End(self._refused.error, violation=True)
+        if not writer.cancelled():
+            error = writer.exception()
+            if isinstance(error, NatterError):
+                return End(error)
+            if error is not None:
+                logger.debug("stream of device %s ended: %r", session.device_id, error)
+                return End(Internal("internal error", "INTERNAL"))
+        closed = session.closed
+        return End(closed.error if closed is not None else None)
+
+    async def _pump(self, session: Session) -> None:
+        """Feed the device's frames to the session until it hangs up or the session ends."""
+        while session.closed is None and not self._stopping:
+            self._receiving = True
+            try:
+                incoming = await self.transport.receive()
+            finally:
+                self._receiving = False
+            if incoming is None:
+                return
+            if isinstance(incoming, Refused):
+                self._refused = incoming
+                return
+            if isinstance(incoming, Malformed):
+                session.enqueue(
+                    error_frame(
+                        InvalidArgument(f"malformed frame: {incoming.error}", "MALFORMED_FRAME")
+                    )
+                )
+                continue
+            self.hub.beat(session)
+            await session.on_frame(incoming)
+
+
+async def _settle(task: asyncio.Task[Any]) -> None:
+    """Cancel a task unless it is done, and wait until it is."""
+    if not task.done():
+        task.cancel()
+    await asyncio.wait({task})
+
+
+async def serve(
+    hub: Hub, api: MessageApi, settings: Settings, transport: Transport, token: str
+) -> End:
+    """Run one device's stream to its end.
+
+    Cancelled (the peer went away, the server is stopping), the stream still ends in order —
+    a call to message_svc cut halfway would leave its database connection to be torn down —
+    and then the cancellation goes on.
+    """
+    stream = DeviceStream(hub, api, settings, transport, token)
+    task = asyncio.create_task(stream.run())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        stream.hang_up()
+        await asyncio.wait({task})
+        if not task.cancelled():
+            error = task.exception()
+            if error is not None and not isinstance(error, NatterError):
+                logger.warning("stream of a device that went away failed", exc_info=error)
+        raise
