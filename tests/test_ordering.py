@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from app.embedded import EmbeddedServer
+from message_svc.committer import GroupCommitter
 from natter import domain as d
 from natter.sdk import Client, Connected, Connection
 from natter.v1 import socket_service_pb2 as spb
@@ -103,6 +104,40 @@ async def account(address: str, name: str, device: str = "test", register: bool 
         await c.register(name, PASSWORD)
     await c.login(name, PASSWORD, device)
     return c
+
+
+# -- the group commit ----------------------------------------------------------------------
+
+
+async def test_the_group_commit_keeps_submission_order_and_never_splits_a_run() -> None:
+    flushed: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def flush(items: Sequence[str]) -> list[str]:
+        flushed.append(list(items))
+        if len(flushed) == 1:
+            await gate.wait()  # the first transaction is slow: the others queue behind it
+        return [f"{i}!" for i in items]
+
+    committer: GroupCommitter[str, str] = GroupCommitter(flush, max_batch=5)
+    runs = [
+        ["a1"],
+        ["b1", "b2", "b3"],
+        ["c1", "c2"],
+        ["a2", "a3"],
+        ["d1"],
+        ["b4", "b5", "b6", "b7", "b8", "b9"],
+    ]
+    tasks = [asyncio.ensure_future(committer.submit_many(runs[0]))]
+    await eventually(lambda: flushed, 5)
+    tasks += [asyncio.ensure_future(committer.submit_many(r)) for r in runs[1:]]
+    await eventually(lambda: len(committer._pending) == len(runs) - 1, 5)  # all queued
+    gate.set()
+    results = await asyncio.gather(*tasks)
+    assert results == [[f"{i}!" for i in r] for r in runs]
+    # In submission order; a run that does not fit waits whole for the next transaction,
+    # and one longer than a batch goes alone.
+    assert flushed == [["a1"], ["b1", "b2", "b3", "c1", "c2"], ["a2", "a3", "d1"], runs[5]]
 
 
 # -- one raw stream, pipelined -------------------------------------------------------------
