@@ -196,7 +196,7 @@ async def test_pipelined_sends_after_a_restart_are_stored_in_send_order(tmp_path
 
 
 async def test_600_pipelined_sends_naming_thread_and_recipient_in_turn_keep_order(
-    user: UserFactory,
+    server: EmbeddedServer, user: UserFactory
 ) -> None:
     alice, bob = await user(), await user()
     assert bob.user is not None
@@ -205,9 +205,13 @@ async def test_600_pipelined_sends_naming_thread_and_recipient_in_turn_keep_orde
     [(key, *_)] = warm = sends("warm", 1, recipient=bob.user.username)
     first = (await pipelined(raw, warm))[key]
     assert isinstance(first, spb.SendResult)
+    session = server.hub.by_device[alice.device_id]
+    runs = session.sends.runs
     # All 600 are on the wire before the first answer is read: many in flight at once.
     batch = sends("mixed", 600, recipient=bob.user.username, thread_id=first.thread_id)
     got = await pipelined(raw, batch)
+    # Pipelined sends are handed over in runs, not one call (and transaction) each.
+    assert session.sends.runs - runs < len(batch) / 2
     assert_fifo(batch, got)
     assert {r.thread_id for r in got.values() if isinstance(r, spb.SendResult)} == {first.thread_id}
     assert seqs_in_order(batch, got) == list(range(2, 602))
