@@ -72,5 +72,9 @@ class GroupCommitter(Generic[T, R]):
                     self.items += len(items)
                     if not f.done():
                         f.set_result(part)
+                # Whoever this batch answered may submit again at once (a device's next run
+                # waits for its previous one): one turn of the loop lets that join the next
+                # batch, instead of every other one.
+                await asyncio.sleep(0)
         finally:
             self._task = None

@@ -37,25 +37,13 @@ BATCH_FRAMES = 256
 
 def _batched(frames: list[spb.ClientFrame]) -> list[spb.ClientFrame]:
     """Frames as few stream messages, each within BATCH_BYTES and BATCH_FRAMES, in order."""
-    out: list[spb.ClientFrame] = []
-    chunk: list[spb.ClientFrame] = []
-    size = 0
-    for f in frames:
-        n = f.ByteSize()
-        if chunk and (size + n > BATCH_BYTES or len(chunk) >= BATCH_FRAMES):
-            out.append(
-                chunk[0]
-                if len(chunk) == 1
-                else spb.ClientFrame(batch=spb.ClientBatch(frames=chunk))
-            )
-            chunk, size = [], 0
-        chunk.append(f)
-        size += n + 4
-    if chunk:
-        out.append(
-            chunk[0] if len(chunk) == 1 else spb.ClientFrame(batch=spb.ClientBatch(frames=chunk))
-        )
-    return out
+    if len(frames) == 1:
+        return frames
+    whole = spb.ClientFrame(batch=spb.ClientBatch(frames=frames))
+    if len(frames) <= BATCH_FRAMES and whole.ByteSize() <= BATCH_BYTES:
+        return [whole]
+    half = len(frames) // 2
+    return _batched(frames[:half]) + _batched(frames[half:])
 
 
 @dataclass(frozen=True, slots=True)
