@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--inflight",
         type=int,
         default=8,
-        help="sends in flight per sender (default 8; the server allows 64)",
+        help="sends in flight per sender (default 8)",
     )
     p.add_argument(
         "--rate",

@@ -8,10 +8,21 @@ import grpc
 
 from natter import convert
 from natter import domain as d
+from natter.errors import NatterError
 from natter.pool import Pool
 from natter.v1 import message_internal_service_pb2 as mpb
 from natter.v1 import message_internal_service_pb2_grpc as mpb_grpc
 from natter.v1 import socket_service_pb2 as spb
+
+
+def _conversation(who: d.Principal, req: d.SendRequest) -> str:
+    """The replica key of a send: one replica per conversation while it is up.
+
+    Its pushes then leave in commit order, so devices need not fetch gaps.
+    """
+    if req.recipient:
+        return "|".join(sorted((who.user.username, req.recipient.strip().lower())))
+    return f"thread:{req.thread_id}"
 
 
 class MessageClient:
@@ -36,13 +47,8 @@ class MessageClient:
         return d.Principal(convert.user_of(res.user), res.device_id)
 
     async def send(self, who: d.Principal, req: d.SendRequest) -> d.SendResult:
-        frame = spb.Send(client_msg_id=req.client_msg_id, text=req.text)
-        if req.recipient:
-            frame.recipient = req.recipient
-        else:
-            frame.thread_id = req.thread_id
         request = mpb.SendMessageRequest(
-            user_id=who.user.user_id, device_id=who.device_id, send=frame
+            user_id=who.user.user_id, device_id=who.device_id, send=convert.send(req)
         )
 
         async def go(ch: grpc.aio.Channel) -> mpb.SendMessageResponse:
@@ -50,16 +56,30 @@ class MessageClient:
                 request, metadata=self.pool.metadata, timeout=self.pool.deadline
             )
 
-        # One replica per conversation while it is up (pushes leave in commit order); any
-        # other on UNAVAILABLE. Retrying a send is safe: client_msg_id makes it idempotent.
-        if req.recipient:
-            key = "|".join(sorted((who.user.username, req.recipient.strip().lower())))
-        else:
-            key = f"thread:{req.thread_id}"
-        r = (await self.pool.call(self.addresses, go, key=key)).result
-        return d.SendResult(
-            r.client_msg_id, r.msg_id, r.thread_id, r.seq, convert.from_ts(r.create_time)
+        res = await self.pool.call(self.addresses, go, key=_conversation(who, req))
+        return convert.send_result_of(res.result)
+
+    async def send_many(
+        self, who: d.Principal, reqs: Sequence[d.SendRequest]
+    ) -> list[d.SendResult | NatterError]:
+        """One call for a run of one device's sends: one replica stores them, in order."""
+        if not reqs:
+            return []
+        request = mpb.SendMessagesRequest(
+            user_id=who.user.user_id,
+            device_id=who.device_id,
+            sends=[convert.send(r) for r in reqs],
         )
+
+        async def go(ch: grpc.aio.Channel) -> mpb.SendMessagesResponse:
+            return await self._stub(ch).SendMessages(
+                request, metadata=self.pool.metadata, timeout=self.pool.deadline
+            )
+
+        # Retrying a run is safe (client_msg_id makes every send idempotent), and so is
+        # moving it to another replica: each send stores once, in the run's order.
+        res = await self.pool.call(self.addresses, go, key=_conversation(who, reqs[0]))
+        return [convert.send_outcome_of(o) for o in res.outcomes]
 
     async def sync_device(
         self, who: d.Principal, cursors: Sequence[d.Cursor], skip_replay: bool, limit: int

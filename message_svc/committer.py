@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -11,21 +12,33 @@ R = TypeVar("R")
 
 
 class GroupCommitter(Generic[T, R]):
-    """Runs `flush` on batches; the first item flushes at once, later ones wait for the next."""
+    """Runs `flush` on batches; the first item flushes at once, later ones wait for the next.
+
+    Order is kept: `flush` gets items in the order they were submitted, and a batch starts
+    only after the one before it finished. A run submitted together (`submit_many`) is never
+    split between two batches, so it commits or fails as one.
+    """
 
     def __init__(
         self, flush: Callable[[Sequence[T]], Awaitable[Sequence[R]]], max_batch: int = 512
     ) -> None:
         self._flush = flush
         self._max = max_batch
-        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._pending: deque[tuple[Sequence[T], asyncio.Future[list[R]]]] = deque()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.items = 0
 
     async def submit(self, item: T) -> R:
-        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, fut))
+        [result] = await self.submit_many([item])
+        return result
+
+    async def submit_many(self, items: Sequence[T]) -> list[R]:
+        """Results in the order of `items`, all from one transaction."""
+        if not items:
+            return []
+        fut: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
+        self._pending.append((items, fut))
         if self._task is None:
             self._task = asyncio.create_task(self._run())
         return await fut
@@ -33,13 +46,17 @@ class GroupCommitter(Generic[T, R]):
     async def _run(self) -> None:
         try:
             while self._pending:
-                batch = self._pending[: self._max]
-                del self._pending[: self._max]
-                live = [(i, f) for i, f in batch if not f.cancelled()]
+                batch: list[tuple[Sequence[T], asyncio.Future[list[R]]]] = []
+                size = 0
+                while self._pending and (not batch or size + len(self._pending[0][0]) <= self._max):
+                    run = self._pending.popleft()
+                    batch.append(run)
+                    size += len(run[0])
+                live = [(items, f) for items, f in batch if not f.cancelled()]
                 if not live:
                     continue
                 try:
-                    results = await self._flush([i for i, _ in live])
+                    results = await self._flush([i for items, _ in live for i in items])
                 except BaseException as e:  # every waiter learns of the failure
                     for _, f in live:
                         if not f.done():
@@ -48,9 +65,16 @@ class GroupCommitter(Generic[T, R]):
                         raise
                     continue
                 self.batches += 1
-                self.items += len(live)
-                for (_, f), r in zip(live, results, strict=True):
+                at = 0
+                for items, f in live:
+                    part = list(results[at : at + len(items)])
+                    at += len(items)
+                    self.items += len(items)
                     if not f.done():
-                        f.set_result(r)
+                        f.set_result(part)
+                # Whoever this batch answered may submit again at once (a device's next run
+                # waits for its previous one): one turn of the loop lets that join the next
+                # batch, instead of every other one.
+                await asyncio.sleep(0)
         finally:
             self._task = None

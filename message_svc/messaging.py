@@ -45,7 +45,14 @@ from natter.domain import (
     Typing,
     User,
 )
-from natter.errors import InvalidArgument, NotFound, PermissionDenied
+from natter.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NatterError,
+    NotFound,
+    PermissionDenied,
+    transient,
+)
 from natter.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -122,32 +129,87 @@ class Messaging:
     # -- sending -------------------------------------------------------------------------
 
     async def send(self, who: Principal, req: SendRequest) -> SendResult:
+        [outcome] = await self.send_many(who, [req])
+        if isinstance(outcome, NatterError):
+            raise outcome
+        return outcome
+
+    async def send_many(
+        self, who: Principal, reqs: Sequence[SendRequest]
+    ) -> list[SendResult | NatterError]:
+        """Store a run of one device's sends; within each thread their seqs follow its order.
+
+        Targets are resolved one after another, in order; then every send that is fine joins
+        the group commit as one run (one transaction, after everything submitted before it).
+        Each send is answered on its own: a bad one fails alone. After a transient failure
+        (say the store is unreachable while a recipient is looked up) the rest of the run is
+        not tried and fails the same way, since storing a later send while an earlier one
+        must be retried would put them out of order.
+        """
+        if len(reqs) > MAX_SENDS_PER_CALL:
+            raise InvalidArgument(
+                f"at most {MAX_SENDS_PER_CALL} sends per call, got {len(reqs)}", "TOO_MANY_SENDS"
+            )
+        out: list[SendResult | NatterError | None] = [None] * len(reqs)
+        todo: list[tuple[int, NewMessage]] = []
+        for i, req in enumerate(reqs):
+            try:
+                thread_id, text = await self._target(who, req)
+            except NatterError as e:
+                out[i] = e
+                if transient(e):
+                    out[i:] = [e] * (len(reqs) - i)
+                    break
+                continue
+            new = NewMessage(
+                thread_id, who.user, who.device_id, req.client_msg_id, MessageKind.TEXT, text
+            )
+            todo.append((i, new))
+        appended = await self.committer.submit_many([new for _, new in todo])
+        stored: list[tuple[Message, ThreadKind]] = []
+        for (i, new), a in zip(todo, appended, strict=True):
+            try:
+                message = await self._stored(who, new, a)
+                kind = await self._kind(message.thread_id)
+            except NatterError as e:
+                out[i] = e
+                continue
+            stored.append((message, kind))
+            out[i] = SendResult(
+                new.client_msg_id,
+                message.msg_id,
+                message.thread_id,
+                message.seq,
+                message.create_time,
+            )
+        # A retry is pushed again: the replica that stored the original may have died
+        # before pushing it. Devices drop what they already have (by thread and seq).
+        await self.publish_many(stored, exclude_device_id=who.device_id)
+        return [o for o in out if o is not None]
+
+    async def _target(self, who: Principal, req: SendRequest) -> tuple[int, str]:
+        """The thread a send goes to, and its checked text."""
         rules.client_msg_id(req.client_msg_id)
         text = rules.text(req.text, self.settings.max_text_bytes)
         if req.recipient:
-            thread_id = await self._direct_with(who.user.user_id, req.recipient)
-        elif req.thread_id > 0:
-            thread_id = req.thread_id
-        elif req.thread_id < 0:
+            return await self._direct_with(who.user.user_id, req.recipient), text
+        if req.thread_id > 0:
+            return req.thread_id, text
+        if req.thread_id < 0:
             raise InvalidArgument("thread_id must be positive", "BAD_THREAD")
-        else:
-            raise InvalidArgument("send needs a thread_id or a recipient", "NO_TARGET")
-        new = NewMessage(
-            thread_id, who.user, who.device_id, req.client_msg_id, MessageKind.TEXT, text
-        )
-        appended = await self.committer.submit(new)
-        if isinstance(appended, Refused):
-            await self.active_member(who, thread_id)  # raises the precise error
-            raise PermissionDenied(f"you are not a member of thread {thread_id}", "NOT_A_MEMBER")
-        message = appended.message
-        if appended.duplicate and (message.text != text or message.thread_id != thread_id):
-            raise_reused(req.client_msg_id)
-        # A retry is pushed again: the replica that stored the original may have died
-        # before pushing it. Devices drop what they already have (by thread and seq).
-        await self.publish(message, await self._kind(thread_id), exclude_device_id=who.device_id)
-        return SendResult(
-            req.client_msg_id, message.msg_id, message.thread_id, message.seq, message.create_time
-        )
+        raise InvalidArgument("send needs a thread_id or a recipient", "NO_TARGET")
+
+    async def _stored(self, who: Principal, new: NewMessage, a: Appended | Refused) -> Message:
+        """The message a send stored (or had stored before), or why it was refused."""
+        if isinstance(a, Refused):
+            await self.active_member(who, new.thread_id)  # raises the precise error
+            raise PermissionDenied(
+                f"you are not a member of thread {new.thread_id}", "NOT_A_MEMBER"
+            )
+        message = a.message
+        if a.duplicate and (message.text != new.text or message.thread_id != new.thread_id):
+            raise reused(new.client_msg_id)
+        return message
 
     async def _direct_with(self, user_id: int, identifier: str) -> int:
         """The direct thread with a user; ids, names and pairs never change, so all are cached."""
@@ -181,24 +243,45 @@ class Messaging:
         extra_users: Iterable[int] = (),
     ) -> None:
         """Push a stored message; failures only delay it until the devices sync."""
+        await self.publish_many([(message, kind)], exclude_device_id, extra_users)
+
+    async def publish_many(
+        self,
+        messages: Sequence[tuple[Message, ThreadKind]],
+        exclude_device_id: int = 0,
+        extra_users: Iterable[int] = (),
+    ) -> None:
+        """Push stored messages in the order given, in one hand-over to the fan-out."""
+        if not messages:
+            return
+        extra = tuple(extra_users)
         try:
-            if kind is ThreadKind.DIRECT:
-                users = await self.audience(message.thread_id, kind)
-                deliveries = [
-                    Delivery(message, user_ids=users, exclude_device_id=exclude_device_id)
-                ]
-            else:
-                deliveries = [
+            deliveries: list[Delivery] = []
+            for message, kind in messages:
+                if kind is ThreadKind.DIRECT:
+                    users = await self.audience(message.thread_id, kind)
+                    deliveries.append(
+                        Delivery(message, user_ids=users, exclude_device_id=exclude_device_id)
+                    )
+                    continue
+                deliveries.append(
                     Delivery(
                         message, thread_id=message.thread_id, exclude_device_id=exclude_device_id
                     )
-                ]
-                extra = tuple(extra_users)
+                )
                 if extra:
                     deliveries.append(Delivery(message, user_ids=extra))
             await self.fanout.deliver(deliveries)
         except Exception:  # the store is the truth; devices catch up by sync
-            logger.warning("push of %s/%s failed", message.thread_id, message.seq, exc_info=True)
+            first, last = messages[0][0], messages[-1][0]
+            logger.warning(
+                "push of %s/%s..%s/%s failed",
+                first.thread_id,
+                first.seq,
+                last.thread_id,
+                last.seq,
+                exc_info=True,
+            )
 
     # -- reading -------------------------------------------------------------------------
 
@@ -466,6 +549,8 @@ class Messaging:
 
 
 CACHE_LIMIT = 200_000
+# A socket server hands over at most a few hundred sends of one device at a time.
+MAX_SENDS_PER_CALL = 1000
 ACTING_TTL = 5.0
 
 
@@ -475,10 +560,8 @@ def _remember(cache: dict[K, V], key: K, value: V) -> None:
     cache[key] = value
 
 
-def raise_reused(client_msg_id: str) -> None:
-    from natter.errors import AlreadyExists
-
-    raise AlreadyExists(
+def reused(client_msg_id: str) -> AlreadyExists:
+    return AlreadyExists(
         f"client_msg_id {client_msg_id!r} was already used for a different message; "
         "the original is kept",
         "CLIENT_MSG_ID_REUSED",

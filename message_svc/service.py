@@ -28,6 +28,7 @@ from natter.domain import (
     SendResult,
     SyncPage,
 )
+from natter.errors import NatterError
 from natter.settings import Settings
 from natter.v1 import account_service_pb2_grpc as apb_grpc
 from natter.v1 import contact_service_pb2_grpc as cpb_grpc
@@ -76,6 +77,11 @@ class MessageService:
 
     async def send(self, who: Principal, req: SendRequest) -> SendResult:
         return await self.messaging.send(who, req)
+
+    async def send_many(
+        self, who: Principal, reqs: Sequence[SendRequest]
+    ) -> list[SendResult | NatterError]:
+        return await self.messaging.send_many(who, reqs)
 
     async def sync_device(
         self, who: Principal, cursors: Sequence[Cursor], skip_replay: bool, limit: int

@@ -18,7 +18,6 @@ from natter.v1 import contact_service_pb2 as cpb
 from natter.v1 import contact_service_pb2_grpc as cpb_grpc
 from natter.v1 import message_internal_service_pb2 as mpb
 from natter.v1 import message_internal_service_pb2_grpc as mpb_grpc
-from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import thread_service_pb2 as tpb
 from natter.v1 import thread_service_pb2_grpc as tpb_grpc
 
@@ -187,25 +186,24 @@ class MessageInternalServicer(mpb_grpc.MessageInternalServiceServicer):
     async def SendMessage(
         self, request: mpb.SendMessageRequest, context: Context
     ) -> mpb.SendMessageResponse:
-        s = request.send
-        which = s.WhichOneof("target")
         res = await self.messaging.send(
             await self._who(request.user_id, request.device_id),
-            d.SendRequest(
-                s.client_msg_id,
-                s.text,
-                s.thread_id if which == "thread_id" else 0,
-                s.recipient if which == "recipient" else "",
-            ),
+            convert.send_request_of(request.send),
         )
-        return mpb.SendMessageResponse(
-            result=spb.SendResult(
-                client_msg_id=res.client_msg_id,
-                msg_id=res.msg_id,
-                thread_id=res.thread_id,
-                seq=res.seq,
-                create_time=convert.ts(res.create_time),
-            )
+        return mpb.SendMessageResponse(result=convert.send_result(res))
+
+    async def SendMessages(
+        self, request: mpb.SendMessagesRequest, context: Context
+    ) -> mpb.SendMessagesResponse:
+        outcomes = await self.messaging.send_many(
+            await self._who(request.user_id, request.device_id),
+            [convert.send_request_of(s) for s in request.sends],
+        )
+        return mpb.SendMessagesResponse(
+            outcomes=[
+                convert.send_outcome(o, s.client_msg_id)
+                for o, s in zip(outcomes, request.sends, strict=True)
+            ]
         )
 
     async def SyncDevice(

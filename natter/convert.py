@@ -18,7 +18,8 @@ from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from natter import domain as d
-from natter.errors import InvalidArgument
+from natter.errors import Internal, InvalidArgument, NatterError
+from natter.rpc import ERROR_OF, status_of
 from natter.v1 import contact_service_pb2 as cpb
 from natter.v1 import message_internal_service_pb2 as mpb
 from natter.v1 import socket_internal_service_pb2 as ipb
@@ -386,3 +387,65 @@ def deliveries_of(ps: Iterable[ipb.Delivery]) -> list[d.Delivery]:
     What is left out is not lost: messages are in the store, and devices get them by sync.
     """
     return [x for x in map(delivery_of, ps) if x is not None]
+
+
+def send(r: d.SendRequest) -> spb.Send:
+    out = spb.Send(client_msg_id=r.client_msg_id, text=r.text)
+    if r.recipient:
+        out.recipient = r.recipient
+    else:
+        out.thread_id = r.thread_id
+    return out
+
+
+def send_request_of(p: spb.Send) -> d.SendRequest:
+    """A Send frame as a request; the target is checked by message_svc (NO_TARGET)."""
+    which = p.WhichOneof("target")
+    return d.SendRequest(
+        client_msg_id=p.client_msg_id,
+        text=p.text,
+        thread_id=p.thread_id if which == "thread_id" else 0,
+        recipient=p.recipient if which == "recipient" else "",
+    )
+
+
+def send_result(r: d.SendResult) -> spb.SendResult:
+    return spb.SendResult(
+        client_msg_id=r.client_msg_id,
+        msg_id=r.msg_id,
+        thread_id=r.thread_id,
+        seq=r.seq,
+        create_time=ts(r.create_time),
+    )
+
+
+def send_result_of(p: spb.SendResult) -> d.SendResult:
+    return d.SendResult(p.client_msg_id, p.msg_id, p.thread_id, p.seq, from_ts(p.create_time))
+
+
+def stream_error(error: BaseException, client_msg_id: str = "") -> spb.StreamError:
+    """What a device (or a socket server) is told of an error; unknown ones are INTERNAL."""
+    code, message, reason = status_of(error)
+    return spb.StreamError(
+        code=code.value[0], message=message, reason=reason, client_msg_id=client_msg_id
+    )
+
+
+def error_of(p: spb.StreamError) -> NatterError:
+    """The domain error a StreamError was made from (its class by code, its reason kept)."""
+    klass = next((k for c, k in ERROR_OF.items() if c.value[0] == p.code), NatterError)
+    return klass(p.message, p.reason)
+
+
+def send_outcome(outcome: d.SendResult | NatterError, client_msg_id: str) -> mpb.SendOutcome:
+    if isinstance(outcome, d.SendResult):
+        return mpb.SendOutcome(result=send_result(outcome))
+    return mpb.SendOutcome(error=stream_error(outcome, client_msg_id))
+
+
+def send_outcome_of(p: mpb.SendOutcome) -> d.SendResult | NatterError:
+    if p.WhichOneof("outcome") == "result":
+        return send_result_of(p.result)
+    if p.WhichOneof("outcome") == "error":
+        return error_of(p.error)
+    return Internal("send outcome carries neither a result nor an error", "EMPTY_OUTCOME")

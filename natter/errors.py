@@ -53,3 +53,17 @@ class DeadlineExceeded(NatterError):
 
 class Internal(NatterError):
     reason = "INTERNAL"
+
+
+def transient(error: BaseException) -> bool:
+    """Whether a failure says nothing about the request itself: the same one may succeed later.
+
+    Unavailable, DeadlineExceeded, Internal (and anything that is not a natter error, which
+    devices are told as INTERNAL) and the frame budget's RATE_LIMITED. Clients retry these
+    with the same client_msg_id; the others are a verdict on the request.
+    """
+    if isinstance(error, ResourceExhausted):
+        return error.reason == "RATE_LIMITED"
+    return isinstance(error, Unavailable | DeadlineExceeded | Internal) or not isinstance(
+        error, NatterError
+    )

@@ -14,13 +14,16 @@ from natter.domain import (
     SendResult,
     SyncPage,
 )
+from natter.errors import NatterError
 
 
 class MessageApi(Protocol):
     """message_svc as a socket server sees it: MessageService in-process, MessageClient over gRPC."""
 
     async def authenticate(self, token: str) -> Principal: ...
-    async def send(self, who: Principal, req: SendRequest) -> SendResult: ...
+    async def send_many(
+        self, who: Principal, reqs: Sequence[SendRequest]
+    ) -> list[SendResult | NatterError]: ...
     async def sync_device(
         self, who: Principal, cursors: Sequence[Cursor], skip_replay: bool, limit: int
     ) -> tuple[SyncPage, list[Cursor]]: ...

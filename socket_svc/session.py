@@ -18,16 +18,15 @@ from natter.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from natter.rpc import status_of
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
 from socket_svc.ports import MessageApi
+from socket_svc.sends import Sends
 
 logger = logging.getLogger(__name__)
 
 SYNC_PAGE = 500
 MAX_QUEUE = 20_000
-MAX_SENDS_IN_FLIGHT = 64
 BATCH = 128
 
 
@@ -81,12 +80,7 @@ def heartbeat_seconds(settings: Settings) -> int:
 
 
 def error_frame(error: BaseException, client_msg_id: str = "") -> spb.ServerFrame:
-    code, message, reason = status_of(error)
-    return spb.ServerFrame(
-        error=spb.StreamError(
-            code=code.value[0], message=message, reason=reason, client_msg_id=client_msg_id
-        )
-    )
+    return spb.ServerFrame(error=convert.stream_error(error, client_msg_id))
 
 
 class Session:
@@ -124,8 +118,7 @@ class Session:
         self._frames = TokenBucket(settings.frames_per_second, settings.frame_burst)
         self._typing = TokenBucket(settings.typing_per_second, 3)
         self._last_limit_error = 0.0
-        self._sends = asyncio.Semaphore(MAX_SENDS_IN_FLIGHT)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.sends = Sends(who, api, self._sent, self._send_refused)
         self.replayed = 0
         self.batches = False
         self._out: list[spb.ServerFrame] = []
@@ -279,12 +272,10 @@ class Session:
         self.last_frame = time.monotonic()
         if frame.WhichOneof("payload") != "batch" and not self._frames.take():
             if frame.WhichOneof("payload") == "send":
-                # A dropped send must say which one it was, so the device retries just that.
-                self.enqueue(
-                    error_frame(
-                        ResourceExhausted("too many frames; slow down", "RATE_LIMITED"),
-                        frame.send.client_msg_id,
-                    )
+                # A dropped send must say which one it was, so the device retries it (and,
+                # to keep its order, the sends after it: see socket_svc/sends.py).
+                self.sends.refused(
+                    frame.send, ResourceExhausted("too many frames; slow down", "RATE_LIMITED")
                 )
                 return
             self._limited("too many frames; slow down")
@@ -301,10 +292,7 @@ class Session:
             return
         try:
             if which == "send":
-                await self._sends.acquire()
-                task = asyncio.create_task(self._send(frame.send))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                await self.sends.offer(frame.send)
             elif which == "ack":
                 await self._ack(frame.ack)
             elif which == "read":
@@ -329,32 +317,13 @@ class Session:
             self._last_limit_error = now
             self.enqueue(error_frame(ResourceExhausted(message, "RATE_LIMITED")))
 
-    async def _send(self, send: spb.Send) -> None:
-        try:
-            which = send.WhichOneof("target")
-            req = d.SendRequest(
-                client_msg_id=send.client_msg_id,
-                text=send.text,
-                thread_id=send.thread_id if which == "thread_id" else 0,
-                recipient=send.recipient if which == "recipient" else "",
-            )
-            res = await self.api.send(self.who, req)
-            frame = spb.ServerFrame(
-                send_result=spb.SendResult(
-                    client_msg_id=res.client_msg_id,
-                    msg_id=res.msg_id,
-                    thread_id=res.thread_id,
-                    seq=res.seq,
-                    create_time=convert.ts(res.create_time),
-                )
-            )
-            self.enqueue(_Own(res.thread_id, res.seq, frame))
-        except Exception as e:
-            if not isinstance(e, NatterError):
-                logger.exception("send failed")
-            self.enqueue(error_frame(e, send.client_msg_id))
-        finally:
-            self._sends.release()
+    def _sent(self, res: d.SendResult) -> None:
+        self.enqueue(
+            _Own(res.thread_id, res.seq, spb.ServerFrame(send_result=convert.send_result(res)))
+        )
+
+    def _send_refused(self, client_msg_id: str, error: NatterError) -> None:
+        self.enqueue(error_frame(error, client_msg_id))
 
     async def _ack(self, ack: spb.Ack) -> None:
         """Delivered cursors, taken from Welcome on (before SyncDone, too).
@@ -392,18 +361,11 @@ class Session:
 
     async def drain(self) -> None:
         """Wait for in-flight sends to finish (their results may still reach the device)."""
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.sends.drain()
 
     async def finish(self, grace: float) -> None:
         """Once the stream is over, let sends in flight finish, cancel the rest, wait for them.
 
         Sends get up to `grace` seconds; nothing the session started outlives it.
         """
-        if not self._tasks:
-            return
-        _, late = await asyncio.wait(list(self._tasks), timeout=grace)
-        for task in late:
-            task.cancel()
-        if late:
-            await asyncio.wait(late)
+        await self.sends.finish(grace)

@@ -137,6 +137,11 @@ class NatterServer:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process answers nothing more (until killed), its sockets stay open."""
+        assert self.proc is not None and self.proc.poll() is None, "not running"
+        self.proc.send_signal(signal.SIGSTOP)
+
     def terminate(self, timeout: float = 15.0) -> int:
         """SIGTERM (a clean stop) and wait; returns the exit status."""
         assert self.proc is not None
@@ -263,8 +268,10 @@ async def wait_exit(proc: subprocess.Popen[str], timeout: float) -> tuple[int, s
 class RawStream:
     """SocketService.Connect without the SDK: write any frame, read frames one at a time."""
 
-    def __init__(self, client: Client) -> None:
-        stub = spb_grpc.SocketServiceStub(client.channel)
+    def __init__(self, client: Client, address: str = "") -> None:
+        # With an address (a socket server found by Locate), the stream has its own channel.
+        self._own = open_channel(address, client.credentials) if address else None
+        stub = spb_grpc.SocketServiceStub(self._own or client.channel)
         self.call = stub.Connect(metadata=client.metadata())
         self.frames: list[spb.ServerFrame] = []
 
@@ -308,3 +315,8 @@ class RawStream:
 
     def cancel(self) -> None:
         self.call.cancel()
+
+    async def close(self) -> None:
+        self.call.cancel()
+        if self._own is not None:
+            await self._own.close()

@@ -142,8 +142,15 @@ async def test_server_killed_while_a_client_sends_2000_messages(tmp_path: Path) 
             except BaseException as e:  # recorded: the assertion below names it
                 failed.append(e)
 
-        tasks = [asyncio.create_task(one(t)) for t in texts]
+        # The last few are sent while the server is frozen (SIGSTOP), so at the kill they are
+        # certainly on the stream and unanswered: the kill interrupts sends in flight.
+        late = 20
+        tasks = [asyncio.create_task(one(t)) for t in texts[:-late]]
         await eventually(lambda: len(acked) >= n // 4, timeout=30)
+        srv.freeze()
+        tasks += [asyncio.create_task(one(t)) for t in texts[-late:]]
+        keys = {t.replace(" ", "-") for t in texts[-late:]}
+        await eventually(lambda: keys <= set(ca.in_flight), timeout=30)
         srv.kill()
         before_kill = dict(acked)
         assert len(before_kill) < n, "the kill came too late to interrupt anything"
@@ -153,6 +160,8 @@ async def test_server_killed_while_a_client_sends_2000_messages(tmp_path: Path) 
         # Every send acknowledged exactly once, each with its own seq.
         assert len(acked) == n
         assert sorted(r.seq for r in acked.values()) == list(range(2, n + 2))
+        # ... in the order they were sent (per-device FIFO), through the kill and the resends.
+        assert [acked[t].seq for t in texts] == list(range(2, n + 2))
         # Acknowledged before the kill means stored, unchanged, after it.
         reader = await account(srv.grpc_address, "bob", "auditor", register=False)
         rows = [m async for m in reader.all_history(thread_id)]

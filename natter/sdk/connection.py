@@ -30,6 +30,20 @@ RETRYABLE = {
     grpc.StatusCode.INTERNAL.value[0],
 }
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+# One stream message carries at most this much: well inside the server's max_frame_bytes.
+BATCH_BYTES = 64 * 1024
+BATCH_FRAMES = 256
+
+
+def _batched(frames: list[spb.ClientFrame]) -> list[spb.ClientFrame]:
+    """Frames as few stream messages, each within BATCH_BYTES and BATCH_FRAMES, in order."""
+    if len(frames) == 1:
+        return frames
+    whole = spb.ClientFrame(batch=spb.ClientBatch(frames=frames))
+    if len(frames) <= BATCH_FRAMES and whole.ByteSize() <= BATCH_BYTES:
+        return [whole]
+    half = len(frames) // 2
+    return _batched(frames[:half]) + _batched(frames[half:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +156,10 @@ class Connection:
         self._acks_ok = False  # the current stream delivered something: it can take acks
         self._write_lock = asyncio.Lock()
         self._pending: list[spb.ClientFrame] = []
-        self._retries: set[asyncio.Task[None]] = set()
         self._live = False  # welcomed on the current stream
+        # After a send was refused for now: nothing is sent until `_resume` sends it again.
+        self._holding = False
+        self._resume: asyncio.Task[None] | None = None
         self._final: NatterError | None = None  # the device was logged out: no more tries
 
     # -- public --------------------------------------------------------------------------
@@ -168,8 +184,8 @@ class Connection:
             call.cancel()
         if self._ack_task is not None:
             self._ack_task.cancel()
-        for task in list(self._retries):
-            task.cancel()
+        if self._resume is not None:
+            self._resume.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -197,21 +213,21 @@ class Connection:
         client_msg_id: str = "",
         timeout: float | None = None,
     ) -> d.SendResult:
-        """Store-and-forward: retried on every reconnect until acknowledged or refused."""
+        """Store-and-forward: retried on every reconnect until acknowledged or refused.
+
+        Sends go out in the order of the calls, and so are stored (per-device FIFO): the
+        outbox keeps that order, and every resend sends it again from its oldest entry.
+        """
         if self._final is not None:
             raise type(self._final)(self._final.message, self._final.reason)
         key = client_msg_id or uuid.uuid4().hex
         pending = self.outbox.get(key)
         if pending is None:
-            frame = spb.Send(client_msg_id=key, text=text)
-            if recipient:
-                frame.recipient = recipient
-            else:
-                frame.thread_id = thread_id
+            frame = convert.send(d.SendRequest(key, text, thread_id, recipient))
             loop = asyncio.get_running_loop()
             pending = _Pending(frame, loop.create_future(), text)
             self.outbox[key] = pending
-            await self._transmit(pending)
+            await self._transmit([pending])
         return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
 
     async def read(self, thread_id: int, seq: int) -> None:
@@ -239,6 +255,13 @@ class Connection:
         cursors to its next connection gets those again.
         """
         return dict(self._taken)
+
+    @property
+    def in_flight(self) -> list[str]:
+        """The client_msg_ids sent on the current stream and not answered yet, oldest first."""
+        if not self._live:
+            return []
+        return [k for k, p in self.outbox.items() if p.sent_on == self._epoch]
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -274,6 +297,7 @@ class Connection:
             self.synced.clear()
             self._call = None
             self._live = False
+            self._stop_holding()
             if reason != "redirected":
                 # A redirect target that failed may be gone: ask the front door again.
                 self._address = self.client.server
@@ -335,11 +359,12 @@ class Connection:
                             self.device_id = w.device_id
                             self.stats.connects += 1
                             self._live = True
+                            self._stop_holding()  # a new session holds nothing back
+                            # The outbox first, oldest first: sends made from now on follow.
+                            await self._transmit(list(self.outbox.values()))
                             await self.events.put(Connected(w.node_id, address))
                             interval = self.heartbeat_seconds or w.heartbeat_interval_seconds or 5
                             heart = asyncio.create_task(self._heartbeat(interval))
-                            for p in list(self.outbox.values()):
-                                await self._transmit(p)
                         elif which == "redirect":
                             self._address = frame.redirect.address
                             call.cancel()
@@ -366,20 +391,17 @@ class Connection:
             self._acks_ok = True
             await self._offer(convert.message_of(frame.message))
         elif which == "send_result":
-            r = frame.send_result
-            result = d.SendResult(
-                r.client_msg_id, r.msg_id, r.thread_id, r.seq, convert.from_ts(r.create_time)
-            )
-            pending = self.outbox.pop(r.client_msg_id, None)
+            result = convert.send_result_of(frame.send_result)
+            pending = self.outbox.pop(result.client_msg_id, None)
             if pending is not None:
                 if self.user is not None:
                     own = d.Message(
-                        r.thread_id,
-                        r.seq,
-                        r.msg_id,
+                        result.thread_id,
+                        result.seq,
+                        result.msg_id,
                         self.user,
                         self.device_id,
-                        r.client_msg_id,
+                        result.client_msg_id,
                         d.MessageKind.TEXT,
                         pending.text,
                         result.create_time,
@@ -412,7 +434,7 @@ class Connection:
                 # after a pause (the server is up but, say, its database is restarting).
                 key = f"send_retry_{code_name(e.code)}"  # e.g. send_retry_UNAVAILABLE
                 self.stats.extra[key] = self.stats.extra.get(key, 0) + 1
-                self._retry_later(self.outbox[e.client_msg_id])
+                self._hold_back(self.outbox[e.client_msg_id])
                 return
             pending = self.outbox.pop(e.client_msg_id)
             klass = next((k for c, k in ERROR_OF.items() if c.value[0] == e.code), NatterError)
@@ -508,47 +530,73 @@ class Connection:
                 if s > self._ack_dirty.get(t, 0):
                     self._ack_dirty[t] = s
 
-    async def _transmit(self, pending: _Pending) -> None:
-        if self._call is None or pending.sent_on == self._epoch:
+    async def _transmit(self, pendings: list[_Pending]) -> None:
+        """Write the given sends not yet on this stream, in the order given (the outbox's).
+
+        Nothing goes out before the stream is welcomed (the outbox is sent first then, oldest
+        first) or while sends are held back after a refusal. They are put on the wire in one
+        step, so a send made meanwhile cannot come between them.
+        """
+        if not self._live or self._holding:
             return
-        with contextlib.suppress(Exception):
-            await self._write(spb.ClientFrame(send=pending.frame))
-            if pending.sent_on != -1:
-                self.stats.resends += 1
-            pending.sent_on = self._epoch
-
-    def _retry_later(self, pending: _Pending) -> None:
         epoch = self._epoch
-        pending.retries += 1
-        delay = random.uniform(0.5, 1.0) * min(self.max_backoff, 0.2 * 2 ** min(pending.retries, 5))
+        todo = [p for p in pendings if p.sent_on != epoch]
+        if not todo:
+            return
+        again = sum(1 for p in todo if p.sent_on != -1)
+        for p in todo:
+            p.sent_on = epoch
+        with contextlib.suppress(Exception):  # a lost stream: the next one sends them again
+            await self._write(*(spb.ClientFrame(send=p.frame) for p in todo))
+            self.stats.resends += again
 
-        async def again() -> None:
+    def _hold_back(self, refused: _Pending) -> None:
+        """A send refused for now: after a pause it goes again, and every send after it too.
+
+        The server refuses the device's later sends until this one comes again (so none can
+        overtake it), so nothing is sent meanwhile: the pause ends by sending the outbox
+        again in order, from its oldest unanswered entry. The refusals of the sends after it
+        are expected and change nothing.
+        """
+        if refused.sent_on == -1:
+            return  # already waiting to go again
+        keys = list(self.outbox)
+        for key in keys[keys.index(refused.frame.client_msg_id) :]:
+            self.outbox[key].sent_on = -1
+        refused.retries += 1
+        self._holding = True
+        if self._resume is not None and not self._resume.done():
+            return
+        epoch = self._epoch
+        delay = random.uniform(0.5, 1.0) * min(self.max_backoff, 0.2 * 2 ** min(refused.retries, 5))
+
+        async def resume() -> None:
             await asyncio.sleep(delay)
-            if self.outbox.get(pending.frame.client_msg_id) is pending and self._epoch == epoch:
-                pending.sent_on = -1
-                await self._transmit(pending)
+            if self._epoch == epoch:
+                self._holding = False
+                await self._transmit(list(self.outbox.values()))
 
-        task = asyncio.create_task(again())
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
+        self._resume = asyncio.create_task(resume())
 
-    async def _write(self, frame: spb.ClientFrame) -> None:
+    def _stop_holding(self) -> None:
+        self._holding = False
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+
+    async def _write(self, *frames: spb.ClientFrame) -> None:
         """Frames written while another write is in flight go out together in one batch."""
         call = self._call
         if call is None:
             raise NatterError("not connected")
-        self._pending.append(frame)
+        self._pending.extend(frames)
         async with self._write_lock:
             if not self._pending or call is not self._call:
                 return
-            frames, self._pending = self._pending, []
-            frame = (
-                frames[0]
-                if len(frames) == 1
-                else spb.ClientFrame(batch=spb.ClientBatch(frames=frames))
-            )
+            batch, self._pending = self._pending, []
             try:
-                await call.write(frame)
+                for frame in _batched(batch):
+                    await call.write(frame)
             except asyncio.CancelledError:
                 # gRPC raises this when the call was cancelled under us (a cut stream), not
                 # only when this task is: that is a lost connection, which sends survive.

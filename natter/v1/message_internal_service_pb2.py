@@ -26,7 +26,7 @@ from natter.v1 import socket_service_pb2 as natter_dot_v1_dot_socket__service__p
 from natter.v1 import types_pb2 as natter_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(natter/v1/message_internal_service.proto\x12\tnatter.v1\x1a\x1enatter/v1/socket_service.proto\x1a\x15natter/v1/types.proto\"$\n\x13\x41uthenticateRequest\x12\r\n\x05token\x18\x01 \x01(\t\"H\n\x14\x41uthenticateResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\"W\n\x12SendMessageRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\x1d\n\x04send\x18\x03 \x01(\x0b\x32\x0f.natter.v1.Send\"<\n\x13SendMessageResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.natter.v1.SendResult\"\x7f\n\x11SyncDeviceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\"\n\x07\x63ursors\x18\x03 \x03(\x0b\x32\x11.natter.v1.Cursor\x12\x13\n\x0bskip_replay\x18\x04 \x01(\x08\x12\r\n\x05limit\x18\x05 \x01(\x05\"k\n\x12SyncDeviceResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message\x12\x0c\n\x04more\x18\x02 \x01(\x08\x12!\n\x06starts\x18\x03 \x03(\x0b\x32\x11.natter.v1.Cursor\"8\n\x12\x43heckMemberRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tthread_id\x18\x02 \x01(\x03\"\x15\n\x13\x43heckMemberResponse\"S\n\tDeviceAck\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\"\n\x07\x63ursors\x18\x03 \x03(\x0b\x32\x11.natter.v1.Cursor\"7\n\x11\x41\x63kCursorsRequest\x12\"\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x14.natter.v1.DeviceAck\"\x14\n\x12\x41\x63kCursorsResponse\"X\n\x0fMarkReadRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12!\n\x06\x63ursor\x18\x03 \x01(\x0b\x32\x11.natter.v1.Cursor\"\x12\n\x10MarkReadResponse\"b\n\x12RelayTypingRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12(\n\x06typing\x18\x03 \x01(\x0b\x32\x18.natter.v1.TypingRequest\"\x15\n\x13RelayTypingResponse\"(\n\x15ListUserGroupsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\",\n\x16ListUserGroupsResponse\x12\x12\n\nthread_ids\x18\x01 \x03(\x03\"n\n\x0eReadGapRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\x11\n\tthread_id\x18\x03 \x01(\x03\x12\x11\n\tafter_seq\x18\x04 \x01(\x03\x12\x12\n\nbefore_seq\x18\x05 \x01(\x03\"7\n\x0fReadGapResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message2\xc7\x05\n\x16MessageInternalService\x12O\n\x0c\x41uthenticate\x12\x1e.natter.v1.AuthenticateRequest\x1a\x1f.natter.v1.AuthenticateResponse\x12L\n\x0bSendMessage\x12\x1d.natter.v1.SendMessageRequest\x1a\x1e.natter.v1.SendMessageResponse\x12I\n\nSyncDevice\x12\x1c.natter.v1.SyncDeviceRequest\x1a\x1d.natter.v1.SyncDeviceResponse\x12@\n\x07ReadGap\x12\x19.natter.v1.ReadGapRequest\x1a\x1a.natter.v1.ReadGapResponse\x12L\n\x0b\x43heckMember\x12\x1d.natter.v1.CheckMemberRequest\x1a\x1e.natter.v1.CheckMemberResponse\x12I\n\nAckCursors\x12\x1c.natter.v1.AckCursorsRequest\x1a\x1d.natter.v1.AckCursorsResponse\x12\x43\n\x08MarkRead\x12\x1a.natter.v1.MarkReadRequest\x1a\x1b.natter.v1.MarkReadResponse\x12L\n\x0bRelayTyping\x12\x1d.natter.v1.RelayTypingRequest\x1a\x1e.natter.v1.RelayTypingResponse\x12U\n\x0eListUserGroups\x12 .natter.v1.ListUserGroupsRequest\x1a!.natter.v1.ListUserGroupsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(natter/v1/message_internal_service.proto\x12\tnatter.v1\x1a\x1enatter/v1/socket_service.proto\x1a\x15natter/v1/types.proto\"$\n\x13\x41uthenticateRequest\x12\r\n\x05token\x18\x01 \x01(\t\"H\n\x14\x41uthenticateResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\"W\n\x12SendMessageRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\x1d\n\x04send\x18\x03 \x01(\x0b\x32\x0f.natter.v1.Send\"<\n\x13SendMessageResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.natter.v1.SendResult\"Y\n\x13SendMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\x1e\n\x05sends\x18\x03 \x03(\x0b\x32\x0f.natter.v1.Send\"j\n\x0bSendOutcome\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x15.natter.v1.SendResultH\x00\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.natter.v1.StreamErrorH\x00\x42\t\n\x07outcome\"@\n\x14SendMessagesResponse\x12(\n\x08outcomes\x18\x01 \x03(\x0b\x32\x16.natter.v1.SendOutcome\"\x7f\n\x11SyncDeviceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\"\n\x07\x63ursors\x18\x03 \x03(\x0b\x32\x11.natter.v1.Cursor\x12\x13\n\x0bskip_replay\x18\x04 \x01(\x08\x12\r\n\x05limit\x18\x05 \x01(\x05\"k\n\x12SyncDeviceResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message\x12\x0c\n\x04more\x18\x02 \x01(\x08\x12!\n\x06starts\x18\x03 \x03(\x0b\x32\x11.natter.v1.Cursor\"8\n\x12\x43heckMemberRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tthread_id\x18\x02 \x01(\x03\"\x15\n\x13\x43heckMemberResponse\"S\n\tDeviceAck\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\"\n\x07\x63ursors\x18\x03 \x03(\x0b\x32\x11.natter.v1.Cursor\"7\n\x11\x41\x63kCursorsRequest\x12\"\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x14.natter.v1.DeviceAck\"\x14\n\x12\x41\x63kCursorsResponse\"X\n\x0fMarkReadRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12!\n\x06\x63ursor\x18\x03 \x01(\x0b\x32\x11.natter.v1.Cursor\"\x12\n\x10MarkReadResponse\"b\n\x12RelayTypingRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12(\n\x06typing\x18\x03 \x01(\x0b\x32\x18.natter.v1.TypingRequest\"\x15\n\x13RelayTypingResponse\"(\n\x15ListUserGroupsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\",\n\x16ListUserGroupsResponse\x12\x12\n\nthread_ids\x18\x01 \x03(\x03\"n\n\x0eReadGapRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\x11\n\tthread_id\x18\x03 \x01(\x03\x12\x11\n\tafter_seq\x18\x04 \x01(\x03\x12\x12\n\nbefore_seq\x18\x05 \x01(\x03\"7\n\x0fReadGapResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message2\x98\x06\n\x16MessageInternalService\x12O\n\x0c\x41uthenticate\x12\x1e.natter.v1.AuthenticateRequest\x1a\x1f.natter.v1.AuthenticateResponse\x12L\n\x0bSendMessage\x12\x1d.natter.v1.SendMessageRequest\x1a\x1e.natter.v1.SendMessageResponse\x12I\n\nSyncDevice\x12\x1c.natter.v1.SyncDeviceRequest\x1a\x1d.natter.v1.SyncDeviceResponse\x12@\n\x07ReadGap\x12\x19.natter.v1.ReadGapRequest\x1a\x1a.natter.v1.ReadGapResponse\x12L\n\x0b\x43heckMember\x12\x1d.natter.v1.CheckMemberRequest\x1a\x1e.natter.v1.CheckMemberResponse\x12I\n\nAckCursors\x12\x1c.natter.v1.AckCursorsRequest\x1a\x1d.natter.v1.AckCursorsResponse\x12\x43\n\x08MarkRead\x12\x1a.natter.v1.MarkReadRequest\x1a\x1b.natter.v1.MarkReadResponse\x12L\n\x0bRelayTyping\x12\x1d.natter.v1.RelayTypingRequest\x1a\x1e.natter.v1.RelayTypingResponse\x12U\n\x0eListUserGroups\x12 .natter.v1.ListUserGroupsRequest\x1a!.natter.v1.ListUserGroupsResponse\x12O\n\x0cSendMessages\x12\x1e.natter.v1.SendMessagesRequest\x1a\x1f.natter.v1.SendMessagesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,36 +41,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDMESSAGEREQUEST']._serialized_end=309
   _globals['_SENDMESSAGERESPONSE']._serialized_start=311
   _globals['_SENDMESSAGERESPONSE']._serialized_end=371
-  _globals['_SYNCDEVICEREQUEST']._serialized_start=373
-  _globals['_SYNCDEVICEREQUEST']._serialized_end=500
-  _globals['_SYNCDEVICERESPONSE']._serialized_start=502
-  _globals['_SYNCDEVICERESPONSE']._serialized_end=609
-  _globals['_CHECKMEMBERREQUEST']._serialized_start=611
-  _globals['_CHECKMEMBERREQUEST']._serialized_end=667
-  _globals['_CHECKMEMBERRESPONSE']._serialized_start=669
-  _globals['_CHECKMEMBERRESPONSE']._serialized_end=690
-  _globals['_DEVICEACK']._serialized_start=692
-  _globals['_DEVICEACK']._serialized_end=775
-  _globals['_ACKCURSORSREQUEST']._serialized_start=777
-  _globals['_ACKCURSORSREQUEST']._serialized_end=832
-  _globals['_ACKCURSORSRESPONSE']._serialized_start=834
-  _globals['_ACKCURSORSRESPONSE']._serialized_end=854
-  _globals['_MARKREADREQUEST']._serialized_start=856
-  _globals['_MARKREADREQUEST']._serialized_end=944
-  _globals['_MARKREADRESPONSE']._serialized_start=946
-  _globals['_MARKREADRESPONSE']._serialized_end=964
-  _globals['_RELAYTYPINGREQUEST']._serialized_start=966
-  _globals['_RELAYTYPINGREQUEST']._serialized_end=1064
-  _globals['_RELAYTYPINGRESPONSE']._serialized_start=1066
-  _globals['_RELAYTYPINGRESPONSE']._serialized_end=1087
-  _globals['_LISTUSERGROUPSREQUEST']._serialized_start=1089
-  _globals['_LISTUSERGROUPSREQUEST']._serialized_end=1129
-  _globals['_LISTUSERGROUPSRESPONSE']._serialized_start=1131
-  _globals['_LISTUSERGROUPSRESPONSE']._serialized_end=1175
-  _globals['_READGAPREQUEST']._serialized_start=1177
-  _globals['_READGAPREQUEST']._serialized_end=1287
-  _globals['_READGAPRESPONSE']._serialized_start=1289
-  _globals['_READGAPRESPONSE']._serialized_end=1344
-  _globals['_MESSAGEINTERNALSERVICE']._serialized_start=1347
-  _globals['_MESSAGEINTERNALSERVICE']._serialized_end=2058
+  _globals['_SENDMESSAGESREQUEST']._serialized_start=373
+  _globals['_SENDMESSAGESREQUEST']._serialized_end=462
+  _globals['_SENDOUTCOME']._serialized_start=464
+  _globals['_SENDOUTCOME']._serialized_end=570
+  _globals['_SENDMESSAGESRESPONSE']._serialized_start=572
+  _globals['_SENDMESSAGESRESPONSE']._serialized_end=636
+  _globals['_SYNCDEVICEREQUEST']._serialized_start=638
+  _globals['_SYNCDEVICEREQUEST']._serialized_end=765
+  _globals['_SYNCDEVICERESPONSE']._serialized_start=767
+  _globals['_SYNCDEVICERESPONSE']._serialized_end=874
+  _globals['_CHECKMEMBERREQUEST']._serialized_start=876
+  _globals['_CHECKMEMBERREQUEST']._serialized_end=932
+  _globals['_CHECKMEMBERRESPONSE']._serialized_start=934
+  _globals['_CHECKMEMBERRESPONSE']._serialized_end=955
+  _globals['_DEVICEACK']._serialized_start=957
+  _globals['_DEVICEACK']._serialized_end=1040
+  _globals['_ACKCURSORSREQUEST']._serialized_start=1042
+  _globals['_ACKCURSORSREQUEST']._serialized_end=1097
+  _globals['_ACKCURSORSRESPONSE']._serialized_start=1099
+  _globals['_ACKCURSORSRESPONSE']._serialized_end=1119
+  _globals['_MARKREADREQUEST']._serialized_start=1121
+  _globals['_MARKREADREQUEST']._serialized_end=1209
+  _globals['_MARKREADRESPONSE']._serialized_start=1211
+  _globals['_MARKREADRESPONSE']._serialized_end=1229
+  _globals['_RELAYTYPINGREQUEST']._serialized_start=1231
+  _globals['_RELAYTYPINGREQUEST']._serialized_end=1329
+  _globals['_RELAYTYPINGRESPONSE']._serialized_start=1331
+  _globals['_RELAYTYPINGRESPONSE']._serialized_end=1352
+  _globals['_LISTUSERGROUPSREQUEST']._serialized_start=1354
+  _globals['_LISTUSERGROUPSREQUEST']._serialized_end=1394
+  _globals['_LISTUSERGROUPSRESPONSE']._serialized_start=1396
+  _globals['_LISTUSERGROUPSRESPONSE']._serialized_end=1440
+  _globals['_READGAPREQUEST']._serialized_start=1442
+  _globals['_READGAPREQUEST']._serialized_end=1552
+  _globals['_READGAPRESPONSE']._serialized_start=1554
+  _globals['_READGAPRESPONSE']._serialized_end=1609
+  _globals['_MESSAGEINTERNALSERVICE']._serialized_start=1612
+  _globals['_MESSAGEINTERNALSERVICE']._serialized_end=2404
 # @@protoc_insertion_point(module_scope)

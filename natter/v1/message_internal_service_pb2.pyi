@@ -127,6 +127,94 @@ class SendMessageResponse(_message.Message):
 Global___SendMessageResponse: _TypeAlias = SendMessageResponse  # noqa: Y015
 
 @_typing.final
+class SendMessagesRequest(_message.Message):
+    """SendMessagesRequest is a run of Sends from one authenticated device, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SENDS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.int
+    """The sender."""
+    device_id: _builtins.int
+    """The sender's device."""
+    @_builtins.property
+    def sends(self) -> _containers.RepeatedCompositeFieldContainer[_socket_service_pb2.Send]:
+        """The frames, in the order the device sent them."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.int = ...,
+        device_id: _builtins.int = ...,
+        sends: _abc.Iterable[_socket_service_pb2.Send] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "sends", b"sends", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendMessagesRequest: _TypeAlias = SendMessagesRequest  # noqa: Y015
+
+@_typing.final
+class SendOutcome(_message.Message):
+    """SendOutcome answers one send of a run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> _socket_service_pb2.SendResult:
+        """The result, as SendMessage would answer it."""
+
+    @_builtins.property
+    def error(self) -> _socket_service_pb2.StreamError:
+        """The refusal, with the send's client_msg_id."""
+
+    def __init__(
+        self,
+        *,
+        result: _socket_service_pb2.SendResult | None = ...,
+        error: _socket_service_pb2.StreamError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["result", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___SendOutcome: _TypeAlias = SendOutcome  # noqa: Y015
+
+@_typing.final
+class SendMessagesResponse(_message.Message):
+    """SendMessagesResponse answers every send of the request, in the same order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___SendOutcome]:
+        """One outcome per send."""
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___SendOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendMessagesResponse: _TypeAlias = SendMessagesResponse  # noqa: Y015
+
+@_typing.final
 class SyncDeviceRequest(_message.Message):
     """SyncDeviceRequest asks for what a device missed."""
 

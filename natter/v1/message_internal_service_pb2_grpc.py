@@ -80,6 +80,11 @@ class MessageInternalServiceStub:
                 request_serializer=natter_dot_v1_dot_message__internal__service__pb2.ListUserGroupsRequest.SerializeToString,
                 response_deserializer=natter_dot_v1_dot_message__internal__service__pb2.ListUserGroupsResponse.FromString,
                 _registered_method=True)
+        self.SendMessages = channel.unary_unary(
+                '/natter.v1.MessageInternalService/SendMessages',
+                request_serializer=natter_dot_v1_dot_message__internal__service__pb2.SendMessagesRequest.SerializeToString,
+                response_deserializer=natter_dot_v1_dot_message__internal__service__pb2.SendMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class MessageInternalServiceServicer:
@@ -150,6 +155,14 @@ class MessageInternalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendMessages(self, request, context):
+        """SendMessages stores a run of one device's sends in the order given: within each
+        thread their seqs follow that order. Each send is answered on its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessageInternalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +210,11 @@ def add_MessageInternalServiceServicer_to_server(servicer, server):
                     servicer.ListUserGroups,
                     request_deserializer=natter_dot_v1_dot_message__internal__service__pb2.ListUserGroupsRequest.FromString,
                     response_serializer=natter_dot_v1_dot_message__internal__service__pb2.ListUserGroupsResponse.SerializeToString,
+            ),
+            'SendMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendMessages,
+                    request_deserializer=natter_dot_v1_dot_message__internal__service__pb2.SendMessagesRequest.FromString,
+                    response_serializer=natter_dot_v1_dot_message__internal__service__pb2.SendMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +461,33 @@ class MessageInternalService:
             '/natter.v1.MessageInternalService/ListUserGroups',
             natter_dot_v1_dot_message__internal__service__pb2.ListUserGroupsRequest.SerializeToString,
             natter_dot_v1_dot_message__internal__service__pb2.ListUserGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/natter.v1.MessageInternalService/SendMessages',
+            natter_dot_v1_dot_message__internal__service__pb2.SendMessagesRequest.SerializeToString,
+            natter_dot_v1_dot_message__internal__service__pb2.SendMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

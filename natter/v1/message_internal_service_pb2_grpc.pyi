@@ -53,6 +53,10 @@ class MessageInternalServiceStub:
     """RelayTyping forwards a typing indicator to the thread's other members."""
     ListUserGroups: _grpc.UnaryUnaryMultiCallable[_message_internal_service_pb2.ListUserGroupsRequest, _message_internal_service_pb2.ListUserGroupsResponse]
     """ListUserGroups lists the group threads a user belongs to."""
+    SendMessages: _grpc.UnaryUnaryMultiCallable[_message_internal_service_pb2.SendMessagesRequest, _message_internal_service_pb2.SendMessagesResponse]
+    """SendMessages stores a run of one device's sends in the order given: within each
+    thread their seqs follow that order. Each send is answered on its own.
+    """
 
 @_typing.type_check_only
 class MessageInternalServiceAsyncStub(MessageInternalServiceStub):
@@ -79,6 +83,10 @@ class MessageInternalServiceAsyncStub(MessageInternalServiceStub):
     """RelayTyping forwards a typing indicator to the thread's other members."""
     ListUserGroups: _aio.UnaryUnaryMultiCallable[_message_internal_service_pb2.ListUserGroupsRequest, _message_internal_service_pb2.ListUserGroupsResponse]  # type: ignore[assignment]
     """ListUserGroups lists the group threads a user belongs to."""
+    SendMessages: _aio.UnaryUnaryMultiCallable[_message_internal_service_pb2.SendMessagesRequest, _message_internal_service_pb2.SendMessagesResponse]  # type: ignore[assignment]
+    """SendMessages stores a run of one device's sends in the order given: within each
+    thread their seqs follow that order. Each send is answered on its own.
+    """
 
 class MessageInternalServiceServicer(metaclass=_abc_1.ABCMeta):
     """MessageInternalService is what socket servers ask of message_svc. Internal listener only."""
@@ -156,5 +164,15 @@ class MessageInternalServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_message_internal_service_pb2.ListUserGroupsResponse, _abc.Awaitable[_message_internal_service_pb2.ListUserGroupsResponse]]:
         """ListUserGroups lists the group threads a user belongs to."""
+
+    @_abc_1.abstractmethod
+    def SendMessages(
+        self,
+        request: _message_internal_service_pb2.SendMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_message_internal_service_pb2.SendMessagesResponse, _abc.Awaitable[_message_internal_service_pb2.SendMessagesResponse]]:
+        """SendMessages stores a run of one device's sends in the order given: within each
+        thread their seqs follow that order. Each send is answered on its own.
+        """
 
 def add_MessageInternalServiceServicer_to_server(servicer: MessageInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
