@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from natter.v1 import types_pb2 as natter_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnatter/v1/account_service.proto\x12\tnatter.v1\x1a\x15natter/v1/types.proto\"Z\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05phone\x18\x03 \x01(\t\x12\x10\n\x08password\x18\x04 \x01(\t\"1\n\x10RegisterResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\"G\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x03 \x01(\t\"P\n\rLoginResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\r\n\x05token\x18\x03 \x01(\t\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"\x14\n\x12ListDevicesRequest\"9\n\x13ListDevicesResponse\x12\"\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x11.natter.v1.Device\"\x0e\n\x0cGetMeRequest\"h\n\rGetMeResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\r\n\x05phone\x18\x03 \x01(\t\x12\x16\n\x0ehide_last_seen\x18\x04 \x01(\x08\"s\n\x15UpdateSettingsRequest\x12\x19\n\x0c\x64isplay_name\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x1b\n\x0ehide_last_seen\x18\x02 \x01(\x08H\x01\x88\x01\x01\x42\x0f\n\r_display_nameB\x11\n\x0f_hide_last_seen\"\x18\n\x16UpdateSettingsResponse2\xb1\x03\n\x0e\x41\x63\x63ountService\x12\x43\n\x08Register\x12\x1a.natter.v1.RegisterRequest\x1a\x1b.natter.v1.RegisterResponse\x12:\n\x05Login\x12\x17.natter.v1.LoginRequest\x1a\x18.natter.v1.LoginResponse\x12=\n\x06Logout\x12\x18.natter.v1.LogoutRequest\x1a\x19.natter.v1.LogoutResponse\x12L\n\x0bListDevices\x12\x1d.natter.v1.ListDevicesRequest\x1a\x1e.natter.v1.ListDevicesResponse\x12:\n\x05GetMe\x12\x17.natter.v1.GetMeRequest\x1a\x18.natter.v1.GetMeResponse\x12U\n\x0eUpdateSettings\x12 .natter.v1.UpdateSettingsRequest\x1a!.natter.v1.UpdateSettingsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnatter/v1/account_service.proto\x12\tnatter.v1\x1a\x15natter/v1/types.proto\"Z\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05phone\x18\x03 \x01(\t\x12\x10\n\x08password\x18\x04 \x01(\t\"1\n\x10RegisterResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\"G\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x03 \x01(\t\"P\n\rLoginResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\r\n\x05token\x18\x03 \x01(\t\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"\x14\n\x12ListDevicesRequest\"9\n\x13ListDevicesResponse\x12\"\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x11.natter.v1.Device\"\x0e\n\x0cGetMeRequest\"\xa6\x01\n\rGetMeResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\r\n\x05phone\x18\x03 \x01(\t\x12\x16\n\x0ehide_last_seen\x18\x04 \x01(\x08\x12<\n\x14notification_preview\x18\x05 \x01(\x0e\x32\x1e.natter.v1.NotificationPreview\"\xcf\x01\n\x15UpdateSettingsRequest\x12\x19\n\x0c\x64isplay_name\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x1b\n\x0ehide_last_seen\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x41\n\x14notification_preview\x18\x03 \x01(\x0e\x32\x1e.natter.v1.NotificationPreviewH\x02\x88\x01\x01\x42\x0f\n\r_display_nameB\x11\n\x0f_hide_last_seenB\x17\n\x15_notification_preview\"\x18\n\x16UpdateSettingsResponse2\xb1\x03\n\x0e\x41\x63\x63ountService\x12\x43\n\x08Register\x12\x1a.natter.v1.RegisterRequest\x1a\x1b.natter.v1.RegisterResponse\x12:\n\x05Login\x12\x17.natter.v1.LoginRequest\x1a\x18.natter.v1.LoginResponse\x12=\n\x06Logout\x12\x18.natter.v1.LogoutRequest\x1a\x19.natter.v1.LogoutResponse\x12L\n\x0bListDevices\x12\x1d.natter.v1.ListDevicesRequest\x1a\x1e.natter.v1.ListDevicesResponse\x12:\n\x05GetMe\x12\x17.natter.v1.GetMeRequest\x1a\x18.natter.v1.GetMeResponse\x12U\n\x0eUpdateSettings\x12 .natter.v1.UpdateSettingsRequest\x1a!.natter.v1.UpdateSettingsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,12 +50,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTDEVICESRESPONSE']._serialized_end=481
   _globals['_GETMEREQUEST']._serialized_start=483
   _globals['_GETMEREQUEST']._serialized_end=497
-  _globals['_GETMERESPONSE']._serialized_start=499
-  _globals['_GETMERESPONSE']._serialized_end=603
-  _globals['_UPDATESETTINGSREQUEST']._serialized_start=605
-  _globals['_UPDATESETTINGSREQUEST']._serialized_end=720
-  _globals['_UPDATESETTINGSRESPONSE']._serialized_start=722
-  _globals['_UPDATESETTINGSRESPONSE']._serialized_end=746
-  _globals['_ACCOUNTSERVICE']._serialized_start=749
-  _globals['_ACCOUNTSERVICE']._serialized_end=1182
+  _globals['_GETMERESPONSE']._serialized_start=500
+  _globals['_GETMERESPONSE']._serialized_end=666
+  _globals['_UPDATESETTINGSREQUEST']._serialized_start=669
+  _globals['_UPDATESETTINGSREQUEST']._serialized_end=876
+  _globals['_UPDATESETTINGSRESPONSE']._serialized_start=878
+  _globals['_UPDATESETTINGSRESPONSE']._serialized_end=902
+  _globals['_ACCOUNTSERVICE']._serialized_start=905
+  _globals['_ACCOUNTSERVICE']._serialized_end=1338
 # @@protoc_insertion_point(module_scope)

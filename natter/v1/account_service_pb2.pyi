@@ -241,12 +241,15 @@ class GetMeResponse(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     PHONE_FIELD_NUMBER: _builtins.int
     HIDE_LAST_SEEN_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_PREVIEW_FIELD_NUMBER: _builtins.int
     device_id: _builtins.int
     """The caller's device."""
     phone: _builtins.str
     """The phone number, if any."""
     hide_last_seen: _builtins.bool
     """True when last-seen time is hidden from others."""
+    notification_preview: _types_pb2.NotificationPreview.ValueType
+    """How much push notifications show (privacy mode); FULL unless changed."""
     @_builtins.property
     def user(self) -> _types_pb2.User:
         """The account."""
@@ -258,10 +261,11 @@ class GetMeResponse(_message.Message):
         device_id: _builtins.int = ...,
         phone: _builtins.str = ...,
         hide_last_seen: _builtins.bool = ...,
+        notification_preview: _types_pb2.NotificationPreview.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "hide_last_seen", b"hide_last_seen", "phone", b"phone", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "hide_last_seen", b"hide_last_seen", "notification_preview", b"notification_preview", "phone", b"phone", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -275,28 +279,36 @@ class UpdateSettingsRequest(_message.Message):
 
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     HIDE_LAST_SEEN_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_PREVIEW_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
     """New display name."""
     hide_last_seen: _builtins.bool
     """Hide last-seen time from others."""
+    notification_preview: _types_pb2.NotificationPreview.ValueType
+    """How much push notifications show on every device of the user (privacy mode)."""
     def __init__(
         self,
         *,
         display_name: _builtins.str | None = ...,
         hide_last_seen: _builtins.bool | None = ...,
+        notification_preview: _types_pb2.NotificationPreview.ValueType | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_hide_last_seen", b"_hide_last_seen", "display_name", b"display_name", "hide_last_seen", b"hide_last_seen"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_hide_last_seen", b"_hide_last_seen", "_notification_preview", b"_notification_preview", "display_name", b"display_name", "hide_last_seen", b"hide_last_seen", "notification_preview", b"notification_preview"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_hide_last_seen", b"_hide_last_seen", "display_name", b"display_name", "hide_last_seen", b"hide_last_seen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_hide_last_seen", b"_hide_last_seen", "_notification_preview", b"_notification_preview", "display_name", b"display_name", "hide_last_seen", b"hide_last_seen", "notification_preview", b"notification_preview"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__display_name: _TypeAlias = _typing.Literal["display_name"]  # noqa: Y015
     _WhichOneofArgType__display_name: _TypeAlias = _typing.Literal["_display_name", b"_display_name"]  # noqa: Y015
     _WhichOneofReturnType__hide_last_seen: _TypeAlias = _typing.Literal["hide_last_seen"]  # noqa: Y015
     _WhichOneofArgType__hide_last_seen: _TypeAlias = _typing.Literal["_hide_last_seen", b"_hide_last_seen"]  # noqa: Y015
+    _WhichOneofReturnType__notification_preview: _TypeAlias = _typing.Literal["notification_preview"]  # noqa: Y015
+    _WhichOneofArgType__notification_preview: _TypeAlias = _typing.Literal["_notification_preview", b"_notification_preview"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__display_name) -> _WhichOneofReturnType__display_name | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__hide_last_seen) -> _WhichOneofReturnType__hide_last_seen | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__notification_preview) -> _WhichOneofReturnType__notification_preview | None: ...
 
 Global___UpdateSettingsRequest: _TypeAlias = UpdateSettingsRequest  # noqa: Y015
 

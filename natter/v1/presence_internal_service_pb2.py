@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)natter/v1/presence_internal_service.proto\x12\tnatter.v1\"C\n\nDeviceBeat\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\x11\n\tconnected\x18\x03 \x01(\x08\"P\n\x17ReportHeartbeatsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12$\n\x05\x62\x65\x61ts\x18\x02 \x03(\x0b\x32\x15.natter.v1.DeviceBeat\"\x1a\n\x18ReportHeartbeatsResponse2v\n\x17PresenceInternalService\x12[\n\x10ReportHeartbeats\x12\".natter.v1.ReportHeartbeatsRequest\x1a#.natter.v1.ReportHeartbeatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)natter/v1/presence_internal_service.proto\x12\tnatter.v1\"W\n\nDeviceBeat\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x12\n\nforeground\x18\x04 \x01(\x08\"P\n\x17ReportHeartbeatsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12$\n\x05\x62\x65\x61ts\x18\x02 \x03(\x0b\x32\x15.natter.v1.DeviceBeat\"\x1a\n\x18ReportHeartbeatsResponse\"/\n\tDeviceRef\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\"A\n\x18ListActiveDevicesRequest\x12%\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x14.natter.v1.DeviceRef\"/\n\x19ListActiveDevicesResponse\x12\x12\n\ndevice_ids\x18\x01 \x03(\x03\x32\xd6\x01\n\x17PresenceInternalService\x12[\n\x10ReportHeartbeats\x12\".natter.v1.ReportHeartbeatsRequest\x1a#.natter.v1.ReportHeartbeatsResponse\x12^\n\x11ListActiveDevices\x12#.natter.v1.ListActiveDevicesRequest\x1a$.natter.v1.ListActiveDevicesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,11 +32,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'natter.v1.presence_internal
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DEVICEBEAT']._serialized_start=56
-  _globals['_DEVICEBEAT']._serialized_end=123
-  _globals['_REPORTHEARTBEATSREQUEST']._serialized_start=125
-  _globals['_REPORTHEARTBEATSREQUEST']._serialized_end=205
-  _globals['_REPORTHEARTBEATSRESPONSE']._serialized_start=207
-  _globals['_REPORTHEARTBEATSRESPONSE']._serialized_end=233
-  _globals['_PRESENCEINTERNALSERVICE']._serialized_start=235
-  _globals['_PRESENCEINTERNALSERVICE']._serialized_end=353
+  _globals['_DEVICEBEAT']._serialized_end=143
+  _globals['_REPORTHEARTBEATSREQUEST']._serialized_start=145
+  _globals['_REPORTHEARTBEATSREQUEST']._serialized_end=225
+  _globals['_REPORTHEARTBEATSRESPONSE']._serialized_start=227
+  _globals['_REPORTHEARTBEATSRESPONSE']._serialized_end=253
+  _globals['_DEVICEREF']._serialized_start=255
+  _globals['_DEVICEREF']._serialized_end=302
+  _globals['_LISTACTIVEDEVICESREQUEST']._serialized_start=304
+  _globals['_LISTACTIVEDEVICESREQUEST']._serialized_end=369
+  _globals['_LISTACTIVEDEVICESRESPONSE']._serialized_start=371
+  _globals['_LISTACTIVEDEVICESRESPONSE']._serialized_end=418
+  _globals['_PRESENCEINTERNALSERVICE']._serialized_start=421
+  _globals['_PRESENCEINTERNALSERVICE']._serialized_end=635
 # @@protoc_insertion_point(module_scope)

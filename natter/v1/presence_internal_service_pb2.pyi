@@ -27,22 +27,26 @@ class DeviceBeat(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     CONNECTED_FIELD_NUMBER: _builtins.int
+    FOREGROUND_FIELD_NUMBER: _builtins.int
     user_id: _builtins.int
     """The user."""
     device_id: _builtins.int
     """The device."""
     connected: _builtins.bool
     """False when the device disconnected."""
+    foreground: _builtins.bool
+    """True while the device's app says it is in the foreground."""
     def __init__(
         self,
         *,
         user_id: _builtins.int = ...,
         device_id: _builtins.int = ...,
         connected: _builtins.bool = ...,
+        foreground: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "device_id", b"device_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "device_id", b"device_id", "foreground", b"foreground", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -92,3 +96,77 @@ class ReportHeartbeatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportHeartbeatsResponse: _TypeAlias = ReportHeartbeatsResponse  # noqa: Y015
+
+@_typing.final
+class DeviceRef(_message.Message):
+    """DeviceRef names a device and its user (presence is sharded by user)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.int
+    """The user."""
+    device_id: _builtins.int
+    """The device."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.int = ...,
+        device_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceRef: _TypeAlias = DeviceRef  # noqa: Y015
+
+@_typing.final
+class ListActiveDevicesRequest(_message.Message):
+    """ListActiveDevicesRequest names devices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceRef]:
+        """The devices to look at; at most 100000."""
+
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[Global___DeviceRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListActiveDevicesRequest: _TypeAlias = ListActiveDevicesRequest  # noqa: Y015
+
+@_typing.final
+class ListActiveDevicesResponse(_message.Message):
+    """ListActiveDevicesResponse lists the active ones."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Devices with a live stream whose app is in the foreground."""
+
+    def __init__(
+        self,
+        *,
+        device_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_ids", b"device_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListActiveDevicesResponse: _TypeAlias = ListActiveDevicesResponse  # noqa: Y015

@@ -40,6 +40,11 @@ class PresenceInternalServiceStub:
                 request_serializer=natter_dot_v1_dot_presence__internal__service__pb2.ReportHeartbeatsRequest.SerializeToString,
                 response_deserializer=natter_dot_v1_dot_presence__internal__service__pb2.ReportHeartbeatsResponse.FromString,
                 _registered_method=True)
+        self.ListActiveDevices = channel.unary_unary(
+                '/natter.v1.PresenceInternalService/ListActiveDevices',
+                request_serializer=natter_dot_v1_dot_presence__internal__service__pb2.ListActiveDevicesRequest.SerializeToString,
+                response_deserializer=natter_dot_v1_dot_presence__internal__service__pb2.ListActiveDevicesResponse.FromString,
+                _registered_method=True)
 
 
 class PresenceInternalServiceServicer:
@@ -53,6 +58,14 @@ class PresenceInternalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListActiveDevices(self, request, context):
+        """ListActiveDevices says which of the given devices are active: a live stream with the
+        app in the foreground. The push worker skips those.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PresenceInternalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +73,11 @@ def add_PresenceInternalServiceServicer_to_server(servicer, server):
                     servicer.ReportHeartbeats,
                     request_deserializer=natter_dot_v1_dot_presence__internal__service__pb2.ReportHeartbeatsRequest.FromString,
                     response_serializer=natter_dot_v1_dot_presence__internal__service__pb2.ReportHeartbeatsResponse.SerializeToString,
+            ),
+            'ListActiveDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListActiveDevices,
+                    request_deserializer=natter_dot_v1_dot_presence__internal__service__pb2.ListActiveDevicesRequest.FromString,
+                    response_serializer=natter_dot_v1_dot_presence__internal__service__pb2.ListActiveDevicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +108,33 @@ class PresenceInternalService:
             '/natter.v1.PresenceInternalService/ReportHeartbeats',
             natter_dot_v1_dot_presence__internal__service__pb2.ReportHeartbeatsRequest.SerializeToString,
             natter_dot_v1_dot_presence__internal__service__pb2.ReportHeartbeatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListActiveDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/natter.v1.PresenceInternalService/ListActiveDevices',
+            natter_dot_v1_dot_presence__internal__service__pb2.ListActiveDevicesRequest.SerializeToString,
+            natter_dot_v1_dot_presence__internal__service__pb2.ListActiveDevicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,10 @@ class PresenceInternalServiceStub:
     def __new__(cls, channel: _aio.Channel) -> PresenceInternalServiceAsyncStub: ...
     ReportHeartbeats: _grpc.UnaryUnaryMultiCallable[_presence_internal_service_pb2.ReportHeartbeatsRequest, _presence_internal_service_pb2.ReportHeartbeatsResponse]
     """ReportHeartbeats records a batch of device heartbeats and disconnects."""
+    ListActiveDevices: _grpc.UnaryUnaryMultiCallable[_presence_internal_service_pb2.ListActiveDevicesRequest, _presence_internal_service_pb2.ListActiveDevicesResponse]
+    """ListActiveDevices says which of the given devices are active: a live stream with the
+    app in the foreground. The push worker skips those.
+    """
 
 @_typing.type_check_only
 class PresenceInternalServiceAsyncStub(PresenceInternalServiceStub):
@@ -43,6 +47,10 @@ class PresenceInternalServiceAsyncStub(PresenceInternalServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ReportHeartbeats: _aio.UnaryUnaryMultiCallable[_presence_internal_service_pb2.ReportHeartbeatsRequest, _presence_internal_service_pb2.ReportHeartbeatsResponse]  # type: ignore[assignment]
     """ReportHeartbeats records a batch of device heartbeats and disconnects."""
+    ListActiveDevices: _aio.UnaryUnaryMultiCallable[_presence_internal_service_pb2.ListActiveDevicesRequest, _presence_internal_service_pb2.ListActiveDevicesResponse]  # type: ignore[assignment]
+    """ListActiveDevices says which of the given devices are active: a live stream with the
+    app in the foreground. The push worker skips those.
+    """
 
 class PresenceInternalServiceServicer(metaclass=_abc_1.ABCMeta):
     """PresenceInternalService takes heartbeats from socket servers. Internal listener only."""
@@ -54,5 +62,15 @@ class PresenceInternalServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_presence_internal_service_pb2.ReportHeartbeatsResponse, _abc.Awaitable[_presence_internal_service_pb2.ReportHeartbeatsResponse]]:
         """ReportHeartbeats records a batch of device heartbeats and disconnects."""
+
+    @_abc_1.abstractmethod
+    def ListActiveDevices(
+        self,
+        request: _presence_internal_service_pb2.ListActiveDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_presence_internal_service_pb2.ListActiveDevicesResponse, _abc.Awaitable[_presence_internal_service_pb2.ListActiveDevicesResponse]]:
+        """ListActiveDevices says which of the given devices are active: a live stream with the
+        app in the foreground. The push worker skips those.
+        """
 
 def add_PresenceInternalServiceServicer_to_server(servicer: PresenceInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -33,6 +33,7 @@ class ClientFrame(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     TYPING_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    CLIENT_STATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello:
         """Starts the session; must come first and only once."""
@@ -61,6 +62,10 @@ class ClientFrame(_message.Message):
     def batch(self) -> Global___ClientBatch:
         """Several frames at once, handled in order; batches do not nest."""
 
+    @_builtins.property
+    def client_state(self) -> Global___ClientState:
+        """The app moved to the foreground or the background (decides push notifications)."""
+
     def __init__(
         self,
         *,
@@ -71,12 +76,13 @@ class ClientFrame(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         typing: Global___TypingRequest | None = ...,
         batch: Global___ClientBatch | None = ...,
+        client_state: Global___ClientState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "heartbeat", b"heartbeat", "hello", b"hello", "payload", b"payload", "read", b"read", "send", b"send", "typing", b"typing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "client_state", b"client_state", "heartbeat", b"heartbeat", "hello", b"hello", "payload", b"payload", "read", b"read", "send", b"send", "typing", b"typing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "heartbeat", b"heartbeat", "hello", b"hello", "payload", b"payload", "read", b"read", "send", b"send", "typing", b"typing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "client_state", b"client_state", "heartbeat", b"heartbeat", "hello", b"hello", "payload", b"payload", "read", b"read", "send", b"send", "typing", b"typing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["hello", "send", "ack", "read", "heartbeat", "typing", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["hello", "send", "ack", "read", "heartbeat", "typing", "batch", "client_state"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -148,6 +154,7 @@ class ServerFrame(_message.Message):
     HEARTBEAT_ACK_FIELD_NUMBER: _builtins.int
     READ_CURSOR_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    THREAD_MUTE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome:
         """Answers Hello."""
@@ -196,6 +203,10 @@ class ServerFrame(_message.Message):
     def batch(self) -> Global___ServerBatch:
         """Several frames at once, sent only to devices whose Hello set accept_batches."""
 
+    @_builtins.property
+    def thread_mute(self) -> _types_pb2.ThreadMute:
+        """The user muted or unmuted a thread on one of their devices."""
+
     def __init__(
         self,
         *,
@@ -211,12 +222,13 @@ class ServerFrame(_message.Message):
         heartbeat_ack: Global___HeartbeatAck | None = ...,
         read_cursor: Global___ReadCursor | None = ...,
         batch: Global___ServerBatch | None = ...,
+        thread_mute: _types_pb2.ThreadMute | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "typing", b"typing", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "thread_mute", b"thread_mute", "typing", b"typing", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "typing", b"typing", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "thread_mute", b"thread_mute", "typing", b"typing", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["welcome", "message", "send_result", "sync_done", "receipt", "presence", "typing", "error", "redirect", "heartbeat_ack", "read_cursor", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["welcome", "message", "send_result", "sync_done", "receipt", "presence", "typing", "error", "redirect", "heartbeat_ack", "read_cursor", "batch", "thread_mute"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -231,10 +243,15 @@ class Hello(_message.Message):
     CURSORS_FIELD_NUMBER: _builtins.int
     SKIP_REPLAY_FIELD_NUMBER: _builtins.int
     ACCEPT_BATCHES_FIELD_NUMBER: _builtins.int
+    FOREGROUND_FIELD_NUMBER: _builtins.int
     skip_replay: _builtins.bool
     """Replay nothing for threads the device has no cursor for; it pages history on demand."""
     accept_batches: _builtins.bool
     """The device understands ServerFrame.batch; the server then coalesces frames that are ready together."""
+    foreground: _builtins.bool
+    """The app is in the foreground, in front of the person: while it is, and the stream is
+    live, this device gets no push notifications. Change it later with ClientState.
+    """
     @_builtins.property
     def cursors(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Cursor]:
         """Replay from these cursors instead of the server's stored ones for these threads."""
@@ -245,14 +262,37 @@ class Hello(_message.Message):
         cursors: _abc.Iterable[_types_pb2.Cursor] | None = ...,
         skip_replay: _builtins.bool = ...,
         accept_batches: _builtins.bool = ...,
+        foreground: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_batches", b"accept_batches", "cursors", b"cursors", "skip_replay", b"skip_replay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_batches", b"accept_batches", "cursors", b"cursors", "foreground", b"foreground", "skip_replay", b"skip_replay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Hello: _TypeAlias = Hello  # noqa: Y015
+
+@_typing.final
+class ClientState(_message.Message):
+    """ClientState says whether the app is in front of the person (a visible tab, an open app)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOREGROUND_FIELD_NUMBER: _builtins.int
+    foreground: _builtins.bool
+    """True in the foreground; false in the background (a hidden tab, an app sent away)."""
+    def __init__(
+        self,
+        *,
+        foreground: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["foreground", b"foreground"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientState: _TypeAlias = ClientState  # noqa: Y015
 
 @_typing.final
 class Welcome(_message.Message):

@@ -22,32 +22,41 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from natter.v1 import types_pb2 as natter_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enatter/v1/thread_service.proto\x12\tnatter.v1\x1a\x15natter/v1/types.proto\";\n\x12ListThreadsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x13ListThreadsResponse\x12\"\n\x07threads\x18\x01 \x03(\x0b\x32\x11.natter.v1.Thread\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x10GetThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\"Z\n\x11GetThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\x12\"\n\x07members\x18\x02 \x03(\x0b\x32\x11.natter.v1.Member\"*\n\x16GetDirectThreadRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"<\n\x17GetDirectThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\"o\n\x13ListMessagesRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x12\n\nbefore_seq\x18\x02 \x01(\x03\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x0f\n\x07\x66orward\x18\x05 \x01(\x08\"J\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message\x12\x0c\n\x04more\x18\x02 \x01(\x08\x32\xd0\x02\n\rThreadService\x12L\n\x0bListThreads\x12\x1d.natter.v1.ListThreadsRequest\x1a\x1e.natter.v1.ListThreadsResponse\x12\x46\n\tGetThread\x12\x1b.natter.v1.GetThreadRequest\x1a\x1c.natter.v1.GetThreadResponse\x12X\n\x0fGetDirectThread\x12!.natter.v1.GetDirectThreadRequest\x1a\".natter.v1.GetDirectThreadResponse\x12O\n\x0cListMessages\x12\x1e.natter.v1.ListMessagesRequest\x1a\x1f.natter.v1.ListMessagesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enatter/v1/thread_service.proto\x12\tnatter.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15natter/v1/types.proto\";\n\x12ListThreadsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x13ListThreadsResponse\x12\"\n\x07threads\x18\x01 \x03(\x0b\x32\x11.natter.v1.Thread\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x10GetThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\"Z\n\x11GetThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\x12\"\n\x07members\x18\x02 \x03(\x0b\x32\x11.natter.v1.Member\"*\n\x16GetDirectThreadRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"<\n\x17GetDirectThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\"o\n\x13ListMessagesRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x12\n\nbefore_seq\x18\x02 \x01(\x03\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x0f\n\x07\x66orward\x18\x05 \x01(\x08\"J\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message\x12\x0c\n\x04more\x18\x02 \x01(\x08\"q\n\x11MuteThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12-\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x11\n\x07\x66orever\x18\x03 \x01(\x08H\x00\x42\x07\n\x05until\"7\n\x12MuteThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\"(\n\x13UnmuteThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\"9\n\x14UnmuteThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread2\xec\x03\n\rThreadService\x12L\n\x0bListThreads\x12\x1d.natter.v1.ListThreadsRequest\x1a\x1e.natter.v1.ListThreadsResponse\x12\x46\n\tGetThread\x12\x1b.natter.v1.GetThreadRequest\x1a\x1c.natter.v1.GetThreadResponse\x12X\n\x0fGetDirectThread\x12!.natter.v1.GetDirectThreadRequest\x1a\".natter.v1.GetDirectThreadResponse\x12O\n\x0cListMessages\x12\x1e.natter.v1.ListMessagesRequest\x1a\x1f.natter.v1.ListMessagesResponse\x12I\n\nMuteThread\x12\x1c.natter.v1.MuteThreadRequest\x1a\x1d.natter.v1.MuteThreadResponse\x12O\n\x0cUnmuteThread\x12\x1e.natter.v1.UnmuteThreadRequest\x1a\x1f.natter.v1.UnmuteThreadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'natter.v1.thread_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTTHREADSREQUEST']._serialized_start=68
-  _globals['_LISTTHREADSREQUEST']._serialized_end=127
-  _globals['_LISTTHREADSRESPONSE']._serialized_start=129
-  _globals['_LISTTHREADSRESPONSE']._serialized_end=211
-  _globals['_GETTHREADREQUEST']._serialized_start=213
-  _globals['_GETTHREADREQUEST']._serialized_end=250
-  _globals['_GETTHREADRESPONSE']._serialized_start=252
-  _globals['_GETTHREADRESPONSE']._serialized_end=342
-  _globals['_GETDIRECTTHREADREQUEST']._serialized_start=344
-  _globals['_GETDIRECTTHREADREQUEST']._serialized_end=386
-  _globals['_GETDIRECTTHREADRESPONSE']._serialized_start=388
-  _globals['_GETDIRECTTHREADRESPONSE']._serialized_end=448
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=450
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=561
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=563
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=637
-  _globals['_THREADSERVICE']._serialized_start=640
-  _globals['_THREADSERVICE']._serialized_end=976
+  _globals['_LISTTHREADSREQUEST']._serialized_start=100
+  _globals['_LISTTHREADSREQUEST']._serialized_end=159
+  _globals['_LISTTHREADSRESPONSE']._serialized_start=161
+  _globals['_LISTTHREADSRESPONSE']._serialized_end=243
+  _globals['_GETTHREADREQUEST']._serialized_start=245
+  _globals['_GETTHREADREQUEST']._serialized_end=282
+  _globals['_GETTHREADRESPONSE']._serialized_start=284
+  _globals['_GETTHREADRESPONSE']._serialized_end=374
+  _globals['_GETDIRECTTHREADREQUEST']._serialized_start=376
+  _globals['_GETDIRECTTHREADREQUEST']._serialized_end=418
+  _globals['_GETDIRECTTHREADRESPONSE']._serialized_start=420
+  _globals['_GETDIRECTTHREADRESPONSE']._serialized_end=480
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=482
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=593
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=595
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=669
+  _globals['_MUTETHREADREQUEST']._serialized_start=671
+  _globals['_MUTETHREADREQUEST']._serialized_end=784
+  _globals['_MUTETHREADRESPONSE']._serialized_start=786
+  _globals['_MUTETHREADRESPONSE']._serialized_end=841
+  _globals['_UNMUTETHREADREQUEST']._serialized_start=843
+  _globals['_UNMUTETHREADREQUEST']._serialized_end=883
+  _globals['_UNMUTETHREADRESPONSE']._serialized_start=885
+  _globals['_UNMUTETHREADRESPONSE']._serialized_end=942
+  _globals['_THREADSERVICE']._serialized_start=945
+  _globals['_THREADSERVICE']._serialized_end=1437
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from natter.v1 import types_pb2 as _types_pb2
@@ -236,3 +237,107 @@ class ListMessagesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMessagesResponse: _TypeAlias = ListMessagesResponse  # noqa: Y015
+
+@_typing.final
+class MuteThreadRequest(_message.Message):
+    """MuteThreadRequest names a thread and how long to mute it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    FOREVER_FIELD_NUMBER: _builtins.int
+    thread_id: _builtins.int
+    """The thread; the caller must be or have been a member."""
+    forever: _builtins.bool
+    """Until unmuted."""
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """For this long from now; at least 1 s, at most 10 years."""
+
+    def __init__(
+        self,
+        *,
+        thread_id: _builtins.int = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        forever: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "forever", b"forever", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "forever", b"forever", "thread_id", b"thread_id", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_until: _TypeAlias = _typing.Literal["duration", "forever"]  # noqa: Y015
+    _WhichOneofArgType_until: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_until) -> _WhichOneofReturnType_until | None: ...
+
+Global___MuteThreadRequest: _TypeAlias = MuteThreadRequest  # noqa: Y015
+
+@_typing.final
+class MuteThreadResponse(_message.Message):
+    """MuteThreadResponse returns the thread as the caller now sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def thread(self) -> _types_pb2.Thread:
+        """The thread, muted."""
+
+    def __init__(
+        self,
+        *,
+        thread: _types_pb2.Thread | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["thread", b"thread"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["thread", b"thread"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MuteThreadResponse: _TypeAlias = MuteThreadResponse  # noqa: Y015
+
+@_typing.final
+class UnmuteThreadRequest(_message.Message):
+    """UnmuteThreadRequest names a thread."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    thread_id: _builtins.int
+    """The thread."""
+    def __init__(
+        self,
+        *,
+        thread_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["thread_id", b"thread_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnmuteThreadRequest: _TypeAlias = UnmuteThreadRequest  # noqa: Y015
+
+@_typing.final
+class UnmuteThreadResponse(_message.Message):
+    """UnmuteThreadResponse returns the thread as the caller now sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def thread(self) -> _types_pb2.Thread:
+        """The thread, not muted."""
+
+    def __init__(
+        self,
+        *,
+        thread: _types_pb2.Thread | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["thread", b"thread"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["thread", b"thread"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnmuteThreadResponse: _TypeAlias = UnmuteThreadResponse  # noqa: Y015

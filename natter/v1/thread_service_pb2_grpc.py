@@ -55,6 +55,16 @@ class ThreadServiceStub:
                 request_serializer=natter_dot_v1_dot_thread__service__pb2.ListMessagesRequest.SerializeToString,
                 response_deserializer=natter_dot_v1_dot_thread__service__pb2.ListMessagesResponse.FromString,
                 _registered_method=True)
+        self.MuteThread = channel.unary_unary(
+                '/natter.v1.ThreadService/MuteThread',
+                request_serializer=natter_dot_v1_dot_thread__service__pb2.MuteThreadRequest.SerializeToString,
+                response_deserializer=natter_dot_v1_dot_thread__service__pb2.MuteThreadResponse.FromString,
+                _registered_method=True)
+        self.UnmuteThread = channel.unary_unary(
+                '/natter.v1.ThreadService/UnmuteThread',
+                request_serializer=natter_dot_v1_dot_thread__service__pb2.UnmuteThreadRequest.SerializeToString,
+                response_deserializer=natter_dot_v1_dot_thread__service__pb2.UnmuteThreadResponse.FromString,
+                _registered_method=True)
 
 
 class ThreadServiceServicer:
@@ -89,6 +99,21 @@ class ThreadServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MuteThread(self, request, context):
+        """MuteThread stops push notifications of a thread for the caller, for a while or
+        forever; the caller's other devices get a ThreadMute frame.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnmuteThread(self, request, context):
+        """UnmuteThread ends the caller's mute of a thread (a no-op when it is not muted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ThreadServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +136,16 @@ def add_ThreadServiceServicer_to_server(servicer, server):
                     servicer.ListMessages,
                     request_deserializer=natter_dot_v1_dot_thread__service__pb2.ListMessagesRequest.FromString,
                     response_serializer=natter_dot_v1_dot_thread__service__pb2.ListMessagesResponse.SerializeToString,
+            ),
+            'MuteThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.MuteThread,
+                    request_deserializer=natter_dot_v1_dot_thread__service__pb2.MuteThreadRequest.FromString,
+                    response_serializer=natter_dot_v1_dot_thread__service__pb2.MuteThreadResponse.SerializeToString,
+            ),
+            'UnmuteThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnmuteThread,
+                    request_deserializer=natter_dot_v1_dot_thread__service__pb2.UnmuteThreadRequest.FromString,
+                    response_serializer=natter_dot_v1_dot_thread__service__pb2.UnmuteThreadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +257,60 @@ class ThreadService:
             '/natter.v1.ThreadService/ListMessages',
             natter_dot_v1_dot_thread__service__pb2.ListMessagesRequest.SerializeToString,
             natter_dot_v1_dot_thread__service__pb2.ListMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MuteThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/natter.v1.ThreadService/MuteThread',
+            natter_dot_v1_dot_thread__service__pb2.MuteThreadRequest.SerializeToString,
+            natter_dot_v1_dot_thread__service__pb2.MuteThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnmuteThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/natter.v1.ThreadService/UnmuteThread',
+            natter_dot_v1_dot_thread__service__pb2.UnmuteThreadRequest.SerializeToString,
+            natter_dot_v1_dot_thread__service__pb2.UnmuteThreadResponse.FromString,
             options,
             channel_credentials,
             insecure,

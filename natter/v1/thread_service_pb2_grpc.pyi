@@ -41,6 +41,12 @@ class ThreadServiceStub:
     """GetDirectThread returns the direct thread with a user, creating it if needed."""
     ListMessages: _grpc.UnaryUnaryMultiCallable[_thread_service_pb2.ListMessagesRequest, _thread_service_pb2.ListMessagesResponse]
     """ListMessages pages a thread's history."""
+    MuteThread: _grpc.UnaryUnaryMultiCallable[_thread_service_pb2.MuteThreadRequest, _thread_service_pb2.MuteThreadResponse]
+    """MuteThread stops push notifications of a thread for the caller, for a while or
+    forever; the caller's other devices get a ThreadMute frame.
+    """
+    UnmuteThread: _grpc.UnaryUnaryMultiCallable[_thread_service_pb2.UnmuteThreadRequest, _thread_service_pb2.UnmuteThreadResponse]
+    """UnmuteThread ends the caller's mute of a thread (a no-op when it is not muted)."""
 
 @_typing.type_check_only
 class ThreadServiceAsyncStub(ThreadServiceStub):
@@ -55,6 +61,12 @@ class ThreadServiceAsyncStub(ThreadServiceStub):
     """GetDirectThread returns the direct thread with a user, creating it if needed."""
     ListMessages: _aio.UnaryUnaryMultiCallable[_thread_service_pb2.ListMessagesRequest, _thread_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """ListMessages pages a thread's history."""
+    MuteThread: _aio.UnaryUnaryMultiCallable[_thread_service_pb2.MuteThreadRequest, _thread_service_pb2.MuteThreadResponse]  # type: ignore[assignment]
+    """MuteThread stops push notifications of a thread for the caller, for a while or
+    forever; the caller's other devices get a ThreadMute frame.
+    """
+    UnmuteThread: _aio.UnaryUnaryMultiCallable[_thread_service_pb2.UnmuteThreadRequest, _thread_service_pb2.UnmuteThreadResponse]  # type: ignore[assignment]
+    """UnmuteThread ends the caller's mute of a thread (a no-op when it is not muted)."""
 
 class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
     """ThreadService lists conversations and pages their history."""
@@ -90,5 +102,23 @@ class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_thread_service_pb2.ListMessagesResponse, _abc.Awaitable[_thread_service_pb2.ListMessagesResponse]]:
         """ListMessages pages a thread's history."""
+
+    @_abc_1.abstractmethod
+    def MuteThread(
+        self,
+        request: _thread_service_pb2.MuteThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_thread_service_pb2.MuteThreadResponse, _abc.Awaitable[_thread_service_pb2.MuteThreadResponse]]:
+        """MuteThread stops push notifications of a thread for the caller, for a while or
+        forever; the caller's other devices get a ThreadMute frame.
+        """
+
+    @_abc_1.abstractmethod
+    def UnmuteThread(
+        self,
+        request: _thread_service_pb2.UnmuteThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_thread_service_pb2.UnmuteThreadResponse, _abc.Awaitable[_thread_service_pb2.UnmuteThreadResponse]]:
+        """UnmuteThread ends the caller's mute of a thread (a no-op when it is not muted)."""
 
 def add_ThreadServiceServicer_to_server(servicer: ThreadServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,25 +25,27 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15natter/v1/types.proto\x12\tnatter.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"\x86\x01\n\x0bSystemEvent\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.natter.v1.SystemEventKind\x12\x1e\n\x05\x61\x63tor\x18\x02 \x01(\x0b\x32\x0f.natter.v1.User\x12\x1e\n\x05users\x18\x03 \x03(\x0b\x32\x0f.natter.v1.User\x12\r\n\x05title\x18\x04 \x01(\t\"\xc0\x02\n\x07Message\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0e\n\x06msg_id\x18\x03 \x01(\t\x12\x1f\n\x06sender\x18\x04 \x01(\x0b\x32\x0f.natter.v1.User\x12\x18\n\x10sender_device_id\x18\x05 \x01(\x03\x12\x15\n\rclient_msg_id\x18\x06 \x01(\t\x12$\n\x04kind\x18\x07 \x01(\x0e\x32\x16.natter.v1.MessageKind\x12\x0c\n\x04text\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05state\x18\n \x01(\x0e\x32\x17.natter.v1.MessageState\x12&\n\x06system\x18\x0b \x01(\x0b\x32\x16.natter.v1.SystemEvent\"(\n\x06\x43ursor\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\xa4\x01\n\x06Member\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12#\n\x04role\x18\x02 \x01(\x0e\x32\x15.natter.v1.MemberRole\x12\x15\n\rdelivered_seq\x18\x03 \x01(\x03\x12\x10\n\x08read_seq\x18\x04 \x01(\x03\x12-\n\tjoin_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xce\x02\n\x06Thread\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.natter.v1.ThreadKind\x12\r\n\x05title\x18\x03 \x01(\t\x12\x1d\n\x04peer\x18\x04 \x01(\x0b\x32\x0f.natter.v1.User\x12\x10\n\x08last_seq\x18\x05 \x01(\x03\x12\x10\n\x08read_seq\x18\x06 \x01(\x03\x12\x14\n\x0cunread_count\x18\x07 \x01(\x03\x12(\n\x0clast_message\x18\x08 \x01(\x0b\x32\x12.natter.v1.Message\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x04role\x18\n \x01(\x0e\x32\x15.natter.v1.MemberRole\x12\x14\n\x0cmember_count\x18\x0b \x01(\x05\x12\x0e\n\x06\x61\x63tive\x18\x0c \x01(\x08\"\x98\x01\n\x07Receipt\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x1d\n\x04user\x18\x02 \x01(\x0b\x32\x0f.natter.v1.User\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.natter.v1.ReceiptKind\x12\x0b\n\x03seq\x18\x04 \x01(\x03\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x08Presence\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x32\n\x0elast_seen_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x06Typing\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x1d\n\x04user\x18\x02 \x01(\x0b\x32\x0f.natter.v1.User\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\"\xa1\x01\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_active_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63urrent\x18\x05 \x01(\x08*X\n\nThreadKind\x12\x1b\n\x17THREAD_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12THREAD_KIND_DIRECT\x10\x01\x12\x15\n\x11THREAD_KIND_GROUP\x10\x02*X\n\nMemberRole\x12\x1b\n\x17MEMBER_ROLE_UNSPECIFIED\x10\x00\x12\x16\n\x12MEMBER_ROLE_MEMBER\x10\x01\x12\x15\n\x11MEMBER_ROLE_ADMIN\x10\x02*[\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_KIND_TEXT\x10\x01\x12\x17\n\x13MESSAGE_KIND_SYSTEM\x10\x02*z\n\x0cMessageState\x12\x1d\n\x19MESSAGE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12MESSAGE_STATE_SENT\x10\x01\x12\x1b\n\x17MESSAGE_STATE_DELIVERED\x10\x02\x12\x16\n\x12MESSAGE_STATE_READ\x10\x03*\xba\x02\n\x0fSystemEventKind\x12!\n\x1dSYSTEM_EVENT_KIND_UNSPECIFIED\x10\x00\x12#\n\x1fSYSTEM_EVENT_KIND_GROUP_CREATED\x10\x01\x12#\n\x1fSYSTEM_EVENT_KIND_MEMBERS_ADDED\x10\x02\x12%\n!SYSTEM_EVENT_KIND_MEMBERS_REMOVED\x10\x03\x12!\n\x1dSYSTEM_EVENT_KIND_MEMBER_LEFT\x10\x04\x12#\n\x1fSYSTEM_EVENT_KIND_TITLE_CHANGED\x10\x05\x12%\n!SYSTEM_EVENT_KIND_ADMINS_PROMOTED\x10\x06\x12$\n SYSTEM_EVENT_KIND_ADMINS_DEMOTED\x10\x07*^\n\x0bReceiptKind\x12\x1c\n\x18RECEIPT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16RECEIPT_KIND_DELIVERED\x10\x01\x12\x15\n\x11RECEIPT_KIND_READ\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15natter/v1/types.proto\x12\tnatter.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"\x86\x01\n\x0bSystemEvent\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.natter.v1.SystemEventKind\x12\x1e\n\x05\x61\x63tor\x18\x02 \x01(\x0b\x32\x0f.natter.v1.User\x12\x1e\n\x05users\x18\x03 \x03(\x0b\x32\x0f.natter.v1.User\x12\r\n\x05title\x18\x04 \x01(\t\"\xc0\x02\n\x07Message\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0e\n\x06msg_id\x18\x03 \x01(\t\x12\x1f\n\x06sender\x18\x04 \x01(\x0b\x32\x0f.natter.v1.User\x12\x18\n\x10sender_device_id\x18\x05 \x01(\x03\x12\x15\n\rclient_msg_id\x18\x06 \x01(\t\x12$\n\x04kind\x18\x07 \x01(\x0e\x32\x16.natter.v1.MessageKind\x12\x0c\n\x04text\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05state\x18\n \x01(\x0e\x32\x17.natter.v1.MessageState\x12&\n\x06system\x18\x0b \x01(\x0b\x32\x16.natter.v1.SystemEvent\"(\n\x06\x43ursor\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\xa4\x01\n\x06Member\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12#\n\x04role\x18\x02 \x01(\x0e\x32\x15.natter.v1.MemberRole\x12\x15\n\rdelivered_seq\x18\x03 \x01(\x03\x12\x10\n\x08read_seq\x18\x04 \x01(\x03\x12-\n\tjoin_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x90\x03\n\x06Thread\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.natter.v1.ThreadKind\x12\r\n\x05title\x18\x03 \x01(\t\x12\x1d\n\x04peer\x18\x04 \x01(\x0b\x32\x0f.natter.v1.User\x12\x10\n\x08last_seq\x18\x05 \x01(\x03\x12\x10\n\x08read_seq\x18\x06 \x01(\x03\x12\x14\n\x0cunread_count\x18\x07 \x01(\x03\x12(\n\x0clast_message\x18\x08 \x01(\x0b\x32\x12.natter.v1.Message\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x04role\x18\n \x01(\x0e\x32\x15.natter.v1.MemberRole\x12\x14\n\x0cmember_count\x18\x0b \x01(\x05\x12\x0e\n\x06\x61\x63tive\x18\x0c \x01(\x08\x12\r\n\x05muted\x18\r \x01(\x08\x12\x31\n\rmute_end_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\nThreadMute\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\r\n\x05muted\x18\x02 \x01(\x08\x12\x31\n\rmute_end_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x98\x01\n\x07Receipt\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x1d\n\x04user\x18\x02 \x01(\x0b\x32\x0f.natter.v1.User\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.natter.v1.ReceiptKind\x12\x0b\n\x03seq\x18\x04 \x01(\x03\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x08Presence\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x32\n\x0elast_seen_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x06Typing\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x1d\n\x04user\x18\x02 \x01(\x0b\x32\x0f.natter.v1.User\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\"\xa1\x01\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_active_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63urrent\x18\x05 \x01(\x08*X\n\nThreadKind\x12\x1b\n\x17THREAD_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12THREAD_KIND_DIRECT\x10\x01\x12\x15\n\x11THREAD_KIND_GROUP\x10\x02*X\n\nMemberRole\x12\x1b\n\x17MEMBER_ROLE_UNSPECIFIED\x10\x00\x12\x16\n\x12MEMBER_ROLE_MEMBER\x10\x01\x12\x15\n\x11MEMBER_ROLE_ADMIN\x10\x02*[\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_KIND_TEXT\x10\x01\x12\x17\n\x13MESSAGE_KIND_SYSTEM\x10\x02*z\n\x0cMessageState\x12\x1d\n\x19MESSAGE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12MESSAGE_STATE_SENT\x10\x01\x12\x1b\n\x17MESSAGE_STATE_DELIVERED\x10\x02\x12\x16\n\x12MESSAGE_STATE_READ\x10\x03*\xba\x02\n\x0fSystemEventKind\x12!\n\x1dSYSTEM_EVENT_KIND_UNSPECIFIED\x10\x00\x12#\n\x1fSYSTEM_EVENT_KIND_GROUP_CREATED\x10\x01\x12#\n\x1fSYSTEM_EVENT_KIND_MEMBERS_ADDED\x10\x02\x12%\n!SYSTEM_EVENT_KIND_MEMBERS_REMOVED\x10\x03\x12!\n\x1dSYSTEM_EVENT_KIND_MEMBER_LEFT\x10\x04\x12#\n\x1fSYSTEM_EVENT_KIND_TITLE_CHANGED\x10\x05\x12%\n!SYSTEM_EVENT_KIND_ADMINS_PROMOTED\x10\x06\x12$\n SYSTEM_EVENT_KIND_ADMINS_DEMOTED\x10\x07*\xa1\x01\n\x13NotificationPreview\x12$\n NOTIFICATION_PREVIEW_UNSPECIFIED\x10\x00\x12\x1d\n\x19NOTIFICATION_PREVIEW_FULL\x10\x01\x12$\n NOTIFICATION_PREVIEW_SENDER_ONLY\x10\x02\x12\x1f\n\x1bNOTIFICATION_PREVIEW_HIDDEN\x10\x03*^\n\x0bReceiptKind\x12\x1c\n\x18RECEIPT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16RECEIPT_KIND_DELIVERED\x10\x01\x12\x15\n\x11RECEIPT_KIND_READ\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'natter.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_THREADKIND']._serialized_start=1646
-  _globals['_THREADKIND']._serialized_end=1734
-  _globals['_MEMBERROLE']._serialized_start=1736
-  _globals['_MEMBERROLE']._serialized_end=1824
-  _globals['_MESSAGEKIND']._serialized_start=1826
-  _globals['_MESSAGEKIND']._serialized_end=1917
-  _globals['_MESSAGESTATE']._serialized_start=1919
-  _globals['_MESSAGESTATE']._serialized_end=2041
-  _globals['_SYSTEMEVENTKIND']._serialized_start=2044
-  _globals['_SYSTEMEVENTKIND']._serialized_end=2358
-  _globals['_RECEIPTKIND']._serialized_start=2360
-  _globals['_RECEIPTKIND']._serialized_end=2454
+  _globals['_THREADKIND']._serialized_start=1811
+  _globals['_THREADKIND']._serialized_end=1899
+  _globals['_MEMBERROLE']._serialized_start=1901
+  _globals['_MEMBERROLE']._serialized_end=1989
+  _globals['_MESSAGEKIND']._serialized_start=1991
+  _globals['_MESSAGEKIND']._serialized_end=2082
+  _globals['_MESSAGESTATE']._serialized_start=2084
+  _globals['_MESSAGESTATE']._serialized_end=2206
+  _globals['_SYSTEMEVENTKIND']._serialized_start=2209
+  _globals['_SYSTEMEVENTKIND']._serialized_end=2523
+  _globals['_NOTIFICATIONPREVIEW']._serialized_start=2526
+  _globals['_NOTIFICATIONPREVIEW']._serialized_end=2687
+  _globals['_RECEIPTKIND']._serialized_start=2689
+  _globals['_RECEIPTKIND']._serialized_end=2783
   _globals['_USER']._serialized_start=69
   _globals['_USER']._serialized_end=132
   _globals['_SYSTEMEVENT']._serialized_start=135
@@ -55,13 +57,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMBER']._serialized_start=637
   _globals['_MEMBER']._serialized_end=801
   _globals['_THREAD']._serialized_start=804
-  _globals['_THREAD']._serialized_end=1138
-  _globals['_RECEIPT']._serialized_start=1141
-  _globals['_RECEIPT']._serialized_end=1293
-  _globals['_PRESENCE']._serialized_start=1295
-  _globals['_PRESENCE']._serialized_end=1404
-  _globals['_TYPING']._serialized_start=1406
-  _globals['_TYPING']._serialized_end=1480
-  _globals['_DEVICE']._serialized_start=1483
-  _globals['_DEVICE']._serialized_end=1644
+  _globals['_THREAD']._serialized_end=1204
+  _globals['_THREADMUTE']._serialized_start=1206
+  _globals['_THREADMUTE']._serialized_end=1303
+  _globals['_RECEIPT']._serialized_start=1306
+  _globals['_RECEIPT']._serialized_end=1458
+  _globals['_PRESENCE']._serialized_start=1460
+  _globals['_PRESENCE']._serialized_end=1569
+  _globals['_TYPING']._serialized_start=1571
+  _globals['_TYPING']._serialized_end=1645
+  _globals['_DEVICE']._serialized_start=1648
+  _globals['_DEVICE']._serialized_end=1809
 # @@protoc_insertion_point(module_scope)

@@ -164,6 +164,34 @@ SYSTEM_EVENT_KIND_ADMINS_DEMOTED: SystemEventKind.ValueType  # 7
 """Admins were demoted to member."""
 Global___SystemEventKind: _TypeAlias = SystemEventKind  # noqa: Y015
 
+class _NotificationPreview:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NotificationPreviewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NotificationPreview.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTIFICATION_PREVIEW_UNSPECIFIED: _NotificationPreview.ValueType  # 0
+    """Not set; rejected on input. Stored accounts default to FULL."""
+    NOTIFICATION_PREVIEW_FULL: _NotificationPreview.ValueType  # 1
+    """The sender, the chat and the text."""
+    NOTIFICATION_PREVIEW_SENDER_ONLY: _NotificationPreview.ValueType  # 2
+    """The sender and the chat, never the text ("show sender only")."""
+    NOTIFICATION_PREVIEW_HIDDEN: _NotificationPreview.ValueType  # 3
+    """Neither sender nor text: only that there is something new, and where to open it."""
+
+class NotificationPreview(_NotificationPreview, metaclass=_NotificationPreviewEnumTypeWrapper):
+    """NotificationPreview is how much a push notification shows (a user's privacy mode)."""
+
+NOTIFICATION_PREVIEW_UNSPECIFIED: NotificationPreview.ValueType  # 0
+"""Not set; rejected on input. Stored accounts default to FULL."""
+NOTIFICATION_PREVIEW_FULL: NotificationPreview.ValueType  # 1
+"""The sender, the chat and the text."""
+NOTIFICATION_PREVIEW_SENDER_ONLY: NotificationPreview.ValueType  # 2
+"""The sender and the chat, never the text ("show sender only")."""
+NOTIFICATION_PREVIEW_HIDDEN: NotificationPreview.ValueType  # 3
+"""Neither sender nor text: only that there is something new, and where to open it."""
+Global___NotificationPreview: _TypeAlias = NotificationPreview  # noqa: Y015
+
 class _ReceiptKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -410,6 +438,8 @@ class Thread(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     MEMBER_COUNT_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
+    MUTED_FIELD_NUMBER: _builtins.int
+    MUTE_END_TIME_FIELD_NUMBER: _builtins.int
     thread_id: _builtins.int
     """Server-assigned id."""
     kind: Global___ThreadKind.ValueType
@@ -428,6 +458,8 @@ class Thread(_message.Message):
     """Number of current members."""
     active: _builtins.bool
     """False once this member has left or was removed."""
+    muted: _builtins.bool
+    """True while this member has the thread muted: no push notifications for it."""
     @_builtins.property
     def peer(self) -> Global___User:
         """The other person, for direct threads."""
@@ -439,6 +471,10 @@ class Thread(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the thread last changed for this member."""
+
+    @_builtins.property
+    def mute_end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the mute ends; unset while muted forever (or not muted)."""
 
     def __init__(
         self,
@@ -455,14 +491,48 @@ class Thread(_message.Message):
         role: Global___MemberRole.ValueType = ...,
         member_count: _builtins.int = ...,
         active: _builtins.bool = ...,
+        muted: _builtins.bool = ...,
+        mute_end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_message", b"last_message", "peer", b"peer", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_message", b"last_message", "mute_end_time", b"mute_end_time", "peer", b"peer", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "kind", b"kind", "last_message", b"last_message", "last_seq", b"last_seq", "member_count", b"member_count", "peer", b"peer", "read_seq", b"read_seq", "role", b"role", "thread_id", b"thread_id", "title", b"title", "unread_count", b"unread_count", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "kind", b"kind", "last_message", b"last_message", "last_seq", b"last_seq", "member_count", b"member_count", "mute_end_time", b"mute_end_time", "muted", b"muted", "peer", b"peer", "read_seq", b"read_seq", "role", b"role", "thread_id", b"thread_id", "title", b"title", "unread_count", b"unread_count", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Thread: _TypeAlias = Thread  # noqa: Y015
+
+@_typing.final
+class ThreadMute(_message.Message):
+    """ThreadMute is a member's mute of a thread, as their other devices learn of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    MUTED_FIELD_NUMBER: _builtins.int
+    MUTE_END_TIME_FIELD_NUMBER: _builtins.int
+    thread_id: _builtins.int
+    """The thread."""
+    muted: _builtins.bool
+    """True while muted."""
+    @_builtins.property
+    def mute_end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the mute ends; unset while muted forever (or not muted)."""
+
+    def __init__(
+        self,
+        *,
+        thread_id: _builtins.int = ...,
+        muted: _builtins.bool = ...,
+        mute_end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mute_end_time", b"mute_end_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mute_end_time", b"mute_end_time", "muted", b"muted", "thread_id", b"thread_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ThreadMute: _TypeAlias = ThreadMute  # noqa: Y015
 
 @_typing.final
 class Receipt(_message.Message):

@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Device, User } from "./types_pb";
+import type { Device, NotificationPreview, User } from "./types_pb";
 import { file_natter_v1_types } from "./types_pb";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file natter/v1/account_service.proto.
  */
 export const file_natter_v1_account_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9uYXR0ZXIvdjEvYWNjb3VudF9zZXJ2aWNlLnByb3RvEgluYXR0ZXIudjEiWgoPUmVnaXN0ZXJSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRINCgVwaG9uZRgDIAEoCRIQCghwYXNzd29yZBgEIAEoCSIxChBSZWdpc3RlclJlc3BvbnNlEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlciJHCgxMb2dpblJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSEwoLZGV2aWNlX25hbWUYAyABKAkiUAoNTG9naW5SZXNwb25zZRIdCgR1c2VyGAEgASgLMg8ubmF0dGVyLnYxLlVzZXISEQoJZGV2aWNlX2lkGAIgASgDEg0KBXRva2VuGAMgASgJIg8KDUxvZ291dFJlcXVlc3QiEAoOTG9nb3V0UmVzcG9uc2UiFAoSTGlzdERldmljZXNSZXF1ZXN0IjkKE0xpc3REZXZpY2VzUmVzcG9uc2USIgoHZGV2aWNlcxgBIAMoCzIRLm5hdHRlci52MS5EZXZpY2UiDgoMR2V0TWVSZXF1ZXN0ImgKDUdldE1lUmVzcG9uc2USHQoEdXNlchgBIAEoCzIPLm5hdHRlci52MS5Vc2VyEhEKCWRldmljZV9pZBgCIAEoAxINCgVwaG9uZRgDIAEoCRIWCg5oaWRlX2xhc3Rfc2VlbhgEIAEoCCJzChVVcGRhdGVTZXR0aW5nc1JlcXVlc3QSGQoMZGlzcGxheV9uYW1lGAEgASgJSACIAQESGwoOaGlkZV9sYXN0X3NlZW4YAiABKAhIAYgBAUIPCg1fZGlzcGxheV9uYW1lQhEKD19oaWRlX2xhc3Rfc2VlbiIYChZVcGRhdGVTZXR0aW5nc1Jlc3BvbnNlMrEDCg5BY2NvdW50U2VydmljZRJDCghSZWdpc3RlchIaLm5hdHRlci52MS5SZWdpc3RlclJlcXVlc3QaGy5uYXR0ZXIudjEuUmVnaXN0ZXJSZXNwb25zZRI6CgVMb2dpbhIXLm5hdHRlci52MS5Mb2dpblJlcXVlc3QaGC5uYXR0ZXIudjEuTG9naW5SZXNwb25zZRI9CgZMb2dvdXQSGC5uYXR0ZXIudjEuTG9nb3V0UmVxdWVzdBoZLm5hdHRlci52MS5Mb2dvdXRSZXNwb25zZRJMCgtMaXN0RGV2aWNlcxIdLm5hdHRlci52MS5MaXN0RGV2aWNlc1JlcXVlc3QaHi5uYXR0ZXIudjEuTGlzdERldmljZXNSZXNwb25zZRI6CgVHZXRNZRIXLm5hdHRlci52MS5HZXRNZVJlcXVlc3QaGC5uYXR0ZXIudjEuR2V0TWVSZXNwb25zZRJVCg5VcGRhdGVTZXR0aW5ncxIgLm5hdHRlci52MS5VcGRhdGVTZXR0aW5nc1JlcXVlc3QaIS5uYXR0ZXIudjEuVXBkYXRlU2V0dGluZ3NSZXNwb25zZWIGcHJvdG8z", [file_natter_v1_types]);
+  fileDesc("Ch9uYXR0ZXIvdjEvYWNjb3VudF9zZXJ2aWNlLnByb3RvEgluYXR0ZXIudjEiWgoPUmVnaXN0ZXJSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRINCgVwaG9uZRgDIAEoCRIQCghwYXNzd29yZBgEIAEoCSIxChBSZWdpc3RlclJlc3BvbnNlEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlciJHCgxMb2dpblJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSEwoLZGV2aWNlX25hbWUYAyABKAkiUAoNTG9naW5SZXNwb25zZRIdCgR1c2VyGAEgASgLMg8ubmF0dGVyLnYxLlVzZXISEQoJZGV2aWNlX2lkGAIgASgDEg0KBXRva2VuGAMgASgJIg8KDUxvZ291dFJlcXVlc3QiEAoOTG9nb3V0UmVzcG9uc2UiFAoSTGlzdERldmljZXNSZXF1ZXN0IjkKE0xpc3REZXZpY2VzUmVzcG9uc2USIgoHZGV2aWNlcxgBIAMoCzIRLm5hdHRlci52MS5EZXZpY2UiDgoMR2V0TWVSZXF1ZXN0IqYBCg1HZXRNZVJlc3BvbnNlEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlchIRCglkZXZpY2VfaWQYAiABKAMSDQoFcGhvbmUYAyABKAkSFgoOaGlkZV9sYXN0X3NlZW4YBCABKAgSPAoUbm90aWZpY2F0aW9uX3ByZXZpZXcYBSABKA4yHi5uYXR0ZXIudjEuTm90aWZpY2F0aW9uUHJldmlldyLPAQoVVXBkYXRlU2V0dGluZ3NSZXF1ZXN0EhkKDGRpc3BsYXlfbmFtZRgBIAEoCUgAiAEBEhsKDmhpZGVfbGFzdF9zZWVuGAIgASgISAGIAQESQQoUbm90aWZpY2F0aW9uX3ByZXZpZXcYAyABKA4yHi5uYXR0ZXIudjEuTm90aWZpY2F0aW9uUHJldmlld0gCiAEBQg8KDV9kaXNwbGF5X25hbWVCEQoPX2hpZGVfbGFzdF9zZWVuQhcKFV9ub3RpZmljYXRpb25fcHJldmlldyIYChZVcGRhdGVTZXR0aW5nc1Jlc3BvbnNlMrEDCg5BY2NvdW50U2VydmljZRJDCghSZWdpc3RlchIaLm5hdHRlci52MS5SZWdpc3RlclJlcXVlc3QaGy5uYXR0ZXIudjEuUmVnaXN0ZXJSZXNwb25zZRI6CgVMb2dpbhIXLm5hdHRlci52MS5Mb2dpblJlcXVlc3QaGC5uYXR0ZXIudjEuTG9naW5SZXNwb25zZRI9CgZMb2dvdXQSGC5uYXR0ZXIudjEuTG9nb3V0UmVxdWVzdBoZLm5hdHRlci52MS5Mb2dvdXRSZXNwb25zZRJMCgtMaXN0RGV2aWNlcxIdLm5hdHRlci52MS5MaXN0RGV2aWNlc1JlcXVlc3QaHi5uYXR0ZXIudjEuTGlzdERldmljZXNSZXNwb25zZRI6CgVHZXRNZRIXLm5hdHRlci52MS5HZXRNZVJlcXVlc3QaGC5uYXR0ZXIudjEuR2V0TWVSZXNwb25zZRJVCg5VcGRhdGVTZXR0aW5ncxIgLm5hdHRlci52MS5VcGRhdGVTZXR0aW5nc1JlcXVlc3QaIS5uYXR0ZXIudjEuVXBkYXRlU2V0dGluZ3NSZXNwb25zZWIGcHJvdG8z", [file_natter_v1_types]);
 
 /**
  * RegisterRequest holds a new account's details.
@@ -261,6 +261,13 @@ export type GetMeResponse = Message<"natter.v1.GetMeResponse"> & {
    * @generated from field: bool hide_last_seen = 4;
    */
   hideLastSeen: boolean;
+
+  /**
+   * How much push notifications show (privacy mode); FULL unless changed.
+   *
+   * @generated from field: natter.v1.NotificationPreview notification_preview = 5;
+   */
+  notificationPreview: NotificationPreview;
 };
 
 /**
@@ -289,6 +296,13 @@ export type UpdateSettingsRequest = Message<"natter.v1.UpdateSettingsRequest"> &
    * @generated from field: optional bool hide_last_seen = 2;
    */
   hideLastSeen?: boolean | undefined;
+
+  /**
+   * How much push notifications show on every device of the user (privacy mode).
+   *
+   * @generated from field: optional natter.v1.NotificationPreview notification_preview = 3;
+   */
+  notificationPreview?: NotificationPreview | undefined;
 };
 
 /**

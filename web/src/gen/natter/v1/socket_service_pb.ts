@@ -6,7 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Cursor, Message as Message$1, Presence, Receipt, Typing, User } from "./types_pb";
+import type { Cursor, Message as Message$1, Presence, Receipt, ThreadMute, Typing, User } from "./types_pb";
 import { file_natter_v1_types } from "./types_pb";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file natter/v1/socket_service.proto.
  */
 export const file_natter_v1_socket_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch5uYXR0ZXIvdjEvc29ja2V0X3NlcnZpY2UucHJvdG8SCW5hdHRlci52MSKcAgoLQ2xpZW50RnJhbWUSIQoFaGVsbG8YASABKAsyEC5uYXR0ZXIudjEuSGVsbG9IABIfCgRzZW5kGAIgASgLMg8ubmF0dGVyLnYxLlNlbmRIABIdCgNhY2sYAyABKAsyDi5uYXR0ZXIudjEuQWNrSAASHwoEcmVhZBgEIAEoCzIPLm5hdHRlci52MS5SZWFkSAASKQoJaGVhcnRiZWF0GAUgASgLMhQubmF0dGVyLnYxLkhlYXJ0YmVhdEgAEioKBnR5cGluZxgGIAEoCzIYLm5hdHRlci52MS5UeXBpbmdSZXF1ZXN0SAASJwoFYmF0Y2gYByABKAsyFi5uYXR0ZXIudjEuQ2xpZW50QmF0Y2hIAEIJCgdwYXlsb2FkIjUKC0NsaWVudEJhdGNoEiYKBmZyYW1lcxgBIAMoCzIWLm5hdHRlci52MS5DbGllbnRGcmFtZSI1CgtTZXJ2ZXJCYXRjaBImCgZmcmFtZXMYASADKAsyFi5uYXR0ZXIudjEuU2VydmVyRnJhbWUijgQKC1NlcnZlckZyYW1lEiUKB3dlbGNvbWUYASABKAsyEi5uYXR0ZXIudjEuV2VsY29tZUgAEiUKB21lc3NhZ2UYAiABKAsyEi5uYXR0ZXIudjEuTWVzc2FnZUgAEiwKC3NlbmRfcmVzdWx0GAMgASgLMhUubmF0dGVyLnYxLlNlbmRSZXN1bHRIABIoCglzeW5jX2RvbmUYBCABKAsyEy5uYXR0ZXIudjEuU3luY0RvbmVIABIlCgdyZWNlaXB0GAUgASgLMhIubmF0dGVyLnYxLlJlY2VpcHRIABInCghwcmVzZW5jZRgGIAEoCzITLm5hdHRlci52MS5QcmVzZW5jZUgAEiMKBnR5cGluZxgHIAEoCzIRLm5hdHRlci52MS5UeXBpbmdIABInCgVlcnJvchgIIAEoCzIWLm5hdHRlci52MS5TdHJlYW1FcnJvckgAEicKCHJlZGlyZWN0GAkgASgLMhMubmF0dGVyLnYxLlJlZGlyZWN0SAASMAoNaGVhcnRiZWF0X2FjaxgKIAEoCzIXLm5hdHRlci52MS5IZWFydGJlYXRBY2tIABIsCgtyZWFkX2N1cnNvchgLIAEoCzIVLm5hdHRlci52MS5SZWFkQ3Vyc29ySAASJwoFYmF0Y2gYDCABKAsyFi5uYXR0ZXIudjEuU2VydmVyQmF0Y2hIAEIJCgdwYXlsb2FkIlgKBUhlbGxvEiIKB2N1cnNvcnMYASADKAsyES5uYXR0ZXIudjEuQ3Vyc29yEhMKC3NraXBfcmVwbGF5GAIgASgIEhYKDmFjY2VwdF9iYXRjaGVzGAMgASgIInAKB1dlbGNvbWUSHQoEdXNlchgBIAEoCzIPLm5hdHRlci52MS5Vc2VyEhEKCWRldmljZV9pZBgCIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgDIAEoBRIPCgdub2RlX2lkGAQgASgJIl8KBFNlbmQSFQoNY2xpZW50X21zZ19pZBgBIAEoCRITCgl0aHJlYWRfaWQYAiABKANIABITCglyZWNpcGllbnQYAyABKAlIABIMCgR0ZXh0GAQgASgJQggKBnRhcmdldCKEAQoKU2VuZFJlc3VsdBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBm1zZ19pZBgCIAEoCRIRCgl0aHJlYWRfaWQYAyABKAMSCwoDc2VxGAQgASgDEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIpCgNBY2sSIgoHY3Vyc29ycxgBIAMoCzIRLm5hdHRlci52MS5DdXJzb3IiJgoEUmVhZBIRCgl0aHJlYWRfaWQYASABKAMSCwoDc2VxGAIgASgDIgsKCUhlYXJ0YmVhdCIOCgxIZWFydGJlYXRBY2siMgoNVHlwaW5nUmVxdWVzdBIRCgl0aHJlYWRfaWQYASABKAMSDgoGYWN0aXZlGAIgASgIIhwKCFN5bmNEb25lEhAKCHJlcGxheWVkGAEgASgDIlMKC1N0cmVhbUVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCRIOCgZyZWFzb24YAyABKAkSFQoNY2xpZW50X21zZ19pZBgEIAEoCSIbCghSZWRpcmVjdBIPCgdhZGRyZXNzGAEgASgJIi8KClJlYWRDdXJzb3ISIQoGY3Vyc29yGAEgASgLMhEubmF0dGVyLnYxLkN1cnNvciIhCg1Mb2NhdGVSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJIjIKDkxvY2F0ZVJlc3BvbnNlEg8KB2FkZHJlc3MYASABKAkSDwoHbm9kZV9pZBgCIAEoCTKNAQoNU29ja2V0U2VydmljZRI9CgdDb25uZWN0EhYubmF0dGVyLnYxLkNsaWVudEZyYW1lGhYubmF0dGVyLnYxLlNlcnZlckZyYW1lKAEwARI9CgZMb2NhdGUSGC5uYXR0ZXIudjEuTG9jYXRlUmVxdWVzdBoZLm5hdHRlci52MS5Mb2NhdGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_natter_v1_types]);
+  fileDesc("Ch5uYXR0ZXIvdjEvc29ja2V0X3NlcnZpY2UucHJvdG8SCW5hdHRlci52MSLMAgoLQ2xpZW50RnJhbWUSIQoFaGVsbG8YASABKAsyEC5uYXR0ZXIudjEuSGVsbG9IABIfCgRzZW5kGAIgASgLMg8ubmF0dGVyLnYxLlNlbmRIABIdCgNhY2sYAyABKAsyDi5uYXR0ZXIudjEuQWNrSAASHwoEcmVhZBgEIAEoCzIPLm5hdHRlci52MS5SZWFkSAASKQoJaGVhcnRiZWF0GAUgASgLMhQubmF0dGVyLnYxLkhlYXJ0YmVhdEgAEioKBnR5cGluZxgGIAEoCzIYLm5hdHRlci52MS5UeXBpbmdSZXF1ZXN0SAASJwoFYmF0Y2gYByABKAsyFi5uYXR0ZXIudjEuQ2xpZW50QmF0Y2hIABIuCgxjbGllbnRfc3RhdGUYCCABKAsyFi5uYXR0ZXIudjEuQ2xpZW50U3RhdGVIAEIJCgdwYXlsb2FkIjUKC0NsaWVudEJhdGNoEiYKBmZyYW1lcxgBIAMoCzIWLm5hdHRlci52MS5DbGllbnRGcmFtZSI1CgtTZXJ2ZXJCYXRjaBImCgZmcmFtZXMYASADKAsyFi5uYXR0ZXIudjEuU2VydmVyRnJhbWUivAQKC1NlcnZlckZyYW1lEiUKB3dlbGNvbWUYASABKAsyEi5uYXR0ZXIudjEuV2VsY29tZUgAEiUKB21lc3NhZ2UYAiABKAsyEi5uYXR0ZXIudjEuTWVzc2FnZUgAEiwKC3NlbmRfcmVzdWx0GAMgASgLMhUubmF0dGVyLnYxLlNlbmRSZXN1bHRIABIoCglzeW5jX2RvbmUYBCABKAsyEy5uYXR0ZXIudjEuU3luY0RvbmVIABIlCgdyZWNlaXB0GAUgASgLMhIubmF0dGVyLnYxLlJlY2VpcHRIABInCghwcmVzZW5jZRgGIAEoCzITLm5hdHRlci52MS5QcmVzZW5jZUgAEiMKBnR5cGluZxgHIAEoCzIRLm5hdHRlci52MS5UeXBpbmdIABInCgVlcnJvchgIIAEoCzIWLm5hdHRlci52MS5TdHJlYW1FcnJvckgAEicKCHJlZGlyZWN0GAkgASgLMhMubmF0dGVyLnYxLlJlZGlyZWN0SAASMAoNaGVhcnRiZWF0X2FjaxgKIAEoCzIXLm5hdHRlci52MS5IZWFydGJlYXRBY2tIABIsCgtyZWFkX2N1cnNvchgLIAEoCzIVLm5hdHRlci52MS5SZWFkQ3Vyc29ySAASJwoFYmF0Y2gYDCABKAsyFi5uYXR0ZXIudjEuU2VydmVyQmF0Y2hIABIsCgt0aHJlYWRfbXV0ZRgNIAEoCzIVLm5hdHRlci52MS5UaHJlYWRNdXRlSABCCQoHcGF5bG9hZCJsCgVIZWxsbxIiCgdjdXJzb3JzGAEgAygLMhEubmF0dGVyLnYxLkN1cnNvchITCgtza2lwX3JlcGxheRgCIAEoCBIWCg5hY2NlcHRfYmF0Y2hlcxgDIAEoCBISCgpmb3JlZ3JvdW5kGAQgASgIIiEKC0NsaWVudFN0YXRlEhIKCmZvcmVncm91bmQYASABKAgicAoHV2VsY29tZRIdCgR1c2VyGAEgASgLMg8ubmF0dGVyLnYxLlVzZXISEQoJZGV2aWNlX2lkGAIgASgDEiIKGmhlYXJ0YmVhdF9pbnRlcnZhbF9zZWNvbmRzGAMgASgFEg8KB25vZGVfaWQYBCABKAkiXwoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhMKCXRocmVhZF9pZBgCIAEoA0gAEhMKCXJlY2lwaWVudBgDIAEoCUgAEgwKBHRleHQYBCABKAlCCAoGdGFyZ2V0IoQBCgpTZW5kUmVzdWx0EhUKDWNsaWVudF9tc2dfaWQYASABKAkSDgoGbXNnX2lkGAIgASgJEhEKCXRocmVhZF9pZBgDIAEoAxILCgNzZXEYBCABKAMSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIikKA0FjaxIiCgdjdXJzb3JzGAEgAygLMhEubmF0dGVyLnYxLkN1cnNvciImCgRSZWFkEhEKCXRocmVhZF9pZBgBIAEoAxILCgNzZXEYAiABKAMiCwoJSGVhcnRiZWF0Ig4KDEhlYXJ0YmVhdEFjayIyCg1UeXBpbmdSZXF1ZXN0EhEKCXRocmVhZF9pZBgBIAEoAxIOCgZhY3RpdmUYAiABKAgiHAoIU3luY0RvbmUSEAoIcmVwbGF5ZWQYASABKAMiUwoLU3RyZWFtRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEg4KBnJlYXNvbhgDIAEoCRIVCg1jbGllbnRfbXNnX2lkGAQgASgJIhsKCFJlZGlyZWN0Eg8KB2FkZHJlc3MYASABKAkiLwoKUmVhZEN1cnNvchIhCgZjdXJzb3IYASABKAsyES5uYXR0ZXIudjEuQ3Vyc29yIiEKDUxvY2F0ZVJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkiMgoOTG9jYXRlUmVzcG9uc2USDwoHYWRkcmVzcxgBIAEoCRIPCgdub2RlX2lkGAIgASgJMo0BCg1Tb2NrZXRTZXJ2aWNlEj0KB0Nvbm5lY3QSFi5uYXR0ZXIudjEuQ2xpZW50RnJhbWUaFi5uYXR0ZXIudjEuU2VydmVyRnJhbWUoATABEj0KBkxvY2F0ZRIYLm5hdHRlci52MS5Mb2NhdGVSZXF1ZXN0GhkubmF0dGVyLnYxLkxvY2F0ZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_natter_v1_types]);
 
 /**
  * ClientFrame is one frame from a device.
@@ -83,6 +83,14 @@ export type ClientFrame = Message<"natter.v1.ClientFrame"> & {
      */
     value: ClientBatch;
     case: "batch";
+  } | {
+    /**
+     * The app moved to the foreground or the background (decides push notifications).
+     *
+     * @generated from field: natter.v1.ClientState client_state = 8;
+     */
+    value: ClientState;
+    case: "clientState";
   } | { case: undefined; value?: undefined };
 };
 
@@ -242,6 +250,14 @@ export type ServerFrame = Message<"natter.v1.ServerFrame"> & {
      */
     value: ServerBatch;
     case: "batch";
+  } | {
+    /**
+     * The user muted or unmuted a thread on one of their devices.
+     *
+     * @generated from field: natter.v1.ThreadMute thread_mute = 13;
+     */
+    value: ThreadMute;
+    case: "threadMute";
   } | { case: undefined; value?: undefined };
 };
 
@@ -278,6 +294,14 @@ export type Hello = Message<"natter.v1.Hello"> & {
    * @generated from field: bool accept_batches = 3;
    */
   acceptBatches: boolean;
+
+  /**
+   * The app is in the foreground, in front of the person: while it is, and the stream is
+   * live, this device gets no push notifications. Change it later with ClientState.
+   *
+   * @generated from field: bool foreground = 4;
+   */
+  foreground: boolean;
 };
 
 /**
@@ -286,6 +310,27 @@ export type Hello = Message<"natter.v1.Hello"> & {
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
   messageDesc(file_natter_v1_socket_service, 4);
+
+/**
+ * ClientState says whether the app is in front of the person (a visible tab, an open app).
+ *
+ * @generated from message natter.v1.ClientState
+ */
+export type ClientState = Message<"natter.v1.ClientState"> & {
+  /**
+   * True in the foreground; false in the background (a hidden tab, an app sent away).
+   *
+   * @generated from field: bool foreground = 1;
+   */
+  foreground: boolean;
+};
+
+/**
+ * Describes the message natter.v1.ClientState.
+ * Use `create(ClientStateSchema)` to create a new message.
+ */
+export const ClientStateSchema: GenMessage<ClientState> = /*@__PURE__*/
+  messageDesc(file_natter_v1_socket_service, 5);
 
 /**
  * Welcome confirms the session.
@@ -327,7 +372,7 @@ export type Welcome = Message<"natter.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 5);
+  messageDesc(file_natter_v1_socket_service, 6);
 
 /**
  * Send asks the server to store and deliver a message.
@@ -378,7 +423,7 @@ export type Send = Message<"natter.v1.Send"> & {
  * Use `create(SendSchema)` to create a new message.
  */
 export const SendSchema: GenMessage<Send> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 6);
+  messageDesc(file_natter_v1_socket_service, 7);
 
 /**
  * SendResult acknowledges a stored message.
@@ -427,7 +472,7 @@ export type SendResult = Message<"natter.v1.SendResult"> & {
  * Use `create(SendResultSchema)` to create a new message.
  */
 export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 7);
+  messageDesc(file_natter_v1_socket_service, 8);
 
 /**
  * Ack says the device has received everything up to each cursor.
@@ -448,7 +493,7 @@ export type Ack = Message<"natter.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 8);
+  messageDesc(file_natter_v1_socket_service, 9);
 
 /**
  * Read marks a thread read up to seq.
@@ -476,7 +521,7 @@ export type Read = Message<"natter.v1.Read"> & {
  * Use `create(ReadSchema)` to create a new message.
  */
 export const ReadSchema: GenMessage<Read> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 9);
+  messageDesc(file_natter_v1_socket_service, 10);
 
 /**
  * Heartbeat keeps the session alive.
@@ -491,7 +536,7 @@ export type Heartbeat = Message<"natter.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 10);
+  messageDesc(file_natter_v1_socket_service, 11);
 
 /**
  * HeartbeatAck answers Heartbeat.
@@ -506,7 +551,7 @@ export type HeartbeatAck = Message<"natter.v1.HeartbeatAck"> & {
  * Use `create(HeartbeatAckSchema)` to create a new message.
  */
 export const HeartbeatAckSchema: GenMessage<HeartbeatAck> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 11);
+  messageDesc(file_natter_v1_socket_service, 12);
 
 /**
  * TypingRequest tells the other members that the user is typing.
@@ -534,7 +579,7 @@ export type TypingRequest = Message<"natter.v1.TypingRequest"> & {
  * Use `create(TypingRequestSchema)` to create a new message.
  */
 export const TypingRequestSchema: GenMessage<TypingRequest> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 12);
+  messageDesc(file_natter_v1_socket_service, 13);
 
 /**
  * SyncDone ends the replay.
@@ -555,7 +600,7 @@ export type SyncDone = Message<"natter.v1.SyncDone"> & {
  * Use `create(SyncDoneSchema)` to create a new message.
  */
 export const SyncDoneSchema: GenMessage<SyncDone> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 13);
+  messageDesc(file_natter_v1_socket_service, 14);
 
 /**
  * StreamError reports a refused frame.
@@ -597,7 +642,7 @@ export type StreamError = Message<"natter.v1.StreamError"> & {
  * Use `create(StreamErrorSchema)` to create a new message.
  */
 export const StreamErrorSchema: GenMessage<StreamError> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 14);
+  messageDesc(file_natter_v1_socket_service, 15);
 
 /**
  * Redirect asks the device to reconnect elsewhere.
@@ -618,7 +663,7 @@ export type Redirect = Message<"natter.v1.Redirect"> & {
  * Use `create(RedirectSchema)` to create a new message.
  */
 export const RedirectSchema: GenMessage<Redirect> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 15);
+  messageDesc(file_natter_v1_socket_service, 16);
 
 /**
  * ReadCursor tells a user's devices that the user read a thread.
@@ -639,7 +684,7 @@ export type ReadCursor = Message<"natter.v1.ReadCursor"> & {
  * Use `create(ReadCursorSchema)` to create a new message.
  */
 export const ReadCursorSchema: GenMessage<ReadCursor> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 16);
+  messageDesc(file_natter_v1_socket_service, 17);
 
 /**
  * LocateRequest names a user.
@@ -660,7 +705,7 @@ export type LocateRequest = Message<"natter.v1.LocateRequest"> & {
  * Use `create(LocateRequestSchema)` to create a new message.
  */
 export const LocateRequestSchema: GenMessage<LocateRequest> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 17);
+  messageDesc(file_natter_v1_socket_service, 18);
 
 /**
  * LocateResponse names the socket server.
@@ -688,7 +733,7 @@ export type LocateResponse = Message<"natter.v1.LocateResponse"> & {
  * Use `create(LocateResponseSchema)` to create a new message.
  */
 export const LocateResponseSchema: GenMessage<LocateResponse> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 18);
+  messageDesc(file_natter_v1_socket_service, 19);
 
 /**
  * SocketService holds each device's live connection.

@@ -4,6 +4,8 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Duration } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
 import type { Member, Message as Message$1, Thread } from "./types_pb";
 import { file_natter_v1_types } from "./types_pb";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file natter/v1/thread_service.proto.
  */
 export const file_natter_v1_thread_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch5uYXR0ZXIvdjEvdGhyZWFkX3NlcnZpY2UucHJvdG8SCW5hdHRlci52MSI7ChJMaXN0VGhyZWFkc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiUgoTTGlzdFRocmVhZHNSZXNwb25zZRIiCgd0aHJlYWRzGAEgAygLMhEubmF0dGVyLnYxLlRocmVhZBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJQoQR2V0VGhyZWFkUmVxdWVzdBIRCgl0aHJlYWRfaWQYASABKAMiWgoRR2V0VGhyZWFkUmVzcG9uc2USIQoGdGhyZWFkGAEgASgLMhEubmF0dGVyLnYxLlRocmVhZBIiCgdtZW1iZXJzGAIgAygLMhEubmF0dGVyLnYxLk1lbWJlciIqChZHZXREaXJlY3RUaHJlYWRSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJIjwKF0dldERpcmVjdFRocmVhZFJlc3BvbnNlEiEKBnRocmVhZBgBIAEoCzIRLm5hdHRlci52MS5UaHJlYWQibwoTTGlzdE1lc3NhZ2VzUmVxdWVzdBIRCgl0aHJlYWRfaWQYASABKAMSEgoKYmVmb3JlX3NlcRgCIAEoAxIRCglhZnRlcl9zZXEYAyABKAMSDQoFbGltaXQYBCABKAUSDwoHZm9yd2FyZBgFIAEoCCJKChRMaXN0TWVzc2FnZXNSZXNwb25zZRIkCghtZXNzYWdlcxgBIAMoCzISLm5hdHRlci52MS5NZXNzYWdlEgwKBG1vcmUYAiABKAgy0AIKDVRocmVhZFNlcnZpY2USTAoLTGlzdFRocmVhZHMSHS5uYXR0ZXIudjEuTGlzdFRocmVhZHNSZXF1ZXN0Gh4ubmF0dGVyLnYxLkxpc3RUaHJlYWRzUmVzcG9uc2USRgoJR2V0VGhyZWFkEhsubmF0dGVyLnYxLkdldFRocmVhZFJlcXVlc3QaHC5uYXR0ZXIudjEuR2V0VGhyZWFkUmVzcG9uc2USWAoPR2V0RGlyZWN0VGhyZWFkEiEubmF0dGVyLnYxLkdldERpcmVjdFRocmVhZFJlcXVlc3QaIi5uYXR0ZXIudjEuR2V0RGlyZWN0VGhyZWFkUmVzcG9uc2USTwoMTGlzdE1lc3NhZ2VzEh4ubmF0dGVyLnYxLkxpc3RNZXNzYWdlc1JlcXVlc3QaHy5uYXR0ZXIudjEuTGlzdE1lc3NhZ2VzUmVzcG9uc2ViBnByb3RvMw", [file_natter_v1_types]);
+  fileDesc("Ch5uYXR0ZXIvdjEvdGhyZWFkX3NlcnZpY2UucHJvdG8SCW5hdHRlci52MSI7ChJMaXN0VGhyZWFkc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiUgoTTGlzdFRocmVhZHNSZXNwb25zZRIiCgd0aHJlYWRzGAEgAygLMhEubmF0dGVyLnYxLlRocmVhZBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJQoQR2V0VGhyZWFkUmVxdWVzdBIRCgl0aHJlYWRfaWQYASABKAMiWgoRR2V0VGhyZWFkUmVzcG9uc2USIQoGdGhyZWFkGAEgASgLMhEubmF0dGVyLnYxLlRocmVhZBIiCgdtZW1iZXJzGAIgAygLMhEubmF0dGVyLnYxLk1lbWJlciIqChZHZXREaXJlY3RUaHJlYWRSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJIjwKF0dldERpcmVjdFRocmVhZFJlc3BvbnNlEiEKBnRocmVhZBgBIAEoCzIRLm5hdHRlci52MS5UaHJlYWQibwoTTGlzdE1lc3NhZ2VzUmVxdWVzdBIRCgl0aHJlYWRfaWQYASABKAMSEgoKYmVmb3JlX3NlcRgCIAEoAxIRCglhZnRlcl9zZXEYAyABKAMSDQoFbGltaXQYBCABKAUSDwoHZm9yd2FyZBgFIAEoCCJKChRMaXN0TWVzc2FnZXNSZXNwb25zZRIkCghtZXNzYWdlcxgBIAMoCzISLm5hdHRlci52MS5NZXNzYWdlEgwKBG1vcmUYAiABKAgicQoRTXV0ZVRocmVhZFJlcXVlc3QSEQoJdGhyZWFkX2lkGAEgASgDEi0KCGR1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uSAASEQoHZm9yZXZlchgDIAEoCEgAQgcKBXVudGlsIjcKEk11dGVUaHJlYWRSZXNwb25zZRIhCgZ0aHJlYWQYASABKAsyES5uYXR0ZXIudjEuVGhyZWFkIigKE1VubXV0ZVRocmVhZFJlcXVlc3QSEQoJdGhyZWFkX2lkGAEgASgDIjkKFFVubXV0ZVRocmVhZFJlc3BvbnNlEiEKBnRocmVhZBgBIAEoCzIRLm5hdHRlci52MS5UaHJlYWQy7AMKDVRocmVhZFNlcnZpY2USTAoLTGlzdFRocmVhZHMSHS5uYXR0ZXIudjEuTGlzdFRocmVhZHNSZXF1ZXN0Gh4ubmF0dGVyLnYxLkxpc3RUaHJlYWRzUmVzcG9uc2USRgoJR2V0VGhyZWFkEhsubmF0dGVyLnYxLkdldFRocmVhZFJlcXVlc3QaHC5uYXR0ZXIudjEuR2V0VGhyZWFkUmVzcG9uc2USWAoPR2V0RGlyZWN0VGhyZWFkEiEubmF0dGVyLnYxLkdldERpcmVjdFRocmVhZFJlcXVlc3QaIi5uYXR0ZXIudjEuR2V0RGlyZWN0VGhyZWFkUmVzcG9uc2USTwoMTGlzdE1lc3NhZ2VzEh4ubmF0dGVyLnYxLkxpc3RNZXNzYWdlc1JlcXVlc3QaHy5uYXR0ZXIudjEuTGlzdE1lc3NhZ2VzUmVzcG9uc2USSQoKTXV0ZVRocmVhZBIcLm5hdHRlci52MS5NdXRlVGhyZWFkUmVxdWVzdBodLm5hdHRlci52MS5NdXRlVGhyZWFkUmVzcG9uc2USTwoMVW5tdXRlVGhyZWFkEh4ubmF0dGVyLnYxLlVubXV0ZVRocmVhZFJlcXVlc3QaHy5uYXR0ZXIudjEuVW5tdXRlVGhyZWFkUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_natter_v1_types]);
 
 /**
  * ListThreadsRequest asks for a page of threads.
@@ -239,6 +241,113 @@ export const ListMessagesResponseSchema: GenMessage<ListMessagesResponse> = /*@_
   messageDesc(file_natter_v1_thread_service, 7);
 
 /**
+ * MuteThreadRequest names a thread and how long to mute it.
+ *
+ * @generated from message natter.v1.MuteThreadRequest
+ */
+export type MuteThreadRequest = Message<"natter.v1.MuteThreadRequest"> & {
+  /**
+   * The thread; the caller must be or have been a member.
+   *
+   * @generated from field: int64 thread_id = 1;
+   */
+  threadId: bigint;
+
+  /**
+   * How long: one of these.
+   *
+   * @generated from oneof natter.v1.MuteThreadRequest.until
+   */
+  until: {
+    /**
+     * For this long from now; at least 1 s, at most 10 years.
+     *
+     * @generated from field: google.protobuf.Duration duration = 2;
+     */
+    value: Duration;
+    case: "duration";
+  } | {
+    /**
+     * Until unmuted.
+     *
+     * @generated from field: bool forever = 3;
+     */
+    value: boolean;
+    case: "forever";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message natter.v1.MuteThreadRequest.
+ * Use `create(MuteThreadRequestSchema)` to create a new message.
+ */
+export const MuteThreadRequestSchema: GenMessage<MuteThreadRequest> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 8);
+
+/**
+ * MuteThreadResponse returns the thread as the caller now sees it.
+ *
+ * @generated from message natter.v1.MuteThreadResponse
+ */
+export type MuteThreadResponse = Message<"natter.v1.MuteThreadResponse"> & {
+  /**
+   * The thread, muted.
+   *
+   * @generated from field: natter.v1.Thread thread = 1;
+   */
+  thread?: Thread | undefined;
+};
+
+/**
+ * Describes the message natter.v1.MuteThreadResponse.
+ * Use `create(MuteThreadResponseSchema)` to create a new message.
+ */
+export const MuteThreadResponseSchema: GenMessage<MuteThreadResponse> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 9);
+
+/**
+ * UnmuteThreadRequest names a thread.
+ *
+ * @generated from message natter.v1.UnmuteThreadRequest
+ */
+export type UnmuteThreadRequest = Message<"natter.v1.UnmuteThreadRequest"> & {
+  /**
+   * The thread.
+   *
+   * @generated from field: int64 thread_id = 1;
+   */
+  threadId: bigint;
+};
+
+/**
+ * Describes the message natter.v1.UnmuteThreadRequest.
+ * Use `create(UnmuteThreadRequestSchema)` to create a new message.
+ */
+export const UnmuteThreadRequestSchema: GenMessage<UnmuteThreadRequest> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 10);
+
+/**
+ * UnmuteThreadResponse returns the thread as the caller now sees it.
+ *
+ * @generated from message natter.v1.UnmuteThreadResponse
+ */
+export type UnmuteThreadResponse = Message<"natter.v1.UnmuteThreadResponse"> & {
+  /**
+   * The thread, not muted.
+   *
+   * @generated from field: natter.v1.Thread thread = 1;
+   */
+  thread?: Thread | undefined;
+};
+
+/**
+ * Describes the message natter.v1.UnmuteThreadResponse.
+ * Use `create(UnmuteThreadResponseSchema)` to create a new message.
+ */
+export const UnmuteThreadResponseSchema: GenMessage<UnmuteThreadResponse> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 11);
+
+/**
  * ThreadService lists conversations and pages their history.
  *
  * @generated from service natter.v1.ThreadService
@@ -283,6 +392,27 @@ export const ThreadService: GenService<{
     methodKind: "unary";
     input: typeof ListMessagesRequestSchema;
     output: typeof ListMessagesResponseSchema;
+  },
+  /**
+   * MuteThread stops push notifications of a thread for the caller, for a while or
+   * forever; the caller's other devices get a ThreadMute frame.
+   *
+   * @generated from rpc natter.v1.ThreadService.MuteThread
+   */
+  muteThread: {
+    methodKind: "unary";
+    input: typeof MuteThreadRequestSchema;
+    output: typeof MuteThreadResponseSchema;
+  },
+  /**
+   * UnmuteThread ends the caller's mute of a thread (a no-op when it is not muted).
+   *
+   * @generated from rpc natter.v1.ThreadService.UnmuteThread
+   */
+  unmuteThread: {
+    methodKind: "unary";
+    input: typeof UnmuteThreadRequestSchema;
+    output: typeof UnmuteThreadResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_natter_v1_thread_service, 0);

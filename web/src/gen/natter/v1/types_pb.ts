@@ -12,7 +12,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file natter/v1/types.proto.
  */
 export const file_natter_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("ChVuYXR0ZXIvdjEvdHlwZXMucHJvdG8SCW5hdHRlci52MSI/CgRVc2VyEg8KB3VzZXJfaWQYASABKAMSEAoIdXNlcm5hbWUYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJIoYBCgtTeXN0ZW1FdmVudBIoCgRraW5kGAEgASgOMhoubmF0dGVyLnYxLlN5c3RlbUV2ZW50S2luZBIeCgVhY3RvchgCIAEoCzIPLm5hdHRlci52MS5Vc2VyEh4KBXVzZXJzGAMgAygLMg8ubmF0dGVyLnYxLlVzZXISDQoFdGl0bGUYBCABKAkiwAIKB01lc3NhZ2USEQoJdGhyZWFkX2lkGAEgASgDEgsKA3NlcRgCIAEoAxIOCgZtc2dfaWQYAyABKAkSHwoGc2VuZGVyGAQgASgLMg8ubmF0dGVyLnYxLlVzZXISGAoQc2VuZGVyX2RldmljZV9pZBgFIAEoAxIVCg1jbGllbnRfbXNnX2lkGAYgASgJEiQKBGtpbmQYByABKA4yFi5uYXR0ZXIudjEuTWVzc2FnZUtpbmQSDAoEdGV4dBgIIAEoCRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoFc3RhdGUYCiABKA4yFy5uYXR0ZXIudjEuTWVzc2FnZVN0YXRlEiYKBnN5c3RlbRgLIAEoCzIWLm5hdHRlci52MS5TeXN0ZW1FdmVudCIoCgZDdXJzb3ISEQoJdGhyZWFkX2lkGAEgASgDEgsKA3NlcRgCIAEoAyKkAQoGTWVtYmVyEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlchIjCgRyb2xlGAIgASgOMhUubmF0dGVyLnYxLk1lbWJlclJvbGUSFQoNZGVsaXZlcmVkX3NlcRgDIAEoAxIQCghyZWFkX3NlcRgEIAEoAxItCglqb2luX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIs4CCgZUaHJlYWQSEQoJdGhyZWFkX2lkGAEgASgDEiMKBGtpbmQYAiABKA4yFS5uYXR0ZXIudjEuVGhyZWFkS2luZBINCgV0aXRsZRgDIAEoCRIdCgRwZWVyGAQgASgLMg8ubmF0dGVyLnYxLlVzZXISEAoIbGFzdF9zZXEYBSABKAMSEAoIcmVhZF9zZXEYBiABKAMSFAoMdW5yZWFkX2NvdW50GAcgASgDEigKDGxhc3RfbWVzc2FnZRgIIAEoCzISLm5hdHRlci52MS5NZXNzYWdlEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIjCgRyb2xlGAogASgOMhUubmF0dGVyLnYxLk1lbWJlclJvbGUSFAoMbWVtYmVyX2NvdW50GAsgASgFEg4KBmFjdGl2ZRgMIAEoCCKYAQoHUmVjZWlwdBIRCgl0aHJlYWRfaWQYASABKAMSHQoEdXNlchgCIAEoCzIPLm5hdHRlci52MS5Vc2VyEiQKBGtpbmQYAyABKA4yFi5uYXR0ZXIudjEuUmVjZWlwdEtpbmQSCwoDc2VxGAQgASgDEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIm0KCFByZXNlbmNlEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlchIOCgZvbmxpbmUYAiABKAgSMgoObGFzdF9zZWVuX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkoKBlR5cGluZxIRCgl0aHJlYWRfaWQYASABKAMSHQoEdXNlchgCIAEoCzIPLm5hdHRlci52MS5Vc2VyEg4KBmFjdGl2ZRgDIAEoCCKhAQoGRGV2aWNlEhEKCWRldmljZV9pZBgBIAEoAxIMCgRuYW1lGAIgASgJEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0ChBsYXN0X2FjdGl2ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdjdXJyZW50GAUgASgIKlgKClRocmVhZEtpbmQSGwoXVEhSRUFEX0tJTkRfVU5TUEVDSUZJRUQQABIWChJUSFJFQURfS0lORF9ESVJFQ1QQARIVChFUSFJFQURfS0lORF9HUk9VUBACKlgKCk1lbWJlclJvbGUSGwoXTUVNQkVSX1JPTEVfVU5TUEVDSUZJRUQQABIWChJNRU1CRVJfUk9MRV9NRU1CRVIQARIVChFNRU1CRVJfUk9MRV9BRE1JThACKlsKC01lc3NhZ2VLaW5kEhwKGE1FU1NBR0VfS0lORF9VTlNQRUNJRklFRBAAEhUKEU1FU1NBR0VfS0lORF9URVhUEAESFwoTTUVTU0FHRV9LSU5EX1NZU1RFTRACKnoKDE1lc3NhZ2VTdGF0ZRIdChlNRVNTQUdFX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSTUVTU0FHRV9TVEFURV9TRU5UEAESGwoXTUVTU0FHRV9TVEFURV9ERUxJVkVSRUQQAhIWChJNRVNTQUdFX1NUQVRFX1JFQUQQAyq6AgoPU3lzdGVtRXZlbnRLaW5kEiEKHVNZU1RFTV9FVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASIwofU1lTVEVNX0VWRU5UX0tJTkRfR1JPVVBfQ1JFQVRFRBABEiMKH1NZU1RFTV9FVkVOVF9LSU5EX01FTUJFUlNfQURERUQQAhIlCiFTWVNURU1fRVZFTlRfS0lORF9NRU1CRVJTX1JFTU9WRUQQAxIhCh1TWVNURU1fRVZFTlRfS0lORF9NRU1CRVJfTEVGVBAEEiMKH1NZU1RFTV9FVkVOVF9LSU5EX1RJVExFX0NIQU5HRUQQBRIlCiFTWVNURU1fRVZFTlRfS0lORF9BRE1JTlNfUFJPTU9URUQQBhIkCiBTWVNURU1fRVZFTlRfS0lORF9BRE1JTlNfREVNT1RFRBAHKl4KC1JlY2VpcHRLaW5kEhwKGFJFQ0VJUFRfS0lORF9VTlNQRUNJRklFRBAAEhoKFlJFQ0VJUFRfS0lORF9ERUxJVkVSRUQQARIVChFSRUNFSVBUX0tJTkRfUkVBRBACYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChVuYXR0ZXIvdjEvdHlwZXMucHJvdG8SCW5hdHRlci52MSI/CgRVc2VyEg8KB3VzZXJfaWQYASABKAMSEAoIdXNlcm5hbWUYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJIoYBCgtTeXN0ZW1FdmVudBIoCgRraW5kGAEgASgOMhoubmF0dGVyLnYxLlN5c3RlbUV2ZW50S2luZBIeCgVhY3RvchgCIAEoCzIPLm5hdHRlci52MS5Vc2VyEh4KBXVzZXJzGAMgAygLMg8ubmF0dGVyLnYxLlVzZXISDQoFdGl0bGUYBCABKAkiwAIKB01lc3NhZ2USEQoJdGhyZWFkX2lkGAEgASgDEgsKA3NlcRgCIAEoAxIOCgZtc2dfaWQYAyABKAkSHwoGc2VuZGVyGAQgASgLMg8ubmF0dGVyLnYxLlVzZXISGAoQc2VuZGVyX2RldmljZV9pZBgFIAEoAxIVCg1jbGllbnRfbXNnX2lkGAYgASgJEiQKBGtpbmQYByABKA4yFi5uYXR0ZXIudjEuTWVzc2FnZUtpbmQSDAoEdGV4dBgIIAEoCRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoFc3RhdGUYCiABKA4yFy5uYXR0ZXIudjEuTWVzc2FnZVN0YXRlEiYKBnN5c3RlbRgLIAEoCzIWLm5hdHRlci52MS5TeXN0ZW1FdmVudCIoCgZDdXJzb3ISEQoJdGhyZWFkX2lkGAEgASgDEgsKA3NlcRgCIAEoAyKkAQoGTWVtYmVyEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlchIjCgRyb2xlGAIgASgOMhUubmF0dGVyLnYxLk1lbWJlclJvbGUSFQoNZGVsaXZlcmVkX3NlcRgDIAEoAxIQCghyZWFkX3NlcRgEIAEoAxItCglqb2luX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpADCgZUaHJlYWQSEQoJdGhyZWFkX2lkGAEgASgDEiMKBGtpbmQYAiABKA4yFS5uYXR0ZXIudjEuVGhyZWFkS2luZBINCgV0aXRsZRgDIAEoCRIdCgRwZWVyGAQgASgLMg8ubmF0dGVyLnYxLlVzZXISEAoIbGFzdF9zZXEYBSABKAMSEAoIcmVhZF9zZXEYBiABKAMSFAoMdW5yZWFkX2NvdW50GAcgASgDEigKDGxhc3RfbWVzc2FnZRgIIAEoCzISLm5hdHRlci52MS5NZXNzYWdlEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIjCgRyb2xlGAogASgOMhUubmF0dGVyLnYxLk1lbWJlclJvbGUSFAoMbWVtYmVyX2NvdW50GAsgASgFEg4KBmFjdGl2ZRgMIAEoCBINCgVtdXRlZBgNIAEoCBIxCg1tdXRlX2VuZF90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJhCgpUaHJlYWRNdXRlEhEKCXRocmVhZF9pZBgBIAEoAxINCgVtdXRlZBgCIAEoCBIxCg1tdXRlX2VuZF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKYAQoHUmVjZWlwdBIRCgl0aHJlYWRfaWQYASABKAMSHQoEdXNlchgCIAEoCzIPLm5hdHRlci52MS5Vc2VyEiQKBGtpbmQYAyABKA4yFi5uYXR0ZXIudjEuUmVjZWlwdEtpbmQSCwoDc2VxGAQgASgDEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIm0KCFByZXNlbmNlEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlchIOCgZvbmxpbmUYAiABKAgSMgoObGFzdF9zZWVuX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkoKBlR5cGluZxIRCgl0aHJlYWRfaWQYASABKAMSHQoEdXNlchgCIAEoCzIPLm5hdHRlci52MS5Vc2VyEg4KBmFjdGl2ZRgDIAEoCCKhAQoGRGV2aWNlEhEKCWRldmljZV9pZBgBIAEoAxIMCgRuYW1lGAIgASgJEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0ChBsYXN0X2FjdGl2ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdjdXJyZW50GAUgASgIKlgKClRocmVhZEtpbmQSGwoXVEhSRUFEX0tJTkRfVU5TUEVDSUZJRUQQABIWChJUSFJFQURfS0lORF9ESVJFQ1QQARIVChFUSFJFQURfS0lORF9HUk9VUBACKlgKCk1lbWJlclJvbGUSGwoXTUVNQkVSX1JPTEVfVU5TUEVDSUZJRUQQABIWChJNRU1CRVJfUk9MRV9NRU1CRVIQARIVChFNRU1CRVJfUk9MRV9BRE1JThACKlsKC01lc3NhZ2VLaW5kEhwKGE1FU1NBR0VfS0lORF9VTlNQRUNJRklFRBAAEhUKEU1FU1NBR0VfS0lORF9URVhUEAESFwoTTUVTU0FHRV9LSU5EX1NZU1RFTRACKnoKDE1lc3NhZ2VTdGF0ZRIdChlNRVNTQUdFX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSTUVTU0FHRV9TVEFURV9TRU5UEAESGwoXTUVTU0FHRV9TVEFURV9ERUxJVkVSRUQQAhIWChJNRVNTQUdFX1NUQVRFX1JFQUQQAyq6AgoPU3lzdGVtRXZlbnRLaW5kEiEKHVNZU1RFTV9FVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASIwofU1lTVEVNX0VWRU5UX0tJTkRfR1JPVVBfQ1JFQVRFRBABEiMKH1NZU1RFTV9FVkVOVF9LSU5EX01FTUJFUlNfQURERUQQAhIlCiFTWVNURU1fRVZFTlRfS0lORF9NRU1CRVJTX1JFTU9WRUQQAxIhCh1TWVNURU1fRVZFTlRfS0lORF9NRU1CRVJfTEVGVBAEEiMKH1NZU1RFTV9FVkVOVF9LSU5EX1RJVExFX0NIQU5HRUQQBRIlCiFTWVNURU1fRVZFTlRfS0lORF9BRE1JTlNfUFJPTU9URUQQBhIkCiBTWVNURU1fRVZFTlRfS0lORF9BRE1JTlNfREVNT1RFRBAHKqEBChNOb3RpZmljYXRpb25QcmV2aWV3EiQKIE5PVElGSUNBVElPTl9QUkVWSUVXX1VOU1BFQ0lGSUVEEAASHQoZTk9USUZJQ0FUSU9OX1BSRVZJRVdfRlVMTBABEiQKIE5PVElGSUNBVElPTl9QUkVWSUVXX1NFTkRFUl9PTkxZEAISHwobTk9USUZJQ0FUSU9OX1BSRVZJRVdfSElEREVOEAMqXgoLUmVjZWlwdEtpbmQSHAoYUkVDRUlQVF9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWUkVDRUlQVF9LSU5EX0RFTElWRVJFRBABEhUKEVJFQ0VJUFRfS0lORF9SRUFEEAJiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * User is the public face of an account.
@@ -348,6 +348,20 @@ export type Thread = Message$1<"natter.v1.Thread"> & {
    * @generated from field: bool active = 12;
    */
   active: boolean;
+
+  /**
+   * True while this member has the thread muted: no push notifications for it.
+   *
+   * @generated from field: bool muted = 13;
+   */
+  muted: boolean;
+
+  /**
+   * When the mute ends; unset while muted forever (or not muted).
+   *
+   * @generated from field: google.protobuf.Timestamp mute_end_time = 14;
+   */
+  muteEndTime?: Timestamp | undefined;
 };
 
 /**
@@ -356,6 +370,41 @@ export type Thread = Message$1<"natter.v1.Thread"> & {
  */
 export const ThreadSchema: GenMessage<Thread> = /*@__PURE__*/
   messageDesc(file_natter_v1_types, 5);
+
+/**
+ * ThreadMute is a member's mute of a thread, as their other devices learn of it.
+ *
+ * @generated from message natter.v1.ThreadMute
+ */
+export type ThreadMute = Message$1<"natter.v1.ThreadMute"> & {
+  /**
+   * The thread.
+   *
+   * @generated from field: int64 thread_id = 1;
+   */
+  threadId: bigint;
+
+  /**
+   * True while muted.
+   *
+   * @generated from field: bool muted = 2;
+   */
+  muted: boolean;
+
+  /**
+   * When the mute ends; unset while muted forever (or not muted).
+   *
+   * @generated from field: google.protobuf.Timestamp mute_end_time = 3;
+   */
+  muteEndTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message natter.v1.ThreadMute.
+ * Use `create(ThreadMuteSchema)` to create a new message.
+ */
+export const ThreadMuteSchema: GenMessage<ThreadMute> = /*@__PURE__*/
+  messageDesc(file_natter_v1_types, 6);
 
 /**
  * Receipt says that a member received or read a thread up to seq.
@@ -404,7 +453,7 @@ export type Receipt = Message$1<"natter.v1.Receipt"> & {
  * Use `create(ReceiptSchema)` to create a new message.
  */
 export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 6);
+  messageDesc(file_natter_v1_types, 7);
 
 /**
  * Presence is a user's online status.
@@ -439,7 +488,7 @@ export type Presence = Message$1<"natter.v1.Presence"> & {
  * Use `create(PresenceSchema)` to create a new message.
  */
 export const PresenceSchema: GenMessage<Presence> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 7);
+  messageDesc(file_natter_v1_types, 8);
 
 /**
  * Typing says that someone is typing in a thread.
@@ -474,7 +523,7 @@ export type Typing = Message$1<"natter.v1.Typing"> & {
  * Use `create(TypingSchema)` to create a new message.
  */
 export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 8);
+  messageDesc(file_natter_v1_types, 9);
 
 /**
  * Device is one login of a user.
@@ -523,7 +572,7 @@ export type Device = Message$1<"natter.v1.Device"> & {
  * Use `create(DeviceSchema)` to create a new message.
  */
 export const DeviceSchema: GenMessage<Device> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 9);
+  messageDesc(file_natter_v1_types, 10);
 
 /**
  * ThreadKind says whether a thread joins two people or a group.
@@ -738,6 +787,47 @@ export const SystemEventKindSchema: GenEnum<SystemEventKind> = /*@__PURE__*/
   enumDesc(file_natter_v1_types, 4);
 
 /**
+ * NotificationPreview is how much a push notification shows (a user's privacy mode).
+ *
+ * @generated from enum natter.v1.NotificationPreview
+ */
+export enum NotificationPreview {
+  /**
+   * Not set; rejected on input. Stored accounts default to FULL.
+   *
+   * @generated from enum value: NOTIFICATION_PREVIEW_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The sender, the chat and the text.
+   *
+   * @generated from enum value: NOTIFICATION_PREVIEW_FULL = 1;
+   */
+  FULL = 1,
+
+  /**
+   * The sender and the chat, never the text ("show sender only").
+   *
+   * @generated from enum value: NOTIFICATION_PREVIEW_SENDER_ONLY = 2;
+   */
+  SENDER_ONLY = 2,
+
+  /**
+   * Neither sender nor text: only that there is something new, and where to open it.
+   *
+   * @generated from enum value: NOTIFICATION_PREVIEW_HIDDEN = 3;
+   */
+  HIDDEN = 3,
+}
+
+/**
+ * Describes the enum natter.v1.NotificationPreview.
+ */
+export const NotificationPreviewSchema: GenEnum<NotificationPreview> = /*@__PURE__*/
+  enumDesc(file_natter_v1_types, 5);
+
+/**
  * ReceiptKind separates delivery from reading.
  *
  * @generated from enum natter.v1.ReceiptKind
@@ -769,5 +859,5 @@ export enum ReceiptKind {
  * Describes the enum natter.v1.ReceiptKind.
  */
 export const ReceiptKindSchema: GenEnum<ReceiptKind> = /*@__PURE__*/
-  enumDesc(file_natter_v1_types, 5);
+  enumDesc(file_natter_v1_types, 6);
 
