@@ -16,7 +16,15 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from message_svc import rules
 from message_svc.ports import Fanout
 from message_svc.store import Store, UserRow
-from natter.domain import Delivery, Device, DeviceRevoked, Me, Principal, User
+from natter.domain import (
+    Delivery,
+    Device,
+    DeviceRevoked,
+    Me,
+    NotificationPreview,
+    Principal,
+    User,
+)
 from natter.errors import NotFound, ResourceExhausted, Unauthenticated
 from natter.settings import Settings
 
@@ -142,10 +150,20 @@ class Accounts:
         row = rows.get(who.user.user_id)
         if row is None:
             raise NotFound("account no longer exists")
-        return Me(public(row), who.device_id, row.phone or "", row.hide_last_seen)
+        return Me(
+            public(row),
+            who.device_id,
+            row.phone or "",
+            row.hide_last_seen,
+            row.notification_preview,
+        )
 
     async def update_settings(
-        self, who: Principal, display_name: str | None, hide_last_seen: bool | None
+        self,
+        who: Principal,
+        display_name: str | None,
+        hide_last_seen: bool | None,
+        notification_preview: NotificationPreview | None = None,
     ) -> None:
         shown = rules.display_name(display_name) if display_name is not None else None
-        await self.store.update_user(who.user.user_id, shown, hide_last_seen)
+        await self.store.update_user(who.user.user_id, shown, hide_last_seen, notification_preview)

@@ -22,6 +22,7 @@ from natter.domain import (
     SystemKind,
     Thread,
     ThreadKind,
+    queues_push,
 )
 from natter.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted
 from natter.identifiers import normalise
@@ -286,4 +287,5 @@ class Groups:
             MessageKind.SYSTEM,
             describe(event),
             event,
+            notify=queues_push(MessageKind.SYSTEM, event),
         )

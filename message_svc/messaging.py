@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from message_svc import rules
@@ -26,6 +26,7 @@ from message_svc.store import (
     UserRow,
 )
 from natter.domain import (
+    MUTED_FOREVER,
     Cursor,
     Delivery,
     DeviceAck,
@@ -42,8 +43,10 @@ from natter.domain import (
     SyncPage,
     Thread,
     ThreadKind,
+    ThreadMute,
     Typing,
     User,
+    queues_push,
 )
 from natter.errors import (
     AlreadyExists,
@@ -162,7 +165,13 @@ class Messaging:
                     break
                 continue
             new = NewMessage(
-                thread_id, who.user, who.device_id, req.client_msg_id, MessageKind.TEXT, text
+                thread_id,
+                who.user,
+                who.device_id,
+                req.client_msg_id,
+                MessageKind.TEXT,
+                text,
+                notify=queues_push(MessageKind.TEXT),
             )
             todo.append((i, new))
         appended = await self.committer.submit_many([new for _, new in todo])
@@ -283,6 +292,37 @@ class Messaging:
                 exc_info=True,
             )
 
+    # -- mutes ---------------------------------------------------------------------------
+
+    async def mute(self, who: Principal, thread_id: int, duration: timedelta | None) -> Thread:
+        """No push notifications of a thread for this member, for `duration` or (None) forever.
+
+        Per member, so every device of theirs follows it; the other connected devices are
+        told at once (ThreadMute), the rest see it in the thread list.
+        """
+        if duration is not None and not MIN_MUTE <= duration <= MAX_MUTE:
+            raise InvalidArgument(
+                "a mute lasts from 1 second to 10 years; use forever for longer", "BAD_MUTE"
+            )
+        until = MUTED_FOREVER if duration is None else datetime.now(UTC) + duration
+        return await self._set_mute(who, thread_id, until)
+
+    async def unmute(self, who: Principal, thread_id: int) -> Thread:
+        return await self._set_mute(who, thread_id, None)
+
+    async def _set_mute(self, who: Principal, thread_id: int, until: datetime | None) -> Thread:
+        await self.member(who, thread_id)
+        await self.store.set_mute(who.user.user_id, thread_id, until)
+        view, _ = await self.get_thread(who, thread_id)
+        event = ThreadMute(thread_id, view.muted, view.mute_end_time)
+        try:
+            await self.fanout.deliver(
+                [Delivery(event, user_ids=(who.user.user_id,), exclude_device_id=who.device_id)]
+            )
+        except Exception:  # the thread list has it; only the live update is late
+            logger.warning("push of a mute of thread %s failed", thread_id, exc_info=True)
+        return view
+
     # -- reading -------------------------------------------------------------------------
 
     async def list_threads(
@@ -320,6 +360,7 @@ class Messaging:
             active=s.member.active,
             peer=peer,
             last_message=s.last_message,
+            **_mute_view(s.member),
         )
 
     async def get_thread(self, who: Principal, thread_id: int) -> tuple[Thread, list[Member]]:
@@ -346,6 +387,7 @@ class Messaging:
             member_count=len(active),
             active=me.active,
             peer=peer,
+            **_mute_view(me),
         )
         shown = [
             Member(public(users[m.user_id]), m.role, m.delivered_seq, m.read_seq, m.create_time)
@@ -546,6 +588,18 @@ class Messaging:
         if user is not None:
             _remember(self._acting, user_id, (now + ACTING_TTL, user))
         return user
+
+
+MIN_MUTE = timedelta(seconds=1)
+MAX_MUTE = timedelta(days=3653)
+
+
+def _mute_view(member: MemberRow) -> dict[str, object]:
+    """Thread fields for a member's mute: muted now, and until when (None: forever)."""
+    until = member.muted_until
+    if until is None or until <= datetime.now(UTC):
+        return {"muted": False, "mute_end_time": None}
+    return {"muted": True, "mute_end_time": None if until >= MUTED_FOREVER else until}
 
 
 CACHE_LIMIT = 200_000

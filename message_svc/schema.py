@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 _MYSQL = ("mysql", "mariadb")
@@ -69,6 +69,8 @@ users = sa.Table(
     sa.Column("hide_last_seen", sa.Boolean, nullable=False, default=False),
     sa.Column("last_seen_time", TS, nullable=True),
     sa.Column("create_time", TS, nullable=False),
+    # natter.domain.NotificationPreview: how much push notifications show (privacy mode).
+    sa.Column("notification_preview", sa.SmallInteger, nullable=False, server_default="1"),
     **_TABLE_OPTIONS,
 )
 
@@ -123,6 +125,8 @@ thread_members = sa.Table(
     sa.Column("read_seq", sa.BigInteger, nullable=False, default=0),
     sa.Column("create_time", TS, nullable=False),
     sa.Column("update_time", TS, nullable=False),
+    # No push notifications for this member until then (natter.domain.MUTED_FOREVER: never).
+    sa.Column("muted_until", TS, nullable=True),
     sa.Index("ix_thread_members_thread", "thread_id"),
     **_TABLE_OPTIONS,
 )
@@ -160,6 +164,54 @@ device_cursors = sa.Table(
     **_TABLE_OPTIONS,
 )
 
+# One push target per device: a Web Push subscription or a token behind a push gateway.
+push_targets = sa.Table(
+    "push_targets",
+    metadata,
+    sa.Column("device_id", sa.BigInteger, sa.ForeignKey("devices.id"), primary_key=True),
+    sa.Column("user_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("kind", sa.SmallInteger, nullable=False),
+    # The Web Push endpoint, or the gateway's notify URL.
+    sa.Column("endpoint", sa.String(1024), nullable=False),
+    sa.Column("p256dh", sa.String(128), nullable=False, default=""),
+    sa.Column("auth", sa.String(64), nullable=False, default=""),
+    sa.Column("app_id", sa.String(128), nullable=False, default=""),
+    sa.Column("pushkey", sa.String(512), nullable=False, default=""),
+    sa.Column("create_time", TS, nullable=False),
+    **_TABLE_OPTIONS,
+)
+
+# The push queue: one row per thread per group commit (a burst), not per recipient;
+# workers claim rows with a lease and delete them when done (docs/push.md).
+push_jobs = sa.Table(
+    "push_jobs",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("thread_id", sa.BigInteger, nullable=False, index=True),
+    sa.Column("first_seq", sa.BigInteger, nullable=False),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    # 0: every recipient; else a retry for this device only.
+    sa.Column("device_id", sa.BigInteger, nullable=False, default=0),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    # Recipients up to this user id were handled by a worker that lost the job.
+    sa.Column("done_user", sa.BigInteger, nullable=False, default=0),
+    sa.Column("due_time", TS, nullable=False, index=True),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_until", TS, nullable=True),
+    sa.Column("create_time", TS, nullable=False),
+    **_TABLE_OPTIONS,
+)
+
+# Secrets the server makes for itself once and every process shares: the VAPID key.
+server_secrets = sa.Table(
+    "server_secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("create_time", TS, nullable=False),
+    **_TABLE_OPTIONS,
+)
+
 schema_migrations = sa.Table(
     "schema_migrations",
     sa.MetaData(),
@@ -175,9 +227,40 @@ async def _initial(conn: AsyncConnection) -> None:
     await conn.run_sync(metadata.create_all)
 
 
-# Append only: a released migration is never edited; a change is a new entry.
+def _add_columns(conn: Connection, table: sa.Table, names: Sequence[str]) -> None:
+    """Add columns of `table` (as `metadata` defines them) that the database lacks.
+
+    The initial migration creates every table as it is defined now, so on a new database
+    the columns are there already; an older database gets them here. Either way the
+    migration does the same, whatever its number.
+    """
+    have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+    for name in names:
+        if name in have:
+            continue
+        column = table.c[name]
+        kind = column.type.compile(dialect=conn.dialect)
+        null = "NULL" if column.nullable else "NOT NULL"
+        default = f" DEFAULT {column.server_default.arg}" if column.server_default else ""  # type: ignore[attr-defined]
+        conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}{default} {null}"))
+
+
+def _push_notifications(sync: Connection) -> None:
+    _add_columns(sync, users, ["notification_preview"])
+    _add_columns(sync, thread_members, ["muted_until"])
+    for table in (push_targets, push_jobs, server_secrets):
+        table.create(sync, checkfirst=True)
+
+
+async def _push(conn: AsyncConnection) -> None:
+    await conn.run_sync(_push_notifications)
+
+
+# Append only: a released migration is never edited; a change is a new entry. Steps are
+# idempotent (they look before they add), so their order among others' does not matter.
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial schema", _initial),
+    (2, "push notifications: targets, queue, mutes, preview", _push),
 ]
 
 

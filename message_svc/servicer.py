@@ -66,6 +66,7 @@ class AccountServicer(_Authed, apb_grpc.AccountServiceServicer):
             device_id=me.device_id,
             phone=me.phone,
             hide_last_seen=me.hide_last_seen,
+            notification_preview=convert.preview(me.notification_preview),
         )
 
     async def UpdateSettings(
@@ -75,6 +76,9 @@ class AccountServicer(_Authed, apb_grpc.AccountServiceServicer):
             await self.who(context),
             request.display_name if request.HasField("display_name") else None,
             request.hide_last_seen if request.HasField("hide_last_seen") else None,
+            convert.requested_preview(request.notification_preview)
+            if request.HasField("notification_preview")
+            else None,
         )
         return apb.UpdateSettingsResponse()
 
@@ -160,6 +164,20 @@ class ThreadServicer(_Authed, tpb_grpc.ThreadServiceServicer):
             request.forward,
         )
         return tpb.ListMessagesResponse(messages=[convert.message(m) for m in rows], more=more)
+
+    async def MuteThread(
+        self, request: tpb.MuteThreadRequest, context: Context
+    ) -> tpb.MuteThreadResponse:
+        thread = await self.messaging.mute(
+            await self.who(context), request.thread_id, convert.requested_mute(request)
+        )
+        return tpb.MuteThreadResponse(thread=convert.thread(thread))
+
+    async def UnmuteThread(
+        self, request: tpb.UnmuteThreadRequest, context: Context
+    ) -> tpb.UnmuteThreadResponse:
+        thread = await self.messaging.unmute(await self.who(context), request.thread_id)
+        return tpb.UnmuteThreadResponse(thread=convert.thread(thread))
 
 
 class MessageInternalServicer(mpb_grpc.MessageInternalServiceServicer):

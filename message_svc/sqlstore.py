@@ -11,7 +11,8 @@ import random
 import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,7 +38,13 @@ from natter.domain import (
     DeviceAck,
     Message,
     MessageKind,
+    NotificationPreview,
     PresenceUser,
+    PushContext,
+    PushJob,
+    PushKind,
+    PushRecipient,
+    PushTarget,
     Role,
     SystemEvent,
     SystemKind,
@@ -163,7 +170,15 @@ def _user_row(r: Any) -> UserRow:
         password_hash=r.password_hash,
         hide_last_seen=bool(r.hide_last_seen),
         last_seen_time=_utc(r.last_seen_time),
+        notification_preview=_preview(r.notification_preview),
     )
+
+
+def _preview(value: Any) -> NotificationPreview:
+    try:
+        return NotificationPreview(int(value))
+    except ValueError:
+        return NotificationPreview.FULL
 
 
 def _presence_user(r: UserRow) -> PresenceUser:
@@ -193,6 +208,48 @@ def _member_row(r: Any) -> MemberRow:
         read_seq=r.read_seq,
         create_time=_aware(r.create_time),
         update_time=_aware(r.update_time),
+        muted_until=_utc(r.muted_until),
+    )
+
+
+# The newest messages of a burst a push worker reads: enough for the count and the preview.
+PUSH_MESSAGES = 200
+
+
+def _push_target(r: Any) -> PushTarget:
+    try:
+        kind = PushKind(r.kind)
+    except ValueError:
+        kind = PushKind.UNKNOWN
+    return PushTarget(
+        device_id=int(r.device_id),
+        user_id=int(r.user_id),
+        kind=kind,
+        endpoint=r.endpoint,
+        p256dh=r.p256dh,
+        auth=r.auth,
+        app_id=r.app_id,
+        pushkey=r.pushkey,
+        create_time=_aware(r.create_time),
+    )
+
+
+def _mergeable(r: Any) -> bool:
+    """A first try for every recipient that no worker has started: bursts fold into it."""
+    return bool(r.device_id == 0 and r.attempts == 0 and r.done_user == 0)
+
+
+def _push_job(r: Any, owner: str) -> PushJob:
+    return PushJob(
+        job_id=int(r.id),
+        thread_id=int(r.thread_id),
+        first_seq=int(r.first_seq),
+        last_seq=int(r.last_seq),
+        create_time=_aware(r.create_time),
+        device_id=int(r.device_id),
+        attempts=int(r.attempts),
+        done_user=int(r.done_user),
+        lease_owner=owner,
     )
 
 
@@ -412,13 +469,19 @@ class SqlStore:
         return {i: _presence_user(r) for i, r in (await self.get_users(user_ids)).items()}
 
     async def update_user(
-        self, user_id: int, display_name: str | None, hide_last_seen: bool | None
+        self,
+        user_id: int,
+        display_name: str | None,
+        hide_last_seen: bool | None,
+        notification_preview: NotificationPreview | None = None,
     ) -> None:
         values: dict[str, Any] = {}
         if display_name is not None:
             values["display_name"] = display_name
         if hide_last_seen is not None:
             values["hide_last_seen"] = hide_last_seen
+        if notification_preview is not None:
+            values["notification_preview"] = notification_preview.value
         if not values:
             return
         async with self._tx() as conn:
@@ -462,6 +525,7 @@ class SqlStore:
                         u.c.password_hash,
                         u.c.hide_last_seen,
                         u.c.last_seen_time,
+                        u.c.notification_preview,
                     )
                     .join(u, u.c.id == d.c.user_id)
                     .where(d.c.token_hash == token_hash, d.c.revoke_time.is_(None))
@@ -477,6 +541,7 @@ class SqlStore:
             row.password_hash,
             bool(row.hide_last_seen),
             _utc(row.last_seen_time),
+            _preview(row.notification_preview),
         )
         return user, _device_row(row)
 
@@ -487,6 +552,10 @@ class SqlStore:
                 d.update()
                 .where(d.c.id == device_id, d.c.revoke_time.is_(None))
                 .values(revoke_time=utcnow())
+            )
+            # A logged-out device is reached no more: its push target goes with its token.
+            await conn.execute(
+                t.push_targets.delete().where(t.push_targets.c.device_id == device_id)
             )
             return bool(res.rowcount)
 
@@ -783,6 +852,16 @@ class SqlStore:
             )
         )
 
+    async def set_mute(self, user_id: int, thread_id: int, until: datetime | None) -> bool:
+        m = t.thread_members
+        async with self._tx() as conn:
+            res = await conn.execute(
+                m.update()
+                .where(m.c.owner_id == user_id, m.c.thread_id == thread_id)
+                .values(muted_until=until)
+            )
+            return bool(res.rowcount)
+
     # -- messages ------------------------------------------------------------------------
 
     async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended | Refused]:
@@ -868,6 +947,274 @@ class SqlStore:
                 )
             )
             return bool(res.rowcount)
+
+    # -- push notifications (push_svc's PushStore) ---------------------------------------
+
+    async def set_push_target(self, target: PushTarget) -> PushTarget:
+        """Register a device's target, replacing its earlier one; only a live device may."""
+        pt, d = t.push_targets, t.devices
+        now = utcnow()
+
+        def run(conn: Connection) -> PushTarget:
+            alive = conn.execute(
+                sa.select(d.c.id).where(d.c.id == target.device_id, d.c.revoke_time.is_(None))
+            ).first()
+            if alive is None:
+                raise NotFound(f"device {target.device_id} is not logged in", "NO_DEVICE")
+            conn.execute(pt.delete().where(pt.c.device_id == target.device_id))
+            conn.execute(
+                pt.insert().values(
+                    device_id=target.device_id,
+                    user_id=target.user_id,
+                    kind=target.kind.value,
+                    endpoint=target.endpoint,
+                    p256dh=target.p256dh,
+                    auth=target.auth,
+                    app_id=target.app_id,
+                    pushkey=target.pushkey,
+                    create_time=now,
+                )
+            )
+            return replace(target, create_time=now)
+
+        return await self._retry(lambda: self._write(run), integrity=True)
+
+    async def get_push_target(self, device_id: int) -> PushTarget | None:
+        pt = t.push_targets
+        async with self._read() as conn:
+            row = (await conn.execute(sa.select(pt).where(pt.c.device_id == device_id))).first()
+        return _push_target(row) if row is not None else None
+
+    async def delete_push_target(
+        self, device_id: int, endpoint: str = "", pushkey: str = ""
+    ) -> bool:
+        """Remove a device's target; with `endpoint` (or `pushkey`) only while it is that one.
+
+        A push service's "gone" answer names the target that was pushed to: a device that
+        registered a new one meanwhile keeps it.
+        """
+        pt = t.push_targets
+        where = [pt.c.device_id == device_id]
+        if endpoint:
+            where.append(pt.c.endpoint == endpoint)
+        if pushkey:
+            where.append(pt.c.pushkey == pushkey)
+        async with self._tx() as conn:
+            res = await conn.execute(pt.delete().where(*where))
+            return bool(res.rowcount)
+
+    async def push_targets(self, user_ids: Sequence[int]) -> list[PushTarget]:
+        """The targets of these users' logged-in devices, by user then device."""
+        pt, d = t.push_targets, t.devices
+        ids = sorted(set(user_ids))
+        out: list[PushTarget] = []
+        async with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                rows = await conn.execute(
+                    sa.select(pt)
+                    .join(d, d.c.id == pt.c.device_id)
+                    .where(pt.c.user_id.in_(ids[start : start + 500]), d.c.revoke_time.is_(None))
+                    .order_by(pt.c.user_id, pt.c.device_id)
+                )
+                out.extend(_push_target(r) for r in rows)
+        return out
+
+    async def claim_push_jobs(
+        self, owner: str, grace_seconds: float, lease_seconds: float, limit: int
+    ) -> list[PushJob]:
+        """Take due jobs for `owner` under a lease; none is held by two workers at once.
+
+        A job is due `grace_seconds` after its commit (a retry at its own time) and free
+        when no live lease holds it. With it come the other free, untouched jobs of the same
+        threads, due or not: one notification then covers a whole burst. PostgreSQL and
+        MariaDB skip rows another worker is claiming (FOR UPDATE SKIP LOCKED); SQLite has
+        one writer, so one claim runs at a time.
+        """
+        j = t.push_jobs
+
+        def run(conn: Connection) -> list[PushJob]:
+            now = utcnow()
+            fresh = now - timedelta(seconds=grace_seconds)
+            free = sa.or_(j.c.lease_until.is_(None), j.c.lease_until < now)
+            due = sa.or_(
+                sa.and_(j.c.device_id == 0, j.c.attempts == 0, j.c.due_time <= fresh),
+                sa.and_(sa.or_(j.c.device_id != 0, j.c.attempts != 0), j.c.due_time <= now),
+            )
+            rows = conn.execute(
+                sa.select(j)
+                .where(free, due)
+                .order_by(j.c.due_time, j.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not rows:
+                return []
+            threads = sorted({r.thread_id for r in rows if _mergeable(r)})
+            taken = {r.id: r for r in rows}
+            for start in range(0, len(threads), 300):
+                more = conn.execute(
+                    sa.select(j)
+                    .where(
+                        j.c.thread_id.in_(threads[start : start + 300]),
+                        free,
+                        j.c.device_id == 0,
+                        j.c.attempts == 0,
+                        j.c.done_user == 0,
+                    )
+                    .with_for_update(skip_locked=True)
+                ).all()
+                taken.update((r.id, r) for r in more)
+            until = now + timedelta(seconds=lease_seconds)
+            ids = sorted(taken)
+            for start in range(0, len(ids), 500):
+                conn.execute(
+                    j.update()
+                    .where(j.c.id.in_(ids[start : start + 500]))
+                    .values(lease_owner=owner, lease_until=until)
+                )
+            return [_push_job(taken[i], owner) for i in ids]
+
+        return await self._retry(lambda: self._write(run))
+
+    async def renew_push_jobs(
+        self, job_ids: Sequence[int], owner: str, lease_seconds: float, done_user: int
+    ) -> bool:
+        """Extend the lease and record progress; False when `owner` no longer holds them all."""
+        j = t.push_jobs
+        until = utcnow() + timedelta(seconds=lease_seconds)
+        async with self._tx() as conn:
+            res = await conn.execute(
+                j.update()
+                .where(j.c.id.in_(list(job_ids)), j.c.lease_owner == owner)
+                .values(lease_until=until, done_user=done_user)
+            )
+            return int(res.rowcount) == len(set(job_ids))
+
+    async def finish_push_jobs(self, job_ids: Sequence[int], owner: str) -> None:
+        j = t.push_jobs
+        async with self._tx() as conn:
+            await conn.execute(
+                j.delete().where(j.c.id.in_(list(job_ids)), j.c.lease_owner == owner)
+            )
+
+    async def release_push_jobs(self, job_ids: Sequence[int], owner: str, delay: float) -> None:
+        """Give jobs back, to be claimed again `delay` seconds from now (by any worker)."""
+        j = t.push_jobs
+        until = utcnow() + timedelta(seconds=delay)
+        async with self._tx() as conn:
+            await conn.execute(
+                j.update()
+                .where(j.c.id.in_(list(job_ids)), j.c.lease_owner == owner)
+                .values(lease_until=until)
+            )
+
+    async def retry_pushes(self, retries: Sequence[tuple[PushJob, datetime]]) -> None:
+        """Queue one device's push again (job.device_id, job.attempts) for the given time."""
+        if not retries:
+            return
+        now = utcnow()
+        async with self._tx() as conn:
+            await conn.execute(
+                t.push_jobs.insert(),
+                [
+                    dict(
+                        thread_id=job.thread_id,
+                        first_seq=job.first_seq,
+                        last_seq=job.last_seq,
+                        device_id=job.device_id,
+                        attempts=job.attempts,
+                        done_user=0,
+                        due_time=at,
+                        lease_owner=None,
+                        lease_until=None,
+                        create_time=now,
+                    )
+                    for job, at in retries
+                ],
+            )
+
+    async def push_jobs(self) -> list[PushJob]:
+        """Every queued job, oldest first (for operators and tests)."""
+        j = t.push_jobs
+        async with self._read() as conn:
+            rows = await conn.execute(sa.select(j).order_by(j.c.id))
+            return [_push_job(r, r.lease_owner or "") for r in rows]
+
+    async def push_contexts(self, spans: Sequence[tuple[int, int, int]]) -> dict[int, PushContext]:
+        """For each (thread, first_seq, last_seq): the thread, those messages, its members."""
+        th, m, u = t.threads, t.thread_members, t.users
+        wanted: dict[int, tuple[int, int]] = {}
+        for tid, lo, hi in spans:
+            a, b = wanted.get(tid, (lo, hi))
+            wanted[tid] = (min(a, lo), max(b, hi))
+        ids = sorted(wanted)
+        out: dict[int, PushContext] = {}
+        if not ids:
+            return out
+        ranges = [(tid, max(lo - 1, hi - PUSH_MESSAGES), hi) for tid, (lo, hi) in wanted.items()]
+        messages = await self.messages_after(sorted(ranges), PUSH_MESSAGES * len(ranges))
+        by_thread: dict[int, list[Message]] = defaultdict(list)
+        for msg_ in messages:
+            by_thread[msg_.thread_id].append(msg_)
+        recipients: dict[int, list[PushRecipient]] = defaultdict(list)
+        async with self._read() as conn:
+            for start in range(0, len(ids), 300):
+                chunk = ids[start : start + 300]
+                for r in await conn.execute(sa.select(th).where(th.c.id.in_(chunk))):
+                    out[int(r.id)] = PushContext(
+                        int(r.id), ThreadKind(r.kind), r.title, by_thread[int(r.id)], []
+                    )
+                rows = await conn.execute(
+                    sa.select(
+                        m.c.thread_id,
+                        m.c.owner_id,
+                        m.c.first_seq,
+                        m.c.left_seq,
+                        m.c.read_seq,
+                        m.c.muted_until,
+                        u.c.notification_preview,
+                    )
+                    .join(u, u.c.id == m.c.owner_id)
+                    .where(m.c.thread_id.in_(chunk))
+                    .order_by(m.c.thread_id, m.c.owner_id)
+                )
+                for r in rows:
+                    recipients[int(r.thread_id)].append(
+                        PushRecipient(
+                            int(r.owner_id),
+                            int(r.first_seq),
+                            r.left_seq,
+                            int(r.read_seq),
+                            _utc(r.muted_until),
+                            _preview(r.notification_preview),
+                        )
+                    )
+        return {tid: replace(c, recipients=recipients[tid]) for tid, c in out.items()}
+
+    async def server_secret(self, name: str, make: Callable[[], str]) -> str:
+        """The named secret, made with `make` and stored by the first process that asks."""
+        ss = t.server_secrets
+
+        async def read() -> str | None:
+            async with self._read() as conn:
+                found = (
+                    await conn.execute(sa.select(ss.c.value).where(ss.c.name == name))
+                ).scalar_one_or_none()
+            return None if found is None else str(found)
+
+        value = await read()
+        if value is not None:
+            return value
+        try:
+            async with self._tx() as conn:
+                await conn.execute(
+                    ss.insert().values(name=name, value=make(), create_time=utcnow())
+                )
+        except exc.IntegrityError:
+            pass  # another process stored it first: everyone uses that one
+        value = await read()
+        assert value is not None
+        return value
 
     # -- who shares what (presence privacy and audience) ---------------------------------
 
@@ -1056,6 +1403,8 @@ def _create_group(
     ]
     conn.execute(m.insert(), rows)
     message = _insert_one(conn, thread_id, 1, created, now)
+    if created.notify:
+        _queue_pushes(conn, {thread_id: (1, 1)}, now)
     return thread_id, message
 
 
@@ -1104,6 +1453,8 @@ def _change_group(
             conn.execute(m.update().where(*where).values(role=ch.role.value))
     _check_group(conn, thread_id, max_members)
     message = _insert_one(conn, thread_id, seq, event, now)
+    if event.notify:
+        _queue_pushes(conn, {thread_id: (seq, seq)}, now)
     conn.execute(
         m.update().where(m.c.thread_id == thread_id, m.c.left_seq.is_(None)).values(update_time=now)
     )
@@ -1224,12 +1575,16 @@ def _append(
             fresh[key] = i
             per_thread[n.thread_id].append(i)
     rows_to_insert: list[dict[str, Any]] = []
+    notify: dict[int, tuple[int, int]] = {}
     # Threads are locked in id order so concurrent batches cannot deadlock.
     for thread_id, idxs in sorted(per_thread.items()):
         last = _bump_seq(conn, thread_id, len(idxs), now)
         for offset, i in enumerate(idxs):
             n = batch[i]
             seq = last - len(idxs) + 1 + offset
+            if n.notify:
+                lo, _ = notify.get(thread_id, (seq, seq))
+                notify[thread_id] = (lo, seq)
             msg_id = new_msg_id()
             rows_to_insert.append(
                 dict(
@@ -1263,12 +1618,42 @@ def _append(
     if rows_to_insert:
         conn.execute(_msg.insert(), rows_to_insert)
         conn.execute(_TOUCH, {"threads": list(per_thread), "now": now})
+    _queue_pushes(conn, notify, now)
     for i, n in enumerate(batch):
         if out[i] is None:  # repeated inside this batch: same answer as the first
             first = out[fresh[(n.sender.user_id, n.client_msg_id)]]
             assert isinstance(first, Appended)
             out[i] = Appended(first.message, True)
     return [a for a in out if a is not None]
+
+
+def _queue_pushes(conn: Connection, spans: dict[int, tuple[int, int]], now: datetime) -> None:
+    """One push job per thread of the commit, for its new messages that notify.
+
+    Written in the commit's own transaction: a message acknowledged to its sender has its
+    push queued durably, whichever process dies next. The worker expands it to recipients
+    and honours the grace period from `now`.
+    """
+    if not spans:
+        return
+    conn.execute(
+        t.push_jobs.insert(),
+        [
+            dict(
+                thread_id=tid,
+                first_seq=lo,
+                last_seq=hi,
+                device_id=0,
+                attempts=0,
+                done_user=0,
+                due_time=now,
+                lease_owner=None,
+                lease_until=None,
+                create_time=now,
+            )
+            for tid, (lo, hi) in spans.items()
+        ],
+    )
 
 
 def _advance_delivered(conn: Connection, acks: Sequence[DeviceAck]) -> list[Advance]:

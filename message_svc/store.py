@@ -7,7 +7,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from natter.domain import DeviceAck, Message, MessageKind, Role, SystemEvent, ThreadKind, User
+from natter.domain import (
+    DeviceAck,
+    Message,
+    MessageKind,
+    NotificationPreview,
+    Role,
+    SystemEvent,
+    ThreadKind,
+    User,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +28,7 @@ class UserRow:
     password_hash: str
     hide_last_seen: bool
     last_seen_time: datetime | None
+    notification_preview: NotificationPreview = NotificationPreview.FULL
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +60,8 @@ class MemberRow:
     read_seq: int
     create_time: datetime
     update_time: datetime
+    # No push notifications until then (natter.domain.MUTED_FOREVER: until unmuted).
+    muted_until: datetime | None = None
 
     @property
     def active(self) -> bool:
@@ -74,6 +86,9 @@ class NewMessage:
     kind: MessageKind
     text: str
     system: SystemEvent | None = None
+    # Queue a push notification for the thread's members (docs/push.md). Off unless a kind
+    # is marked for it: a new kind of message (a reaction, an edit) pushes nothing.
+    notify: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +143,11 @@ class UserStore(Protocol):
     async def find_users(self, identifiers: Sequence[str]) -> dict[str, UserRow]: ...
     async def get_users(self, user_ids: Sequence[int]) -> dict[int, UserRow]: ...
     async def update_user(
-        self, user_id: int, display_name: str | None, hide_last_seen: bool | None
+        self,
+        user_id: int,
+        display_name: str | None,
+        hide_last_seen: bool | None,
+        notification_preview: NotificationPreview | None = None,
     ) -> None: ...
     async def set_last_seen(self, seen: Sequence[tuple[int, datetime]]) -> None: ...
 
@@ -136,7 +155,10 @@ class UserStore(Protocol):
 class DeviceStore(Protocol):
     async def create_device(self, user_id: int, name: str, token_hash: str) -> DeviceRow: ...
     async def device_by_token(self, token_hash: str) -> tuple[UserRow, DeviceRow] | None: ...
-    async def revoke_device(self, device_id: int) -> bool: ...
+    async def revoke_device(self, device_id: int) -> bool:
+        """Revoke the device's token and remove its push target, in one transaction."""
+        ...
+
     async def list_devices(self, user_id: int) -> list[DeviceRow]: ...
     async def touch_devices(self, device_ids: Sequence[int], when: datetime) -> None: ...
 
@@ -183,6 +205,10 @@ class ThreadStore(Protocol):
         nothing written) if the group would end with members but no admin, or with more
         than max_members members.
         """
+        ...
+
+    async def set_mute(self, user_id: int, thread_id: int, until: datetime | None) -> bool:
+        """Mute (until a time) or unmute (None) a thread for a member; False if not a member."""
         ...
 
     async def thread_peers_among(self, user_id: int, user_ids: Sequence[int]) -> set[int]: ...

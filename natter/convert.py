@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 from google.protobuf.descriptor import EnumDescriptor
@@ -22,8 +22,10 @@ from natter.errors import Internal, InvalidArgument, NatterError
 from natter.rpc import ERROR_OF, status_of
 from natter.v1 import contact_service_pb2 as cpb
 from natter.v1 import message_internal_service_pb2 as mpb
+from natter.v1 import push_service_pb2 as pspb
 from natter.v1 import socket_internal_service_pb2 as ipb
 from natter.v1 import socket_service_pb2 as spb
+from natter.v1 import thread_service_pb2 as tpb
 from natter.v1 import types_pb2 as pb
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -141,7 +143,19 @@ _RECEIPT_KIND = _Enum(
     pb.RECEIPT_KIND_UNSPECIFIED,
 )
 
+_PREVIEW = _Enum(
+    pb.NotificationPreview.DESCRIPTOR,
+    {
+        pb.NOTIFICATION_PREVIEW_FULL: d.NotificationPreview.FULL,
+        pb.NOTIFICATION_PREVIEW_SENDER_ONLY: d.NotificationPreview.SENDER_ONLY,
+        pb.NOTIFICATION_PREVIEW_HIDDEN: d.NotificationPreview.HIDDEN,
+    },
+    d.NotificationPreview.UNKNOWN,
+    pb.NOTIFICATION_PREVIEW_UNSPECIFIED,
+)
+
 thread_kind, thread_kind_of = _THREAD_KIND.number, _THREAD_KIND.of
+preview, preview_of = _PREVIEW.number, _PREVIEW.of
 role, role_of = _ROLE.number, _ROLE.of
 message_kind, message_kind_of = _MESSAGE_KIND.number, _MESSAGE_KIND.of
 message_state, message_state_of = _MESSAGE_STATE.number, _MESSAGE_STATE.of
@@ -152,6 +166,13 @@ receipt_kind, receipt_kind_of = _RECEIPT_KIND.number, _RECEIPT_KIND.of
 def requested_role(value: pb.MemberRole.ValueType, field: str = "role") -> d.Role:
     """A role a client asks for: MEMBER or ADMIN, anything else INVALID_ARGUMENT."""
     return _ROLE.required(value, field)
+
+
+def requested_preview(
+    value: pb.NotificationPreview.ValueType, field: str = "notification_preview"
+) -> d.NotificationPreview:
+    """A privacy mode a client asks for: FULL, SENDER_ONLY or HIDDEN, else INVALID_ARGUMENT."""
+    return _PREVIEW.required(value, field)
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -285,6 +306,8 @@ def thread(t: d.Thread) -> pb.Thread:
         role=role(t.role),
         member_count=t.member_count,
         active=t.active,
+        muted=t.muted,
+        mute_end_time=ts(t.mute_end_time) if t.muted else None,
     )
     if t.peer is not None:
         out.peer.CopyFrom(user(t.peer))
@@ -307,7 +330,29 @@ def thread_of(p: pb.Thread) -> d.Thread:
         active=p.active,
         peer=user_of(p.peer) if p.HasField("peer") else None,
         last_message=message_of(p.last_message) if p.HasField("last_message") else None,
+        muted=p.muted,
+        mute_end_time=opt_ts(p, "mute_end_time") if p.muted else None,
     )
+
+
+def requested_mute(p: tpb.MuteThreadRequest) -> timedelta | None:
+    """How long a mute asks for: a duration, or None for forever; neither is INVALID_ARGUMENT."""
+    which = p.WhichOneof("until")
+    if which == "forever" and p.forever:
+        return None
+    if which == "duration":
+        return timedelta(seconds=p.duration.seconds, microseconds=p.duration.nanos // 1000)
+    raise InvalidArgument("a mute needs a duration or forever", "BAD_MUTE")
+
+
+def thread_mute(m: d.ThreadMute) -> pb.ThreadMute:
+    return pb.ThreadMute(
+        thread_id=m.thread_id, muted=m.muted, mute_end_time=ts(m.end_time) if m.muted else None
+    )
+
+
+def thread_mute_of(p: pb.ThreadMute) -> d.ThreadMute:
+    return d.ThreadMute(p.thread_id, p.muted, opt_ts(p, "mute_end_time") if p.muted else None)
 
 
 def member(m: d.Member) -> pb.Member:
@@ -355,6 +400,8 @@ def delivery(x: d.Delivery) -> ipb.Delivery:
         out.typing.CopyFrom(typing(ev))
     elif isinstance(ev, d.ReadCursor):
         out.read_cursor.CopyFrom(cursor(ev.cursor))
+    elif isinstance(ev, d.ThreadMute):
+        out.thread_mute.CopyFrom(thread_mute(ev))
     else:
         out.revoked_device_id = ev.device_id
     return out
@@ -376,6 +423,8 @@ def delivery_of(p: ipb.Delivery) -> d.Delivery | None:
         ev = d.ReadCursor(d.Cursor(p.read_cursor.thread_id, p.read_cursor.seq))
     elif which == "revoked_device_id":
         ev = d.DeviceRevoked(p.revoked_device_id)
+    elif which == "thread_mute":
+        ev = thread_mute_of(p.thread_mute)
     else:
         return None
     return d.Delivery(ev, tuple(p.user_ids), p.thread_id, p.exclude_device_id)
@@ -449,3 +498,33 @@ def send_outcome_of(p: mpb.SendOutcome) -> d.SendResult | NatterError:
     if p.WhichOneof("outcome") == "error":
         return error_of(p.error)
     return Internal("send outcome carries neither a result nor an error", "EMPTY_OUTCOME")
+
+
+# -- push targets --------------------------------------------------------------------------
+
+
+def push_target(x: d.PushTarget) -> pspb.PushTarget:
+    """A registered target as its device sees it: the browser's keys are never sent back."""
+    out = pspb.PushTarget(create_time=ts(x.create_time))
+    if x.kind is d.PushKind.WEB_PUSH:
+        out.web_push.CopyFrom(pspb.WebPushSubscription(endpoint=x.endpoint))
+    elif x.kind is d.PushKind.GATEWAY:
+        out.gateway.CopyFrom(
+            pspb.GatewayTarget(gateway_url=x.endpoint, app_id=x.app_id, pushkey=x.pushkey)
+        )
+    return out
+
+
+def requested_push_target(p: pspb.SetPushTargetRequest, who: d.Principal) -> d.PushTarget:
+    """The target a device asks to register (checked by push_svc); none is INVALID_ARGUMENT."""
+    which = p.WhichOneof("target")
+    base = (who.device_id, who.user.user_id)
+    if which == "web_push":
+        w = p.web_push
+        return d.PushTarget(*base, d.PushKind.WEB_PUSH, w.endpoint, w.p256dh, w.auth)
+    if which == "gateway":
+        g = p.gateway
+        return d.PushTarget(
+            *base, d.PushKind.GATEWAY, g.gateway_url, app_id=g.app_id, pushkey=g.pushkey
+        )
+    raise InvalidArgument("a push target needs web_push or gateway", "NO_PUSH_TARGET")

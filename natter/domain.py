@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 # Every enum has UNKNOWN = 0: what a value this build does not know (sent by a newer server
 # or peer) becomes, so it is shown as unsupported instead of failing; natter/convert.py maps
@@ -52,6 +52,25 @@ class ReceiptKind(enum.Enum):
     UNKNOWN = 0
     DELIVERED = 1
     READ = 2
+
+
+class NotificationPreview(enum.Enum):
+    """How much a push notification shows: a user's privacy mode."""
+
+    UNKNOWN = 0
+    FULL = 1
+    SENDER_ONLY = 2
+    HIDDEN = 3
+
+
+class PushKind(enum.Enum):
+    UNKNOWN = 0
+    WEB_PUSH = 1
+    GATEWAY = 2
+
+
+# A mute without an end is stored with this end: later than any real one on every engine.
+MUTED_FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +161,16 @@ class DeviceRevoked:
     device_id: int
 
 
-Event = Message | Receipt | Presence | Typing | ReadCursor | DeviceRevoked
+@dataclass(frozen=True, slots=True)
+class ThreadMute:
+    """A member muted or unmuted a thread; `end_time` None while muted forever."""
+
+    thread_id: int
+    muted: bool
+    end_time: datetime | None = None
+
+
+Event = Message | Receipt | Presence | Typing | ReadCursor | DeviceRevoked | ThreadMute
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +247,9 @@ class Thread:
     active: bool
     peer: User | None = None
     last_message: Message | None = None
+    muted: bool = False
+    # When the mute ends; None while muted forever (or not muted).
+    mute_end_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,9 +258,114 @@ class Me:
     device_id: int
     phone: str
     hide_last_seen: bool
+    notification_preview: NotificationPreview = NotificationPreview.FULL
 
 
 @dataclass(frozen=True, slots=True)
 class SyncPage:
     messages: list[Message] = field(default_factory=list)
     more: bool = False
+
+
+# -- push notifications (message_svc stores them, push_svc sends them) ----------------------
+
+
+# Group events that concern the users they name: those users are notified. Everything else
+# (a rename, someone leaving, and any kind this build does not know) notifies nobody.
+NOTIFYING_EVENTS = frozenset(
+    {
+        SystemKind.GROUP_CREATED,
+        SystemKind.MEMBERS_ADDED,
+        SystemKind.MEMBERS_REMOVED,
+        SystemKind.ADMINS_PROMOTED,
+    }
+)
+
+
+def queues_push(kind: MessageKind, event: SystemEvent | None = None) -> bool:
+    """Whether storing a message of this kind queues a push notification at all.
+
+    Only kinds marked here do: text, and the group events above. A new kind (a reaction,
+    an edit) pushes nothing until it is added.
+    """
+    if kind is MessageKind.TEXT:
+        return True
+    return kind is MessageKind.SYSTEM and event is not None and event.kind in NOTIFYING_EVENTS
+
+
+def notifies(message: Message, user_id: int) -> bool:
+    """Whether this message notifies this member (who may see it): never for their own."""
+    if message.sender.user_id == user_id or not queues_push(message.kind, message.system):
+        return False
+    if message.kind is MessageKind.SYSTEM:
+        assert message.system is not None
+        return user_id in {u.user_id for u in message.system.users}
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class PushTarget:
+    """Where one device is reached without a live stream: a Web Push subscription or a token.
+
+    For WEB_PUSH, `endpoint` is the push service URL and `p256dh`/`auth` the browser's keys;
+    for GATEWAY, `endpoint` is the gateway's notify URL and `app_id`/`pushkey` the token.
+    """
+
+    device_id: int
+    user_id: int
+    kind: PushKind
+    endpoint: str
+    p256dh: str = ""
+    auth: str = ""
+    app_id: str = ""
+    pushkey: str = ""
+    create_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PushJob:
+    """A queued burst of one thread's messages, `first_seq..last_seq`, to notify about.
+
+    `device_id` 0 means every recipient; otherwise it is a retry for that device only.
+    `done_user` is how far (by user id) a worker got before it lost the job: recipients
+    up to it were handled. `lease_owner` is the worker holding it.
+    """
+
+    job_id: int
+    thread_id: int
+    first_seq: int
+    last_seq: int
+    create_time: datetime
+    device_id: int = 0
+    attempts: int = 0
+    done_user: int = 0
+    lease_owner: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PushRecipient:
+    """A thread member as the push worker sees them."""
+
+    user_id: int
+    first_seq: int
+    left_seq: int | None
+    read_seq: int
+    muted_until: datetime | None
+    preview: NotificationPreview
+
+    def sees(self, seq: int) -> bool:
+        return self.first_seq <= seq and (self.left_seq is None or seq <= self.left_seq)
+
+    def muted(self, now: datetime) -> bool:
+        return self.muted_until is not None and self.muted_until > now
+
+
+@dataclass(frozen=True, slots=True)
+class PushContext:
+    """Everything a worker needs to notify about one burst: the thread, its messages, members."""
+
+    thread_id: int
+    kind: ThreadKind
+    title: str
+    messages: list[Message]
+    recipients: list[PushRecipient]

@@ -51,6 +51,38 @@ class Settings:
     login_failures_allowed: int = 5
     login_delay_seconds: float = 1.0
     login_delay_max_seconds: float = 300.0
+    # Push notifications to devices without a live stream (docs/push.md).
+    # A message is pushed this long after it was stored, to devices still not active then.
+    push_grace_seconds: float = 3.0
+    # How long a push service keeps an undelivered notification (Web Push TTL).
+    push_ttl_seconds: int = 24 * 3600
+    # This process drains the push queue (embedded server and message nodes).
+    push_worker: bool = True
+    # How often an idle worker looks for due work; how long a claim holds before another
+    # process may take the work over (a worker that was killed).
+    push_poll_seconds: float = 0.25
+    push_lease_seconds: float = 30.0
+    # Tries per device before a failing push is given up (backoff doubles from 1 s).
+    push_max_attempts: int = 8
+    # Push requests in flight at once per process.
+    push_concurrency: int = 64
+    # VAPID (RFC 8292) contact for push services: "mailto:ops@example.org" or an https URL.
+    vapid_subject: str = ""
+    # PEM file of the VAPID private key; unset: a key generated at first start, kept in
+    # the database so every process of a cluster signs with it.
+    vapid_private_key_file: str = ""
+    # Hosts (and their subdomains) a Web Push endpoint may name: the browsers' push services.
+    web_push_hosts: tuple[str, ...] = (
+        "fcm.googleapis.com",
+        "updates.push.services.mozilla.com",
+        "push.services.mozilla.com",
+        "notify.windows.com",
+        "push.apple.com",
+    )
+    # Mobile push gateways (notify URLs) devices may register tokens for.
+    push_gateway_urls: tuple[str, ...] = ()
+    # Allow http:// push endpoints and gateways (local test push services only).
+    push_allow_http: bool = False
     web_dir: Path | None = None
     # PEM files; when both are set the public gRPC and HTTP listeners speak TLS only.
     tls_cert_file: str = ""

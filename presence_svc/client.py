@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import grpc
 
@@ -28,13 +28,23 @@ class PresenceClient:
         self.pool = pool
         self.owner = owner
 
-    async def report(self, node_id: str, beats: Sequence[tuple[int, int, bool]]) -> None:
+    async def report(
+        self,
+        node_id: str,
+        beats: Sequence[tuple[int, int, bool]],
+        foreground: Collection[int] = frozenset(),
+    ) -> None:
         by_owner: dict[str, list[pipb.DeviceBeat]] = defaultdict(list)
         for user_id, device_id, connected in beats:
             address = self.owner(user_id)
             if address:
                 by_owner[address].append(
-                    pipb.DeviceBeat(user_id=user_id, device_id=device_id, connected=connected)
+                    pipb.DeviceBeat(
+                        user_id=user_id,
+                        device_id=device_id,
+                        connected=connected,
+                        foreground=device_id in foreground,
+                    )
                 )
 
         async def one(address: str, batch: list[pipb.DeviceBeat]) -> None:
@@ -53,3 +63,36 @@ class PresenceClient:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
+
+    async def active_devices(self, devices: Sequence[tuple[int, int]]) -> set[int]:
+        """Of (user, device) pairs, those active (live stream, app in front), asked of owners.
+
+        A presence node that cannot be asked counts its devices as not active: a needless
+        notification is better than a missed one.
+        """
+        by_owner: dict[str, list[pipb.DeviceRef]] = defaultdict(list)
+        for user_id, device_id in devices:
+            address = self.owner(user_id)
+            if address:
+                by_owner[address].append(pipb.DeviceRef(user_id=user_id, device_id=device_id))
+
+        async def one(address: str, refs: list[pipb.DeviceRef]) -> list[int]:
+            async def go(ch: grpc.aio.Channel) -> pipb.ListActiveDevicesResponse:
+                return await pipb_grpc.PresenceInternalServiceStub(ch).ListActiveDevices(
+                    pipb.ListActiveDevicesRequest(devices=refs),
+                    metadata=self.pool.metadata,
+                    timeout=self.pool.deadline,
+                )
+
+            return list((await self.pool.call_one(address, go)).device_ids)
+
+        results = await asyncio.gather(
+            *(one(a, r) for a, r in by_owner.items()), return_exceptions=True
+        )
+        active: set[int] = set()
+        for r in results:
+            if isinstance(r, BaseException):
+                logger.warning("active devices unknown (%s); they are pushed to", r)
+            else:
+                active.update(r)
+        return active

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -98,8 +98,16 @@ class PresenceService:
 
     # -- beats in ------------------------------------------------------------------------
 
-    async def report(self, node_id: str, beats: Sequence[tuple[int, int, bool]]) -> None:
-        """A socket server's batch: (user, device, connected) for devices heard from."""
+    async def report(
+        self,
+        node_id: str,
+        beats: Sequence[tuple[int, int, bool]],
+        foreground: Collection[int] = frozenset(),
+    ) -> None:
+        """A socket server's batch: (user, device, connected) for devices heard from.
+
+        `foreground` names those whose app is in the foreground (see `active_devices`).
+        """
         if not node_id:
             raise InvalidArgument(
                 "a heartbeat report needs the socket server's node_id", "NO_NODE_ID"
@@ -111,7 +119,16 @@ class PresenceService:
         async with self._lock:
             self.reports += 1
             self.beats += len(beats)
-            await self._apply(self.tracker.report(node_id, beats))
+            await self._apply(self.tracker.report(node_id, beats, foreground))
+
+    async def active_devices(self, devices: Sequence[tuple[int, int]]) -> set[int]:
+        """Of (user, device) pairs, the devices with a live stream and the app in front.
+
+        The push worker skips these: the person is looking at the app on that device.
+        """
+        if len(devices) > MAX_BATCH:
+            raise InvalidArgument(f"at most {MAX_BATCH} devices per query", "BATCH_TOO_LARGE")
+        return {dv for u, dv in devices if self.tracker.active(dv, u)}
 
     async def forget_node(self, node_id: str) -> None:
         """A socket server left the registry (crashed or stopped): its devices are offline."""

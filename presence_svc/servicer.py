@@ -47,9 +47,19 @@ class PresenceInternalServicer(pipb_grpc.PresenceInternalServiceServicer):
         self, request: pipb.ReportHeartbeatsRequest, context: Context
     ) -> pipb.ReportHeartbeatsResponse:
         await self.presence.report(
-            request.node_id, [(b.user_id, b.device_id, b.connected) for b in request.beats]
+            request.node_id,
+            [(b.user_id, b.device_id, b.connected) for b in request.beats],
+            {b.device_id for b in request.beats if b.connected and b.foreground},
         )
         return pipb.ReportHeartbeatsResponse()
+
+    async def ListActiveDevices(
+        self, request: pipb.ListActiveDevicesRequest, context: Context
+    ) -> pipb.ListActiveDevicesResponse:
+        active = await self.presence.active_devices(
+            [(x.user_id, x.device_id) for x in request.devices]
+        )
+        return pipb.ListActiveDevicesResponse(device_ids=sorted(active))
 
 
 def add_public(server: grpc.aio.Server, presence: PresenceService, auth: Authenticator) -> None:

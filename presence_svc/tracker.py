@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -22,6 +22,7 @@ class Change:
 class _Device:
     node_id: str
     beat: float  # monotonic time the last beat arrived
+    foreground: bool = False
 
 
 def _utcnow() -> datetime:
@@ -55,8 +56,24 @@ class Tracker:
     def online_users(self) -> list[int]:
         return list(self._count)
 
-    def report(self, node_id: str, beats: Iterable[tuple[int, int, bool]]) -> list[Change]:
-        """Apply one socket server's batch: (user, device, connected) per device."""
+    def active(self, device_id: int, user_id: int) -> bool:
+        """A live stream (beating within the timeout) whose app said it is in the foreground."""
+        device = self._devices.get((user_id, device_id))
+        return (
+            device is not None and device.foreground and device.beat > self._clock() - self.timeout
+        )
+
+    def report(
+        self,
+        node_id: str,
+        beats: Iterable[tuple[int, int, bool]],
+        foreground: Collection[int] = frozenset(),
+    ) -> list[Change]:
+        """Apply one socket server's batch: (user, device, connected) per device.
+
+        `foreground` names the connected devices whose app is in the foreground; the others
+        of the batch are in the background.
+        """
         now, wall = self._clock(), self._wall()
         before: dict[int, bool] = {}
         for user_id, device_id, connected in beats:
@@ -65,7 +82,7 @@ class Tracker:
             if connected:
                 if key not in self._devices:
                     self._count[user_id] = self._count.get(user_id, 0) + 1
-                self._devices[key] = _Device(node_id, now)
+                self._devices[key] = _Device(node_id, now, device_id in foreground)
                 self._devices.move_to_end(key)
                 self._seen[user_id] = wall
             else:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from natter import domain as d
@@ -34,7 +34,14 @@ class ChannelApi(Protocol):
 class PresenceApi(Protocol):
     """presence_svc as seen by a socket server."""
 
-    async def report(self, node_id: str, beats: Sequence[tuple[int, int, bool]]) -> None: ...
+    async def report(
+        self,
+        node_id: str,
+        beats: Sequence[tuple[int, int, bool]],
+        foreground: Collection[int] = frozenset(),
+    ) -> None:
+        """(user, device, connected) per device heard from; `foreground`: those in front."""
+        ...
 
 
 class Hub:
@@ -102,6 +109,7 @@ class Hub:
         self.by_user[session.user_id].add(session)
         self._beats[(session.user_id, session.device_id)] = True
         self._presence_changed.set()
+        session.watch_state(self._state_changed)
         try:
             await self._index(session.user_id)
         except BaseException:
@@ -274,6 +282,12 @@ class Hub:
                         )
                     )
 
+    def _state_changed(self, session: Session) -> None:
+        """Foreground or background: reported as quickly as a connect (push decisions use it)."""
+        if self.by_device.get(session.device_id) is session:
+            self._beats[(session.user_id, session.device_id)] = True
+            self._presence_changed.set()
+
     def beat(self, session: Session) -> None:
         """Any frame from a device shows it is alive; many frames make one beat per report."""
         self._beats[(session.user_id, session.device_id)] = True
@@ -283,8 +297,15 @@ class Hub:
             self._beats.clear()
             return
         beats, self._beats = self._beats, {}
+        foreground = {
+            dv
+            for (_, dv), c in beats.items()
+            if c and (s := self.by_device.get(dv)) is not None and s.foreground
+        }
         try:
-            await self.presence.report(self.node_id, [(u, dv, c) for (u, dv), c in beats.items()])
+            await self.presence.report(
+                self.node_id, [(u, dv, c) for (u, dv), c in beats.items()], foreground
+            )
         except Exception:
             logger.warning("presence report failed", exc_info=True)
 

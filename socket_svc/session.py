@@ -122,6 +122,10 @@ class Session:
         self.replayed = 0
         self.batches = False
         self._out: list[spb.ServerFrame] = []
+        # The app says it is in front of the person (Hello, then ClientState): with a live
+        # stream that makes the device active, and active devices get no push notifications.
+        self.foreground = False
+        self._on_state: Callable[[Session], None] = lambda _: None
 
     # -- outbound ------------------------------------------------------------------------
 
@@ -155,6 +159,15 @@ class Session:
         if self.closed is None:
             self.closed = _Close(error)
             self.queue.put_nowait(self.closed)
+
+    def watch_state(self, changed: Callable[[Session], None]) -> None:
+        """Call `changed` whenever the app moves between foreground and background."""
+        self._on_state = changed
+
+    def set_foreground(self, foreground: bool) -> None:
+        if foreground != self.foreground:
+            self.foreground = foreground
+            self._on_state(self)
 
     async def run(self, hello: spb.Hello) -> None:
         """Replay what the device missed, mark SyncDone, then push live events until closed."""
@@ -229,6 +242,8 @@ class Session:
             self._emit(spb.ServerFrame(typing=convert.typing(item)))
         elif isinstance(item, d.ReadCursor):
             self._emit(spb.ServerFrame(read_cursor=convert.read_cursor(item)))
+        elif isinstance(item, d.ThreadMute):
+            self._emit(spb.ServerFrame(thread_mute=convert.thread_mute(item)))
         elif isinstance(item, d.DeviceRevoked) and item.device_id == self.device_id:
             self.close(Unauthenticated("this device was logged out", "DEVICE_LOGGED_OUT"))
 
@@ -299,6 +314,8 @@ class Session:
                 await self.api.mark_read(self.who, d.Cursor(frame.read.thread_id, frame.read.seq))
             elif which == "heartbeat":
                 self.enqueue(spb.ServerFrame(heartbeat_ack=spb.HeartbeatAck()))
+            elif which == "client_state":
+                self.set_foreground(frame.client_state.foreground)
             elif which == "typing":
                 if not self._typing.take():
                     self._limited("typing indicators are limited; slow down")

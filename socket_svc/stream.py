@@ -110,6 +110,7 @@ class DeviceStream:
         if isinstance(hello, End):
             return hello
         session = Session(who, self.api, self.transport, self.settings, self.hub.ack_pending)
+        session.foreground = hello.foreground
         try:
             await self.transport.send(self._welcome(who))
         except Exception as e:  # the device left before its Welcome reached it
