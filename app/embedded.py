@@ -22,6 +22,9 @@ from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from presence_svc import PUBLIC_SERVICES as PRESENCE_SERVICES
 from presence_svc import PresenceService
 from presence_svc import add_public as add_presence_public
+from push_svc import PUBLIC_SERVICES as PUSH_SERVICES
+from push_svc import PushService
+from push_svc import add_public as add_push_public
 from socket_svc import Hub, SocketServicer
 from socket_svc.web import WebServer
 
@@ -78,6 +81,8 @@ class EmbeddedServer:
         self.messages = MessageService(self.store, settings, self.fanout)
         self.channels = Channels(self.fanout.socket)
         self.presence = PresenceService(self.store, settings, self.fanout)
+        # One process, one worker: SQLite's single writer claims each job once.
+        self.push = PushService(self.store, settings, self.presence, self.node_id)
         self.hub = Hub(
             self.node_id, self.messages, settings, channel=self.channels, presence=self.presence
         )
@@ -103,16 +108,20 @@ class EmbeddedServer:
         server = public_server(self.settings)
         self.messages.add_public(server)
         add_presence_public(server, self.presence, self.messages)
+        add_push_public(server, self.push, self.messages)
         spb_grpc.add_SocketServiceServicer_to_server(
             SocketServicer(hub, self.messages, self.settings, self._locate), server
         )
         serve_health_and_reflection(
-            server, self._health, (*PUBLIC_SERVICES, *PRESENCE_SERVICES, SOCKET_SERVICE)
+            server,
+            self._health,
+            (*PUBLIC_SERVICES, *PRESENCE_SERVICES, *PUSH_SERVICES, SOCKET_SERVICE),
         )
         return server
 
     async def start(self) -> None:
         await self.store.open()
+        await self.push.start()
         server = self._grpc_server(self.hub)
         s = self.settings
         self.grpc_port = tls.listen(server, s.grpc_addr, s.tls_cert_file, s.tls_key_file)
@@ -151,6 +160,7 @@ class EmbeddedServer:
         self._extra = []
         await self.hub.stop()
         await self.presence.stop()
+        await self.push.stop()
         if self.web is not None:
             await self.web.stop()
         if self._server is not None:

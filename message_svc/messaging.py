@@ -360,7 +360,8 @@ class Messaging:
             active=s.member.active,
             peer=peer,
             last_message=s.last_message,
-            **_mute_view(s.member),
+            muted=_muted(s.member),
+            mute_end_time=_mute_end(s.member),
         )
 
     async def get_thread(self, who: Principal, thread_id: int) -> tuple[Thread, list[Member]]:
@@ -387,7 +388,8 @@ class Messaging:
             member_count=len(active),
             active=me.active,
             peer=peer,
-            **_mute_view(me),
+            muted=_muted(me),
+            mute_end_time=_mute_end(me),
         )
         shown = [
             Member(public(users[m.user_id]), m.role, m.delivered_seq, m.read_seq, m.create_time)
@@ -594,12 +596,14 @@ MIN_MUTE = timedelta(seconds=1)
 MAX_MUTE = timedelta(days=3653)
 
 
-def _mute_view(member: MemberRow) -> dict[str, object]:
-    """Thread fields for a member's mute: muted now, and until when (None: forever)."""
+def _muted(member: MemberRow) -> bool:
+    return member.muted_until is not None and member.muted_until > datetime.now(UTC)
+
+
+def _mute_end(member: MemberRow) -> datetime | None:
+    """When a member's mute ends; None while muted forever, or not muted."""
     until = member.muted_until
-    if until is None or until <= datetime.now(UTC):
-        return {"muted": False, "mute_end_time": None}
-    return {"muted": True, "mute_end_time": None if until >= MUTED_FOREVER else until}
+    return until if _muted(member) and until is not None and until < MUTED_FOREVER else None
 
 
 CACHE_LIMIT = 200_000

@@ -21,6 +21,7 @@ from natter.v1 import (
     contact_service_pb2,
     group_service_pb2,
     presence_service_pb2,
+    push_service_pb2,
     socket_service_pb2,
     thread_service_pb2,
 )
@@ -39,6 +40,7 @@ _MODULES = (
     contact_service_pb2,
     group_service_pb2,
     presence_service_pb2,
+    push_service_pb2,
     socket_service_pb2,
     thread_service_pb2,
 )

@@ -12,6 +12,10 @@ from natter.errors import Unavailable
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from presence_svc import PUBLIC_SERVICES as PRESENCE_SERVICES
+from presence_svc.client import PresenceClient
+from push_svc import PUBLIC_SERVICES as PUSH_SERVICES
+from push_svc import PushService
+from push_svc import add_public as add_push_public
 from registry import Registry
 from socket_svc.servicer import RedirectServicer
 
@@ -20,7 +24,7 @@ class MessageNode(ClusterNode):
     """message_svc over the shared database; pushes go out through the cluster's routing."""
 
     role: ClassVar[str] = "message"
-    services = (*PUBLIC_SERVICES, *PRESENCE_SERVICES, "natter.v1.SocketService")
+    services = (*PUBLIC_SERVICES, *PRESENCE_SERVICES, *PUSH_SERVICES, "natter.v1.SocketService")
 
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         super().__init__(settings, registry)
@@ -35,6 +39,11 @@ class MessageNode(ClusterNode):
             RedirectServicer(self.messages, self._locate), self.public
         )
         add_presence_proxy(self.public, self.store, self.pool, self.registry)
+        # Every message node drains the push queue; a lease (FOR UPDATE SKIP LOCKED) gives
+        # each job to one of them. Who is active comes from the presence node owning the user.
+        liveness = PresenceClient(self.pool, self.presence_owner)
+        self.push = PushService(self.store, settings, liveness, self.node_id)
+        add_push_public(self.public, self.push, self.messages)
 
     async def _locate(self, username: str) -> tuple[str, str]:
         user = await self.messages.contacts.resolve(username)
@@ -45,7 +54,9 @@ class MessageNode(ClusterNode):
 
     async def open(self) -> None:
         await self.store.open()
+        await self.push.start()
 
     async def close(self) -> None:
+        await self.push.stop()
         await self.fanout.close()
         await self.store.close()
