@@ -14,7 +14,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -379,6 +379,7 @@ async def cmd_threads(app: App) -> None:
             )
             title = t.title if len(t.title) <= 24 else t.title[:23] + "…"
             members = f"{t.member_count:>5} members" if kind == "group" else ""
+            muted = mute_words(t.muted, t.mute_end_time)
             app.out.emit(
                 {
                     "type": "thread",
@@ -390,11 +391,94 @@ async def cmd_threads(app: App) -> None:
                     "unread": t.unread_count,
                     "members": t.member_count,
                     "last_text": preview,
+                    "muted": t.muted,
+                    "mute_end": _time(t.mute_end_time) or None,
                 },
-                # Fixed columns, whatever the kind: id, kind, title, members, unread, preview.
+                # Fixed columns, whatever the kind: id, kind, title, members, unread, preview;
+                # a muted thread says so before its preview.
                 f"#{t.thread_id:<6} {kind:<6} {title:<24} {members:<13} "
-                f"unread {t.unread_count:<4} {preview[:40]}".rstrip(),
+                f"unread {t.unread_count:<4} {muted + ' ' if muted else ''}{preview[:40]}".rstrip(),
             )
+
+
+def mute_words(muted: bool, until: datetime | None) -> str:
+    if not muted:
+        return ""
+    return f"[muted until {_time(until)}]" if until is not None else "[muted]"
+
+
+DURATION = re.compile(r"([0-9]+)([smhdw]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration_arg(value: str) -> timedelta:
+    """30m, 8h, 2d, 1w, or seconds."""
+    m = DURATION.fullmatch(value.strip().lower())
+    if m is None or int(m.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration like 30m, 8h, 2d or 1w")
+    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+
+
+async def cmd_mute(app: App) -> None:
+    async with app.client() as c:
+        thread_id = await resolve_thread(c, app.args.target)
+        if app.args.command == "unmute":
+            t = await c.unmute(thread_id)
+        else:
+            t = await c.mute(thread_id, app.args.duration)
+    words = mute_words(t.muted, t.mute_end_time) or "[not muted]"
+    app.out.emit(
+        {
+            "type": "mute",
+            "thread": t.thread_id,
+            "muted": t.muted,
+            "mute_end": _time(t.mute_end_time) or None,
+        },
+        f"#{t.thread_id} {t.title}: {words[1:-1]}",
+    )
+
+
+PREVIEWS = {
+    "full": d.NotificationPreview.FULL,
+    "sender": d.NotificationPreview.SENDER_ONLY,
+    "hidden": d.NotificationPreview.HIDDEN,
+}
+
+
+async def cmd_push(app: App) -> None:
+    a = app.args
+    async with app.client() as c:
+        if a.action == "preview":
+            await c.update_settings(notification_preview=PREVIEWS[a.mode])
+        elif a.action == "off":
+            await c.delete_push_target()
+        elif a.action == "gateway":
+            await c.set_push_gateway(a.url, a.app_id, a.pushkey)
+        config = await c.push_config()
+        target = await c.push_target()
+        me = await c.me()
+    preview = convert.preview_of(me.notification_preview)
+    mode = next((k for k, v in PREVIEWS.items() if v is preview), "full")
+    where = "none"
+    if target is not None:
+        which = target.WhichOneof("target")
+        where = (
+            f"web push via {target.web_push.endpoint.split('/')[2]}"
+            if which == "web_push"
+            else f"gateway {target.gateway.gateway_url} ({target.gateway.app_id})"
+        )
+    app.out.emit(
+        {
+            "type": "push",
+            "target": where,
+            "preview": mode,
+            "vapid_public_key": config.vapid_public_key,
+            "gateways": list(config.gateway_urls),
+            "grace_seconds": config.grace_seconds,
+        },
+        f"this device: {where}\npreview: {mode}\n"
+        f"server key: {config.vapid_public_key}\ngrace: {config.grace_seconds:g} s",
+    )
 
 
 async def cmd_group(app: App) -> None:
@@ -582,6 +666,17 @@ class Listener:
                 f"{ev.user.username} {'is typing' if ev.active else 'stopped typing'}"
                 f" in #{ev.thread_id}",
             )
+        elif isinstance(ev, d.ThreadMute):
+            words = mute_words(ev.muted, ev.end_time) or "[not muted]"
+            out.emit(
+                {
+                    "type": "mute",
+                    "thread": ev.thread_id,
+                    "muted": ev.muted,
+                    "mute_end": _time(ev.end_time) or None,
+                },
+                f"#{ev.thread_id} {words[1:-1]}",
+            )
         elif isinstance(ev, Disconnected):
             await self.disconnected(ev)
         elif isinstance(ev, Rejected):
@@ -634,7 +729,8 @@ class Listener:
 async def cmd_listen(app: App) -> None:
     count, timeout = app.args.count, app.args.timeout
     async with app.client() as c:
-        conn = Connection(c, cursors=app.profile.cursors)
+        # A terminal that listens is an app in front of someone: no pushes to this device.
+        conn = Connection(c, cursors=app.profile.cursors, foreground=True)
         await conn.start(wait_synced=False)
         listener = Listener(app, conn)
         loop = asyncio.get_running_loop()
@@ -857,6 +953,43 @@ def parser() -> argparse.ArgumentParser:
     se.set_defaults(fn=cmd_send)
 
     command("threads", "your threads, latest first").set_defaults(fn=cmd_threads)
+
+    mu = command("mute", "no push notifications for USER|THREAD, for a while or until unmuted")
+    mu.add_argument(
+        "target", metavar="USER|THREAD", help="a username (your direct thread), or 2 or #2"
+    )
+    mu.add_argument(
+        "--for",
+        dest="duration",
+        type=duration_arg,
+        metavar="DURATION",
+        help="how long: 30m, 8h, 2d, 1w (default: until unmuted)",
+    )
+    mu.set_defaults(fn=cmd_mute)
+    um = command("unmute", "push notifications for USER|THREAD again")
+    um.add_argument(
+        "target", metavar="USER|THREAD", help="a username (your direct thread), or 2 or #2"
+    )
+    um.set_defaults(fn=cmd_mute)
+
+    pu = command("push", "push notifications of this device: status, preview, off, gateway")
+    ps = pu.add_subparsers(dest="action", metavar="ACTION")
+    pu.set_defaults(fn=cmd_push, action="status")
+    ps.add_parser("status", help="this device's push target and the privacy mode", parents=[common])
+    pp = ps.add_parser(
+        "preview",
+        help="what notifications show on all your devices: full, sender (sender only) "
+        "or hidden (neither sender nor text)",
+        parents=[common],
+    )
+    pp.add_argument("mode", choices=sorted(PREVIEWS), help="full, sender or hidden")
+    ps.add_parser("off", help="remove this device's push target", parents=[common])
+    pg = ps.add_parser(
+        "gateway", help="register a mobile token behind a push gateway", parents=[common]
+    )
+    pg.add_argument("url", metavar="URL", help="the gateway's notify URL")
+    pg.add_argument("app_id", metavar="APP_ID", help="the app id the gateway knows")
+    pg.add_argument("pushkey", metavar="PUSHKEY", help="the FCM/APNs token")
 
     g = command("group", "create and manage groups")
     gs = g.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 
 from natter import convert
 from natter import domain as d
@@ -18,6 +20,8 @@ from natter.v1 import group_service_pb2 as gpb
 from natter.v1 import group_service_pb2_grpc as gpb_grpc
 from natter.v1 import presence_service_pb2 as ppb
 from natter.v1 import presence_service_pb2_grpc as ppb_grpc
+from natter.v1 import push_service_pb2 as pspb
+from natter.v1 import push_service_pb2_grpc as pspb_grpc
 from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from natter.v1 import thread_service_pb2 as tpb
@@ -66,6 +70,7 @@ class Client:
         self.threads_stub = tpb_grpc.ThreadServiceStub(self.channel)
         self.groups_stub = gpb_grpc.GroupServiceStub(self.channel)
         self.presence_stub = ppb_grpc.PresenceServiceStub(self.channel)
+        self.push_stub = pspb_grpc.PushServiceStub(self.channel)
         self.socket_stub = spb_grpc.SocketServiceStub(self.channel)
         self.user: d.User | None = None
         self.device_id = 0
@@ -122,13 +127,19 @@ class Client:
         return await self._call(self.accounts.GetMe, apb.GetMeRequest())
 
     async def update_settings(
-        self, display_name: str | None = None, hide_last_seen: bool | None = None
+        self,
+        display_name: str | None = None,
+        hide_last_seen: bool | None = None,
+        notification_preview: d.NotificationPreview | None = None,
     ) -> None:
+        """Change settings; `notification_preview` is the privacy mode of push notifications."""
         req = apb.UpdateSettingsRequest()
         if display_name is not None:
             req.display_name = display_name
         if hide_last_seen is not None:
             req.hide_last_seen = hide_last_seen
+        if notification_preview is not None:
+            req.notification_preview = convert.preview(notification_preview)
         await self._call(self.accounts.UpdateSettings, req)
 
     # -- contacts ------------------------------------------------------------------------
@@ -222,6 +233,53 @@ class Client:
             if not rows or not more:
                 return
             after = rows[-1].seq
+
+    async def mute(self, thread_id: int, duration: timedelta | None = None) -> d.Thread:
+        """No push notifications of a thread, for `duration` or (None) until unmuted."""
+        req = tpb.MuteThreadRequest(thread_id=thread_id)
+        if duration is None:
+            req.forever = True
+        else:
+            req.duration.CopyFrom(Duration(seconds=int(duration.total_seconds())))
+        res = await self._call(self.threads_stub.MuteThread, req)
+        return convert.thread_of(res.thread)
+
+    async def unmute(self, thread_id: int) -> d.Thread:
+        res = await self._call(
+            self.threads_stub.UnmuteThread, tpb.UnmuteThreadRequest(thread_id=thread_id)
+        )
+        return convert.thread_of(res.thread)
+
+    # -- push notifications ----------------------------------------------------------------
+
+    async def push_config(self) -> pspb.GetPushConfigResponse:
+        """The server's VAPID public key (applicationServerKey), gateways and grace period."""
+        return await self._call(self.push_stub.GetPushConfig, pspb.GetPushConfigRequest())
+
+    async def set_web_push(self, endpoint: str, p256dh: str, auth: str) -> pspb.PushTarget:
+        """Register this device's Web Push subscription (a PushSubscription's toJSON())."""
+        sub = pspb.WebPushSubscription(endpoint=endpoint, p256dh=p256dh, auth=auth)
+        res = await self._call(
+            self.push_stub.SetPushTarget, pspb.SetPushTargetRequest(web_push=sub)
+        )
+        return res.target
+
+    async def set_push_gateway(
+        self, gateway_url: str, app_id: str, pushkey: str
+    ) -> pspb.PushTarget:
+        """Register this device's FCM/APNs token behind a push gateway."""
+        target = pspb.GatewayTarget(gateway_url=gateway_url, app_id=app_id, pushkey=pushkey)
+        res = await self._call(
+            self.push_stub.SetPushTarget, pspb.SetPushTargetRequest(gateway=target)
+        )
+        return res.target
+
+    async def push_target(self) -> pspb.PushTarget | None:
+        res = await self._call(self.push_stub.GetPushTarget, pspb.GetPushTargetRequest())
+        return res.target if res.HasField("target") else None
+
+    async def delete_push_target(self) -> None:
+        await self._call(self.push_stub.DeletePushTarget, pspb.DeletePushTargetRequest())
 
     # -- groups --------------------------------------------------------------------------
 

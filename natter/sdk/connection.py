@@ -78,6 +78,7 @@ Event = (
     | d.Presence
     | d.Typing
     | d.ReadCursor
+    | d.ThreadMute
     | SyncDone
     | Connected
     | Disconnected
@@ -128,6 +129,7 @@ class Connection:
         locate: bool = False,
         heartbeat_seconds: float | None = None,
         max_backoff: float = 5.0,
+        foreground: bool = False,
     ) -> None:
         if not client.token:
             raise Unauthenticated("log in before connecting", "NO_TOKEN")
@@ -139,6 +141,9 @@ class Connection:
         self.locate = locate
         self.heartbeat_seconds = heartbeat_seconds
         self.max_backoff = max_backoff
+        # The app is in front of the person: the server then sends this device no push
+        # notifications while its stream is live. Told in every Hello, changed by set_foreground.
+        self.foreground = foreground
         # Messages wait here until the application takes them; only then are they acked.
         self.events: asyncio.Queue[Event] = _Events(self._took)
         self.outbox: dict[str, _Pending] = {}
@@ -229,6 +234,12 @@ class Connection:
             self.outbox[key] = pending
             await self._transmit([pending])
         return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
+
+    async def set_foreground(self, foreground: bool) -> None:
+        """The app moved to the foreground (True) or the background (False)."""
+        self.foreground = foreground
+        if self._live:
+            await self._write(spb.ClientFrame(client_state=spb.ClientState(foreground=foreground)))
 
     async def read(self, thread_id: int, seq: int) -> None:
         await self._write(spb.ClientFrame(read=spb.Read(thread_id=thread_id, seq=seq)))
@@ -339,7 +350,10 @@ class Connection:
                 await call.write(
                     spb.ClientFrame(
                         hello=spb.Hello(
-                            cursors=cursors, skip_replay=self.skip_replay, accept_batches=True
+                            cursors=cursors,
+                            skip_replay=self.skip_replay,
+                            accept_batches=True,
+                            foreground=self.foreground,
                         )
                     )
                 )
@@ -424,6 +438,8 @@ class Connection:
             await self.events.put(convert.typing_of(frame.typing))
         elif which == "read_cursor":
             await self.events.put(convert.read_cursor_of(frame.read_cursor))
+        elif which == "thread_mute":
+            await self.events.put(convert.thread_mute_of(frame.thread_mute))
         elif which == "error":
             await self._on_error(frame.error)
 
