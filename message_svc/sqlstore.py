@@ -1066,13 +1066,25 @@ class SqlStore:
                 taken.update((r.id, r) for r in more)
             until = now + timedelta(seconds=lease_seconds)
             ids = sorted(taken)
+            won: set[int] = set()
             for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                # Still free: SQLite's driver reads outside the write transaction, so another
+                # process on the same file may have taken some since they were read.
                 conn.execute(
                     j.update()
-                    .where(j.c.id.in_(ids[start : start + 500]))
+                    .where(j.c.id.in_(chunk), free)
                     .values(lease_owner=owner, lease_until=until)
                 )
-            return [_push_job(taken[i], owner) for i in ids]
+                won.update(
+                    int(x)
+                    for x in conn.execute(
+                        sa.select(j.c.id).where(
+                            j.c.id.in_(chunk), j.c.lease_owner == owner, j.c.lease_until == until
+                        )
+                    ).scalars()
+                )
+            return [_push_job(taken[i], owner) for i in ids if i in won]
 
         return await self._retry(lambda: self._write(run))
 

@@ -486,7 +486,6 @@ async def test_the_vapid_key_is_kept_across_restarts(tmp_path: Path, ps: PushSer
     settings = push_settings(tmp_path / "d6", ps)
     keys = []
     for _ in range(2):
-        async with EmbeddedServer(settings) as server:
-            async with Client(server.grpc_address) as c:
-                keys.append((await c.push_config()).vapid_public_key)
+        async with EmbeddedServer(settings) as server, Client(server.grpc_address) as c:
+            keys.append((await c.push_config()).vapid_public_key)
     assert keys[0] == keys[1]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -17,14 +17,19 @@ import pytest
 import pytest_asyncio
 
 from devtools.dbservers import ENGINES, DbServer, missing, server_for
+from message_svc import schema
 from message_svc.sqlstore import SqlStore
 from message_svc.store import Appended, MemberChange, NewMessage, Refused, UserRow
 from natter.domain import (
+    MUTED_FOREVER,
     Cursor,
     DeviceAck,
     Message,
     MessageKind,
+    NotificationPreview,
     PresenceUser,
+    PushKind,
+    PushTarget,
     Role,
     SystemEvent,
     SystemKind,
@@ -1125,3 +1130,171 @@ async def test_advance_read_never_moves_backwards(store: SqlStore) -> None:
     assert member is not None
     assert (member.read_seq, member.delivered_seq) == (5, 6)  # delivered never goes back
     assert await store.advance_read(bob.id, 999_999, 1) is False
+
+
+# -- push notifications ----------------------------------------------------------------------
+
+
+def pushed_text(thread_id: int, who: Person, body: str = "hi") -> NewMessage:
+    return replace(text(thread_id, who, body), notify=True)
+
+
+async def test_a_commit_queues_one_push_job_per_thread_for_marked_messages_only(
+    store: SqlStore,
+) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    ab = await store.direct_thread(alice.id, bob.id)
+    ac = await store.direct_thread(alice.id, carol.id)
+    await append(store, [text(ab, alice, "not marked")])
+    assert await store.push_jobs() == []
+    batch = [
+        pushed_text(ab, alice),
+        text(ab, alice),
+        pushed_text(ab, alice),
+        pushed_text(ac, alice),
+    ]
+    await append(store, batch)
+    jobs = sorted(await store.push_jobs(), key=lambda j: j.thread_id)
+    assert [(j.thread_id, j.first_seq, j.last_seq) for j in jobs] == [(ab, 2, 4), (ac, 1, 1)]
+    assert all(j.device_id == 0 and j.attempts == 0 and not j.lease_owner for j in jobs)
+
+
+async def test_push_claims_are_exclusive_fenced_and_taken_over_after_the_lease(
+    backend: Backend,
+) -> None:
+    url = await backend.new_url()
+    one, two = SqlStore(url), SqlStore(url)
+    await one.open()
+    await two.open()
+    try:
+        alice = await person(one, "alice")
+        bob = await person(one, "bob")
+        threads = [
+            await one.direct_thread(alice.id, (await person(one, f"u{i}")).id) for i in range(6)
+        ]
+        for tid in threads:
+            await append(one, [pushed_text(tid, alice)])
+        assert await one.claim_push_jobs("w1", 3600, 60, 10) == [], "not due in the grace period"
+        a, b = await asyncio.gather(
+            one.claim_push_jobs("w1", 0, 60, 3), two.claim_push_jobs("w2", 0, 60, 3)
+        )
+        got_a, got_b = {j.job_id for j in a}, {j.job_id for j in b}
+        assert got_a and got_b and not got_a & got_b, "no job held by two workers"
+        rest = await one.claim_push_jobs("w1", 0, 60, 10)
+        assert len(got_a | got_b | {j.job_id for j in rest}) == 6
+        assert await one.claim_push_jobs("w1", 0, 60, 10) == [], "everything is leased"
+        # Fencing: only the holder renews or finishes.
+        assert not await two.renew_push_jobs(list(got_a), "w2", 60, 0)
+        assert await one.renew_push_jobs(list(got_a), "w1", 60, bob.id)
+        await two.finish_push_jobs(list(got_a), "w2")
+        assert len(await one.push_jobs()) == 6
+        # A lease that runs out (its worker died) is taken over, with the progress made.
+        assert await one.renew_push_jobs(list(got_a), "w1", -1, bob.id)
+        taken = await two.claim_push_jobs("w2", 0, 60, 10)
+        assert {j.job_id for j in taken} == got_a
+        assert all(j.done_user == bob.id and j.lease_owner == "w2" for j in taken)
+        await two.finish_push_jobs(list(got_a), "w2")
+        assert len(await one.push_jobs()) == 3
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_a_claim_takes_the_whole_burst_of_a_thread(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    tid = await store.direct_thread(alice.id, bob.id)
+    await append(store, [pushed_text(tid, alice)])
+    first = (await store.push_jobs())[0]
+    await asyncio.sleep(0.05)  # the second commit must be younger than the claim's horizon
+    await append(store, [pushed_text(tid, alice)])
+    age = (datetime.now(UTC) - first.create_time).total_seconds()
+    claimed = await store.claim_push_jobs("w", age / 2, 60, 10)
+    assert len(claimed) == 2, "the younger job of the same thread comes along"
+    assert {(j.first_seq, j.last_seq) for j in claimed} == {(1, 1), (2, 2)}
+
+
+async def test_push_retries_are_queued_for_their_time(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    tid = await store.direct_thread(alice.id, bob.id)
+    await append(store, [pushed_text(tid, alice)])
+    [job] = await store.claim_push_jobs("w", 0, 60, 10)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    await store.retry_pushes([(replace(job, device_id=bob.device_id, attempts=1), later)])
+    await store.finish_push_jobs([job.job_id], "w")
+    assert await store.claim_push_jobs("w", 0, 60, 10) == [], "not before its time"
+    await store.retry_pushes(
+        [(replace(job, device_id=bob.device_id, attempts=2), datetime.now(UTC))]
+    )
+    [retry] = await store.claim_push_jobs("w", 0, 60, 10)
+    assert (retry.device_id, retry.attempts) == (bob.device_id, 2)
+
+
+async def test_push_targets_replace_delete_by_endpoint_and_go_with_the_device(
+    store: SqlStore,
+) -> None:
+    bob = await person(store, "bob")
+    web = PushTarget(bob.device_id, bob.id, PushKind.WEB_PUSH, "https://p.test/a", "k", "s")
+    stored = await store.set_push_target(web)
+    assert_utc(stored.create_time)
+    assert await store.get_push_target(bob.device_id) == replace(
+        web, create_time=stored.create_time
+    )
+    gw = PushTarget(
+        bob.device_id, bob.id, PushKind.GATEWAY, "https://gw.test", app_id="a", pushkey="t"
+    )
+    await store.set_push_target(gw)
+    assert [t.kind for t in await store.push_targets([bob.id])] == [PushKind.GATEWAY]
+    assert not await store.delete_push_target(bob.device_id, endpoint="https://p.test/a")
+    assert await store.get_push_target(bob.device_id) is not None, "a newer target is kept"
+    await store.revoke_device(bob.device_id)
+    assert await store.get_push_target(bob.device_id) is None
+    with pytest.raises(NotFound):
+        await store.set_push_target(web)
+
+
+async def test_mutes_and_privacy_mode_reach_the_push_context(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    tid = await store.direct_thread(alice.id, bob.id)
+    await append(store, [pushed_text(tid, alice, "one"), pushed_text(tid, alice, "two")])
+    until = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    assert await store.set_mute(bob.id, tid, until)
+    assert not await store.set_mute(bob.id, tid + 99, until)
+    await store.update_user(bob.id, None, None, NotificationPreview.HIDDEN)
+    member = await store.get_member(tid, bob.id)
+    assert member is not None and member.muted_until == until
+    [summary] = await store.list_threads(bob.id, None, 10)
+    assert summary.member.muted_until == until
+    ctx = (await store.push_contexts([(tid, 1, 2)]))[tid]
+    assert [m.text for m in ctx.messages] == ["one", "two"] and ctx.kind is ThreadKind.DIRECT
+    by_user = {r.user_id: r for r in ctx.recipients}
+    assert by_user[bob.id].muted_until == until
+    assert by_user[bob.id].preview is NotificationPreview.HIDDEN
+    assert by_user[alice.id].preview is NotificationPreview.FULL
+    await store.set_mute(bob.id, tid, MUTED_FOREVER)
+    assert (await store.get_member(tid, bob.id)).muted_until == MUTED_FOREVER  # type: ignore[union-attr]
+    await store.set_mute(bob.id, tid, None)
+    assert (await store.get_member(tid, bob.id)).muted_until is None  # type: ignore[union-attr]
+
+
+async def test_a_server_secret_is_made_once_whoever_asks_first(backend: Backend) -> None:
+    url = await backend.new_url()
+    stores = [SqlStore(url) for _ in range(3)]
+    for s in stores:
+        await s.open()
+    try:
+        made = itertools.count()
+        values = await asyncio.gather(
+            *(s.server_secret("k", lambda: f"v{next(made)}") for s in stores)
+        )
+        assert len(set(values)) == 1
+        assert await stores[0].server_secret("k", lambda: "other") == values[0]
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_the_push_migration_is_idempotent(store: SqlStore) -> None:
+    assert store.engine is not None
+    async with store.engine.begin() as conn:
+        await schema._push(conn)  # a database that has it already: nothing changes
+    assert await store.push_jobs() == []
