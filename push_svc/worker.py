@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 # Jobs claimed at once; members handled between two lease renewals (the most a worker that
 # dies sends twice).
 CLAIM = 200
-CHUNK = 256
+CHUNK = 64
 # Backoff of a failing device: 1 s, 2 s, 4 s ... at most this, with jitter.
 MAX_BACKOFF = 300.0
 # A burst whose handling failed (the database away) is tried again after this long.
