@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -11,7 +12,11 @@ from pathlib import Path
 import pytest
 
 from app.embedded import EmbeddedServer
+from devtools.pushservice import PushService
+from natter import domain as d
+from natter.sdk import Client, Connection
 from tests import conftest
+from tests.helpers import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
@@ -139,3 +144,69 @@ async def test_browser(scenario: str, built_app: Path, tmp_path: Path) -> None:
             "mobile-chats.png",
             "mobile-offline.png",
         }
+
+
+@pytest.mark.timeout(200)
+async def test_browser_push(built_app: Path, tmp_path: Path) -> None:
+    """What natter really pushed, delivered to the app's service worker in Chromium (CDP).
+
+    The server encrypts to a subscription made here with a browser's keys; the loopback
+    push service decrypts it; the payloads go to `e2e/run.mjs push`, which delivers them with
+    ServiceWorker.deliverPushMessage and checks the notification and the tap.
+    """
+    browser = chromium()
+    node = _tool("node", "install Node.js")
+    async with PushService() as ps:
+        settings = conftest.test_settings(
+            tmp_path / "data",
+            web_dir=built_app,
+            push_grace_seconds=0.3,
+            push_poll_seconds=0.05,
+            push_allow_http=True,
+            web_push_hosts=("127.0.0.1",),
+        )
+        async with EmbeddedServer(settings) as server:
+            alice = Client(server.grpc_address)
+            bob = Client(server.grpc_address)
+            await alice.register("alice", conftest.PASSWORD, "Alice")
+            await bob.register("bob", conftest.PASSWORD, "Bob")
+            await alice.login("alice", conftest.PASSWORD)
+            await bob.login("bob", conftest.PASSWORD, "phone")
+            sub = ps.subscribe((await bob.push_config()).vapid_public_key)
+            await bob.set_web_push(sub.endpoint, sub.p256dh, sub.auth)
+            async with Connection(alice) as conn:
+                await conn.send("hello from the push test", recipient="bob")
+                await eventually(lambda: len(ps.of(sub)) == 1, timeout=15)
+                await bob.update_settings(notification_preview=d.NotificationPreview.HIDDEN)
+                await conn.send("not shown", recipient="bob")
+                await eventually(lambda: len(ps.of(sub)) == 2, timeout=15)
+            assert ps.problems == []
+            payloads = [r.payload for r in ps.of(sub)]
+            env = {
+                **os.environ,
+                "NATTER_URL": f"http://127.0.0.1:{server.http_port}",
+                "NATTER_SCREENSHOTS": str(tmp_path / "screenshots"),
+                "CHROMIUM": browser,
+                "NATTER_PUSH_PAYLOADS": json.dumps(payloads),
+                "NATTER_PUSH_USER": "bob",
+            }
+            proc = await asyncio.create_subprocess_exec(
+                node,
+                "e2e/run.mjs",
+                "push",
+                cwd=WEB,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), 170)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                pytest.fail("browser push scenario did not finish in 170 s")
+            for c in (alice, bob):
+                await c.close()
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert "ok push" in text
