@@ -489,3 +489,48 @@ async def test_the_vapid_key_is_kept_across_restarts(tmp_path: Path, ps: PushSer
         async with EmbeddedServer(settings) as server, Client(server.grpc_address) as c:
             keys.append((await c.push_config()).vapid_public_key)
     assert keys[0] == keys[1]
+
+
+async def test_the_web_app_reaches_push_through_the_connect_gateway(
+    server: EmbeddedServer, user: UserFactory, ps: PushService
+) -> None:
+    import aiohttp
+
+    bob = await user("bob")
+    base = f"http://127.0.0.1:{server.http_port}/natter.v1"
+    headers = {"Authorization": f"Bearer {bob.token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}.PushService/GetPushConfig", json={}) as r:
+            config = await r.json()
+        assert r.status == 200 and config["vapidPublicKey"]
+        sub = ps.subscribe(config["vapidPublicKey"])
+        body = {"webPush": {"endpoint": sub.endpoint, "p256dh": sub.p256dh, "auth": sub.auth}}
+        async with http.post(f"{base}.PushService/SetPushTarget", json=body, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["target"]["webPush"]["endpoint"] == sub.endpoint
+        mute = {"threadId": (await bob.direct_thread("bob")).thread_id, "duration": "3600s"}
+        async with http.post(f"{base}.ThreadService/MuteThread", json=mute, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            thread = (await r.json())["thread"]
+            assert thread["muted"] is True and "muteEndTime" in thread
+        prefs = {"notificationPreview": "NOTIFICATION_PREVIEW_SENDER_ONLY"}
+        async with http.post(
+            f"{base}.AccountService/UpdateSettings", json=prefs, headers=headers
+        ) as r:
+            assert r.status == 200, await r.text()
+    assert (await bob.me()).notification_preview == int(d.NotificationPreview.SENDER_ONLY.value)
+
+
+def test_the_tracker_knows_which_devices_are_in_front() -> None:
+    from presence_svc import Tracker
+
+    now = [0.0]
+    tracker = Tracker(3.0, clock=lambda: now[0])
+    tracker.report("s1", [(1, 10, True), (1, 11, True)], foreground={10})
+    assert tracker.active(10, 1) and not tracker.active(11, 1)
+    tracker.report("s1", [(1, 10, True)])  # back in the background
+    assert not tracker.active(10, 1)
+    tracker.report("s1", [(1, 10, True)], foreground={10})
+    now[0] = 3.5  # silent past the timeout: no longer a live stream
+    assert not tracker.active(10, 1)
+    assert not tracker.active(99, 1)
