@@ -170,12 +170,7 @@ class Worker:
             await self._release(unit.ids)
 
     async def _notify(self, unit: _Unit, ctx: PushContext) -> bool:
-        """Send the burst's pushes; False if the lease was lost on the way.
-
-        Every send starts at once (the semaphore bounds how many are in flight, first come
-        first served), and progress is recorded chunk by chunk, in member order, as each
-        chunk completes: a worker that dies repeats at most the chunks still in flight.
-        """
+        """Send the burst's pushes chunk by chunk; False if the lease was lost on the way."""
         now = datetime.now(UTC)
         only = 0
         retry_target: PushTarget | None = None
@@ -185,13 +180,24 @@ class Worker:
                 return True  # the device has no target any more
             only = retry_target.user_id
         pending = list(notifications(ctx, now, after_user=unit.done_user, only_user=only))
-        if not pending:
-            return True
-        targets = await self.store.push_targets([n.user_id for n in pending])
-        if retry_target is not None:
-            targets = [t for t in targets if t.device_id == unit.device_id]
+        for start in range(0, len(pending), CHUNK):
+            chunk = pending[start : start + CHUNK]
+            targets = await self.store.push_targets([n.user_id for n in chunk])
+            if retry_target is not None:
+                targets = [t for t in targets if t.device_id == unit.device_id]
+            await self._send_chunk(unit, chunk, targets)
+            if start + CHUNK < len(pending) and not await self.store.renew_push_jobs(
+                unit.ids, self.owner, self.settings.push_lease_seconds, chunk[-1].user_id
+            ):
+                logger.warning("lost the lease of a push burst of thread %s", unit.thread_id)
+                return False
+        return True
+
+    async def _send_chunk(
+        self, unit: _Unit, chunk: Sequence[Notification], targets: Sequence[PushTarget]
+    ) -> None:
         if not targets:
-            return True
+            return
         active = await self.liveness.active_devices([(t.user_id, t.device_id) for t in targets])
         by_user: dict[int, list[PushTarget]] = defaultdict(list)
         for t in targets:
@@ -199,27 +205,6 @@ class Worker:
                 self.stats.skipped_active += 1
             else:
                 by_user[t.user_id].append(t)
-        chunks = [pending[i : i + CHUNK] for i in range(0, len(pending), CHUNK)]
-        tasks = [asyncio.ensure_future(self._send_chunk(unit, c, by_user)) for c in chunks]
-        try:
-            for i, task in enumerate(tasks):
-                retries = await task
-                if retries:
-                    await self.store.retry_pushes(retries)
-                if i + 1 < len(tasks) and not await self.store.renew_push_jobs(
-                    unit.ids, self.owner, self.settings.push_lease_seconds, chunks[i][-1].user_id
-                ):
-                    logger.warning("lost the lease of a push burst of thread %s", unit.thread_id)
-                    return False
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return True
-
-    async def _send_chunk(
-        self, unit: _Unit, chunk: Sequence[Notification], by_user: dict[int, list[PushTarget]]
-    ) -> list[tuple[PushJob, datetime]]:
         calls: list[Awaitable[list[tuple[PushJob, datetime]]]] = []
         for n in chunk:
             mine = by_user.get(n.user_id, [])
@@ -230,7 +215,9 @@ class Worker:
                     gateways[t.endpoint].append(t)
             calls.extend(self._web(unit, n, t) for t in web)
             calls.extend(self._gateway(unit, n, url, ts) for url, ts in gateways.items())
-        return [x for part in await asyncio.gather(*calls) for x in part]
+        retries = [x for part in await asyncio.gather(*calls) for x in part]
+        if retries:
+            await self.store.retry_pushes(retries)
 
     async def _web(
         self, unit: _Unit, n: Notification, target: PushTarget
