@@ -321,7 +321,9 @@ class Connection internal constructor(
                 throw e
             } catch (e: Throwable) {
                 val err = NatterException.from(e)
-                if (err is UnauthenticatedException) {
+                // Logged out, a bad token, or this device's token opened a newer stream elsewhere
+                // (which the server keeps): trying again would only repeat it.
+                if (err is UnauthenticatedException || err.reason == "CONNECTED_ELSEWHERE") {
                     giveUp(err)
                     return
                 }
