@@ -134,7 +134,7 @@ class Connection internal constructor(
     private var acksOk = false // the current stream replayed or pushed something: it takes acks
     private var holding = false // a send was refused for now: nothing goes out until resume
     private var resume: Job? = null
-    private var ackJob: Job? = null
+    private val ackScheduled = java.util.concurrent.atomic.AtomicBoolean(false)
     private var runJob: Job? = null
     private var address = client.server
     private var lastFrameNanos = 0L
@@ -277,7 +277,7 @@ class Connection internal constructor(
             if (seq > (taken[threadId] ?: 0)) taken[threadId] = seq
             if (seq > (ackDirty[threadId] ?: 0)) ackDirty[threadId] = seq
         }
-        scope.launch { scheduleAcks() }
+        scheduleAcks()
     }
 
     /**
@@ -547,10 +547,12 @@ class Connection internal constructor(
         }
     }
 
+    /** One flush a few times a second, whatever the number of messages taken meanwhile. */
     private fun scheduleAcks() {
-        if (ackJob?.isActive == true) return
-        ackJob = scope.launch {
+        if (!ackScheduled.compareAndSet(false, true)) return
+        scope.launch {
             delay(50)
+            ackScheduled.set(false)
             flushAcks()
         }
     }
