@@ -593,7 +593,14 @@ export class Connection {
 
   private deliver(ev: Event): void {
     this.took(ev);
-    for (const l of this.listeners) l(ev);
+    for (const l of this.listeners) {
+      try {
+        l(ev);
+      } catch (e) {
+        // The app's bug must not take the connection down with it.
+        console.error("natter: an event listener failed:", e);
+      }
+    }
   }
 
   private took(ev: Event): void {
