@@ -1,6 +1,6 @@
 // Two people chatting through the TypeScript SDK under Node (native gRPC) against a real natter server.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { NatterError, type Event } from "../src/index.js";
+import { NatterError, type Event, type NatterClient } from "../src/index.js";
 import { nodeClient, nodeConnection } from "../src/node.js";
 import { ReceiptKind } from "../src/v1.js";
 import { NatterServer, PASSWORD, TcpProxy, eventually, nameOf, newUser, received, until } from "./support.js";
@@ -8,6 +8,12 @@ import { NatterServer, PASSWORD, TcpProxy, eventually, nameOf, newUser, received
 const server = new NatterServer();
 beforeAll(() => server.start());
 afterAll(() => server.stop());
+
+/** How far the server has stored `username`'s delivered cursor in a thread. */
+async function deliveredSeq(viewer: NatterClient, threadId: number, username: string): Promise<number> {
+  const members = (await viewer.thread(threadId)).members;
+  return Number(members.find((m) => m.user?.username === username)?.deliveredSeq ?? 0);
+}
 
 async function pair() {
   const alice = await newUser(server.address, "alice");
@@ -66,6 +72,8 @@ describe("the TypeScript SDK against a real server", () => {
     const replayed = events.flatMap((e) => (e.type === "message" ? [e.message.text] : []));
     expect(replayed).toEqual(Array.from({ length: n }, (_, i) => `m${i}`));
     await again.close();
+    // The server stores a device's acks when its stream ends; wait until it has.
+    await eventually(async () => (await deliveredSeq(alice, Number(warm.threadId), nameOf(bob))) === Number(warm.seq) + n);
 
     const third = nodeConnection(bob);
     await third.start(false);
@@ -85,6 +93,7 @@ describe("the TypeScript SDK against a real server", () => {
     await eventually(() => cb.queued >= 3, 15_000, "three more queued");
     expect(cb.cursors[Number(sends[0].threadId)]).toBe(Number(sends[1].seq));
     await cb.close();
+    await eventually(async () => (await deliveredSeq(alice, Number(sends[0].threadId), nameOf(bob))) === Number(sends[1].seq));
 
     const next = nodeConnection(bob);
     await next.start(false);

@@ -31,6 +31,10 @@ class ChatTest {
     @AfterAll
     fun down() = server.close()
 
+    /** How far the server has stored [username]'s delivered cursor in a thread. */
+    private suspend fun deliveredSeq(viewer: NatterClient, threadId: Long, username: String): Long =
+        viewer.thread(threadId).membersList.firstOrNull { it.user.username == username }?.deliveredSeq ?: 0
+
     private suspend fun pair(): Pair<NatterClient, NatterClient> {
         val alice = newUser(server.address, "alice")
         val bob = newUser(server.address, "bob")
@@ -109,8 +113,10 @@ class ChatTest {
         assertEquals((warm.seq + 1..warm.seq + n).toList(), replayed.map { it.seq })
         assertEquals(n.toLong(), (events.last() as Event.SyncDone).replayed)
 
-        // And a connection without saved cursors starts from the server's cursor for the device.
+        // And a connection without saved cursors starts from the server's cursor for the device
+        // (stored when the stream ends: wait until it is).
         again.close()
+        eventually(what = "bob's cursor stored") { deliveredSeq(alice, warm.threadId, bob.username) == warm.seq + n }
         val third = bob.connect()
         third.start(waitSynced = false)
         val none = third.until { it is Event.SyncDone }.filterIsInstance<Event.Received>()
@@ -133,6 +139,7 @@ class ChatTest {
         eventually(what = "three more queued") { cb.queuedEvents >= 3 }
         assertEquals(sends[1].seq, cb.cursors[sends[0].threadId])
         cb.close()
+        eventually(what = "bob's cursor stored") { deliveredSeq(alice, sends[0].threadId, bob.username) == sends[1].seq }
 
         val next = bob.connect()
         next.start(waitSynced = false)
