@@ -31,8 +31,8 @@ SOURCES = (
     "package.json",
     "package-lock.json",
     "tsconfig.json",
-    "buf.gen.yaml",
 )
+SDK = ROOT / "clients" / "ts"
 
 
 def _tool(name: str, hint: str) -> str:
@@ -90,7 +90,7 @@ def npm_ready() -> None:
 def built_app(npm_ready: None) -> Path:
     """web/dist, rebuilt when any source is newer than the last build."""
     index = DIST / "index.html"
-    sources = [WEB / s for s in SOURCES] + [ROOT / "proto"]
+    sources = [WEB / s for s in SOURCES] + [SDK / "src", SDK / "package.json"]
     if not index.exists() or _newest(sources) > index.stat().st_mtime:
         _run([_tool("npm", "install npm"), "run", "build"], "npm run build")
     assert index.exists()

@@ -1,7 +1,7 @@
 // Builds the app into dist/ and writes a service worker that precaches the app shell.
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { defineConfig, type Plugin } from "vite";
+import { defaultClientConditions, defineConfig, type Plugin } from "vite";
 
 const PUBLIC_SHELL = ["/manifest.webmanifest", "/icons/icon.svg", "/icons/icon-192.png", "/icons/icon-512.png"];
 
@@ -25,6 +25,13 @@ function serviceWorker(): Plugin {
 
 export default defineConfig({
   plugins: [serviceWorker()],
+  // The SDK (../clients/ts, linked by npm) from its TypeScript sources, with this app's one copy of
+  // its dependencies.
+  resolve: {
+    conditions: ["natter-source", ...defaultClientConditions],
+    preserveSymlinks: true,
+    dedupe: ["@bufbuild/protobuf", "@connectrpc/connect", "@connectrpc/connect-web"],
+  },
   oxc: { jsx: { runtime: "automatic", importSource: "preact" } },
   build: { outDir: "dist", emptyOutDir: true, sourcemap: false, target: "es2022" },
   server: { proxy: { "/natter.v1.": "http://127.0.0.1:7080", "/ws": { target: "ws://127.0.0.1:7080", ws: true } } },

@@ -2,5 +2,7 @@
 import { defineConfig } from "vitest/config";
 
 export default defineConfig({
+  resolve: { conditions: ["natter-source"], preserveSymlinks: true },
+  ssr: { resolve: { conditions: ["natter-source"], externalConditions: ["natter-source"] } },
   test: { include: ["test/**/*.test.ts"], environment: "node" },
 });

@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from natter.v1 import socket_internal_service_pb2 as natter_dot_v1_dot_socket__internal__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(natter/v1/channel_internal_service.proto\x12\tnatter.v1\x1a\'natter/v1/socket_internal_service.proto\"7\n\x10SubscribeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nthread_ids\x18\x02 \x03(\x03\"\x13\n\x11SubscribeResponse\"9\n\x12UnsubscribeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nthread_ids\x18\x02 \x03(\x03\"\x15\n\x13UnsubscribeResponse\"9\n\x0ePublishRequest\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.natter.v1.Delivery\" \n\x0fPublishResponse\x12\r\n\x05nodes\x18\x01 \x01(\x05\x32\xf0\x01\n\x16\x43hannelInternalService\x12\x46\n\tSubscribe\x12\x1b.natter.v1.SubscribeRequest\x1a\x1c.natter.v1.SubscribeResponse\x12L\n\x0bUnsubscribe\x12\x1d.natter.v1.UnsubscribeRequest\x1a\x1e.natter.v1.UnsubscribeResponse\x12@\n\x07Publish\x12\x19.natter.v1.PublishRequest\x1a\x1a.natter.v1.PublishResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(natter/v1/channel_internal_service.proto\x12\tnatter.v1\x1a\'natter/v1/socket_internal_service.proto\"7\n\x10SubscribeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nthread_ids\x18\x02 \x03(\x03\"\x13\n\x11SubscribeResponse\"9\n\x12UnsubscribeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nthread_ids\x18\x02 \x03(\x03\"\x15\n\x13UnsubscribeResponse\"9\n\x0ePublishRequest\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.natter.v1.Delivery\" \n\x0fPublishResponse\x12\r\n\x05nodes\x18\x01 \x01(\x05\x32\xf0\x01\n\x16\x43hannelInternalService\x12\x46\n\tSubscribe\x12\x1b.natter.v1.SubscribeRequest\x1a\x1c.natter.v1.SubscribeResponse\x12L\n\x0bUnsubscribe\x12\x1d.natter.v1.UnsubscribeRequest\x1a\x1e.natter.v1.UnsubscribeResponse\x12@\n\x07Publish\x12\x19.natter.v1.PublishRequest\x1a\x1a.natter.v1.PublishResponseB.\n\rdev.natter.v1B\x1b\x43hannelInternalServiceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'natter.v1.channel_internal_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.natter.v1B\033ChannelInternalServiceProtoP\001'
   _globals['_SUBSCRIBEREQUEST']._serialized_start=96
   _globals['_SUBSCRIBEREQUEST']._serialized_end=151
   _globals['_SUBSCRIBERESPONSE']._serialized_start=153

@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)natter/v1/presence_internal_service.proto\x12\tnatter.v1\"W\n\nDeviceBeat\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x12\n\nforeground\x18\x04 \x01(\x08\"P\n\x17ReportHeartbeatsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12$\n\x05\x62\x65\x61ts\x18\x02 \x03(\x0b\x32\x15.natter.v1.DeviceBeat\"\x1a\n\x18ReportHeartbeatsResponse\"/\n\tDeviceRef\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\"A\n\x18ListActiveDevicesRequest\x12%\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x14.natter.v1.DeviceRef\"/\n\x19ListActiveDevicesResponse\x12\x12\n\ndevice_ids\x18\x01 \x03(\x03\x32\xd6\x01\n\x17PresenceInternalService\x12[\n\x10ReportHeartbeats\x12\".natter.v1.ReportHeartbeatsRequest\x1a#.natter.v1.ReportHeartbeatsResponse\x12^\n\x11ListActiveDevices\x12#.natter.v1.ListActiveDevicesRequest\x1a$.natter.v1.ListActiveDevicesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)natter/v1/presence_internal_service.proto\x12\tnatter.v1\"W\n\nDeviceBeat\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x12\n\nforeground\x18\x04 \x01(\x08\"P\n\x17ReportHeartbeatsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12$\n\x05\x62\x65\x61ts\x18\x02 \x03(\x0b\x32\x15.natter.v1.DeviceBeat\"\x1a\n\x18ReportHeartbeatsResponse\"/\n\tDeviceRef\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\"A\n\x18ListActiveDevicesRequest\x12%\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x14.natter.v1.DeviceRef\"/\n\x19ListActiveDevicesResponse\x12\x12\n\ndevice_ids\x18\x01 \x03(\x03\x32\xd6\x01\n\x17PresenceInternalService\x12[\n\x10ReportHeartbeats\x12\".natter.v1.ReportHeartbeatsRequest\x1a#.natter.v1.ReportHeartbeatsResponse\x12^\n\x11ListActiveDevices\x12#.natter.v1.ListActiveDevicesRequest\x1a$.natter.v1.ListActiveDevicesResponseB/\n\rdev.natter.v1B\x1cPresenceInternalServiceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'natter.v1.presence_internal_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.natter.v1B\034PresenceInternalServiceProtoP\001'
   _globals['_DEVICEBEAT']._serialized_start=56
   _globals['_DEVICEBEAT']._serialized_end=143
   _globals['_REPORTHEARTBEATSREQUEST']._serialized_start=145

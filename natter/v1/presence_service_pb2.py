@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from natter.v1 import types_pb2 as natter_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n natter/v1/presence_service.proto\x12\tnatter.v1\x1a\x15natter/v1/types.proto\"\'\n\x12GetPresenceRequest\x12\x11\n\tusernames\x18\x01 \x03(\t\"=\n\x13GetPresenceResponse\x12&\n\tpresences\x18\x01 \x03(\x0b\x32\x13.natter.v1.Presence2_\n\x0fPresenceService\x12L\n\x0bGetPresence\x12\x1d.natter.v1.GetPresenceRequest\x1a\x1e.natter.v1.GetPresenceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n natter/v1/presence_service.proto\x12\tnatter.v1\x1a\x15natter/v1/types.proto\"\'\n\x12GetPresenceRequest\x12\x11\n\tusernames\x18\x01 \x03(\t\"=\n\x13GetPresenceResponse\x12&\n\tpresences\x18\x01 \x03(\x0b\x32\x13.natter.v1.Presence2_\n\x0fPresenceService\x12L\n\x0bGetPresence\x12\x1d.natter.v1.GetPresenceRequest\x1a\x1e.natter.v1.GetPresenceResponseB\'\n\rdev.natter.v1B\x14PresenceServiceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'natter.v1.presence_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.natter.v1B\024PresenceServiceProtoP\001'
   _globals['_GETPRESENCEREQUEST']._serialized_start=70
   _globals['_GETPRESENCEREQUEST']._serialized_end=109
   _globals['_GETPRESENCERESPONSE']._serialized_start=111

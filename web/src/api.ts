@@ -1,56 +1,36 @@
-// Typed unary clients over the server's Connect gateway (POST /natter.v1.X/Method).
-import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-web";
-import { AccountService } from "./gen/natter/v1/account_service_pb";
-import { ContactService } from "./gen/natter/v1/contact_service_pb";
-import { GroupService } from "./gen/natter/v1/group_service_pb";
-import { PresenceService } from "./gen/natter/v1/presence_service_pb";
-import { ThreadService } from "./gen/natter/v1/thread_service_pb";
+// Typed unary clients over the server's Connect gateway (POST /natter.v1.X/Method), from the SDK.
+import { NatterError, type NatterClient, type Services } from "@natter/client";
+import { ConnectError } from "@connectrpc/connect";
+import { webClient } from "@natter/client/web";
 
-export interface Api {
-  accounts: Client<typeof AccountService>;
-  contacts: Client<typeof ContactService>;
-  threads: Client<typeof ThreadService>;
-  groups: Client<typeof GroupService>;
-  presence: Client<typeof PresenceService>;
+/** The service clients (for every call), and the SDK client the connection uses. */
+export interface Api extends Services {
+  client: NatterClient;
 }
 
 export function makeApi(baseUrl: string, token: () => string): Api {
-  const auth: Interceptor = (next) => async (req) => {
-    const t = token();
-    if (t) req.header.set("Authorization", `Bearer ${t}`);
-    return next(req);
-  };
-  const transport = createConnectTransport({
-    baseUrl,
-    useBinaryFormat: true,
-    interceptors: [auth],
-    defaultTimeoutMs: 15000,
-  });
-  return {
-    accounts: createClient(AccountService, transport),
-    contacts: createClient(ContactService, transport),
-    threads: createClient(ThreadService, transport),
-    groups: createClient(GroupService, transport),
-    presence: createClient(PresenceService, transport),
-  };
+  const client = webClient(baseUrl, { token: token() });
+  // The token changes with logins: every call reads the current one.
+  Object.defineProperty(client, "token", { get: token, set: () => undefined });
+  return { ...client.services, client };
 }
 
 export function isUnauthenticated(e: unknown): boolean {
-  return e instanceof ConnectError && e.code === Code.Unauthenticated;
+  return NatterError.from(e).unauthenticated;
 }
 
 export function isUnimplemented(e: unknown): boolean {
-  return e instanceof ConnectError && e.code === Code.Unimplemented;
+  return NatterError.from(e).code === 12;
 }
 
 /** A sentence for people: the server's message without the "[code]" prefix. */
 export function problem(e: unknown): string {
-  if (e instanceof ConnectError) {
-    if (e.code === Code.Unavailable || e.code === Code.Unknown || e.code === Code.Canceled) {
+  if (e instanceof NatterError || e instanceof ConnectError) {
+    const err = NatterError.from(e);
+    if (err.code === 14 || err.code === 2) {
       return "The server cannot be reached right now. Try again when you are online.";
     }
-    return e.rawMessage || e.message;
+    return err.message;
   }
   if (e instanceof Error) return e.message;
   return String(e);

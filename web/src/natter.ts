@@ -1,16 +1,9 @@
-// The app's controller: one device's state, its WebSocket, the outbox, sync and every action.
-import { create } from "@bufbuild/protobuf";
+// The app's controller: one device's state, its connection (the @natter/client SDK), and every action.
+import { newClientMsgId, type Connection, type Event } from "@natter/client";
+import type { Message } from "@natter/client/v1";
+import { ReceiptKind } from "@natter/client/v1";
+import { webConnection } from "@natter/client/web";
 import { type Api, isUnauthenticated, isUnimplemented, makeApi, problem } from "./api";
-import { CursorSchema, ReceiptKind } from "./gen/natter/v1/types_pb";
-import {
-  AckSchema,
-  HeartbeatSchema,
-  HelloSchema,
-  ReadSchema,
-  SendSchema,
-  TypingRequestSchema,
-  type ServerFrame,
-} from "./gen/natter/v1/socket_service_pb";
 import {
   newDevice,
   type ContactInfo,
@@ -20,20 +13,8 @@ import {
   type Pending,
   type ThreadInfo,
 } from "./model";
-import { Socket, socketUrl, UNAUTHENTICATED_CLOSE } from "./socket";
 import { claimDevice, forgetDevice, hold, release, saveDevice } from "./store";
-import {
-  applyReceipt,
-  insertMsg,
-  Merger,
-  newClientMsgId,
-  refuse,
-  settle,
-  textProblem,
-  toResend,
-  unreadAfter,
-  type Gap,
-} from "./sync";
+import { applyReceipt, insertMsg, settle, textProblem, toResend, unreadAfter } from "./sync";
 import * as wire from "./wire";
 
 export type Conn = "offline" | "connecting" | "syncing" | "online";
@@ -47,7 +28,6 @@ export interface DeviceRow {
 }
 
 const PAGE = 50;
-const ALREADY_EXISTS_CLOSE = 4006;
 
 export class Natter {
   state: DeviceState | null = null;
@@ -60,24 +40,17 @@ export class Natter {
   readonly api: Api;
 
   private listeners = new Set<() => void>();
-  private socket: Socket | null = null;
-  private merger = new Merger();
-  private retry = 0;
-  private retryTimer: ReturnType<typeof setTimeout> | undefined;
-  private heartbeat: ReturnType<typeof setInterval> | undefined;
-  private lastFrame = 0;
-  private heartbeatMs = 5000;
+  private connection: Connection | null = null;
   private ackDirty: Record<number, number> = {};
   private saveTimer: ReturnType<typeof setTimeout> | undefined;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
   private typingSentAt = 0;
   private typingStop: ReturnType<typeof setTimeout> | undefined;
-  private filling = new Set<number>();
 
   constructor(private base: string) {
     this.api = makeApi(base, () => this.state?.token ?? "");
-    addEventListener("online", () => this.reconnectNow());
-    addEventListener("offline", () => this.dropSocket());
+    addEventListener("online", () => this.connection?.reconnect());
+    addEventListener("offline", () => this.connection?.interrupt());
     addEventListener("pagehide", () => this.saveNow());
     document.addEventListener("visibilitychange", () => {
       if (document.visibilityState === "visible" && this.openThread) this.markRead(this.openThread);
@@ -108,7 +81,7 @@ export class Natter {
     if (this.saveTimer !== undefined) clearTimeout(this.saveTimer);
     this.saveTimer = undefined;
     if (this.state) {
-      this.state.cursors = { ...this.merger.cursors };
+      if (this.connection) this.state.cursors = { ...this.connection.merger.cursors };
       saveDevice(this.state);
     }
     this.flushAcks();
@@ -127,7 +100,6 @@ export class Natter {
 
   private adopt(state: DeviceState): void {
     this.state = state;
-    this.merger = new Merger({ ...state.cursors });
     if (!state.expired) this.start();
   }
 
@@ -215,175 +187,95 @@ export class Natter {
   }
 
   private stop(): void {
-    clearTimeout(this.retryTimer);
-    this.retryTimer = undefined;
-    const s = this.socket;
-    this.socket = null;
-    s?.close(1000, "bye");
-    this.stopHeartbeat();
+    const c = this.connection;
+    this.connection = null;
+    if (c) void c.close();
     this.conn = "offline";
   }
 
+  /**
+   * One Connection per device (the SDK): it resends the outbox, resumes from the cursors of what
+   * is stored here, fills gaps, heartbeats and reconnects; messages are acked once saved.
+   */
   private connect(): void {
     const st = this.state;
-    if (!st || st.expired || this.socket) return;
-    if (typeof navigator !== "undefined" && navigator.onLine === false) return;
+    if (!st || st.expired || this.connection) return;
+    const c = webConnection(this.api.client, this.base, {
+      cursors: { ...st.cursors },
+      skipReplay: true,
+      autoAck: false,
+      outbox: toResend(st.outbox).map((p) => ({ clientMsgId: p.clientMsgId, text: p.text, threadId: p.threadId })),
+    });
+    this.connection = c;
+    c.subscribe((ev) => this.onEvent(c, ev));
     this.conn = "connecting";
-    const socket = new Socket(socketUrl(this.base), st.token, {
-      frame: (f) => this.onFrame(socket, f),
-      closed: (code, reason) => this.onClosed(socket, code, reason),
-    });
-    this.socket = socket;
-    void socket.ready().then((ok) => {
-      if (!ok || this.socket !== socket) return;
-      const cursors = Object.entries(this.merger.cursors).map(([t, seq]) =>
-        create(CursorSchema, { threadId: BigInt(t), seq: BigInt(seq) }),
-      );
-      socket.send({ case: "hello", value: create(HelloSchema, { cursors, skipReplay: true, acceptBatches: true }) });
-    });
+    void c.start(false);
     this.emit();
   }
 
-  private reconnectNow(): void {
-    clearTimeout(this.retryTimer);
-    this.retryTimer = undefined;
-    this.retry = 0;
-    if (!this.socket) this.connect();
-  }
-
-  private dropSocket(): void {
-    const s = this.socket;
-    if (s) s.close(1000, "offline"); // onClosed schedules the retry; "online" hurries it
-  }
-
-  private onClosed(socket: Socket, code: number, reason: string): void {
-    if (this.socket !== socket) return;
-    this.socket = null;
-    this.stopHeartbeat();
-    this.conn = "offline";
-    // Whoever was online may not be any more: show the last seen time until the next sync.
-    for (const p of Object.values(this.state?.presence ?? {})) p.online = false;
-    this.typing = {};
-    if (code === UNAUTHENTICATED_CLOSE) {
-      this.expire();
-      return;
-    }
-    if (code === ALREADY_EXISTS_CLOSE) {
-      this.notice = "This device was opened in another tab; reload to use it here.";
-      this.emit();
-      return;
-    }
-    if (code >= 1002 && code <= 1011 && code !== 1006) console.warn("natter: socket closed", code, reason);
-    const delay = Math.min(10_000, 250 * 2 ** this.retry) * (0.5 + Math.random() / 2);
-    this.retry = Math.min(this.retry + 1, 8);
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = undefined;
-      this.connect();
-    }, delay);
-    this.emit();
-  }
-
-  private startHeartbeat(seconds: number): void {
-    this.stopHeartbeat();
-    this.heartbeatMs = Math.max(1, seconds || 5) * 1000;
-    this.lastFrame = Date.now();
-    this.heartbeat = setInterval(() => {
-      const socket = this.socket;
-      if (!socket) return;
-      if (Date.now() - this.lastFrame > 3 * this.heartbeatMs + 5000) {
-        socket.close(4000, "no answer"); // a silent socket is a dead one
-        return;
-      }
-      socket.send({ case: "heartbeat", value: create(HeartbeatSchema) });
-    }, this.heartbeatMs);
-  }
-
-  private stopHeartbeat(): void {
-    clearInterval(this.heartbeat);
-    this.heartbeat = undefined;
-  }
-
-  private onFrame(socket: Socket, f: ServerFrame): void {
-    if (this.socket !== socket || !this.state) return;
-    this.lastFrame = Date.now();
+  private onEvent(c: Connection, ev: Event): void {
+    if (this.connection !== c || !this.state) return;
     const st = this.state;
-    const p = f.payload;
-    switch (p.case) {
-      case "batch":
-        for (const inner of p.value.frames) if (inner.payload.case !== "batch") this.onFrame(socket, inner);
-        return;
-      case "welcome":
+    switch (ev.type) {
+      case "connected":
         this.conn = "syncing";
-        this.retry = 0;
-        st.me = wire.person(p.value.user);
-        this.startHeartbeat(p.value.heartbeatIntervalSeconds);
-        for (const pending of toResend(st.outbox)) this.transmit(pending);
+        st.me = wire.person(ev.user);
         break;
       case "message":
-        void this.offer(wire.msg(p.value), true);
+        this.onMessage(ev.message, ev.source === "stream");
         return;
-      case "sendResult": {
-        const r = p.value;
-        const { outbox, done } = settle(st.outbox, r.clientMsgId);
-        st.outbox = outbox;
-        if (done) {
-          void this.offer({
-            threadId: Number(r.threadId),
-            seq: Number(r.seq),
-            msgId: r.msgId,
-            sender: st.me,
-            senderDevice: st.deviceId,
-            clientMsgId: r.clientMsgId,
-            system: null,
-            text: done.text,
-            time: wire.ms(r.createTime),
-            state: 1,
-          }, true);
-        }
-        break;
-      }
-      case "syncDone":
+      case "sync-done":
         this.conn = "online";
         void this.afterSync();
         break;
+      case "disconnected":
+        this.conn = "offline";
+        // Whoever was online may not be any more: show the last seen time until the next sync.
+        for (const p of Object.values(st.presence)) p.online = false;
+        this.typing = {};
+        if (ev.final && ev.error?.unauthenticated) {
+          this.expire();
+          return;
+        }
+        if (ev.final) {
+          this.notice = "This device was opened in another tab; reload to use it here.";
+          this.connection = null;
+        }
+        break;
       case "receipt": {
-        const r = p.value;
+        const r = ev.receipt;
         const t = Number(r.threadId);
-        st.members[t] = applyReceipt(
-          st.members[t] ?? [],
-          wire.person(r.user),
-          r.kind === ReceiptKind.READ,
-          Number(r.seq),
-        );
+        st.members[t] = applyReceipt(st.members[t] ?? [], wire.person(r.user), r.kind === ReceiptKind.READ, Number(r.seq));
         break;
       }
       case "presence": {
-        const [id, info] = wire.presence(p.value);
+        const [id, info] = wire.presence(ev.presence);
         st.presence[id] = info;
         break;
       }
       case "typing": {
-        const t = Number(p.value.threadId);
-        if (p.value.active) this.typing[t] = { name: wire.person(p.value.user).name, until: Date.now() + 6000 };
+        const t = Number(ev.typing.threadId);
+        if (ev.typing.active) this.typing[t] = { name: wire.person(ev.typing.user).name, until: Date.now() + 6000 };
         else delete this.typing[t];
         break;
       }
-      case "readCursor": {
-        const c = p.value.cursor;
-        if (!c) break;
-        const t = st.threads[Number(c.threadId)];
-        if (t && Number(c.seq) > t.readSeq) {
-          t.readSeq = Number(c.seq);
+      case "read-cursor": {
+        const t = st.threads[ev.threadId];
+        if (t && ev.seq > t.readSeq) {
+          t.readSeq = ev.seq;
           t.unread = t.readSeq >= t.lastSeq ? 0 : unreadAfter(st.messages[t.id] ?? [], t.readSeq, st.me.id);
         }
         break;
       }
-      case "error": {
-        const e = p.value;
-        if (e.clientMsgId) st.outbox = refuse(st.outbox, e.clientMsgId, e.code, e.message);
-        else if (e.reason !== "BAD_ACK") console.warn("natter: server refused a frame", e.reason, e.message);
+      case "send-failed":
+        // A refusal that retrying cannot fix: shown with the reason, to retry or delete.
+        st.outbox = st.outbox.map((p) =>
+          p.clientMsgId === ev.clientMsgId ? { ...p, failed: ev.error.message || "refused" } : p,
+        );
         break;
-      }
+      case "rejected":
+        if (ev.error.reason !== "BAD_ACK") console.warn("natter: server refused a frame", ev.error.reason, ev.error.message);
+        break;
       default:
         return;
     }
@@ -392,47 +284,28 @@ export class Natter {
 
   // -- receiving -----------------------------------------------------------------------------
 
-  /** Every message enters here: pushed, replayed, fetched; each surfaces once, in order. */
-  private async offer(m: Msg, live: boolean): Promise<void> {
-    const cursor = this.merger.cursors[m.threadId];
-    if (cursor !== undefined && m.seq <= cursor) {
-      this.remember(m); // history below the cursor: store it, nothing new to announce
-      this.emit();
-      return;
+  /** Every message the connection releases (pushed, replayed, fetched): each once, in order. */
+  private onMessage(raw: Message, live: boolean): void {
+    const st = this.s;
+    const m = wire.msg(raw);
+    if (m.sender.id === st.me.id && m.senderDevice === st.deviceId && m.clientMsgId) {
+      st.outbox = settle(st.outbox, m.clientMsgId).outbox; // stored: no longer pending
     }
-    const { released, gap } = this.merger.offer(m);
-    for (const r of released) this.surface(r, live);
+    this.surface(m, live);
     this.emit();
-    if (gap) await this.fill(gap);
   }
 
-  private async fill(gap: Gap): Promise<void> {
-    if (this.filling.has(gap.threadId)) return;
-    this.filling.add(gap.threadId);
-    try {
-      let next: Gap | null = gap;
-      for (let round = 0; next && round < 20; round++) {
-        const res = await this.call(() =>
-          this.api.threads.listMessages({
-            threadId: BigInt(next!.threadId),
-            afterSeq: BigInt(next!.afterSeq),
-            forward: true,
-            limit: Math.max(1, Math.min(1000, next!.beforeSeq - next!.afterSeq - 1)),
-          }),
-        );
-        for (const row of res.messages) {
-          const { released } = this.merger.offer(wire.msg(row));
-          for (const r of released) this.surface(r, false);
-        }
-        next = this.merger.pendingGap(gap.threadId);
-        if (res.messages.length === 0) break;
-      }
-    } catch {
-      /* the next connect replays from the cursor anyway */
-    } finally {
-      this.filling.delete(gap.threadId);
-      this.emit();
+  /** History rows: those at or below what arrived are only stored; the rest go through the merge. */
+  private async mergeHistory(rows: Message[]): Promise<void> {
+    const c = this.connection;
+    const fresh: Message[] = [];
+    for (const row of rows) {
+      const cursor = c?.merger.cursors[Number(row.threadId)];
+      if (c && (cursor === undefined || Number(row.seq) > cursor)) fresh.push(row);
+      else this.remember(wire.msg(row)); // nothing new to announce
     }
+    if (c && fresh.length) await c.merge(fresh);
+    this.emit();
   }
 
   private remember(m: Msg): void {
@@ -503,25 +376,28 @@ export class Natter {
     this.saveSoon();
   }
 
+  /** Hands what is now saved to the connection, which acks it (coalesced, once in sync). */
   private flushAcks(): void {
-    const dirty = this.ackDirty;
-    const cursors = Object.entries(dirty).map(([t, seq]) =>
-      create(CursorSchema, { threadId: BigInt(t), seq: BigInt(seq) }),
-    );
-    // A socket takes acks once it is in sync (before that the server does not know where this
-    // device's threads stand). One frame for every thread; not sent: kept for the next sync.
-    if (!cursors.length || this.conn !== "online") return;
-    if (this.socket?.send({ case: "ack", value: create(AckSchema, { cursors }) })) this.ackDirty = {};
+    const c = this.connection;
+    if (!c) return;
+    for (const [t, seq] of Object.entries(this.ackDirty)) c.ack(Number(t), seq);
+    this.ackDirty = {};
   }
 
   private async afterSync(): Promise<void> {
     await this.refreshThreads();
     const st = this.state;
     if (!st) return;
+    const c = this.connection;
+    if (!c) return;
     for (const t of Object.values(st.threads)) {
-      const cursor = this.merger.cursors[t.id];
+      const cursor = c.merger.cursors[t.id];
       if (cursor !== undefined && t.lastSeq > cursor) {
-        await this.fill({ threadId: t.id, afterSeq: cursor, beforeSeq: t.lastSeq + 1 });
+        try {
+          await c.catchUp(t.id, t.lastSeq);
+        } catch {
+          /* the next connect replays from the cursor anyway */
+        }
       } else if (cursor === undefined && t.unread > 0) {
         await this.loadLatest(t.id);
       }
@@ -616,7 +492,7 @@ export class Natter {
       );
       const st = this.s;
       if (st.olderMore[threadId] === undefined || !(st.messages[threadId]?.length)) st.olderMore[threadId] = res.more;
-      for (const row of res.messages) await this.offer(wire.msg(row), false);
+      await this.mergeHistory(res.messages);
       if (this.openThread === threadId) this.markRead(threadId);
       this.emit();
     } catch {
@@ -670,12 +546,9 @@ export class Natter {
       t.unread = 0;
       this.emit();
     }
-    if (last <= t.readSeq) return;
-    const sent = this.socket?.send({
-      case: "read",
-      value: create(ReadSchema, { threadId: BigInt(threadId), seq: BigInt(last) }),
-    });
-    if (sent) t.readSeq = last; // otherwise read again after the next sync
+    if (last <= t.readSeq || !this.connection) return;
+    this.connection.read(threadId, last); // sent now, or after the next sync
+    t.readSeq = last;
     this.emit();
   }
 
@@ -693,14 +566,8 @@ export class Natter {
   }
 
   private transmit(p: Pending): void {
-    this.socket?.send({
-      case: "send",
-      value: create(SendSchema, {
-        clientMsgId: p.clientMsgId,
-        text: p.text,
-        target: { case: "threadId", value: BigInt(p.threadId) },
-      }),
-    });
+    // Settled by the message event (stored) or the send-failed event (refused for good).
+    void this.connection?.send(p.text, { threadId: p.threadId, clientMsgId: p.clientMsgId }).catch(() => undefined);
   }
 
   retrySend(clientMsgId: string): void {
@@ -720,7 +587,7 @@ export class Natter {
     const now = Date.now();
     if (now - this.typingSentAt > 3000) {
       this.typingSentAt = now;
-      this.socket?.send({ case: "typing", value: create(TypingRequestSchema, { threadId: BigInt(threadId), active: true }) });
+      this.connection?.typing(threadId, true);
     }
     clearTimeout(this.typingStop);
     this.typingStop = setTimeout(() => this.stopTyping(threadId), 4000);
@@ -730,7 +597,7 @@ export class Natter {
     clearTimeout(this.typingStop);
     if (this.typingSentAt === 0) return;
     this.typingSentAt = 0;
-    this.socket?.send({ case: "typing", value: create(TypingRequestSchema, { threadId: BigInt(threadId), active: false }) });
+    this.connection?.typing(threadId, false);
   }
 
   private expireTyping(): void {

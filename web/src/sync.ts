@@ -1,66 +1,11 @@
-// Client-side delivery logic, free of I/O: ordering per thread, gaps, the outbox, ticks.
+// Client-side logic of the app, free of I/O: the outbox as shown, ticks, unread counts (ordering is the SDK's).
+import { Merger as SdkMerger, newClientMsgId } from "@natter/client";
 import type { MemberInfo, Msg, Pending, ThreadInfo, Tick } from "./model";
 
-/** Messages (afterSeq, beforeSeq) of a thread are missing and must be fetched. */
-export interface Gap {
-  threadId: number;
-  afterSeq: number;
-  beforeSeq: number;
-}
+export type { Gap } from "@natter/client";
 
-/**
- * Feed it every message from pushes, replays and history: it releases each exactly once,
- * in seq order per thread, and reports the gaps to fill (the port of natter/sdk/merge.py).
- */
-export class Merger {
-  readonly cursors: Record<number, number>;
-  private held = new Map<number, Map<number, Msg>>();
-
-  constructor(cursors: Record<number, number> = {}) {
-    this.cursors = cursors;
-  }
-
-  offer(m: Msg): { released: Msg[]; gap: Gap | null } {
-    let last = this.cursors[m.threadId];
-    if (last === undefined) {
-      // First sight of a thread this device has no cursor for: the server chose the start.
-      last = m.seq - 1;
-      this.cursors[m.threadId] = last;
-    }
-    if (m.seq <= last) return { released: [], gap: null };
-    if (m.seq > last + 1) {
-      let held = this.held.get(m.threadId);
-      if (!held) this.held.set(m.threadId, (held = new Map()));
-      held.set(m.seq, m);
-      return { released: [], gap: { threadId: m.threadId, afterSeq: last, beforeSeq: m.seq } };
-    }
-    return { released: this.release(m), gap: null };
-  }
-
-  private release(m: Msg): Msg[] {
-    const out = [m];
-    this.cursors[m.threadId] = m.seq;
-    const held = this.held.get(m.threadId);
-    if (held) {
-      for (;;) {
-        const next = held.get(this.cursors[m.threadId] + 1);
-        if (!next) break;
-        held.delete(next.seq);
-        out.push(next);
-        this.cursors[m.threadId] = next.seq;
-      }
-      for (const seq of [...held.keys()]) if (seq <= this.cursors[m.threadId]) held.delete(seq);
-      if (held.size === 0) this.held.delete(m.threadId);
-    }
-    return out;
-  }
-
-  pendingGap(threadId: number): Gap | null {
-    const held = this.held.get(threadId);
-    if (!held || held.size === 0) return null;
-    return { threadId, afterSeq: this.cursors[threadId] ?? 0, beforeSeq: Math.min(...held.keys()) };
-  }
-}
+/** The SDK's merger over the app's messages: each `(thread, seq)` once, in order, gaps reported. */
+export class Merger extends SdkMerger<Msg> {}
 
 /** Insert into a seq-ordered list, replacing a message with the same seq. */
 export function insertMsg(list: Msg[], m: Msg): Msg[] {
@@ -94,11 +39,7 @@ export function textProblem(text: string, maxBytes = MAX_TEXT_BYTES): string {
   return "";
 }
 
-export function newClientMsgId(): string {
-  const c = globalThis.crypto;
-  if (c && "randomUUID" in c) return c.randomUUID();
-  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
-}
+export { newClientMsgId };
 
 /** The sends to put on the wire after (re)connecting: everything not refused, oldest first. */
 export function toResend(outbox: Pending[]): Pending[] {

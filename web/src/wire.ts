@@ -1,7 +1,7 @@
 // The one place generated protobuf types meet the app's plain data.
 import { timestampMs, type Timestamp } from "@bufbuild/protobuf/wkt";
-import type { Member, Message, Presence, Thread, User } from "./gen/natter/v1/types_pb";
-import { MemberRole, MessageKind, ThreadKind } from "./gen/natter/v1/types_pb";
+import type { Member, Message, Presence, Thread, User } from "@natter/client/v1";
+import { MemberRole, MessageKind, ThreadKind } from "@natter/client/v1";
 import type { MemberInfo, Msg, Person, PresenceInfo, ThreadInfo } from "./model";
 
 export function ms(ts: Timestamp | undefined): number {

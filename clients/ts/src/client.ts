@@ -1,0 +1,197 @@
+// The unary side: typed calls over the public services through any Connect transport.
+import { createClient, type Client, type Transport } from "@connectrpc/connect";
+import { NatterError } from "./errors.js";
+import { AccountService } from "./gen/natter/v1/account_service_pb.js";
+import { ContactService, type Contact } from "./gen/natter/v1/contact_service_pb.js";
+import { GroupService } from "./gen/natter/v1/group_service_pb.js";
+import { PresenceService } from "./gen/natter/v1/presence_service_pb.js";
+import { SocketService } from "./gen/natter/v1/socket_service_pb.js";
+import { ThreadService } from "./gen/natter/v1/thread_service_pb.js";
+import { MemberRole, type Message, type Presence, type Thread, type User } from "./gen/natter/v1/types_pb.js";
+
+/** The service clients, for calls the typed helpers do not cover (they throw ConnectError). */
+export interface Services {
+  accounts: Client<typeof AccountService>;
+  contacts: Client<typeof ContactService>;
+  threads: Client<typeof ThreadService>;
+  groups: Client<typeof GroupService>;
+  presence: Client<typeof PresenceService>;
+  socket: Client<typeof SocketService>;
+}
+
+export interface HistoryPage {
+  messages: Message[];
+  more: boolean;
+}
+
+/** Adds `Authorization: Bearer <token>` to every request a transport makes. */
+export function withToken(transport: Transport, token: () => string): Transport {
+  const auth = (header: HeadersInit | undefined): Headers => {
+    const h = new Headers(header);
+    const t = token();
+    if (t) h.set("Authorization", `Bearer ${t}`);
+    return h;
+  };
+  return {
+    unary: (method, signal, timeoutMs, header, input, contextValues) =>
+      transport.unary(method, signal, timeoutMs, auth(header), input, contextValues),
+    stream: (method, signal, timeoutMs, header, input, contextValues) =>
+      transport.stream(method, signal, timeoutMs, auth(header), input, contextValues),
+  };
+}
+
+/**
+ * One natter server: typed calls, authenticated as the device of [token] once logged in. The
+ * transport decides how calls travel: `@natter/client/web` (the Connect gateway of the HTTP
+ * listener, for browsers) or `@natter/client/node` (native gRPC over HTTP/2 to the gRPC port).
+ * Data comes back as the generated `natter.v1` messages.
+ */
+export class NatterClient {
+  token: string;
+  user: User | undefined;
+  deviceId = 0;
+  readonly services: Services;
+
+  constructor(
+    readonly transport: Transport,
+    options: { token?: string } = {},
+  ) {
+    this.token = options.token ?? "";
+    const t = withToken(transport, () => this.token);
+    this.services = {
+      accounts: createClient(AccountService, t),
+      contacts: createClient(ContactService, t),
+      threads: createClient(ThreadService, t),
+      groups: createClient(GroupService, t),
+      presence: createClient(PresenceService, t),
+      socket: createClient(SocketService, t),
+    };
+  }
+
+  private async call<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      throw NatterError.from(e);
+    }
+  }
+
+  // -- accounts ------------------------------------------------------------------------------
+
+  async register(username: string, password: string, displayName = "", phone = ""): Promise<User | undefined> {
+    return (await this.call(() => this.services.accounts.register({ username, password, displayName, phone }))).user;
+  }
+
+  /** Logs in as a new device; its token then authenticates every call (save it to stay logged in). */
+  async login(username: string, password: string, deviceName = "typescript"): Promise<{ user: User | undefined; deviceId: number; token: string }> {
+    const res = await this.call(() => this.services.accounts.login({ username, password, deviceName }));
+    this.token = res.token;
+    this.user = res.user;
+    this.deviceId = Number(res.deviceId);
+    return { user: res.user, deviceId: this.deviceId, token: res.token };
+  }
+
+  async logout(): Promise<void> {
+    await this.call(() => this.services.accounts.logout({}));
+  }
+
+  // -- contacts ------------------------------------------------------------------------------
+
+  async addContact(username: string, alias = ""): Promise<Contact | undefined> {
+    return (await this.call(() => this.services.contacts.addContact({ username, alias }))).contact;
+  }
+
+  async removeContact(username: string): Promise<void> {
+    await this.call(() => this.services.contacts.removeContact({ username }));
+  }
+
+  /** Every contact, all pages. */
+  async contacts(): Promise<Contact[]> {
+    const out: Contact[] = [];
+    let pageToken = "";
+    do {
+      const res = await this.call(() => this.services.contacts.listContacts({ pageSize: 1000, pageToken }));
+      out.push(...res.contacts);
+      pageToken = res.nextPageToken;
+    } while (pageToken);
+    return out;
+  }
+
+  // -- threads -------------------------------------------------------------------------------
+
+  /** Threads, latest first: all of them, or the first `limit`. */
+  async threads(limit = 0): Promise<Thread[]> {
+    const out: Thread[] = [];
+    let pageToken = "";
+    do {
+      const pageSize = limit ? Math.min(limit, 500) : 500;
+      const res = await this.call(() => this.services.threads.listThreads({ pageSize, pageToken }));
+      out.push(...res.threads);
+      pageToken = res.nextPageToken;
+    } while (pageToken && (!limit || out.length < limit));
+    return limit ? out.slice(0, limit) : out;
+  }
+
+  async thread(threadId: number) {
+    return this.call(() => this.services.threads.getThread({ threadId: BigInt(threadId) }));
+  }
+
+  async directThread(username: string): Promise<Thread | undefined> {
+    return (await this.call(() => this.services.threads.getDirectThread({ username }))).thread;
+  }
+
+  /** A page of a thread, oldest first: the newest by default, older with beforeSeq, newer with afterSeq + forward. */
+  async history(
+    threadId: number,
+    page: { beforeSeq?: number; afterSeq?: number; limit?: number; forward?: boolean } = {},
+  ): Promise<HistoryPage> {
+    const res = await this.call(() =>
+      this.services.threads.listMessages({
+        threadId: BigInt(threadId),
+        beforeSeq: BigInt(page.beforeSeq ?? 0),
+        afterSeq: BigInt(page.afterSeq ?? 0),
+        limit: page.limit ?? 50,
+        forward: page.forward ?? false,
+      }),
+    );
+    return { messages: res.messages, more: res.more };
+  }
+
+  // -- groups --------------------------------------------------------------------------------
+
+  async createGroup(title: string, members: string[]): Promise<Thread | undefined> {
+    return (await this.call(() => this.services.groups.createGroup({ title, members }))).thread;
+  }
+
+  async renameGroup(threadId: number, title: string): Promise<Message | undefined> {
+    return (await this.call(() => this.services.groups.renameGroup({ threadId: BigInt(threadId), title }))).message;
+  }
+
+  async addMembers(threadId: number, members: string[]): Promise<Message | undefined> {
+    return (await this.call(() => this.services.groups.addMembers({ threadId: BigInt(threadId), members }))).message;
+  }
+
+  async removeMembers(threadId: number, members: string[]): Promise<Message | undefined> {
+    return (await this.call(() => this.services.groups.removeMembers({ threadId: BigInt(threadId), members }))).message;
+  }
+
+  async setRole(threadId: number, members: string[], admin: boolean): Promise<Message | undefined> {
+    const role = admin ? MemberRole.ADMIN : MemberRole.MEMBER;
+    return (await this.call(() => this.services.groups.setMemberRole({ threadId: BigInt(threadId), members, role }))).message;
+  }
+
+  async leaveGroup(threadId: number): Promise<void> {
+    await this.call(() => this.services.groups.leaveGroup({ threadId: BigInt(threadId) }));
+  }
+
+  // -- presence and routing ------------------------------------------------------------------
+
+  async presence(usernames: string[]): Promise<Presence[]> {
+    return (await this.call(() => this.services.presence.getPresence({ usernames }))).presences;
+  }
+
+  /** host:port of the socket server that holds this user's streams (cluster mode). */
+  async locate(username: string): Promise<string> {
+    return (await this.call(() => this.services.socket.locate({ username }))).address;
+  }
+}

@@ -1,0 +1,16 @@
+// @natter/client: natter's TypeScript SDK, transport-agnostic (see ./web and ./node for transports).
+export { NatterClient, withToken, type HistoryPage, type Services } from "./client.js";
+export {
+  Connection,
+  newClientMsgId,
+  type ConnectionOptions,
+  type ConnectionState,
+  type Event,
+  type PendingSend,
+} from "./connection.js";
+export { Code, codeName, NatterError } from "./errors.js";
+export { grpcStream } from "./grpc.js";
+export { Merger, type Gap, type Ordered } from "./merge.js";
+export type { DeviceStream, StreamEnd, StreamHandlers, StreamTransport } from "./stream.js";
+export { endOfClose, PROTOCOL, socketUrl, TOKEN_PREFIX, webSocketStream, type WebSocketLike } from "./websocket.js";
+export * as v1 from "./v1.js";
