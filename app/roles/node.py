@@ -124,7 +124,7 @@ class ClusterNode:
         await self.internal.start()
         self.started()
         public = s.advertise_addr or f"{_host(s.grpc_addr)}:{self.public_port}"
-        internal = f"{_host(s.internal_addr)}:{self.internal_port}"
+        internal = s.advertise_internal_addr or f"{_host(s.internal_addr)}:{self.internal_port}"
         await self.registry.register(Node(self.node_id, self.role, public, internal))
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         logger.info(

@@ -1,0 +1,135 @@
+"""Network faults between separate hosts, with the whole history checked (Jepsen-style).
+
+One cluster (tests/hosts.py: etcd, PostgreSQL, two message nodes, a channel node, a presence
+node and three socket servers, each on its own host; the clients on another) serves the
+module; each test starts a fresh workload of users on one or two devices in 1:1 pairs and a
+group (devtools/workload.py, run by the agent in the clients' host), breaks the network while
+it sends, heals it, lets every device catch up, reads the store back and hands the recorded
+history to the checker (devtools/history.py): every acknowledged message on every device of
+every member once and in per-thread order, no send stored twice.
+
+Each test sends `--fault-messages` messages (1,000 by default; the long mode is
+`--fault-messages 5000`, docs/reliability.md). The fault is injected after a third of them
+were acknowledged and healed once what it is meant to cause was seen (a lease expired,
+clients moved, sends were refused for now) and more were sent through it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from tests.helpers import eventually
+from tests.hosts import HostCluster, require_hosts
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
+
+TTL = 2
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[HostCluster]:
+    require_hosts()
+    async with HostCluster(tmp_path_factory.mktemp("hosts"), sockets=3, ttl=TTL) as c:
+        yield c
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def healthy(cluster: HostCluster) -> AsyncIterator[HostCluster]:
+    """The cluster whole again: no rule, every link up, every node running and registered."""
+    cluster.heal()
+    for n in cluster.nodes:
+        if not n.running:
+            n.spawn()
+    await cluster.wait_ready()
+    yield cluster
+    cluster.heal()
+
+
+@pytest.fixture
+def messages(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("fault_messages"))
+
+
+@dataclass
+class Run:
+    """One workload against the cluster: start it, watch it, finish it, judge it."""
+
+    cluster: HostCluster
+    total: int
+    rate: float
+    started: float = 0.0
+    setup: dict[str, Any] | None = None
+
+    async def begin(self, pairs: int = 4, group: int = 5, second_devices: int = 3) -> None:
+        self.setup = await self.cluster.call(
+            "setup",
+            front=self.cluster.front_door,
+            pairs=pairs,
+            group=group,
+            second_devices=second_devices,
+        )
+        self.started = time.monotonic()
+        await self.cluster.call("start", total=self.total, rate=self.rate, inflight=4)
+
+    async def stats(self) -> dict[str, Any]:
+        return dict(await self.cluster.call("stats"))
+
+    async def acked(self) -> int:
+        return int((await self.stats())["acked"])
+
+    async def until_acked(self, n: int, timeout: float = 120.0) -> None:
+        async def enough() -> bool:
+            return await self.acked() >= n
+
+        await eventually(enough, timeout, 0.2, f"{n} messages acknowledged")
+
+    async def finish(self, timeout: float = 180.0) -> str:
+        """Every message sent and answered, every device caught up, the store read: verdict."""
+        c = self.cluster
+
+        async def spent() -> bool:
+            s = await self.stats()
+            return bool(s["sends"] >= self.total)
+
+        await eventually(spent, timeout, 0.5, f"{self.total} messages sent")
+        left = await c.call("stop", wait=timeout, timeout=timeout - 30)
+        stats = await self.stats()
+        assert left == 0, f"{left} sends never answered: {stats}"
+        missing = await c.call("settle", wait=timeout, timeout=timeout - 30)
+        await c.call("audit", wait=timeout)
+        verdict = await c.verdict()
+        report = verdict.report()
+        assert verdict.ok, f"{report}\nstill missing at the end: {missing[:5]}"
+        assert verdict.stats["acked"] >= self.total * 0.95, report
+        return report
+
+
+async def run(
+    cluster: HostCluster,
+    total: int,
+    fault: Callable[[Run], Awaitable[None]],
+    *,
+    rate: float = 80.0,
+) -> Run:
+    r = Run(cluster, total, rate)
+    await r.begin()
+    await r.until_acked(total // 3)
+    await fault(r)
+    print(await r.finish())
+    return r
+
+
+# -- the faults ----------------------------------------------------------------------------
+
+
+async def test_no_fault_baseline(healthy: HostCluster, messages: int) -> None:
+    async def nothing(r: Run) -> None:
+        await r.until_acked(messages // 2)
+
+    await run(healthy, messages, nothing)
