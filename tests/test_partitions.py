@@ -133,3 +133,51 @@ async def test_no_fault_baseline(healthy: HostCluster, messages: int) -> None:
         await r.until_acked(messages // 2)
 
     await run(healthy, messages, nothing)
+
+
+async def on_node(r: Run) -> dict[str, list[str]]:
+    """Socket node -> the devices connected to it now."""
+    out: dict[str, list[str]] = {}
+    for dev, node in (await r.stats())["nodes"].items():
+        out.setdefault(node, []).append(dev)
+    return out
+
+
+async def busiest_socket(r: Run) -> str:
+    where = await on_node(r)
+    return max((n for n in where if n.startswith("socket-")), key=lambda n: len(where[n]))
+
+
+async def test_socket_server_cut_from_etcd_loses_its_lease_and_its_clients_move(
+    healthy: HostCluster, messages: int
+) -> None:
+    c = healthy
+
+    async def fault(r: Run) -> None:
+        victim = await busiest_socket(r)
+        moved = len((await on_node(r))[victim])
+        await c.note(f"{victim} cut from etcd ({moved} devices on it)")
+        c.partition([victim], ["etcd"])
+
+        async def dropped() -> bool:
+            return victim not in (await c.members())["socket"]
+
+        await eventually(dropped, 6 * TTL, 0.2, f"{victim}'s lease expired")
+
+        async def moved_away() -> bool:
+            return victim not in await on_node(r)
+
+        # Its devices must move to the servers that own their users now, while it still
+        # runs and still reaches them, message_svc and the database.
+        await eventually(moved_away, 10 * TTL, 0.2, f"devices left {victim}")
+        await c.note(f"every device left {victim}")
+        await r.until_acked(await r.acked() + messages // 6)
+        c.heal()
+        await c.note("healed")
+
+        async def back() -> bool:
+            return victim in (await c.members())["socket"]
+
+        await eventually(back, 10 * TTL, 0.2, f"{victim} registered again")
+
+    await run(c, messages, fault)
