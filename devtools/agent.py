@@ -16,8 +16,9 @@ standard input and output: one JSON request a line, one JSON answer a line, matc
 Requests: `probe` (addresses → serving?), `watch` (etcd endpoints: keep an observer registry),
 `members` (role → registered node ids), `owner` (user ids → owning socket node), `http`
 (method, url, body → status and JSON body), `setup`, `start`, `stats`, `restart`, `typing`,
-`note`, `stop`, `settle`, `audit`, `close`. The history goes to `history.jsonl` in the log
-folder, the agent's own log to `agent.log`.
+`note`, `stop`, `settle`, `audit`, `finish` (the workload's connections closed), `debug`,
+`close`. Each workload's history goes to `history-N.jsonl` in the log folder (its path is in
+the answer to `setup`), the agent's own log to `agent.log`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class _Server:
         self.workload: Workload | None = None
         self.observer: Any = None  # registry.EtcdRegistry, imported when asked for
         self.done = asyncio.Event()
+        self.runs = 0
         self.ops: dict[str, Callable[..., Awaitable[Any]]] = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")
         }
@@ -106,10 +108,14 @@ class _Server:
     async def op_setup(
         self, front: str, pairs: int, group: int, second_devices: int, tag: str = "", **kw: Any
     ) -> dict[str, Any]:
-        self.workload = Workload(front, self.log_dir / "history.jsonl", tag=tag, **kw)
+        await self.op_finish()
+        self.runs += 1
+        history = self.log_dir / f"history-{self.runs}.jsonl"
+        self.workload = Workload(front, history, tag=tag, **kw)
         await self.workload.setup(pairs=pairs, group=group, second_devices=second_devices)
         w = self.workload
         return {
+            "history": str(history),
             "devices": [dv.dev for dv in w.devices],
             "users": {dv.dev: dv.user_id for dv in w.devices},
             "group": w.group_id,
@@ -124,6 +130,26 @@ class _Server:
 
     async def op_restart(self, count: int) -> list[str]:
         return await self._w().restart(count)
+
+    async def op_debug(self) -> dict[str, Any]:
+        """Each device's connection as the SDK sees it (for a failure's account)."""
+        out: dict[str, Any] = {}
+        for dv in self._w().devices:
+            c = dv.conn
+            if c is None:
+                continue
+            task = c._task
+            out[dv.dev] = {
+                "live": c._live,
+                "holding": c._holding,
+                "outbox": len(c.outbox),
+                "in_flight": len(c.in_flight),
+                "address": c._address,
+                "loop": "running" if task and not task.done() else repr(task),
+                "queued": c.events.qsize(),
+                "stack": [str(f) for f in (task.get_stack(limit=8) if task else [])],
+            }
+        return out
 
     async def op_typing(self) -> bool:
         await self._w().typing()
@@ -144,9 +170,15 @@ class _Server:
     async def op_audit(self) -> int:
         return await self._w().audit()
 
+    async def op_finish(self) -> bool:
+        """Close the workload's connections; its history is complete."""
+        w, self.workload = self.workload, None
+        if w is not None:
+            await w.close()
+        return True
+
     async def op_close(self) -> bool:
-        if self.workload is not None:
-            await self.workload.close()
+        await self.op_finish()
         if self.observer is not None:
             await self.observer.close(revoke=False)
         self.done.set()
@@ -207,10 +239,6 @@ class Agent:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._reader = asyncio.create_task(self._read())
-
-    @property
-    def history(self) -> Path:
-        return self.log_dir / "history.jsonl"
 
     @classmethod
     async def start(cls, host: Host, log_dir: Path) -> Agent:

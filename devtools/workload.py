@@ -49,6 +49,7 @@ class Tally:
     def __init__(self, path: Path) -> None:
         self.log = JsonlRecorder(path)
         self.acked: dict[str, tuple[int, int]] = {}  # key -> (thread, seq)
+        self.acked_by: dict[str, int] = defaultdict(int)  # device -> its sends acknowledged
         self.shown: dict[str, set[tuple[int, int]]] = defaultdict(set)
         self.node: dict[str, str] = {}
         self.connects: dict[str, int] = defaultdict(int)
@@ -71,6 +72,7 @@ class Tally:
             key = str(fields["key"])
             at = (int(fields["thread"]), int(fields["seq"]))  # type: ignore[call-overload]
             self.acked[key] = at
+            self.acked_by[dev] += 1
             started = self.sent_at.get(key)
             if started is not None:
                 self.ack_latency.append((now, now - started))
@@ -132,6 +134,7 @@ class Stats:
     missing: int
     nodes: dict[str, str] = field(default_factory=dict)
     connects: int = 0
+    acked_by: dict[str, int] = field(default_factory=dict)
 
 
 class Workload:
@@ -248,8 +251,11 @@ class Workload:
     async def _send_loop(self, dv: Device, interval: float, inflight: int) -> None:
         gate = asyncio.Semaphore(inflight)
         await asyncio.sleep(random.uniform(0, interval))  # spread the senders' phases
-        while not self._stopping.is_set() and self.budget.take():
+        while not self._stopping.is_set():
             await gate.acquire()
+            if self._stopping.is_set() or not self.budget.take():
+                gate.release()
+                return
             dv.sent += 1
             task = asyncio.create_task(self._one(dv, dv.sent, gate))
             self._inflight.add(task)
@@ -344,6 +350,7 @@ class Workload:
             missing=len(self.missing()),
             nodes=dict(t.node),
             connects=sum(t.connects.values()),
+            acked_by=dict(t.acked_by),
         )
 
     async def audit(self) -> int:

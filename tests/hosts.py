@@ -321,6 +321,6 @@ class HostCluster:
 
     # -- the workload and its verdict ------------------------------------------------------
 
-    async def verdict(self) -> Verdict:
-        assert self.agent is not None
-        return await asyncio.to_thread(lambda: check(read(self.agent.history)))  # type: ignore[union-attr]
+    async def verdict(self, history: str) -> Verdict:
+        """The checker's verdict on a finished workload's history."""
+        return await asyncio.to_thread(lambda: check(read(Path(history))))

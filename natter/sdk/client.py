@@ -34,6 +34,10 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2_000),
+    # A target with several addresses (a name with several records, `ipv4:a,b`): calls go
+    # round them, so one replica that accepts connections but answers nothing (cut off from
+    # its database) holds up only the calls sent to it, not every call of the client.
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 
 

@@ -130,6 +130,7 @@ class Connection:
         heartbeat_seconds: float | None = None,
         max_backoff: float = 5.0,
         recorder: Recorder | None = None,
+        handshake_seconds: float = 15.0,
     ) -> None:
         if not client.token:
             raise Unauthenticated("log in before connecting", "NO_TOKEN")
@@ -141,6 +142,10 @@ class Connection:
         self.locate = locate
         self.heartbeat_seconds = heartbeat_seconds
         self.max_backoff = max_backoff
+        # A stream not welcomed (or redirected) within this long is given up and tried again:
+        # a server that accepts it but cannot answer (its database unreachable) must not hold
+        # the device for ever.
+        self.handshake_seconds = handshake_seconds
         # Messages wait here until the application takes them; only then are they acked.
         self.events: asyncio.Queue[Event] = _Events(self._took)
         self.outbox: dict[str, _Pending] = {}
@@ -352,6 +357,7 @@ class Connection:
                     )
                 )
             heart: asyncio.Task[None] | None = None
+            waiting = asyncio.get_running_loop().call_later(self.handshake_seconds, call.cancel)
             try:
                 async for outer in call:
                     frames = (
@@ -362,6 +368,7 @@ class Connection:
                     for frame in frames:
                         which = frame.WhichOneof("payload")
                         if which == "welcome":
+                            waiting.cancel()
                             w = frame.welcome
                             self.user = convert.user_of(w.user)
                             self.device_id = w.device_id
@@ -383,6 +390,7 @@ class Connection:
                         else:
                             await self._on_frame(frame)
             finally:
+                waiting.cancel()
                 if heart is not None:
                     heart.cancel()
         finally:
