@@ -16,6 +16,7 @@ clients moved, sends were refused for now) and more were sent through it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -220,3 +221,91 @@ async def test_message_node_cut_from_the_database_mid_burst(
         await c.note("healed")
 
     await run(c, messages, fault, rate=120)
+
+
+async def test_socket_server_cut_from_message_svc(healthy: HostCluster, messages: int) -> None:
+    c = healthy
+
+    async def fault(r: Run) -> None:
+        victim = await busiest_socket(r)
+        before = await r.stats()
+        await c.note(f"{victim} cut from message-1 and message-2")
+        c.partition([victim], ["message-1", "message-2"])
+        # Its devices' sends cannot reach message_svc: refused for now, held in outboxes.
+        await until(r, lambda s: s["retries"] > before["retries"], "a send refused for now")
+        await r.until_acked((await r.acked()) + messages // 6, timeout=60)
+        c.heal()
+        await c.note("healed")
+
+    await run(c, messages, fault)
+
+
+async def test_a_flapping_link(healthy: HostCluster, messages: int) -> None:
+    """A socket server's cable out for 2 s and in for 2 s, five times (its lease may lapse)."""
+    c = healthy
+
+    async def fault(r: Run) -> None:
+        victim = c.net[await busiest_socket(r)]
+        await c.note(f"{victim.name}'s link flapping")
+        for _ in range(5):
+            c.net.link(victim, up=False)
+            await asyncio.sleep(2.0)  # the fault's own rhythm, not a wait for anything
+            c.net.link(victim, up=True)
+            await asyncio.sleep(2.0)
+        await c.note("link steady")
+
+    await run(c, messages, fault)
+
+
+async def test_etcd_cut_from_everything_then_healed(healthy: HostCluster, messages: int) -> None:
+    c = healthy
+
+    async def fault(r: Run) -> None:
+        before = await r.stats()
+        await c.note("etcd cut from every host")
+        c.net.isolate(c.etcd_host)
+        # Every lease lapses; socket servers hand their devices back once, and the front
+        # door, whose ring is as stale as theirs, sends them back: service goes on.
+        await until(
+            r,
+            lambda s: s["connects"] >= before["connects"] + len(s["nodes"]),
+            "devices reconnected after the leases lapsed",
+            timeout=10 * TTL,
+        )
+        await r.until_acked((await r.acked()) + messages // 6, timeout=60)
+        c.heal()
+        await c.note("healed")
+        await c.wait_ready()
+
+    await run(c, messages, fault)
+
+
+async def test_socket_servers_split_into_two_groups_then_healed(
+    healthy: HostCluster, messages: int
+) -> None:
+    """socket-2 and socket-3 on one side with nobody; socket-1 with etcd, the database and
+    every other node on the other. Clients reach both sides."""
+    c = healthy
+    side_b = ["socket-2", "socket-3"]
+    side_a = [h for h in c.net.hosts if h not in (*side_b, "clients", "proxy")]
+
+    async def fault(r: Run) -> None:
+        await c.note("split: socket-2, socket-3 | everything else")
+        c.partition(side_b, side_a)
+
+        async def one_left() -> bool:
+            return (await c.members())["socket"] == ["socket-1"]
+
+        await eventually(one_left, 6 * TTL, 0.2, "socket-2 and socket-3 expired")
+
+        async def all_on_socket_1() -> bool:
+            return set(await on_node(r)) == {"socket-1"}
+
+        await eventually(all_on_socket_1, 10 * TTL, 0.2, "every device moved to socket-1")
+        await c.note("every device on socket-1")
+        await r.until_acked((await r.acked()) + messages // 6, timeout=60)
+        c.heal()
+        await c.note("healed")
+        await c.wait_ready()
+
+    await run(c, messages, fault)
