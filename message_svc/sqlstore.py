@@ -70,7 +70,7 @@ _PG_DOWN = frozenset({"57P01", "57P02", "57P03"})
 # A database server is probed this often with a fresh connection; one that does not answer
 # within PROBE_TIMEOUT is unreachable until a probe succeeds, and calls fail at once.
 PROBE_INTERVAL = 1.0
-PROBE_TIMEOUT = 2.0
+PROBE_TIMEOUT = 3.0
 # A transaction left open by a process cut off from the server is rolled back by the server
 # after this long, so its row locks do not hold up the other replicas (milliseconds).
 IDLE_IN_TRANSACTION_MS = 5_000
@@ -322,34 +322,66 @@ class SqlStore:
         return self._unreachable_since is None
 
     async def _probe_forever(self) -> None:
-        """A fresh connection and `SELECT 1` every PROBE_INTERVAL, bounded by PROBE_TIMEOUT.
+        """`SELECT 1` every PROBE_INTERVAL on a connection of its own, bounded by PROBE_TIMEOUT.
 
-        A fresh one each time: pooled connections may all be stuck in calls that the server
-        never answers (a network partition), and a probe must not wait behind them.
+        Its own: pooled connections may all be stuck in calls that the server never answers
+        (a network partition), and a probe must not wait behind them. Kept open between
+        probes, so a slow link costs one round trip per probe, not a whole login. A probe
+        not answered in time marks the database unreachable at once and is left to end in
+        the background (a cancelled call may itself wait on the silent server); the next
+        probe connects afresh.
         """
-        probe = create_async_engine(self.url, poolclass=pool.NullPool)
+        probe = create_async_engine(
+            self.url, pool_size=2, max_overflow=2, connect_args=_server_limits(self.url)
+        )
+        conn: AsyncConnection | None = None
+        abandoned: set[asyncio.Task[object]] = set()
+
+        async def once(c: AsyncConnection | None) -> AsyncConnection:
+            if c is None:
+                c = await probe.connect()
+            await c.execute(sa.text("SELECT 1"))
+            await c.rollback()
+            return c
+
         try:
             while True:
-                try:
-                    async with asyncio.timeout(PROBE_TIMEOUT), probe.connect() as conn:
-                        await conn.execute(sa.text("SELECT 1"))
-                except (TimeoutError, OSError, exc.DBAPIError) as e:
+                task = asyncio.create_task(once(conn))
+                done, _ = await asyncio.wait({task}, timeout=PROBE_TIMEOUT * (1 if conn else 2))
+                error: BaseException | None = None
+                if not done:
+                    error = TimeoutError(f"no answer within {PROBE_TIMEOUT:g} s")
+                    task.cancel()
+                    abandoned.add(task)
+                    task.add_done_callback(abandoned.discard)
+                    conn = None
+                elif (failed := task.exception()) is not None:
+                    error, conn = failed, None
+                else:
+                    conn = task.result()
+                if error is not None:
                     if self._unreachable_since is None:
                         self._unreachable_since = time.monotonic()
                         logger.warning(
-                            "database unreachable (%s); calls fail until it answers",
-                            repr(e),
+                            "database unreachable (%r); calls fail until it answers", error
                         )
-                else:
-                    if self._unreachable_since is not None:
-                        logger.info(
-                            "database answers again after %.1f s",
-                            time.monotonic() - self._unreachable_since,
-                        )
-                        self._unreachable_since = None
+                elif self._unreachable_since is not None:
+                    logger.info(
+                        "database answers again after %.1f s",
+                        time.monotonic() - self._unreachable_since,
+                    )
+                    self._unreachable_since = None
                 await asyncio.sleep(PROBE_INTERVAL)
         finally:
-            await probe.dispose()
+            for t in abandoned:
+                t.cancel()
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(PROBE_TIMEOUT):
+                        await conn.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(PROBE_TIMEOUT):
+                    await probe.dispose()
 
     def _check_reachable(self) -> None:
         since = self._unreachable_since

@@ -20,6 +20,8 @@ import asyncio
 import os
 import signal
 import subprocess
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,3 +326,102 @@ class HostCluster:
     async def verdict(self, history: str) -> Verdict:
         """The checker's verdict on a finished workload's history."""
         return await asyncio.to_thread(lambda: check(read(Path(history))))
+
+
+# -- a recorded workload through the cluster -------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One workload against the cluster: start it, watch it, finish it, judge it."""
+
+    cluster: HostCluster
+    total: int
+    rate: float
+    started: float = 0.0
+    setup: dict[str, Any] | None = None
+    final: dict[str, Any] | None = None  # the workload's stats once every send was answered
+
+    async def begin(self, pairs: int = 4, group: int = 5, second_devices: int = 3) -> None:
+        self.setup = await self.cluster.call(
+            "setup",
+            front=self.cluster.front_door,
+            pairs=pairs,
+            group=group,
+            second_devices=second_devices,
+        )
+        self.started = time.monotonic()
+        await self.cluster.call("start", total=self.total, rate=self.rate, inflight=4)
+
+    async def stats(self) -> dict[str, Any]:
+        return dict(await self.cluster.call("stats"))
+
+    async def acked(self) -> int:
+        return int((await self.stats())["acked"])
+
+    async def until_acked(self, n: int, timeout: float = 120.0) -> None:
+        async def enough() -> bool:
+            return await self.acked() >= n
+
+        await eventually(enough, timeout, 0.2, f"{n} messages acknowledged")
+
+    async def finish(self, timeout: float = 180.0) -> str:
+        """Every message sent and answered, every device caught up, the store read: verdict."""
+        c = self.cluster
+
+        async def spent() -> bool:
+            s = await self.stats()
+            return bool(s["sends"] >= self.total)
+
+        await eventually(spent, timeout, 0.5, f"{self.total} messages sent")
+        left = await c.call("stop", wait=timeout, timeout=timeout - 30)
+        stats = self.final = await self.stats()
+        assert left == 0, f"{left} sends never answered: {stats}"
+        missing = await c.call("settle", wait=timeout, timeout=timeout - 30)
+        await c.call("audit", wait=timeout)
+        await c.call("finish", wait=timeout)
+        assert self.setup is not None
+        verdict = await c.verdict(self.setup["history"])
+        report = verdict.report()
+        assert verdict.ok, f"{report}\nstill missing at the end: {missing[:5]}"
+        assert verdict.stats["acked"] >= self.total * 0.95, report
+        return report
+
+
+async def run(
+    cluster: HostCluster,
+    total: int,
+    fault: Callable[[Run], Awaitable[None]],
+    *,
+    rate: float = 80.0,
+) -> Run:
+    r = Run(cluster, total, rate)
+    await r.begin()
+    await r.until_acked(total // 3)
+    await fault(r)
+    print(await r.finish())
+    return r
+
+
+async def until(
+    r: Run, cond: Callable[[dict[str, Any]], bool], what: str, timeout: float = 60.0
+) -> None:
+    """Wait until the workload's stats satisfy `cond`."""
+
+    async def check() -> bool:
+        return cond(await r.stats())
+
+    await eventually(check, timeout, 0.2, what)
+
+
+async def on_node(r: Run) -> dict[str, list[str]]:
+    """Socket node -> the devices connected to it now."""
+    out: dict[str, list[str]] = {}
+    for dev, node in (await r.stats())["nodes"].items():
+        out.setdefault(node, []).append(dev)
+    return out
+
+
+async def busiest_socket(r: Run) -> str:
+    where = await on_node(r)
+    return max((n for n in where if n.startswith("socket-")), key=lambda n: len(where[n]))
