@@ -102,8 +102,9 @@ class Result:
 class Embedded:
     """`natter serve` on free loopback ports over a temporary data folder."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
         self.folder = folder
+        self.env = env
         self.address = f"127.0.0.1:{free_port()}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -118,7 +119,7 @@ class Embedded:
         with (self.folder / "server.log").open("ab") as log:
             return subprocess.Popen(
                 argv,
-                env={**os.environ, **SERVER_ENV},
+                env={**os.environ, **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -147,8 +148,9 @@ class Embedded:
 class LocalCluster:
     """`scripts/cluster up` in a folder of its own: etcd, PostgreSQL and every natter role."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
         self.folder = folder
+        self.env = env
         self.procs: list[local_cluster.Proc] = []
 
     async def start(self) -> None:
@@ -157,7 +159,7 @@ class LocalCluster:
             for b in range(24000, 31000, 1200)
             if all(port_free(p) for p in local_cluster._ports(b, 3))
         )
-        env = {**SERVER_ENV, "NATTER_LEASE_TTL_SECONDS": "3"}
+        env = {**self.env, "NATTER_LEASE_TTL_SECONDS": "3"}
         # In a child of its own: the processes it starts outlive it (detached), as with
         # `scripts/cluster up`, and this process holds no handle on them.
         script = (
@@ -201,7 +203,10 @@ async def bad_input(front: str, user: str, stop: asyncio.Event) -> int:
             kind = made % 5
             with contextlib.suppress(NatterError, grpc.aio.AioRpcError):
                 if kind == 0:
-                    await client.login(user, "wrong password!!", "x")
+                    # Wrong passwords: for the real user (throttled after a few) and for
+                    # names that do not exist (hashed against a dummy, every time).
+                    who = user if made % 10 == 0 else f"nobody-{random.randrange(10**9)}"
+                    await client.login(who, "wrong password!!", "x")
                 elif kind == 1:
                     await intruder.threads()
                 elif kind == 2:
@@ -243,11 +248,15 @@ async def soak(
     second_devices: int = 4,
     with_bad_input: bool = False,
     warmup: float = 0.25,
+    production_hashing: bool = False,
 ) -> Result:
     os.makedirs(out, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f"natter-soak-{mode}-"))
+    env = dict(SERVER_ENV)
+    if production_hashing:  # Argon2id at its default cost (19 MiB a hash), as deployed
+        env = {k: v for k, v in env.items() if not k.startswith("NATTER_ARGON2")}
     server: Embedded | LocalCluster = (
-        Embedded(folder) if mode == "embedded" else LocalCluster(folder)
+        Embedded(folder, env) if mode == "embedded" else LocalCluster(folder, env)
     )
     result = Result(mode, minutes)
     history = out / "history.jsonl"
@@ -402,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=0.25, help="share of the run that is warm-up")
     p.add_argument("--max-growth", type=float, default=0.10)
     p.add_argument("--bad-input", action="store_true", help="add requests refused on purpose")
+    p.add_argument("--production-hashing", action="store_true", help="Argon2id at its default cost")
     a = p.parse_args(argv)
     result = asyncio.run(
         soak(
@@ -412,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             sample=a.sample,
             warmup=a.warmup,
             with_bad_input=a.bad_input,
+            production_hashing=a.production_hashing,
         )
     )
     print(summary(result, a.max_growth))
