@@ -27,6 +27,9 @@ class Silent(spb_grpc.SocketServiceServicer):
         self.streams += 1
         await asyncio.Event().wait()
 
+    async def Locate(self, request: Any, context: Any) -> Any:  # type: ignore[override]
+        raise NotImplementedError
+
 
 async def test_a_stream_never_welcomed_is_given_up_and_tried_again() -> None:
     server = grpc.aio.server()
