@@ -27,7 +27,7 @@ class Silent(spb_grpc.SocketServiceServicer):
         self.streams += 1
         await asyncio.Event().wait()
 
-    async def Locate(self, request: Any, context: Any) -> Any:  # type: ignore[override]
+    async def Locate(self, request: Any, context: Any) -> Any:
         raise NotImplementedError
 
 
