@@ -40,13 +40,13 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import PASSWORD, REPO, percentile
+from bench.common import REPO, percentile
 from devtools import cluster as local_cluster
 from devtools.history import check, read
 from devtools.ports import free_port, port_free
 from devtools.serving import natter_command, serving
 from devtools.waiting import eventually
-from devtools.workload import Workload
+from devtools.workload import PASSWORD, Workload
 from natter.errors import NatterError
 from natter.sdk import Client
 from natter.v1 import socket_service_pb2 as spb
