@@ -27,7 +27,8 @@ from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from devtools.ports import HOST, free_port
+from devtools.netns import Host
+from devtools.ports import free_port
 from devtools.processes import ServerProcess, ServerUnavailable
 
 __all__ = [
@@ -131,10 +132,11 @@ class DbServer(ServerProcess):
         port: int = 0,
         log_path: Path | None = None,
         max_connections: int = 200,
+        host: Host | None = None,
     ) -> None:
         require(self.engine)
         self._locate_binaries()
-        super().__init__(root, log_path=log_path)
+        super().__init__(root, log_path=log_path, host=host)
         self.data_dir = self.root / "data"
         self.port = port
         self.max_connections = max_connections
@@ -190,6 +192,13 @@ class DbServer(ServerProcess):
         if name is None:
             self._databases += 1
             name = f"natter_{self._databases}_{secrets.token_hex(3)}"
+        if self.host is not None:
+            await self.host.call(lambda: self._create(name, exist_ok))
+        else:
+            await self._create(name, exist_ok)
+        return self.url(name)
+
+    async def _create(self, name: str, exist_ok: bool) -> None:
         engine = create_async_engine(
             self._admin_url(), poolclass=NullPool, isolation_level="AUTOCOMMIT"
         )
@@ -200,7 +209,6 @@ class DbServer(ServerProcess):
                     await conn.execute(sa.text(self._create_sql(name)))
         finally:
             await engine.dispose()
-        return self.url(name)
 
 
 class PostgresServer(DbServer):
@@ -245,6 +253,11 @@ class PostgresServer(DbServer):
             raise
         finally:
             pwfile.unlink(missing_ok=True)
+        if self.host is not None:
+            # Clients on the other test hosts log in over the test network too.
+            subnet = self.host.addr.rsplit(".", 1)[0]
+            with (self.data_dir / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {subnet}.0/24 scram-sha-256\n")
 
     def _argv(self) -> list[str]:
         return [
@@ -254,7 +267,7 @@ class PostgresServer(DbServer):
             "-p",
             str(self.port),
             "-c",
-            f"listen_addresses={HOST}",
+            f"listen_addresses={self.bind}",
             "-c",
             "unix_socket_directories=",
             "-c",
@@ -268,7 +281,7 @@ class PostgresServer(DbServer):
             "postgresql+asyncpg",
             username=self.user,
             password=self.password,
-            host=HOST,
+            host=self.bind,
             port=self.port,
             database=database or "postgres",
         ).render_as_string(hide_password=False)
@@ -309,7 +322,7 @@ class MariaDbServer(DbServer):
             "--no-defaults",  # ignore /etc/mysql: this server is entirely ours
             f"--datadir={self.data_dir}",
             f"--port={self.port}",
-            f"--bind-address={HOST}",
+            f"--bind-address={self.bind}",
             f"--socket={self.root / 'mariadbd.sock'}",
             f"--pid-file={self.root / 'mariadbd.pid'}",
             f"--log-error={self.log_path}",
@@ -324,7 +337,7 @@ class MariaDbServer(DbServer):
             "mysql+asyncmy",
             username="root" if root else self.user,
             password="" if root else self.password,
-            host=HOST,
+            host=self.bind,
             port=self.port,
             database=database or None,
             query={"charset": "utf8mb4"},
@@ -343,8 +356,8 @@ class MariaDbServer(DbServer):
         try:
             async with engine.connect() as conn:
                 for sql in (
-                    f"CREATE USER '{self.user}'@'{HOST}' IDENTIFIED BY '{self.password}'",
-                    f"GRANT ALL PRIVILEGES ON *.* TO '{self.user}'@'{HOST}'",
+                    f"CREATE USER '{self.user}'@'{self.bind}' IDENTIFIED BY '{self.password}'",
+                    f"GRANT ALL PRIVILEGES ON *.* TO '{self.user}'@'{self.bind}'",
                 ):
                     await conn.execute(sa.text(sql))
         finally:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import aiohttp
 
-from devtools.ports import HOST, free_port
+from devtools.netns import Host
+from devtools.ports import free_port
 from devtools.processes import ServerProcess, ServerUnavailable
 
 ETCD_CANDIDATES = ("/usr/bin/etcd", "/usr/local/bin/etcd")
@@ -49,23 +50,24 @@ class EtcdServer(ServerProcess):
         client_port: int = 0,
         peer_port: int = 0,
         log_path: Path | None = None,
+        host: Host | None = None,
     ) -> None:
         found = etcd_binary()
         if found is None:
             raise ServerUnavailable(f"etcd not found; {INSTALL_HINT}")
         self.binary = found
-        super().__init__(root, log_path=log_path)
+        super().__init__(root, log_path=log_path, host=host)
         self.data_dir = self.root / "data"
         self.client_port = client_port
         self.peer_port = peer_port
 
     @property
     def endpoint(self) -> str:
-        return f"{HOST}:{self.client_port}"
+        return f"{self.bind}:{self.client_port}"
 
     @property
     def client_url(self) -> str:
-        return f"http://{HOST}:{self.client_port}"
+        return f"http://{self.bind}:{self.client_port}"
 
     def _ports_chosen(self) -> bool:
         return self.client_port != 0
@@ -74,7 +76,7 @@ class EtcdServer(ServerProcess):
         self.client_port, self.peer_port = free_port(), free_port()
 
     def _argv(self) -> list[str]:
-        peer_url = f"http://{HOST}:{self.peer_port}"
+        peer_url = f"http://{self.bind}:{self.peer_port}"
         return [
             self.binary,
             "--name", "natter",

@@ -12,6 +12,10 @@ The processes are plain `subprocess.Popen` children, so a server started in one 
 can be killed and restarted from another (pytest-asyncio runs each test in its own loop).
 When run as root, a server that refuses root runs as an unprivileged account (`postgres`,
 `mysql`, which the Debian packages create, else `nobody`) through `setpriv`.
+
+Given a test host (`devtools/netns.py`), the server runs inside that host's network
+namespace (`ip netns exec`), listens on the host's address (`bind`), and is probed from a
+thread inside the namespace, never from the machine's own.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from devtools.netns import Host
+from devtools.ports import HOST
 from devtools.waiting import eventually
 
 START_TIMEOUT = 60.0
@@ -91,7 +97,11 @@ class ServerProcess:
     # Exceptions a probe raises while the server is still starting.
     not_ready: tuple[type[BaseException], ...] = (OSError, TimeoutError)
 
-    def __init__(self, root: Path | None = None, *, log_path: Path | None = None) -> None:
+    def __init__(
+        self, root: Path | None = None, *, log_path: Path | None = None, host: Host | None = None
+    ) -> None:
+        self.host = host
+        self.bind = host.addr if host is not None else HOST
         self.account = account(self.account_name) if self.account_name else None
         self.temporary = root is None
         if root is None:
@@ -151,6 +161,8 @@ class ServerProcess:
                 "--clear-groups",
                 *argv,
             ]
+        if self.host is not None:
+            argv = self.host.argv(argv)
         with open(log, "ab") as out:
             return subprocess.Popen(
                 argv,
@@ -223,6 +235,8 @@ class ServerProcess:
                     f"{self.log_tail()}"
                 )
             try:
+                if self.host is not None:
+                    return await self.host.call(self._probe)
                 return await self._probe()
             except self.not_ready as e:
                 last[:] = [e]

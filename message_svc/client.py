@@ -14,6 +14,13 @@ from natter.v1 import message_internal_service_pb2 as mpb
 from natter.v1 import message_internal_service_pb2_grpc as mpb_grpc
 from natter.v1 import socket_service_pb2 as spb
 
+# Sends get this many times the pool's deadline. A send whose deadline passes is not undone:
+# its transaction goes on and commits, and the device then sends the run again, so a deadline
+# too tight for a slow link (a database 200 ms away: several round trips per transaction)
+# makes every send be stored, refused and sent again, and the work grows as it falls behind.
+# A replica that cannot reach its database fails at once instead (DATABASE_UNREACHABLE).
+SEND_DEADLINE = 3
+
 
 def _conversation(who: d.Principal, req: d.SendRequest) -> str:
     """The replica key of a send: one replica per conversation while it is up.
@@ -53,7 +60,7 @@ class MessageClient:
 
         async def go(ch: grpc.aio.Channel) -> mpb.SendMessageResponse:
             return await self._stub(ch).SendMessage(
-                request, metadata=self.pool.metadata, timeout=self.pool.deadline
+                request, metadata=self.pool.metadata, timeout=self.pool.deadline * SEND_DEADLINE
             )
 
         res = await self.pool.call(self.addresses, go, key=_conversation(who, req))
@@ -73,7 +80,7 @@ class MessageClient:
 
         async def go(ch: grpc.aio.Channel) -> mpb.SendMessagesResponse:
             return await self._stub(ch).SendMessages(
-                request, metadata=self.pool.metadata, timeout=self.pool.deadline
+                request, metadata=self.pool.metadata, timeout=self.pool.deadline * SEND_DEADLINE
             )
 
         # Retrying a run is safe (client_msg_id makes every send idempotent), and so is

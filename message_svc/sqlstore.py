@@ -9,6 +9,7 @@ import json
 import logging
 import random
 import re
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
@@ -73,6 +74,13 @@ _PHONE_CLASH = re.compile(r"users[._]phone|key 'phone'")
 _PG_CONFLICTS = frozenset({"40001", "40P01"})
 _MYSQL_CONFLICTS = frozenset({1213})  # ER_LOCK_DEADLOCK
 _PG_DOWN = frozenset({"57P01", "57P02", "57P03"})
+# A database server is probed this often with a fresh connection; one that does not answer
+# within PROBE_TIMEOUT is unreachable until a probe succeeds, and calls fail at once.
+PROBE_INTERVAL = 1.0
+PROBE_TIMEOUT = 3.0
+# A transaction left open by a process cut off from the server is rolled back by the server
+# after this long, so its row locks do not hold up the other replicas (milliseconds).
+IDLE_IN_TRANSACTION_MS = 5_000
 
 
 class _Conflict(Unavailable):
@@ -111,6 +119,16 @@ def _errors() -> Iterator[None]:
         raise
     except OSError as e:
         raise Unavailable(f"database unavailable: {type(e).__name__}") from e
+
+
+def _server_limits(url: sa.URL) -> dict[str, Any]:
+    """Per-connection settings that bound what a vanished client leaves behind on the server."""
+    backend = url.get_backend_name()
+    if backend == "postgresql" and url.get_driver_name() == "asyncpg":
+        ms = str(IDLE_IN_TRANSACTION_MS)
+        return {"server_settings": {"idle_in_transaction_session_timeout": ms}}
+    # MariaDB/MySQL: a waiter gives up after innodb_lock_wait_timeout (50 s) instead.
+    return {}
 
 
 async def _backoff(attempt: int) -> None:
@@ -320,6 +338,8 @@ class SqlStore:
         # SQLite's hot writes run whole on one thread of their own (see _write).
         self._sync_engine: Engine | None = None
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._unreachable_since: float | None = None
+        self._probe: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -329,7 +349,12 @@ class SqlStore:
             if self.url.database and self.url.database != ":memory:":
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
         else:
-            kwargs.update(pool_size=self._pool_size, max_overflow=10, pool_pre_ping=True)
+            kwargs.update(
+                pool_size=self._pool_size,
+                max_overflow=10,
+                pool_pre_ping=True,
+                connect_args=_server_limits(self.url),
+            )
         self.engine = create_async_engine(self.url, **kwargs)
         if self.sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -345,8 +370,90 @@ class SqlStore:
             applied = await t.migrate(conn)
         if applied:
             logger.info("applied migrations %s to %s", applied, self.url.render_as_string())
+        if not self.sqlite:
+            self._probe = asyncio.create_task(self._probe_forever())
+
+    @property
+    def reachable(self) -> bool:
+        """False while the database server does not answer this process's probes."""
+        return self._unreachable_since is None
+
+    async def _probe_forever(self) -> None:
+        """`SELECT 1` every PROBE_INTERVAL on a connection of its own, bounded by PROBE_TIMEOUT.
+
+        Its own: pooled connections may all be stuck in calls that the server never answers
+        (a network partition), and a probe must not wait behind them. Kept open between
+        probes, so a slow link costs one round trip per probe, not a whole login. A probe
+        not answered in time marks the database unreachable at once and is left to end in
+        the background (a cancelled call may itself wait on the silent server); the next
+        probe connects afresh.
+        """
+        probe = create_async_engine(
+            self.url, pool_size=2, max_overflow=2, connect_args=_server_limits(self.url)
+        )
+        conn: AsyncConnection | None = None
+        abandoned: set[asyncio.Task[object]] = set()
+
+        async def once(c: AsyncConnection | None) -> AsyncConnection:
+            if c is None:
+                c = await probe.connect()
+            await c.execute(sa.text("SELECT 1"))
+            await c.rollback()
+            return c
+
+        try:
+            while True:
+                task = asyncio.create_task(once(conn))
+                done, _ = await asyncio.wait({task}, timeout=PROBE_TIMEOUT * (1 if conn else 2))
+                error: BaseException | None = None
+                if not done:
+                    error = TimeoutError(f"no answer within {PROBE_TIMEOUT:g} s")
+                    task.cancel()
+                    abandoned.add(task)
+                    task.add_done_callback(abandoned.discard)
+                    conn = None
+                elif (failed := task.exception()) is not None:
+                    error, conn = failed, None
+                else:
+                    conn = task.result()
+                if error is not None:
+                    if self._unreachable_since is None:
+                        self._unreachable_since = time.monotonic()
+                        logger.warning(
+                            "database unreachable (%r); calls fail until it answers", error
+                        )
+                elif self._unreachable_since is not None:
+                    logger.info(
+                        "database answers again after %.1f s",
+                        time.monotonic() - self._unreachable_since,
+                    )
+                    self._unreachable_since = None
+                await asyncio.sleep(PROBE_INTERVAL)
+        finally:
+            for t in abandoned:
+                t.cancel()
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(PROBE_TIMEOUT):
+                        await conn.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(PROBE_TIMEOUT):
+                    await probe.dispose()
+
+    def _check_reachable(self) -> None:
+        since = self._unreachable_since
+        if since is not None:
+            raise Unavailable(
+                f"the database has not answered for {time.monotonic() - since:.0f} s",
+                "DATABASE_UNREACHABLE",
+            )
 
     async def close(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
         if self._writer is not None:
             assert self._sync_engine is not None
             await asyncio.get_running_loop().run_in_executor(
@@ -384,6 +491,7 @@ class SqlStore:
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
         assert self.engine is not None, "store is not open"
         lock = self._write_lock if self.sqlite else contextlib.nullcontext()
+        self._check_reachable()
         with _errors():
             async with lock, self.engine.begin() as conn:
                 yield conn
@@ -406,6 +514,7 @@ class SqlStore:
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         assert self.engine is not None, "store is not open"
+        self._check_reachable()
         with _errors():
             async with self.engine.connect() as conn:
                 yield conn

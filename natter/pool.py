@@ -134,6 +134,10 @@ class Pool:
             try:
                 return await fn(self.channel(address))
             except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    # A replica that did not answer in time (cut off from its database, say)
+                    # is tried last by the caller's retry, which is the caller's to make.
+                    self.mark_suspect(address)
                 if e.code() not in RETRYABLE:
                     raise error_from_rpc(e) from None
                 self.mark_suspect(address)

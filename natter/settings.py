@@ -22,6 +22,9 @@ class Settings:
     http_addr: str = "127.0.0.1:7080"
     internal_addr: str = "127.0.0.1:0"
     advertise_addr: str = ""
+    # The internal address other nodes are given (registry), when not the bound one: a node
+    # behind NAT or a proxy.
+    advertise_internal_addr: str = ""
     node_id: str = ""
     database_url: str = ""
     etcd_endpoints: tuple[str, ...] = ()

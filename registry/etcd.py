@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -93,6 +94,12 @@ class EtcdRegistry:
     instance retries with backoff, rebuilds its view from a fresh listing and watches
     from there; if this process's key is gone (lease expired, etcd wiped) it registers
     again under a new lease.
+
+    A lease that could not be kept alive for `ttl` seconds has expired in etcd: the other
+    processes no longer see this node, and give its share of the ring to others. So the
+    instance takes its own node out of its view at that moment too (subscribers hear of
+    it like of any change), rather than go on believing it owns what others now own; it
+    is back in its view once etcd takes its keepalive again or it has registered anew.
     """
 
     def __init__(
@@ -130,6 +137,8 @@ class EtcdRegistry:
         self._resync_needed = asyncio.Event()
         self._nudge = asyncio.Event()
         self._verify_key = False
+        self._lease_ok_at = 0.0  # when etcd last confirmed our lease (monotonic)
+        self._lapsed = False  # our lease is past its TTL unconfirmed: we left our own view
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -449,6 +458,7 @@ class EtcdRegistry:
                     _describe(exc),
                 )
                 self._resync_needed.set()
+                self._check_lapse()
                 await backoff.sleep()
                 continue
             except Exception:
@@ -470,7 +480,9 @@ class EtcdRegistry:
         if self._lease_id is not None:
             ttl, revision = await self._keepalive_once(self._lease_id)
             self._check_revision(revision)
-            if ttl <= 0:
+            if ttl > 0:
+                self._confirmed(node)
+            else:
                 logger.warning(
                     "registry: lease %x of %s expired; registering again",
                     self._lease_id,
@@ -481,6 +493,28 @@ class EtcdRegistry:
         if self._lease_id is None or self._verify_key:
             self._verify_key = False
             await self._ensure_key(node)
+
+    def _confirmed(self, node: Node) -> None:
+        """Our key is in etcd under a live lease now."""
+        self._lease_ok_at = time.monotonic()
+        if self._lapsed:
+            self._lapsed = False
+            logger.info("registry: %s is registered again", node.node_id)
+            self._members.put(node)
+
+    def _check_lapse(self) -> None:
+        """After `ttl` seconds without a confirmed keepalive, our key is gone for the others."""
+        node = self._node
+        if node is None or self._lapsed or time.monotonic() - self._lease_ok_at < self._ttl:
+            return
+        self._lapsed = True
+        logger.warning(
+            "registry: lease of %s not kept alive for %s s: it has expired, and the node "
+            "leaves its own view of the ring until it is registered again",
+            node.node_id,
+            self._ttl,
+        )
+        self._members.remove(node.role, node.node_id)
 
     def _check_revision(self, revision: int) -> None:
         if revision < self._list_revision:
@@ -525,6 +559,7 @@ class EtcdRegistry:
         value = node.to_json()
         resp = await kv.put(key, value, lease=self._lease_id, timeout=self._call_timeout)
         self._apply_put(key, value, resp.header.revision)
+        self._confirmed(node)
         logger.info("registry: put %s under lease %x", key, self._lease_id)
 
     async def _revoke_quietly(self, lease_id: int) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from natter import domain as d
-from natter.errors import AlreadyExists, DeadlineExceeded, Unavailable
+from natter.errors import AlreadyExists, DeadlineExceeded, NatterError, Unavailable
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
 from registry import Node
@@ -348,6 +348,13 @@ class Hub:
                 s.close()
                 moved += 1
         return moved
+
+    def hand_back(self, error: NatterError) -> int:
+        """Close every session with `error`: its device reconnects through the front door."""
+        sessions = list(self.by_device.values())
+        for s in sessions:
+            s.close(error)
+        return len(sessions)
 
     async def resubscribe(self) -> None:
         """Channel nodes changed: tell the (new) owners every group this node has members of."""

@@ -41,6 +41,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="sqlite",
         help="comma-separated stores the embedded-server tests run on: sqlite,postgresql,mariadb",
     )
+    parser.addoption(
+        "--fault-messages",
+        type=int,
+        default=1000,
+        help="messages each network fault test sends (tests/test_partitions.py); long mode: 5000",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -220,3 +221,26 @@ async def test_bad_values_are_ignored_and_start_needs_etcd(
     await down.close()
     with pytest.raises(RuntimeError):
         await down.register(node("s9"))
+
+
+async def test_a_node_whose_lease_lapses_leaves_its_own_view_until_etcd_takes_it_back(
+    etcd: EtcdServer, make_registry: MakeRegistry
+) -> None:
+    """Unreachable etcd: after a TTL without keepalives the others no longer see this node,
+    so it must not see itself either (it would go on serving users others now own)."""
+    a = await make_registry(node("a"))
+    b = await make_registry(node("b"))
+    await eventually(sees(a, "a", "b"), 10)
+    changes: list[str] = []
+    a.subscribe(changes.append)
+    assert etcd.proc is not None
+    etcd.proc.send_signal(signal.SIGSTOP)  # etcd answers nothing: no keepalive gets through
+    try:
+        took = await eventually(lambda: "a" not in ids(a), 4 * TTL)
+        assert took >= TTL * 0.9, f"left after {took:.2f} s, before its lease could expire"
+        assert "socket" in changes
+        assert ids(a) == ["b"]  # what it last knew of the others is kept
+    finally:
+        etcd.proc.send_signal(signal.SIGCONT)
+    await eventually(sees(a, "a", "b"), 5 * TTL)
+    await eventually(sees(b, "a", "b"), 5 * TTL)

@@ -62,6 +62,7 @@ class ClusterNode:
         self.public_port = 0
         self.internal_port = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.registered = False  # between our registration and our clean stop
         self.registry.subscribe(self._prune_channels)
 
     # -- peers ---------------------------------------------------------------------------
@@ -124,8 +125,9 @@ class ClusterNode:
         await self.internal.start()
         self.started()
         public = s.advertise_addr or f"{_host(s.grpc_addr)}:{self.public_port}"
-        internal = f"{_host(s.internal_addr)}:{self.internal_port}"
+        internal = s.advertise_internal_addr or f"{_host(s.internal_addr)}:{self.internal_port}"
         await self.registry.register(Node(self.node_id, self.role, public, internal))
+        self.registered = True
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         logger.info(
             "natter %s (%s) serving public %s, internal %s",
@@ -139,6 +141,7 @@ class ClusterNode:
         """Deregistered, listeners still open: end sessions, flush what is pending."""
 
     async def stop(self, grace: float = 2.0) -> None:
+        self.registered = False
         with contextlib.suppress(Exception):
             await self.health.enter_graceful_shutdown()
         with contextlib.suppress(Exception):

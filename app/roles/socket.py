@@ -9,6 +9,7 @@ import grpc
 
 from app.roles.node import ClusterNode
 from message_svc import MessageClient
+from natter.errors import Unavailable
 from natter.settings import Settings
 from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
 from natter.v1 import socket_service_pb2 as spb
@@ -43,6 +44,7 @@ class SocketNode(ClusterNode):
         )
         self.registry.subscribe(self._on_change)
         self._catching_up = False
+        self._left = False  # out of the ring while registered: devices were handed back
 
     async def _locate_via_message(self, username: str) -> tuple[str, str]:
         """Socket nodes do not know usernames: message_svc's public Locate answers for them."""
@@ -79,7 +81,16 @@ class SocketNode(ClusterNode):
         if role == "socket":
             me = self.registry.ring("socket").get(self.node_id)
             if me is not None:
+                self._left = False
                 self.hub.rebalance(lambda uid: self.owner("socket", str(uid)), me.node_id)
+            elif self.registered and not self._left:
+                # Our lease lapsed (etcd unreachable from here): the others have given our
+                # users to other servers, and push there. Devices go back to the front door,
+                # which knows the ring, once; a reconnect that comes back here is served.
+                self._left = True
+                self.hub.hand_back(
+                    Unavailable("this server left the cluster's ring; reconnect", "LEFT_RING")
+                )
         if role == "channel":
             self.channels.stale = False
             self.spawn(self.hub.resubscribe())

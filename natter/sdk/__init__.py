@@ -9,6 +9,7 @@ from natter.sdk.connection import (
     Rejected,
     SyncDone,
 )
+from natter.sdk.history import JsonlRecorder, Recorder
 from natter.sdk.merge import Gap, Merger
 
 __all__ = [
@@ -18,7 +19,9 @@ __all__ = [
     "Disconnected",
     "Event",
     "Gap",
+    "JsonlRecorder",
     "Merger",
+    "Recorder",
     "Rejected",
     "SyncDone",
 ]

@@ -39,6 +39,10 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
+# A target with several addresses (a name with several records, `ipv4:a,b`): calls go round
+# them, so one replica that accepts connections but answers nothing (cut off from its
+# database) holds up only the calls sent to it, not every call of the client.
+LB_POLICY = ("grpc.lb_policy_name", "round_robin")
 
 
 def open_channel(
@@ -46,8 +50,8 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """A channel to a natter server: TLS when credentials are given (natter.tls)."""
     if credentials is not None:
-        return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(address, credentials, options=[*CHANNEL_OPTIONS, LB_POLICY])
+    return grpc.aio.insecure_channel(address, options=[*CHANNEL_OPTIONS, LB_POLICY])
 
 
 class Client:

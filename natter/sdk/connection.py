@@ -17,6 +17,7 @@ from natter import domain as d
 from natter.errors import NatterError, Unauthenticated, Unavailable
 from natter.rpc import ERROR_OF, code_name, error_from_rpc
 from natter.sdk.client import Client, open_channel
+from natter.sdk.history import Recorder
 from natter.sdk.merge import Merger
 from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
@@ -130,6 +131,8 @@ class Connection:
         heartbeat_seconds: float | None = None,
         max_backoff: float = 5.0,
         foreground: bool = False,
+        recorder: Recorder | None = None,
+        handshake_seconds: float = 15.0,
     ) -> None:
         if not client.token:
             raise Unauthenticated("log in before connecting", "NO_TOKEN")
@@ -144,6 +147,11 @@ class Connection:
         # The app is in front of the person: the server then sends this device no push
         # notifications while its stream is live. Told in every Hello, changed by set_foreground.
         self.foreground = foreground
+
+        # A stream not welcomed (or redirected) within this long is given up and tried again:
+        # a server that accepts it but cannot answer (its database unreachable) must not hold
+        # the device for ever.
+        self.handshake_seconds = handshake_seconds
         # Messages wait here until the application takes them; only then are they acked.
         self.events: asyncio.Queue[Event] = _Events(self._took)
         self.outbox: dict[str, _Pending] = {}
@@ -166,6 +174,8 @@ class Connection:
         self._holding = False
         self._resume: asyncio.Task[None] | None = None
         self._final: NatterError | None = None  # the device was logged out: no more tries
+        # Every operation and every message shown, for a history checker (natter/sdk/history.py).
+        self.recorder = recorder
 
     # -- public --------------------------------------------------------------------------
 
@@ -195,8 +205,9 @@ class Connection:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        for p in self.outbox.values():
+        for key, p in self.outbox.items():
             if not p.future.done():
+                self._record("abandoned", key=key)
                 p.future.set_exception(
                     NatterError("connection closed before the send was acknowledged")
                 )
@@ -232,6 +243,7 @@ class Connection:
             loop = asyncio.get_running_loop()
             pending = _Pending(frame, loop.create_future(), text)
             self.outbox[key] = pending
+            self._record("send", key=key, thread=thread_id, to=recipient, text=text)
             await self._transmit([pending])
         return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
 
@@ -314,6 +326,7 @@ class Connection:
                 self._address = self.client.server
             if self._closing:
                 return
+            self._record("disconnect", reason=reason)
             await self.events.put(Disconnected(reason, False))
             delay = random.uniform(0, min(self.max_backoff, 0.1 * 2**attempt))
             attempt = min(attempt + 1, 10)
@@ -346,6 +359,7 @@ class Connection:
             self._epoch += 1
             self._acks_ok = False
             cursors = [tpb.Cursor(thread_id=t, seq=s) for t, s in self.merger.cursors.items()]
+            self._record("hello", stream=self._epoch, cursors=dict(self.merger.cursors))
             async with self._write_lock:  # Hello goes first, before any frame of another task
                 await call.write(
                     spb.ClientFrame(
@@ -358,6 +372,7 @@ class Connection:
                     )
                 )
             heart: asyncio.Task[None] | None = None
+            waiting = asyncio.get_running_loop().call_later(self.handshake_seconds, call.cancel)
             try:
                 async for outer in call:
                     frames = (
@@ -368,12 +383,16 @@ class Connection:
                     for frame in frames:
                         which = frame.WhichOneof("payload")
                         if which == "welcome":
+                            waiting.cancel()
                             w = frame.welcome
                             self.user = convert.user_of(w.user)
                             self.device_id = w.device_id
                             self.stats.connects += 1
                             self._live = True
                             self._stop_holding()  # a new session holds nothing back
+                            self._record(
+                                "connect", stream=self._epoch, node=w.node_id, address=address
+                            )
                             # The outbox first, oldest first: sends made from now on follow.
                             await self._transmit(list(self.outbox.values()))
                             await self.events.put(Connected(w.node_id, address))
@@ -386,6 +405,7 @@ class Connection:
                         else:
                             await self._on_frame(frame)
             finally:
+                waiting.cancel()
                 if heart is not None:
                     heart.cancel()
         finally:
@@ -403,11 +423,20 @@ class Connection:
         which = frame.WhichOneof("payload")
         if which == "message":
             self._acks_ok = True
-            await self._offer(convert.message_of(frame.message))
+            m = convert.message_of(frame.message)
+            self._record("push", thread=m.thread_id, seq=m.seq)
+            await self._offer(m)
         elif which == "send_result":
             result = convert.send_result_of(frame.send_result)
             pending = self.outbox.pop(result.client_msg_id, None)
             if pending is not None:
+                self._record(
+                    "sent",
+                    key=result.client_msg_id,
+                    thread=result.thread_id,
+                    seq=result.seq,
+                    msg_id=result.msg_id,
+                )
                 if self.user is not None:
                     own = d.Message(
                         result.thread_id,
@@ -450,9 +479,11 @@ class Connection:
                 # after a pause (the server is up but, say, its database is restarting).
                 key = f"send_retry_{code_name(e.code)}"  # e.g. send_retry_UNAVAILABLE
                 self.stats.extra[key] = self.stats.extra.get(key, 0) + 1
+                self._record("retry", key=e.client_msg_id, code=e.code, reason=e.reason)
                 self._hold_back(self.outbox[e.client_msg_id])
                 return
             pending = self.outbox.pop(e.client_msg_id)
+            self._record("refused", key=e.client_msg_id, code=e.code, reason=e.reason)
             klass = next((k for c, k in ERROR_OF.items() if c.value[0] == e.code), NatterError)
             if not pending.future.done():
                 pending.future.set_exception(klass(e.message, e.reason))
@@ -495,7 +526,20 @@ class Connection:
 
     def _took(self, ev: Event) -> None:
         """The application took `ev` from `events`: a message is now shown or stored."""
-        if not isinstance(ev, d.Message) or not self.auto_ack:
+        if not isinstance(ev, d.Message):
+            return
+        if self.recorder is not None:
+            self._record(
+                "show",
+                thread=ev.thread_id,
+                seq=ev.seq,
+                msg_id=ev.msg_id,
+                sender=ev.sender.user_id,
+                sdev=ev.sender_device_id,
+                key=ev.client_msg_id,
+                text=ev.text,
+            )
+        if not self.auto_ack:
             return
         if (
             self.user is not None
@@ -563,6 +607,7 @@ class Connection:
         for p in todo:
             p.sent_on = epoch
         with contextlib.suppress(Exception):  # a lost stream: the next one sends them again
+            self._record("transmit", stream=epoch, keys=[p.frame.client_msg_id for p in todo])
             await self._write(*(spb.ClientFrame(send=p.frame) for p in todo))
             self.stats.resends += again
 
@@ -623,8 +668,15 @@ class Connection:
             except (grpc.RpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as e:
                 raise Unavailable(f"connection lost while writing: {type(e).__name__}") from None
 
+    def _record(self, op: str, **fields: object) -> None:
+        if self.recorder is not None:
+            user = self.client.user
+            dev = f"{user.username if user else '?'}/{self.device_id or self.client.device_id}"
+            self.recorder.record(op, dev=dev, **fields)
+
     def _fail_outbox(self, err: NatterError) -> None:
-        for p in self.outbox.values():
+        for key, p in self.outbox.items():
             if not p.future.done():
+                self._record("refused", key=key, code=0, reason=err.reason)
                 p.future.set_exception(err)
         self.outbox.clear()
