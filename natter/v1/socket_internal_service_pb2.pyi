@@ -34,6 +34,7 @@ class Delivery(_message.Message):
     TYPING_FIELD_NUMBER: _builtins.int
     READ_CURSOR_FIELD_NUMBER: _builtins.int
     REVOKED_DEVICE_ID_FIELD_NUMBER: _builtins.int
+    USER_CHANGE_FIELD_NUMBER: _builtins.int
     thread_id: _builtins.int
     """Or, when user_ids is empty, to connected members of this group thread."""
     exclude_device_id: _builtins.int
@@ -64,6 +65,10 @@ class Delivery(_message.Message):
     def read_cursor(self) -> _types_pb2.Cursor:
         """A read cursor for the user's other devices."""
 
+    @_builtins.property
+    def user_change(self) -> _types_pb2.UserChange:
+        """A change to the user's own view, for their devices."""
+
     def __init__(
         self,
         *,
@@ -76,12 +81,13 @@ class Delivery(_message.Message):
         typing: _types_pb2.Typing | None = ...,
         read_cursor: _types_pb2.Cursor | None = ...,
         revoked_device_id: _builtins.int = ...,
+        user_change: _types_pb2.UserChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "revoked_device_id", b"revoked_device_id", "typing", b"typing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "revoked_device_id", b"revoked_device_id", "typing", b"typing", "user_change", b"user_change"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "exclude_device_id", b"exclude_device_id", "message", b"message", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "revoked_device_id", b"revoked_device_id", "thread_id", b"thread_id", "typing", b"typing", "user_ids", b"user_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "exclude_device_id", b"exclude_device_id", "message", b"message", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "revoked_device_id", b"revoked_device_id", "thread_id", b"thread_id", "typing", b"typing", "user_change", b"user_change", "user_ids", b"user_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["message", "receipt", "presence", "typing", "read_cursor", "revoked_device_id"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["message", "receipt", "presence", "typing", "read_cursor", "revoked_device_id", "user_change"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from natter.v1 import types_pb2 as natter_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enatter/v1/thread_service.proto\x12\tnatter.v1\x1a\x15natter/v1/types.proto\";\n\x12ListThreadsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x13ListThreadsResponse\x12\"\n\x07threads\x18\x01 \x03(\x0b\x32\x11.natter.v1.Thread\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x10GetThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\"Z\n\x11GetThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\x12\"\n\x07members\x18\x02 \x03(\x0b\x32\x11.natter.v1.Member\"*\n\x16GetDirectThreadRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"<\n\x17GetDirectThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\"o\n\x13ListMessagesRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x12\n\nbefore_seq\x18\x02 \x01(\x03\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x0f\n\x07\x66orward\x18\x05 \x01(\x08\"J\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message\x12\x0c\n\x04more\x18\x02 \x01(\x08\x32\xd0\x02\n\rThreadService\x12L\n\x0bListThreads\x12\x1d.natter.v1.ListThreadsRequest\x1a\x1e.natter.v1.ListThreadsResponse\x12\x46\n\tGetThread\x12\x1b.natter.v1.GetThreadRequest\x1a\x1c.natter.v1.GetThreadResponse\x12X\n\x0fGetDirectThread\x12!.natter.v1.GetDirectThreadRequest\x1a\".natter.v1.GetDirectThreadResponse\x12O\n\x0cListMessages\x12\x1e.natter.v1.ListMessagesRequest\x1a\x1f.natter.v1.ListMessagesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enatter/v1/thread_service.proto\x12\tnatter.v1\x1a\x15natter/v1/types.proto\";\n\x12ListThreadsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x13ListThreadsResponse\x12\"\n\x07threads\x18\x01 \x03(\x0b\x32\x11.natter.v1.Thread\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x10GetThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\"Z\n\x11GetThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\x12\"\n\x07members\x18\x02 \x03(\x0b\x32\x11.natter.v1.Member\"*\n\x16GetDirectThreadRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"<\n\x17GetDirectThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\"\x7f\n\x13ListMessagesRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x12\n\nbefore_seq\x18\x02 \x01(\x03\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x0f\n\x07\x66orward\x18\x05 \x01(\x08\x12\x0e\n\x06\x66olded\x18\x06 \x01(\x08\"J\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message\x12\x0c\n\x04more\x18\x02 \x01(\x08\"`\n\x15SearchMessagesRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"W\n\x16SearchMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x13HideMessagesRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0c\n\x04seqs\x18\x02 \x03(\x03\">\n\x14HideMessagesResponse\x12&\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x15.natter.v1.UserChange\":\n\x16ListUserChangesRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"O\n\x17ListUserChangesResponse\x12&\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x15.natter.v1.UserChange\x12\x0c\n\x04more\x18\x02 \x01(\x08\x32\xd2\x04\n\rThreadService\x12L\n\x0bListThreads\x12\x1d.natter.v1.ListThreadsRequest\x1a\x1e.natter.v1.ListThreadsResponse\x12\x46\n\tGetThread\x12\x1b.natter.v1.GetThreadRequest\x1a\x1c.natter.v1.GetThreadResponse\x12X\n\x0fGetDirectThread\x12!.natter.v1.GetDirectThreadRequest\x1a\".natter.v1.GetDirectThreadResponse\x12O\n\x0cListMessages\x12\x1e.natter.v1.ListMessagesRequest\x1a\x1f.natter.v1.ListMessagesResponse\x12U\n\x0eSearchMessages\x12 .natter.v1.SearchMessagesRequest\x1a!.natter.v1.SearchMessagesResponse\x12O\n\x0cHideMessages\x12\x1e.natter.v1.HideMessagesRequest\x1a\x1f.natter.v1.HideMessagesResponse\x12X\n\x0fListUserChanges\x12!.natter.v1.ListUserChangesRequest\x1a\".natter.v1.ListUserChangesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,9 +45,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETDIRECTTHREADRESPONSE']._serialized_start=388
   _globals['_GETDIRECTTHREADRESPONSE']._serialized_end=448
   _globals['_LISTMESSAGESREQUEST']._serialized_start=450
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=561
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=563
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=637
-  _globals['_THREADSERVICE']._serialized_start=640
-  _globals['_THREADSERVICE']._serialized_end=976
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=577
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=579
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=653
+  _globals['_SEARCHMESSAGESREQUEST']._serialized_start=655
+  _globals['_SEARCHMESSAGESREQUEST']._serialized_end=751
+  _globals['_SEARCHMESSAGESRESPONSE']._serialized_start=753
+  _globals['_SEARCHMESSAGESRESPONSE']._serialized_end=840
+  _globals['_HIDEMESSAGESREQUEST']._serialized_start=842
+  _globals['_HIDEMESSAGESREQUEST']._serialized_end=896
+  _globals['_HIDEMESSAGESRESPONSE']._serialized_start=898
+  _globals['_HIDEMESSAGESRESPONSE']._serialized_end=960
+  _globals['_LISTUSERCHANGESREQUEST']._serialized_start=962
+  _globals['_LISTUSERCHANGESREQUEST']._serialized_end=1020
+  _globals['_LISTUSERCHANGESRESPONSE']._serialized_start=1022
+  _globals['_LISTUSERCHANGESRESPONSE']._serialized_end=1101
+  _globals['_THREADSERVICE']._serialized_start=1104
+  _globals['_THREADSERVICE']._serialized_end=1698
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,12 @@ class ThreadServiceStub:
     """GetDirectThread returns the direct thread with a user, creating it if needed."""
     ListMessages: _grpc.UnaryUnaryMultiCallable[_thread_service_pb2.ListMessagesRequest, _thread_service_pb2.ListMessagesResponse]
     """ListMessages pages a thread's history."""
+    SearchMessages: _grpc.UnaryUnaryMultiCallable[_thread_service_pb2.SearchMessagesRequest, _thread_service_pb2.SearchMessagesResponse]
+    """SearchMessages finds the caller's visible messages containing words, best first."""
+    HideMessages: _grpc.UnaryUnaryMultiCallable[_thread_service_pb2.HideMessagesRequest, _thread_service_pb2.HideMessagesResponse]
+    """HideMessages deletes messages for the caller only: hidden on all of their devices."""
+    ListUserChanges: _grpc.UnaryUnaryMultiCallable[_thread_service_pb2.ListUserChangesRequest, _thread_service_pb2.ListUserChangesResponse]
+    """ListUserChanges pages the caller's own change log (what HideMessages recorded)."""
 
 @_typing.type_check_only
 class ThreadServiceAsyncStub(ThreadServiceStub):
@@ -55,6 +61,12 @@ class ThreadServiceAsyncStub(ThreadServiceStub):
     """GetDirectThread returns the direct thread with a user, creating it if needed."""
     ListMessages: _aio.UnaryUnaryMultiCallable[_thread_service_pb2.ListMessagesRequest, _thread_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """ListMessages pages a thread's history."""
+    SearchMessages: _aio.UnaryUnaryMultiCallable[_thread_service_pb2.SearchMessagesRequest, _thread_service_pb2.SearchMessagesResponse]  # type: ignore[assignment]
+    """SearchMessages finds the caller's visible messages containing words, best first."""
+    HideMessages: _aio.UnaryUnaryMultiCallable[_thread_service_pb2.HideMessagesRequest, _thread_service_pb2.HideMessagesResponse]  # type: ignore[assignment]
+    """HideMessages deletes messages for the caller only: hidden on all of their devices."""
+    ListUserChanges: _aio.UnaryUnaryMultiCallable[_thread_service_pb2.ListUserChangesRequest, _thread_service_pb2.ListUserChangesResponse]  # type: ignore[assignment]
+    """ListUserChanges pages the caller's own change log (what HideMessages recorded)."""
 
 class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
     """ThreadService lists conversations and pages their history."""
@@ -90,5 +102,29 @@ class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_thread_service_pb2.ListMessagesResponse, _abc.Awaitable[_thread_service_pb2.ListMessagesResponse]]:
         """ListMessages pages a thread's history."""
+
+    @_abc_1.abstractmethod
+    def SearchMessages(
+        self,
+        request: _thread_service_pb2.SearchMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_thread_service_pb2.SearchMessagesResponse, _abc.Awaitable[_thread_service_pb2.SearchMessagesResponse]]:
+        """SearchMessages finds the caller's visible messages containing words, best first."""
+
+    @_abc_1.abstractmethod
+    def HideMessages(
+        self,
+        request: _thread_service_pb2.HideMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_thread_service_pb2.HideMessagesResponse, _abc.Awaitable[_thread_service_pb2.HideMessagesResponse]]:
+        """HideMessages deletes messages for the caller only: hidden on all of their devices."""
+
+    @_abc_1.abstractmethod
+    def ListUserChanges(
+        self,
+        request: _thread_service_pb2.ListUserChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_thread_service_pb2.ListUserChangesResponse, _abc.Awaitable[_thread_service_pb2.ListUserChangesResponse]]:
+        """ListUserChanges pages the caller's own change log (what HideMessages recorded)."""
 
 def add_ThreadServiceServicer_to_server(servicer: ThreadServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

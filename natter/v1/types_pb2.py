@@ -25,43 +25,53 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15natter/v1/types.proto\x12\tnatter.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"\x86\x01\n\x0bSystemEvent\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.natter.v1.SystemEventKind\x12\x1e\n\x05\x61\x63tor\x18\x02 \x01(\x0b\x32\x0f.natter.v1.User\x12\x1e\n\x05users\x18\x03 \x03(\x0b\x32\x0f.natter.v1.User\x12\r\n\x05title\x18\x04 \x01(\t\"\xc0\x02\n\x07Message\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0e\n\x06msg_id\x18\x03 \x01(\t\x12\x1f\n\x06sender\x18\x04 \x01(\x0b\x32\x0f.natter.v1.User\x12\x18\n\x10sender_device_id\x18\x05 \x01(\x03\x12\x15\n\rclient_msg_id\x18\x06 \x01(\t\x12$\n\x04kind\x18\x07 \x01(\x0e\x32\x16.natter.v1.MessageKind\x12\x0c\n\x04text\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05state\x18\n \x01(\x0e\x32\x17.natter.v1.MessageState\x12&\n\x06system\x18\x0b \x01(\x0b\x32\x16.natter.v1.SystemEvent\"(\n\x06\x43ursor\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\xa4\x01\n\x06Member\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12#\n\x04role\x18\x02 \x01(\x0e\x32\x15.natter.v1.MemberRole\x12\x15\n\rdelivered_seq\x18\x03 \x01(\x03\x12\x10\n\x08read_seq\x18\x04 \x01(\x03\x12-\n\tjoin_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xce\x02\n\x06Thread\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.natter.v1.ThreadKind\x12\r\n\x05title\x18\x03 \x01(\t\x12\x1d\n\x04peer\x18\x04 \x01(\x0b\x32\x0f.natter.v1.User\x12\x10\n\x08last_seq\x18\x05 \x01(\x03\x12\x10\n\x08read_seq\x18\x06 \x01(\x03\x12\x14\n\x0cunread_count\x18\x07 \x01(\x03\x12(\n\x0clast_message\x18\x08 \x01(\x0b\x32\x12.natter.v1.Message\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x04role\x18\n \x01(\x0e\x32\x15.natter.v1.MemberRole\x12\x14\n\x0cmember_count\x18\x0b \x01(\x05\x12\x0e\n\x06\x61\x63tive\x18\x0c \x01(\x08\"\x98\x01\n\x07Receipt\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x1d\n\x04user\x18\x02 \x01(\x0b\x32\x0f.natter.v1.User\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.natter.v1.ReceiptKind\x12\x0b\n\x03seq\x18\x04 \x01(\x03\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x08Presence\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x32\n\x0elast_seen_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x06Typing\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x1d\n\x04user\x18\x02 \x01(\x0b\x32\x0f.natter.v1.User\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\"\xa1\x01\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_active_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63urrent\x18\x05 \x01(\x08*X\n\nThreadKind\x12\x1b\n\x17THREAD_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12THREAD_KIND_DIRECT\x10\x01\x12\x15\n\x11THREAD_KIND_GROUP\x10\x02*X\n\nMemberRole\x12\x1b\n\x17MEMBER_ROLE_UNSPECIFIED\x10\x00\x12\x16\n\x12MEMBER_ROLE_MEMBER\x10\x01\x12\x15\n\x11MEMBER_ROLE_ADMIN\x10\x02*[\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_KIND_TEXT\x10\x01\x12\x17\n\x13MESSAGE_KIND_SYSTEM\x10\x02*z\n\x0cMessageState\x12\x1d\n\x19MESSAGE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12MESSAGE_STATE_SENT\x10\x01\x12\x1b\n\x17MESSAGE_STATE_DELIVERED\x10\x02\x12\x16\n\x12MESSAGE_STATE_READ\x10\x03*\xba\x02\n\x0fSystemEventKind\x12!\n\x1dSYSTEM_EVENT_KIND_UNSPECIFIED\x10\x00\x12#\n\x1fSYSTEM_EVENT_KIND_GROUP_CREATED\x10\x01\x12#\n\x1fSYSTEM_EVENT_KIND_MEMBERS_ADDED\x10\x02\x12%\n!SYSTEM_EVENT_KIND_MEMBERS_REMOVED\x10\x03\x12!\n\x1dSYSTEM_EVENT_KIND_MEMBER_LEFT\x10\x04\x12#\n\x1fSYSTEM_EVENT_KIND_TITLE_CHANGED\x10\x05\x12%\n!SYSTEM_EVENT_KIND_ADMINS_PROMOTED\x10\x06\x12$\n SYSTEM_EVENT_KIND_ADMINS_DEMOTED\x10\x07*^\n\x0bReceiptKind\x12\x1c\n\x18RECEIPT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16RECEIPT_KIND_DELIVERED\x10\x01\x12\x15\n\x11RECEIPT_KIND_READ\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15natter/v1/types.proto\x12\tnatter.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"\x86\x01\n\x0bSystemEvent\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.natter.v1.SystemEventKind\x12\x1e\n\x05\x61\x63tor\x18\x02 \x01(\x0b\x32\x0f.natter.v1.User\x12\x1e\n\x05users\x18\x03 \x03(\x0b\x32\x0f.natter.v1.User\x12\r\n\x05title\x18\x04 \x01(\t\"\xe6\x04\n\x07Message\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0e\n\x06msg_id\x18\x03 \x01(\t\x12\x1f\n\x06sender\x18\x04 \x01(\x0b\x32\x0f.natter.v1.User\x12\x18\n\x10sender_device_id\x18\x05 \x01(\x03\x12\x15\n\rclient_msg_id\x18\x06 \x01(\t\x12$\n\x04kind\x18\x07 \x01(\x0e\x32\x16.natter.v1.MessageKind\x12\x0c\n\x04text\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05state\x18\n \x01(\x0e\x32\x17.natter.v1.MessageState\x12&\n\x06system\x18\x0b \x01(\x0b\x32\x16.natter.v1.SystemEvent\x12*\n\x0b\x61ttachments\x18\x0c \x03(\x0b\x32\x15.natter.v1.Attachment\x12$\n\x08reply_to\x18\r \x01(\x0b\x32\x12.natter.v1.ReplyTo\x12\x11\n\tforwarded\x18\x0e \x01(\x08\x12\x12\n\ntarget_seq\x18\x0f \x01(\x03\x12\r\n\x05\x65moji\x18\x10 \x01(\t\x12-\n\tedit_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65\x64it_seq\x18\x12 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x13 \x01(\x08\x12\x12\n\ndelete_seq\x18\x14 \x01(\x03\x12&\n\treactions\x18\x15 \x03(\x0b\x32\x13.natter.v1.Reaction\x12\x0e\n\x06hidden\x18\x16 \x01(\x08\"\xd3\x01\n\nAttachment\x12\x15\n\rattachment_id\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x13\n\x0b\x64uration_ms\x18\x07 \x01(\x03\x12\x10\n\x08\x62lurhash\x18\x08 \x01(\t\x12\x15\n\rhas_thumbnail\x18\t \x01(\x08\x12\x0e\n\x06sha256\x18\n \x01(\t\x12\x12\n\nvoice_note\x18\x0b \x01(\x08\"n\n\x07ReplyTo\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x1f\n\x06sender\x18\x02 \x01(\x0b\x32\x0f.natter.v1.User\x12\x0f\n\x07snippet\x18\x03 \x01(\t\x12$\n\x04kind\x18\x04 \x01(\x0e\x32\x16.natter.v1.MessageKind\"o\n\x08Reaction\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\r\n\x05\x65moji\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x90\x01\n\nUserChange\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.natter.v1.UserChangeKind\x12\"\n\x07message\x18\x03 \x01(\x0b\x32\x11.natter.v1.Cursor\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x06\x43ursor\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\xa4\x01\n\x06Member\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12#\n\x04role\x18\x02 \x01(\x0e\x32\x15.natter.v1.MemberRole\x12\x15\n\rdelivered_seq\x18\x03 \x01(\x03\x12\x10\n\x08read_seq\x18\x04 \x01(\x03\x12-\n\tjoin_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xce\x02\n\x06Thread\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.natter.v1.ThreadKind\x12\r\n\x05title\x18\x03 \x01(\t\x12\x1d\n\x04peer\x18\x04 \x01(\x0b\x32\x0f.natter.v1.User\x12\x10\n\x08last_seq\x18\x05 \x01(\x03\x12\x10\n\x08read_seq\x18\x06 \x01(\x03\x12\x14\n\x0cunread_count\x18\x07 \x01(\x03\x12(\n\x0clast_message\x18\x08 \x01(\x0b\x32\x12.natter.v1.Message\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x04role\x18\n \x01(\x0e\x32\x15.natter.v1.MemberRole\x12\x14\n\x0cmember_count\x18\x0b \x01(\x05\x12\x0e\n\x06\x61\x63tive\x18\x0c \x01(\x08\"\x98\x01\n\x07Receipt\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x1d\n\x04user\x18\x02 \x01(\x0b\x32\x0f.natter.v1.User\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.natter.v1.ReceiptKind\x12\x0b\n\x03seq\x18\x04 \x01(\x03\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x08Presence\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x32\n\x0elast_seen_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x06Typing\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x1d\n\x04user\x18\x02 \x01(\x0b\x32\x0f.natter.v1.User\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\"\xa1\x01\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_active_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63urrent\x18\x05 \x01(\x08*X\n\nThreadKind\x12\x1b\n\x17THREAD_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12THREAD_KIND_DIRECT\x10\x01\x12\x15\n\x11THREAD_KIND_GROUP\x10\x02*X\n\nMemberRole\x12\x1b\n\x17MEMBER_ROLE_UNSPECIFIED\x10\x00\x12\x16\n\x12MEMBER_ROLE_MEMBER\x10\x01\x12\x15\n\x11MEMBER_ROLE_ADMIN\x10\x02*\xc3\x01\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_KIND_TEXT\x10\x01\x12\x17\n\x13MESSAGE_KIND_SYSTEM\x10\x02\x12\x1b\n\x17MESSAGE_KIND_ATTACHMENT\x10\x03\x12\x19\n\x15MESSAGE_KIND_REACTION\x10\x04\x12\x15\n\x11MESSAGE_KIND_EDIT\x10\x05\x12\x17\n\x13MESSAGE_KIND_DELETE\x10\x06*U\n\x0eUserChangeKind\x12 \n\x1cUSER_CHANGE_KIND_UNSPECIFIED\x10\x00\x12!\n\x1dUSER_CHANGE_KIND_HIDE_MESSAGE\x10\x01*z\n\x0cMessageState\x12\x1d\n\x19MESSAGE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12MESSAGE_STATE_SENT\x10\x01\x12\x1b\n\x17MESSAGE_STATE_DELIVERED\x10\x02\x12\x16\n\x12MESSAGE_STATE_READ\x10\x03*\xba\x02\n\x0fSystemEventKind\x12!\n\x1dSYSTEM_EVENT_KIND_UNSPECIFIED\x10\x00\x12#\n\x1fSYSTEM_EVENT_KIND_GROUP_CREATED\x10\x01\x12#\n\x1fSYSTEM_EVENT_KIND_MEMBERS_ADDED\x10\x02\x12%\n!SYSTEM_EVENT_KIND_MEMBERS_REMOVED\x10\x03\x12!\n\x1dSYSTEM_EVENT_KIND_MEMBER_LEFT\x10\x04\x12#\n\x1fSYSTEM_EVENT_KIND_TITLE_CHANGED\x10\x05\x12%\n!SYSTEM_EVENT_KIND_ADMINS_PROMOTED\x10\x06\x12$\n SYSTEM_EVENT_KIND_ADMINS_DEMOTED\x10\x07*^\n\x0bReceiptKind\x12\x1c\n\x18RECEIPT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16RECEIPT_KIND_DELIVERED\x10\x01\x12\x15\n\x11RECEIPT_KIND_READ\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'natter.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_THREADKIND']._serialized_start=1646
-  _globals['_THREADKIND']._serialized_end=1734
-  _globals['_MEMBERROLE']._serialized_start=1736
-  _globals['_MEMBERROLE']._serialized_end=1824
-  _globals['_MESSAGEKIND']._serialized_start=1826
-  _globals['_MESSAGEKIND']._serialized_end=1917
-  _globals['_MESSAGESTATE']._serialized_start=1919
-  _globals['_MESSAGESTATE']._serialized_end=2041
-  _globals['_SYSTEMEVENTKIND']._serialized_start=2044
-  _globals['_SYSTEMEVENTKIND']._serialized_end=2358
-  _globals['_RECEIPTKIND']._serialized_start=2360
-  _globals['_RECEIPTKIND']._serialized_end=2454
+  _globals['_THREADKIND']._serialized_start=2526
+  _globals['_THREADKIND']._serialized_end=2614
+  _globals['_MEMBERROLE']._serialized_start=2616
+  _globals['_MEMBERROLE']._serialized_end=2704
+  _globals['_MESSAGEKIND']._serialized_start=2707
+  _globals['_MESSAGEKIND']._serialized_end=2902
+  _globals['_USERCHANGEKIND']._serialized_start=2904
+  _globals['_USERCHANGEKIND']._serialized_end=2989
+  _globals['_MESSAGESTATE']._serialized_start=2991
+  _globals['_MESSAGESTATE']._serialized_end=3113
+  _globals['_SYSTEMEVENTKIND']._serialized_start=3116
+  _globals['_SYSTEMEVENTKIND']._serialized_end=3430
+  _globals['_RECEIPTKIND']._serialized_start=3432
+  _globals['_RECEIPTKIND']._serialized_end=3526
   _globals['_USER']._serialized_start=69
   _globals['_USER']._serialized_end=132
   _globals['_SYSTEMEVENT']._serialized_start=135
   _globals['_SYSTEMEVENT']._serialized_end=269
   _globals['_MESSAGE']._serialized_start=272
-  _globals['_MESSAGE']._serialized_end=592
-  _globals['_CURSOR']._serialized_start=594
-  _globals['_CURSOR']._serialized_end=634
-  _globals['_MEMBER']._serialized_start=637
-  _globals['_MEMBER']._serialized_end=801
-  _globals['_THREAD']._serialized_start=804
-  _globals['_THREAD']._serialized_end=1138
-  _globals['_RECEIPT']._serialized_start=1141
-  _globals['_RECEIPT']._serialized_end=1293
-  _globals['_PRESENCE']._serialized_start=1295
-  _globals['_PRESENCE']._serialized_end=1404
-  _globals['_TYPING']._serialized_start=1406
-  _globals['_TYPING']._serialized_end=1480
-  _globals['_DEVICE']._serialized_start=1483
-  _globals['_DEVICE']._serialized_end=1644
+  _globals['_MESSAGE']._serialized_end=886
+  _globals['_ATTACHMENT']._serialized_start=889
+  _globals['_ATTACHMENT']._serialized_end=1100
+  _globals['_REPLYTO']._serialized_start=1102
+  _globals['_REPLYTO']._serialized_end=1212
+  _globals['_REACTION']._serialized_start=1214
+  _globals['_REACTION']._serialized_end=1325
+  _globals['_USERCHANGE']._serialized_start=1328
+  _globals['_USERCHANGE']._serialized_end=1472
+  _globals['_CURSOR']._serialized_start=1474
+  _globals['_CURSOR']._serialized_end=1514
+  _globals['_MEMBER']._serialized_start=1517
+  _globals['_MEMBER']._serialized_end=1681
+  _globals['_THREAD']._serialized_start=1684
+  _globals['_THREAD']._serialized_end=2018
+  _globals['_RECEIPT']._serialized_start=2021
+  _globals['_RECEIPT']._serialized_end=2173
+  _globals['_PRESENCE']._serialized_start=2175
+  _globals['_PRESENCE']._serialized_end=2284
+  _globals['_TYPING']._serialized_start=2286
+  _globals['_TYPING']._serialized_end=2360
+  _globals['_DEVICE']._serialized_start=2363
+  _globals['_DEVICE']._serialized_end=2524
 # @@protoc_insertion_point(module_scope)
