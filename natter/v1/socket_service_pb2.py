@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from natter.v1 import types_pb2 as natter_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enatter/v1/socket_service.proto\x12\tnatter.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15natter/v1/types.proto\"\x9c\x02\n\x0b\x43lientFrame\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.natter.v1.HelloH\x00\x12\x1f\n\x04send\x18\x02 \x01(\x0b\x32\x0f.natter.v1.SendH\x00\x12\x1d\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x0e.natter.v1.AckH\x00\x12\x1f\n\x04read\x18\x04 \x01(\x0b\x32\x0f.natter.v1.ReadH\x00\x12)\n\theartbeat\x18\x05 \x01(\x0b\x32\x14.natter.v1.HeartbeatH\x00\x12*\n\x06typing\x18\x06 \x01(\x0b\x32\x18.natter.v1.TypingRequestH\x00\x12\'\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x16.natter.v1.ClientBatchH\x00\x42\t\n\x07payload\"5\n\x0b\x43lientBatch\x12&\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x16.natter.v1.ClientFrame\"5\n\x0bServerBatch\x12&\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x16.natter.v1.ServerFrame\"\xbc\x04\n\x0bServerFrame\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.natter.v1.WelcomeH\x00\x12%\n\x07message\x18\x02 \x01(\x0b\x32\x12.natter.v1.MessageH\x00\x12,\n\x0bsend_result\x18\x03 \x01(\x0b\x32\x15.natter.v1.SendResultH\x00\x12(\n\tsync_done\x18\x04 \x01(\x0b\x32\x13.natter.v1.SyncDoneH\x00\x12%\n\x07receipt\x18\x05 \x01(\x0b\x32\x12.natter.v1.ReceiptH\x00\x12\'\n\x08presence\x18\x06 \x01(\x0b\x32\x13.natter.v1.PresenceH\x00\x12#\n\x06typing\x18\x07 \x01(\x0b\x32\x11.natter.v1.TypingH\x00\x12\'\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x16.natter.v1.StreamErrorH\x00\x12\'\n\x08redirect\x18\t \x01(\x0b\x32\x13.natter.v1.RedirectH\x00\x12\x30\n\rheartbeat_ack\x18\n \x01(\x0b\x32\x17.natter.v1.HeartbeatAckH\x00\x12,\n\x0bread_cursor\x18\x0b \x01(\x0b\x32\x15.natter.v1.ReadCursorH\x00\x12\'\n\x05\x62\x61tch\x18\x0c \x01(\x0b\x32\x16.natter.v1.ServerBatchH\x00\x12,\n\x0buser_change\x18\r \x01(\x0b\x32\x15.natter.v1.UserChangeH\x00\x42\t\n\x07payload\"n\n\x05Hello\x12\"\n\x07\x63ursors\x18\x01 \x03(\x0b\x32\x11.natter.v1.Cursor\x12\x13\n\x0bskip_replay\x18\x02 \x01(\x08\x12\x16\n\x0e\x61\x63\x63\x65pt_batches\x18\x03 \x01(\x08\x12\x14\n\x0cuser_log_seq\x18\x04 \x01(\x03\"p\n\x07Welcome\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x05\x12\x0f\n\x07node_id\x18\x04 \x01(\t\"\xa7\x02\n\x04Send\x12\x15\n\rclient_msg_id\x18\x01 \x01(\t\x12\x13\n\tthread_id\x18\x02 \x01(\x03H\x00\x12\x13\n\trecipient\x18\x03 \x01(\tH\x00\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x16\n\x0e\x61ttachment_ids\x18\x05 \x03(\t\x12\x14\n\x0creply_to_seq\x18\x06 \x01(\x03\x12!\n\x05react\x18\x07 \x01(\x0b\x32\x10.natter.v1.ReactH\x01\x12\x1f\n\x04\x65\x64it\x18\x08 \x01(\x0b\x32\x0f.natter.v1.EditH\x01\x12#\n\x06\x64\x65lete\x18\t \x01(\x0b\x32\x11.natter.v1.DeleteH\x01\x12%\n\x07\x66orward\x18\n \x01(\x0b\x32\x12.natter.v1.ForwardH\x01\x42\x08\n\x06targetB\x08\n\x06\x63hange\"#\n\x05React\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\r\n\x05\x65moji\x18\x02 \x01(\t\"\x13\n\x04\x45\x64it\x12\x0b\n\x03seq\x18\x01 \x01(\x03\"\x15\n\x06\x44\x65lete\x12\x0b\n\x03seq\x18\x01 \x01(\x03\")\n\x07\x46orward\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\xa9\x01\n\nSendResult\x12\x15\n\rclient_msg_id\x18\x01 \x01(\t\x12\x0e\n\x06msg_id\x18\x02 \x01(\t\x12\x11\n\tthread_id\x18\x03 \x01(\x03\x12\x0b\n\x03seq\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x07message\x18\x06 \x01(\x0b\x32\x12.natter.v1.Message\")\n\x03\x41\x63k\x12\"\n\x07\x63ursors\x18\x01 \x03(\x0b\x32\x11.natter.v1.Cursor\"&\n\x04Read\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\x0b\n\tHeartbeat\"\x0e\n\x0cHeartbeatAck\"2\n\rTypingRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\"\x1c\n\x08SyncDone\x12\x10\n\x08replayed\x18\x01 \x01(\x03\"S\n\x0bStreamError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x15\n\rclient_msg_id\x18\x04 \x01(\t\"\x1b\n\x08Redirect\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"/\n\nReadCursor\x12!\n\x06\x63ursor\x18\x01 \x01(\x0b\x32\x11.natter.v1.Cursor\"!\n\rLocateRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"2\n\x0eLocateResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t2\x8d\x01\n\rSocketService\x12=\n\x07\x43onnect\x12\x16.natter.v1.ClientFrame\x1a\x16.natter.v1.ServerFrame(\x01\x30\x01\x12=\n\x06Locate\x12\x18.natter.v1.LocateRequest\x1a\x19.natter.v1.LocateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enatter/v1/socket_service.proto\x12\tnatter.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15natter/v1/types.proto\"\x9c\x02\n\x0b\x43lientFrame\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.natter.v1.HelloH\x00\x12\x1f\n\x04send\x18\x02 \x01(\x0b\x32\x0f.natter.v1.SendH\x00\x12\x1d\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x0e.natter.v1.AckH\x00\x12\x1f\n\x04read\x18\x04 \x01(\x0b\x32\x0f.natter.v1.ReadH\x00\x12)\n\theartbeat\x18\x05 \x01(\x0b\x32\x14.natter.v1.HeartbeatH\x00\x12*\n\x06typing\x18\x06 \x01(\x0b\x32\x18.natter.v1.TypingRequestH\x00\x12\'\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x16.natter.v1.ClientBatchH\x00\x42\t\n\x07payload\"5\n\x0b\x43lientBatch\x12&\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x16.natter.v1.ClientFrame\"5\n\x0bServerBatch\x12&\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x16.natter.v1.ServerFrame\"\xbc\x04\n\x0bServerFrame\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.natter.v1.WelcomeH\x00\x12%\n\x07message\x18\x02 \x01(\x0b\x32\x12.natter.v1.MessageH\x00\x12,\n\x0bsend_result\x18\x03 \x01(\x0b\x32\x15.natter.v1.SendResultH\x00\x12(\n\tsync_done\x18\x04 \x01(\x0b\x32\x13.natter.v1.SyncDoneH\x00\x12%\n\x07receipt\x18\x05 \x01(\x0b\x32\x12.natter.v1.ReceiptH\x00\x12\'\n\x08presence\x18\x06 \x01(\x0b\x32\x13.natter.v1.PresenceH\x00\x12#\n\x06typing\x18\x07 \x01(\x0b\x32\x11.natter.v1.TypingH\x00\x12\'\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x16.natter.v1.StreamErrorH\x00\x12\'\n\x08redirect\x18\t \x01(\x0b\x32\x13.natter.v1.RedirectH\x00\x12\x30\n\rheartbeat_ack\x18\n \x01(\x0b\x32\x17.natter.v1.HeartbeatAckH\x00\x12,\n\x0bread_cursor\x18\x0b \x01(\x0b\x32\x15.natter.v1.ReadCursorH\x00\x12\'\n\x05\x62\x61tch\x18\x0c \x01(\x0b\x32\x16.natter.v1.ServerBatchH\x00\x12,\n\x0buser_change\x18\r \x01(\x0b\x32\x15.natter.v1.UserChangeH\x00\x42\t\n\x07payload\"\x84\x01\n\x05Hello\x12\"\n\x07\x63ursors\x18\x01 \x03(\x0b\x32\x11.natter.v1.Cursor\x12\x13\n\x0bskip_replay\x18\x02 \x01(\x08\x12\x16\n\x0e\x61\x63\x63\x65pt_batches\x18\x03 \x01(\x08\x12\x19\n\x0cuser_log_seq\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x0f\n\r_user_log_seq\"p\n\x07Welcome\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x05\x12\x0f\n\x07node_id\x18\x04 \x01(\t\"\xa7\x02\n\x04Send\x12\x15\n\rclient_msg_id\x18\x01 \x01(\t\x12\x13\n\tthread_id\x18\x02 \x01(\x03H\x00\x12\x13\n\trecipient\x18\x03 \x01(\tH\x00\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x16\n\x0e\x61ttachment_ids\x18\x05 \x03(\t\x12\x14\n\x0creply_to_seq\x18\x06 \x01(\x03\x12!\n\x05react\x18\x07 \x01(\x0b\x32\x10.natter.v1.ReactH\x01\x12\x1f\n\x04\x65\x64it\x18\x08 \x01(\x0b\x32\x0f.natter.v1.EditH\x01\x12#\n\x06\x64\x65lete\x18\t \x01(\x0b\x32\x11.natter.v1.DeleteH\x01\x12%\n\x07\x66orward\x18\n \x01(\x0b\x32\x12.natter.v1.ForwardH\x01\x42\x08\n\x06targetB\x08\n\x06\x63hange\"#\n\x05React\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\r\n\x05\x65moji\x18\x02 \x01(\t\"\x13\n\x04\x45\x64it\x12\x0b\n\x03seq\x18\x01 \x01(\x03\"\x15\n\x06\x44\x65lete\x12\x0b\n\x03seq\x18\x01 \x01(\x03\")\n\x07\x46orward\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\xa9\x01\n\nSendResult\x12\x15\n\rclient_msg_id\x18\x01 \x01(\t\x12\x0e\n\x06msg_id\x18\x02 \x01(\t\x12\x11\n\tthread_id\x18\x03 \x01(\x03\x12\x0b\n\x03seq\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x07message\x18\x06 \x01(\x0b\x32\x12.natter.v1.Message\")\n\x03\x41\x63k\x12\"\n\x07\x63ursors\x18\x01 \x03(\x0b\x32\x11.natter.v1.Cursor\"&\n\x04Read\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\x0b\n\tHeartbeat\"\x0e\n\x0cHeartbeatAck\"2\n\rTypingRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\"\x1c\n\x08SyncDone\x12\x10\n\x08replayed\x18\x01 \x01(\x03\"S\n\x0bStreamError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x15\n\rclient_msg_id\x18\x04 \x01(\t\"\x1b\n\x08Redirect\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"/\n\nReadCursor\x12!\n\x06\x63ursor\x18\x01 \x01(\x0b\x32\x11.natter.v1.Cursor\"!\n\rLocateRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"2\n\x0eLocateResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t2\x8d\x01\n\rSocketService\x12=\n\x07\x43onnect\x12\x16.natter.v1.ClientFrame\x1a\x16.natter.v1.ServerFrame(\x01\x30\x01\x12=\n\x06Locate\x12\x18.natter.v1.LocateRequest\x1a\x19.natter.v1.LocateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,44 +41,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVERBATCH']._serialized_end=496
   _globals['_SERVERFRAME']._serialized_start=499
   _globals['_SERVERFRAME']._serialized_end=1071
-  _globals['_HELLO']._serialized_start=1073
-  _globals['_HELLO']._serialized_end=1183
-  _globals['_WELCOME']._serialized_start=1185
-  _globals['_WELCOME']._serialized_end=1297
-  _globals['_SEND']._serialized_start=1300
-  _globals['_SEND']._serialized_end=1595
-  _globals['_REACT']._serialized_start=1597
-  _globals['_REACT']._serialized_end=1632
-  _globals['_EDIT']._serialized_start=1634
-  _globals['_EDIT']._serialized_end=1653
-  _globals['_DELETE']._serialized_start=1655
-  _globals['_DELETE']._serialized_end=1676
-  _globals['_FORWARD']._serialized_start=1678
-  _globals['_FORWARD']._serialized_end=1719
-  _globals['_SENDRESULT']._serialized_start=1722
-  _globals['_SENDRESULT']._serialized_end=1891
-  _globals['_ACK']._serialized_start=1893
-  _globals['_ACK']._serialized_end=1934
-  _globals['_READ']._serialized_start=1936
-  _globals['_READ']._serialized_end=1974
-  _globals['_HEARTBEAT']._serialized_start=1976
-  _globals['_HEARTBEAT']._serialized_end=1987
-  _globals['_HEARTBEATACK']._serialized_start=1989
-  _globals['_HEARTBEATACK']._serialized_end=2003
-  _globals['_TYPINGREQUEST']._serialized_start=2005
-  _globals['_TYPINGREQUEST']._serialized_end=2055
-  _globals['_SYNCDONE']._serialized_start=2057
-  _globals['_SYNCDONE']._serialized_end=2085
-  _globals['_STREAMERROR']._serialized_start=2087
-  _globals['_STREAMERROR']._serialized_end=2170
-  _globals['_REDIRECT']._serialized_start=2172
-  _globals['_REDIRECT']._serialized_end=2199
-  _globals['_READCURSOR']._serialized_start=2201
-  _globals['_READCURSOR']._serialized_end=2248
-  _globals['_LOCATEREQUEST']._serialized_start=2250
-  _globals['_LOCATEREQUEST']._serialized_end=2283
-  _globals['_LOCATERESPONSE']._serialized_start=2285
-  _globals['_LOCATERESPONSE']._serialized_end=2335
-  _globals['_SOCKETSERVICE']._serialized_start=2338
-  _globals['_SOCKETSERVICE']._serialized_end=2479
+  _globals['_HELLO']._serialized_start=1074
+  _globals['_HELLO']._serialized_end=1206
+  _globals['_WELCOME']._serialized_start=1208
+  _globals['_WELCOME']._serialized_end=1320
+  _globals['_SEND']._serialized_start=1323
+  _globals['_SEND']._serialized_end=1618
+  _globals['_REACT']._serialized_start=1620
+  _globals['_REACT']._serialized_end=1655
+  _globals['_EDIT']._serialized_start=1657
+  _globals['_EDIT']._serialized_end=1676
+  _globals['_DELETE']._serialized_start=1678
+  _globals['_DELETE']._serialized_end=1699
+  _globals['_FORWARD']._serialized_start=1701
+  _globals['_FORWARD']._serialized_end=1742
+  _globals['_SENDRESULT']._serialized_start=1745
+  _globals['_SENDRESULT']._serialized_end=1914
+  _globals['_ACK']._serialized_start=1916
+  _globals['_ACK']._serialized_end=1957
+  _globals['_READ']._serialized_start=1959
+  _globals['_READ']._serialized_end=1997
+  _globals['_HEARTBEAT']._serialized_start=1999
+  _globals['_HEARTBEAT']._serialized_end=2010
+  _globals['_HEARTBEATACK']._serialized_start=2012
+  _globals['_HEARTBEATACK']._serialized_end=2026
+  _globals['_TYPINGREQUEST']._serialized_start=2028
+  _globals['_TYPINGREQUEST']._serialized_end=2078
+  _globals['_SYNCDONE']._serialized_start=2080
+  _globals['_SYNCDONE']._serialized_end=2108
+  _globals['_STREAMERROR']._serialized_start=2110
+  _globals['_STREAMERROR']._serialized_end=2193
+  _globals['_REDIRECT']._serialized_start=2195
+  _globals['_REDIRECT']._serialized_end=2222
+  _globals['_READCURSOR']._serialized_start=2224
+  _globals['_READCURSOR']._serialized_end=2271
+  _globals['_LOCATEREQUEST']._serialized_start=2273
+  _globals['_LOCATEREQUEST']._serialized_end=2306
+  _globals['_LOCATERESPONSE']._serialized_start=2308
+  _globals['_LOCATERESPONSE']._serialized_end=2358
+  _globals['_SOCKETSERVICE']._serialized_start=2361
+  _globals['_SOCKETSERVICE']._serialized_end=2502
 # @@protoc_insertion_point(module_scope)

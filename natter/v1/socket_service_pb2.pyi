@@ -244,7 +244,7 @@ class Hello(_message.Message):
     """The device understands ServerFrame.batch; the server then coalesces frames that are ready together."""
     user_log_seq: _builtins.int
     """The last entry of the user's own change log this device has; later ones are replayed
-    before SyncDone, then pushed live. 0 replays the whole log.
+    before SyncDone, then pushed live; 0 replays the whole log. Unset: none of it is sent.
     """
     @_builtins.property
     def cursors(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Cursor]:
@@ -256,13 +256,15 @@ class Hello(_message.Message):
         cursors: _abc.Iterable[_types_pb2.Cursor] | None = ...,
         skip_replay: _builtins.bool = ...,
         accept_batches: _builtins.bool = ...,
-        user_log_seq: _builtins.int = ...,
+        user_log_seq: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_user_log_seq", b"_user_log_seq", "user_log_seq", b"user_log_seq"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_batches", b"accept_batches", "cursors", b"cursors", "skip_replay", b"skip_replay", "user_log_seq", b"user_log_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_user_log_seq", b"_user_log_seq", "accept_batches", b"accept_batches", "cursors", b"cursors", "skip_replay", b"skip_replay", "user_log_seq", b"user_log_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__user_log_seq: _TypeAlias = _typing.Literal["user_log_seq"]  # noqa: Y015
+    _WhichOneofArgType__user_log_seq: _TypeAlias = _typing.Literal["_user_log_seq", b"_user_log_seq"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__user_log_seq) -> _WhichOneofReturnType__user_log_seq | None: ...
 
 Global___Hello: _TypeAlias = Hello  # noqa: Y015
 
