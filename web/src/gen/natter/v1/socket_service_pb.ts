@@ -6,7 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Cursor, Message as Message$1, Presence, Receipt, Typing, User } from "./types_pb";
+import type { Cursor, Message as Message$1, Presence, Receipt, Typing, User, UserChange } from "./types_pb";
 import { file_natter_v1_types } from "./types_pb";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file natter/v1/socket_service.proto.
  */
 export const file_natter_v1_socket_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch5uYXR0ZXIvdjEvc29ja2V0X3NlcnZpY2UucHJvdG8SCW5hdHRlci52MSKcAgoLQ2xpZW50RnJhbWUSIQoFaGVsbG8YASABKAsyEC5uYXR0ZXIudjEuSGVsbG9IABIfCgRzZW5kGAIgASgLMg8ubmF0dGVyLnYxLlNlbmRIABIdCgNhY2sYAyABKAsyDi5uYXR0ZXIudjEuQWNrSAASHwoEcmVhZBgEIAEoCzIPLm5hdHRlci52MS5SZWFkSAASKQoJaGVhcnRiZWF0GAUgASgLMhQubmF0dGVyLnYxLkhlYXJ0YmVhdEgAEioKBnR5cGluZxgGIAEoCzIYLm5hdHRlci52MS5UeXBpbmdSZXF1ZXN0SAASJwoFYmF0Y2gYByABKAsyFi5uYXR0ZXIudjEuQ2xpZW50QmF0Y2hIAEIJCgdwYXlsb2FkIjUKC0NsaWVudEJhdGNoEiYKBmZyYW1lcxgBIAMoCzIWLm5hdHRlci52MS5DbGllbnRGcmFtZSI1CgtTZXJ2ZXJCYXRjaBImCgZmcmFtZXMYASADKAsyFi5uYXR0ZXIudjEuU2VydmVyRnJhbWUijgQKC1NlcnZlckZyYW1lEiUKB3dlbGNvbWUYASABKAsyEi5uYXR0ZXIudjEuV2VsY29tZUgAEiUKB21lc3NhZ2UYAiABKAsyEi5uYXR0ZXIudjEuTWVzc2FnZUgAEiwKC3NlbmRfcmVzdWx0GAMgASgLMhUubmF0dGVyLnYxLlNlbmRSZXN1bHRIABIoCglzeW5jX2RvbmUYBCABKAsyEy5uYXR0ZXIudjEuU3luY0RvbmVIABIlCgdyZWNlaXB0GAUgASgLMhIubmF0dGVyLnYxLlJlY2VpcHRIABInCghwcmVzZW5jZRgGIAEoCzITLm5hdHRlci52MS5QcmVzZW5jZUgAEiMKBnR5cGluZxgHIAEoCzIRLm5hdHRlci52MS5UeXBpbmdIABInCgVlcnJvchgIIAEoCzIWLm5hdHRlci52MS5TdHJlYW1FcnJvckgAEicKCHJlZGlyZWN0GAkgASgLMhMubmF0dGVyLnYxLlJlZGlyZWN0SAASMAoNaGVhcnRiZWF0X2FjaxgKIAEoCzIXLm5hdHRlci52MS5IZWFydGJlYXRBY2tIABIsCgtyZWFkX2N1cnNvchgLIAEoCzIVLm5hdHRlci52MS5SZWFkQ3Vyc29ySAASJwoFYmF0Y2gYDCABKAsyFi5uYXR0ZXIudjEuU2VydmVyQmF0Y2hIAEIJCgdwYXlsb2FkIlgKBUhlbGxvEiIKB2N1cnNvcnMYASADKAsyES5uYXR0ZXIudjEuQ3Vyc29yEhMKC3NraXBfcmVwbGF5GAIgASgIEhYKDmFjY2VwdF9iYXRjaGVzGAMgASgIInAKB1dlbGNvbWUSHQoEdXNlchgBIAEoCzIPLm5hdHRlci52MS5Vc2VyEhEKCWRldmljZV9pZBgCIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgDIAEoBRIPCgdub2RlX2lkGAQgASgJIl8KBFNlbmQSFQoNY2xpZW50X21zZ19pZBgBIAEoCRITCgl0aHJlYWRfaWQYAiABKANIABITCglyZWNpcGllbnQYAyABKAlIABIMCgR0ZXh0GAQgASgJQggKBnRhcmdldCKEAQoKU2VuZFJlc3VsdBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBm1zZ19pZBgCIAEoCRIRCgl0aHJlYWRfaWQYAyABKAMSCwoDc2VxGAQgASgDEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIpCgNBY2sSIgoHY3Vyc29ycxgBIAMoCzIRLm5hdHRlci52MS5DdXJzb3IiJgoEUmVhZBIRCgl0aHJlYWRfaWQYASABKAMSCwoDc2VxGAIgASgDIgsKCUhlYXJ0YmVhdCIOCgxIZWFydGJlYXRBY2siMgoNVHlwaW5nUmVxdWVzdBIRCgl0aHJlYWRfaWQYASABKAMSDgoGYWN0aXZlGAIgASgIIhwKCFN5bmNEb25lEhAKCHJlcGxheWVkGAEgASgDIlMKC1N0cmVhbUVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCRIOCgZyZWFzb24YAyABKAkSFQoNY2xpZW50X21zZ19pZBgEIAEoCSIbCghSZWRpcmVjdBIPCgdhZGRyZXNzGAEgASgJIi8KClJlYWRDdXJzb3ISIQoGY3Vyc29yGAEgASgLMhEubmF0dGVyLnYxLkN1cnNvciIhCg1Mb2NhdGVSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJIjIKDkxvY2F0ZVJlc3BvbnNlEg8KB2FkZHJlc3MYASABKAkSDwoHbm9kZV9pZBgCIAEoCTKNAQoNU29ja2V0U2VydmljZRI9CgdDb25uZWN0EhYubmF0dGVyLnYxLkNsaWVudEZyYW1lGhYubmF0dGVyLnYxLlNlcnZlckZyYW1lKAEwARI9CgZMb2NhdGUSGC5uYXR0ZXIudjEuTG9jYXRlUmVxdWVzdBoZLm5hdHRlci52MS5Mb2NhdGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_natter_v1_types]);
+  fileDesc("Ch5uYXR0ZXIvdjEvc29ja2V0X3NlcnZpY2UucHJvdG8SCW5hdHRlci52MSKcAgoLQ2xpZW50RnJhbWUSIQoFaGVsbG8YASABKAsyEC5uYXR0ZXIudjEuSGVsbG9IABIfCgRzZW5kGAIgASgLMg8ubmF0dGVyLnYxLlNlbmRIABIdCgNhY2sYAyABKAsyDi5uYXR0ZXIudjEuQWNrSAASHwoEcmVhZBgEIAEoCzIPLm5hdHRlci52MS5SZWFkSAASKQoJaGVhcnRiZWF0GAUgASgLMhQubmF0dGVyLnYxLkhlYXJ0YmVhdEgAEioKBnR5cGluZxgGIAEoCzIYLm5hdHRlci52MS5UeXBpbmdSZXF1ZXN0SAASJwoFYmF0Y2gYByABKAsyFi5uYXR0ZXIudjEuQ2xpZW50QmF0Y2hIAEIJCgdwYXlsb2FkIjUKC0NsaWVudEJhdGNoEiYKBmZyYW1lcxgBIAMoCzIWLm5hdHRlci52MS5DbGllbnRGcmFtZSI1CgtTZXJ2ZXJCYXRjaBImCgZmcmFtZXMYASADKAsyFi5uYXR0ZXIudjEuU2VydmVyRnJhbWUivAQKC1NlcnZlckZyYW1lEiUKB3dlbGNvbWUYASABKAsyEi5uYXR0ZXIudjEuV2VsY29tZUgAEiUKB21lc3NhZ2UYAiABKAsyEi5uYXR0ZXIudjEuTWVzc2FnZUgAEiwKC3NlbmRfcmVzdWx0GAMgASgLMhUubmF0dGVyLnYxLlNlbmRSZXN1bHRIABIoCglzeW5jX2RvbmUYBCABKAsyEy5uYXR0ZXIudjEuU3luY0RvbmVIABIlCgdyZWNlaXB0GAUgASgLMhIubmF0dGVyLnYxLlJlY2VpcHRIABInCghwcmVzZW5jZRgGIAEoCzITLm5hdHRlci52MS5QcmVzZW5jZUgAEiMKBnR5cGluZxgHIAEoCzIRLm5hdHRlci52MS5UeXBpbmdIABInCgVlcnJvchgIIAEoCzIWLm5hdHRlci52MS5TdHJlYW1FcnJvckgAEicKCHJlZGlyZWN0GAkgASgLMhMubmF0dGVyLnYxLlJlZGlyZWN0SAASMAoNaGVhcnRiZWF0X2FjaxgKIAEoCzIXLm5hdHRlci52MS5IZWFydGJlYXRBY2tIABIsCgtyZWFkX2N1cnNvchgLIAEoCzIVLm5hdHRlci52MS5SZWFkQ3Vyc29ySAASJwoFYmF0Y2gYDCABKAsyFi5uYXR0ZXIudjEuU2VydmVyQmF0Y2hIABIsCgt1c2VyX2NoYW5nZRgNIAEoCzIVLm5hdHRlci52MS5Vc2VyQ2hhbmdlSABCCQoHcGF5bG9hZCKEAQoFSGVsbG8SIgoHY3Vyc29ycxgBIAMoCzIRLm5hdHRlci52MS5DdXJzb3ISEwoLc2tpcF9yZXBsYXkYAiABKAgSFgoOYWNjZXB0X2JhdGNoZXMYAyABKAgSGQoMdXNlcl9sb2dfc2VxGAQgASgDSACIAQFCDwoNX3VzZXJfbG9nX3NlcSJwCgdXZWxjb21lEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlchIRCglkZXZpY2VfaWQYAiABKAMSIgoaaGVhcnRiZWF0X2ludGVydmFsX3NlY29uZHMYAyABKAUSDwoHbm9kZV9pZBgEIAEoCSKnAgoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhMKCXRocmVhZF9pZBgCIAEoA0gAEhMKCXJlY2lwaWVudBgDIAEoCUgAEgwKBHRleHQYBCABKAkSFgoOYXR0YWNobWVudF9pZHMYBSADKAkSFAoMcmVwbHlfdG9fc2VxGAYgASgDEiEKBXJlYWN0GAcgASgLMhAubmF0dGVyLnYxLlJlYWN0SAESHwoEZWRpdBgIIAEoCzIPLm5hdHRlci52MS5FZGl0SAESIwoGZGVsZXRlGAkgASgLMhEubmF0dGVyLnYxLkRlbGV0ZUgBEiUKB2ZvcndhcmQYCiABKAsyEi5uYXR0ZXIudjEuRm9yd2FyZEgBQggKBnRhcmdldEIICgZjaGFuZ2UiIwoFUmVhY3QSCwoDc2VxGAEgASgDEg0KBWVtb2ppGAIgASgJIhMKBEVkaXQSCwoDc2VxGAEgASgDIhUKBkRlbGV0ZRILCgNzZXEYASABKAMiKQoHRm9yd2FyZBIRCgl0aHJlYWRfaWQYASABKAMSCwoDc2VxGAIgASgDIqkBCgpTZW5kUmVzdWx0EhUKDWNsaWVudF9tc2dfaWQYASABKAkSDgoGbXNnX2lkGAIgASgJEhEKCXRocmVhZF9pZBgDIAEoAxILCgNzZXEYBCABKAMSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKB21lc3NhZ2UYBiABKAsyEi5uYXR0ZXIudjEuTWVzc2FnZSIpCgNBY2sSIgoHY3Vyc29ycxgBIAMoCzIRLm5hdHRlci52MS5DdXJzb3IiJgoEUmVhZBIRCgl0aHJlYWRfaWQYASABKAMSCwoDc2VxGAIgASgDIgsKCUhlYXJ0YmVhdCIOCgxIZWFydGJlYXRBY2siMgoNVHlwaW5nUmVxdWVzdBIRCgl0aHJlYWRfaWQYASABKAMSDgoGYWN0aXZlGAIgASgIIhwKCFN5bmNEb25lEhAKCHJlcGxheWVkGAEgASgDIlMKC1N0cmVhbUVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCRIOCgZyZWFzb24YAyABKAkSFQoNY2xpZW50X21zZ19pZBgEIAEoCSIbCghSZWRpcmVjdBIPCgdhZGRyZXNzGAEgASgJIi8KClJlYWRDdXJzb3ISIQoGY3Vyc29yGAEgASgLMhEubmF0dGVyLnYxLkN1cnNvciIhCg1Mb2NhdGVSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJIjIKDkxvY2F0ZVJlc3BvbnNlEg8KB2FkZHJlc3MYASABKAkSDwoHbm9kZV9pZBgCIAEoCTKNAQoNU29ja2V0U2VydmljZRI9CgdDb25uZWN0EhYubmF0dGVyLnYxLkNsaWVudEZyYW1lGhYubmF0dGVyLnYxLlNlcnZlckZyYW1lKAEwARI9CgZMb2NhdGUSGC5uYXR0ZXIudjEuTG9jYXRlUmVxdWVzdBoZLm5hdHRlci52MS5Mb2NhdGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_natter_v1_types]);
 
 /**
  * ClientFrame is one frame from a device.
@@ -242,6 +242,14 @@ export type ServerFrame = Message<"natter.v1.ServerFrame"> & {
      */
     value: ServerBatch;
     case: "batch";
+  } | {
+    /**
+     * A change to the user's own view (delete for me), after the Hello's user_log_seq.
+     *
+     * @generated from field: natter.v1.UserChange user_change = 13;
+     */
+    value: UserChange;
+    case: "userChange";
   } | { case: undefined; value?: undefined };
 };
 
@@ -278,6 +286,14 @@ export type Hello = Message<"natter.v1.Hello"> & {
    * @generated from field: bool accept_batches = 3;
    */
   acceptBatches: boolean;
+
+  /**
+   * The last entry of the user's own change log this device has; later ones are replayed
+   * before SyncDone, then pushed live; 0 replays the whole log. Unset: none of it is sent.
+   *
+   * @generated from field: optional int64 user_log_seq = 4;
+   */
+  userLogSeq?: bigint | undefined;
 };
 
 /**
@@ -366,11 +382,65 @@ export type Send = Message<"natter.v1.Send"> & {
   } | { case: undefined; value?: undefined };
 
   /**
-   * The text; 1 byte to the server's cap (default 64 KiB) of UTF-8.
+   * The text; 1 byte to the server's cap (default 64 KiB) of UTF-8. Optional with
+   * attachments or a forward (a caption), the new text for an edit, unused otherwise.
    *
    * @generated from field: string text = 4;
    */
   text: string;
+
+  /**
+   * Uploaded attachments (POST /v1/uploads) to send: makes an attachment message.
+   *
+   * @generated from field: repeated string attachment_ids = 5;
+   */
+  attachmentIds: string[];
+
+  /**
+   * Quote this message of the same thread.
+   *
+   * @generated from field: int64 reply_to_seq = 6;
+   */
+  replyToSeq: bigint;
+
+  /**
+   * Instead of a new message, a change to one already sent, or a forward.
+   *
+   * @generated from oneof natter.v1.Send.change
+   */
+  change: {
+    /**
+     * React to a message: one emoji per member, replacing theirs; empty removes it.
+     *
+     * @generated from field: natter.v1.React react = 7;
+     */
+    value: React;
+    case: "react";
+  } | {
+    /**
+     * Change the text of one's own message, within the edit window.
+     *
+     * @generated from field: natter.v1.Edit edit = 8;
+     */
+    value: Edit;
+    case: "edit";
+  } | {
+    /**
+     * Delete a message for everyone: one's own within the window, or any as a group admin.
+     *
+     * @generated from field: natter.v1.Delete delete = 9;
+     */
+    value: Delete;
+    case: "delete";
+  } | {
+    /**
+     * Forward a copy of a message from a thread the sender can see.
+     *
+     * @generated from field: natter.v1.Forward forward = 10;
+     */
+    value: Forward;
+    case: "forward";
+  } | { case: undefined; value?: undefined };
 };
 
 /**
@@ -379,6 +449,104 @@ export type Send = Message<"natter.v1.Send"> & {
  */
 export const SendSchema: GenMessage<Send> = /*@__PURE__*/
   messageDesc(file_natter_v1_socket_service, 6);
+
+/**
+ * React sets the sender's reaction to a message.
+ *
+ * @generated from message natter.v1.React
+ */
+export type React = Message<"natter.v1.React"> & {
+  /**
+   * The message's seq in the Send's thread.
+   *
+   * @generated from field: int64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * One emoji; empty removes the sender's reaction.
+   *
+   * @generated from field: string emoji = 2;
+   */
+  emoji: string;
+};
+
+/**
+ * Describes the message natter.v1.React.
+ * Use `create(ReactSchema)` to create a new message.
+ */
+export const ReactSchema: GenMessage<React> = /*@__PURE__*/
+  messageDesc(file_natter_v1_socket_service, 7);
+
+/**
+ * Edit replaces a message's text with Send.text.
+ *
+ * @generated from message natter.v1.Edit
+ */
+export type Edit = Message<"natter.v1.Edit"> & {
+  /**
+   * The message's seq in the Send's thread.
+   *
+   * @generated from field: int64 seq = 1;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message natter.v1.Edit.
+ * Use `create(EditSchema)` to create a new message.
+ */
+export const EditSchema: GenMessage<Edit> = /*@__PURE__*/
+  messageDesc(file_natter_v1_socket_service, 8);
+
+/**
+ * Delete deletes a message for everyone.
+ *
+ * @generated from message natter.v1.Delete
+ */
+export type Delete = Message<"natter.v1.Delete"> & {
+  /**
+   * The message's seq in the Send's thread.
+   *
+   * @generated from field: int64 seq = 1;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message natter.v1.Delete.
+ * Use `create(DeleteSchema)` to create a new message.
+ */
+export const DeleteSchema: GenMessage<Delete> = /*@__PURE__*/
+  messageDesc(file_natter_v1_socket_service, 9);
+
+/**
+ * Forward copies a message into the Send's target, attachments by reference.
+ *
+ * @generated from message natter.v1.Forward
+ */
+export type Forward = Message<"natter.v1.Forward"> & {
+  /**
+   * The thread the message is in.
+   *
+   * @generated from field: int64 thread_id = 1;
+   */
+  threadId: bigint;
+
+  /**
+   * Its seq.
+   *
+   * @generated from field: int64 seq = 2;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message natter.v1.Forward.
+ * Use `create(ForwardSchema)` to create a new message.
+ */
+export const ForwardSchema: GenMessage<Forward> = /*@__PURE__*/
+  messageDesc(file_natter_v1_socket_service, 10);
 
 /**
  * SendResult acknowledges a stored message.
@@ -420,6 +588,14 @@ export type SendResult = Message<"natter.v1.SendResult"> & {
    * @generated from field: google.protobuf.Timestamp create_time = 5;
    */
   createTime?: Timestamp | undefined;
+
+  /**
+   * The stored message, when the server added to what was sent (a reply's quote, a
+   * forward's copy, attachments, events); unset for plain text.
+   *
+   * @generated from field: natter.v1.Message message = 6;
+   */
+  message?: Message$1 | undefined;
 };
 
 /**
@@ -427,7 +603,7 @@ export type SendResult = Message<"natter.v1.SendResult"> & {
  * Use `create(SendResultSchema)` to create a new message.
  */
 export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 7);
+  messageDesc(file_natter_v1_socket_service, 11);
 
 /**
  * Ack says the device has received everything up to each cursor.
@@ -448,7 +624,7 @@ export type Ack = Message<"natter.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 8);
+  messageDesc(file_natter_v1_socket_service, 12);
 
 /**
  * Read marks a thread read up to seq.
@@ -476,7 +652,7 @@ export type Read = Message<"natter.v1.Read"> & {
  * Use `create(ReadSchema)` to create a new message.
  */
 export const ReadSchema: GenMessage<Read> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 9);
+  messageDesc(file_natter_v1_socket_service, 13);
 
 /**
  * Heartbeat keeps the session alive.
@@ -491,7 +667,7 @@ export type Heartbeat = Message<"natter.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 10);
+  messageDesc(file_natter_v1_socket_service, 14);
 
 /**
  * HeartbeatAck answers Heartbeat.
@@ -506,7 +682,7 @@ export type HeartbeatAck = Message<"natter.v1.HeartbeatAck"> & {
  * Use `create(HeartbeatAckSchema)` to create a new message.
  */
 export const HeartbeatAckSchema: GenMessage<HeartbeatAck> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 11);
+  messageDesc(file_natter_v1_socket_service, 15);
 
 /**
  * TypingRequest tells the other members that the user is typing.
@@ -534,7 +710,7 @@ export type TypingRequest = Message<"natter.v1.TypingRequest"> & {
  * Use `create(TypingRequestSchema)` to create a new message.
  */
 export const TypingRequestSchema: GenMessage<TypingRequest> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 12);
+  messageDesc(file_natter_v1_socket_service, 16);
 
 /**
  * SyncDone ends the replay.
@@ -555,7 +731,7 @@ export type SyncDone = Message<"natter.v1.SyncDone"> & {
  * Use `create(SyncDoneSchema)` to create a new message.
  */
 export const SyncDoneSchema: GenMessage<SyncDone> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 13);
+  messageDesc(file_natter_v1_socket_service, 17);
 
 /**
  * StreamError reports a refused frame.
@@ -597,7 +773,7 @@ export type StreamError = Message<"natter.v1.StreamError"> & {
  * Use `create(StreamErrorSchema)` to create a new message.
  */
 export const StreamErrorSchema: GenMessage<StreamError> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 14);
+  messageDesc(file_natter_v1_socket_service, 18);
 
 /**
  * Redirect asks the device to reconnect elsewhere.
@@ -618,7 +794,7 @@ export type Redirect = Message<"natter.v1.Redirect"> & {
  * Use `create(RedirectSchema)` to create a new message.
  */
 export const RedirectSchema: GenMessage<Redirect> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 15);
+  messageDesc(file_natter_v1_socket_service, 19);
 
 /**
  * ReadCursor tells a user's devices that the user read a thread.
@@ -639,7 +815,7 @@ export type ReadCursor = Message<"natter.v1.ReadCursor"> & {
  * Use `create(ReadCursorSchema)` to create a new message.
  */
 export const ReadCursorSchema: GenMessage<ReadCursor> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 16);
+  messageDesc(file_natter_v1_socket_service, 20);
 
 /**
  * LocateRequest names a user.
@@ -660,7 +836,7 @@ export type LocateRequest = Message<"natter.v1.LocateRequest"> & {
  * Use `create(LocateRequestSchema)` to create a new message.
  */
 export const LocateRequestSchema: GenMessage<LocateRequest> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 17);
+  messageDesc(file_natter_v1_socket_service, 21);
 
 /**
  * LocateResponse names the socket server.
@@ -688,7 +864,7 @@ export type LocateResponse = Message<"natter.v1.LocateResponse"> & {
  * Use `create(LocateResponseSchema)` to create a new message.
  */
 export const LocateResponseSchema: GenMessage<LocateResponse> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 18);
+  messageDesc(file_natter_v1_socket_service, 22);
 
 /**
  * SocketService holds each device's live connection.

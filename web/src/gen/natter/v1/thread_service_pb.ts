@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Member, Message as Message$1, Thread } from "./types_pb";
+import type { Member, Message as Message$1, Thread, UserChange } from "./types_pb";
 import { file_natter_v1_types } from "./types_pb";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file natter/v1/thread_service.proto.
  */
 export const file_natter_v1_thread_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch5uYXR0ZXIvdjEvdGhyZWFkX3NlcnZpY2UucHJvdG8SCW5hdHRlci52MSI7ChJMaXN0VGhyZWFkc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiUgoTTGlzdFRocmVhZHNSZXNwb25zZRIiCgd0aHJlYWRzGAEgAygLMhEubmF0dGVyLnYxLlRocmVhZBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJQoQR2V0VGhyZWFkUmVxdWVzdBIRCgl0aHJlYWRfaWQYASABKAMiWgoRR2V0VGhyZWFkUmVzcG9uc2USIQoGdGhyZWFkGAEgASgLMhEubmF0dGVyLnYxLlRocmVhZBIiCgdtZW1iZXJzGAIgAygLMhEubmF0dGVyLnYxLk1lbWJlciIqChZHZXREaXJlY3RUaHJlYWRSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJIjwKF0dldERpcmVjdFRocmVhZFJlc3BvbnNlEiEKBnRocmVhZBgBIAEoCzIRLm5hdHRlci52MS5UaHJlYWQibwoTTGlzdE1lc3NhZ2VzUmVxdWVzdBIRCgl0aHJlYWRfaWQYASABKAMSEgoKYmVmb3JlX3NlcRgCIAEoAxIRCglhZnRlcl9zZXEYAyABKAMSDQoFbGltaXQYBCABKAUSDwoHZm9yd2FyZBgFIAEoCCJKChRMaXN0TWVzc2FnZXNSZXNwb25zZRIkCghtZXNzYWdlcxgBIAMoCzISLm5hdHRlci52MS5NZXNzYWdlEgwKBG1vcmUYAiABKAgy0AIKDVRocmVhZFNlcnZpY2USTAoLTGlzdFRocmVhZHMSHS5uYXR0ZXIudjEuTGlzdFRocmVhZHNSZXF1ZXN0Gh4ubmF0dGVyLnYxLkxpc3RUaHJlYWRzUmVzcG9uc2USRgoJR2V0VGhyZWFkEhsubmF0dGVyLnYxLkdldFRocmVhZFJlcXVlc3QaHC5uYXR0ZXIudjEuR2V0VGhyZWFkUmVzcG9uc2USWAoPR2V0RGlyZWN0VGhyZWFkEiEubmF0dGVyLnYxLkdldERpcmVjdFRocmVhZFJlcXVlc3QaIi5uYXR0ZXIudjEuR2V0RGlyZWN0VGhyZWFkUmVzcG9uc2USTwoMTGlzdE1lc3NhZ2VzEh4ubmF0dGVyLnYxLkxpc3RNZXNzYWdlc1JlcXVlc3QaHy5uYXR0ZXIudjEuTGlzdE1lc3NhZ2VzUmVzcG9uc2ViBnByb3RvMw", [file_natter_v1_types]);
+  fileDesc("Ch5uYXR0ZXIvdjEvdGhyZWFkX3NlcnZpY2UucHJvdG8SCW5hdHRlci52MSI7ChJMaXN0VGhyZWFkc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiUgoTTGlzdFRocmVhZHNSZXNwb25zZRIiCgd0aHJlYWRzGAEgAygLMhEubmF0dGVyLnYxLlRocmVhZBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJQoQR2V0VGhyZWFkUmVxdWVzdBIRCgl0aHJlYWRfaWQYASABKAMiWgoRR2V0VGhyZWFkUmVzcG9uc2USIQoGdGhyZWFkGAEgASgLMhEubmF0dGVyLnYxLlRocmVhZBIiCgdtZW1iZXJzGAIgAygLMhEubmF0dGVyLnYxLk1lbWJlciIqChZHZXREaXJlY3RUaHJlYWRSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJIjwKF0dldERpcmVjdFRocmVhZFJlc3BvbnNlEiEKBnRocmVhZBgBIAEoCzIRLm5hdHRlci52MS5UaHJlYWQifwoTTGlzdE1lc3NhZ2VzUmVxdWVzdBIRCgl0aHJlYWRfaWQYASABKAMSEgoKYmVmb3JlX3NlcRgCIAEoAxIRCglhZnRlcl9zZXEYAyABKAMSDQoFbGltaXQYBCABKAUSDwoHZm9yd2FyZBgFIAEoCBIOCgZmb2xkZWQYBiABKAgiSgoUTGlzdE1lc3NhZ2VzUmVzcG9uc2USJAoIbWVzc2FnZXMYASADKAsyEi5uYXR0ZXIudjEuTWVzc2FnZRIMCgRtb3JlGAIgASgIImAKFVNlYXJjaE1lc3NhZ2VzUmVxdWVzdBINCgVxdWVyeRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAMSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiVwoWU2VhcmNoTWVzc2FnZXNSZXNwb25zZRIkCghtZXNzYWdlcxgBIAMoCzISLm5hdHRlci52MS5NZXNzYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI2ChNIaWRlTWVzc2FnZXNSZXF1ZXN0EhEKCXRocmVhZF9pZBgBIAEoAxIMCgRzZXFzGAIgAygDIj4KFEhpZGVNZXNzYWdlc1Jlc3BvbnNlEiYKB2NoYW5nZXMYASADKAsyFS5uYXR0ZXIudjEuVXNlckNoYW5nZSI6ChZMaXN0VXNlckNoYW5nZXNSZXF1ZXN0EhEKCWFmdGVyX3NlcRgBIAEoAxINCgVsaW1pdBgCIAEoBSJPChdMaXN0VXNlckNoYW5nZXNSZXNwb25zZRImCgdjaGFuZ2VzGAEgAygLMhUubmF0dGVyLnYxLlVzZXJDaGFuZ2USDAoEbW9yZRgCIAEoCDLSBAoNVGhyZWFkU2VydmljZRJMCgtMaXN0VGhyZWFkcxIdLm5hdHRlci52MS5MaXN0VGhyZWFkc1JlcXVlc3QaHi5uYXR0ZXIudjEuTGlzdFRocmVhZHNSZXNwb25zZRJGCglHZXRUaHJlYWQSGy5uYXR0ZXIudjEuR2V0VGhyZWFkUmVxdWVzdBocLm5hdHRlci52MS5HZXRUaHJlYWRSZXNwb25zZRJYCg9HZXREaXJlY3RUaHJlYWQSIS5uYXR0ZXIudjEuR2V0RGlyZWN0VGhyZWFkUmVxdWVzdBoiLm5hdHRlci52MS5HZXREaXJlY3RUaHJlYWRSZXNwb25zZRJPCgxMaXN0TWVzc2FnZXMSHi5uYXR0ZXIudjEuTGlzdE1lc3NhZ2VzUmVxdWVzdBofLm5hdHRlci52MS5MaXN0TWVzc2FnZXNSZXNwb25zZRJVCg5TZWFyY2hNZXNzYWdlcxIgLm5hdHRlci52MS5TZWFyY2hNZXNzYWdlc1JlcXVlc3QaIS5uYXR0ZXIudjEuU2VhcmNoTWVzc2FnZXNSZXNwb25zZRJPCgxIaWRlTWVzc2FnZXMSHi5uYXR0ZXIudjEuSGlkZU1lc3NhZ2VzUmVxdWVzdBofLm5hdHRlci52MS5IaWRlTWVzc2FnZXNSZXNwb25zZRJYCg9MaXN0VXNlckNoYW5nZXMSIS5uYXR0ZXIudjEuTGlzdFVzZXJDaGFuZ2VzUmVxdWVzdBoiLm5hdHRlci52MS5MaXN0VXNlckNoYW5nZXNSZXNwb25zZWIGcHJvdG8z", [file_natter_v1_types]);
 
 /**
  * ListThreadsRequest asks for a page of threads.
@@ -201,6 +201,14 @@ export type ListMessagesRequest = Message<"natter.v1.ListMessagesRequest"> & {
    * @generated from field: bool forward = 5;
    */
   forward: boolean;
+
+  /**
+   * Leave out reaction, edit and delete events: their effect is already folded into the
+   * messages they change (text, edit_time, deleted, reactions), so seqs may skip.
+   *
+   * @generated from field: bool folded = 6;
+   */
+  folded: boolean;
 };
 
 /**
@@ -237,6 +245,182 @@ export type ListMessagesResponse = Message<"natter.v1.ListMessagesResponse"> & {
  */
 export const ListMessagesResponseSchema: GenMessage<ListMessagesResponse> = /*@__PURE__*/
   messageDesc(file_natter_v1_thread_service, 7);
+
+/**
+ * SearchMessagesRequest asks for messages containing words.
+ *
+ * @generated from message natter.v1.SearchMessagesRequest
+ */
+export type SearchMessagesRequest = Message<"natter.v1.SearchMessagesRequest"> & {
+  /**
+   * Words to find, each of at least three letters; a message must contain all of them
+   * (a word also matches words it begins).
+   *
+   * @generated from field: string query = 1;
+   */
+  query: string;
+
+  /**
+   * Only in this thread; 0 searches every thread of the caller.
+   *
+   * @generated from field: int64 thread_id = 2;
+   */
+  threadId: bigint;
+
+  /**
+   * At most this many; 0 means 20; capped at 100.
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response; empty for the first page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message natter.v1.SearchMessagesRequest.
+ * Use `create(SearchMessagesRequestSchema)` to create a new message.
+ */
+export const SearchMessagesRequestSchema: GenMessage<SearchMessagesRequest> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 8);
+
+/**
+ * SearchMessagesResponse is a page of hits.
+ *
+ * @generated from message natter.v1.SearchMessagesResponse
+ */
+export type SearchMessagesResponse = Message<"natter.v1.SearchMessagesResponse"> & {
+  /**
+   * Best match first, by the store's own relevance; each has its thread and seq to jump to.
+   *
+   * @generated from field: repeated natter.v1.Message messages = 1;
+   */
+  messages: Message$1[];
+
+  /**
+   * Token for the next page; empty at the end.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message natter.v1.SearchMessagesResponse.
+ * Use `create(SearchMessagesResponseSchema)` to create a new message.
+ */
+export const SearchMessagesResponseSchema: GenMessage<SearchMessagesResponse> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 9);
+
+/**
+ * HideMessagesRequest names messages to delete for the caller only.
+ *
+ * @generated from message natter.v1.HideMessagesRequest
+ */
+export type HideMessagesRequest = Message<"natter.v1.HideMessagesRequest"> & {
+  /**
+   * The thread.
+   *
+   * @generated from field: int64 thread_id = 1;
+   */
+  threadId: bigint;
+
+  /**
+   * The messages' seqs; at most 1000.
+   *
+   * @generated from field: repeated int64 seqs = 2;
+   */
+  seqs: bigint[];
+};
+
+/**
+ * Describes the message natter.v1.HideMessagesRequest.
+ * Use `create(HideMessagesRequestSchema)` to create a new message.
+ */
+export const HideMessagesRequestSchema: GenMessage<HideMessagesRequest> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 10);
+
+/**
+ * HideMessagesResponse lists the new entries of the caller's change log.
+ *
+ * @generated from message natter.v1.HideMessagesResponse
+ */
+export type HideMessagesResponse = Message<"natter.v1.HideMessagesResponse"> & {
+  /**
+   * One per message newly hidden (none for one hidden before).
+   *
+   * @generated from field: repeated natter.v1.UserChange changes = 1;
+   */
+  changes: UserChange[];
+};
+
+/**
+ * Describes the message natter.v1.HideMessagesResponse.
+ * Use `create(HideMessagesResponseSchema)` to create a new message.
+ */
+export const HideMessagesResponseSchema: GenMessage<HideMessagesResponse> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 11);
+
+/**
+ * ListUserChangesRequest pages the caller's change log.
+ *
+ * @generated from message natter.v1.ListUserChangesRequest
+ */
+export type ListUserChangesRequest = Message<"natter.v1.ListUserChangesRequest"> & {
+  /**
+   * Only entries after this seq.
+   *
+   * @generated from field: int64 after_seq = 1;
+   */
+  afterSeq: bigint;
+
+  /**
+   * At most this many; 0 means 500; capped at 5000.
+   *
+   * @generated from field: int32 limit = 2;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message natter.v1.ListUserChangesRequest.
+ * Use `create(ListUserChangesRequestSchema)` to create a new message.
+ */
+export const ListUserChangesRequestSchema: GenMessage<ListUserChangesRequest> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 12);
+
+/**
+ * ListUserChangesResponse is a page of the caller's change log.
+ *
+ * @generated from message natter.v1.ListUserChangesResponse
+ */
+export type ListUserChangesResponse = Message<"natter.v1.ListUserChangesResponse"> & {
+  /**
+   * Ascending by seq.
+   *
+   * @generated from field: repeated natter.v1.UserChange changes = 1;
+   */
+  changes: UserChange[];
+
+  /**
+   * True when more remain.
+   *
+   * @generated from field: bool more = 2;
+   */
+  more: boolean;
+};
+
+/**
+ * Describes the message natter.v1.ListUserChangesResponse.
+ * Use `create(ListUserChangesResponseSchema)` to create a new message.
+ */
+export const ListUserChangesResponseSchema: GenMessage<ListUserChangesResponse> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 13);
 
 /**
  * ThreadService lists conversations and pages their history.
@@ -283,6 +467,36 @@ export const ThreadService: GenService<{
     methodKind: "unary";
     input: typeof ListMessagesRequestSchema;
     output: typeof ListMessagesResponseSchema;
+  },
+  /**
+   * SearchMessages finds the caller's visible messages containing words, best first.
+   *
+   * @generated from rpc natter.v1.ThreadService.SearchMessages
+   */
+  searchMessages: {
+    methodKind: "unary";
+    input: typeof SearchMessagesRequestSchema;
+    output: typeof SearchMessagesResponseSchema;
+  },
+  /**
+   * HideMessages deletes messages for the caller only: hidden on all of their devices.
+   *
+   * @generated from rpc natter.v1.ThreadService.HideMessages
+   */
+  hideMessages: {
+    methodKind: "unary";
+    input: typeof HideMessagesRequestSchema;
+    output: typeof HideMessagesResponseSchema;
+  },
+  /**
+   * ListUserChanges pages the caller's own change log (what HideMessages recorded).
+   *
+   * @generated from rpc natter.v1.ThreadService.ListUserChanges
+   */
+  listUserChanges: {
+    methodKind: "unary";
+    input: typeof ListUserChangesRequestSchema;
+    output: typeof ListUserChangesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_natter_v1_thread_service, 0);
