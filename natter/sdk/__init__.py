@@ -9,6 +9,8 @@ from natter.sdk.connection import (
     Rejected,
     SyncDone,
 )
+from natter.sdk.fold import Fold, View
+from natter.sdk.media import Media
 from natter.sdk.merge import Gap, Merger
 
 __all__ = [
@@ -17,8 +19,11 @@ __all__ = [
     "Connection",
     "Disconnected",
     "Event",
+    "Fold",
     "Gap",
+    "Media",
     "Merger",
     "Rejected",
     "SyncDone",
+    "View",
 ]

@@ -8,7 +8,8 @@ import logging
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import grpc
 
@@ -17,6 +18,7 @@ from natter import domain as d
 from natter.errors import NatterError, Unauthenticated, Unavailable
 from natter.rpc import ERROR_OF, code_name, error_from_rpc
 from natter.sdk.client import Client, open_channel
+from natter.sdk.fold import Fold
 from natter.sdk.merge import Merger
 from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
@@ -78,6 +80,7 @@ Event = (
     | d.Presence
     | d.Typing
     | d.ReadCursor
+    | d.UserChange
     | SyncDone
     | Connected
     | Disconnected
@@ -128,6 +131,7 @@ class Connection:
         locate: bool = False,
         heartbeat_seconds: float | None = None,
         max_backoff: float = 5.0,
+        user_log_seq: int = 0,
     ) -> None:
         if not client.token:
             raise Unauthenticated("log in before connecting", "NO_TOKEN")
@@ -146,6 +150,11 @@ class Connection:
         self.device_id = 0
         self.stats = Stats()
         self.synced = asyncio.Event()
+        # The user's own change log (delete for me): what arrived, and what the app took.
+        self._log_arrived = user_log_seq
+        self._log_taken = user_log_seq
+        # Every entry surfaced, folded: edits, deletes and reactions on their messages.
+        self.fold = Fold()
         self._address = client.server
         self._call: grpc.aio.StreamStreamCall[spb.ClientFrame, spb.ServerFrame] | None = None
         self._epoch = 0
@@ -212,20 +221,58 @@ class Connection:
         recipient: str = "",
         client_msg_id: str = "",
         timeout: float | None = None,
+        attachments: tuple[str, ...] | list[str] = (),
+        reply_to_seq: int = 0,
     ) -> d.SendResult:
         """Store-and-forward: retried on every reconnect until acknowledged or refused.
 
         Sends go out in the order of the calls, and so are stored (per-device FIFO): the
         outbox keeps that order, and every resend sends it again from its oldest entry.
+        `attachments` are ids from `natter.sdk.media.Media.upload` (text is then a caption);
+        `reply_to_seq` quotes a message of the same thread.
         """
+        req = d.SendRequest(
+            client_msg_id, text, thread_id, recipient, tuple(attachments), reply_to_seq
+        )
+        return await self.submit(req, timeout)
+
+    async def react(self, thread_id: int, seq: int, emoji: str, **kw: Any) -> d.SendResult:
+        """Set this user's reaction to a message (an empty emoji removes it)."""
+        return await self.submit(d.SendRequest("", "", thread_id, change=d.React(seq, emoji)), **kw)
+
+    async def edit(self, thread_id: int, seq: int, text: str, **kw: Any) -> d.SendResult:
+        """Change the text of one of this user's messages, within the server's edit window."""
+        return await self.submit(d.SendRequest("", text, thread_id, change=d.Edit(seq)), **kw)
+
+    async def delete(self, thread_id: int, seq: int, **kw: Any) -> d.SendResult:
+        """Delete a message for everyone (one's own within the window, any as a group admin)."""
+        return await self.submit(d.SendRequest("", "", thread_id, change=d.Delete(seq)), **kw)
+
+    async def forward(
+        self,
+        from_thread: int,
+        seq: int,
+        *,
+        thread_id: int = 0,
+        recipient: str = "",
+        **kw: Any,
+    ) -> d.SendResult:
+        """Copy a message into another thread (attachments by reference, marked forwarded)."""
+        req = d.SendRequest("", "", thread_id, recipient, change=d.Forward(from_thread, seq))
+        return await self.submit(req, **kw)
+
+    async def submit(
+        self, req: d.SendRequest, timeout: float | None = None, client_msg_id: str = ""
+    ) -> d.SendResult:
+        """Any send (a message or a change to one), through the outbox like `send`."""
         if self._final is not None:
             raise type(self._final)(self._final.message, self._final.reason)
-        key = client_msg_id or uuid.uuid4().hex
+        key = client_msg_id or req.client_msg_id or uuid.uuid4().hex
         pending = self.outbox.get(key)
         if pending is None:
-            frame = convert.send(d.SendRequest(key, text, thread_id, recipient))
+            frame = convert.send(replace(req, client_msg_id=key))
             loop = asyncio.get_running_loop()
-            pending = _Pending(frame, loop.create_future(), text)
+            pending = _Pending(frame, loop.create_future(), req.text)
             self.outbox[key] = pending
             await self._transmit([pending])
         return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
@@ -255,6 +302,11 @@ class Connection:
         cursors to its next connection gets those again.
         """
         return dict(self._taken)
+
+    @property
+    def user_log_seq(self) -> int:
+        """How far the application has taken the user's own change log (save it like cursors)."""
+        return self._log_taken
 
     @property
     def in_flight(self) -> list[str]:
@@ -339,7 +391,10 @@ class Connection:
                 await call.write(
                     spb.ClientFrame(
                         hello=spb.Hello(
-                            cursors=cursors, skip_replay=self.skip_replay, accept_batches=True
+                            cursors=cursors,
+                            skip_replay=self.skip_replay,
+                            accept_batches=True,
+                            user_log_seq=self._log_arrived,
                         )
                     )
                 )
@@ -394,7 +449,9 @@ class Connection:
             result = convert.send_result_of(frame.send_result)
             pending = self.outbox.pop(result.client_msg_id, None)
             if pending is not None:
-                if self.user is not None:
+                if result.message is not None:
+                    await self._offer(replace(result.message, state=d.MessageState.SENT))
+                elif self.user is not None:
                     own = d.Message(
                         result.thread_id,
                         result.seq,
@@ -424,6 +481,12 @@ class Connection:
             await self.events.put(convert.typing_of(frame.typing))
         elif which == "read_cursor":
             await self.events.put(convert.read_cursor_of(frame.read_cursor))
+        elif which == "user_change":
+            change = convert.user_change_of(frame.user_change)
+            if change.seq > self._log_arrived:
+                self._log_arrived = change.seq
+                self.fold.change(change)
+                await self.events.put(change)
         elif which == "error":
             await self._on_error(frame.error)
 
@@ -475,10 +538,14 @@ class Connection:
                 )
 
     async def _surface(self, m: d.Message) -> None:
+        self.fold.apply(m)
         await self.events.put(m)
 
     def _took(self, ev: Event) -> None:
         """The application took `ev` from `events`: a message is now shown or stored."""
+        if isinstance(ev, d.UserChange):
+            self._log_taken = max(self._log_taken, ev.seq)
+            return
         if not isinstance(ev, d.Message) or not self.auto_ack:
             return
         if (
