@@ -6,6 +6,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -31,13 +32,14 @@ def probe(path: Path, max_pixels: int) -> ImageInfo:
     """Read an image's header, refuse one beyond max_pixels before decoding, then thumbnail.
 
     Decompression bombs: the pixel count is checked from the header alone, and Pillow's own
-    limit is set to the same figure (its warning is an error here), so nothing larger is
-    ever decoded. JPEGs decode at the smallest scale that still covers the thumbnail.
+    limit is set to the same figure (it refuses twice that in the header already), so
+    nothing larger is ever decoded. JPEGs decode at the smallest scale that still covers the thumbnail.
     """
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Between the limit and twice it Pillow only warns: the check below refuses it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 width, height = img.size
                 if width <= 0 or height <= 0:
@@ -51,7 +53,9 @@ def probe(path: Path, max_pixels: int) -> ImageInfo:
                     width, height = height, width
                 rgb = oriented.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ResourceExhausted(f"the image is too large to open: {e}", "IMAGE_TOO_LARGE") from e
+        raise ResourceExhausted(
+            f"the image has more pixels than the limit of {max_pixels:,}", "IMAGE_TOO_LARGE"
+        ) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InvalidArgument(f"the image cannot be read: {e}", "BAD_IMAGE") from e
     thumb = rgb.copy()
@@ -59,7 +63,7 @@ def probe(path: Path, max_pixels: int) -> ImageInfo:
     out = io.BytesIO()
     thumb.save(out, "JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
     small = thumb.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BILINEAR)
-    pixels = list(small.getdata())
+    pixels = cast(list[tuple[int, int, int]], list(small.get_flattened_data()))
     x = 4 if width >= height else 3
     y = 3 if width >= height else 4
     return ImageInfo(
@@ -69,6 +73,6 @@ def probe(path: Path, max_pixels: int) -> ImageInfo:
 
 def _bomb(width: int, height: int, limit: int) -> ResourceExhausted:
     return ResourceExhausted(
-        f"the image is {width}x{height} ({width * height:,} pixels); the limit is {limit:,}",
+        f"the image is {width}x{height}: more pixels than the limit of {limit:,}",
         "IMAGE_TOO_LARGE",
     )
