@@ -176,7 +176,7 @@ async def test_edits_and_deletes_after_the_window_are_refused(
 
 
 async def test_a_forward_is_a_marked_copy(user: UserFactory, connect: ConnFactory) -> None:
-    alice, bob, carol = await user("alice"), await user("bob"), await user("carol")
+    alice, _, carol = await user("alice"), await user("bob"), await user("carol")
     a, c = await connect(alice), await connect(carol)
     original = await a.send("the address is 5 Main St", recipient="bob")
     fwd = await a.forward(original.thread_id, original.seq, recipient="carol")
