@@ -636,7 +636,7 @@ async def test_photos_replies_reactions_edits_deletes_forwards_and_search(
         and "image/jpeg beach.jpg 640x480" in text[0]
     )
     assert text[1].endswith(
-        '(reply to #%d:%d alice: "the beach") lovely clear water (edited)' % (t, sent["seq"])
+        f'(reply to #{t}:{sent["seq"]} alice: "the beach") lovely clear water (edited)'
     )
     folded = only(await cli.json("a", "history", "bob"), "message")
     assert [(m["seq"], m.get("reactions"), m.get("edited")) for m in folded] == [
