@@ -178,6 +178,11 @@ class BenchServer:
         server._wait_ready(timeout)
         return server
 
+    @property
+    def data_dir(self) -> Path | None:
+        """The data folder of a server this bench started (None for one given by address)."""
+        return self._dir / "data" if self._dir is not None else None
+
     def _wait_ready(self, timeout: float) -> None:
         assert self._proc is not None
         host, port = self.address.rsplit(":", 1)

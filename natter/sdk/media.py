@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import mimetypes
 import ssl
@@ -178,7 +179,7 @@ class Media:
                             "Content-Type": "application/offset+octet-stream",
                         }
                     ),
-                    data=data,
+                    data=io.BytesIO(data),
                 )
                 failures = 0
             except (Unavailable, FailedPrecondition) as e:
