@@ -343,7 +343,10 @@ def _rich_messages(sync: Any) -> None:
     elif dialect in _MYSQL:
         indexes = {i["name"] for i in sa.inspect(sync).get_indexes("messages")}
         if "ft_messages_text" not in indexes:
-            # Keys stay binary (utf8mb4_bin); the text is matched case-insensitively.
+            # Keys stay binary (utf8mb4_bin); the text is matched case-insensitively. Every
+            # word is indexed, as on the other engines: InnoDB's stopword list ("the",
+            # "about", ...) is for the index being made here only.
+            sync.execute(sa.text("SET SESSION innodb_ft_enable_stopword = OFF"))
             sync.execute(
                 sa.text(
                     "ALTER TABLE messages MODIFY text MEDIUMTEXT CHARACTER SET utf8mb4 "

@@ -1368,6 +1368,7 @@ async def test_search_finds_visible_messages_by_words_and_prefixes(store: SqlSto
     assert await found(carol, "pancakes") == {(bc, edited.seq)}
     assert await found(carol, "lunch") == set()  # the edit replaced it
     assert await found(alice, "zucchini") == set()
+    assert await found(bob, "the") == {(ab, m3.seq)}  # no stopwords on any engine
     # Pages: offset and limit over the same ranking cover every hit once.
     pages = [await store.search_messages(bob.id, ["breakfast"], 0, k, 1) for k in range(4)]
     assert sorted((p[0].thread_id, p[0].seq) for p in pages if p) == sorted(
