@@ -215,6 +215,9 @@ async def _up(
             "NATTER_DATABASE_URL": url,
             "NATTER_LOG_LEVEL": "INFO",
             "GRPC_VERBOSITY": "ERROR",
+            # The object store attachments go to, if the caller names one: message nodes
+            # share it (without it each keeps blobs in its own data folder).
+            **{k: v for k, v in os.environ.items() if k.startswith("NATTER_S3_")},
             **env,
         }
     )
