@@ -336,3 +336,37 @@ async def test_the_same_photo_twice_is_stored_once(
         second = await m2.upload(photo, name="b.jpg")
     assert first.attachment_id != second.attachment_id and first.sha256 == second.sha256
     assert len(blob_files(server)) == 1
+
+
+async def test_voice_notes_keep_their_type_and_length(
+    server: EmbeddedServer, user: UserFactory, connect: ConnFactory
+) -> None:
+    alice, bob = await user("alice"), await user("bob")
+    a, b = await connect(alice), await connect(bob)
+    # What MediaRecorder makes: WebM (Chrome, Firefox) or Ogg; the container cannot say
+    # audio or video, the uploader can.
+    webm = b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\xf7\x81\x01\x42\x82\x84webm" + bytes(2000)
+    ogg = b"OggS\x00\x02" + bytes(26) + b"OpusHead" + bytes(1000)
+    async with Media(alice) as media:
+        note = await media.upload(
+            webm,
+            name="note.webm",
+            mime_type="audio/webm;codecs=opus",
+            voice_note=True,
+            duration_ms=4200,
+        )
+        song = await media.upload(ogg, name="song.ogg", duration_ms=180_000)
+        with pytest.raises(InvalidArgument) as info:
+            await media.upload(ogg, name="x.png", mime_type="image/png")
+        assert info.value.reason == "MIME_MISMATCH"
+    assert (note.mime_type, note.voice_note, note.duration_ms) == ("audio/webm", True, 4200)
+    assert (song.mime_type, song.voice_note, song.duration_ms) == ("audio/ogg", False, 180_000)
+    assert not note.has_thumbnail and note.width == 0
+    await a.send("", recipient="bob", attachments=[note.attachment_id])
+    [got] = await collect(b, 1)
+    assert got.attachments == (note,) and got.text == ""
+    status, headers, _ = await http(
+        server, "GET", f"/v1/attachments/{note.attachment_id}", bob.token
+    )
+    assert (status, headers["Content-Type"]) == (200, "audio/webm")
+    assert headers["Content-Disposition"].startswith("inline")
