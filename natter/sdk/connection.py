@@ -131,7 +131,7 @@ class Connection:
         locate: bool = False,
         heartbeat_seconds: float | None = None,
         max_backoff: float = 5.0,
-        user_log_seq: int = 0,
+        user_log_seq: int | None = None,
     ) -> None:
         if not client.token:
             raise Unauthenticated("log in before connecting", "NO_TOKEN")
@@ -151,8 +151,10 @@ class Connection:
         self.stats = Stats()
         self.synced = asyncio.Event()
         # The user's own change log (delete for me): what arrived, and what the app took.
-        self._log_arrived = user_log_seq
-        self._log_taken = user_log_seq
+        # Asked for unless this connection replays nothing (a one-shot send, say).
+        self._log_wanted = user_log_seq is not None or not skip_replay
+        self._log_arrived = user_log_seq or 0
+        self._log_taken = user_log_seq or 0
         # Every entry surfaced, folded: edits, deletes and reactions on their messages.
         self.fold = Fold()
         self._address = client.server
@@ -394,7 +396,7 @@ class Connection:
                             cursors=cursors,
                             skip_replay=self.skip_replay,
                             accept_batches=True,
-                            user_log_seq=self._log_arrived,
+                            user_log_seq=self._log_arrived if self._log_wanted else None,
                         )
                     )
                 )
