@@ -43,7 +43,7 @@ from natter.errors import (
 
 logger = logging.getLogger(__name__)
 
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 1024 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 # HTTP status of each error class; the body says {"code", "message", "reason"}.
 _STATUS: tuple[tuple[type[NatterError], int, str], ...] = (
@@ -94,8 +94,17 @@ def _token(request: web.Request) -> str:
 
 
 async def _chunks(request: web.Request) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_chunked(READ_CHUNK):
-        yield chunk
+    """The body in pieces of about READ_CHUNK (fewer trips to the writing thread)."""
+    buf: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        buf.append(chunk)
+        size += len(chunk)
+        if size >= READ_CHUNK:
+            yield b"".join(buf)
+            buf, size = [], 0
+    if buf:
+        yield b"".join(buf)
 
 
 def _attachment_json(a: Any) -> dict[str, Any]:

@@ -190,11 +190,14 @@ class Media:
             return attachment
 
     async def _inspect(self, up: Upload, part: Path) -> tuple[Attachment, bytes | None]:
+        known = self.uploads.digest(up.upload_id, up.size)
+
         def digest() -> tuple[str, bytes]:
-            h = hashlib.sha256()
             with open(part, "rb") as fh:
                 head = fh.read(HEAD_BYTES)
-                h.update(head)
+                if known is not None:
+                    return known, head
+                h = hashlib.sha256(head)
                 while chunk := fh.read(1024 * 1024):
                     h.update(chunk)
             return h.hexdigest(), head

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from natter.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from natter.ids import new_msg_id
-
-WRITE_CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,9 @@ class Uploads:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._locks: dict[str, asyncio.Lock] = {}
+        # The SHA-256 of each upload's bytes so far, and how many: kept as chunks arrive so
+        # completing does not read the file again (after a restart it is read once).
+        self._hashes: dict[str, tuple[int, Any]] = {}
 
     async def open(self) -> None:
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
@@ -129,6 +132,10 @@ class Uploads:
             )
         fh = await asyncio.to_thread(open, path, "r+b")
         written = have
+        hashed = self._hashes.get(up.upload_id)
+        h = hashed[1] if hashed is not None and hashed[0] == have else None
+        if h is None and have == 0:
+            h = hashlib.sha256()
         try:
             await asyncio.to_thread(fh.seek, have)
             async for chunk in chunks:
@@ -137,11 +144,22 @@ class Uploads:
                         f"the upload was declared {up.size} bytes; this chunk goes past it",
                         "UPLOAD_TOO_LONG",
                     )
-                await asyncio.to_thread(fh.write, chunk)
+                await asyncio.to_thread(_write, fh, chunk, h)
                 written += len(chunk)
         finally:
             await asyncio.to_thread(_close_durably, fh)
+            if h is not None:
+                self._hashes[up.upload_id] = (written, h)
+            else:
+                self._hashes.pop(up.upload_id, None)
         return written
+
+    def digest(self, upload_id: str, size: int) -> str | None:
+        """The SHA-256 of a whole upload if it was kept as it arrived (None: read the file)."""
+        hashed = self._hashes.get(upload_id)
+        if hashed is None or hashed[0] != size:
+            return None
+        return str(hashed[1].hexdigest())
 
     async def discard(self, upload_id: str) -> None:
         def remove() -> None:
@@ -150,6 +168,7 @@ class Uploads:
 
         await asyncio.to_thread(remove)
         self._locks.pop(upload_id, None)
+        self._hashes.pop(upload_id, None)
 
     async def expire(self, before: float) -> int:
         """Remove uploads created before `before` (finished or not); how many."""
@@ -172,6 +191,12 @@ class Uploads:
 
 def completed(up: Upload, attachment_id: str) -> Upload:
     return replace(up, attachment_id=attachment_id)
+
+
+def _write(fh: Any, chunk: bytes, h: Any) -> None:
+    fh.write(chunk)
+    if h is not None:
+        h.update(chunk)
 
 
 def _close_durably(fh: object) -> None:
