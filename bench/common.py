@@ -171,10 +171,11 @@ class BenchServer:
                 *cmd,
             ]
         env = {**os.environ, **OWN_SERVER_ENV}
-        log = (folder / "server.log").open("wb")
-        server._proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder
-        )
+        # The child has its own copy of the descriptor: ours is closed at once.
+        with (folder / "server.log").open("wb") as log:
+            server._proc = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder
+            )
         server._wait_ready(timeout)
         return server
 
