@@ -109,19 +109,31 @@ def _db_size(folder: Path) -> int:
 
 async def measure(args: argparse.Namespace) -> list[tuple[str, str]]:
     rng = random.Random(args.seed)
-    folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="natter-search-"))
+    keep: Path | None = getattr(args, "keep", None)
+    folder = keep or Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="natter-search-"))
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     url = args.database_url or f"sqlite+aiosqlite:///{folder / 'natter.db'}"
+    reuse = keep is not None and not args.database_url and (folder / "natter.db").exists()
     store = SqlStore(url)
     await store.open()
     try:
         words = vocabulary(args.vocabulary, rng)
-        members, seconds = await fill(store, args.messages, args.users, args.threads, words, rng)
+        if reuse:  # filled by an earlier run with the same arguments
+            members, seconds = {0: list(range(1, args.users + 1))}, float("nan")
+            members.update({t: [] for t in range(1, args.threads)})
+        else:
+            members, seconds = await fill(
+                store, args.messages, args.users, args.threads, words, rng
+            )
         user_ids = sorted({u for us in members.values() for u in us})
         rows: list[tuple[str, str]] = [
             ("store", store.url.get_backend_name()),
             (
                 "messages stored",
-                f"{args.messages:,} in {seconds:.1f} s ({fmt(args.messages / seconds)}/s, index kept by the store)",
+                f"{args.messages:,} (reused from {folder})"
+                if reuse
+                else f"{args.messages:,} in {seconds:.1f} s ({fmt(args.messages / seconds)}/s, "
+                "index kept by the store)",
             ),
             (
                 "users / threads / vocabulary",
@@ -175,9 +187,10 @@ async def measure(args: argparse.Namespace) -> list[tuple[str, str]]:
         return rows
     finally:
         await store.close()
-        import shutil
+        if keep is None:
+            import shutil
 
-        await asyncio.to_thread(shutil.rmtree, folder, True)
+            await asyncio.to_thread(shutil.rmtree, folder, True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -197,6 +210,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--database-url", help="a PostgreSQL or MariaDB URL (default: SQLite in a temporary folder)"
+    )
+    p.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the filled SQLite store in this folder, and reuse it when it is there",
     )
     p.add_argument("--no-record", action="store_true", help="do not append to bench-results.md")
     args = p.parse_args(argv)

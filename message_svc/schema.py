@@ -278,6 +278,8 @@ _NEW_TABLES = (reactions, attachments, message_attachments, blobs, hidden_messag
 _SQLITE_FTS = (
     """CREATE VIRTUAL TABLE IF NOT EXISTS message_fts USING fts5(
         text, tokenize = 'unicode61 remove_diacritics 2')""",
+    # How many messages hold each indexed word: how search picks its plan (sqlstore.py).
+    "CREATE VIRTUAL TABLE IF NOT EXISTS message_fts_vocab USING fts5vocab(message_fts, 'row')",
     """CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages
         WHEN new.kind IN (1, 3) AND new.text <> ''
         BEGIN
