@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -33,7 +34,7 @@ from natter.errors import (
     Unavailable,
 )
 from natter.rpc import code_name
-from natter.sdk import Client, Connected, Connection, Disconnected, Rejected, SyncDone
+from natter.sdk import Client, Connected, Connection, Disconnected, Media, Rejected, SyncDone
 from natter.sdk.client import open_channel
 
 DEFAULT_SERVER = "127.0.0.1:7070"
@@ -75,8 +76,49 @@ def _time(value: datetime | None) -> str:
     return value.astimezone().isoformat(timespec="seconds") if value else ""
 
 
+def attachment_obj(a: d.Attachment) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "id": a.attachment_id,
+        "name": a.name,
+        "type": a.mime_type,
+        "size": a.size,
+    }
+    if a.width:
+        obj["width"], obj["height"] = a.width, a.height
+    if a.duration_ms:
+        obj["duration_ms"] = a.duration_ms
+    if a.voice_note:
+        obj["voice_note"] = True
+    return obj
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:g} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return ""
+
+
+def attachment_text(a: d.Attachment) -> str:
+    what = "voice note" if a.voice_note else a.mime_type
+    dims = f" {a.width}x{a.height}" if a.width else ""
+    return f"[{what} {a.name}{dims} {_size(a.size)} id {a.attachment_id}]"
+
+
+EVENT_NAMES = {
+    d.MessageKind.REACTION: "reaction",
+    d.MessageKind.EDIT: "edit",
+    d.MessageKind.DELETE: "delete",
+}
+
+
 def message_obj(m: d.Message, me: int = 0) -> dict[str, Any]:
-    """A message as JSON; with `me` (a user id), the user's own messages say so."""
+    """A message as JSON; with `me` (a user id), the user's own messages say so.
+
+    Events (reactions, edits, deletes) are lines too, with `kind` and the `target` seq they
+    change; a message read folded carries `edited`, `deleted` and `reactions` (counts).
+    """
     obj: dict[str, Any] = {
         "type": "message",
         "thread": m.thread_id,
@@ -86,6 +128,45 @@ def message_obj(m: d.Message, me: int = 0) -> dict[str, Any]:
         "text": m.text,
         "time": _time(m.create_time),
     }
+    if m.kind in EVENT_NAMES:
+        obj["kind"] = EVENT_NAMES[m.kind]
+        obj["target"] = m.target_seq
+        if m.kind is d.MessageKind.REACTION:
+            obj["emoji"] = m.emoji
+        verb = {
+            d.MessageKind.REACTION: f"reacted {m.emoji} to"
+            if m.emoji
+            else "removed a reaction from",
+            d.MessageKind.EDIT: "edited",
+            d.MessageKind.DELETE: "deleted",
+        }[m.kind]
+        obj["text"] = f"{verb} #{m.thread_id}:{m.target_seq}" + (
+            f": {m.text}" if m.kind is d.MessageKind.EDIT else ""
+        )
+    elif m.kind is d.MessageKind.ATTACHMENT:
+        obj["kind"] = "attachment"
+        obj["attachments"] = [attachment_obj(a) for a in m.attachments]
+    if m.reply_to is not None:
+        obj["reply_to"] = {
+            "seq": m.reply_to.seq,
+            "from": m.reply_to.sender.username,
+            "snippet": m.reply_to.snippet,
+        }
+    if m.forwarded:
+        obj["forwarded"] = True
+    if m.edit_seq:
+        obj["edited"] = True
+    if m.deleted:
+        obj["deleted"] = True
+        obj["text"] = "message deleted"
+    if m.hidden:
+        obj["hidden"] = True
+        obj["text"] = "you deleted this message"
+    if m.reactions:
+        counts: dict[str, int] = {}
+        for r in m.reactions:
+            counts[r.emoji] = counts.get(r.emoji, 0) + 1
+        obj["reactions"] = counts
     if m.kind is d.MessageKind.UNKNOWN:
         # A kind from a newer server: say so rather than show its text as if it were plain.
         obj["kind"] = "unsupported"
@@ -125,7 +206,19 @@ def message_line(m: d.Message, me: int = 0) -> str:
     obj = message_obj(m, me)
     state = f" ({obj['state']})" if "state" in obj else ""
     who = f"{m.sender.username} (you)" if obj.get("own") else m.sender.username
-    return f"[{obj['time']}] #{m.thread_id}:{m.seq} {who}: {obj['text']}{state}"
+    body = obj["text"]
+    if "attachments" in obj and not m.deleted and not m.hidden:
+        files = " ".join(attachment_text(a) for a in m.attachments)
+        body = f"{files} {body}".strip()
+    if m.reply_to is not None:
+        body = f'(reply to #{m.thread_id}:{m.reply_to.seq} {m.reply_to.sender.username}: "{m.reply_to.snippet}") {body}'
+    if m.forwarded:
+        body = f"(forwarded) {body}"
+    if obj.get("edited") and not m.deleted and not m.hidden:
+        body += " (edited)"
+    if "reactions" in obj:
+        body += "  " + " ".join(f"{e} {n}" for e, n in obj["reactions"].items())
+    return f"[{obj['time']}] #{m.thread_id}:{m.seq} {who}: {body}{state}"
 
 
 class App:
@@ -180,6 +273,12 @@ class App:
         if self.args.server:
             flags += f" --server {shlex.quote(self.args.server)}"
         return f"natter{flags} login USER"
+
+    def media(self, client: Client) -> Media:
+        """Uploads and downloads over the server's HTTP listener (TLS as for gRPC)."""
+        ca = self.ca
+        context = ssl.create_default_context(cafile=ca) if ca else None
+        return Media(client, context)
 
     def client(self, authed: bool = True) -> Client:
         if authed and not self.profile.token:
@@ -312,28 +411,169 @@ async def cmd_contacts(app: App) -> None:
                 )
 
 
+async def upload_files(app: App, c: Client) -> list[str]:
+    """Upload the --file arguments (each resumable, in chunks); their attachment ids."""
+    ids: list[str] = []
+    files = [Path(f) for f in (getattr(app.args, "file", None) or [])]
+    if not files:
+        return ids
+    async with app.media(c) as media:
+        for path in files:
+            if not path.is_file():
+                raise InvalidArgument(f"{path}: no such file")
+            a = await media.upload(
+                path,
+                voice_note=bool(getattr(app.args, "voice", False)),
+                duration_ms=int(getattr(app.args, "duration_ms", 0) or 0),
+            )
+            app.out.status(
+                {"type": "uploaded", "attachment": attachment_obj(a)},
+                f"uploaded {path.name}: {a.mime_type}, {_size(a.size)}",
+            )
+            ids.append(a.attachment_id)
+    return ids
+
+
 async def cmd_send(app: App) -> None:
     text = " ".join(app.args.text)
     async with app.client() as c:
-        conn = Connection(c, skip_replay=True, auto_ack=False)
-        await conn.start(wait_synced=False)
-        unreachable = asyncio.Event()
-        watch = asyncio.create_task(warn_unreachable(app, conn, unreachable))
-        try:
-            if app.args.thread:
-                res = await conn.send(text, thread_id=app.args.thread, timeout=app.args.timeout)
-            else:
-                res = await conn.send(text, recipient=app.args.user, timeout=app.args.timeout)
-        except TimeoutError:
-            why = (
-                f"cannot reach the natter server at {app.server}"
-                if unreachable.is_set() and conn.stats.connects == 0
-                else "the server may be down"
+        attachments = await upload_files(app, c)
+        thread = app.args.thread
+        recipient = "" if thread else app.args.user
+        req = d.SendRequest(
+            "", text, thread or 0, recipient, tuple(attachments), getattr(app.args, "reply", 0) or 0
+        )
+        await send_request(app, c, req)
+
+
+async def cmd_reply(app: App) -> None:
+    async with app.client() as c:
+        thread_id = await resolve_thread(c, app.args.target)
+        attachments = await upload_files(app, c)
+        req = d.SendRequest(
+            "", " ".join(app.args.text), thread_id, "", tuple(attachments), app.args.seq
+        )
+        await send_request(app, c, req)
+
+
+async def cmd_react(app: App) -> None:
+    emoji = "" if app.args.remove else (app.args.emoji or "")
+    if not emoji and not app.args.remove:
+        raise InvalidArgument("name the emoji, or --remove yours")
+    async with app.client() as c:
+        thread_id = await resolve_thread(c, app.args.target)
+        await send_request(
+            app, c, d.SendRequest("", "", thread_id, change=d.React(app.args.seq, emoji))
+        )
+
+
+async def cmd_edit(app: App) -> None:
+    async with app.client() as c:
+        thread_id = await resolve_thread(c, app.args.target)
+        req = d.SendRequest("", " ".join(app.args.text), thread_id, change=d.Edit(app.args.seq))
+        await send_request(app, c, req)
+
+
+async def cmd_delete(app: App) -> None:
+    async with app.client() as c:
+        thread_id = await resolve_thread(c, app.args.target)
+        if app.args.for_me:
+            changes = await c.hide(thread_id, [app.args.seq])
+            app.out.emit(
+                {
+                    "type": "hidden",
+                    "thread": thread_id,
+                    "seq": app.args.seq,
+                    "changes": len(changes),
+                },
+                f"deleted #{thread_id}:{app.args.seq} for you (on all your devices)",
             )
-            raise NatterError(f"not acknowledged within {app.args.timeout:g} s; {why}") from None
-        finally:
-            watch.cancel()
-            await conn.close()
+            return
+        await send_request(app, c, d.SendRequest("", "", thread_id, change=d.Delete(app.args.seq)))
+
+
+async def cmd_forward(app: App) -> None:
+    async with app.client() as c:
+        source = await resolve_thread(c, app.args.target)
+        change = d.Forward(source, app.args.seq)
+        if THREAD.fullmatch(app.args.to.strip()):
+            req = d.SendRequest("", "", thread_arg(app.args.to), change=change)
+        else:
+            req = d.SendRequest("", "", 0, app.args.to, change=change)
+        await send_request(app, c, req)
+
+
+async def cmd_search(app: App) -> None:
+    async with app.client() as c:
+        thread_id = await resolve_thread(c, app.args.thread) if app.args.thread else 0
+        token, shown = "", 0
+        while shown < app.args.limit:
+            rows, token = await c.search(
+                " ".join(app.args.words), thread_id, min(100, app.args.limit - shown), token
+            )
+            for m in rows:
+                obj = message_obj(m)
+                obj["type"] = "hit"
+                app.out.emit(obj, message_line(m))
+            shown += len(rows)
+            if not token or not rows:
+                break
+        if not shown:
+            app.out.status({"type": "no_hits"}, "no messages found")
+
+
+async def cmd_download(app: App) -> None:
+    async with app.client() as c:
+        thread_id = await resolve_thread(c, app.args.target)
+        rows, _ = await c.history(thread_id, before_seq=app.args.seq + 1, limit=1)
+        if not rows or rows[-1].seq != app.args.seq:
+            raise NatterError(f"#{thread_id}:{app.args.seq} is not a message you can see")
+        m = rows[-1]
+        if not m.attachments:
+            raise InvalidArgument(f"#{thread_id}:{app.args.seq} has no attachments")
+        out = Path(app.args.out or ".")
+        async with app.media(c) as media:
+            for a in m.attachments:
+                dest = destination(out, a.name, app.args.force)
+                await media.download(a.attachment_id, dest)
+                app.out.emit(
+                    {
+                        "type": "downloaded",
+                        "attachment": a.attachment_id,
+                        "path": str(dest),
+                        "bytes": a.size,
+                    },
+                    f"saved {dest} ({_size(a.size)})",
+                )
+
+
+def destination(out: Path, name: str, force: bool) -> Path:
+    """Where a download goes: into a folder under its own name, or to the path given."""
+    dest = out / name if out.is_dir() else out
+    if dest.exists() and not force:
+        raise InvalidArgument(f"{dest} exists; --force to overwrite it")
+    return dest
+
+
+async def send_request(app: App, c: Client, req: d.SendRequest) -> None:
+    """Send through the outbox, retried until acknowledged (bounded by --timeout)."""
+    timeout = getattr(app.args, "timeout", 30.0)
+    conn = Connection(c, skip_replay=True, auto_ack=False)
+    await conn.start(wait_synced=False)
+    unreachable = asyncio.Event()
+    watch = asyncio.create_task(warn_unreachable(app, conn, unreachable))
+    try:
+        res = await conn.submit(req, timeout=timeout)
+    except TimeoutError:
+        why = (
+            f"cannot reach the natter server at {app.server}"
+            if unreachable.is_set() and conn.stats.connects == 0
+            else "the server may be down"
+        )
+        raise NatterError(f"not acknowledged within {timeout:g} s; {why}") from None
+    finally:
+        watch.cancel()
+        await conn.close()
     app.out.emit(
         {
             "type": "sent",
@@ -358,7 +598,7 @@ async def warn_unreachable(app: App, conn: Connection, unreachable: asyncio.Even
                 unreachable.set()
                 print(
                     f"natter: cannot reach the natter server at {app.server}; still trying "
-                    f"for up to {app.args.timeout:g} s (--timeout)",
+                    f"for up to {getattr(app.args, 'timeout', 30.0):g} s (--timeout)",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -375,7 +615,9 @@ async def cmd_threads(app: App) -> None:
                 if last is None
                 else UNSUPPORTED
                 if last.kind is d.MessageKind.UNKNOWN
-                else last.text
+                else "message deleted"
+                if last.deleted
+                else last.text or " ".join(f"[{x.name}]" for x in last.attachments)
             )
             title = t.title if len(t.title) <= 24 else t.title[:23] + "…"
             members = f"{t.member_count:>5} members" if kind == "group" else ""
@@ -566,11 +808,29 @@ async def cmd_status(app: App) -> None:
 
 
 async def cmd_history(app: App) -> None:
+    """The thread as people see it (edits, deletes, reactions folded in), or --raw entries."""
+    a = app.args
+    folded = not a.raw
     async with app.client() as c:
-        thread_id = await resolve_thread(c, app.args.target)
-        rows, _ = await c.history(thread_id, limit=app.args.limit)
+        thread_id = await resolve_thread(c, a.target)
+        if a.at:
+            # Jump to a message (a search hit, say): some before it, it, some after it.
+            half = max(1, a.limit // 2)
+            before, _ = await c.history(
+                thread_id, before_seq=a.at + 1, limit=half + 1, folded=folded
+            )
+            after, _ = await c.history(thread_id, after_seq=a.at, limit=half, folded=folded)
+            rows = before + after
+        else:
+            rows, _ = await c.history(thread_id, limit=a.limit, folded=folded)
         for m in rows:
-            app.out.emit(message_obj(m), message_line(m))
+            if m.hidden and folded:
+                continue  # deleted for me: gone from my view (--raw shows the entry)
+            obj = message_obj(m)
+            if a.at and m.seq == a.at:
+                obj["at"] = True
+            line = message_line(m)
+            app.out.emit(obj, ("> " + line) if a.at and m.seq == a.at else line)
 
 
 async def cmd_read(app: App) -> None:
@@ -630,6 +890,13 @@ class Listener:
                 if self.syncing:
                     self.missed += 1
             out.emit(message_obj(ev, self.me), message_line(ev, self.me))
+        elif isinstance(ev, d.UserChange):
+            if ev.kind is d.UserChangeKind.HIDE_MESSAGE:
+                c = ev.message
+                out.status(
+                    {"type": "hidden", "thread": c.thread_id, "seq": c.seq, "log_seq": ev.seq},
+                    f"-- #{c.thread_id}:{c.seq} deleted for you --",
+                )
         elif isinstance(ev, Connected):
             self.syncing, self.missed = True, 0
         elif isinstance(ev, SyncDone):
@@ -730,7 +997,9 @@ async def cmd_listen(app: App) -> None:
     count, timeout = app.args.count, app.args.timeout
     async with app.client() as c:
         # A terminal that listens is an app in front of someone: no pushes to this device.
-        conn = Connection(c, cursors=app.profile.cursors, foreground=True)
+        conn = Connection(
+            c, cursors=app.profile.cursors, user_log_seq=app.profile.user_log_seq, foreground=True
+        )
         await conn.start(wait_synced=False)
         listener = Listener(app, conn)
         loop = asyncio.get_running_loop()
@@ -749,6 +1018,7 @@ async def cmd_listen(app: App) -> None:
             await conn.close()
             # What was shown, not what arrived: the rest is shown on the next start.
             app.profile.cursors.update(conn.cursors)
+            app.profile.user_log_seq = max(app.profile.user_log_seq, conn.user_log_seq)
             app.profiles.save(app.args.profile, app.profile)
 
 
@@ -950,7 +1220,80 @@ def parser() -> argparse.ArgumentParser:
     )
     se.add_argument("user", nargs="?", metavar="USER", help="who to send to (not with --thread)")
     se.add_argument("text", nargs="*", metavar="TEXT", help="the message; words are joined")
+    files_flags(se)
+    se.add_argument(
+        "--reply", type=int, metavar="SEQ", help="quote message SEQ of the thread (default: none)"
+    )
     se.set_defaults(fn=cmd_send)
+
+    def target_seq(cp: argparse.ArgumentParser, what: str) -> None:
+        cp.add_argument(
+            "target", metavar="USER|THREAD", help="a username (your direct thread), or 2 or #2"
+        )
+        cp.add_argument("seq", type=int, metavar="SEQ", help=f"the message to {what}")
+        cp.add_argument(
+            "--timeout",
+            type=float,
+            default=30.0,
+            metavar="S",
+            help="give up after S seconds without an answer (default: %(default)g)",
+        )
+
+    rp = command("reply", "reply to a message, quoting it: USER|THREAD SEQ TEXT...")
+    target_seq(rp, "quote")
+    rp.add_argument("text", nargs="*", metavar="TEXT", help="the reply; words are joined")
+    files_flags(rp)
+    rp.set_defaults(fn=cmd_reply)
+
+    re_ = command(
+        "react", "react to a message with an emoji (one per person): USER|THREAD SEQ EMOJI"
+    )
+    target_seq(re_, "react to")
+    re_.add_argument("emoji", nargs="?", metavar="EMOJI", help="one emoji, e.g. 👍")
+    re_.add_argument("--remove", action="store_true", help="remove your reaction instead")
+    re_.set_defaults(fn=cmd_react)
+
+    ed = command(
+        "edit", "change the text of your message (within the edit window): USER|THREAD SEQ TEXT..."
+    )
+    target_seq(ed, "edit")
+    ed.add_argument("text", nargs="+", metavar="TEXT", help="the new text; words are joined")
+    ed.set_defaults(fn=cmd_edit)
+
+    de = command("delete", "delete a message for everyone, or --for-me: USER|THREAD SEQ")
+    target_seq(de, "delete")
+    de.add_argument(
+        "--for-me",
+        action="store_true",
+        help="hide it on all your devices only (others keep it); default: for everyone",
+    )
+    de.set_defaults(fn=cmd_delete)
+
+    fw = command("forward", "forward a copy of a message: USER|THREAD SEQ TO (a USER or THREAD)")
+    target_seq(fw, "forward")
+    fw.add_argument("to", metavar="TO", help="who or where to forward it: a username, or 2 or #2")
+    fw.set_defaults(fn=cmd_forward)
+
+    sr = command("search", "find messages you can see that hold every word: WORD...")
+    sr.add_argument("words", nargs="+", metavar="WORD", help="words of three letters or more")
+    sr.add_argument(
+        "--thread", metavar="USER|THREAD", help="only this thread (default: all of yours)"
+    )
+    sr.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="at most N hits (default: %(default)s)"
+    )
+    sr.set_defaults(fn=cmd_search)
+
+    dl = command("download", "save a message's attachments: USER|THREAD SEQ")
+    dl.add_argument(
+        "target", metavar="USER|THREAD", help="a username (your direct thread), or 2 or #2"
+    )
+    dl.add_argument("seq", type=int, metavar="SEQ", help="the message with the attachments")
+    dl.add_argument(
+        "-o", "--out", metavar="PATH", help="a folder, or the file name (default: this folder)"
+    )
+    dl.add_argument("--force", action="store_true", help="overwrite a file that exists")
+    dl.set_defaults(fn=cmd_download)
 
     command("threads", "your threads, latest first").set_defaults(fn=cmd_threads)
 
@@ -1032,6 +1375,17 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the newest N messages (default: %(default)s)",
     )
+    h.add_argument(
+        "--at",
+        type=int,
+        metavar="SEQ",
+        help="messages around SEQ (a search hit), marked with > (default: the newest)",
+    )
+    h.add_argument(
+        "--raw",
+        action="store_true",
+        help="every entry of the log, reactions, edits and deletes too (default: folded)",
+    )
     h.set_defaults(fn=cmd_history)
 
     rd = command("read", "mark USER|THREAD read up to its newest message")
@@ -1059,6 +1413,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def files_flags(cp: argparse.ArgumentParser) -> None:
+    cp.add_argument(
+        "--file",
+        action="append",
+        metavar="PATH",
+        help="attach a file (photo, document, recording); repeat for more (default: none)",
+    )
+    cp.add_argument(
+        "--voice", action="store_true", help="the file is a voice note (default: an audio file)"
+    )
+    cp.add_argument(
+        "--duration-ms", type=int, default=0, metavar="MS", help="length of audio or video"
+    )
+
+
 def check_args(args: argparse.Namespace) -> None:
     """What argparse cannot say: a send needs a target and a text, add/rm need users."""
     command = getattr(args, "command", None)
@@ -1073,9 +1442,12 @@ def check_args(args: argparse.Namespace) -> None:
                 "say who to send to: natter send USER TEXT..., "
                 "or natter send --thread THREAD TEXT..."
             )
-        if not args.text:
+        if not args.text and not args.file:
             to = f"--thread {args.thread}" if args.thread else args.user
-            usage.error(f"the message text is missing: natter send {to} TEXT...")
+            usage.error(f"the message text is missing: natter send {to} TEXT... (or --file PATH)")
+    elif command == "reply":
+        if not args.text and not args.file:
+            usage.error("the reply is missing: natter reply USER|THREAD SEQ TEXT...")
     elif command == "contacts":
         if args.action in ("add", "rm") and not args.users:
             usage.error(

@@ -12,12 +12,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from app.listeners import public_server, serve_health_and_reflection
+from app.media import build_media
 from channel_svc import Channels
+from media_svc import PUBLIC_SERVICES as MEDIA_SERVICES
+from media_svc import MediaHttp, MediaServicer
 from message_svc import PUBLIC_SERVICES, MessageService, SqlStore
 from natter import domain as d
 from natter import tls
 from natter.errors import AlreadyExists
 from natter.settings import Settings
+from natter.v1 import media_service_pb2_grpc as mpb_grpc
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from presence_svc import PUBLIC_SERVICES as PRESENCE_SERVICES
 from presence_svc import PresenceService
@@ -88,6 +92,7 @@ class EmbeddedServer:
         )
         self.fanout.hubs[self.node_id] = self.hub
         self.fanout.channels = self.channels
+        self.media = build_media(settings, self.store, self.messages)
         self.grpc_port = 0
         self.http_port = 0
         self._server: grpc.aio.Server | None = None
@@ -112,16 +117,18 @@ class EmbeddedServer:
         spb_grpc.add_SocketServiceServicer_to_server(
             SocketServicer(hub, self.messages, self.settings, self._locate), server
         )
+        mpb_grpc.add_MediaServiceServicer_to_server(MediaServicer(self.media), server)
         serve_health_and_reflection(
             server,
             self._health,
-            (*PUBLIC_SERVICES, *PRESENCE_SERVICES, *PUSH_SERVICES, SOCKET_SERVICE),
+            (*PUBLIC_SERVICES, *PRESENCE_SERVICES, *PUSH_SERVICES, *MEDIA_SERVICES, SOCKET_SERVICE),
         )
         return server
 
     async def start(self) -> None:
         await self.store.open()
         await self.push.start()
+        await self.media.open()
         server = self._grpc_server(self.hub)
         s = self.settings
         self.grpc_port = tls.listen(server, s.grpc_addr, s.tls_cert_file, s.tls_key_file)
@@ -137,9 +144,18 @@ class EmbeddedServer:
         self.presence.start()
         self.hub.start()
         self.web = WebServer(
-            self.settings, self.hub, self.messages, self.grpc_address, gateway_target
+            self.settings,
+            self.hub,
+            self.messages,
+            self.grpc_address,
+            gateway_target,
+            extra_routes=MediaHttp(self.media).routes(),
         )
         self.http_port = await self.web.start()
+        if not self.media.http_url:
+            scheme = "https" if s.tls_cert_file else "http"
+            self.media.http_url = f"{scheme}://{s.http_addr.rsplit(':', 1)[0]}:{self.http_port}"
+        self.media.start_gc()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         logger.info(
             "natter %s serving gRPC on %s and HTTP on %s:%d (data in %s)",
@@ -165,6 +181,7 @@ class EmbeddedServer:
             await self.web.stop()
         if self._server is not None:
             await self._server.stop(grace)
+        await self.media.close()
         await self.store.close()
 
     async def add_socket_server(self, node_id: str) -> tuple[Hub, str]:

@@ -18,6 +18,8 @@ class Profile:
     device_id: int = 0
     token: str = ""
     cursors: dict[int, int] = field(default_factory=dict)
+    # How far this device has taken the user's own change log (delete for me).
+    user_log_seq: int = 0
 
 
 class ProfileStore:

@@ -335,13 +335,43 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="seconds of bare-gRPC echo measured first (0 to skip)",
     )
     p.add_argument("--no-strace", action="store_true", help="do not count fsyncs with strace")
+    p.add_argument(
+        "--search-index",
+        choices=["on", "off", "both"],
+        default="on",
+        help="keep the full-text index on the send path (default), drop its triggers from the "
+        "server's SQLite store before the run (off), or run off, on, off, on in turn (both)",
+    )
     p.add_argument("--no-record", action="store_true", help="do not append to bench-results.md")
     args = p.parse_args(argv)
 
     ceiling: echo.EchoResult | None = None
     if args.ceiling_seconds > 0:
         ceiling = echo.measure([(args.pairs, args.inflight)], args.ceiling_seconds)[0]
+    modes = ["off", "on", "off", "on"] if args.search_index == "both" else [args.search_index]
+    for mode in modes:
+        _run_one(args, ceiling, mode)
+
+
+def drop_search_index(server: BenchServer) -> None:
+    """The SQLite store without the triggers that keep the full-text index (bench only)."""
+    import sqlite3
+
+    if server.data_dir is None:
+        raise SystemExit("--search-index off needs a server this bench starts")
+    db = sqlite3.connect(server.data_dir / "natter.db")
+    try:
+        for name in ("messages_fts_insert", "messages_fts_update", "messages_fts_delete"):
+            db.execute(f"DROP TRIGGER IF EXISTS {name}")
+        db.commit()
+    finally:
+        db.close()
+
+
+def _run_one(args: argparse.Namespace, ceiling: echo.EchoResult | None, mode: str) -> None:
     server = server_from(args, count_fsyncs=not args.no_strace)
+    if mode == "off":
+        drop_search_index(server)
     if not server.own:
         print(
             "note: an external server keeps its own frame rate limit "
@@ -393,9 +423,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows += echo.echo_rows([ceiling])
         ratio = f"{r.acked_rate / ceiling.rate:.2f}"
         rows.append(("natter acked / echo ceiling", ratio))
-    mode = f"paced {fmt(args.rate)} msg/s" if args.rate else "flat out"
+    pace = f"paced {fmt(args.rate)} msg/s" if args.rate else "flat out"
     print_table(
-        f"natter chat: {args.pairs} pairs x {args.inflight} in flight, {args.seconds:g} s, {mode}",
+        f"natter chat: {args.pairs} pairs x {args.inflight} in flight, {args.seconds:g} s, {pace}, "
+        f"search index {mode}",
         rows,
     )
     if args.profile is not None:
@@ -414,8 +445,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             + f", lost {r.acked - r.delivered}"
         )
         params = (
-            f"{args.pairs} pairs x {args.inflight} in flight, {args.seconds:g} s, {mode}, "
-            f"{args.procs} client procs"
+            f"{args.pairs} pairs x {args.inflight} in flight, {args.seconds:g} s, {pace}, "
+            f"{args.procs} client procs, search index {mode}"
             + (", external server" if args.server else "")
             + (", cProfile" if args.profile else "")
         )

@@ -171,12 +171,18 @@ class BenchServer:
                 *cmd,
             ]
         env = {**os.environ, **OWN_SERVER_ENV}
-        log = (folder / "server.log").open("wb")
-        server._proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder
-        )
+        # The child has its own copy of the descriptor: ours is closed at once.
+        with (folder / "server.log").open("wb") as log:
+            server._proc = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder
+            )
         server._wait_ready(timeout)
         return server
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The data folder of a server this bench started (None for one given by address)."""
+        return self._dir / "data" if self._dir is not None else None
 
     def _wait_ready(self, timeout: float) -> None:
         assert self._proc is not None

@@ -35,6 +35,8 @@ STATE = "state.json"
 # (role, how many, first public port as an offset from --base-port)
 LAYOUT = (("message", 2, 0), ("channel", 1, 20), ("presence", 1, 30), ("socket", 3, 10))
 INTERNAL_OFFSET = 1000
+# Message nodes serve attachments over HTTP on their public port plus this.
+HTTP_OFFSET = 2000
 ETCD_OFFSETS = (90, 91)
 PG_OFFSET = 95
 STOP_SIGNALS = {"etcd": EtcdServer.stop_signal, "postgres": PostgresServer.stop_signal}
@@ -142,6 +144,7 @@ def _start_role(
             str(folder / name),
             "--etcd",
             etcd,
+            *(["--http", f"{HOST}:{public + HTTP_OFFSET}"] if role == "message" else []),
         ],
         log,
         env,
@@ -157,9 +160,11 @@ def _layout(sockets: int) -> list[tuple[str, int, int]]:
 
 def _ports(base: int, sockets: int) -> list[int]:
     ports = [base + ETCD_OFFSETS[0], base + ETCD_OFFSETS[1], base + PG_OFFSET]
-    for _, count, offset in _layout(sockets):
+    for role, count, offset in _layout(sockets):
         for i in range(count):
             ports += [base + offset + i, base + offset + i + INTERNAL_OFFSET]
+            if role == "message":
+                ports.append(base + offset + i + HTTP_OFFSET)
     return ports
 
 
@@ -210,6 +215,9 @@ async def _up(
             "NATTER_DATABASE_URL": url,
             "NATTER_LOG_LEVEL": "INFO",
             "GRPC_VERBOSITY": "ERROR",
+            # The object store attachments go to, if the caller names one: message nodes
+            # share it (without it each keeps blobs in its own data folder).
+            **{k: v for k, v in os.environ.items() if k.startswith("NATTER_S3_")},
             **env,
         }
     )

@@ -182,3 +182,18 @@ class MessageClient:
             )
 
         return list((await self.pool.call(self.addresses, go)).thread_ids)
+
+    async def user_changes(
+        self, who: d.Principal, after_seq: int, limit: int
+    ) -> tuple[list[d.UserChange], bool]:
+        request = mpb.MessageInternalServiceListUserChangesRequest(
+            user_id=who.user.user_id, after_seq=after_seq, limit=limit
+        )
+
+        async def go(ch: grpc.aio.Channel) -> mpb.MessageInternalServiceListUserChangesResponse:
+            return await self._stub(ch).ListUserChanges(
+                request, metadata=self.pool.metadata, timeout=self.pool.deadline
+            )
+
+        res = await self.pool.call(self.addresses, go)
+        return [convert.user_change_of(c) for c in res.changes], res.more

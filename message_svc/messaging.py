@@ -19,6 +19,7 @@ from message_svc.store import (
     Appended,
     MemberRow,
     NewMessage,
+    Refusal,
     Refused,
     Store,
     ThreadRow,
@@ -28,13 +29,17 @@ from message_svc.store import (
 from natter.domain import (
     MUTED_FOREVER,
     Cursor,
+    Delete,
     Delivery,
     DeviceAck,
+    Edit,
+    Forward,
     Member,
     Message,
     MessageKind,
     MessageState,
     Principal,
+    React,
     ReadCursor,
     Receipt,
     ReceiptKind,
@@ -46,10 +51,12 @@ from natter.domain import (
     ThreadMute,
     Typing,
     User,
+    UserChange,
     queues_push,
 )
 from natter.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NatterError,
     NotFound,
@@ -155,24 +162,18 @@ class Messaging:
             )
         out: list[SendResult | NatterError | None] = [None] * len(reqs)
         todo: list[tuple[int, NewMessage]] = []
+        now = datetime.now(UTC)
         for i, req in enumerate(reqs):
             try:
-                thread_id, text = await self._target(who, req)
+                thread_id = await self._target(who, req)
+                new = self._entry(who, req, thread_id, now)
+                new = replace(new, notify=queues_push(new.kind))
             except NatterError as e:
                 out[i] = e
                 if transient(e):
                     out[i:] = [e] * (len(reqs) - i)
                     break
                 continue
-            new = NewMessage(
-                thread_id,
-                who.user,
-                who.device_id,
-                req.client_msg_id,
-                MessageKind.TEXT,
-                text,
-                notify=queues_push(MessageKind.TEXT),
-            )
             todo.append((i, new))
         appended = await self.committer.submit_many([new for _, new in todo])
         stored: list[tuple[Message, ThreadKind]] = []
@@ -190,35 +191,140 @@ class Messaging:
                 message.thread_id,
                 message.seq,
                 message.create_time,
+                # The device knows what it sent as plain text; anything else comes back whole.
+                None if new.plain and new.kind is MessageKind.TEXT else message,
             )
         # A retry is pushed again: the replica that stored the original may have died
         # before pushing it. Devices drop what they already have (by thread and seq).
         await self.publish_many(stored, exclude_device_id=who.device_id)
         return [o for o in out if o is not None]
 
-    async def _target(self, who: Principal, req: SendRequest) -> tuple[int, str]:
-        """The thread a send goes to, and its checked text."""
+    async def _target(self, who: Principal, req: SendRequest) -> int:
+        """The thread a send goes to (its content is checked by `_entry`)."""
         rules.client_msg_id(req.client_msg_id)
-        text = rules.text(req.text, self.settings.max_text_bytes)
+        if req.change is None and not req.attachment_ids:
+            rules.text(req.text, self.settings.max_text_bytes)  # before any lookup
         if req.recipient:
-            return await self._direct_with(who.user.user_id, req.recipient), text
+            return await self._direct_with(who.user.user_id, req.recipient)
         if req.thread_id > 0:
-            return req.thread_id, text
+            return req.thread_id
         if req.thread_id < 0:
             raise InvalidArgument("thread_id must be positive", "BAD_THREAD")
         raise InvalidArgument("send needs a thread_id or a recipient", "NO_TARGET")
 
+    def _entry(self, who: Principal, req: SendRequest, thread_id: int, now: datetime) -> NewMessage:
+        """What a send appends: a message, or an event changing one (checked by the store)."""
+        cap = self.settings.max_text_bytes
+        base = NewMessage(
+            thread_id, who.user, who.device_id, req.client_msg_id, MessageKind.TEXT, ""
+        )
+        change = req.change
+        if change is not None and (req.attachment_ids or req.reply_to_seq):
+            raise InvalidArgument(
+                "a reaction, edit, delete or forward carries no attachments or reply",
+                "BAD_CHANGE",
+            )
+        if isinstance(change, React | Edit | Delete) and change.seq <= 0:
+            raise InvalidArgument("the message to change needs a positive seq", "BAD_SEQ")
+        if isinstance(change, React):
+            return replace(
+                base,
+                kind=MessageKind.REACTION,
+                text=rules.emoji(change.emoji),
+                target_seq=change.seq,
+            )
+        if isinstance(change, Edit):
+            window = timedelta(seconds=self.settings.edit_window_seconds)
+            return replace(
+                base,
+                kind=MessageKind.EDIT,
+                text=rules.text(req.text, cap),
+                target_seq=change.seq,
+                deadline=now - window,
+            )
+        if isinstance(change, Delete):
+            window = timedelta(seconds=self.settings.delete_window_seconds)
+            return replace(
+                base, kind=MessageKind.DELETE, target_seq=change.seq, deadline=now - window
+            )
+        if isinstance(change, Forward):
+            if change.thread_id <= 0 or change.seq <= 0:
+                raise InvalidArgument("a forward names a thread and a seq", "BAD_FORWARD")
+            return replace(base, forward=(change.thread_id, change.seq))
+        if req.reply_to_seq < 0:
+            raise InvalidArgument("reply_to_seq must be positive", "BAD_SEQ")
+        if req.attachment_ids:
+            ids = tuple(dict.fromkeys(req.attachment_ids))
+            if len(ids) > rules.MAX_ATTACHMENTS:
+                raise InvalidArgument(
+                    f"at most {rules.MAX_ATTACHMENTS} attachments per message",
+                    "TOO_MANY_ATTACHMENTS",
+                )
+            if any(not i or len(i) > 26 for i in ids):
+                raise InvalidArgument("attachment ids come from uploads", "BAD_ATTACHMENT_ID")
+            return replace(
+                base,
+                kind=MessageKind.ATTACHMENT,
+                text=rules.caption(req.text, cap),
+                attachment_ids=ids,
+                reply_to_seq=req.reply_to_seq,
+            )
+        return replace(base, text=rules.text(req.text, cap), reply_to_seq=req.reply_to_seq)
+
     async def _stored(self, who: Principal, new: NewMessage, a: Appended | Refused) -> Message:
         """The message a send stored (or had stored before), or why it was refused."""
         if isinstance(a, Refused):
-            await self.active_member(who, new.thread_id)  # raises the precise error
-            raise PermissionDenied(
-                f"you are not a member of thread {new.thread_id}", "NOT_A_MEMBER"
-            )
+            if a.reason is Refusal.NOT_A_MEMBER:
+                await self.active_member(who, new.thread_id)  # raises the precise error
+                raise PermissionDenied(
+                    f"you are not a member of thread {new.thread_id}", "NOT_A_MEMBER"
+                )
+            raise self._refusal(new, a.reason)
         message = a.message
-        if a.duplicate and (message.text != new.text or message.thread_id != new.thread_id):
+        if a.duplicate and not _same(message, new):
             raise reused(new.client_msg_id)
         return message
+
+    def _refusal(self, new: NewMessage, reason: Refusal) -> NatterError:
+        seq = new.target_seq or new.reply_to_seq
+        what = f"message {new.thread_id}:{seq}"
+        verb = {
+            MessageKind.REACTION: "react to",
+            MessageKind.EDIT: "edit",
+            MessageKind.DELETE: "delete",
+        }.get(new.kind, "reply to")
+        if reason is Refusal.MESSAGE_NOT_FOUND:
+            return NotFound(f"{what} does not exist", "MESSAGE_NOT_FOUND")
+        if reason is Refusal.NOT_AUTHOR:
+            who = "its sender or a group admin" if new.kind is MessageKind.DELETE else "its sender"
+            return PermissionDenied(f"only {who} may {verb} {what}", "NOT_AUTHOR")
+        if reason is Refusal.WINDOW_CLOSED:
+            edit = new.kind is MessageKind.EDIT
+            limit = (
+                self.settings.edit_window_seconds if edit else self.settings.delete_window_seconds
+            )
+            return FailedPrecondition(
+                f"{what} is older than the {_span(limit)} a message may be "
+                f"{'edited' if edit else 'deleted'} in",
+                "EDIT_WINDOW_CLOSED" if edit else "DELETE_WINDOW_CLOSED",
+            )
+        if reason is Refusal.MESSAGE_DELETED:
+            return FailedPrecondition(f"{what} was deleted", "MESSAGE_DELETED")
+        if reason is Refusal.NOT_EDITABLE:
+            return FailedPrecondition(
+                f"only text and attachment messages can be changed; {what} is neither",
+                "NOT_EDITABLE",
+            )
+        if reason is Refusal.ATTACHMENT_NOT_FOUND:
+            return NotFound(
+                "an attachment does not exist or is not one you uploaded (forward a message "
+                "to send someone else's)",
+                "ATTACHMENT_NOT_FOUND",
+            )
+        assert new.forward is not None
+        return PermissionDenied(
+            f"message {new.forward[0]}:{new.forward[1]} is not one you can see", "NOT_A_MEMBER"
+        )
 
     async def _direct_with(self, user_id: int, identifier: str) -> int:
         """The direct thread with a user; ids, names and pairs never change, so all are cached."""
@@ -411,6 +517,7 @@ class Messaging:
         after_seq: int,
         limit: int,
         forward: bool = False,
+        folded: bool = False,
     ) -> tuple[list[Message], bool]:
         if before_seq < 0 or after_seq < 0:
             raise InvalidArgument("before_seq and after_seq must not be negative", "BAD_CURSOR")
@@ -420,7 +527,9 @@ class Messaging:
         hi_incl = me.last_visible(thread.last_seq)
         newest = before_seq > 0 or (after_seq == 0 and not forward)
         upper = min(before_seq, hi_incl + 1) if before_seq > 0 else hi_incl + 1
-        rows = await self.store.list_messages(thread_id, lo, upper, size + 1, newest)
+        rows = await self.store.list_messages(
+            thread_id, lo, upper, size + 1, newest, viewer=who.user.user_id, folded=folded
+        )
         more = len(rows) > size
         rows = rows[1:] if (more and newest) else rows[:size]
         return await self._with_state(who, thread, rows), more
@@ -440,7 +549,7 @@ class Messaging:
         read = min((m.read_seq for m in others), default=UNBOUNDED)
 
         def state(m: Message) -> Message:
-            if m.sender.user_id != who.user.user_id or m.kind is not MessageKind.TEXT:
+            if m.sender.user_id != who.user.user_id or not m.kind.notifies:
                 return m
             s = (
                 MessageState.READ
@@ -478,7 +587,7 @@ class Messaging:
             starts.append(Cursor(m.thread_id, start))
             if start < upto:
                 ranges.append((m.thread_id, start, upto))
-        rows = await self.store.messages_after(ranges, size + 1)
+        rows = await self.store.messages_after(ranges, size + 1, viewer=who.user.user_id)
         more = len(rows) > size
         return SyncPage(rows[:size], more), starts
 
@@ -491,7 +600,64 @@ class Messaging:
         hi = me.last_visible(before_seq - 1) + 1  # exclusive, like before_seq
         if hi - lo <= 1:
             return []
-        return await self.store.list_messages(thread_id, lo, hi, hi - lo, False)
+        return await self.store.list_messages(
+            thread_id, lo, hi, hi - lo, False, viewer=who.user.user_id
+        )
+
+    # -- search --------------------------------------------------------------------------
+
+    async def search(
+        self, who: Principal, query: str, thread_id: int, page_size: int, token: str
+    ) -> tuple[list[Message], str]:
+        """What the user can see that holds every word, best first, a page at a time."""
+        words = rules.search_words(query)
+        if thread_id < 0:
+            raise InvalidArgument("thread_id must not be negative", "BAD_THREAD")
+        if thread_id:
+            await self.member(who, thread_id)
+        size = 20 if page_size <= 0 else min(page_size, 100)
+        offset = _decode_offset(token) if token else 0
+        rows = await self.store.search_messages(
+            who.user.user_id, words, thread_id, offset, size + 1
+        )
+        more = len(rows) > size
+        return rows[:size], _encode_offset(offset + size) if more else ""
+
+    # -- the user's own state ------------------------------------------------------------
+
+    async def hide(self, who: Principal, thread_id: int, seqs: Sequence[int]) -> list[UserChange]:
+        """Delete for me: hidden on every device of the user, for nobody else.
+
+        Recorded in the user's own change log (a seq of its own, not the thread's), which
+        their devices replay from the cursor they pass in Hello and get pushed live.
+        """
+        if not seqs:
+            raise InvalidArgument("name the messages to delete for you", "NO_SEQS")
+        if len(seqs) > 1000:
+            raise InvalidArgument("at most 1000 messages at a time", "TOO_MANY_SEQS")
+        thread, me = await self.member(who, thread_id)
+        hi = me.last_visible(thread.last_seq)
+        for seq in seqs:
+            if not me.first_seq <= seq <= hi:
+                raise NotFound(f"message {thread_id}:{seq} does not exist", "MESSAGE_NOT_FOUND")
+        changes = await self.store.hide_messages(who.user.user_id, thread_id, seqs)
+        if changes:
+            try:
+                await self.fanout.deliver(
+                    [Delivery(c, user_ids=(who.user.user_id,)) for c in changes]
+                )
+            except Exception:  # devices replay the log on their next connect
+                logger.warning("push of user changes failed", exc_info=True)
+        return changes
+
+    async def user_changes(
+        self, who: Principal, after_seq: int, limit: int
+    ) -> tuple[list[UserChange], bool]:
+        if after_seq < 0:
+            raise InvalidArgument("after_seq must not be negative", "BAD_CURSOR")
+        size = 500 if limit <= 0 else min(limit, 5000)
+        rows = await self.store.user_changes(who.user.user_id, after_seq, size + 1)
+        return rows[:size], len(rows) > size
 
     # -- receipts ------------------------------------------------------------------------
 
@@ -616,6 +782,47 @@ def _remember(cache: dict[K, V], key: K, value: V) -> None:
     if len(cache) >= CACHE_LIMIT:
         cache.clear()
     cache[key] = value
+
+
+def _same(stored: Message, new: NewMessage) -> bool:
+    """Whether a stored entry is what a send with its key asks for (a retry), or another."""
+    if stored.thread_id != new.thread_id:
+        return False
+    if new.kind.is_event:
+        return stored.kind is new.kind and stored.target_seq == new.target_seq
+    if new.forward is not None:
+        return stored.forwarded
+    if new.attachment_ids:
+        return tuple(a.attachment_id for a in stored.attachments) == new.attachment_ids
+    # An edit or a delete may have changed the text since: the original key still matches.
+    return stored.text == new.text or stored.edit_seq > 0 or stored.deleted
+
+
+def _span(seconds: float) -> str:
+    if seconds % 3600 == 0 and seconds >= 3600:
+        hours = int(seconds // 3600)
+        return f"{hours} hour{'s' if hours != 1 else ''}"
+    if seconds % 60 == 0 and seconds >= 60:
+        minutes = int(seconds // 60)
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"{seconds:g} seconds"
+
+
+def _encode_offset(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o{offset}".encode()).decode()
+
+
+def _decode_offset(token: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(token.encode()).decode()
+        if not raw.startswith("o"):
+            raise ValueError(raw)
+        offset = int(raw[1:])
+        if offset < 0 or offset > 10_000:
+            raise ValueError(raw)
+        return offset
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidArgument("page_token is not one this server issued", "BAD_PAGE_TOKEN") from e
 
 
 def reused(client_msg_id: str) -> AlreadyExists:

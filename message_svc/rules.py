@@ -102,3 +102,44 @@ def client_msg_id(value: str) -> str:
             "client_msg_id must be 1-64 printable ASCII characters", "BAD_CLIENT_MSG_ID"
         )
     return value
+
+
+MAX_ATTACHMENTS = 10
+MIN_WORD = 3
+MAX_WORDS = 10
+_WORD = re.compile(r"[^\W_]+")  # letters and digits: "_" separates words everywhere
+
+
+def emoji(value: str) -> str:
+    """One emoji (a grapheme of a few code points: skin tones, ZWJ sequences, flags)."""
+    if not value:
+        return value
+    if len(value) > 16 or len(value.encode("utf-8", "surrogatepass")) > 64:
+        raise InvalidArgument("a reaction is one emoji", "BAD_EMOJI")
+    for ch in value:
+        cat = unicodedata.category(ch)
+        if ch.isascii() and not ch.isdigit() and ch not in "#*":
+            raise InvalidArgument("a reaction is one emoji, not text", "BAD_EMOJI")
+        if cat in ("Cc", "Zs", "Zl", "Zp") or (cat == "Cf" and ch != "\u200d"):
+            raise InvalidArgument("a reaction is one emoji", "BAD_EMOJI")
+    if not any(ord(ch) > 0x2000 for ch in value):
+        raise InvalidArgument("a reaction is one emoji", "BAD_EMOJI")
+    return value
+
+
+def caption(value: str, max_bytes: int) -> str:
+    """A caption may be empty; otherwise it is text like any other."""
+    return text(value, max_bytes) if value.strip() else ""
+
+
+def search_words(query: str) -> list[str]:
+    """The words of a query that every store can find: three letters or more, ten at most."""
+    words = [w.lower() for w in _WORD.findall(query) if len(w) >= MIN_WORD]
+    words = list(dict.fromkeys(words))
+    if not words:
+        raise InvalidArgument(
+            f"search for a word of at least {MIN_WORD} letters", "QUERY_TOO_SHORT"
+        )
+    if len(words) > MAX_WORDS:
+        raise InvalidArgument(f"search for at most {MAX_WORDS} words", "QUERY_TOO_LONG")
+    return words

@@ -57,6 +57,8 @@ _TABLE_OPTIONS: dict[str, Any] = {
 # Message text may be max_text_bytes (64 KiB) and a system event lists up to a group's worth
 # of users: more than MySQL's TEXT (65,535 bytes) holds.
 LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), *_MYSQL)
+# Thumbnails are small JPEGs (tens of KiB), more than MySQL's BLOB (64 KiB) may hold.
+BYTES = sa.LargeBinary().with_variant(mysql.MEDIUMBLOB(), *_MYSQL)
 
 users = sa.Table(
     "users",
@@ -71,6 +73,8 @@ users = sa.Table(
     sa.Column("create_time", TS, nullable=False),
     # natter.domain.NotificationPreview: how much push notifications show (privacy mode).
     sa.Column("notification_preview", sa.SmallInteger, nullable=False, server_default="1"),
+    # The last seq of the user's own change log (user_log), bumped like threads.last_seq.
+    sa.Column("log_seq", sa.BigInteger, nullable=False, default=0, server_default="0"),
     **_TABLE_OPTIONS,
 )
 
@@ -151,9 +155,102 @@ messages = sa.Table(
     sa.Column("text", LONG_TEXT, nullable=False),
     sa.Column("system", LONG_TEXT, nullable=True),
     sa.Column("create_time", TS, nullable=False),
+    # Events (reaction, edit, delete): the seq of the message they change.
+    sa.Column("target_seq", sa.BigInteger, nullable=True),
+    # JSON: attachments (a snapshot of their metadata), the quoted message, the forward mark.
+    sa.Column("payload", LONG_TEXT, nullable=True),
+    # Folded state, kept on the message itself: the last edit, the delete for everyone.
+    sa.Column("edit_seq", sa.BigInteger, nullable=True),
+    sa.Column("edit_time", TS, nullable=True),
+    sa.Column("delete_seq", sa.BigInteger, nullable=True),
+    sa.Column("delete_time", TS, nullable=True),
     sa.UniqueConstraint("sender_id", "client_msg_id", name="uq_messages_sender_client"),
+    sa.Index("ix_messages_target", "thread_id", "target_seq"),
     **_TABLE_OPTIONS,
 )
+
+# Each member's current reaction to a message (the events are in messages, kind REACTION).
+reactions = sa.Table(
+    "reactions",
+    metadata,
+    sa.Column("thread_id", sa.BigInteger, primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("user_id", sa.BigInteger, sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("emoji", sa.String(64), nullable=False),
+    sa.Column("event_seq", sa.BigInteger, nullable=False),
+    sa.Column("create_time", TS, nullable=False),
+    **_TABLE_OPTIONS,
+)
+
+# Uploaded files: metadata, owner and thumbnail; the bytes are in the blob store by sha256.
+attachments = sa.Table(
+    "attachments",
+    metadata,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("owner_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("sha256", sa.String(64), nullable=False, index=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mime_type", sa.String(128), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("width", sa.Integer, nullable=False, default=0),
+    sa.Column("height", sa.Integer, nullable=False, default=0),
+    sa.Column("duration_ms", sa.BigInteger, nullable=False, default=0),
+    sa.Column("blurhash", sa.String(64), nullable=False, default=""),
+    sa.Column("voice_note", sa.Boolean, nullable=False, default=False),
+    sa.Column("thumbnail", BYTES, nullable=True),
+    sa.Column("create_time", TS, nullable=False, index=True),
+    **_TABLE_OPTIONS,
+)
+
+# Which messages refer to which attachments: what a download is checked against, and what
+# keeps a blob from being collected. A delete for everyone removes its message's rows.
+message_attachments = sa.Table(
+    "message_attachments",
+    metadata,
+    sa.Column("thread_id", sa.BigInteger, primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("position", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("attachment_id", sa.String(26), nullable=False, index=True),
+    **_TABLE_OPTIONS,
+)
+
+# Stored contents, by SHA-256; touch_time starts the grace period before collection.
+blobs = sa.Table(
+    "blobs",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("create_time", TS, nullable=False),
+    sa.Column("touch_time", TS, nullable=False, index=True),
+    **_TABLE_OPTIONS,
+)
+
+# Delete for me: what each user hid, and their own change log that syncs it to their devices.
+hidden_messages = sa.Table(
+    "hidden_messages",
+    metadata,
+    sa.Column("user_id", sa.BigInteger, sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("thread_id", sa.BigInteger, primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("create_time", TS, nullable=False),
+    **_TABLE_OPTIONS,
+)
+
+user_log = sa.Table(
+    "user_log",
+    metadata,
+    sa.Column("user_id", sa.BigInteger, sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.SmallInteger, nullable=False),
+    sa.Column("thread_id", sa.BigInteger, nullable=False),
+    sa.Column("target_seq", sa.BigInteger, nullable=False),
+    sa.Column("create_time", TS, nullable=False),
+    **_TABLE_OPTIONS,
+)
+
+# The full-text index: SQLite FTS5 (rowid = thread_id << 32 | seq, kept by triggers),
+# PostgreSQL a generated tsvector with a GIN index, MariaDB/MySQL a FULLTEXT index.
+FTS_ROWID_SHIFT = 32
 
 device_cursors = sa.Table(
     "device_cursors",
@@ -256,11 +353,102 @@ async def _push(conn: AsyncConnection) -> None:
     await conn.run_sync(_push_notifications)
 
 
+_MESSAGE_COLUMNS = ("target_seq", "payload", "edit_seq", "edit_time", "delete_seq", "delete_time")
+_NEW_TABLES = (reactions, attachments, message_attachments, blobs, hidden_messages, user_log)
+
+_SQLITE_FTS = (
+    """CREATE VIRTUAL TABLE IF NOT EXISTS message_fts USING fts5(
+        text, tokenize = 'unicode61 remove_diacritics 2')""",
+    # How many messages hold each indexed word: how search picks its plan (sqlstore.py).
+    "CREATE VIRTUAL TABLE IF NOT EXISTS message_fts_vocab USING fts5vocab(message_fts, 'row')",
+    """CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages
+        WHEN new.kind IN (1, 3) AND new.text <> ''
+        BEGIN
+          INSERT INTO message_fts(rowid, text) VALUES ((new.thread_id << 32) | new.seq, new.text);
+        END""",
+    """CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE OF text ON messages
+        WHEN new.kind IN (1, 3)
+        BEGIN
+          DELETE FROM message_fts WHERE rowid = (old.thread_id << 32) | old.seq;
+          INSERT INTO message_fts(rowid, text)
+            SELECT (new.thread_id << 32) | new.seq, new.text WHERE new.text <> '';
+        END""",
+    """CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages
+        WHEN old.kind IN (1, 3)
+        BEGIN
+          DELETE FROM message_fts WHERE rowid = (old.thread_id << 32) | old.seq;
+        END""",
+)
+
+
+def _rich_messages(sync: Any) -> None:
+    """Attachments, replies, reactions, edits, deletes, delete for me, and full-text search.
+
+    Written to hold whatever the schema already has, so it does not depend on its place in
+    the list: a database created by `_initial` with this metadata already has the tables
+    and columns, an older one gets them here; the search index is made here either way.
+    """
+    inspector = sa.inspect(sync)
+    dialect = sync.dialect.name
+    have = {c["name"] for c in inspector.get_columns("messages")}
+    for name in _MESSAGE_COLUMNS:
+        if name not in have:
+            column = messages.c[name]
+            kind = column.type.compile(dialect=sync.dialect)
+            sync.execute(sa.text(f"ALTER TABLE messages ADD COLUMN {name} {kind} NULL"))
+    if "log_seq" not in {c["name"] for c in inspector.get_columns("users")}:
+        sync.execute(sa.text("ALTER TABLE users ADD COLUMN log_seq BIGINT NOT NULL DEFAULT 0"))
+    if "ix_messages_target" not in {i["name"] for i in inspector.get_indexes("messages")}:
+        sa.Index("ix_messages_target", messages.c.thread_id, messages.c.target_seq).create(sync)
+    metadata.create_all(sync, tables=list(_NEW_TABLES), checkfirst=True)
+    if dialect == "sqlite":
+        fresh = not inspector.has_table("message_fts")
+        for statement in _SQLITE_FTS:
+            sync.execute(sa.text(statement))
+        if fresh:
+            sync.execute(
+                sa.text(
+                    "INSERT INTO message_fts(rowid, text) SELECT (thread_id << 32) | seq, text "
+                    "FROM messages WHERE kind IN (1, 3) AND text <> '' AND delete_seq IS NULL"
+                )
+            )
+    elif dialect == "postgresql":
+        if "search" not in {c["name"] for c in sa.inspect(sync).get_columns("messages")}:
+            sync.execute(
+                sa.text(
+                    "ALTER TABLE messages ADD COLUMN search tsvector "
+                    "GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED"
+                )
+            )
+        sync.execute(
+            sa.text("CREATE INDEX IF NOT EXISTS ix_messages_search ON messages USING GIN (search)")
+        )
+    elif dialect in _MYSQL:
+        indexes = {i["name"] for i in sa.inspect(sync).get_indexes("messages")}
+        if "ft_messages_text" not in indexes:
+            # Keys stay binary (utf8mb4_bin); the text is matched case-insensitively. Every
+            # word is indexed, as on the other engines: InnoDB's stopword list ("the",
+            # "about", ...) is for the index being made here only.
+            sync.execute(sa.text("SET SESSION innodb_ft_enable_stopword = OFF"))
+            sync.execute(
+                sa.text(
+                    "ALTER TABLE messages MODIFY text MEDIUMTEXT CHARACTER SET utf8mb4 "
+                    "COLLATE utf8mb4_unicode_520_ci NOT NULL, "
+                    "ADD FULLTEXT INDEX ft_messages_text (text)"
+                )
+            )
+
+
+async def _rich(conn: AsyncConnection) -> None:
+    await conn.run_sync(_rich_messages)
+
+
 # Append only: a released migration is never edited; a change is a new entry. Steps are
 # idempotent (they look before they add), so their order among others' does not matter.
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial schema", _initial),
     (2, "push notifications: targets, queue, mutes, preview", _push),
+    (3, "attachments, reactions, edits, deletes, hiding, search", _rich),
 ]
 
 

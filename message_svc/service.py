@@ -27,6 +27,7 @@ from natter.domain import (
     SendRequest,
     SendResult,
     SyncPage,
+    UserChange,
 )
 from natter.errors import NatterError
 from natter.settings import Settings
@@ -107,3 +108,8 @@ class MessageService:
 
     async def user_groups(self, user_id: int) -> list[int]:
         return await self.messaging.user_groups(user_id)
+
+    async def user_changes(
+        self, who: Principal, after_seq: int, limit: int
+    ) -> tuple[list[UserChange], bool]:
+        return await self.messaging.user_changes(who, after_seq, limit)

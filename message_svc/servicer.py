@@ -162,6 +162,7 @@ class ThreadServicer(_Authed, tpb_grpc.ThreadServiceServicer):
             request.after_seq,
             request.limit,
             request.forward,
+            request.folded,
         )
         return tpb.ListMessagesResponse(messages=[convert.message(m) for m in rows], more=more)
 
@@ -178,6 +179,38 @@ class ThreadServicer(_Authed, tpb_grpc.ThreadServiceServicer):
     ) -> tpb.UnmuteThreadResponse:
         thread = await self.messaging.unmute(await self.who(context), request.thread_id)
         return tpb.UnmuteThreadResponse(thread=convert.thread(thread))
+
+    async def SearchMessages(
+        self, request: tpb.SearchMessagesRequest, context: Context
+    ) -> tpb.SearchMessagesResponse:
+        rows, token = await self.messaging.search(
+            await self.who(context),
+            request.query,
+            request.thread_id,
+            request.page_size,
+            request.page_token,
+        )
+        return tpb.SearchMessagesResponse(
+            messages=[convert.message(m) for m in rows], next_page_token=token
+        )
+
+    async def HideMessages(
+        self, request: tpb.HideMessagesRequest, context: Context
+    ) -> tpb.HideMessagesResponse:
+        changes = await self.messaging.hide(
+            await self.who(context), request.thread_id, list(request.seqs)
+        )
+        return tpb.HideMessagesResponse(changes=[convert.user_change(c) for c in changes])
+
+    async def ListUserChanges(
+        self, request: tpb.ListUserChangesRequest, context: Context
+    ) -> tpb.ListUserChangesResponse:
+        changes, more = await self.messaging.user_changes(
+            await self.who(context), request.after_seq, request.limit
+        )
+        return tpb.ListUserChangesResponse(
+            changes=[convert.user_change(c) for c in changes], more=more
+        )
 
 
 class MessageInternalServicer(mpb_grpc.MessageInternalServiceServicer):
@@ -277,6 +310,16 @@ class MessageInternalServicer(mpb_grpc.MessageInternalServiceServicer):
             request.typing.active,
         )
         return mpb.RelayTypingResponse()
+
+    async def ListUserChanges(
+        self, request: mpb.MessageInternalServiceListUserChangesRequest, context: Context
+    ) -> mpb.MessageInternalServiceListUserChangesResponse:
+        changes, more = await self.messaging.user_changes(
+            await self._who(request.user_id, 0), request.after_seq, request.limit
+        )
+        return mpb.MessageInternalServiceListUserChangesResponse(
+            changes=[convert.user_change(c) for c in changes], more=more
+        )
 
     async def ListUserGroups(
         self, request: mpb.ListUserGroupsRequest, context: Context

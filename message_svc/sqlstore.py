@@ -12,7 +12,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,12 +30,16 @@ from message_svc.store import (
     MemberChange,
     MemberRow,
     NewMessage,
+    Refusal,
     Refused,
     ThreadRow,
     ThreadSummary,
     UserRow,
 )
 from natter.domain import (
+    Attachment,
+    AttachmentRecord,
+    Cursor,
     DeviceAck,
     Message,
     MessageKind,
@@ -46,11 +50,15 @@ from natter.domain import (
     PushKind,
     PushRecipient,
     PushTarget,
+    Reaction,
+    ReplyTo,
     Role,
     SystemEvent,
     SystemKind,
     ThreadKind,
     User,
+    UserChange,
+    UserChangeKind,
 )
 from natter.errors import (
     AlreadyExists,
@@ -292,9 +300,72 @@ _MESSAGE_COLUMNS = (
     t.messages.c.text,
     t.messages.c.system,
     t.messages.c.create_time,
+    t.messages.c.target_seq,
+    t.messages.c.payload,
+    t.messages.c.edit_seq,
+    t.messages.c.edit_time,
+    t.messages.c.delete_seq,
     t.users.c.username,
     t.users.c.display_name,
 )
+# Kinds by number, for statements: content is what counts as unread and previews a thread.
+_CONTENT = [k.value for k in MessageKind if k.is_content]
+_EVENTS = [k.value for k in MessageKind if k.is_event]
+_SEARCHED = [MessageKind.TEXT.value, MessageKind.ATTACHMENT.value]
+
+
+def _attachment_json(a: Attachment) -> list[Any]:
+    return [
+        a.attachment_id,
+        a.mime_type,
+        a.size,
+        a.name,
+        a.sha256,
+        a.width,
+        a.height,
+        a.duration_ms,
+        a.blurhash,
+        a.has_thumbnail,
+        a.voice_note,
+    ]
+
+
+def _payload_json(
+    attachments: Sequence[Attachment], reply: ReplyTo | None, forwarded: bool
+) -> str | None:
+    data: dict[str, Any] = {}
+    if attachments:
+        data["a"] = [_attachment_json(a) for a in attachments]
+    if reply is not None:
+        data["r"] = [reply.seq, _user_json(reply.sender), reply.snippet, reply.kind.value]
+    if forwarded:
+        data["f"] = 1
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False) if data else None
+
+
+def _payload_of(raw: str | None) -> tuple[tuple[Attachment, ...], ReplyTo | None, bool]:
+    if not raw:
+        return (), None, False
+    data = json.loads(raw)
+    atts = tuple(
+        Attachment(
+            attachment_id=a[0],
+            mime_type=a[1],
+            size=a[2],
+            name=a[3],
+            sha256=a[4],
+            width=a[5],
+            height=a[6],
+            duration_ms=a[7],
+            blurhash=a[8],
+            has_thumbnail=bool(a[9]),
+            voice_note=bool(a[10]),
+        )
+        for a in data.get("a", ())
+    )
+    r = data.get("r")
+    reply = ReplyTo(r[0], User(*r[1]), r[2], MessageKind(r[3])) if r else None
+    return atts, reply, bool(data.get("f"))
 
 
 def _message_select() -> sa.Select[Any]:
@@ -302,6 +373,9 @@ def _message_select() -> sa.Select[Any]:
 
 
 def _message(r: Any) -> Message:
+    kind = MessageKind(r.kind)
+    text, emoji = (r.text, "") if kind is not MessageKind.REACTION else ("", r.text)
+    atts, reply, forwarded = _payload_of(r.payload)
     return Message(
         thread_id=r.thread_id,
         seq=r.seq,
@@ -309,10 +383,48 @@ def _message(r: Any) -> Message:
         sender=User(r.sender_id, r.username, r.display_name),
         sender_device_id=r.sender_device_id,
         client_msg_id=r.client_msg_id,
-        kind=MessageKind(r.kind),
-        text=r.text,
+        kind=kind,
+        text=text,
         create_time=_aware(r.create_time),
         system=_system_from_json(r.system),
+        attachments=atts,
+        reply_to=reply,
+        forwarded=forwarded,
+        target_seq=r.target_seq or 0,
+        emoji=emoji,
+        edit_time=_utc(r.edit_time),
+        edit_seq=r.edit_seq or 0,
+        deleted=r.delete_seq is not None,
+        delete_seq=r.delete_seq or 0,
+    )
+
+
+def _attachment_record(r: Any) -> AttachmentRecord:
+    return AttachmentRecord(
+        Attachment(
+            attachment_id=r.id,
+            mime_type=r.mime_type,
+            size=int(r.size),
+            name=r.name,
+            sha256=r.sha256,
+            width=int(r.width),
+            height=int(r.height),
+            duration_ms=int(r.duration_ms),
+            blurhash=r.blurhash,
+            has_thumbnail=bool(r.has_thumb),
+            voice_note=bool(r.voice_note),
+        ),
+        int(r.owner_id),
+        _aware(r.create_time),
+    )
+
+
+def _user_change(r: Any) -> UserChange:
+    return UserChange(
+        int(r.seq),
+        UserChangeKind(r.kind),
+        Cursor(int(r.thread_id), int(r.target_seq)),
+        _aware(r.create_time),
     )
 
 
@@ -340,6 +452,8 @@ class SqlStore:
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._unreachable_since: float | None = None
         self._probe: asyncio.Task[None] | None = None
+        # SQLite search: how it picks its plan (see _search_per_thread).
+        self.per_thread_matches = PER_THREAD_MATCHES
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -851,9 +965,36 @@ class SqlStore:
         self, user_id: int, before: tuple[datetime, int] | None, limit: int
     ) -> list[ThreadSummary]:
         m, th, msg = t.thread_members, t.threads, t.messages
+        # The preview is the newest content this member may see: reactions, edits and
+        # deletes after it are events, not messages of their own. Read backwards from the
+        # member's last visible seq on the primary key, it stops at the first content row.
+        hi_expr = sa.case(
+            (sa.and_(m.c.left_seq.is_not(None), m.c.left_seq < th.c.last_seq), m.c.left_seq),
+            else_=th.c.last_seq,
+        )
+        inner = msg.alias("preview")
+        last_content = (
+            sa.select(inner.c.seq)
+            .where(
+                inner.c.thread_id == m.c.thread_id,
+                inner.c.seq <= hi_expr,
+                inner.c.seq >= m.c.first_seq,
+                inner.c.kind.in_(_CONTENT),
+            )
+            .order_by(inner.c.seq.desc())
+            .limit(1)
+            .correlate(m, th)
+            .scalar_subquery()
+        )
         q = (
             sa.select(
-                m, th.c.kind, th.c.title, th.c.last_seq, th.c.update_time.label("t_update"), th.c.id
+                m,
+                th.c.kind,
+                th.c.title,
+                th.c.last_seq,
+                th.c.update_time.label("t_update"),
+                th.c.id,
+                last_content.label("last_content"),
             )
             .join(th, th.c.id == m.c.thread_id)
             .where(m.c.owner_id == user_id)
@@ -874,6 +1015,7 @@ class SqlStore:
             # Four queries for the page, not three per thread: last messages, unread counts
             # and member counts are read for every thread of the page at once.
             pages: list[tuple[MemberRow, ThreadRow, int, int]] = []
+            previews: dict[int, int] = {}
             for r in rows:
                 member = _member_row(r)
                 thread = ThreadRow(
@@ -882,8 +1024,10 @@ class SqlStore:
                 hi = member.last_visible(thread.last_seq)
                 lo = max(member.read_seq, member.first_seq - 1)
                 pages.append((member, thread, lo, hi))
+                if r.last_content is not None:
+                    previews[thread.thread_id] = int(r.last_content)
             ids = [th_.thread_id for _, th_, _, _ in pages]
-            wanted = {(th_.thread_id, hi) for m_, th_, _, hi in pages if hi >= m_.first_seq}
+            wanted = set(previews.items())
             lasts: dict[int, Message] = {}
             if wanted:
                 found = await conn.execute(
@@ -894,6 +1038,8 @@ class SqlStore:
                 )
                 for lr in _pairs(found, wanted, "thread_id", "seq"):
                     lasts[int(lr.thread_id)] = _message(lr)
+                folded = await _fold(conn, list(lasts.values()), user_id)
+                lasts = {x.thread_id: x for x in folded}
             unread: dict[int, int] = {}
             spans = [(th_.thread_id, lo, hi) for _, th_, lo, hi in pages if hi > lo]
             if spans:
@@ -907,6 +1053,7 @@ class SqlStore:
                             )
                         ),
                         msg.c.sender_id != user_id,
+                        msg.c.kind.in_(_CONTENT),
                     )
                     .group_by(msg.c.thread_id)
                 )
@@ -985,21 +1132,32 @@ class SqlStore:
         )
 
     async def list_messages(
-        self, thread_id: int, after_seq: int, before_seq: int, limit: int, newest: bool
+        self,
+        thread_id: int,
+        after_seq: int,
+        before_seq: int,
+        limit: int,
+        newest: bool,
+        *,
+        viewer: int = 0,
+        folded: bool = False,
     ) -> list[Message]:
         msg = t.messages
         q = _message_select().where(msg.c.thread_id == thread_id, msg.c.seq > after_seq)
         if before_seq > 0:
             q = q.where(msg.c.seq < before_seq)
+        if folded:
+            q = q.where(msg.c.kind.notin_(_EVENTS))
         q = q.order_by(msg.c.seq.desc() if newest else msg.c.seq).limit(limit)
         async with self._read() as conn:
             rows = [_message(r) for r in await conn.execute(q)]
+            rows = await _fold(conn, rows, viewer)
         if newest:
             rows.reverse()
         return rows
 
     async def messages_after(
-        self, ranges: Sequence[tuple[int, int, int]], limit: int
+        self, ranges: Sequence[tuple[int, int, int]], limit: int, *, viewer: int = 0
     ) -> list[Message]:
         msg, th = t.messages, t.threads
         out: list[Message] = []
@@ -1025,7 +1183,287 @@ class SqlStore:
                     .limit(limit - len(out))
                 )
                 out.extend(_message(r) for r in await conn.execute(q))
+            out = await _fold(conn, out, viewer)
         return out
+
+    async def search_messages(
+        self, user_id: int, words: Sequence[str], thread_id: int, offset: int, limit: int
+    ) -> list[Message]:
+        if not words:
+            return []
+        dialect = self.url.get_backend_name()
+        params: dict[str, Any] = {"uid": user_id, "n": limit, "k": offset, "tid": thread_id}
+        visible = (
+            "JOIN thread_members tm ON tm.thread_id = m.thread_id AND tm.owner_id = :uid "
+            "WHERE m.seq >= tm.first_seq AND (tm.left_seq IS NULL OR m.seq <= tm.left_seq) "
+            "AND m.delete_seq IS NULL AND m.kind IN (1, 3) "
+            "AND NOT EXISTS (SELECT 1 FROM hidden_messages h WHERE h.user_id = :uid "
+            "AND h.thread_id = m.thread_id AND h.seq = m.seq) "
+            + ("AND m.thread_id = :tid " if thread_id else "")
+        )
+        if dialect == "sqlite":
+            params["q"] = " ".join('"' + w.replace('"', '""') + '"*' for w in words)
+            if await self._search_per_thread(user_id, words, thread_id):
+                return await self._search_sqlite(user_id, words, thread_id, offset, limit)
+            sql = (
+                "SELECT m.thread_id, m.seq FROM message_fts "
+                "JOIN messages m ON m.thread_id = (message_fts.rowid >> 32) "
+                "AND m.seq = (message_fts.rowid & 4294967295) "
+                + visible
+                + "AND message_fts MATCH :q "
+                "ORDER BY bm25(message_fts), m.thread_id DESC, m.seq DESC LIMIT :n OFFSET :k"
+            )
+        elif dialect == "postgresql":
+            params["q"] = " & ".join(f"{w}:*" for w in words)
+            sql = (
+                "SELECT m.thread_id, m.seq FROM messages m "
+                + visible
+                + "AND m.search @@ to_tsquery('simple', :q) "
+                "ORDER BY ts_rank(m.search, to_tsquery('simple', :q)) DESC, "
+                "m.thread_id DESC, m.seq DESC LIMIT :n OFFSET :k"
+            )
+        else:
+            params["q"] = " ".join(f"+{w}*" for w in words)
+            sql = (
+                "SELECT m.thread_id, m.seq FROM messages m "
+                + visible
+                + "AND MATCH(m.text) AGAINST (:q IN BOOLEAN MODE) "
+                "ORDER BY MATCH(m.text) AGAINST (:q IN BOOLEAN MODE) DESC, "
+                "m.thread_id DESC, m.seq DESC LIMIT :n OFFSET :k"
+            )
+        async with self._read() as conn:
+            hits = [
+                (int(r.thread_id), int(r.seq)) for r in await conn.execute(sa.text(sql), params)
+            ]
+            if not hits:
+                return []
+            found = await conn.execute(
+                _message_select().where(
+                    t.messages.c.thread_id.in_({h[0] for h in hits}),
+                    t.messages.c.seq.in_({h[1] for h in hits}),
+                )
+            )
+            by_key = {
+                (m.thread_id, m.seq): m
+                for m in map(_message, _pairs(found, set(hits), "thread_id", "seq"))
+            }
+            rows = await _fold(conn, [by_key[h] for h in hits if h in by_key], 0)
+        return rows
+
+    async def _search_per_thread(self, user_id: int, words: Sequence[str], thread_id: int) -> bool:
+        """Whether the words are common enough to search the user's threads one by one.
+
+        One query over the whole index ranks every message that holds the words, whoever's
+        it is: quick for rare words, slow for common ones in a large store (a word in a
+        third of a million messages took a second). Thread by thread costs about a
+        millisecond per thread whatever the store holds. The index's own counts of
+        messages per word (fts5vocab) pick the cheaper.
+        """
+        if thread_id:
+            return True
+        m, least = t.thread_members, None
+        async with self._read() as conn:
+            for w in words:
+                upper = w[:-1] + chr(ord(w[-1]) + 1)
+                n = (
+                    await conn.execute(
+                        sa.text(
+                            "SELECT coalesce(sum(doc), 0) FROM message_fts_vocab "
+                            "WHERE term >= :lo AND term < :hi"
+                        ),
+                        {"lo": w, "hi": upper},
+                    )
+                ).scalar_one()
+                least = int(n) if least is None else min(least, int(n))
+            threads = (
+                await conn.execute(
+                    sa.select(sa.func.count()).select_from(m).where(m.c.owner_id == user_id)
+                )
+            ).scalar_one()
+        return (least or 0) > self.per_thread_matches * max(1, int(threads))
+
+    async def _search_sqlite(
+        self, user_id: int, words: Sequence[str], thread_id: int, offset: int, limit: int
+    ) -> list[Message]:
+        """FTS5, one thread at a time: its rowids (thread_id << 32 | seq) are a range.
+
+        FTS5 seeks a rowid range within each word's posting list, so each of the user's
+        threads is searched only where the member may see it, and the cost follows the
+        user's own messages, not the whole store's (a common word matched in every thread
+        of every user made one global query rank hundreds of thousands of rows). Each
+        thread gives its best offset + limit by bm25, whose figures are comparable across
+        the queries (the statistics are the whole index's); the best of those is the page.
+        """
+        m = t.thread_members
+        q = sa.select(m.c.thread_id, m.c.first_seq, m.c.left_seq).where(m.c.owner_id == user_id)
+        if thread_id:
+            q = q.where(m.c.thread_id == thread_id)
+        match = " ".join('"' + w.replace('"', '""') + '"*' for w in words)
+        want = offset + limit
+        scored: list[tuple[float, int]] = []
+        async with self._read() as conn:
+            spans = [
+                (int(r.thread_id), int(r.first_seq), int(r.left_seq or 0xFFFFFFFF))
+                for r in await conn.execute(q)
+            ]
+            # SQLite allows 500 selects in one compound statement.
+            for start in range(0, len(spans), 400):
+                parts, params = [], {"q": match, "uid": user_id, "k": want}
+                for i, (tid, lo, hi) in enumerate(spans[start : start + 400]):
+                    params[f"lo{i}"] = (tid << 32) | max(lo, 0)
+                    params[f"hi{i}"] = (tid << 32) | hi
+                    params[f"t{i}"] = tid
+                    parts.append(
+                        "SELECT * FROM (SELECT message_fts.rowid AS rid, bm25(message_fts) AS "
+                        "score FROM message_fts WHERE message_fts MATCH :q AND "
+                        f"message_fts.rowid BETWEEN :lo{i} AND :hi{i} AND NOT EXISTS ("
+                        "SELECT 1 FROM hidden_messages h WHERE h.user_id = :uid AND "
+                        f"h.thread_id = :t{i} AND h.seq = (message_fts.rowid & 4294967295)) "
+                        "ORDER BY score LIMIT :k)"
+                    )
+                rows = await conn.execute(sa.text(" UNION ALL ".join(parts)), params)
+                scored.extend((float(r.score), int(r.rid)) for r in rows)
+            scored.sort(key=lambda x: (x[0], -x[1]))
+            hits = [(rid >> 32, rid & 0xFFFFFFFF) for _, rid in scored[offset:want]]
+            if not hits:
+                return []
+            found = await conn.execute(
+                _message_select().where(
+                    t.messages.c.thread_id.in_({h[0] for h in hits}),
+                    t.messages.c.seq.in_({h[1] for h in hits}),
+                )
+            )
+            by_key = {
+                (x.thread_id, x.seq): x
+                for x in map(_message, _pairs(found, set(hits), "thread_id", "seq"))
+            }
+            return await _fold(conn, [by_key[h] for h in hits if h in by_key], 0)
+
+    # -- the user's own log (delete for me) -------------------------------------------
+
+    async def hide_messages(
+        self, user_id: int, thread_id: int, seqs: Sequence[int]
+    ) -> list[UserChange]:
+        return await self._retry(
+            lambda: self._write(lambda conn: _hide(conn, user_id, thread_id, seqs)),
+            integrity=True,
+        )
+
+    async def user_changes(self, user_id: int, after_seq: int, limit: int) -> list[UserChange]:
+        log = t.user_log
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(log)
+                .where(log.c.user_id == user_id, log.c.seq > after_seq)
+                .order_by(log.c.seq)
+                .limit(limit)
+            )
+            return [_user_change(r) for r in rows]
+
+    # -- attachments and blobs ----------------------------------------------------------
+
+    async def add_attachment(self, record: AttachmentRecord, thumbnail: bytes | None) -> None:
+        a, now = record.attachment, utcnow()
+
+        def write(conn: Connection) -> None:
+            b = t.blobs
+            # An UPDATE first: it waits for a collection of the same blob in progress
+            # (collect_blob holds the row), after which the row is gone and is inserted.
+            res = conn.execute(b.update().where(b.c.sha256 == a.sha256).values(touch_time=now))
+            if not res.rowcount:
+                conn.execute(
+                    b.insert().values(sha256=a.sha256, size=a.size, create_time=now, touch_time=now)
+                )
+            conn.execute(
+                t.attachments.insert().values(
+                    id=a.attachment_id,
+                    owner_id=record.owner_id,
+                    sha256=a.sha256,
+                    size=a.size,
+                    mime_type=a.mime_type,
+                    name=a.name,
+                    width=a.width,
+                    height=a.height,
+                    duration_ms=a.duration_ms,
+                    blurhash=a.blurhash,
+                    voice_note=a.voice_note,
+                    thumbnail=thumbnail,
+                    create_time=record.create_time,
+                )
+            )
+
+        await self._retry(lambda: self._write(write), integrity=True)
+
+    async def get_attachment(self, attachment_id: str) -> AttachmentRecord | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(*_ATTACHMENT_COLUMNS).where(_att.c.id == attachment_id)
+                )
+            ).first()
+        return _attachment_record(row) if row is not None else None
+
+    async def attachment_thumbnail(self, attachment_id: str) -> bytes | None:
+        async with self._read() as conn:
+            raw = (
+                await conn.execute(sa.select(_att.c.thumbnail).where(_att.c.id == attachment_id))
+            ).scalar_one_or_none()
+        return bytes(raw) if raw is not None else None
+
+    async def may_read_attachment(self, user_id: int, attachment_id: str) -> bool:
+        ma, m = t.message_attachments, t.thread_members
+        visible = (
+            sa.select(ma.c.seq)
+            .join(m, sa.and_(m.c.thread_id == ma.c.thread_id, m.c.owner_id == user_id))
+            .where(
+                ma.c.attachment_id == attachment_id,
+                ma.c.seq >= m.c.first_seq,
+                sa.or_(m.c.left_seq.is_(None), ma.c.seq <= m.c.left_seq),
+            )
+            .limit(1)
+        )
+        own = sa.select(_att.c.id).where(_att.c.id == attachment_id, _att.c.owner_id == user_id)
+        async with self._read() as conn:
+            if (await conn.execute(own)).first() is not None:
+                return True
+            return (await conn.execute(visible)).first() is not None
+
+    async def drop_unsent_attachments(self, before: datetime) -> int:
+        ma = t.message_attachments
+        unsent = sa.delete(_att).where(
+            _att.c.create_time < before,
+            ~sa.exists().where(ma.c.attachment_id == _att.c.id),
+        )
+        async with self._tx() as conn:
+            return int((await conn.execute(unsent)).rowcount or 0)
+
+    async def collectable_blobs(self, before: datetime, limit: int) -> list[str]:
+        b = t.blobs
+        q = (
+            sa.select(b.c.sha256)
+            .where(b.c.touch_time < before, ~sa.exists().where(_att.c.sha256 == b.c.sha256))
+            .order_by(b.c.touch_time)
+            .limit(limit)
+        )
+        async with self._read() as conn:
+            return [str(x) for x in (await conn.execute(q)).scalars()]
+
+    async def collect_blob(
+        self, sha256: str, before: datetime, delete: Callable[[], Awaitable[None]]
+    ) -> bool:
+        b = t.blobs
+        gone = sa.delete(b).where(
+            b.c.sha256 == sha256,
+            b.c.touch_time < before,
+            ~sa.exists().where(_att.c.sha256 == b.c.sha256),
+        )
+        async with self._tx() as conn:
+            if not (await conn.execute(gone)).rowcount:
+                return False
+            # Still inside the transaction: the row stays locked (and on SQLite the write
+            # lock held) until the bytes are gone, so an upload of the same content waits.
+            await delete()
+        return True
 
     # -- cursors -------------------------------------------------------------------------
 
@@ -1435,7 +1873,11 @@ def _in(name: str) -> sa.BindParameter[Any]:
 
 
 # Hot statements are built once: SQLAlchemy then reuses their compiled form.
-_th, _mem, _msg = t.threads, t.thread_members, t.messages
+_th, _mem, _msg, _att = t.threads, t.thread_members, t.messages, t.attachments
+_ATTACHMENT_COLUMNS = (
+    *(c for c in _att.c if c.name != "thumbnail"),
+    _att.c.thumbnail.is_not(None).label("has_thumb"),
+)
 _BUMP = (
     _th.update()
     .where(_th.c.id == sa.bindparam("tid"))
@@ -1656,6 +2098,11 @@ def _append(
     Without `dedupe` the lookup of stored keys is skipped: the unique key on (sender,
     client_msg_id) then fails the whole transaction when one is a retry, and the caller runs
     it again with the lookup. Retries are rare; the lookup would run on every commit.
+
+    Plain text goes straight in. Everything else (attachments, replies, forwards, and the
+    events: reactions, edits, deletes) is checked against the log here, in this
+    transaction, in batch order (`_Rich`): a second delete of one message in a batch is
+    refused like one in a later batch; then, once numbered, its effects are applied.
     """
     now = utcnow()
     keys = list(dict.fromkeys((n.sender.user_id, n.client_msg_id) for n in batch))
@@ -1690,6 +2137,8 @@ def _append(
         )
     fresh: dict[tuple[int, str], int] = {}
     per_thread: dict[int, list[int]] = defaultdict(list)
+    rich: _Rich | None = None
+    prepared: dict[int, _Prepared] = {}
     for i, n in enumerate(batch):
         key = (n.sender.user_id, n.client_msg_id)
         if key in existing:
@@ -1699,10 +2148,18 @@ def _append(
         elif key in fresh:
             continue
         else:
+            if not n.plain:
+                rich = rich or _Rich(conn)
+                prep = rich.prepare(n)
+                if isinstance(prep, Refusal):
+                    out[i] = Refused(n.thread_id, prep)
+                    continue
+                prepared[i] = prep
             fresh[key] = i
             per_thread[n.thread_id].append(i)
     rows_to_insert: list[dict[str, Any]] = []
     notify: dict[int, tuple[int, int]] = {}
+    touched: set[int] = set()
     # Threads are locked in id order so concurrent batches cannot deadlock.
     for thread_id, idxs in sorted(per_thread.items()):
         last = _bump_seq(conn, thread_id, len(idxs), now)
@@ -1713,6 +2170,12 @@ def _append(
                 lo, _ = notify.get(thread_id, (seq, seq))
                 notify[thread_id] = (lo, seq)
             msg_id = new_msg_id()
+            prep_ = prepared.get(i)
+            kind = prep_.kind if prep_ is not None else n.kind
+            text = prep_.text if prep_ is not None else n.text
+            payload = prep_.payload if prep_ is not None else None
+            if kind.is_content:
+                touched.add(thread_id)
             rows_to_insert.append(
                 dict(
                     thread_id=thread_id,
@@ -1721,30 +2184,37 @@ def _append(
                     sender_id=n.sender.user_id,
                     sender_device_id=n.sender_device_id,
                     client_msg_id=n.client_msg_id,
-                    kind=n.kind.value,
-                    text=n.text,
+                    kind=kind.value,
+                    text=text,
                     system=_system_to_json(n.system),
                     create_time=now,
+                    target_seq=n.target_seq or None,
+                    payload=payload,
                 )
             )
-            out[i] = Appended(
-                Message(
-                    thread_id,
-                    seq,
-                    msg_id,
-                    n.sender,
-                    n.sender_device_id,
-                    n.client_msg_id,
-                    n.kind,
-                    n.text,
-                    now,
-                    n.system,
-                ),
-                False,
+            message = Message(
+                thread_id,
+                seq,
+                msg_id,
+                n.sender,
+                n.sender_device_id,
+                n.client_msg_id,
+                kind,
+                text if kind is not MessageKind.REACTION else "",
+                now,
+                n.system,
+                target_seq=n.target_seq,
+                emoji=text if kind is MessageKind.REACTION else "",
             )
+            if prep_ is not None:
+                message = prep_.shape(message)
+                assert rich is not None
+                rich.apply(prep_, n, seq, now)
+            out[i] = Appended(message, False)
     if rows_to_insert:
         conn.execute(_msg.insert(), rows_to_insert)
-        conn.execute(_TOUCH, {"threads": list(per_thread), "now": now})
+        if touched:
+            conn.execute(_TOUCH, {"threads": list(touched), "now": now})
     _queue_pushes(conn, notify, now)
     for i, n in enumerate(batch):
         if out[i] is None:  # repeated inside this batch: same answer as the first
@@ -1788,6 +2258,226 @@ def _queue_pushes(conn: Connection, spans: dict[int, tuple[int, int]], now: date
             for tid, (lo, hi) in spans.items()
         ],
     )
+
+
+MAX_SNIPPET = 100
+# SQLite search: above this many messages per thread of the user holding the words, search
+# their threads one by one (measured break-even: ~1.5 ms per thread query, ~3 us per match).
+PER_THREAD_MATCHES = 500
+
+
+def snippet(m: Message) -> str:
+    """What a reply quotes of a message: the start of its text, else its first file's name."""
+    text = " ".join(m.text.split())
+    if text:
+        return text if len(text) <= MAX_SNIPPET else text[: MAX_SNIPPET - 1] + "…"
+    if m.attachments:
+        return m.attachments[0].name or m.attachments[0].mime_type
+    return ""
+
+
+@dataclass
+class _Prepared:
+    """A checked rich entry: what to store, and what it does to its target when numbered."""
+
+    kind: MessageKind
+    text: str
+    attachments: tuple[Attachment, ...] = ()
+    reply: ReplyTo | None = None
+    forwarded: bool = False
+    target: Message | None = None
+
+    @property
+    def payload(self) -> str | None:
+        return _payload_json(self.attachments, self.reply, self.forwarded)
+
+    def shape(self, m: Message) -> Message:
+        return replace(
+            m, attachments=self.attachments, reply_to=self.reply, forwarded=self.forwarded
+        )
+
+
+class _Rich:
+    """Checks and effects of rich entries inside one appending transaction.
+
+    Targets are read once and kept as this transaction changes them, so entries later in the
+    batch see what earlier ones did (an edit after a delete of the same message is refused).
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.targets: dict[tuple[int, int], Message | None] = {}
+        self.members: dict[tuple[int, int], Any] = {}
+        self.kinds: dict[int, int] = {}
+
+    def _target(self, thread_id: int, seq: int) -> Message | None:
+        key = (thread_id, seq)
+        if key not in self.targets:
+            row = self.conn.execute(
+                _message_select().where(_msg.c.thread_id == thread_id, _msg.c.seq == seq)
+            ).first()
+            self.targets[key] = _message(row) if row is not None else None
+        return self.targets[key]
+
+    def _member(self, user_id: int, thread_id: int) -> Any:
+        key = (user_id, thread_id)
+        if key not in self.members:
+            self.members[key] = self.conn.execute(
+                sa.select(_mem.c.first_seq, _mem.c.left_seq, _mem.c.role).where(
+                    _mem.c.owner_id == user_id, _mem.c.thread_id == thread_id
+                )
+            ).first()
+        return self.members[key]
+
+    def _visible(self, user_id: int, thread_id: int, seq: int) -> Message | None:
+        member = self._member(user_id, thread_id)
+        if member is None or seq < member.first_seq:
+            return None
+        if member.left_seq is not None and seq > member.left_seq:
+            return None
+        return self._target(thread_id, seq)
+
+    def _group_admin(self, user_id: int, thread_id: int) -> bool:
+        if thread_id not in self.kinds:
+            self.kinds[thread_id] = int(
+                self.conn.execute(sa.select(_th.c.kind).where(_th.c.id == thread_id)).scalar_one()
+            )
+        member = self._member(user_id, thread_id)
+        return (
+            self.kinds[thread_id] == ThreadKind.GROUP.value
+            and member is not None
+            and member.left_seq is None
+            and member.role == Role.ADMIN.value
+        )
+
+    def _changeable(self, n: NewMessage, seq: int) -> Message | Refusal:
+        target = self._visible(n.sender.user_id, n.thread_id, seq)
+        if target is None:
+            return Refusal.MESSAGE_NOT_FOUND
+        if not target.kind.editable:
+            return Refusal.NOT_EDITABLE
+        if target.deleted:
+            return Refusal.MESSAGE_DELETED
+        return target
+
+    def prepare(self, n: NewMessage) -> _Prepared | Refusal:
+        uid = n.sender.user_id
+        prep = _Prepared(n.kind, n.text)
+        if n.kind.is_event:
+            target = self._changeable(n, n.target_seq)
+            if isinstance(target, Refusal):
+                return target
+            late = n.deadline is not None and target.create_time < n.deadline
+            if n.kind is MessageKind.EDIT:
+                if target.sender.user_id != uid:
+                    return Refusal.NOT_AUTHOR
+                if late:
+                    return Refusal.WINDOW_CLOSED
+                self.targets[(n.thread_id, n.target_seq)] = replace(target, text=n.text)
+            elif n.kind is MessageKind.DELETE:
+                admin = self._group_admin(uid, n.thread_id)
+                if target.sender.user_id != uid and not admin:
+                    return Refusal.NOT_AUTHOR
+                if late and not admin:
+                    return Refusal.WINDOW_CLOSED
+                self.targets[(n.thread_id, n.target_seq)] = replace(target, deleted=True)
+            prep.target = target
+            return prep
+        if n.reply_to_seq:
+            quoted = self._changeable(n, n.reply_to_seq)
+            if isinstance(quoted, Refusal):
+                return quoted
+            prep.reply = ReplyTo(quoted.seq, quoted.sender, snippet(quoted), quoted.kind)
+        if n.forward is not None:
+            source = self._visible(uid, *n.forward)
+            if source is None:
+                return Refusal.FORWARD_NOT_VISIBLE
+            if not source.kind.editable:
+                return Refusal.NOT_EDITABLE
+            if source.deleted:
+                return Refusal.MESSAGE_DELETED
+            prep.kind, prep.text = source.kind, source.text
+            prep.attachments, prep.forwarded = source.attachments, True
+            return prep
+        if n.attachment_ids:
+            ids = list(dict.fromkeys(n.attachment_ids))
+            rows = {
+                r.id: r
+                for r in self.conn.execute(
+                    sa.select(*_ATTACHMENT_COLUMNS).where(_att.c.id.in_(ids))
+                )
+            }
+            found = [rows.get(i) for i in ids]
+            if any(r is None or int(r.owner_id) != uid for r in found):
+                return Refusal.ATTACHMENT_NOT_FOUND
+            prep.attachments = tuple(_attachment_record(r).attachment for r in found)
+        return prep
+
+    def apply(self, prep: _Prepared, n: NewMessage, seq: int, now: datetime) -> None:
+        """The entry is numbered `seq`: link its attachments, change its target."""
+        conn, thread_id = self.conn, n.thread_id
+        if prep.attachments:
+            conn.execute(
+                t.message_attachments.insert(),
+                [
+                    dict(thread_id=thread_id, seq=seq, position=i, attachment_id=a.attachment_id)
+                    for i, a in enumerate(prep.attachments)
+                ],
+            )
+        target = n.target_seq
+        where = (_msg.c.thread_id == thread_id, _msg.c.seq == target)
+        if n.kind is MessageKind.EDIT:
+            conn.execute(
+                _msg.update().where(*where).values(text=n.text, edit_seq=seq, edit_time=now)
+            )
+        elif n.kind is MessageKind.REACTION:
+            r = t.reactions
+            key = (r.c.thread_id == thread_id, r.c.seq == target, r.c.user_id == n.sender.user_id)
+            conn.execute(r.delete().where(*key))
+            if n.text:
+                conn.execute(
+                    r.insert().values(
+                        thread_id=thread_id,
+                        seq=target,
+                        user_id=n.sender.user_id,
+                        emoji=n.text,
+                        event_seq=seq,
+                        create_time=now,
+                    )
+                )
+        elif n.kind is MessageKind.DELETE:
+            # The text and the references go; edits lose their text too. Blobs no longer
+            # referenced wait a grace period from now before they are collected.
+            conn.execute(
+                _msg.update()
+                .where(*where)
+                .values(text="", payload=None, delete_seq=seq, delete_time=now)
+            )
+            conn.execute(
+                _msg.update()
+                .where(
+                    _msg.c.thread_id == thread_id,
+                    _msg.c.target_seq == target,
+                    _msg.c.kind == MessageKind.EDIT.value,
+                )
+                .values(text="")
+            )
+            ma = t.message_attachments
+            shas = [
+                str(x)
+                for x in conn.execute(
+                    sa.select(_att.c.sha256)
+                    .join(ma, ma.c.attachment_id == _att.c.id)
+                    .where(ma.c.thread_id == thread_id, ma.c.seq == target)
+                ).scalars()
+            ]
+            conn.execute(ma.delete().where(ma.c.thread_id == thread_id, ma.c.seq == target))
+            r = t.reactions
+            conn.execute(r.delete().where(r.c.thread_id == thread_id, r.c.seq == target))
+            if shas:
+                conn.execute(
+                    t.blobs.update().where(t.blobs.c.sha256.in_(shas)).values(touch_time=now)
+                )
 
 
 def _advance_delivered(conn: Connection, acks: Sequence[DeviceAck]) -> list[Advance]:
@@ -1879,3 +2569,118 @@ def _advance_delivered(conn: Connection, acks: Sequence[DeviceAck]) -> list[Adva
             [dict(u=u, th=th, seq=seq) for u, th, seq in moved],
         )
     return [Advance(th, u, seq) for u, th, seq in moved]
+
+
+async def _fold(conn: AsyncConnection, rows: list[Message], viewer: int) -> list[Message]:
+    """Every member's current reaction on each message; with a viewer, what they hid."""
+    if not rows:
+        return rows
+    keys = {(m.thread_id, m.seq) for m in rows if m.kind.editable and not m.deleted}
+    reactions: dict[tuple[int, int], list[Reaction]] = defaultdict(list)
+    r, u = t.reactions, t.users
+    todo = sorted(keys)
+    for start in range(0, len(todo), 500):
+        chunk = set(todo[start : start + 500])
+        found = await conn.execute(
+            sa.select(r, u.c.username, u.c.display_name)
+            .join(u, u.c.id == r.c.user_id)
+            .where(r.c.thread_id.in_({k[0] for k in chunk}), r.c.seq.in_({k[1] for k in chunk}))
+            .order_by(r.c.event_seq)
+        )
+        for x in _pairs(found, chunk, "thread_id", "seq"):
+            reactions[(int(x.thread_id), int(x.seq))].append(
+                Reaction(
+                    User(int(x.user_id), x.username, x.display_name),
+                    x.emoji,
+                    int(x.event_seq),
+                    _aware(x.create_time),
+                )
+            )
+    hidden: set[tuple[int, int]] = set()
+    if viewer:
+        h = t.hidden_messages
+        every = sorted({(m.thread_id, m.seq) for m in rows})
+        for start in range(0, len(every), 500):
+            chunk = set(every[start : start + 500])
+            found = await conn.execute(
+                sa.select(h.c.thread_id, h.c.seq).where(
+                    h.c.user_id == viewer,
+                    h.c.thread_id.in_({k[0] for k in chunk}),
+                    h.c.seq.in_({k[1] for k in chunk}),
+                )
+            )
+            hidden.update(
+                (int(x.thread_id), int(x.seq)) for x in _pairs(found, chunk, "thread_id", "seq")
+            )
+    if not reactions and not hidden:
+        return rows
+    out: list[Message] = []
+    for m in rows:
+        key = (m.thread_id, m.seq)
+        if key in hidden:
+            m = replace(m, hidden=True, text="", attachments=(), reply_to=None, emoji="")
+        elif key in reactions:
+            m = replace(m, reactions=tuple(reactions[key]))
+        out.append(m)
+    return out
+
+
+def _hide(conn: Connection, user_id: int, thread_id: int, seqs: Sequence[int]) -> list[UserChange]:
+    """Hide what is not hidden yet; the user's log seq is bumped like a thread's."""
+    h, log, u = t.hidden_messages, t.user_log, t.users
+    wanted = list(dict.fromkeys(seqs))
+    if not wanted:
+        return []
+    already = {
+        int(x)
+        for x in conn.execute(
+            sa.select(h.c.seq).where(
+                h.c.user_id == user_id, h.c.thread_id == thread_id, h.c.seq.in_(wanted)
+            )
+        ).scalars()
+    }
+    new = [s_ for s_ in wanted if s_ not in already]
+    if not new:
+        return []
+    now = utcnow()
+    n = len(new)
+    if conn.dialect.update_returning:
+        last = int(
+            conn.execute(
+                u.update()
+                .where(u.c.id == user_id)
+                .values(log_seq=u.c.log_seq + n)
+                .returning(u.c.log_seq)
+            ).scalar_one()
+        )
+    else:
+        before = int(
+            conn.execute(
+                sa.select(u.c.log_seq).where(u.c.id == user_id).with_for_update()
+            ).scalar_one()
+        )
+        conn.execute(u.update().where(u.c.id == user_id).values(log_seq=u.c.log_seq + n))
+        last = before + n
+    conn.execute(
+        h.insert(),
+        [dict(user_id=user_id, thread_id=thread_id, seq=s_, create_time=now) for s_ in new],
+    )
+    changes = [
+        UserChange(last - n + 1 + i, UserChangeKind.HIDE_MESSAGE, Cursor(thread_id, s_), now)
+        for i, s_ in enumerate(new)
+    ]
+    conn.execute(
+        log.insert(),
+        [
+            dict(
+                user_id=user_id,
+                seq=c.seq,
+                kind=c.kind.value,
+                thread_id=thread_id,
+                target_seq=c.message.seq,
+                create_time=now,
+            )
+            for c in changes
+        ],
+    )
+    return changes

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from natter.domain import (
+    AttachmentRecord,
     DeviceAck,
     Message,
     MessageKind,
@@ -16,6 +18,7 @@ from natter.domain import (
     SystemEvent,
     ThreadKind,
     User,
+    UserChange,
 )
 
 
@@ -79,6 +82,20 @@ class MemberRow:
 
 @dataclass(frozen=True, slots=True)
 class NewMessage:
+    """One entry to append; events and rich messages are checked in its transaction.
+
+    The store checks against the log, in the transaction that appends them, that the target
+    exists, is visible, is not deleted, and so on.
+
+    - `attachment_ids`: the sender's uploads, referenced by the message (ATTACHMENT);
+    - `reply_to_seq`: the quoted message of the same thread;
+    - `target_seq`: what a REACTION (emoji in `text`, empty removes), EDIT (new `text`) or
+      DELETE changes;
+    - `forward`: (thread, seq) of a message to copy, attachments by reference;
+    - `deadline`: for EDIT and DELETE, the target must be created at or after it (the
+      window); a group admin's DELETE is not bound by it.
+    """
+
     thread_id: int
     sender: User
     sender_device_id: int
@@ -89,6 +106,20 @@ class NewMessage:
     # Queue a push notification for the thread's members (docs/push.md). Off unless a kind
     # is marked for it: a new kind of message (a reaction, an edit) pushes nothing.
     notify: bool = False
+    attachment_ids: tuple[str, ...] = ()
+    reply_to_seq: int = 0
+    target_seq: int = 0
+    forward: tuple[int, int] | None = None
+    deadline: datetime | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Text or system with nothing to look up: the group commit's fast path."""
+        return (
+            self.kind in (MessageKind.TEXT, MessageKind.SYSTEM)
+            and not self.reply_to_seq
+            and self.forward is None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +130,29 @@ class Appended:
     duplicate: bool
 
 
+class Refusal(enum.Enum):
+    """Why the store did not append an entry (checked inside the appending transaction)."""
+
+    NOT_A_MEMBER = "NOT_A_MEMBER"
+    MESSAGE_NOT_FOUND = "MESSAGE_NOT_FOUND"
+    NOT_AUTHOR = "NOT_AUTHOR"
+    WINDOW_CLOSED = "WINDOW_CLOSED"
+    MESSAGE_DELETED = "MESSAGE_DELETED"
+    NOT_EDITABLE = "NOT_EDITABLE"
+    ATTACHMENT_NOT_FOUND = "ATTACHMENT_NOT_FOUND"
+    FORWARD_NOT_VISIBLE = "FORWARD_NOT_VISIBLE"
+
+
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """Not stored: the sender is not an active member of the thread (or it does not exist)."""
+    """Not stored: why is `reason`.
+
+    The sender is not an active member of the thread (or it does not exist), or what an
+    event or a rich message refers to does not allow it.
+    """
 
     thread_id: int
+    reason: Refusal = Refusal.NOT_A_MEMBER
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,13 +267,84 @@ class ThreadStore(Protocol):
 
 
 class MessageStore(Protocol):
+    """The message log: append messages and their events, read ranges folded, search.
+
+    This is what a document-store log would implement; the other parts stay SQL's.
+
+    Reads return messages folded: the current text (edits applied), deletes, every
+    member's current reaction; with `viewer`, what that user hid is marked and emptied.
+    """
+
     async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended | Refused]: ...
     async def list_messages(
-        self, thread_id: int, after_seq: int, before_seq: int, limit: int, newest: bool
-    ) -> list[Message]: ...
+        self,
+        thread_id: int,
+        after_seq: int,
+        before_seq: int,
+        limit: int,
+        newest: bool,
+        *,
+        viewer: int = 0,
+        folded: bool = False,
+    ) -> list[Message]:
+        """A range of a thread; `folded` leaves events out (limit counts what is left)."""
+        ...
+
     async def messages_after(
-        self, ranges: Sequence[tuple[int, int, int]], limit: int
+        self, ranges: Sequence[tuple[int, int, int]], limit: int, *, viewer: int = 0
     ) -> list[Message]: ...
+    async def search_messages(
+        self, user_id: int, words: Sequence[str], thread_id: int, offset: int, limit: int
+    ) -> list[Message]:
+        """Text and attachment messages with every word (or a word it begins), best first.
+
+        Only what the user may see: their threads, from when they joined to when they left,
+        not deleted, not hidden by them; ranked by the engine's own relevance.
+        """
+        ...
+
+
+class UserLogStore(Protocol):
+    """Each user's own state (delete for me) and the change log that syncs it."""
+
+    async def hide_messages(
+        self, user_id: int, thread_id: int, seqs: Sequence[int]
+    ) -> list[UserChange]:
+        """Hide messages for the user; one log entry per message not hidden before."""
+        ...
+
+    async def user_changes(self, user_id: int, after_seq: int, limit: int) -> list[UserChange]: ...
+
+
+class AttachmentStore(Protocol):
+    """Uploaded files' records (the bytes are in a blob store) and their collection."""
+
+    async def add_attachment(self, record: AttachmentRecord, thumbnail: bytes | None) -> None:
+        """Record an upload, and its blob (touched: its grace period starts again)."""
+        ...
+
+    async def get_attachment(self, attachment_id: str) -> AttachmentRecord | None: ...
+    async def attachment_thumbnail(self, attachment_id: str) -> bytes | None: ...
+    async def may_read_attachment(self, user_id: int, attachment_id: str) -> bool:
+        """The uploader, or a member who may see a message that refers to it."""
+        ...
+
+    async def drop_unsent_attachments(self, before: datetime) -> int:
+        """Forget uploads made before `before` that no message refers to; how many."""
+        ...
+
+    async def collectable_blobs(self, before: datetime, limit: int) -> list[str]:
+        """Blobs no attachment refers to, untouched since before `before`."""
+        ...
+
+    async def collect_blob(
+        self, sha256: str, before: datetime, delete: Callable[[], Awaitable[None]]
+    ) -> bool:
+        """Forget a blob if still collectable and run `delete` (the bytes) before commit.
+
+        An upload of the same content waits for it, then stores the bytes again.
+        """
+        ...
 
 
 class CursorStore(Protocol):
@@ -238,7 +358,17 @@ class CursorStore(Protocol):
     async def advance_read(self, user_id: int, thread_id: int, seq: int) -> bool: ...
 
 
-class Store(UserStore, DeviceStore, ContactStore, ThreadStore, MessageStore, CursorStore, Protocol):
+class Store(
+    UserStore,
+    DeviceStore,
+    ContactStore,
+    ThreadStore,
+    MessageStore,
+    CursorStore,
+    UserLogStore,
+    AttachmentStore,
+    Protocol,
+):
     """Everything message_svc keeps; one implementation per engine family."""
 
     async def open(self) -> None: ...

@@ -108,7 +108,14 @@ _ROLE = _Enum(
 )
 _MESSAGE_KIND = _Enum(
     pb.MessageKind.DESCRIPTOR,
-    {pb.MESSAGE_KIND_TEXT: d.MessageKind.TEXT, pb.MESSAGE_KIND_SYSTEM: d.MessageKind.SYSTEM},
+    {
+        pb.MESSAGE_KIND_TEXT: d.MessageKind.TEXT,
+        pb.MESSAGE_KIND_SYSTEM: d.MessageKind.SYSTEM,
+        pb.MESSAGE_KIND_ATTACHMENT: d.MessageKind.ATTACHMENT,
+        pb.MESSAGE_KIND_REACTION: d.MessageKind.REACTION,
+        pb.MESSAGE_KIND_EDIT: d.MessageKind.EDIT,
+        pb.MESSAGE_KIND_DELETE: d.MessageKind.DELETE,
+    },
     d.MessageKind.UNKNOWN,
     pb.MESSAGE_KIND_UNSPECIFIED,
 )
@@ -154,8 +161,16 @@ _PREVIEW = _Enum(
     pb.NOTIFICATION_PREVIEW_UNSPECIFIED,
 )
 
+_USER_CHANGE_KIND = _Enum(
+    pb.UserChangeKind.DESCRIPTOR,
+    {pb.USER_CHANGE_KIND_HIDE_MESSAGE: d.UserChangeKind.HIDE_MESSAGE},
+    d.UserChangeKind.UNKNOWN,
+    pb.USER_CHANGE_KIND_UNSPECIFIED,
+)
+
 thread_kind, thread_kind_of = _THREAD_KIND.number, _THREAD_KIND.of
 preview, preview_of = _PREVIEW.number, _PREVIEW.of
+user_change_kind, user_change_kind_of = _USER_CHANGE_KIND.number, _USER_CHANGE_KIND.of
 role, role_of = _ROLE.number, _ROLE.of
 message_kind, message_kind_of = _MESSAGE_KIND.number, _MESSAGE_KIND.of
 message_state, message_state_of = _MESSAGE_STATE.number, _MESSAGE_STATE.of
@@ -201,6 +216,46 @@ def system_of(p: pb.SystemEvent) -> d.SystemEvent:
     )
 
 
+def attachment(a: d.Attachment) -> pb.Attachment:
+    return pb.Attachment(
+        attachment_id=a.attachment_id,
+        mime_type=a.mime_type,
+        size=a.size,
+        name=a.name,
+        width=a.width,
+        height=a.height,
+        duration_ms=a.duration_ms,
+        blurhash=a.blurhash,
+        has_thumbnail=a.has_thumbnail,
+        sha256=a.sha256,
+        voice_note=a.voice_note,
+    )
+
+
+def attachment_of(p: pb.Attachment) -> d.Attachment:
+    return d.Attachment(
+        attachment_id=p.attachment_id,
+        mime_type=p.mime_type,
+        size=p.size,
+        name=p.name,
+        sha256=p.sha256,
+        width=p.width,
+        height=p.height,
+        duration_ms=p.duration_ms,
+        blurhash=p.blurhash,
+        has_thumbnail=p.has_thumbnail,
+        voice_note=p.voice_note,
+    )
+
+
+def reaction(r: d.Reaction) -> pb.Reaction:
+    return pb.Reaction(user=user(r.user), emoji=r.emoji, seq=r.seq, time=ts(r.time))
+
+
+def reaction_of(p: pb.Reaction) -> d.Reaction:
+    return d.Reaction(user_of(p.user), p.emoji, p.seq, from_ts(p.time))
+
+
 def message(m: d.Message) -> pb.Message:
     out = pb.Message(
         thread_id=m.thread_id,
@@ -216,11 +271,41 @@ def message(m: d.Message) -> pb.Message:
     )
     if m.system is not None:
         out.system.CopyFrom(system(m.system))
+    if m.attachments:
+        out.attachments.extend(attachment(a) for a in m.attachments)
+    if m.reply_to is not None:
+        r = m.reply_to
+        out.reply_to.CopyFrom(
+            pb.ReplyTo(
+                seq=r.seq, sender=user(r.sender), snippet=r.snippet, kind=message_kind(r.kind)
+            )
+        )
+    if m.forwarded:
+        out.forwarded = True
+    if m.target_seq:
+        out.target_seq = m.target_seq
+    if m.emoji:
+        out.emoji = m.emoji
+    edited = ts(m.edit_time)
+    if edited is not None:
+        out.edit_time.CopyFrom(edited)
+        out.edit_seq = m.edit_seq
+    if m.deleted:
+        out.deleted = True
+        out.delete_seq = m.delete_seq
+    if m.reactions:
+        out.reactions.extend(reaction(r) for r in m.reactions)
+    if m.hidden:
+        out.hidden = True
     return out
 
 
 def message_of(p: pb.Message) -> d.Message:
     """A kind or state this build does not know is UNKNOWN: shown as unsupported, not fatal."""
+    reply = None
+    if p.HasField("reply_to"):
+        r = p.reply_to
+        reply = d.ReplyTo(r.seq, user_of(r.sender), r.snippet, message_kind_of(r.kind))
     return d.Message(
         thread_id=p.thread_id,
         seq=p.seq,
@@ -233,6 +318,33 @@ def message_of(p: pb.Message) -> d.Message:
         create_time=from_ts(p.create_time),
         system=system_of(p.system) if p.HasField("system") else None,
         state=message_state_of(p.state),
+        attachments=tuple(attachment_of(a) for a in p.attachments),
+        reply_to=reply,
+        forwarded=p.forwarded,
+        target_seq=p.target_seq,
+        emoji=p.emoji,
+        edit_time=opt_ts(p, "edit_time"),
+        edit_seq=p.edit_seq,
+        deleted=p.deleted,
+        delete_seq=p.delete_seq,
+        reactions=tuple(reaction_of(r) for r in p.reactions),
+        hidden=p.hidden,
+    )
+
+
+def user_change(c: d.UserChange) -> pb.UserChange:
+    return pb.UserChange(
+        seq=c.seq, kind=user_change_kind(c.kind), message=cursor(c.message), time=ts(c.time)
+    )
+
+
+def user_change_of(p: pb.UserChange) -> d.UserChange:
+    """A kind this build does not know is UNKNOWN: the device skips it (and moves past it)."""
+    return d.UserChange(
+        p.seq,
+        user_change_kind_of(p.kind),
+        d.Cursor(p.message.thread_id, p.message.seq),
+        from_ts(p.time),
     )
 
 
@@ -402,6 +514,8 @@ def delivery(x: d.Delivery) -> ipb.Delivery:
         out.read_cursor.CopyFrom(cursor(ev.cursor))
     elif isinstance(ev, d.ThreadMute):
         out.thread_mute.CopyFrom(thread_mute(ev))
+    elif isinstance(ev, d.UserChange):
+        out.user_change.CopyFrom(user_change(ev))
     else:
         out.revoked_device_id = ev.device_id
     return out
@@ -425,6 +539,8 @@ def delivery_of(p: ipb.Delivery) -> d.Delivery | None:
         ev = d.DeviceRevoked(p.revoked_device_id)
     elif which == "thread_mute":
         ev = thread_mute_of(p.thread_mute)
+    elif which == "user_change":
+        ev = user_change_of(p.user_change)
     else:
         return None
     return d.Delivery(ev, tuple(p.user_ids), p.thread_id, p.exclude_device_id)
@@ -439,37 +555,74 @@ def deliveries_of(ps: Iterable[ipb.Delivery]) -> list[d.Delivery]:
 
 
 def send(r: d.SendRequest) -> spb.Send:
-    out = spb.Send(client_msg_id=r.client_msg_id, text=r.text)
+    out = spb.Send(
+        client_msg_id=r.client_msg_id,
+        text=r.text,
+        attachment_ids=list(r.attachment_ids),
+        reply_to_seq=r.reply_to_seq,
+    )
     if r.recipient:
         out.recipient = r.recipient
     else:
         out.thread_id = r.thread_id
+    c = r.change
+    if isinstance(c, d.React):
+        out.react.CopyFrom(spb.React(seq=c.seq, emoji=c.emoji))
+    elif isinstance(c, d.Edit):
+        out.edit.CopyFrom(spb.Edit(seq=c.seq))
+    elif isinstance(c, d.Delete):
+        out.delete.CopyFrom(spb.Delete(seq=c.seq))
+    elif isinstance(c, d.Forward):
+        out.forward.CopyFrom(spb.Forward(thread_id=c.thread_id, seq=c.seq))
     return out
 
 
 def send_request_of(p: spb.Send) -> d.SendRequest:
     """A Send frame as a request; the target is checked by message_svc (NO_TARGET)."""
     which = p.WhichOneof("target")
+    change: d.Change | None = None
+    kind = p.WhichOneof("change")
+    if kind == "react":
+        change = d.React(p.react.seq, p.react.emoji)
+    elif kind == "edit":
+        change = d.Edit(p.edit.seq)
+    elif kind == "delete":
+        change = d.Delete(p.delete.seq)
+    elif kind == "forward":
+        change = d.Forward(p.forward.thread_id, p.forward.seq)
     return d.SendRequest(
         client_msg_id=p.client_msg_id,
         text=p.text,
         thread_id=p.thread_id if which == "thread_id" else 0,
         recipient=p.recipient if which == "recipient" else "",
+        attachment_ids=tuple(p.attachment_ids),
+        reply_to_seq=p.reply_to_seq,
+        change=change,
     )
 
 
 def send_result(r: d.SendResult) -> spb.SendResult:
-    return spb.SendResult(
+    out = spb.SendResult(
         client_msg_id=r.client_msg_id,
         msg_id=r.msg_id,
         thread_id=r.thread_id,
         seq=r.seq,
         create_time=ts(r.create_time),
     )
+    if r.message is not None:
+        out.message.CopyFrom(message(r.message))
+    return out
 
 
 def send_result_of(p: spb.SendResult) -> d.SendResult:
-    return d.SendResult(p.client_msg_id, p.msg_id, p.thread_id, p.seq, from_ts(p.create_time))
+    return d.SendResult(
+        p.client_msg_id,
+        p.msg_id,
+        p.thread_id,
+        p.seq,
+        from_ts(p.create_time),
+        message_of(p.message) if p.HasField("message") else None,
+    )
 
 
 def stream_error(error: BaseException, client_msg_id: str = "") -> spb.StreamError:

@@ -25,9 +25,48 @@ class Role(enum.Enum):
 
 
 class MessageKind(enum.Enum):
+    """What an entry of a thread's log is.
+
+    Content (TEXT, ATTACHMENT, SYSTEM) is an entry of its own in the conversation: it counts
+    as unread and is the thread list's preview. Events (REACTION, EDIT, DELETE) change an
+    earlier message (`Message.target_seq`): they have a seq like any entry, so every device
+    gets them the same way, but they are folded onto their target, never shown on their own,
+    never unread, and never a notification (`notifies`: what a push worker should tell a
+    person about).
+    """
+
     UNKNOWN = 0
     TEXT = 1
     SYSTEM = 2
+    ATTACHMENT = 3
+    REACTION = 4
+    EDIT = 5
+    DELETE = 6
+
+    @property
+    def is_event(self) -> bool:
+        """Folds onto the message target_seq names: not content of its own."""
+        return self in _EVENT_KINDS
+
+    @property
+    def is_content(self) -> bool:
+        """An entry of its own: counts as unread, is the thread list's preview."""
+        return self in _CONTENT_KINDS
+
+    @property
+    def notifies(self) -> bool:
+        """What people wrote or sent (text, attachments): worth a notification."""
+        return self in _NOTIFYING_KINDS
+
+    @property
+    def editable(self) -> bool:
+        """Whose text its author may change, and that may be deleted, replied to, reacted to."""
+        return self in _NOTIFYING_KINDS
+
+
+_EVENT_KINDS = frozenset({MessageKind.REACTION, MessageKind.EDIT, MessageKind.DELETE})
+_CONTENT_KINDS = frozenset({MessageKind.TEXT, MessageKind.SYSTEM, MessageKind.ATTACHMENT})
+_NOTIFYING_KINDS = frozenset({MessageKind.TEXT, MessageKind.ATTACHMENT})
 
 
 class MessageState(enum.Enum):
@@ -97,7 +136,55 @@ class SystemEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A stored file a message refers to; its bytes are behind the blob store, by sha256."""
+
+    attachment_id: str
+    mime_type: str
+    size: int
+    name: str
+    sha256: str
+    width: int = 0
+    height: int = 0
+    duration_ms: int = 0
+    blurhash: str = ""
+    has_thumbnail: bool = False
+    voice_note: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentRecord:
+    """An attachment as stored: who uploaded it and when (a message refers to it by id)."""
+
+    attachment: Attachment
+    owner_id: int
+    create_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTo:
+    """The quoted message of a reply, as it was when the reply was sent."""
+
+    seq: int
+    sender: User
+    snippet: str
+    kind: MessageKind
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """One member's current reaction, and the seq of the event that set it."""
+
+    user: User
+    emoji: str
+    seq: int
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
+    """An entry of a thread's log; the folded fields say what later events did to it."""
+
     thread_id: int
     seq: int
     msg_id: str
@@ -109,6 +196,20 @@ class Message:
     create_time: datetime
     system: SystemEvent | None = None
     state: MessageState = MessageState.UNKNOWN
+    attachments: tuple[Attachment, ...] = ()
+    reply_to: ReplyTo | None = None
+    forwarded: bool = False
+    # Events (reaction, edit, delete): the message they change; a reaction's emoji.
+    target_seq: int = 0
+    emoji: str = ""
+    # Folded state of content messages.
+    edit_time: datetime | None = None
+    edit_seq: int = 0
+    deleted: bool = False
+    delete_seq: int = 0
+    reactions: tuple[Reaction, ...] = ()
+    # The reader deleted it for themselves.
+    hidden: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +271,22 @@ class ThreadMute:
     end_time: datetime | None = None
 
 
-Event = Message | Receipt | Presence | Typing | ReadCursor | DeviceRevoked | ThreadMute
+class UserChangeKind(enum.Enum):
+    UNKNOWN = 0
+    HIDE_MESSAGE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class UserChange:
+    """An entry of one user's own change log (delete for me), synced to their devices only."""
+
+    seq: int
+    kind: UserChangeKind
+    message: Cursor
+    time: datetime
+
+
+Event = Message | Receipt | Presence | Typing | ReadCursor | DeviceRevoked | ThreadMute | UserChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,11 +300,47 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class React:
+    """Set the sender's reaction to message seq (empty emoji: remove it)."""
+
+    seq: int
+    emoji: str
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """Replace the text of the sender's message seq with the send's text."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete message seq for everyone."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Copy message seq of thread_id into the send's target."""
+
+    thread_id: int
+    seq: int
+
+
+Change = React | Edit | Delete | Forward
+
+
+@dataclass(frozen=True, slots=True)
 class SendRequest:
     client_msg_id: str
     text: str
     thread_id: int = 0
     recipient: str = ""
+    attachment_ids: tuple[str, ...] = ()
+    reply_to_seq: int = 0
+    change: Change | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +350,8 @@ class SendResult:
     thread_id: int
     seq: int
     create_time: datetime
+    # The stored message, when the server added to what was sent (not for plain text).
+    message: Message | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,10 +439,11 @@ NOTIFYING_EVENTS = frozenset(
 def queues_push(kind: MessageKind, event: SystemEvent | None = None) -> bool:
     """Whether storing a message of this kind queues a push notification at all.
 
-    Only kinds marked here do: text, and the group events above. A new kind (a reaction,
-    an edit) pushes nothing until it is added.
+    Only kinds marked here do: what people write or send (`MessageKind.notifies`: text and
+    attachments), and the group events above. A new kind (a reaction, an edit) pushes
+    nothing until it is added.
     """
-    if kind is MessageKind.TEXT:
+    if kind.notifies:
         return True
     return kind is MessageKind.SYSTEM and event is not None and event.kind in NOTIFYING_EVENTS
 

@@ -86,6 +86,30 @@ class Settings:
     push_gateway_urls: tuple[str, ...] = ()
     # Allow http:// push endpoints and gateways (local test push services only).
     push_allow_http: bool = False
+    # Messages people send (docs/messages.md): edits and deletes for everyone within a
+    # window of the message's time (a group admin may delete any message at any time).
+    edit_window_seconds: float = 15 * 60
+    delete_window_seconds: float = 48 * 3600
+    # Attachments: uploaded over HTTP in chunks, kept by SHA-256 in a blob store ("file"
+    # under data_dir/blobs, or "s3"; empty: s3 when s3_endpoint is set, else file).
+    max_attachment_bytes: int = 100 * 1024 * 1024
+    upload_chunk_bytes: int = 8 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+    upload_expiry_seconds: float = 24 * 3600
+    blob_store: str = ""
+    blob_dir: Path | None = None
+    s3_endpoint: str = ""
+    s3_bucket: str = "natter"
+    s3_region: str = "us-east-1"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    # Blobs no message refers to are deleted this long after they were last referred to.
+    blob_gc_grace_seconds: float = 24 * 3600
+    blob_gc_interval_seconds: float = 3600.0
+    # Signed download links (for <img src>) work this long.
+    media_link_seconds: float = 3600.0
+    # What MediaService.GetMediaInfo says uploads go to; empty: the caller's HTTP origin.
+    public_http_url: str = ""
     web_dir: Path | None = None
     # PEM files; when both are set the public gRPC and HTTP listeners speak TLS only.
     tls_cert_file: str = ""

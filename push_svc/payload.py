@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from natter.domain import MessageKind, NotificationPreview, PushTarget, ThreadKind
+from natter.domain import Message, MessageKind, NotificationPreview, PushTarget, ThreadKind
 from push_svc.notification import Notification
 
 # RFC 8291 leaves 4096 - 103 bytes of plaintext in one aes128gcm record.
@@ -68,8 +68,22 @@ def content(n: Notification) -> dict[str, Any]:
     if n.thread_kind is ThreadKind.GROUP:
         out["title"] = n.title
     if n.preview is NotificationPreview.FULL:
-        out["text"] = _cut(m.text)
+        out["text"] = _cut(m.text or _attachment_label(m))
     return out
+
+
+def _attachment_label(m: Message) -> str:
+    """What a notification says of an attachment sent without a caption."""
+    if not m.attachments:
+        return ""
+    a = m.attachments[0]
+    if a.voice_note:
+        return "🎤 Voice message"
+    if a.mime_type.startswith("image/"):
+        return "📷 Photo"
+    if a.mime_type.startswith("video/"):
+        return "🎥 Video"
+    return f"📄 {a.name or 'File'}"
 
 
 def web_push(n: Notification) -> bytes:

@@ -13,6 +13,7 @@ from natter.domain import (
     SendRequest,
     SendResult,
     SyncPage,
+    UserChange,
 )
 from natter.errors import NatterError
 
@@ -35,3 +36,6 @@ class MessageApi(Protocol):
     async def mark_read(self, who: Principal, cursor: Cursor) -> None: ...
     async def relay_typing(self, who: Principal, thread_id: int, active: bool) -> None: ...
     async def user_groups(self, user_id: int) -> list[int]: ...
+    async def user_changes(
+        self, who: Principal, after_seq: int, limit: int
+    ) -> tuple[list[UserChange], bool]: ...

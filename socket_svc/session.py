@@ -120,6 +120,8 @@ class Session:
         self._last_limit_error = 0.0
         self.sends = Sends(who, api, self._sent, self._send_refused)
         self.replayed = 0
+        # The user's own change log (delete for me): None when the device did not ask for it.
+        self.log_pushed: int | None = None
         self.batches = False
         self._out: list[spb.ServerFrame] = []
         # The app says it is in front of the person (Hello, then ClientState): with a live
@@ -221,7 +223,32 @@ class Session:
                 break
             cursors = [d.Cursor(t, s) for t, s in self.pushed.items()]
             page, _ = await self.api.sync_device(self.who, cursors, False, SYNC_PAGE)
+        if hello.HasField("user_log_seq"):
+            self.log_pushed = max(0, hello.user_log_seq)
+            await self._user_log_until(None)
         await self.transport.send(spb.ServerFrame(sync_done=spb.SyncDone(replayed=self.replayed)))
+
+    async def _user_log_until(self, before: int | None) -> None:
+        """The user's change log after what was pushed (up to `before`, exclusive), in order."""
+        while self.log_pushed is not None:
+            changes, more = await self.api.user_changes(self.who, self.log_pushed, SYNC_PAGE)
+            for c in changes:
+                if before is not None and c.seq >= before:
+                    return
+                self._emit(spb.ServerFrame(user_change=convert.user_change(c)))
+                self.log_pushed = c.seq
+            await self._flush()
+            if not more:
+                return
+
+    async def _user_change(self, c: d.UserChange) -> None:
+        """A live change: in log order without gaps, like a thread's messages."""
+        if self.log_pushed is None or c.seq <= self.log_pushed:
+            return
+        if c.seq > self.log_pushed + 1:
+            await self._user_log_until(c.seq)
+        self._emit(spb.ServerFrame(user_change=convert.user_change(c)))
+        self.log_pushed = c.seq
 
     async def _push(self, item: d.Event | _Own | _CatchUp | spb.ServerFrame) -> None:
         if isinstance(item, spb.ServerFrame):
@@ -244,6 +271,8 @@ class Session:
             self._emit(spb.ServerFrame(read_cursor=convert.read_cursor(item)))
         elif isinstance(item, d.ThreadMute):
             self._emit(spb.ServerFrame(thread_mute=convert.thread_mute(item)))
+        elif isinstance(item, d.UserChange):
+            await self._user_change(item)
         elif isinstance(item, d.DeviceRevoked) and item.device_id == self.device_id:
             self.close(Unauthenticated("this device was logged out", "DEVICE_LOGGED_OUT"))
 

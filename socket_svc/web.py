@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -47,8 +47,9 @@ def content_security_policy(host: str) -> str:
     """Only this origin: scripts, styles, the gateway and the WebSocket; nothing inline."""
     sockets = f" ws://{host} wss://{host}" if _HOST.match(host) else ""
     return (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        f"connect-src 'self'{sockets}; manifest-src 'self'; worker-src 'self'; "
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        f"media-src 'self' blob:; connect-src 'self'{sockets}; manifest-src 'self'; "
+        "worker-src 'self'; "
         "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     )
 
@@ -78,6 +79,7 @@ class WebServer:
         api: MessageApi,
         grpc_address: str,
         gateway_target: str = "",
+        extra_routes: Sequence[web.RouteDef] = (),
     ) -> None:
         self.settings = settings
         self.hub = hub
@@ -86,6 +88,7 @@ class WebServer:
         self.web_dir = resolve_web_dir(settings)
         self.gateway = Gateway(gateway_target or grpc_address, settings.max_frame_bytes)
         self.sockets = WebSocketEdge(hub, api, settings)
+        self.extra_routes = extra_routes
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
@@ -95,6 +98,9 @@ class WebServer:
         )
         app.router.add_get("/healthz", self._healthz)
         app.add_routes(self.sockets.routes())
+        # Routes other services serve on this listener (attachments), before the gateway's
+        # catch-all POST /{service}/{method}.
+        app.add_routes(self.extra_routes)
         app.add_routes(self.gateway.routes())
         app.router.add_get("/", self._index)
         if self.web_dir is not None:

@@ -54,6 +54,7 @@ class RoleProc:
     extra_args: list[str]
     grpc_port: int = field(default_factory=free_port)
     internal_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -81,6 +82,7 @@ class RoleProc:
             self.public_addr,
             "--internal",
             self.internal_addr,
+            *(["--http", f"127.0.0.1:{self.http_port}"] if self.role == "message" else []),
             *self.extra_args,
         ]
 

@@ -595,3 +595,85 @@ async def test_threads_columns_line_up_for_groups_and_direct_chats(
     assert len({line.find(" unread ") for line in lines}) == 1, lines
     assert "3 members" in lines[0] and "2 members" in lines[1] and "members" not in lines[2]
     assert "A rather long group tit… " in lines[1]  # a long title is cut to its column
+
+
+async def test_photos_replies_reactions_edits_deletes_forwards_and_search(
+    tmp_path: Path, served: NatterServer
+) -> None:
+    from PIL import Image
+
+    cli = Cli(tmp_path / "home", served.grpc_address, PASSWORD)
+    for profile, name in (("a", "alice"), ("b", "bob"), ("c", "carol")):
+        await cli.run(profile, "register", name)
+        await cli.run(profile, "login", name)
+    photo = tmp_path / "beach.jpg"
+    Image.new("RGB", (640, 480), (20, 120, 200)).save(photo)
+    rows = await cli.json("a", "send", "bob", "--file", str(photo), "the", "beach")
+    [uploaded] = only(rows, "uploaded")
+    assert uploaded["attachment"]["type"] == "image/jpeg"
+    assert uploaded["attachment"]["width"] == 640
+    [sent] = only(rows, "sent")
+    t = sent["thread"]
+    [got] = only(await cli.json("b", "listen", "--count", "1", "--timeout", "20"), "message")
+    assert (got["kind"], got["text"]) == ("attachment", "the beach")
+    assert got["attachments"][0]["name"] == "beach.jpg"
+    [saved] = await cli.json(
+        "b", "download", "alice", str(sent["seq"]), "-o", str(tmp_path / "got.jpg")
+    )
+    assert (tmp_path / "got.jpg").read_bytes() == photo.read_bytes() and saved[
+        "bytes"
+    ] == photo.stat().st_size
+    # carol is not in the thread: the server refuses her, the command says so and fails.
+    res = await cli.run("c", "download", f"#{t}", str(sent["seq"]), check=False)
+    assert res.returncode == 1 and "not a member" in res.stderr
+
+    [reply] = await cli.json("b", "reply", "alice", str(sent["seq"]), "lovely", "water")
+    await cli.json("b", "react", "alice", str(sent["seq"]), "👍")
+    await cli.json("b", "edit", "alice", str(reply["seq"]), "lovely", "clear", "water")
+    text = (await cli.run("a", "history", "bob")).stdout.splitlines()
+    assert (
+        text[0].endswith("the beach  👍 1 (delivered)")
+        and "image/jpeg beach.jpg 640x480" in text[0]
+    )
+    assert text[1].endswith(
+        f'(reply to #{t}:{sent["seq"]} alice: "the beach") lovely clear water (edited)'
+    )
+    folded = only(await cli.json("a", "history", "bob"), "message")
+    assert [(m["seq"], m.get("reactions"), m.get("edited")) for m in folded] == [
+        (sent["seq"], {"👍": 1}, None),
+        (reply["seq"], None, True),
+    ]
+    raw = only(await cli.json("a", "history", "bob", "--raw"), "message")
+    assert [m.get("kind") for m in raw] == ["attachment", None, "reaction", "edit"]
+
+    [hit] = only(await cli.json("a", "search", "clear"), "hit")
+    assert (hit["thread"], hit["seq"], hit["text"]) == (t, reply["seq"], "lovely clear water")
+    around = only(await cli.json("a", "history", "bob", "--at", str(hit["seq"])), "message")
+    assert [m["seq"] for m in around if m.get("at")] == [hit["seq"]]
+
+    [group] = await cli.json("a", "group", "create", "trip", "bob", "carol")
+    [fwd] = await cli.json("a", "forward", "bob", str(sent["seq"]), f"#{group['thread']}")
+    [copy] = only(await cli.json("c", "history", f"#{group['thread']}"), "message")[1:]
+    assert (copy["seq"], copy.get("forwarded"), copy["attachments"][0]["name"]) == (
+        fwd["seq"],
+        True,
+        "beach.jpg",
+    )
+    await cli.json(
+        "c", "download", f"#{group['thread']}", str(fwd["seq"]), "-o", str(tmp_path / "c.jpg")
+    )
+
+    await cli.json("a", "delete", "bob", str(sent["seq"]))
+    first = only(await cli.json("b", "history", "alice"), "message")[0]
+    assert (first["deleted"], first["text"]) == (True, "message deleted")
+    [hidden] = await cli.json("b", "delete", "alice", str(reply["seq"]), "--for-me")
+    assert hidden["type"] == "hidden"
+    assert [m["seq"] for m in only(await cli.json("b", "history", "alice"), "message")] == [
+        sent["seq"]
+    ]
+    assert len(only(await cli.json("a", "history", "bob"), "message")) == 2  # alice keeps it
+    res = await cli.run("b", "edit", "alice", str(sent["seq"]), "gone", check=False)
+    assert res.returncode == 1 and "was deleted" in res.stderr
+    [more] = await cli.json("a", "send", "bob", "one", "more")
+    res = await cli.run("b", "edit", "alice", str(more["seq"]), "not mine", check=False)
+    assert res.returncode == 1 and "only its sender" in res.stderr

@@ -69,7 +69,7 @@ def test_a_removed_field_fails(contracts: Path) -> None:
 
 
 def test_a_renumbered_field_fails(contracts: Path) -> None:
-    edit(contracts, TYPES, FIELD, "  int64 sender_device_id = 12;\n")
+    edit(contracts, TYPES, FIELD, "  int64 sender_device_id = 98;\n")
     done = breaking(contracts)
     assert done.returncode != 0
     assert 'field "5" with name "sender_device_id" on message "Message" was deleted' in done.stdout

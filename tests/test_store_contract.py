@@ -19,9 +19,11 @@ import pytest_asyncio
 from devtools.dbservers import ENGINES, DbServer, missing, server_for
 from message_svc import schema
 from message_svc.sqlstore import SqlStore
-from message_svc.store import Appended, MemberChange, NewMessage, Refused, UserRow
+from message_svc.store import Appended, MemberChange, NewMessage, Refusal, Refused, UserRow
 from natter.domain import (
     MUTED_FOREVER,
+    Attachment,
+    AttachmentRecord,
     Cursor,
     DeviceAck,
     Message,
@@ -35,6 +37,7 @@ from natter.domain import (
     SystemKind,
     ThreadKind,
     User,
+    UserChangeKind,
 )
 from natter.errors import (
     AlreadyExists,
@@ -1312,3 +1315,363 @@ async def test_the_push_migration_is_idempotent(store: SqlStore) -> None:
     async with store.engine.begin() as conn:
         await schema._push(conn)  # a database that has it already: nothing changes
     assert await store.push_jobs() == []
+
+
+# -- rich messages: attachments, replies, forwards, and the events that change messages -----
+
+
+def change(
+    thread_id: int, who: Person, kind: MessageKind, target: int, body: str = "", **kw: object
+) -> NewMessage:
+    return NewMessage(
+        thread_id=thread_id,
+        sender=who.user,
+        sender_device_id=who.device_id,
+        client_msg_id=f"e-{next(_keys)}",
+        kind=kind,
+        text=body,
+        target_seq=target,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def outcome(store: SqlStore, new: NewMessage) -> Appended | Refused:
+    [result] = await store.append_messages([new])
+    return result
+
+
+async def upload(
+    store: SqlStore, owner: Person, sha: str = "ab" * 32, name: str = "p.jpg"
+) -> Attachment:
+    a = Attachment(
+        attachment_id=f"A{next(_keys):025d}",
+        mime_type="image/jpeg",
+        size=1234,
+        name=name,
+        sha256=sha,
+        width=40,
+        height=30,
+        blurhash="LEHV6nWB2yk8pyo0adR*.7kCMdnj",
+        has_thumbnail=True,
+    )
+    await store.add_attachment(AttachmentRecord(a, owner.id, datetime.now(UTC)), b"\xff\xd8thumb")
+    return a
+
+
+async def test_events_fold_onto_their_messages(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    first = await send(store, ab, alice, "helo")
+    await append(
+        store,
+        [
+            change(ab, bob, MessageKind.REACTION, first.seq, "👍"),
+            change(ab, alice, MessageKind.REACTION, first.seq, "😂"),
+            change(ab, bob, MessageKind.REACTION, first.seq, "🎉"),
+            change(ab, alice, MessageKind.EDIT, first.seq, "hello"),
+            change(ab, alice, MessageKind.REACTION, first.seq, ""),
+        ],
+    )
+    [folded] = await store.list_messages(ab, 0, 0, 10, False, folded=True)
+    assert (folded.text, folded.edit_seq, folded.deleted) == ("hello", 5, False)
+    assert folded.edit_time is not None
+    assert [(r.user.username, r.emoji, r.seq) for r in folded.reactions] == [("bob", "🎉", 4)]
+    raw = await store.list_messages(ab, 0, 0, 10, False)
+    assert [(m.kind, m.target_seq, m.emoji, m.text) for m in raw[1:]] == [
+        (MessageKind.REACTION, 1, "👍", ""),
+        (MessageKind.REACTION, 1, "😂", ""),
+        (MessageKind.REACTION, 1, "🎉", ""),
+        (MessageKind.EDIT, 1, "", "hello"),
+        (MessageKind.REACTION, 1, "", ""),
+    ]
+    # A delete removes the text everywhere it was (edits too) and the reactions.
+    await append(store, [change(ab, alice, MessageKind.DELETE, first.seq)])
+    rows = await store.list_messages(ab, 0, 0, 10, False)
+    assert (rows[0].text, rows[0].deleted, rows[0].delete_seq, rows[0].reactions) == (
+        "",
+        True,
+        7,
+        (),
+    )
+    assert rows[4].text == ""
+    assert await store.messages_after([(ab, 0, 10)], 10) == rows
+
+
+async def test_events_are_checked_in_the_appending_transaction(store: SqlStore) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    ab = await store.direct_thread(alice.id, bob.id)
+    first = await send(store, ab, alice, "one")
+    later = datetime.now(UTC) + timedelta(hours=1)
+
+    async def refused(new: NewMessage) -> Refusal:
+        result = await outcome(store, new)
+        assert isinstance(result, Refused), result
+        return result.reason
+
+    assert await refused(change(ab, bob, MessageKind.EDIT, first.seq, "x")) is Refusal.NOT_AUTHOR
+    assert await refused(change(ab, bob, MessageKind.DELETE, first.seq)) is Refusal.NOT_AUTHOR
+    assert await refused(change(ab, alice, MessageKind.EDIT, 99, "x")) is Refusal.MESSAGE_NOT_FOUND
+    assert (
+        await refused(change(ab, alice, MessageKind.EDIT, first.seq, "x", deadline=later))
+        is Refusal.WINDOW_CLOSED
+    )
+    assert (
+        await refused(change(ab, carol, MessageKind.REACTION, first.seq, "👍"))
+        is Refusal.NOT_A_MEMBER
+    )
+    # A delete and an edit of the same message in one batch: the edit comes too late.
+    results = await store.append_messages(
+        [
+            change(ab, alice, MessageKind.DELETE, first.seq),
+            change(ab, alice, MessageKind.EDIT, first.seq, "edited"),
+        ]
+    )
+    assert isinstance(results[0], Appended)
+    assert isinstance(results[1], Refused) and results[1].reason is Refusal.MESSAGE_DELETED
+    assert (
+        await refused(change(ab, bob, MessageKind.REACTION, first.seq, "👍"))
+        is Refusal.MESSAGE_DELETED
+    )
+    # Group admins delete anything; events are not what one reacts to or edits.
+    g, created = await store.create_group(
+        "g", alice.id, [bob.id], system(0, alice, SystemKind.GROUP_CREATED, title="g")
+    )
+    bobs = await send(store, g, bob, "spam")
+    assert isinstance(
+        await outcome(store, change(g, alice, MessageKind.DELETE, bobs.seq, deadline=later)),
+        Appended,
+    )
+    assert (
+        await refused(change(g, bob, MessageKind.REACTION, created.seq, "👍"))
+        is Refusal.NOT_EDITABLE
+    )
+
+
+async def test_replies_forwards_and_attachments(store: SqlStore) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    ab = await store.direct_thread(alice.id, bob.id)
+    photo = await upload(store, alice)
+    [sent] = await append(
+        store,
+        [
+            NewMessage(
+                ab,
+                alice.user,
+                alice.device_id,
+                "c-photo",
+                MessageKind.ATTACHMENT,
+                "",
+                attachment_ids=(photo.attachment_id,),
+            )
+        ],
+    )
+    assert sent.message.attachments == (photo,)
+    assert await store.may_read_attachment(bob.id, photo.attachment_id)
+    assert not await store.may_read_attachment(carol.id, photo.attachment_id)
+    # Someone else's upload cannot be sent; it can be forwarded from a thread one sees.
+    stolen = NewMessage(
+        ab,
+        bob.user,
+        bob.device_id,
+        "c-x",
+        MessageKind.ATTACHMENT,
+        "",
+        attachment_ids=(photo.attachment_id,),
+    )
+    result = await outcome(store, stolen)
+    assert isinstance(result, Refused) and result.reason is Refusal.ATTACHMENT_NOT_FOUND
+    reply = replace(text(ab, bob, "nice"), reply_to_seq=sent.message.seq)
+    [r] = await append(store, [reply])
+    assert r.message.reply_to is not None and r.message.reply_to.snippet == "p.jpg"
+    bc = await store.direct_thread(bob.id, carol.id)
+    fwd = replace(text(bc, bob, ""), forward=(ab, sent.message.seq))
+    [f] = await append(store, [fwd])
+    assert (f.message.forwarded, f.message.attachments, f.message.kind) == (
+        True,
+        (photo,),
+        MessageKind.ATTACHMENT,
+    )
+    assert await store.may_read_attachment(carol.id, photo.attachment_id)
+    ac = await store.direct_thread(alice.id, carol.id)
+    sneaky = replace(text(ac, carol, ""), forward=(ab, sent.message.seq))
+    result = await outcome(store, sneaky)
+    assert isinstance(result, Refused) and result.reason is Refusal.FORWARD_NOT_VISIBLE
+    # Deleting the original drops its reference; the forward still refers to the upload.
+    await append(store, [change(ab, alice, MessageKind.DELETE, sent.message.seq)])
+    [gone] = await store.list_messages(ab, 0, 2, 10, False)
+    assert (gone.attachments, gone.deleted) == ((), True)
+    assert await store.may_read_attachment(carol.id, photo.attachment_id)
+
+
+async def test_previews_and_unread_counts_skip_events(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    one = await send(store, ab, alice, "one")
+    two = await send(store, ab, alice, "two")
+    await append(
+        store,
+        [
+            change(ab, bob, MessageKind.REACTION, one.seq, "👍"),
+            change(ab, alice, MessageKind.EDIT, two.seq, "two!"),
+        ],
+    )
+    [mine] = await store.list_threads(bob.id, None, 10)
+    assert mine.last_message is not None and (mine.last_message.seq, mine.last_message.text) == (
+        2,
+        "two!",
+    )
+    assert mine.unread_count == 2
+    [theirs] = await store.list_threads(alice.id, None, 10)
+    assert theirs.unread_count == 0
+
+
+@pytest.mark.parametrize("plan", ["chosen", "thread by thread"])
+async def test_search_finds_visible_messages_by_words_and_prefixes(
+    store: SqlStore, plan: str
+) -> None:
+    if plan != "chosen":
+        store.per_thread_matches = 0  # SQLite: as for common words in a large store
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    ab = await store.direct_thread(alice.id, bob.id)
+    m1 = await send(store, ab, alice, "Pancakes for breakfast tomorrow")
+    m2 = await send(store, ab, bob, "breakfast sounds great")
+    m3 = await send(store, ab, bob, "café crème after the pancakes")
+    deleted = await send(store, ab, alice, "pancakes are a lie")
+    await append(store, [change(ab, alice, MessageKind.DELETE, deleted.seq)])
+    hidden = await send(store, ab, alice, "pancakes again")
+    await store.hide_messages(bob.id, ab, [hidden.seq])
+    bc = await store.direct_thread(bob.id, carol.id)
+    m6 = await send(store, bc, carol, "breakfast with carol")
+    edited = await send(store, bc, carol, "lunch maybe")
+    await append(store, [change(bc, carol, MessageKind.EDIT, edited.seq, "brunch pancakes maybe")])
+
+    async def found(user: Person, *words: str, thread: int = 0) -> set[tuple[int, int]]:
+        rows = await store.search_messages(user.id, list(words), thread, 0, 100)
+        return {(m.thread_id, m.seq) for m in rows}
+
+    assert await found(alice, "pancakes") == {(ab, m1.seq), (ab, m3.seq), (ab, hidden.seq)}
+    assert await found(bob, "pancakes") == {(ab, m1.seq), (ab, m3.seq), (bc, edited.seq)}
+    assert await found(bob, "breakfast") == {(ab, m1.seq), (ab, m2.seq), (bc, m6.seq)}
+    assert await found(bob, "breakfast", thread=bc) == {(bc, m6.seq)}
+    assert await found(alice, "pancakes", "breakfast") == {(ab, m1.seq)}  # every word
+    assert await found(alice, "break") == {(ab, m1.seq), (ab, m2.seq)}  # a word's start
+    assert await found(alice, "PANCAKES") == await found(alice, "pancakes")
+    assert await found(carol, "pancakes") == {(bc, edited.seq)}
+    assert await found(carol, "lunch") == set()  # the edit replaced it
+    assert await found(alice, "zucchini") == set()
+    assert await found(bob, "the") == {(ab, m3.seq)}  # no stopwords on any engine
+    # Pages: offset and limit over the same ranking cover every hit once.
+    pages = [await store.search_messages(bob.id, ["breakfast"], 0, k, 1) for k in range(4)]
+    assert sorted((p[0].thread_id, p[0].seq) for p in pages if p) == sorted(
+        await found(bob, "breakfast")
+    )
+    assert pages[3] == []
+
+
+async def test_search_stops_where_a_member_left_and_starts_where_they_joined(
+    store: SqlStore,
+) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    g, _ = await store.create_group(
+        "g", alice.id, [bob.id], system(0, alice, SystemKind.GROUP_CREATED)
+    )
+    early = await send(store, g, alice, "tangerine one")
+    await store.change_group(
+        g,
+        [MemberChange(carol.id, join=True)],
+        None,
+        system(g, alice, SystemKind.MEMBERS_ADDED, carol),
+    )
+    mid = await send(store, g, alice, "tangerine two")
+    await store.change_group(
+        g,
+        [MemberChange(bob.id, leave=True)],
+        None,
+        system(g, alice, SystemKind.MEMBERS_REMOVED, bob),
+    )
+    late = await send(store, g, alice, "tangerine three")
+    by = {
+        p.row.username: {
+            (m.seq) for m in await store.search_messages(p.id, ["tangerine"], 0, 0, 10)
+        }
+        for p in (alice, bob, carol)
+    }
+    assert by == {
+        "alice": {early.seq, mid.seq, late.seq},
+        "bob": {early.seq, mid.seq},
+        "carol": {mid.seq, late.seq},
+    }
+
+
+async def test_hidden_messages_are_a_per_user_log(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    m1, m2 = await send(store, ab, alice, "a"), await send(store, ab, bob, "b")
+    first = await store.hide_messages(alice.id, ab, [m1.seq, m2.seq, m1.seq])
+    assert [(c.seq, c.kind, c.message) for c in first] == [
+        (1, UserChangeKind.HIDE_MESSAGE, Cursor(ab, m1.seq)),
+        (2, UserChangeKind.HIDE_MESSAGE, Cursor(ab, m2.seq)),
+    ]
+    assert await store.hide_messages(alice.id, ab, [m2.seq]) == []
+    assert await store.user_changes(alice.id, 1, 10) == first[1:]
+    assert await store.user_changes(bob.id, 0, 10) == []
+    rows = await store.list_messages(ab, 0, 0, 10, False, viewer=alice.id)
+    assert [(m.hidden, m.text) for m in rows] == [(True, ""), (True, "")]
+    assert [m.hidden for m in await store.list_messages(ab, 0, 0, 10, False, viewer=bob.id)] == [
+        False,
+        False,
+    ]
+
+
+async def test_unreferenced_blobs_are_collected_after_the_grace(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    sent = await upload(store, alice, "11" * 32)
+    unsent = await upload(store, alice, "22" * 32)
+    await append(
+        store,
+        [
+            NewMessage(
+                ab,
+                alice.user,
+                alice.device_id,
+                "c-s",
+                MessageKind.ATTACHMENT,
+                "",
+                attachment_ids=(sent.attachment_id,),
+            )
+        ],
+    )
+    now = datetime.now(UTC)
+    assert await store.collectable_blobs(now + timedelta(seconds=1), 10) == []
+    assert await store.drop_unsent_attachments(now - timedelta(hours=1)) == 0  # in its grace
+    assert await store.drop_unsent_attachments(now + timedelta(seconds=1)) == 1
+    assert await store.get_attachment(unsent.attachment_id) is None
+    assert await store.collectable_blobs(now - timedelta(hours=1), 10) == []
+    assert await store.collectable_blobs(now + timedelta(seconds=1), 10) == ["22" * 32]
+    deleted: list[str] = []
+
+    async def delete() -> None:
+        deleted.append("22" * 32)
+
+    assert await store.collect_blob("22" * 32, now + timedelta(seconds=1), delete)
+    assert deleted == ["22" * 32]
+    assert not await store.collect_blob("22" * 32, now + timedelta(seconds=1), delete)
+    assert not await store.collect_blob("11" * 32, now + timedelta(seconds=1), delete)  # referenced
+    assert await store.attachment_thumbnail(sent.attachment_id) == b"\xff\xd8thumb"
+
+
+async def test_the_rich_messages_migration_holds_whatever_its_place(store: SqlStore) -> None:
+    # Run again on a database that has it: nothing changes, nothing fails (it may be
+    # renumbered among migrations written in parallel, and so run on any schema state).
+    alice = await person(store, "alice")
+    ab = await store.direct_thread(alice.id, alice.id)
+    await send(store, ab, alice, "kept through the migration")
+    assert store.engine is not None
+    async with store.engine.begin() as conn:
+        await conn.run_sync(schema._rich_messages)
+    assert [m.text for m in await store.list_messages(ab, 0, 0, 10, False)] == [
+        "kept through the migration"
+    ]
+    rows = await store.search_messages(alice.id, ["migration"], 0, 0, 10)
+    assert [m.text for m in rows] == ["kept through the migration"]

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar
 
+from aiohttp import web
+
+from app.media import build_media, media_app
 from app.roles.node import DB_POOL, ClusterNode
 from app.roles.presence_proxy import add_presence_proxy
 from app.routing import ClusterFanout
+from media_svc import PUBLIC_SERVICES as MEDIA_SERVICES
+from media_svc import MediaServicer
 from message_svc import PUBLIC_SERVICES, MessageService, SqlStore
+from natter import tls
 from natter.errors import Unavailable
 from natter.settings import Settings
+from natter.v1 import media_service_pb2_grpc as mdpb_grpc
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from presence_svc import PUBLIC_SERVICES as PRESENCE_SERVICES
 from presence_svc.client import PresenceClient
@@ -19,12 +27,20 @@ from push_svc import add_public as add_push_public
 from registry import Registry
 from socket_svc.servicer import RedirectServicer
 
+logger = logging.getLogger(__name__)
+
 
 class MessageNode(ClusterNode):
     """message_svc over the shared database; pushes go out through the cluster's routing."""
 
     role: ClassVar[str] = "message"
-    services = (*PUBLIC_SERVICES, *PRESENCE_SERVICES, *PUSH_SERVICES, "natter.v1.SocketService")
+    services = (
+        *PUBLIC_SERVICES,
+        *PRESENCE_SERVICES,
+        *PUSH_SERVICES,
+        *MEDIA_SERVICES,
+        "natter.v1.SocketService",
+    )
 
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         super().__init__(settings, registry)
@@ -44,6 +60,11 @@ class MessageNode(ClusterNode):
         liveness = PresenceClient(self.pool, self.presence_owner)
         self.push = PushService(self.store, settings, liveness, self.node_id)
         add_push_public(self.public, self.push, self.messages)
+        # Attachments: the blob store every message node shares (S3 in a cluster), records
+        # in the database, uploads and downloads on this node's HTTP listener.
+        self.media = build_media(settings, self.store, self.messages)
+        mdpb_grpc.add_MediaServiceServicer_to_server(MediaServicer(self.media), self.public)
+        self._http: web.AppRunner | None = None
 
     async def _locate(self, username: str) -> tuple[str, str]:
         user = await self.messages.contacts.resolve(username)
@@ -55,8 +76,29 @@ class MessageNode(ClusterNode):
     async def open(self) -> None:
         await self.store.open()
         await self.push.start()
+        await self.media.open()
+        s = self.settings
+        self._http = web.AppRunner(media_app(self.media), access_log=None)
+        await self._http.setup()
+        host, port = s.http_addr.rsplit(":", 1)
+        context = tls.server_context(s.tls_cert_file, s.tls_key_file) if s.tls_cert_file else None
+        site = web.TCPSite(self._http, host.strip("[]"), int(port), ssl_context=context)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        bound = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        if not self.media.http_url:
+            scheme = "https" if context is not None else "http"
+            self.media.http_url = f"{scheme}://{host}:{bound}"
+        logger.info("attachments over HTTP on %s:%d", host, bound)
+
+    def started(self) -> None:
+        self.media.start_gc()
 
     async def close(self) -> None:
         await self.push.stop()
+        if self._http is not None:
+            await self._http.cleanup()
+        await self.media.close()
         await self.fanout.close()
         await self.store.close()

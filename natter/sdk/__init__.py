@@ -9,7 +9,9 @@ from natter.sdk.connection import (
     Rejected,
     SyncDone,
 )
+from natter.sdk.fold import Fold, View
 from natter.sdk.history import JsonlRecorder, Recorder
+from natter.sdk.media import Media
 from natter.sdk.merge import Gap, Merger
 
 __all__ = [
@@ -18,10 +20,13 @@ __all__ = [
     "Connection",
     "Disconnected",
     "Event",
+    "Fold",
     "Gap",
     "JsonlRecorder",
+    "Media",
     "Merger",
     "Recorder",
     "Rejected",
     "SyncDone",
+    "View",
 ]

@@ -18,6 +18,8 @@ from natter.v1 import contact_service_pb2 as cpb
 from natter.v1 import contact_service_pb2_grpc as cpb_grpc
 from natter.v1 import group_service_pb2 as gpb
 from natter.v1 import group_service_pb2_grpc as gpb_grpc
+from natter.v1 import media_service_pb2 as mdpb
+from natter.v1 import media_service_pb2_grpc as mdpb_grpc
 from natter.v1 import presence_service_pb2 as ppb
 from natter.v1 import presence_service_pb2_grpc as ppb_grpc
 from natter.v1 import push_service_pb2 as pspb
@@ -76,6 +78,7 @@ class Client:
         self.presence_stub = ppb_grpc.PresenceServiceStub(self.channel)
         self.push_stub = pspb_grpc.PushServiceStub(self.channel)
         self.socket_stub = spb_grpc.SocketServiceStub(self.channel)
+        self.media_stub = mdpb_grpc.MediaServiceStub(self.channel)
         self.user: d.User | None = None
         self.device_id = 0
 
@@ -214,8 +217,13 @@ class Client:
         after_seq: int = 0,
         limit: int = 50,
         forward: bool = False,
+        folded: bool = False,
     ) -> tuple[list[d.Message], bool]:
-        """A page of a thread: the newest by default, older with before_seq, newer with after_seq."""
+        """A page of a thread: the newest by default, older with before_seq, newer with after_seq.
+
+        With `folded`, events are left out: each message already carries its edits, its
+        delete and its reactions (for display; a merge that tracks seqs wants every entry).
+        """
         res = await self._call(
             self.threads_stub.ListMessages,
             tpb.ListMessagesRequest(
@@ -224,9 +232,47 @@ class Client:
                 after_seq=after_seq,
                 limit=limit,
                 forward=forward,
+                folded=folded,
             ),
         )
         return [convert.message_of(m) for m in res.messages], res.more
+
+    async def search(
+        self, query: str, thread_id: int = 0, page_size: int = 20, page_token: str = ""
+    ) -> tuple[list[d.Message], str]:
+        """Messages holding every word of the query that this user can see, best first."""
+        res = await self._call(
+            self.threads_stub.SearchMessages,
+            tpb.SearchMessagesRequest(
+                query=query, thread_id=thread_id, page_size=page_size, page_token=page_token
+            ),
+        )
+        return [convert.message_of(m) for m in res.messages], res.next_page_token
+
+    async def hide(self, thread_id: int, seqs: list[int]) -> list[d.UserChange]:
+        """Delete messages for this user only: hidden on all of their devices."""
+        res = await self._call(
+            self.threads_stub.HideMessages, tpb.HideMessagesRequest(thread_id=thread_id, seqs=seqs)
+        )
+        return [convert.user_change_of(c) for c in res.changes]
+
+    async def user_changes(
+        self, after_seq: int = 0, limit: int = 0
+    ) -> tuple[list[d.UserChange], bool]:
+        res = await self._call(
+            self.threads_stub.ListUserChanges,
+            tpb.ListUserChangesRequest(after_seq=after_seq, limit=limit),
+        )
+        return [convert.user_change_of(c) for c in res.changes], res.more
+
+    async def media_info(self) -> mdpb.GetMediaInfoResponse:
+        return await self._call(self.media_stub.GetMediaInfo, mdpb.GetMediaInfoRequest())
+
+    async def attachment(self, attachment_id: str) -> mdpb.GetAttachmentResponse:
+        """An attachment this user may see, with signed links to it (paths under http_url)."""
+        return await self._call(
+            self.media_stub.GetAttachment, mdpb.GetAttachmentRequest(attachment_id=attachment_id)
+        )
 
     async def all_history(self, thread_id: int, page: int = 1000) -> AsyncIterator[d.Message]:
         after = 0

@@ -8,7 +8,8 @@ import logging
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import grpc
 
@@ -17,6 +18,7 @@ from natter import domain as d
 from natter.errors import NatterError, Unauthenticated, Unavailable
 from natter.rpc import ERROR_OF, code_name, error_from_rpc
 from natter.sdk.client import Client, open_channel
+from natter.sdk.fold import Fold
 from natter.sdk.history import Recorder
 from natter.sdk.merge import Merger
 from natter.v1 import socket_service_pb2 as spb
@@ -80,6 +82,7 @@ Event = (
     | d.Typing
     | d.ReadCursor
     | d.ThreadMute
+    | d.UserChange
     | SyncDone
     | Connected
     | Disconnected
@@ -133,6 +136,7 @@ class Connection:
         foreground: bool = False,
         recorder: Recorder | None = None,
         handshake_seconds: float = 15.0,
+        user_log_seq: int | None = None,
     ) -> None:
         if not client.token:
             raise Unauthenticated("log in before connecting", "NO_TOKEN")
@@ -159,6 +163,13 @@ class Connection:
         self.device_id = 0
         self.stats = Stats()
         self.synced = asyncio.Event()
+        # The user's own change log (delete for me): what arrived, and what the app took.
+        # Asked for unless this connection replays nothing (a one-shot send, say).
+        self._log_wanted = user_log_seq is not None or not skip_replay
+        self._log_arrived = user_log_seq or 0
+        self._log_taken = user_log_seq or 0
+        # Every entry surfaced, folded: edits, deletes and reactions on their messages.
+        self.fold = Fold()
         self._address = client.server
         self._call: grpc.aio.StreamStreamCall[spb.ClientFrame, spb.ServerFrame] | None = None
         self._epoch = 0
@@ -228,22 +239,60 @@ class Connection:
         recipient: str = "",
         client_msg_id: str = "",
         timeout: float | None = None,
+        attachments: tuple[str, ...] | list[str] = (),
+        reply_to_seq: int = 0,
     ) -> d.SendResult:
         """Store-and-forward: retried on every reconnect until acknowledged or refused.
 
         Sends go out in the order of the calls, and so are stored (per-device FIFO): the
         outbox keeps that order, and every resend sends it again from its oldest entry.
+        `attachments` are ids from `natter.sdk.media.Media.upload` (text is then a caption);
+        `reply_to_seq` quotes a message of the same thread.
         """
+        req = d.SendRequest(
+            client_msg_id, text, thread_id, recipient, tuple(attachments), reply_to_seq
+        )
+        return await self.submit(req, timeout)
+
+    async def react(self, thread_id: int, seq: int, emoji: str, **kw: Any) -> d.SendResult:
+        """Set this user's reaction to a message (an empty emoji removes it)."""
+        return await self.submit(d.SendRequest("", "", thread_id, change=d.React(seq, emoji)), **kw)
+
+    async def edit(self, thread_id: int, seq: int, text: str, **kw: Any) -> d.SendResult:
+        """Change the text of one of this user's messages, within the server's edit window."""
+        return await self.submit(d.SendRequest("", text, thread_id, change=d.Edit(seq)), **kw)
+
+    async def delete(self, thread_id: int, seq: int, **kw: Any) -> d.SendResult:
+        """Delete a message for everyone (one's own within the window, any as a group admin)."""
+        return await self.submit(d.SendRequest("", "", thread_id, change=d.Delete(seq)), **kw)
+
+    async def forward(
+        self,
+        from_thread: int,
+        seq: int,
+        *,
+        thread_id: int = 0,
+        recipient: str = "",
+        **kw: Any,
+    ) -> d.SendResult:
+        """Copy a message into another thread (attachments by reference, marked forwarded)."""
+        req = d.SendRequest("", "", thread_id, recipient, change=d.Forward(from_thread, seq))
+        return await self.submit(req, **kw)
+
+    async def submit(
+        self, req: d.SendRequest, timeout: float | None = None, client_msg_id: str = ""
+    ) -> d.SendResult:
+        """Any send (a message or a change to one), through the outbox like `send`."""
         if self._final is not None:
             raise type(self._final)(self._final.message, self._final.reason)
-        key = client_msg_id or uuid.uuid4().hex
+        key = client_msg_id or req.client_msg_id or uuid.uuid4().hex
         pending = self.outbox.get(key)
         if pending is None:
-            frame = convert.send(d.SendRequest(key, text, thread_id, recipient))
+            frame = convert.send(replace(req, client_msg_id=key))
             loop = asyncio.get_running_loop()
-            pending = _Pending(frame, loop.create_future(), text)
+            pending = _Pending(frame, loop.create_future(), req.text)
             self.outbox[key] = pending
-            self._record("send", key=key, thread=thread_id, to=recipient, text=text)
+            self._record("send", key=key, thread=req.thread_id, to=req.recipient, text=req.text)
             await self._transmit([pending])
         return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
 
@@ -278,6 +327,11 @@ class Connection:
         cursors to its next connection gets those again.
         """
         return dict(self._taken)
+
+    @property
+    def user_log_seq(self) -> int:
+        """How far the application has taken the user's own change log (save it like cursors)."""
+        return self._log_taken
 
     @property
     def in_flight(self) -> list[str]:
@@ -368,6 +422,7 @@ class Connection:
                             skip_replay=self.skip_replay,
                             accept_batches=True,
                             foreground=self.foreground,
+                            user_log_seq=self._log_arrived if self._log_wanted else None,
                         )
                     )
                 )
@@ -437,7 +492,9 @@ class Connection:
                     seq=result.seq,
                     msg_id=result.msg_id,
                 )
-                if self.user is not None:
+                if result.message is not None:
+                    await self._offer(replace(result.message, state=d.MessageState.SENT))
+                elif self.user is not None:
                     own = d.Message(
                         result.thread_id,
                         result.seq,
@@ -469,6 +526,12 @@ class Connection:
             await self.events.put(convert.read_cursor_of(frame.read_cursor))
         elif which == "thread_mute":
             await self.events.put(convert.thread_mute_of(frame.thread_mute))
+        elif which == "user_change":
+            change = convert.user_change_of(frame.user_change)
+            if change.seq > self._log_arrived:
+                self._log_arrived = change.seq
+                self.fold.change(change)
+                await self.events.put(change)
         elif which == "error":
             await self._on_error(frame.error)
 
@@ -522,10 +585,14 @@ class Connection:
                 )
 
     async def _surface(self, m: d.Message) -> None:
+        self.fold.apply(m)
         await self.events.put(m)
 
     def _took(self, ev: Event) -> None:
         """The application took `ev` from `events`: a message is now shown or stored."""
+        if isinstance(ev, d.UserChange):
+            self._log_taken = max(self._log_taken, ev.seq)
+            return
         if not isinstance(ev, d.Message):
             return
         if self.recorder is not None:

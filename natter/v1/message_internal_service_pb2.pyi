@@ -21,6 +21,64 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class MessageInternalServiceListUserChangesRequest(_message.Message):
+    """MessageInternalServiceListUserChangesRequest names a user and where their device stands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.int
+    """The user."""
+    after_seq: _builtins.int
+    """Only entries after this seq."""
+    limit: _builtins.int
+    """At most this many."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.int = ...,
+        after_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "limit", b"limit", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageInternalServiceListUserChangesRequest: _TypeAlias = MessageInternalServiceListUserChangesRequest  # noqa: Y015
+
+@_typing.final
+class MessageInternalServiceListUserChangesResponse(_message.Message):
+    """MessageInternalServiceListUserChangesResponse is a page of the user's change log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    """True when more remain."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.UserChange]:
+        """Ascending by seq."""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[_types_pb2.UserChange] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "more", b"more"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageInternalServiceListUserChangesResponse: _TypeAlias = MessageInternalServiceListUserChangesResponse  # noqa: Y015
+
+@_typing.final
 class AuthenticateRequest(_message.Message):
     """AuthenticateRequest carries a token."""
 

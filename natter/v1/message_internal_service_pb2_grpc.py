@@ -85,6 +85,11 @@ class MessageInternalServiceStub:
                 request_serializer=natter_dot_v1_dot_message__internal__service__pb2.SendMessagesRequest.SerializeToString,
                 response_deserializer=natter_dot_v1_dot_message__internal__service__pb2.SendMessagesResponse.FromString,
                 _registered_method=True)
+        self.ListUserChanges = channel.unary_unary(
+                '/natter.v1.MessageInternalService/ListUserChanges',
+                request_serializer=natter_dot_v1_dot_message__internal__service__pb2.MessageInternalServiceListUserChangesRequest.SerializeToString,
+                response_deserializer=natter_dot_v1_dot_message__internal__service__pb2.MessageInternalServiceListUserChangesResponse.FromString,
+                _registered_method=True)
 
 
 class MessageInternalServiceServicer:
@@ -163,6 +168,13 @@ class MessageInternalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUserChanges(self, request, context):
+        """ListUserChanges returns a user's own change log after a seq, for a device's sync.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessageInternalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +227,11 @@ def add_MessageInternalServiceServicer_to_server(servicer, server):
                     servicer.SendMessages,
                     request_deserializer=natter_dot_v1_dot_message__internal__service__pb2.SendMessagesRequest.FromString,
                     response_serializer=natter_dot_v1_dot_message__internal__service__pb2.SendMessagesResponse.SerializeToString,
+            ),
+            'ListUserChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUserChanges,
+                    request_deserializer=natter_dot_v1_dot_message__internal__service__pb2.MessageInternalServiceListUserChangesRequest.FromString,
+                    response_serializer=natter_dot_v1_dot_message__internal__service__pb2.MessageInternalServiceListUserChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -488,6 +505,33 @@ class MessageInternalService:
             '/natter.v1.MessageInternalService/SendMessages',
             natter_dot_v1_dot_message__internal__service__pb2.SendMessagesRequest.SerializeToString,
             natter_dot_v1_dot_message__internal__service__pb2.SendMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUserChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/natter.v1.MessageInternalService/ListUserChanges',
+            natter_dot_v1_dot_message__internal__service__pb2.MessageInternalServiceListUserChangesRequest.SerializeToString,
+            natter_dot_v1_dot_message__internal__service__pb2.MessageInternalServiceListUserChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,8 @@ class MessageInternalServiceStub:
     """SendMessages stores a run of one device's sends in the order given: within each
     thread their seqs follow that order. Each send is answered on its own.
     """
+    ListUserChanges: _grpc.UnaryUnaryMultiCallable[_message_internal_service_pb2.MessageInternalServiceListUserChangesRequest, _message_internal_service_pb2.MessageInternalServiceListUserChangesResponse]
+    """ListUserChanges returns a user's own change log after a seq, for a device's sync."""
 
 @_typing.type_check_only
 class MessageInternalServiceAsyncStub(MessageInternalServiceStub):
@@ -87,6 +89,8 @@ class MessageInternalServiceAsyncStub(MessageInternalServiceStub):
     """SendMessages stores a run of one device's sends in the order given: within each
     thread their seqs follow that order. Each send is answered on its own.
     """
+    ListUserChanges: _aio.UnaryUnaryMultiCallable[_message_internal_service_pb2.MessageInternalServiceListUserChangesRequest, _message_internal_service_pb2.MessageInternalServiceListUserChangesResponse]  # type: ignore[assignment]
+    """ListUserChanges returns a user's own change log after a seq, for a device's sync."""
 
 class MessageInternalServiceServicer(metaclass=_abc_1.ABCMeta):
     """MessageInternalService is what socket servers ask of message_svc. Internal listener only."""
@@ -174,5 +178,13 @@ class MessageInternalServiceServicer(metaclass=_abc_1.ABCMeta):
         """SendMessages stores a run of one device's sends in the order given: within each
         thread their seqs follow that order. Each send is answered on its own.
         """
+
+    @_abc_1.abstractmethod
+    def ListUserChanges(
+        self,
+        request: _message_internal_service_pb2.MessageInternalServiceListUserChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_message_internal_service_pb2.MessageInternalServiceListUserChangesResponse, _abc.Awaitable[_message_internal_service_pb2.MessageInternalServiceListUserChangesResponse]]:
+        """ListUserChanges returns a user's own change log after a seq, for a device's sync."""
 
 def add_MessageInternalServiceServicer_to_server(servicer: MessageInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -155,6 +155,7 @@ class ServerFrame(_message.Message):
     READ_CURSOR_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
     THREAD_MUTE_FIELD_NUMBER: _builtins.int
+    USER_CHANGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome:
         """Answers Hello."""
@@ -207,6 +208,10 @@ class ServerFrame(_message.Message):
     def thread_mute(self) -> _types_pb2.ThreadMute:
         """The user muted or unmuted a thread on one of their devices."""
 
+    @_builtins.property
+    def user_change(self) -> _types_pb2.UserChange:
+        """A change to the user's own view (delete for me), after the Hello's user_log_seq."""
+
     def __init__(
         self,
         *,
@@ -223,12 +228,13 @@ class ServerFrame(_message.Message):
         read_cursor: Global___ReadCursor | None = ...,
         batch: Global___ServerBatch | None = ...,
         thread_mute: _types_pb2.ThreadMute | None = ...,
+        user_change: _types_pb2.UserChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "thread_mute", b"thread_mute", "typing", b"typing", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "thread_mute", b"thread_mute", "typing", b"typing", "user_change", b"user_change", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "thread_mute", b"thread_mute", "typing", b"typing", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "thread_mute", b"thread_mute", "typing", b"typing", "user_change", b"user_change", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["welcome", "message", "send_result", "sync_done", "receipt", "presence", "typing", "error", "redirect", "heartbeat_ack", "read_cursor", "batch", "thread_mute"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["welcome", "message", "send_result", "sync_done", "receipt", "presence", "typing", "error", "redirect", "heartbeat_ack", "read_cursor", "batch", "thread_mute", "user_change"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -244,6 +250,7 @@ class Hello(_message.Message):
     SKIP_REPLAY_FIELD_NUMBER: _builtins.int
     ACCEPT_BATCHES_FIELD_NUMBER: _builtins.int
     FOREGROUND_FIELD_NUMBER: _builtins.int
+    USER_LOG_SEQ_FIELD_NUMBER: _builtins.int
     skip_replay: _builtins.bool
     """Replay nothing for threads the device has no cursor for; it pages history on demand."""
     accept_batches: _builtins.bool
@@ -251,6 +258,10 @@ class Hello(_message.Message):
     foreground: _builtins.bool
     """The app is in the foreground, in front of the person: while it is, and the stream is
     live, this device gets no push notifications. Change it later with ClientState.
+    """
+    user_log_seq: _builtins.int
+    """The last entry of the user's own change log this device has; later ones are replayed
+    before SyncDone, then pushed live; 0 replays the whole log. Unset: none of it is sent.
     """
     @_builtins.property
     def cursors(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Cursor]:
@@ -263,12 +274,15 @@ class Hello(_message.Message):
         skip_replay: _builtins.bool = ...,
         accept_batches: _builtins.bool = ...,
         foreground: _builtins.bool = ...,
+        user_log_seq: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_user_log_seq", b"_user_log_seq", "user_log_seq", b"user_log_seq"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_batches", b"accept_batches", "cursors", b"cursors", "foreground", b"foreground", "skip_replay", b"skip_replay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_user_log_seq", b"_user_log_seq", "accept_batches", b"accept_batches", "cursors", b"cursors", "foreground", b"foreground", "skip_replay", b"skip_replay", "user_log_seq", b"user_log_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__user_log_seq: _TypeAlias = _typing.Literal["user_log_seq"]  # noqa: Y015
+    _WhichOneofArgType__user_log_seq: _TypeAlias = _typing.Literal["_user_log_seq", b"_user_log_seq"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__user_log_seq) -> _WhichOneofReturnType__user_log_seq | None: ...
 
 Global___Hello: _TypeAlias = Hello  # noqa: Y015
 
@@ -340,6 +354,12 @@ class Send(_message.Message):
     THREAD_ID_FIELD_NUMBER: _builtins.int
     RECIPIENT_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    ATTACHMENT_IDS_FIELD_NUMBER: _builtins.int
+    REPLY_TO_SEQ_FIELD_NUMBER: _builtins.int
+    REACT_FIELD_NUMBER: _builtins.int
+    EDIT_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    FORWARD_FIELD_NUMBER: _builtins.int
     client_msg_id: _builtins.str
     """The device's idempotency key, unique per sender forever; 1-64 characters."""
     thread_id: _builtins.int
@@ -347,7 +367,31 @@ class Send(_message.Message):
     recipient: _builtins.str
     """A user, by username or phone; the direct thread is created if needed."""
     text: _builtins.str
-    """The text; 1 byte to the server's cap (default 64 KiB) of UTF-8."""
+    """The text; 1 byte to the server's cap (default 64 KiB) of UTF-8. Optional with
+    attachments or a forward (a caption), the new text for an edit, unused otherwise.
+    """
+    reply_to_seq: _builtins.int
+    """Quote this message of the same thread."""
+    @_builtins.property
+    def attachment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Uploaded attachments (POST /v1/uploads) to send: makes an attachment message."""
+
+    @_builtins.property
+    def react(self) -> Global___React:
+        """React to a message: one emoji per member, replacing theirs; empty removes it."""
+
+    @_builtins.property
+    def edit(self) -> Global___Edit:
+        """Change the text of one's own message, within the edit window."""
+
+    @_builtins.property
+    def delete(self) -> Global___Delete:
+        """Delete a message for everyone: one's own within the window, or any as a group admin."""
+
+    @_builtins.property
+    def forward(self) -> Global___Forward:
+        """Forward a copy of a message from a thread the sender can see."""
+
     def __init__(
         self,
         *,
@@ -355,16 +399,123 @@ class Send(_message.Message):
         thread_id: _builtins.int = ...,
         recipient: _builtins.str = ...,
         text: _builtins.str = ...,
+        attachment_ids: _abc.Iterable[_builtins.str] | None = ...,
+        reply_to_seq: _builtins.int = ...,
+        react: Global___React | None = ...,
+        edit: Global___Edit | None = ...,
+        delete: Global___Delete | None = ...,
+        forward: Global___Forward | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["recipient", b"recipient", "target", b"target", "thread_id", b"thread_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "delete", b"delete", "edit", b"edit", "forward", b"forward", "react", b"react", "recipient", b"recipient", "target", b"target", "thread_id", b"thread_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_msg_id", b"client_msg_id", "recipient", b"recipient", "target", b"target", "text", b"text", "thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment_ids", b"attachment_ids", "change", b"change", "client_msg_id", b"client_msg_id", "delete", b"delete", "edit", b"edit", "forward", b"forward", "react", b"react", "recipient", b"recipient", "reply_to_seq", b"reply_to_seq", "target", b"target", "text", b"text", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["react", "edit", "delete", "forward"]  # noqa: Y015
+    _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["thread_id", "recipient"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_change) -> _WhichOneofReturnType_change | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 
 Global___Send: _TypeAlias = Send  # noqa: Y015
+
+@_typing.final
+class React(_message.Message):
+    """React sets the sender's reaction to a message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    EMOJI_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """The message's seq in the Send's thread."""
+    emoji: _builtins.str
+    """One emoji; empty removes the sender's reaction."""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        emoji: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emoji", b"emoji", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___React: _TypeAlias = React  # noqa: Y015
+
+@_typing.final
+class Edit(_message.Message):
+    """Edit replaces a message's text with Send.text."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """The message's seq in the Send's thread."""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Edit: _TypeAlias = Edit  # noqa: Y015
+
+@_typing.final
+class Delete(_message.Message):
+    """Delete deletes a message for everyone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """The message's seq in the Send's thread."""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Delete: _TypeAlias = Delete  # noqa: Y015
+
+@_typing.final
+class Forward(_message.Message):
+    """Forward copies a message into the Send's target, attachments by reference."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    thread_id: _builtins.int
+    """The thread the message is in."""
+    seq: _builtins.int
+    """Its seq."""
+    def __init__(
+        self,
+        *,
+        thread_id: _builtins.int = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seq", b"seq", "thread_id", b"thread_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Forward: _TypeAlias = Forward  # noqa: Y015
 
 @_typing.final
 class SendResult(_message.Message):
@@ -377,6 +528,7 @@ class SendResult(_message.Message):
     THREAD_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     client_msg_id: _builtins.str
     """The idempotency key from Send."""
     msg_id: _builtins.str
@@ -389,6 +541,12 @@ class SendResult(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was stored."""
 
+    @_builtins.property
+    def message(self) -> _types_pb2.Message:
+        """The stored message, when the server added to what was sent (a reply's quote, a
+        forward's copy, attachments, events); unset for plain text.
+        """
+
     def __init__(
         self,
         *,
@@ -397,10 +555,11 @@ class SendResult(_message.Message):
         thread_id: _builtins.int = ...,
         seq: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        message: _types_pb2.Message | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_msg_id", b"client_msg_id", "create_time", b"create_time", "msg_id", b"msg_id", "seq", b"seq", "thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_msg_id", b"client_msg_id", "create_time", b"create_time", "message", b"message", "msg_id", b"msg_id", "seq", b"seq", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

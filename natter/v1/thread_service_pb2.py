@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from natter.v1 import types_pb2 as natter_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enatter/v1/thread_service.proto\x12\tnatter.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15natter/v1/types.proto\";\n\x12ListThreadsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x13ListThreadsResponse\x12\"\n\x07threads\x18\x01 \x03(\x0b\x32\x11.natter.v1.Thread\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x10GetThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\"Z\n\x11GetThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\x12\"\n\x07members\x18\x02 \x03(\x0b\x32\x11.natter.v1.Member\"*\n\x16GetDirectThreadRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"<\n\x17GetDirectThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\"o\n\x13ListMessagesRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x12\n\nbefore_seq\x18\x02 \x01(\x03\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x0f\n\x07\x66orward\x18\x05 \x01(\x08\"J\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message\x12\x0c\n\x04more\x18\x02 \x01(\x08\"q\n\x11MuteThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12-\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x11\n\x07\x66orever\x18\x03 \x01(\x08H\x00\x42\x07\n\x05until\"7\n\x12MuteThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\"(\n\x13UnmuteThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\"9\n\x14UnmuteThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread2\xec\x03\n\rThreadService\x12L\n\x0bListThreads\x12\x1d.natter.v1.ListThreadsRequest\x1a\x1e.natter.v1.ListThreadsResponse\x12\x46\n\tGetThread\x12\x1b.natter.v1.GetThreadRequest\x1a\x1c.natter.v1.GetThreadResponse\x12X\n\x0fGetDirectThread\x12!.natter.v1.GetDirectThreadRequest\x1a\".natter.v1.GetDirectThreadResponse\x12O\n\x0cListMessages\x12\x1e.natter.v1.ListMessagesRequest\x1a\x1f.natter.v1.ListMessagesResponse\x12I\n\nMuteThread\x12\x1c.natter.v1.MuteThreadRequest\x1a\x1d.natter.v1.MuteThreadResponse\x12O\n\x0cUnmuteThread\x12\x1e.natter.v1.UnmuteThreadRequest\x1a\x1f.natter.v1.UnmuteThreadResponseB%\n\rdev.natter.v1B\x12ThreadServiceProtoP\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enatter/v1/thread_service.proto\x12\tnatter.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15natter/v1/types.proto\";\n\x12ListThreadsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x13ListThreadsResponse\x12\"\n\x07threads\x18\x01 \x03(\x0b\x32\x11.natter.v1.Thread\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x10GetThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\"Z\n\x11GetThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\x12\"\n\x07members\x18\x02 \x03(\x0b\x32\x11.natter.v1.Member\"*\n\x16GetDirectThreadRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"<\n\x17GetDirectThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\"\x7f\n\x13ListMessagesRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x12\n\nbefore_seq\x18\x02 \x01(\x03\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x0f\n\x07\x66orward\x18\x05 \x01(\x08\x12\x0e\n\x06\x66olded\x18\x06 \x01(\x08\"J\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message\x12\x0c\n\x04more\x18\x02 \x01(\x08\"q\n\x11MuteThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12-\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x11\n\x07\x66orever\x18\x03 \x01(\x08H\x00\x42\x07\n\x05until\"7\n\x12MuteThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\"(\n\x13UnmuteThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\"9\n\x14UnmuteThreadResponse\x12!\n\x06thread\x18\x01 \x01(\x0b\x32\x11.natter.v1.Thread\"`\n\x15SearchMessagesRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"W\n\x16SearchMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x13HideMessagesRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0c\n\x04seqs\x18\x02 \x03(\x03\">\n\x14HideMessagesResponse\x12&\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x15.natter.v1.UserChange\":\n\x16ListUserChangesRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"O\n\x17ListUserChangesResponse\x12&\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x15.natter.v1.UserChange\x12\x0c\n\x04more\x18\x02 \x01(\x08\x32\xee\x05\n\rThreadService\x12L\n\x0bListThreads\x12\x1d.natter.v1.ListThreadsRequest\x1a\x1e.natter.v1.ListThreadsResponse\x12\x46\n\tGetThread\x12\x1b.natter.v1.GetThreadRequest\x1a\x1c.natter.v1.GetThreadResponse\x12X\n\x0fGetDirectThread\x12!.natter.v1.GetDirectThreadRequest\x1a\".natter.v1.GetDirectThreadResponse\x12O\n\x0cListMessages\x12\x1e.natter.v1.ListMessagesRequest\x1a\x1f.natter.v1.ListMessagesResponse\x12I\n\nMuteThread\x12\x1c.natter.v1.MuteThreadRequest\x1a\x1d.natter.v1.MuteThreadResponse\x12O\n\x0cUnmuteThread\x12\x1e.natter.v1.UnmuteThreadRequest\x1a\x1f.natter.v1.UnmuteThreadResponse\x12U\n\x0eSearchMessages\x12 .natter.v1.SearchMessagesRequest\x1a!.natter.v1.SearchMessagesResponse\x12O\n\x0cHideMessages\x12\x1e.natter.v1.HideMessagesRequest\x1a\x1f.natter.v1.HideMessagesResponse\x12X\n\x0fListUserChanges\x12!.natter.v1.ListUserChangesRequest\x1a\".natter.v1.ListUserChangesResponseB%\n\rdev.natter.v1B\x12ThreadServiceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,17 +47,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETDIRECTTHREADRESPONSE']._serialized_start=420
   _globals['_GETDIRECTTHREADRESPONSE']._serialized_end=480
   _globals['_LISTMESSAGESREQUEST']._serialized_start=482
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=593
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=595
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=669
-  _globals['_MUTETHREADREQUEST']._serialized_start=671
-  _globals['_MUTETHREADREQUEST']._serialized_end=784
-  _globals['_MUTETHREADRESPONSE']._serialized_start=786
-  _globals['_MUTETHREADRESPONSE']._serialized_end=841
-  _globals['_UNMUTETHREADREQUEST']._serialized_start=843
-  _globals['_UNMUTETHREADREQUEST']._serialized_end=883
-  _globals['_UNMUTETHREADRESPONSE']._serialized_start=885
-  _globals['_UNMUTETHREADRESPONSE']._serialized_end=942
-  _globals['_THREADSERVICE']._serialized_start=945
-  _globals['_THREADSERVICE']._serialized_end=1437
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=609
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=611
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=685
+  _globals['_MUTETHREADREQUEST']._serialized_start=687
+  _globals['_MUTETHREADREQUEST']._serialized_end=800
+  _globals['_MUTETHREADRESPONSE']._serialized_start=802
+  _globals['_MUTETHREADRESPONSE']._serialized_end=857
+  _globals['_UNMUTETHREADREQUEST']._serialized_start=859
+  _globals['_UNMUTETHREADREQUEST']._serialized_end=899
+  _globals['_UNMUTETHREADRESPONSE']._serialized_start=901
+  _globals['_UNMUTETHREADRESPONSE']._serialized_end=958
+  _globals['_SEARCHMESSAGESREQUEST']._serialized_start=960
+  _globals['_SEARCHMESSAGESREQUEST']._serialized_end=1056
+  _globals['_SEARCHMESSAGESRESPONSE']._serialized_start=1058
+  _globals['_SEARCHMESSAGESRESPONSE']._serialized_end=1145
+  _globals['_HIDEMESSAGESREQUEST']._serialized_start=1147
+  _globals['_HIDEMESSAGESREQUEST']._serialized_end=1201
+  _globals['_HIDEMESSAGESRESPONSE']._serialized_start=1203
+  _globals['_HIDEMESSAGESRESPONSE']._serialized_end=1265
+  _globals['_LISTUSERCHANGESREQUEST']._serialized_start=1267
+  _globals['_LISTUSERCHANGESREQUEST']._serialized_end=1325
+  _globals['_LISTUSERCHANGESRESPONSE']._serialized_start=1327
+  _globals['_LISTUSERCHANGESRESPONSE']._serialized_end=1406
+  _globals['_THREADSERVICE']._serialized_start=1409
+  _globals['_THREADSERVICE']._serialized_end=2159
 # @@protoc_insertion_point(module_scope)

@@ -183,6 +183,7 @@ class ListMessagesRequest(_message.Message):
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     FORWARD_FIELD_NUMBER: _builtins.int
+    FOLDED_FIELD_NUMBER: _builtins.int
     thread_id: _builtins.int
     """The thread."""
     before_seq: _builtins.int
@@ -193,6 +194,10 @@ class ListMessagesRequest(_message.Message):
     """At most this many; 0 means 50; capped at 1000."""
     forward: _builtins.bool
     """Page forward from after_seq even when it is 0 (from the first message)."""
+    folded: _builtins.bool
+    """Leave out reaction, edit and delete events: their effect is already folded into the
+    messages they change (text, edit_time, deleted, reactions), so seqs may skip.
+    """
     def __init__(
         self,
         *,
@@ -201,10 +206,11 @@ class ListMessagesRequest(_message.Message):
         after_seq: _builtins.int = ...,
         limit: _builtins.int = ...,
         forward: _builtins.bool = ...,
+        folded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "before_seq", b"before_seq", "forward", b"forward", "limit", b"limit", "thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "before_seq", b"before_seq", "folded", b"folded", "forward", b"forward", "limit", b"limit", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -341,3 +347,173 @@ class UnmuteThreadResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnmuteThreadResponse: _TypeAlias = UnmuteThreadResponse  # noqa: Y015
+
+@_typing.final
+class SearchMessagesRequest(_message.Message):
+    """SearchMessagesRequest asks for messages containing words."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    query: _builtins.str
+    """Words to find, each of at least three letters; a message must contain all of them
+    (a word also matches words it begins).
+    """
+    thread_id: _builtins.int
+    """Only in this thread; 0 searches every thread of the caller."""
+    page_size: _builtins.int
+    """At most this many; 0 means 20; capped at 100."""
+    page_token: _builtins.str
+    """From a previous response; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        query: _builtins.str = ...,
+        thread_id: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "query", b"query", "thread_id", b"thread_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchMessagesRequest: _TypeAlias = SearchMessagesRequest  # noqa: Y015
+
+@_typing.final
+class SearchMessagesResponse(_message.Message):
+    """SearchMessagesResponse is a page of hits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty at the end."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Message]:
+        """Best match first, by the store's own relevance; each has its thread and seq to jump to."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[_types_pb2.Message] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchMessagesResponse: _TypeAlias = SearchMessagesResponse  # noqa: Y015
+
+@_typing.final
+class HideMessagesRequest(_message.Message):
+    """HideMessagesRequest names messages to delete for the caller only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    SEQS_FIELD_NUMBER: _builtins.int
+    thread_id: _builtins.int
+    """The thread."""
+    @_builtins.property
+    def seqs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The messages' seqs; at most 1000."""
+
+    def __init__(
+        self,
+        *,
+        thread_id: _builtins.int = ...,
+        seqs: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seqs", b"seqs", "thread_id", b"thread_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HideMessagesRequest: _TypeAlias = HideMessagesRequest  # noqa: Y015
+
+@_typing.final
+class HideMessagesResponse(_message.Message):
+    """HideMessagesResponse lists the new entries of the caller's change log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.UserChange]:
+        """One per message newly hidden (none for one hidden before)."""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[_types_pb2.UserChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HideMessagesResponse: _TypeAlias = HideMessagesResponse  # noqa: Y015
+
+@_typing.final
+class ListUserChangesRequest(_message.Message):
+    """ListUserChangesRequest pages the caller's change log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    after_seq: _builtins.int
+    """Only entries after this seq."""
+    limit: _builtins.int
+    """At most this many; 0 means 500; capped at 5000."""
+    def __init__(
+        self,
+        *,
+        after_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUserChangesRequest: _TypeAlias = ListUserChangesRequest  # noqa: Y015
+
+@_typing.final
+class ListUserChangesResponse(_message.Message):
+    """ListUserChangesResponse is a page of the caller's change log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    """True when more remain."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.UserChange]:
+        """Ascending by seq."""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[_types_pb2.UserChange] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "more", b"more"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUserChangesResponse: _TypeAlias = ListUserChangesResponse  # noqa: Y015

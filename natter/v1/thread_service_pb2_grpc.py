@@ -65,6 +65,21 @@ class ThreadServiceStub:
                 request_serializer=natter_dot_v1_dot_thread__service__pb2.UnmuteThreadRequest.SerializeToString,
                 response_deserializer=natter_dot_v1_dot_thread__service__pb2.UnmuteThreadResponse.FromString,
                 _registered_method=True)
+        self.SearchMessages = channel.unary_unary(
+                '/natter.v1.ThreadService/SearchMessages',
+                request_serializer=natter_dot_v1_dot_thread__service__pb2.SearchMessagesRequest.SerializeToString,
+                response_deserializer=natter_dot_v1_dot_thread__service__pb2.SearchMessagesResponse.FromString,
+                _registered_method=True)
+        self.HideMessages = channel.unary_unary(
+                '/natter.v1.ThreadService/HideMessages',
+                request_serializer=natter_dot_v1_dot_thread__service__pb2.HideMessagesRequest.SerializeToString,
+                response_deserializer=natter_dot_v1_dot_thread__service__pb2.HideMessagesResponse.FromString,
+                _registered_method=True)
+        self.ListUserChanges = channel.unary_unary(
+                '/natter.v1.ThreadService/ListUserChanges',
+                request_serializer=natter_dot_v1_dot_thread__service__pb2.ListUserChangesRequest.SerializeToString,
+                response_deserializer=natter_dot_v1_dot_thread__service__pb2.ListUserChangesResponse.FromString,
+                _registered_method=True)
 
 
 class ThreadServiceServicer:
@@ -114,6 +129,27 @@ class ThreadServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchMessages(self, request, context):
+        """SearchMessages finds the caller's visible messages containing words, best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HideMessages(self, request, context):
+        """HideMessages deletes messages for the caller only: hidden on all of their devices.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUserChanges(self, request, context):
+        """ListUserChanges pages the caller's own change log (what HideMessages recorded).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ThreadServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +182,21 @@ def add_ThreadServiceServicer_to_server(servicer, server):
                     servicer.UnmuteThread,
                     request_deserializer=natter_dot_v1_dot_thread__service__pb2.UnmuteThreadRequest.FromString,
                     response_serializer=natter_dot_v1_dot_thread__service__pb2.UnmuteThreadResponse.SerializeToString,
+            ),
+            'SearchMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchMessages,
+                    request_deserializer=natter_dot_v1_dot_thread__service__pb2.SearchMessagesRequest.FromString,
+                    response_serializer=natter_dot_v1_dot_thread__service__pb2.SearchMessagesResponse.SerializeToString,
+            ),
+            'HideMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.HideMessages,
+                    request_deserializer=natter_dot_v1_dot_thread__service__pb2.HideMessagesRequest.FromString,
+                    response_serializer=natter_dot_v1_dot_thread__service__pb2.HideMessagesResponse.SerializeToString,
+            ),
+            'ListUserChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUserChanges,
+                    request_deserializer=natter_dot_v1_dot_thread__service__pb2.ListUserChangesRequest.FromString,
+                    response_serializer=natter_dot_v1_dot_thread__service__pb2.ListUserChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +362,87 @@ class ThreadService:
             '/natter.v1.ThreadService/UnmuteThread',
             natter_dot_v1_dot_thread__service__pb2.UnmuteThreadRequest.SerializeToString,
             natter_dot_v1_dot_thread__service__pb2.UnmuteThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/natter.v1.ThreadService/SearchMessages',
+            natter_dot_v1_dot_thread__service__pb2.SearchMessagesRequest.SerializeToString,
+            natter_dot_v1_dot_thread__service__pb2.SearchMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HideMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/natter.v1.ThreadService/HideMessages',
+            natter_dot_v1_dot_thread__service__pb2.HideMessagesRequest.SerializeToString,
+            natter_dot_v1_dot_thread__service__pb2.HideMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUserChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/natter.v1.ThreadService/ListUserChanges',
+            natter_dot_v1_dot_thread__service__pb2.ListUserChangesRequest.SerializeToString,
+            natter_dot_v1_dot_thread__service__pb2.ListUserChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,12 @@ class ThreadServiceStub:
     """
     UnmuteThread: _grpc.UnaryUnaryMultiCallable[_thread_service_pb2.UnmuteThreadRequest, _thread_service_pb2.UnmuteThreadResponse]
     """UnmuteThread ends the caller's mute of a thread (a no-op when it is not muted)."""
+    SearchMessages: _grpc.UnaryUnaryMultiCallable[_thread_service_pb2.SearchMessagesRequest, _thread_service_pb2.SearchMessagesResponse]
+    """SearchMessages finds the caller's visible messages containing words, best first."""
+    HideMessages: _grpc.UnaryUnaryMultiCallable[_thread_service_pb2.HideMessagesRequest, _thread_service_pb2.HideMessagesResponse]
+    """HideMessages deletes messages for the caller only: hidden on all of their devices."""
+    ListUserChanges: _grpc.UnaryUnaryMultiCallable[_thread_service_pb2.ListUserChangesRequest, _thread_service_pb2.ListUserChangesResponse]
+    """ListUserChanges pages the caller's own change log (what HideMessages recorded)."""
 
 @_typing.type_check_only
 class ThreadServiceAsyncStub(ThreadServiceStub):
@@ -67,6 +73,12 @@ class ThreadServiceAsyncStub(ThreadServiceStub):
     """
     UnmuteThread: _aio.UnaryUnaryMultiCallable[_thread_service_pb2.UnmuteThreadRequest, _thread_service_pb2.UnmuteThreadResponse]  # type: ignore[assignment]
     """UnmuteThread ends the caller's mute of a thread (a no-op when it is not muted)."""
+    SearchMessages: _aio.UnaryUnaryMultiCallable[_thread_service_pb2.SearchMessagesRequest, _thread_service_pb2.SearchMessagesResponse]  # type: ignore[assignment]
+    """SearchMessages finds the caller's visible messages containing words, best first."""
+    HideMessages: _aio.UnaryUnaryMultiCallable[_thread_service_pb2.HideMessagesRequest, _thread_service_pb2.HideMessagesResponse]  # type: ignore[assignment]
+    """HideMessages deletes messages for the caller only: hidden on all of their devices."""
+    ListUserChanges: _aio.UnaryUnaryMultiCallable[_thread_service_pb2.ListUserChangesRequest, _thread_service_pb2.ListUserChangesResponse]  # type: ignore[assignment]
+    """ListUserChanges pages the caller's own change log (what HideMessages recorded)."""
 
 class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
     """ThreadService lists conversations and pages their history."""
@@ -120,5 +132,29 @@ class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_thread_service_pb2.UnmuteThreadResponse, _abc.Awaitable[_thread_service_pb2.UnmuteThreadResponse]]:
         """UnmuteThread ends the caller's mute of a thread (a no-op when it is not muted)."""
+
+    @_abc_1.abstractmethod
+    def SearchMessages(
+        self,
+        request: _thread_service_pb2.SearchMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_thread_service_pb2.SearchMessagesResponse, _abc.Awaitable[_thread_service_pb2.SearchMessagesResponse]]:
+        """SearchMessages finds the caller's visible messages containing words, best first."""
+
+    @_abc_1.abstractmethod
+    def HideMessages(
+        self,
+        request: _thread_service_pb2.HideMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_thread_service_pb2.HideMessagesResponse, _abc.Awaitable[_thread_service_pb2.HideMessagesResponse]]:
+        """HideMessages deletes messages for the caller only: hidden on all of their devices."""
+
+    @_abc_1.abstractmethod
+    def ListUserChanges(
+        self,
+        request: _thread_service_pb2.ListUserChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_thread_service_pb2.ListUserChangesResponse, _abc.Awaitable[_thread_service_pb2.ListUserChangesResponse]]:
+        """ListUserChanges pages the caller's own change log (what HideMessages recorded)."""
 
 def add_ThreadServiceServicer_to_server(servicer: ThreadServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

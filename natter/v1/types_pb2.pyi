@@ -80,6 +80,14 @@ class _MessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageKi
     """Text written by a person."""
     MESSAGE_KIND_SYSTEM: _MessageKind.ValueType  # 2
     """A membership or title change recorded in the thread."""
+    MESSAGE_KIND_ATTACHMENT: _MessageKind.ValueType  # 3
+    """Photos, files or a voice note (Message.attachments), with text as the caption."""
+    MESSAGE_KIND_REACTION: _MessageKind.ValueType  # 4
+    """An event: the sender's reaction to message target_seq is emoji (empty: removed)."""
+    MESSAGE_KIND_EDIT: _MessageKind.ValueType  # 5
+    """An event: the sender changed the text of message target_seq to text."""
+    MESSAGE_KIND_DELETE: _MessageKind.ValueType  # 6
+    """An event: message target_seq was deleted for everyone."""
 
 class MessageKind(_MessageKind, metaclass=_MessageKindEnumTypeWrapper):
     """MessageKind separates what people wrote from what the server recorded."""
@@ -90,7 +98,35 @@ MESSAGE_KIND_TEXT: MessageKind.ValueType  # 1
 """Text written by a person."""
 MESSAGE_KIND_SYSTEM: MessageKind.ValueType  # 2
 """A membership or title change recorded in the thread."""
+MESSAGE_KIND_ATTACHMENT: MessageKind.ValueType  # 3
+"""Photos, files or a voice note (Message.attachments), with text as the caption."""
+MESSAGE_KIND_REACTION: MessageKind.ValueType  # 4
+"""An event: the sender's reaction to message target_seq is emoji (empty: removed)."""
+MESSAGE_KIND_EDIT: MessageKind.ValueType  # 5
+"""An event: the sender changed the text of message target_seq to text."""
+MESSAGE_KIND_DELETE: MessageKind.ValueType  # 6
+"""An event: message target_seq was deleted for everyone."""
 Global___MessageKind: _TypeAlias = MessageKind  # noqa: Y015
+
+class _UserChangeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UserChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UserChangeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USER_CHANGE_KIND_UNSPECIFIED: _UserChangeKind.ValueType  # 0
+    """Not set."""
+    USER_CHANGE_KIND_HIDE_MESSAGE: _UserChangeKind.ValueType  # 1
+    """The user deleted a message for themselves: hide it on every device of theirs."""
+
+class UserChangeKind(_UserChangeKind, metaclass=_UserChangeKindEnumTypeWrapper):
+    """UserChangeKind names a change to one user's own view, synced to their devices only."""
+
+USER_CHANGE_KIND_UNSPECIFIED: UserChangeKind.ValueType  # 0
+"""Not set."""
+USER_CHANGE_KIND_HIDE_MESSAGE: UserChangeKind.ValueType  # 1
+"""The user deleted a message for themselves: hide it on every device of theirs."""
+Global___UserChangeKind: _TypeAlias = UserChangeKind  # noqa: Y015
 
 class _MessageState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -301,6 +337,17 @@ class Message(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     SYSTEM_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
+    REPLY_TO_FIELD_NUMBER: _builtins.int
+    FORWARDED_FIELD_NUMBER: _builtins.int
+    TARGET_SEQ_FIELD_NUMBER: _builtins.int
+    EMOJI_FIELD_NUMBER: _builtins.int
+    EDIT_TIME_FIELD_NUMBER: _builtins.int
+    EDIT_SEQ_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    DELETE_SEQ_FIELD_NUMBER: _builtins.int
+    REACTIONS_FIELD_NUMBER: _builtins.int
+    HIDDEN_FIELD_NUMBER: _builtins.int
     thread_id: _builtins.int
     """The thread it belongs to."""
     seq: _builtins.int
@@ -317,6 +364,20 @@ class Message(_message.Message):
     """The text, for text messages."""
     state: Global___MessageState.ValueType
     """Delivery state, filled for the sender's own messages."""
+    forwarded: _builtins.bool
+    """A copy of another message, forwarded by its sender."""
+    target_seq: _builtins.int
+    """For reaction, edit and delete events: the seq of the message they change."""
+    emoji: _builtins.str
+    """For reaction events: the emoji; empty when the sender removed their reaction."""
+    edit_seq: _builtins.int
+    """Folded state: the seq of the edit event that gave the current text; 0 if never edited."""
+    deleted: _builtins.bool
+    """Folded state: deleted for everyone; text and attachments are gone."""
+    delete_seq: _builtins.int
+    """Folded state: the seq of the delete event; 0 if not deleted."""
+    hidden: _builtins.bool
+    """The reader deleted this message for themselves (delete for me); its content is left out."""
     @_builtins.property
     def sender(self) -> Global___User:
         """The sender."""
@@ -328,6 +389,22 @@ class Message(_message.Message):
     @_builtins.property
     def system(self) -> Global___SystemEvent:
         """The event, for system messages."""
+
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]:
+        """Photos, files, voice notes: for attachment messages, in the order sent."""
+
+    @_builtins.property
+    def reply_to(self) -> Global___ReplyTo:
+        """The message this one replies to, as it was when the reply was sent."""
+
+    @_builtins.property
+    def edit_time(self) -> _timestamp_pb2.Timestamp:
+        """Folded state: when the text was last edited; unset if never."""
+
+    @_builtins.property
+    def reactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reaction]:
+        """Folded state: every member's current reaction, one per member."""
 
     def __init__(
         self,
@@ -343,14 +420,199 @@ class Message(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         state: Global___MessageState.ValueType = ...,
         system: Global___SystemEvent | None = ...,
+        attachments: _abc.Iterable[Global___Attachment] | None = ...,
+        reply_to: Global___ReplyTo | None = ...,
+        forwarded: _builtins.bool = ...,
+        target_seq: _builtins.int = ...,
+        emoji: _builtins.str = ...,
+        edit_time: _timestamp_pb2.Timestamp | None = ...,
+        edit_seq: _builtins.int = ...,
+        deleted: _builtins.bool = ...,
+        delete_seq: _builtins.int = ...,
+        reactions: _abc.Iterable[Global___Reaction] | None = ...,
+        hidden: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "sender", b"sender", "system", b"system"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "edit_time", b"edit_time", "reply_to", b"reply_to", "sender", b"sender", "system", b"system"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_msg_id", b"client_msg_id", "create_time", b"create_time", "kind", b"kind", "msg_id", b"msg_id", "sender", b"sender", "sender_device_id", b"sender_device_id", "seq", b"seq", "state", b"state", "system", b"system", "text", b"text", "thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "client_msg_id", b"client_msg_id", "create_time", b"create_time", "delete_seq", b"delete_seq", "deleted", b"deleted", "edit_seq", b"edit_seq", "edit_time", b"edit_time", "emoji", b"emoji", "forwarded", b"forwarded", "hidden", b"hidden", "kind", b"kind", "msg_id", b"msg_id", "reactions", b"reactions", "reply_to", b"reply_to", "sender", b"sender", "sender_device_id", b"sender_device_id", "seq", b"seq", "state", b"state", "system", b"system", "target_seq", b"target_seq", "text", b"text", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class Attachment(_message.Message):
+    """Attachment is a stored file a message refers to: a photo, a file or a voice note."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTACHMENT_ID_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    BLURHASH_FIELD_NUMBER: _builtins.int
+    HAS_THUMBNAIL_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    VOICE_NOTE_FIELD_NUMBER: _builtins.int
+    attachment_id: _builtins.str
+    """Server-assigned id; download with GET /v1/attachments/{attachment_id}."""
+    mime_type: _builtins.str
+    """The type the server found in the content (not what the uploader said)."""
+    size: _builtins.int
+    """Size in bytes."""
+    name: _builtins.str
+    """The file name given at upload."""
+    width: _builtins.int
+    """Pixel width, for images."""
+    height: _builtins.int
+    """Pixel height, for images."""
+    duration_ms: _builtins.int
+    """Length in milliseconds, for audio and video."""
+    blurhash: _builtins.str
+    """A BlurHash of an image, to show at once while the thumbnail loads."""
+    has_thumbnail: _builtins.bool
+    """A small JPEG thumbnail exists: GET /v1/attachments/{attachment_id}/thumbnail."""
+    sha256: _builtins.str
+    """Lowercase hex SHA-256 of the content."""
+    voice_note: _builtins.bool
+    """Recorded as a voice note rather than sent as an audio file."""
+    def __init__(
+        self,
+        *,
+        attachment_id: _builtins.str = ...,
+        mime_type: _builtins.str = ...,
+        size: _builtins.int = ...,
+        name: _builtins.str = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        duration_ms: _builtins.int = ...,
+        blurhash: _builtins.str = ...,
+        has_thumbnail: _builtins.bool = ...,
+        sha256: _builtins.str = ...,
+        voice_note: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment_id", b"attachment_id", "blurhash", b"blurhash", "duration_ms", b"duration_ms", "has_thumbnail", b"has_thumbnail", "height", b"height", "mime_type", b"mime_type", "name", b"name", "sha256", b"sha256", "size", b"size", "voice_note", b"voice_note", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Attachment: _TypeAlias = Attachment  # noqa: Y015
+
+@_typing.final
+class ReplyTo(_message.Message):
+    """ReplyTo quotes the message a reply answers, as it was when the reply was sent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    SNIPPET_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """The quoted message's seq in the same thread."""
+    snippet: _builtins.str
+    """The start of its text (or the name of its first attachment)."""
+    kind: Global___MessageKind.ValueType
+    """Its kind."""
+    @_builtins.property
+    def sender(self) -> Global___User:
+        """Its sender."""
+
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        sender: Global___User | None = ...,
+        snippet: _builtins.str = ...,
+        kind: Global___MessageKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sender", b"sender"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "sender", b"sender", "seq", b"seq", "snippet", b"snippet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplyTo: _TypeAlias = ReplyTo  # noqa: Y015
+
+@_typing.final
+class Reaction(_message.Message):
+    """Reaction is one member's emoji on a message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    EMOJI_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    emoji: _builtins.str
+    """The emoji."""
+    seq: _builtins.int
+    """The seq of the reaction event that set it."""
+    @_builtins.property
+    def user(self) -> Global___User:
+        """Who reacted."""
+
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+        emoji: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time", "user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emoji", b"emoji", "seq", b"seq", "time", b"time", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reaction: _TypeAlias = Reaction  # noqa: Y015
+
+@_typing.final
+class UserChange(_message.Message):
+    """UserChange is one entry of a user's own change log, with its own sequence number."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Position in the user's log: 1, 2, 3..."""
+    kind: Global___UserChangeKind.ValueType
+    """What changed."""
+    @_builtins.property
+    def message(self) -> Global___Cursor:
+        """The message concerned, for HIDE_MESSAGE."""
+
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        kind: Global___UserChangeKind.ValueType = ...,
+        message: Global___Cursor | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "message", b"message", "seq", b"seq", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserChange: _TypeAlias = UserChange  # noqa: Y015
 
 @_typing.final
 class Cursor(_message.Message):

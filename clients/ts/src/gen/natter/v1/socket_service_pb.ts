@@ -6,7 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Cursor, Message as Message$1, Presence, Receipt, ThreadMute, Typing, User } from "./types_pb.js";
+import type { Cursor, Message as Message$1, Presence, Receipt, ThreadMute, Typing, User, UserChange } from "./types_pb.js";
 import { file_natter_v1_types } from "./types_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file natter/v1/socket_service.proto.
  */
 export const file_natter_v1_socket_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch5uYXR0ZXIvdjEvc29ja2V0X3NlcnZpY2UucHJvdG8SCW5hdHRlci52MSLMAgoLQ2xpZW50RnJhbWUSIQoFaGVsbG8YASABKAsyEC5uYXR0ZXIudjEuSGVsbG9IABIfCgRzZW5kGAIgASgLMg8ubmF0dGVyLnYxLlNlbmRIABIdCgNhY2sYAyABKAsyDi5uYXR0ZXIudjEuQWNrSAASHwoEcmVhZBgEIAEoCzIPLm5hdHRlci52MS5SZWFkSAASKQoJaGVhcnRiZWF0GAUgASgLMhQubmF0dGVyLnYxLkhlYXJ0YmVhdEgAEioKBnR5cGluZxgGIAEoCzIYLm5hdHRlci52MS5UeXBpbmdSZXF1ZXN0SAASJwoFYmF0Y2gYByABKAsyFi5uYXR0ZXIudjEuQ2xpZW50QmF0Y2hIABIuCgxjbGllbnRfc3RhdGUYCCABKAsyFi5uYXR0ZXIudjEuQ2xpZW50U3RhdGVIAEIJCgdwYXlsb2FkIjUKC0NsaWVudEJhdGNoEiYKBmZyYW1lcxgBIAMoCzIWLm5hdHRlci52MS5DbGllbnRGcmFtZSI1CgtTZXJ2ZXJCYXRjaBImCgZmcmFtZXMYASADKAsyFi5uYXR0ZXIudjEuU2VydmVyRnJhbWUivAQKC1NlcnZlckZyYW1lEiUKB3dlbGNvbWUYASABKAsyEi5uYXR0ZXIudjEuV2VsY29tZUgAEiUKB21lc3NhZ2UYAiABKAsyEi5uYXR0ZXIudjEuTWVzc2FnZUgAEiwKC3NlbmRfcmVzdWx0GAMgASgLMhUubmF0dGVyLnYxLlNlbmRSZXN1bHRIABIoCglzeW5jX2RvbmUYBCABKAsyEy5uYXR0ZXIudjEuU3luY0RvbmVIABIlCgdyZWNlaXB0GAUgASgLMhIubmF0dGVyLnYxLlJlY2VpcHRIABInCghwcmVzZW5jZRgGIAEoCzITLm5hdHRlci52MS5QcmVzZW5jZUgAEiMKBnR5cGluZxgHIAEoCzIRLm5hdHRlci52MS5UeXBpbmdIABInCgVlcnJvchgIIAEoCzIWLm5hdHRlci52MS5TdHJlYW1FcnJvckgAEicKCHJlZGlyZWN0GAkgASgLMhMubmF0dGVyLnYxLlJlZGlyZWN0SAASMAoNaGVhcnRiZWF0X2FjaxgKIAEoCzIXLm5hdHRlci52MS5IZWFydGJlYXRBY2tIABIsCgtyZWFkX2N1cnNvchgLIAEoCzIVLm5hdHRlci52MS5SZWFkQ3Vyc29ySAASJwoFYmF0Y2gYDCABKAsyFi5uYXR0ZXIudjEuU2VydmVyQmF0Y2hIABIsCgt0aHJlYWRfbXV0ZRgNIAEoCzIVLm5hdHRlci52MS5UaHJlYWRNdXRlSABCCQoHcGF5bG9hZCJsCgVIZWxsbxIiCgdjdXJzb3JzGAEgAygLMhEubmF0dGVyLnYxLkN1cnNvchITCgtza2lwX3JlcGxheRgCIAEoCBIWCg5hY2NlcHRfYmF0Y2hlcxgDIAEoCBISCgpmb3JlZ3JvdW5kGAQgASgIIiEKC0NsaWVudFN0YXRlEhIKCmZvcmVncm91bmQYASABKAgicAoHV2VsY29tZRIdCgR1c2VyGAEgASgLMg8ubmF0dGVyLnYxLlVzZXISEQoJZGV2aWNlX2lkGAIgASgDEiIKGmhlYXJ0YmVhdF9pbnRlcnZhbF9zZWNvbmRzGAMgASgFEg8KB25vZGVfaWQYBCABKAkiXwoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhMKCXRocmVhZF9pZBgCIAEoA0gAEhMKCXJlY2lwaWVudBgDIAEoCUgAEgwKBHRleHQYBCABKAlCCAoGdGFyZ2V0IoQBCgpTZW5kUmVzdWx0EhUKDWNsaWVudF9tc2dfaWQYASABKAkSDgoGbXNnX2lkGAIgASgJEhEKCXRocmVhZF9pZBgDIAEoAxILCgNzZXEYBCABKAMSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIikKA0FjaxIiCgdjdXJzb3JzGAEgAygLMhEubmF0dGVyLnYxLkN1cnNvciImCgRSZWFkEhEKCXRocmVhZF9pZBgBIAEoAxILCgNzZXEYAiABKAMiCwoJSGVhcnRiZWF0Ig4KDEhlYXJ0YmVhdEFjayIyCg1UeXBpbmdSZXF1ZXN0EhEKCXRocmVhZF9pZBgBIAEoAxIOCgZhY3RpdmUYAiABKAgiHAoIU3luY0RvbmUSEAoIcmVwbGF5ZWQYASABKAMiUwoLU3RyZWFtRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEg4KBnJlYXNvbhgDIAEoCRIVCg1jbGllbnRfbXNnX2lkGAQgASgJIhsKCFJlZGlyZWN0Eg8KB2FkZHJlc3MYASABKAkiLwoKUmVhZEN1cnNvchIhCgZjdXJzb3IYASABKAsyES5uYXR0ZXIudjEuQ3Vyc29yIiEKDUxvY2F0ZVJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkiMgoOTG9jYXRlUmVzcG9uc2USDwoHYWRkcmVzcxgBIAEoCRIPCgdub2RlX2lkGAIgASgJMo0BCg1Tb2NrZXRTZXJ2aWNlEj0KB0Nvbm5lY3QSFi5uYXR0ZXIudjEuQ2xpZW50RnJhbWUaFi5uYXR0ZXIudjEuU2VydmVyRnJhbWUoATABEj0KBkxvY2F0ZRIYLm5hdHRlci52MS5Mb2NhdGVSZXF1ZXN0GhkubmF0dGVyLnYxLkxvY2F0ZVJlc3BvbnNlQiUKDWRldi5uYXR0ZXIudjFCElNvY2tldFNlcnZpY2VQcm90b1ABYgZwcm90bzM", [file_google_protobuf_timestamp, file_natter_v1_types]);
+  fileDesc("Ch5uYXR0ZXIvdjEvc29ja2V0X3NlcnZpY2UucHJvdG8SCW5hdHRlci52MSLMAgoLQ2xpZW50RnJhbWUSIQoFaGVsbG8YASABKAsyEC5uYXR0ZXIudjEuSGVsbG9IABIfCgRzZW5kGAIgASgLMg8ubmF0dGVyLnYxLlNlbmRIABIdCgNhY2sYAyABKAsyDi5uYXR0ZXIudjEuQWNrSAASHwoEcmVhZBgEIAEoCzIPLm5hdHRlci52MS5SZWFkSAASKQoJaGVhcnRiZWF0GAUgASgLMhQubmF0dGVyLnYxLkhlYXJ0YmVhdEgAEioKBnR5cGluZxgGIAEoCzIYLm5hdHRlci52MS5UeXBpbmdSZXF1ZXN0SAASJwoFYmF0Y2gYByABKAsyFi5uYXR0ZXIudjEuQ2xpZW50QmF0Y2hIABIuCgxjbGllbnRfc3RhdGUYCCABKAsyFi5uYXR0ZXIudjEuQ2xpZW50U3RhdGVIAEIJCgdwYXlsb2FkIjUKC0NsaWVudEJhdGNoEiYKBmZyYW1lcxgBIAMoCzIWLm5hdHRlci52MS5DbGllbnRGcmFtZSI1CgtTZXJ2ZXJCYXRjaBImCgZmcmFtZXMYASADKAsyFi5uYXR0ZXIudjEuU2VydmVyRnJhbWUi6gQKC1NlcnZlckZyYW1lEiUKB3dlbGNvbWUYASABKAsyEi5uYXR0ZXIudjEuV2VsY29tZUgAEiUKB21lc3NhZ2UYAiABKAsyEi5uYXR0ZXIudjEuTWVzc2FnZUgAEiwKC3NlbmRfcmVzdWx0GAMgASgLMhUubmF0dGVyLnYxLlNlbmRSZXN1bHRIABIoCglzeW5jX2RvbmUYBCABKAsyEy5uYXR0ZXIudjEuU3luY0RvbmVIABIlCgdyZWNlaXB0GAUgASgLMhIubmF0dGVyLnYxLlJlY2VpcHRIABInCghwcmVzZW5jZRgGIAEoCzITLm5hdHRlci52MS5QcmVzZW5jZUgAEiMKBnR5cGluZxgHIAEoCzIRLm5hdHRlci52MS5UeXBpbmdIABInCgVlcnJvchgIIAEoCzIWLm5hdHRlci52MS5TdHJlYW1FcnJvckgAEicKCHJlZGlyZWN0GAkgASgLMhMubmF0dGVyLnYxLlJlZGlyZWN0SAASMAoNaGVhcnRiZWF0X2FjaxgKIAEoCzIXLm5hdHRlci52MS5IZWFydGJlYXRBY2tIABIsCgtyZWFkX2N1cnNvchgLIAEoCzIVLm5hdHRlci52MS5SZWFkQ3Vyc29ySAASJwoFYmF0Y2gYDCABKAsyFi5uYXR0ZXIudjEuU2VydmVyQmF0Y2hIABIsCgt0aHJlYWRfbXV0ZRgNIAEoCzIVLm5hdHRlci52MS5UaHJlYWRNdXRlSAASLAoLdXNlcl9jaGFuZ2UYDiABKAsyFS5uYXR0ZXIudjEuVXNlckNoYW5nZUgAQgkKB3BheWxvYWQimAEKBUhlbGxvEiIKB2N1cnNvcnMYASADKAsyES5uYXR0ZXIudjEuQ3Vyc29yEhMKC3NraXBfcmVwbGF5GAIgASgIEhYKDmFjY2VwdF9iYXRjaGVzGAMgASgIEhIKCmZvcmVncm91bmQYBCABKAgSGQoMdXNlcl9sb2dfc2VxGAUgASgDSACIAQFCDwoNX3VzZXJfbG9nX3NlcSIhCgtDbGllbnRTdGF0ZRISCgpmb3JlZ3JvdW5kGAEgASgIInAKB1dlbGNvbWUSHQoEdXNlchgBIAEoCzIPLm5hdHRlci52MS5Vc2VyEhEKCWRldmljZV9pZBgCIAEoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgDIAEoBRIPCgdub2RlX2lkGAQgASgJIqcCCgRTZW5kEhUKDWNsaWVudF9tc2dfaWQYASABKAkSEwoJdGhyZWFkX2lkGAIgASgDSAASEwoJcmVjaXBpZW50GAMgASgJSAASDAoEdGV4dBgEIAEoCRIWCg5hdHRhY2htZW50X2lkcxgFIAMoCRIUCgxyZXBseV90b19zZXEYBiABKAMSIQoFcmVhY3QYByABKAsyEC5uYXR0ZXIudjEuUmVhY3RIARIfCgRlZGl0GAggASgLMg8ubmF0dGVyLnYxLkVkaXRIARIjCgZkZWxldGUYCSABKAsyES5uYXR0ZXIudjEuRGVsZXRlSAESJQoHZm9yd2FyZBgKIAEoCzISLm5hdHRlci52MS5Gb3J3YXJkSAFCCAoGdGFyZ2V0QggKBmNoYW5nZSIjCgVSZWFjdBILCgNzZXEYASABKAMSDQoFZW1vamkYAiABKAkiEwoERWRpdBILCgNzZXEYASABKAMiFQoGRGVsZXRlEgsKA3NlcRgBIAEoAyIpCgdGb3J3YXJkEhEKCXRocmVhZF9pZBgBIAEoAxILCgNzZXEYAiABKAMiqQEKClNlbmRSZXN1bHQSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIOCgZtc2dfaWQYAiABKAkSEQoJdGhyZWFkX2lkGAMgASgDEgsKA3NlcRgEIAEoAxIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIwoHbWVzc2FnZRgGIAEoCzISLm5hdHRlci52MS5NZXNzYWdlIikKA0FjaxIiCgdjdXJzb3JzGAEgAygLMhEubmF0dGVyLnYxLkN1cnNvciImCgRSZWFkEhEKCXRocmVhZF9pZBgBIAEoAxILCgNzZXEYAiABKAMiCwoJSGVhcnRiZWF0Ig4KDEhlYXJ0YmVhdEFjayIyCg1UeXBpbmdSZXF1ZXN0EhEKCXRocmVhZF9pZBgBIAEoAxIOCgZhY3RpdmUYAiABKAgiHAoIU3luY0RvbmUSEAoIcmVwbGF5ZWQYASABKAMiUwoLU3RyZWFtRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEg4KBnJlYXNvbhgDIAEoCRIVCg1jbGllbnRfbXNnX2lkGAQgASgJIhsKCFJlZGlyZWN0Eg8KB2FkZHJlc3MYASABKAkiLwoKUmVhZEN1cnNvchIhCgZjdXJzb3IYASABKAsyES5uYXR0ZXIudjEuQ3Vyc29yIiEKDUxvY2F0ZVJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkiMgoOTG9jYXRlUmVzcG9uc2USDwoHYWRkcmVzcxgBIAEoCRIPCgdub2RlX2lkGAIgASgJMo0BCg1Tb2NrZXRTZXJ2aWNlEj0KB0Nvbm5lY3QSFi5uYXR0ZXIudjEuQ2xpZW50RnJhbWUaFi5uYXR0ZXIudjEuU2VydmVyRnJhbWUoATABEj0KBkxvY2F0ZRIYLm5hdHRlci52MS5Mb2NhdGVSZXF1ZXN0GhkubmF0dGVyLnYxLkxvY2F0ZVJlc3BvbnNlQiUKDWRldi5uYXR0ZXIudjFCElNvY2tldFNlcnZpY2VQcm90b1ABYgZwcm90bzM", [file_google_protobuf_timestamp, file_natter_v1_types]);
 
 /**
  * ClientFrame is one frame from a device.
@@ -258,6 +258,14 @@ export type ServerFrame = Message<"natter.v1.ServerFrame"> & {
      */
     value: ThreadMute;
     case: "threadMute";
+  } | {
+    /**
+     * A change to the user's own view (delete for me), after the Hello's user_log_seq.
+     *
+     * @generated from field: natter.v1.UserChange user_change = 14;
+     */
+    value: UserChange;
+    case: "userChange";
   } | { case: undefined; value?: undefined };
 };
 
@@ -302,6 +310,14 @@ export type Hello = Message<"natter.v1.Hello"> & {
    * @generated from field: bool foreground = 4;
    */
   foreground: boolean;
+
+  /**
+   * The last entry of the user's own change log this device has; later ones are replayed
+   * before SyncDone, then pushed live; 0 replays the whole log. Unset: none of it is sent.
+   *
+   * @generated from field: optional int64 user_log_seq = 5;
+   */
+  userLogSeq?: bigint | undefined;
 };
 
 /**
@@ -411,11 +427,65 @@ export type Send = Message<"natter.v1.Send"> & {
   } | { case: undefined; value?: undefined };
 
   /**
-   * The text; 1 byte to the server's cap (default 64 KiB) of UTF-8.
+   * The text; 1 byte to the server's cap (default 64 KiB) of UTF-8. Optional with
+   * attachments or a forward (a caption), the new text for an edit, unused otherwise.
    *
    * @generated from field: string text = 4;
    */
   text: string;
+
+  /**
+   * Uploaded attachments (POST /v1/uploads) to send: makes an attachment message.
+   *
+   * @generated from field: repeated string attachment_ids = 5;
+   */
+  attachmentIds: string[];
+
+  /**
+   * Quote this message of the same thread.
+   *
+   * @generated from field: int64 reply_to_seq = 6;
+   */
+  replyToSeq: bigint;
+
+  /**
+   * Instead of a new message, a change to one already sent, or a forward.
+   *
+   * @generated from oneof natter.v1.Send.change
+   */
+  change: {
+    /**
+     * React to a message: one emoji per member, replacing theirs; empty removes it.
+     *
+     * @generated from field: natter.v1.React react = 7;
+     */
+    value: React;
+    case: "react";
+  } | {
+    /**
+     * Change the text of one's own message, within the edit window.
+     *
+     * @generated from field: natter.v1.Edit edit = 8;
+     */
+    value: Edit;
+    case: "edit";
+  } | {
+    /**
+     * Delete a message for everyone: one's own within the window, or any as a group admin.
+     *
+     * @generated from field: natter.v1.Delete delete = 9;
+     */
+    value: Delete;
+    case: "delete";
+  } | {
+    /**
+     * Forward a copy of a message from a thread the sender can see.
+     *
+     * @generated from field: natter.v1.Forward forward = 10;
+     */
+    value: Forward;
+    case: "forward";
+  } | { case: undefined; value?: undefined };
 };
 
 /**
@@ -424,6 +494,104 @@ export type Send = Message<"natter.v1.Send"> & {
  */
 export const SendSchema: GenMessage<Send> = /*@__PURE__*/
   messageDesc(file_natter_v1_socket_service, 7);
+
+/**
+ * React sets the sender's reaction to a message.
+ *
+ * @generated from message natter.v1.React
+ */
+export type React = Message<"natter.v1.React"> & {
+  /**
+   * The message's seq in the Send's thread.
+   *
+   * @generated from field: int64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * One emoji; empty removes the sender's reaction.
+   *
+   * @generated from field: string emoji = 2;
+   */
+  emoji: string;
+};
+
+/**
+ * Describes the message natter.v1.React.
+ * Use `create(ReactSchema)` to create a new message.
+ */
+export const ReactSchema: GenMessage<React> = /*@__PURE__*/
+  messageDesc(file_natter_v1_socket_service, 8);
+
+/**
+ * Edit replaces a message's text with Send.text.
+ *
+ * @generated from message natter.v1.Edit
+ */
+export type Edit = Message<"natter.v1.Edit"> & {
+  /**
+   * The message's seq in the Send's thread.
+   *
+   * @generated from field: int64 seq = 1;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message natter.v1.Edit.
+ * Use `create(EditSchema)` to create a new message.
+ */
+export const EditSchema: GenMessage<Edit> = /*@__PURE__*/
+  messageDesc(file_natter_v1_socket_service, 9);
+
+/**
+ * Delete deletes a message for everyone.
+ *
+ * @generated from message natter.v1.Delete
+ */
+export type Delete = Message<"natter.v1.Delete"> & {
+  /**
+   * The message's seq in the Send's thread.
+   *
+   * @generated from field: int64 seq = 1;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message natter.v1.Delete.
+ * Use `create(DeleteSchema)` to create a new message.
+ */
+export const DeleteSchema: GenMessage<Delete> = /*@__PURE__*/
+  messageDesc(file_natter_v1_socket_service, 10);
+
+/**
+ * Forward copies a message into the Send's target, attachments by reference.
+ *
+ * @generated from message natter.v1.Forward
+ */
+export type Forward = Message<"natter.v1.Forward"> & {
+  /**
+   * The thread the message is in.
+   *
+   * @generated from field: int64 thread_id = 1;
+   */
+  threadId: bigint;
+
+  /**
+   * Its seq.
+   *
+   * @generated from field: int64 seq = 2;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message natter.v1.Forward.
+ * Use `create(ForwardSchema)` to create a new message.
+ */
+export const ForwardSchema: GenMessage<Forward> = /*@__PURE__*/
+  messageDesc(file_natter_v1_socket_service, 11);
 
 /**
  * SendResult acknowledges a stored message.
@@ -465,6 +633,14 @@ export type SendResult = Message<"natter.v1.SendResult"> & {
    * @generated from field: google.protobuf.Timestamp create_time = 5;
    */
   createTime?: Timestamp | undefined;
+
+  /**
+   * The stored message, when the server added to what was sent (a reply's quote, a
+   * forward's copy, attachments, events); unset for plain text.
+   *
+   * @generated from field: natter.v1.Message message = 6;
+   */
+  message?: Message$1 | undefined;
 };
 
 /**
@@ -472,7 +648,7 @@ export type SendResult = Message<"natter.v1.SendResult"> & {
  * Use `create(SendResultSchema)` to create a new message.
  */
 export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 8);
+  messageDesc(file_natter_v1_socket_service, 12);
 
 /**
  * Ack says the device has received everything up to each cursor.
@@ -493,7 +669,7 @@ export type Ack = Message<"natter.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 9);
+  messageDesc(file_natter_v1_socket_service, 13);
 
 /**
  * Read marks a thread read up to seq.
@@ -521,7 +697,7 @@ export type Read = Message<"natter.v1.Read"> & {
  * Use `create(ReadSchema)` to create a new message.
  */
 export const ReadSchema: GenMessage<Read> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 10);
+  messageDesc(file_natter_v1_socket_service, 14);
 
 /**
  * Heartbeat keeps the session alive.
@@ -536,7 +712,7 @@ export type Heartbeat = Message<"natter.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 11);
+  messageDesc(file_natter_v1_socket_service, 15);
 
 /**
  * HeartbeatAck answers Heartbeat.
@@ -551,7 +727,7 @@ export type HeartbeatAck = Message<"natter.v1.HeartbeatAck"> & {
  * Use `create(HeartbeatAckSchema)` to create a new message.
  */
 export const HeartbeatAckSchema: GenMessage<HeartbeatAck> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 12);
+  messageDesc(file_natter_v1_socket_service, 16);
 
 /**
  * TypingRequest tells the other members that the user is typing.
@@ -579,7 +755,7 @@ export type TypingRequest = Message<"natter.v1.TypingRequest"> & {
  * Use `create(TypingRequestSchema)` to create a new message.
  */
 export const TypingRequestSchema: GenMessage<TypingRequest> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 13);
+  messageDesc(file_natter_v1_socket_service, 17);
 
 /**
  * SyncDone ends the replay.
@@ -600,7 +776,7 @@ export type SyncDone = Message<"natter.v1.SyncDone"> & {
  * Use `create(SyncDoneSchema)` to create a new message.
  */
 export const SyncDoneSchema: GenMessage<SyncDone> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 14);
+  messageDesc(file_natter_v1_socket_service, 18);
 
 /**
  * StreamError reports a refused frame.
@@ -642,7 +818,7 @@ export type StreamError = Message<"natter.v1.StreamError"> & {
  * Use `create(StreamErrorSchema)` to create a new message.
  */
 export const StreamErrorSchema: GenMessage<StreamError> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 15);
+  messageDesc(file_natter_v1_socket_service, 19);
 
 /**
  * Redirect asks the device to reconnect elsewhere.
@@ -663,7 +839,7 @@ export type Redirect = Message<"natter.v1.Redirect"> & {
  * Use `create(RedirectSchema)` to create a new message.
  */
 export const RedirectSchema: GenMessage<Redirect> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 16);
+  messageDesc(file_natter_v1_socket_service, 20);
 
 /**
  * ReadCursor tells a user's devices that the user read a thread.
@@ -684,7 +860,7 @@ export type ReadCursor = Message<"natter.v1.ReadCursor"> & {
  * Use `create(ReadCursorSchema)` to create a new message.
  */
 export const ReadCursorSchema: GenMessage<ReadCursor> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 17);
+  messageDesc(file_natter_v1_socket_service, 21);
 
 /**
  * LocateRequest names a user.
@@ -705,7 +881,7 @@ export type LocateRequest = Message<"natter.v1.LocateRequest"> & {
  * Use `create(LocateRequestSchema)` to create a new message.
  */
 export const LocateRequestSchema: GenMessage<LocateRequest> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 18);
+  messageDesc(file_natter_v1_socket_service, 22);
 
 /**
  * LocateResponse names the socket server.
@@ -733,7 +909,7 @@ export type LocateResponse = Message<"natter.v1.LocateResponse"> & {
  * Use `create(LocateResponseSchema)` to create a new message.
  */
 export const LocateResponseSchema: GenMessage<LocateResponse> = /*@__PURE__*/
-  messageDesc(file_natter_v1_socket_service, 19);
+  messageDesc(file_natter_v1_socket_service, 23);
 
 /**
  * SocketService holds each device's live connection.

@@ -6,7 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
-import type { Member, Message as Message$1, Thread } from "./types_pb.js";
+import type { Member, Message as Message$1, Thread, UserChange } from "./types_pb.js";
 import { file_natter_v1_types } from "./types_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file natter/v1/thread_service.proto.
  */
 export const file_natter_v1_thread_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch5uYXR0ZXIvdjEvdGhyZWFkX3NlcnZpY2UucHJvdG8SCW5hdHRlci52MSI7ChJMaXN0VGhyZWFkc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiUgoTTGlzdFRocmVhZHNSZXNwb25zZRIiCgd0aHJlYWRzGAEgAygLMhEubmF0dGVyLnYxLlRocmVhZBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJQoQR2V0VGhyZWFkUmVxdWVzdBIRCgl0aHJlYWRfaWQYASABKAMiWgoRR2V0VGhyZWFkUmVzcG9uc2USIQoGdGhyZWFkGAEgASgLMhEubmF0dGVyLnYxLlRocmVhZBIiCgdtZW1iZXJzGAIgAygLMhEubmF0dGVyLnYxLk1lbWJlciIqChZHZXREaXJlY3RUaHJlYWRSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJIjwKF0dldERpcmVjdFRocmVhZFJlc3BvbnNlEiEKBnRocmVhZBgBIAEoCzIRLm5hdHRlci52MS5UaHJlYWQibwoTTGlzdE1lc3NhZ2VzUmVxdWVzdBIRCgl0aHJlYWRfaWQYASABKAMSEgoKYmVmb3JlX3NlcRgCIAEoAxIRCglhZnRlcl9zZXEYAyABKAMSDQoFbGltaXQYBCABKAUSDwoHZm9yd2FyZBgFIAEoCCJKChRMaXN0TWVzc2FnZXNSZXNwb25zZRIkCghtZXNzYWdlcxgBIAMoCzISLm5hdHRlci52MS5NZXNzYWdlEgwKBG1vcmUYAiABKAgicQoRTXV0ZVRocmVhZFJlcXVlc3QSEQoJdGhyZWFkX2lkGAEgASgDEi0KCGR1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uSAASEQoHZm9yZXZlchgDIAEoCEgAQgcKBXVudGlsIjcKEk11dGVUaHJlYWRSZXNwb25zZRIhCgZ0aHJlYWQYASABKAsyES5uYXR0ZXIudjEuVGhyZWFkIigKE1VubXV0ZVRocmVhZFJlcXVlc3QSEQoJdGhyZWFkX2lkGAEgASgDIjkKFFVubXV0ZVRocmVhZFJlc3BvbnNlEiEKBnRocmVhZBgBIAEoCzIRLm5hdHRlci52MS5UaHJlYWQy7AMKDVRocmVhZFNlcnZpY2USTAoLTGlzdFRocmVhZHMSHS5uYXR0ZXIudjEuTGlzdFRocmVhZHNSZXF1ZXN0Gh4ubmF0dGVyLnYxLkxpc3RUaHJlYWRzUmVzcG9uc2USRgoJR2V0VGhyZWFkEhsubmF0dGVyLnYxLkdldFRocmVhZFJlcXVlc3QaHC5uYXR0ZXIudjEuR2V0VGhyZWFkUmVzcG9uc2USWAoPR2V0RGlyZWN0VGhyZWFkEiEubmF0dGVyLnYxLkdldERpcmVjdFRocmVhZFJlcXVlc3QaIi5uYXR0ZXIudjEuR2V0RGlyZWN0VGhyZWFkUmVzcG9uc2USTwoMTGlzdE1lc3NhZ2VzEh4ubmF0dGVyLnYxLkxpc3RNZXNzYWdlc1JlcXVlc3QaHy5uYXR0ZXIudjEuTGlzdE1lc3NhZ2VzUmVzcG9uc2USSQoKTXV0ZVRocmVhZBIcLm5hdHRlci52MS5NdXRlVGhyZWFkUmVxdWVzdBodLm5hdHRlci52MS5NdXRlVGhyZWFkUmVzcG9uc2USTwoMVW5tdXRlVGhyZWFkEh4ubmF0dGVyLnYxLlVubXV0ZVRocmVhZFJlcXVlc3QaHy5uYXR0ZXIudjEuVW5tdXRlVGhyZWFkUmVzcG9uc2VCJQoNZGV2Lm5hdHRlci52MUISVGhyZWFkU2VydmljZVByb3RvUAFiBnByb3RvMw", [file_google_protobuf_duration, file_natter_v1_types]);
+  fileDesc("Ch5uYXR0ZXIvdjEvdGhyZWFkX3NlcnZpY2UucHJvdG8SCW5hdHRlci52MSI7ChJMaXN0VGhyZWFkc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiUgoTTGlzdFRocmVhZHNSZXNwb25zZRIiCgd0aHJlYWRzGAEgAygLMhEubmF0dGVyLnYxLlRocmVhZBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJQoQR2V0VGhyZWFkUmVxdWVzdBIRCgl0aHJlYWRfaWQYASABKAMiWgoRR2V0VGhyZWFkUmVzcG9uc2USIQoGdGhyZWFkGAEgASgLMhEubmF0dGVyLnYxLlRocmVhZBIiCgdtZW1iZXJzGAIgAygLMhEubmF0dGVyLnYxLk1lbWJlciIqChZHZXREaXJlY3RUaHJlYWRSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJIjwKF0dldERpcmVjdFRocmVhZFJlc3BvbnNlEiEKBnRocmVhZBgBIAEoCzIRLm5hdHRlci52MS5UaHJlYWQifwoTTGlzdE1lc3NhZ2VzUmVxdWVzdBIRCgl0aHJlYWRfaWQYASABKAMSEgoKYmVmb3JlX3NlcRgCIAEoAxIRCglhZnRlcl9zZXEYAyABKAMSDQoFbGltaXQYBCABKAUSDwoHZm9yd2FyZBgFIAEoCBIOCgZmb2xkZWQYBiABKAgiSgoUTGlzdE1lc3NhZ2VzUmVzcG9uc2USJAoIbWVzc2FnZXMYASADKAsyEi5uYXR0ZXIudjEuTWVzc2FnZRIMCgRtb3JlGAIgASgIInEKEU11dGVUaHJlYWRSZXF1ZXN0EhEKCXRocmVhZF9pZBgBIAEoAxItCghkdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkgAEhEKB2ZvcmV2ZXIYAyABKAhIAEIHCgV1bnRpbCI3ChJNdXRlVGhyZWFkUmVzcG9uc2USIQoGdGhyZWFkGAEgASgLMhEubmF0dGVyLnYxLlRocmVhZCIoChNVbm11dGVUaHJlYWRSZXF1ZXN0EhEKCXRocmVhZF9pZBgBIAEoAyI5ChRVbm11dGVUaHJlYWRSZXNwb25zZRIhCgZ0aHJlYWQYASABKAsyES5uYXR0ZXIudjEuVGhyZWFkImAKFVNlYXJjaE1lc3NhZ2VzUmVxdWVzdBINCgVxdWVyeRgBIAEoCRIRCgl0aHJlYWRfaWQYAiABKAMSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkiVwoWU2VhcmNoTWVzc2FnZXNSZXNwb25zZRIkCghtZXNzYWdlcxgBIAMoCzISLm5hdHRlci52MS5NZXNzYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI2ChNIaWRlTWVzc2FnZXNSZXF1ZXN0EhEKCXRocmVhZF9pZBgBIAEoAxIMCgRzZXFzGAIgAygDIj4KFEhpZGVNZXNzYWdlc1Jlc3BvbnNlEiYKB2NoYW5nZXMYASADKAsyFS5uYXR0ZXIudjEuVXNlckNoYW5nZSI6ChZMaXN0VXNlckNoYW5nZXNSZXF1ZXN0EhEKCWFmdGVyX3NlcRgBIAEoAxINCgVsaW1pdBgCIAEoBSJPChdMaXN0VXNlckNoYW5nZXNSZXNwb25zZRImCgdjaGFuZ2VzGAEgAygLMhUubmF0dGVyLnYxLlVzZXJDaGFuZ2USDAoEbW9yZRgCIAEoCDLuBQoNVGhyZWFkU2VydmljZRJMCgtMaXN0VGhyZWFkcxIdLm5hdHRlci52MS5MaXN0VGhyZWFkc1JlcXVlc3QaHi5uYXR0ZXIudjEuTGlzdFRocmVhZHNSZXNwb25zZRJGCglHZXRUaHJlYWQSGy5uYXR0ZXIudjEuR2V0VGhyZWFkUmVxdWVzdBocLm5hdHRlci52MS5HZXRUaHJlYWRSZXNwb25zZRJYCg9HZXREaXJlY3RUaHJlYWQSIS5uYXR0ZXIudjEuR2V0RGlyZWN0VGhyZWFkUmVxdWVzdBoiLm5hdHRlci52MS5HZXREaXJlY3RUaHJlYWRSZXNwb25zZRJPCgxMaXN0TWVzc2FnZXMSHi5uYXR0ZXIudjEuTGlzdE1lc3NhZ2VzUmVxdWVzdBofLm5hdHRlci52MS5MaXN0TWVzc2FnZXNSZXNwb25zZRJJCgpNdXRlVGhyZWFkEhwubmF0dGVyLnYxLk11dGVUaHJlYWRSZXF1ZXN0Gh0ubmF0dGVyLnYxLk11dGVUaHJlYWRSZXNwb25zZRJPCgxVbm11dGVUaHJlYWQSHi5uYXR0ZXIudjEuVW5tdXRlVGhyZWFkUmVxdWVzdBofLm5hdHRlci52MS5Vbm11dGVUaHJlYWRSZXNwb25zZRJVCg5TZWFyY2hNZXNzYWdlcxIgLm5hdHRlci52MS5TZWFyY2hNZXNzYWdlc1JlcXVlc3QaIS5uYXR0ZXIudjEuU2VhcmNoTWVzc2FnZXNSZXNwb25zZRJPCgxIaWRlTWVzc2FnZXMSHi5uYXR0ZXIudjEuSGlkZU1lc3NhZ2VzUmVxdWVzdBofLm5hdHRlci52MS5IaWRlTWVzc2FnZXNSZXNwb25zZRJYCg9MaXN0VXNlckNoYW5nZXMSIS5uYXR0ZXIudjEuTGlzdFVzZXJDaGFuZ2VzUmVxdWVzdBoiLm5hdHRlci52MS5MaXN0VXNlckNoYW5nZXNSZXNwb25zZUIlCg1kZXYubmF0dGVyLnYxQhJUaHJlYWRTZXJ2aWNlUHJvdG9QAWIGcHJvdG8z", [file_google_protobuf_duration, file_natter_v1_types]);
 
 /**
  * ListThreadsRequest asks for a page of threads.
@@ -203,6 +203,14 @@ export type ListMessagesRequest = Message<"natter.v1.ListMessagesRequest"> & {
    * @generated from field: bool forward = 5;
    */
   forward: boolean;
+
+  /**
+   * Leave out reaction, edit and delete events: their effect is already folded into the
+   * messages they change (text, edit_time, deleted, reactions), so seqs may skip.
+   *
+   * @generated from field: bool folded = 6;
+   */
+  folded: boolean;
 };
 
 /**
@@ -348,6 +356,182 @@ export const UnmuteThreadResponseSchema: GenMessage<UnmuteThreadResponse> = /*@_
   messageDesc(file_natter_v1_thread_service, 11);
 
 /**
+ * SearchMessagesRequest asks for messages containing words.
+ *
+ * @generated from message natter.v1.SearchMessagesRequest
+ */
+export type SearchMessagesRequest = Message<"natter.v1.SearchMessagesRequest"> & {
+  /**
+   * Words to find, each of at least three letters; a message must contain all of them
+   * (a word also matches words it begins).
+   *
+   * @generated from field: string query = 1;
+   */
+  query: string;
+
+  /**
+   * Only in this thread; 0 searches every thread of the caller.
+   *
+   * @generated from field: int64 thread_id = 2;
+   */
+  threadId: bigint;
+
+  /**
+   * At most this many; 0 means 20; capped at 100.
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response; empty for the first page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message natter.v1.SearchMessagesRequest.
+ * Use `create(SearchMessagesRequestSchema)` to create a new message.
+ */
+export const SearchMessagesRequestSchema: GenMessage<SearchMessagesRequest> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 12);
+
+/**
+ * SearchMessagesResponse is a page of hits.
+ *
+ * @generated from message natter.v1.SearchMessagesResponse
+ */
+export type SearchMessagesResponse = Message<"natter.v1.SearchMessagesResponse"> & {
+  /**
+   * Best match first, by the store's own relevance; each has its thread and seq to jump to.
+   *
+   * @generated from field: repeated natter.v1.Message messages = 1;
+   */
+  messages: Message$1[];
+
+  /**
+   * Token for the next page; empty at the end.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message natter.v1.SearchMessagesResponse.
+ * Use `create(SearchMessagesResponseSchema)` to create a new message.
+ */
+export const SearchMessagesResponseSchema: GenMessage<SearchMessagesResponse> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 13);
+
+/**
+ * HideMessagesRequest names messages to delete for the caller only.
+ *
+ * @generated from message natter.v1.HideMessagesRequest
+ */
+export type HideMessagesRequest = Message<"natter.v1.HideMessagesRequest"> & {
+  /**
+   * The thread.
+   *
+   * @generated from field: int64 thread_id = 1;
+   */
+  threadId: bigint;
+
+  /**
+   * The messages' seqs; at most 1000.
+   *
+   * @generated from field: repeated int64 seqs = 2;
+   */
+  seqs: bigint[];
+};
+
+/**
+ * Describes the message natter.v1.HideMessagesRequest.
+ * Use `create(HideMessagesRequestSchema)` to create a new message.
+ */
+export const HideMessagesRequestSchema: GenMessage<HideMessagesRequest> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 14);
+
+/**
+ * HideMessagesResponse lists the new entries of the caller's change log.
+ *
+ * @generated from message natter.v1.HideMessagesResponse
+ */
+export type HideMessagesResponse = Message<"natter.v1.HideMessagesResponse"> & {
+  /**
+   * One per message newly hidden (none for one hidden before).
+   *
+   * @generated from field: repeated natter.v1.UserChange changes = 1;
+   */
+  changes: UserChange[];
+};
+
+/**
+ * Describes the message natter.v1.HideMessagesResponse.
+ * Use `create(HideMessagesResponseSchema)` to create a new message.
+ */
+export const HideMessagesResponseSchema: GenMessage<HideMessagesResponse> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 15);
+
+/**
+ * ListUserChangesRequest pages the caller's change log.
+ *
+ * @generated from message natter.v1.ListUserChangesRequest
+ */
+export type ListUserChangesRequest = Message<"natter.v1.ListUserChangesRequest"> & {
+  /**
+   * Only entries after this seq.
+   *
+   * @generated from field: int64 after_seq = 1;
+   */
+  afterSeq: bigint;
+
+  /**
+   * At most this many; 0 means 500; capped at 5000.
+   *
+   * @generated from field: int32 limit = 2;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message natter.v1.ListUserChangesRequest.
+ * Use `create(ListUserChangesRequestSchema)` to create a new message.
+ */
+export const ListUserChangesRequestSchema: GenMessage<ListUserChangesRequest> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 16);
+
+/**
+ * ListUserChangesResponse is a page of the caller's change log.
+ *
+ * @generated from message natter.v1.ListUserChangesResponse
+ */
+export type ListUserChangesResponse = Message<"natter.v1.ListUserChangesResponse"> & {
+  /**
+   * Ascending by seq.
+   *
+   * @generated from field: repeated natter.v1.UserChange changes = 1;
+   */
+  changes: UserChange[];
+
+  /**
+   * True when more remain.
+   *
+   * @generated from field: bool more = 2;
+   */
+  more: boolean;
+};
+
+/**
+ * Describes the message natter.v1.ListUserChangesResponse.
+ * Use `create(ListUserChangesResponseSchema)` to create a new message.
+ */
+export const ListUserChangesResponseSchema: GenMessage<ListUserChangesResponse> = /*@__PURE__*/
+  messageDesc(file_natter_v1_thread_service, 17);
+
+/**
  * ThreadService lists conversations and pages their history.
  *
  * @generated from service natter.v1.ThreadService
@@ -413,6 +597,36 @@ export const ThreadService: GenService<{
     methodKind: "unary";
     input: typeof UnmuteThreadRequestSchema;
     output: typeof UnmuteThreadResponseSchema;
+  },
+  /**
+   * SearchMessages finds the caller's visible messages containing words, best first.
+   *
+   * @generated from rpc natter.v1.ThreadService.SearchMessages
+   */
+  searchMessages: {
+    methodKind: "unary";
+    input: typeof SearchMessagesRequestSchema;
+    output: typeof SearchMessagesResponseSchema;
+  },
+  /**
+   * HideMessages deletes messages for the caller only: hidden on all of their devices.
+   *
+   * @generated from rpc natter.v1.ThreadService.HideMessages
+   */
+  hideMessages: {
+    methodKind: "unary";
+    input: typeof HideMessagesRequestSchema;
+    output: typeof HideMessagesResponseSchema;
+  },
+  /**
+   * ListUserChanges pages the caller's own change log (what HideMessages recorded).
+   *
+   * @generated from rpc natter.v1.ThreadService.ListUserChanges
+   */
+  listUserChanges: {
+    methodKind: "unary";
+    input: typeof ListUserChangesRequestSchema;
+    output: typeof ListUserChangesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_natter_v1_thread_service, 0);

@@ -12,7 +12,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file natter/v1/types.proto.
  */
 export const file_natter_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("ChVuYXR0ZXIvdjEvdHlwZXMucHJvdG8SCW5hdHRlci52MSI/CgRVc2VyEg8KB3VzZXJfaWQYASABKAMSEAoIdXNlcm5hbWUYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJIoYBCgtTeXN0ZW1FdmVudBIoCgRraW5kGAEgASgOMhoubmF0dGVyLnYxLlN5c3RlbUV2ZW50S2luZBIeCgVhY3RvchgCIAEoCzIPLm5hdHRlci52MS5Vc2VyEh4KBXVzZXJzGAMgAygLMg8ubmF0dGVyLnYxLlVzZXISDQoFdGl0bGUYBCABKAkiwAIKB01lc3NhZ2USEQoJdGhyZWFkX2lkGAEgASgDEgsKA3NlcRgCIAEoAxIOCgZtc2dfaWQYAyABKAkSHwoGc2VuZGVyGAQgASgLMg8ubmF0dGVyLnYxLlVzZXISGAoQc2VuZGVyX2RldmljZV9pZBgFIAEoAxIVCg1jbGllbnRfbXNnX2lkGAYgASgJEiQKBGtpbmQYByABKA4yFi5uYXR0ZXIudjEuTWVzc2FnZUtpbmQSDAoEdGV4dBgIIAEoCRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoFc3RhdGUYCiABKA4yFy5uYXR0ZXIudjEuTWVzc2FnZVN0YXRlEiYKBnN5c3RlbRgLIAEoCzIWLm5hdHRlci52MS5TeXN0ZW1FdmVudCIoCgZDdXJzb3ISEQoJdGhyZWFkX2lkGAEgASgDEgsKA3NlcRgCIAEoAyKkAQoGTWVtYmVyEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlchIjCgRyb2xlGAIgASgOMhUubmF0dGVyLnYxLk1lbWJlclJvbGUSFQoNZGVsaXZlcmVkX3NlcRgDIAEoAxIQCghyZWFkX3NlcRgEIAEoAxItCglqb2luX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpADCgZUaHJlYWQSEQoJdGhyZWFkX2lkGAEgASgDEiMKBGtpbmQYAiABKA4yFS5uYXR0ZXIudjEuVGhyZWFkS2luZBINCgV0aXRsZRgDIAEoCRIdCgRwZWVyGAQgASgLMg8ubmF0dGVyLnYxLlVzZXISEAoIbGFzdF9zZXEYBSABKAMSEAoIcmVhZF9zZXEYBiABKAMSFAoMdW5yZWFkX2NvdW50GAcgASgDEigKDGxhc3RfbWVzc2FnZRgIIAEoCzISLm5hdHRlci52MS5NZXNzYWdlEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIjCgRyb2xlGAogASgOMhUubmF0dGVyLnYxLk1lbWJlclJvbGUSFAoMbWVtYmVyX2NvdW50GAsgASgFEg4KBmFjdGl2ZRgMIAEoCBINCgVtdXRlZBgNIAEoCBIxCg1tdXRlX2VuZF90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJhCgpUaHJlYWRNdXRlEhEKCXRocmVhZF9pZBgBIAEoAxINCgVtdXRlZBgCIAEoCBIxCg1tdXRlX2VuZF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKYAQoHUmVjZWlwdBIRCgl0aHJlYWRfaWQYASABKAMSHQoEdXNlchgCIAEoCzIPLm5hdHRlci52MS5Vc2VyEiQKBGtpbmQYAyABKA4yFi5uYXR0ZXIudjEuUmVjZWlwdEtpbmQSCwoDc2VxGAQgASgDEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIm0KCFByZXNlbmNlEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlchIOCgZvbmxpbmUYAiABKAgSMgoObGFzdF9zZWVuX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkoKBlR5cGluZxIRCgl0aHJlYWRfaWQYASABKAMSHQoEdXNlchgCIAEoCzIPLm5hdHRlci52MS5Vc2VyEg4KBmFjdGl2ZRgDIAEoCCKhAQoGRGV2aWNlEhEKCWRldmljZV9pZBgBIAEoAxIMCgRuYW1lGAIgASgJEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0ChBsYXN0X2FjdGl2ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdjdXJyZW50GAUgASgIKlgKClRocmVhZEtpbmQSGwoXVEhSRUFEX0tJTkRfVU5TUEVDSUZJRUQQABIWChJUSFJFQURfS0lORF9ESVJFQ1QQARIVChFUSFJFQURfS0lORF9HUk9VUBACKlgKCk1lbWJlclJvbGUSGwoXTUVNQkVSX1JPTEVfVU5TUEVDSUZJRUQQABIWChJNRU1CRVJfUk9MRV9NRU1CRVIQARIVChFNRU1CRVJfUk9MRV9BRE1JThACKlsKC01lc3NhZ2VLaW5kEhwKGE1FU1NBR0VfS0lORF9VTlNQRUNJRklFRBAAEhUKEU1FU1NBR0VfS0lORF9URVhUEAESFwoTTUVTU0FHRV9LSU5EX1NZU1RFTRACKnoKDE1lc3NhZ2VTdGF0ZRIdChlNRVNTQUdFX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSTUVTU0FHRV9TVEFURV9TRU5UEAESGwoXTUVTU0FHRV9TVEFURV9ERUxJVkVSRUQQAhIWChJNRVNTQUdFX1NUQVRFX1JFQUQQAyq6AgoPU3lzdGVtRXZlbnRLaW5kEiEKHVNZU1RFTV9FVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASIwofU1lTVEVNX0VWRU5UX0tJTkRfR1JPVVBfQ1JFQVRFRBABEiMKH1NZU1RFTV9FVkVOVF9LSU5EX01FTUJFUlNfQURERUQQAhIlCiFTWVNURU1fRVZFTlRfS0lORF9NRU1CRVJTX1JFTU9WRUQQAxIhCh1TWVNURU1fRVZFTlRfS0lORF9NRU1CRVJfTEVGVBAEEiMKH1NZU1RFTV9FVkVOVF9LSU5EX1RJVExFX0NIQU5HRUQQBRIlCiFTWVNURU1fRVZFTlRfS0lORF9BRE1JTlNfUFJPTU9URUQQBhIkCiBTWVNURU1fRVZFTlRfS0lORF9BRE1JTlNfREVNT1RFRBAHKqEBChNOb3RpZmljYXRpb25QcmV2aWV3EiQKIE5PVElGSUNBVElPTl9QUkVWSUVXX1VOU1BFQ0lGSUVEEAASHQoZTk9USUZJQ0FUSU9OX1BSRVZJRVdfRlVMTBABEiQKIE5PVElGSUNBVElPTl9QUkVWSUVXX1NFTkRFUl9PTkxZEAISHwobTk9USUZJQ0FUSU9OX1BSRVZJRVdfSElEREVOEAMqXgoLUmVjZWlwdEtpbmQSHAoYUkVDRUlQVF9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWUkVDRUlQVF9LSU5EX0RFTElWRVJFRBABEhUKEVJFQ0VJUFRfS0lORF9SRUFEEAJCHQoNZGV2Lm5hdHRlci52MUIKVHlwZXNQcm90b1ABYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChVuYXR0ZXIvdjEvdHlwZXMucHJvdG8SCW5hdHRlci52MSI/CgRVc2VyEg8KB3VzZXJfaWQYASABKAMSEAoIdXNlcm5hbWUYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJIoYBCgtTeXN0ZW1FdmVudBIoCgRraW5kGAEgASgOMhoubmF0dGVyLnYxLlN5c3RlbUV2ZW50S2luZBIeCgVhY3RvchgCIAEoCzIPLm5hdHRlci52MS5Vc2VyEh4KBXVzZXJzGAMgAygLMg8ubmF0dGVyLnYxLlVzZXISDQoFdGl0bGUYBCABKAki5gQKB01lc3NhZ2USEQoJdGhyZWFkX2lkGAEgASgDEgsKA3NlcRgCIAEoAxIOCgZtc2dfaWQYAyABKAkSHwoGc2VuZGVyGAQgASgLMg8ubmF0dGVyLnYxLlVzZXISGAoQc2VuZGVyX2RldmljZV9pZBgFIAEoAxIVCg1jbGllbnRfbXNnX2lkGAYgASgJEiQKBGtpbmQYByABKA4yFi5uYXR0ZXIudjEuTWVzc2FnZUtpbmQSDAoEdGV4dBgIIAEoCRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoFc3RhdGUYCiABKA4yFy5uYXR0ZXIudjEuTWVzc2FnZVN0YXRlEiYKBnN5c3RlbRgLIAEoCzIWLm5hdHRlci52MS5TeXN0ZW1FdmVudBIqCgthdHRhY2htZW50cxgMIAMoCzIVLm5hdHRlci52MS5BdHRhY2htZW50EiQKCHJlcGx5X3RvGA0gASgLMhIubmF0dGVyLnYxLlJlcGx5VG8SEQoJZm9yd2FyZGVkGA4gASgIEhIKCnRhcmdldF9zZXEYDyABKAMSDQoFZW1vamkYECABKAkSLQoJZWRpdF90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghlZGl0X3NlcRgSIAEoAxIPCgdkZWxldGVkGBMgASgIEhIKCmRlbGV0ZV9zZXEYFCABKAMSJgoJcmVhY3Rpb25zGBUgAygLMhMubmF0dGVyLnYxLlJlYWN0aW9uEg4KBmhpZGRlbhgWIAEoCCLTAQoKQXR0YWNobWVudBIVCg1hdHRhY2htZW50X2lkGAEgASgJEhEKCW1pbWVfdHlwZRgCIAEoCRIMCgRzaXplGAMgASgDEgwKBG5hbWUYBCABKAkSDQoFd2lkdGgYBSABKAUSDgoGaGVpZ2h0GAYgASgFEhMKC2R1cmF0aW9uX21zGAcgASgDEhAKCGJsdXJoYXNoGAggASgJEhUKDWhhc190aHVtYm5haWwYCSABKAgSDgoGc2hhMjU2GAogASgJEhIKCnZvaWNlX25vdGUYCyABKAgibgoHUmVwbHlUbxILCgNzZXEYASABKAMSHwoGc2VuZGVyGAIgASgLMg8ubmF0dGVyLnYxLlVzZXISDwoHc25pcHBldBgDIAEoCRIkCgRraW5kGAQgASgOMhYubmF0dGVyLnYxLk1lc3NhZ2VLaW5kIm8KCFJlYWN0aW9uEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlchINCgVlbW9qaRgCIAEoCRILCgNzZXEYAyABKAMSKAoEdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAikAEKClVzZXJDaGFuZ2USCwoDc2VxGAEgASgDEicKBGtpbmQYAiABKA4yGS5uYXR0ZXIudjEuVXNlckNoYW5nZUtpbmQSIgoHbWVzc2FnZRgDIAEoCzIRLm5hdHRlci52MS5DdXJzb3ISKAoEdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKAoGQ3Vyc29yEhEKCXRocmVhZF9pZBgBIAEoAxILCgNzZXEYAiABKAMipAEKBk1lbWJlchIdCgR1c2VyGAEgASgLMg8ubmF0dGVyLnYxLlVzZXISIwoEcm9sZRgCIAEoDjIVLm5hdHRlci52MS5NZW1iZXJSb2xlEhUKDWRlbGl2ZXJlZF9zZXEYAyABKAMSEAoIcmVhZF9zZXEYBCABKAMSLQoJam9pbl90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKQAwoGVGhyZWFkEhEKCXRocmVhZF9pZBgBIAEoAxIjCgRraW5kGAIgASgOMhUubmF0dGVyLnYxLlRocmVhZEtpbmQSDQoFdGl0bGUYAyABKAkSHQoEcGVlchgEIAEoCzIPLm5hdHRlci52MS5Vc2VyEhAKCGxhc3Rfc2VxGAUgASgDEhAKCHJlYWRfc2VxGAYgASgDEhQKDHVucmVhZF9jb3VudBgHIAEoAxIoCgxsYXN0X21lc3NhZ2UYCCABKAsyEi5uYXR0ZXIudjEuTWVzc2FnZRIvCgt1cGRhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIwoEcm9sZRgKIAEoDjIVLm5hdHRlci52MS5NZW1iZXJSb2xlEhQKDG1lbWJlcl9jb3VudBgLIAEoBRIOCgZhY3RpdmUYDCABKAgSDQoFbXV0ZWQYDSABKAgSMQoNbXV0ZV9lbmRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYQoKVGhyZWFkTXV0ZRIRCgl0aHJlYWRfaWQYASABKAMSDQoFbXV0ZWQYAiABKAgSMQoNbXV0ZV9lbmRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAimAEKB1JlY2VpcHQSEQoJdGhyZWFkX2lkGAEgASgDEh0KBHVzZXIYAiABKAsyDy5uYXR0ZXIudjEuVXNlchIkCgRraW5kGAMgASgOMhYubmF0dGVyLnYxLlJlY2VpcHRLaW5kEgsKA3NlcRgEIAEoAxIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJtCghQcmVzZW5jZRIdCgR1c2VyGAEgASgLMg8ubmF0dGVyLnYxLlVzZXISDgoGb25saW5lGAIgASgIEjIKDmxhc3Rfc2Vlbl90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJKCgZUeXBpbmcSEQoJdGhyZWFkX2lkGAEgASgDEh0KBHVzZXIYAiABKAsyDy5uYXR0ZXIudjEuVXNlchIOCgZhY3RpdmUYAyABKAgioQEKBkRldmljZRIRCglkZXZpY2VfaWQYASABKAMSDAoEbmFtZRgCIAEoCRIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQbGFzdF9hY3RpdmVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY3VycmVudBgFIAEoCCpYCgpUaHJlYWRLaW5kEhsKF1RIUkVBRF9LSU5EX1VOU1BFQ0lGSUVEEAASFgoSVEhSRUFEX0tJTkRfRElSRUNUEAESFQoRVEhSRUFEX0tJTkRfR1JPVVAQAipYCgpNZW1iZXJSb2xlEhsKF01FTUJFUl9ST0xFX1VOU1BFQ0lGSUVEEAASFgoSTUVNQkVSX1JPTEVfTUVNQkVSEAESFQoRTUVNQkVSX1JPTEVfQURNSU4QAirDAQoLTWVzc2FnZUtpbmQSHAoYTUVTU0FHRV9LSU5EX1VOU1BFQ0lGSUVEEAASFQoRTUVTU0FHRV9LSU5EX1RFWFQQARIXChNNRVNTQUdFX0tJTkRfU1lTVEVNEAISGwoXTUVTU0FHRV9LSU5EX0FUVEFDSE1FTlQQAxIZChVNRVNTQUdFX0tJTkRfUkVBQ1RJT04QBBIVChFNRVNTQUdFX0tJTkRfRURJVBAFEhcKE01FU1NBR0VfS0lORF9ERUxFVEUQBipVCg5Vc2VyQ2hhbmdlS2luZBIgChxVU0VSX0NIQU5HRV9LSU5EX1VOU1BFQ0lGSUVEEAASIQodVVNFUl9DSEFOR0VfS0lORF9ISURFX01FU1NBR0UQASp6CgxNZXNzYWdlU3RhdGUSHQoZTUVTU0FHRV9TVEFURV9VTlNQRUNJRklFRBAAEhYKEk1FU1NBR0VfU1RBVEVfU0VOVBABEhsKF01FU1NBR0VfU1RBVEVfREVMSVZFUkVEEAISFgoSTUVTU0FHRV9TVEFURV9SRUFEEAMqugIKD1N5c3RlbUV2ZW50S2luZBIhCh1TWVNURU1fRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEiMKH1NZU1RFTV9FVkVOVF9LSU5EX0dST1VQX0NSRUFURUQQARIjCh9TWVNURU1fRVZFTlRfS0lORF9NRU1CRVJTX0FEREVEEAISJQohU1lTVEVNX0VWRU5UX0tJTkRfTUVNQkVSU19SRU1PVkVEEAMSIQodU1lTVEVNX0VWRU5UX0tJTkRfTUVNQkVSX0xFRlQQBBIjCh9TWVNURU1fRVZFTlRfS0lORF9USVRMRV9DSEFOR0VEEAUSJQohU1lTVEVNX0VWRU5UX0tJTkRfQURNSU5TX1BST01PVEVEEAYSJAogU1lTVEVNX0VWRU5UX0tJTkRfQURNSU5TX0RFTU9URUQQByqhAQoTTm90aWZpY2F0aW9uUHJldmlldxIkCiBOT1RJRklDQVRJT05fUFJFVklFV19VTlNQRUNJRklFRBAAEh0KGU5PVElGSUNBVElPTl9QUkVWSUVXX0ZVTEwQARIkCiBOT1RJRklDQVRJT05fUFJFVklFV19TRU5ERVJfT05MWRACEh8KG05PVElGSUNBVElPTl9QUkVWSUVXX0hJRERFThADKl4KC1JlY2VpcHRLaW5kEhwKGFJFQ0VJUFRfS0lORF9VTlNQRUNJRklFRBAAEhoKFlJFQ0VJUFRfS0lORF9ERUxJVkVSRUQQARIVChFSRUNFSVBUX0tJTkRfUkVBRBACQh0KDWRldi5uYXR0ZXIudjFCClR5cGVzUHJvdG9QAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * User is the public face of an account.
@@ -173,6 +173,83 @@ export type Message = Message$1<"natter.v1.Message"> & {
    * @generated from field: natter.v1.SystemEvent system = 11;
    */
   system?: SystemEvent | undefined;
+
+  /**
+   * Photos, files, voice notes: for attachment messages, in the order sent.
+   *
+   * @generated from field: repeated natter.v1.Attachment attachments = 12;
+   */
+  attachments: Attachment[];
+
+  /**
+   * The message this one replies to, as it was when the reply was sent.
+   *
+   * @generated from field: natter.v1.ReplyTo reply_to = 13;
+   */
+  replyTo?: ReplyTo | undefined;
+
+  /**
+   * A copy of another message, forwarded by its sender.
+   *
+   * @generated from field: bool forwarded = 14;
+   */
+  forwarded: boolean;
+
+  /**
+   * For reaction, edit and delete events: the seq of the message they change.
+   *
+   * @generated from field: int64 target_seq = 15;
+   */
+  targetSeq: bigint;
+
+  /**
+   * For reaction events: the emoji; empty when the sender removed their reaction.
+   *
+   * @generated from field: string emoji = 16;
+   */
+  emoji: string;
+
+  /**
+   * Folded state: when the text was last edited; unset if never.
+   *
+   * @generated from field: google.protobuf.Timestamp edit_time = 17;
+   */
+  editTime?: Timestamp | undefined;
+
+  /**
+   * Folded state: the seq of the edit event that gave the current text; 0 if never edited.
+   *
+   * @generated from field: int64 edit_seq = 18;
+   */
+  editSeq: bigint;
+
+  /**
+   * Folded state: deleted for everyone; text and attachments are gone.
+   *
+   * @generated from field: bool deleted = 19;
+   */
+  deleted: boolean;
+
+  /**
+   * Folded state: the seq of the delete event; 0 if not deleted.
+   *
+   * @generated from field: int64 delete_seq = 20;
+   */
+  deleteSeq: bigint;
+
+  /**
+   * Folded state: every member's current reaction, one per member.
+   *
+   * @generated from field: repeated natter.v1.Reaction reactions = 21;
+   */
+  reactions: Reaction[];
+
+  /**
+   * The reader deleted this message for themselves (delete for me); its content is left out.
+   *
+   * @generated from field: bool hidden = 22;
+   */
+  hidden: boolean;
 };
 
 /**
@@ -181,6 +258,223 @@ export type Message = Message$1<"natter.v1.Message"> & {
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
   messageDesc(file_natter_v1_types, 2);
+
+/**
+ * Attachment is a stored file a message refers to: a photo, a file or a voice note.
+ *
+ * @generated from message natter.v1.Attachment
+ */
+export type Attachment = Message$1<"natter.v1.Attachment"> & {
+  /**
+   * Server-assigned id; download with GET /v1/attachments/{attachment_id}.
+   *
+   * @generated from field: string attachment_id = 1;
+   */
+  attachmentId: string;
+
+  /**
+   * The type the server found in the content (not what the uploader said).
+   *
+   * @generated from field: string mime_type = 2;
+   */
+  mimeType: string;
+
+  /**
+   * Size in bytes.
+   *
+   * @generated from field: int64 size = 3;
+   */
+  size: bigint;
+
+  /**
+   * The file name given at upload.
+   *
+   * @generated from field: string name = 4;
+   */
+  name: string;
+
+  /**
+   * Pixel width, for images.
+   *
+   * @generated from field: int32 width = 5;
+   */
+  width: number;
+
+  /**
+   * Pixel height, for images.
+   *
+   * @generated from field: int32 height = 6;
+   */
+  height: number;
+
+  /**
+   * Length in milliseconds, for audio and video.
+   *
+   * @generated from field: int64 duration_ms = 7;
+   */
+  durationMs: bigint;
+
+  /**
+   * A BlurHash of an image, to show at once while the thumbnail loads.
+   *
+   * @generated from field: string blurhash = 8;
+   */
+  blurhash: string;
+
+  /**
+   * A small JPEG thumbnail exists: GET /v1/attachments/{attachment_id}/thumbnail.
+   *
+   * @generated from field: bool has_thumbnail = 9;
+   */
+  hasThumbnail: boolean;
+
+  /**
+   * Lowercase hex SHA-256 of the content.
+   *
+   * @generated from field: string sha256 = 10;
+   */
+  sha256: string;
+
+  /**
+   * Recorded as a voice note rather than sent as an audio file.
+   *
+   * @generated from field: bool voice_note = 11;
+   */
+  voiceNote: boolean;
+};
+
+/**
+ * Describes the message natter.v1.Attachment.
+ * Use `create(AttachmentSchema)` to create a new message.
+ */
+export const AttachmentSchema: GenMessage<Attachment> = /*@__PURE__*/
+  messageDesc(file_natter_v1_types, 3);
+
+/**
+ * ReplyTo quotes the message a reply answers, as it was when the reply was sent.
+ *
+ * @generated from message natter.v1.ReplyTo
+ */
+export type ReplyTo = Message$1<"natter.v1.ReplyTo"> & {
+  /**
+   * The quoted message's seq in the same thread.
+   *
+   * @generated from field: int64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * Its sender.
+   *
+   * @generated from field: natter.v1.User sender = 2;
+   */
+  sender?: User | undefined;
+
+  /**
+   * The start of its text (or the name of its first attachment).
+   *
+   * @generated from field: string snippet = 3;
+   */
+  snippet: string;
+
+  /**
+   * Its kind.
+   *
+   * @generated from field: natter.v1.MessageKind kind = 4;
+   */
+  kind: MessageKind;
+};
+
+/**
+ * Describes the message natter.v1.ReplyTo.
+ * Use `create(ReplyToSchema)` to create a new message.
+ */
+export const ReplyToSchema: GenMessage<ReplyTo> = /*@__PURE__*/
+  messageDesc(file_natter_v1_types, 4);
+
+/**
+ * Reaction is one member's emoji on a message.
+ *
+ * @generated from message natter.v1.Reaction
+ */
+export type Reaction = Message$1<"natter.v1.Reaction"> & {
+  /**
+   * Who reacted.
+   *
+   * @generated from field: natter.v1.User user = 1;
+   */
+  user?: User | undefined;
+
+  /**
+   * The emoji.
+   *
+   * @generated from field: string emoji = 2;
+   */
+  emoji: string;
+
+  /**
+   * The seq of the reaction event that set it.
+   *
+   * @generated from field: int64 seq = 3;
+   */
+  seq: bigint;
+
+  /**
+   * When.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 4;
+   */
+  time?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message natter.v1.Reaction.
+ * Use `create(ReactionSchema)` to create a new message.
+ */
+export const ReactionSchema: GenMessage<Reaction> = /*@__PURE__*/
+  messageDesc(file_natter_v1_types, 5);
+
+/**
+ * UserChange is one entry of a user's own change log, with its own sequence number.
+ *
+ * @generated from message natter.v1.UserChange
+ */
+export type UserChange = Message$1<"natter.v1.UserChange"> & {
+  /**
+   * Position in the user's log: 1, 2, 3...
+   *
+   * @generated from field: int64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * What changed.
+   *
+   * @generated from field: natter.v1.UserChangeKind kind = 2;
+   */
+  kind: UserChangeKind;
+
+  /**
+   * The message concerned, for HIDE_MESSAGE.
+   *
+   * @generated from field: natter.v1.Cursor message = 3;
+   */
+  message?: Cursor | undefined;
+
+  /**
+   * When.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 4;
+   */
+  time?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message natter.v1.UserChange.
+ * Use `create(UserChangeSchema)` to create a new message.
+ */
+export const UserChangeSchema: GenMessage<UserChange> = /*@__PURE__*/
+  messageDesc(file_natter_v1_types, 6);
 
 /**
  * Cursor is a position in a thread.
@@ -208,7 +502,7 @@ export type Cursor = Message$1<"natter.v1.Cursor"> & {
  * Use `create(CursorSchema)` to create a new message.
  */
 export const CursorSchema: GenMessage<Cursor> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 3);
+  messageDesc(file_natter_v1_types, 7);
 
 /**
  * Member is a user's membership of a thread.
@@ -257,7 +551,7 @@ export type Member = Message$1<"natter.v1.Member"> & {
  * Use `create(MemberSchema)` to create a new message.
  */
 export const MemberSchema: GenMessage<Member> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 4);
+  messageDesc(file_natter_v1_types, 8);
 
 /**
  * Thread is a conversation as seen by one member.
@@ -369,7 +663,7 @@ export type Thread = Message$1<"natter.v1.Thread"> & {
  * Use `create(ThreadSchema)` to create a new message.
  */
 export const ThreadSchema: GenMessage<Thread> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 5);
+  messageDesc(file_natter_v1_types, 9);
 
 /**
  * ThreadMute is a member's mute of a thread, as their other devices learn of it.
@@ -404,7 +698,7 @@ export type ThreadMute = Message$1<"natter.v1.ThreadMute"> & {
  * Use `create(ThreadMuteSchema)` to create a new message.
  */
 export const ThreadMuteSchema: GenMessage<ThreadMute> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 6);
+  messageDesc(file_natter_v1_types, 10);
 
 /**
  * Receipt says that a member received or read a thread up to seq.
@@ -453,7 +747,7 @@ export type Receipt = Message$1<"natter.v1.Receipt"> & {
  * Use `create(ReceiptSchema)` to create a new message.
  */
 export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 7);
+  messageDesc(file_natter_v1_types, 11);
 
 /**
  * Presence is a user's online status.
@@ -488,7 +782,7 @@ export type Presence = Message$1<"natter.v1.Presence"> & {
  * Use `create(PresenceSchema)` to create a new message.
  */
 export const PresenceSchema: GenMessage<Presence> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 8);
+  messageDesc(file_natter_v1_types, 12);
 
 /**
  * Typing says that someone is typing in a thread.
@@ -523,7 +817,7 @@ export type Typing = Message$1<"natter.v1.Typing"> & {
  * Use `create(TypingSchema)` to create a new message.
  */
 export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 9);
+  messageDesc(file_natter_v1_types, 13);
 
 /**
  * Device is one login of a user.
@@ -572,7 +866,7 @@ export type Device = Message$1<"natter.v1.Device"> & {
  * Use `create(DeviceSchema)` to create a new message.
  */
 export const DeviceSchema: GenMessage<Device> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 10);
+  messageDesc(file_natter_v1_types, 14);
 
 /**
  * ThreadKind says whether a thread joins two people or a group.
@@ -668,6 +962,34 @@ export enum MessageKind {
    * @generated from enum value: MESSAGE_KIND_SYSTEM = 2;
    */
   SYSTEM = 2,
+
+  /**
+   * Photos, files or a voice note (Message.attachments), with text as the caption.
+   *
+   * @generated from enum value: MESSAGE_KIND_ATTACHMENT = 3;
+   */
+  ATTACHMENT = 3,
+
+  /**
+   * An event: the sender's reaction to message target_seq is emoji (empty: removed).
+   *
+   * @generated from enum value: MESSAGE_KIND_REACTION = 4;
+   */
+  REACTION = 4,
+
+  /**
+   * An event: the sender changed the text of message target_seq to text.
+   *
+   * @generated from enum value: MESSAGE_KIND_EDIT = 5;
+   */
+  EDIT = 5,
+
+  /**
+   * An event: message target_seq was deleted for everyone.
+   *
+   * @generated from enum value: MESSAGE_KIND_DELETE = 6;
+   */
+  DELETE = 6,
 }
 
 /**
@@ -675,6 +997,33 @@ export enum MessageKind {
  */
 export const MessageKindSchema: GenEnum<MessageKind> = /*@__PURE__*/
   enumDesc(file_natter_v1_types, 2);
+
+/**
+ * UserChangeKind names a change to one user's own view, synced to their devices only.
+ *
+ * @generated from enum natter.v1.UserChangeKind
+ */
+export enum UserChangeKind {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: USER_CHANGE_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The user deleted a message for themselves: hide it on every device of theirs.
+   *
+   * @generated from enum value: USER_CHANGE_KIND_HIDE_MESSAGE = 1;
+   */
+  HIDE_MESSAGE = 1,
+}
+
+/**
+ * Describes the enum natter.v1.UserChangeKind.
+ */
+export const UserChangeKindSchema: GenEnum<UserChangeKind> = /*@__PURE__*/
+  enumDesc(file_natter_v1_types, 3);
 
 /**
  * MessageState is how far a message has got, as seen by its sender.
@@ -715,7 +1064,7 @@ export enum MessageState {
  * Describes the enum natter.v1.MessageState.
  */
 export const MessageStateSchema: GenEnum<MessageState> = /*@__PURE__*/
-  enumDesc(file_natter_v1_types, 3);
+  enumDesc(file_natter_v1_types, 4);
 
 /**
  * SystemEventKind names what a system message records.
@@ -784,7 +1133,7 @@ export enum SystemEventKind {
  * Describes the enum natter.v1.SystemEventKind.
  */
 export const SystemEventKindSchema: GenEnum<SystemEventKind> = /*@__PURE__*/
-  enumDesc(file_natter_v1_types, 4);
+  enumDesc(file_natter_v1_types, 5);
 
 /**
  * NotificationPreview is how much a push notification shows (a user's privacy mode).
@@ -825,7 +1174,7 @@ export enum NotificationPreview {
  * Describes the enum natter.v1.NotificationPreview.
  */
 export const NotificationPreviewSchema: GenEnum<NotificationPreview> = /*@__PURE__*/
-  enumDesc(file_natter_v1_types, 5);
+  enumDesc(file_natter_v1_types, 6);
 
 /**
  * ReceiptKind separates delivery from reading.
@@ -859,5 +1208,5 @@ export enum ReceiptKind {
  * Describes the enum natter.v1.ReceiptKind.
  */
 export const ReceiptKindSchema: GenEnum<ReceiptKind> = /*@__PURE__*/
-  enumDesc(file_natter_v1_types, 6);
+  enumDesc(file_natter_v1_types, 7);
 
