@@ -57,6 +57,10 @@ class MessageInternalServiceStub:
     """SendMessages stores a run of one device's sends in the order given: within each
     thread their seqs follow that order. Each send is answered on its own.
     """
+    CheckDevices: _grpc.UnaryUnaryMultiCallable[_message_internal_service_pb2.CheckDevicesRequest, _message_internal_service_pb2.CheckDevicesResponse]
+    """CheckDevices says which of a socket server's connected devices are still logged in
+    (not revoked or expired, their account neither disabled nor deleted) and renews them.
+    """
 
 @_typing.type_check_only
 class MessageInternalServiceAsyncStub(MessageInternalServiceStub):
@@ -86,6 +90,10 @@ class MessageInternalServiceAsyncStub(MessageInternalServiceStub):
     SendMessages: _aio.UnaryUnaryMultiCallable[_message_internal_service_pb2.SendMessagesRequest, _message_internal_service_pb2.SendMessagesResponse]  # type: ignore[assignment]
     """SendMessages stores a run of one device's sends in the order given: within each
     thread their seqs follow that order. Each send is answered on its own.
+    """
+    CheckDevices: _aio.UnaryUnaryMultiCallable[_message_internal_service_pb2.CheckDevicesRequest, _message_internal_service_pb2.CheckDevicesResponse]  # type: ignore[assignment]
+    """CheckDevices says which of a socket server's connected devices are still logged in
+    (not revoked or expired, their account neither disabled nor deleted) and renews them.
     """
 
 class MessageInternalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -173,6 +181,16 @@ class MessageInternalServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_message_internal_service_pb2.SendMessagesResponse, _abc.Awaitable[_message_internal_service_pb2.SendMessagesResponse]]:
         """SendMessages stores a run of one device's sends in the order given: within each
         thread their seqs follow that order. Each send is answered on its own.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckDevices(
+        self,
+        request: _message_internal_service_pb2.CheckDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_message_internal_service_pb2.CheckDevicesResponse, _abc.Awaitable[_message_internal_service_pb2.CheckDevicesResponse]]:
+        """CheckDevices says which of a socket server's connected devices are still logged in
+        (not revoked or expired, their account neither disabled nor deleted) and renews them.
         """
 
 def add_MessageInternalServiceServicer_to_server(servicer: MessageInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
