@@ -47,12 +47,14 @@ from natter.domain import (
 )
 from natter.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NatterError,
     NotFound,
     PermissionDenied,
     transient,
 )
+from natter.metrics import NO_METRICS, Metrics
 from natter.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -78,14 +80,20 @@ class Messaging:
     """The system of record's rules for threads and messages."""
 
     def __init__(
-        self, store: Store, settings: Settings, fanout: Fanout, contacts: Contacts
+        self,
+        store: Store,
+        settings: Settings,
+        fanout: Fanout,
+        contacts: Contacts,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.store = store
         self.settings = settings
         self.fanout = fanout
         self.contacts = contacts
+        self.metrics = metrics
         self.committer: GroupCommitter[NewMessage, Appended | Refused] = GroupCommitter(
-            store.append_messages
+            store.append_messages, metrics=metrics
         )
         # Direct threads never change members, so their pair is cached for routing.
         self._direct: dict[int, tuple[int, int]] = {}
@@ -155,17 +163,30 @@ class Messaging:
         for i, req in enumerate(reqs):
             try:
                 thread_id, text = await self._target(who, req)
+                peer = await self._peer(who.user.user_id, thread_id)
             except NatterError as e:
                 out[i] = e
+                self._count(e)
                 if transient(e):
                     out[i:] = [e] * (len(reqs) - i)
+                    self.metrics.sends.labels("failed").inc(len(reqs) - i - 1)
                     break
                 continue
             new = NewMessage(
-                thread_id, who.user, who.device_id, req.client_msg_id, MessageKind.TEXT, text
+                thread_id,
+                who.user,
+                who.device_id,
+                req.client_msg_id,
+                MessageKind.TEXT,
+                text,
+                peer_id=peer,
             )
             todo.append((i, new))
-        appended = await self.committer.submit_many([new for _, new in todo])
+        try:
+            appended = await self.committer.submit_many([new for _, new in todo])
+        except BaseException:
+            self.metrics.sends.labels("failed").inc(len(todo))
+            raise
         stored: list[tuple[Message, ThreadKind]] = []
         for (i, new), a in zip(todo, appended, strict=True):
             try:
@@ -173,7 +194,11 @@ class Messaging:
                 kind = await self._kind(message.thread_id)
             except NatterError as e:
                 out[i] = e
+                self._count(e)
                 continue
+            self.metrics.sends.labels(
+                "duplicate" if isinstance(a, Appended) and a.duplicate else "stored"
+            ).inc()
             stored.append((message, kind))
             out[i] = SendResult(
                 new.client_msg_id,
@@ -199,8 +224,32 @@ class Messaging:
             raise InvalidArgument("thread_id must be positive", "BAD_THREAD")
         raise InvalidArgument("send needs a thread_id or a recipient", "NO_TARGET")
 
+    def _count(self, error: NatterError) -> None:
+        self.metrics.sends.labels("failed" if transient(error) else "refused").inc()
+
+    async def _peer(self, user_id: int, thread_id: int) -> int:
+        """The other member of a direct thread (the sender for a thread with oneself), else 0."""
+        try:
+            kind = await self._kind(thread_id)
+        except NotFound:
+            return 0  # refused at the commit, which says why
+        if kind is not ThreadKind.DIRECT:
+            return 0
+        pair = await self.audience(thread_id, kind)
+        return next((u for u in pair if u != user_id), user_id)
+
     async def _stored(self, who: Principal, new: NewMessage, a: Appended | Refused) -> Message:
         """The message a send stored (or had stored before), or why it was refused."""
+        if isinstance(a, Refused) and a.why == "blocking_peer":
+            raise FailedPrecondition(
+                "you blocked this person: unblock them to send them messages", "YOU_BLOCKED"
+            )
+        if isinstance(a, Refused) and a.why in ("blocked_by_peer", "peer_deleted"):
+            # Worded the same either way: the sender does not learn they were blocked.
+            raise PermissionDenied(
+                "this message cannot be delivered: the recipient does not take messages from you",
+                "RECIPIENT_UNAVAILABLE",
+            )
         if isinstance(a, Refused):
             await self.active_member(who, new.thread_id)  # raises the precise error
             raise PermissionDenied(
@@ -520,6 +569,12 @@ class Messaging:
             others = [
                 u for u in await self.audience(thread_id, thread.kind) if u != who.user.user_id
             ]
+            if others:
+                # Not to someone blocked or blocking, either way.
+                links = await self.store.block_links([who.user.user_id])
+                others = [u for u in others if u not in links.get(who.user.user_id, set())]
+            if not others:
+                return
             delivery = Delivery(event, user_ids=others)
         else:
             delivery = Delivery(event, thread_id=thread_id, exclude_device_id=who.device_id)
@@ -530,6 +585,12 @@ class Messaging:
 
     async def users(self, ids: Sequence[int]) -> dict[int, User]:
         return {k: public(v) for k, v in (await self.store.get_users(ids)).items()}
+
+    def forget_user(self, user_id: int) -> None:
+        """An account was deleted: drop what is cached about it (its names, its face)."""
+        self._acting.pop(user_id, None)
+        for name in [k for k, v in self._ids.items() if v == user_id]:
+            del self._ids[name]
 
     async def acting_user(self, user_id: int) -> User | None:
         """The user a socket server acts for, cached for a few seconds.

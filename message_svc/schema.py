@@ -314,14 +314,11 @@ FIRST_ADMIN = "first_admin"
 REGISTRATION = "registration"
 
 # Append only: a released migration is never edited; a change is a new entry. A migration
-# counts as applied by its name, so entries merged from parallel work may be renumbered.
+# counts as applied by its name (at most 64 characters), so entries merged from parallel
+# work may be renumbered.
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial schema", _initial),
-    (
-        2,
-        "blocks, reports, invites, admins, audit log, device platform and expiry",
-        _safety_and_admin_async,
-    ),
+    (2, "blocks, reports, invites, admins, audit, device expiry", _safety_and_admin_async),
 ]
 
 

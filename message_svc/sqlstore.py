@@ -9,6 +9,7 @@ import json
 import logging
 import random
 import re
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from message_svc import schema as t
 from message_svc.store import (
+    DELETED_NAME,
     AddedDevice,
     Advance,
     Appended,
@@ -58,6 +60,7 @@ from natter.errors import (
     Unavailable,
 )
 from natter.ids import new_msg_id
+from natter.metrics import NO_METRICS, GaugeFamily, Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +73,7 @@ _ATTEMPTS = 5
 _PHONE_CLASH = re.compile(r"users[._]phone|key 'phone'")
 # Two first registrations at once both tried to record themselves as the first admin.
 _FIRST_ADMIN_CLASH = re.compile(r"server_config|first_admin")
-# What an erased account is called from then on (never a name anyone can register).
-DELETED_NAME = "Deleted account"
+
 # Deadlocks and serialisation failures: the engine rolled the transaction back; run it again.
 _PG_CONFLICTS = frozenset({"40001", "40P01"})
 _MYSQL_CONFLICTS = frozenset({1213})  # ER_LOCK_DEADLOCK
@@ -277,7 +279,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 class SqlStore:
     """One Store for every SQLAlchemy engine; dialect differences stay in a few helpers."""
 
-    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+    def __init__(self, url: str, *, pool_size: int = 5, metrics: Metrics = NO_METRICS) -> None:
+        self.metrics = metrics
         self.url = sa.make_url(url)
         self.sqlite = self.url.get_backend_name() == "sqlite"
         self.engine: AsyncEngine | None = None
@@ -314,8 +317,30 @@ class SqlStore:
             applied = await t.migrate(conn)
         if applied:
             logger.info("applied migrations %s to %s", applied, self.url.render_as_string())
+        self.metrics.gauges(self._pool_gauges)
+
+    def _pool_gauges(self) -> list[GaugeFamily]:
+        """Connections of the async engine's pool: in use, idle, beyond the pool's size."""
+        if self.engine is None:
+            return []
+        p = self.engine.sync_engine.pool
+        kinds = (("in_use", "checkedout"), ("idle", "checkedin"), ("overflow", "overflow"))
+        family = GaugeFamily(
+            "natter_db_pool_connections",
+            "Database connections of this process's pool, by state",
+            labels=["state"],
+        )
+        for state, method in kinds:
+            value = getattr(p, method, None)
+            if callable(value):
+                family.add_metric([state], max(0, int(value())))
+        size = getattr(p, "size", None)
+        limit = GaugeFamily("natter_db_pool_size", "Connections the pool keeps open at most")
+        limit.add_metric([], int(size()) if callable(size) else 0)
+        return [family, limit]
 
     async def close(self) -> None:
+        self.metrics.forget(self._pool_gauges)
         if self._writer is not None:
             assert self._sync_engine is not None
             await asyncio.get_running_loop().run_in_executor(
@@ -337,17 +362,39 @@ class SqlStore:
         Other engines run fn through run_sync over their async driver.
         """
         if self._writer is None:
-            async with self._tx() as conn:
-                return await conn.run_sync(fn)
+            assert self.engine is not None, "store is not open"
+            lock = self._write_lock if self.sqlite else contextlib.nullcontext()
+            with _errors():
+                async with lock, self.engine.connect() as aconn:
+                    atx = await aconn.begin()
+                    try:
+                        result = await aconn.run_sync(fn)
+                    except BaseException:
+                        await atx.rollback()
+                        raise
+                    started = time.perf_counter()
+                    await atx.commit()
+                    self.metrics.db_commit_seconds.observe(time.perf_counter() - started)
+                    return result
         engine = self._sync_engine
         assert engine is not None
 
-        def run() -> T:
-            with _errors(), engine.begin() as conn:
-                return fn(conn)
+        def run() -> tuple[T, float]:
+            with _errors(), engine.connect() as conn:
+                tx = conn.begin()
+                try:
+                    out = fn(conn)
+                except BaseException:
+                    tx.rollback()
+                    raise
+                started = time.perf_counter()
+                tx.commit()
+                return out, time.perf_counter() - started
 
         async with self._write_lock:
-            return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+            out, commit = await asyncio.get_running_loop().run_in_executor(self._writer, run)
+        self.metrics.db_commit_seconds.observe(commit)
+        return out
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
@@ -1246,6 +1293,15 @@ class SqlStore:
         return await self._retry(
             lambda: self._write(lambda conn: _append(conn, batch, dedupe=True)), integrity=True
         )
+
+    async def prune_messages(self, thread_id: int, below_seq: int) -> int:
+        """Delete a thread's messages below a seq (the delivery canary's own thread only)."""
+        msg = t.messages
+        async with self._tx() as conn:
+            res = await conn.execute(
+                msg.delete().where(msg.c.thread_id == thread_id, msg.c.seq < below_seq)
+            )
+            return int(res.rowcount or 0)
 
     async def list_messages(
         self, thread_id: int, after_seq: int, before_seq: int, limit: int, newest: bool

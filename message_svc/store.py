@@ -9,6 +9,10 @@ from typing import Protocol
 
 from natter.domain import DeviceAck, Message, MessageKind, Role, SystemEvent, ThreadKind, User
 
+# What a deleted account is called from then on; its username is "~deleted-<id>", which
+# no one can register.
+DELETED_NAME = "Deleted account"
+
 
 @dataclass(frozen=True, slots=True)
 class UserRow:
@@ -379,6 +383,7 @@ class ThreadStore(Protocol):
 
 class MessageStore(Protocol):
     async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended | Refused]: ...
+    async def prune_messages(self, thread_id: int, below_seq: int) -> int: ...
     async def list_messages(
         self, thread_id: int, after_seq: int, before_seq: int, limit: int, newest: bool
     ) -> list[Message]: ...

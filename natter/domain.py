@@ -186,6 +186,8 @@ class Device:
     create_time: datetime
     last_active_time: datetime | None
     current: bool = False
+    platform: str = ""
+    expire_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +229,7 @@ class Me:
     device_id: int
     phone: str
     hide_last_seen: bool
+    is_admin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
