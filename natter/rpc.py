@@ -254,11 +254,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self.addresses = addresses or ClientAddresses()
         self.trust_request_id = trust_request_id
 
-    def _begin(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def _begin(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         metadata = context.invocation_metadata()
         given = _metadata(metadata, REQUEST_ID_HEADER) if self.trust_request_id else ""
         request_id.set(given if _REQUEST_ID.match(given) else new_request_id())
-        client_address.set(self.addresses.of(context.peer() or "", metadata))
+        address = self.addresses.of(context.peer() or "", metadata)
+        client_address.set(address)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("call %s from %s", method, address)
 
     async def intercept_service(
         self,
@@ -270,7 +273,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         deser = handler.request_deserializer
-        begin = self._begin
+
+        def begin(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            self._begin(method, context)
+
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
