@@ -60,6 +60,9 @@ def status_of(error: BaseException) -> tuple[grpc.StatusCode, str, str]:
         if code is not None:
             assert isinstance(error, errors.NatterError)
             return code, error.message, error.reason
+    if isinstance(error, NotImplementedError):
+        # A generated servicer's default (a standard service's method the library lacks).
+        return grpc.StatusCode.UNIMPLEMENTED, "this method is not implemented", "UNIMPLEMENTED"
     return grpc.StatusCode.INTERNAL, "internal error", "INTERNAL"
 
 
