@@ -24,6 +24,7 @@ from typing import Any
 from natter.rpc import request_id
 from natter.settings import Settings
 
+QUIET = ("sqlalchemy", "aiosqlite", "asyncpg", "asyncmy", "aiohttp.access", "hpack", "asyncio")
 _BEARER = re.compile(r"(?i)(bearer\s+|natter\.bearer\.)[A-Za-z0-9_\-.~+/=]+")
 
 
@@ -86,4 +87,8 @@ def configure(settings: Settings) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    # Libraries that would log statements, rows or payloads at DEBUG: never below WARNING,
+    # whatever the level, so message text cannot reach the log through them.
+    for name in QUIET:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     logging.captureWarnings(True)
