@@ -188,7 +188,7 @@ async def test_deleting_an_account_keeps_its_messages_for_others_and_removes_the
         2,
         what="promotion and leaving",
     )
-    assert [e.system.kind for e in events] == [  # type: ignore[union-attr]
+    assert [e.system.kind for e in events] == [
         d.SystemKind.ADMINS_PROMOTED,
         d.SystemKind.MEMBER_LEFT,
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,10 @@ async def test_in_a_shared_group_messages_still_flow_and_the_list_lets_apps_hide
     assert await alice.blocked() == []
 
 
+def _message_with(text: str) -> Callable[[object], bool]:
+    return lambda ev: isinstance(ev, d.Message) and ev.text == text
+
+
 async def test_typing_in_a_direct_chat_does_not_cross_a_block(
     user: UserFactory, connect: ConnFactory
 ) -> None:
@@ -147,7 +152,7 @@ async def test_typing_in_a_direct_chat_does_not_cross_a_block(
     for me, other, text in ((ca, cb, "after alice typed"), (cb, ca, "after bob typed")):
         await me.typing(sent.thread_id, True)
         await me.send(text, thread_id=group.thread_id)
-        await gather_events(other, lambda ev, t=text: isinstance(ev, d.Message) and ev.text == t, 1)
+        await gather_events(other, _message_with(text), 1)
         queued = list(other.events._queue)  # type: ignore[attr-defined]
         assert [
             e for e in queued if isinstance(e, d.Typing) and e.thread_id == sent.thread_id

@@ -57,12 +57,15 @@ def test_the_defaults_of_a_fresh_install() -> None:
 async def _status(channel: grpc.aio.Channel, path: str, kind: str, raw: bytes) -> grpc.StatusCode:
     try:
         if kind == "unary":
-            await channel.unary_unary(path)(raw, timeout=5)
+            unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(path)
+            await unary(raw, timeout=5)
         elif kind == "server_stream":
-            async for _ in channel.unary_stream(path)(raw, timeout=5):
+            watch: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(path)
+            async for _ in watch(raw, timeout=5):
                 pass
         else:
-            call = channel.stream_stream(path)(timeout=5)
+            both: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(path)
+            call = both(timeout=5)
             await call.write(raw)
             await call.done_writing()
             async for _ in call:
@@ -119,7 +122,7 @@ async def _login_from(
         metadata.append(("authorization", f"Bearer {token}"))
     async with grpc.aio.insecure_channel(server.grpc_address) as channel:
         try:
-            return await apb_grpc.AccountServiceStub(channel).Login(  # type: ignore[no-any-return]
+            return await apb_grpc.AccountServiceStub(channel).Login(
                 apb.LoginRequest(username=name, password=password), metadata=metadata
             )
         except grpc.aio.AioRpcError as e:
@@ -262,8 +265,8 @@ async def test_locate_needs_a_token_and_answers_for_oneself_only(server: Embedde
         await anonymous.login("alice", PASSWORD)
         assert await anonymous.locate("alice") == server.grpc_address
         assert await anonymous.locate("") == server.grpc_address
-        with pytest.raises(PermissionDenied) as info:
+        with pytest.raises(PermissionDenied) as denied:
             await anonymous.locate("bob")
-        assert info.value.reason == "NOT_YOURSELF"
+        assert denied.value.reason == "NOT_YOURSELF"
         with pytest.raises(PermissionDenied):
             await anonymous.locate("nobody")  # does not say whether "nobody" exists
