@@ -23,7 +23,7 @@ import os
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -209,9 +209,13 @@ class Cli:
     home: Path
     server: str
     password: str
+    # More environment, such as NATTER_NEW_PASSWORD for `natter password`.
+    extra: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        return _child_env({"NATTER_HOME": str(self.home), "NATTER_PASSWORD": self.password})
+        return _child_env(
+            {"NATTER_HOME": str(self.home), "NATTER_PASSWORD": self.password, **self.extra}
+        )
 
     def args(self, profile: str, argv: Sequence[str]) -> list[str]:
         return [*natter_command(), "--server", self.server, "--profile", profile, *argv]
