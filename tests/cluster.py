@@ -54,6 +54,7 @@ class RoleProc:
     extra_args: list[str]
     grpc_port: int = field(default_factory=free_port)
     internal_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -81,6 +82,8 @@ class RoleProc:
             self.public_addr,
             "--internal",
             self.internal_addr,
+            "--metrics",
+            f"127.0.0.1:{self.metrics_port}",
             *self.extra_args,
         ]
 
@@ -500,7 +503,9 @@ class Chat:
 
 
 @contextlib.asynccontextmanager
-async def running_cluster(root: Path, **shape: int) -> AsyncIterator[Cluster]:
+async def running_cluster(
+    root: Path, env: dict[str, str] | None = None, **shape: int
+) -> AsyncIterator[Cluster]:
     """A Cluster of the given shape, or a test failure that says what to install."""
     import pytest
 
@@ -510,5 +515,5 @@ async def running_cluster(root: Path, **shape: int) -> AsyncIterator[Cluster]:
         pytest.fail(f"the cluster tests need PostgreSQL: {e}", pytrace=False)
     if etcd_binary() is None:
         pytest.fail("the cluster tests need etcd: apt-get install -y etcd-server", pytrace=False)
-    async with Cluster(root, **shape) as c:  # type: ignore[arg-type]
+    async with Cluster(root, env=env, **shape) as c:
         yield c
