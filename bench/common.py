@@ -135,7 +135,12 @@ class BenchServer:
 
     @classmethod
     def start(
-        cls, *, count_fsyncs: bool = True, profile: Path | None = None, timeout: float = 30.0
+        cls,
+        *,
+        count_fsyncs: bool = True,
+        profile: Path | None = None,
+        timeout: float = 30.0,
+        env: dict[str, str] | None = None,
     ) -> BenchServer:
         """`natter serve` on free ports over a temporary data folder, optionally under strace.
 
@@ -179,7 +184,7 @@ class BenchServer:
                 str(server.fsync_log),
                 *cmd,
             ]
-        env = {**os.environ, **OWN_SERVER_ENV}
+        env = {**os.environ, **OWN_SERVER_ENV, **(env or {})}
         log = (folder / "server.log").open("wb")
         server._proc = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder
