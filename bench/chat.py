@@ -444,6 +444,7 @@ def metrics_ab(args: argparse.Namespace) -> None:
     """
     rates: dict[str, list[float]] = {"on": [], "off": []}
     p50s: dict[str, list[float]] = {"on": [], "off": []}
+    cpus: dict[str, list[float]] = {"on": [], "off": []}  # server CPU-ms per message
     for round_ in range(args.metrics_ab):
         for mode in ("on", "off"):
             server = BenchServer.start(
@@ -463,9 +464,16 @@ def metrics_ab(args: argparse.Namespace) -> None:
                 server.cleanup()
             rates[mode].append(r.acked_rate)
             p50s[mode].append(r.p50_ms)
+            cpu = (
+                float("nan")
+                if r.server_cpu is None
+                else r.server_cpu / max(1, r.acked_in_window) * 1e3
+            )
+            cpus[mode].append(cpu)
             print(
                 f"round {round_ + 1} metrics {mode:<3}: acked {fmt(r.acked_rate)}/s, "
-                f"p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, lost {r.acked - r.delivered}",
+                f"p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, server {cpu:.3f} CPU-ms/msg, "
+                f"lost {r.acked - r.delivered}",
                 flush=True,
             )
 
@@ -484,6 +492,10 @@ def metrics_ab(args: argparse.Namespace) -> None:
         ("acked msg/s, metrics off (median)", fmt(off)),
         ("on / off", f"{ratio:.3f}"),
         ("p50 ms on / off (median)", f"{median(p50s['on']):.1f} / {median(p50s['off']):.1f}"),
+        (
+            "server CPU-ms per message on / off (median)",
+            f"{median(cpus['on']):.3f} / {median(cpus['off']):.3f}",
+        ),
         ("rounds", str(args.metrics_ab)),
     ]
     print_table(f"metrics overhead: {args.pairs} pairs x {args.inflight} in flight", rows)
@@ -493,7 +505,8 @@ def metrics_ab(args: argparse.Namespace) -> None:
             f"{args.metrics_ab} interleaved rounds on/off, {args.procs} client procs"
         )
         figures = (
-            f"metrics on {fmt(on)}/s, off {fmt(off)}/s (medians; each round: "
+            f"metrics on {fmt(on)}/s, off {fmt(off)}/s; server CPU-ms/msg on "
+            f"{median(cpus['on']):.3f}, off {median(cpus['off']):.3f} (medians; each round: "
             + ", ".join(
                 f"{fmt(a)}/{fmt(b)}" for a, b in zip(rates["on"], rates["off"], strict=True)
             )

@@ -3,6 +3,7 @@ it, turning it off, and the delivery canary."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -193,22 +194,26 @@ def test_with_metrics_off_every_instrument_records_nothing() -> None:
     assert b'natter_sends_total{outcome="stored"} 1.0' in on.exposition()
 
 
+DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json"
+
+
 async def test_the_grafana_dashboard_names_only_metrics_the_server_exports(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     import json
     import re
 
-    dashboard = json.loads(
-        (Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json").read_text()
-    )
+    dashboard = json.loads(await asyncio.to_thread(DASHBOARD.read_text))
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+
     def base(name: str) -> str:  # a family's name: without the sample's suffix
         return re.sub(r"_(bucket|sum|count|total)$", "", name)
 
     named = {base(m) for e in exprs for m in re.findall(r"natter_[a-z_]+", e)}
-    async with EmbeddedServer(make_settings(tmp_path / "data")) as srv:
-        async with http.get(f"http://127.0.0.1:{srv.http_port}/metrics") as res:
-            text = await res.text()
+    async with (
+        EmbeddedServer(make_settings(tmp_path / "data")) as srv,
+        http.get(f"http://127.0.0.1:{srv.http_port}/metrics") as res,
+    ):
+        text = await res.text()
     families = {base(f.name) for f in text_string_to_metric_families(text)}
     assert named and named <= families, named - families
