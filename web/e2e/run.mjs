@@ -191,6 +191,8 @@ async function offline(browser) {
   await register(alice, "Alice");
   await register(bob, "Bob");
   await openChatWith(alice, bob, "Bob");
+  // Online status shows to mutual contacts only: bob adds alice back.
+  await addContact(bob, alice);
   await type(alice, "before");
   await openThread(bob, "Alice");
   await seen(bob, "before");
