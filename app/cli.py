@@ -267,6 +267,9 @@ async def cmd_register(app: App) -> None:
 async def cmd_login(app: App) -> None:
     device = app.args.device or f"cli-{app.args.profile}"
     async with app.client(authed=False) as c:
+        # A token this profile still holds shows the server it is the owner logging in
+        # again: a stranger's wrong guesses elsewhere do not hold it back.
+        c.token = app.profile.token if app.profile.username == app.args.user.lower() else ""
         token = await c.login(
             app.args.user, app.password(), device, "cli", replace_oldest=app.args.replace_oldest
         )

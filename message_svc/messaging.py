@@ -92,6 +92,10 @@ class Messaging:
         self.fanout = fanout
         self.contacts = contacts
         self.metrics = metrics
+        # Bound once: a labels() lookup costs more than the increment itself.
+        self._outcomes = {
+            o: metrics.sends.labels(o) for o in ("stored", "duplicate", "refused", "failed")
+        }
         self.committer: GroupCommitter[NewMessage, Appended | Refused] = GroupCommitter(
             store.append_messages, metrics=metrics
         )
@@ -169,7 +173,7 @@ class Messaging:
                 self._count(e)
                 if transient(e):
                     out[i:] = [e] * (len(reqs) - i)
-                    self.metrics.sends.labels("failed").inc(len(reqs) - i - 1)
+                    self._outcomes["failed"].inc(len(reqs) - i - 1)
                     break
                 continue
             new = NewMessage(
@@ -185,7 +189,7 @@ class Messaging:
         try:
             appended = await self.committer.submit_many([new for _, new in todo])
         except BaseException:
-            self.metrics.sends.labels("failed").inc(len(todo))
+            self._outcomes["failed"].inc(len(todo))
             raise
         stored: list[tuple[Message, ThreadKind]] = []
         for (i, new), a in zip(todo, appended, strict=True):
@@ -196,9 +200,9 @@ class Messaging:
                 out[i] = e
                 self._count(e)
                 continue
-            self.metrics.sends.labels(
+            self._outcomes[
                 "duplicate" if isinstance(a, Appended) and a.duplicate else "stored"
-            ).inc()
+            ].inc()
             stored.append((message, kind))
             out[i] = SendResult(
                 new.client_msg_id,
@@ -225,7 +229,7 @@ class Messaging:
         raise InvalidArgument("send needs a thread_id or a recipient", "NO_TARGET")
 
     def _count(self, error: NatterError) -> None:
-        self.metrics.sends.labels("failed" if transient(error) else "refused").inc()
+        self._outcomes["failed" if transient(error) else "refused"].inc()
 
     async def _peer(self, user_id: int, thread_id: int) -> int:
         """The other member of a direct thread (the sender for a thread with oneself), else 0."""

@@ -370,7 +370,10 @@ class SqlStore:
                     try:
                         result = await aconn.run_sync(fn)
                     except BaseException:
-                        await atx.rollback()
+                        # The connection may be gone (the database restarting): the error
+                        # that says so is the one to raise, not the rollback's.
+                        with contextlib.suppress(Exception):
+                            await atx.rollback()
                         raise
                     started = time.perf_counter()
                     await atx.commit()
@@ -385,7 +388,8 @@ class SqlStore:
                 try:
                     out = fn(conn)
                 except BaseException:
-                    tx.rollback()
+                    with contextlib.suppress(Exception):
+                        tx.rollback()
                     raise
                 started = time.perf_counter()
                 tx.commit()
