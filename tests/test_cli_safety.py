@@ -6,12 +6,18 @@ from __future__ import annotations
 import getpass
 from pathlib import Path
 
+import pytest
+
 from app.embedded import EmbeddedServer
 from natter.sdk import Client
 from tests.conftest import PASSWORD
 from tests.procs import Cli
 
 NEW = "an even better secret"
+
+# The command line's behaviour, not the store's (the store contract suite and the
+# end-to-end tests cover every engine): once, on SQLite.
+pytestmark = pytest.mark.sqlite_only
 
 
 async def test_people_block_report_and_manage_their_devices_from_the_command_line(
