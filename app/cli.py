@@ -252,6 +252,18 @@ class App:
             raise InvalidArgument("no password: set NATTER_PASSWORD or type it at the prompt")
         return getpass.getpass(prompt)
 
+    def new_password(self) -> str:
+        """A new password: NATTER_NEW_PASSWORD, else typed twice at a prompt."""
+        pw = self.env.get("NATTER_NEW_PASSWORD")
+        if pw:
+            return pw
+        if not sys.stdin.isatty():
+            raise InvalidArgument("no new password: set NATTER_NEW_PASSWORD")
+        first = getpass.getpass("new password: ")
+        if getpass.getpass("new password again: ") != first:
+            raise InvalidArgument("the two new passwords differ")
+        return first
+
     def credentials(self) -> grpc.ChannelCredentials | None:
         """TLS with --tls (the system's roots) or --ca FILE (a private CA); env NATTER_TLS, NATTER_CA."""
         ca = self.ca
@@ -333,18 +345,35 @@ async def resolve_thread(client: Client, target: str) -> int:
 async def cmd_register(app: App) -> None:
     async with app.client(authed=False) as c:
         user = await c.register(
-            app.args.user, app.password(), app.args.name or "", app.args.phone or ""
+            app.args.user,
+            app.password(),
+            app.args.name or "",
+            app.args.phone or "",
+            app.args.invite or "",
         )
+    admin = " — the first account, so this server's admin" if c.is_admin else ""
     app.out.emit(
-        {"type": "registered", "user_id": user.user_id, "username": user.username},
-        f"registered {user.username} (id {user.user_id})",
+        {
+            "type": "registered",
+            "user_id": user.user_id,
+            "username": user.username,
+            "admin": c.is_admin,
+        },
+        f"registered {user.username} (id {user.user_id}){admin}",
     )
 
 
 async def cmd_login(app: App) -> None:
     device = app.args.device or f"cli-{app.args.profile}"
     async with app.client(authed=False) as c:
-        token = await c.login(app.args.user, app.password(), device)
+        # A token this profile still holds shows the server it is the owner logging in
+        # again: a stranger's wrong guesses elsewhere do not hold it back.
+        c.token = app.profile.token if app.profile.username == app.args.user.lower() else ""
+        token = await c.login(
+            app.args.user, app.password(), device, "cli", replace_oldest=app.args.replace_oldest
+        )
+        for gone in c.replaced_devices:
+            print(f"natter: logged out device {gone} to make room", file=sys.stderr)
         assert c.user is not None
         profile = Profile(
             server=app.server,
@@ -372,17 +401,98 @@ async def cmd_logout(app: App) -> None:
 
 
 async def cmd_devices(app: App) -> None:
+    """List the account's devices, or log one (or all the others) out."""
+    a = app.args
     async with app.client() as c:
+        if a.action == "logout":
+            if a.others:
+                gone = await c.revoke_other_devices()
+            else:
+                for device_id in a.ids:
+                    await c.revoke_device(device_id)
+                gone = list(a.ids)
+            app.out.emit(
+                {"type": "devices_logged_out", "device_ids": gone},
+                f"logged out {len(gone)} device{'s' if len(gone) != 1 else ''}"
+                + (f": {', '.join(map(str, gone))}" if gone else ""),
+            )
+            return
         for dev in await c.devices():
+            active = _time(dev.last_active_time) or "never"
             app.out.emit(
                 {
                     "type": "device",
                     "device_id": dev.device_id,
                     "name": dev.name,
+                    "platform": dev.platform,
+                    "last_active": _time(dev.last_active_time) or None,
+                    "expires": _time(dev.expire_time) or None,
                     "current": dev.current,
                 },
-                f"{dev.device_id:>6}  {dev.name}{'  (this device)' if dev.current else ''}",
+                f"{dev.device_id:>6}  {dev.name:<20} {dev.platform or '-':<10} "
+                f"active {active}{'  (this device)' if dev.current else ''}",
             )
+
+
+async def cmd_password(app: App) -> None:
+    """Change the password; the other devices are logged out unless --keep-devices."""
+    current = app.password("current password: ")
+    new = app.new_password()
+    async with app.client() as c:
+        gone = await c.change_password(current, new, keep_other_devices=app.args.keep_devices)
+    app.out.emit(
+        {"type": "password_changed", "devices_logged_out": gone},
+        "password changed" + (f"; logged out {len(gone)} other device(s)" if gone else ""),
+    )
+
+
+async def cmd_delete_account(app: App) -> None:
+    if not app.args.yes:
+        raise InvalidArgument(
+            "this deletes your account for good (your messages stay in others' chats as "
+            '"Deleted account"); run again with --yes to go ahead'
+        )
+    password = app.password()
+    async with app.client() as c:
+        await c.delete_account(password)
+    app.profiles.delete(app.args.profile)
+    app.out.emit({"type": "account_deleted"}, "account deleted")
+
+
+async def cmd_block(app: App) -> None:
+    async with app.client() as c:
+        for name in app.args.users:
+            if app.args.command == "block":
+                user = await c.block(name)
+                app.out.emit(
+                    {"type": "blocked", "username": user.username}, f"blocked {user.username}"
+                )
+            else:
+                await c.unblock(name)
+                app.out.emit({"type": "unblocked", "username": name}, f"unblocked {name}")
+
+
+async def cmd_blocked(app: App) -> None:
+    async with app.client() as c:
+        for user in await c.blocked():
+            app.out.emit(
+                {"type": "blocked", "username": user.username, "display_name": user.display_name},
+                f"{user.username:<24} {user.display_name}",
+            )
+
+
+async def cmd_report(app: App) -> None:
+    a = app.args
+    async with app.client() as c:
+        thread_id = await resolve_thread(c, a.thread) if a.thread else 0
+        report_id = await c.report(
+            a.user or "", a.reason, a.text or "", thread_id, a.seq or [], a.block
+        )
+    app.out.emit(
+        {"type": "reported", "report_id": report_id},
+        f"reported (report {report_id}); the server's admins will look at it"
+        + ("; blocked too" if a.block else ""),
+    )
 
 
 async def cmd_contacts(app: App) -> None:
@@ -1036,11 +1146,26 @@ async def cmd_serve(app: App) -> None:
         "etcd_endpoints": a.etcd,
         "node_id": a.node_id,
         "log_level": a.log_level,
+        "log_format": a.log_format,
+        "metrics_addr": a.metrics,
         "tls_cert_file": a.tls_cert,
         "tls_key_file": a.tls_key,
     }
     cfg = settings_mod.load(overrides, app.env, Path(a.config) if a.config else None)
     await serve(cfg)
+
+
+async def cmd_admin(app: App) -> None:
+    from app import admin_cli
+
+    local = admin_cli.local_settings(app.args, app.env)
+    backend: admin_cli.Backend = (
+        admin_cli.LocalAdmin(local) if local is not None else admin_cli.RemoteAdmin(app.client())
+    )
+    try:
+        await admin_cli.run(app, backend)
+    finally:
+        await backend.close()
 
 
 async def cmd_backup(app: App) -> None:
@@ -1161,6 +1286,15 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--log-level", help="DEBUG, INFO or WARNING (default: INFO)")
     s.add_argument(
+        "--log-format", choices=["json", "text"], help="log lines as JSON or text (default: json)"
+    )
+    s.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="also serve /metrics on this address (default: none; embedded servers answer "
+        "/metrics on the HTTP listener too)",
+    )
+    s.add_argument(
         "--tls-cert",
         metavar="FILE",
         help="PEM certificate chain: serve gRPC and HTTP over TLS (default: plain)",
@@ -1181,6 +1315,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("user", metavar="USER", help="username: 3-32 of a-z, 0-9, '.', '_', '-'")
     r.add_argument("--name", help="display name (default: the username)")
     r.add_argument("--phone", help="phone in E.164 form, e.g. +4915112345678 (default: none)")
+    r.add_argument(
+        "--invite",
+        metavar="CODE",
+        help="an invite code from an admin, where registration needs one (default: none)",
+    )
     r.set_defaults(fn=cmd_register)
 
     lg = command(
@@ -1188,10 +1327,80 @@ def parser() -> argparse.ArgumentParser:
     )
     lg.add_argument("user", metavar="USER", help="username, or phone in E.164 form")
     lg.add_argument("--device", metavar="NAME", help="device name (default: cli-PROFILE)")
+    lg.add_argument(
+        "--replace-oldest",
+        action="store_true",
+        help="at the device limit, log out the least recently used device (default: refuse)",
+    )
     lg.set_defaults(fn=cmd_login)
 
     command("logout", "log this device out").set_defaults(fn=cmd_logout)
-    command("devices", "list your devices").set_defaults(fn=cmd_devices)
+    dv = command("devices", "list your devices, or log some out: devices logout ID... | --others")
+    dv.add_argument(
+        "action",
+        nargs="?",
+        choices=["list", "logout"],
+        default="list",
+        help="list or logout (default: list)",
+    )
+    dv.add_argument("ids", nargs="*", type=int, metavar="ID", help="devices to log out")
+    dv.add_argument(
+        "--others",
+        action="store_true",
+        help="with logout: every device but this one (default: only the IDs given)",
+    )
+    dv.set_defaults(fn=cmd_devices)
+
+    pw = command(
+        "password",
+        "change your password (current: NATTER_PASSWORD, new: NATTER_NEW_PASSWORD, else prompts)",
+    )
+    pw.add_argument(
+        "--keep-devices",
+        action="store_true",
+        help="keep your other devices logged in (default: log them out)",
+    )
+    pw.set_defaults(fn=cmd_password)
+
+    da = command("delete-account", "delete your account (password: NATTER_PASSWORD, else a prompt)")
+    da.add_argument("--yes", action="store_true", help="really delete it (default: refuse)")
+    da.set_defaults(fn=cmd_delete_account)
+
+    for name, what in (("block", "block"), ("unblock", "unblock")):
+        bl = command(name, f"{what} people: USER...")
+        bl.add_argument("users", nargs="+", metavar="USER", help="usernames or phones")
+        bl.set_defaults(fn=cmd_block)
+    command("blocked", "the people you blocked").set_defaults(fn=cmd_blocked)
+
+    rep = command("report", "report a person, or messages of a thread, to the server's admins")
+    rep.add_argument(
+        "user", nargs="?", metavar="USER", help="who (may be left out when --seq names messages)"
+    )
+    rep.add_argument(
+        "--reason",
+        choices=["spam", "harassment", "sexual", "scam", "illegal", "other"],
+        default="spam",
+        help="why (default: %(default)s)",
+    )
+    rep.add_argument("--text", help="a few words for the admins (default: none)")
+    rep.add_argument(
+        "--thread",
+        metavar="USER|THREAD",
+        help="the chat it happened in: a username (your direct chat), or 2 or #2 (default: none)",
+    )
+    rep.add_argument(
+        "--seq",
+        type=int,
+        action="append",
+        metavar="N",
+        help="a message of --thread, by seq; repeat for more (default: their latest messages)",
+    )
+    rep.add_argument("--block", action="store_true", help="also block them (default: do not)")
+    rep.set_defaults(fn=cmd_report)
+
+    from app import admin_cli
+
+    admin_cli.add_parser(command, common, cmd_admin)
 
     c = command("contacts", "list, add or rm contacts")
     c.add_argument(
@@ -1448,6 +1657,16 @@ def check_args(args: argparse.Namespace) -> None:
     elif command == "reply":
         if not args.text and not args.file:
             usage.error("the reply is missing: natter reply USER|THREAD SEQ TEXT...")
+    elif command == "devices":
+        if args.action == "logout" and not args.ids and not args.others:
+            usage.error("say which: natter devices logout ID..., or natter devices logout --others")
+        if args.action == "list" and (args.ids or args.others):
+            usage.error("list takes no ids: natter devices [list]")
+    elif command == "report":
+        if args.seq and not args.thread:
+            usage.error("--seq names messages of a thread: add --thread USER|THREAD")
+        if not args.user and not args.seq:
+            usage.error("say whom: natter report USER, or natter report --thread T --seq N")
     elif command == "contacts":
         if args.action in ("add", "rm") and not args.users:
             usage.error(
@@ -1477,7 +1696,9 @@ def main(argv: list[str] | None = None) -> None:
     fn: Callable[[App], Awaitable[None]] = args.fn
     try:
         app = App(args, env)
-        run(fn(app) if args.command in ("serve", "backup") else talk(app, fn))
+        local = args.command == "admin" and bool(args.data or args.database_url or args.config)
+        direct = args.command in ("serve", "backup") or local
+        run(fn(app) if direct else talk(app, fn))
     except NatterError as e:
         print(f"natter: {e.message}", file=sys.stderr)
         sys.exit(1)

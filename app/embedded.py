@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import uuid
 from collections.abc import Sequence
 from types import TracebackType
@@ -11,15 +12,19 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health, health_pb2
 
+from app.canary import Canary
 from app.listeners import public_server, serve_health_and_reflection
 from app.media import build_media
+from app.metrics_http import MetricsServer
 from channel_svc import Channels
 from media_svc import PUBLIC_SERVICES as MEDIA_SERVICES
 from media_svc import MediaHttp, MediaServicer
 from message_svc import PUBLIC_SERVICES, MessageService, SqlStore
+from message_svc.ports import DeviceRevocations
 from natter import domain as d
 from natter import tls
 from natter.errors import AlreadyExists
+from natter.metrics import Metrics
 from natter.settings import Settings
 from natter.v1 import media_service_pb2_grpc as mpb_grpc
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
@@ -77,19 +82,29 @@ class LocalFanout:
 class EmbeddedServer:
     """`async with EmbeddedServer(settings) as s:` binds, serves, and on exit stops everything."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, revocations: Sequence[DeviceRevocations] = ()) -> None:
         self.settings = settings
         self.node_id = settings.node_id or f"embedded-{uuid.uuid4().hex[:8]}"
-        self.store = SqlStore(settings.db_url)
+        self.metrics = Metrics(settings.metrics_enabled)
+        self.store = SqlStore(settings.db_url, metrics=self.metrics)
         self.fanout = LocalFanout()
-        self.messages = MessageService(self.store, settings, self.fanout)
-        self.channels = Channels(self.fanout.socket)
-        self.presence = PresenceService(self.store, settings, self.fanout)
+        self.messages = MessageService(self.store, settings, self.fanout, self.metrics, revocations)
+        self.channels = Channels(self.fanout.socket, self.metrics)
+        self.presence = PresenceService(self.store, settings, self.fanout, metrics=self.metrics)
         # One process, one worker: SQLite's single writer claims each job once.
         self.push = PushService(self.store, settings, self.presence, self.node_id)
         self.hub = Hub(
-            self.node_id, self.messages, settings, channel=self.channels, presence=self.presence
+            self.node_id,
+            self.messages,
+            settings,
+            channel=self.channels,
+            presence=self.presence,
+            metrics=self.metrics,
         )
+        # The web gateway vouches for browsers' addresses with this (see natter.rpc).
+        self.gateway_key = secrets.token_urlsafe(24)
+        self.canary: Canary | None = None
+        self.metrics_server: MetricsServer | None = None
         self.fanout.hubs[self.node_id] = self.hub
         self.fanout.channels = self.channels
         self.media = build_media(settings, self.store, self.messages)
@@ -105,12 +120,11 @@ class EmbeddedServer:
         host = self.settings.grpc_addr.rsplit(":", 1)[0]
         return f"{host}:{self.grpc_port}"
 
-    async def _locate(self, username: str) -> tuple[str, str]:
-        await self.messages.contacts.resolve(username)
+    async def _locate(self, who: d.Principal) -> tuple[str, str]:
         return self.settings.advertise_addr or self.grpc_address, self.node_id
 
     def _grpc_server(self, hub: Hub) -> grpc.aio.Server:
-        server = public_server(self.settings)
+        server = public_server(self.settings, self.gateway_key)
         self.messages.add_public(server)
         add_presence_public(server, self.presence, self.messages)
         add_push_public(server, self.push, self.messages)
@@ -136,8 +150,8 @@ class EmbeddedServer:
             raise OSError(f"cannot listen on {self.settings.grpc_addr}")
         gateway_target = self.grpc_address
         if s.tls_cert_file:
-            # The web gateway calls the gRPC stack in this process over loopback, on a
-            # plaintext port of its own that only this machine can reach.
+            # The web gateway (and the canary) call the gRPC stack in this process over
+            # loopback, on a plaintext port of its own that only this machine can reach.
             gateway_target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
         await server.start()
         self._server = server
@@ -149,6 +163,8 @@ class EmbeddedServer:
             self.messages,
             self.grpc_address,
             gateway_target,
+            self.metrics,
+            self.gateway_key,
             extra_routes=MediaHttp(self.media).routes(),
         )
         self.http_port = await self.web.start()
@@ -156,6 +172,11 @@ class EmbeddedServer:
             scheme = "https" if s.tls_cert_file else "http"
             self.media.http_url = f"{scheme}://{s.http_addr.rsplit(':', 1)[0]}:{self.http_port}"
         self.media.start_gc()
+        if s.metrics_addr:
+            self.metrics_server = MetricsServer(s, self.metrics)
+            await self.metrics_server.start()
+        self.canary = Canary(self.store, s, self.metrics, gateway_target)
+        self.canary.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         logger.info(
             "natter %s serving gRPC on %s and HTTP on %s:%d (data in %s)",
@@ -169,6 +190,10 @@ class EmbeddedServer:
     async def stop(self, grace: float = 2.0) -> None:
         with contextlib.suppress(Exception):
             await self._health.enter_graceful_shutdown()
+        if self.canary is not None:
+            await self.canary.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         for hub, extra in self._extra:
             await hub.stop()
             await extra.stop(grace)
@@ -193,7 +218,12 @@ class EmbeddedServer:
         if node_id in self.fanout.hubs:
             raise AlreadyExists(f"socket server {node_id!r} already exists", "NODE_EXISTS")
         hub = Hub(
-            node_id, self.messages, self.settings, channel=self.channels, presence=self.presence
+            node_id,
+            self.messages,
+            self.settings,
+            channel=self.channels,
+            presence=self.presence,
+            metrics=self.metrics,
         )
         server = self._grpc_server(hub)
         host = self.settings.grpc_addr.rsplit(":", 1)[0]

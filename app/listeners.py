@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from natter.rpc import ErrorInterceptor, SecretInterceptor
+from natter.rpc import ClientAddresses, ErrorInterceptor, SecretInterceptor
 from natter.settings import Settings
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -31,15 +31,27 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-def public_server(settings: Settings) -> grpc.aio.Server:
-    """A listener clients reach: domain errors mapped to status codes."""
-    return grpc.aio.server(interceptors=[ErrorInterceptor()], options=server_options(settings))
+def public_server(settings: Settings, gateway_key: str = "") -> grpc.aio.Server:
+    """A listener clients reach: domain errors mapped to status codes, client addresses known.
+
+    `gateway_key` is the key this process's web gateway vouches for browsers' addresses with.
+    """
+    addresses = ClientAddresses(settings.trusted_proxies, gateway_key)
+    return grpc.aio.server(
+        interceptors=[ErrorInterceptor(addresses)], options=server_options(settings)
+    )
 
 
 def internal_server(settings: Settings) -> grpc.aio.Server:
-    """A listener only cluster peers reach: every call must carry the cluster secret."""
+    """A listener only cluster peers reach: every call must carry the cluster secret.
+
+    Request ids come from the calling peer, so one id follows a request across processes.
+    """
     return grpc.aio.server(
-        interceptors=[SecretInterceptor(settings.cluster_secret), ErrorInterceptor()],
+        interceptors=[
+            SecretInterceptor(settings.cluster_secret),
+            ErrorInterceptor(trust_request_id=True),
+        ],
         options=server_options(settings),
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from app import logs
 from app.embedded import EmbeddedServer
 from app.roles import ClusterNode, create_node
 from natter.settings import Settings
@@ -13,10 +14,7 @@ logger = logging.getLogger(__name__)
 
 
 async def serve(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings)
     server: EmbeddedServer | ClusterNode = (
         EmbeddedServer(settings) if settings.role == "embedded" else create_node(settings)
     )

@@ -343,7 +343,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         "server's SQLite store before the run (off), or run off, on, off, on in turn (both)",
     )
     p.add_argument("--no-record", action="store_true", help="do not append to bench-results.md")
+    p.add_argument(
+        "--metrics-ab",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="measure the cost of metrics: ROUNDS pairs of runs, metrics on then off, "
+        "each on a fresh server of its own (default: 0, one ordinary run)",
+    )
     args = p.parse_args(argv)
+    if args.metrics_ab:
+        metrics_ab(args)
+        return
 
     ceiling: echo.EchoResult | None = None
     if args.ceiling_seconds > 0:
@@ -454,6 +465,85 @@ def _run_one(args: argparse.Namespace, ceiling: echo.EchoResult | None, mode: st
             "n/a" if ceiling is None else f"echo {ceiling.shape}: {fmt(ceiling.rate)} rt/s"
         )
         append_result("chat", params, figures, ceiling_text, ratio)
+
+
+def metrics_ab(args: argparse.Namespace) -> None:
+    """Interleaved runs with metrics on and off (metrics_enabled), in the same invocation.
+
+    Alternating, each on its own fresh server, so drift in the machine's load hits both
+    sides alike; the medians and their ratio are printed and recorded.
+    """
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    p50s: dict[str, list[float]] = {"on": [], "off": []}
+    cpus: dict[str, list[float]] = {"on": [], "off": []}  # server CPU-ms per message
+    for round_ in range(args.metrics_ab):
+        for mode in ("on", "off"):
+            server = BenchServer.start(
+                count_fsyncs=False, env={"NATTER_METRICS_ENABLED": "1" if mode == "on" else "0"}
+            )
+            try:
+                r = run_chat(
+                    server.address,
+                    server,
+                    args.pairs,
+                    args.seconds,
+                    args.inflight,
+                    args.rate,
+                    args.procs,
+                )
+            finally:
+                server.cleanup()
+            rates[mode].append(r.acked_rate)
+            p50s[mode].append(r.p50_ms)
+            cpu = (
+                float("nan")
+                if r.server_cpu is None
+                else r.server_cpu / max(1, r.acked_in_window) * 1e3
+            )
+            cpus[mode].append(cpu)
+            print(
+                f"round {round_ + 1} metrics {mode:<3}: acked {fmt(r.acked_rate)}/s, "
+                f"p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, server {cpu:.3f} CPU-ms/msg, "
+                f"lost {r.acked - r.delivered}",
+                flush=True,
+            )
+
+    def median(xs: list[float]) -> float:
+        ordered = sorted(xs)
+        return (
+            ordered[len(ordered) // 2]
+            if len(ordered) % 2
+            else sum(ordered[len(ordered) // 2 - 1 : len(ordered) // 2 + 1]) / 2
+        )
+
+    on, off = median(rates["on"]), median(rates["off"])
+    ratio = on / off if off else float("nan")
+    rows = [
+        ("acked msg/s, metrics on (median)", fmt(on)),
+        ("acked msg/s, metrics off (median)", fmt(off)),
+        ("on / off", f"{ratio:.3f}"),
+        ("p50 ms on / off (median)", f"{median(p50s['on']):.1f} / {median(p50s['off']):.1f}"),
+        (
+            "server CPU-ms per message on / off (median)",
+            f"{median(cpus['on']):.3f} / {median(cpus['off']):.3f}",
+        ),
+        ("rounds", str(args.metrics_ab)),
+    ]
+    print_table(f"metrics overhead: {args.pairs} pairs x {args.inflight} in flight", rows)
+    if not args.no_record:
+        params = (
+            f"{args.pairs} pairs x {args.inflight} in flight, {args.seconds:g} s, "
+            f"{args.metrics_ab} interleaved rounds on/off, {args.procs} client procs"
+        )
+        figures = (
+            f"metrics on {fmt(on)}/s, off {fmt(off)}/s; server CPU-ms/msg on "
+            f"{median(cpus['on']):.3f}, off {median(cpus['off']):.3f} (medians; each round: "
+            + ", ".join(
+                f"{fmt(a)}/{fmt(b)}" for a, b in zip(rates["on"], rates["off"], strict=True)
+            )
+            + ")"
+        )
+        append_result("chat metrics on/off", params, figures, "n/a", f"{ratio:.3f}")
 
 
 if __name__ == "__main__":

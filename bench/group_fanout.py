@@ -39,19 +39,12 @@ def _server_main(pipe: Pipe, data_dir: str, nodes: int, beat: float) -> None:
 
 async def _server(pipe: Pipe, data_dir: Path, nodes: int, beat: float) -> None:
     from app.embedded import EmbeddedServer
+    from bench.common import BENCH_SETTINGS
     from natter.settings import Settings
 
     settings = Settings(
-        data_dir=data_dir,
-        grpc_addr="127.0.0.1:0",
-        http_addr="127.0.0.1:0",
-        argon2_memory_kib=1024,
-        argon2_time_cost=1,
-        frames_per_second=1e9,
-        frame_burst=10**9,
-        heartbeat_interval_seconds=beat,
-        log_level="WARNING",
-    )
+        data_dir=data_dir, grpc_addr="127.0.0.1:0", http_addr="127.0.0.1:0"
+    ).replace(**BENCH_SETTINGS, heartbeat_interval_seconds=beat)
     async with EmbeddedServer(settings) as srv:
         addresses = [srv.grpc_address]
         for i in range(nodes - 1):

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from natter.domain import Delivery
+from natter.metrics import NO_METRICS, Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +24,11 @@ class SocketApi(Protocol):
 class Channels:
     """Soft state: rebuilt from the socket servers after a restart."""
 
-    def __init__(self, socket: Callable[[str], SocketApi | None]) -> None:
+    def __init__(
+        self, socket: Callable[[str], SocketApi | None], metrics: Metrics = NO_METRICS
+    ) -> None:
         self._socket = socket
+        self.metrics = metrics
         self.subs: dict[int, set[str]] = defaultdict(set)
         self.forwards = 0
 
@@ -64,7 +68,9 @@ class Channels:
         """Forward each delivery once to every socket server subscribed to its thread."""
         per_node: dict[str, list[Delivery]] = defaultdict(list)
         for dl in deliveries:
-            for node in self.subs.get(dl.thread_id, ()):
+            nodes = self.subs.get(dl.thread_id, ())
+            self.metrics.group_fanout_nodes.observe(len(nodes))
+            for node in nodes:
                 per_node[node].append(dl)
         calls = []
         for node, batch in per_node.items():

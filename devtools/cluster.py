@@ -37,6 +37,8 @@ LAYOUT = (("message", 2, 0), ("channel", 1, 20), ("presence", 1, 30), ("socket",
 INTERNAL_OFFSET = 1000
 # Message nodes serve attachments over HTTP on their public port plus this.
 HTTP_OFFSET = 2000
+# Each natter process's /metrics listener (metrics_addr), at public + METRICS_OFFSET.
+METRICS_OFFSET = 3000
 ETCD_OFFSETS = (90, 91)
 PG_OFFSET = 95
 STOP_SIGNALS = {"etcd": EtcdServer.stop_signal, "postgres": PostgresServer.stop_signal}
@@ -56,6 +58,7 @@ class Proc:
     public: str
     internal: str
     log: str
+    metrics: str = ""
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -140,6 +143,8 @@ def _start_role(
             f"{HOST}:{public}",
             "--internal",
             f"{HOST}:{internal}",
+            "--metrics",
+            f"{HOST}:{public + METRICS_OFFSET}",
             "--data",
             str(folder / name),
             "--etcd",
@@ -149,7 +154,8 @@ def _start_role(
         log,
         env,
     )
-    return Proc(name, role, pid, f"{HOST}:{public}", f"{HOST}:{internal}", str(log))
+    metrics = f"{HOST}:{public + METRICS_OFFSET}"
+    return Proc(name, role, pid, f"{HOST}:{public}", f"{HOST}:{internal}", str(log), metrics)
 
 
 def _layout(sockets: int) -> list[tuple[str, int, int]]:
@@ -162,9 +168,10 @@ def _ports(base: int, sockets: int) -> list[int]:
     ports = [base + ETCD_OFFSETS[0], base + ETCD_OFFSETS[1], base + PG_OFFSET]
     for role, count, offset in _layout(sockets):
         for i in range(count):
-            ports += [base + offset + i, base + offset + i + INTERNAL_OFFSET]
+            public = base + offset + i
+            ports += [public, public + INTERNAL_OFFSET, public + METRICS_OFFSET]
             if role == "message":
-                ports.append(base + offset + i + HTTP_OFFSET)
+                ports.append(public + HTTP_OFFSET)
     return ports
 
 
@@ -293,7 +300,10 @@ def status(folder: Path) -> int:
         print(f"no cluster is up (no {state})")
         return 1
     bad = 0
-    print(f"{'process':<12} {'pid':>7}  {'state':<9} {'public':<16} {'internal':<16} log")
+    print(
+        f"{'process':<12} {'pid':>7}  {'state':<9} {'public':<16} {'internal':<16} "
+        f"{'metrics':<16} log"
+    )
     for p in _load(state):
         alive = _alive(p.pid)
         if alive and p.role not in ("etcd", "postgres"):
@@ -301,14 +311,20 @@ def status(folder: Path) -> int:
         else:
             health = "running" if alive else "DEAD"
         bad += health in ("DEAD", "starting")
-        print(f"{p.name:<12} {p.pid:>7}  {health:<9} {p.public:<16} {p.internal:<16} {p.log}")
+        print(
+            f"{p.name:<12} {p.pid:>7}  {health:<9} {p.public:<16} {p.internal:<16} "
+            f"{p.metrics or '-':<16} {p.log}"
+        )
     return 1 if bad else 0
 
 
 def _print_up(folder: Path, procs: list[Proc]) -> None:
-    print(f"{'process':<12} {'pid':>7}  {'public':<16} {'internal':<16} log")
+    print(f"{'process':<12} {'pid':>7}  {'public':<16} {'internal':<16} {'metrics':<16} log")
     for p in procs:
-        print(f"{p.name:<12} {p.pid:>7}  {p.public:<16} {p.internal:<16} {p.log}")
+        print(
+            f"{p.name:<12} {p.pid:>7}  {p.public:<16} {p.internal:<16} "
+            f"{p.metrics or '-':<16} {p.log}"
+        )
     doors = [p.public for p in procs if p.role == "message"]
     print(f"\nfront door: {doors[0]}   (with failover: ipv4:{','.join(doors)})")
     print(f"try:        natter --server {doors[0]} register alice")

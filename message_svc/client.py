@@ -53,6 +53,17 @@ class MessageClient:
         res = await self.pool.call(self.addresses, go)
         return d.Principal(convert.user_of(res.user), res.device_id)
 
+    async def check_devices(self, device_ids: Sequence[int]) -> set[int]:
+        async def go(ch: grpc.aio.Channel) -> mpb.CheckDevicesResponse:
+            return await self._stub(ch).CheckDevices(
+                mpb.CheckDevicesRequest(device_ids=list(device_ids)),
+                metadata=self.pool.metadata,
+                timeout=self.pool.deadline,
+            )
+
+        res = await self.pool.call(self.addresses, go)
+        return set(res.valid_device_ids)
+
     async def send(self, who: d.Principal, req: d.SendRequest) -> d.SendResult:
         request = mpb.SendMessageRequest(
             user_id=who.user.user_id, device_id=who.device_id, send=convert.send(req)

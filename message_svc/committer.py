@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
+
+from natter.metrics import NO_METRICS, Metrics
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -20,10 +23,14 @@ class GroupCommitter(Generic[T, R]):
     """
 
     def __init__(
-        self, flush: Callable[[Sequence[T]], Awaitable[Sequence[R]]], max_batch: int = 512
+        self,
+        flush: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        max_batch: int = 512,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._flush = flush
         self._max = max_batch
+        self._metrics = metrics
         self._pending: deque[tuple[Sequence[T], asyncio.Future[list[R]]]] = deque()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -55,8 +62,10 @@ class GroupCommitter(Generic[T, R]):
                 live = [(items, f) for items, f in batch if not f.cancelled()]
                 if not live:
                     continue
+                items_ = [i for items, _ in live for i in items]
+                started = time.perf_counter()
                 try:
-                    results = await self._flush([i for items, _ in live for i in items])
+                    results = await self._flush(items_)
                 except BaseException as e:  # every waiter learns of the failure
                     for _, f in live:
                         if not f.done():
@@ -65,6 +74,8 @@ class GroupCommitter(Generic[T, R]):
                         raise
                     continue
                 self.batches += 1
+                self._metrics.commit_batch.observe(len(items_))
+                self._metrics.commit_seconds.observe(time.perf_counter() - started)
                 at = 0
                 for items, f in live:
                     part = list(results[at : at + len(items)])

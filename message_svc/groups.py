@@ -78,6 +78,7 @@ class Groups:
         rows = await self._resolve(idents)
         others = [r for r in rows if r.user_id != who.user.user_id]
         self._check_cap(1 + len(others), 0)
+        await self._not_blocked(who, others)
         event = SystemEvent(
             SystemKind.GROUP_CREATED, who.user, tuple(public(r) for r in others), name
         )
@@ -112,6 +113,7 @@ class Groups:
             fresh = [r for r in rows if r.user_id not in active]
             if not fresh:
                 raise FailedPrecondition(f"{_names(rows)} already in the group", "ALREADY_MEMBERS")
+            await self._not_blocked(who, fresh)
             self._check_cap(len(active) + len(fresh), len(active))
             full = not self.settings.group_history_from_join
             changes = [MemberChange(r.user_id, join=True, full_history=full) for r in fresh]
@@ -225,6 +227,13 @@ class Groups:
         await self.messaging.publish(message, ThreadKind.GROUP, extra_users=[who.user.user_id])
 
     # -- checks --------------------------------------------------------------------------
+
+    async def _not_blocked(self, who: Principal, rows: Sequence[UserRow]) -> None:
+        """Nobody who blocked the actor is put in a group by them."""
+        refusing = await self.store.blocked_by(who.user.user_id, [r.user_id for r in rows])
+        if refusing:
+            names = _names([r for r in rows if r.user_id in refusing])
+            raise PermissionDenied(f"you cannot add {names} to groups", "CANNOT_ADD")
 
     def _lock(self, thread_id: int) -> asyncio.Lock:
         lock = self._locks.get(thread_id)

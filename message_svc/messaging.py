@@ -63,6 +63,7 @@ from natter.errors import (
     PermissionDenied,
     transient,
 )
+from natter.metrics import NO_METRICS, Metrics
 from natter.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -88,14 +89,24 @@ class Messaging:
     """The system of record's rules for threads and messages."""
 
     def __init__(
-        self, store: Store, settings: Settings, fanout: Fanout, contacts: Contacts
+        self,
+        store: Store,
+        settings: Settings,
+        fanout: Fanout,
+        contacts: Contacts,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.store = store
         self.settings = settings
         self.fanout = fanout
         self.contacts = contacts
+        self.metrics = metrics
+        # Bound once: a labels() lookup costs more than the increment itself.
+        self._outcomes = {
+            o: metrics.sends.labels(o) for o in ("stored", "duplicate", "refused", "failed")
+        }
         self.committer: GroupCommitter[NewMessage, Appended | Refused] = GroupCommitter(
-            store.append_messages
+            store.append_messages, metrics=metrics
         )
         # Direct threads never change members, so their pair is cached for routing.
         self._direct: dict[int, tuple[int, int]] = {}
@@ -166,16 +177,23 @@ class Messaging:
         for i, req in enumerate(reqs):
             try:
                 thread_id = await self._target(who, req)
+                peer = await self._peer(who.user.user_id, thread_id)
                 new = self._entry(who, req, thread_id, now)
-                new = replace(new, notify=queues_push(new.kind))
+                new = replace(new, notify=queues_push(new.kind), peer_id=peer)
             except NatterError as e:
                 out[i] = e
+                self._count(e)
                 if transient(e):
                     out[i:] = [e] * (len(reqs) - i)
+                    self._outcomes["failed"].inc(len(reqs) - i - 1)
                     break
                 continue
             todo.append((i, new))
-        appended = await self.committer.submit_many([new for _, new in todo])
+        try:
+            appended = await self.committer.submit_many([new for _, new in todo])
+        except BaseException:
+            self._outcomes["failed"].inc(len(todo))
+            raise
         stored: list[tuple[Message, ThreadKind]] = []
         for (i, new), a in zip(todo, appended, strict=True):
             try:
@@ -183,7 +201,11 @@ class Messaging:
                 kind = await self._kind(message.thread_id)
             except NatterError as e:
                 out[i] = e
+                self._count(e)
                 continue
+            self._outcomes[
+                "duplicate" if isinstance(a, Appended) and a.duplicate else "stored"
+            ].inc()
             stored.append((message, kind))
             out[i] = SendResult(
                 new.client_msg_id,
@@ -271,8 +293,32 @@ class Messaging:
             )
         return replace(base, text=rules.text(req.text, cap), reply_to_seq=req.reply_to_seq)
 
+    def _count(self, error: NatterError) -> None:
+        self._outcomes["failed" if transient(error) else "refused"].inc()
+
+    async def _peer(self, user_id: int, thread_id: int) -> int:
+        """The other member of a direct thread (the sender for a thread with oneself), else 0."""
+        try:
+            kind = await self._kind(thread_id)
+        except NotFound:
+            return 0  # refused at the commit, which says why
+        if kind is not ThreadKind.DIRECT:
+            return 0
+        pair = await self.audience(thread_id, kind)
+        return next((u for u in pair if u != user_id), user_id)
+
     async def _stored(self, who: Principal, new: NewMessage, a: Appended | Refused) -> Message:
         """The message a send stored (or had stored before), or why it was refused."""
+        if isinstance(a, Refused) and a.reason is Refusal.BLOCKING_PEER:
+            raise FailedPrecondition(
+                "you blocked this person: unblock them to send them messages", "YOU_BLOCKED"
+            )
+        if isinstance(a, Refused) and a.reason in (Refusal.BLOCKED_BY_PEER, Refusal.PEER_DELETED):
+            # Worded the same either way: the sender does not learn they were blocked.
+            raise PermissionDenied(
+                "this message cannot be delivered: the recipient does not take messages from you",
+                "RECIPIENT_UNAVAILABLE",
+            )
         if isinstance(a, Refused):
             if a.reason is Refusal.NOT_A_MEMBER:
                 await self.active_member(who, new.thread_id)  # raises the precise error
@@ -730,6 +776,12 @@ class Messaging:
             others = [
                 u for u in await self.audience(thread_id, thread.kind) if u != who.user.user_id
             ]
+            if others:
+                # Not to someone blocked or blocking, either way.
+                links = await self.store.block_links([who.user.user_id])
+                others = [u for u in others if u not in links.get(who.user.user_id, set())]
+            if not others:
+                return
             delivery = Delivery(event, user_ids=others)
         else:
             delivery = Delivery(event, thread_id=thread_id, exclude_device_id=who.device_id)
@@ -740,6 +792,12 @@ class Messaging:
 
     async def users(self, ids: Sequence[int]) -> dict[int, User]:
         return {k: public(v) for k, v in (await self.store.get_users(ids)).items()}
+
+    def forget_user(self, user_id: int) -> None:
+        """An account was deleted: drop what is cached about it (its names, its face)."""
+        self._acting.pop(user_id, None)
+        for name in [k for k, v in self._ids.items() if v == user_id]:
+            del self._ids[name]
 
     async def acting_user(self, user_id: int) -> User | None:
         """The user a socket server acts for, cached for a few seconds.

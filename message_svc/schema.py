@@ -75,6 +75,11 @@ users = sa.Table(
     sa.Column("notification_preview", sa.SmallInteger, nullable=False, server_default="1"),
     # The last seq of the user's own change log (user_log), bumped like threads.last_seq.
     sa.Column("log_seq", sa.BigInteger, nullable=False, default=0, server_default="0"),
+    sa.Column("is_admin", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    # An internal account (the delivery canary): never listed, never counted as the first.
+    sa.Column("is_system", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    sa.Column("disable_time", TS, nullable=True),
+    sa.Column("delete_time", TS, nullable=True),
     **_TABLE_OPTIONS,
 )
 
@@ -88,6 +93,9 @@ devices = sa.Table(
     sa.Column("create_time", TS, nullable=False),
     sa.Column("last_active_time", TS, nullable=True),
     sa.Column("revoke_time", TS, nullable=True),
+    sa.Column("platform", sa.String(32), nullable=False, default="", server_default=""),
+    # Unset on devices from before token lifetimes: their next use sets it.
+    sa.Column("expire_time", TS, nullable=True),
     **_TABLE_OPTIONS,
 )
 
@@ -309,6 +317,90 @@ server_secrets = sa.Table(
     **_TABLE_OPTIONS,
 )
 
+# Who blocked whom: the blocked user cannot message, see or add the blocker.
+blocks = sa.Table(
+    "blocks",
+    metadata,
+    sa.Column("blocker_id", sa.BigInteger, sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("blocked_id", sa.BigInteger, sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("create_time", TS, nullable=False),
+    sa.Index("ix_blocks_blocked", "blocked_id"),
+    **_TABLE_OPTIONS,
+)
+
+reports = sa.Table(
+    "reports",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("reporter_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("subject_id", sa.BigInteger, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("thread_id", sa.BigInteger, nullable=True),
+    sa.Column("reason", sa.SmallInteger, nullable=False),
+    sa.Column("text", sa.String(1024), nullable=False, default=""),
+    sa.Column("create_time", TS, nullable=False),
+    sa.Column("resolve_time", TS, nullable=True),
+    sa.Column("resolver_id", sa.BigInteger, nullable=True),
+    sa.Column("resolution", sa.String(1024), nullable=False, default=""),
+    sa.Index("ix_reports_open", "resolve_time", "id"),
+    **_TABLE_OPTIONS,
+)
+
+# The reported messages as they were when reported: edits and deletions do not change them.
+report_messages = sa.Table(
+    "report_messages",
+    metadata,
+    sa.Column("report_id", sa.BigInteger, sa.ForeignKey("reports.id"), primary_key=True),
+    sa.Column("thread_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("msg_id", sa.String(26), nullable=False),
+    sa.Column("sender_id", sa.BigInteger, nullable=False),
+    sa.Column("sender_name", sa.String(64), nullable=False),
+    sa.Column("kind", sa.SmallInteger, nullable=False),
+    sa.Column("text", LONG_TEXT, nullable=False),
+    sa.Column("create_time", TS, nullable=False),
+    **_TABLE_OPTIONS,
+)
+
+# Single-use registration codes; only a hash of each is kept.
+invites = sa.Table(
+    "invites",
+    metadata,
+    sa.Column("code_hash", sa.String(64), primary_key=True),
+    sa.Column("hint", sa.String(8), nullable=False),
+    sa.Column("creator_id", sa.BigInteger, nullable=True),
+    sa.Column("note", sa.String(128), nullable=False, default=""),
+    sa.Column("create_time", TS, nullable=False),
+    sa.Column("expire_time", TS, nullable=False),
+    sa.Column("use_time", TS, nullable=True),
+    sa.Column("used_by_id", sa.BigInteger, nullable=True),
+    sa.Column("revoke_time", TS, nullable=True),
+    **_TABLE_OPTIONS,
+)
+
+# Every admin action, by whom (an admin account, or local access to the data folder).
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("time", TS, nullable=False),
+    sa.Column("actor_id", sa.BigInteger, nullable=True),
+    sa.Column("actor", sa.String(96), nullable=False),
+    sa.Column("action", sa.String(48), nullable=False),
+    sa.Column("target", sa.String(128), nullable=False, default=""),
+    sa.Column("detail", sa.String(1024), nullable=False, default=""),
+    **_TABLE_OPTIONS,
+)
+
+# Server-wide values that admins change at run time (the registration policy), and markers
+# such as whether the first account has been made admin.
+server_config = sa.Table(
+    "server_config",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+    **_TABLE_OPTIONS,
+)
+
 schema_migrations = sa.Table(
     "schema_migrations",
     sa.MetaData(),
@@ -336,10 +428,8 @@ def _add_columns(conn: Connection, table: sa.Table, names: Sequence[str]) -> Non
         if name in have:
             continue
         column = table.c[name]
-        kind = column.type.compile(dialect=conn.dialect)
-        null = "NULL" if column.nullable else "NOT NULL"
-        default = f" DEFAULT {column.server_default.arg}" if column.server_default else ""  # type: ignore[attr-defined]
-        conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}{default} {null}"))
+        ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
 
 
 def _push_notifications(sync: Connection) -> None:
@@ -443,24 +533,63 @@ async def _rich(conn: AsyncConnection) -> None:
     await conn.run_sync(_rich_messages)
 
 
-# Append only: a released migration is never edited; a change is a new entry. Steps are
-# idempotent (they look before they add), so their order among others' does not matter.
+def _safety_and_admin(conn: Connection) -> None:
+    _add_columns(conn, users, ["is_admin", "is_system", "disable_time", "delete_time"])
+    _add_columns(conn, devices, ["platform", "expire_time"])
+    metadata.create_all(
+        conn,
+        tables=[blocks, reports, report_messages, invites, audit_log, server_config],
+        checkfirst=True,
+    )
+    # An install that already has people gets no automatic admin: its operator picks one
+    # (`natter admin --data DIR users promote NAME`). A fresh one makes its first account admin.
+    marker = conn.execute(
+        sa.select(server_config.c.value).where(server_config.c.key == FIRST_ADMIN)
+    ).first()
+    people = conn.execute(
+        sa.select(users.c.id).where(users.c.is_system == sa.false()).limit(1)
+    ).first()
+    if marker is None and people is not None:
+        conn.execute(server_config.insert().values(key=FIRST_ADMIN, value="0"))
+
+
+async def _safety_and_admin_async(conn: AsyncConnection) -> None:
+    await conn.run_sync(_safety_and_admin)
+
+
+# The server_config key that records the first account made admin ("0": none, an older
+# install). Absent on a fresh install until its first registration.
+FIRST_ADMIN = "first_admin"
+REGISTRATION = "registration"
+
+# Append only: a released migration is never edited; a change is a new entry. A migration
+# counts as applied by its name (at most 64 characters), and each looks before it adds,
+# so entries merged from parallel work may be renumbered.
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial schema", _initial),
     (2, "push notifications: targets, queue, mutes, preview", _push),
     (3, "attachments, reactions, edits, deletes, hiding, search", _rich),
+    (4, "blocks, reports, invites, admins, audit, device expiry", _safety_and_admin_async),
 ]
 
 
 async def migrate(conn: AsyncConnection) -> list[int]:
-    """Apply pending migrations in order inside the caller's transaction; return those applied."""
+    """Apply pending migrations in order inside the caller's transaction; return those applied.
+
+    A migration is pending while its name is not recorded; it is recorded under its number,
+    or under the next free one if an entry with another name holds that number already.
+    """
     await conn.run_sync(schema_migrations.create, checkfirst=True)
-    done = set((await conn.execute(sa.select(schema_migrations.c.version))).scalars())
+    rows = (await conn.execute(sa.select(schema_migrations))).all()
+    names = {r.name for r in rows}
+    used = {int(r.version) for r in rows}
     applied = []
     for version, name, step in MIGRATIONS:
-        if version in done:
+        if name in names:
             continue
         await step(conn)
-        await conn.execute(schema_migrations.insert().values(version=version, name=name))
-        applied.append(version)
+        number = version if version not in used else max(used) + 1
+        await conn.execute(schema_migrations.insert().values(version=number, name=name))
+        used.add(number)
+        applied.append(number)
     return applied

@@ -7,11 +7,16 @@ from collections.abc import Sequence
 import grpc
 
 from message_svc.accounts import Accounts
+from message_svc.admin import Admin
+from message_svc.admin_servicer import AdminServicer
 from message_svc.contacts import Contacts
+from message_svc.deletion import Deletion
 from message_svc.group_servicer import GroupServicer
 from message_svc.groups import Groups
 from message_svc.messaging import Messaging
-from message_svc.ports import Fanout
+from message_svc.ports import DeviceRevocations, Fanout
+from message_svc.safety import Safety
+from message_svc.safety_servicer import SafetyServicer
 from message_svc.servicer import (
     AccountServicer,
     ContactServicer,
@@ -30,11 +35,14 @@ from natter.domain import (
     UserChange,
 )
 from natter.errors import NatterError
+from natter.metrics import NO_METRICS, Metrics
 from natter.settings import Settings
 from natter.v1 import account_service_pb2_grpc as apb_grpc
+from natter.v1 import admin_service_pb2_grpc as adpb_grpc
 from natter.v1 import contact_service_pb2_grpc as cpb_grpc
 from natter.v1 import group_service_pb2_grpc as gpb_grpc
 from natter.v1 import message_internal_service_pb2_grpc as mpb_grpc
+from natter.v1 import safety_service_pb2_grpc as spb_grpc
 from natter.v1 import thread_service_pb2_grpc as tpb_grpc
 
 PUBLIC_SERVICES = (
@@ -42,22 +50,43 @@ PUBLIC_SERVICES = (
     "natter.v1.ContactService",
     "natter.v1.ThreadService",
     "natter.v1.GroupService",
+    "natter.v1.SafetyService",
+    "natter.v1.AdminService",
 )
 
 
 class MessageService:
     """The MessageApi in-process: what a socket server in the same process calls directly."""
 
-    def __init__(self, store: Store, settings: Settings, fanout: Fanout) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        fanout: Fanout,
+        metrics: Metrics = NO_METRICS,
+        revocations: Sequence[DeviceRevocations] = (),
+    ) -> None:
         self.store = store
         self.settings = settings
-        self.accounts = Accounts(store, settings, fanout)
+        self.metrics = metrics
+        self.accounts = Accounts(store, settings, fanout, metrics, revocations)
         self.contacts = Contacts(store)
-        self.messaging = Messaging(store, settings, fanout, self.contacts)
+        self.messaging = Messaging(store, settings, fanout, self.contacts, metrics)
         self.groups = Groups(store, settings, fanout, self.messaging, self.contacts)
+        self.safety = Safety(store, settings, self.contacts, self.messaging)
+        self.deletion = Deletion(store, self.accounts, self.groups, self.messaging)
+        self.admin = Admin(store, settings, self.accounts, self.contacts, self.deletion)
 
     def add_public(self, server: grpc.aio.Server) -> None:
-        apb_grpc.add_AccountServiceServicer_to_server(AccountServicer(self.accounts), server)
+        apb_grpc.add_AccountServiceServicer_to_server(
+            AccountServicer(self.accounts, self.deletion), server
+        )
+        spb_grpc.add_SafetyServiceServicer_to_server(
+            SafetyServicer(self.accounts, self.safety), server
+        )
+        adpb_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.accounts, self.admin), server
+        )
         cpb_grpc.add_ContactServiceServicer_to_server(
             ContactServicer(self.accounts, self.contacts), server
         )
@@ -75,6 +104,9 @@ class MessageService:
 
     async def authenticate(self, token: str) -> Principal:
         return await self.accounts.authenticate(token)
+
+    async def check_devices(self, device_ids: Sequence[int]) -> set[int]:
+        return await self.accounts.renew(device_ids)
 
     async def send(self, who: Principal, req: SendRequest) -> SendResult:
         return await self.messaging.send(who, req)

@@ -6,12 +6,14 @@ from typing import Any
 
 import grpc
 
-from message_svc.accounts import Accounts
+from message_svc.accounts import Accounts, platform_of
 from message_svc.contacts import Contacts
+from message_svc.deletion import Deletion
 from message_svc.messaging import Messaging
 from natter import convert
 from natter import domain as d
-from natter.rpc import bearer
+from natter.errors import NotFound
+from natter.rpc import bearer, client_address
 from natter.v1 import account_service_pb2 as apb
 from natter.v1 import account_service_pb2_grpc as apb_grpc
 from natter.v1 import contact_service_pb2 as cpb
@@ -31,23 +33,55 @@ class _Authed:
         return await self.accounts.authenticate(bearer(context.invocation_metadata()))
 
 
+POLICY = {
+    "open": apb.REGISTRATION_POLICY_OPEN,
+    "invite": apb.REGISTRATION_POLICY_INVITE,
+    "closed": apb.REGISTRATION_POLICY_CLOSED,
+}
+
+
+def _user_agent(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key in ("x-natter-user-agent", "user-agent"):
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
+
+
 class AccountServicer(_Authed, apb_grpc.AccountServiceServicer):
-    def __init__(self, accounts: Accounts) -> None:
+    def __init__(self, accounts: Accounts, deletion: Deletion) -> None:
         self.accounts = accounts
+        self.deletion = deletion
 
     async def Register(
         self, request: apb.RegisterRequest, context: Context
     ) -> apb.RegisterResponse:
-        user = await self.accounts.register(
-            request.username, request.display_name, request.phone, request.password
+        made = await self.accounts.register(
+            request.username,
+            request.display_name,
+            request.phone,
+            request.password,
+            invite_code=request.invite_code,
+            address=client_address.get(),
         )
-        return apb.RegisterResponse(user=convert.user(user))
+        return apb.RegisterResponse(user=convert.user(made.user), is_admin=made.is_admin)
 
     async def Login(self, request: apb.LoginRequest, context: Context) -> apb.LoginResponse:
-        user, device_id, token = await self.accounts.login(
-            request.username, request.password, request.device_name
+        done = await self.accounts.login(
+            request.username,
+            request.password,
+            request.device_name,
+            platform=platform_of(request.platform, _user_agent(context)),
+            replace_oldest=request.replace_oldest_device,
+            address=client_address.get(),
+            token=bearer(context.invocation_metadata()),
         )
-        return apb.LoginResponse(user=convert.user(user), device_id=device_id, token=token)
+        return apb.LoginResponse(
+            user=convert.user(done.user),
+            device_id=done.device_id,
+            token=done.token,
+            replaced_device_ids=list(done.replaced),
+            expire_time=convert.ts(done.expire_time),
+        )
 
     async def Logout(self, request: apb.LogoutRequest, context: Context) -> apb.LogoutResponse:
         await self.accounts.logout(await self.who(context))
@@ -67,6 +101,7 @@ class AccountServicer(_Authed, apb_grpc.AccountServiceServicer):
             phone=me.phone,
             hide_last_seen=me.hide_last_seen,
             notification_preview=convert.preview(me.notification_preview),
+            is_admin=me.is_admin,
         )
 
     async def UpdateSettings(
@@ -81,6 +116,41 @@ class AccountServicer(_Authed, apb_grpc.AccountServiceServicer):
             else None,
         )
         return apb.UpdateSettingsResponse()
+
+    async def ChangePassword(
+        self, request: apb.ChangePasswordRequest, context: Context
+    ) -> apb.ChangePasswordResponse:
+        revoked = await self.accounts.change_password(
+            await self.who(context),
+            request.current_password,
+            request.new_password,
+            request.keep_other_devices,
+        )
+        return apb.ChangePasswordResponse(revoked_device_ids=revoked)
+
+    async def RevokeDevice(
+        self, request: apb.RevokeDeviceRequest, context: Context
+    ) -> apb.RevokeDeviceResponse:
+        await self.accounts.revoke_device(await self.who(context), request.device_id)
+        return apb.RevokeDeviceResponse()
+
+    async def RevokeOtherDevices(
+        self, request: apb.RevokeOtherDevicesRequest, context: Context
+    ) -> apb.RevokeOtherDevicesResponse:
+        revoked = await self.accounts.revoke_other_devices(await self.who(context))
+        return apb.RevokeOtherDevicesResponse(revoked_device_ids=revoked)
+
+    async def DeleteAccount(
+        self, request: apb.DeleteAccountRequest, context: Context
+    ) -> apb.DeleteAccountResponse:
+        await self.deletion.delete_own(await self.who(context), request.password)
+        return apb.DeleteAccountResponse()
+
+    async def GetRegistrationPolicy(
+        self, request: apb.GetRegistrationPolicyRequest, context: Context
+    ) -> apb.GetRegistrationPolicyResponse:
+        policy, _ = await self.accounts.policy()
+        return apb.GetRegistrationPolicyResponse(policy=POLICY[policy])
 
 
 class ContactServicer(_Authed, cpb_grpc.ContactServiceServicer):
@@ -223,10 +293,14 @@ class MessageInternalServicer(mpb_grpc.MessageInternalServiceServicer):
     async def _who(self, user_id: int, device_id: int) -> d.Principal:
         user = await self.messaging.acting_user(user_id)
         if user is None:
-            from natter.errors import NotFound
-
             raise NotFound(f"user {user_id} does not exist")
         return d.Principal(user, device_id)
+
+    async def CheckDevices(
+        self, request: mpb.CheckDevicesRequest, context: Context
+    ) -> mpb.CheckDevicesResponse:
+        valid = await self.accounts.renew(list(request.device_ids))
+        return mpb.CheckDevicesResponse(valid_device_ids=sorted(valid))
 
     async def Authenticate(
         self, request: mpb.AuthenticateRequest, context: Context

@@ -24,14 +24,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from message_svc import schema as t
 from message_svc.store import (
+    DELETED_NAME,
+    AddedDevice,
     Advance,
     Appended,
+    AuditRow,
     DeviceRow,
+    InviteRow,
     MemberChange,
     MemberRow,
+    NewDevice,
     NewMessage,
     Refusal,
     Refused,
+    ReportRow,
     ThreadRow,
     ThreadSummary,
     UserRow,
@@ -64,10 +70,12 @@ from natter.errors import (
     AlreadyExists,
     FailedPrecondition,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     Unavailable,
 )
 from natter.ids import new_msg_id
+from natter.metrics import NO_METRICS, GaugeFamily, Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +86,9 @@ _ATTEMPTS = 5
 # The unique index on users.phone as each engine names it in a duplicate-key error:
 # SQLite and MySQL "users.phone", PostgreSQL "users_phone_key", MariaDB "for key 'phone'".
 _PHONE_CLASH = re.compile(r"users[._]phone|key 'phone'")
+# Two first registrations at once both tried to record themselves as the first admin.
+_FIRST_ADMIN_CLASH = re.compile(r"server_config|first_admin")
+
 # Deadlocks and serialisation failures: the engine rolled the transaction back; run it again.
 _PG_CONFLICTS = frozenset({"40001", "40P01"})
 _MYSQL_CONFLICTS = frozenset({1213})  # ER_LOCK_DEADLOCK
@@ -187,24 +198,36 @@ def _system_from_json(raw: str | None) -> SystemEvent | None:
     )
 
 
-def _user_row(r: Any) -> UserRow:
+def _user_row(r: Any, prefix: str = "") -> UserRow:
+    def get(name: str) -> Any:
+        return getattr(r, prefix + name)
+
     return UserRow(
-        user_id=r.id,
-        username=r.username,
-        display_name=r.display_name,
-        phone=r.phone,
-        password_hash=r.password_hash,
-        hide_last_seen=bool(r.hide_last_seen),
-        last_seen_time=_utc(r.last_seen_time),
-        notification_preview=_preview(r.notification_preview),
+        user_id=get("id"),
+        username=get("username"),
+        display_name=get("display_name"),
+        phone=get("phone"),
+        password_hash=get("password_hash"),
+        hide_last_seen=bool(get("hide_last_seen")),
+        last_seen_time=_utc(get("last_seen_time")),
+        is_admin=bool(get("is_admin")),
+        is_system=bool(get("is_system")),
+        disable_time=_utc(get("disable_time")),
+        delete_time=_utc(get("delete_time")),
+        create_time=_utc(get("create_time")),
+        notification_preview=_preview(get("notification_preview")),
     )
 
 
 def _preview(value: Any) -> NotificationPreview:
     try:
         return NotificationPreview(int(value))
-    except ValueError:
+    except (TypeError, ValueError):
         return NotificationPreview.FULL
+
+
+# A user's columns under "u_" names, for joins whose other table also has `id`.
+_USER_AS_U = tuple(c.label(f"u_{c.name}") for c in t.users.c)
 
 
 def _presence_user(r: UserRow) -> PresenceUser:
@@ -220,6 +243,8 @@ def _device_row(r: Any) -> DeviceRow:
         name=r.name,
         create_time=_aware(r.create_time),
         last_active_time=_utc(r.last_active_time),
+        platform=r.platform or "",
+        expire_time=_utc(r.expire_time),
     )
 
 
@@ -440,7 +465,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 class SqlStore:
     """One Store for every SQLAlchemy engine; dialect differences stay in a few helpers."""
 
-    def __init__(self, url: str, *, pool_size: int = 5) -> None:
+    def __init__(self, url: str, *, pool_size: int = 5, metrics: Metrics = NO_METRICS) -> None:
+        self.metrics = metrics
         self.url = sa.make_url(url)
         self.sqlite = self.url.get_backend_name() == "sqlite"
         self.engine: AsyncEngine | None = None
@@ -469,7 +495,8 @@ class SqlStore:
                 pool_pre_ping=True,
                 connect_args=_server_limits(self.url),
             )
-        self.engine = create_async_engine(self.url, **kwargs)
+        # Statements' parameters (message text, token hashes) never appear in errors or logs.
+        self.engine = create_async_engine(self.url, hide_parameters=True, **kwargs)
         if self.sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         if self.sqlite and self.url.database not in (None, "", ":memory:"):
@@ -477,6 +504,7 @@ class SqlStore:
                 self.url.set(drivername="sqlite+pysqlite"),
                 poolclass=pool.StaticPool,
                 connect_args={"check_same_thread": False},
+                hide_parameters=True,
             )
             event.listen(self._sync_engine, "connect", _sqlite_pragmas)
             self._writer = concurrent.futures.ThreadPoolExecutor(1, "sqlite-writer")
@@ -486,6 +514,7 @@ class SqlStore:
             logger.info("applied migrations %s to %s", applied, self.url.render_as_string())
         if not self.sqlite:
             self._probe = asyncio.create_task(self._probe_forever())
+        self.metrics.gauges(self._pool_gauges)
 
     @property
     def reachable(self) -> bool:
@@ -562,7 +591,28 @@ class SqlStore:
                 "DATABASE_UNREACHABLE",
             )
 
+    def _pool_gauges(self) -> list[GaugeFamily]:
+        """Connections of the async engine's pool: in use, idle, beyond the pool's size."""
+        if self.engine is None:
+            return []
+        p = self.engine.sync_engine.pool
+        kinds = (("in_use", "checkedout"), ("idle", "checkedin"), ("overflow", "overflow"))
+        family = GaugeFamily(
+            "natter_db_pool_connections",
+            "Database connections of this process's pool, by state",
+            labels=["state"],
+        )
+        for state, method in kinds:
+            value = getattr(p, method, None)
+            if callable(value):
+                family.add_metric([state], max(0, int(value())))
+        size = getattr(p, "size", None)
+        limit = GaugeFamily("natter_db_pool_size", "Connections the pool keeps open at most")
+        limit.add_metric([], int(size()) if callable(size) else 0)
+        return [family, limit]
+
     async def close(self) -> None:
+        self.metrics.forget(self._pool_gauges)
         probe, self._probe = self._probe, None
         if probe is not None:
             probe.cancel()
@@ -589,17 +639,43 @@ class SqlStore:
         Other engines run fn through run_sync over their async driver.
         """
         if self._writer is None:
-            async with self._tx() as conn:
-                return await conn.run_sync(fn)
+            assert self.engine is not None, "store is not open"
+            lock = self._write_lock if self.sqlite else contextlib.nullcontext()
+            with _errors():
+                async with lock, self.engine.connect() as aconn:
+                    atx = await aconn.begin()
+                    try:
+                        result = await aconn.run_sync(fn)
+                    except BaseException:
+                        # The connection may be gone (the database restarting): the error
+                        # that says so is the one to raise, not the rollback's.
+                        with contextlib.suppress(Exception):
+                            await atx.rollback()
+                        raise
+                    started = time.perf_counter()
+                    await atx.commit()
+                    self.metrics.db_commit_seconds.observe(time.perf_counter() - started)
+                    return result
         engine = self._sync_engine
         assert engine is not None
 
-        def run() -> T:
-            with _errors(), engine.begin() as conn:
-                return fn(conn)
+        def run() -> tuple[T, float]:
+            with _errors(), engine.connect() as conn:
+                tx = conn.begin()
+                try:
+                    out = fn(conn)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        tx.rollback()
+                    raise
+                started = time.perf_counter()
+                tx.commit()
+                return out, time.perf_counter() - started
 
         async with self._write_lock:
-            return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+            out, commit = await asyncio.get_running_loop().run_in_executor(self._writer, run)
+        self.metrics.db_commit_seconds.observe(commit)
+        return out
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
@@ -636,26 +712,31 @@ class SqlStore:
     # -- users ---------------------------------------------------------------------------
 
     async def create_user(
-        self, username: str, display_name: str, phone: str | None, password_hash: str
+        self,
+        username: str,
+        display_name: str,
+        phone: str | None,
+        password_hash: str,
+        *,
+        first_becomes_admin: bool = False,
+        is_admin: bool = False,
+        is_system: bool = False,
+        invite_hash: str = "",
     ) -> UserRow:
-        now = utcnow()
-        try:
-            async with self._tx() as conn:
-                res = await conn.execute(
-                    t.users.insert().values(
-                        username=username,
-                        display_name=display_name,
-                        phone=phone,
-                        password_hash=password_hash,
-                        hide_last_seen=False,
-                        create_time=now,
-                    )
+        args = (username, display_name, phone, password_hash)
+        flags = (first_becomes_admin, is_admin, is_system, invite_hash)
+        for attempt in range(_ATTEMPTS):
+            try:
+                return await self._retry(
+                    lambda: self._write(lambda conn: _create_user(conn, *args, *flags))
                 )
-                user_id = int(res.inserted_primary_key[0])  # type: ignore[index]
-        except exc.IntegrityError as e:
-            what = "phone number" if phone and _PHONE_CLASH.search(str(e.orig)) else "username"
-            raise AlreadyExists(f"{what} is already registered", "ACCOUNT_EXISTS") from e
-        return UserRow(user_id, username, display_name, phone, password_hash, False, None)
+            except exc.IntegrityError as e:
+                text = str(e.orig)
+                if _FIRST_ADMIN_CLASH.search(text) and attempt < _ATTEMPTS - 1:
+                    continue  # two first registrations at once: the other one was first
+                what = "phone number" if phone and _PHONE_CLASH.search(text) else "username"
+                raise AlreadyExists(f"{what} is already registered", "ACCOUNT_EXISTS") from e
+        raise AssertionError("unreachable")
 
     async def find_users(self, identifiers: Sequence[str]) -> dict[str, UserRow]:
         if not identifiers:
@@ -667,7 +748,10 @@ class SqlStore:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 rows = await conn.execute(
-                    sa.select(u).where(sa.or_(u.c.username.in_(chunk), u.c.phone.in_(chunk)))
+                    sa.select(u).where(
+                        sa.or_(u.c.username.in_(chunk), u.c.phone.in_(chunk)),
+                        u.c.is_system == sa.false(),
+                    )
                 )
                 for r in rows:
                     row = _user_row(r)
@@ -740,33 +824,14 @@ class SqlStore:
         async with self._read() as conn:
             row = (
                 await conn.execute(
-                    sa.select(
-                        d,
-                        u.c.username,
-                        u.c.display_name,
-                        u.c.phone,
-                        u.c.password_hash,
-                        u.c.hide_last_seen,
-                        u.c.last_seen_time,
-                        u.c.notification_preview,
-                    )
+                    sa.select(d, *_USER_AS_U)
                     .join(u, u.c.id == d.c.user_id)
                     .where(d.c.token_hash == token_hash, d.c.revoke_time.is_(None))
                 )
             ).first()
         if row is None:
             return None
-        user = UserRow(
-            row.user_id,
-            row.username,
-            row.display_name,
-            row.phone,
-            row.password_hash,
-            bool(row.hide_last_seen),
-            _utc(row.last_seen_time),
-            _preview(row.notification_preview),
-        )
-        return user, _device_row(row)
+        return _user_row(row, "u_"), _device_row(row)
 
     async def revoke_device(self, device_id: int) -> bool:
         d = t.devices
@@ -800,6 +865,392 @@ class SqlStore:
             await conn.execute(
                 d.update().where(d.c.id.in_(list(device_ids))).values(last_active_time=when)
             )
+
+    async def add_device(self, new: NewDevice) -> AddedDevice:
+        return await self._retry(lambda: self._write(lambda conn: _add_device(conn, new)))
+
+    async def revoke_devices(
+        self, user_id: int, device_ids: Sequence[int] | None, keep: int = 0
+    ) -> list[int]:
+        d = t.devices
+        where = [d.c.user_id == user_id, d.c.revoke_time.is_(None)]
+        if device_ids is not None:
+            if not device_ids:
+                return []
+            where.append(d.c.id.in_(list(device_ids)))
+        if keep:
+            where.append(d.c.id != keep)
+        async with self._tx() as conn:
+            ids = [int(x) for x in (await conn.execute(sa.select(d.c.id).where(*where))).scalars()]
+            if ids:
+                await conn.execute(d.update().where(d.c.id.in_(ids)).values(revoke_time=utcnow()))
+        return sorted(ids)
+
+    async def renew_devices(
+        self, device_ids: Sequence[int], now: datetime, expire_time: datetime
+    ) -> set[int]:
+        if not device_ids:
+            return set()
+        d, u = t.devices, t.users
+        valid: set[int] = set()
+        ids = list(dict.fromkeys(device_ids))
+        async with self._tx() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = await conn.execute(
+                    sa.select(d.c.id)
+                    .join(u, u.c.id == d.c.user_id)
+                    .where(
+                        d.c.id.in_(chunk),
+                        d.c.revoke_time.is_(None),
+                        sa.or_(d.c.expire_time.is_(None), d.c.expire_time > now),
+                        u.c.disable_time.is_(None),
+                        u.c.delete_time.is_(None),
+                    )
+                )
+                found = [int(x) for x in rows.scalars()]
+                if found:
+                    await conn.execute(
+                        d.update()
+                        .where(d.c.id.in_(found))
+                        .values(last_active_time=now, expire_time=expire_time)
+                    )
+                valid.update(found)
+        return valid
+
+    # -- accounts: passwords, roles, deletion ---------------------------------------------
+
+    async def set_password(self, user_id: int, password_hash: str) -> None:
+        u = t.users
+        async with self._tx() as conn:
+            await conn.execute(
+                u.update().where(u.c.id == user_id).values(password_hash=password_hash)
+            )
+
+    async def set_admin(self, user_id: int, is_admin: bool) -> bool:
+        u = t.users
+        async with self._tx() as conn:
+            res = await conn.execute(
+                u.update()
+                .where(u.c.id == user_id, u.c.is_admin == (not is_admin), u.c.delete_time.is_(None))
+                .values(is_admin=is_admin)
+            )
+            return bool(res.rowcount)
+
+    async def set_disabled(self, user_id: int, disabled: bool) -> bool:
+        u = t.users
+        current = u.c.disable_time.is_(None) if disabled else u.c.disable_time.is_not(None)
+        async with self._tx() as conn:
+            res = await conn.execute(
+                u.update()
+                .where(u.c.id == user_id, current, u.c.delete_time.is_(None))
+                .values(disable_time=utcnow() if disabled else None)
+            )
+            return bool(res.rowcount)
+
+    async def erase_user(self, user_id: int) -> list[int]:
+        return await self._retry(lambda: self._write(lambda conn: _erase_user(conn, user_id)))
+
+    async def list_users(self, query: str, after_id: int, limit: int) -> list[UserRow]:
+        u = t.users
+        q = sa.select(u).where(
+            u.c.id > after_id, u.c.is_system == sa.false(), u.c.delete_time.is_(None)
+        )
+        if query:
+            like = f"%{query.lower()}%"
+            q = q.where(
+                sa.or_(
+                    u.c.username.like(like),
+                    sa.func.lower(u.c.display_name).like(like),
+                    u.c.phone.like(like),
+                )
+            )
+        async with self._read() as conn:
+            rows = await conn.execute(q.order_by(u.c.id).limit(limit))
+            return [_user_row(r) for r in rows]
+
+    async def get_config(self, key: str) -> str | None:
+        c = t.server_config
+        async with self._read() as conn:
+            value = (
+                await conn.execute(sa.select(c.c.value).where(c.c.key == key))
+            ).scalar_one_or_none()
+        return None if value is None else str(value)
+
+    async def set_config(self, key: str, value: str | None) -> None:
+        c = t.server_config
+        async with self._tx() as conn:
+            if value is None:
+                await conn.execute(c.delete().where(c.c.key == key))
+                return
+            res = await conn.execute(c.update().where(c.c.key == key).values(value=value))
+            if not res.rowcount:
+                await conn.execute(c.insert().values(key=key, value=value))
+
+    # -- blocks and reports ----------------------------------------------------------------
+
+    async def block(self, blocker_id: int, blocked_id: int) -> bool:
+        b = t.blocks
+        try:
+            async with self._tx() as conn:
+                found = (
+                    await conn.execute(
+                        sa.select(b.c.blocker_id).where(
+                            b.c.blocker_id == blocker_id, b.c.blocked_id == blocked_id
+                        )
+                    )
+                ).first()
+                if found is not None:
+                    return False
+                await conn.execute(
+                    b.insert().values(
+                        blocker_id=blocker_id, blocked_id=blocked_id, create_time=utcnow()
+                    )
+                )
+                return True
+        except exc.IntegrityError:
+            return False  # blocked twice at once: the other insert made it
+
+    async def unblock(self, blocker_id: int, blocked_id: int) -> bool:
+        b = t.blocks
+        async with self._tx() as conn:
+            res = await conn.execute(
+                b.delete().where(b.c.blocker_id == blocker_id, b.c.blocked_id == blocked_id)
+            )
+            return bool(res.rowcount)
+
+    async def list_blocked(self, blocker_id: int, after_username: str, limit: int) -> list[UserRow]:
+        b, u = t.blocks, t.users
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(u)
+                .join(b, b.c.blocked_id == u.c.id)
+                .where(b.c.blocker_id == blocker_id, u.c.username > after_username)
+                .order_by(u.c.username)
+                .limit(limit)
+            )
+            return [_user_row(r) for r in rows]
+
+    async def blocked_by(self, user_id: int, among: Sequence[int]) -> set[int]:
+        if not among:
+            return set()
+        b = t.blocks
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(b.c.blocker_id).where(
+                    b.c.blocked_id == user_id, b.c.blocker_id.in_(list(set(among)))
+                )
+            )
+            return {int(x) for x in rows.scalars()}
+
+    async def block_links(self, user_ids: Sequence[int]) -> dict[int, set[int]]:
+        if not user_ids:
+            return {}
+        b = t.blocks
+        ids = list(set(user_ids))
+        out: dict[int, set[int]] = defaultdict(set)
+        async with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = await conn.execute(
+                    sa.select(b.c.blocker_id, b.c.blocked_id).where(
+                        sa.or_(b.c.blocker_id.in_(chunk), b.c.blocked_id.in_(chunk))
+                    )
+                )
+                for r in rows:
+                    out[int(r.blocker_id)].add(int(r.blocked_id))
+                    out[int(r.blocked_id)].add(int(r.blocker_id))
+        return {k: v for k, v in out.items() if k in set(ids)}
+
+    async def create_report(
+        self,
+        reporter_id: int,
+        subject_id: int,
+        thread_id: int,
+        reason: int,
+        text: str,
+        messages: Sequence[Message],
+    ) -> int:
+        r, rm = t.reports, t.report_messages
+        async with self._tx() as conn:
+            res = await conn.execute(
+                r.insert().values(
+                    reporter_id=reporter_id,
+                    subject_id=subject_id,
+                    thread_id=thread_id or None,
+                    reason=reason,
+                    text=text,
+                    create_time=utcnow(),
+                    resolution="",
+                )
+            )
+            report_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+            if messages:
+                await conn.execute(
+                    rm.insert(),
+                    [
+                        dict(
+                            report_id=report_id,
+                            thread_id=m.thread_id,
+                            seq=m.seq,
+                            msg_id=m.msg_id,
+                            sender_id=m.sender.user_id,
+                            sender_name=m.sender.display_name[:64],
+                            kind=m.kind.value,
+                            text=m.text,
+                            create_time=m.create_time,
+                        )
+                        for m in messages
+                    ],
+                )
+        return report_id
+
+    def _report_select(self) -> sa.Select[Any]:
+        r = t.reports
+        a, b = t.users.alias("reporter"), t.users.alias("subject")
+        return (
+            sa.select(
+                r,
+                a.c.username.label("a_username"),
+                a.c.display_name.label("a_display_name"),
+                b.c.username.label("b_username"),
+                b.c.display_name.label("b_display_name"),
+            )
+            .join(a, a.c.id == r.c.reporter_id)
+            .join(b, b.c.id == r.c.subject_id)
+        )
+
+    async def list_reports(self, open_only: bool, after_id: int, limit: int) -> list[ReportRow]:
+        r = t.reports
+        q = self._report_select().where(r.c.id > after_id)
+        if open_only:
+            q = q.where(r.c.resolve_time.is_(None))
+        async with self._read() as conn:
+            rows = await conn.execute(q.order_by(r.c.id).limit(limit))
+            return [_report_row(x) for x in rows]
+
+    async def get_report(self, report_id: int) -> ReportRow | None:
+        r, rm = t.reports, t.report_messages
+        async with self._read() as conn:
+            row = (await conn.execute(self._report_select().where(r.c.id == report_id))).first()
+            if row is None:
+                return None
+            copies = await conn.execute(
+                sa.select(rm).where(rm.c.report_id == report_id).order_by(rm.c.thread_id, rm.c.seq)
+            )
+            messages = tuple(
+                Message(
+                    thread_id=m.thread_id,
+                    seq=m.seq,
+                    msg_id=m.msg_id,
+                    sender=User(m.sender_id, "", m.sender_name),
+                    sender_device_id=0,
+                    client_msg_id="",
+                    kind=MessageKind(m.kind),
+                    text=m.text,
+                    create_time=_aware(m.create_time),
+                )
+                for m in copies
+            )
+        report = _report_row(row)
+        return ReportRow(**{**_fields(report), "messages": messages})
+
+    async def resolve_report(
+        self, report_id: int, resolver_id: int | None, resolution: str
+    ) -> bool:
+        r = t.reports
+        async with self._tx() as conn:
+            res = await conn.execute(
+                r.update()
+                .where(r.c.id == report_id, r.c.resolve_time.is_(None))
+                .values(resolve_time=utcnow(), resolver_id=resolver_id, resolution=resolution)
+            )
+            return bool(res.rowcount)
+
+    # -- invites and the audit log ---------------------------------------------------------
+
+    async def create_invite(
+        self, code_hash: str, hint: str, creator_id: int | None, note: str, expire_time: datetime
+    ) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                t.invites.insert().values(
+                    code_hash=code_hash,
+                    hint=hint,
+                    creator_id=creator_id,
+                    note=note,
+                    create_time=utcnow(),
+                    expire_time=expire_time,
+                )
+            )
+
+    async def list_invites(self, include_done: bool) -> list[InviteRow]:
+        i = t.invites
+        q = sa.select(i)
+        if not include_done:
+            q = q.where(
+                i.c.use_time.is_(None), i.c.revoke_time.is_(None), i.c.expire_time > utcnow()
+            )
+        async with self._read() as conn:
+            rows = await conn.execute(q.order_by(i.c.create_time, i.c.hint))
+            return [
+                InviteRow(
+                    hint=r.hint,
+                    creator_id=r.creator_id,
+                    note=r.note,
+                    create_time=_aware(r.create_time),
+                    expire_time=_aware(r.expire_time),
+                    use_time=_utc(r.use_time),
+                    used_by_id=r.used_by_id,
+                    revoke_time=_utc(r.revoke_time),
+                )
+                for r in rows
+            ]
+
+    async def revoke_invite(self, hint: str) -> bool:
+        i = t.invites
+        async with self._tx() as conn:
+            res = await conn.execute(
+                i.update()
+                .where(i.c.hint == hint, i.c.use_time.is_(None), i.c.revoke_time.is_(None))
+                .values(revoke_time=utcnow())
+            )
+            return bool(res.rowcount)
+
+    async def audit(
+        self, actor_id: int | None, actor: str, action: str, target: str, detail: str
+    ) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                t.audit_log.insert().values(
+                    time=utcnow(),
+                    actor_id=actor_id,
+                    actor=actor[:96],
+                    action=action[:48],
+                    target=target[:128],
+                    detail=detail[:1024],
+                )
+            )
+
+    async def list_audit(self, before_id: int, limit: int) -> list[AuditRow]:
+        a = t.audit_log
+        q = sa.select(a)
+        if before_id > 0:
+            q = q.where(a.c.id < before_id)
+        async with self._read() as conn:
+            rows = await conn.execute(q.order_by(a.c.id.desc()).limit(limit))
+            return [
+                AuditRow(
+                    entry_id=r.id,
+                    time=_aware(r.time),
+                    actor_id=r.actor_id,
+                    actor=r.actor,
+                    action=r.action,
+                    target=r.target,
+                    detail=r.detail,
+                )
+                for r in rows
+            ]
 
     # -- contacts ------------------------------------------------------------------------
 
@@ -852,6 +1303,54 @@ class SqlStore:
             for r in rows:
                 out[r.contact_id].append(r.owner_id)
         return dict(out)
+
+    async def mutual_contacts(self, user_ids: Sequence[int]) -> dict[int, set[int]]:
+        if not user_ids:
+            return {}
+        mine, back = t.contacts.alias("mine"), t.contacts.alias("back")
+        ids = list(set(user_ids))
+        out: dict[int, set[int]] = defaultdict(set)
+        async with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                rows = await conn.execute(
+                    sa.select(mine.c.owner_id, mine.c.contact_id)
+                    .join(
+                        back,
+                        sa.and_(
+                            back.c.owner_id == mine.c.contact_id,
+                            back.c.contact_id == mine.c.owner_id,
+                        ),
+                    )
+                    .where(mine.c.owner_id.in_(ids[start : start + 500]))
+                )
+                for r in rows:
+                    out[int(r.owner_id)].add(int(r.contact_id))
+        return dict(out)
+
+    async def mutual_contacts_among(self, owner_id: int, user_ids: Sequence[int]) -> set[int]:
+        if not user_ids:
+            return set()
+        mine, back = t.contacts.alias("mine"), t.contacts.alias("back")
+        ids = list(dict.fromkeys(user_ids))
+        out: set[int] = set()
+        async with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                rows = await conn.execute(
+                    sa.select(mine.c.contact_id)
+                    .join(
+                        back,
+                        sa.and_(
+                            back.c.owner_id == mine.c.contact_id,
+                            back.c.contact_id == mine.c.owner_id,
+                        ),
+                    )
+                    .where(
+                        mine.c.owner_id == owner_id,
+                        mine.c.contact_id.in_(ids[start : start + 500]),
+                    )
+                )
+                out.update(int(x) for x in rows.scalars())
+        return out
 
     # -- threads -------------------------------------------------------------------------
 
@@ -1130,6 +1629,15 @@ class SqlStore:
         return await self._retry(
             lambda: self._write(lambda conn: _append(conn, batch, dedupe=True)), integrity=True
         )
+
+    async def prune_messages(self, thread_id: int, below_seq: int) -> int:
+        """Delete a thread's messages below a seq (the delivery canary's own thread only)."""
+        msg = t.messages
+        async with self._tx() as conn:
+            res = await conn.execute(
+                msg.delete().where(msg.c.thread_id == thread_id, msg.c.seq < below_seq)
+            )
+            return int(res.rowcount or 0)
 
     async def list_messages(
         self,
@@ -1888,6 +2396,15 @@ _SEQ_FOR_UPDATE = sa.select(_th.c.last_seq).where(_th.c.id == sa.bindparam("tid"
 _SENT = _message_select().where(
     _msg.c.sender_id.in_(_in("senders")), _msg.c.client_msg_id.in_(_in("keys"))
 )
+# For direct sends: which pairs are blocked either way, and which peers are deleted (b = 0).
+_BARRED = sa.union_all(
+    sa.select(t.blocks.c.blocker_id.label("a"), t.blocks.c.blocked_id.label("b")).where(
+        t.blocks.c.blocker_id.in_(_in("blockers")), t.blocks.c.blocked_id.in_(_in("blocked"))
+    ),
+    sa.select(t.users.c.id.label("a"), sa.literal(0, sa.BigInteger).label("b")).where(
+        t.users.c.id.in_(_in("peers")), t.users.c.delete_time.is_not(None)
+    ),
+)
 _ACTIVE = sa.select(_mem.c.owner_id, _mem.c.thread_id).where(
     _mem.c.owner_id.in_(_in("owners")),
     _mem.c.thread_id.in_(_in("threads")),
@@ -2135,6 +2652,7 @@ def _append(
             (int(r.owner_id), int(r.thread_id))
             for r in _pairs(rows, set(part), "owner_id", "thread_id")
         )
+    barred = _barred(conn, batch, existing, allowed)
     fresh: dict[tuple[int, str], int] = {}
     per_thread: dict[int, list[int]] = defaultdict(list)
     rich: _Rich | None = None
@@ -2145,6 +2663,8 @@ def _append(
             out[i] = Appended(existing[key], True)
         elif (n.sender.user_id, n.thread_id) not in allowed:
             out[i] = Refused(n.thread_id)
+        elif n.peer_id and (n.sender.user_id, n.peer_id) in barred:
+            out[i] = Refused(n.thread_id, barred[(n.sender.user_id, n.peer_id)])
         elif key in fresh:
             continue
         else:
@@ -2480,6 +3000,48 @@ class _Rich:
                 )
 
 
+def _barred(
+    conn: Connection,
+    batch: Sequence[NewMessage],
+    existing: dict[tuple[int, str], Message],
+    allowed: set[tuple[int, int]],
+) -> dict[tuple[int, int], Refusal]:
+    """Direct sends that may not be stored, by (sender, peer): a block either way, a deleted peer.
+
+    Read in the commit's transaction, like membership: a block made a moment ago holds.
+    """
+    direct = {
+        (n.sender.user_id, n.peer_id)
+        for n in batch
+        if n.peer_id
+        and n.peer_id != n.sender.user_id
+        and (n.sender.user_id, n.client_msg_id) not in existing
+        and (n.sender.user_id, n.thread_id) in allowed
+    }
+    if not direct:
+        return {}
+    people = list({x for pair in direct for x in pair})
+    links: set[tuple[int, int]] = set()
+    gone: set[int] = set()
+    rows = conn.execute(
+        _BARRED, {"blockers": people, "blocked": people, "peers": list({p for _, p in direct})}
+    )
+    for r in rows:
+        if int(r.b) == 0:
+            gone.add(int(r.a))
+        else:
+            links.add((int(r.a), int(r.b)))
+    out: dict[tuple[int, int], Refusal] = {}
+    for sender, peer in direct:
+        if peer in gone:
+            out[(sender, peer)] = Refusal.PEER_DELETED
+        elif (peer, sender) in links:
+            out[(sender, peer)] = Refusal.BLOCKED_BY_PEER
+        elif (sender, peer) in links:
+            out[(sender, peer)] = Refusal.BLOCKING_PEER
+    return out
+
+
 def _advance_delivered(conn: Connection, acks: Sequence[DeviceAck]) -> list[Advance]:
     """One transaction for a whole flush: a few set-based statements, not one per cursor.
 
@@ -2684,3 +3246,163 @@ def _hide(conn: Connection, user_id: int, thread_id: int, seqs: Sequence[int]) -
         ],
     )
     return changes
+
+
+def _create_user(
+    conn: Connection,
+    username: str,
+    display_name: str,
+    phone: str | None,
+    password_hash: str,
+    first_becomes_admin: bool,
+    is_admin: bool,
+    is_system: bool,
+    invite_hash: str,
+) -> UserRow:
+    now = utcnow()
+    inv, cfg = t.invites, t.server_config
+    if invite_hash:
+        used = conn.execute(
+            inv.update()
+            .where(
+                inv.c.code_hash == invite_hash,
+                inv.c.use_time.is_(None),
+                inv.c.revoke_time.is_(None),
+                inv.c.expire_time > now,
+            )
+            .values(use_time=now)
+        )
+        if not used.rowcount:
+            raise PermissionDenied(
+                "this invite code is not valid: it was used, revoked or has expired",
+                "BAD_INVITE",
+            )
+    first = False
+    if first_becomes_admin and not is_system:
+        marker = conn.execute(sa.select(cfg.c.value).where(cfg.c.key == t.FIRST_ADMIN)).first()
+        first = marker is None
+    admin = is_admin or first
+    res = conn.execute(
+        t.users.insert().values(
+            username=username,
+            display_name=display_name,
+            phone=phone,
+            password_hash=password_hash,
+            hide_last_seen=False,
+            create_time=now,
+            is_admin=admin,
+            is_system=is_system,
+        )
+    )
+    user_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+    if invite_hash:
+        conn.execute(inv.update().where(inv.c.code_hash == invite_hash).values(used_by_id=user_id))
+    if first:
+        # The key is unique: of two first registrations at once, one commits this.
+        conn.execute(cfg.insert().values(key=t.FIRST_ADMIN, value=str(user_id)))
+    return UserRow(
+        user_id,
+        username,
+        display_name,
+        phone,
+        password_hash,
+        False,
+        None,
+        is_admin=admin,
+        is_system=is_system,
+        create_time=now,
+    )
+
+
+def _add_device(conn: Connection, new: NewDevice) -> AddedDevice:
+    now = utcnow()
+    d, u = t.devices, t.users
+    # Locks the user's row where the engine can: two logins of one user count in turn.
+    conn.execute(sa.select(u.c.id).where(u.c.id == new.user_id).with_for_update())
+    active = conn.execute(
+        sa.select(d.c.id, d.c.create_time, d.c.last_active_time).where(
+            d.c.user_id == new.user_id,
+            d.c.revoke_time.is_(None),
+            sa.or_(d.c.expire_time.is_(None), d.c.expire_time > now),
+        )
+    ).all()
+    replaced: list[int] = []
+    if len(active) >= new.max_devices:
+        if not new.replace_oldest:
+            raise ResourceExhausted(
+                f"this account is logged in on {len(active)} devices, the most allowed: log "
+                "one of them out first, or log in replacing the least recently used one",
+                "TOO_MANY_DEVICES",
+            )
+
+        def used(r: Any) -> tuple[datetime, int]:
+            return (_aware(r.last_active_time or r.create_time), int(r.id))
+
+        ordered = sorted(active, key=used)
+        replaced = [int(r.id) for r in ordered[: len(active) - new.max_devices + 1]]
+        conn.execute(d.update().where(d.c.id.in_(replaced)).values(revoke_time=now))
+    res = conn.execute(
+        d.insert().values(
+            user_id=new.user_id,
+            name=new.name,
+            token_hash=new.token_hash,
+            create_time=now,
+            last_active_time=now,
+            platform=new.platform,
+            expire_time=new.expire_time,
+        )
+    )
+    device_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+    row = DeviceRow(device_id, new.user_id, new.name, now, now, new.platform, new.expire_time)
+    return AddedDevice(row, tuple(replaced))
+
+
+def _erase_user(conn: Connection, user_id: int) -> list[int]:
+    now = utcnow()
+    d, u, c, b = t.devices, t.users, t.contacts, t.blocks
+    revoked = [
+        int(x)
+        for x in conn.execute(
+            sa.select(d.c.id).where(d.c.user_id == user_id, d.c.revoke_time.is_(None))
+        ).scalars()
+    ]
+    if revoked:
+        conn.execute(d.update().where(d.c.id.in_(revoked)).values(revoke_time=now))
+    mine = sa.select(d.c.id).where(d.c.user_id == user_id).scalar_subquery()
+    conn.execute(t.device_cursors.delete().where(t.device_cursors.c.device_id.in_(mine)))
+    conn.execute(c.delete().where(sa.or_(c.c.owner_id == user_id, c.c.contact_id == user_id)))
+    conn.execute(b.delete().where(sa.or_(b.c.blocker_id == user_id, b.c.blocked_id == user_id)))
+    conn.execute(
+        u.update()
+        .where(u.c.id == user_id)
+        .values(
+            username=f"~deleted-{user_id}",
+            display_name=DELETED_NAME,
+            phone=None,
+            password_hash="!",
+            hide_last_seen=True,
+            last_seen_time=None,
+            is_admin=False,
+            delete_time=now,
+        )
+    )
+    return sorted(revoked)
+
+
+def _report_row(r: Any) -> ReportRow:
+    return ReportRow(
+        report_id=r.id,
+        reporter=User(r.reporter_id, r.a_username, r.a_display_name),
+        subject=User(r.subject_id, r.b_username, r.b_display_name),
+        thread_id=r.thread_id or 0,
+        reason=r.reason,
+        text=r.text,
+        create_time=_aware(r.create_time),
+        resolve_time=_utc(r.resolve_time),
+        resolver_id=r.resolver_id,
+        resolution=r.resolution,
+    )
+
+
+def _fields(row: ReportRow) -> dict[str, Any]:
+    return {f: getattr(row, f) for f in row.__dataclass_fields__}

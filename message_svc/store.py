@@ -21,6 +21,10 @@ from natter.domain import (
     UserChange,
 )
 
+# What a deleted account is called from then on; its username is "~deleted-<id>", which
+# no one can register.
+DELETED_NAME = "Deleted account"
+
 
 @dataclass(frozen=True, slots=True)
 class UserRow:
@@ -32,6 +36,19 @@ class UserRow:
     hide_last_seen: bool
     last_seen_time: datetime | None
     notification_preview: NotificationPreview = NotificationPreview.FULL
+    is_admin: bool = False
+    is_system: bool = False
+    disable_time: datetime | None = None
+    delete_time: datetime | None = None
+    create_time: datetime | None = None
+
+    @property
+    def disabled(self) -> bool:
+        return self.disable_time is not None
+
+    @property
+    def deleted(self) -> bool:
+        return self.delete_time is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +58,31 @@ class DeviceRow:
     name: str
     create_time: datetime
     last_active_time: datetime | None
+    platform: str = ""
+    expire_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewDevice:
+    """A login's device: at most `max_devices` active ones per user (expired ones do not count).
+
+    With `replace_oldest`, a user at the cap loses the least recently active device instead
+    of being refused.
+    """
+
+    user_id: int
+    name: str
+    token_hash: str
+    platform: str
+    expire_time: datetime
+    max_devices: int
+    replace_oldest: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AddedDevice:
+    device: DeviceRow
+    replaced: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +153,9 @@ class NewMessage:
     target_seq: int = 0
     forward: tuple[int, int] | None = None
     deadline: datetime | None = None
+    # The other member of a direct thread: the commit refuses the send if either blocked
+    # the other or the peer's account is deleted. 0 for groups (and system messages).
+    peer_id: int = 0
 
     @property
     def plain(self) -> bool:
@@ -141,14 +186,18 @@ class Refusal(enum.Enum):
     NOT_EDITABLE = "NOT_EDITABLE"
     ATTACHMENT_NOT_FOUND = "ATTACHMENT_NOT_FOUND"
     FORWARD_NOT_VISIBLE = "FORWARD_NOT_VISIBLE"
+    BLOCKED_BY_PEER = "BLOCKED_BY_PEER"
+    BLOCKING_PEER = "BLOCKING_PEER"
+    PEER_DELETED = "PEER_DELETED"
 
 
 @dataclass(frozen=True, slots=True)
 class Refused:
     """Not stored: why is `reason`.
 
-    The sender is not an active member of the thread (or it does not exist), or what an
-    event or a rich message refers to does not allow it.
+    The sender is not an active member of the thread (or it does not exist); what an event
+    or a rich message refers to does not allow it; or, in a direct thread, one of the two
+    blocked the other or the peer's account is deleted.
     """
 
     thread_id: int
@@ -185,10 +234,65 @@ class ThreadSummary:
     unread_count: int
 
 
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    report_id: int
+    reporter: User
+    subject: User
+    thread_id: int
+    reason: int
+    text: str
+    create_time: datetime
+    resolve_time: datetime | None
+    resolver_id: int | None
+    resolution: str
+    messages: tuple[Message, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InviteRow:
+    hint: str
+    creator_id: int | None
+    note: str
+    create_time: datetime
+    expire_time: datetime
+    use_time: datetime | None
+    used_by_id: int | None
+    revoke_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    entry_id: int
+    time: datetime
+    actor_id: int | None
+    actor: str
+    action: str
+    target: str
+    detail: str
+
+
 class UserStore(Protocol):
     async def create_user(
-        self, username: str, display_name: str, phone: str | None, password_hash: str
-    ) -> UserRow: ...
+        self,
+        username: str,
+        display_name: str,
+        phone: str | None,
+        password_hash: str,
+        *,
+        first_becomes_admin: bool = False,
+        is_admin: bool = False,
+        is_system: bool = False,
+        invite_hash: str = "",
+    ) -> UserRow:
+        """Insert an account, all in one transaction.
+
+        `first_becomes_admin`: admin if no account was made the first admin before (the
+        marker is set in the same transaction). `invite_hash`: the invite must be unused,
+        unrevoked and unexpired, and is used up (PermissionDenied BAD_INVITE otherwise).
+        """
+        ...
+
     async def find_users(self, identifiers: Sequence[str]) -> dict[str, UserRow]: ...
     async def get_users(self, user_ids: Sequence[int]) -> dict[int, UserRow]: ...
     async def update_user(
@@ -199,17 +303,94 @@ class UserStore(Protocol):
         notification_preview: NotificationPreview | None = None,
     ) -> None: ...
     async def set_last_seen(self, seen: Sequence[tuple[int, datetime]]) -> None: ...
+    async def set_password(self, user_id: int, password_hash: str) -> None: ...
+    async def set_admin(self, user_id: int, is_admin: bool) -> bool: ...
+    async def set_disabled(self, user_id: int, disabled: bool) -> bool: ...
+    async def erase_user(self, user_id: int) -> list[int]:
+        """Delete an account's own data; its messages stay, signed "Deleted account".
+
+        The row keeps its id under an unusable name; devices are revoked (their ids are
+        returned), contacts and blocks both ways and cursors are removed.
+        """
+        ...
+
+    async def list_users(self, query: str, after_id: int, limit: int) -> list[UserRow]:
+        """Accounts (not system ones, not deleted) by id; `query` matches name or phone."""
+        ...
+
+    async def get_config(self, key: str) -> str | None: ...
+    async def set_config(self, key: str, value: str | None) -> None: ...
 
 
 class DeviceStore(Protocol):
     async def create_device(self, user_id: int, name: str, token_hash: str) -> DeviceRow: ...
+    async def add_device(self, new: NewDevice) -> AddedDevice:
+        """Create a login's device within the user's cap, checked in the same transaction.
+
+        ResourceExhausted TOO_MANY_DEVICES at the cap, unless `replace_oldest`.
+        """
+        ...
+
     async def device_by_token(self, token_hash: str) -> tuple[UserRow, DeviceRow] | None: ...
-    async def revoke_device(self, device_id: int) -> bool:
-        """Revoke the device's token and remove its push target, in one transaction."""
+    async def revoke_device(self, device_id: int) -> bool: ...
+    async def revoke_devices(
+        self, user_id: int, device_ids: Sequence[int] | None, keep: int = 0
+    ) -> list[int]:
+        """Revoke the user's devices named (None: all of them but `keep`); return those revoked."""
         ...
 
     async def list_devices(self, user_id: int) -> list[DeviceRow]: ...
     async def touch_devices(self, device_ids: Sequence[int], when: datetime) -> None: ...
+    async def renew_devices(
+        self, device_ids: Sequence[int], now: datetime, expire_time: datetime
+    ) -> set[int]:
+        """The devices still usable, marked active now and renewed until expire_time.
+
+        Usable: not revoked, not expired, their user neither disabled nor deleted.
+        """
+        ...
+
+
+class SafetyStore(Protocol):
+    async def block(self, blocker_id: int, blocked_id: int) -> bool: ...
+    async def unblock(self, blocker_id: int, blocked_id: int) -> bool: ...
+    async def list_blocked(
+        self, blocker_id: int, after_username: str, limit: int
+    ) -> list[UserRow]: ...
+    async def blocked_by(self, user_id: int, among: Sequence[int]) -> set[int]:
+        """Which of `among` have blocked user_id."""
+        ...
+
+    async def block_links(self, user_ids: Sequence[int]) -> dict[int, set[int]]:
+        """For each user, everyone they blocked or who blocked them."""
+        ...
+
+    async def create_report(
+        self,
+        reporter_id: int,
+        subject_id: int,
+        thread_id: int,
+        reason: int,
+        text: str,
+        messages: Sequence[Message],
+    ) -> int: ...
+    async def list_reports(self, open_only: bool, after_id: int, limit: int) -> list[ReportRow]: ...
+    async def get_report(self, report_id: int) -> ReportRow | None: ...
+    async def resolve_report(
+        self, report_id: int, resolver_id: int | None, resolution: str
+    ) -> bool: ...
+
+
+class AdminStore(Protocol):
+    async def create_invite(
+        self, code_hash: str, hint: str, creator_id: int | None, note: str, expire_time: datetime
+    ) -> None: ...
+    async def list_invites(self, include_done: bool) -> list[InviteRow]: ...
+    async def revoke_invite(self, hint: str) -> bool: ...
+    async def audit(
+        self, actor_id: int | None, actor: str, action: str, target: str, detail: str
+    ) -> None: ...
+    async def list_audit(self, after_id: int, limit: int) -> list[AuditRow]: ...
 
 
 class ContactStore(Protocol):
@@ -220,6 +401,11 @@ class ContactStore(Protocol):
     ) -> list[tuple[UserRow, str]]: ...
     async def watchers(self, user_ids: Sequence[int]) -> dict[int, list[int]]: ...
     async def contacts_among(self, owner_id: int, user_ids: Sequence[int]) -> set[int]: ...
+    async def mutual_contacts(self, user_ids: Sequence[int]) -> dict[int, set[int]]:
+        """For each user, the people they have as a contact who have them as a contact too."""
+        ...
+
+    async def mutual_contacts_among(self, owner_id: int, user_ids: Sequence[int]) -> set[int]: ...
 
 
 class ThreadStore(Protocol):
@@ -276,6 +462,7 @@ class MessageStore(Protocol):
     """
 
     async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended | Refused]: ...
+    async def prune_messages(self, thread_id: int, below_seq: int) -> int: ...
     async def list_messages(
         self,
         thread_id: int,
@@ -367,6 +554,8 @@ class Store(
     CursorStore,
     UserLogStore,
     AttachmentStore,
+    SafetyStore,
+    AdminStore,
     Protocol,
 ):
     """Everything message_svc keeps; one implementation per engine family."""

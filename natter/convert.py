@@ -494,6 +494,20 @@ def device(x: d.Device) -> pb.Device:
         create_time=ts(x.create_time),
         last_active_time=ts(x.last_active_time),
         current=x.current,
+        platform=x.platform,
+        expire_time=ts(x.expire_time),
+    )
+
+
+def device_of(p: pb.Device) -> d.Device:
+    return d.Device(
+        p.device_id,
+        p.name,
+        from_ts(p.create_time),
+        opt_ts(p, "last_active_time"),
+        p.current,
+        p.platform,
+        opt_ts(p, "expire_time"),
     )
 
 

@@ -368,6 +368,8 @@ class Device:
     create_time: datetime
     last_active_time: datetime | None
     current: bool = False
+    platform: str = ""
+    expire_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,6 +415,7 @@ class Me:
     phone: str
     hide_last_seen: bool
     notification_preview: NotificationPreview = NotificationPreview.FULL
+    is_admin: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import grpc
 
 from natter.errors import NatterError, Unavailable
 from natter.hashing import key_hash
-from natter.rpc import error_from_rpc
+from natter.rpc import RequestIdClientInterceptor, error_from_rpc
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,9 @@ class Pool:
     def channel(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
         if ch is None:
-            ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            ch = grpc.aio.insecure_channel(
+                address, options=CHANNEL_OPTIONS, interceptors=[RequestIdClientInterceptor()]
+            )
             self._channels[address] = ch
         return ch
 

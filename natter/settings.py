@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 ROLES = ("embedded", "socket", "message", "channel", "presence")
+REGISTRATION = ("open", "invite", "closed")
+PRESENCE_AUDIENCES = ("contacts", "contacts_and_chats")
+LOG_FORMATS = ("json", "text")
+DAY = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +55,13 @@ class Settings:
     argon2_parallelism: int = 1
     # After this many wrong passwords for one account, each further try waits a delay that
     # doubles from login_delay_seconds up to login_delay_max_seconds; a success clears it.
+    # These count per account *and* client address, so a stranger elsewhere slows down only
+    # themselves; past login_account_failures_allowed wrong passwords from anywhere the
+    # account itself waits (a device that holds a token of the account still gets in).
     login_failures_allowed: int = 5
     login_delay_seconds: float = 1.0
     login_delay_max_seconds: float = 300.0
+    login_account_failures_allowed: int = 100
     # Push notifications to devices without a live stream (docs/push.md).
     # A message is pushed this long after it was stored, to devices still not active then.
     push_grace_seconds: float = 3.0
@@ -110,11 +118,48 @@ class Settings:
     media_link_seconds: float = 3600.0
     # What MediaService.GetMediaInfo says uploads go to; empty: the caller's HTTP origin.
     public_http_url: str = ""
+    # Per client address: login attempts (each costs an Argon2 hash) and registrations;
+    # and registrations from everywhere together.
+    logins_per_ip_per_minute: float = 60.0
+    registrations_per_ip_per_hour: float = 10.0
+    registrations_per_hour: float = 100.0
+    # Who may create an account: open (rate limited), invite (single-use codes from an
+    # admin), closed (admins create accounts). The first account of a fresh install becomes
+    # admin. An admin's choice (`natter admin registration`) is stored and wins over this.
+    registration: str = "open"
+    invite_lifetime_seconds: float = 7 * DAY
+    max_devices_per_user: int = 10
+    # A device's token lapses after this long unused; use renews it (silently, no new token).
+    token_lifetime_seconds: float = 90 * DAY
+    # How often socket servers check that their sessions' devices are still logged in.
+    session_recheck_seconds: float = 60.0
+    # Device streams from one client address that have not said Hello yet.
+    max_pending_streams_per_address: int = 32
+    # Who sees a user's online status and last seen: "contacts" (people the user has as a
+    # contact and who have the user back) or "contacts_and_chats" (also people the user
+    # shares a direct chat or a small group with).
+    presence_audience: str = "contacts"
+    # Messages copied into a report for the admins, at most.
+    report_max_messages: int = 20
+    # Peers whose X-Forwarded-For / x-forwarded-for is believed (the client address is then
+    # its last entry): addresses or CIDR networks of reverse proxies.
+    trusted_proxies: tuple[str, ...] = ()
+    metrics_enabled: bool = True
+    # A small HTTP listener for /metrics of this process (cluster roles have no other);
+    # empty for none. The embedded server also answers /metrics on its HTTP listener.
+    metrics_addr: str = ""
+    # When set, /metrics needs "Authorization: Bearer <token>"; when unset it answers only
+    # loopback and private-network addresses.
+    metrics_token: str = ""
+    # The delivery canary: a system user messaging itself end to end this often (0: off).
+    canary_interval_seconds: float = 30.0
+    canary_timeout_seconds: float = 10.0
     web_dir: Path | None = None
     # PEM files; when both are set the public gRPC and HTTP listeners speak TLS only.
     tls_cert_file: str = ""
     tls_key_file: str = ""
     log_level: str = "INFO"
+    log_format: str = "json"
 
     @property
     def db_url(self) -> str:
@@ -186,4 +231,11 @@ def load(
         raise ValueError("TLS needs both tls_cert_file and tls_key_file")
     if settings.role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    for name, allowed in (
+        ("registration", REGISTRATION),
+        ("presence_audience", PRESENCE_AUDIENCES),
+        ("log_format", LOG_FORMATS),
+    ):
+        if getattr(settings, name) not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}")
     return settings

@@ -1,4 +1,15 @@
-"""presence_svc: heartbeat batches in, changes pushed to those who may see them, GetPresence out."""
+"""presence_svc: heartbeat batches in, changes pushed to those who may see them, GetPresence out.
+
+Who sees a user's online status and last seen (`presence_audience`):
+
+- "contacts" (the default): the people the user has as a contact *and* who have the user as
+  a contact — adding someone is one-sided and shows you nothing until they add you back;
+- "contacts_and_chats": also the people the user shares a thread with (pushes only for
+  threads of at most `presence_push_group_size` members; the pull query for any thread).
+
+Never anyone the user blocked or who blocked the user, whatever else holds; the user always
+sees their own. `hide_last_seen` hides the time (not the online dot) from everyone else.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +24,7 @@ from typing import Protocol
 from natter.domain import Delivery, Presence, PresenceUser, Principal
 from natter.errors import InvalidArgument
 from natter.identifiers import normalise
+from natter.metrics import NO_METRICS, Metrics
 from natter.settings import Settings
 from presence_svc.tracker import Change, Tracker
 
@@ -33,8 +45,9 @@ class PresenceStore(Protocol):
     async def find_presence_users(self, identifiers: Sequence[str]) -> dict[str, PresenceUser]: ...
     async def get_presence_users(self, user_ids: Sequence[int]) -> dict[int, PresenceUser]: ...
     async def set_last_seen(self, seen: Sequence[tuple[int, datetime]]) -> None: ...
-    async def watchers(self, user_ids: Sequence[int]) -> dict[int, list[int]]: ...
-    async def contacts_among(self, owner_id: int, user_ids: Sequence[int]) -> set[int]: ...
+    async def mutual_contacts(self, user_ids: Sequence[int]) -> dict[int, set[int]]: ...
+    async def mutual_contacts_among(self, owner_id: int, user_ids: Sequence[int]) -> set[int]: ...
+    async def block_links(self, user_ids: Sequence[int]) -> dict[int, set[int]]: ...
     async def thread_peers_among(self, user_id: int, user_ids: Sequence[int]) -> set[int]: ...
     async def small_thread_peers(
         self, user_ids: Sequence[int], max_members: int
@@ -66,10 +79,13 @@ class PresenceService:
         settings: Settings,
         fanout: Fanout,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.store = store
         self.settings = settings
         self.fanout = fanout
+        self.metrics = metrics
+        self.chats = settings.presence_audience == "contacts_and_chats"
         self.tracker = Tracker(settings.presence_timeout_seconds, clock)
         # Transitions are applied (persisted, pushed) one batch at a time, in order.
         self._lock = asyncio.Lock()
@@ -164,6 +180,7 @@ class PresenceService:
             self._recent.clear()
         for c in changes:
             self._recent[c.user_id] = c.seen
+            self.metrics.presence_changes.labels("online" if c.online else "offline").inc()
         try:
             await self.store.set_last_seen([(c.user_id, c.seen) for c in changes])
         except Exception:  # the push still tells people; the next change records it
@@ -174,7 +191,7 @@ class PresenceService:
             logger.warning("presence push failed", exc_info=True)
 
     async def _push(self, changes: list[Change]) -> None:
-        """To the user's watchers (contacts) and the members of their small threads.
+        """To the user's mutual contacts (and, with chats, the members of their small threads).
 
         Only connected devices receive a delivery, so offline people cost no push. They are
         not filtered out here: with presence sharded over several nodes (cluster mode) this
@@ -182,14 +199,19 @@ class PresenceService:
         """
         ids = [c.user_id for c in changes]
         users = await self.store.get_presence_users(ids)
-        watchers = await self.store.watchers(ids)
-        peers = await self.store.small_thread_peers(ids, self.settings.presence_push_group_size)
+        mutual = await self.store.mutual_contacts(ids)
+        peers: dict[int, set[int]] = {}
+        if self.chats:
+            size = self.settings.presence_push_group_size
+            peers = await self.store.small_thread_peers(ids, size)
+        links = await self.store.block_links(ids)
         deliveries = []
         for c in changes:
             row = users.get(c.user_id)
             if row is None:
                 continue
-            audience = set(watchers.get(c.user_id, ())) | peers.get(c.user_id, set())
+            audience = set(mutual.get(c.user_id, ())) | peers.get(c.user_id, set())
+            audience -= links.get(c.user_id, set())
             audience.discard(c.user_id)
             if audience:
                 event = Presence(row.user, c.online, None if row.hide_last_seen else c.seen)
@@ -209,10 +231,11 @@ class PresenceService:
         others = [r.user.user_id for r in rows if r.user.user_id != me]
         visible = {me}
         if others:
-            visible |= await self.store.contacts_among(me, others)
+            visible |= await self.store.mutual_contacts_among(me, others)
             rest = [u for u in others if u not in visible]
-            if rest:
+            if rest and self.chats:
                 visible |= await self.store.thread_peers_among(me, rest)
+            visible -= (await self.store.block_links([me])).get(me, set())
         return [self._status(r, r.user.user_id == me) for r in rows if r.user.user_id in visible]
 
     def _status(self, row: PresenceUser, own: bool) -> Presence:

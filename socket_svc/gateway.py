@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,8 @@ from aiohttp import web
 from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
+
+from natter.rpc import CLIENT_ADDRESS_HEADER, GATEWAY_KEY_HEADER
 
 # Importing the generated modules fills the default descriptor pool with every public service.
 from natter.v1 import (
@@ -66,6 +68,11 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.DATA_LOSS: 500,
     grpc.StatusCode.UNAUTHENTICATED: 401,
 }
+
+
+def _printable(text: str) -> str:
+    """What a metadata value may hold: printable ASCII."""
+    return "".join(ch for ch in text if " " <= ch <= "~")
 
 
 def connect_code(code: grpc.StatusCode) -> str:
@@ -145,9 +152,18 @@ def _reason_of(e: grpc.aio.AioRpcError) -> str:
 class Gateway:
     """Speaks the Connect protocol's unary form; every call goes through the real gRPC stack."""
 
-    def __init__(self, grpc_address: str, max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        grpc_address: str,
+        max_request_bytes: int,
+        key: str = "",
+        address_of: Callable[[web.Request], str] = lambda r: r.remote or "",
+    ) -> None:
         self.target = loopback(grpc_address)
         self.max_request_bytes = max_request_bytes
+        # Vouches for the browser's address to the gRPC stack of this process.
+        self.key = key
+        self.address_of = address_of
         self._channel: grpc.aio.Channel | None = None
         self._methods: dict[tuple[str, str], Method | None] = {}
 
@@ -236,6 +252,12 @@ class Gateway:
         auth = request.headers.get("Authorization")
         if auth:
             metadata.append(("authorization", auth))
+        if self.key:
+            metadata.append((GATEWAY_KEY_HEADER, self.key))
+            metadata.append((CLIENT_ADDRESS_HEADER, _printable(self.address_of(request))))
+        agent = _printable(request.headers.get("User-Agent", ""))[:200]
+        if agent:
+            metadata.append(("x-natter-user-agent", "web " + agent))
         assert self._channel is not None, "gateway not started"
         # No serializers: bytes in, bytes out.
         call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(

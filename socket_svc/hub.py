@@ -11,7 +11,14 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from natter import domain as d
-from natter.errors import AlreadyExists, DeadlineExceeded, NatterError, Unavailable
+from natter.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    NatterError,
+    Unauthenticated,
+    Unavailable,
+)
+from natter.metrics import NO_METRICS, GaugeFamily, Metrics, gauge
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
 from registry import Node
@@ -44,6 +51,32 @@ class PresenceApi(Protocol):
         ...
 
 
+class PendingStreams:
+    """Streams per client address that have not said Hello yet, capped.
+
+    A stream is counted from its start until its Hello (or its end): opening many streams
+    and never saying Hello costs the opener, not the server, past the cap.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.by_address: dict[str, int] = {}
+
+    def enter(self, address: str) -> bool:
+        count = self.by_address.get(address, 0)
+        if self.cap > 0 and count >= self.cap:
+            return False
+        self.by_address[address] = count + 1
+        return True
+
+    def leave(self, address: str) -> None:
+        count = self.by_address.get(address, 0) - 1
+        if count > 0:
+            self.by_address[address] = count
+        else:
+            self.by_address.pop(address, None)
+
+
 class Hub:
     """Knows which devices are connected here and which groups they belong to."""
 
@@ -54,12 +87,15 @@ class Hub:
         settings: Settings,
         channel: ChannelApi | None = None,
         presence: PresenceApi | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.node_id = node_id
         self.api = api
         self.settings = settings
         self.channel = channel
         self.presence = presence
+        self.metrics = metrics
+        self.pending = PendingStreams(settings.max_pending_streams_per_address)
         self.by_user: dict[int, set[Session]] = defaultdict(set)
         self.by_device: dict[int, Session] = {}
         # group thread -> local users who are members; the channel subscription follows it.
@@ -84,9 +120,44 @@ class Hub:
             asyncio.create_task(self._flush_acks_forever()),
             asyncio.create_task(self._sweep_forever()),
             asyncio.create_task(self._report_forever()),
+            asyncio.create_task(self._recheck_forever()),
+        ]
+        self.metrics.gauges(self._gauges)
+
+    def _gauges(self) -> list[GaugeFamily]:
+        """Connected devices and their backlog, computed when scraped."""
+        sessions = list(self.by_device.values())
+        backlogs = [s.backlog() for s in sessions]
+        labels = {"node": self.node_id}
+        return [
+            gauge(
+                "natter_connected_devices",
+                "Devices with a live session on this socket server",
+                len(sessions),
+                labels,
+            ),
+            gauge(
+                "natter_backlog_messages",
+                "Messages queued for or pushed to connected devices and not acked yet",
+                sum(n for n, _ in backlogs),
+                labels,
+            ),
+            gauge(
+                "natter_backlog_device_max_messages",
+                "The largest backlog of one connected device",
+                max((n for n, _ in backlogs), default=0),
+                labels,
+            ),
+            gauge(
+                "natter_backlog_oldest_seconds",
+                "Age of the oldest message pushed to a connected device and not acked",
+                max((age for _, age in backlogs), default=0.0),
+                labels,
+            ),
         ]
 
     async def stop(self) -> None:
+        self.metrics.forget(self._gauges)
         for s in list(self.by_device.values()):
             s.close(Unavailable("server shutting down; reconnect", "SERVER_SHUTTING_DOWN"))
             self._beats[(s.user_id, s.device_id)] = False
@@ -193,13 +264,17 @@ class Hub:
                 users = list(self.members.get(dl.thread_id, ()))
             # Typing goes to the other members, not back to the typist's own devices.
             typist = event.user.user_id if isinstance(event, d.Typing) else 0
+            reached = 0
             for uid in users:
                 if uid == typist:
                     continue
                 for s in self.by_user.get(uid, ()):
                     if s.device_id != dl.exclude_device_id:
                         s.enqueue(event)
-                        self.deliveries += 1
+                        reached += 1
+            self.deliveries += reached
+            if not dl.user_ids:
+                self.metrics.group_fanout_devices.observe(reached)
             if leaving:
                 assert isinstance(event, d.Message)
                 await self._drop(event.thread_id, leaving)
@@ -287,6 +362,30 @@ class Hub:
         if self.by_device.get(session.device_id) is session:
             self._beats[(session.user_id, session.device_id)] = True
             self._presence_changed.set()
+
+    async def recheck(self) -> None:
+        """Close the sessions of devices no longer logged in; renew the others' tokens.
+
+        A logout through this cluster closes streams at once; this catches the rest: tokens
+        that lapsed, accounts disabled or deleted, and devices revoked by `natter admin`
+        over the data folder, which the servers were not told of.
+        """
+        sessions = list(self.by_device.values())
+        if not sessions:
+            return
+        try:
+            valid = await self.api.check_devices([s.device_id for s in sessions])
+        except Exception:
+            logger.warning("could not check the connected devices", exc_info=True)
+            return
+        for s in sessions:
+            if s.device_id not in valid and self.by_device.get(s.device_id) is s:
+                s.close(Unauthenticated("this device was logged out", "DEVICE_LOGGED_OUT"))
+
+    async def _recheck_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.session_recheck_seconds)
+            await self.recheck()
 
     def beat(self, session: Session) -> None:
         """Any frame from a device shows it is alive; many frames make one beat per report."""

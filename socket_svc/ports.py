@@ -22,6 +22,10 @@ class MessageApi(Protocol):
     """message_svc as a socket server sees it: MessageService in-process, MessageClient over gRPC."""
 
     async def authenticate(self, token: str) -> Principal: ...
+    async def check_devices(self, device_ids: Sequence[int]) -> set[int]:
+        """Which of these devices are still logged in (each is renewed as in use)."""
+        ...
+
     async def send_many(
         self, who: Principal, reqs: Sequence[SendRequest]
     ) -> list[SendResult | NatterError]: ...

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from natter import convert
 from natter import domain as d
 from natter.errors import Internal, NatterError, transient
+from natter.metrics import NO_METRICS, Metrics
 from natter.v1 import socket_service_pb2 as spb
 from socket_svc.ports import MessageApi
 
@@ -58,13 +59,17 @@ class Sends:
         api: MessageApi,
         answer: Callable[[d.SendResult], None],
         refuse: Callable[[str, NatterError], None],
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.who = who
         self.api = api
         self._answer = answer
         self._refuse = refuse
+        self._metrics = metrics
         self._numbers = itertools.count()
         self._waiting: deque[tuple[int, spb.Send]] = deque()
+        # When each waiting or in-flight send arrived, by number (for send->ack latency).
+        self._arrived: dict[int, float] = {}
         self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._hold: _Hold | None = None
@@ -81,6 +86,8 @@ class Sends:
             self._room.clear()
             await self._room.wait()
         self._waiting.append((number, send))
+        if self._metrics.enabled:
+            self._arrived[number] = time.perf_counter()
         if self._task is None:
             self._task = asyncio.create_task(self._run())
 
@@ -132,8 +139,11 @@ class Sends:
                 outcomes = await self._hand_over([send for _, send in run])
                 self.runs += 1
                 for (number, send), outcome in zip(run, outcomes, strict=True):
+                    arrived = self._arrived.pop(number, None)
                     if isinstance(outcome, d.SendResult):
                         self._answer(outcome)
+                        if arrived is not None:
+                            self._metrics.send_ack_seconds.observe(time.perf_counter() - arrived)
                         continue
                     self._refuse(send.client_msg_id, outcome)
                     if transient(outcome):
@@ -142,6 +152,9 @@ class Sends:
                 if hold is not None and self._waiting and self._waiting[-1][0] > hold.number:
                     # Queued behind a send that is held back: refused now, sent again after it.
                     later = [send for number, send in self._waiting if number > hold.number]
+                    for number, _ in self._waiting:
+                        if number > hold.number:
+                            self._arrived.pop(number, None)
                     self._waiting = deque((n, s) for n, s in self._waiting if n <= hold.number)
                     for send in later:
                         self._refuse(send.client_msg_id, _behind(hold))

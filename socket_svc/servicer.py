@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from natter import convert
-from natter.rpc import abort, bearer
+from natter import domain as d
+from natter.errors import PermissionDenied
+from natter.identifiers import normalise
+from natter.rpc import abort, bearer, client_address
 from natter.settings import Settings
 from natter.v1 import socket_internal_service_pb2 as ipb
 from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
@@ -37,13 +40,29 @@ class _GrpcTransport:
         await self.context.write(frame)
 
 
+# Where a user's devices should connect: (address, node id).
+Locator = Callable[[d.Principal], Awaitable[tuple[str, str]]]
+
+
+async def locate(
+    api: MessageApi, where: Locator, request: spb.LocateRequest, context: Context
+) -> spb.LocateResponse:
+    """Locate for the caller only: a token is needed, and names other than one's own are refused."""
+    who = await api.authenticate(bearer(context.invocation_metadata()))
+    asked = normalise(request.username)
+    if asked and asked != who.user.username:
+        raise PermissionDenied("Locate answers for your own account only", "NOT_YOURSELF")
+    address, node_id = await where(who)
+    return spb.LocateResponse(address=address, node_id=node_id)
+
+
 class SocketServicer(spb_grpc.SocketServiceServicer):
     def __init__(
         self,
         hub: Hub,
         api: MessageApi,
         settings: Settings,
-        locate: Callable[[str], Any],
+        locate: Locator,
     ) -> None:
         self.hub = hub
         self.api = api
@@ -54,13 +73,20 @@ class SocketServicer(spb_grpc.SocketServiceServicer):
         self, request_iterator: Any, context: Context
     ) -> None:
         token = bearer(context.invocation_metadata())
-        end = await stream.serve(self.hub, self.api, self.settings, _GrpcTransport(context), token)
+        end = await stream.serve(
+            self.hub,
+            self.api,
+            self.settings,
+            _GrpcTransport(context),
+            token,
+            client_address.get(),
+            "grpc",
+        )
         if end.error is not None:
             await abort(context, end.error)
 
     async def Locate(self, request: spb.LocateRequest, context: Context) -> spb.LocateResponse:
-        address, node_id = await self._locate(request.username)
-        return spb.LocateResponse(address=address, node_id=node_id)
+        return await locate(self.api, self._locate, request, context)
 
 
 class SocketInternalServicer(ipb_grpc.SocketInternalServiceServicer):
@@ -82,7 +108,7 @@ class SocketInternalServicer(ipb_grpc.SocketInternalServiceServicer):
 class RedirectServicer(spb_grpc.SocketServiceServicer):
     """SocketService on a message node: Locate answers, Connect redirects to the owner."""
 
-    def __init__(self, api: MessageApi, locate: Callable[[str], Any]) -> None:
+    def __init__(self, api: MessageApi, locate: Locator) -> None:
         self.api = api
         self._locate = locate
 
@@ -90,9 +116,8 @@ class RedirectServicer(spb_grpc.SocketServiceServicer):
         self, request_iterator: Any, context: Context
     ) -> None:
         who = await self.api.authenticate(bearer(context.invocation_metadata()))
-        address, _ = await self._locate(who.user.username)
+        address, _ = await self._locate(who)
         await context.write(spb.ServerFrame(redirect=spb.Redirect(address=address)))
 
     async def Locate(self, request: spb.LocateRequest, context: Context) -> spb.LocateResponse:
-        address, node_id = await self._locate(request.username)
-        return spb.LocateResponse(address=address, node_id=node_id)
+        return await locate(self.api, self._locate, request, context)

@@ -6,8 +6,10 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from natter import convert
@@ -18,6 +20,7 @@ from natter.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from natter.metrics import NO_METRICS, Metrics
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
 from socket_svc.ports import MessageApi
@@ -28,6 +31,8 @@ logger = logging.getLogger(__name__)
 SYNC_PAGE = 500
 MAX_QUEUE = 20_000
 BATCH = 128
+# Messages pushed and not acked yet that a session keeps track of (for the backlog metrics).
+MAX_UNACKED = 20_000
 
 
 class Transport(Protocol):
@@ -93,8 +98,10 @@ class Session:
         transport: Transport,
         settings: Settings,
         on_ack: Callable[[Session], None],
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.who = who
+        self.metrics = metrics
         self.user_id = who.user.user_id
         self.device_id = who.device_id
         self.api = api
@@ -118,7 +125,7 @@ class Session:
         self._frames = TokenBucket(settings.frames_per_second, settings.frame_burst)
         self._typing = TokenBucket(settings.typing_per_second, 3)
         self._last_limit_error = 0.0
-        self.sends = Sends(who, api, self._sent, self._send_refused)
+        self.sends = Sends(who, api, self._sent, self._send_refused, metrics)
         self.replayed = 0
         # The user's own change log (delete for me): None when the device did not ask for it.
         self.log_pushed: int | None = None
@@ -128,6 +135,11 @@ class Session:
         # stream that makes the device active, and active devices get no push notifications.
         self.foreground = False
         self._on_state: Callable[[Session], None] = lambda _: None
+        # Pushed messages from others not acked yet: per thread, (seq, when pushed).
+        self._unacked: dict[int, deque[tuple[int, float]]] = {}
+        self._unacked_count = 0
+        # Commit times of the live messages in `_out`, for the deliver latency.
+        self._fresh: list[datetime] = []
 
     # -- outbound ------------------------------------------------------------------------
 
@@ -194,6 +206,27 @@ class Session:
     def _emit(self, frame: spb.ServerFrame) -> None:
         self._out.append(frame)
 
+    def _pushed(self, thread_id: int, seq: int) -> None:
+        """A message from someone else goes out: it is unacked until the device acks it."""
+        if self._unacked_count >= MAX_UNACKED:
+            return
+        self._unacked.setdefault(thread_id, deque()).append((seq, time.monotonic()))
+        self._unacked_count += 1
+
+    def _acked_to(self, thread_id: int, seq: int) -> None:
+        waiting = self._unacked.get(thread_id)
+        while waiting and waiting[0][0] <= seq:
+            waiting.popleft()
+            self._unacked_count -= 1
+        if waiting is not None and not waiting:
+            del self._unacked[thread_id]
+
+    def backlog(self) -> tuple[int, float]:
+        """Messages queued for or pushed to the device and not acked; the oldest one's age."""
+        oldest = min((q[0][1] for q in self._unacked.values() if q), default=None)
+        age = 0.0 if oldest is None else time.monotonic() - oldest
+        return self.queue.qsize() + self._unacked_count, age
+
     async def _flush(self) -> None:
         out, self._out = self._out, []
         if not out:
@@ -201,10 +234,15 @@ class Session:
         if not self.batches or len(out) == 1:
             for frame in out:
                 await self.transport.send(frame)
-            return
-        for start in range(0, len(out), BATCH):
-            chunk = out[start : start + BATCH]
-            await self.transport.send(spb.ServerFrame(batch=spb.ServerBatch(frames=chunk)))
+        else:
+            for start in range(0, len(out), BATCH):
+                chunk = out[start : start + BATCH]
+                await self.transport.send(spb.ServerFrame(batch=spb.ServerBatch(frames=chunk)))
+        if self._fresh:
+            fresh, self._fresh = self._fresh, []
+            now = time.time()
+            for committed in fresh:
+                self.metrics.deliver_seconds.observe(max(0.0, now - committed.timestamp()))
 
     async def _sync(self, hello: spb.Hello) -> None:
         given = [convert.cursor_of(c) for c in hello.cursors]
@@ -218,6 +256,8 @@ class Session:
                     self._emit(spb.ServerFrame(message=convert.message(m)))
                     self.pushed[m.thread_id] = m.seq
                     self.replayed += 1
+                    if m.sender.user_id != self.user_id:
+                        self._pushed(m.thread_id, m.seq)
             await self._flush()
             if not page.more:
                 break
@@ -258,9 +298,16 @@ class Session:
         elif isinstance(item, _Own):
             await self._advance(item.thread_id, item.seq, item.frame, own=True)
         elif isinstance(item, d.Message):
-            await self._advance(
-                item.thread_id, item.seq, spb.ServerFrame(message=convert.message(item))
-            )
+            if (
+                await self._advance(
+                    item.thread_id,
+                    item.seq,
+                    spb.ServerFrame(message=convert.message(item)),
+                    from_other=item.sender.user_id != self.user_id,
+                )
+                and self.metrics.enabled
+            ):
+                self._fresh.append(item.create_time)
         elif isinstance(item, d.Receipt):
             self._emit(spb.ServerFrame(receipt=convert.receipt(item)))
         elif isinstance(item, d.Presence):
@@ -282,13 +329,23 @@ class Session:
             cursors = [d.Cursor(t, s) for t, s in self.pushed.items()]
             page, _ = await self.api.sync_device(self.who, cursors, False, SYNC_PAGE)
             for m in page.messages:
-                await self._advance(m.thread_id, m.seq, spb.ServerFrame(message=convert.message(m)))
+                await self._advance(
+                    m.thread_id,
+                    m.seq,
+                    spb.ServerFrame(message=convert.message(m)),
+                    from_other=m.sender.user_id != self.user_id,
+                )
             if not page.more:
                 return
 
     async def _advance(
-        self, thread_id: int, seq: int, frame: spb.ServerFrame, own: bool = False
-    ) -> None:
+        self,
+        thread_id: int,
+        seq: int,
+        frame: spb.ServerFrame,
+        own: bool = False,
+        from_other: bool = False,
+    ) -> bool:
         """Push in seq order without gaps: older seqs are dropped, gaps filled from the store.
 
         `frame` carries seq: the message itself, or the SendResult of the device's own send.
@@ -303,28 +360,44 @@ class Session:
         if seq <= last:
             if own:
                 self._emit(frame)
-            return
+            return False
         if seq > last + 1:
             for m in await self.api.messages_between(self.who, thread_id, last, seq):
                 self._emit(spb.ServerFrame(message=convert.message(m)))
+                if m.sender.user_id != self.user_id:
+                    self._pushed(thread_id, m.seq)
         self._emit(frame)
         self.pushed[thread_id] = seq
+        if from_other:
+            self._pushed(thread_id, seq)
+        return True
 
     # -- inbound -------------------------------------------------------------------------
 
+    def on_malformed(self, error: str) -> None:
+        """A frame that did not parse: it counts against the frame budget like any other."""
+        self.last_frame = time.monotonic()
+        if not self._frames.take():
+            self._limited("too many frames; slow down")
+            return
+        self.enqueue(error_frame(InvalidArgument(f"malformed frame: {error}", "MALFORMED_FRAME")))
+
     async def on_frame(self, frame: spb.ClientFrame) -> None:
         self.last_frame = time.monotonic()
-        if frame.WhichOneof("payload") != "batch" and not self._frames.take():
+        which = frame.WhichOneof("payload")
+        # Every frame costs: a batch its frames, an empty batch (or one of nothing) one.
+        costs = which != "batch" or not frame.batch.frames
+        if costs and not self._frames.take():
             if frame.WhichOneof("payload") == "send":
                 # A dropped send must say which one it was, so the device retries it (and,
                 # to keep its order, the sends after it: see socket_svc/sends.py).
+                self.metrics.rate_limited.labels("frames").inc()
                 self.sends.refused(
                     frame.send, ResourceExhausted("too many frames; slow down", "RATE_LIMITED")
                 )
                 return
             self._limited("too many frames; slow down")
             return
-        which = frame.WhichOneof("payload")
         if which == "batch":
             for inner in frame.batch.frames:
                 if inner.WhichOneof("payload") == "batch":
@@ -358,6 +431,7 @@ class Session:
             self.enqueue(error_frame(e))
 
     def _limited(self, message: str) -> None:
+        self.metrics.rate_limited.labels("frames").inc()
         now = time.monotonic()
         if now - self._last_limit_error >= 1.0:
             self._last_limit_error = now
@@ -395,6 +469,7 @@ class Session:
                 # later, smaller ack must still reach it.
                 self.acked[c.thread_id] = min(c.seq, self.pushed.get(c.thread_id, 0))
                 self.ack_dirty[c.thread_id] = max(c.seq, self.ack_dirty.get(c.thread_id, 0))
+                self._acked_to(c.thread_id, c.seq)
         if self.ack_dirty:
             self._on_ack(self)
 

@@ -22,13 +22,19 @@ from typing import Any, Protocol
 
 from natter import convert
 from natter import domain as d
-from natter.errors import DeadlineExceeded, Internal, InvalidArgument, NatterError
+from natter.errors import (
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    NatterError,
+    ResourceExhausted,
+)
 from natter.rpc import Malformed
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
 from socket_svc.hub import Hub
 from socket_svc.ports import MessageApi
-from socket_svc.session import Session, error_frame, heartbeat_seconds
+from socket_svc.session import Session, heartbeat_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +82,22 @@ class DeviceStream:
     """One device's stream from its first frame to its end, over any transport."""
 
     def __init__(
-        self, hub: Hub, api: MessageApi, settings: Settings, transport: Transport, token: str
+        self,
+        hub: Hub,
+        api: MessageApi,
+        settings: Settings,
+        transport: Transport,
+        token: str,
+        address: str = "",
+        kind: str = "grpc",
     ) -> None:
         self.hub = hub
         self.api = api
         self.settings = settings
         self.transport = transport
         self.token = token
+        self.address = address
+        self.kind = kind
         self.session: Session | None = None
         self._gone = False
         self._hello_wait: asyncio.Task[Incoming] | None = None
@@ -102,14 +117,40 @@ class DeviceStream:
             self._reader.cancel()
 
     async def run(self) -> End:
+        pending = self.hub.pending
+        if not pending.enter(self.address):
+            self.hub.metrics.rate_limited.labels("pending_streams").inc()
+            return End(
+                ResourceExhausted(
+                    f"too many streams from your address are waiting to say hello "
+                    f"(at most {pending.cap})",
+                    "TOO_MANY_PENDING_STREAMS",
+                )
+            )
+        gauge = self.hub.metrics.streams.labels(self.kind, "pending")
+        gauge.inc()
         try:
-            who = await self.api.authenticate(self.token)
-        except NatterError as e:
-            return End(e)
-        hello = await self._hello()
+            try:
+                who = await self.api.authenticate(self.token)
+            except NatterError as e:
+                return End(e)
+            hello = await self._hello()
+        finally:
+            pending.leave(self.address)
+            gauge.dec()
         if isinstance(hello, End):
             return hello
-        session = Session(who, self.api, self.transport, self.settings, self.hub.ack_pending)
+        opened = self.hub.metrics.streams.labels(self.kind, "open")
+        opened.inc()
+        try:
+            return await self._run(who, hello)
+        finally:
+            opened.dec()
+
+    async def _run(self, who: d.Principal, hello: spb.Hello) -> End:
+        session = Session(
+            who, self.api, self.transport, self.settings, self.hub.ack_pending, self.hub.metrics
+        )
         session.foreground = hello.foreground
         try:
             await self.transport.send(self._welcome(who))
@@ -235,11 +276,7 @@ class DeviceStream:
                 self._refused = incoming
                 return
             if isinstance(incoming, Malformed):
-                session.enqueue(
-                    error_frame(
-                        InvalidArgument(f"malformed frame: {incoming.error}", "MALFORMED_FRAME")
-                    )
-                )
+                session.on_malformed(incoming.error)
                 continue
             self.hub.beat(session)
             await session.on_frame(incoming)
@@ -253,7 +290,13 @@ async def _settle(task: asyncio.Task[Any]) -> None:
 
 
 async def serve(
-    hub: Hub, api: MessageApi, settings: Settings, transport: Transport, token: str
+    hub: Hub,
+    api: MessageApi,
+    settings: Settings,
+    transport: Transport,
+    token: str,
+    address: str = "",
+    kind: str = "grpc",
 ) -> End:
     """Run one device's stream to its end.
 
@@ -261,7 +304,7 @@ async def serve(
     a call to message_svc cut halfway would leave its database connection to be torn down —
     and then the cancellation goes on.
     """
-    stream = DeviceStream(hub, api, settings, transport, token)
+    stream = DeviceStream(hub, api, settings, transport, token, address, kind)
     task = asyncio.create_task(stream.run())
     try:
         return await asyncio.shield(task)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -10,6 +12,8 @@ from pathlib import Path
 from aiohttp import web
 
 from natter import tls
+from natter.metrics import CONTENT_TYPE_LATEST, NO_METRICS, Metrics
+from natter.rpc import ClientAddresses
 from natter.settings import Settings
 from socket_svc.gateway import Gateway
 from socket_svc.hub import Hub
@@ -71,6 +75,52 @@ async def _security_headers(
     return response
 
 
+def client_address(request: web.Request, addresses: ClientAddresses) -> str:
+    """The browser's address: the peer, or the last X-Forwarded-For entry of a trusted proxy."""
+    peer = request.remote or ""
+    if addresses.networks and addresses.trusted(peer):
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        if forwarded:
+            return forwarded.rsplit(",", 1)[-1].strip()[:64] or peer
+    return peer
+
+
+def _private(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private or ip.is_link_local
+
+
+def metrics_handler(
+    metrics: Metrics, settings: Settings
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """GET /metrics: the Prometheus text format.
+
+    With `metrics_token` set, a request needs "Authorization: Bearer <token>"; without it,
+    only loopback and private-network peers are answered (a public listener does not tell
+    the world how busy it is).
+    """
+
+    async def handle(request: web.Request) -> web.Response:
+        token = settings.metrics_token
+        if token:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return web.Response(status=401, text="metrics need a bearer token\n")
+        elif not _private(request.remote or ""):
+            return web.Response(status=403, text="metrics are for private addresses only\n")
+        if not metrics.enabled:
+            return web.Response(status=404, text="metrics are off (metrics_enabled)\n")
+        body = metrics.exposition()
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    return handle
+
+
 class WebServer:
     def __init__(
         self,
@@ -79,15 +129,26 @@ class WebServer:
         api: MessageApi,
         grpc_address: str,
         gateway_target: str = "",
+        metrics: Metrics = NO_METRICS,
+        gateway_key: str = "",
         extra_routes: Sequence[web.RouteDef] = (),
     ) -> None:
         self.settings = settings
         self.hub = hub
         self.api = api
         self.grpc_address = grpc_address
+        self.metrics = metrics
         self.web_dir = resolve_web_dir(settings)
-        self.gateway = Gateway(gateway_target or grpc_address, settings.max_frame_bytes)
-        self.sockets = WebSocketEdge(hub, api, settings)
+        self.addresses = ClientAddresses(settings.trusted_proxies)
+        self.gateway = Gateway(
+            gateway_target or grpc_address,
+            settings.max_frame_bytes,
+            gateway_key,
+            lambda r: client_address(r, self.addresses),
+        )
+        self.sockets = WebSocketEdge(
+            hub, api, settings, lambda r: client_address(r, self.addresses)
+        )
         self.extra_routes = extra_routes
         self._runner: web.AppRunner | None = None
 
@@ -97,6 +158,7 @@ class WebServer:
             middlewares=[_security_headers], client_max_size=self.settings.max_frame_bytes + 65536
         )
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", metrics_handler(self.metrics, self.settings))
         app.add_routes(self.sockets.routes())
         # Routes other services serve on this listener (attachments), before the gateway's
         # catch-all POST /{service}/{method}.

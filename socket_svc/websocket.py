@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import grpc
 from aiohttp import WSMsgType, web
@@ -111,10 +112,17 @@ def close_of(end: stream.End) -> tuple[int, bytes]:
 class WebSocketEdge:
     """GET /ws: one device's stream, authenticated by the token in its subprotocol list."""
 
-    def __init__(self, hub: Hub, api: MessageApi, settings: Settings) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        api: MessageApi,
+        settings: Settings,
+        address_of: Callable[[web.Request], str] = lambda r: r.remote or "",
+    ) -> None:
         self.hub = hub
         self.api = api
         self.settings = settings
+        self.address_of = address_of
         self.max_frame = settings.max_frame_bytes
         self.sockets: set[web.WebSocketResponse] = set()
 
@@ -140,7 +148,13 @@ class WebSocketEdge:
         try:
             transport = _WsTransport(ws, self.max_frame)
             end = await stream.serve(
-                self.hub, self.api, self.settings, transport, token_of(request)
+                self.hub,
+                self.api,
+                self.settings,
+                transport,
+                token_of(request),
+                self.address_of(request),
+                "websocket",
             )
             if not ws.closed:
                 code, reason = close_of(end)

@@ -55,6 +55,7 @@ class RoleProc:
     grpc_port: int = field(default_factory=free_port)
     internal_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -83,6 +84,8 @@ class RoleProc:
             "--internal",
             self.internal_addr,
             *(["--http", f"127.0.0.1:{self.http_port}"] if self.role == "message" else []),
+            "--metrics",
+            f"127.0.0.1:{self.metrics_port}",
             *self.extra_args,
         ]
 
@@ -502,7 +505,9 @@ class Chat:
 
 
 @contextlib.asynccontextmanager
-async def running_cluster(root: Path, **shape: int) -> AsyncIterator[Cluster]:
+async def running_cluster(
+    root: Path, env: dict[str, str] | None = None, **shape: int
+) -> AsyncIterator[Cluster]:
     """A Cluster of the given shape, or a test failure that says what to install."""
     import pytest
 
@@ -512,5 +517,5 @@ async def running_cluster(root: Path, **shape: int) -> AsyncIterator[Cluster]:
         pytest.fail(f"the cluster tests need PostgreSQL: {e}", pytrace=False)
     if etcd_binary() is None:
         pytest.fail("the cluster tests need etcd: apt-get install -y etcd-server", pytrace=False)
-    async with Cluster(root, **shape) as c:  # type: ignore[arg-type]
+    async with Cluster(root, env=env, **shape) as c:
         yield c

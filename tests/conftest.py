@@ -23,16 +23,26 @@ PASSWORD = "correct horse battery"
 _names = itertools.count(1)
 
 
+# What the suite needs instead of the product's defaults (tests/test_defaults.py checks
+# those): cheap password hashing, quick ack flushes, no per-address limits (every test
+# client comes from 127.0.0.1), room for many devices, and no delivery canary (its own
+# tests turn it on).
+TEST_LIMITS: dict[str, object] = {
+    "argon2_memory_kib": 1024,
+    "argon2_time_cost": 1,
+    "ack_flush_seconds": 0.05,
+    "logins_per_ip_per_minute": 0,
+    "registrations_per_ip_per_hour": 0,
+    "registrations_per_hour": 0,
+    "max_devices_per_user": 1000,
+    "max_pending_streams_per_address": 0,
+    "canary_interval_seconds": 0,
+}
+
+
 def test_settings(data: Path, **changes: object) -> Settings:
-    base = Settings(
-        data_dir=data,
-        grpc_addr="127.0.0.1:0",
-        http_addr="127.0.0.1:0",
-        argon2_memory_kib=1024,
-        argon2_time_cost=1,
-        ack_flush_seconds=0.05,
-    )
-    return base.replace(**changes)
+    base = Settings(data_dir=data, grpc_addr="127.0.0.1:0", http_addr="127.0.0.1:0")
+    return base.replace(**{**TEST_LIMITS, **changes})
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

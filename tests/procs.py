@@ -23,7 +23,7 @@ import os
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,12 @@ TEST_ENV = {
     "NATTER_ARGON2_TIME_COST": "1",
     "NATTER_ACK_FLUSH_SECONDS": "0.05",
     "NATTER_LOG_LEVEL": "WARNING",
+    "NATTER_LOGINS_PER_IP_PER_MINUTE": "0",
+    "NATTER_REGISTRATIONS_PER_IP_PER_HOUR": "0",
+    "NATTER_REGISTRATIONS_PER_HOUR": "0",
+    "NATTER_MAX_DEVICES_PER_USER": "1000",
+    "NATTER_MAX_PENDING_STREAMS_PER_ADDRESS": "0",
+    "NATTER_CANARY_INTERVAL_SECONDS": "0",
 }
 
 
@@ -203,9 +209,13 @@ class Cli:
     home: Path
     server: str
     password: str
+    # More environment, such as NATTER_NEW_PASSWORD for `natter password`.
+    extra: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        return _child_env({"NATTER_HOME": str(self.home), "NATTER_PASSWORD": self.password})
+        return _child_env(
+            {"NATTER_HOME": str(self.home), "NATTER_PASSWORD": self.password, **self.extra}
+        )
 
     def args(self, profile: str, argv: Sequence[str]) -> list[str]:
         return [*natter_command(), "--server", self.server, "--profile", profile, *argv]

@@ -235,6 +235,7 @@ async def test_presence_server_killed_status_recovers(healthy: Cluster) -> None:
     try:
         alice, bob = chat.peers
         await alice.client.add_contact(bob.name)
+        await bob.client.add_contact(alice.name)  # status shows to mutual contacts
 
         async def bob_online() -> bool:
             try:

@@ -46,7 +46,7 @@ async def cluster(
         "NATTER_S3_SECRET_KEY": s3.secret_key,
     }
     root: Path = tmp_path_factory.mktemp("cluster-media")
-    async with running_cluster(root, sockets=1, messages=2, env=env) as c:  # type: ignore[arg-type]
+    async with running_cluster(root, sockets=1, messages=2, env=env) as c:
         yield c
 
 

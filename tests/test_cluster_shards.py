@@ -95,6 +95,7 @@ async def test_presence_of_users_owned_by_either_presence_shard(sharded: Cluster
         watcher, *others = chat.peers
         for p in others:
             await watcher.client.add_contact(p.name)
+            await p.client.add_contact(watcher.name)  # status shows to mutual contacts
         names = [p.name for p in others]
 
         async def all_online() -> bool:

@@ -115,6 +115,7 @@ async def test_contacts_see_online_and_offline_within_an_interval(
 ) -> None:
     alice, bob = await user("alice"), await user("bob")
     await bob.add_contact("alice")
+    await alice.add_contact("bob")  # presence goes to mutual contacts only
     cb = await connect(bob, heartbeat_seconds=BEAT)
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -143,6 +144,7 @@ async def test_a_silent_device_goes_offline_though_its_stream_is_open(
 ) -> None:
     alice, bob = await user("alice"), await user("bob")
     await bob.add_contact("alice")
+    await alice.add_contact("bob")
     cb = await connect(bob, heartbeat_seconds=BEAT)
     raw = RawStream(alice)  # says hello, then nothing: a half-open connection
     await raw.hello()
@@ -168,6 +170,7 @@ async def test_online_while_any_device_is(
         await user("bob"),
     )
     await bob.add_contact("alice")
+    await phone.add_contact("bob")
     cb = await connect(bob, heartbeat_seconds=BEAT)
     c1 = await connect(phone, heartbeat_seconds=BEAT)
     c2 = await connect(laptop, heartbeat_seconds=BEAT)
@@ -192,6 +195,7 @@ async def test_last_seen_survives_a_restart(settings: Settings) -> None:
         await a.login("alice", PASSWORD)
         await b.login("bob", PASSWORD)
         await b.add_contact("alice")
+        await a.add_contact("bob")
         conn = await Connection(a).start()
         await eventually(lambda: srv.presence.tracker.online_users() != [])
         await conn.close()
@@ -211,33 +215,39 @@ async def test_last_seen_survives_a_restart(settings: Settings) -> None:
 # -- privacy --------------------------------------------------------------------------------
 
 
-async def test_only_contacts_and_thread_peers_see_status(
+async def test_only_mutual_contacts_see_status(
     user: UserFactory, connect: ConnFactory, server: EmbeddedServer
 ) -> None:
+    """Adding someone is one-sided: their status shows only once they add you back."""
     alice, bob, carol, dave, erin = [
         await user(n) for n in ("alice", "bob", "carol", "dave", "erin")
     ]
-    await bob.add_contact("alice")  # bob has alice: he may see her
-    await alice.add_contact("erin")  # alice has erin, not the other way: erin may not
-    await alice.create_group("g", ["dave"])  # dave shares a thread with alice
+    await bob.add_contact("alice")
+    await alice.add_contact("bob")  # mutual: bob sees alice, alice sees bob
+    await carol.add_contact("alice")  # carol has alice, alice not carol: carol sees nothing
+    await alice.add_contact("erin")  # alice has erin, erin not alice: erin sees nothing
+    await alice.create_group("g", ["dave"])  # a shared group shows nothing by default
     watchers = {
         n: await connect(c, heartbeat_seconds=BEAT)
         for n, c in (("bob", bob), ("carol", carol), ("dave", dave), ("erin", erin))
     }
     ca = await connect(alice, heartbeat_seconds=BEAT)
     await presence_event(watchers["bob"], "alice", True)
-    await presence_event(watchers["dave"], "alice", True)
     await reports_pass(server)
-    assert pending_presence(watchers["carol"]) == [] and pending_presence(watchers["erin"]) == []
+    for n in ("carol", "dave", "erin"):
+        assert pending_presence(watchers[n]) == [], n
     await ca.close()
     seen = (await presence_event(watchers["bob"], "alice", False)).last_seen_time
     assert seen is not None
 
-    for viewer in (bob, dave):
-        [p] = await viewer.presence(["alice"])
-        assert (p.user.username, p.online, p.last_seen_time) == ("alice", False, seen)
-    for viewer in (carol, erin):
+    [p] = await bob.presence(["alice"])
+    assert (p.user.username, p.online, p.last_seen_time) == ("alice", False, seen)
+    for viewer in (carol, dave, erin):
         assert await viewer.presence(["alice"]) == []
+    # Once carol is added back, she sees alice too.
+    await alice.add_contact("carol")
+    [p] = await carol.presence(["alice"])
+    assert p.last_seen_time == seen
     # Hidden last seen: the status still shows, the time does not, except to oneself.
     await alice.update_settings(hide_last_seen=True)
     [p] = await bob.presence(["alice"])
@@ -249,6 +259,37 @@ async def test_only_contacts_and_thread_peers_see_status(
     assert pushed.last_seen_time is None
 
 
+class TestChatsSeeStatus:
+    """presence_audience = contacts_and_chats: people one shares a thread with see it too."""
+
+    @pytest.fixture
+    def settings(self, tmp_path: Path, store_url: str) -> Settings:
+        return make_settings(
+            tmp_path / "data",
+            database_url=store_url,
+            heartbeat_interval_seconds=BEAT,
+            presence_audience="contacts_and_chats",
+        )
+
+    async def test_thread_peers_see_status_strangers_do_not(
+        self, user: UserFactory, connect: ConnFactory, server: EmbeddedServer
+    ) -> None:
+        alice, carol, dave = [await user(n) for n in ("alice", "carol", "dave")]
+        await carol.add_contact("alice")  # one-sided: still nothing
+        await alice.create_group("g", ["dave"])
+        cd, cc = (
+            await connect(dave, heartbeat_seconds=BEAT),
+            await connect(carol, heartbeat_seconds=BEAT),
+        )
+        await connect(alice, heartbeat_seconds=BEAT)
+        await presence_event(cd, "alice", True)
+        await reports_pass(server)
+        assert pending_presence(cc) == []
+        [p] = await dave.presence(["alice"])
+        assert p.online
+        assert await carol.presence(["alice"]) == []
+
+
 class TestSmallGroupPushes:
     @pytest.fixture
     def settings(self, tmp_path: Path, store_url: str) -> Settings:
@@ -257,6 +298,7 @@ class TestSmallGroupPushes:
             database_url=store_url,
             heartbeat_interval_seconds=BEAT,
             presence_push_group_size=2,
+            presence_audience="contacts_and_chats",
         )
 
     async def test_pushes_reach_small_threads_only(
@@ -284,6 +326,7 @@ class TestSmallGroupPushes:
 async def test_presence_query_limits(user: UserFactory, server: EmbeddedServer) -> None:
     alice, bob = await user("alice"), await user("bob")
     await alice.add_contact("bob")
+    await bob.add_contact("alice")
     with pytest.raises(InvalidArgument) as info:
         await alice.presence([f"user{i}" for i in range(1001)])
     assert info.value.reason == "TOO_MANY_USERS" and "1000" in info.value.message
@@ -427,6 +470,7 @@ class TestCli:
         await user("bob")
         await cli.run("bob", "login", "bob")
         await cli.run("bob", "contacts", "add", "alice")
+        await alice.add_contact("bob")
         [never, hidden] = await cli.json("bob", "status", "alice", "nobody")
         assert never == {"type": "presence", "user": "alice", "online": False, "last_seen": None}
         assert hidden == {"type": "presence", "user": "nobody", "visible": False}
@@ -469,6 +513,7 @@ async def test_a_socket_server_leaving_the_registry_takes_its_devices_offline(
 
     alice, bob = await user("alice"), await user("bob")
     await bob.add_contact("alice")
+    await alice.add_contact("bob")
     cb = await connect(bob, heartbeat_seconds=BEAT)
     registry = LocalRegistry()
     await registry.register(Node("far-away", "socket", "127.0.0.1:1", "127.0.0.1:2"))

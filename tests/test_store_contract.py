@@ -43,6 +43,7 @@ from natter.errors import (
     AlreadyExists,
     FailedPrecondition,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     Unavailable,
 )
@@ -1675,3 +1676,289 @@ async def test_the_rich_messages_migration_holds_whatever_its_place(store: SqlSt
     ]
     rows = await store.search_messages(alice.id, ["migration"], 0, 0, 10)
     assert [m.text for m in rows] == ["kept through the migration"]
+
+
+# -- safety, administration, device limits ------------------------------------------------
+
+
+async def test_direct_sends_are_refused_when_blocked_either_way_or_the_peer_is_deleted(
+    store: SqlStore,
+) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    ab = await store.direct_thread(alice.id, bob.id)
+    ac = await store.direct_thread(alice.id, carol.id)
+
+    def direct(thread: int, who: Person, peer: Person) -> NewMessage:
+        return replace(text(thread, who), peer_id=peer.id)
+
+    assert await store.block(bob.id, alice.id) is True
+    assert await store.block(bob.id, alice.id) is False  # already
+    out = await store.append_messages(
+        [direct(ab, alice, bob), direct(ab, bob, alice), direct(ac, alice, carol)]
+    )
+    assert isinstance(out[0], Refused) and out[0].reason is Refusal.BLOCKED_BY_PEER
+    assert isinstance(out[1], Refused) and out[1].reason is Refusal.BLOCKING_PEER
+    assert isinstance(out[2], Appended) and out[2].message.seq == 1  # others unaffected
+    thread = await store.get_thread(ab)
+    assert thread is not None and thread.last_seq == 0  # nothing stored, no seq used
+    assert await store.unblock(bob.id, alice.id) is True
+    assert await store.unblock(bob.id, alice.id) is False
+    [ok] = await store.append_messages([direct(ab, alice, bob)])
+    assert isinstance(ok, Appended) and ok.message.seq == 1
+    await store.erase_user(carol.id)
+    [gone] = await store.append_messages([direct(ac, alice, carol)])
+    assert isinstance(gone, Refused) and gone.reason is Refusal.PEER_DELETED
+
+
+async def test_blocks_are_listed_and_linked_both_ways(store: SqlStore) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    await store.block(alice.id, carol.id)
+    await store.block(alice.id, bob.id)
+    await store.block(carol.id, bob.id)
+    assert [r.username for r in await store.list_blocked(alice.id, "", 10)] == ["bob", "carol"]
+    assert [r.username for r in await store.list_blocked(alice.id, "bob", 10)] == ["carol"]
+    assert await store.blocked_by(bob.id, [alice.id, carol.id]) == {alice.id, carol.id}
+    assert await store.blocked_by(alice.id, [bob.id, carol.id]) == set()
+    links = await store.block_links([alice.id, bob.id])
+    assert links == {alice.id: {bob.id, carol.id}, bob.id: {alice.id, carol.id}}
+
+
+async def test_mutual_contacts(store: SqlStore) -> None:
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    await store.add_contact(alice.id, bob.id, "")
+    await store.add_contact(bob.id, alice.id, "")
+    await store.add_contact(alice.id, carol.id, "")  # one-sided
+    assert await store.mutual_contacts([alice.id, carol.id]) == {alice.id: {bob.id}}
+    assert await store.mutual_contacts_among(alice.id, [bob.id, carol.id]) == {bob.id}
+
+
+async def test_the_first_account_becomes_admin_once_and_invites_are_used_up(
+    store: SqlStore,
+) -> None:
+    system = await store.create_user("~system", "System", None, "!", is_system=True)
+    assert not system.is_admin  # a system account never counts as the first
+    first = await store.create_user("alice", "Alice", None, "h", first_becomes_admin=True)
+    second = await store.create_user("bob", "Bob", None, "h", first_becomes_admin=True)
+    assert (first.is_admin, second.is_admin) == (True, False)
+    assert (await store.get_users([first.user_id]))[first.user_id].is_admin
+    later = datetime.now(UTC) + timedelta(hours=1)
+    await store.create_invite("hash-1", "abcdef", first.user_id, "for carol", later)
+    carol = await store.create_user("carol", "Carol", None, "h", invite_hash="hash-1")
+    with pytest.raises(PermissionDenied) as info:
+        await store.create_user("dave", "Dave", None, "h", invite_hash="hash-1")
+    assert info.value.reason == "BAD_INVITE"
+    with pytest.raises(PermissionDenied):
+        await store.create_user("dave", "Dave", None, "h", invite_hash="no-such-code")
+    await store.create_invite("hash-2", "ghijkl", None, "", datetime.now(UTC) - timedelta(1))
+    with pytest.raises(PermissionDenied):  # expired
+        await store.create_user("dave", "Dave", None, "h", invite_hash="hash-2")
+    await store.create_invite("hash-3", "mnopqr", None, "", later)
+    assert await store.revoke_invite("mnopqr") is True
+    with pytest.raises(PermissionDenied):  # revoked
+        await store.create_user("dave", "Dave", None, "h", invite_hash="hash-3")
+    # A clash on the username leaves the invite unused.
+    await store.create_invite("hash-4", "stuvwx", None, "", later)
+    with pytest.raises(AlreadyExists):
+        await store.create_user("carol", "Carol", None, "h", invite_hash="hash-4")
+    await store.create_user("erin", "Erin", None, "h", invite_hash="hash-4")
+    open_ = await store.list_invites(include_done=False)
+    assert open_ == []
+    done = {i.hint: i for i in await store.list_invites(include_done=True)}
+    assert done["abcdef"].used_by_id == carol.user_id and done["mnopqr"].revoke_time
+
+
+async def test_concurrent_first_registrations_make_one_admin(store: SqlStore) -> None:
+    rows = await asyncio.gather(
+        *(
+            store.create_user(f"user{i}", f"U{i}", None, "h", first_becomes_admin=True)
+            for i in range(6)
+        )
+    )
+    assert sum(r.is_admin for r in rows) == 1
+
+
+async def test_device_cap_is_checked_in_the_transaction_and_can_replace_the_oldest(
+    store: SqlStore,
+) -> None:
+    from message_svc.store import NewDevice
+
+    alice = await store.create_user("alice", "Alice", None, "h")
+    far = datetime.now(UTC) + timedelta(days=1)
+
+    def device(name: str, replace_oldest: bool = False) -> NewDevice:
+        return NewDevice(alice.user_id, name, f"tok-{name}", "cli", far, 2, replace_oldest)
+
+    first = await store.add_device(device("one"))
+    await store.add_device(device("two"))
+    with pytest.raises(ResourceExhausted) as info:
+        await store.add_device(device("three"))
+    assert info.value.reason == "TOO_MANY_DEVICES"
+    added = await store.add_device(device("three", replace_oldest=True))
+    assert added.replaced == (first.device.device_id,)
+    names = [d.name for d in await store.list_devices(alice.user_id)]
+    assert names == ["two", "three"]
+    assert (await store.list_devices(alice.user_id))[0].platform == "cli"
+    # Expired devices do not count against the cap.
+    stale = NewDevice(alice.user_id, "old", "tok-old", "", datetime.now(UTC) - timedelta(1), 9)
+    await store.add_device(stale)
+    await store.revoke_devices(alice.user_id, None, keep=added.device.device_id)
+    await store.add_device(device("four"))
+    assert {d.name for d in await store.list_devices(alice.user_id)} >= {"three", "four"}
+
+
+async def test_renew_devices_skips_revoked_expired_disabled_and_deleted(store: SqlStore) -> None:
+    from message_svc.store import NewDevice
+
+    now = datetime.now(UTC)
+    alice = await store.create_user("alice", "Alice", None, "h")
+    bob = await store.create_user("bob", "Bob", None, "h")
+    later, past = now + timedelta(days=1), now - timedelta(seconds=1)
+    live = (await store.add_device(NewDevice(alice.user_id, "a", "t1", "", later, 9))).device
+    lapsed = (await store.add_device(NewDevice(alice.user_id, "b", "t2", "", past, 9))).device
+    revoked = (await store.add_device(NewDevice(alice.user_id, "c", "t3", "", later, 9))).device
+    of_bob = (await store.add_device(NewDevice(bob.user_id, "d", "t4", "", later, 9))).device
+    await store.revoke_devices(alice.user_id, [revoked.device_id])
+    ids = [live.device_id, lapsed.device_id, revoked.device_id, of_bob.device_id]
+    until = now + timedelta(days=7)
+    assert await store.renew_devices(ids, now, until) == {live.device_id, of_bob.device_id}
+    [row] = [r for r in await store.list_devices(alice.user_id) if r.device_id == live.device_id]
+    assert row.expire_time is not None and abs(row.expire_time - until) < timedelta(seconds=1)
+    assert await store.set_disabled(bob.user_id, True) is True
+    assert await store.set_disabled(bob.user_id, True) is False
+    assert await store.renew_devices(ids, now, until) == {live.device_id}
+    assert await store.set_disabled(bob.user_id, False) is True
+    assert await store.renew_devices([of_bob.device_id], now, until) == {of_bob.device_id}
+
+
+async def test_erasing_a_user_keeps_their_messages_and_removes_the_rest(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice", "+4915100000001"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    await append(store, [text(ab, alice, "kept")])
+    await store.add_contact(alice.id, bob.id, "")
+    await store.add_contact(bob.id, alice.id, "")
+    await store.block(alice.id, bob.id)
+    await store.advance_delivered([DeviceAck(alice.id, alice.device_id, (Cursor(ab, 1),))])
+    assert await store.erase_user(alice.id) == [alice.device_id]
+    row = (await store.get_users([alice.id]))[alice.id]
+    assert row.deleted and row.display_name == "Deleted account" and row.phone is None
+    assert row.username == f"~deleted-{alice.id}"
+    assert await store.find_users(["alice", "+4915100000001"]) == {}
+    [kept] = await store.list_messages(ab, 0, 0, 10, False)
+    assert (kept.text, kept.sender.display_name) == ("kept", "Deleted account")
+    assert await store.list_contacts(bob.id, "", 10) == []
+    assert await store.block_links([bob.id]) == {}
+    assert await store.device_cursors(alice.device_id) == {}
+    assert await store.list_devices(alice.id) == []
+    # The name is free again.
+    await store.create_user("alice", "Another Alice", None, "h")
+
+
+async def test_reports_keep_copies_and_resolve_once(store: SqlStore) -> None:
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    sent = await append(store, [text(ab, bob, "nasty"), text(ab, bob, "worse")])
+    first = await store.create_report(
+        alice.id, bob.id, ab, 2, "he is rude", [a.message for a in sent]
+    )
+    second = await store.create_report(bob.id, alice.id, 0, 1, "", [])
+    listed = await store.list_reports(True, 0, 10)
+    assert [r.report_id for r in listed] == [first, second]
+    report = await store.get_report(first)
+    assert report is not None
+    assert (report.reporter.username, report.subject.username, report.reason) == ("alice", "bob", 2)
+    assert [m.text for m in report.messages] == ["nasty", "worse"]
+    assert report.messages[0].sender.display_name == "Bob"
+    assert await store.resolve_report(first, alice.id, "warned him") is True
+    assert await store.resolve_report(first, alice.id, "again") is False
+    assert [r.report_id for r in await store.list_reports(True, 0, 10)] == [second]
+    assert [r.report_id for r in await store.list_reports(False, first, 10)] == [second]
+    done = await store.get_report(first)
+    assert done is not None and done.resolution == "warned him" and done.resolve_time
+    assert await store.get_report(999_999) is None
+
+
+async def test_config_audit_and_account_listing(store: SqlStore) -> None:
+    assert await store.get_config("registration") is None
+    await store.set_config("registration", "invite")
+    await store.set_config("registration", "closed")
+    assert await store.get_config("registration") == "closed"
+    await store.set_config("registration", None)
+    assert await store.get_config("registration") is None
+    for i in range(3):
+        await store.audit(None, "local:root", f"act.{i}", "bob", "detail")
+    entries = await store.list_audit(0, 2)
+    assert [e.action for e in entries] == ["act.2", "act.1"]
+    older = await store.list_audit(entries[-1].entry_id, 10)
+    assert [e.action for e in older] == ["act.0"] and older[0].actor == "local:root"
+    await store.create_user("~sys", "System", None, "!", is_system=True)
+    alice = await store.create_user("alice", "Alice Liddell", "+4915100000002", "h")
+    await store.create_user("bob", "Bob", None, "h")
+    assert [r.username for r in await store.list_users("", 0, 10)] == ["alice", "bob"]
+    assert [r.username for r in await store.list_users("liddell", 0, 10)] == ["alice"]
+    assert [r.username for r in await store.list_users("+49151", 0, 10)] == ["alice"]
+    assert [r.username for r in await store.list_users("", alice.user_id, 10)] == ["bob"]
+    assert await store.set_admin(alice.user_id, True) is True
+    assert await store.set_admin(alice.user_id, True) is False
+
+
+async def test_migrating_an_older_database_adds_the_new_columns_and_names_no_admin(
+    backend: Backend,
+) -> None:
+    """A database made before blocks and admins existed: migration 2 upgrades it in place."""
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from message_svc import schema
+
+    new_columns = {
+        "users": {"is_admin", "is_system", "disable_time", "delete_time"},
+        "devices": {"platform", "expire_time"},
+    }
+    old = sa.MetaData()
+    for table in (schema.users, schema.devices):
+        sa.Table(
+            table.name,
+            old,
+            *(c._copy() for c in table.c if c.name not in new_columns[table.name]),
+            **table.kwargs,
+        )
+    url = await backend.new_url()
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(old.create_all)
+            others = [t for t in schema.metadata.sorted_tables if t.name in ("contacts", "threads")]
+            await conn.run_sync(lambda c: schema.metadata.create_all(c, tables=others))
+            await conn.run_sync(schema.schema_migrations.create)
+            await conn.execute(
+                schema.schema_migrations.insert().values(version=1, name="initial schema")
+            )
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO users (username, display_name, password_hash, hide_last_seen,"
+                    " create_time) VALUES ('alice', 'Alice', 'h', false, CURRENT_TIMESTAMP)"
+                )
+            )
+    finally:
+        await engine.dispose()
+    upgraded = SqlStore(url)
+    await upgraded.open()
+    try:
+        [alice] = (await upgraded.find_users(["alice"])).values()
+        assert not alice.is_admin and not alice.deleted
+        later = await upgraded.create_user("bob", "Bob", None, "h", first_becomes_admin=True)
+        assert not later.is_admin  # an existing install gets no automatic admin
+        await upgraded.block(alice.user_id, later.user_id)
+    finally:
+        await upgraded.close()
+    again = SqlStore(url)
+    await again.open()  # a second start applies nothing and fails nothing
+    await again.close()
+
+
+def test_migration_names_fit_their_column() -> None:
+    from message_svc import schema
+
+    names = [name for _, name, _ in schema.MIGRATIONS]
+    assert len(set(names)) == len(names)
+    assert all(len(n) <= 64 for n in names)

@@ -23,7 +23,7 @@ class ChannelNode(ClusterNode):
 
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         super().__init__(settings, registry)
-        self.channels = Channels(self._socket)
+        self.channels = Channels(self._socket, self.metrics)
         cpb_grpc.add_ChannelInternalServiceServicer_to_server(
             ChannelInternalServicer(self.channels), self.internal
         )

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from aiohttp import web
 
+from app.canary import Canary
 from app.media import build_media, media_app
 from app.roles.node import DB_POOL, ClusterNode
 from app.roles.presence_proxy import add_presence_proxy
@@ -14,6 +15,7 @@ from app.routing import ClusterFanout
 from media_svc import PUBLIC_SERVICES as MEDIA_SERVICES
 from media_svc import MediaServicer
 from message_svc import PUBLIC_SERVICES, MessageService, SqlStore
+from natter import domain as d
 from natter import tls
 from natter.errors import Unavailable
 from natter.settings import Settings
@@ -44,11 +46,12 @@ class MessageNode(ClusterNode):
 
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         super().__init__(settings, registry)
-        self.store = SqlStore(settings.db_url, pool_size=DB_POOL)
+        self.store = SqlStore(settings.db_url, pool_size=DB_POOL, metrics=self.metrics)
         # Retry pushes long enough for a dead socket server's lease to expire.
         retry = 3 * settings.lease_ttl_seconds + 4
         self.fanout = ClusterFanout(self.pool, self.registry, self.channel_client(), retry)
-        self.messages = MessageService(self.store, settings, self.fanout)
+        self.messages = MessageService(self.store, settings, self.fanout, self.metrics)
+        self.canary: Canary | None = None
         self.messages.add_public(self.public)
         self.messages.add_internal(self.internal)
         spb_grpc.add_SocketServiceServicer_to_server(
@@ -66,9 +69,8 @@ class MessageNode(ClusterNode):
         mdpb_grpc.add_MediaServiceServicer_to_server(MediaServicer(self.media), self.public)
         self._http: web.AppRunner | None = None
 
-    async def _locate(self, username: str) -> tuple[str, str]:
-        user = await self.messages.contacts.resolve(username)
-        node = self.owner("socket", str(user.user_id))
+    async def _locate(self, who: d.Principal) -> tuple[str, str]:
+        node = self.owner("socket", str(who.user.user_id))
         if node is None:
             raise Unavailable("no socket server is registered", "NO_SOCKET_SERVER")
         return node.public_addr, node.node_id
@@ -94,6 +96,19 @@ class MessageNode(ClusterNode):
 
     def started(self) -> None:
         self.media.start_gc()
+        s = self.settings
+        if s.tls_cert_file:
+            # Its own listener speaks TLS with a certificate for a public name: the probe
+            # would need that name. The canary runs on embedded servers and plain clusters.
+            logger.info("delivery canary off: the public listener speaks TLS")
+            return
+        address = f"{s.grpc_addr.rsplit(':', 1)[0]}:{self.public_port}"
+        self.canary = Canary(self.store, s, self.metrics, address)
+        self.canary.start()
+
+    async def before_stop(self) -> None:
+        if self.canary is not None:
+            await self.canary.stop()
 
     async def close(self) -> None:
         await self.push.stop()

@@ -13,9 +13,11 @@ from typing import Any, ClassVar
 from grpc_health.v1 import health, health_pb2
 
 from app.listeners import internal_server, public_server, serve_health_and_reflection
+from app.metrics_http import MetricsServer
 from channel_svc.client import ChannelClient
 from natter import tls
 from natter.errors import FailedPrecondition
+from natter.metrics import Metrics
 from natter.pool import Pool
 from natter.settings import Settings
 from registry import EtcdRegistry, Node, Registry
@@ -56,6 +58,10 @@ class ClusterNode:
             list(settings.etcd_endpoints), settings.etcd_prefix, settings.lease_ttl_seconds
         )
         self.pool = Pool(settings.cluster_secret)
+        self.metrics = Metrics(settings.metrics_enabled)
+        self.metrics_server = (
+            MetricsServer(settings, self.metrics) if settings.metrics_addr else None
+        )
         self.public = public_server(settings)
         self.internal = internal_server(settings)
         self.health = health.aio.HealthServicer()
@@ -115,6 +121,8 @@ class ClusterNode:
     async def start(self) -> None:
         await self.registry.start()
         await self.open()
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
         serve_health_and_reflection(self.public, self.health, self.services)
         s = self.settings
         self.public_port = tls.listen(self.public, s.grpc_addr, s.tls_cert_file, s.tls_key_file)
@@ -130,11 +138,12 @@ class ClusterNode:
         self.registered = True
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         logger.info(
-            "natter %s (%s) serving public %s, internal %s",
+            "natter %s (%s) serving public %s, internal %s%s",
             self.node_id,
             self.role,
             public,
             internal,
+            f", metrics on port {self.metrics_server.port}" if self.metrics_server else "",
         )
 
     async def before_stop(self) -> None:
@@ -152,6 +161,8 @@ class ClusterNode:
         for task in list(self._tasks):
             task.cancel()
         await self.close()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         await self.pool.close()
         await self.registry.close()
 

@@ -23,10 +23,10 @@ class PresenceNode(ClusterNode):
 
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         super().__init__(settings, registry)
-        self.store = SqlStore(settings.db_url, pool_size=DB_POOL)
+        self.store = SqlStore(settings.db_url, pool_size=DB_POOL, metrics=self.metrics)
         retry = 3 * settings.lease_ttl_seconds + 4
         self.fanout = ClusterFanout(self.pool, self.registry, self.channel_client(), retry)
-        self.presence = PresenceService(self.store, settings, self.fanout)
+        self.presence = PresenceService(self.store, settings, self.fanout, metrics=self.metrics)
         auth = MessageClient(self.pool, lambda: self.addresses("message"))
         add_internal(self.internal, self.presence)
         add_public(self.public, self.presence, auth)

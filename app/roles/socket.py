@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import ClassVar
 
-import grpc
-
 from app.roles.node import ClusterNode
 from message_svc import MessageClient
+from natter import domain as d
 from natter.errors import Unavailable
 from natter.settings import Settings
 from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
-from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from presence_svc.client import PresenceClient
 from registry import Registry
@@ -35,9 +33,10 @@ class SocketNode(ClusterNode):
             settings,
             channel=self.channels,
             presence=PresenceClient(self.pool, self.presence_owner),
+            metrics=self.metrics,
         )
         spb_grpc.add_SocketServiceServicer_to_server(
-            SocketServicer(self.hub, api, settings, self._locate_via_message), self.public
+            SocketServicer(self.hub, api, settings, self._locate), self.public
         )
         ipb_grpc.add_SocketInternalServiceServicer_to_server(
             SocketInternalServicer(self.hub), self.internal
@@ -46,19 +45,12 @@ class SocketNode(ClusterNode):
         self._catching_up = False
         self._left = False  # out of the ring while registered: devices were handed back
 
-    async def _locate_via_message(self, username: str) -> tuple[str, str]:
-        """Socket nodes do not know usernames: message_svc's public Locate answers for them."""
-
-        async def go(channel: grpc.aio.Channel) -> spb.LocateResponse:
-            stub = spb_grpc.SocketServiceStub(channel)
-            return await stub.Locate(
-                spb.LocateRequest(username=username), timeout=self.pool.deadline
-            )
-
-        res = await self.pool.call(
-            lambda: [n.public_addr for n in self.registry.nodes("message")], go
-        )
-        return res.address, res.node_id
+    async def _locate(self, who: d.Principal) -> tuple[str, str]:
+        """The socket server owning the caller on the ring (this one, or where to go)."""
+        node = self.owner("socket", str(who.user.user_id))
+        if node is None:
+            raise Unavailable("no socket server is registered", "NO_SOCKET_SERVER")
+        return node.public_addr, node.node_id
 
     def started(self) -> None:
         self.hub.start()

@@ -14,6 +14,8 @@ from natter import domain as d
 from natter.rpc import error_from_rpc
 from natter.v1 import account_service_pb2 as apb
 from natter.v1 import account_service_pb2_grpc as apb_grpc
+from natter.v1 import admin_service_pb2 as adpb
+from natter.v1 import admin_service_pb2_grpc as adpb_grpc
 from natter.v1 import contact_service_pb2 as cpb
 from natter.v1 import contact_service_pb2_grpc as cpb_grpc
 from natter.v1 import group_service_pb2 as gpb
@@ -24,12 +26,30 @@ from natter.v1 import presence_service_pb2 as ppb
 from natter.v1 import presence_service_pb2_grpc as ppb_grpc
 from natter.v1 import push_service_pb2 as pspb
 from natter.v1 import push_service_pb2_grpc as pspb_grpc
+from natter.v1 import safety_service_pb2 as sfpb
+from natter.v1 import safety_service_pb2_grpc as sfpb_grpc
 from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from natter.v1 import thread_service_pb2 as tpb
 from natter.v1 import thread_service_pb2_grpc as tpb_grpc
 
 R = TypeVar("R")
+
+# ReportReason by name, as the CLI and apps say it.
+REPORT_REASONS = {
+    "spam": sfpb.REPORT_REASON_SPAM,
+    "harassment": sfpb.REPORT_REASON_HARASSMENT,
+    "sexual": sfpb.REPORT_REASON_SEXUAL,
+    "scam": sfpb.REPORT_REASON_SCAM,
+    "illegal": sfpb.REPORT_REASON_ILLEGAL,
+    "other": sfpb.REPORT_REASON_OTHER,
+}
+POLICIES = {
+    "open": apb.REGISTRATION_POLICY_OPEN,
+    "invite": apb.REGISTRATION_POLICY_INVITE,
+    "closed": apb.REGISTRATION_POLICY_CLOSED,
+}
+POLICY_NAMES = {v: k for k, v in POLICIES.items()}
 
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
@@ -79,8 +99,14 @@ class Client:
         self.push_stub = pspb_grpc.PushServiceStub(self.channel)
         self.socket_stub = spb_grpc.SocketServiceStub(self.channel)
         self.media_stub = mdpb_grpc.MediaServiceStub(self.channel)
+        self.safety_stub = sfpb_grpc.SafetyServiceStub(self.channel)
+        self.admin_stub = adpb_grpc.AdminServiceStub(self.channel)
         self.user: d.User | None = None
         self.device_id = 0
+        self.is_admin = False
+        # From the last login: when the token lapses unless used, devices it replaced.
+        self.expire_time: Any = None
+        self.replaced_devices: list[int] = []
 
     async def close(self) -> None:
         await self.channel.close()
@@ -103,32 +129,88 @@ class Client:
     # -- accounts ------------------------------------------------------------------------
 
     async def register(
-        self, username: str, password: str, display_name: str = "", phone: str = ""
+        self,
+        username: str,
+        password: str,
+        display_name: str = "",
+        phone: str = "",
+        invite_code: str = "",
     ) -> d.User:
+        """Create an account; `is_admin` says afterwards whether it is the server's first."""
         res = await self._call(
             self.accounts.Register,
             apb.RegisterRequest(
-                username=username, password=password, display_name=display_name, phone=phone
+                username=username,
+                password=password,
+                display_name=display_name,
+                phone=phone,
+                invite_code=invite_code,
             ),
         )
+        self.is_admin = res.is_admin
         return convert.user_of(res.user)
 
-    async def login(self, username: str, password: str, device_name: str = "sdk") -> str:
+    async def registration_policy(self) -> str:
+        """open, invite or closed."""
+        res = await self._call(
+            self.accounts.GetRegistrationPolicy, apb.GetRegistrationPolicyRequest()
+        )
+        return POLICY_NAMES.get(res.policy, "unknown")
+
+    async def login(
+        self,
+        username: str,
+        password: str,
+        device_name: str = "sdk",
+        platform: str = "python",
+        replace_oldest: bool = False,
+    ) -> str:
         res = await self._call(
             self.accounts.Login,
-            apb.LoginRequest(username=username, password=password, device_name=device_name),
+            apb.LoginRequest(
+                username=username,
+                password=password,
+                device_name=device_name,
+                platform=platform,
+                replace_oldest_device=replace_oldest,
+            ),
         )
         self.token = res.token
         self.user = convert.user_of(res.user)
         self.device_id = res.device_id
+        self.expire_time = convert.opt_ts(res, "expire_time")
+        self.replaced_devices = list(res.replaced_device_ids)
         return res.token
 
     async def logout(self) -> None:
         await self._call(self.accounts.Logout, apb.LogoutRequest())
 
-    async def devices(self) -> list[Any]:
+    async def devices(self) -> list[d.Device]:
         res = await self._call(self.accounts.ListDevices, apb.ListDevicesRequest())
-        return list(res.devices)
+        return [convert.device_of(x) for x in res.devices]
+
+    async def revoke_device(self, device_id: int) -> None:
+        """Log out one of this account's devices (this one too, like logout)."""
+        await self._call(self.accounts.RevokeDevice, apb.RevokeDeviceRequest(device_id=device_id))
+
+    async def revoke_other_devices(self) -> list[int]:
+        res = await self._call(self.accounts.RevokeOtherDevices, apb.RevokeOtherDevicesRequest())
+        return list(res.revoked_device_ids)
+
+    async def change_password(
+        self, current: str, new: str, keep_other_devices: bool = False
+    ) -> list[int]:
+        """Returns the devices logged out (every other one, unless kept)."""
+        res = await self._call(
+            self.accounts.ChangePassword,
+            apb.ChangePasswordRequest(
+                current_password=current, new_password=new, keep_other_devices=keep_other_devices
+            ),
+        )
+        return list(res.revoked_device_ids)
+
+    async def delete_account(self, password: str) -> None:
+        await self._call(self.accounts.DeleteAccount, apb.DeleteAccountRequest(password=password))
 
     async def me(self) -> apb.GetMeResponse:
         return await self._call(self.accounts.GetMe, apb.GetMeRequest())
@@ -380,6 +462,69 @@ class Client:
             self.presence_stub.GetPresence, ppb.GetPresenceRequest(usernames=usernames)
         )
         return [convert.presence_of(p) for p in res.presences]
+
+    # -- safety --------------------------------------------------------------------------
+
+    async def block(self, username: str) -> d.User:
+        res = await self._call(self.safety_stub.BlockUser, sfpb.BlockUserRequest(username=username))
+        return convert.user_of(res.user)
+
+    async def unblock(self, username: str) -> None:
+        await self._call(self.safety_stub.UnblockUser, sfpb.UnblockUserRequest(username=username))
+
+    async def blocked(self) -> list[d.User]:
+        out: list[d.User] = []
+        token = ""
+        while True:
+            res = await self._call(
+                self.safety_stub.ListBlockedUsers,
+                sfpb.ListBlockedUsersRequest(page_size=1000, page_token=token),
+            )
+            out.extend(convert.user_of(u) for u in res.users)
+            token = res.next_page_token
+            if not token:
+                return out
+
+    async def report(
+        self,
+        username: str = "",
+        reason: str = "spam",
+        text: str = "",
+        thread_id: int = 0,
+        seqs: list[int] | None = None,
+        block: bool = False,
+    ) -> int:
+        """Report a user, or messages (thread_id and seqs), to the admins; the report's id."""
+        res = await self._call(
+            self.safety_stub.CreateReport,
+            sfpb.CreateReportRequest(
+                username=username,
+                thread_id=thread_id,
+                seqs=seqs or [],
+                reason=REPORT_REASONS.get(reason, sfpb.REPORT_REASON_UNSPECIFIED),
+                text=text,
+                block=block,
+            ),
+        )
+        return res.report_id
+
+    # -- administration (admin accounts only) --------------------------------------------
+
+    async def admin(self, method: str, request: Any) -> Any:
+        """Any AdminService call by its method name (ListUsers, GetUser, ...)."""
+        return await self._call(getattr(self.admin_stub, method), request)
+
+    async def admin_users(self, query: str = "") -> list[adpb.Account]:
+        out: list[adpb.Account] = []
+        token = ""
+        while True:
+            res = await self.admin(
+                "ListUsers", adpb.ListUsersRequest(query=query, page_size=1000, page_token=token)
+            )
+            out.extend(res.accounts)
+            token = res.next_page_token
+            if not token:
+                return out
 
     async def locate(self, username: str) -> str:
         res = await self._call(self.socket_stub.Locate, spb.LocateRequest(username=username))

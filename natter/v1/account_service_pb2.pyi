@@ -6,7 +6,9 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from natter.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +21,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _RegistrationPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RegistrationPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RegistrationPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REGISTRATION_POLICY_UNSPECIFIED: _RegistrationPolicy.ValueType  # 0
+    """Not set; rejected on input."""
+    REGISTRATION_POLICY_OPEN: _RegistrationPolicy.ValueType  # 1
+    """Anyone may register, within per-address and server-wide rate limits."""
+    REGISTRATION_POLICY_INVITE: _RegistrationPolicy.ValueType  # 2
+    """Registration needs a single-use invite code from an admin."""
+    REGISTRATION_POLICY_CLOSED: _RegistrationPolicy.ValueType  # 3
+    """Only admins create accounts."""
+
+class RegistrationPolicy(_RegistrationPolicy, metaclass=_RegistrationPolicyEnumTypeWrapper):
+    """RegistrationPolicy says who may create an account."""
+
+REGISTRATION_POLICY_UNSPECIFIED: RegistrationPolicy.ValueType  # 0
+"""Not set; rejected on input."""
+REGISTRATION_POLICY_OPEN: RegistrationPolicy.ValueType  # 1
+"""Anyone may register, within per-address and server-wide rate limits."""
+REGISTRATION_POLICY_INVITE: RegistrationPolicy.ValueType  # 2
+"""Registration needs a single-use invite code from an admin."""
+REGISTRATION_POLICY_CLOSED: RegistrationPolicy.ValueType  # 3
+"""Only admins create accounts."""
+Global___RegistrationPolicy: _TypeAlias = RegistrationPolicy  # noqa: Y015
+
 @_typing.final
 class RegisterRequest(_message.Message):
     """RegisterRequest holds a new account's details."""
@@ -29,6 +59,7 @@ class RegisterRequest(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     PHONE_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
+    INVITE_CODE_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     """3-32 characters: lowercase letters, digits, '.', '_' and '-'."""
     display_name: _builtins.str
@@ -37,6 +68,8 @@ class RegisterRequest(_message.Message):
     """Optional phone number in E.164 form (+ and 7-15 digits)."""
     password: _builtins.str
     """At least 8 characters."""
+    invite_code: _builtins.str
+    """A single-use code from an admin; required when the policy is INVITE."""
     def __init__(
         self,
         *,
@@ -44,10 +77,11 @@ class RegisterRequest(_message.Message):
         display_name: _builtins.str = ...,
         phone: _builtins.str = ...,
         password: _builtins.str = ...,
+        invite_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "password", b"password", "phone", b"phone", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "invite_code", b"invite_code", "password", b"password", "phone", b"phone", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -60,6 +94,9 @@ class RegisterResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
+    IS_ADMIN_FIELD_NUMBER: _builtins.int
+    is_admin: _builtins.bool
+    """True for the first account of a fresh install, which becomes its admin."""
     @_builtins.property
     def user(self) -> _types_pb2.User:
         """The account."""
@@ -68,10 +105,11 @@ class RegisterResponse(_message.Message):
         self,
         *,
         user: _types_pb2.User | None = ...,
+        is_admin: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_admin", b"is_admin", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -86,22 +124,34 @@ class LoginRequest(_message.Message):
     USERNAME_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
     DEVICE_NAME_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    REPLACE_OLDEST_DEVICE_FIELD_NUMBER: _builtins.int
     username: _builtins.str
     """Username or phone number."""
     password: _builtins.str
     """The password."""
     device_name: _builtins.str
     """A name for this device, such as "laptop"."""
+    platform: _builtins.str
+    """What the device is, such as "android", "web" or "cli"; at most 32 characters.
+    Guessed from the user agent when empty.
+    """
+    replace_oldest_device: _builtins.bool
+    """At the device limit, log out the least recently used device instead of failing
+    with RESOURCE_EXHAUSTED (reason TOO_MANY_DEVICES).
+    """
     def __init__(
         self,
         *,
         username: _builtins.str = ...,
         password: _builtins.str = ...,
         device_name: _builtins.str = ...,
+        platform: _builtins.str = ...,
+        replace_oldest_device: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_name", b"device_name", "password", b"password", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_name", b"device_name", "password", b"password", "platform", b"platform", "replace_oldest_device", b"replace_oldest_device", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -116,6 +166,8 @@ class LoginResponse(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
+    REPLACED_DEVICE_IDS_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     device_id: _builtins.int
     """The new device's id."""
     token: _builtins.str
@@ -124,16 +176,26 @@ class LoginResponse(_message.Message):
     def user(self) -> _types_pb2.User:
         """The account."""
 
+    @_builtins.property
+    def replaced_device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Devices logged out to make room (replace_oldest_device)."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the token lapses unless the device is used; each use renews it."""
+
     def __init__(
         self,
         *,
         user: _types_pb2.User | None = ...,
         device_id: _builtins.int = ...,
         token: _builtins.str = ...,
+        replaced_device_ids: _abc.Iterable[_builtins.int] | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "token", b"token", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "expire_time", b"expire_time", "replaced_device_ids", b"replaced_device_ids", "token", b"token", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -242,6 +304,7 @@ class GetMeResponse(_message.Message):
     PHONE_FIELD_NUMBER: _builtins.int
     HIDE_LAST_SEEN_FIELD_NUMBER: _builtins.int
     NOTIFICATION_PREVIEW_FIELD_NUMBER: _builtins.int
+    IS_ADMIN_FIELD_NUMBER: _builtins.int
     device_id: _builtins.int
     """The caller's device."""
     phone: _builtins.str
@@ -250,6 +313,8 @@ class GetMeResponse(_message.Message):
     """True when last-seen time is hidden from others."""
     notification_preview: _types_pb2.NotificationPreview.ValueType
     """How much push notifications show (privacy mode); FULL unless changed."""
+    is_admin: _builtins.bool
+    """True for an admin of this server."""
     @_builtins.property
     def user(self) -> _types_pb2.User:
         """The account."""
@@ -262,10 +327,11 @@ class GetMeResponse(_message.Message):
         phone: _builtins.str = ...,
         hide_last_seen: _builtins.bool = ...,
         notification_preview: _types_pb2.NotificationPreview.ValueType = ...,
+        is_admin: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "hide_last_seen", b"hide_last_seen", "notification_preview", b"notification_preview", "phone", b"phone", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "hide_last_seen", b"hide_last_seen", "is_admin", b"is_admin", "notification_preview", b"notification_preview", "phone", b"phone", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -328,3 +394,215 @@ class UpdateSettingsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateSettingsResponse: _TypeAlias = UpdateSettingsResponse  # noqa: Y015
+
+@_typing.final
+class ChangePasswordRequest(_message.Message):
+    """ChangePasswordRequest holds the current and the new password."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENT_PASSWORD_FIELD_NUMBER: _builtins.int
+    NEW_PASSWORD_FIELD_NUMBER: _builtins.int
+    KEEP_OTHER_DEVICES_FIELD_NUMBER: _builtins.int
+    current_password: _builtins.str
+    """The password now."""
+    new_password: _builtins.str
+    """The new password; the same rules as at registration."""
+    keep_other_devices: _builtins.bool
+    """Keep the account's other devices logged in."""
+    def __init__(
+        self,
+        *,
+        current_password: _builtins.str = ...,
+        new_password: _builtins.str = ...,
+        keep_other_devices: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_password", b"current_password", "keep_other_devices", b"keep_other_devices", "new_password", b"new_password"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePasswordRequest: _TypeAlias = ChangePasswordRequest  # noqa: Y015
+
+@_typing.final
+class ChangePasswordResponse(_message.Message):
+    """ChangePasswordResponse lists the devices logged out."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_DEVICE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def revoked_device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The other devices, unless they were kept."""
+
+    def __init__(
+        self,
+        *,
+        revoked_device_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revoked_device_ids", b"revoked_device_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePasswordResponse: _TypeAlias = ChangePasswordResponse  # noqa: Y015
+
+@_typing.final
+class RevokeDeviceRequest(_message.Message):
+    """RevokeDeviceRequest names a device of the caller."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.int
+    """The device, from ListDevices; the caller's own device logs it out like Logout."""
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeDeviceRequest: _TypeAlias = RevokeDeviceRequest  # noqa: Y015
+
+@_typing.final
+class RevokeDeviceResponse(_message.Message):
+    """RevokeDeviceResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeDeviceResponse: _TypeAlias = RevokeDeviceResponse  # noqa: Y015
+
+@_typing.final
+class RevokeOtherDevicesRequest(_message.Message):
+    """RevokeOtherDevicesRequest is empty: the token names the device kept."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeOtherDevicesRequest: _TypeAlias = RevokeOtherDevicesRequest  # noqa: Y015
+
+@_typing.final
+class RevokeOtherDevicesResponse(_message.Message):
+    """RevokeOtherDevicesResponse lists the devices logged out."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_DEVICE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def revoked_device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Their ids."""
+
+    def __init__(
+        self,
+        *,
+        revoked_device_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revoked_device_ids", b"revoked_device_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeOtherDevicesResponse: _TypeAlias = RevokeOtherDevicesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteAccountRequest(_message.Message):
+    """DeleteAccountRequest confirms the deletion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    password: _builtins.str
+    """The account's password."""
+    def __init__(
+        self,
+        *,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAccountRequest: _TypeAlias = DeleteAccountRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAccountResponse(_message.Message):
+    """DeleteAccountResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAccountResponse: _TypeAlias = DeleteAccountResponse  # noqa: Y015
+
+@_typing.final
+class GetRegistrationPolicyRequest(_message.Message):
+    """GetRegistrationPolicyRequest is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRegistrationPolicyRequest: _TypeAlias = GetRegistrationPolicyRequest  # noqa: Y015
+
+@_typing.final
+class GetRegistrationPolicyResponse(_message.Message):
+    """GetRegistrationPolicyResponse says how accounts are created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    policy: Global___RegistrationPolicy.ValueType
+    """The policy in force."""
+    def __init__(
+        self,
+        *,
+        policy: Global___RegistrationPolicy.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRegistrationPolicyResponse: _TypeAlias = GetRegistrationPolicyResponse  # noqa: Y015

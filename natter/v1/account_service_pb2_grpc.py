@@ -65,6 +65,31 @@ class AccountServiceStub:
                 request_serializer=natter_dot_v1_dot_account__service__pb2.UpdateSettingsRequest.SerializeToString,
                 response_deserializer=natter_dot_v1_dot_account__service__pb2.UpdateSettingsResponse.FromString,
                 _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/natter.v1.AccountService/ChangePassword',
+                request_serializer=natter_dot_v1_dot_account__service__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=natter_dot_v1_dot_account__service__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
+        self.RevokeDevice = channel.unary_unary(
+                '/natter.v1.AccountService/RevokeDevice',
+                request_serializer=natter_dot_v1_dot_account__service__pb2.RevokeDeviceRequest.SerializeToString,
+                response_deserializer=natter_dot_v1_dot_account__service__pb2.RevokeDeviceResponse.FromString,
+                _registered_method=True)
+        self.RevokeOtherDevices = channel.unary_unary(
+                '/natter.v1.AccountService/RevokeOtherDevices',
+                request_serializer=natter_dot_v1_dot_account__service__pb2.RevokeOtherDevicesRequest.SerializeToString,
+                response_deserializer=natter_dot_v1_dot_account__service__pb2.RevokeOtherDevicesResponse.FromString,
+                _registered_method=True)
+        self.DeleteAccount = channel.unary_unary(
+                '/natter.v1.AccountService/DeleteAccount',
+                request_serializer=natter_dot_v1_dot_account__service__pb2.DeleteAccountRequest.SerializeToString,
+                response_deserializer=natter_dot_v1_dot_account__service__pb2.DeleteAccountResponse.FromString,
+                _registered_method=True)
+        self.GetRegistrationPolicy = channel.unary_unary(
+                '/natter.v1.AccountService/GetRegistrationPolicy',
+                request_serializer=natter_dot_v1_dot_account__service__pb2.GetRegistrationPolicyRequest.SerializeToString,
+                response_deserializer=natter_dot_v1_dot_account__service__pb2.GetRegistrationPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer:
@@ -113,6 +138,44 @@ class AccountServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangePassword(self, request, context):
+        """ChangePassword sets a new password, given the current one. Every other device of the
+        account is logged out (its streams closed) unless keep_other_devices is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeDevice(self, request, context):
+        """RevokeDevice logs out one of the caller's devices by id and closes its streams.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeOtherDevices(self, request, context):
+        """RevokeOtherDevices logs out every device of the caller except the calling one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAccount(self, request, context):
+        """DeleteAccount deletes the caller's account, given its password. Messages stay in
+        other people's history, signed "Deleted account"; everything else of the account
+        (devices, contacts, blocks, groups it was in) goes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRegistrationPolicy(self, request, context):
+        """GetRegistrationPolicy says how accounts are created on this server. No token needed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +208,31 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     servicer.UpdateSettings,
                     request_deserializer=natter_dot_v1_dot_account__service__pb2.UpdateSettingsRequest.FromString,
                     response_serializer=natter_dot_v1_dot_account__service__pb2.UpdateSettingsResponse.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=natter_dot_v1_dot_account__service__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=natter_dot_v1_dot_account__service__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'RevokeDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeDevice,
+                    request_deserializer=natter_dot_v1_dot_account__service__pb2.RevokeDeviceRequest.FromString,
+                    response_serializer=natter_dot_v1_dot_account__service__pb2.RevokeDeviceResponse.SerializeToString,
+            ),
+            'RevokeOtherDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeOtherDevices,
+                    request_deserializer=natter_dot_v1_dot_account__service__pb2.RevokeOtherDevicesRequest.FromString,
+                    response_serializer=natter_dot_v1_dot_account__service__pb2.RevokeOtherDevicesResponse.SerializeToString,
+            ),
+            'DeleteAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAccount,
+                    request_deserializer=natter_dot_v1_dot_account__service__pb2.DeleteAccountRequest.FromString,
+                    response_serializer=natter_dot_v1_dot_account__service__pb2.DeleteAccountResponse.SerializeToString,
+            ),
+            'GetRegistrationPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRegistrationPolicy,
+                    request_deserializer=natter_dot_v1_dot_account__service__pb2.GetRegistrationPolicyRequest.FromString,
+                    response_serializer=natter_dot_v1_dot_account__service__pb2.GetRegistrationPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +398,141 @@ class AccountService:
             '/natter.v1.AccountService/UpdateSettings',
             natter_dot_v1_dot_account__service__pb2.UpdateSettingsRequest.SerializeToString,
             natter_dot_v1_dot_account__service__pb2.UpdateSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/natter.v1.AccountService/ChangePassword',
+            natter_dot_v1_dot_account__service__pb2.ChangePasswordRequest.SerializeToString,
+            natter_dot_v1_dot_account__service__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/natter.v1.AccountService/RevokeDevice',
+            natter_dot_v1_dot_account__service__pb2.RevokeDeviceRequest.SerializeToString,
+            natter_dot_v1_dot_account__service__pb2.RevokeDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeOtherDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/natter.v1.AccountService/RevokeOtherDevices',
+            natter_dot_v1_dot_account__service__pb2.RevokeOtherDevicesRequest.SerializeToString,
+            natter_dot_v1_dot_account__service__pb2.RevokeOtherDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/natter.v1.AccountService/DeleteAccount',
+            natter_dot_v1_dot_account__service__pb2.DeleteAccountRequest.SerializeToString,
+            natter_dot_v1_dot_account__service__pb2.DeleteAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRegistrationPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/natter.v1.AccountService/GetRegistrationPolicy',
+            natter_dot_v1_dot_account__service__pb2.GetRegistrationPolicyRequest.SerializeToString,
+            natter_dot_v1_dot_account__service__pb2.GetRegistrationPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,21 @@ class AccountServiceStub:
     """GetMe returns the caller's account and settings."""
     UpdateSettings: _grpc.UnaryUnaryMultiCallable[_account_service_pb2.UpdateSettingsRequest, _account_service_pb2.UpdateSettingsResponse]
     """UpdateSettings changes the caller's display name or privacy settings."""
+    ChangePassword: _grpc.UnaryUnaryMultiCallable[_account_service_pb2.ChangePasswordRequest, _account_service_pb2.ChangePasswordResponse]
+    """ChangePassword sets a new password, given the current one. Every other device of the
+    account is logged out (its streams closed) unless keep_other_devices is set.
+    """
+    RevokeDevice: _grpc.UnaryUnaryMultiCallable[_account_service_pb2.RevokeDeviceRequest, _account_service_pb2.RevokeDeviceResponse]
+    """RevokeDevice logs out one of the caller's devices by id and closes its streams."""
+    RevokeOtherDevices: _grpc.UnaryUnaryMultiCallable[_account_service_pb2.RevokeOtherDevicesRequest, _account_service_pb2.RevokeOtherDevicesResponse]
+    """RevokeOtherDevices logs out every device of the caller except the calling one."""
+    DeleteAccount: _grpc.UnaryUnaryMultiCallable[_account_service_pb2.DeleteAccountRequest, _account_service_pb2.DeleteAccountResponse]
+    """DeleteAccount deletes the caller's account, given its password. Messages stay in
+    other people's history, signed "Deleted account"; everything else of the account
+    (devices, contacts, blocks, groups it was in) goes.
+    """
+    GetRegistrationPolicy: _grpc.UnaryUnaryMultiCallable[_account_service_pb2.GetRegistrationPolicyRequest, _account_service_pb2.GetRegistrationPolicyResponse]
+    """GetRegistrationPolicy says how accounts are created on this server. No token needed."""
 
 @_typing.type_check_only
 class AccountServiceAsyncStub(AccountServiceStub):
@@ -63,6 +78,21 @@ class AccountServiceAsyncStub(AccountServiceStub):
     """GetMe returns the caller's account and settings."""
     UpdateSettings: _aio.UnaryUnaryMultiCallable[_account_service_pb2.UpdateSettingsRequest, _account_service_pb2.UpdateSettingsResponse]  # type: ignore[assignment]
     """UpdateSettings changes the caller's display name or privacy settings."""
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_account_service_pb2.ChangePasswordRequest, _account_service_pb2.ChangePasswordResponse]  # type: ignore[assignment]
+    """ChangePassword sets a new password, given the current one. Every other device of the
+    account is logged out (its streams closed) unless keep_other_devices is set.
+    """
+    RevokeDevice: _aio.UnaryUnaryMultiCallable[_account_service_pb2.RevokeDeviceRequest, _account_service_pb2.RevokeDeviceResponse]  # type: ignore[assignment]
+    """RevokeDevice logs out one of the caller's devices by id and closes its streams."""
+    RevokeOtherDevices: _aio.UnaryUnaryMultiCallable[_account_service_pb2.RevokeOtherDevicesRequest, _account_service_pb2.RevokeOtherDevicesResponse]  # type: ignore[assignment]
+    """RevokeOtherDevices logs out every device of the caller except the calling one."""
+    DeleteAccount: _aio.UnaryUnaryMultiCallable[_account_service_pb2.DeleteAccountRequest, _account_service_pb2.DeleteAccountResponse]  # type: ignore[assignment]
+    """DeleteAccount deletes the caller's account, given its password. Messages stay in
+    other people's history, signed "Deleted account"; everything else of the account
+    (devices, contacts, blocks, groups it was in) goes.
+    """
+    GetRegistrationPolicy: _aio.UnaryUnaryMultiCallable[_account_service_pb2.GetRegistrationPolicyRequest, _account_service_pb2.GetRegistrationPolicyResponse]  # type: ignore[assignment]
+    """GetRegistrationPolicy says how accounts are created on this server. No token needed."""
 
 class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
     """AccountService registers people and manages their devices."""
@@ -114,5 +144,50 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_account_service_pb2.UpdateSettingsResponse, _abc.Awaitable[_account_service_pb2.UpdateSettingsResponse]]:
         """UpdateSettings changes the caller's display name or privacy settings."""
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _account_service_pb2.ChangePasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_service_pb2.ChangePasswordResponse, _abc.Awaitable[_account_service_pb2.ChangePasswordResponse]]:
+        """ChangePassword sets a new password, given the current one. Every other device of the
+        account is logged out (its streams closed) unless keep_other_devices is set.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeDevice(
+        self,
+        request: _account_service_pb2.RevokeDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_service_pb2.RevokeDeviceResponse, _abc.Awaitable[_account_service_pb2.RevokeDeviceResponse]]:
+        """RevokeDevice logs out one of the caller's devices by id and closes its streams."""
+
+    @_abc_1.abstractmethod
+    def RevokeOtherDevices(
+        self,
+        request: _account_service_pb2.RevokeOtherDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_service_pb2.RevokeOtherDevicesResponse, _abc.Awaitable[_account_service_pb2.RevokeOtherDevicesResponse]]:
+        """RevokeOtherDevices logs out every device of the caller except the calling one."""
+
+    @_abc_1.abstractmethod
+    def DeleteAccount(
+        self,
+        request: _account_service_pb2.DeleteAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_service_pb2.DeleteAccountResponse, _abc.Awaitable[_account_service_pb2.DeleteAccountResponse]]:
+        """DeleteAccount deletes the caller's account, given its password. Messages stay in
+        other people's history, signed "Deleted account"; everything else of the account
+        (devices, contacts, blocks, groups it was in) goes.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRegistrationPolicy(
+        self,
+        request: _account_service_pb2.GetRegistrationPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_service_pb2.GetRegistrationPolicyResponse, _abc.Awaitable[_account_service_pb2.GetRegistrationPolicyResponse]]:
+        """GetRegistrationPolicy says how accounts are created on this server. No token needed."""
 
 def add_AccountServiceServicer_to_server(servicer: AccountServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -79,6 +79,54 @@ class MessageInternalServiceListUserChangesResponse(_message.Message):
 Global___MessageInternalServiceListUserChangesResponse: _TypeAlias = MessageInternalServiceListUserChangesResponse  # noqa: Y015
 
 @_typing.final
+class CheckDevicesRequest(_message.Message):
+    """CheckDevicesRequest names connected devices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Their ids."""
+
+    def __init__(
+        self,
+        *,
+        device_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_ids", b"device_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckDevicesRequest: _TypeAlias = CheckDevicesRequest  # noqa: Y015
+
+@_typing.final
+class CheckDevicesResponse(_message.Message):
+    """CheckDevicesResponse names those still logged in."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALID_DEVICE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def valid_device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """A subset of the request's ids."""
+
+    def __init__(
+        self,
+        *,
+        valid_device_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["valid_device_ids", b"valid_device_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckDevicesResponse: _TypeAlias = CheckDevicesResponse  # noqa: Y015
+
+@_typing.final
 class AuthenticateRequest(_message.Message):
     """AuthenticateRequest carries a token."""
 

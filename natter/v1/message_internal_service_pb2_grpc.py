@@ -90,6 +90,11 @@ class MessageInternalServiceStub:
                 request_serializer=natter_dot_v1_dot_message__internal__service__pb2.MessageInternalServiceListUserChangesRequest.SerializeToString,
                 response_deserializer=natter_dot_v1_dot_message__internal__service__pb2.MessageInternalServiceListUserChangesResponse.FromString,
                 _registered_method=True)
+        self.CheckDevices = channel.unary_unary(
+                '/natter.v1.MessageInternalService/CheckDevices',
+                request_serializer=natter_dot_v1_dot_message__internal__service__pb2.CheckDevicesRequest.SerializeToString,
+                response_deserializer=natter_dot_v1_dot_message__internal__service__pb2.CheckDevicesResponse.FromString,
+                _registered_method=True)
 
 
 class MessageInternalServiceServicer:
@@ -175,6 +180,14 @@ class MessageInternalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckDevices(self, request, context):
+        """CheckDevices says which of a socket server's connected devices are still logged in
+        (not revoked or expired, their account neither disabled nor deleted) and renews them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessageInternalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +245,11 @@ def add_MessageInternalServiceServicer_to_server(servicer, server):
                     servicer.ListUserChanges,
                     request_deserializer=natter_dot_v1_dot_message__internal__service__pb2.MessageInternalServiceListUserChangesRequest.FromString,
                     response_serializer=natter_dot_v1_dot_message__internal__service__pb2.MessageInternalServiceListUserChangesResponse.SerializeToString,
+            ),
+            'CheckDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckDevices,
+                    request_deserializer=natter_dot_v1_dot_message__internal__service__pb2.CheckDevicesRequest.FromString,
+                    response_serializer=natter_dot_v1_dot_message__internal__service__pb2.CheckDevicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -532,6 +550,33 @@ class MessageInternalService:
             '/natter.v1.MessageInternalService/ListUserChanges',
             natter_dot_v1_dot_message__internal__service__pb2.MessageInternalServiceListUserChangesRequest.SerializeToString,
             natter_dot_v1_dot_message__internal__service__pb2.MessageInternalServiceListUserChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/natter.v1.MessageInternalService/CheckDevices',
+            natter_dot_v1_dot_message__internal__service__pb2.CheckDevicesRequest.SerializeToString,
+            natter_dot_v1_dot_message__internal__service__pb2.CheckDevicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,10 @@ class MessageInternalServiceStub:
     """
     ListUserChanges: _grpc.UnaryUnaryMultiCallable[_message_internal_service_pb2.MessageInternalServiceListUserChangesRequest, _message_internal_service_pb2.MessageInternalServiceListUserChangesResponse]
     """ListUserChanges returns a user's own change log after a seq, for a device's sync."""
+    CheckDevices: _grpc.UnaryUnaryMultiCallable[_message_internal_service_pb2.CheckDevicesRequest, _message_internal_service_pb2.CheckDevicesResponse]
+    """CheckDevices says which of a socket server's connected devices are still logged in
+    (not revoked or expired, their account neither disabled nor deleted) and renews them.
+    """
 
 @_typing.type_check_only
 class MessageInternalServiceAsyncStub(MessageInternalServiceStub):
@@ -91,6 +95,10 @@ class MessageInternalServiceAsyncStub(MessageInternalServiceStub):
     """
     ListUserChanges: _aio.UnaryUnaryMultiCallable[_message_internal_service_pb2.MessageInternalServiceListUserChangesRequest, _message_internal_service_pb2.MessageInternalServiceListUserChangesResponse]  # type: ignore[assignment]
     """ListUserChanges returns a user's own change log after a seq, for a device's sync."""
+    CheckDevices: _aio.UnaryUnaryMultiCallable[_message_internal_service_pb2.CheckDevicesRequest, _message_internal_service_pb2.CheckDevicesResponse]  # type: ignore[assignment]
+    """CheckDevices says which of a socket server's connected devices are still logged in
+    (not revoked or expired, their account neither disabled nor deleted) and renews them.
+    """
 
 class MessageInternalServiceServicer(metaclass=_abc_1.ABCMeta):
     """MessageInternalService is what socket servers ask of message_svc. Internal listener only."""
@@ -186,5 +194,15 @@ class MessageInternalServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_message_internal_service_pb2.MessageInternalServiceListUserChangesResponse, _abc.Awaitable[_message_internal_service_pb2.MessageInternalServiceListUserChangesResponse]]:
         """ListUserChanges returns a user's own change log after a seq, for a device's sync."""
+
+    @_abc_1.abstractmethod
+    def CheckDevices(
+        self,
+        request: _message_internal_service_pb2.CheckDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_message_internal_service_pb2.CheckDevicesResponse, _abc.Awaitable[_message_internal_service_pb2.CheckDevicesResponse]]:
+        """CheckDevices says which of a socket server's connected devices are still logged in
+        (not revoked or expired, their account neither disabled nor deleted) and renews them.
+        """
 
 def add_MessageInternalServiceServicer_to_server(servicer: MessageInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

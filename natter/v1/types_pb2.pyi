@@ -915,12 +915,16 @@ class Device(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     LAST_ACTIVE_TIME_FIELD_NUMBER: _builtins.int
     CURRENT_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     device_id: _builtins.int
     """Server-assigned id."""
     name: _builtins.str
     """The name given at login."""
     current: _builtins.bool
     """True for the device making the request."""
+    platform: _builtins.str
+    """What the device is ("android", "web", "cli"...), as it said at login."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it logged in."""
@@ -928,6 +932,10 @@ class Device(_message.Message):
     @_builtins.property
     def last_active_time(self) -> _timestamp_pb2.Timestamp:
         """When it was last connected."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When its token lapses unless it is used; each use renews it."""
 
     def __init__(
         self,
@@ -937,10 +945,12 @@ class Device(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         last_active_time: _timestamp_pb2.Timestamp | None = ...,
         current: _builtins.bool = ...,
+        platform: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_active_time", b"last_active_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "last_active_time", b"last_active_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "current", b"current", "device_id", b"device_id", "last_active_time", b"last_active_time", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "current", b"current", "device_id", b"device_id", "expire_time", b"expire_time", "last_active_time", b"last_active_time", "name", b"name", "platform", b"platform"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

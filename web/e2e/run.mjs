@@ -191,6 +191,8 @@ async function offline(browser) {
   const bob = await person(browser, "bob");
   await register(alice, "Alice");
   await register(bob, "Bob");
+  // Online status shows to mutual contacts only: bob has alice, then she adds him.
+  await addContact(bob, alice);
   await openChatWith(alice, bob, "Bob");
   await type(alice, "before");
   await openThread(bob, "Alice");

@@ -2,8 +2,10 @@
 // @generated from file natter/v1/account_service.proto (package natter.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Device, NotificationPreview, User } from "./types_pb.js";
 import { file_natter_v1_types } from "./types_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file natter/v1/account_service.proto.
  */
 export const file_natter_v1_account_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9uYXR0ZXIvdjEvYWNjb3VudF9zZXJ2aWNlLnByb3RvEgluYXR0ZXIudjEiWgoPUmVnaXN0ZXJSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRINCgVwaG9uZRgDIAEoCRIQCghwYXNzd29yZBgEIAEoCSIxChBSZWdpc3RlclJlc3BvbnNlEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlciJHCgxMb2dpblJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSEwoLZGV2aWNlX25hbWUYAyABKAkiUAoNTG9naW5SZXNwb25zZRIdCgR1c2VyGAEgASgLMg8ubmF0dGVyLnYxLlVzZXISEQoJZGV2aWNlX2lkGAIgASgDEg0KBXRva2VuGAMgASgJIg8KDUxvZ291dFJlcXVlc3QiEAoOTG9nb3V0UmVzcG9uc2UiFAoSTGlzdERldmljZXNSZXF1ZXN0IjkKE0xpc3REZXZpY2VzUmVzcG9uc2USIgoHZGV2aWNlcxgBIAMoCzIRLm5hdHRlci52MS5EZXZpY2UiDgoMR2V0TWVSZXF1ZXN0IqYBCg1HZXRNZVJlc3BvbnNlEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlchIRCglkZXZpY2VfaWQYAiABKAMSDQoFcGhvbmUYAyABKAkSFgoOaGlkZV9sYXN0X3NlZW4YBCABKAgSPAoUbm90aWZpY2F0aW9uX3ByZXZpZXcYBSABKA4yHi5uYXR0ZXIudjEuTm90aWZpY2F0aW9uUHJldmlldyLPAQoVVXBkYXRlU2V0dGluZ3NSZXF1ZXN0EhkKDGRpc3BsYXlfbmFtZRgBIAEoCUgAiAEBEhsKDmhpZGVfbGFzdF9zZWVuGAIgASgISAGIAQESQQoUbm90aWZpY2F0aW9uX3ByZXZpZXcYAyABKA4yHi5uYXR0ZXIudjEuTm90aWZpY2F0aW9uUHJldmlld0gCiAEBQg8KDV9kaXNwbGF5X25hbWVCEQoPX2hpZGVfbGFzdF9zZWVuQhcKFV9ub3RpZmljYXRpb25fcHJldmlldyIYChZVcGRhdGVTZXR0aW5nc1Jlc3BvbnNlMrEDCg5BY2NvdW50U2VydmljZRJDCghSZWdpc3RlchIaLm5hdHRlci52MS5SZWdpc3RlclJlcXVlc3QaGy5uYXR0ZXIudjEuUmVnaXN0ZXJSZXNwb25zZRI6CgVMb2dpbhIXLm5hdHRlci52MS5Mb2dpblJlcXVlc3QaGC5uYXR0ZXIudjEuTG9naW5SZXNwb25zZRI9CgZMb2dvdXQSGC5uYXR0ZXIudjEuTG9nb3V0UmVxdWVzdBoZLm5hdHRlci52MS5Mb2dvdXRSZXNwb25zZRJMCgtMaXN0RGV2aWNlcxIdLm5hdHRlci52MS5MaXN0RGV2aWNlc1JlcXVlc3QaHi5uYXR0ZXIudjEuTGlzdERldmljZXNSZXNwb25zZRI6CgVHZXRNZRIXLm5hdHRlci52MS5HZXRNZVJlcXVlc3QaGC5uYXR0ZXIudjEuR2V0TWVSZXNwb25zZRJVCg5VcGRhdGVTZXR0aW5ncxIgLm5hdHRlci52MS5VcGRhdGVTZXR0aW5nc1JlcXVlc3QaIS5uYXR0ZXIudjEuVXBkYXRlU2V0dGluZ3NSZXNwb25zZUImCg1kZXYubmF0dGVyLnYxQhNBY2NvdW50U2VydmljZVByb3RvUAFiBnByb3RvMw", [file_natter_v1_types]);
+  fileDesc("Ch9uYXR0ZXIvdjEvYWNjb3VudF9zZXJ2aWNlLnByb3RvEgluYXR0ZXIudjEibwoPUmVnaXN0ZXJSZXF1ZXN0EhAKCHVzZXJuYW1lGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRINCgVwaG9uZRgDIAEoCRIQCghwYXNzd29yZBgEIAEoCRITCgtpbnZpdGVfY29kZRgFIAEoCSJDChBSZWdpc3RlclJlc3BvbnNlEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlchIQCghpc19hZG1pbhgCIAEoCCJ4CgxMb2dpblJlcXVlc3QSEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSEwoLZGV2aWNlX25hbWUYAyABKAkSEAoIcGxhdGZvcm0YBCABKAkSHQoVcmVwbGFjZV9vbGRlc3RfZGV2aWNlGAUgASgIIp4BCg1Mb2dpblJlc3BvbnNlEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlchIRCglkZXZpY2VfaWQYAiABKAMSDQoFdG9rZW4YAyABKAkSGwoTcmVwbGFjZWRfZGV2aWNlX2lkcxgEIAMoAxIvCgtleHBpcmVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiDwoNTG9nb3V0UmVxdWVzdCIQCg5Mb2dvdXRSZXNwb25zZSIUChJMaXN0RGV2aWNlc1JlcXVlc3QiOQoTTGlzdERldmljZXNSZXNwb25zZRIiCgdkZXZpY2VzGAEgAygLMhEubmF0dGVyLnYxLkRldmljZSIOCgxHZXRNZVJlcXVlc3QiuAEKDUdldE1lUmVzcG9uc2USHQoEdXNlchgBIAEoCzIPLm5hdHRlci52MS5Vc2VyEhEKCWRldmljZV9pZBgCIAEoAxINCgVwaG9uZRgDIAEoCRIWCg5oaWRlX2xhc3Rfc2VlbhgEIAEoCBI8ChRub3RpZmljYXRpb25fcHJldmlldxgFIAEoDjIeLm5hdHRlci52MS5Ob3RpZmljYXRpb25QcmV2aWV3EhAKCGlzX2FkbWluGAYgASgIIs8BChVVcGRhdGVTZXR0aW5nc1JlcXVlc3QSGQoMZGlzcGxheV9uYW1lGAEgASgJSACIAQESGwoOaGlkZV9sYXN0X3NlZW4YAiABKAhIAYgBARJBChRub3RpZmljYXRpb25fcHJldmlldxgDIAEoDjIeLm5hdHRlci52MS5Ob3RpZmljYXRpb25QcmV2aWV3SAKIAQFCDwoNX2Rpc3BsYXlfbmFtZUIRCg9faGlkZV9sYXN0X3NlZW5CFwoVX25vdGlmaWNhdGlvbl9wcmV2aWV3IhgKFlVwZGF0ZVNldHRpbmdzUmVzcG9uc2UiYwoVQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0EhgKEGN1cnJlbnRfcGFzc3dvcmQYASABKAkSFAoMbmV3X3Bhc3N3b3JkGAIgASgJEhoKEmtlZXBfb3RoZXJfZGV2aWNlcxgDIAEoCCI0ChZDaGFuZ2VQYXNzd29yZFJlc3BvbnNlEhoKEnJldm9rZWRfZGV2aWNlX2lkcxgBIAMoAyIoChNSZXZva2VEZXZpY2VSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoAyIWChRSZXZva2VEZXZpY2VSZXNwb25zZSIbChlSZXZva2VPdGhlckRldmljZXNSZXF1ZXN0IjgKGlJldm9rZU90aGVyRGV2aWNlc1Jlc3BvbnNlEhoKEnJldm9rZWRfZGV2aWNlX2lkcxgBIAMoAyIoChREZWxldGVBY2NvdW50UmVxdWVzdBIQCghwYXNzd29yZBgBIAEoCSIXChVEZWxldGVBY2NvdW50UmVzcG9uc2UiHgocR2V0UmVnaXN0cmF0aW9uUG9saWN5UmVxdWVzdCJOCh1HZXRSZWdpc3RyYXRpb25Qb2xpY3lSZXNwb25zZRItCgZwb2xpY3kYASABKA4yHS5uYXR0ZXIudjEuUmVnaXN0cmF0aW9uUG9saWN5KpcBChJSZWdpc3RyYXRpb25Qb2xpY3kSIwofUkVHSVNUUkFUSU9OX1BPTElDWV9VTlNQRUNJRklFRBAAEhwKGFJFR0lTVFJBVElPTl9QT0xJQ1lfT1BFThABEh4KGlJFR0lTVFJBVElPTl9QT0xJQ1lfSU5WSVRFEAISHgoaUkVHSVNUUkFUSU9OX1BPTElDWV9DTE9TRUQQAzL8BgoOQWNjb3VudFNlcnZpY2USQwoIUmVnaXN0ZXISGi5uYXR0ZXIudjEuUmVnaXN0ZXJSZXF1ZXN0GhsubmF0dGVyLnYxLlJlZ2lzdGVyUmVzcG9uc2USOgoFTG9naW4SFy5uYXR0ZXIudjEuTG9naW5SZXF1ZXN0GhgubmF0dGVyLnYxLkxvZ2luUmVzcG9uc2USPQoGTG9nb3V0EhgubmF0dGVyLnYxLkxvZ291dFJlcXVlc3QaGS5uYXR0ZXIudjEuTG9nb3V0UmVzcG9uc2USTAoLTGlzdERldmljZXMSHS5uYXR0ZXIudjEuTGlzdERldmljZXNSZXF1ZXN0Gh4ubmF0dGVyLnYxLkxpc3REZXZpY2VzUmVzcG9uc2USOgoFR2V0TWUSFy5uYXR0ZXIudjEuR2V0TWVSZXF1ZXN0GhgubmF0dGVyLnYxLkdldE1lUmVzcG9uc2USVQoOVXBkYXRlU2V0dGluZ3MSIC5uYXR0ZXIudjEuVXBkYXRlU2V0dGluZ3NSZXF1ZXN0GiEubmF0dGVyLnYxLlVwZGF0ZVNldHRpbmdzUmVzcG9uc2USVQoOQ2hhbmdlUGFzc3dvcmQSIC5uYXR0ZXIudjEuQ2hhbmdlUGFzc3dvcmRSZXF1ZXN0GiEubmF0dGVyLnYxLkNoYW5nZVBhc3N3b3JkUmVzcG9uc2USTwoMUmV2b2tlRGV2aWNlEh4ubmF0dGVyLnYxLlJldm9rZURldmljZVJlcXVlc3QaHy5uYXR0ZXIudjEuUmV2b2tlRGV2aWNlUmVzcG9uc2USYQoSUmV2b2tlT3RoZXJEZXZpY2VzEiQubmF0dGVyLnYxLlJldm9rZU90aGVyRGV2aWNlc1JlcXVlc3QaJS5uYXR0ZXIudjEuUmV2b2tlT3RoZXJEZXZpY2VzUmVzcG9uc2USUgoNRGVsZXRlQWNjb3VudBIfLm5hdHRlci52MS5EZWxldGVBY2NvdW50UmVxdWVzdBogLm5hdHRlci52MS5EZWxldGVBY2NvdW50UmVzcG9uc2USagoVR2V0UmVnaXN0cmF0aW9uUG9saWN5EicubmF0dGVyLnYxLkdldFJlZ2lzdHJhdGlvblBvbGljeVJlcXVlc3QaKC5uYXR0ZXIudjEuR2V0UmVnaXN0cmF0aW9uUG9saWN5UmVzcG9uc2VCJgoNZGV2Lm5hdHRlci52MUITQWNjb3VudFNlcnZpY2VQcm90b1ABYgZwcm90bzM", [file_google_protobuf_timestamp, file_natter_v1_types]);
 
 /**
  * RegisterRequest holds a new account's details.
@@ -47,6 +49,13 @@ export type RegisterRequest = Message<"natter.v1.RegisterRequest"> & {
    * @generated from field: string password = 4;
    */
   password: string;
+
+  /**
+   * A single-use code from an admin; required when the policy is INVITE.
+   *
+   * @generated from field: string invite_code = 5;
+   */
+  inviteCode: string;
 };
 
 /**
@@ -68,6 +77,13 @@ export type RegisterResponse = Message<"natter.v1.RegisterResponse"> & {
    * @generated from field: natter.v1.User user = 1;
    */
   user?: User | undefined;
+
+  /**
+   * True for the first account of a fresh install, which becomes its admin.
+   *
+   * @generated from field: bool is_admin = 2;
+   */
+  isAdmin: boolean;
 };
 
 /**
@@ -103,6 +119,22 @@ export type LoginRequest = Message<"natter.v1.LoginRequest"> & {
    * @generated from field: string device_name = 3;
    */
   deviceName: string;
+
+  /**
+   * What the device is, such as "android", "web" or "cli"; at most 32 characters.
+   * Guessed from the user agent when empty.
+   *
+   * @generated from field: string platform = 4;
+   */
+  platform: string;
+
+  /**
+   * At the device limit, log out the least recently used device instead of failing
+   * with RESOURCE_EXHAUSTED (reason TOO_MANY_DEVICES).
+   *
+   * @generated from field: bool replace_oldest_device = 5;
+   */
+  replaceOldestDevice: boolean;
 };
 
 /**
@@ -138,6 +170,20 @@ export type LoginResponse = Message<"natter.v1.LoginResponse"> & {
    * @generated from field: string token = 3;
    */
   token: string;
+
+  /**
+   * Devices logged out to make room (replace_oldest_device).
+   *
+   * @generated from field: repeated int64 replaced_device_ids = 4;
+   */
+  replacedDeviceIds: bigint[];
+
+  /**
+   * When the token lapses unless the device is used; each use renews it.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 5;
+   */
+  expireTime?: Timestamp | undefined;
 };
 
 /**
@@ -268,6 +314,13 @@ export type GetMeResponse = Message<"natter.v1.GetMeResponse"> & {
    * @generated from field: natter.v1.NotificationPreview notification_preview = 5;
    */
   notificationPreview: NotificationPreview;
+
+  /**
+   * True for an admin of this server.
+   *
+   * @generated from field: bool is_admin = 6;
+   */
+  isAdmin: boolean;
 };
 
 /**
@@ -326,6 +379,247 @@ export type UpdateSettingsResponse = Message<"natter.v1.UpdateSettingsResponse">
  */
 export const UpdateSettingsResponseSchema: GenMessage<UpdateSettingsResponse> = /*@__PURE__*/
   messageDesc(file_natter_v1_account_service, 11);
+
+/**
+ * ChangePasswordRequest holds the current and the new password.
+ *
+ * @generated from message natter.v1.ChangePasswordRequest
+ */
+export type ChangePasswordRequest = Message<"natter.v1.ChangePasswordRequest"> & {
+  /**
+   * The password now.
+   *
+   * @generated from field: string current_password = 1;
+   */
+  currentPassword: string;
+
+  /**
+   * The new password; the same rules as at registration.
+   *
+   * @generated from field: string new_password = 2;
+   */
+  newPassword: string;
+
+  /**
+   * Keep the account's other devices logged in.
+   *
+   * @generated from field: bool keep_other_devices = 3;
+   */
+  keepOtherDevices: boolean;
+};
+
+/**
+ * Describes the message natter.v1.ChangePasswordRequest.
+ * Use `create(ChangePasswordRequestSchema)` to create a new message.
+ */
+export const ChangePasswordRequestSchema: GenMessage<ChangePasswordRequest> = /*@__PURE__*/
+  messageDesc(file_natter_v1_account_service, 12);
+
+/**
+ * ChangePasswordResponse lists the devices logged out.
+ *
+ * @generated from message natter.v1.ChangePasswordResponse
+ */
+export type ChangePasswordResponse = Message<"natter.v1.ChangePasswordResponse"> & {
+  /**
+   * The other devices, unless they were kept.
+   *
+   * @generated from field: repeated int64 revoked_device_ids = 1;
+   */
+  revokedDeviceIds: bigint[];
+};
+
+/**
+ * Describes the message natter.v1.ChangePasswordResponse.
+ * Use `create(ChangePasswordResponseSchema)` to create a new message.
+ */
+export const ChangePasswordResponseSchema: GenMessage<ChangePasswordResponse> = /*@__PURE__*/
+  messageDesc(file_natter_v1_account_service, 13);
+
+/**
+ * RevokeDeviceRequest names a device of the caller.
+ *
+ * @generated from message natter.v1.RevokeDeviceRequest
+ */
+export type RevokeDeviceRequest = Message<"natter.v1.RevokeDeviceRequest"> & {
+  /**
+   * The device, from ListDevices; the caller's own device logs it out like Logout.
+   *
+   * @generated from field: int64 device_id = 1;
+   */
+  deviceId: bigint;
+};
+
+/**
+ * Describes the message natter.v1.RevokeDeviceRequest.
+ * Use `create(RevokeDeviceRequestSchema)` to create a new message.
+ */
+export const RevokeDeviceRequestSchema: GenMessage<RevokeDeviceRequest> = /*@__PURE__*/
+  messageDesc(file_natter_v1_account_service, 14);
+
+/**
+ * RevokeDeviceResponse is empty.
+ *
+ * @generated from message natter.v1.RevokeDeviceResponse
+ */
+export type RevokeDeviceResponse = Message<"natter.v1.RevokeDeviceResponse"> & {
+};
+
+/**
+ * Describes the message natter.v1.RevokeDeviceResponse.
+ * Use `create(RevokeDeviceResponseSchema)` to create a new message.
+ */
+export const RevokeDeviceResponseSchema: GenMessage<RevokeDeviceResponse> = /*@__PURE__*/
+  messageDesc(file_natter_v1_account_service, 15);
+
+/**
+ * RevokeOtherDevicesRequest is empty: the token names the device kept.
+ *
+ * @generated from message natter.v1.RevokeOtherDevicesRequest
+ */
+export type RevokeOtherDevicesRequest = Message<"natter.v1.RevokeOtherDevicesRequest"> & {
+};
+
+/**
+ * Describes the message natter.v1.RevokeOtherDevicesRequest.
+ * Use `create(RevokeOtherDevicesRequestSchema)` to create a new message.
+ */
+export const RevokeOtherDevicesRequestSchema: GenMessage<RevokeOtherDevicesRequest> = /*@__PURE__*/
+  messageDesc(file_natter_v1_account_service, 16);
+
+/**
+ * RevokeOtherDevicesResponse lists the devices logged out.
+ *
+ * @generated from message natter.v1.RevokeOtherDevicesResponse
+ */
+export type RevokeOtherDevicesResponse = Message<"natter.v1.RevokeOtherDevicesResponse"> & {
+  /**
+   * Their ids.
+   *
+   * @generated from field: repeated int64 revoked_device_ids = 1;
+   */
+  revokedDeviceIds: bigint[];
+};
+
+/**
+ * Describes the message natter.v1.RevokeOtherDevicesResponse.
+ * Use `create(RevokeOtherDevicesResponseSchema)` to create a new message.
+ */
+export const RevokeOtherDevicesResponseSchema: GenMessage<RevokeOtherDevicesResponse> = /*@__PURE__*/
+  messageDesc(file_natter_v1_account_service, 17);
+
+/**
+ * DeleteAccountRequest confirms the deletion.
+ *
+ * @generated from message natter.v1.DeleteAccountRequest
+ */
+export type DeleteAccountRequest = Message<"natter.v1.DeleteAccountRequest"> & {
+  /**
+   * The account's password.
+   *
+   * @generated from field: string password = 1;
+   */
+  password: string;
+};
+
+/**
+ * Describes the message natter.v1.DeleteAccountRequest.
+ * Use `create(DeleteAccountRequestSchema)` to create a new message.
+ */
+export const DeleteAccountRequestSchema: GenMessage<DeleteAccountRequest> = /*@__PURE__*/
+  messageDesc(file_natter_v1_account_service, 18);
+
+/**
+ * DeleteAccountResponse is empty.
+ *
+ * @generated from message natter.v1.DeleteAccountResponse
+ */
+export type DeleteAccountResponse = Message<"natter.v1.DeleteAccountResponse"> & {
+};
+
+/**
+ * Describes the message natter.v1.DeleteAccountResponse.
+ * Use `create(DeleteAccountResponseSchema)` to create a new message.
+ */
+export const DeleteAccountResponseSchema: GenMessage<DeleteAccountResponse> = /*@__PURE__*/
+  messageDesc(file_natter_v1_account_service, 19);
+
+/**
+ * GetRegistrationPolicyRequest is empty.
+ *
+ * @generated from message natter.v1.GetRegistrationPolicyRequest
+ */
+export type GetRegistrationPolicyRequest = Message<"natter.v1.GetRegistrationPolicyRequest"> & {
+};
+
+/**
+ * Describes the message natter.v1.GetRegistrationPolicyRequest.
+ * Use `create(GetRegistrationPolicyRequestSchema)` to create a new message.
+ */
+export const GetRegistrationPolicyRequestSchema: GenMessage<GetRegistrationPolicyRequest> = /*@__PURE__*/
+  messageDesc(file_natter_v1_account_service, 20);
+
+/**
+ * GetRegistrationPolicyResponse says how accounts are created.
+ *
+ * @generated from message natter.v1.GetRegistrationPolicyResponse
+ */
+export type GetRegistrationPolicyResponse = Message<"natter.v1.GetRegistrationPolicyResponse"> & {
+  /**
+   * The policy in force.
+   *
+   * @generated from field: natter.v1.RegistrationPolicy policy = 1;
+   */
+  policy: RegistrationPolicy;
+};
+
+/**
+ * Describes the message natter.v1.GetRegistrationPolicyResponse.
+ * Use `create(GetRegistrationPolicyResponseSchema)` to create a new message.
+ */
+export const GetRegistrationPolicyResponseSchema: GenMessage<GetRegistrationPolicyResponse> = /*@__PURE__*/
+  messageDesc(file_natter_v1_account_service, 21);
+
+/**
+ * RegistrationPolicy says who may create an account.
+ *
+ * @generated from enum natter.v1.RegistrationPolicy
+ */
+export enum RegistrationPolicy {
+  /**
+   * Not set; rejected on input.
+   *
+   * @generated from enum value: REGISTRATION_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Anyone may register, within per-address and server-wide rate limits.
+   *
+   * @generated from enum value: REGISTRATION_POLICY_OPEN = 1;
+   */
+  OPEN = 1,
+
+  /**
+   * Registration needs a single-use invite code from an admin.
+   *
+   * @generated from enum value: REGISTRATION_POLICY_INVITE = 2;
+   */
+  INVITE = 2,
+
+  /**
+   * Only admins create accounts.
+   *
+   * @generated from enum value: REGISTRATION_POLICY_CLOSED = 3;
+   */
+  CLOSED = 3,
+}
+
+/**
+ * Describes the enum natter.v1.RegistrationPolicy.
+ */
+export const RegistrationPolicySchema: GenEnum<RegistrationPolicy> = /*@__PURE__*/
+  enumDesc(file_natter_v1_account_service, 0);
 
 /**
  * AccountService registers people and manages their devices.
@@ -392,6 +686,59 @@ export const AccountService: GenService<{
     methodKind: "unary";
     input: typeof UpdateSettingsRequestSchema;
     output: typeof UpdateSettingsResponseSchema;
+  },
+  /**
+   * ChangePassword sets a new password, given the current one. Every other device of the
+   * account is logged out (its streams closed) unless keep_other_devices is set.
+   *
+   * @generated from rpc natter.v1.AccountService.ChangePassword
+   */
+  changePassword: {
+    methodKind: "unary";
+    input: typeof ChangePasswordRequestSchema;
+    output: typeof ChangePasswordResponseSchema;
+  },
+  /**
+   * RevokeDevice logs out one of the caller's devices by id and closes its streams.
+   *
+   * @generated from rpc natter.v1.AccountService.RevokeDevice
+   */
+  revokeDevice: {
+    methodKind: "unary";
+    input: typeof RevokeDeviceRequestSchema;
+    output: typeof RevokeDeviceResponseSchema;
+  },
+  /**
+   * RevokeOtherDevices logs out every device of the caller except the calling one.
+   *
+   * @generated from rpc natter.v1.AccountService.RevokeOtherDevices
+   */
+  revokeOtherDevices: {
+    methodKind: "unary";
+    input: typeof RevokeOtherDevicesRequestSchema;
+    output: typeof RevokeOtherDevicesResponseSchema;
+  },
+  /**
+   * DeleteAccount deletes the caller's account, given its password. Messages stay in
+   * other people's history, signed "Deleted account"; everything else of the account
+   * (devices, contacts, blocks, groups it was in) goes.
+   *
+   * @generated from rpc natter.v1.AccountService.DeleteAccount
+   */
+  deleteAccount: {
+    methodKind: "unary";
+    input: typeof DeleteAccountRequestSchema;
+    output: typeof DeleteAccountResponseSchema;
+  },
+  /**
+   * GetRegistrationPolicy says how accounts are created on this server. No token needed.
+   *
+   * @generated from rpc natter.v1.AccountService.GetRegistrationPolicy
+   */
+  getRegistrationPolicy: {
+    methodKind: "unary";
+    input: typeof GetRegistrationPolicyRequestSchema;
+    output: typeof GetRegistrationPolicyResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_natter_v1_account_service, 0);
