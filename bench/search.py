@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
+import sqlite3
 import tempfile
 import time
 from collections.abc import Sequence
@@ -103,6 +105,11 @@ async def fill(
     }, time.perf_counter() - start
 
 
+def _stored_messages(db: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+
 def _db_size(folder: Path) -> int:
     return sum(os.path.getsize(p) for p in folder.glob("natter.db*"))
 
@@ -119,6 +126,9 @@ async def measure(args: argparse.Namespace) -> list[tuple[str, str]]:
     try:
         words = vocabulary(args.vocabulary, rng)
         if reuse:  # filled by an earlier run with the same arguments
+            stored = await asyncio.to_thread(_stored_messages, folder / "natter.db")
+            if stored != args.messages:  # an interrupted fill, or other arguments
+                raise SystemExit(f"{folder} holds {stored:,} messages, not {args.messages:,}")
             members, seconds = {0: list(range(1, args.users + 1))}, float("nan")
             members.update({t: [] for t in range(1, args.threads)})
         else:
