@@ -57,6 +57,9 @@ SERVER_ENV = {
     "NATTER_ARGON2_TIME_COST": "1",
     "NATTER_LOG_LEVEL": "WARNING",
     "NATTER_HEARTBEAT_INTERVAL_SECONDS": "2",
+    # The soak registers its people from one address: no registration rate limits.
+    "NATTER_REGISTRATIONS_PER_IP_PER_HOUR": "0",
+    "NATTER_REGISTRATIONS_PER_HOUR": "0",
 }
 
 

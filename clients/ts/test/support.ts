@@ -38,6 +38,9 @@ export class NatterServer {
           NATTER_ARGON2_MEMORY_KIB: "1024",
           NATTER_ARGON2_TIME_COST: "1",
           NATTER_ACK_FLUSH_SECONDS: "0.05",
+          // Tests register many accounts from one address: no registration rate limits.
+          NATTER_REGISTRATIONS_PER_IP_PER_HOUR: "0",
+          NATTER_REGISTRATIONS_PER_HOUR: "0",
           NATTER_LOG_LEVEL: "INFO",
         },
         stdio: ["ignore", fd, fd],
