@@ -177,6 +177,57 @@ class FoldTest {
         }
     }
 
+    @Test
+    fun `an attachment uploads in chunks, resumes after a lost reply, and reaches the other side with its metadata`() = runBlocking {
+        val (alice, bob) = pair()
+        val outsider = newUser(server.address, "eve")
+        val data = ByteArray(300_000).also { java.util.Random(1).nextBytes(it) }
+        var patches = 0
+        var heads = 0
+        // The second chunk reaches the server but its answer is lost, as on a broken connection.
+        val flaky = HttpTransport { method, url, headers, body ->
+            val reply = JdkHttp.exchange(method, url, headers, body)
+            if (method == "HEAD") heads += 1
+            if (method == "PATCH" && ++patches == 2) throw java.io.IOException("connection reset")
+            reply
+        }
+        val a = alice.upload(data, "notes.bin", "application/octet-stream", http = flaky, chunkBytes = 64 * 1024)
+        assertEquals(5, patches) // 300,000 bytes in 64 KiB chunks: none sent twice
+        assertEquals(1, heads) // the server said where to go on
+        assertEquals(300_000L, a.size)
+        assertEquals("notes.bin", a.name)
+
+        val ca = alice.connect().start()
+        val cb = bob.connect().start()
+        try {
+            ca.send("the notes", recipient = bob.username, attachmentIds = listOf(a.attachmentId))
+            val got = cb.until { it is Event.Received && it.message.kind == MessageKind.MESSAGE_KIND_ATTACHMENT }.last() as Event.Received
+            assertEquals(listOf(a.attachmentId), got.view!!.attachments.map { it.attachmentId })
+            assertEquals(300_000L, got.view!!.attachments.single().size)
+            assertEquals("the notes", got.view!!.text)
+            org.junit.jupiter.api.Assertions.assertArrayEquals(data, bob.download(a.attachmentId, JdkHttp))
+
+            val denied = try {
+                outsider.download(a.attachmentId, JdkHttp)
+                null
+            } catch (e: NatterException) {
+                e
+            }
+            assertTrue(denied is PermissionDeniedException, denied.toString())
+            val empty = try {
+                alice.upload(ByteArray(0), "empty.txt", http = JdkHttp)
+                null
+            } catch (e: NatterException) {
+                e
+            }
+            assertEquals("EMPTY_FILE", empty?.reason)
+        } finally {
+            ca.close()
+            cb.close()
+            for (c in listOf(alice, bob, outsider)) c.close()
+        }
+    }
+
     private val ann = User.newBuilder().setUserId(1).setUsername("ann").build()
     private val ben = User.newBuilder().setUserId(2).setUsername("ben").build()
 
