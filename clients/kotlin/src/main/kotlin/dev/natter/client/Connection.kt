@@ -5,11 +5,15 @@ import dev.natter.v1.Ack
 import dev.natter.v1.ClientBatch
 import dev.natter.v1.ClientFrame
 import dev.natter.v1.Cursor
+import dev.natter.v1.Delete
+import dev.natter.v1.Edit
+import dev.natter.v1.Forward
 import dev.natter.v1.Heartbeat
 import dev.natter.v1.Hello
 import dev.natter.v1.Message
 import dev.natter.v1.MessageKind
 import dev.natter.v1.MessageState
+import dev.natter.v1.React
 import dev.natter.v1.Read
 import dev.natter.v1.Send
 import dev.natter.v1.SendResult
@@ -64,6 +68,18 @@ data class ConnectionOptions(
     val heartbeatSeconds: Int = 0,
     /** The longest pause between reconnects; pauses are jittered and grow from 100 ms. */
     val maxBackoffMillis: Long = 5_000,
+    /**
+     * The last entry of the user's own change log (delete for me) the app has: its saved
+     * [Connection.userLogSeq]. The server replays the later ones as [Event.UserChanged]; null
+     * replays the whole log, unless [skipReplay] is set (then the log is not asked for).
+     */
+    val userLogSeq: Long? = null,
+    /**
+     * The fold to go on with ([Connection.fold]): an app that keeps one across connections
+     * (with the [cursors] it saved) sees later edits, reactions and deletes land on messages
+     * an earlier connection brought. A new, empty one by default.
+     */
+    val fold: Fold? = null,
 )
 
 /** Counters, for tests and diagnostics. */
@@ -81,8 +97,17 @@ class ConnectionStats {
 /** Where a [Connection] stands. */
 enum class ConnectionState { CONNECTING, SYNCING, ONLINE, DISCONNECTED, CLOSED }
 
-/** A message waiting in the outbox; [Connection.pendingSends] lists them so an app can keep them across restarts. */
-data class PendingSend(val clientMsgId: String, val text: String, val threadId: Long, val recipient: String)
+/**
+ * A send waiting in the outbox; [Connection.pendingSends] lists them so an app can keep them
+ * across restarts ([send] is the whole frame: pass it to [Connection.post] again).
+ */
+data class PendingSend(
+    val clientMsgId: String,
+    val text: String,
+    val threadId: Long,
+    val recipient: String,
+    val send: Send = Send.getDefaultInstance(),
+)
 
 /**
  * Holds one device's `SocketService.Connect` stream open across failures and keeps natter's
@@ -117,6 +142,12 @@ class Connection internal constructor(
     private val scope = CoroutineScope(job + serial + CoroutineName("natter-connection"))
 
     private val merger = Merger(options.cursors) // what arrived: de-duplication, gaps, Hello
+
+    /** Every entry surfaced, folded: edits, deletes and reactions on their messages, hidden ones. */
+    val fold: Fold = options.fold ?: Fold()
+    private val logWanted = options.userLogSeq != null || !options.skipReplay
+    private var logArrived = options.userLogSeq ?: 0 // the user's change log: what arrived
+    private var logTaken = options.userLogSeq ?: 0 // and what the app took (guarded by ackLock)
     private val ackLock = Any()
     private val taken = HashMap(options.cursors) // what the app took (guarded by ackLock)
     private val ackDirty = HashMap<Long, Long>() // taken, not yet acked (guarded by ackLock)
@@ -223,29 +254,89 @@ class Connection internal constructor(
      * Sends a message and waits until the server has stored it (the [SendResult]), retrying
      * across reconnects with the same client_msg_id; throws the refusal's typed exception
      * when the server refuses it for good. Name the thread, or the recipient's username for a
-     * direct message (the thread is created if needed). Cancelling the wait leaves the message
-     * in the outbox.
+     * direct message (the thread is created if needed). [replyToSeq] quotes a message of the
+     * same thread; [attachmentIds] are uploads ([NatterClient.upload]) to send, with [text]
+     * as the caption (may be empty). Cancelling the wait leaves the message in the outbox.
      */
-    suspend fun send(text: String, threadId: Long = 0, recipient: String = "", clientMsgId: String = ""): SendResult =
-        post(text, threadId, recipient, clientMsgId).await()
+    suspend fun send(
+        text: String,
+        threadId: Long = 0,
+        recipient: String = "",
+        clientMsgId: String = "",
+        replyToSeq: Long = 0,
+        attachmentIds: List<String> = emptyList(),
+    ): SendResult = post(text, threadId, recipient, clientMsgId, replyToSeq, attachmentIds).await()
 
     /**
      * [send] without waiting: the message joins the outbox now, after every earlier [post] or
      * [send] of this thread of control, and is stored in that order (per-device FIFO).
      */
-    fun post(text: String, threadId: Long = 0, recipient: String = "", clientMsgId: String = ""): Deferred<SendResult> {
-        val builder = Send.newBuilder().setClientMsgId(clientMsgId.ifEmpty { UUID.randomUUID().toString() }).setText(text)
+    fun post(
+        text: String,
+        threadId: Long = 0,
+        recipient: String = "",
+        clientMsgId: String = "",
+        replyToSeq: Long = 0,
+        attachmentIds: List<String> = emptyList(),
+    ): Deferred<SendResult> {
+        val builder = Send.newBuilder().setClientMsgId(clientMsgId).setText(text)
+            .setReplyToSeq(replyToSeq).addAllAttachmentIds(attachmentIds)
         if (threadId != 0L) builder.threadId = threadId else builder.recipient = recipient
+        return post(builder.build())
+    }
+
+    /**
+     * Any `Send` frame (a saved [PendingSend.send], or one built with fields this SDK has no
+     * call for), through the outbox like [post]; an empty client_msg_id gets a new one.
+     */
+    fun post(send: Send): Deferred<SendResult> {
+        val frame = if (send.clientMsgId.isEmpty()) send.toBuilder().setClientMsgId(UUID.randomUUID().toString()).build() else send
         val result = CompletableDeferred<SendResult>()
-        if (requests.trySend(Request(builder.build(), result)).isFailure) {
+        if (requests.trySend(Request(frame, result)).isFailure) {
             result.completeExceptionally(closedError())
         }
         return result
     }
 
+    /**
+     * Sets this user's reaction to message [seq] of a thread: one emoji per member, replacing
+     * theirs; an empty [emoji] removes it. An event in the thread's log, like [edit] and [delete]:
+     * it goes through the outbox in order and comes back folded onto its target.
+     */
+    suspend fun react(threadId: Long, seq: Long, emoji: String, clientMsgId: String = ""): SendResult =
+        post(change(threadId, clientMsgId).setReact(React.newBuilder().setSeq(seq).setEmoji(emoji)).build()).await()
+
+    /** Changes the text of one of this user's messages, within the server's edit window. */
+    suspend fun edit(threadId: Long, seq: Long, text: String, clientMsgId: String = ""): SendResult =
+        post(change(threadId, clientMsgId).setText(text).setEdit(Edit.newBuilder().setSeq(seq)).build()).await()
+
+    /** Deletes a message for everyone: one's own within the delete window, or any as a group admin. */
+    suspend fun delete(threadId: Long, seq: Long, clientMsgId: String = ""): SendResult =
+        post(change(threadId, clientMsgId).setDelete(Delete.newBuilder().setSeq(seq)).build()).await()
+
+    /**
+     * Forwards a copy of message [seq] of thread [fromThread] (marked forwarded, attachments by
+     * reference) to a thread, or to a person by [recipient].
+     */
+    suspend fun forward(
+        fromThread: Long,
+        seq: Long,
+        threadId: Long = 0,
+        recipient: String = "",
+        clientMsgId: String = "",
+    ): SendResult {
+        val builder = Send.newBuilder().setClientMsgId(clientMsgId)
+            .setForward(Forward.newBuilder().setThreadId(fromThread).setSeq(seq))
+        if (threadId != 0L) builder.threadId = threadId else builder.recipient = recipient
+        return post(builder.build()).await()
+    }
+
+    private fun change(threadId: Long, clientMsgId: String): Send.Builder =
+        Send.newBuilder().setClientMsgId(clientMsgId).setThreadId(threadId)
+
     /** Sends in the outbox, oldest first (sent or not, not yet acknowledged). */
     suspend fun pendingSends(): List<PendingSend> = withContext(serial) {
-        outbox.values.map { PendingSend(it.send.clientMsgId, it.send.text, it.send.threadId, it.send.recipient) }
+        outbox.values.map { PendingSend(it.send.clientMsgId, it.send.text, it.send.threadId, it.send.recipient, it.send) }
     }
 
     /** Marks a thread read up to [seq] (a read receipt for the others); sent after the next sync when offline. */
@@ -285,6 +376,12 @@ class Connection internal constructor(
      * as [ConnectionOptions.cursors] next time: what the app never took comes again.
      */
     val cursors: Map<Long, Long> get() = synchronized(ackLock) { HashMap(taken) }
+
+    /**
+     * How far the app has taken the user's own change log ([Event.UserChanged]): save it with
+     * [cursors] and pass it back as [ConnectionOptions.userLogSeq].
+     */
+    val userLogSeq: Long get() = synchronized(ackLock) { logTaken }
 
     /** Ends the connection: pending acks are written first; sends still in the outbox fail. */
     suspend fun close() {
@@ -373,6 +470,7 @@ class Connection internal constructor(
             acksOk = false
             live = false
             val hello = Hello.newBuilder().setSkipReplay(options.skipReplay).setAcceptBatches(true)
+            if (logWanted) hello.userLogSeq = logArrived
             for ((t, s) in merger.cursors) hello.addCursors(Cursor.newBuilder().setThreadId(t).setSeq(s))
             o.trySend(ClientFrame.newBuilder().setHello(hello).build())
             lastFrameNanos = System.nanoTime()
@@ -451,7 +549,11 @@ class Connection internal constructor(
                 val r = frame.sendResult
                 val p = outbox.remove(r.clientMsgId) ?: return
                 val me = user
-                if (me != null) offer(ownMessage(r, p.send.text, me))
+                if (r.hasMessage()) {
+                    offer(r.message.toBuilder().setState(MessageState.MESSAGE_STATE_SENT).build())
+                } else if (me != null) {
+                    offer(ownMessage(r, p.send.text, me))
+                }
                 p.result.complete(r)
             }
             ServerFrame.PayloadCase.SYNC_DONE -> {
@@ -472,6 +574,14 @@ class Connection internal constructor(
             ServerFrame.PayloadCase.TYPING -> push(Event.TypingEvent(frame.typing))
             ServerFrame.PayloadCase.READ_CURSOR -> push(Event.ReadCursor(frame.readCursor.cursor.threadId, frame.readCursor.cursor.seq))
             ServerFrame.PayloadCase.HEARTBEAT_ACK -> stats.heartbeatAcks += 1
+            ServerFrame.PayloadCase.USER_CHANGE -> {
+                val c = frame.userChange
+                if (c.seq > logArrived) {
+                    logArrived = c.seq
+                    val at = fold.change(c)
+                    push(Event.UserChanged(c, at?.let { fold.view(it.first, it.second) }))
+                }
+            }
             ServerFrame.PayloadCase.ERROR -> onError(frame.error)
             // A payload added to the contracts after this SDK was built: skipped, never a crash.
             else -> stats.unknownFrames += 1
@@ -529,7 +639,10 @@ class Connection internal constructor(
         return m.sender.userId == me.userId && m.senderDeviceId == deviceId
     }
 
-    private fun surface(m: Message) = push(Event.Received(m, own = isOwn(m)))
+    private fun surface(m: Message) {
+        val (t, s) = fold.apply(m)
+        push(Event.Received(m, own = isOwn(m), view = fold.view(t, s)))
+    }
 
     private fun push(ev: Event) {
         synchronized(queueLock) { queue.addLast(ev) }
@@ -538,6 +651,10 @@ class Connection internal constructor(
 
     /** The app took [ev]: a message is now shown or stored. */
     private fun took(ev: Event) {
+        if (ev is Event.UserChanged) {
+            synchronized(ackLock) { if (ev.change.seq > logTaken) logTaken = ev.change.seq }
+            return
+        }
         if (ev !is Event.Received || !options.autoAck) return
         val m = ev.message
         if (ev.own) {

@@ -5,6 +5,7 @@ import dev.natter.v1.Message
 import dev.natter.v1.Presence
 import dev.natter.v1.Receipt
 import dev.natter.v1.Typing
+import dev.natter.v1.UserChange
 
 /** One event of [Connection.events]. Use a `when` with an `else` branch: later SDKs add kinds. */
 sealed interface Event {
@@ -13,9 +14,22 @@ sealed interface Event {
      * by this device (then [own] is true and [Message.getState] is SENT). Each `(thread, seq)`
      * comes once and in order per thread. Its [Message.getKind] may be `UNRECOGNIZED` when the
      * server is newer than this SDK (a kind added to the contracts later): show it as
-     * unsupported, but it still counts as taken and moves the cursor.
+     * unsupported ([MessageView.unsupported]), but it still counts as taken and moves the cursor.
+     *
+     * Reactions, edits and deletes are entries of the log too ([Fold.isEvent]): they come
+     * here like messages (and are acked like them) but are never shown on their own. [view] is
+     * the message the entry concerns as it stands now, folded ([Connection.fold]): the message
+     * itself, or the target of an event — replace that row with it. It is null for an event
+     * whose target this device has not seen (history before it paged in).
      */
-    data class Received(val message: Message, val own: Boolean) : Event
+    data class Received(val message: Message, val own: Boolean, val view: MessageView? = null) : Event
+
+    /**
+     * An entry of the user's own change log: a message hidden on one of the user's devices
+     * (delete for me). [view] is that message, now [MessageView.hidden], if this device has it.
+     * Taking it moves [Connection.userLogSeq].
+     */
+    data class UserChanged(val change: UserChange, val view: MessageView?) : Event
 
     /** A member of a thread received ([dev.natter.v1.ReceiptKind.RECEIPT_KIND_DELIVERED]) or read messages up to a seq. */
     data class ReceiptEvent(val receipt: Receipt) : Event

@@ -2,6 +2,25 @@
 package dev.natter.client
 
 import dev.natter.v1.AccountServiceGrpcKt
+import dev.natter.v1.BlockUserRequest
+import dev.natter.v1.ChangePasswordRequest
+import dev.natter.v1.CreateReportRequest
+import dev.natter.v1.DeleteAccountRequest
+import dev.natter.v1.GetAttachmentRequest
+import dev.natter.v1.GetAttachmentResponse
+import dev.natter.v1.GetMediaInfoRequest
+import dev.natter.v1.GetMediaInfoResponse
+import dev.natter.v1.HideMessagesRequest
+import dev.natter.v1.ListBlockedUsersRequest
+import dev.natter.v1.ListUserChangesRequest
+import dev.natter.v1.MediaServiceGrpcKt
+import dev.natter.v1.ReportReason
+import dev.natter.v1.RevokeDeviceRequest
+import dev.natter.v1.RevokeOtherDevicesRequest
+import dev.natter.v1.SafetyServiceGrpcKt
+import dev.natter.v1.SearchMessagesRequest
+import dev.natter.v1.UnblockUserRequest
+import dev.natter.v1.UserChange
 import dev.natter.v1.AddContactRequest
 import dev.natter.v1.AddMembersRequest
 import dev.natter.v1.Contact
@@ -78,6 +97,12 @@ data class Login(val user: User, val deviceId: Long, val token: String)
 /** One page of a thread's history, oldest first; [more] when the server has more that way. */
 data class HistoryPage(val messages: List<Message>, val more: Boolean)
 
+/** A page of the user's own change log ([NatterClient.userChanges]); [more] when there is more after it. */
+data class UserChangePage(val changes: List<UserChange>, val more: Boolean)
+
+/** One page of search hits, best first; pass [nextPageToken] back for the next (empty at the end). */
+data class SearchPage(val messages: List<Message>, val nextPageToken: String)
+
 /**
  * One natter server, one channel. After [login] (or with a saved [token]) every call is
  * authenticated as that device. Data comes back as the generated `dev.natter.v1` messages, so
@@ -111,6 +136,8 @@ class NatterClient(
     private val groupsStub = GroupServiceGrpcKt.GroupServiceCoroutineStub(channel)
     private val presenceStub = PresenceServiceGrpcKt.PresenceServiceCoroutineStub(channel)
     private val socketStub = SocketServiceGrpcKt.SocketServiceCoroutineStub(channel)
+    private val safetyStub = SafetyServiceGrpcKt.SafetyServiceCoroutineStub(channel)
+    private val mediaStub = MediaServiceGrpcKt.MediaServiceCoroutineStub(channel)
 
     /** The `authorization` header for the current token (empty metadata when logged out). */
     fun metadata(): Metadata = Metadata().also { md ->
@@ -148,12 +175,15 @@ class NatterClient(
             ).user
         }
 
-    /** Logs in as a new device; its token then authenticates every call (save it to stay logged in). */
-    suspend fun login(username: String, password: String, deviceName: String = "kotlin"): Login {
+    /**
+     * Logs in as a new device; its token then authenticates every call (save it to stay logged
+     * in). [platform] says what the device is ("android", "jvm"), shown in the device list.
+     */
+    suspend fun login(username: String, password: String, deviceName: String = "kotlin", platform: String = ""): Login {
         val res = accounts.call {
             login(
                 LoginRequest.newBuilder()
-                    .setUsername(username).setPassword(password).setDeviceName(deviceName).build(),
+                    .setUsername(username).setPassword(password).setDeviceName(deviceName).setPlatform(platform).build(),
                 it,
             )
         }
@@ -170,8 +200,36 @@ class NatterClient(
 
     suspend fun me(): GetMeResponse = accounts.call { getMe(GetMeRequest.getDefaultInstance(), it) }
 
+    /** The user's active devices, oldest first: name, platform, last active time; [Device.getCurrent] is this one. */
     suspend fun devices(): List<Device> =
         accounts.call { listDevices(ListDevicesRequest.getDefaultInstance(), it).devicesList }
+
+    /** Logs out one of the user's devices (a lost phone) by id; its streams are closed. */
+    suspend fun revokeDevice(deviceId: Long) {
+        accounts.call { revokeDevice(RevokeDeviceRequest.newBuilder().setDeviceId(deviceId).build(), it) }
+    }
+
+    /** Logs out every device of the user but this one; returns their ids. */
+    suspend fun revokeOtherDevices(): List<Long> =
+        accounts.call { revokeOtherDevices(RevokeOtherDevicesRequest.getDefaultInstance(), it).revokedDeviceIdsList }
+
+    /**
+     * Sets a new password, given the current one. The user's other devices are logged out
+     * (their ids returned) unless [keepOtherDevices]; this device stays logged in.
+     */
+    suspend fun changePassword(current: String, new: String, keepOtherDevices: Boolean = false): List<Long> =
+        accounts.call {
+            changePassword(
+                ChangePasswordRequest.newBuilder()
+                    .setCurrentPassword(current).setNewPassword(new).setKeepOtherDevices(keepOtherDevices).build(),
+                it,
+            ).revokedDeviceIdsList
+        }
+
+    /** Deletes the account, given its password: messages stay in others' history as "Deleted account". */
+    suspend fun deleteAccount(password: String) {
+        accounts.call { deleteAccount(DeleteAccountRequest.newBuilder().setPassword(password).build(), it) }
+    }
 
     suspend fun updateSettings(displayName: String? = null, hideLastSeen: Boolean? = null) {
         accounts.call {
@@ -217,6 +275,58 @@ class NatterClient(
                 .foundList.associate { f -> f.identifier to f.user }
         }
 
+    // -- safety ---------------------------------------------------------------------------
+
+    /**
+     * Blocks a user (username or phone): their sends to this user's direct chat are refused
+     * with [PermissionDeniedException] reason `RECIPIENT_UNAVAILABLE` (the same as for a deleted
+     * account, so the block is not revealed); they no longer see this user's presence or last
+     * seen, nor add them to groups. In shared groups their messages still arrive (an app may
+     * hide them: [blocked]). Blocking twice succeeds.
+     */
+    suspend fun block(username: String): User =
+        safetyStub.call { blockUser(BlockUserRequest.newBuilder().setUsername(username).build(), it).user }
+
+    /** Lifts a block; unblocking someone not blocked succeeds. */
+    suspend fun unblock(username: String) {
+        safetyStub.call { unblockUser(UnblockUserRequest.newBuilder().setUsername(username).build(), it) }
+    }
+
+    /** Everyone this user blocked, by username, all pages. */
+    suspend fun blocked(): List<User> {
+        val out = ArrayList<User>()
+        var pageToken = ""
+        do {
+            val res = safetyStub.call {
+                listBlockedUsers(ListBlockedUsersRequest.newBuilder().setPageSize(1000).setPageToken(pageToken).build(), it)
+            }
+            out.addAll(res.usersList)
+            pageToken = res.nextPageToken
+        } while (pageToken.isNotEmpty())
+        return out
+    }
+
+    /**
+     * Reports a user, or messages ([seqs] of [threadId]; without seqs, the user's latest there),
+     * to the server's admins, who see copies of the messages as they are now; [block] blocks
+     * the user too. Returns the report's id.
+     */
+    suspend fun report(
+        reason: ReportReason,
+        username: String = "",
+        threadId: Long = 0,
+        seqs: List<Long> = emptyList(),
+        text: String = "",
+        block: Boolean = false,
+    ): Long = safetyStub.call {
+        createReport(
+            CreateReportRequest.newBuilder()
+                .setReason(reason).setUsername(username).setThreadId(threadId).addAllSeqs(seqs)
+                .setText(text).setBlock(block).build(),
+            it,
+        ).reportId
+    }
+
     // -- threads --------------------------------------------------------------------------
 
     /** Threads, latest first; all of them, or the first [limit]. */
@@ -246,7 +356,9 @@ class NatterClient(
 
     /**
      * A page of a thread: the newest [limit] by default, older than [beforeSeq], or (with
-     * [forward]) the oldest after [afterSeq]. Pages are always oldest first.
+     * [forward]) the oldest after [afterSeq]. Pages are always oldest first. Messages come
+     * folded by the server; with [folded] the events (reactions, edits, deletes) are left out
+     * and seqs skip, for display only: a page that goes through a [Connection]'s merge must not be.
      */
     suspend fun history(
         threadId: Long,
@@ -254,16 +366,48 @@ class NatterClient(
         afterSeq: Long = 0,
         limit: Int = 50,
         forward: Boolean = false,
+        folded: Boolean = false,
     ): HistoryPage {
         val res = threadsStub.call {
             listMessages(
                 ListMessagesRequest.newBuilder()
                     .setThreadId(threadId).setBeforeSeq(beforeSeq).setAfterSeq(afterSeq)
-                    .setLimit(limit).setForward(forward).build(),
+                    .setLimit(limit).setForward(forward).setFolded(folded).build(),
                 it,
             )
         }
         return HistoryPage(res.messagesList, res.more)
+    }
+
+    /**
+     * Deletes messages for this user only (delete for me): hidden on every device of theirs
+     * (as [Event.UserChanged]), unchanged for everyone else. Returns the change-log entries.
+     */
+    suspend fun hide(threadId: Long, seqs: List<Long>): List<UserChange> =
+        threadsStub.call { hideMessages(HideMessagesRequest.newBuilder().setThreadId(threadId).addAllSeqs(seqs).build(), it).changesList }
+
+    /** A page of the user's own change log after [afterSeq]. */
+    suspend fun userChanges(afterSeq: Long = 0, limit: Int = 500): UserChangePage {
+        val res = threadsStub.call {
+            listUserChanges(ListUserChangesRequest.newBuilder().setAfterSeq(afterSeq).setLimit(limit).build(), it)
+        }
+        return UserChangePage(res.changesList, res.more)
+    }
+
+    /**
+     * Full-text search over the messages this user can see (words of three letters or more; a
+     * word also matches words it begins with), best first, one page; each hit is a folded
+     * message with the thread and seq to jump to. [threadId] narrows it to one thread.
+     */
+    suspend fun search(query: String, threadId: Long = 0, pageSize: Int = 20, pageToken: String = ""): SearchPage {
+        val res = threadsStub.call {
+            searchMessages(
+                SearchMessagesRequest.newBuilder()
+                    .setQuery(query).setThreadId(threadId).setPageSize(pageSize).setPageToken(pageToken).build(),
+                it,
+            )
+        }
+        return SearchPage(res.messagesList, res.nextPageToken)
     }
 
     // -- groups ---------------------------------------------------------------------------
@@ -313,6 +457,15 @@ class NatterClient(
         presenceStub.call {
             getPresence(GetPresenceRequest.newBuilder().addAllUsernames(usernames).build(), it).presencesList
         }
+
+    // -- attachments ----------------------------------------------------------------------
+
+    /** Where attachments go over HTTP (`httpUrl`), the size cap and the upload chunk size. */
+    suspend fun mediaInfo(): GetMediaInfoResponse = mediaStub.call { getMediaInfo(GetMediaInfoRequest.getDefaultInstance(), it) }
+
+    /** An attachment this user may see, with signed links (paths under [mediaInfo]'s `httpUrl`) valid for a while. */
+    suspend fun attachment(attachmentId: String): GetAttachmentResponse =
+        mediaStub.call { getAttachment(GetAttachmentRequest.newBuilder().setAttachmentId(attachmentId).build(), it) }
 
     /** `host:port` of the socket server that holds this user's streams (cluster mode). */
     suspend fun locate(username: String): String =

@@ -17,6 +17,8 @@ import dev.natter.v1.ServerFrame
 import dev.natter.v1.SocketServiceGrpcKt
 import dev.natter.v1.SyncDone
 import dev.natter.v1.User
+import dev.natter.v1.UserChange
+import dev.natter.v1.UserChangeKind
 import dev.natter.v1.Welcome
 import io.grpc.Server
 import io.grpc.Status
@@ -31,6 +33,7 @@ import kotlinx.coroutines.flow.channelFlow
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
 import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertFalse
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.Timeout
@@ -112,6 +115,11 @@ class ContractTest {
         val unknownFrame = ServerFrame.parseFrom(withUnknownField(ByteArray(0), 99, "a new kind of frame"))
         val text = Message.newBuilder().setThreadId(9).setSeq(2).setMsgId("m2").setSender(peer)
             .setKind(MessageKind.MESSAGE_KIND_TEXT).setText("still here").build()
+        // A reaction to the message of the unknown kind, and an entry of the user's own log of a
+        // kind added later (9).
+        val reaction = Message.newBuilder().setThreadId(9).setSeq(3).setMsgId("m3").setSender(peer)
+            .setKind(MessageKind.MESSAGE_KIND_REACTION).setTargetSeq(1).setEmoji("👍").build()
+        val futureChange = UserChange.newBuilder().setSeq(1).setKindValue(9).build()
 
         ScriptedServer { incoming ->
             check(incoming.receive().payloadCase == ClientFrame.PayloadCase.HELLO)
@@ -120,7 +128,9 @@ class ContractTest {
             send(ServerFrame.newBuilder().setMessage(futureMessage).build())
             send(ServerFrame.newBuilder().setReceipt(Receipt.newBuilder().setThreadId(9).setUser(peer).setKindValue(9).setSeq(1)).build())
             send(ServerFrame.newBuilder().setBatch(ServerBatch.newBuilder().addFrames(unknownFrame).addFrames(ServerFrame.newBuilder().setMessage(text))).build())
-            send(ServerFrame.newBuilder().setSyncDone(SyncDone.newBuilder().setReplayed(2)).build())
+            send(ServerFrame.newBuilder().setMessage(reaction).build())
+            send(ServerFrame.newBuilder().setUserChange(futureChange).build())
+            send(ServerFrame.newBuilder().setSyncDone(SyncDone.newBuilder().setReplayed(3)).build())
             for (f in incoming) {
                 if (f.payloadCase == ClientFrame.PayloadCase.HEARTBEAT) {
                     send(ServerFrame.newBuilder().setHeartbeatAck(dev.natter.v1.HeartbeatAck.getDefaultInstance()).build())
@@ -130,21 +140,37 @@ class ContractTest {
             val client = NatterClient(scripted.address, token = "t")
             val conn = client.connect().start()
             val events = conn.until { it is Event.SyncDone }
-            val messages = events.filterIsInstance<Event.Received>().map { it.message }
-            assertEquals(listOf(1L, 2L), messages.map { it.seq })
+            val received = events.filterIsInstance<Event.Received>()
+            val messages = received.map { it.message }
+            assertEquals(listOf(1L, 2L, 3L), messages.map { it.seq })
             assertEquals(MessageKind.UNRECOGNIZED, messages[0].kind)
             assertEquals(42, messages[0].kindValue)
             assertEquals(futureBytes.size, messages[0].serializedSize) // the unknown field is kept
             assertEquals("still here", messages[1].text)
+            // Folded, the unknown kind is a message shown as unsupported; events still land on it.
+            assertTrue(received[0].view!!.unsupported)
+            assertFalse(received[1].view!!.unsupported)
+            assertEquals(1L, received[2].view!!.seq)
+            assertTrue(received[2].view!!.unsupported)
+            assertEquals(mapOf("👍" to 1), received[2].view!!.counts)
+            assertEquals(listOf(1L, 2L), conn.fold.thread(9).map { it.seq })
+            val change = events.filterIsInstance<Event.UserChanged>().single()
+            assertEquals(UserChangeKind.UNRECOGNIZED, change.change.kind)
+            assertEquals(null, change.view)
+            assertEquals(1L, conn.userLogSeq)
+            // The Hello asked for the user's log from its start.
+            val hello = scripted.of(ClientFrame.PayloadCase.HELLO).single().second.hello
+            assertTrue(hello.hasUserLogSeq())
+            assertEquals(0L, hello.userLogSeq)
             val receipt = events.filterIsInstance<Event.ReceiptEvent>().single().receipt
             assertEquals(ReceiptKind.UNRECOGNIZED, receipt.kind)
             assertEquals(9, receipt.kindValue)
             assertEquals(2, conn.stats.unknownFrames)
             assertEquals(ConnectionState.ONLINE, conn.state.value)
 
-            // Both messages were taken, the unknown kind too: the ack covers seq 2.
-            eventually(what = "an ack up to seq 2") {
-                scripted.of(ClientFrame.PayloadCase.ACK).any { (_, f) -> f.ack.cursorsList.any { it.threadId == 9L && it.seq == 2L } }
+            // Every entry was taken, the unknown kind and the event too: the ack covers seq 3.
+            eventually(what = "an ack up to seq 3") {
+                scripted.of(ClientFrame.PayloadCase.ACK).any { (_, f) -> f.ack.cursorsList.any { it.threadId == 9L && it.seq == 3L } }
             }
             // Heartbeats at the Welcome's interval (1 s), answered.
             eventually(what = "three heartbeats") { scripted.of(ClientFrame.PayloadCase.HEARTBEAT).size >= 3 }

@@ -58,6 +58,13 @@ class NatterServer(private val extraEnv: Map<String, String> = emptyMap()) : Aut
                 "NATTER_REGISTRATIONS_PER_IP_PER_HOUR" to "0",
                 "NATTER_REGISTRATIONS_PER_HOUR" to "0",
                 "NATTER_LOG_LEVEL" to "INFO",
+                // Every test registers and logs in from loopback: no per-address limits (as
+                // tests/procs.py), no canary user.
+                "NATTER_LOGINS_PER_IP_PER_MINUTE" to "0",
+                "NATTER_REGISTRATIONS_PER_IP_PER_HOUR" to "0",
+                "NATTER_REGISTRATIONS_PER_HOUR" to "0",
+                "NATTER_MAX_DEVICES_PER_USER" to "1000",
+                "NATTER_CANARY_INTERVAL_SECONDS" to "0",
             ) + extraEnv,
         )
         pb.redirectErrorStream(true).redirectOutput(ProcessBuilder.Redirect.appendTo(log.toFile()))
@@ -224,5 +231,21 @@ class TcpProxy(private val target: InetSocketAddress) : AutoCloseable {
         closed = true
         runCatching { listener.close() }
         cut()
+    }
+}
+
+/** HTTP for attachments on the JVM: the JDK's HttpClient, which speaks PATCH (HttpURLConnection does not). */
+object JdkHttp : HttpTransport {
+    private val client = java.net.http.HttpClient.newBuilder().connectTimeout(java.time.Duration.ofSeconds(15)).build()
+
+    override fun exchange(method: String, url: String, headers: Map<String, String>, body: ByteArray?): HttpReply {
+        val request = java.net.http.HttpRequest.newBuilder(java.net.URI.create(url))
+            .method(
+                method,
+                if (body == null) java.net.http.HttpRequest.BodyPublishers.noBody() else java.net.http.HttpRequest.BodyPublishers.ofByteArray(body),
+            )
+        for ((k, v) in headers) request.header(k, v)
+        val res = client.send(request.build(), java.net.http.HttpResponse.BodyHandlers.ofByteArray())
+        return HttpReply(res.statusCode(), res.headers().map().mapKeys { it.key.lowercase() }.mapValues { it.value.first() }, res.body())
     }
 }
