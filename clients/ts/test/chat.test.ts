@@ -190,7 +190,7 @@ describe("a server restart", () => {
       const cb = await nodeConnection(bob, { maxBackoffMs: 500 }).start();
       const warm = await ca.send("warm-up", { recipient: nameOf(bob) });
       expect((await received(cb, 1)).map((m) => m.text)).toEqual(["warm-up"]);
-      const n = 1000;
+      const n = 800;
       let done = 0;
       // The kill starts from the acknowledgement that makes a quarter, not from a poll: on a
       // busy machine a poll can come too late, after the whole burst was acknowledged.

@@ -54,9 +54,6 @@ class NatterServer(private val extraEnv: Map<String, String> = emptyMap()) : Aut
                 "NATTER_ARGON2_MEMORY_KIB" to "1024",
                 "NATTER_ARGON2_TIME_COST" to "1",
                 "NATTER_ACK_FLUSH_SECONDS" to "0.05",
-                // Tests register many accounts from one address: no registration rate limits.
-                "NATTER_REGISTRATIONS_PER_IP_PER_HOUR" to "0",
-                "NATTER_REGISTRATIONS_PER_HOUR" to "0",
                 "NATTER_LOG_LEVEL" to "INFO",
                 // Every test registers and logs in from loopback: no per-address limits (as
                 // tests/procs.py), no canary user.
