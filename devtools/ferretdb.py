@@ -107,6 +107,9 @@ class FerretDbServer(MongoWireServer):
             f"--sqlite-url=file:{self.data_dir}/",
             f"--listen-addr={HOST}:{self.port}",
             "--telemetry=disable",
+            # Its metrics and debug listener would take 127.0.0.1:8088 in every instance.
+            "--debug-addr=-",
+            f"--state-dir={self.root}",
             "--log-level=warn",
         ]
 
