@@ -2,8 +2,10 @@
 
 Every log must number each thread's entries 1, 2, 3 … in the order given, with no gap and
 no duplicate under concurrent writers and crashes, store a (sender, client_msg_id) once
-forever, and read ranges and pages back. The MongoDB server starts once per session
-(devtools/ferretdb.py) and each test gets a database of its own. The crash tests SIGKILL a
+forever, and read ranges and pages back. The SQL log runs on every engine `--stores` names
+(its threads and members in the same database), the MongoDB log on FerretDB (threads and
+members in SQLite beside it). Servers start once per session (devtools/dbservers.py,
+devtools/ferretdb.py) and each test gets a database of its own. The crash tests SIGKILL a
 real writer process between its read of the last seq and its insert.
 """
 
@@ -19,6 +21,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from devtools.dbservers import DbServer, require
+from devtools.dbservers import server_class as db_server_class
 from devtools.ferretdb import MongoWireServer, mongo_servers, server_class
 from message_svc.mongolog import MongoMessageLog
 from message_svc.sqllog import SqlMessageLog
@@ -28,10 +32,9 @@ from natter.domain import Message, MessageKind, User
 from natter.errors import PermissionDenied
 
 REPO = Path(__file__).resolve().parent.parent
-# FerretDB always (scripts/install --all builds it; missing, the tests fail with the hint);
-# a real mongod too when one is on PATH.
-KINDS = ["sql", "ferretdb", *(k for k in mongo_servers() if k == "mongod")]
-MONGO_KINDS = [k for k in KINDS if k != "sql"]
+# The MongoDB log on FerretDB always (scripts/install --all builds it; missing, the tests fail
+# with the hint), and on a real mongod too when one is on PATH.
+MONGO_KINDS = ["ferretdb", *(k for k in mongo_servers() if k == "mongod")]
 _count = itertools.count(1)
 _servers: dict[str, MongoWireServer] = {}
 
@@ -67,51 +70,78 @@ class Env:
         return LogEntry(thread, self.users[user], 1, key, MessageKind.TEXT, text or key)
 
 
-@pytest_asyncio.fixture
-async def sql(tmp_path: Path) -> AsyncIterator[SqlStore]:
-    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'natter.db'}")
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The SQL log on every engine `--stores` names; the MongoDB log on every server here."""
+    if "log_kind" in metafunc.fixturenames:
+        stores = [e.strip() for e in metafunc.config.getoption("stores").split(",")]
+        kinds = [f"sql-{e}" for e in stores if e] + MONGO_KINDS
+        metafunc.parametrize("log_kind", kinds)
+    if "mongo_kind" in metafunc.fixturenames:
+        metafunc.parametrize("mongo_kind", MONGO_KINDS)
+
+
+async def _sql(engine: str, tmp: Path, db_servers: dict[str, DbServer]) -> SqlStore:
+    url = f"sqlite+aiosqlite:///{tmp / f'natter-{next(_count)}.db'}"
+    if engine != "sqlite":
+        server = db_servers.get(engine)
+        if server is None:
+            require(engine)
+            server = db_servers[engine] = db_server_class(engine)()
+            await server.start()
+        url = await server.create_database()
+    store = SqlStore(url)
     await store.open()
-    yield store
-    await store.close()
+    return store
 
 
-async def _env(kind: str, sql: SqlStore, servers: dict[str, MongoWireServer]) -> AsyncIterator[Env]:
-    rows = [await sql.create_user(f"u{next(_count)}", "U", None, "x") for _ in range(3)]
-    users = [User(r.user_id, r.username, r.display_name) for r in rows]
-    # Two direct threads all three can write to: 0-1 and 1-2 (user 1 is in both).
-    t1 = await sql.direct_thread(users[0].user_id, users[1].user_id)
-    t2 = await sql.direct_thread(users[1].user_id, users[2].user_id)
-    log: MessageLog
-    url = ""
-    if kind == "sql":
-        log = SqlMessageLog(sql)
-    else:
-        url = await _mongo_url(kind, servers)
-        log = MongoMessageLog(url)
-    await log.open()
+async def _env(
+    kind: str, tmp: Path, db_servers: dict[str, DbServer], servers: dict[str, MongoWireServer]
+) -> AsyncIterator[Env]:
+    # The threads and members live in SQL either way (SQLite beside a MongoDB log).
+    sql = await _sql(
+        kind.removeprefix("sql-") if kind.startswith("sql-") else "sqlite", tmp, db_servers
+    )
     try:
-        yield Env(log, sql, users, [t1, t2], url)
+        rows = [await sql.create_user(f"u{next(_count)}", "U", None, "x") for _ in range(3)]
+        users = [User(r.user_id, r.username, r.display_name) for r in rows]
+        # Two direct threads all three can write to: 0-1 and 1-2 (user 1 is in both).
+        t1 = await sql.direct_thread(users[0].user_id, users[1].user_id)
+        t2 = await sql.direct_thread(users[1].user_id, users[2].user_id)
+        log: MessageLog
+        url = ""
+        if kind.startswith("sql-"):
+            log = SqlMessageLog(sql)
+        else:
+            url = await _mongo_url(kind, servers)
+            log = MongoMessageLog(url)
+        await log.open()
+        try:
+            yield Env(log, sql, users, [t1, t2], url)
+        finally:
+            await log.close()
     finally:
-        await log.close()
+        await sql.close()
 
 
-@pytest_asyncio.fixture(params=KINDS)
+@pytest_asyncio.fixture
 async def env(
-    request: pytest.FixtureRequest,
-    sql: SqlStore,
+    log_kind: str,
+    tmp_path: Path,
+    db_servers: dict[str, DbServer],
     mongo_wire_servers: dict[str, MongoWireServer],
 ) -> AsyncIterator[Env]:
-    async for e in _env(request.param, sql, mongo_wire_servers):
+    async for e in _env(log_kind, tmp_path, db_servers, mongo_wire_servers):
         yield e
 
 
-@pytest_asyncio.fixture(params=MONGO_KINDS)
+@pytest_asyncio.fixture
 async def mongo(
-    request: pytest.FixtureRequest,
-    sql: SqlStore,
+    mongo_kind: str,
+    tmp_path: Path,
+    db_servers: dict[str, DbServer],
     mongo_wire_servers: dict[str, MongoWireServer],
 ) -> AsyncIterator[Env]:
-    async for e in _env(request.param, sql, mongo_wire_servers):
+    async for e in _env(mongo_kind, tmp_path, db_servers, mongo_wire_servers):
         yield e
 
 
@@ -224,10 +254,12 @@ async def test_pages_and_ranges_after_cursors(env: Env) -> None:
 
 
 async def test_the_sql_log_refuses_an_entry_for_a_thread_the_sender_is_not_in(
-    sql: SqlStore, mongo_wire_servers: dict[str, MongoWireServer]
+    tmp_path: Path,
+    db_servers: dict[str, DbServer],
+    mongo_wire_servers: dict[str, MongoWireServer],
 ) -> None:
     """The SQL log checks membership itself; the MongoDB log is handed checked entries."""
-    async for e in _env("sql", sql, mongo_wire_servers):
+    async for e in _env("sql-sqlite", tmp_path, db_servers, mongo_wire_servers):
         _, t2 = e.threads
         with pytest.raises(PermissionDenied):
             await e.log.append([e.entry(t2, 0, "intruder")])
