@@ -23,7 +23,7 @@ import pytest_asyncio
 
 from devtools.dbservers import DbServer, require
 from devtools.dbservers import server_class as db_server_class
-from devtools.ferretdb import MongoWireServer, mongo_servers, server_class
+from devtools.ferretdb import FerretDbServer, MongoWireServer, mongo_servers, server_class
 from message_svc.mongolog import MongoMessageLog
 from message_svc.sqllog import SqlMessageLog
 from message_svc.sqlstore import SqlStore
@@ -370,3 +370,31 @@ async def test_writers_killed_mid_run_beside_a_live_one_leave_a_gap_free_log(mon
     for prefix in ("live", "x", "y"):
         mine = [int(k.split("-")[1]) for k in keys if k.startswith(prefix + "-")]
         assert mine == list(range(35)), prefix  # each writer's order kept
+
+
+async def test_acknowledged_entries_survive_a_sigkill_of_the_server() -> None:
+    """kill -9 of FerretDB itself: what the log acknowledged is there after the restart."""
+    async with FerretDbServer() as server:
+        url = await server.create_database()
+        log = MongoMessageLog(url)
+        await log.open()
+        sender = User(1, "u1", "U1")
+        entries = [LogEntry(7, sender, 1, f"d-{i}", MessageKind.TEXT, "t") for i in range(40)]
+        try:
+            for start in range(0, 40, 8):
+                await log.append(entries[start : start + 8])
+        finally:
+            await log.close()
+        await server.kill()
+        await server.restart()
+        again = MongoMessageLog(url)
+        await again.open()
+        try:
+            stored = await again.read(7, 0, 0, 100, False)
+            assert [(m.seq, m.client_msg_id) for m in stored] == [
+                (i + 1, f"d-{i}") for i in range(40)
+            ]
+            more = await again.append([LogEntry(7, sender, 1, "d-0", MessageKind.TEXT, "t")])
+            assert (more[0].message.seq, more[0].duplicate) == (1, True)
+        finally:
+            await again.close()
