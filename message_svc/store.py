@@ -491,6 +491,45 @@ class MessageStore(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One entry for a message log, already checked and shaped by message_svc's rules."""
+
+    thread_id: int
+    sender: User
+    sender_device_id: int
+    client_msg_id: str
+    kind: MessageKind
+    text: str
+    system: SystemEvent | None = None
+    target_seq: int = 0
+
+
+class MessageLog(Protocol):
+    """The message log alone: what a document store (MongoDB) can hold apart from SQL.
+
+    - `append`: each thread's new entries get the next sequence numbers, in the order
+      given, with no gap and no duplicate, whatever crashes or concurrent writers do; a
+      (sender, client_msg_id) stored before, ever, answers with the original
+      (`duplicate`), never a second copy. It returns only once the entries are durable.
+    - `read`: a range of one thread (history pages: `newest` takes the last `limit`).
+    - `read_after`: sync after cursors, `(thread, after, upto)` ranges, in that order.
+    - `last_seqs`: each thread's last seq in the log, from which SQL's thread rows are
+      derived and repaired (docs/architecture.md, "The message log on MongoDB").
+    """
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def append(self, entries: Sequence[LogEntry]) -> list[Appended]: ...
+    async def read(
+        self, thread_id: int, after_seq: int, before_seq: int, limit: int, newest: bool
+    ) -> list[Message]: ...
+    async def read_after(
+        self, ranges: Sequence[tuple[int, int, int]], limit: int
+    ) -> list[Message]: ...
+    async def last_seqs(self, thread_ids: Sequence[int]) -> dict[int, int]: ...
+
+
 class UserLogStore(Protocol):
     """Each user's own state (delete for me) and the change log that syncs it."""
 

@@ -1,0 +1,287 @@
+"""The message log in MongoDB through PyMongo's AsyncMongoClient: gap-free seqs without transactions.
+
+One collection, `messages`, one document per entry, with two unique indexes:
+
+- `thread_seq` on (t, s): the sequence allocator. An entry is inserted with seq = the
+  thread's last + 1; a concurrent writer that took that seq makes the insert fail with a
+  duplicate key, and the writer reads the last seq again and retries. Nothing is reserved
+  before the insert, so a crash between reading the last seq and inserting leaves nothing
+  behind: no counter ahead of the log, hence no gap; and the index forbids two entries
+  with one seq, hence no duplicate.
+- `sender_key` on (u, c): a (sender, client_msg_id) is stored once, forever; a retried send
+  finds the original.
+
+A run of one thread is one ordered `insert_many`: on a crash a prefix of it is stored (the
+seqs still gap-free), and the caller's retry with the same keys finds that prefix and
+appends the rest. Writes use write concern majority with journaling: an entry is
+acknowledged only once a majority of the replica set has it on disk (FerretDB, which the
+tests run, ignores write concern; its backend's fsync is its durability).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from bson.codec_options import CodecOptions
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.write_concern import WriteConcern
+
+from message_svc.store import Appended, LogEntry
+from natter.domain import Message, MessageKind, SystemEvent, SystemKind, User
+from natter.ids import new_msg_id
+
+DUPLICATE_KEY = 11000
+# A hook the crash tests use: awaited after the last seq is read and before the insert.
+AllocateHook = Callable[[int, int], Awaitable[None]]
+Doc = dict[str, Any]
+
+
+def _now() -> datetime:
+    """Now, to the millisecond BSON keeps, so what is returned equals what is read back."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _user_doc(u: User) -> list[Any]:
+    return [u.user_id, u.username, u.display_name]
+
+
+def _system_doc(event: SystemEvent | None) -> Doc | None:
+    if event is None:
+        return None
+    return {
+        "kind": event.kind.value,
+        "actor": _user_doc(event.actor),
+        "users": [_user_doc(u) for u in event.users],
+        "title": event.title,
+    }
+
+
+def _system_of(doc: Doc | None) -> SystemEvent | None:
+    if not doc:
+        return None
+    return SystemEvent(
+        kind=SystemKind(doc["kind"]),
+        actor=User(*doc["actor"]),
+        users=tuple(User(*u) for u in doc["users"]),
+        title=doc["title"],
+    )
+
+
+def _doc(e: LogEntry, seq: int, now: datetime) -> Doc:
+    return {
+        "t": e.thread_id,
+        "s": seq,
+        "m": new_msg_id(int(now.timestamp() * 1000)),
+        "u": e.sender.user_id,
+        "un": e.sender.username,
+        "dn": e.sender.display_name,
+        "d": e.sender_device_id,
+        "c": e.client_msg_id,
+        "k": e.kind.value,
+        "x": e.text,
+        "y": _system_doc(e.system),
+        "g": e.target_seq,
+        "ts": now,
+    }
+
+
+def message_of(d: Doc) -> Message:
+    kind = MessageKind(d["k"])
+    text, emoji = (d["x"], "") if kind is not MessageKind.REACTION else ("", d["x"])
+    created: datetime = d["ts"]
+    return Message(
+        thread_id=d["t"],
+        seq=d["s"],
+        msg_id=d["m"],
+        sender=User(d["u"], d["un"], d["dn"]),
+        sender_device_id=d["d"],
+        client_msg_id=d["c"],
+        kind=kind,
+        text=text,
+        create_time=created.astimezone(UTC),
+        system=_system_of(d.get("y")),
+        target_seq=d.get("g", 0),
+        emoji=emoji,
+    )
+
+
+class MongoMessageLog:
+    """The `MessageLog` on a MongoDB (or MongoDB-wire) server; the database is the URL's."""
+
+    def __init__(
+        self, url: str, *, database: str = "natter", after_allocate: AllocateHook | None = None
+    ) -> None:
+        self.url = url
+        self._database = database
+        self._after_allocate = after_allocate
+        self._client: AsyncMongoClient[Doc] | None = None
+        self._coll: AsyncCollection[Doc] | None = None
+
+    async def open(self) -> None:
+        client: AsyncMongoClient[Doc] = AsyncMongoClient(
+            self.url, tz_aware=True, serverSelectionTimeoutMS=10_000
+        )
+        db = client.get_default_database(self._database)
+        coll = db.get_collection(
+            "messages",
+            codec_options=CodecOptions(tz_aware=True, tzinfo=UTC),
+            write_concern=WriteConcern(w="majority", j=True),
+        )
+        await coll.create_index(
+            [("t", ASCENDING), ("s", ASCENDING)], unique=True, name="thread_seq"
+        )
+        await coll.create_index(
+            [("u", ASCENDING), ("c", ASCENDING)], unique=True, name="sender_key"
+        )
+        self._client, self._coll = client, coll
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        self._client = self._coll = None
+
+    @property
+    def collection(self) -> AsyncCollection[Doc]:
+        assert self._coll is not None, "MongoMessageLog is not open"
+        return self._coll
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def append(self, entries: Sequence[LogEntry]) -> list[Appended]:
+        out: list[Appended | None] = [None] * len(entries)
+        keys = list(dict.fromkeys((e.sender.user_id, e.client_msg_id) for e in entries))
+        existing = await self._by_keys(keys)
+        first: dict[tuple[int, str], int] = {}
+        per_thread: dict[int, list[int]] = defaultdict(list)
+        for i, e in enumerate(entries):
+            key = (e.sender.user_id, e.client_msg_id)
+            if key in existing:
+                out[i] = Appended(existing[key], True)
+            elif key not in first:
+                first[key] = i
+                per_thread[e.thread_id].append(i)
+        for thread_id, idxs in sorted(per_thread.items()):
+            stored = await self._append_run(thread_id, [entries[i] for i in idxs])
+            for i, a in zip(idxs, stored, strict=True):
+                out[i] = a
+        for i, e in enumerate(entries):
+            if out[i] is None:  # repeated inside this run: the first one's answer
+                original = out[first[(e.sender.user_id, e.client_msg_id)]]
+                assert original is not None
+                out[i] = Appended(original.message, True)
+        return [a for a in out if a is not None]
+
+    async def _append_run(self, thread_id: int, pending: list[LogEntry]) -> list[Appended]:
+        """Insert one thread's entries at last + 1, …; retry what a conflict stopped."""
+        coll = self.collection
+        done: list[Appended] = []
+        while pending:
+            last = await self._last_seq(thread_id)
+            if self._after_allocate is not None:
+                await self._after_allocate(thread_id, last + 1)
+            now = _now()
+            docs = [_doc(e, last + 1 + k, now) for k, e in enumerate(pending)]
+            try:
+                await coll.insert_many(docs, ordered=True)
+            except BulkWriteError as err:
+                inserted = int(err.details.get("nInserted", 0))
+                errors = err.details.get("writeErrors") or [{}]
+                if errors[0].get("code") != DUPLICATE_KEY:
+                    raise
+                done += [Appended(message_of(d), False) for d in docs[:inserted]]
+                pending = pending[inserted:]
+                await self._resolve_conflict(pending, done)
+                continue
+            except DuplicateKeyError:
+                await self._resolve_conflict(pending, done)
+                continue
+            done += [Appended(message_of(d), False) for d in docs]
+            pending = []
+        return done
+
+    async def _resolve_conflict(self, pending: list[LogEntry], done: list[Appended]) -> None:
+        """The first pending entry hit a unique index: its key stored already, or its seq taken.
+
+        A stored key (another writer's copy of a retried send) answers as a duplicate; a
+        taken seq needs nothing: the next round reads the last seq again.
+        """
+        e = pending[0]
+        found = await self.collection.find_one({"u": e.sender.user_id, "c": e.client_msg_id})
+        if found is not None:
+            done.append(Appended(message_of(found), True))
+            del pending[0]
+        else:
+            await asyncio.sleep(0)  # let the writer that took the seq go on
+
+    async def _by_keys(self, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], Message]:
+        out: dict[tuple[int, str], Message] = {}
+        by_sender: dict[int, list[str]] = defaultdict(list)
+        for sender, cmid in keys:
+            by_sender[sender].append(cmid)
+        for sender, cmids in by_sender.items():
+            for start in range(0, len(cmids), 500):
+                query = {"u": sender, "c": {"$in": cmids[start : start + 500]}}
+                async for d in self.collection.find(query):
+                    m = message_of(d)
+                    out[(m.sender.user_id, m.client_msg_id)] = m
+        return out
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def _last_seq(self, thread_id: int) -> int:
+        d = await self.collection.find_one(
+            {"t": thread_id}, projection={"s": 1}, sort=[("s", DESCENDING)]
+        )
+        return int(d["s"]) if d is not None else 0
+
+    async def last_seqs(self, thread_ids: Sequence[int]) -> dict[int, int]:
+        return {tid: await self._last_seq(tid) for tid in dict.fromkeys(thread_ids)}
+
+    async def read(
+        self, thread_id: int, after_seq: int, before_seq: int, limit: int, newest: bool
+    ) -> list[Message]:
+        if limit <= 0:
+            return []
+        seq: Doc = {"$gt": after_seq}
+        if before_seq > 0:
+            seq["$lt"] = before_seq
+        cursor = (
+            self.collection.find({"t": thread_id, "s": seq})
+            .sort([("t", ASCENDING), ("s", DESCENDING if newest else ASCENDING)])
+            .limit(limit)
+        )
+        rows = [message_of(d) async for d in cursor]
+        if newest:
+            rows.reverse()
+        return rows
+
+    async def read_after(self, ranges: Sequence[tuple[int, int, int]], limit: int) -> list[Message]:
+        out: list[Message] = []
+        for thread_id, after, upto in ranges:
+            if len(out) >= limit:
+                break
+            if upto <= after:
+                continue
+            cursor = (
+                self.collection.find({"t": thread_id, "s": {"$gt": after, "$lte": upto}})
+                .sort([("t", ASCENDING), ("s", ASCENDING)])
+                .limit(limit - len(out))
+            )
+            out.extend([message_of(d) async for d in cursor])
+        return out
+
+    async def explain_read(self, thread_id: int, after_seq: int) -> Doc:
+        """The server's plan for a history/sync read (tests check it uses `thread_seq`)."""
+        cursor = (
+            self.collection.find({"t": thread_id, "s": {"$gt": after_seq}})
+            .sort([("t", ASCENDING), ("s", ASCENDING)])
+            .limit(50)
+        )
+        return await cursor.explain()
