@@ -32,7 +32,7 @@ const PAGE = 50;
 export class Natter {
   state: DeviceState | null = null;
   conn: Conn = "offline";
-  typing: Record<number, { name: string; until: number }> = {};
+  typing: Record<number, { name: string; userId: number; until: number }> = {};
   openThread = 0;
   announcement = "";
   notice = "";
@@ -44,7 +44,6 @@ export class Natter {
   private ackDirty: Record<number, number> = {};
   private saveTimer: ReturnType<typeof setTimeout> | undefined;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
-  private typingSentAt = 0;
   private typingStop: ReturnType<typeof setTimeout> | undefined;
 
   constructor(private base: string) {
@@ -255,8 +254,9 @@ export class Natter {
       }
       case "typing": {
         const t = Number(ev.typing.threadId);
-        if (ev.typing.active) this.typing[t] = { name: wire.person(ev.typing.user).name, until: Date.now() + 6000 };
-        else delete this.typing[t];
+        const who = wire.person(ev.typing.user);
+        if (ev.typing.active) this.typing[t] = { name: who.name, userId: who.id, until: Date.now() + 6000 };
+        else if (this.typing[t]?.userId === who.id) delete this.typing[t];
         break;
       }
       case "read-cursor": {
@@ -342,6 +342,8 @@ export class Natter {
     }
     t.lastSeq = Math.max(t.lastSeq, m.seq);
     if (m.system) this.onSystem(m);
+    // Their message is what they were typing: the indicator ends with it.
+    if (this.typing[m.threadId]?.userId === m.sender.id) delete this.typing[m.threadId];
     const mine = m.sender.id === st.me.id;
     if (!(mine && m.senderDevice === st.deviceId)) this.ack(m.threadId, m.seq);
     if (mine) {
@@ -583,20 +585,19 @@ export class Natter {
     this.emit();
   }
 
-  typingInput(threadId: number): void {
-    const now = Date.now();
-    if (now - this.typingSentAt > 3000) {
-      this.typingSentAt = now;
-      this.connection?.typing(threadId, true);
-    }
+  /** The composer changed: typing while it holds text (paced by the SDK), stopped when cleared or after a pause. */
+  typingInput(threadId: number, text = " "): void {
     clearTimeout(this.typingStop);
-    this.typingStop = setTimeout(() => this.stopTyping(threadId), 4000);
+    if (!text.trim()) {
+      this.stopTyping(threadId);
+      return;
+    }
+    this.connection?.typing(threadId, true);
+    this.typingStop = setTimeout(() => this.stopTyping(threadId), 5000);
   }
 
   private stopTyping(threadId: number): void {
     clearTimeout(this.typingStop);
-    if (this.typingSentAt === 0) return;
-    this.typingSentAt = 0;
     this.connection?.typing(threadId, false);
   }
 

@@ -24,6 +24,7 @@ import {
 } from "./gen/natter/v1/types_pb.js";
 import { Merger } from "./merge.js";
 import type { DeviceStream, StreamEnd, StreamTransport } from "./stream.js";
+import { TypingPacer } from "./typing.js";
 
 /**
  * What a connection hands the app. Switch on `type` with a default branch: later SDKs add
@@ -139,6 +140,8 @@ export class Connection {
   private chain: Promise<void> = Promise.resolve();
   private timers = { retry: undefined as Timer, resume: undefined as Timer, ack: undefined as Timer, heart: undefined as Timer };
   private stateWaiters: (() => void)[] = [];
+  private readonly pacer = new TypingPacer();
+  private readonly typingStops = new Map<number, ReturnType<typeof setTimeout>>();
   private ended: Promise<void> | null = null;
   private endedResolve: (() => void) | null = null;
 
@@ -194,6 +197,11 @@ export class Connection {
       resolve = res;
       reject = rej;
     });
+    if (to.threadId) {
+      this.pacer.sent(to.threadId);
+      clearTimeout(this.typingStops.get(to.threadId));
+      this.typingStops.delete(to.threadId);
+    }
     const p: Pending = { send, resolve, reject, promise, sentOn: -1, retries: 0 };
     this.outbox.set(clientMsgId, p);
     this.transmit([p]);
@@ -216,9 +224,33 @@ export class Connection {
     }
   }
 
-  /** Says the user is typing (or stopped); false (dropped) while offline. */
+  /**
+   * Says the user is typing (call it on every keystroke) or stopped (the box was cleared, or
+   * they paused). Paced so no server limit trips: a start goes out at most every 3 s per
+   * thread, a stop only after a start (later when the budget of 1 a second, 3 at once, is
+   * spent), and a message sent to the thread ends the indicator without one. True when a
+   * frame went out now; dropped while offline.
+   */
   typing(threadId: number, active = true): boolean {
-    return this.live && this.write({ case: "typing", value: { threadId: BigInt(threadId), active } });
+    if (!this.live) return false;
+    clearTimeout(this.typingStops.get(threadId));
+    this.typingStops.delete(threadId);
+    if (active) return this.pacer.start(threadId) && this.writeTyping(threadId, true);
+    const wait = this.pacer.stop(threadId);
+    if (wait > 0) {
+      this.typingStops.set(
+        threadId,
+        setTimeout(() => {
+          this.typingStops.delete(threadId);
+          this.typing(threadId, false);
+        }, wait),
+      );
+    }
+    return wait === 0 && this.writeTyping(threadId, false);
+  }
+
+  private writeTyping(threadId: number, active: boolean): boolean {
+    return this.write({ case: "typing", value: { threadId: BigInt(threadId), active } });
   }
 
   /** Everything up to seq of the thread is shown or stored: move this device's cursor (autoAck does this on take). */
@@ -399,6 +431,9 @@ export class Connection {
   private onClosed(end: StreamEnd, redirected: boolean): void {
     this.stream = null;
     this.live = false;
+    this.pacer.reset();
+    for (const t of this.typingStops.values()) clearTimeout(t);
+    this.typingStops.clear();
     this.acksOk = false;
     this.stopHeart();
     this.stopHolding();

@@ -10,6 +10,7 @@ export {
 } from "./connection.js";
 export { Code, codeName, NatterError } from "./errors.js";
 export { grpcStream } from "./grpc.js";
+export { TYPING_BURST, TYPING_PER_SECOND, TYPING_REPEAT_MS, TypingPacer } from "./typing.js";
 export { Merger, type Gap, type Ordered } from "./merge.js";
 export type { DeviceStream, StreamEnd, StreamHandlers, StreamTransport } from "./stream.js";
 export { endOfClose, PROTOCOL, socketUrl, TOKEN_PREFIX, webSocketStream, type WebSocketLike } from "./websocket.js";

@@ -109,7 +109,7 @@ function Composer({ n, threadId, disabled }: { n: Natter; threadId: number; disa
         onInput={(e) => {
           setText(e.currentTarget.value);
           setError("");
-          n.typingInput(threadId);
+          n.typingInput(threadId, e.currentTarget.value);
         }}
         onKeyDown={(e) => {
           if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
