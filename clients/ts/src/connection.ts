@@ -37,6 +37,8 @@ export type Event =
   | { type: "receipt"; receipt: Receipt }
   | { type: "presence"; presence: Presence }
   | { type: "typing"; typing: Typing }
+  /** The user muted or unmuted a thread on one of their devices; `until` in ms since the epoch, 0 for forever (or unmuted). */
+  | { type: "thread-mute"; threadId: number; muted: boolean; until: number }
   /** The user read a thread up to seq on another device. */
   | { type: "read-cursor"; threadId: number; seq: number }
   /** The replay after connecting is done: what follows is live. */
@@ -550,6 +552,12 @@ export class Connection {
       case "readCursor":
         this.push({ type: "read-cursor", threadId: Number(p.value.cursor?.threadId ?? 0), seq: Number(p.value.cursor?.seq ?? 0) });
         return;
+      case "threadMute": {
+        const end = p.value.muteEndTime;
+        const until = end ? Number(end.seconds) * 1000 + Math.floor(end.nanos / 1e6) : 0;
+        this.push({ type: "thread-mute", threadId: Number(p.value.threadId), muted: p.value.muted, until });
+        return;
+      }
       case "heartbeatAck":
         this.stats.heartbeatAcks += 1;
         return;

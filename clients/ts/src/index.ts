@@ -1,5 +1,14 @@
 // @natter/client: natter's TypeScript SDK, transport-agnostic (see ./web and ./node for transports).
-export { NatterClient, withToken, type HistoryPage, type Services } from "./client.js";
+export {
+  NatterClient,
+  NotificationPreview,
+  ReportReason,
+  withToken,
+  type HistoryPage,
+  type Services,
+  type SettingsChange,
+  type WebPushKeys,
+} from "./client.js";
 export {
   Connection,
   newClientMsgId,
