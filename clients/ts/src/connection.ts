@@ -80,6 +80,8 @@ export interface ConnectionOptions {
   maxBackoffMs?: number;
   /** Sends saved by an earlier run: they go out first, with their own ids, in this order. */
   outbox?: PendingSend[];
+  /** The app is in front of the person (a visible tab): no push notifications while live. Change it with `setForeground`. */
+  foreground?: boolean;
 }
 
 interface Pending {
@@ -118,7 +120,7 @@ export class Connection {
   deviceId = 0;
   readonly stats = { connects: 0, resends: 0, gapsFilled: 0, heartbeatAcks: 0, heldBack: 0, unknownFrames: 0 };
 
-  private readonly opts: Required<Omit<ConnectionOptions, "client" | "stream" | "cursors" | "outbox" | "heartbeatSeconds">> & {
+  private readonly opts: Required<Omit<ConnectionOptions, "client" | "stream" | "cursors" | "outbox" | "heartbeatSeconds" | "foreground">> & {
     heartbeatSeconds: number;
   };
   private readonly streams: StreamTransport;
@@ -143,6 +145,7 @@ export class Connection {
   private timers = { retry: undefined as Timer, resume: undefined as Timer, ack: undefined as Timer, heart: undefined as Timer };
   private stateWaiters: (() => void)[] = [];
   private readonly pacer = new TypingPacer();
+  private foreground: boolean;
   private readonly typingStops = new Map<number, ReturnType<typeof setTimeout>>();
   private ended: Promise<void> | null = null;
   private endedResolve: (() => void) | null = null;
@@ -159,6 +162,7 @@ export class Connection {
       heartbeatSeconds: options.heartbeatSeconds ?? 0,
       maxBackoffMs: options.maxBackoffMs ?? 5000,
     };
+    this.foreground = options.foreground ?? false;
     this.user = options.client.user;
     this.deviceId = options.client.deviceId;
     for (const p of options.outbox ?? []) void this.send(p.text, p).catch(() => undefined);
@@ -253,6 +257,16 @@ export class Connection {
 
   private writeTyping(threadId: number, active: boolean): boolean {
     return this.write({ case: "typing", value: { threadId: BigInt(threadId), active } });
+  }
+
+  /**
+   * Says whether the app is in front of the person (say, on `visibilitychange`): a device in
+   * the foreground with a live stream gets no push notifications. Kept for reconnects (Hello).
+   */
+  setForeground(foreground: boolean): void {
+    if (foreground === this.foreground) return;
+    this.foreground = foreground;
+    if (this.live) this.write({ case: "clientState", value: { foreground } });
   }
 
   /** Everything up to seq of the thread is shown or stored: move this device's cursor (autoAck does this on take). */
@@ -405,7 +419,7 @@ export class Connection {
         );
         this.lastFrame = Date.now();
         stream.send(
-          create(ClientFrameSchema, { payload: { case: "hello", value: { cursors, skipReplay: this.opts.skipReplay, acceptBatches: true } } }),
+          create(ClientFrameSchema, { payload: { case: "hello", value: { cursors, skipReplay: this.opts.skipReplay, acceptBatches: true, foreground: this.foreground } } }),
         );
       },
       frame: (f) => {
