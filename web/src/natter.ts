@@ -742,13 +742,24 @@ export class Natter {
   }
 
   async setHideLastSeen(hide: boolean): Promise<void> {
-    await this.call(() => this.api.client.updateSettings({ hideLastSeen: hide }));
-    await this.refreshAccount();
+    await this.changeMe({ hideLastSeen: hide }, () => this.api.client.updateSettings({ hideLastSeen: hide }));
   }
 
   async setPreview(preview: NotificationPreview): Promise<void> {
-    await this.call(() => this.api.client.updateSettings({ notificationPreview: preview }));
-    await this.refreshAccount();
+    await this.changeMe({ preview }, () => this.api.client.updateSettings({ notificationPreview: preview }));
+  }
+
+  /** Shows a setting changed at once (the switch follows the finger), then asks the server; put back if refused. */
+  private async changeMe(change: Partial<MeInfo>, fn: () => Promise<void>): Promise<void> {
+    if (this.me) {
+      this.me = { ...this.me, ...change };
+      this.emit();
+    }
+    try {
+      await this.call(fn);
+    } finally {
+      await this.refreshAccount().catch(() => undefined);
+    }
   }
 
   async block(p: Person): Promise<void> {

@@ -118,7 +118,7 @@ export class Connection {
   state: ConnectionState = "offline";
   user: User | undefined;
   deviceId = 0;
-  readonly stats = { connects: 0, resends: 0, gapsFilled: 0, heartbeatAcks: 0, heldBack: 0, unknownFrames: 0 };
+  readonly stats = { connects: 0, resends: 0, gapsFilled: 0, heartbeatAcks: 0, heldBack: 0, unknownFrames: 0, typing: 0 };
 
   private readonly opts: Required<Omit<ConnectionOptions, "client" | "stream" | "cursors" | "outbox" | "heartbeatSeconds" | "foreground">> & {
     heartbeatSeconds: number;
@@ -233,30 +233,32 @@ export class Connection {
   /**
    * Says the user is typing (call it on every keystroke) or stopped (the box was cleared, or
    * they paused). Paced so no server limit trips: a start goes out at most every 3 s per
-   * thread, a stop only after a start (later when the budget of 1 a second, 3 at once, is
-   * spent), and a message sent to the thread ends the indicator without one. True when a
+   * thread, a stop only after a start, both later when the budget (1 a second, 3 at once) is
+   * spent, and a message sent to the thread ends the indicator without a stop. True when a
    * frame went out now; dropped while offline.
    */
   typing(threadId: number, active = true): boolean {
     if (!this.live) return false;
     clearTimeout(this.typingStops.get(threadId));
     this.typingStops.delete(threadId);
-    if (active) return this.pacer.start(threadId) && this.writeTyping(threadId, true);
-    const wait = this.pacer.stop(threadId);
+    const wait = active ? this.pacer.start(threadId) : this.pacer.stop(threadId);
     if (wait > 0) {
+      // Over budget: said once a token is back, unless the thread's typing changes meanwhile.
       this.typingStops.set(
         threadId,
         setTimeout(() => {
           this.typingStops.delete(threadId);
-          this.typing(threadId, false);
+          this.typing(threadId, active);
         }, wait),
       );
     }
-    return wait === 0 && this.writeTyping(threadId, false);
+    return wait === 0 && this.writeTyping(threadId, active);
   }
 
   private writeTyping(threadId: number, active: boolean): boolean {
-    return this.write({ case: "typing", value: { threadId: BigInt(threadId), active } });
+    const ok = this.write({ case: "typing", value: { threadId: BigInt(threadId), active } });
+    if (ok) this.stats.typing += 1;
+    return ok;
   }
 
   /**

@@ -8,9 +8,9 @@ export const TYPING_PER_SECOND = 1;
 export const TYPING_BURST = 3;
 
 /**
- * Decides which typing frames a device sends. `start` is true when a start may go out now;
- * `stop` answers 0 (send now), a wait in ms (send then, unless a start came meanwhile) or -1
- * (nothing to stop). A message sent to the thread ends the indicator at the receivers, so
+ * Decides which typing frames a device sends: `start` and `stop` answer 0 (send now), -1
+ * (nothing to send) or a wait in ms when the budget is spent (send then, unless something
+ * else happened to the thread meanwhile). A message sent to the thread ends the indicator at the receivers, so
  * `sent` forgets the start without a stop frame.
  */
 export class TypingPacer {
@@ -34,23 +34,29 @@ export class TypingPacer {
     return t;
   }
 
-  start(threadId: number): boolean {
+  /** A keystroke: 0 (send a start now), -1 (announced recently: nothing to send) or a wait in ms (send it then). */
+  start(threadId: number): number {
     const t = this.refill();
     const last = this.started.get(threadId);
-    if (last !== undefined && t - last < TYPING_REPEAT_MS) return false;
-    if (this.tokens < 1) return false;
+    if (last !== undefined && t - last < TYPING_REPEAT_MS) return -1;
+    if (this.tokens < 1) return this.wait();
     this.tokens -= 1;
     this.started.set(threadId, t);
-    return true;
+    return 0;
   }
 
+  /** The box was cleared: 0 (send a stop now), -1 (no start to stop) or a wait in ms. */
   stop(threadId: number): number {
     if (!this.started.has(threadId)) return -1;
     this.refill();
-    if (this.tokens < 1) return Math.ceil(((1 - this.tokens) / this.perSecond) * 1000);
+    if (this.tokens < 1) return this.wait();
     this.tokens -= 1;
     this.started.delete(threadId);
     return 0;
+  }
+
+  private wait(): number {
+    return Math.ceil(((1 - this.tokens) / this.perSecond) * 1000);
   }
 
   /** A message went to the thread: its receivers drop the indicator by themselves. */
