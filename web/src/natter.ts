@@ -712,9 +712,9 @@ export class Natter {
     return this.state?.members[threadId];
   }
 
-  /** A thread's messages as shown: without those of blocked people when the user hides them. */
-  shown(list: Msg[]): Msg[] {
-    if (!this.prefs.hideBlocked) return list;
+  /** A thread's messages as shown: in groups, without those of blocked people when the user hides them. */
+  shown(threadId: number, list: Msg[]): Msg[] {
+    if (!this.prefs.hideBlocked || !this.state?.threads[threadId]?.group) return list;
     return list.filter((m) => m.system || !this.blocked[m.sender.id]);
   }
 

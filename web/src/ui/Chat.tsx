@@ -134,7 +134,7 @@ function Composer({ n, threadId, disabled }: { n: Natter; threadId: number; disa
 export function Chat({ n, id, narrow }: { n: Natter; id: number; narrow: boolean }) {
   const st = n.state!;
   const t = st.threads[id];
-  const list = n.shown(st.messages[id] ?? []);
+  const list = n.shown(id, st.messages[id] ?? []);
   const outbox = st.outbox.filter((p) => p.threadId === id);
   const members = n.members(id);
   const scroller = useRef<HTMLDivElement>(null);
