@@ -47,7 +47,11 @@ class Settings:
     keepalive_seconds: float = 30.0
     frames_per_second: float = 200.0
     frame_burst: int = 2000
+    # Typing indicators per device: a client paces them (a start at most every few seconds,
+    # within a budget of 1 a second and 3 at once, see docs/clients.md); the server's bucket
+    # is twice that, so network jitter bunching a client's frames never trips it.
     typing_per_second: float = 2.0
+    typing_burst: int = 6
     presence_push_group_size: int = 32
     ack_flush_seconds: float = 0.2
     argon2_time_cost: int = 2

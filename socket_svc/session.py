@@ -123,7 +123,7 @@ class Session:
         self.done = asyncio.Event()
         self.synced = asyncio.Event()
         self._frames = TokenBucket(settings.frames_per_second, settings.frame_burst)
-        self._typing = TokenBucket(settings.typing_per_second, 3)
+        self._typing = TokenBucket(settings.typing_per_second, settings.typing_burst)
         self._last_limit_error = 0.0
         self.sends = Sends(who, api, self._sent, self._send_refused, metrics)
         self.replayed = 0

@@ -430,11 +430,51 @@ async def test_typing_reaches_other_members_only_is_not_stored_and_is_limited(
             relayed += 1
         if isinstance(seen, d.Message) and seen.text == "after typing":
             break
-    assert 1 <= relayed <= 5
+    assert 1 <= relayed <= 8  # the bucket's burst (6) and what refilled meanwhile
     # Typing in a thread one is not in is refused on the stream.
     await cb.typing(99999, True)
     refused = await next_of_kind(cb, Rejected)
     assert (refused.code, refused.reason) == (5, "THREAD_NOT_FOUND")
+
+
+async def test_typing_at_the_pace_clients_keep_is_never_rate_limited(
+    user: UserFactory, connect: ConnFactory
+) -> None:
+    """Clients keep typing indicators within 1 a second and 3 at once (the TypeScript SDK's
+    pacer, docs/clients.md). The worst such a client sends, with the network holding its
+    frames back and releasing them together, still passes the server's limit untouched."""
+    alice, bob = await user("alice"), await user("bob")
+    ca, cb = await connect(alice), await connect(bob)
+    t = (await ca.send("hi", recipient="bob")).thread_id
+    frames = 0
+
+    async def typing_frames(n: int) -> None:
+        nonlocal frames
+        for i in range(n):
+            frames += 1
+            await ca.typing(t, i % 2 == 0)
+
+    # The client's full burst of 3 and the next second's frame arrive together.
+    await typing_frames(4)
+    for _ in range(3):
+        await asyncio.sleep(1.0)  # the pace being modelled, not a wait for anything
+        await typing_frames(1)
+    await ca.send("between", thread_id=t)
+    # A 2-second stall: those seconds' frames and the current one at once.
+    await asyncio.sleep(3.0)
+    await typing_frames(3)
+    await ca.send("done", thread_id=t)
+    relayed = 0
+    while True:
+        seen = await cb.next_event(10)
+        if isinstance(seen, d.Typing):
+            relayed += 1
+        if isinstance(seen, d.Message) and seen.text == "done":
+            break
+    assert relayed == frames
+    # A refusal would have come before the result of the send that followed it.
+    queued = [ca.events.get_nowait() for _ in range(ca.events.qsize())]
+    assert not [ev for ev in queued if isinstance(ev, Rejected)], queued
 
 
 async def next_typing(conn: Connection) -> d.Typing:

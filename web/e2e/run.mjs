@@ -1,6 +1,6 @@
 // Browser tests: real Chromium (Debian's, driven by playwright-core) against a running natter.
 //   NATTER_URL=http://127.0.0.1:7080 node e2e/run.mjs [scenario ...]
-// Scenarios: chat, offline, group, mobile, expired, push (default: all but push, which needs
+// Scenarios: chat, offline, group, mobile, expired, settings, typing, push (default: all but push, which needs
 // NATTER_PUSH_PAYLOADS from tests/test_web.py). Prints "N passed, N failed";
 // exits 0 when all passed, 1 otherwise.
 import { mkdirSync } from "node:fs";
@@ -180,7 +180,7 @@ async function chat(browser) {
   await seen(bob2, "hello bob");
   // The devices page lists both of bob's tabs.
   await bob2.page.goto("/#/devices");
-  await bob2.page.getByText("(this tab)").waitFor({ timeout: WAIT });
+  await bob2.page.getByText("(this device)").waitFor({ timeout: WAIT });
   check((await bob2.page.locator("[data-device]").count()) === 2, "bob has two devices");
   await named(bob2, "the devices page");
   noProblems(alice, bob, bob2);
@@ -353,6 +353,207 @@ async function expired(browser) {
   noProblems(alice, bob);
 }
 
+async function login(p, username = p.username) {
+  await p.page.goto("/");
+  await p.page.getByLabel("Username").fill(username);
+  await p.page.getByLabel("Password").fill(PASSWORD);
+  await p.page.getByRole("button", { name: "Log in" }).click();
+  await connected(p);
+}
+
+async function chatMenu(p, item) {
+  await p.page.getByRole("button", { name: "Chat menu" }).click();
+  await p.page.getByRole("menuitem", { name: item }).click();
+}
+
+/** The settings area with two people and a second device: block, mute, devices, password, theme, search, badge, delete. */
+async function settings(browser) {
+  const alice = await person(browser, "alice");
+  const bob = await person(browser, "bob", { viewport: { width: 1100, height: 760 } });
+  const carol = await person(browser, "carol");
+  await register(alice, "Alice");
+  await register(bob, "Bob");
+  await register(carol, "Carol");
+  await openChatWith(alice, bob, "Bob");
+  await type(alice, "hello bob");
+  await tick(alice, "hello bob", "delivered");
+  // The unread count is in bob's tab title and on its favicon.
+  await bob.page.waitForFunction(() => document.title === "(1) natter", null, { timeout: WAIT });
+  const badge = await bob.page.locator('link[rel="icon"]').getAttribute("data-unread");
+  check(badge === "1", `favicon badge ${badge}`);
+  // Bob finds the chat, and a contact without one, through the chat-list search.
+  await addContact(bob, carol);
+  await bob.page.goto("/#/");
+  const search = bob.page.getByLabel("Search chats and contacts");
+  await search.fill("ali");
+  const chats = bob.page.getByRole("navigation", { name: "Chats" });
+  await chats.getByRole("link", { name: /^Alice/ }).waitFor({ timeout: WAIT });
+  check((await chats.locator("[data-thread]").count()) === 1, "only the matching chat");
+  await search.fill("caro");
+  await chats.getByRole("button", { name: "Message Carol" }).waitFor({ timeout: WAIT });
+  check((await chats.locator("[data-thread]").count()) === 0, "no chat matches carol");
+  await search.fill("");
+  await openThread(bob, "Alice");
+  await seen(bob, "hello bob");
+  await bob.page.waitForFunction(() => document.title === "natter", null, { timeout: WAIT });
+  await named(bob, "a chat with its menu");
+  // Mute from the chat's menu: the chat list marks it, Settings lists it, unmute there.
+  await chatMenu(bob, "Mute for 8 hours");
+  const thread = await chats.locator("[data-thread]").first().getAttribute("data-thread");
+  await chats.locator(`[data-thread="${thread}"] [data-muted]`).waitFor({ timeout: WAIT });
+  await chats.getByRole("link", { name: /^Alice, .*muted/ }).waitFor({ timeout: WAIT });
+  // Block from the chat's menu: alice's next message is refused and says so.
+  await chatMenu(bob, "Block Alice");
+  await bob.page.getByRole("button", { name: "Chat menu" }).click();
+  await bob.page.getByRole("menuitem", { name: "Unblock Alice" }).waitFor({ timeout: WAIT });
+  await bob.page.keyboard.press("Escape");
+  await type(alice, "are you there");
+  await tick(alice, "are you there", "failed");
+  await alice.page.getByText("cannot be delivered").first().waitFor({ timeout: WAIT });
+  await bob.page.goto("/#/settings");
+  await bob.page.getByRole("heading", { name: "Settings" }).waitFor({ timeout: WAIT });
+  await bob.page.locator(`[data-blocked="${alice.username}"]`).waitFor({ timeout: WAIT });
+  await bob.page.locator(`[data-muted="${thread}"]`).waitFor({ timeout: WAIT });
+  await named(bob, "the settings page");
+  await bob.page.screenshot({ path: join(SHOTS, "settings.png"), fullPage: false });
+  await bob.page.getByRole("button", { name: "Unblock Alice" }).click();
+  await bob.page.locator(`[data-blocked="${alice.username}"]`).waitFor({ state: "detached", timeout: WAIT });
+  await bob.page.getByRole("button", { name: "Unmute Alice" }).click();
+  await bob.page.locator(`[data-muted="${thread}"]`).waitFor({ state: "detached", timeout: WAIT });
+  check((await chats.locator(`[data-thread="${thread}"] [data-muted]`).count()) === 0, "unmuted in the chat list");
+  // Privacy mode and last seen are the account's: GetMe agrees with the screen.
+  await bob.page.getByLabel("Sender only").check();
+  await bob.page.getByLabel("Show when I was last online").uncheck();
+  const bobToken = await bob.page.evaluate(() => window.natter.state.token);
+  const me = async () =>
+    (
+      await fetch(`${BASE}/natter.v1.AccountService/GetMe`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Authorization: `Bearer ${bobToken}` },
+        body: "{}",
+      })
+    ).json();
+  const deadline = Date.now() + WAIT;
+  let got = await me();
+  while (!(got.notificationPreview === "NOTIFICATION_PREVIEW_SENDER_ONLY" && got.hideLastSeen) && Date.now() < deadline) {
+    await bob.page.waitForTimeout(100);
+    got = await me();
+  }
+  check(got.notificationPreview === "NOTIFICATION_PREVIEW_SENDER_ONLY" && got.hideLastSeen, `GetMe: ${JSON.stringify(got)}`);
+  // Display name.
+  await bob.page.getByLabel("Display name").fill("Bobby");
+  await bob.page.getByRole("button", { name: "Save" }).click();
+  await bob.page.locator(".me", { hasText: "Bobby" }).waitFor({ timeout: WAIT });
+  // The dark theme: by the switch, and by the system's preference.
+  await bob.page.getByLabel("Dark").check();
+  check((await bob.page.evaluate(() => document.documentElement.dataset.theme)) === "dark", "data-theme=dark");
+  const dark = await bob.page.evaluate(() => getComputedStyle(document.querySelector(".page")).backgroundColor);
+  check(dark === "rgb(15, 21, 19)", `dark background ${dark}`);
+  await bob.page.screenshot({ path: join(SHOTS, "settings-dark.png"), fullPage: false });
+  await bob.page.getByLabel("Like the system").check();
+  const sys = await person(browser, "sys", { colorScheme: "dark" });
+  await sys.page.goto("/");
+  const auto = await sys.page.evaluate(() => getComputedStyle(document.body).color);
+  check(auto === "rgb(228, 235, 231)", `prefers-color-scheme dark text ${auto}`);
+  // Alice logs in on a second device; from the first she logs it out: it is signed out.
+  const phone = await person(browser, "alice-phone", { viewport: { width: 360, height: 640 }, isMobile: true, hasTouch: true });
+  await login(phone, alice.username);
+  await alice.page.goto("/#/devices");
+  await alice.page.getByText("(this device)").waitFor({ timeout: WAIT });
+  await alice.page.locator("[data-device]:not([data-current])").waitFor({ timeout: WAIT });
+  check((await alice.page.locator("[data-device]").count()) === 2, "two devices");
+  await named(alice, "the devices page");
+  await alice.page.screenshot({ path: join(SHOTS, "devices.png"), fullPage: false });
+  await alice.page.locator("[data-device]:not([data-current])").getByRole("button", { name: /^Log out/ }).click();
+  await phone.page.getByRole("heading", { name: "Log in to natter" }).waitFor({ timeout: WAIT });
+  await alice.page.getByRole("status").filter({ hasText: "was logged out" }).waitFor({ timeout: WAIT });
+  // The phone again, then a new password from the laptop logs it out too.
+  await login(phone, alice.username);
+  await phone.page.goto("/#/settings");
+  await phone.page.getByRole("heading", { name: "Settings" }).waitFor({ timeout: WAIT });
+  await named(phone, "the settings page on a phone");
+  await phone.page.screenshot({ path: join(SHOTS, "mobile-settings.png"), fullPage: false });
+  await alice.page.goto("/#/settings");
+  await alice.page.getByLabel("Current password").fill(PASSWORD);
+  await alice.page.getByLabel("New password (at least 8 characters)").fill("a brand new password");
+  await alice.page.getByRole("button", { name: "Change password" }).click();
+  await alice.page.getByText("1 other device was logged out").waitFor({ timeout: WAIT });
+  await phone.page.getByRole("heading", { name: "Log in to natter" }).waitFor({ timeout: WAIT });
+  // Carol deletes her account (the password confirms it) and cannot log in again.
+  await carol.page.goto("/#/settings");
+  await carol.page.getByRole("button", { name: "Delete my account…" }).click();
+  await carol.page.getByLabel("Your password, to confirm").fill("not her password");
+  await carol.page.getByRole("button", { name: "Delete my account for good" }).click();
+  await carol.page.getByRole("alert").first().waitFor({ timeout: WAIT });
+  await carol.page.getByLabel("Your password, to confirm").fill(PASSWORD);
+  await carol.page.getByRole("button", { name: "Delete my account for good" }).click();
+  await carol.page.getByRole("heading", { name: "Log in to natter" }).waitFor({ timeout: WAIT });
+  await carol.page.getByLabel("Username").fill(carol.username);
+  await carol.page.getByLabel("Password").fill(PASSWORD);
+  await carol.page.getByRole("button", { name: "Log in" }).click();
+  await carol.page.getByRole("alert").first().waitFor({ timeout: WAIT });
+  noProblems(alice, bob, carol, phone, sys);
+}
+
+/** Report a person from the chat's menu (and block them with it). */
+async function report(browser) {
+  const alice = await person(browser, "alice");
+  const bob = await person(browser, "bob");
+  await register(alice, "Alice");
+  await register(bob, "Bob");
+  await openChatWith(alice, bob, "Bob");
+  await type(alice, "buy my coins");
+  await openThread(bob, "Alice");
+  await seen(bob, "buy my coins");
+  await chatMenu(bob, "Report Alice");
+  await bob.page.getByRole("heading", { name: "Report Alice" }).waitFor({ timeout: WAIT });
+  await named(bob, "the report page");
+  await bob.page.getByLabel("Scam or fraud").check();
+  await bob.page.getByLabel("Anything the admins should know (optional)").fill("asks for money");
+  await bob.page.getByRole("button", { name: "Send report" }).click();
+  await bob.page.getByRole("status").filter({ hasText: "Alice is blocked" }).waitFor({ timeout: WAIT });
+  await bob.page.goto("/#/settings");
+  await bob.page.locator(`[data-blocked="${alice.username}"]`).waitFor({ timeout: WAIT });
+  noProblems(alice, bob);
+}
+
+/** Typing at a fast human pace is never rate limited; the indicator ends with the message, and when the box is cleared. */
+async function typing(browser) {
+  const alice = await person(browser, "alice");
+  const bob = await person(browser, "bob");
+  const limited = [];
+  alice.page.on("console", (m) => {
+    if (/RATE_LIMITED|limited/.test(m.text())) limited.push(m.text());
+  });
+  await register(alice, "Alice");
+  await register(bob, "Bob");
+  await openChatWith(alice, bob, "Bob");
+  await type(alice, "hi");
+  await openThread(bob, "Alice");
+  await seen(bob, "hi");
+  const box = alice.page.getByLabel("Message", { exact: true });
+  const typingShown = bob.page.locator(".chat-head .subtitle", { hasText: "Alice is typing…" });
+  // 12 short messages typed at ~12 keys a second, each sent at once.
+  for (let i = 0; i < 12; i++) {
+    await box.pressSequentially(`ok ${i}`, { delay: 80 });
+    if (i === 0) await typingShown.waitFor({ timeout: WAIT });
+    await box.press("Enter");
+  }
+  await seen(bob, "ok 11");
+  // The message ended the indicator: it is gone as soon as the message is there.
+  check((await typingShown.count()) === 0, "typing cleared by the message");
+  // Typing then clearing the box: the indicator goes well before it would expire (6 s).
+  await box.pressSequentially("wait", { delay: 80 });
+  await typingShown.waitFor({ timeout: WAIT });
+  const cleared = Date.now();
+  await box.fill("");
+  await box.dispatchEvent("input");
+  await typingShown.waitFor({ state: "detached", timeout: WAIT });
+  check(Date.now() - cleared < 3000, `indicator gone ${Date.now() - cleared} ms after clearing`);
+  check(limited.length === 0, `rate limited: ${limited.join(" | ")}`);
+  noProblems(alice, bob);
+}
+
 /**
  * The service worker's push handling, through the DevTools protocol (no vendor push service
  * here): NATTER_PUSH_PAYLOADS holds what natter really sent to a subscription of
@@ -430,7 +631,7 @@ async function push(browser) {
   noProblems(bob);
 }
 
-const SCENARIOS = { chat, offline, group, mobile, expired, push };
+const SCENARIOS = { chat, offline, group, mobile, expired, settings, report, typing, push };
 
 const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS).filter((s) => s !== "push");
 mkdirSync(SHOTS, { recursive: true });

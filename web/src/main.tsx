@@ -3,6 +3,7 @@ import { render } from "preact";
 import { Natter } from "./natter";
 import { App } from "./ui/App";
 import "./styles.css";
+import "./theme.css";
 
 const natter = new Natter(location.origin);
 (window as unknown as { natter: Natter }).natter = natter; // for tests and the curious

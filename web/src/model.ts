@@ -41,6 +41,8 @@ export interface ThreadInfo {
   admin: boolean;
   members: number;
   active: boolean;
+  muted?: boolean; // no push notifications for it (on every device of the user)
+  muteUntil?: number; // ms; 0 while muted for good
 }
 
 export interface MemberInfo {

@@ -1,5 +1,5 @@
 // The app's controller: one device's state, its connection (the @natter/client SDK), and every action.
-import { newClientMsgId, type Connection, type Event } from "@natter/client";
+import { newClientMsgId, NotificationPreview, ReportReason, type Connection, type Event } from "@natter/client";
 import type { Message } from "@natter/client/v1";
 import { ReceiptKind } from "@natter/client/v1";
 import { webConnection } from "@natter/client/web";
@@ -11,17 +11,30 @@ import {
   type MemberInfo,
   type Msg,
   type Pending,
+  type Person,
   type ThreadInfo,
 } from "./model";
+import { applyTheme, loadPrefs, savePrefs, type Prefs } from "./prefs";
 import { claimDevice, forgetDevice, hold, release, saveDevice } from "./store";
 import { applyReceipt, insertMsg, settle, textProblem, toResend, unreadAfter } from "./sync";
 import * as wire from "./wire";
 
 export type Conn = "offline" | "connecting" | "syncing" | "online";
 
+export { NotificationPreview, ReportReason };
+
+/** The account's own settings, from GetMe. */
+export interface MeInfo {
+  hideLastSeen: boolean;
+  preview: NotificationPreview;
+  admin: boolean;
+  phone: string;
+}
+
 export interface DeviceRow {
   id: number;
   name: string;
+  platform: string;
   created: number;
   lastActive: number;
   current: boolean;
@@ -32,11 +45,18 @@ const PAGE = 50;
 export class Natter {
   state: DeviceState | null = null;
   conn: Conn = "offline";
-  typing: Record<number, { name: string; until: number }> = {};
+  typing: Record<number, { name: string; userId: number; until: number }> = {};
   openThread = 0;
   announcement = "";
   notice = "";
   groupsAvailable = true;
+  /** GetMe's settings, once loaded. */
+  me: MeInfo | null = null;
+  /** People the user blocked, by id. */
+  blocked: Record<number, Person> = {};
+  prefs: Prefs = loadPrefs();
+  /** Show the "turn on notifications?" prompt (after the first message sent here). */
+  askPush = false;
   readonly api: Api;
 
   private listeners = new Set<() => void>();
@@ -44,7 +64,6 @@ export class Natter {
   private ackDirty: Record<number, number> = {};
   private saveTimer: ReturnType<typeof setTimeout> | undefined;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
-  private typingSentAt = 0;
   private typingStop: ReturnType<typeof setTimeout> | undefined;
 
   constructor(private base: string) {
@@ -53,8 +72,11 @@ export class Natter {
     addEventListener("offline", () => this.connection?.interrupt());
     addEventListener("pagehide", () => this.saveNow());
     document.addEventListener("visibilitychange", () => {
-      if (document.visibilityState === "visible" && this.openThread) this.markRead(this.openThread);
+      const visible = document.visibilityState === "visible";
+      this.connection?.setForeground(visible); // a visible tab with a live stream gets no pushes
+      if (visible && this.openThread) this.markRead(this.openThread);
     });
+    applyTheme(this.prefs.theme);
     setInterval(() => this.expireTyping(), 1000);
   }
 
@@ -151,6 +173,7 @@ export class Natter {
     return res.devices.map((d) => ({
       id: Number(d.deviceId),
       name: d.name,
+      platform: d.platform,
       created: wire.ms(d.createTime),
       lastActive: wire.ms(d.lastActiveTime),
       current: d.current,
@@ -184,6 +207,10 @@ export class Natter {
     this.connect();
     void this.refreshThreads();
     void this.refreshContacts();
+    void this.refreshAccount().catch(() => undefined);
+    if (this.prefs.push && pushSupported() && Notification.permission === "granted") {
+      void this.enablePush().catch(() => undefined); // endpoints change: register again
+    }
   }
 
   private stop(): void {
@@ -205,6 +232,7 @@ export class Natter {
       skipReplay: true,
       autoAck: false,
       outbox: toResend(st.outbox).map((p) => ({ clientMsgId: p.clientMsgId, text: p.text, threadId: p.threadId })),
+      foreground: document.visibilityState === "visible",
     });
     this.connection = c;
     c.subscribe((ev) => this.onEvent(c, ev));
@@ -255,8 +283,14 @@ export class Natter {
       }
       case "typing": {
         const t = Number(ev.typing.threadId);
-        if (ev.typing.active) this.typing[t] = { name: wire.person(ev.typing.user).name, until: Date.now() + 6000 };
-        else delete this.typing[t];
+        const who = wire.person(ev.typing.user);
+        if (ev.typing.active) this.typing[t] = { name: who.name, userId: who.id, until: Date.now() + 6000 };
+        else if (this.typing[t]?.userId === who.id) delete this.typing[t];
+        break;
+      }
+      case "thread-mute": {
+        const t = st.threads[ev.threadId];
+        if (t) st.threads[ev.threadId] = { ...t, muted: ev.muted, muteUntil: ev.muted ? ev.until : 0 };
         break;
       }
       case "read-cursor": {
@@ -342,6 +376,8 @@ export class Natter {
     }
     t.lastSeq = Math.max(t.lastSeq, m.seq);
     if (m.system) this.onSystem(m);
+    // Their message is what they were typing: the indicator ends with it.
+    if (this.typing[m.threadId]?.userId === m.sender.id) delete this.typing[m.threadId];
     const mine = m.sender.id === st.me.id;
     if (!(mine && m.senderDevice === st.deviceId)) this.ack(m.threadId, m.seq);
     if (mine) {
@@ -560,6 +596,7 @@ export class Natter {
     this.s.outbox = [...this.s.outbox, pending];
     this.transmit(pending);
     this.stopTyping(threadId);
+    if (!this.prefs.pushAsked && pushSupported() && Notification.permission === "default") this.askPush = true;
     this.saveNow();
     this.emit();
     return "";
@@ -583,20 +620,19 @@ export class Natter {
     this.emit();
   }
 
-  typingInput(threadId: number): void {
-    const now = Date.now();
-    if (now - this.typingSentAt > 3000) {
-      this.typingSentAt = now;
-      this.connection?.typing(threadId, true);
-    }
+  /** The composer changed: typing while it holds text (paced by the SDK), stopped when cleared or after a pause. */
+  typingInput(threadId: number, text = " "): void {
     clearTimeout(this.typingStop);
-    this.typingStop = setTimeout(() => this.stopTyping(threadId), 4000);
+    if (!text.trim()) {
+      this.stopTyping(threadId);
+      return;
+    }
+    this.connection?.typing(threadId, true);
+    this.typingStop = setTimeout(() => this.stopTyping(threadId), 5000);
   }
 
   private stopTyping(threadId: number): void {
     clearTimeout(this.typingStop);
-    if (this.typingSentAt === 0) return;
-    this.typingSentAt = 0;
     this.connection?.typing(threadId, false);
   }
 
@@ -675,4 +711,179 @@ export class Natter {
   members(threadId: number): MemberInfo[] | undefined {
     return this.state?.members[threadId];
   }
+
+  /** A thread's messages as shown: in groups, without those of blocked people when the user hides them. */
+  shown(threadId: number, list: Msg[]): Msg[] {
+    if (!this.prefs.hideBlocked || !this.state?.threads[threadId]?.group) return list;
+    return list.filter((m) => m.system || !this.blocked[m.sender.id]);
+  }
+
+  // -- settings (web/src/ui/Settings.tsx) ---------------------------------------------------
+
+  setPrefs(change: Partial<Prefs>): void {
+    this.prefs = { ...this.prefs, ...change };
+    savePrefs(this.prefs);
+    applyTheme(this.prefs.theme);
+    this.emit();
+  }
+
+  async refreshAccount(): Promise<void> {
+    const client = this.api.client;
+    const [me, blocked] = await Promise.all([this.call(() => client.me()), this.call(() => client.blocked())]);
+    this.me = { hideLastSeen: me.hideLastSeen, preview: me.notificationPreview, admin: me.isAdmin, phone: me.phone };
+    if (this.state && me.user) this.state.me = wire.person(me.user);
+    this.blocked = Object.fromEntries(blocked.map((u) => [Number(u.userId), wire.person(u)]));
+    this.emit();
+  }
+
+  async updateProfile(displayName: string): Promise<void> {
+    await this.call(() => this.api.client.updateSettings({ displayName }));
+    await this.refreshAccount();
+  }
+
+  async setHideLastSeen(hide: boolean): Promise<void> {
+    await this.changeMe({ hideLastSeen: hide }, () => this.api.client.updateSettings({ hideLastSeen: hide }));
+  }
+
+  async setPreview(preview: NotificationPreview): Promise<void> {
+    await this.changeMe({ preview }, () => this.api.client.updateSettings({ notificationPreview: preview }));
+  }
+
+  /** Shows a setting changed at once (the switch follows the finger), then asks the server; put back if refused. */
+  private async changeMe(change: Partial<MeInfo>, fn: () => Promise<void>): Promise<void> {
+    if (this.me) {
+      this.me = { ...this.me, ...change };
+      this.emit();
+    }
+    try {
+      await this.call(fn);
+    } finally {
+      await this.refreshAccount().catch(() => undefined);
+    }
+  }
+
+  async block(p: Person): Promise<void> {
+    await this.call(() => this.api.client.block(p.username));
+    this.blocked = { ...this.blocked, [p.id]: p };
+    this.emit();
+  }
+
+  async unblock(p: Person): Promise<void> {
+    await this.call(() => this.api.client.unblock(p.username));
+    const rest = { ...this.blocked };
+    delete rest[p.id];
+    this.blocked = rest;
+    this.emit();
+  }
+
+  /**
+   * Reports a person, or messages of a thread (copied for the admins); `block` blocks the
+   * sender too. The message action of a bubble calls this with the message's thread and seq.
+   */
+  async report(r: { username?: string; threadId?: number; seqs?: number[]; reason: ReportReason; text?: string; block?: boolean }): Promise<number> {
+    const id = await this.call(() => this.api.client.report(r));
+    if (r.block) await this.refreshAccount();
+    return id;
+  }
+
+  /** No notifications for a chat: for `seconds`, or until unmuted (0). */
+  async mute(threadId: number, seconds = 0): Promise<void> {
+    const t = await this.call(() => this.api.client.mute(threadId, seconds));
+    if (t) this.upsert(wire.thread(t));
+  }
+
+  async unmute(threadId: number): Promise<void> {
+    const t = await this.call(() => this.api.client.unmute(threadId));
+    if (t) this.upsert(wire.thread(t));
+  }
+
+  async revokeDevice(deviceId: number): Promise<void> {
+    await this.call(() => this.api.client.revokeDevice(deviceId));
+  }
+
+  async revokeOtherDevices(): Promise<number> {
+    return this.call(() => this.api.client.revokeOtherDevices());
+  }
+
+  async changePassword(current: string, next: string, keepOthers: boolean): Promise<number> {
+    return (await this.call(() => this.api.client.changePassword(current, next, keepOthers))).length;
+  }
+
+  /** Deletes the account (given its password) and forgets it in this browser. */
+  async deleteAccount(password: string): Promise<void> {
+    await this.api.client.deleteAccount(password);
+    const s = this.state;
+    this.stop();
+    if (s) forgetDevice(s.deviceId);
+    release();
+    this.state = null;
+    this.me = null;
+    this.openThread = 0;
+    this.emit();
+  }
+
+  /** Whether the server holds a push target for this device. */
+  async pushOn(): Promise<boolean> {
+    return Boolean(await this.call(() => this.api.client.pushTarget()));
+  }
+
+  /**
+   * Turns notifications on for this device: permission, a subscription through the service
+   * worker with the server's VAPID key, and the subscription registered as this device's
+   * push target. Resolves with a sentence when it cannot, "" when it did.
+   */
+  async enablePush(): Promise<string> {
+    this.askPush = false;
+    this.setPrefs({ pushAsked: true });
+    if (!pushSupported()) return "This browser cannot show notifications from a web page here (it needs https).";
+    const permission = await Notification.requestPermission();
+    if (permission !== "granted") return "Notifications are blocked for this site: allow them in the browser's site settings.";
+    const config = await this.call(() => this.api.client.pushConfig());
+    if (!config.webPushEnabled || !config.vapidPublicKey) return "This server does not send notifications.";
+    const registration = await navigator.serviceWorker.ready;
+    const key = fromBase64Url(config.vapidPublicKey);
+    let sub = await registration.pushManager.getSubscription();
+    if (sub && !sameKey(sub.options.applicationServerKey, key)) {
+      await sub.unsubscribe(); // the server's key changed: the old subscription is dead
+      sub = null;
+    }
+    sub ??= await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+    const json = sub.toJSON();
+    await this.call(() =>
+      this.api.client.setWebPush({ endpoint: json.endpoint ?? "", p256dh: json.keys?.p256dh ?? "", auth: json.keys?.auth ?? "" }),
+    );
+    this.setPrefs({ push: true });
+    return "";
+  }
+
+  async disablePush(): Promise<void> {
+    this.setPrefs({ push: false });
+    await this.call(() => this.api.client.deletePushTarget());
+    if (pushSupported()) {
+      const sub = await (await navigator.serviceWorker.ready).pushManager.getSubscription();
+      await sub?.unsubscribe();
+    }
+  }
+
+  dismissPushPrompt(): void {
+    this.askPush = false;
+    this.setPrefs({ pushAsked: true });
+  }
+}
+
+function pushSupported(): boolean {
+  return "serviceWorker" in navigator && "PushManager" in window && "Notification" in window && isSecureContext;
+}
+
+function fromBase64Url(s: string): Uint8Array<ArrayBuffer> {
+  const bin = atob(s.replace(/-/g, "+").replace(/_/g, "/"));
+  const out = new Uint8Array(new ArrayBuffer(bin.length));
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+function sameKey(a: ArrayBuffer | null, b: Uint8Array): boolean {
+  if (!a) return false;
+  const x = new Uint8Array(a);
+  return x.length === b.length && x.every((v, i) => v === b[i]);
 }

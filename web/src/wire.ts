@@ -51,6 +51,8 @@ export function thread(t: Thread): ThreadInfo {
     admin: t.role === MemberRole.ADMIN,
     members: t.memberCount,
     active: t.active,
+    muted: t.muted,
+    muteUntil: ms(t.muteEndTime),
   };
 }
 

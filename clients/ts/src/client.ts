@@ -1,13 +1,23 @@
 // The unary side: typed calls over the public services through any Connect transport.
 import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { NatterError } from "./errors.js";
-import { AccountService } from "./gen/natter/v1/account_service_pb.js";
+import { AccountService, type GetMeResponse } from "./gen/natter/v1/account_service_pb.js";
 import { ContactService, type Contact } from "./gen/natter/v1/contact_service_pb.js";
 import { GroupService } from "./gen/natter/v1/group_service_pb.js";
 import { PresenceService } from "./gen/natter/v1/presence_service_pb.js";
+import { PushService, type GetPushConfigResponse, type PushTarget } from "./gen/natter/v1/push_service_pb.js";
+import { ReportReason, SafetyService } from "./gen/natter/v1/safety_service_pb.js";
 import { SocketService } from "./gen/natter/v1/socket_service_pb.js";
 import { ThreadService } from "./gen/natter/v1/thread_service_pb.js";
-import { MemberRole, type Message, type Presence, type Thread, type User } from "./gen/natter/v1/types_pb.js";
+import {
+  MemberRole,
+  NotificationPreview,
+  type Device,
+  type Message,
+  type Presence,
+  type Thread,
+  type User,
+} from "./gen/natter/v1/types_pb.js";
 
 /** The service clients, for calls the typed helpers do not cover (they throw ConnectError). */
 export interface Services {
@@ -17,7 +27,26 @@ export interface Services {
   groups: Client<typeof GroupService>;
   presence: Client<typeof PresenceService>;
   socket: Client<typeof SocketService>;
+  safety: Client<typeof SafetyService>;
+  push: Client<typeof PushService>;
 }
+
+/** What UpdateSettings changes; fields left out keep their value. */
+export interface SettingsChange {
+  displayName?: string;
+  hideLastSeen?: boolean;
+  /** Privacy mode of push notifications: what they show. */
+  notificationPreview?: NotificationPreview;
+}
+
+/** A browser's push subscription, as `PushSubscription.toJSON()` gives it. */
+export interface WebPushKeys {
+  endpoint: string;
+  p256dh: string;
+  auth: string;
+}
+
+export { NotificationPreview, ReportReason };
 
 export interface HistoryPage {
   messages: Message[];
@@ -65,6 +94,8 @@ export class NatterClient {
       groups: createClient(GroupService, t),
       presence: createClient(PresenceService, t),
       socket: createClient(SocketService, t),
+      safety: createClient(SafetyService, t),
+      push: createClient(PushService, t),
     };
   }
 
@@ -93,6 +124,113 @@ export class NatterClient {
 
   async logout(): Promise<void> {
     await this.call(() => this.services.accounts.logout({}));
+  }
+
+  /** The caller's account and settings (display name, phone, last seen, privacy mode, admin). */
+  async me(): Promise<GetMeResponse> {
+    return this.call(() => this.services.accounts.getMe({}));
+  }
+
+  async updateSettings(change: SettingsChange): Promise<void> {
+    await this.call(() => this.services.accounts.updateSettings(change));
+  }
+
+  /** The account's devices, oldest first; `current` marks this one. */
+  async devices(): Promise<Device[]> {
+    return (await this.call(() => this.services.accounts.listDevices({}))).devices;
+  }
+
+  /** Logs out one device (its streams close; it must log in again). */
+  async revokeDevice(deviceId: number): Promise<void> {
+    await this.call(() => this.services.accounts.revokeDevice({ deviceId: BigInt(deviceId) }));
+  }
+
+  /** Logs out every other device of the account; returns how many. */
+  async revokeOtherDevices(): Promise<number> {
+    const res = await this.call(() => this.services.accounts.revokeOtherDevices({}));
+    return res.revokedDeviceIds.length;
+  }
+
+  /** Sets a new password; the other devices are logged out unless `keepOtherDevices`. Returns those logged out. */
+  async changePassword(currentPassword: string, newPassword: string, keepOtherDevices = false): Promise<number[]> {
+    const res = await this.call(() => this.services.accounts.changePassword({ currentPassword, newPassword, keepOtherDevices }));
+    return res.revokedDeviceIds.map(Number);
+  }
+
+  /** Deletes the account for good (messages stay in others' history as "Deleted account"). */
+  async deleteAccount(password: string): Promise<void> {
+    await this.call(() => this.services.accounts.deleteAccount({ password }));
+  }
+
+  // -- safety --------------------------------------------------------------------------------
+
+  async block(username: string): Promise<User | undefined> {
+    return (await this.call(() => this.services.safety.blockUser({ username }))).user;
+  }
+
+  async unblock(username: string): Promise<void> {
+    await this.call(() => this.services.safety.unblockUser({ username }));
+  }
+
+  /** Everyone the caller blocked, all pages. */
+  async blocked(): Promise<User[]> {
+    const out: User[] = [];
+    let pageToken = "";
+    do {
+      const res = await this.call(() => this.services.safety.listBlockedUsers({ pageSize: 1000, pageToken }));
+      out.push(...res.users);
+      pageToken = res.nextPageToken;
+    } while (pageToken);
+    return out;
+  }
+
+  /**
+   * Reports a user, or messages of a thread (`threadId` and `seqs`: copied for the admins);
+   * `block` blocks the user as well. Returns the report's id.
+   */
+  async report(
+    report: { username?: string; threadId?: number; seqs?: number[]; reason: ReportReason; text?: string; block?: boolean },
+  ): Promise<number> {
+    const res = await this.call(() =>
+      this.services.safety.createReport({
+        username: report.username ?? "",
+        threadId: BigInt(report.threadId ?? 0),
+        seqs: (report.seqs ?? []).map(BigInt),
+        reason: report.reason,
+        text: report.text ?? "",
+        block: report.block ?? false,
+      }),
+    );
+    return Number(res.reportId);
+  }
+
+  // -- push notifications --------------------------------------------------------------------
+
+  /** Whether the server sends Web Push, its VAPID public key (for `pushManager.subscribe`) and gateways. */
+  async pushConfig(): Promise<GetPushConfigResponse> {
+    return this.call(() => this.services.push.getPushConfig({}));
+  }
+
+  /** Registers this device's browser subscription (replacing any target it had). */
+  async setWebPush(keys: WebPushKeys): Promise<PushTarget | undefined> {
+    return (await this.call(() => this.services.push.setPushTarget({ target: { case: "webPush", value: keys } }))).target;
+  }
+
+  /** Registers a mobile push gateway's token for this device (docs/push.md). */
+  async setPushGateway(gatewayUrl: string, appId: string, pushkey: string): Promise<PushTarget | undefined> {
+    return (
+      await this.call(() => this.services.push.setPushTarget({ target: { case: "gateway", value: { gatewayUrl, appId, pushkey } } }))
+    ).target;
+  }
+
+  /** This device's push target, if it has one. */
+  async pushTarget(): Promise<PushTarget | undefined> {
+    return (await this.call(() => this.services.push.getPushTarget({}))).target;
+  }
+
+  /** No more push notifications to this device. */
+  async deletePushTarget(): Promise<void> {
+    await this.call(() => this.services.push.deletePushTarget({}));
   }
 
   // -- contacts ------------------------------------------------------------------------------
@@ -155,6 +293,19 @@ export class NatterClient {
       }),
     );
     return { messages: res.messages, more: res.more };
+  }
+
+  /** No push notifications for a thread: for `seconds`, or until unmuted (0). Returns the thread. */
+  async mute(threadId: number, seconds = 0): Promise<Thread | undefined> {
+    const until =
+      seconds > 0
+        ? ({ case: "duration", value: { seconds: BigInt(Math.round(seconds)), nanos: 0 } } as const)
+        : ({ case: "forever", value: true } as const);
+    return (await this.call(() => this.services.threads.muteThread({ threadId: BigInt(threadId), until }))).thread;
+  }
+
+  async unmute(threadId: number): Promise<Thread | undefined> {
+    return (await this.call(() => this.services.threads.unmuteThread({ threadId: BigInt(threadId) }))).thread;
   }
 
   // -- groups --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import {
 } from "./gen/natter/v1/types_pb.js";
 import { Merger } from "./merge.js";
 import type { DeviceStream, StreamEnd, StreamTransport } from "./stream.js";
+import { TypingPacer } from "./typing.js";
 
 /**
  * What a connection hands the app. Switch on `type` with a default branch: later SDKs add
@@ -36,6 +37,8 @@ export type Event =
   | { type: "receipt"; receipt: Receipt }
   | { type: "presence"; presence: Presence }
   | { type: "typing"; typing: Typing }
+  /** The user muted or unmuted a thread on one of their devices; `until` in ms since the epoch, 0 for forever (or unmuted). */
+  | { type: "thread-mute"; threadId: number; muted: boolean; until: number }
   /** The user read a thread up to seq on another device. */
   | { type: "read-cursor"; threadId: number; seq: number }
   /** The replay after connecting is done: what follows is live. */
@@ -77,6 +80,8 @@ export interface ConnectionOptions {
   maxBackoffMs?: number;
   /** Sends saved by an earlier run: they go out first, with their own ids, in this order. */
   outbox?: PendingSend[];
+  /** The app is in front of the person (a visible tab): no push notifications while live. Change it with `setForeground`. */
+  foreground?: boolean;
 }
 
 interface Pending {
@@ -113,9 +118,9 @@ export class Connection {
   state: ConnectionState = "offline";
   user: User | undefined;
   deviceId = 0;
-  readonly stats = { connects: 0, resends: 0, gapsFilled: 0, heartbeatAcks: 0, heldBack: 0, unknownFrames: 0 };
+  readonly stats = { connects: 0, resends: 0, gapsFilled: 0, heartbeatAcks: 0, heldBack: 0, unknownFrames: 0, typing: 0 };
 
-  private readonly opts: Required<Omit<ConnectionOptions, "client" | "stream" | "cursors" | "outbox" | "heartbeatSeconds">> & {
+  private readonly opts: Required<Omit<ConnectionOptions, "client" | "stream" | "cursors" | "outbox" | "heartbeatSeconds" | "foreground">> & {
     heartbeatSeconds: number;
   };
   private readonly streams: StreamTransport;
@@ -139,6 +144,9 @@ export class Connection {
   private chain: Promise<void> = Promise.resolve();
   private timers = { retry: undefined as Timer, resume: undefined as Timer, ack: undefined as Timer, heart: undefined as Timer };
   private stateWaiters: (() => void)[] = [];
+  private readonly pacer = new TypingPacer();
+  private foreground: boolean;
+  private readonly typingStops = new Map<number, ReturnType<typeof setTimeout>>();
   private ended: Promise<void> | null = null;
   private endedResolve: (() => void) | null = null;
 
@@ -154,6 +162,7 @@ export class Connection {
       heartbeatSeconds: options.heartbeatSeconds ?? 0,
       maxBackoffMs: options.maxBackoffMs ?? 5000,
     };
+    this.foreground = options.foreground ?? false;
     this.user = options.client.user;
     this.deviceId = options.client.deviceId;
     for (const p of options.outbox ?? []) void this.send(p.text, p).catch(() => undefined);
@@ -194,6 +203,11 @@ export class Connection {
       resolve = res;
       reject = rej;
     });
+    if (to.threadId) {
+      this.pacer.sent(to.threadId);
+      clearTimeout(this.typingStops.get(to.threadId));
+      this.typingStops.delete(to.threadId);
+    }
     const p: Pending = { send, resolve, reject, promise, sentOn: -1, retries: 0 };
     this.outbox.set(clientMsgId, p);
     this.transmit([p]);
@@ -216,9 +230,45 @@ export class Connection {
     }
   }
 
-  /** Says the user is typing (or stopped); false (dropped) while offline. */
+  /**
+   * Says the user is typing (call it on every keystroke) or stopped (the box was cleared, or
+   * they paused). Paced so no server limit trips: a start goes out at most every 3 s per
+   * thread, a stop only after a start, both later when the budget (1 a second, 3 at once) is
+   * spent, and a message sent to the thread ends the indicator without a stop. True when a
+   * frame went out now; dropped while offline.
+   */
   typing(threadId: number, active = true): boolean {
-    return this.live && this.write({ case: "typing", value: { threadId: BigInt(threadId), active } });
+    if (!this.live) return false;
+    clearTimeout(this.typingStops.get(threadId));
+    this.typingStops.delete(threadId);
+    const wait = active ? this.pacer.start(threadId) : this.pacer.stop(threadId);
+    if (wait > 0) {
+      // Over budget: said once a token is back, unless the thread's typing changes meanwhile.
+      this.typingStops.set(
+        threadId,
+        setTimeout(() => {
+          this.typingStops.delete(threadId);
+          this.typing(threadId, active);
+        }, wait),
+      );
+    }
+    return wait === 0 && this.writeTyping(threadId, active);
+  }
+
+  private writeTyping(threadId: number, active: boolean): boolean {
+    const ok = this.write({ case: "typing", value: { threadId: BigInt(threadId), active } });
+    if (ok) this.stats.typing += 1;
+    return ok;
+  }
+
+  /**
+   * Says whether the app is in front of the person (say, on `visibilitychange`): a device in
+   * the foreground with a live stream gets no push notifications. Kept for reconnects (Hello).
+   */
+  setForeground(foreground: boolean): void {
+    if (foreground === this.foreground) return;
+    this.foreground = foreground;
+    if (this.live) this.write({ case: "clientState", value: { foreground } });
   }
 
   /** Everything up to seq of the thread is shown or stored: move this device's cursor (autoAck does this on take). */
@@ -371,7 +421,7 @@ export class Connection {
         );
         this.lastFrame = Date.now();
         stream.send(
-          create(ClientFrameSchema, { payload: { case: "hello", value: { cursors, skipReplay: this.opts.skipReplay, acceptBatches: true } } }),
+          create(ClientFrameSchema, { payload: { case: "hello", value: { cursors, skipReplay: this.opts.skipReplay, acceptBatches: true, foreground: this.foreground } } }),
         );
       },
       frame: (f) => {
@@ -399,6 +449,9 @@ export class Connection {
   private onClosed(end: StreamEnd, redirected: boolean): void {
     this.stream = null;
     this.live = false;
+    this.pacer.reset();
+    for (const t of this.typingStops.values()) clearTimeout(t);
+    this.typingStops.clear();
     this.acksOk = false;
     this.stopHeart();
     this.stopHolding();
@@ -515,6 +568,12 @@ export class Connection {
       case "readCursor":
         this.push({ type: "read-cursor", threadId: Number(p.value.cursor?.threadId ?? 0), seq: Number(p.value.cursor?.seq ?? 0) });
         return;
+      case "threadMute": {
+        const end = p.value.muteEndTime;
+        const until = end ? Number(end.seconds) * 1000 + Math.floor(end.nanos / 1e6) : 0;
+        this.push({ type: "thread-mute", threadId: Number(p.value.threadId), muted: p.value.muted, until });
+        return;
+      }
       case "heartbeatAck":
         this.stats.heartbeatAcks += 1;
         return;

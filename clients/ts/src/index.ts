@@ -1,5 +1,14 @@
 // @natter/client: natter's TypeScript SDK, transport-agnostic (see ./web and ./node for transports).
-export { NatterClient, withToken, type HistoryPage, type Services } from "./client.js";
+export {
+  NatterClient,
+  NotificationPreview,
+  ReportReason,
+  withToken,
+  type HistoryPage,
+  type Services,
+  type SettingsChange,
+  type WebPushKeys,
+} from "./client.js";
 export {
   Connection,
   newClientMsgId,
@@ -10,6 +19,7 @@ export {
 } from "./connection.js";
 export { Code, codeName, NatterError } from "./errors.js";
 export { grpcStream } from "./grpc.js";
+export { TYPING_BURST, TYPING_PER_SECOND, TYPING_REPEAT_MS, TypingPacer } from "./typing.js";
 export { Merger, type Gap, type Ordered } from "./merge.js";
 export type { DeviceStream, StreamEnd, StreamHandlers, StreamTransport } from "./stream.js";
 export { endOfClose, PROTOCOL, socketUrl, TOKEN_PREFIX, webSocketStream, type WebSocketLike } from "./websocket.js";

@@ -46,6 +46,13 @@ export class NatterServer {
           NATTER_MAX_DEVICES_PER_USER: "1000",
           NATTER_CANARY_INTERVAL_SECONDS: "0",
           NATTER_LOG_LEVEL: "INFO",
+          // The limits a test run needs (tests/conftest.py's TEST_LIMITS): many accounts and logins from one address.
+          NATTER_LOGINS_PER_IP_PER_MINUTE: "0",
+          NATTER_REGISTRATIONS_PER_IP_PER_HOUR: "0",
+          NATTER_REGISTRATIONS_PER_HOUR: "0",
+          NATTER_MAX_DEVICES_PER_USER: "1000",
+          NATTER_MAX_PENDING_STREAMS_PER_ADDRESS: "0",
+          NATTER_CANARY_INTERVAL_SECONDS: "0",
         },
         stdio: ["ignore", fd, fd],
       },

@@ -4,7 +4,11 @@ import type { Natter } from "../natter";
 import { Auth } from "./Auth";
 import { Chat } from "./Chat";
 import { useNatter, useRoute } from "./hooks";
-import { Contacts, Devices, GroupInfo, NewGroup } from "./People";
+import { useUnreadBadge } from "./badge";
+import { NavIcon } from "./icons";
+import { PushPrompt, Report } from "./Menus";
+import { Contacts, GroupInfo, NewGroup } from "./People";
+import { Devices, Settings } from "./Settings";
 import { Threads } from "./Threads";
 
 const NARROW = "(max-width: 719px)";
@@ -29,6 +33,7 @@ const CONN_TEXT = {
 
 export function App({ n }: { n: Natter }) {
   useNatter(n);
+  useUnreadBadge(n);
   const route = useRoute();
   const narrow = useNarrow();
   const st = n.state;
@@ -52,6 +57,12 @@ export function App({ n }: { n: Natter }) {
     case "devices":
       page = <Devices n={n} narrow={narrow} />;
       break;
+    case "settings":
+      page = <Settings n={n} narrow={narrow} />;
+      break;
+    case "report":
+      page = <Report key={`${route.id}/${route.seq}`} n={n} threadId={route.id} seq={route.seq} narrow={narrow} />;
+      break;
     default:
       page = narrow ? null : (
         <section class="placeholder">
@@ -72,14 +83,22 @@ export function App({ n }: { n: Natter }) {
             </span>
           </header>
           <nav class="actions" aria-label="Main">
-            <a class="button secondary" href="#/contacts">
-              Contacts
+            {/* Icons with their names; on phones only the icons show (the name stays for screen readers). */}
+            <a class="button secondary" href="#/contacts" aria-label="Contacts" title="Contacts">
+              <NavIcon name="contacts" />
+              <span class="nav-text">Contacts</span>
             </a>
-            <a class="button secondary" href="#/new-group">
-              New group
+            <a class="button secondary" href="#/new-group" aria-label="New group" title="New group">
+              <NavIcon name="group" />
+              <span class="nav-text">New group</span>
             </a>
-            <a class="button secondary" href="#/devices">
-              Devices
+            <a class="button secondary" href="#/devices" aria-label="Devices" title="Devices">
+              <NavIcon name="devices" />
+              <span class="nav-text">Devices</span>
+            </a>
+            <a class="button secondary" href="#/settings" aria-label="Settings" title="Settings">
+              <NavIcon name="settings" />
+              <span class="nav-text">Settings</span>
             </a>
           </nav>
           <Threads n={n} selected={selected} />
@@ -89,6 +108,7 @@ export function App({ n }: { n: Natter }) {
       <div class={status ? "conn visible" : "conn"} role="status" data-testid="connection">
         {status}
       </div>
+      <PushPrompt n={n} />
       {n.notice && (
         <div class="notice floating" role="alert">
           {n.notice}

@@ -6,6 +6,7 @@ import type { Natter } from "../natter";
 import { MAX_TEXT_BYTES, textProblem, tickOf } from "../sync";
 import { clock, lastSeen, systemText } from "./format";
 import { go } from "./hooks";
+import { ChatMenu } from "./Menus";
 
 const TICK_TEXT: Record<Tick, [string, string]> = {
   pending: ["○", "waiting to send"],
@@ -109,7 +110,7 @@ function Composer({ n, threadId, disabled }: { n: Natter; threadId: number; disa
         onInput={(e) => {
           setText(e.currentTarget.value);
           setError("");
-          n.typingInput(threadId);
+          n.typingInput(threadId, e.currentTarget.value);
         }}
         onKeyDown={(e) => {
           if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
@@ -133,7 +134,7 @@ function Composer({ n, threadId, disabled }: { n: Natter; threadId: number; disa
 export function Chat({ n, id, narrow }: { n: Natter; id: number; narrow: boolean }) {
   const st = n.state!;
   const t = st.threads[id];
-  const list = st.messages[id] ?? [];
+  const list = n.shown(id, st.messages[id] ?? []);
   const outbox = st.outbox.filter((p) => p.threadId === id);
   const members = n.members(id);
   const scroller = useRef<HTMLDivElement>(null);
@@ -203,6 +204,7 @@ export function Chat({ n, id, narrow }: { n: Natter; id: number; narrow: boolean
             Info
           </a>
         )}
+        <ChatMenu n={n} id={id} />
       </header>
       <div
         class="messages"

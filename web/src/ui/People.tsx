@@ -1,12 +1,12 @@
-// Contacts with presence, new groups, group info and member management, and devices.
+// Contacts with presence, new groups, group info and member management.
 import { useEffect, useState } from "preact/hooks";
 import { isUnimplemented, problem } from "../api";
-import type { DeviceRow, Natter } from "../natter";
-import { clock, lastSeen, when } from "./format";
+import type { Natter } from "../natter";
+import { lastSeen } from "./format";
 import { go } from "./hooks";
 import { Avatar } from "./Threads";
 
-function useAction(): [string, boolean, (fn: () => Promise<void>) => Promise<void>] {
+export function useAction(): [string, boolean, (fn: () => Promise<void>) => Promise<void>] {
   const [error, setError] = useState("");
   const [busy, setBusy] = useState(false);
   async function run(fn: () => Promise<void>) {
@@ -23,7 +23,7 @@ function useAction(): [string, boolean, (fn: () => Promise<void>) => Promise<voi
   return [error, busy, run];
 }
 
-function Page({ title, children, narrow }: { title: string; children: preact.ComponentChildren; narrow: boolean }) {
+export function Page({ title, children, narrow }: { title: string; children: preact.ComponentChildren; narrow: boolean }) {
   return (
     <section class="page" aria-labelledby="page-title">
       <header class="chat-head">
@@ -273,48 +273,6 @@ export function GroupInfo({ n, id, narrow }: { n: Natter; id: number; narrow: bo
           Leave group
         </button>
       )}
-    </Page>
-  );
-}
-
-export function Devices({ n, narrow }: { n: Natter; narrow: boolean }) {
-  const [rows, setRows] = useState<DeviceRow[] | null>(null);
-  const [error, busy, run] = useAction();
-  useEffect(() => {
-    void run(async () => setRows(await n.devices()));
-  }, []);
-  const st = n.state!;
-  return (
-    <Page title="Your devices" narrow={narrow}>
-      <p>
-        Logged in as <strong>{st.me.name}</strong> (@{st.me.username}). Each browser tab is a device of its own.
-      </p>
-      {error && (
-        <p class="error" role="alert">
-          {error}
-        </p>
-      )}
-      {rows && (
-        <ul class="people">
-          {rows.map((d) => (
-            <li key={d.id} data-device={d.id}>
-              <span class="person-main">
-                <span class="person-name">
-                  {d.name || `device ${d.id}`}
-                  {d.current ? " (this tab)" : ""}
-                </span>
-                <span class="person-sub">
-                  since {when(d.created)} {clock(d.created)}
-                  {d.lastActive ? ` · active ${when(d.lastActive)} ${clock(d.lastActive)}` : ""}
-                </span>
-              </span>
-            </li>
-          ))}
-        </ul>
-      )}
-      <button type="button" class="danger" disabled={busy} onClick={() => void n.logout().then(() => go("/"))}>
-        Log out of this device
-      </button>
     </Page>
   );
 }

@@ -1,8 +1,15 @@
-// The thread list: newest first, with preview, time, unread count and the peer's online dot.
+// The thread list: newest first, with preview, time, unread count, the peer's online dot, a muted mark, and a search box.
+import { useState } from "preact/hooks";
 import type { Natter } from "../natter";
 import { orderThreads } from "../sync";
 import { initials, preview, when } from "./format";
 import { go } from "./hooks";
+import { BellOff } from "./icons";
+
+/** Lower case without accents, for matching names as people type them. */
+export function fold(s: string): string {
+  return s.normalize("NFD").replace(/\p{M}/gu, "").toLowerCase();
+}
 
 export function Avatar({ name, online }: { name: string; online?: boolean | undefined }) {
   return (
@@ -15,10 +22,35 @@ export function Avatar({ name, online }: { name: string; online?: boolean | unde
 
 export function Threads({ n, selected }: { n: Natter; selected: number }) {
   const st = n.state!;
-  const threads = orderThreads(Object.values(st.threads).filter((t) => t.active || t.last));
+  const [query, setQuery] = useState("");
+  const q = fold(query.trim());
+  const all = orderThreads(Object.values(st.threads).filter((t) => t.active || t.last));
+  const threads = q ? all.filter((t) => fold(`${t.title} ${t.peer?.username ?? ""}`).includes(q)) : all;
+  const withChat = new Set(all.flatMap((t) => (t.peer && !t.group ? [t.peer.id] : [])));
+  const contacts = q
+    ? st.contacts.filter((c) => !withChat.has(c.person.id) && fold(`${c.alias} ${c.person.name} ${c.person.username}`).includes(q))
+    : [];
   return (
     <nav class="threads" aria-label="Chats">
-      {threads.length === 0 ? (
+      <div class="search" role="search">
+        <label for="chat-search" class="sr-only">
+          Search chats and contacts
+        </label>
+        <input
+          id="chat-search"
+          type="search"
+          dir="auto"
+          placeholder="Search chats and contacts"
+          autocomplete="off"
+          value={query}
+          onInput={(e) => setQuery(e.currentTarget.value)}
+          onKeyDown={(e) => {
+            if (e.key === "Escape") setQuery("");
+          }}
+        />
+      </div>
+      {q && threads.length === 0 && contacts.length === 0 && <p class="empty">No chats or contacts match “{query.trim()}”.</p>}
+      {!q && threads.length === 0 ? (
         <p class="empty">
           No chats yet. <a href="#/contacts">Add a contact</a> to start one.
         </p>
@@ -28,7 +60,7 @@ export function Threads({ n, selected }: { n: Natter; selected: number }) {
             const p = t.peer ? st.presence[t.peer.id] : undefined;
             const pending = st.outbox.filter((x) => x.threadId === t.id).length;
             const typing = n.typing[t.id];
-            const label = `${t.title}${p?.online ? ", online" : ""}${t.unread ? `, ${t.unread} unread` : ""}`;
+            const label = `${t.title}${p?.online ? ", online" : ""}${t.muted ? ", muted" : ""}${t.unread ? `, ${t.unread} unread` : ""}`;
             return (
               <li key={t.id}>
                 <a
@@ -43,7 +75,14 @@ export function Threads({ n, selected }: { n: Natter; selected: number }) {
                   <span class="thread-main">
                     <span class="thread-top">
                       <span class="thread-title">{t.title}</span>
-                      <span class="thread-time">{when(t.last?.time ?? t.updated)}</span>
+                      <span class="thread-time">
+                        {t.muted && (
+                          <span class="muted-mark" data-muted="true">
+                            <BellOff />
+                          </span>
+                        )}
+                        {when(t.last?.time ?? t.updated)}
+                      </span>
                     </span>
                     <span class="thread-bottom">
                       <span class="thread-preview">
@@ -61,6 +100,32 @@ export function Threads({ n, selected }: { n: Natter; selected: number }) {
             );
           })}
         </ul>
+      )}
+      {contacts.length > 0 && (
+        <>
+          <h2 class="search-heading" id="search-contacts">
+            Contacts
+          </h2>
+          <ul class="people search-contacts" aria-labelledby="search-contacts">
+            {contacts.map((c) => (
+              <li key={c.person.id} data-contact={c.person.username}>
+                <Avatar name={c.alias || c.person.name} />
+                <span class="person-main">
+                  <span class="person-name">{c.alias || c.person.name}</span>
+                  <span class="person-sub">@{c.person.username}</span>
+                </span>
+                <button
+                  type="button"
+                  class="secondary"
+                  aria-label={`Message ${c.alias || c.person.name}`}
+                  onClick={() => void n.directThread(c.person.username).then((id) => go(`/chat/${id}`))}
+                >
+                  Message
+                </button>
+              </li>
+            ))}
+          </ul>
+        </>
       )}
     </nav>
   );

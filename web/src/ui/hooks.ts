@@ -14,7 +14,9 @@ export type Route =
   | { name: "info"; id: number }
   | { name: "contacts" }
   | { name: "newGroup" }
-  | { name: "devices" };
+  | { name: "devices" }
+  | { name: "settings" }
+  | { name: "report"; id: number; seq: number };
 
 export function parseRoute(hash: string): Route {
   const parts = hash.replace(/^#\/?/, "").split("/").filter(Boolean);
@@ -24,6 +26,8 @@ export function parseRoute(hash: string): Route {
   if (parts[0] === "contacts") return { name: "contacts" };
   if (parts[0] === "new-group") return { name: "newGroup" };
   if (parts[0] === "devices") return { name: "devices" };
+  if (parts[0] === "settings") return { name: "settings" };
+  if (parts[0] === "report" && Number(parts[1]) > 0) return { name: "report", id: Number(parts[1]), seq: Number(parts[2]) || 0 };
   return { name: "home" };
 }
 
