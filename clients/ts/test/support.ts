@@ -38,13 +38,6 @@ export class NatterServer {
           NATTER_ARGON2_MEMORY_KIB: "1024",
           NATTER_ARGON2_TIME_COST: "1",
           NATTER_ACK_FLUSH_SECONDS: "0.05",
-          // Every test registers and logs in from loopback: no per-address limits (as
-          // tests/procs.py), no canary user.
-          NATTER_LOGINS_PER_IP_PER_MINUTE: "0",
-          NATTER_REGISTRATIONS_PER_IP_PER_HOUR: "0",
-          NATTER_REGISTRATIONS_PER_HOUR: "0",
-          NATTER_MAX_DEVICES_PER_USER: "1000",
-          NATTER_CANARY_INTERVAL_SECONDS: "0",
           NATTER_LOG_LEVEL: "INFO",
           // The limits a test run needs (tests/conftest.py's TEST_LIMITS): many accounts and logins from one address.
           NATTER_LOGINS_PER_IP_PER_MINUTE: "0",
