@@ -41,6 +41,7 @@ class SocketNode(ClusterNode):
         ipb_grpc.add_SocketInternalServiceServicer_to_server(
             SocketInternalServicer(self.hub), self.internal
         )
+        self.hub.elsewhere = self._elsewhere
         self.registry.subscribe(self._on_change)
         self._catching_up = False
         self._left = False  # out of the ring while registered: devices were handed back
@@ -51,6 +52,21 @@ class SocketNode(ClusterNode):
         if node is None:
             raise Unavailable("no socket server is registered", "NO_SOCKET_SERVER")
         return node.public_addr, node.node_id
+
+    def _elsewhere(self, user_id: int) -> str | None:
+        """Where a connecting device of `user_id` belongs, if not here (None: serve it).
+
+        Out of our own ring (our lease lapsed: etcd unreachable from here) every device is
+        served, as `_on_change` promises: the ring we hold is then no better than the front
+        door's, and turning devices away could send them round in circles.
+        """
+        ring = self.registry.ring("socket")
+        if ring.get(self.node_id) is None:
+            return None
+        node = ring.owner(str(user_id))
+        if node is None or node.node_id == self.node_id:
+            return None
+        return node.public_addr
 
     def started(self) -> None:
         self.hub.start()
