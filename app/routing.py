@@ -206,7 +206,7 @@ class ClusterFanout:
 
         Not only at ring changes: on a stable ring nothing else trims the deque, and it
         grew to MAX_RECENT, a message node holding every push of the last hour or so
-        (about 1 KB each: the event with its text, sender and times), which the soaks saw
+        (about 0.9 KB each: the event with its text, sender and times), which the soaks saw
         as RSS rising 2-3 MiB a minute without a plateau.
         """
         now = time.monotonic()
