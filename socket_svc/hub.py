@@ -185,7 +185,8 @@ class Hub:
     async def attach(self, session: Session) -> None:
         """Register before sync so live events buffer while the replay runs.
 
-        Raises `Moved` when the ring gives the user to another server. The check and the
+        Raises `Moved` when the ring gives the user to another server (or the error that
+        `elsewhere` raises, which ends the stream with it). The check and the
         registration happen in one step of the event loop: a ring change before it sends
         the device on here, any later one reaches the session through `rebalance`. Without
         it a device sent here on a view of the ring that changed while it reconnected
