@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,18 +31,25 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-def public_server(settings: Settings, gateway_key: str = "") -> grpc.aio.Server:
+def public_server(
+    settings: Settings,
+    gateway_key: str = "",
+    inner: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> grpc.aio.Server:
     """A listener clients reach: domain errors mapped to status codes, client addresses known.
 
-    `gateway_key` is the key this process's web gateway vouches for browsers' addresses with.
+    `gateway_key` is the key this process's web gateway vouches for browsers' addresses with;
+    `inner` interceptors run inside the error mapping (their domain errors are mapped too).
     """
     addresses = ClientAddresses(settings.trusted_proxies, gateway_key)
     return grpc.aio.server(
-        interceptors=[ErrorInterceptor(addresses)], options=server_options(settings)
+        interceptors=[ErrorInterceptor(addresses), *inner], options=server_options(settings)
     )
 
 
-def internal_server(settings: Settings) -> grpc.aio.Server:
+def internal_server(
+    settings: Settings, inner: Sequence[grpc.aio.ServerInterceptor] = ()
+) -> grpc.aio.Server:
     """A listener only cluster peers reach: every call must carry the cluster secret.
 
     Request ids come from the calling peer, so one id follows a request across processes.
@@ -51,6 +58,7 @@ def internal_server(settings: Settings) -> grpc.aio.Server:
         interceptors=[
             SecretInterceptor(settings.cluster_secret),
             ErrorInterceptor(trust_request_id=True),
+            *inner,
         ],
         options=server_options(settings),
     )

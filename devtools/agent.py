@@ -125,6 +125,10 @@ class _Server:
         self._w().start(total, rate, inflight)
         return True
 
+    async def op_extend(self, more: int) -> bool:
+        self._w().extend(more)
+        return True
+
     async def op_stats(self) -> dict[str, Any]:
         return dataclasses.asdict(self._w().stats())
 

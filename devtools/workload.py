@@ -162,6 +162,7 @@ class Workload:
         self._senders: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[None]] = set()
         self.budget = Budget(0)
+        self._pace: tuple[float, int] | None = None  # (interval, inflight) of the senders
         self._restarts = 0
 
     # -- setup ---------------------------------------------------------------------------
@@ -244,8 +245,23 @@ class Workload:
         self.budget = Budget(self.budget.used + total, self.budget.used)
         senders = self.devices
         interval = len(senders) / rate
+        self._pace = (interval, inflight)
         self._senders = [
             asyncio.create_task(self._send_loop(dv, interval, inflight)) for dv in senders
+        ]
+
+    def extend(self, more: int) -> None:
+        """Send `more` messages beyond what `start` asked, at its pace (a fault that lasts).
+
+        Devices whose senders ran out of budget start sending again.
+        """
+        self.budget.total += more
+        if self._stopping.is_set() or self._pace is None:
+            return
+        interval, inflight = self._pace
+        self._senders = [
+            asyncio.create_task(self._send_loop(dv, interval, inflight)) if task.done() else task
+            for dv, task in zip(self.devices, self._senders, strict=False)
         ]
 
     async def _send_loop(self, dv: Device, interval: float, inflight: int) -> None:

@@ -77,6 +77,14 @@ class PendingStreams:
             self.by_address.pop(address, None)
 
 
+class Moved(Exception):
+    """The device's user belongs on another socket server: it is told to go there."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.address = address
+
+
 class Hub:
     """Knows which devices are connected here and which groups they belong to."""
 
@@ -112,6 +120,9 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._user_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.deliveries = 0
+        # Where a user's devices belong when that is another server (None: here). Set by a
+        # cluster's socket role from its ring; a ring of one serves everyone.
+        self.elsewhere: Callable[[int], str | None] = lambda _: None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -172,7 +183,19 @@ class Hub:
     # -- sessions ------------------------------------------------------------------------
 
     async def attach(self, session: Session) -> None:
-        """Register before sync so live events buffer while the replay runs."""
+        """Register before sync so live events buffer while the replay runs.
+
+        Raises `Moved` when the ring gives the user to another server (or the error that
+        `elsewhere` raises, which ends the stream with it). The check and the
+        registration happen in one step of the event loop: a ring change before it sends
+        the device on here, any later one reaches the session through `rebalance`. Without
+        it a device sent here on a view of the ring that changed while it reconnected
+        (a redirect decided before the heal, followed after it) stayed on a server that
+        is not its user's owner, and every live push went to the owner, which dropped it.
+        """
+        address = self.elsewhere(session.user_id)
+        if address is not None:
+            raise Moved(address)
         old = self.by_device.get(session.device_id)
         if old is not None:
             old.close(AlreadyExists("this device connected again elsewhere", "CONNECTED_ELSEWHERE"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -44,8 +44,14 @@ class _GrpcTransport:
 Locator = Callable[[d.Principal], Awaitable[tuple[str, str]]]
 
 
+class Authenticator(Protocol):
+    """What Locate and a front door's Connect need of message_svc: whose token this is."""
+
+    async def authenticate(self, token: str) -> d.Principal: ...
+
+
 async def locate(
-    api: MessageApi, where: Locator, request: spb.LocateRequest, context: Context
+    api: Authenticator, where: Locator, request: spb.LocateRequest, context: Context
 ) -> spb.LocateResponse:
     """Locate for the caller only: a token is needed, and names other than one's own are refused."""
     who = await api.authenticate(bearer(context.invocation_metadata()))
@@ -108,7 +114,7 @@ class SocketInternalServicer(ipb_grpc.SocketInternalServiceServicer):
 class RedirectServicer(spb_grpc.SocketServiceServicer):
     """SocketService on a message node: Locate answers, Connect redirects to the owner."""
 
-    def __init__(self, api: MessageApi, locate: Locator) -> None:
+    def __init__(self, api: Authenticator, locate: Locator) -> None:
         self.api = api
         self._locate = locate
 

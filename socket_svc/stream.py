@@ -32,7 +32,7 @@ from natter.errors import (
 from natter.rpc import Malformed
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
-from socket_svc.hub import Hub
+from socket_svc.hub import Hub, Moved
 from socket_svc.ports import MessageApi
 from socket_svc.session import Session, heartbeat_seconds
 
@@ -162,6 +162,15 @@ class DeviceStream:
         self.session = session
         try:
             await self.hub.attach(session)
+        except Moved as moved:
+            # Another server owns this user now: the device goes there, as after a ring change.
+            try:
+                await self.transport.send(
+                    spb.ServerFrame(redirect=spb.Redirect(address=moved.address))
+                )
+            except Exception as e:
+                logger.debug("redirect of device %s lost: %r", who.device_id, e)
+            return End()
         except NatterError as e:
             return End(e)
         try:

@@ -357,6 +357,11 @@ class Run:
     async def stats(self) -> dict[str, Any]:
         return dict(await self.cluster.call("stats"))
 
+    async def extend(self, more: int) -> None:
+        """Send `more` messages beyond the total (so the traffic outlasts a condition)."""
+        await self.cluster.call("extend", more=more)
+        self.total += more
+
     async def acked(self) -> int:
         return int((await self.stats())["acked"])
 
@@ -429,6 +434,28 @@ async def until(
 
     async def check() -> bool:
         return cond(await r.stats())
+
+    await eventually(check, timeout, 0.2, what)
+
+
+async def lasting(
+    r: Run, cond: Callable[[dict[str, Any]], bool], what: str, timeout: float = 60.0
+) -> None:
+    """Wait until the stats satisfy `cond`, topping up the sends so they never run out first.
+
+    A condition about traffic during a fault (every device had a send acknowledged) cannot
+    hold once the workload has nothing left to send: it keeps about two seconds' worth
+    ahead until the condition is decided.
+    """
+    ahead = max(1, int(r.rate * 2))
+
+    async def check() -> bool:
+        s = await r.stats()
+        if cond(s):
+            return True
+        if s["sends"] + ahead > r.total:
+            await r.extend(ahead)
+        return False
 
     await eventually(check, timeout, 0.2, what)
 

@@ -162,6 +162,61 @@ async def test_acks_before_sync_done_and_for_unknown_threads_go_through_message_
             await c.close()
 
 
+async def test_a_device_that_reaches_a_server_not_owning_its_user_is_sent_to_the_owner(
+    healthy: Cluster,
+) -> None:
+    """A stream opened on the wrong socket server is redirected, and then gets live pushes.
+
+    Redirects are decided on the sender's view of the ring, and followed later: one decided
+    while a healed server was not yet back on every ring led a device to a server that no
+    longer owned its user once it arrived. Served there, it got no live push again (they go
+    to the owner), so a peer's last message never reached it.
+    """
+    tag = f"own{os.getpid() % 1000}x{int(time.time() * 1000) % 100000}"
+    names = [f"{tag}a", f"{tag}b"]
+    clients = [Client(healthy.front_door, timeout=20.0) for _ in names]
+    for c, name in zip(clients, names, strict=True):
+        await c.register(name, PASSWORD)
+        await c.login(name, PASSWORD, "test")
+    alice, bob = clients
+    assert bob.user is not None
+    owner_id = healthy.owner(bob.user.user_id)
+    owner = healthy.proc(owner_id or "")
+    wrong = next(p for p in healthy.of("socket") if p.node_id != owner_id)
+    direct = Client(wrong.public_addr, token=bob.token)
+    raw = RawStream(direct)
+    sender = await Connection(alice).start(timeout=30)
+    try:
+        await raw.write(spb.ClientFrame(hello=spb.Hello()))
+        first = await raw.read()
+        assert first.WhichOneof("payload") == "welcome"
+        assert first.welcome.node_id == wrong.node_id
+        moved = await raw.read()
+        assert moved.WhichOneof("payload") == "redirect", moved
+        assert moved.redirect.address == owner.public_addr
+        assert await raw.status() == grpc.StatusCode.OK
+
+        there = Client(moved.redirect.address, token=bob.token)
+        live = RawStream(there)
+        try:
+            await live.write(spb.ClientFrame(hello=spb.Hello()))
+            welcome = await live.until("welcome")
+            assert welcome.welcome.node_id == owner.node_id
+            await live.until("sync_done")
+            await sender.send("after the move", recipient=names[1])
+            pushed = await live.until("message", timeout=15)
+            assert pushed.message.text == "after the move"
+        finally:
+            await live.close()
+            await there.close()
+    finally:
+        await raw.close()
+        await direct.close()
+        await sender.close()
+        for c in clients:
+            await c.close()
+
+
 # -- failover ----------------------------------------------------------------------------
 
 

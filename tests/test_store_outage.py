@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from app.outage import Outage
 from devtools.dbservers import PostgresServer, ServerUnavailable, require
 from message_svc import SqlStore
 from message_svc.sqlstore import PROBE_INTERVAL, PROBE_TIMEOUT
@@ -69,4 +71,38 @@ async def test_a_database_that_stops_answering_makes_calls_fail_fast_until_it_an
         await eventually(lambda: store.reachable, 10, 0.05)
         assert "ann" in await store.find_users(["ann"])
     finally:
+        await store.close()
+
+
+async def test_calls_already_waiting_on_the_database_are_answered_when_it_is_found_gone(
+    pg: PostgresServer,
+) -> None:
+    """A message node's calls in flight at the partition fail with the store's verdict.
+
+    New calls fail at once once the probe has spoken; those already waiting on the silent
+    server used to hang until their own deadline (15 s for a send), holding up every later
+    send of their devices.
+    """
+    store = SqlStore(await pg.create_database())
+    await store.open()
+    outage = Outage(lambda: store.reachable)
+    outage.start()
+    try:
+        await store.create_user("bea", "Bea", None, "x")
+        assert pg.proc is not None
+        freeze(pg.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(Unavailable) as caught:
+                await outage.run(store.find_users(["bea"]))  # sent before the probe noticed
+            took = time.monotonic() - started
+            assert caught.value.reason == "DATABASE_UNREACHABLE"
+            assert took <= PROBE_INTERVAL + 2 * PROBE_TIMEOUT + 1.0, f"answered after {took:.1f} s"
+            assert outage.cut_short == 1
+        finally:
+            freeze(pg.proc.pid, signal.SIGCONT)
+        await eventually(lambda: store.reachable, 10, 0.05)
+        assert "bea" in await outage.run(store.find_users(["bea"]))
+    finally:
+        await outage.stop()
         await store.close()

@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 from typing import ClassVar
 
+import grpc
 from aiohttp import web
 
 from app.canary import Canary
 from app.media import build_media, media_app
+from app.outage import FrontDoor, Outage, OutageInterceptor
 from app.roles.node import DB_POOL, ClusterNode
 from app.roles.presence_proxy import add_presence_proxy
 from app.routing import ClusterFanout
 from media_svc import PUBLIC_SERVICES as MEDIA_SERVICES
 from media_svc import MediaServicer
-from message_svc import PUBLIC_SERVICES, MessageService, SqlStore
+from message_svc import PUBLIC_SERVICES, MessageClient, MessageService, SqlStore
 from natter import domain as d
 from natter import tls
 from natter.errors import Unavailable
@@ -44,9 +46,14 @@ class MessageNode(ClusterNode):
         "natter.v1.SocketService",
     )
 
+    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        self.outage = Outage()
+        return [OutageInterceptor(self.outage)]
+
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         super().__init__(settings, registry)
         self.store = SqlStore(settings.db_url, pool_size=DB_POOL, metrics=self.metrics)
+        self.outage.reachable = lambda: self.store.reachable
         # Retry pushes long enough for a dead socket server's lease to expire.
         retry = 3 * settings.lease_ttl_seconds + 4
         self.fanout = ClusterFanout(self.pool, self.registry, self.channel_client(), retry)
@@ -54,8 +61,12 @@ class MessageNode(ClusterNode):
         self.canary: Canary | None = None
         self.messages.add_public(self.public)
         self.messages.add_internal(self.internal)
+        # A device's stream that reaches this node while its database is unreachable is still
+        # sent on: the token is checked by the other replica, as its sends would be.
+        others = MessageClient(self.pool, self._other_replicas)
         spb_grpc.add_SocketServiceServicer_to_server(
-            RedirectServicer(self.messages, self._locate), self.public
+            RedirectServicer(FrontDoor(self.messages, others, self.outage), self._locate),
+            self.public,
         )
         add_presence_proxy(self.public, self.store, self.pool, self.registry)
         # Every message node drains the push queue; a lease (FOR UPDATE SKIP LOCKED) gives
@@ -68,6 +79,11 @@ class MessageNode(ClusterNode):
         self.media = build_media(settings, self.store, self.messages)
         mdpb_grpc.add_MediaServiceServicer_to_server(MediaServicer(self.media), self.public)
         self._http: web.AppRunner | None = None
+
+    def _other_replicas(self) -> list[str]:
+        return [
+            n.internal_addr for n in self.registry.nodes("message") if n.node_id != self.node_id
+        ]
 
     async def _locate(self, who: d.Principal) -> tuple[str, str]:
         node = self.owner("socket", str(who.user.user_id))
@@ -95,6 +111,7 @@ class MessageNode(ClusterNode):
         logger.info("attachments over HTTP on %s:%d", host, bound)
 
     def started(self) -> None:
+        self.outage.start()
         self.media.start_gc()
         s = self.settings
         if s.tls_cert_file:
@@ -111,6 +128,7 @@ class MessageNode(ClusterNode):
             await self.canary.stop()
 
     async def close(self) -> None:
+        await self.outage.stop()
         await self.push.stop()
         if self._http is not None:
             await self._http.cleanup()

@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, ClassVar
 
+import grpc
 from grpc_health.v1 import health, health_pb2
 
 from app.listeners import internal_server, public_server, serve_health_and_reflection
@@ -62,8 +63,9 @@ class ClusterNode:
         self.metrics_server = (
             MetricsServer(settings, self.metrics) if settings.metrics_addr else None
         )
-        self.public = public_server(settings)
-        self.internal = internal_server(settings)
+        inner = self.interceptors()
+        self.public = public_server(settings, inner=inner)
+        self.internal = internal_server(settings, inner=inner)
         self.health = health.aio.HealthServicer()
         self.public_port = 0
         self.internal_port = 0
@@ -106,6 +108,10 @@ class ClusterNode:
         self.spawn(self.pool.prune(live))
 
     # -- hooks for the roles -------------------------------------------------------------
+
+    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """Interceptors of both listeners, inside the error mapping (made before `__init__` ends)."""
+        return []
 
     async def open(self) -> None:
         """Open stores and state before the listeners start."""

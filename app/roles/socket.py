@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import ClassVar
 
 from app.roles.node import ClusterNode
@@ -41,9 +42,11 @@ class SocketNode(ClusterNode):
         ipb_grpc.add_SocketInternalServiceServicer_to_server(
             SocketInternalServicer(self.hub), self.internal
         )
+        self.hub.elsewhere = self._elsewhere
         self.registry.subscribe(self._on_change)
         self._catching_up = False
         self._left = False  # out of the ring while registered: devices were handed back
+        self._left_at = 0.0
 
     async def _locate(self, who: d.Principal) -> tuple[str, str]:
         """The socket server owning the caller on the ring (this one, or where to go)."""
@@ -51,6 +54,27 @@ class SocketNode(ClusterNode):
         if node is None:
             raise Unavailable("no socket server is registered", "NO_SOCKET_SERVER")
         return node.public_addr, node.node_id
+
+    def _elsewhere(self, user_id: int) -> str | None:
+        """Where a connecting device of `user_id` belongs, if not here (None: serve it).
+
+        Out of our own ring (our lease lapsed: etcd unreachable from here) every device is
+        served once a lease TTL has passed since the hand-back, as `_on_change` promises:
+        the ring we hold is then no better than the front door's, and turning devices away
+        could send them round in circles. Within that TTL, `LEFT_RING` as at the hand-back.
+        """
+        ring = self.registry.ring("socket")
+        if ring.get(self.node_id) is None:
+            if self._left and time.monotonic() - self._left_at < self.settings.lease_ttl_seconds:
+                # Just handed back: a stream that was on its way when the devices were handed
+                # back (sent here by a front door that had not yet seen our lease go) goes
+                # back too, or it stays here for the whole partition.
+                raise Unavailable("this server left the cluster's ring; reconnect", "LEFT_RING")
+            return None
+        node = ring.owner(str(user_id))
+        if node is None or node.node_id == self.node_id:
+            return None
+        return node.public_addr
 
     def started(self) -> None:
         self.hub.start()
@@ -80,6 +104,7 @@ class SocketNode(ClusterNode):
                 # users to other servers, and push there. Devices go back to the front door,
                 # which knows the ring, once; a reconnect that comes back here is served.
                 self._left = True
+                self._left_at = time.monotonic()
                 self.hub.hand_back(
                     Unavailable("this server left the cluster's ring; reconnect", "LEFT_RING")
                 )
