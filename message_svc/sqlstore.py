@@ -884,6 +884,9 @@ class SqlStore:
             ids = [int(x) for x in (await conn.execute(sa.select(d.c.id).where(*where))).scalars()]
             if ids:
                 await conn.execute(d.update().where(d.c.id.in_(ids)).values(revoke_time=utcnow()))
+                # Logged-out devices are reached no more: their push targets go with the tokens.
+                pt = t.push_targets
+                await conn.execute(pt.delete().where(pt.c.device_id.in_(ids)))
         return sorted(ids)
 
     async def renew_devices(
@@ -3370,6 +3373,7 @@ def _erase_user(conn: Connection, user_id: int) -> list[int]:
         conn.execute(d.update().where(d.c.id.in_(revoked)).values(revoke_time=now))
     mine = sa.select(d.c.id).where(d.c.user_id == user_id).scalar_subquery()
     conn.execute(t.device_cursors.delete().where(t.device_cursors.c.device_id.in_(mine)))
+    conn.execute(t.push_targets.delete().where(t.push_targets.c.user_id == user_id))
     conn.execute(c.delete().where(sa.or_(c.c.owner_id == user_id, c.c.contact_id == user_id)))
     conn.execute(b.delete().where(sa.or_(b.c.blocker_id == user_id, b.c.blocked_id == user_id)))
     conn.execute(
