@@ -536,6 +536,7 @@ class SqlStore:
         )
         conn: AsyncConnection | None = None
         abandoned: set[asyncio.Task[object]] = set()
+        task: asyncio.Task[AsyncConnection] | None = None
 
         async def once(c: AsyncConnection | None) -> AsyncConnection:
             if c is None:
@@ -573,8 +574,16 @@ class SqlStore:
                     self._unreachable_since = None
                 await asyncio.sleep(PROBE_INTERVAL)
         finally:
+            # A probe still in flight when the store closes must not keep a connection
+            # checked out of the probe's pool after it is disposed: end it and wait for it.
+            if task is not None and not task.done():
+                abandoned.add(task)
             for t in abandoned:
                 t.cancel()
+            if abandoned:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(PROBE_TIMEOUT):
+                        await asyncio.gather(*abandoned, return_exceptions=True)
             if conn is not None:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(PROBE_TIMEOUT):
