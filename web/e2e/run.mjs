@@ -1,9 +1,10 @@
 // Browser tests: real Chromium (Debian's, driven by playwright-core) against a running natter.
 //   NATTER_URL=http://127.0.0.1:7080 node e2e/run.mjs [scenario ...]
-// Scenarios: chat, offline, group, mobile, expired, push (default: all but push, which needs
+// Scenarios: chat, offline, group, mobile, expired, rich, push (default: all but push, which needs
 // NATTER_PUSH_PAYLOADS from tests/test_web.py). Prints "N passed, N failed";
 // exits 0 when all passed, 1 otherwise.
 import { mkdirSync } from "node:fs";
+import { deflateSync } from "node:zlib";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -430,7 +431,158 @@ async function push(browser) {
   noProblems(bob);
 }
 
-const SCENARIOS = { chat, offline, group, mobile, expired, push };
+
+/** A width×height PNG of a gradient, made here (no fixture files). */
+function png(width, height) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (buf) => {
+    let c = 0xffffffff;
+    for (const b of buf) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const td = Buffer.concat([Buffer.from(type), data]);
+    const c = Buffer.alloc(4);
+    c.writeUInt32BE(crc(td));
+    return Buffer.concat([len, td, c]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 2; // RGB
+  const rows = [];
+  for (let y = 0; y < height; y++) {
+    const row = Buffer.alloc(1 + width * 3);
+    for (let x = 0; x < width; x++) row.set([(x * 255) / width, (y * 255) / height, 160], 1 + x * 3);
+    rows.push(row);
+  }
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", ihdr),
+    chunk("IDAT", deflateSync(Buffer.concat(rows))),
+    chunk("IEND", Buffer.alloc(0)),
+  ]);
+}
+
+/** Opens a bubble's actions (hover, as on a desktop) and clicks one. */
+async function action(p, text, name) {
+  const b = bubble(p, text);
+  await b.hover();
+  await b.getByRole("button", { name, exact: true }).click();
+}
+
+async function rich(browser) {
+  const alice = await person(browser, "alice");
+  const bob = await person(browser, "bob");
+  const carol = await person(browser, "carol");
+  alice.page.on("dialog", (d) => void d.accept());
+  await register(alice, "Alice");
+  await register(bob, "Bob");
+  await register(carol, "Carol");
+  await addContact(alice, bob);
+  await alice.page.goto("/#/new-group");
+  await alice.page.getByLabel("Group name").fill("Photos");
+  await alice.page.getByRole("checkbox", { name: /Bob/ }).check();
+  await alice.page.getByLabel("Other members (usernames, separated by commas)").fill(carol.username);
+  await alice.page.getByRole("button", { name: "Create group" }).click();
+  await alice.page.getByLabel("Message", { exact: true }).waitFor({ timeout: WAIT });
+  await type(alice, "see you at the harbour at eight");
+  await type(alice, "this one goes to the wrong chat");
+  await openThread(bob, "Photos");
+  await seen(bob, "wrong chat");
+  // Carol's device goes offline and stays so through all of it.
+  await openThread(carol, "Photos");
+  await seen(carol, "wrong chat");
+  await carol.context.setOffline(true);
+  await carol.page.locator('.shell[data-conn="offline"]').waitFor({ timeout: WAIT });
+
+  // Alice attaches a photo (the picker; drop and paste take the same path) and sends it with a caption.
+  await alice.page.locator("#composer-file").setInputFiles({ name: "harbour.png", mimeType: "image/png", buffer: png(320, 200) });
+  await alice.page.locator('[data-upload="harbour.png"][data-done="true"]').waitFor({ timeout: WAIT });
+  await type(alice, "the harbour");
+  await named(alice, "a chat with a photo");
+  // Bob sees the thumbnail at once and the full image on tap; Escape closes the viewer.
+  const photo = bubble(bob, "the harbour").locator(".photo img.loaded");
+  await photo.waitFor({ timeout: WAIT });
+  await bubble(bob, "the harbour").getByRole("button", { name: "Open photo harbour.png" }).click();
+  const viewer = bob.page.getByRole("dialog", { name: "Photo harbour.png" });
+  await viewer.locator("img[data-full]").waitFor({ timeout: WAIT });
+  check(await viewer.locator("img[data-full]").evaluate((img) => img.complete && img.naturalWidth === 320), "the full image loaded");
+  await bob.page.keyboard.press("Escape");
+  await viewer.waitFor({ state: "detached", timeout: WAIT });
+
+  // Bob replies quoting the photo, reacts 👍 to the first message, then edits his reply.
+  await action(bob, "the harbour", "Reply");
+  await bob.page.locator('[data-testid="replying"]').waitFor({ timeout: WAIT });
+  await type(bob, "lovely photo");
+  await action(bob, "at eight", "React");
+  await bob.page.getByRole("button", { name: "React 👍" }).click();
+  await action(bob, "lovely photo", "More actions");
+  await bob.page.getByRole("menuitem", { name: "Edit" }).click();
+  const box = bob.page.getByLabel("Message", { exact: true });
+  check((await box.inputValue()) === "lovely photo", "the box holds the text to edit");
+  await box.fill("lovely photo of the harbour");
+  await box.press("Enter");
+  // Alice deletes her wrong message for everyone.
+  await action(alice, "wrong chat", "More actions");
+  await alice.page.getByRole("menuitem", { name: "Delete for everyone" }).click();
+
+  /** What a device shows of the thread, to compare across devices. */
+  async function thread(p) {
+    await seen(p, "lovely photo of the harbour");
+    await p.page.locator('.bubble [data-deleted="true"]').waitFor({ timeout: WAIT });
+    await bubble(p, "at eight").locator('.reaction[data-emoji="👍"]').waitFor({ timeout: WAIT });
+    await p.page.locator(".photo img.loaded").first().waitFor({ timeout: WAIT });
+    return p.page.locator('[data-testid="message"]').evaluateAll((els) =>
+      els.map((el) => ({
+        text: el.querySelector(".text")?.textContent ?? "",
+        quote: el.querySelector(".quote .quote-text")?.textContent ?? "",
+        photo: !!el.querySelector(".photo"),
+        edited: !!el.querySelector("[data-edited]"),
+        deleted: !!el.querySelector("[data-deleted]"),
+        reactions: [...el.querySelectorAll(".reaction")].map((r) => r.textContent),
+      })),
+    );
+  }
+  const seenByAlice = await thread(alice);
+  const seenByBob = await thread(bob);
+  check(JSON.stringify(seenByAlice) === JSON.stringify(seenByBob), `alice and bob see the same thread:\n${JSON.stringify(seenByAlice)}\n${JSON.stringify(seenByBob)}`);
+  const reply = seenByBob.find((m) => m.text.includes("lovely photo"));
+  check(reply?.quote === "the harbour" && reply.edited, `the reply quotes the photo and is marked edited: ${JSON.stringify(reply)}`);
+  check(seenByBob.find((m) => m.text.includes("at eight"))?.reactions[0]?.includes("1"), "one 👍");
+  check(!seenByBob.some((m) => m.text.includes("wrong chat")), "the deleted text is gone");
+  await bob.page.screenshot({ path: join(SHOTS, "desktop-rich.png") });
+
+  // Tapping the quote jumps to the original.
+  await bubble(bob, "lovely photo").locator(".quote").click();
+  await bob.page.locator(".bubble.flash").filter({ hasText: "the harbour" }).waitFor({ timeout: WAIT });
+
+  // Bob searches his history for a word and jumps to the message.
+  await bob.page.getByRole("button", { name: "Search messages" }).click();
+  await bob.page.getByRole("searchbox", { name: "Search messages" }).fill("harbour");
+  await bob.page.getByRole("button", { name: "Search", exact: true }).click();
+  const hit = bob.page.locator("[data-hit]").filter({ hasText: "at eight" });
+  await hit.waitFor({ timeout: WAIT });
+  await named(bob, "search results");
+  await hit.click();
+  await bob.page.locator(".bubble.flash").filter({ hasText: "at eight" }).waitFor({ timeout: WAIT });
+
+  // Carol's device comes back and shows the same thread.
+  await carol.context.setOffline(false);
+  await connected(carol);
+  const seenByCarol = await thread(carol);
+  check(JSON.stringify(seenByCarol) === JSON.stringify(seenByBob), `carol converges:\n${JSON.stringify(seenByCarol)}\n${JSON.stringify(seenByBob)}`);
+  noProblems(alice, bob, carol);
+}
+
+const SCENARIOS = { chat, offline, group, mobile, expired, rich, push };
 
 const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS).filter((s) => s !== "push");
 mkdirSync(SHOTS, { recursive: true });

@@ -1,5 +1,5 @@
 // The app's controller: one device's state, its connection (the @natter/client SDK), and every action.
-import { newClientMsgId, type Connection, type Event } from "@natter/client";
+import { newClientMsgId, upload, type Connection, type Event, type PendingSend } from "@natter/client";
 import type { Message } from "@natter/client/v1";
 import { ReceiptKind } from "@natter/client/v1";
 import { webConnection } from "@natter/client/web";
@@ -9,12 +9,14 @@ import {
   type ContactInfo,
   type DeviceState,
   type MemberInfo,
+  type Att,
   type Msg,
   type Pending,
   type ThreadInfo,
 } from "./model";
 import { claimDevice, forgetDevice, hold, release, saveDevice } from "./store";
-import { applyReceipt, insertMsg, settle, textProblem, toResend, unreadAfter } from "./sync";
+import { applyEvent, isEvent } from "./fold";
+import { applyReceipt, insertMsg, MAX_TEXT_BYTES, settle, textProblem, toResend, unreadAfter } from "./sync";
 import * as wire from "./wire";
 
 export type Conn = "offline" | "connecting" | "syncing" | "online";
@@ -29,6 +31,39 @@ export interface DeviceRow {
 
 const PAGE = 50;
 
+/** A file on its way up: shown in the composer with its progress, retried from where it stopped. */
+export interface Upload {
+  key: string;
+  threadId: number;
+  file: File;
+  voice: boolean;
+  durationMs: number;
+  sent: number;
+  uploadId: string;
+  error: string;
+  done: Att | null;
+  preview: string; // a blob: URL for images and recordings
+}
+
+/** A search hit, ready to show and to jump to. */
+export interface Hit {
+  threadId: number;
+  seq: number;
+  title: string;
+  m: Msg;
+}
+
+export function pendingSend(p: Pending): PendingSend {
+  return {
+    clientMsgId: p.clientMsgId,
+    text: p.text,
+    threadId: p.threadId,
+    ...(p.attachments?.length ? { attachmentIds: p.attachments.map((a) => a.id) } : {}),
+    ...(p.replyToSeq ? { replyToSeq: p.replyToSeq } : {}),
+    ...(p.change ?? {}),
+  };
+}
+
 export class Natter {
   state: DeviceState | null = null;
   conn: Conn = "offline";
@@ -37,7 +72,14 @@ export class Natter {
   announcement = "";
   notice = "";
   groupsAvailable = true;
+  uploads: Upload[] = [];
+  /** Per thread: the message the composer replies to, or the one it edits. */
+  draft: Record<number, { reply?: Msg; edit?: Msg }> = {};
+  /** Where the open chat should scroll to (a search hit, a tapped quote), once it is loaded. */
+  jump: { threadId: number; seq: number; at: number } | null = null;
   readonly api: Api;
+  private links = new Map<string, { url: string; thumbnailUrl: string; expireMs: number }>();
+  private linkWaits = new Map<string, Promise<void>>();
 
   private listeners = new Set<() => void>();
   private connection: Connection | null = null;
@@ -204,7 +246,8 @@ export class Natter {
       cursors: { ...st.cursors },
       skipReplay: true,
       autoAck: false,
-      outbox: toResend(st.outbox).map((p) => ({ clientMsgId: p.clientMsgId, text: p.text, threadId: p.threadId })),
+      outbox: toResend(st.outbox).map(pendingSend),
+      userLogSeq: st.userLogSeq ?? 0,
     });
     this.connection = c;
     c.subscribe((ev) => this.onEvent(c, ev));
@@ -273,6 +316,12 @@ export class Natter {
           p.clientMsgId === ev.clientMsgId ? { ...p, failed: ev.error.message || "refused" } : p,
         );
         break;
+      case "user-change": {
+        const c = ev.change;
+        if (c.message) this.hide(Number(c.message.threadId), Number(c.message.seq));
+        st.userLogSeq = Math.max(st.userLogSeq ?? 0, Number(c.seq));
+        break;
+      }
       case "rejected":
         if (ev.error.reason !== "BAD_ACK") console.warn("natter: server refused a frame", ev.error.reason, ev.error.message);
         break;
@@ -291,8 +340,43 @@ export class Natter {
     if (m.sender.id === st.me.id && m.senderDevice === st.deviceId && m.clientMsgId) {
       st.outbox = settle(st.outbox, m.clientMsgId).outbox; // stored: no longer pending
     }
-    this.surface(m, live);
+    if (isEvent(m)) this.foldEvent(m);
+    else this.surface(m, live);
     this.emit();
+  }
+
+  /** A reaction, edit or delete: folded onto its message (or kept until that is loaded), acked. */
+  private foldEvent(ev: Msg): void {
+    const st = this.s;
+    const list = st.messages[ev.threadId] ?? [];
+    const i = list.findIndex((x) => x.seq === ev.targetSeq);
+    if (i >= 0) {
+      const copy = list.slice();
+      copy[i] = applyEvent(list[i], ev);
+      st.messages[ev.threadId] = copy;
+      const t = st.threads[ev.threadId];
+      if (t?.last?.seq === copy[i].seq) t.last = copy[i];
+    } else {
+      const orphans = (st.orphans ??= {});
+      orphans[ev.threadId] = [...(orphans[ev.threadId] ?? []), ev].slice(-500);
+    }
+    const t = st.threads[ev.threadId];
+    if (t) t.lastSeq = Math.max(t.lastSeq, ev.seq);
+    if (!(ev.sender.id === st.me.id && ev.senderDevice === st.deviceId)) this.ack(ev.threadId, ev.seq);
+  }
+
+  /** Deleted for me (on any of my devices): hidden here, now or when it is loaded. */
+  private hide(threadId: number, seq: number): void {
+    const st = this.s;
+    const list = st.messages[threadId] ?? [];
+    const i = list.findIndex((x) => x.seq === seq);
+    if (i >= 0) {
+      const copy = list.slice();
+      copy[i] = { ...list[i], hidden: true, text: "", attachments: [] };
+      st.messages[threadId] = copy;
+    } else {
+      st.hiddenKeys = [...(st.hiddenKeys ?? []), `${threadId}:${seq}`].slice(-2000);
+    }
   }
 
   /** History rows: those at or below what arrived are only stored; the rest go through the merge. */
@@ -310,6 +394,20 @@ export class Natter {
 
   private remember(m: Msg): void {
     const st = this.s;
+    if (isEvent(m)) {
+      this.foldEvent(m);
+      return;
+    }
+    const key = `${m.threadId}:${m.seq}`;
+    if (st.hiddenKeys?.includes(key)) {
+      m = { ...m, hidden: true, text: "", attachments: [] };
+      st.hiddenKeys = st.hiddenKeys.filter((k) => k !== key);
+    }
+    const orphans = st.orphans?.[m.threadId];
+    if (orphans?.length) {
+      for (const ev of orphans) if (ev.targetSeq === m.seq) m = applyEvent(m, ev);
+      st.orphans![m.threadId] = orphans.filter((ev) => ev.targetSeq !== m.seq);
+    }
     st.messages[m.threadId] = insertMsg(st.messages[m.threadId] ?? [], m);
   }
 
@@ -357,7 +455,8 @@ export class Natter {
     } else if (m.seq > t.readSeq) {
       t.unread += 1;
     }
-    this.announcement = `${m.sender.name}${t.group ? ` in ${t.title}` : ""}: ${m.text}`;
+    const what = m.text || (m.attachments?.length ? (m.attachments[0].voice ? "a voice note" : m.attachments[0].name) : "");
+    this.announcement = `${m.sender.name}${t.group ? ` in ${t.title}` : ""}: ${what}`;
   }
 
   private onSystem(m: Msg): void {
@@ -553,10 +652,10 @@ export class Natter {
   }
 
   /** Queue a message; it is shown as pending and sent now or when the connection returns. */
-  send(threadId: number, text: string): string {
-    const why = textProblem(text);
+  send(threadId: number, text: string, extras: { attachments?: Att[]; replyToSeq?: number } = {}): string {
+    const why = extras.attachments?.length ? (new TextEncoder().encode(text).length > MAX_TEXT_BYTES ? textProblem(text) : "") : textProblem(text);
     if (why) return why;
-    const pending: Pending = { clientMsgId: newClientMsgId(), threadId, text, time: Date.now(), failed: "" };
+    const pending: Pending = { clientMsgId: newClientMsgId(), threadId, text, time: Date.now(), failed: "", ...extras };
     this.s.outbox = [...this.s.outbox, pending];
     this.transmit(pending);
     this.stopTyping(threadId);
@@ -567,7 +666,165 @@ export class Natter {
 
   private transmit(p: Pending): void {
     // Settled by the message event (stored) or the send-failed event (refused for good).
-    void this.connection?.send(p.text, { threadId: p.threadId, clientMsgId: p.clientMsgId }).catch(() => undefined);
+    void this.connection?.send(p.text, pendingSend(p)).catch(() => undefined);
+  }
+
+  /** A change to a sent message (or a forward), through the outbox like a message. */
+  private change(threadId: number, change: NonNullable<Pending["change"]>, text = ""): void {
+    const p: Pending = { clientMsgId: newClientMsgId(), threadId, text, time: Date.now(), failed: "", change };
+    this.s.outbox = [...this.s.outbox, p];
+    this.transmit(p);
+    this.saveNow();
+    this.emit();
+  }
+
+  react(threadId: number, seq: number, emoji: string): void {
+    const mine = this.s.messages[threadId]?.find((m) => m.seq === seq)?.reactions?.[this.s.me.id];
+    this.change(threadId, { react: { seq, emoji: mine?.emoji === emoji ? "" : emoji } }); // the same again removes it
+  }
+
+  edit(threadId: number, seq: number, text: string): string {
+    const why = textProblem(text);
+    if (why) return why;
+    this.change(threadId, { edit: { seq } }, text);
+    return "";
+  }
+
+  deleteForEveryone(threadId: number, seq: number): void {
+    this.change(threadId, { delete: { seq } });
+  }
+
+  forward(from: { threadId: number; seq: number }, toThread: number): void {
+    this.change(toThread, { forward: from });
+  }
+
+  /** Delete for me: hidden on all of this user's devices, nobody else's. */
+  async deleteForMe(threadId: number, seq: number): Promise<void> {
+    await this.call(() => this.api.client.hideMessages(threadId, [seq]));
+    this.hide(threadId, seq); // the user change log brings it too; this shows it at once
+    this.emit();
+  }
+
+  setDraft(threadId: number, d: { reply?: Msg; edit?: Msg }): void {
+    this.draft = { ...this.draft, [threadId]: d };
+    this.emit();
+  }
+
+  /** Reports a message (and the sender) to the server's moderators. */
+  async report(m: Msg, reason: number, text: string): Promise<void> {
+    await this.call(() =>
+      this.api.client.services.safety.createReport({ username: m.sender.username, threadId: BigInt(m.threadId), seqs: [BigInt(m.seq)], reason, text }),
+    );
+  }
+
+  /** Searches the user's messages; each hit jumps to its message. */
+  async search(query: string, threadId = 0): Promise<Hit[]> {
+    const res = await this.call(() => this.api.client.search(query, { threadId, pageSize: 30 }));
+    return res.messages.map((raw) => {
+      const m = wire.msg(raw);
+      return { threadId: m.threadId, seq: m.seq, title: this.s.threads[m.threadId]?.title ?? "", m };
+    });
+  }
+
+  /** Opens history around a message and asks the list to scroll to it. */
+  async jumpTo(threadId: number, seq: number): Promise<void> {
+    const st = this.s;
+    if (!st.messages[threadId]?.some((m) => m.seq === seq)) {
+      const [before, after] = await Promise.all([
+        this.call(() => this.api.threads.listMessages({ threadId: BigInt(threadId), beforeSeq: BigInt(seq + 1), limit: PAGE })),
+        this.call(() => this.api.threads.listMessages({ threadId: BigInt(threadId), afterSeq: BigInt(seq), limit: PAGE, forward: true })),
+      ]);
+      for (const row of [...before.messages, ...after.messages]) this.remember(wire.msg(row));
+      // What lies between the loaded page and the newest is paged in by scrolling.
+    }
+    this.jump = { threadId, seq, at: Date.now() };
+    this.emit();
+  }
+
+  /** Signed links for an attachment (cached until shortly before they expire). */
+  link(id: string): { url: string; thumbnailUrl: string } | undefined {
+    const l = this.links.get(id);
+    if (l && l.expireMs - Date.now() > 60_000) return l;
+    if (!this.linkWaits.has(id) && this.state && !this.state.expired) {
+      const wait = this.api.client
+        .attachmentLinks(id)
+        .then((fresh) => {
+          this.links.set(id, fresh);
+          this.emit();
+        })
+        .catch(() => undefined)
+        .finally(() => setTimeout(() => this.linkWaits.delete(id), 5000));
+      this.linkWaits.set(id, wait);
+    }
+    return l;
+  }
+
+  /** Starts uploading a file for the thread; it shows in the composer and sends with the next message. */
+  attach(threadId: number, file: File, voice = false, durationMs = 0): void {
+    const u: Upload = {
+      key: newClientMsgId(),
+      threadId,
+      file,
+      voice,
+      durationMs,
+      sent: 0,
+      uploadId: "",
+      error: "",
+      done: null,
+      preview: /^(image|audio)\//.test(file.type) ? URL.createObjectURL(file) : "",
+    };
+    this.uploads = [...this.uploads, u];
+    void this.runUpload(u.key);
+    this.emit();
+  }
+
+  retryUpload(key: string): void {
+    void this.runUpload(key);
+  }
+
+  dropUpload(key: string): void {
+    const u = this.uploads.find((x) => x.key === key);
+    if (u?.preview) URL.revokeObjectURL(u.preview);
+    this.uploads = this.uploads.filter((x) => x.key !== key);
+    this.emit();
+  }
+
+  private patchUpload(key: string, patch: Partial<Upload>): void {
+    this.uploads = this.uploads.map((x) => (x.key === key ? { ...x, ...patch } : x));
+    this.emit();
+  }
+
+  private async runUpload(key: string): Promise<void> {
+    const u = this.uploads.find((x) => x.key === key);
+    if (!u || !this.state) return;
+    this.patchUpload(key, { error: "" });
+    try {
+      const att = await upload(
+        u.file,
+        { name: u.file.name || (u.voice ? "voice-note.webm" : "file"), type: u.file.type || "application/octet-stream", voiceNote: u.voice, durationMs: u.durationMs },
+        {
+          baseUrl: this.base,
+          token: this.state.token,
+          uploadId: u.uploadId || undefined,
+          chunkBytes: 256 * 1024,
+          started: (uploadId) => this.patchUpload(key, { uploadId }),
+          progress: (sent) => this.patchUpload(key, { sent }),
+        },
+      );
+      this.patchUpload(key, { done: wire.attachment(att), sent: u.file.size });
+    } catch (e) {
+      this.patchUpload(key, { error: problem(e) });
+    }
+  }
+
+  /** Sends the thread's finished uploads with the caption (and the quote); "" or why not. */
+  sendWithUploads(threadId: number, text: string, replyToSeq = 0): string {
+    const mine = this.uploads.filter((u) => u.threadId === threadId);
+    if (!mine.length) return this.send(threadId, text, replyToSeq ? { replyToSeq } : {});
+    if (mine.some((u) => !u.done)) return "Wait for the files to finish uploading (or remove them).";
+    const why = this.send(threadId, text, { attachments: mine.map((u) => u.done!), ...(replyToSeq ? { replyToSeq } : {}) });
+    if (!why) for (const u of mine) this.dropUpload(u.key);
+    return why;
   }
 
   retrySend(clientMsgId: string): void {

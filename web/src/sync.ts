@@ -1,5 +1,6 @@
 // Client-side logic of the app, free of I/O: the outbox as shown, ticks, unread counts (ordering is the SDK's).
 import { Merger as SdkMerger, newClientMsgId } from "@natter/client";
+import { isEvent, mergeCopies } from "./fold";
 import type { MemberInfo, Msg, Pending, ThreadInfo, Tick } from "./model";
 
 export type { Gap } from "@natter/client";
@@ -13,7 +14,7 @@ export function insertMsg(list: Msg[], m: Msg): Msg[] {
   while (i > 0 && list[i - 1].seq > m.seq) i--;
   if (i > 0 && list[i - 1].seq === m.seq) {
     const copy = list.slice();
-    copy[i - 1] = { ...m, state: Math.max(m.state, list[i - 1].state) };
+    copy[i - 1] = mergeCopies(list[i - 1], m);
     return copy;
   }
   return [...list.slice(0, i), m, ...list.slice(i)];
@@ -43,6 +44,7 @@ export { newClientMsgId };
 
 /** The sends to put on the wire after (re)connecting: everything not refused, oldest first. */
 export function toResend(outbox: Pending[]): Pending[] {
+  // Changes (reactions, edits, deletes, forwards) go in the same order as messages.
   return outbox.filter((p) => !p.failed).sort((a, b) => a.time - b.time);
 }
 
@@ -95,7 +97,7 @@ export function applyReceipt(
 
 /** Unread messages from others after the read cursor, counted from what is loaded. */
 export function unreadAfter(messages: Msg[], readSeq: number, meId: number): number {
-  return messages.filter((m) => m.seq > readSeq && m.sender.id !== meId && !m.system).length;
+  return messages.filter((m) => m.seq > readSeq && m.sender.id !== meId && !m.system && !isEvent(m) && !m.hidden).length;
 }
 
 /** Threads for the list: newest activity first. */

@@ -5,6 +5,7 @@ import { AccountService } from "./gen/natter/v1/account_service_pb.js";
 import { ContactService, type Contact } from "./gen/natter/v1/contact_service_pb.js";
 import { GroupService } from "./gen/natter/v1/group_service_pb.js";
 import { MediaService } from "./gen/natter/v1/media_service_pb.js";
+import { SafetyService } from "./gen/natter/v1/safety_service_pb.js";
 import { PresenceService } from "./gen/natter/v1/presence_service_pb.js";
 import { SocketService } from "./gen/natter/v1/socket_service_pb.js";
 import { ThreadService } from "./gen/natter/v1/thread_service_pb.js";
@@ -19,6 +20,7 @@ export interface Services {
   presence: Client<typeof PresenceService>;
   socket: Client<typeof SocketService>;
   media: Client<typeof MediaService>;
+  safety: Client<typeof SafetyService>;
 }
 
 export interface HistoryPage {
@@ -68,6 +70,7 @@ export class NatterClient {
       presence: createClient(PresenceService, t),
       socket: createClient(SocketService, t),
       media: createClient(MediaService, t),
+      safety: createClient(SafetyService, t),
     };
   }
 

@@ -1,7 +1,10 @@
 // One message in a chat: its bubble with sender, text, time and ticks; and a message still in the outbox.
 import { memo } from "preact/compat";
+import { useRef, useState } from "preact/hooks";
 import type { Msg, Pending, Tick } from "../model";
 import { clock, systemText } from "./format";
+import { MessageActions, type ActionPorts } from "./MessageActions";
+import { RichContent, size, type RichPorts } from "./Rich";
 
 const TICK_TEXT: Record<Tick, [string, string]> = {
   pending: ["○", "waiting to send"],
@@ -28,10 +31,19 @@ export interface BubbleProps {
   group: boolean;
   /** Own messages only; null for others' and for system lines. */
   tick: Tick | null;
+  /** The first of consecutive messages from one sender: it names them (in groups). */
+  first?: boolean;
+  /** The reader may delete anyone's message (a group admin). */
+  admin?: boolean;
+  /** What the content and the actions call: stable across renders, so memoisation holds. */
+  ports?: RichPorts & ActionPorts;
 }
 
 /** A delivered message. Memoised: a bubble re-renders only when its own props change. */
-export const Bubble = memo(function Bubble({ m, mine, group, tick }: BubbleProps) {
+export const Bubble = memo(function Bubble({ m, mine, group, tick, first = true, admin = false, ports }: BubbleProps) {
+  const touch = useRef<{ x: number; y: number; at: number } | null>(null);
+  const [shift, setShift] = useState(0);
+  const [held, setHeld] = useState(false);
   if (m.system) {
     return (
       <li class="system" data-seq={m.seq}>
@@ -39,14 +51,43 @@ export const Bubble = memo(function Bubble({ m, mine, group, tick }: BubbleProps
       </li>
     );
   }
+  if (m.hidden) return null;
+  const cls = `bubble ${mine ? "mine" : "theirs"}${first ? " first" : " cont"}${held ? " show-actions" : ""}`;
   return (
-    <li class={mine ? "bubble mine" : "bubble theirs"} data-seq={m.seq} data-testid="message">
-      {group && !mine && <span class="sender">{m.sender.name}</span>}
-      <span class="text">{m.text}</span>
+    <li
+      class={cls}
+      data-seq={m.seq}
+      data-testid="message"
+      dir="auto"
+      style={shift ? { transform: `translateX(${shift}px)` } : undefined}
+      onTouchStart={(e) => {
+        const t = e.touches[0];
+        touch.current = { x: t.clientX, y: t.clientY, at: Date.now() };
+      }}
+      onTouchMove={(e) => {
+        const s = touch.current;
+        if (!s) return;
+        const dx = e.touches[0].clientX - s.x;
+        if (Math.abs(e.touches[0].clientY - s.y) > 30) touch.current = null;
+        else setShift(Math.max(0, Math.min(80, dx)));
+      }}
+      onTouchEnd={() => {
+        const s = touch.current;
+        touch.current = null;
+        // Swipe right to reply; a long press shows the actions.
+        if (shift > 60 && ports && !m.deleted) ports.reply(m);
+        else if (s && shift < 8 && Date.now() - s.at > 500) setHeld(!held);
+        setShift(0);
+      }}
+    >
+      {group && !mine && first && <span class="sender">{m.sender.name}</span>}
+      <span class="sr-only">{mine ? "You" : m.sender.name}:</span>
+      {ports ? <RichContent m={m} ports={ports} /> : <span class="text">{m.text}</span>}
       <span class="meta">
         <time dateTime={new Date(m.time).toISOString()}>{clock(m.time)}</time>
         {tick && <Ticks tick={tick} />}
       </span>
+      {ports && <MessageActions m={m} mine={mine} admin={admin} ports={ports} />}
     </li>
   );
 });
@@ -60,7 +101,12 @@ export interface PendingBubbleProps {
 /** A message in the outbox: waiting to send, or refused with Retry and Delete. */
 export const PendingBubble = memo(function PendingBubble({ p, onRetry, onDiscard }: PendingBubbleProps) {
   return (
-    <li class="bubble mine pending" data-testid="message" data-pending={p.clientMsgId}>
+    <li class="bubble mine pending" data-testid="message" data-pending={p.clientMsgId} dir="auto">
+      {p.attachments?.map((a) => (
+        <span class="file" key={a.id}>
+          <span aria-hidden="true">📎</span> {a.name} <span class="muted">{size(a.size)}</span>
+        </span>
+      ))}
       <span class="text">{p.text}</span>
       <span class="meta">
         <time dateTime={new Date(p.time).toISOString()}>{clock(p.time)}</time>

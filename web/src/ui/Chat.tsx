@@ -1,15 +1,19 @@
 // One conversation: its header (title, presence or typing, group info), the message list and the composer.
-import { useEffect } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import type { Natter } from "../natter";
 import { Composer } from "./Composer";
 import { lastSeen } from "./format";
 import { go } from "./hooks";
+import { filesOf } from "./Composer";
 import { MessageList } from "./MessageList";
+import { SearchBox } from "./Search";
 
 export function Chat({ n, id, narrow }: { n: Natter; id: number; narrow: boolean }) {
   const st = n.state!;
   const t = st.threads[id];
   const members = n.members(id);
+  const [searching, setSearching] = useState(false);
+  const [dropping, setDropping] = useState(false);
 
   useEffect(() => {
     n.openChat(id);
@@ -32,7 +36,25 @@ export function Chat({ n, id, narrow }: { n: Natter; id: number; narrow: boolean
       : lastSeen(peerPresence);
 
   return (
-    <section class="chat" aria-labelledby="chat-title">
+    <section
+      class={`chat${dropping ? " dropping" : ""}`}
+      aria-labelledby="chat-title"
+      onDragOver={(e) => {
+        if (!t.active || !e.dataTransfer?.types.includes("Files")) return;
+        e.preventDefault();
+        setDropping(true);
+      }}
+      onDragLeave={(e) => {
+        if (e.currentTarget === e.target) setDropping(false);
+      }}
+      onDrop={(e) => {
+        setDropping(false);
+        const files = filesOf(e.dataTransfer);
+        if (!files.length || !t.active) return;
+        e.preventDefault();
+        for (const f of files) n.attach(id, f);
+      }}
+    >
       <header class="chat-head">
         {narrow && (
           <button type="button" class="icon" aria-label="Back to chats" onClick={() => go("/")}>
@@ -45,12 +67,16 @@ export function Chat({ n, id, narrow }: { n: Natter; id: number; narrow: boolean
             {subtitle}
           </p>
         </div>
+        <button type="button" class="icon" aria-label="Search messages" title="Search messages" aria-expanded={searching} onClick={() => setSearching(!searching)}>
+          🔍
+        </button>
         {t.group && (
           <a class="button secondary" href={`#/chat/${id}/info`} aria-label="Group info">
             Info
           </a>
         )}
       </header>
+      {searching && <SearchBox n={n} threadId={id} onClose={() => setSearching(false)} />}
       <MessageList n={n} t={t} />
       <Composer n={n} threadId={id} disabled={!t.active} />
     </section>
