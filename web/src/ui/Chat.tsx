@@ -5,6 +5,7 @@ import { Composer } from "./Composer";
 import { lastSeen } from "./format";
 import { go } from "./hooks";
 import { filesOf } from "./Composer";
+import { Icon } from "./Icons";
 import { MessageList } from "./MessageList";
 import { SearchBox } from "./Search";
 
@@ -68,7 +69,7 @@ export function Chat({ n, id, narrow }: { n: Natter; id: number; narrow: boolean
           </p>
         </div>
         <button type="button" class="icon" aria-label="Search messages" title="Search messages" aria-expanded={searching} onClick={() => setSearching(!searching)}>
-          🔍
+          <Icon name="search" />
         </button>
         {t.group && (
           <a class="button secondary" href={`#/chat/${id}/info`} aria-label="Group info">

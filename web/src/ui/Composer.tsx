@@ -4,6 +4,7 @@ import { useEffect, useRef, useState } from "preact/hooks";
 import type { Natter } from "../natter";
 import { MAX_TEXT_BYTES, textProblem } from "../sync";
 import { EmojiGrid } from "./Emoji";
+import { Icon } from "./Icons";
 import { size } from "./Rich";
 
 /** Files dropped on or pasted into the chat go to the composer's uploads. */
@@ -49,7 +50,7 @@ function Recorder({ onDone, onError }: { onDone: (file: File, durationMs: number
   if (!rec) {
     return (
       <button type="button" class="act" aria-label="Record a voice note" title="Record a voice note" onClick={() => void start()}>
-        🎤
+        <Icon name="mic" />
       </button>
     );
   }
@@ -64,7 +65,7 @@ function Recorder({ onDone, onError }: { onDone: (file: File, durationMs: number
         setRec(null);
       }}
     >
-      ⏹ {Math.floor(secs / 60)}:{String(secs % 60).padStart(2, "0")}
+      <Icon name="stop" /> {Math.floor(secs / 60)}:{String(secs % 60).padStart(2, "0")}
     </button>
   );
 }
@@ -187,7 +188,7 @@ export function Composer({ n, threadId, disabled }: { n: Natter; threadId: numbe
           }}
         />
         <button type="button" class="act" aria-label="Attach a file" title="Attach a file" disabled={disabled || !!draft.edit} onClick={() => picker.current?.click()}>
-          📎
+          <Icon name="attach" />
         </button>
         <EmojiGrid
           label="Insert an emoji"

@@ -1,5 +1,6 @@
 // An emoji picker: the quick reactions, and a grid for the composer and for more reactions.
 import { useState } from "preact/hooks";
+import { Icon } from "./Icons";
 
 export const QUICK = ["👍", "❤️", "😂", "😮", "😢", "🙏"];
 
@@ -16,7 +17,7 @@ export function EmojiGrid({ label, onPick }: { label: string; onPick: (emoji: st
   return (
     <span class="emoji-picker">
       <button type="button" class="act" aria-label={label} title={label} aria-expanded={open} onClick={() => setOpen(!open)}>
-        {open ? "×" : "＋"}
+        {open ? "×" : <Icon name="smile" />}
       </button>
       {open && (
         <span class="popover emoji-grid" role="group" aria-label="Emoji">

@@ -2,6 +2,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import type { Msg } from "../model";
 import { EmojiGrid, QUICK } from "./Emoji";
+import { Icon } from "./Icons";
 
 export const EDIT_WINDOW_MS = 15 * 60 * 1000;
 export const DELETE_WINDOW_MS = 48 * 3600 * 1000;
@@ -49,13 +50,13 @@ export function MessageActions({ m, mine, admin, ports }: { m: Msg; mine: boolea
       }}
     >
       <button type="button" class="act" aria-label="Reply" title="Reply" onClick={() => ports.reply(m)}>
-        ↩
+        <Icon name="reply" />
       </button>
       <button type="button" class="act" aria-label="React" title="React" aria-expanded={open === "react"} onClick={() => setOpen(open === "react" ? "" : "react")}>
-        ☺
+        <Icon name="smile" />
       </button>
       <button type="button" class="act" aria-label="More actions" title="More" aria-haspopup="menu" aria-expanded={open === "menu"} onClick={() => setOpen(open === "menu" ? "" : "menu")}>
-        ⋯
+        <Icon name="more" />
       </button>
       {open === "react" && (
         <span class="popover react-picker" role="group" aria-label="Pick a reaction">
