@@ -175,7 +175,7 @@ export function RichContent({ m, ports }: { m: Msg; ports: RichPorts }) {
   if (m.deleted) {
     return (
       <span class="text deleted" data-deleted="true">
-        <span aria-hidden="true">🚫 </span>This message was deleted
+        This message was deleted
       </span>
     );
   }
