@@ -44,7 +44,11 @@ export function windowOf(list: Msg[], span: Span, size = WINDOW): [number, numbe
   return [from, to];
 }
 
-export function MessageList({ n, t }: { n: Natter; t: ThreadInfo }) {
+/**
+ * `jumpTo` (a seq of a loaded message; 0 for none) moves the window around that message and
+ * scrolls it into the middle of the view: for search results and quoted replies.
+ */
+export function MessageList({ n, t, jumpTo = 0 }: { n: Natter; t: ThreadInfo; jumpTo?: number }) {
   const st = n.state!;
   const id = t.id;
   const list = st.messages[id] ?? [];
@@ -53,6 +57,7 @@ export function MessageList({ n, t }: { n: Natter; t: ThreadInfo }) {
   const scroller = useRef<HTMLDivElement>(null);
   const stick = useRef(true);
   const anchor = useRef<Anchor | null>(null);
+  const jumping = useRef(0);
   const [span, setSpan] = useState<Span>({ start: null, end: null });
   const [olderError, setOlderError] = useState("");
   const [loadingOlder, setLoadingOlder] = useState(false);
@@ -90,8 +95,25 @@ export function MessageList({ n, t }: { n: Natter; t: ThreadInfo }) {
   // Keep the reader's place when the window moves or older history arrives; otherwise keep
   // the newest message in view unless the reader has scrolled up.
   useLayoutEffect(() => {
+    if (!jumpTo) return;
+    const i = indexOfSeq(list, jumpTo);
+    if (i >= list.length || list[i].seq !== jumpTo) return;
+    const f = Math.max(0, i - WINDOW / 2);
+    const e = Math.min(list.length, f + WINDOW);
+    stick.current = false;
+    jumping.current = jumpTo;
+    setSpan({ start: list[f].seq, end: e >= list.length ? null : list[e - 1].seq });
+  }, [jumpTo]);
+
+  useLayoutEffect(() => {
     const el = scroller.current;
     if (!el) return;
+    const target = jumping.current && el.querySelector<HTMLElement>(`li[data-seq="${jumping.current}"]`);
+    if (target) {
+      jumping.current = 0;
+      target.scrollIntoView({ block: "center" });
+      return;
+    }
     const a = anchor.current;
     if (a) {
       anchor.current = null;
