@@ -1,9 +1,10 @@
 // Browser tests: real Chromium (Debian's, driven by playwright-core) against a running natter.
 //   NATTER_URL=http://127.0.0.1:7080 node e2e/run.mjs [scenario ...]
-// Scenarios: chat, offline, group, mobile, expired, rich, push (default: all but push, which needs
+// Scenarios: chat, offline, group, mobile, expired, logins, rich, push (default: all but push, which needs
 // NATTER_PUSH_PAYLOADS from tests/test_web.py). Prints "N passed, N failed";
 // exits 0 when all passed, 1 otherwise.
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { deflateSync } from "node:zlib";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -15,6 +16,9 @@ const SHOTS = resolve(process.env.NATTER_SCREENSHOTS ?? join(here, "..", "..", "
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const PASSWORD = "correct horse battery";
 const WAIT = 15_000;
+// axe-core's source, evaluated in the page through the DevTools protocol (Runtime.evaluate),
+// which the app's CSP (script-src 'self', nothing inline) does not apply to.
+const AXE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 const run = Math.random().toString(36).slice(2, 7);
 let scenario = "";
 
@@ -125,6 +129,21 @@ async function named(p, where) {
       .map((el) => el.outerHTML.slice(0, 80)),
   );
   check(unnamed.length === 0, `controls without a name on ${where}: ${unnamed.join(" | ")}`);
+  await accessible(p, where);
+}
+
+/** axe-core finds no serious or critical violation on the screen as it is now. */
+async function accessible(p, where) {
+  const { page } = p;
+  if (!(await page.evaluate(() => "axe" in window))) await page.evaluate(AXE);
+  const violations = await page.evaluate(async () => {
+    // eslint-disable-next-line no-undef -- axe is the global the evaluated source defines
+    const res = await axe.run(document, { resultTypes: ["violations"] });
+    return res.violations
+      .filter((v) => v.impact === "serious" || v.impact === "critical")
+      .map((v) => `${v.id} (${v.impact}) ×${v.nodes.length}: ${v.nodes[0]?.target.join(" ")} — ${v.help}`);
+  });
+  check(violations.length === 0, `axe-core on ${where}:\n  ${violations.join("\n  ")}`);
 }
 
 function noProblems(...people) {
@@ -179,6 +198,7 @@ async function chat(browser) {
   await bob2.page.getByRole("button", { name: "Load older messages" }).waitFor({ timeout: WAIT });
   await bob2.page.locator(".messages").evaluate((el) => (el.scrollTop = 0));
   await seen(bob2, "hello bob");
+  await named(bob2, "a chat with long history");
   // The devices page lists both of bob's tabs.
   await bob2.page.goto("/#/devices");
   await bob2.page.getByText("(this tab)").waitFor({ timeout: WAIT });
@@ -253,6 +273,7 @@ async function group(browser) {
   await seen(carol, "me");
   await tick(alice, "who brings the tent?", "read");
   await alice.page.screenshot({ path: join(SHOTS, "desktop-group.png") });
+  await named(alice, "a group chat");
   // Group info: members, remove and add.
   await alice.page.getByRole("link", { name: "Group info" }).click();
   await alice.page.locator(`[data-member="${carol.username}"]`).waitFor({ timeout: WAIT });
@@ -273,6 +294,7 @@ async function mobile(browser) {
   await dana.page.goto("/");
   await dana.page.getByRole("heading", { name: "Log in to natter" }).waitFor();
   await dana.page.screenshot({ path: join(SHOTS, "mobile-login.png") });
+  await named(dana, "the login page on a phone");
   await register(eli, "Eli Laptop");
   await register(dana, "Dana Phone");
   const outside = await dana.page.evaluate(() =>
@@ -288,6 +310,7 @@ async function mobile(browser) {
   await seen(dana, "Hello Dana!");
   await tick(dana, "this is my phone", "read");
   await dana.page.screenshot({ path: join(SHOTS, "mobile-chat.png") });
+  await named(dana, "a chat on a phone");
   // Touch-sized targets: every visible button and link is at least 44 px tall.
   const small = await dana.page.evaluate(() =>
     [...document.querySelectorAll("button, a.button, .thread")]
@@ -298,6 +321,7 @@ async function mobile(browser) {
   await dana.page.getByRole("button", { name: "Back to chats" }).click();
   await dana.page.getByRole("navigation", { name: "Chats" }).waitFor();
   await dana.page.screenshot({ path: join(SHOTS, "mobile-chats.png") });
+  await named(dana, "the chat list on a phone");
   // Installable: a manifest and a service worker that opens the app offline to the last state.
   const manifest = await dana.page.evaluate(async () => (await fetch("/manifest.webmanifest")).json());
   check(manifest.display === "standalone" && manifest.icons.length >= 2, "manifest");
@@ -307,7 +331,7 @@ async function mobile(browser) {
   await dana.page.getByRole("navigation", { name: "Chats" }).getByRole("link", { name: /Eli Laptop/ }).waitFor({ timeout: WAIT });
   await openThread(dana, "Eli Laptop");
   await seen(dana, "Hello Dana!");
-  await dana.page.getByText("Offline: messages wait").waitFor({ timeout: WAIT });
+  await dana.page.getByTestId("connection").filter({ hasText: "Offline: messages wait" }).waitFor({ timeout: WAIT });
   await dana.page.screenshot({ path: join(SHOTS, "mobile-offline.png") });
   await dana.context.setOffline(false);
   // A wide screen, for the README.
@@ -582,7 +606,48 @@ async function rich(browser) {
   noProblems(alice, bob, carol);
 }
 
-const SCENARIOS = { chat, offline, group, mobile, expired, rich, push };
+/**
+ * Fresh logins, one after another, each in a new browser context (no stored device): every one
+ * must reach the chat list and come online. A stall fails with the tab's connection log.
+ * NATTER_LOGINS sets how many (default 8).
+ */
+async function logins(browser) {
+  const times = Number(process.env.NATTER_LOGINS ?? 8);
+  const first = await person(browser, "lee");
+  await register(first, "Lee");
+  // The debug page shows the steps that led here, and passes the same checks as any screen.
+  await first.page.goto("/#/debug");
+  await first.page.getByRole("heading", { name: "Connection log" }).waitFor({ timeout: WAIT });
+  for (const step of ["register", "log in", "logged in", "connect", "welcome", "sync done"]) {
+    check((await first.page.locator(`tr[data-event="${step}"]`).count()) >= 1, `the log has "${step}"`);
+  }
+  check((await first.page.getByTestId("conn-state").textContent()) === "online", "the debug page says online");
+  await named(first, "the connection log");
+  await first.context.close();
+  const took = [];
+  for (let i = 0; i < times; i++) {
+    const p = await person(browser, `lee${i}`);
+    const started = Date.now();
+    await p.page.goto("/");
+    await p.page.getByLabel("Username").fill(first.username);
+    await p.page.getByLabel("Password").fill(PASSWORD);
+    await p.page.getByRole("button", { name: "Log in" }).click();
+    try {
+      await p.page.getByRole("navigation", { name: "Chats" }).waitFor({ timeout: WAIT });
+      await connected(p);
+    } catch (e) {
+      const log = await p.page.evaluate(() => window.natter.log.map((x) => `${new Date(x.at).toISOString()} ${x.event}: ${x.detail} → ${x.conn}`));
+      throw new Error(`login ${i + 1} of ${times} stalled: ${e.message}\n  ${log.join("\n  ")}`, { cause: e });
+    }
+    took.push(Date.now() - started);
+    noProblems(p);
+    await p.context.close();
+  }
+  took.sort((a, b) => a - b);
+  console.log(`${times} logins: median ${took[Math.floor(times / 2)]} ms, slowest ${took[times - 1]} ms`);
+}
+
+const SCENARIOS = { chat, offline, group, mobile, expired, logins, rich, push };
 
 const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS).filter((s) => s !== "push");
 mkdirSync(SHOTS, { recursive: true });

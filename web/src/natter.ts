@@ -30,6 +30,16 @@ export interface DeviceRow {
 }
 
 const PAGE = 50;
+/** How many connection log entries a tab keeps (the oldest go first). */
+export const LOG_SIZE = 300;
+
+/** One step of the connection state machine, or of the login around it: what happened, and the state after it. */
+export interface LogEntry {
+  at: number; // ms since the epoch
+  event: string;
+  detail: string;
+  conn: Conn;
+}
 
 /** A file on its way up: shown in the composer with its progress, retried from where it stopped. */
 export interface Upload {
@@ -77,6 +87,8 @@ export class Natter {
   draft: Record<number, { reply?: Msg; edit?: Msg }> = {};
   /** Where the open chat should scroll to (a search hit, a tapped quote), once it is loaded. */
   jump: { threadId: number; seq: number; at: number } | null = null;
+  /** The connection's recent history, newest last: what the debug page shows. */
+  log: LogEntry[] = [];
   readonly api: Api;
   private links = new Map<string, { url: string; thumbnailUrl: string; expireMs: number }>();
   private linkWaits = new Map<string, Promise<void>>();
@@ -91,8 +103,14 @@ export class Natter {
 
   constructor(private base: string) {
     this.api = makeApi(base, () => this.state?.token ?? "");
-    addEventListener("online", () => this.connection?.reconnect());
-    addEventListener("offline", () => this.connection?.interrupt());
+    addEventListener("online", () => {
+      this.note("browser online", this.connection ? "reconnecting now" : "no connection");
+      this.connection?.reconnect();
+    });
+    addEventListener("offline", () => {
+      this.note("browser offline", "");
+      this.connection?.interrupt();
+    });
     addEventListener("pagehide", () => this.saveNow());
     document.addEventListener("visibilitychange", () => {
       if (document.visibilityState === "visible" && this.openThread) this.markRead(this.openThread);
@@ -105,6 +123,14 @@ export class Natter {
   subscribe(fn: () => void): () => void {
     this.listeners.add(fn);
     return () => this.listeners.delete(fn);
+  }
+
+  /** Records a step in the connection log (and the console's debug level), then shows it. */
+  note(event: string, detail: string, conn: Conn = this.conn): void {
+    this.conn = conn;
+    const entry = { at: Date.now(), event, detail, conn };
+    this.log = this.log.length >= LOG_SIZE ? [...this.log.slice(1 - LOG_SIZE), entry] : [...this.log, entry];
+    console.debug(`natter: ${event}${detail ? `: ${detail}` : ""} → ${conn}`);
   }
 
   private emit(): void {
@@ -136,6 +162,7 @@ export class Natter {
 
   async boot(): Promise<void> {
     const state = await claimDevice();
+    this.note("boot", state ? `device ${state.deviceId}${state.expired ? " (session ended)" : ""}` : "no device in this tab");
     if (state) this.adopt(state);
     this.emit();
   }
@@ -148,11 +175,28 @@ export class Natter {
   // -- accounts ------------------------------------------------------------------------------
 
   async register(username: string, password: string, displayName: string): Promise<void> {
-    await this.api.accounts.register({ username, password, displayName });
+    this.note("register", username);
+    try {
+      await this.api.accounts.register({ username, password, displayName });
+    } catch (e) {
+      this.note("register failed", problem(e));
+      throw e;
+    }
+    this.note("registered", username);
   }
 
   async login(username: string, password: string, deviceName: string): Promise<void> {
-    const res = await this.api.accounts.login({ username, password, deviceName });
+    this.note("log in", username);
+    const asked = Date.now();
+    let res;
+    try {
+      res = await this.api.accounts.login({ username, password, deviceName });
+    } catch (e) {
+      this.note("log in failed", `${problem(e)} after ${Date.now() - asked} ms`);
+      this.emit();
+      throw e;
+    }
+    this.note("logged in", `device ${res.deviceId} after ${Date.now() - asked} ms`);
     const me = wire.person(res.user);
     const deviceId = Number(res.deviceId);
     const prev = this.state;
@@ -181,6 +225,7 @@ export class Natter {
       /* offline or already revoked: forget it here anyway */
     }
     this.stop();
+    this.note("logged out", `device ${s.deviceId}`);
     forgetDevice(s.deviceId);
     release();
     this.state = null;
@@ -213,6 +258,7 @@ export class Natter {
     if (!this.state || this.state.expired) return;
     this.state.expired = true;
     this.stop();
+    this.note("session ended", "log in again");
     const n = this.state.outbox.length;
     this.notice =
       "Your session has ended; log in again." + (n ? ` ${n} unsent message${n > 1 ? "s are" : " is"} kept.` : "");
@@ -231,7 +277,10 @@ export class Natter {
   private stop(): void {
     const c = this.connection;
     this.connection = null;
-    if (c) void c.close();
+    if (c) {
+      void c.close();
+      this.note("close", "", "offline");
+    }
     this.conn = "offline";
   }
 
@@ -251,7 +300,7 @@ export class Natter {
     });
     this.connection = c;
     c.subscribe((ev) => this.onEvent(c, ev));
-    this.conn = "connecting";
+    this.note("connect", `device ${st.deviceId}, ${Object.keys(st.cursors).length} cursors, ${st.outbox.length} waiting`, "connecting");
     void c.start(false);
     this.emit();
   }
@@ -261,18 +310,18 @@ export class Natter {
     const st = this.state;
     switch (ev.type) {
       case "connected":
-        this.conn = "syncing";
+        this.note("welcome", `node ${ev.nodeId || "?"}${ev.address ? ` at ${ev.address}` : ""}, heartbeat ${ev.heartbeatSeconds} s`, "syncing");
         st.me = wire.person(ev.user);
         break;
       case "message":
         this.onMessage(ev.message, ev.source === "stream");
         return;
       case "sync-done":
-        this.conn = "online";
+        this.note("sync done", `${ev.replayed} replayed`, "online");
         void this.afterSync();
         break;
       case "disconnected":
-        this.conn = "offline";
+        this.note(ev.final ? "disconnected for good" : "disconnected", ev.reason, "offline");
         // Whoever was online may not be any more: show the last seen time until the next sync.
         for (const p of Object.values(st.presence)) p.online = false;
         this.typing = {};
@@ -532,8 +581,8 @@ export class Natter {
         st.threads[fresh.id] = fresh;
       }
       this.emit();
-    } catch {
-      /* offline: keep the last list */
+    } catch (e) {
+      this.note("chat list not refreshed", problem(e)); // offline: keep the last list
     }
   }
 

@@ -65,15 +65,20 @@ const RANK: Record<Tick, number> = { failed: -1, pending: 0, sent: 1, delivered:
 
 /** How far one's own message has got: the server's state, raised by receipts of every other member. */
 export function tickOf(m: Msg, meId: number, members: MemberInfo[] | undefined): Tick {
-  let tick = STATE_TICK[m.state] ?? "sent";
+  return ticker(meId, members)(m);
+}
+
+/** tickOf for many messages of one thread: the members' cursors are summed up once. */
+export function ticker(meId: number, members: MemberInfo[] | undefined): (m: Msg) => Tick {
   const others = (members ?? []).filter((x) => x.person.id !== meId);
-  if (others.length > 0) {
-    const delivered = Math.min(...others.map((x) => Math.max(x.delivered, x.read)));
-    const read = Math.min(...others.map((x) => x.read));
+  const delivered = others.length ? Math.min(...others.map((x) => Math.max(x.delivered, x.read))) : 0;
+  const read = others.length ? Math.min(...others.map((x) => x.read)) : 0;
+  return (m) => {
+    const tick = STATE_TICK[m.state] ?? "sent";
+    if (others.length === 0) return tick;
     const fromReceipts: Tick = m.seq <= read ? "read" : m.seq <= delivered ? "delivered" : "sent";
-    if (RANK[fromReceipts] > RANK[tick]) tick = fromReceipts;
-  }
-  return tick;
+    return RANK[fromReceipts] > RANK[tick] ? fromReceipts : tick;
+  };
 }
 
 /** Apply a receipt to a thread's member list (creating the member if unknown). */

@@ -6,19 +6,43 @@ import { clock, systemText } from "./format";
 import { MessageActions, type ActionPorts } from "./MessageActions";
 import { RichContent, size, type RichPorts } from "./Rich";
 
-const TICK_TEXT: Record<Tick, [string, string]> = {
-  pending: ["○", "waiting to send"],
-  failed: ["!", "not sent"],
-  sent: ["✓", "sent"],
-  delivered: ["✓✓", "delivered"],
-  read: ["✓✓", "read"],
+const TICK_WORDS: Record<Tick, string> = {
+  pending: "waiting to send",
+  failed: "not sent",
+  sent: "sent",
+  delivered: "delivered",
+  read: "read",
 };
 
+const CHECK = "M1.5 6.2 4.6 9.3 10.5 1.8";
+const SECOND = "M7.4 8.1 8.6 9.3 14.5 1.8";
+
+/** The familiar marks, drawn (a glyph's weight and size vary by font): one tick, two, two blue. */
+function TickMark({ tick }: { tick: Tick }) {
+  if (tick === "failed") return <span class="tick-glyph">!</span>;
+  if (tick === "pending") {
+    return (
+      <svg viewBox="0 0 16 11" width="16" height="11" aria-hidden="true" focusable="false">
+        <circle cx="8" cy="5.5" r="4.2" />
+        <path d="M8 3.2V5.7L9.6 6.8" />
+      </svg>
+    );
+  }
+  return (
+    <svg viewBox="0 0 16 11" width="16" height="11" aria-hidden="true" focusable="false">
+      <path d={CHECK} />
+      {tick !== "sent" && <path d={SECOND} />}
+    </svg>
+  );
+}
+
 export function Ticks({ tick }: { tick: Tick }) {
-  const [glyph, words] = TICK_TEXT[tick];
+  const words = TICK_WORDS[tick];
   return (
     <span class={`tick ${tick}`} data-tick={tick} title={words}>
-      <span aria-hidden="true">{glyph}</span>
+      <span aria-hidden="true">
+        <TickMark tick={tick} />
+      </span>
       <span class="sr-only">{words}</span>
     </span>
   );
@@ -46,7 +70,7 @@ export const Bubble = memo(function Bubble({ m, mine, group, tick, first = true,
   const [held, setHeld] = useState(false);
   if (m.system) {
     return (
-      <li class="system" data-seq={m.seq}>
+      <li class="system" data-seq={m.seq} aria-posinset={m.seq} aria-setsize={-1}>
         {systemText(m)}
       </li>
     );
@@ -58,6 +82,8 @@ export const Bubble = memo(function Bubble({ m, mine, group, tick, first = true,
       class={cls}
       data-seq={m.seq}
       data-testid="message"
+      aria-posinset={m.seq}
+      aria-setsize={-1}
       dir="auto"
       style={shift ? { transform: `translateX(${shift}px)` } : undefined}
       onTouchStart={(e) => {
@@ -80,8 +106,7 @@ export const Bubble = memo(function Bubble({ m, mine, group, tick, first = true,
         setShift(0);
       }}
     >
-      {group && !mine && first && <span class="sender">{m.sender.name}</span>}
-      <span class="sr-only">{mine ? "You" : m.sender.name}:</span>
+      {group && !mine && first ? <span class="sender">{m.sender.name}</span> : <span class="sr-only">{mine ? "You" : m.sender.name}: </span>}
       {ports ? <RichContent m={m} ports={ports} /> : <span class="text">{m.text}</span>}
       <span class="meta">
         <time dateTime={new Date(m.time).toISOString()}>{clock(m.time)}</time>
@@ -107,6 +132,7 @@ export const PendingBubble = memo(function PendingBubble({ p, onRetry, onDiscard
           <span aria-hidden="true">📎</span> {a.name} <span class="muted">{size(a.size)}</span>
         </span>
       ))}
+      <span class="sr-only">You: </span>
       <span class="text">{p.text}</span>
       <span class="meta">
         <time dateTime={new Date(p.time).toISOString()}>{clock(p.time)}</time>

@@ -83,6 +83,9 @@ export function Composer({ n, threadId, disabled }: { n: Natter; threadId: numbe
   useEffect(() => {
     setText("");
     setError("");
+    // Opening a chat puts the cursor in the box, except on touch screens, where that would
+    // pop the keyboard up over the conversation the person came to read.
+    if (!matchMedia("(pointer: coarse)").matches) box.current?.focus();
   }, [threadId]);
 
   // Editing puts the message's text in the box; replying focuses it.

@@ -14,7 +14,8 @@ export type Route =
   | { name: "info"; id: number }
   | { name: "contacts" }
   | { name: "newGroup" }
-  | { name: "devices" };
+  | { name: "devices" }
+  | { name: "debug" };
 
 export function parseRoute(hash: string): Route {
   const parts = hash.replace(/^#\/?/, "").split("/").filter(Boolean);
@@ -24,6 +25,7 @@ export function parseRoute(hash: string): Route {
   if (parts[0] === "contacts") return { name: "contacts" };
   if (parts[0] === "new-group") return { name: "newGroup" };
   if (parts[0] === "devices") return { name: "devices" };
+  if (parts[0] === "debug") return { name: "debug" };
   return { name: "home" };
 }
 
