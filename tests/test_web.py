@@ -103,7 +103,9 @@ def test_client_unit_tests(npm_ready: None) -> None:
 
 
 @pytest.mark.timeout(200)
-@pytest.mark.parametrize("scenario", ["chat", "offline", "group", "mobile", "expired", "logins", "rich"])
+@pytest.mark.parametrize(
+    "scenario", ["chat", "offline", "group", "mobile", "expired", "logins", "rich"]
+)
 async def test_browser(scenario: str, built_app: Path, tmp_path: Path) -> None:
     """One scenario of web/e2e/run.mjs against a real embedded server serving the built app."""
     browser = chromium()

@@ -39,6 +39,9 @@ export class NatterServer {
           NATTER_ARGON2_TIME_COST: "1",
           NATTER_ACK_FLUSH_SECONDS: "0.05",
           NATTER_LOG_LEVEL: "INFO",
+          // Every test registers its own people, all from 127.0.0.1.
+          NATTER_REGISTRATIONS_PER_IP_PER_HOUR: "100000",
+          NATTER_REGISTRATIONS_PER_HOUR: "100000",
         },
         stdio: ["ignore", fd, fd],
       },
