@@ -129,7 +129,7 @@ export const PendingBubble = memo(function PendingBubble({ p, onRetry, onDiscard
     <li class="bubble mine pending" data-testid="message" data-pending={p.clientMsgId} dir="auto">
       {p.attachments?.map((a) => (
         <span class="file" key={a.id}>
-          <span aria-hidden="true">📎</span> {a.name} <span class="muted">{size(a.size)}</span>
+          <span aria-hidden="true">📎</span> {a.name} ({size(a.size)})
         </span>
       ))}
       <span class="sr-only">You: </span>
