@@ -146,6 +146,30 @@ async function accessible(p, where) {
   check(violations.length === 0, `axe-core on ${where}:\n  ${violations.join("\n  ")}`);
 }
 
+/** From the chat list to a sent message and back, by keyboard alone. */
+async function keyboardOnly(p, title) {
+  const { page } = p;
+  await page.goto("/#/");
+  await page.getByRole("navigation", { name: "Chats" }).waitFor({ timeout: WAIT });
+  await page.locator("body").focus();
+  let onThread = false;
+  for (let i = 0; i < 25 && !onThread; i++) {
+    await page.keyboard.press("Tab");
+    onThread = await page.evaluate((t) => document.activeElement?.matches(".thread") && document.activeElement.textContent.includes(t), title);
+  }
+  check(onThread, `Tab reaches the chat with ${title}`);
+  // The focus ring is drawn inside the item, where the scrolling list cannot clip it.
+  const offset = await page.evaluate(() => parseFloat(getComputedStyle(document.activeElement).outlineOffset));
+  check(offset < 0, `the chat-list focus ring is inside the item (offset ${offset})`);
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => document.activeElement?.id === "composer-text", null, { timeout: WAIT });
+  await page.keyboard.type("sent by keyboard alone");
+  await page.keyboard.press("Enter");
+  await seen(p, "sent by keyboard alone");
+  await page.keyboard.press("Escape");
+  await page.waitForFunction(() => location.hash === "#/", null, { timeout: WAIT });
+}
+
 function noProblems(...people) {
   const all = people.flatMap((p) => p.problems.map((x) => `${p.name}: ${x}`));
   check(all.length === 0, all.join("\n"));
@@ -204,6 +228,7 @@ async function chat(browser) {
   await bob2.page.getByText("(this tab)").waitFor({ timeout: WAIT });
   check((await bob2.page.locator("[data-device]").count()) === 2, "bob has two devices");
   await named(bob2, "the devices page");
+  await keyboardOnly(alice, "Bob");
   noProblems(alice, bob, bob2);
 }
 

@@ -708,8 +708,10 @@ export class Natter {
     this.s.outbox = [...this.s.outbox, pending];
     this.transmit(pending);
     this.stopTyping(threadId);
-    this.saveNow();
     this.emit();
+    // Stored right after the frame that shows it: serialising a long history first would delay
+    // the bubble, and the message is already on its way (the connection keeps it until acked).
+    requestAnimationFrame(() => setTimeout(() => this.saveNow(), 0));
     return "";
   }
 
