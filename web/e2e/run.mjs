@@ -451,7 +451,7 @@ async function settings(browser) {
   await chatMenu(bob, "Mute for 8 hours");
   const thread = await chats.locator("[data-thread]").first().getAttribute("data-thread");
   await chats.locator(`[data-thread="${thread}"] [data-muted]`).waitFor({ timeout: WAIT });
-  await chats.getByRole("link", { name: /^Alice, .*muted/ }).waitFor({ timeout: WAIT });
+  await chats.getByRole("link", { name: /^Alice\b.*\bmuted\b/ }).waitFor({ timeout: WAIT });
   // Block from the chat's menu: alice's next message is refused and says so.
   await chatMenu(bob, "Block Alice");
   await bob.page.getByRole("button", { name: "Chat menu" }).click();
