@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -104,7 +105,19 @@ def test_client_unit_tests(npm_ready: None) -> None:
 
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize(
-    "scenario", ["chat", "offline", "group", "mobile", "expired", "settings", "report", "typing"]
+    "scenario",
+    [
+        "chat",
+        "offline",
+        "group",
+        "mobile",
+        "expired",
+        "settings",
+        "report",
+        "typing",
+        "logins",
+        "rich",
+    ],
 )
 async def test_browser(scenario: str, built_app: Path, tmp_path: Path) -> None:
     """One scenario of web/e2e/run.mjs against a real embedded server serving the built app."""
@@ -212,3 +225,22 @@ async def test_browser_push(built_app: Path, tmp_path: Path) -> None:
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text
     assert "ok push" in text
+
+
+@pytest.mark.timeout(240)
+async def test_browser_bench_small(built_app: Path) -> None:
+    """bench.web runs end to end, small: figures come out and the list holds a window, not all."""
+    from bench import web
+
+    chromium()
+    result = await web.measure(
+        argparse.Namespace(messages=200, sends=3, keys=5, rates="1,4", no_record=True)
+    )
+    assert result["loaded"] == 200
+    assert [r["rate"] for r in result["runs"]] == [1, 4]
+    for r in result["runs"]:
+        assert r["enter"]["n"] == 3 and r["key"]["n"] == 5
+        assert r["enter"]["p95"] > 0 and r["key"]["p95"] > 0
+        # 200 messages plus those sent, but only the window is rendered (the list's other items
+        # are its date separators and the unread divider).
+        assert r["dom"]["messages"] == 120, r["dom"]

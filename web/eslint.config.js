@@ -12,7 +12,7 @@ export default defineConfig(
   { files: ["src/**", "test/**"], languageOptions: { globals: globals.browser } },
   // vite.config.ts fills __SHELL__ in at build time.
   { files: ["sw/**"], languageOptions: { globals: { ...globals.serviceworker, __SHELL__: "readonly" } } },
-  // Node scripts; the e2e scenarios also pass functions that run in the page (page.evaluate).
+  // Node scripts; the e2e scenarios and the benchmark also pass functions that run in the page (page.evaluate).
   { files: ["scripts/**", "*.config.{js,ts}", "test/**"], languageOptions: { globals: globals.node } },
-  { files: ["e2e/**"], languageOptions: { globals: { ...globals.node, ...globals.browser } } },
+  { files: ["e2e/**", "bench/**"], languageOptions: { globals: { ...globals.node, ...globals.browser } } },
 );

@@ -1,9 +1,11 @@
 // Browser tests: real Chromium (Debian's, driven by playwright-core) against a running natter.
 //   NATTER_URL=http://127.0.0.1:7080 node e2e/run.mjs [scenario ...]
-// Scenarios: chat, offline, group, mobile, expired, settings, typing, push (default: all but push, which needs
+// Scenarios: chat, offline, group, mobile, expired, settings, report, typing, logins, rich, push (default: all but push, which needs
 // NATTER_PUSH_PAYLOADS from tests/test_web.py). Prints "N passed, N failed";
 // exits 0 when all passed, 1 otherwise.
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { deflateSync } from "node:zlib";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -14,6 +16,9 @@ const SHOTS = resolve(process.env.NATTER_SCREENSHOTS ?? join(here, "..", "..", "
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const PASSWORD = "correct horse battery";
 const WAIT = 15_000;
+// axe-core's source, evaluated in the page through the DevTools protocol (Runtime.evaluate),
+// which the app's CSP (script-src 'self', nothing inline) does not apply to.
+const AXE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 const run = Math.random().toString(36).slice(2, 7);
 let scenario = "";
 
@@ -124,6 +129,45 @@ async function named(p, where) {
       .map((el) => el.outerHTML.slice(0, 80)),
   );
   check(unnamed.length === 0, `controls without a name on ${where}: ${unnamed.join(" | ")}`);
+  await accessible(p, where);
+}
+
+/** axe-core finds no serious or critical violation on the screen as it is now. */
+async function accessible(p, where) {
+  const { page } = p;
+  if (!(await page.evaluate(() => "axe" in window))) await page.evaluate(AXE);
+  const violations = await page.evaluate(async () => {
+    // eslint-disable-next-line no-undef -- axe is the global the evaluated source defines
+    const res = await axe.run(document, { resultTypes: ["violations"] });
+    return res.violations
+      .filter((v) => v.impact === "serious" || v.impact === "critical")
+      .map((v) => `${v.id} (${v.impact}) ×${v.nodes.length}: ${v.nodes[0]?.target.join(" ")} — ${v.help}`);
+  });
+  check(violations.length === 0, `axe-core on ${where}:\n  ${violations.join("\n  ")}`);
+}
+
+/** From the chat list to a sent message and back, by keyboard alone. */
+async function keyboardOnly(p, title) {
+  const { page } = p;
+  await page.goto("/#/");
+  await page.getByRole("navigation", { name: "Chats" }).waitFor({ timeout: WAIT });
+  await page.locator("body").focus();
+  let onThread = false;
+  for (let i = 0; i < 25 && !onThread; i++) {
+    await page.keyboard.press("Tab");
+    onThread = await page.evaluate((t) => document.activeElement?.matches(".thread") && document.activeElement.textContent.includes(t), title);
+  }
+  check(onThread, `Tab reaches the chat with ${title}`);
+  // The focus ring is drawn inside the item, where the scrolling list cannot clip it.
+  const offset = await page.evaluate(() => parseFloat(getComputedStyle(document.activeElement).outlineOffset));
+  check(offset < 0, `the chat-list focus ring is inside the item (offset ${offset})`);
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => document.activeElement?.id === "composer-text", null, { timeout: WAIT });
+  await page.keyboard.type("sent by keyboard alone");
+  await page.keyboard.press("Enter");
+  await seen(p, "sent by keyboard alone");
+  await page.keyboard.press("Escape");
+  await page.waitForFunction(() => location.hash === "#/", null, { timeout: WAIT });
 }
 
 function noProblems(...people) {
@@ -178,11 +222,13 @@ async function chat(browser) {
   await bob2.page.getByRole("button", { name: "Load older messages" }).waitFor({ timeout: WAIT });
   await bob2.page.locator(".messages").evaluate((el) => (el.scrollTop = 0));
   await seen(bob2, "hello bob");
+  await named(bob2, "a chat with long history");
   // The devices page lists both of bob's tabs.
   await bob2.page.goto("/#/devices");
   await bob2.page.getByText("(this device)").waitFor({ timeout: WAIT });
   check((await bob2.page.locator("[data-device]").count()) === 2, "bob has two devices");
   await named(bob2, "the devices page");
+  await keyboardOnly(alice, "Bob");
   noProblems(alice, bob, bob2);
 }
 
@@ -252,6 +298,7 @@ async function group(browser) {
   await seen(carol, "me");
   await tick(alice, "who brings the tent?", "read");
   await alice.page.screenshot({ path: join(SHOTS, "desktop-group.png") });
+  await named(alice, "a group chat");
   // Group info: members, remove and add.
   await alice.page.getByRole("link", { name: "Group info" }).click();
   await alice.page.locator(`[data-member="${carol.username}"]`).waitFor({ timeout: WAIT });
@@ -272,6 +319,7 @@ async function mobile(browser) {
   await dana.page.goto("/");
   await dana.page.getByRole("heading", { name: "Log in to natter" }).waitFor();
   await dana.page.screenshot({ path: join(SHOTS, "mobile-login.png") });
+  await named(dana, "the login page on a phone");
   await register(eli, "Eli Laptop");
   await register(dana, "Dana Phone");
   const outside = await dana.page.evaluate(() =>
@@ -287,6 +335,7 @@ async function mobile(browser) {
   await seen(dana, "Hello Dana!");
   await tick(dana, "this is my phone", "read");
   await dana.page.screenshot({ path: join(SHOTS, "mobile-chat.png") });
+  await named(dana, "a chat on a phone");
   // Touch-sized targets: every visible button and link is at least 44 px tall.
   const small = await dana.page.evaluate(() =>
     [...document.querySelectorAll("button, a.button, .thread")]
@@ -297,6 +346,7 @@ async function mobile(browser) {
   await dana.page.getByRole("button", { name: "Back to chats" }).click();
   await dana.page.getByRole("navigation", { name: "Chats" }).waitFor();
   await dana.page.screenshot({ path: join(SHOTS, "mobile-chats.png") });
+  await named(dana, "the chat list on a phone");
   // Installable: a manifest and a service worker that opens the app offline to the last state.
   const manifest = await dana.page.evaluate(async () => (await fetch("/manifest.webmanifest")).json());
   check(manifest.display === "standalone" && manifest.icons.length >= 2, "manifest");
@@ -306,7 +356,7 @@ async function mobile(browser) {
   await dana.page.getByRole("navigation", { name: "Chats" }).getByRole("link", { name: /Eli Laptop/ }).waitFor({ timeout: WAIT });
   await openThread(dana, "Eli Laptop");
   await seen(dana, "Hello Dana!");
-  await dana.page.getByText("Offline: messages wait").waitFor({ timeout: WAIT });
+  await dana.page.getByTestId("connection").filter({ hasText: "Offline: messages wait" }).waitFor({ timeout: WAIT });
   await dana.page.screenshot({ path: join(SHOTS, "mobile-offline.png") });
   await dana.context.setOffline(false);
   // A wide screen, for the README.
@@ -401,7 +451,7 @@ async function settings(browser) {
   await chatMenu(bob, "Mute for 8 hours");
   const thread = await chats.locator("[data-thread]").first().getAttribute("data-thread");
   await chats.locator(`[data-thread="${thread}"] [data-muted]`).waitFor({ timeout: WAIT });
-  await chats.getByRole("link", { name: /^Alice, .*muted/ }).waitFor({ timeout: WAIT });
+  await chats.getByRole("link", { name: /^Alice\b.*\bmuted\b/ }).waitFor({ timeout: WAIT });
   // Block from the chat's menu: alice's next message is refused and says so.
   await chatMenu(bob, "Block Alice");
   await bob.page.getByRole("button", { name: "Chat menu" }).click();
@@ -631,7 +681,199 @@ async function push(browser) {
   noProblems(bob);
 }
 
-const SCENARIOS = { chat, offline, group, mobile, expired, settings, report, typing, push };
+
+/** A width×height PNG of a gradient, made here (no fixture files). */
+function png(width, height) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (buf) => {
+    let c = 0xffffffff;
+    for (const b of buf) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const td = Buffer.concat([Buffer.from(type), data]);
+    const c = Buffer.alloc(4);
+    c.writeUInt32BE(crc(td));
+    return Buffer.concat([len, td, c]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 2; // RGB
+  const rows = [];
+  for (let y = 0; y < height; y++) {
+    const row = Buffer.alloc(1 + width * 3);
+    for (let x = 0; x < width; x++) row.set([(x * 255) / width, (y * 255) / height, 160], 1 + x * 3);
+    rows.push(row);
+  }
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", ihdr),
+    chunk("IDAT", deflateSync(Buffer.concat(rows))),
+    chunk("IEND", Buffer.alloc(0)),
+  ]);
+}
+
+/** Opens a bubble's actions (hover, as on a desktop) and clicks one. */
+async function action(p, text, name) {
+  const b = bubble(p, text);
+  await b.hover();
+  await b.getByRole("button", { name, exact: true }).click();
+}
+
+async function rich(browser) {
+  const alice = await person(browser, "alice");
+  const bob = await person(browser, "bob");
+  const carol = await person(browser, "carol");
+  alice.page.on("dialog", (d) => void d.accept());
+  await register(alice, "Alice");
+  await register(bob, "Bob");
+  await register(carol, "Carol");
+  await addContact(alice, bob);
+  await alice.page.goto("/#/new-group");
+  await alice.page.getByLabel("Group name").fill("Photos");
+  await alice.page.getByRole("checkbox", { name: /Bob/ }).check();
+  await alice.page.getByLabel("Other members (usernames, separated by commas)").fill(carol.username);
+  await alice.page.getByRole("button", { name: "Create group" }).click();
+  await alice.page.getByLabel("Message", { exact: true }).waitFor({ timeout: WAIT });
+  await type(alice, "see you at the harbour at eight");
+  await type(alice, "this one goes to the wrong chat");
+  await openThread(bob, "Photos");
+  await seen(bob, "wrong chat");
+  // Carol's device goes offline and stays so through all of it.
+  await openThread(carol, "Photos");
+  await seen(carol, "wrong chat");
+  await carol.context.setOffline(true);
+  await carol.page.locator('.shell[data-conn="offline"]').waitFor({ timeout: WAIT });
+
+  // Alice attaches a photo (the picker; drop and paste take the same path) and sends it with a caption.
+  await alice.page.locator("#composer-file").setInputFiles({ name: "harbour.png", mimeType: "image/png", buffer: png(320, 200) });
+  await alice.page.locator('[data-upload="harbour.png"][data-done="true"]').waitFor({ timeout: WAIT });
+  await type(alice, "the harbour");
+  await named(alice, "a chat with a photo");
+  // Bob sees the thumbnail at once and the full image on tap; Escape closes the viewer.
+  const photo = bubble(bob, "the harbour").locator(".photo img.loaded");
+  await photo.waitFor({ timeout: WAIT });
+  await bubble(bob, "the harbour").getByRole("button", { name: "Open photo harbour.png" }).click();
+  const viewer = bob.page.getByRole("dialog", { name: "Photo harbour.png" });
+  await viewer.locator("img[data-full]").waitFor({ timeout: WAIT });
+  check(await viewer.locator("img[data-full]").evaluate((img) => img.complete && img.naturalWidth === 320), "the full image loaded");
+  await bob.page.keyboard.press("Escape");
+  await viewer.waitFor({ state: "detached", timeout: WAIT });
+
+  // Bob replies quoting the photo, reacts 👍 to the first message, then edits his reply.
+  await action(bob, "the harbour", "Reply");
+  await bob.page.locator('[data-testid="replying"]').waitFor({ timeout: WAIT });
+  await type(bob, "lovely photo");
+  await action(bob, "at eight", "React");
+  await bob.page.getByRole("button", { name: "React 👍" }).click();
+  await action(bob, "lovely photo", "More actions");
+  await bob.page.getByRole("menuitem", { name: "Edit" }).click();
+  const box = bob.page.getByLabel("Message", { exact: true });
+  check((await box.inputValue()) === "lovely photo", "the box holds the text to edit");
+  await box.fill("lovely photo of the harbour");
+  await box.press("Enter");
+  // Alice deletes her wrong message for everyone.
+  await action(alice, "wrong chat", "More actions");
+  await alice.page.getByRole("menuitem", { name: "Delete for everyone" }).click();
+
+  /** What a device shows of the thread, to compare across devices. */
+  async function thread(p) {
+    await seen(p, "lovely photo of the harbour");
+    await p.page.locator('.bubble [data-deleted="true"]').waitFor({ timeout: WAIT });
+    await bubble(p, "at eight").locator('.reaction[data-emoji="👍"]').waitFor({ timeout: WAIT });
+    await p.page.locator(".photo img.loaded").first().waitFor({ timeout: WAIT });
+    return p.page.locator('[data-testid="message"]').evaluateAll((els) =>
+      els.map((el) => ({
+        text: el.querySelector(".text")?.textContent ?? "",
+        quote: el.querySelector(".quote .quote-text")?.textContent ?? "",
+        photo: !!el.querySelector(".photo"),
+        edited: !!el.querySelector("[data-edited]"),
+        deleted: !!el.querySelector("[data-deleted]"),
+        reactions: [...el.querySelectorAll(".reaction")].map((r) => r.textContent),
+      })),
+    );
+  }
+  const seenByAlice = await thread(alice);
+  const seenByBob = await thread(bob);
+  check(JSON.stringify(seenByAlice) === JSON.stringify(seenByBob), `alice and bob see the same thread:\n${JSON.stringify(seenByAlice)}\n${JSON.stringify(seenByBob)}`);
+  const reply = seenByBob.find((m) => m.text.includes("lovely photo"));
+  check(reply?.quote === "the harbour" && reply.edited, `the reply quotes the photo and is marked edited: ${JSON.stringify(reply)}`);
+  check(seenByBob.find((m) => m.text.includes("at eight"))?.reactions[0]?.includes("1"), "one 👍");
+  check(!seenByBob.some((m) => m.text.includes("wrong chat")), "the deleted text is gone");
+  await bob.page.screenshot({ path: join(SHOTS, "desktop-rich.png") });
+
+  // Tapping the quote jumps to the original.
+  await bubble(bob, "lovely photo").locator(".quote").click();
+  await bob.page.locator(".bubble.flash").filter({ hasText: "the harbour" }).waitFor({ timeout: WAIT });
+
+  // Bob searches his history for a word and jumps to the message.
+  await bob.page.getByRole("button", { name: "Search messages" }).click();
+  await bob.page.getByRole("searchbox", { name: "Search messages" }).fill("harbour");
+  await bob.page.getByRole("button", { name: "Search", exact: true }).click();
+  const hit = bob.page.locator("[data-hit]").filter({ hasText: "at eight" });
+  await hit.waitFor({ timeout: WAIT });
+  await named(bob, "search results");
+  await hit.click();
+  await bob.page.locator(".bubble.flash").filter({ hasText: "at eight" }).waitFor({ timeout: WAIT });
+
+  // Carol's device comes back and shows the same thread.
+  await carol.context.setOffline(false);
+  await connected(carol);
+  const seenByCarol = await thread(carol);
+  check(JSON.stringify(seenByCarol) === JSON.stringify(seenByBob), `carol converges:\n${JSON.stringify(seenByCarol)}\n${JSON.stringify(seenByBob)}`);
+  noProblems(alice, bob, carol);
+}
+
+/**
+ * Fresh logins, one after another, each in a new browser context (no stored device): every one
+ * must reach the chat list and come online. A stall fails with the tab's connection log.
+ * NATTER_LOGINS sets how many (default 8).
+ */
+async function logins(browser) {
+  const times = Number(process.env.NATTER_LOGINS ?? 8);
+  const first = await person(browser, "lee");
+  await register(first, "Lee");
+  // The debug page shows the steps that led here, and passes the same checks as any screen.
+  await first.page.goto("/#/debug");
+  await first.page.getByRole("heading", { name: "Connection log" }).waitFor({ timeout: WAIT });
+  for (const step of ["register", "log in", "logged in", "connect", "welcome", "sync done"]) {
+    check((await first.page.locator(`tr[data-event="${step}"]`).count()) >= 1, `the log has "${step}"`);
+  }
+  check((await first.page.getByTestId("conn-state").textContent()) === "online", "the debug page says online");
+  await named(first, "the connection log");
+  await first.context.close();
+  const took = [];
+  for (let i = 0; i < times; i++) {
+    const p = await person(browser, `lee${i}`);
+    const started = Date.now();
+    await p.page.goto("/");
+    await p.page.getByLabel("Username").fill(first.username);
+    await p.page.getByLabel("Password").fill(PASSWORD);
+    await p.page.getByRole("button", { name: "Log in" }).click();
+    try {
+      await p.page.getByRole("navigation", { name: "Chats" }).waitFor({ timeout: WAIT });
+      await connected(p);
+    } catch (e) {
+      const log = await p.page.evaluate(() => window.natter.log.map((x) => `${new Date(x.at).toISOString()} ${x.event}: ${x.detail} → ${x.conn}`));
+      throw new Error(`login ${i + 1} of ${times} stalled: ${e.message}\n  ${log.join("\n  ")}`, { cause: e });
+    }
+    took.push(Date.now() - started);
+    noProblems(p);
+    await p.context.close();
+  }
+  took.sort((a, b) => a - b);
+  console.log(`${times} logins: median ${took[Math.floor(times / 2)]} ms, slowest ${took[times - 1]} ms`);
+}
+
+const SCENARIOS = { chat, offline, group, mobile, expired, settings, report, typing, logins, rich, push };
 
 const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS).filter((s) => s !== "push");
 mkdirSync(SHOTS, { recursive: true });

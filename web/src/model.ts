@@ -15,6 +15,34 @@ export interface SystemInfo {
   title: string;
 }
 
+/** A photo, file or voice note a message refers to (natter.v1.Attachment). */
+export interface Att {
+  id: string;
+  mime: string;
+  size: number;
+  name: string;
+  width: number;
+  height: number;
+  durationMs: number;
+  blurhash: string;
+  thumb: boolean;
+  voice: boolean;
+}
+
+/** The quoted message of a reply, as it was when the reply was sent. */
+export interface Quote {
+  seq: number;
+  sender: Person;
+  snippet: string;
+}
+
+/** One member's current reaction; `seq` is the event's, so the newest wins whatever the order. */
+export interface Reacted {
+  person: Person;
+  emoji: string;
+  seq: number;
+}
+
 export interface Msg {
   threadId: number;
   seq: number;
@@ -26,6 +54,18 @@ export interface Msg {
   text: string;
   time: number; // ms since the epoch
   state: number; // natter.v1.MessageState as the server last said (own messages only)
+  // Rich messages (absent in state saved by older builds: read with defaults).
+  kind?: number; // natter.v1.MessageKind; a number this build has no name for is shown as unsupported
+  attachments?: Att[];
+  replyTo?: Quote | null;
+  forwarded?: boolean;
+  targetSeq?: number; // events: the message they change
+  emoji?: string; // reaction events
+  editSeq?: number; // folded: the seq of the edit that gave `text`; 0 never edited
+  editTime?: number;
+  deleted?: boolean;
+  hidden?: boolean; // deleted for me
+  reactions?: Record<number, Reacted>; // by user id
 }
 
 export interface ThreadInfo {
@@ -58,6 +98,10 @@ export interface Pending {
   text: string;
   time: number;
   failed: string; // why the server refused it; empty while it waits
+  attachments?: Att[]; // uploaded, sent by id
+  replyToSeq?: number;
+  /** A change to a sent message or a forward: not shown as a bubble of its own. */
+  change?: { react?: { seq: number; emoji: string }; edit?: { seq: number }; delete?: { seq: number }; forward?: { threadId: number; seq: number } };
 }
 
 export interface ContactInfo {
@@ -86,6 +130,12 @@ export interface DeviceState {
   outbox: Pending[];
   contacts: ContactInfo[];
   presence: Record<number, PresenceInfo>;
+  /** The last entry of the user's own change log (delete for me) this device has. */
+  userLogSeq?: number;
+  /** Events whose message is not loaded here yet, by thread: folded when it arrives. */
+  orphans?: Record<number, Msg[]>;
+  /** Messages hidden for me whose message is not loaded here yet: "thread:seq". */
+  hiddenKeys?: string[];
 }
 
 export function newDevice(deviceId: number, token: string, me: Person, deviceName: string): DeviceState {

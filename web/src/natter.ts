@@ -1,5 +1,5 @@
 // The app's controller: one device's state, its connection (the @natter/client SDK), and every action.
-import { newClientMsgId, NotificationPreview, ReportReason, type Connection, type Event } from "@natter/client";
+import { newClientMsgId, NotificationPreview, ReportReason, upload, type Connection, type Event, type PendingSend } from "@natter/client";
 import type { Message } from "@natter/client/v1";
 import { ReceiptKind } from "@natter/client/v1";
 import { webConnection } from "@natter/client/web";
@@ -9,6 +9,7 @@ import {
   type ContactInfo,
   type DeviceState,
   type MemberInfo,
+  type Att,
   type Msg,
   type Pending,
   type Person,
@@ -16,7 +17,8 @@ import {
 } from "./model";
 import { applyTheme, loadPrefs, savePrefs, type Prefs } from "./prefs";
 import { claimDevice, forgetDevice, hold, release, saveDevice } from "./store";
-import { applyReceipt, insertMsg, settle, textProblem, toResend, unreadAfter } from "./sync";
+import { applyEvent, isEvent } from "./fold";
+import { applyReceipt, insertMsg, MAX_TEXT_BYTES, settle, textProblem, toResend, unreadAfter } from "./sync";
 import * as wire from "./wire";
 
 export type Conn = "offline" | "connecting" | "syncing" | "online";
@@ -41,6 +43,49 @@ export interface DeviceRow {
 }
 
 const PAGE = 50;
+/** How many connection log entries a tab keeps (the oldest go first). */
+export const LOG_SIZE = 300;
+
+/** One step of the connection state machine, or of the login around it: what happened, and the state after it. */
+export interface LogEntry {
+  at: number; // ms since the epoch
+  event: string;
+  detail: string;
+  conn: Conn;
+}
+
+/** A file on its way up: shown in the composer with its progress, retried from where it stopped. */
+export interface Upload {
+  key: string;
+  threadId: number;
+  file: File;
+  voice: boolean;
+  durationMs: number;
+  sent: number;
+  uploadId: string;
+  error: string;
+  done: Att | null;
+  preview: string; // a blob: URL for images and recordings
+}
+
+/** A search hit, ready to show and to jump to. */
+export interface Hit {
+  threadId: number;
+  seq: number;
+  title: string;
+  m: Msg;
+}
+
+export function pendingSend(p: Pending): PendingSend {
+  return {
+    clientMsgId: p.clientMsgId,
+    text: p.text,
+    threadId: p.threadId,
+    ...(p.attachments?.length ? { attachmentIds: p.attachments.map((a) => a.id) } : {}),
+    ...(p.replyToSeq ? { replyToSeq: p.replyToSeq } : {}),
+    ...(p.change ?? {}),
+  };
+}
 
 export class Natter {
   state: DeviceState | null = null;
@@ -57,7 +102,16 @@ export class Natter {
   prefs: Prefs = loadPrefs();
   /** Show the "turn on notifications?" prompt (after the first message sent here). */
   askPush = false;
+  uploads: Upload[] = [];
+  /** Per thread: the message the composer replies to, or the one it edits. */
+  draft: Record<number, { reply?: Msg; edit?: Msg }> = {};
+  /** Where the open chat should scroll to (a search hit, a tapped quote), once it is loaded. */
+  jump: { threadId: number; seq: number; at: number } | null = null;
+  /** The connection's recent history, newest last: what the debug page shows. */
+  log: LogEntry[] = [];
   readonly api: Api;
+  private links = new Map<string, { url: string; thumbnailUrl: string; expireMs: number }>();
+  private linkWaits = new Map<string, Promise<void>>();
 
   private listeners = new Set<() => void>();
   private connection: Connection | null = null;
@@ -68,8 +122,14 @@ export class Natter {
 
   constructor(private base: string) {
     this.api = makeApi(base, () => this.state?.token ?? "");
-    addEventListener("online", () => this.connection?.reconnect());
-    addEventListener("offline", () => this.connection?.interrupt());
+    addEventListener("online", () => {
+      this.note("browser online", this.connection ? "reconnecting now" : "no connection");
+      this.connection?.reconnect();
+    });
+    addEventListener("offline", () => {
+      this.note("browser offline", "");
+      this.connection?.interrupt();
+    });
     addEventListener("pagehide", () => this.saveNow());
     document.addEventListener("visibilitychange", () => {
       const visible = document.visibilityState === "visible";
@@ -85,6 +145,14 @@ export class Natter {
   subscribe(fn: () => void): () => void {
     this.listeners.add(fn);
     return () => this.listeners.delete(fn);
+  }
+
+  /** Records a step in the connection log (and the console's debug level), then shows it. */
+  note(event: string, detail: string, conn: Conn = this.conn): void {
+    this.conn = conn;
+    const entry = { at: Date.now(), event, detail, conn };
+    this.log = this.log.length >= LOG_SIZE ? [...this.log.slice(1 - LOG_SIZE), entry] : [...this.log, entry];
+    console.debug(`natter: ${event}${detail ? `: ${detail}` : ""} → ${conn}`);
   }
 
   private emit(): void {
@@ -116,6 +184,7 @@ export class Natter {
 
   async boot(): Promise<void> {
     const state = await claimDevice();
+    this.note("boot", state ? `device ${state.deviceId}${state.expired ? " (session ended)" : ""}` : "no device in this tab");
     if (state) this.adopt(state);
     this.emit();
   }
@@ -128,11 +197,28 @@ export class Natter {
   // -- accounts ------------------------------------------------------------------------------
 
   async register(username: string, password: string, displayName: string): Promise<void> {
-    await this.api.accounts.register({ username, password, displayName });
+    this.note("register", username);
+    try {
+      await this.api.accounts.register({ username, password, displayName });
+    } catch (e) {
+      this.note("register failed", problem(e));
+      throw e;
+    }
+    this.note("registered", username);
   }
 
   async login(username: string, password: string, deviceName: string): Promise<void> {
-    const res = await this.api.accounts.login({ username, password, deviceName });
+    this.note("log in", username);
+    const asked = Date.now();
+    let res;
+    try {
+      res = await this.api.accounts.login({ username, password, deviceName });
+    } catch (e) {
+      this.note("log in failed", `${problem(e)} after ${Date.now() - asked} ms`);
+      this.emit();
+      throw e;
+    }
+    this.note("logged in", `device ${res.deviceId} after ${Date.now() - asked} ms`);
     const me = wire.person(res.user);
     const deviceId = Number(res.deviceId);
     const prev = this.state;
@@ -161,6 +247,7 @@ export class Natter {
       /* offline or already revoked: forget it here anyway */
     }
     this.stop();
+    this.note("logged out", `device ${s.deviceId}`);
     forgetDevice(s.deviceId);
     release();
     this.state = null;
@@ -194,6 +281,7 @@ export class Natter {
     if (!this.state || this.state.expired) return;
     this.state.expired = true;
     this.stop();
+    this.note("session ended", "log in again");
     const n = this.state.outbox.length;
     this.notice =
       "Your session has ended; log in again." + (n ? ` ${n} unsent message${n > 1 ? "s are" : " is"} kept.` : "");
@@ -216,7 +304,10 @@ export class Natter {
   private stop(): void {
     const c = this.connection;
     this.connection = null;
-    if (c) void c.close();
+    if (c) {
+      void c.close();
+      this.note("close", "", "offline");
+    }
     this.conn = "offline";
   }
 
@@ -231,12 +322,13 @@ export class Natter {
       cursors: { ...st.cursors },
       skipReplay: true,
       autoAck: false,
-      outbox: toResend(st.outbox).map((p) => ({ clientMsgId: p.clientMsgId, text: p.text, threadId: p.threadId })),
+      outbox: toResend(st.outbox).map(pendingSend),
+      userLogSeq: st.userLogSeq ?? 0,
       foreground: document.visibilityState === "visible",
     });
     this.connection = c;
     c.subscribe((ev) => this.onEvent(c, ev));
-    this.conn = "connecting";
+    this.note("connect", `device ${st.deviceId}, ${Object.keys(st.cursors).length} cursors, ${st.outbox.length} waiting`, "connecting");
     void c.start(false);
     this.emit();
   }
@@ -246,18 +338,18 @@ export class Natter {
     const st = this.state;
     switch (ev.type) {
       case "connected":
-        this.conn = "syncing";
+        this.note("welcome", `node ${ev.nodeId || "?"}${ev.address ? ` at ${ev.address}` : ""}, heartbeat ${ev.heartbeatSeconds} s`, "syncing");
         st.me = wire.person(ev.user);
         break;
       case "message":
         this.onMessage(ev.message, ev.source === "stream");
         return;
       case "sync-done":
-        this.conn = "online";
+        this.note("sync done", `${ev.replayed} replayed`, "online");
         void this.afterSync();
         break;
       case "disconnected":
-        this.conn = "offline";
+        this.note(ev.final ? "disconnected for good" : "disconnected", ev.reason, "offline");
         // Whoever was online may not be any more: show the last seen time until the next sync.
         for (const p of Object.values(st.presence)) p.online = false;
         this.typing = {};
@@ -307,6 +399,12 @@ export class Natter {
           p.clientMsgId === ev.clientMsgId ? { ...p, failed: ev.error.message || "refused" } : p,
         );
         break;
+      case "user-change": {
+        const c = ev.change;
+        if (c.message) this.hide(Number(c.message.threadId), Number(c.message.seq));
+        st.userLogSeq = Math.max(st.userLogSeq ?? 0, Number(c.seq));
+        break;
+      }
       case "rejected":
         if (ev.error.reason !== "BAD_ACK") console.warn("natter: server refused a frame", ev.error.reason, ev.error.message);
         break;
@@ -325,8 +423,43 @@ export class Natter {
     if (m.sender.id === st.me.id && m.senderDevice === st.deviceId && m.clientMsgId) {
       st.outbox = settle(st.outbox, m.clientMsgId).outbox; // stored: no longer pending
     }
-    this.surface(m, live);
+    if (isEvent(m)) this.foldEvent(m);
+    else this.surface(m, live);
     this.emit();
+  }
+
+  /** A reaction, edit or delete: folded onto its message (or kept until that is loaded), acked. */
+  private foldEvent(ev: Msg): void {
+    const st = this.s;
+    const list = st.messages[ev.threadId] ?? [];
+    const i = list.findIndex((x) => x.seq === ev.targetSeq);
+    if (i >= 0) {
+      const copy = list.slice();
+      copy[i] = applyEvent(list[i], ev);
+      st.messages[ev.threadId] = copy;
+      const t = st.threads[ev.threadId];
+      if (t?.last?.seq === copy[i].seq) t.last = copy[i];
+    } else {
+      const orphans = (st.orphans ??= {});
+      orphans[ev.threadId] = [...(orphans[ev.threadId] ?? []), ev].slice(-500);
+    }
+    const t = st.threads[ev.threadId];
+    if (t) t.lastSeq = Math.max(t.lastSeq, ev.seq);
+    if (!(ev.sender.id === st.me.id && ev.senderDevice === st.deviceId)) this.ack(ev.threadId, ev.seq);
+  }
+
+  /** Deleted for me (on any of my devices): hidden here, now or when it is loaded. */
+  private hide(threadId: number, seq: number): void {
+    const st = this.s;
+    const list = st.messages[threadId] ?? [];
+    const i = list.findIndex((x) => x.seq === seq);
+    if (i >= 0) {
+      const copy = list.slice();
+      copy[i] = { ...list[i], hidden: true, text: "", attachments: [] };
+      st.messages[threadId] = copy;
+    } else {
+      st.hiddenKeys = [...(st.hiddenKeys ?? []), `${threadId}:${seq}`].slice(-2000);
+    }
   }
 
   /** History rows: those at or below what arrived are only stored; the rest go through the merge. */
@@ -344,6 +477,20 @@ export class Natter {
 
   private remember(m: Msg): void {
     const st = this.s;
+    if (isEvent(m)) {
+      this.foldEvent(m);
+      return;
+    }
+    const key = `${m.threadId}:${m.seq}`;
+    if (st.hiddenKeys?.includes(key)) {
+      m = { ...m, hidden: true, text: "", attachments: [] };
+      st.hiddenKeys = st.hiddenKeys.filter((k) => k !== key);
+    }
+    const orphans = st.orphans?.[m.threadId];
+    if (orphans?.length) {
+      for (const ev of orphans) if (ev.targetSeq === m.seq) m = applyEvent(m, ev);
+      st.orphans![m.threadId] = orphans.filter((ev) => ev.targetSeq !== m.seq);
+    }
     st.messages[m.threadId] = insertMsg(st.messages[m.threadId] ?? [], m);
   }
 
@@ -393,7 +540,8 @@ export class Natter {
     } else if (m.seq > t.readSeq) {
       t.unread += 1;
     }
-    this.announcement = `${m.sender.name}${t.group ? ` in ${t.title}` : ""}: ${m.text}`;
+    const what = m.text || (m.attachments?.length ? (m.attachments[0].voice ? "a voice note" : m.attachments[0].name) : "");
+    this.announcement = `${m.sender.name}${t.group ? ` in ${t.title}` : ""}: ${what}`;
   }
 
   private onSystem(m: Msg): void {
@@ -469,8 +617,8 @@ export class Natter {
         st.threads[fresh.id] = fresh;
       }
       this.emit();
-    } catch {
-      /* offline: keep the last list */
+    } catch (e) {
+      this.note("chat list not refreshed", problem(e)); // offline: keep the last list
     }
   }
 
@@ -589,22 +737,175 @@ export class Natter {
   }
 
   /** Queue a message; it is shown as pending and sent now or when the connection returns. */
-  send(threadId: number, text: string): string {
-    const why = textProblem(text);
+  send(threadId: number, text: string, extras: { attachments?: Att[]; replyToSeq?: number } = {}): string {
+    const why = extras.attachments?.length ? (new TextEncoder().encode(text).length > MAX_TEXT_BYTES ? textProblem(text) : "") : textProblem(text);
     if (why) return why;
-    const pending: Pending = { clientMsgId: newClientMsgId(), threadId, text, time: Date.now(), failed: "" };
+    const pending: Pending = { clientMsgId: newClientMsgId(), threadId, text, time: Date.now(), failed: "", ...extras };
     this.s.outbox = [...this.s.outbox, pending];
     this.transmit(pending);
     this.stopTyping(threadId);
     if (!this.prefs.pushAsked && pushSupported() && Notification.permission === "default") this.askPush = true;
-    this.saveNow();
     this.emit();
+    // Stored right after the frame that shows it: serialising a long history first would delay
+    // the bubble, and the message is already on its way (the connection keeps it until acked).
+    requestAnimationFrame(() => setTimeout(() => this.saveNow(), 0));
     return "";
   }
 
   private transmit(p: Pending): void {
     // Settled by the message event (stored) or the send-failed event (refused for good).
-    void this.connection?.send(p.text, { threadId: p.threadId, clientMsgId: p.clientMsgId }).catch(() => undefined);
+    void this.connection?.send(p.text, pendingSend(p)).catch(() => undefined);
+  }
+
+  /** A change to a sent message (or a forward), through the outbox like a message. */
+  private change(threadId: number, change: NonNullable<Pending["change"]>, text = ""): void {
+    const p: Pending = { clientMsgId: newClientMsgId(), threadId, text, time: Date.now(), failed: "", change };
+    this.s.outbox = [...this.s.outbox, p];
+    this.transmit(p);
+    this.saveNow();
+    this.emit();
+  }
+
+  react(threadId: number, seq: number, emoji: string): void {
+    const mine = this.s.messages[threadId]?.find((m) => m.seq === seq)?.reactions?.[this.s.me.id];
+    this.change(threadId, { react: { seq, emoji: mine?.emoji === emoji ? "" : emoji } }); // the same again removes it
+  }
+
+  edit(threadId: number, seq: number, text: string): string {
+    const why = textProblem(text);
+    if (why) return why;
+    this.change(threadId, { edit: { seq } }, text);
+    return "";
+  }
+
+  deleteForEveryone(threadId: number, seq: number): void {
+    this.change(threadId, { delete: { seq } });
+  }
+
+  forward(from: { threadId: number; seq: number }, toThread: number): void {
+    this.change(toThread, { forward: from });
+  }
+
+  /** Delete for me: hidden on all of this user's devices, nobody else's. */
+  async deleteForMe(threadId: number, seq: number): Promise<void> {
+    await this.call(() => this.api.client.hideMessages(threadId, [seq]));
+    this.hide(threadId, seq); // the user change log brings it too; this shows it at once
+    this.emit();
+  }
+
+  setDraft(threadId: number, d: { reply?: Msg; edit?: Msg }): void {
+    this.draft = { ...this.draft, [threadId]: d };
+    this.emit();
+  }
+
+  /** Searches the user's messages; each hit jumps to its message. */
+  async search(query: string, threadId = 0): Promise<Hit[]> {
+    const res = await this.call(() => this.api.client.search(query, { threadId, pageSize: 30 }));
+    return res.messages.map((raw) => {
+      const m = wire.msg(raw);
+      return { threadId: m.threadId, seq: m.seq, title: this.s.threads[m.threadId]?.title ?? "", m };
+    });
+  }
+
+  /** Opens history around a message and asks the list to scroll to it. */
+  async jumpTo(threadId: number, seq: number): Promise<void> {
+    const st = this.s;
+    if (!st.messages[threadId]?.some((m) => m.seq === seq)) {
+      const [before, after] = await Promise.all([
+        this.call(() => this.api.threads.listMessages({ threadId: BigInt(threadId), beforeSeq: BigInt(seq + 1), limit: PAGE })),
+        this.call(() => this.api.threads.listMessages({ threadId: BigInt(threadId), afterSeq: BigInt(seq), limit: PAGE, forward: true })),
+      ]);
+      for (const row of [...before.messages, ...after.messages]) this.remember(wire.msg(row));
+      // What lies between the loaded page and the newest is paged in by scrolling.
+    }
+    this.jump = { threadId, seq, at: Date.now() };
+    this.emit();
+  }
+
+  /** Signed links for an attachment (cached until shortly before they expire). */
+  link(id: string): { url: string; thumbnailUrl: string } | undefined {
+    const l = this.links.get(id);
+    if (l && l.expireMs - Date.now() > 60_000) return l;
+    if (!this.linkWaits.has(id) && this.state && !this.state.expired) {
+      const wait = this.api.client
+        .attachmentLinks(id)
+        .then((fresh) => {
+          this.links.set(id, fresh);
+          this.emit();
+        })
+        .catch(() => undefined)
+        .finally(() => setTimeout(() => this.linkWaits.delete(id), 5000));
+      this.linkWaits.set(id, wait);
+    }
+    return l;
+  }
+
+  /** Starts uploading a file for the thread; it shows in the composer and sends with the next message. */
+  attach(threadId: number, file: File, voice = false, durationMs = 0): void {
+    const u: Upload = {
+      key: newClientMsgId(),
+      threadId,
+      file,
+      voice,
+      durationMs,
+      sent: 0,
+      uploadId: "",
+      error: "",
+      done: null,
+      preview: /^(image|audio)\//.test(file.type) ? URL.createObjectURL(file) : "",
+    };
+    this.uploads = [...this.uploads, u];
+    void this.runUpload(u.key);
+    this.emit();
+  }
+
+  retryUpload(key: string): void {
+    void this.runUpload(key);
+  }
+
+  dropUpload(key: string): void {
+    const u = this.uploads.find((x) => x.key === key);
+    if (u?.preview) URL.revokeObjectURL(u.preview);
+    this.uploads = this.uploads.filter((x) => x.key !== key);
+    this.emit();
+  }
+
+  private patchUpload(key: string, patch: Partial<Upload>): void {
+    this.uploads = this.uploads.map((x) => (x.key === key ? { ...x, ...patch } : x));
+    this.emit();
+  }
+
+  private async runUpload(key: string): Promise<void> {
+    const u = this.uploads.find((x) => x.key === key);
+    if (!u || !this.state) return;
+    this.patchUpload(key, { error: "" });
+    try {
+      const att = await upload(
+        u.file,
+        { name: u.file.name || (u.voice ? "voice-note.webm" : "file"), type: u.file.type || "application/octet-stream", voiceNote: u.voice, durationMs: u.durationMs },
+        {
+          baseUrl: this.base,
+          token: this.state.token,
+          uploadId: u.uploadId || undefined,
+          chunkBytes: 256 * 1024,
+          started: (uploadId) => this.patchUpload(key, { uploadId }),
+          progress: (sent) => this.patchUpload(key, { sent }),
+        },
+      );
+      this.patchUpload(key, { done: wire.attachment(att), sent: u.file.size });
+    } catch (e) {
+      this.patchUpload(key, { error: problem(e) });
+    }
+  }
+
+  /** Sends the thread's finished uploads with the caption (and the quote); "" or why not. */
+  sendWithUploads(threadId: number, text: string, replyToSeq = 0): string {
+    const mine = this.uploads.filter((u) => u.threadId === threadId);
+    if (!mine.length) return this.send(threadId, text, replyToSeq ? { replyToSeq } : {});
+    if (mine.some((u) => !u.done)) return "Wait for the files to finish uploading (or remove them).";
+    const why = this.send(threadId, text, { attachments: mine.map((u) => u.done!), ...(replyToSeq ? { replyToSeq } : {}) });
+    if (!why) for (const u of mine) this.dropUpload(u.key);
+    return why;
   }
 
   retrySend(clientMsgId: string): void {

@@ -1,5 +1,6 @@
 // Client-side logic of the app, free of I/O: the outbox as shown, ticks, unread counts (ordering is the SDK's).
 import { Merger as SdkMerger, newClientMsgId } from "@natter/client";
+import { isEvent, mergeCopies } from "./fold";
 import type { MemberInfo, Msg, Pending, ThreadInfo, Tick } from "./model";
 
 export type { Gap } from "@natter/client";
@@ -13,7 +14,7 @@ export function insertMsg(list: Msg[], m: Msg): Msg[] {
   while (i > 0 && list[i - 1].seq > m.seq) i--;
   if (i > 0 && list[i - 1].seq === m.seq) {
     const copy = list.slice();
-    copy[i - 1] = { ...m, state: Math.max(m.state, list[i - 1].state) };
+    copy[i - 1] = mergeCopies(list[i - 1], m);
     return copy;
   }
   return [...list.slice(0, i), m, ...list.slice(i)];
@@ -43,6 +44,7 @@ export { newClientMsgId };
 
 /** The sends to put on the wire after (re)connecting: everything not refused, oldest first. */
 export function toResend(outbox: Pending[]): Pending[] {
+  // Changes (reactions, edits, deletes, forwards) go in the same order as messages.
   return outbox.filter((p) => !p.failed).sort((a, b) => a.time - b.time);
 }
 
@@ -63,15 +65,20 @@ const RANK: Record<Tick, number> = { failed: -1, pending: 0, sent: 1, delivered:
 
 /** How far one's own message has got: the server's state, raised by receipts of every other member. */
 export function tickOf(m: Msg, meId: number, members: MemberInfo[] | undefined): Tick {
-  let tick = STATE_TICK[m.state] ?? "sent";
+  return ticker(meId, members)(m);
+}
+
+/** tickOf for many messages of one thread: the members' cursors are summed up once. */
+export function ticker(meId: number, members: MemberInfo[] | undefined): (m: Msg) => Tick {
   const others = (members ?? []).filter((x) => x.person.id !== meId);
-  if (others.length > 0) {
-    const delivered = Math.min(...others.map((x) => Math.max(x.delivered, x.read)));
-    const read = Math.min(...others.map((x) => x.read));
+  const delivered = others.length ? Math.min(...others.map((x) => Math.max(x.delivered, x.read))) : 0;
+  const read = others.length ? Math.min(...others.map((x) => x.read)) : 0;
+  return (m) => {
+    const tick = STATE_TICK[m.state] ?? "sent";
+    if (others.length === 0) return tick;
     const fromReceipts: Tick = m.seq <= read ? "read" : m.seq <= delivered ? "delivered" : "sent";
-    if (RANK[fromReceipts] > RANK[tick]) tick = fromReceipts;
-  }
-  return tick;
+    return RANK[fromReceipts] > RANK[tick] ? fromReceipts : tick;
+  };
 }
 
 /** Apply a receipt to a thread's member list (creating the member if unknown). */
@@ -95,7 +102,7 @@ export function applyReceipt(
 
 /** Unread messages from others after the read cursor, counted from what is loaded. */
 export function unreadAfter(messages: Msg[], readSeq: number, meId: number): number {
-  return messages.filter((m) => m.seq > readSeq && m.sender.id !== meId && !m.system).length;
+  return messages.filter((m) => m.seq > readSeq && m.sender.id !== meId && !m.system && !isEvent(m) && !m.hidden).length;
 }
 
 /** Threads for the list: newest activity first. */

@@ -1,8 +1,8 @@
 // The one place generated protobuf types meet the app's plain data.
 import { timestampMs, type Timestamp } from "@bufbuild/protobuf/wkt";
-import type { Member, Message, Presence, Thread, User } from "@natter/client/v1";
+import type { Attachment, Member, Message, Presence, Thread, User } from "@natter/client/v1";
 import { MemberRole, MessageKind, ThreadKind } from "@natter/client/v1";
-import type { MemberInfo, Msg, Person, PresenceInfo, ThreadInfo } from "./model";
+import type { Att, MemberInfo, Msg, Person, PresenceInfo, Reacted, ThreadInfo } from "./model";
 
 export function ms(ts: Timestamp | undefined): number {
   return ts ? timestampMs(ts) : 0;
@@ -33,6 +33,34 @@ export function msg(m: Message): Msg {
     text: m.text,
     time: ms(m.createTime),
     state: m.state,
+    kind: m.kind,
+    attachments: m.attachments.map(attachment),
+    replyTo: m.replyTo ? { seq: Number(m.replyTo.seq), sender: person(m.replyTo.sender), snippet: m.replyTo.snippet } : null,
+    forwarded: m.forwarded,
+    targetSeq: Number(m.targetSeq),
+    emoji: m.emoji,
+    editSeq: Number(m.editSeq),
+    editTime: ms(m.editTime),
+    deleted: m.deleted,
+    hidden: m.hidden,
+    reactions: Object.fromEntries(
+      m.reactions.map((r): [number, Reacted] => [Number(r.user?.userId ?? 0), { person: person(r.user), emoji: r.emoji, seq: Number(r.seq) }]),
+    ),
+  };
+}
+
+export function attachment(a: Attachment): Att {
+  return {
+    id: a.attachmentId,
+    mime: a.mimeType,
+    size: Number(a.size),
+    name: a.name,
+    width: a.width,
+    height: a.height,
+    durationMs: Number(a.durationMs),
+    blurhash: a.blurhash,
+    thumb: a.hasThumbnail,
+    voice: a.voiceNote,
   };
 }
 

@@ -4,6 +4,7 @@ import { NatterError } from "./errors.js";
 import { AccountService, type GetMeResponse } from "./gen/natter/v1/account_service_pb.js";
 import { ContactService, type Contact } from "./gen/natter/v1/contact_service_pb.js";
 import { GroupService } from "./gen/natter/v1/group_service_pb.js";
+import { MediaService } from "./gen/natter/v1/media_service_pb.js";
 import { PresenceService } from "./gen/natter/v1/presence_service_pb.js";
 import { PushService, type GetPushConfigResponse, type PushTarget } from "./gen/natter/v1/push_service_pb.js";
 import { ReportReason, SafetyService } from "./gen/natter/v1/safety_service_pb.js";
@@ -17,6 +18,7 @@ import {
   type Presence,
   type Thread,
   type User,
+  type UserChange,
 } from "./gen/natter/v1/types_pb.js";
 
 /** The service clients, for calls the typed helpers do not cover (they throw ConnectError). */
@@ -27,6 +29,7 @@ export interface Services {
   groups: Client<typeof GroupService>;
   presence: Client<typeof PresenceService>;
   socket: Client<typeof SocketService>;
+  media: Client<typeof MediaService>;
   safety: Client<typeof SafetyService>;
   push: Client<typeof PushService>;
 }
@@ -94,6 +97,7 @@ export class NatterClient {
       groups: createClient(GroupService, t),
       presence: createClient(PresenceService, t),
       socket: createClient(SocketService, t),
+      media: createClient(MediaService, t),
       safety: createClient(SafetyService, t),
       push: createClient(PushService, t),
     };
@@ -281,7 +285,7 @@ export class NatterClient {
   /** A page of a thread, oldest first: the newest by default, older with beforeSeq, newer with afterSeq + forward. */
   async history(
     threadId: number,
-    page: { beforeSeq?: number; afterSeq?: number; limit?: number; forward?: boolean } = {},
+    page: { beforeSeq?: number; afterSeq?: number; limit?: number; forward?: boolean; folded?: boolean } = {},
   ): Promise<HistoryPage> {
     const res = await this.call(() =>
       this.services.threads.listMessages({
@@ -290,6 +294,7 @@ export class NatterClient {
         afterSeq: BigInt(page.afterSeq ?? 0),
         limit: page.limit ?? 50,
         forward: page.forward ?? false,
+        folded: page.folded ?? false,
       }),
     );
     return { messages: res.messages, more: res.more };
@@ -306,6 +311,36 @@ export class NatterClient {
 
   async unmute(threadId: number): Promise<Thread | undefined> {
     return (await this.call(() => this.services.threads.unmuteThread({ threadId: BigInt(threadId) }))).thread;
+  }
+
+  /** Messages holding every word of the query (three letters or more), best first, a page at a time. */
+  async search(query: string, options: { threadId?: number; pageSize?: number; pageToken?: string } = {}): Promise<{ messages: Message[]; nextPageToken: string }> {
+    const res = await this.call(() =>
+      this.services.threads.searchMessages({
+        query,
+        threadId: BigInt(options.threadId ?? 0),
+        pageSize: options.pageSize ?? 20,
+        pageToken: options.pageToken ?? "",
+      }),
+    );
+    return { messages: res.messages, nextPageToken: res.nextPageToken };
+  }
+
+  /** Deletes messages for this user only (on all their devices): an entry of the user's own log. */
+  async hideMessages(threadId: number, seqs: number[]): Promise<void> {
+    await this.call(() => this.services.threads.hideMessages({ threadId: BigInt(threadId), seqs: seqs.map(BigInt) }));
+  }
+
+  /** The user's own change log after `afterSeq` (the stream replays it too, from Hello.user_log_seq). */
+  async userChanges(afterSeq = 0, limit = 500): Promise<UserChange[]> {
+    return (await this.call(() => this.services.threads.listUserChanges({ afterSeq: BigInt(afterSeq), limit }))).changes;
+  }
+
+  /** Signed download links of an attachment (for `<img src>`, `<a download>`), valid for about an hour. */
+  async attachmentLinks(attachmentId: string): Promise<{ url: string; thumbnailUrl: string; expireMs: number }> {
+    const res = await this.call(() => this.services.media.getAttachment({ attachmentId }));
+    const e = res.expireTime;
+    return { url: res.url, thumbnailUrl: res.thumbnailUrl, expireMs: e ? Number(e.seconds) * 1000 + Math.floor(e.nanos / 1e6) : 0 };
   }
 
   // -- groups --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import {
   type ServerFrame,
   type StreamError,
 } from "./gen/natter/v1/socket_service_pb.js";
+import { Fold } from "./fold.js";
 import {
   CursorSchema,
   MessageKind,
@@ -21,6 +22,7 @@ import {
   type Receipt,
   type Typing,
   type User,
+  type UserChange,
 } from "./gen/natter/v1/types_pb.js";
 import { Merger } from "./merge.js";
 import type { DeviceStream, StreamEnd, StreamTransport } from "./stream.js";
@@ -39,6 +41,8 @@ export type Event =
   | { type: "typing"; typing: Typing }
   /** The user muted or unmuted a thread on one of their devices; `until` in ms since the epoch, 0 for forever (or unmuted). */
   | { type: "thread-mute"; threadId: number; muted: boolean; until: number }
+  /** A change to the user's own view (delete for me): `connection.fold` has taken it already. */
+  | { type: "user-change"; change: UserChange }
   /** The user read a thread up to seq on another device. */
   | { type: "read-cursor"; threadId: number; seq: number }
   /** The replay after connecting is done: what follows is live. */
@@ -53,8 +57,31 @@ export type Event =
 
 export type ConnectionState = "connecting" | "syncing" | "online" | "offline" | "closed";
 
+/** What a send may carry besides its text: attachments, a quote, or a change to a message. */
+export interface SendExtras {
+  /** Uploaded attachment ids (POST /v1/uploads): the text is then a caption. */
+  attachmentIds?: string[];
+  /** Quote this message of the same thread. */
+  replyToSeq?: number;
+  /** Set the sender's reaction to a message; an empty emoji removes it. */
+  react?: { seq: number; emoji: string };
+  /** Replace the text of one's own message with the send's text. */
+  edit?: { seq: number };
+  /** Delete a message for everyone. */
+  delete?: { seq: number };
+  /** Copy a message of a thread the sender can see into the send's target. */
+  forward?: { threadId: number; seq: number };
+}
+
+/** Where a send goes, with its idempotency key (a fresh one when unset). */
+export interface SendTarget extends SendExtras {
+  threadId?: number;
+  recipient?: string;
+  clientMsgId?: string;
+}
+
 /** A message waiting in the outbox: what an app saves to send it after a restart. */
-export interface PendingSend {
+export interface PendingSend extends SendExtras {
   clientMsgId: string;
   text: string;
   threadId?: number;
@@ -82,6 +109,11 @@ export interface ConnectionOptions {
   outbox?: PendingSend[];
   /** The app is in front of the person (a visible tab): no push notifications while live. Change it with `setForeground`. */
   foreground?: boolean;
+  /**
+   * The last entry of the user's own change log (delete for me) the app has: later ones come
+   * as `user-change` events. Unset: from 0, unless `skipReplay` (then none are asked for).
+   */
+  userLogSeq?: number;
 }
 
 interface Pending {
@@ -115,12 +147,14 @@ export function newClientMsgId(): string {
 export class Connection {
   readonly client: NatterClient;
   readonly merger: Merger<Message>;
+  /** Every entry surfaced, folded: edits, deletes and reactions on their messages, hidden ones marked. */
+  readonly fold = new Fold();
   state: ConnectionState = "offline";
   user: User | undefined;
   deviceId = 0;
   readonly stats = { connects: 0, resends: 0, gapsFilled: 0, heartbeatAcks: 0, heldBack: 0, unknownFrames: 0, typing: 0 };
 
-  private readonly opts: Required<Omit<ConnectionOptions, "client" | "stream" | "cursors" | "outbox" | "heartbeatSeconds" | "foreground">> & {
+  private readonly opts: Required<Omit<ConnectionOptions, "client" | "stream" | "cursors" | "outbox" | "heartbeatSeconds" | "foreground" | "userLogSeq">> & {
     heartbeatSeconds: number;
   };
   private readonly streams: StreamTransport;
@@ -149,6 +183,9 @@ export class Connection {
   private readonly typingStops = new Map<number, ReturnType<typeof setTimeout>>();
   private ended: Promise<void> | null = null;
   private endedResolve: (() => void) | null = null;
+  private readonly logWanted: boolean;
+  private logArrived: number;
+  private logTaken: number;
 
   constructor(options: ConnectionOptions) {
     this.client = options.client;
@@ -165,6 +202,8 @@ export class Connection {
     this.foreground = options.foreground ?? false;
     this.user = options.client.user;
     this.deviceId = options.client.deviceId;
+    this.logWanted = options.userLogSeq !== undefined || !this.opts.skipReplay;
+    this.logArrived = this.logTaken = options.userLogSeq ?? 0;
     for (const p of options.outbox ?? []) void this.send(p.text, p).catch(() => undefined);
   }
 
@@ -187,7 +226,7 @@ export class Connection {
    * with the same client_msg_id; rejects with the refusal when the server refuses it for good.
    * Sends go out, and are stored, in the order of the calls.
    */
-  send(text: string, to: { threadId?: number; recipient?: string; clientMsgId?: string }): Promise<SendResult> {
+  send(text: string, to: SendTarget): Promise<SendResult> {
     if (this.finalError) return Promise.reject(this.finalError);
     const clientMsgId = to.clientMsgId || newClientMsgId();
     const existing = this.outbox.get(clientMsgId);
@@ -196,6 +235,17 @@ export class Connection {
       clientMsgId,
       text,
       target: to.threadId ? { case: "threadId", value: BigInt(to.threadId) } : { case: "recipient", value: to.recipient ?? "" },
+      attachmentIds: to.attachmentIds ?? [],
+      replyToSeq: BigInt(to.replyToSeq ?? 0),
+      change: to.react
+        ? { case: "react", value: { seq: BigInt(to.react.seq), emoji: to.react.emoji } }
+        : to.edit
+          ? { case: "edit", value: { seq: BigInt(to.edit.seq) } }
+          : to.delete
+            ? { case: "delete", value: { seq: BigInt(to.delete.seq) } }
+            : to.forward
+              ? { case: "forward", value: { threadId: BigInt(to.forward.threadId), seq: BigInt(to.forward.seq) } }
+              : { case: undefined },
     });
     let resolve!: (r: SendResult) => void;
     let reject!: (e: NatterError) => void;
@@ -214,13 +264,34 @@ export class Connection {
     return promise;
   }
 
+  /** Sets this user's reaction to a message of the thread; an empty emoji removes it. */
+  react(threadId: number, seq: number, emoji: string, clientMsgId?: string): Promise<SendResult> {
+    return this.send("", { threadId, clientMsgId, react: { seq, emoji } });
+  }
+
+  /** Changes the text of one of this user's messages, within the server's edit window. */
+  edit(threadId: number, seq: number, text: string, clientMsgId?: string): Promise<SendResult> {
+    return this.send(text, { threadId, clientMsgId, edit: { seq } });
+  }
+
+  /** Deletes a message for everyone (one's own within the window, any as a group admin). */
+  delete(threadId: number, seq: number, clientMsgId?: string): Promise<SendResult> {
+    return this.send("", { threadId, clientMsgId, delete: { seq } });
+  }
+
+  /** Copies a message into another thread (attachments by reference, marked forwarded). */
+  forward(from: { threadId: number; seq: number }, to: { threadId?: number; recipient?: string; clientMsgId?: string }): Promise<SendResult> {
+    return this.send("", { ...to, forward: from });
+  }
+
   /** The outbox, oldest first: what to save so a restart sends it (ConnectionOptions.outbox). */
   pending(): PendingSend[] {
-    return [...this.outbox.values()].map(({ send }) => ({
-      clientMsgId: send.clientMsgId,
-      text: send.text,
-      ...(send.target.case === "threadId" ? { threadId: Number(send.target.value) } : { recipient: send.target.value ?? "" }),
-    }));
+    return [...this.outbox.values()].map(({ send }) => pendingOf(send));
+  }
+
+  /** How far the app has taken the user's own change log: save it, pass it back as `userLogSeq`. */
+  get userLogSeq(): number {
+    return this.logTaken;
   }
 
   /** Marks a thread read up to seq (a read receipt for the others); sent after the next sync when offline. */
@@ -421,7 +492,15 @@ export class Connection {
         );
         this.lastFrame = Date.now();
         stream.send(
-          create(ClientFrameSchema, { payload: { case: "hello", value: { cursors, skipReplay: this.opts.skipReplay, acceptBatches: true, foreground: this.foreground } } }),
+          create(ClientFrameSchema, { payload: { case: "hello", value: {
+                cursors,
+                skipReplay: this.opts.skipReplay,
+                acceptBatches: true,
+                foreground: this.foreground,
+                ...(this.logWanted ? { userLogSeq: BigInt(this.logArrived) } : {}),
+              },
+            },
+          }),
         );
       },
       frame: (f) => {
@@ -544,7 +623,7 @@ export class Connection {
         const pending = this.outbox.get(r.clientMsgId);
         if (!pending) return;
         this.outbox.delete(r.clientMsgId);
-        if (this.user) await this.offer(this.ownMessage(r, pending.send.text), "stream");
+        if (this.user) await this.offer(this.ownMessage(r, pending.send), "stream");
         pending.resolve(r);
         return;
       }
@@ -577,6 +656,14 @@ export class Connection {
       case "heartbeatAck":
         this.stats.heartbeatAcks += 1;
         return;
+      case "userChange": {
+        const c = p.value;
+        if (Number(c.seq) <= this.logArrived) return;
+        this.logArrived = Number(c.seq);
+        this.fold.change(c);
+        this.push({ type: "user-change", change: c });
+        return;
+      }
       case "error":
         this.onError(p.value);
         return;
@@ -638,6 +725,7 @@ export class Connection {
   }
 
   private surface(m: Message, source: "stream" | "history"): void {
+    this.fold.apply(m);
     this.push({ type: "message", message: m, own: this.isOwn(m), source });
   }
 
@@ -663,6 +751,7 @@ export class Connection {
   }
 
   private took(ev: Event): void {
+    if (ev.type === "user-change" && Number(ev.change.seq) > this.logTaken) this.logTaken = Number(ev.change.seq);
     if (ev.type !== "message" || !this.opts.autoAck) return;
     const t = Number(ev.message.threadId);
     const seq = Number(ev.message.seq);
@@ -730,7 +819,11 @@ export class Connection {
     this.timers.resume = undefined;
   }
 
-  private ownMessage(r: SendResult, text: string): Message {
+  private ownMessage(r: SendResult, send: Send): Message {
+    // The server returns the stored message when it added to the send (an attachment, a
+    // quote, a forward's copy, an event); a plain text is rebuilt from the send.
+    if (r.message) return create(MessageSchema, { ...r.message, sender: r.message.sender ?? this.user, senderDeviceId: BigInt(this.deviceId), state: MessageState.SENT });
+    const text = send.text;
     return create(MessageSchema, {
       threadId: r.threadId,
       seq: r.seq,
@@ -768,3 +861,18 @@ export class Connection {
 }
 
 type Timer = ReturnType<typeof setTimeout> | undefined;
+
+function pendingOf(send: Send): PendingSend {
+  const c = send.change;
+  return {
+    clientMsgId: send.clientMsgId,
+    text: send.text,
+    ...(send.target.case === "threadId" ? { threadId: Number(send.target.value) } : { recipient: send.target.value ?? "" }),
+    ...(send.attachmentIds.length ? { attachmentIds: [...send.attachmentIds] } : {}),
+    ...(send.replyToSeq ? { replyToSeq: Number(send.replyToSeq) } : {}),
+    ...(c.case === "react" ? { react: { seq: Number(c.value.seq), emoji: c.value.emoji } } : {}),
+    ...(c.case === "edit" ? { edit: { seq: Number(c.value.seq) } } : {}),
+    ...(c.case === "delete" ? { delete: { seq: Number(c.value.seq) } } : {}),
+    ...(c.case === "forward" ? { forward: { threadId: Number(c.value.threadId), seq: Number(c.value.seq) } } : {}),
+  };
+}

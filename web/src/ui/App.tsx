@@ -1,11 +1,12 @@
 // The shell: log in, or the chat list beside the current page (one pane at a time on phones).
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import type { Natter } from "../natter";
 import { Auth } from "./Auth";
 import { Chat } from "./Chat";
-import { useNatter, useRoute } from "./hooks";
+import { Debug } from "./Debug";
+import { go, type Route, useNatter, useRoute } from "./hooks";
 import { useUnreadBadge } from "./badge";
-import { NavIcon } from "./icons";
+import { NavIcon } from "./Icons";
 import { PushPrompt, Report } from "./Menus";
 import { Contacts, GroupInfo, NewGroup } from "./People";
 import { Devices, Settings } from "./Settings";
@@ -31,13 +32,64 @@ const CONN_TEXT = {
   online: "",
 };
 
+/** Where Escape leads from a page: a group's info back to its chat, anything else to the chat list. */
+function backFrom(route: Route): string | null {
+  if (route.name === "home") return null;
+  if (route.name === "info") return `/chat/${route.id}`;
+  return "/";
+}
+
+function useEscapeBack(route: Route): void {
+  useEffect(() => {
+    const on = (e: KeyboardEvent) => {
+      if (e.key !== "Escape" || e.defaultPrevented || e.isComposing) return;
+      const to = backFrom(route);
+      if (to === null) return;
+      e.preventDefault();
+      go(to);
+    };
+    addEventListener("keydown", on);
+    return () => removeEventListener("keydown", on);
+  }, [route]);
+}
+
+/**
+ * The connection pill. It keeps its last words while it fades out (so it never shows empty),
+ * and a separate status region says the change to screen readers once.
+ */
+function ConnPill({ text }: { text: string }) {
+  const last = useRef(text);
+  if (text) last.current = text;
+  return (
+    <>
+      <div class={text ? "conn visible" : "conn"} aria-hidden="true" data-testid="connection">
+        {last.current}
+      </div>
+      <div class="sr-only" role="status">
+        {text}
+      </div>
+    </>
+  );
+}
+
 export function App({ n }: { n: Natter }) {
   useNatter(n);
   useUnreadBadge(n);
   const route = useRoute();
   const narrow = useNarrow();
+  useEscapeBack(route);
   const st = n.state;
-  if (!st || st.expired) return <Auth n={n} />;
+  if (!st || st.expired) {
+    if (route.name === "debug") {
+      return (
+        <main class="pane">
+          <h1 class="sr-only">natter</h1>
+          <Debug n={n} narrow={true} />
+        </main>
+      );
+    }
+    return <Auth n={n} />;
+  }
 
   const selected = route.name === "chat" || route.name === "info" ? route.id : 0;
   let page;
@@ -63,6 +115,9 @@ export function App({ n }: { n: Natter }) {
     case "report":
       page = <Report key={`${route.id}/${route.seq}`} n={n} threadId={route.id} seq={route.seq} narrow={narrow} />;
       break;
+    case "debug":
+      page = <Debug n={n} narrow={narrow} />;
+      break;
     default:
       page = narrow ? null : (
         <section class="placeholder">
@@ -72,10 +127,12 @@ export function App({ n }: { n: Natter }) {
   }
   const showList = !narrow || route.name === "home";
   const status = CONN_TEXT[n.conn];
+  // On a phone the chat list is the whole page at home: then it is the main landmark.
+  const Side = page ? "aside" : "main";
   return (
     <div class={narrow ? "shell narrow" : "shell"} data-conn={n.conn}>
       {showList && (
-        <aside class="sidebar">
+        <Side class="sidebar">
           <header class="top">
             <h1 class="logo">natter</h1>
             <span class="me" title={`@${st.me.username}`}>
@@ -102,12 +159,15 @@ export function App({ n }: { n: Natter }) {
             </a>
           </nav>
           <Threads n={n} selected={selected} />
-        </aside>
+        </Side>
       )}
-      {page && <main class="pane">{page}</main>}
-      <div class={status ? "conn visible" : "conn"} role="status" data-testid="connection">
-        {status}
-      </div>
+      {page && (
+        <main class="pane">
+          {!showList && <h1 class="sr-only">natter</h1>}
+          {page}
+        </main>
+      )}
+      <ConnPill text={status} />
       <PushPrompt n={n} />
       {n.notice && (
         <div class="notice floating" role="alert">

@@ -106,6 +106,9 @@ export function Auth({ n }: { n: Natter }) {
             {registering ? "Log in instead" : "Create an account instead"}
           </button>
         </p>
+        <p class="switch">
+          <a href="#/debug">Connection log</a>
+        </p>
       </div>
     </main>
   );

@@ -2,7 +2,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { type Natter, ReportReason } from "../natter";
 import { go } from "./hooks";
-import { BellOff } from "./icons";
+import { BellOff } from "./Icons";
 import { Page, useAction } from "./People";
 
 const HOUR = 3600;

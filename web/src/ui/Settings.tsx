@@ -380,6 +380,9 @@ export function Devices({ n, narrow }: { n: Natter; narrow: boolean }) {
       <button type="button" class="danger" disabled={busy} onClick={() => void n.logout().then(() => go("/"))}>
         Log out of this device
       </button>
+      <p>
+        <a href="#/debug">Connection log</a> <span class="muted">(for diagnosing a connection that will not come up)</span>
+      </p>
     </Page>
   );
 }

@@ -1,10 +1,10 @@
-// The thread list: newest first, with preview, time, unread count, the peer's online dot, a muted mark, and a search box.
+// The thread list: newest first, with preview, time, unread count, the peer's online dot, a muted mark, and a search box; each item reads as one line.
 import { useState } from "preact/hooks";
 import type { Natter } from "../natter";
 import { orderThreads } from "../sync";
 import { initials, preview, when } from "./format";
 import { go } from "./hooks";
-import { BellOff } from "./icons";
+import { BellOff } from "./Icons";
 
 /** Lower case without accents, for matching names as people type them. */
 export function fold(s: string): string {
@@ -20,18 +20,30 @@ export function Avatar({ name, online }: { name: string; online?: boolean | unde
   );
 }
 
+const PAGE = 60;
+
 export function Threads({ n, selected }: { n: Natter; selected: number }) {
   const st = n.state!;
   const [query, setQuery] = useState("");
   const q = fold(query.trim());
   const all = orderThreads(Object.values(st.threads).filter((t) => t.active || t.last));
-  const threads = q ? all.filter((t) => fold(`${t.title} ${t.peer?.username ?? ""}`).includes(q)) : all;
+  const matching = q ? all.filter((t) => fold(`${t.title} ${t.peer?.username ?? ""}`).includes(q)) : all;
+  // Long lists render the first rows and grow as the reader scrolls down.
+  const [limit, setLimit] = useState(PAGE);
+  const threads = matching.slice(0, Math.max(limit, matching.findIndex((t) => t.id === selected) + 1));
   const withChat = new Set(all.flatMap((t) => (t.peer && !t.group ? [t.peer.id] : [])));
   const contacts = q
     ? st.contacts.filter((c) => !withChat.has(c.person.id) && fold(`${c.alias} ${c.person.name} ${c.person.username}`).includes(q))
     : [];
   return (
-    <nav class="threads" aria-label="Chats">
+    <nav
+      class="threads"
+      aria-label="Chats"
+      onScroll={(e) => {
+        const el = e.currentTarget;
+        if (threads.length < matching.length && el.scrollHeight - el.scrollTop - el.clientHeight < 400) setLimit(threads.length + PAGE);
+      }}
+    >
       <div class="search" role="search">
         <label for="chat-search" class="sr-only">
           Search chats and contacts
@@ -60,21 +72,24 @@ export function Threads({ n, selected }: { n: Natter; selected: number }) {
             const p = t.peer ? st.presence[t.peer.id] : undefined;
             const pending = st.outbox.filter((x) => x.threadId === t.id).length;
             const typing = n.typing[t.id];
-            const label = `${t.title}${p?.online ? ", online" : ""}${t.muted ? ", muted" : ""}${t.unread ? `, ${t.unread} unread` : ""}`;
             return (
               <li key={t.id}>
                 <a
                   class={t.id === selected ? "thread selected" : "thread"}
                   href={`#/chat/${t.id}`}
                   aria-current={t.id === selected ? "page" : undefined}
-                  aria-label={label}
                   data-thread={t.id}
                   onClick={() => go(`/chat/${t.id}`)}
                 >
                   <Avatar name={t.title} online={t.group ? undefined : Boolean(p?.online)} />
                   <span class="thread-main">
                     <span class="thread-top">
-                      <span class="thread-title">{t.title}</span>
+                      <span class="thread-title">
+                        {t.title}
+                        {p?.online && <span class="sr-only">, online</span>}
+                        {t.muted && <span class="sr-only">, muted</span>}
+                        <span class="sr-only">, </span>
+                      </span>
                       <span class="thread-time">
                         {t.muted && (
                           <span class="muted-mark" data-muted="true">
@@ -82,6 +97,7 @@ export function Threads({ n, selected }: { n: Natter; selected: number }) {
                           </span>
                         )}
                         {when(t.last?.time ?? t.updated)}
+                        <span class="sr-only">, </span>
                       </span>
                     </span>
                     <span class="thread-bottom">
@@ -90,7 +106,9 @@ export function Threads({ n, selected }: { n: Natter; selected: number }) {
                       </span>
                       {t.unread > 0 && (
                         <span class="badge" data-unread={t.unread}>
+                          <span class="sr-only">, </span>
                           {t.unread}
+                          <span class="sr-only"> unread</span>
                         </span>
                       )}
                     </span>

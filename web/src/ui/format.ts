@@ -54,3 +54,23 @@ export function preview(m: Msg | null, meId: number, group = false): string {
   const who = m.sender.id === meId ? "You: " : group ? `${m.sender.name}: ` : "";
   return who + m.text.replace(/\s+/g, " ").slice(0, 120);
 }
+
+/** A date separator's words: "Today", "Yesterday", a weekday within the week, else the date. */
+export function dayLabel(ms: number, now = Date.now()): string {
+  const d = new Date(ms);
+  const today = new Date(now);
+  today.setHours(0, 0, 0, 0);
+  const start = new Date(ms);
+  start.setHours(0, 0, 0, 0);
+  const days = Math.round((today.getTime() - start.getTime()) / 86_400_000);
+  if (days === 0) return "Today";
+  if (days === 1) return "Yesterday";
+  if (days > 1 && days < 7) return d.toLocaleDateString([], { weekday: "long" });
+  const sameYear = d.getFullYear() === today.getFullYear();
+  return d.toLocaleDateString([], { day: "numeric", month: "long", ...(sameYear ? {} : { year: "numeric" }) });
+}
+
+/** Whether two times fall on the same local day. */
+export function sameDay(a: number, b: number): boolean {
+  return new Date(a).toDateString() === new Date(b).toDateString();
+}

@@ -16,7 +16,8 @@ export type Route =
   | { name: "newGroup" }
   | { name: "devices" }
   | { name: "settings" }
-  | { name: "report"; id: number; seq: number };
+  | { name: "report"; id: number; seq: number }
+  | { name: "debug" };
 
 export function parseRoute(hash: string): Route {
   const parts = hash.replace(/^#\/?/, "").split("/").filter(Boolean);
@@ -28,6 +29,7 @@ export function parseRoute(hash: string): Route {
   if (parts[0] === "devices") return { name: "devices" };
   if (parts[0] === "settings") return { name: "settings" };
   if (parts[0] === "report" && Number(parts[1]) > 0) return { name: "report", id: Number(parts[1]), seq: Number(parts[2]) || 0 };
+  if (parts[0] === "debug") return { name: "debug" };
   return { name: "home" };
 }
 
