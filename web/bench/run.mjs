@@ -77,6 +77,11 @@ await page.getByRole("button", { name: "Log in" }).click();
 await page.locator('.shell[data-conn="online"]').waitFor({ timeout: WAIT });
 await page.getByRole("navigation", { name: "Chats" }).getByRole("link", { name: new RegExp(`^${PEER}`) }).first().click();
 await page.locator("#composer-text").waitFor({ timeout: WAIT });
+// The chat is open once the app has its first page of messages.
+await page.waitForFunction(() => {
+  const n = window.natter;
+  return n && n.openThread && Array.isArray(n.state.messages[n.openThread]);
+}, undefined, { timeout: WAIT });
 // Load the whole history into the app, page by page, as scrolling back would.
 const loaded = await page.evaluate(async () => {
   const n = window.natter;
