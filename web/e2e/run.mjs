@@ -777,7 +777,15 @@ async function rich(browser) {
   await action(bob, "lovely photo", "More actions");
   await bob.page.getByRole("menuitem", { name: "Edit" }).click();
   const box = bob.page.getByLabel("Message", { exact: true });
-  check((await box.inputValue()) === "lovely photo", "the box holds the text to edit");
+  // The menu's Edit fills the box on the next render: wait for it rather than read it at once.
+  const filled = await box
+    .evaluate((el, want) => new Promise((ok) => {
+      const seen = () => el.value === want && (ok(true), true);
+      if (seen()) return;
+      const t = setInterval(() => seen() && clearInterval(t), 20);
+      setTimeout(() => (clearInterval(t), ok(false)), 5000);
+    }), "lovely photo");
+  check(filled, "the box holds the text to edit");
   await box.fill("lovely photo of the harbour");
   await box.press("Enter");
   // Alice deletes her wrong message for everyone.
