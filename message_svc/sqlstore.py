@@ -102,6 +102,12 @@ PROBE_TIMEOUT = 3.0
 IDLE_IN_TRANSACTION_MS = 5_000
 
 
+def _quiet(task: asyncio.Future[Any]) -> None:
+    """A closing connection's outcome is nobody's: read it so that it is not logged."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _Conflict(Unavailable):
     """The database aborted the transaction to break a deadlock; it is safe to run it again."""
 
@@ -530,20 +536,41 @@ class SqlStore:
         not answered in time marks the database unreachable at once and is left to end in
         the background (a cancelled call may itself wait on the silent server); the next
         probe connects afresh.
+
+        A kept connection that fails proves only that it broke, perhaps in a restart that is
+        already over: the probe asks again on a fresh connection before it calls the
+        database unreachable. Connections are never pooled (a pooled one may be as stale).
         """
         probe = create_async_engine(
-            self.url, pool_size=2, max_overflow=2, connect_args=_server_limits(self.url)
+            self.url, poolclass=pool.NullPool, connect_args=_server_limits(self.url)
         )
         conn: AsyncConnection | None = None
         abandoned: set[asyncio.Task[object]] = set()
         task: asyncio.Task[AsyncConnection] | None = None
 
-        async def once(c: AsyncConnection | None) -> AsyncConnection:
-            if c is None:
-                c = await probe.connect()
+        def drop(c: AsyncConnection) -> None:
+            closing: asyncio.Task[object] = asyncio.create_task(c.close())
+            abandoned.add(closing)
+            closing.add_done_callback(abandoned.discard)
+            closing.add_done_callback(_quiet)
+
+        async def select_one(c: AsyncConnection) -> AsyncConnection:
             await c.execute(sa.text("SELECT 1"))
             await c.rollback()
             return c
+
+        async def once(c: AsyncConnection | None) -> AsyncConnection:
+            if c is not None:
+                try:
+                    return await select_one(c)
+                except Exception:
+                    drop(c)
+            fresh = await probe.connect()
+            try:
+                return await select_one(fresh)
+            except BaseException:
+                drop(fresh)
+                raise
 
         try:
             while True:
