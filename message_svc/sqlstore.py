@@ -96,6 +96,8 @@ _PG_DOWN = frozenset({"57P01", "57P02", "57P03"})
 # A database server is probed this often with a fresh connection; one that does not answer
 # within PROBE_TIMEOUT is unreachable until a probe succeeds, and calls fail at once.
 PROBE_INTERVAL = 1.0
+# While the database is unreachable it is probed this often, so calls resume soon after.
+PROBE_RETRY = 0.2
 PROBE_TIMEOUT = 3.0
 # A transaction left open by a process cut off from the server is rolled back by the server
 # after this long, so its row locks do not hold up the other replicas (milliseconds).
@@ -545,14 +547,16 @@ class SqlStore:
             self.url, poolclass=pool.NullPool, connect_args=_server_limits(self.url)
         )
         conn: AsyncConnection | None = None
-        abandoned: set[asyncio.Task[object]] = set()
+        abandoned: set[asyncio.Task[object]] = set()  # probes given up on
+        closing: set[asyncio.Task[object]] = set()  # connections being closed
         task: asyncio.Task[AsyncConnection] | None = None
 
         def drop(c: AsyncConnection) -> None:
-            closing: asyncio.Task[object] = asyncio.create_task(c.close())
-            abandoned.add(closing)
-            closing.add_done_callback(abandoned.discard)
-            closing.add_done_callback(_quiet)
+            """Close a connection that failed, in the background (it may hang on a partition)."""
+            closer: asyncio.Task[object] = asyncio.create_task(c.close())
+            closing.add(closer)
+            closer.add_done_callback(closing.discard)
+            closer.add_done_callback(_quiet)
 
         async def select_one(c: AsyncConnection) -> AsyncConnection:
             await c.execute(sa.text("SELECT 1"))
@@ -563,6 +567,9 @@ class SqlStore:
             if c is not None:
                 try:
                     return await select_one(c)
+                except asyncio.CancelledError:  # no answer in time
+                    drop(c)
+                    raise
                 except Exception:
                     drop(c)
             fresh = await probe.connect()
@@ -571,6 +578,12 @@ class SqlStore:
             except BaseException:
                 drop(fresh)
                 raise
+
+        async def settle(tasks: set[asyncio.Task[object]]) -> None:
+            if tasks:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(PROBE_TIMEOUT):
+                        await asyncio.gather(*tasks, return_exceptions=True)
 
         try:
             while True:
@@ -599,22 +612,19 @@ class SqlStore:
                         time.monotonic() - self._unreachable_since,
                     )
                     self._unreachable_since = None
-                await asyncio.sleep(PROBE_INTERVAL)
+                await asyncio.sleep(PROBE_INTERVAL if self.reachable else PROBE_RETRY)
         finally:
-            # A probe still in flight when the store closes must not keep a connection
-            # checked out of the probe's pool after it is disposed: end it and wait for it.
+            # No connection of the probe's may outlive the store: a probe still in flight is
+            # ended (its connection is then closed, below), and every close is waited for.
             if task is not None and not task.done():
+                task.cancel()
                 abandoned.add(task)
             for t in abandoned:
                 t.cancel()
-            if abandoned:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(PROBE_TIMEOUT):
-                        await asyncio.gather(*abandoned, return_exceptions=True)
+            await settle(set(abandoned))
             if conn is not None:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(PROBE_TIMEOUT):
-                        await conn.close()
+                drop(conn)
+            await settle(set(closing))
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(PROBE_TIMEOUT):
                     await probe.dispose()

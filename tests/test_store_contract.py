@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from devtools.dbservers import ENGINES, DbServer, missing, server_for
+from devtools.waiting import eventually
 from message_svc import schema
 from message_svc.sqlstore import SqlStore
 from message_svc.store import Appended, MemberChange, NewMessage, Refusal, Refused, UserRow
@@ -199,6 +200,8 @@ async def test_a_lost_database_is_unavailable_and_the_store_recovers(
             await append(store, [text(ab, alice, "during the outage")])
     finally:
         await backend.server.start()
+    # Calls fail fast until the store's probe hears the database again (PROBE_RETRY).
+    await eventually(lambda: store.reachable, 10, message="the store finds the database back")
     # Acknowledged writes survived kill -9; pooled connections are replaced transparently.
     assert [m.text for m in await store.list_messages(ab, 0, 0, 10, False)] == ["before the crash"]
     after = await send(store, ab, alice, "after the restart")
