@@ -286,11 +286,31 @@ class ServerProcess:
             await self.stop()
         await self.start()
 
-    def remove(self) -> None:
-        """Kill the server if needed and delete its folder."""
+    def remove(self, *, wait: bool = True) -> None:
+        """Kill the server if needed and delete its folder.
+
+        `wait=False` deletes it in a process of its own that outlives this one: a database
+        server's folder after a whole test session (hundreds of databases, gigabytes) takes
+        minutes to delete, which nobody needs to wait for.
+        """
         self.kill_now()
         _temporary.discard(self)
-        shutil.rmtree(self.root, ignore_errors=True)
+        if wait or not self.root.exists():
+            shutil.rmtree(self.root, ignore_errors=True)
+            return
+        doomed = self.root.with_name(f"{self.root.name}.removing")
+        try:
+            self.root.rename(doomed)
+            subprocess.Popen(
+                ["rm", "-rf", "--", str(doomed)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError:
+            shutil.rmtree(self.root, ignore_errors=True)
+            shutil.rmtree(doomed, ignore_errors=True)
 
     async def __aenter__(self) -> Self:
         try:

@@ -96,7 +96,7 @@ def db_servers() -> Iterator[dict[str, DbServer]]:
     """Database servers started on first use, one per engine, removed at the end."""
     yield _db_servers
     for server in _db_servers.values():
-        server.remove()
+        server.remove(wait=False)
     _db_servers.clear()
 
 
