@@ -10,10 +10,9 @@ import mimetypes
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 from google.protobuf import json_format
 
 from natter import convert
@@ -28,6 +27,9 @@ from natter.errors import (
     Unauthenticated,
     Unavailable,
 )
+
+if TYPE_CHECKING:
+    import aiohttp  # imported when first used: it would double a command line's start-up
 from natter.sdk.client import Client
 from natter.v1 import types_pb2 as pb
 
@@ -87,6 +89,8 @@ class Media:
             self.chunk = int(info.chunk_bytes) or 8 * 1024 * 1024
             self.max_bytes = int(info.max_file_bytes)
         if self._session is None:
+            import aiohttp
+
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
             )
@@ -116,6 +120,8 @@ class Media:
         read: Callable[[aiohttp.ClientResponse], Awaitable[Any]],
         **kwargs: Any,
     ) -> Any:
+        import aiohttp
+
         session = await self._ready()
         try:
             async with session.request(method, self.base + path, ssl=self.ssl, **kwargs) as r:
