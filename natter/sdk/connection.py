@@ -83,6 +83,7 @@ Event = (
     | d.ReadCursor
     | d.ThreadMute
     | d.UserChange
+    | d.ProfileChanged
     | SyncDone
     | Connected
     | Disconnected
@@ -526,6 +527,8 @@ class Connection:
             await self.events.put(convert.read_cursor_of(frame.read_cursor))
         elif which == "thread_mute":
             await self.events.put(convert.thread_mute_of(frame.thread_mute))
+        elif which == "profile_changed":
+            await self.events.put(d.ProfileChanged(convert.user_of(frame.profile_changed.user)))
         elif which == "user_change":
             change = convert.user_change_of(frame.user_change)
             if change.seq > self._log_arrived:
