@@ -136,6 +136,7 @@ async def test_a_change_reaches_contacts_and_partners_live(
         "busy",
         pic,
     )
+    assert b.profiles[ev.user.user_id].about == "busy"  # folded by the connection
     mine = await next_of(a2, d.ProfileChanged)
     assert isinstance(mine, d.ProfileChanged) and mine.user.picture_id == pic
     theirs = await next_of(c, d.ProfileChanged)

@@ -171,6 +171,8 @@ class Connection:
         self._log_taken = user_log_seq or 0
         # Every entry surfaced, folded: edits, deletes and reactions on their messages.
         self.fold = Fold()
+        # The latest profile of each user heard of by ProfileChanged, by user id.
+        self.profiles: dict[int, d.User] = {}
         self._address = client.server
         self._call: grpc.aio.StreamStreamCall[spb.ClientFrame, spb.ServerFrame] | None = None
         self._epoch = 0
@@ -528,7 +530,9 @@ class Connection:
         elif which == "thread_mute":
             await self.events.put(convert.thread_mute_of(frame.thread_mute))
         elif which == "profile_changed":
-            await self.events.put(d.ProfileChanged(convert.user_of(frame.profile_changed.user)))
+            profile = convert.user_of(frame.profile_changed.user)
+            self.profiles[profile.user_id] = profile
+            await self.events.put(d.ProfileChanged(profile))
         elif which == "user_change":
             change = convert.user_change_of(frame.user_change)
             if change.seq > self._log_arrived:
