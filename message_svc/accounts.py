@@ -23,6 +23,7 @@ from message_svc import rules
 from message_svc import schema as t
 from message_svc.limits import KeyedBuckets, LoginThrottle
 from message_svc.ports import DeviceRevocations, Fanout
+from message_svc.profiles import Profiles, about_text, profile, public
 from message_svc.store import DeviceRow, NewDevice, Store, UserRow
 from natter.domain import (
     Delivery,
@@ -53,10 +54,6 @@ _PLATFORM = re.compile(r"[^a-z0-9._ +-]")
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def public(row: UserRow) -> User:
-    return User(row.user_id, row.username, row.display_name)
 
 
 def utcnow() -> datetime:
@@ -100,6 +97,7 @@ class Accounts:
         self.fanout = fanout
         self.metrics = metrics
         self.revocations = list(revocations)
+        self.profiles = Profiles(store, fanout)
         self.throttle = LoginThrottle(settings)
         # Passwords checked by devices already logged in (changing the password, deleting
         # the account): per device, so a stranger's guesses elsewhere never get in the way.
@@ -391,7 +389,7 @@ class Accounts:
         if row is None:
             raise NotFound("account no longer exists")
         return Me(
-            public(row),
+            profile(row),
             who.device_id,
             row.phone or "",
             row.hide_last_seen,
@@ -405,6 +403,14 @@ class Accounts:
         display_name: str | None,
         hide_last_seen: bool | None,
         notification_preview: NotificationPreview | None = None,
+        about: str | None = None,
+        picture_id: str | None = None,
     ) -> None:
+        """Change settings; a changed display name, about or picture is announced."""
         shown = rules.display_name(display_name) if display_name is not None else None
+        line = about_text(about) if about is not None else None
+        picture = await self.profiles.picture(who, picture_id) if picture_id is not None else None
         await self.store.update_user(who.user.user_id, shown, hide_last_seen, notification_preview)
+        await self.store.set_profile(who.user.user_id, line, picture)
+        if shown is not None or line is not None or picture is not None:
+            await self.profiles.announce(who)

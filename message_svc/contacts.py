@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from message_svc.accounts import public
+from message_svc.profiles import Profiles
 from message_svc.store import Store, UserRow
 from natter.domain import Contact, Principal, User
 from natter.errors import InvalidArgument, NotFound
@@ -12,8 +12,9 @@ MAX_DISCOVER = 1000
 
 
 class Contacts:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, profiles: Profiles | None = None) -> None:
         self.store = store
+        self.profiles = profiles or Profiles(store)
 
     async def resolve(self, identifier: str) -> UserRow:
         ident = normalise(identifier)
@@ -40,7 +41,8 @@ class Contacts:
             raise InvalidArgument("you cannot add yourself as a contact", "SELF_CONTACT")
         alias = alias.strip()[:64]
         await self.store.add_contact(who.user.user_id, row.user_id, alias)
-        return Contact(public(row), alias)
+        shown = await self.profiles.shown(who.user.user_id, [row])
+        return Contact(shown[row.user_id], alias)
 
     async def remove(self, who: Principal, identifier: str) -> None:
         row = await self.resolve(identifier)
@@ -52,14 +54,16 @@ class Contacts:
         rows = await self.store.list_contacts(who.user.user_id, token, size + 1)
         more = len(rows) > size
         rows = rows[:size]
-        contacts = [Contact(public(u), alias) for u, alias in rows]
+        shown = await self.profiles.shown(who.user.user_id, [u for u, _ in rows])
+        contacts = [Contact(shown[u.user_id], alias) for u, alias in rows]
         return contacts, (rows[-1][0].username if more else "")
 
-    async def discover(self, identifiers: list[str]) -> list[tuple[str, User]]:
+    async def discover(self, who: Principal, identifiers: list[str]) -> list[tuple[str, User]]:
         if len(identifiers) > MAX_DISCOVER:
             raise InvalidArgument(
                 f"at most {MAX_DISCOVER} identifiers per request", "TOO_MANY_IDENTIFIERS"
             )
         idents = {i: normalise(i) for i in identifiers if i.strip()}
         found = await self.store.find_users(list(idents.values()))
-        return [(raw, public(found[n])) for raw, n in idents.items() if n in found]
+        shown = await self.profiles.shown(who.user.user_id, found.values())
+        return [(raw, shown[found[n].user_id]) for raw, n in idents.items() if n in found]

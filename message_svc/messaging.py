@@ -24,7 +24,6 @@ from message_svc.store import (
     Store,
     ThreadRow,
     ThreadSummary,
-    UserRow,
 )
 from natter.domain import (
     MUTED_FOREVER,
@@ -485,14 +484,14 @@ class Messaging:
         rows = await self.store.list_threads(who.user.user_id, before, size + 1)
         more = len(rows) > size
         rows = rows[:size]
-        peers = await self.store.get_users([r.peer_id for r in rows if r.peer_id])
+        peer_rows = await self.store.get_users([r.peer_id for r in rows if r.peer_id])
+        peers = await self.contacts.profiles.shown(who.user.user_id, peer_rows.values())
         threads = [self._thread_view(r, peers) for r in rows]
         nxt = _encode_token(rows[-1].member.update_time, rows[-1].thread.thread_id) if more else ""
         return threads, nxt
 
-    def _thread_view(self, s: ThreadSummary, peers: Mapping[int, UserRow]) -> Thread:
-        peer_row = peers.get(s.peer_id) if s.peer_id else None
-        peer = public(peer_row) if peer_row is not None else None
+    def _thread_view(self, s: ThreadSummary, peers: Mapping[int, User]) -> Thread:
+        peer = peers.get(s.peer_id) if s.peer_id else None
         hi = s.member.last_visible(s.thread.last_seq)
         title = (
             s.thread.title
@@ -519,12 +518,13 @@ class Messaging:
     async def get_thread(self, who: Principal, thread_id: int) -> tuple[Thread, list[Member]]:
         thread, me = await self.member(who, thread_id)
         members = await self.store.list_members(thread_id)
-        users = await self.store.get_users([m.user_id for m in members])
+        rows = await self.store.get_users([m.user_id for m in members])
+        users = await self.contacts.profiles.shown(who.user.user_id, rows.values())
         active = [m for m in members if m.active]
         peer = None
         if thread.kind is ThreadKind.DIRECT:
             other = next((m for m in members if m.user_id != who.user.user_id), me)
-            peer = public(users[other.user_id])
+            peer = users[other.user_id]
         hi = me.last_visible(thread.last_seq)
         view = Thread(
             thread_id=thread.thread_id,
@@ -544,7 +544,7 @@ class Messaging:
             mute_end_time=_mute_end(me),
         )
         shown = [
-            Member(public(users[m.user_id]), m.role, m.delivered_seq, m.read_seq, m.create_time)
+            Member(users[m.user_id], m.role, m.delivered_seq, m.read_seq, m.create_time)
             for m in active
         ]
         return view, shown

@@ -80,6 +80,10 @@ users = sa.Table(
     sa.Column("is_system", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
     sa.Column("disable_time", TS, nullable=True),
     sa.Column("delete_time", TS, nullable=True),
+    # The profile: a status line of at most 140 characters (560 bytes of UTF-8 fit), and
+    # the picture, an image attachment of the user's (attachments.id), or none.
+    sa.Column("about", sa.String(560), nullable=False, default="", server_default=""),
+    sa.Column("picture_id", sa.String(26), nullable=True),
     **_TABLE_OPTIONS,
 )
 
@@ -557,6 +561,14 @@ async def _safety_and_admin_async(conn: AsyncConnection) -> None:
     await conn.run_sync(_safety_and_admin)
 
 
+def _profiles(conn: Connection) -> None:
+    _add_columns(conn, users, ["about", "picture_id"])
+
+
+async def _profiles_async(conn: AsyncConnection) -> None:
+    await conn.run_sync(_profiles)
+
+
 # The server_config key that records the first account made admin ("0": none, an older
 # install). Absent on a fresh install until its first registration.
 FIRST_ADMIN = "first_admin"
@@ -570,6 +582,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     (2, "push notifications: targets, queue, mutes, preview", _push),
     (3, "attachments, reactions, edits, deletes, hiding, search", _rich),
     (4, "blocks, reports, invites, admins, audit, device expiry", _safety_and_admin_async),
+    (5, "profiles: about and picture", _profiles_async),
 ]
 
 

@@ -70,7 +70,7 @@ class MessageService:
         self.settings = settings
         self.metrics = metrics
         self.accounts = Accounts(store, settings, fanout, metrics, revocations)
-        self.contacts = Contacts(store)
+        self.contacts = Contacts(store, self.accounts.profiles)
         self.messaging = Messaging(store, settings, fanout, self.contacts, metrics)
         self.groups = Groups(store, settings, fanout, self.messaging, self.contacts)
         self.safety = Safety(store, settings, self.contacts, self.messaging)

@@ -114,6 +114,8 @@ class AccountServicer(_Authed, apb_grpc.AccountServiceServicer):
             convert.requested_preview(request.notification_preview)
             if request.HasField("notification_preview")
             else None,
+            request.about if request.HasField("about") else None,
+            request.picture_id if request.HasField("picture_id") else None,
         )
         return apb.UpdateSettingsResponse()
 
@@ -184,8 +186,7 @@ class ContactServicer(_Authed, cpb_grpc.ContactServiceServicer):
     async def DiscoverContacts(
         self, request: cpb.DiscoverContactsRequest, context: Context
     ) -> cpb.DiscoverContactsResponse:
-        await self.who(context)
-        found = await self.contacts.discover(list(request.identifiers))
+        found = await self.contacts.discover(await self.who(context), list(request.identifiers))
         return cpb.DiscoverContactsResponse(
             found=[cpb.DiscoveredUser(identifier=i, user=convert.user(u)) for i, u in found]
         )

@@ -224,6 +224,8 @@ def _user_row(r: Any, prefix: str = "") -> UserRow:
         delete_time=_utc(get("delete_time")),
         create_time=_utc(get("create_time")),
         notification_preview=_preview(get("notification_preview")),
+        about=get("about") or "",
+        picture_id=get("picture_id") or None,
     )
 
 
@@ -835,6 +837,17 @@ class SqlStore:
             values["hide_last_seen"] = hide_last_seen
         if notification_preview is not None:
             values["notification_preview"] = notification_preview.value
+        if not values:
+            return
+        async with self._tx() as conn:
+            await conn.execute(t.users.update().where(t.users.c.id == user_id).values(**values))
+
+    async def set_profile(self, user_id: int, about: str | None, picture_id: str | None) -> None:
+        values: dict[str, Any] = {}
+        if about is not None:
+            values["about"] = about
+        if picture_id is not None:
+            values["picture_id"] = picture_id or None
         if not values:
             return
         async with self._tx() as conn:
@@ -1983,13 +1996,16 @@ class SqlStore:
         async with self._read() as conn:
             if (await conn.execute(own)).first() is not None:
                 return True
-            return (await conn.execute(visible)).first() is not None
+            if (await conn.execute(visible)).first() is not None:
+                return True
+            return (await conn.execute(_picture_shown(attachment_id, user_id))).first() is not None
 
     async def drop_unsent_attachments(self, before: datetime) -> int:
         ma = t.message_attachments
         unsent = sa.delete(_att).where(
             _att.c.create_time < before,
             ~sa.exists().where(ma.c.attachment_id == _att.c.id),
+            ~sa.exists().where(t.users.c.picture_id == _att.c.id),
         )
         async with self._tx() as conn:
             return int((await conn.execute(unsent)).rowcount or 0)
@@ -3406,6 +3422,35 @@ def _add_device(conn: Connection, new: NewDevice) -> AddedDevice:
     return AddedDevice(row, tuple(replaced))
 
 
+def _picture_shown(attachment_id: str, viewer_id: int) -> sa.Select[Any]:
+    """A row when the attachment is the profile picture of someone the viewer may see.
+
+    The owner has the viewer as a contact or both are active members of one thread, and
+    neither blocked the other (the rule of message_svc.profiles).
+    """
+    u, c, b = t.users, t.contacts, t.blocks
+    mine, theirs = t.thread_members.alias("mine"), t.thread_members.alias("theirs")
+    contact = sa.exists().where(c.c.owner_id == u.c.id, c.c.contact_id == viewer_id)
+    shared = sa.exists().where(
+        mine.c.owner_id == viewer_id,
+        mine.c.left_seq.is_(None),
+        theirs.c.thread_id == mine.c.thread_id,
+        theirs.c.owner_id == u.c.id,
+        theirs.c.left_seq.is_(None),
+    )
+    blocked = sa.exists().where(
+        sa.or_(
+            sa.and_(b.c.blocker_id == u.c.id, b.c.blocked_id == viewer_id),
+            sa.and_(b.c.blocker_id == viewer_id, b.c.blocked_id == u.c.id),
+        )
+    )
+    return (
+        sa.select(u.c.id)
+        .where(u.c.picture_id == attachment_id, sa.or_(contact, shared), ~blocked)
+        .limit(1)
+    )
+
+
 def _erase_user(conn: Connection, user_id: int) -> list[int]:
     now = utcnow()
     d, u, c, b = t.devices, t.users, t.contacts, t.blocks
@@ -3434,6 +3479,8 @@ def _erase_user(conn: Connection, user_id: int) -> list[int]:
             last_seen_time=None,
             is_admin=False,
             delete_time=now,
+            about="",
+            picture_id=None,
         )
     )
     return sorted(revoked)

@@ -41,6 +41,8 @@ class UserRow:
     disable_time: datetime | None = None
     delete_time: datetime | None = None
     create_time: datetime | None = None
+    about: str = ""
+    picture_id: str | None = None
 
     @property
     def disabled(self) -> bool:
@@ -303,6 +305,10 @@ class UserStore(Protocol):
         notification_preview: NotificationPreview | None = None,
     ) -> None: ...
     async def set_last_seen(self, seen: Sequence[tuple[int, datetime]]) -> None: ...
+    async def set_profile(self, user_id: int, about: str | None, picture_id: str | None) -> None:
+        """Set the about line and the picture (an attachment id; "" removes it); None keeps."""
+        ...
+
     async def set_password(self, user_id: int, password_hash: str) -> None: ...
     async def set_admin(self, user_id: int, is_admin: bool) -> bool: ...
     async def set_disabled(self, user_id: int, disabled: bool) -> bool: ...

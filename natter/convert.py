@@ -194,11 +194,15 @@ def requested_preview(
 
 
 def user(u: d.User) -> pb.User:
-    return pb.User(user_id=u.user_id, username=u.username, display_name=u.display_name)
+    out = pb.User(user_id=u.user_id, username=u.username, display_name=u.display_name)
+    if u.about or u.picture_id:  # a shown profile; message senders carry none
+        out.about = u.about
+        out.picture_id = u.picture_id
+    return out
 
 
 def user_of(p: pb.User) -> d.User:
-    return d.User(p.user_id, p.username, p.display_name)
+    return d.User(p.user_id, p.username, p.display_name, p.about, p.picture_id)
 
 
 def system(e: d.SystemEvent) -> pb.SystemEvent:
@@ -530,6 +534,8 @@ def delivery(x: d.Delivery) -> ipb.Delivery:
         out.thread_mute.CopyFrom(thread_mute(ev))
     elif isinstance(ev, d.UserChange):
         out.user_change.CopyFrom(user_change(ev))
+    elif isinstance(ev, d.ProfileChanged):
+        out.profile_changed.user.CopyFrom(user(ev.user))
     else:
         out.revoked_device_id = ev.device_id
     return out
@@ -555,6 +561,8 @@ def delivery_of(p: ipb.Delivery) -> d.Delivery | None:
         ev = thread_mute_of(p.thread_mute)
     elif which == "user_change":
         ev = user_change_of(p.user_change)
+    elif which == "profile_changed":
+        ev = d.ProfileChanged(user_of(p.profile_changed.user))
     else:
         return None
     return d.Delivery(ev, tuple(p.user_ids), p.thread_id, p.exclude_device_id)

@@ -117,6 +117,11 @@ class User:
     user_id: int
     username: str
     display_name: str
+    # The profile, filled only where it is shown to someone who may see it (ProfileChanged,
+    # contacts, thread peers and members, lookups, GetMe): the status line and the picture's
+    # attachment id, empty otherwise.
+    about: str = ""
+    picture_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +291,24 @@ class UserChange:
     time: datetime
 
 
-Event = Message | Receipt | Presence | Typing | ReadCursor | DeviceRevoked | ThreadMute | UserChange
+@dataclass(frozen=True, slots=True)
+class ProfileChanged:
+    """A user's display name, about or picture changed, as the receiver may see it now."""
+
+    user: User
+
+
+Event = (
+    Message
+    | Receipt
+    | Presence
+    | Typing
+    | ReadCursor
+    | DeviceRevoked
+    | ThreadMute
+    | UserChange
+    | ProfileChanged
+)
 
 
 @dataclass(frozen=True, slots=True)

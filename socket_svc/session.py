@@ -320,6 +320,10 @@ class Session:
             self._emit(spb.ServerFrame(thread_mute=convert.thread_mute(item)))
         elif isinstance(item, d.UserChange):
             await self._user_change(item)
+        elif isinstance(item, d.ProfileChanged):
+            frame = spb.ServerFrame()
+            frame.profile_changed.user.CopyFrom(convert.user(item.user))
+            self._emit(frame)
         elif isinstance(item, d.DeviceRevoked) and item.device_id == self.device_id:
             self.close(Unauthenticated("this device was logged out", "DEVICE_LOGGED_OUT"))
 

@@ -1917,7 +1917,7 @@ async def test_migrating_an_older_database_adds_the_new_columns_and_names_no_adm
     from message_svc import schema
 
     new_columns = {
-        "users": {"is_admin", "is_system", "disable_time", "delete_time"},
+        "users": {"is_admin", "is_system", "disable_time", "delete_time", "about", "picture_id"},
         "devices": {"platform", "expire_time"},
     }
     old = sa.MetaData()
@@ -1952,6 +1952,9 @@ async def test_migrating_an_older_database_adds_the_new_columns_and_names_no_adm
     try:
         [alice] = (await upgraded.find_users(["alice"])).values()
         assert not alice.is_admin and not alice.deleted
+        assert (alice.about, alice.picture_id) == ("", None)  # the profiles migration
+        await upgraded.set_profile(alice.user_id, "hello", None)
+        assert (await upgraded.get_users([alice.user_id]))[alice.user_id].about == "hello"
         later = await upgraded.create_user("bob", "Bob", None, "h", first_becomes_admin=True)
         assert not later.is_admin  # an existing install gets no automatic admin
         await upgraded.block(alice.user_id, later.user_id)

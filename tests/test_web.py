@@ -117,6 +117,8 @@ def test_client_unit_tests(npm_ready: None) -> None:
         "typing",
         "logins",
         "rich",
+        "profile",
+        "blocked",
     ],
 )
 async def test_browser(scenario: str, built_app: Path, tmp_path: Path) -> None:

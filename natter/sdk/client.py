@@ -220,9 +220,19 @@ class Client:
         display_name: str | None = None,
         hide_last_seen: bool | None = None,
         notification_preview: d.NotificationPreview | None = None,
+        about: str | None = None,
+        picture_id: str | None = None,
     ) -> None:
-        """Change settings; `notification_preview` is the privacy mode of push notifications."""
+        """Change settings; `notification_preview` is the privacy mode of push notifications.
+
+        `about` is the status line ("" clears it); `picture_id` an image attachment the
+        user uploaded (upload_file) as the profile picture ("" removes it).
+        """
         req = apb.UpdateSettingsRequest()
+        if about is not None:
+            req.about = about
+        if picture_id is not None:
+            req.picture_id = picture_id
         if display_name is not None:
             req.display_name = display_name
         if hide_last_seen is not None:

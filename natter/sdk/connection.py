@@ -83,6 +83,7 @@ Event = (
     | d.ReadCursor
     | d.ThreadMute
     | d.UserChange
+    | d.ProfileChanged
     | SyncDone
     | Connected
     | Disconnected
@@ -170,6 +171,8 @@ class Connection:
         self._log_taken = user_log_seq or 0
         # Every entry surfaced, folded: edits, deletes and reactions on their messages.
         self.fold = Fold()
+        # The latest profile of each user heard of by ProfileChanged, by user id.
+        self.profiles: dict[int, d.User] = {}
         self._address = client.server
         self._call: grpc.aio.StreamStreamCall[spb.ClientFrame, spb.ServerFrame] | None = None
         self._epoch = 0
@@ -526,6 +529,10 @@ class Connection:
             await self.events.put(convert.read_cursor_of(frame.read_cursor))
         elif which == "thread_mute":
             await self.events.put(convert.thread_mute_of(frame.thread_mute))
+        elif which == "profile_changed":
+            profile = convert.user_of(frame.profile_changed.user)
+            self.profiles[profile.user_id] = profile
+            await self.events.put(d.ProfileChanged(profile))
         elif which == "user_change":
             change = convert.user_change_of(frame.user_change)
             if change.seq > self._log_arrived:

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from natter.v1 import types_pb2 as natter_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnatter/v1/account_service.proto\x12\tnatter.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15natter/v1/types.proto\"o\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05phone\x18\x03 \x01(\t\x12\x10\n\x08password\x18\x04 \x01(\t\x12\x13\n\x0binvite_code\x18\x05 \x01(\t\"C\n\x10RegisterResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x10\n\x08is_admin\x18\x02 \x01(\x08\"x\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x03 \x01(\t\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x1d\n\x15replace_oldest_device\x18\x05 \x01(\x08\"\x9e\x01\n\rLoginResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\r\n\x05token\x18\x03 \x01(\t\x12\x1b\n\x13replaced_device_ids\x18\x04 \x03(\x03\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"\x14\n\x12ListDevicesRequest\"9\n\x13ListDevicesResponse\x12\"\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x11.natter.v1.Device\"\x0e\n\x0cGetMeRequest\"\xb8\x01\n\rGetMeResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\r\n\x05phone\x18\x03 \x01(\t\x12\x16\n\x0ehide_last_seen\x18\x04 \x01(\x08\x12<\n\x14notification_preview\x18\x05 \x01(\x0e\x32\x1e.natter.v1.NotificationPreview\x12\x10\n\x08is_admin\x18\x06 \x01(\x08\"\xcf\x01\n\x15UpdateSettingsRequest\x12\x19\n\x0c\x64isplay_name\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x1b\n\x0ehide_last_seen\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x41\n\x14notification_preview\x18\x03 \x01(\x0e\x32\x1e.natter.v1.NotificationPreviewH\x02\x88\x01\x01\x42\x0f\n\r_display_nameB\x11\n\x0f_hide_last_seenB\x17\n\x15_notification_preview\"\x18\n\x16UpdateSettingsResponse\"c\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\x12\x1a\n\x12keep_other_devices\x18\x03 \x01(\x08\"4\n\x16\x43hangePasswordResponse\x12\x1a\n\x12revoked_device_ids\x18\x01 \x03(\x03\"(\n\x13RevokeDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\x03\"\x16\n\x14RevokeDeviceResponse\"\x1b\n\x19RevokeOtherDevicesRequest\"8\n\x1aRevokeOtherDevicesResponse\x12\x1a\n\x12revoked_device_ids\x18\x01 \x03(\x03\"(\n\x14\x44\x65leteAccountRequest\x12\x10\n\x08password\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteAccountResponse\"\x1e\n\x1cGetRegistrationPolicyRequest\"N\n\x1dGetRegistrationPolicyResponse\x12-\n\x06policy\x18\x01 \x01(\x0e\x32\x1d.natter.v1.RegistrationPolicy*\x97\x01\n\x12RegistrationPolicy\x12#\n\x1fREGISTRATION_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18REGISTRATION_POLICY_OPEN\x10\x01\x12\x1e\n\x1aREGISTRATION_POLICY_INVITE\x10\x02\x12\x1e\n\x1aREGISTRATION_POLICY_CLOSED\x10\x03\x32\xfc\x06\n\x0e\x41\x63\x63ountService\x12\x43\n\x08Register\x12\x1a.natter.v1.RegisterRequest\x1a\x1b.natter.v1.RegisterResponse\x12:\n\x05Login\x12\x17.natter.v1.LoginRequest\x1a\x18.natter.v1.LoginResponse\x12=\n\x06Logout\x12\x18.natter.v1.LogoutRequest\x1a\x19.natter.v1.LogoutResponse\x12L\n\x0bListDevices\x12\x1d.natter.v1.ListDevicesRequest\x1a\x1e.natter.v1.ListDevicesResponse\x12:\n\x05GetMe\x12\x17.natter.v1.GetMeRequest\x1a\x18.natter.v1.GetMeResponse\x12U\n\x0eUpdateSettings\x12 .natter.v1.UpdateSettingsRequest\x1a!.natter.v1.UpdateSettingsResponse\x12U\n\x0e\x43hangePassword\x12 .natter.v1.ChangePasswordRequest\x1a!.natter.v1.ChangePasswordResponse\x12O\n\x0cRevokeDevice\x12\x1e.natter.v1.RevokeDeviceRequest\x1a\x1f.natter.v1.RevokeDeviceResponse\x12\x61\n\x12RevokeOtherDevices\x12$.natter.v1.RevokeOtherDevicesRequest\x1a%.natter.v1.RevokeOtherDevicesResponse\x12R\n\rDeleteAccount\x12\x1f.natter.v1.DeleteAccountRequest\x1a .natter.v1.DeleteAccountResponse\x12j\n\x15GetRegistrationPolicy\x12\'.natter.v1.GetRegistrationPolicyRequest\x1a(.natter.v1.GetRegistrationPolicyResponseB&\n\rdev.natter.v1B\x13\x41\x63\x63ountServiceProtoP\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnatter/v1/account_service.proto\x12\tnatter.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15natter/v1/types.proto\"o\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05phone\x18\x03 \x01(\t\x12\x10\n\x08password\x18\x04 \x01(\t\x12\x13\n\x0binvite_code\x18\x05 \x01(\t\"C\n\x10RegisterResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x10\n\x08is_admin\x18\x02 \x01(\x08\"x\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x03 \x01(\t\x12\x10\n\x08platform\x18\x04 \x01(\t\x12\x1d\n\x15replace_oldest_device\x18\x05 \x01(\x08\"\x9e\x01\n\rLoginResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\r\n\x05token\x18\x03 \x01(\t\x12\x1b\n\x13replaced_device_ids\x18\x04 \x03(\x03\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"\x14\n\x12ListDevicesRequest\"9\n\x13ListDevicesResponse\x12\"\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x11.natter.v1.Device\"\x0e\n\x0cGetMeRequest\"\xb8\x01\n\rGetMeResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\r\n\x05phone\x18\x03 \x01(\t\x12\x16\n\x0ehide_last_seen\x18\x04 \x01(\x08\x12<\n\x14notification_preview\x18\x05 \x01(\x0e\x32\x1e.natter.v1.NotificationPreview\x12\x10\n\x08is_admin\x18\x06 \x01(\x08\"\x95\x02\n\x15UpdateSettingsRequest\x12\x19\n\x0c\x64isplay_name\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x1b\n\x0ehide_last_seen\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x41\n\x14notification_preview\x18\x03 \x01(\x0e\x32\x1e.natter.v1.NotificationPreviewH\x02\x88\x01\x01\x12\x12\n\x05\x61\x62out\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x17\n\npicture_id\x18\x05 \x01(\tH\x04\x88\x01\x01\x42\x0f\n\r_display_nameB\x11\n\x0f_hide_last_seenB\x17\n\x15_notification_previewB\x08\n\x06_aboutB\r\n\x0b_picture_id\"\x18\n\x16UpdateSettingsResponse\"c\n\x15\x43hangePasswordRequest\x12\x18\n\x10\x63urrent_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\x12\x1a\n\x12keep_other_devices\x18\x03 \x01(\x08\"4\n\x16\x43hangePasswordResponse\x12\x1a\n\x12revoked_device_ids\x18\x01 \x03(\x03\"(\n\x13RevokeDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\x03\"\x16\n\x14RevokeDeviceResponse\"\x1b\n\x19RevokeOtherDevicesRequest\"8\n\x1aRevokeOtherDevicesResponse\x12\x1a\n\x12revoked_device_ids\x18\x01 \x03(\x03\"(\n\x14\x44\x65leteAccountRequest\x12\x10\n\x08password\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteAccountResponse\"\x1e\n\x1cGetRegistrationPolicyRequest\"N\n\x1dGetRegistrationPolicyResponse\x12-\n\x06policy\x18\x01 \x01(\x0e\x32\x1d.natter.v1.RegistrationPolicy*\x97\x01\n\x12RegistrationPolicy\x12#\n\x1fREGISTRATION_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18REGISTRATION_POLICY_OPEN\x10\x01\x12\x1e\n\x1aREGISTRATION_POLICY_INVITE\x10\x02\x12\x1e\n\x1aREGISTRATION_POLICY_CLOSED\x10\x03\x32\xfc\x06\n\x0e\x41\x63\x63ountService\x12\x43\n\x08Register\x12\x1a.natter.v1.RegisterRequest\x1a\x1b.natter.v1.RegisterResponse\x12:\n\x05Login\x12\x17.natter.v1.LoginRequest\x1a\x18.natter.v1.LoginResponse\x12=\n\x06Logout\x12\x18.natter.v1.LogoutRequest\x1a\x19.natter.v1.LogoutResponse\x12L\n\x0bListDevices\x12\x1d.natter.v1.ListDevicesRequest\x1a\x1e.natter.v1.ListDevicesResponse\x12:\n\x05GetMe\x12\x17.natter.v1.GetMeRequest\x1a\x18.natter.v1.GetMeResponse\x12U\n\x0eUpdateSettings\x12 .natter.v1.UpdateSettingsRequest\x1a!.natter.v1.UpdateSettingsResponse\x12U\n\x0e\x43hangePassword\x12 .natter.v1.ChangePasswordRequest\x1a!.natter.v1.ChangePasswordResponse\x12O\n\x0cRevokeDevice\x12\x1e.natter.v1.RevokeDeviceRequest\x1a\x1f.natter.v1.RevokeDeviceResponse\x12\x61\n\x12RevokeOtherDevices\x12$.natter.v1.RevokeOtherDevicesRequest\x1a%.natter.v1.RevokeOtherDevicesResponse\x12R\n\rDeleteAccount\x12\x1f.natter.v1.DeleteAccountRequest\x1a .natter.v1.DeleteAccountResponse\x12j\n\x15GetRegistrationPolicy\x12\'.natter.v1.GetRegistrationPolicyRequest\x1a(.natter.v1.GetRegistrationPolicyResponseB&\n\rdev.natter.v1B\x13\x41\x63\x63ountServiceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'natter.v1.account_service_p
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.natter.v1B\023AccountServiceProtoP\001'
-  _globals['_REGISTRATIONPOLICY']._serialized_start=1610
-  _globals['_REGISTRATIONPOLICY']._serialized_end=1761
+  _globals['_REGISTRATIONPOLICY']._serialized_start=1680
+  _globals['_REGISTRATIONPOLICY']._serialized_end=1831
   _globals['_REGISTERREQUEST']._serialized_start=102
   _globals['_REGISTERREQUEST']._serialized_end=213
   _globals['_REGISTERRESPONSE']._serialized_start=215
@@ -57,29 +57,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMERESPONSE']._serialized_start=700
   _globals['_GETMERESPONSE']._serialized_end=884
   _globals['_UPDATESETTINGSREQUEST']._serialized_start=887
-  _globals['_UPDATESETTINGSREQUEST']._serialized_end=1094
-  _globals['_UPDATESETTINGSRESPONSE']._serialized_start=1096
-  _globals['_UPDATESETTINGSRESPONSE']._serialized_end=1120
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1122
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1221
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1223
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1275
-  _globals['_REVOKEDEVICEREQUEST']._serialized_start=1277
-  _globals['_REVOKEDEVICEREQUEST']._serialized_end=1317
-  _globals['_REVOKEDEVICERESPONSE']._serialized_start=1319
-  _globals['_REVOKEDEVICERESPONSE']._serialized_end=1341
-  _globals['_REVOKEOTHERDEVICESREQUEST']._serialized_start=1343
-  _globals['_REVOKEOTHERDEVICESREQUEST']._serialized_end=1370
-  _globals['_REVOKEOTHERDEVICESRESPONSE']._serialized_start=1372
-  _globals['_REVOKEOTHERDEVICESRESPONSE']._serialized_end=1428
-  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1430
-  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1470
-  _globals['_DELETEACCOUNTRESPONSE']._serialized_start=1472
-  _globals['_DELETEACCOUNTRESPONSE']._serialized_end=1495
-  _globals['_GETREGISTRATIONPOLICYREQUEST']._serialized_start=1497
-  _globals['_GETREGISTRATIONPOLICYREQUEST']._serialized_end=1527
-  _globals['_GETREGISTRATIONPOLICYRESPONSE']._serialized_start=1529
-  _globals['_GETREGISTRATIONPOLICYRESPONSE']._serialized_end=1607
-  _globals['_ACCOUNTSERVICE']._serialized_start=1764
-  _globals['_ACCOUNTSERVICE']._serialized_end=2656
+  _globals['_UPDATESETTINGSREQUEST']._serialized_end=1164
+  _globals['_UPDATESETTINGSRESPONSE']._serialized_start=1166
+  _globals['_UPDATESETTINGSRESPONSE']._serialized_end=1190
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1192
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1291
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1293
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1345
+  _globals['_REVOKEDEVICEREQUEST']._serialized_start=1347
+  _globals['_REVOKEDEVICEREQUEST']._serialized_end=1387
+  _globals['_REVOKEDEVICERESPONSE']._serialized_start=1389
+  _globals['_REVOKEDEVICERESPONSE']._serialized_end=1411
+  _globals['_REVOKEOTHERDEVICESREQUEST']._serialized_start=1413
+  _globals['_REVOKEOTHERDEVICESREQUEST']._serialized_end=1440
+  _globals['_REVOKEOTHERDEVICESRESPONSE']._serialized_start=1442
+  _globals['_REVOKEOTHERDEVICESRESPONSE']._serialized_end=1498
+  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1500
+  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1540
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_start=1542
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_end=1565
+  _globals['_GETREGISTRATIONPOLICYREQUEST']._serialized_start=1567
+  _globals['_GETREGISTRATIONPOLICYREQUEST']._serialized_end=1597
+  _globals['_GETREGISTRATIONPOLICYRESPONSE']._serialized_start=1599
+  _globals['_GETREGISTRATIONPOLICYRESPONSE']._serialized_end=1677
+  _globals['_ACCOUNTSERVICE']._serialized_start=1834
+  _globals['_ACCOUNTSERVICE']._serialized_end=2726
 # @@protoc_insertion_point(module_scope)

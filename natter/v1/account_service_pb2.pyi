@@ -346,35 +346,53 @@ class UpdateSettingsRequest(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     HIDE_LAST_SEEN_FIELD_NUMBER: _builtins.int
     NOTIFICATION_PREVIEW_FIELD_NUMBER: _builtins.int
+    ABOUT_FIELD_NUMBER: _builtins.int
+    PICTURE_ID_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
     """New display name."""
     hide_last_seen: _builtins.bool
     """Hide last-seen time from others."""
     notification_preview: _types_pb2.NotificationPreview.ValueType
     """How much push notifications show on every device of the user (privacy mode)."""
+    about: _builtins.str
+    """New status line ("about"): at most 140 characters, no control characters; empty clears."""
+    picture_id: _builtins.str
+    """New profile picture: the attachment id of an image the caller uploaded (MediaService);
+    empty removes the picture.
+    """
     def __init__(
         self,
         *,
         display_name: _builtins.str | None = ...,
         hide_last_seen: _builtins.bool | None = ...,
         notification_preview: _types_pb2.NotificationPreview.ValueType | None = ...,
+        about: _builtins.str | None = ...,
+        picture_id: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_hide_last_seen", b"_hide_last_seen", "_notification_preview", b"_notification_preview", "display_name", b"display_name", "hide_last_seen", b"hide_last_seen", "notification_preview", b"notification_preview"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_about", b"_about", "_display_name", b"_display_name", "_hide_last_seen", b"_hide_last_seen", "_notification_preview", b"_notification_preview", "_picture_id", b"_picture_id", "about", b"about", "display_name", b"display_name", "hide_last_seen", b"hide_last_seen", "notification_preview", b"notification_preview", "picture_id", b"picture_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_hide_last_seen", b"_hide_last_seen", "_notification_preview", b"_notification_preview", "display_name", b"display_name", "hide_last_seen", b"hide_last_seen", "notification_preview", b"notification_preview"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_about", b"_about", "_display_name", b"_display_name", "_hide_last_seen", b"_hide_last_seen", "_notification_preview", b"_notification_preview", "_picture_id", b"_picture_id", "about", b"about", "display_name", b"display_name", "hide_last_seen", b"hide_last_seen", "notification_preview", b"notification_preview", "picture_id", b"picture_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__about: _TypeAlias = _typing.Literal["about"]  # noqa: Y015
+    _WhichOneofArgType__about: _TypeAlias = _typing.Literal["_about", b"_about"]  # noqa: Y015
     _WhichOneofReturnType__display_name: _TypeAlias = _typing.Literal["display_name"]  # noqa: Y015
     _WhichOneofArgType__display_name: _TypeAlias = _typing.Literal["_display_name", b"_display_name"]  # noqa: Y015
     _WhichOneofReturnType__hide_last_seen: _TypeAlias = _typing.Literal["hide_last_seen"]  # noqa: Y015
     _WhichOneofArgType__hide_last_seen: _TypeAlias = _typing.Literal["_hide_last_seen", b"_hide_last_seen"]  # noqa: Y015
     _WhichOneofReturnType__notification_preview: _TypeAlias = _typing.Literal["notification_preview"]  # noqa: Y015
     _WhichOneofArgType__notification_preview: _TypeAlias = _typing.Literal["_notification_preview", b"_notification_preview"]  # noqa: Y015
+    _WhichOneofReturnType__picture_id: _TypeAlias = _typing.Literal["picture_id"]  # noqa: Y015
+    _WhichOneofArgType__picture_id: _TypeAlias = _typing.Literal["_picture_id", b"_picture_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__about) -> _WhichOneofReturnType__about | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__display_name) -> _WhichOneofReturnType__display_name | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__hide_last_seen) -> _WhichOneofReturnType__hide_last_seen | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__notification_preview) -> _WhichOneofReturnType__notification_preview | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__picture_id) -> _WhichOneofReturnType__picture_id | None: ...
 
 Global___UpdateSettingsRequest: _TypeAlias = UpdateSettingsRequest  # noqa: Y015
 

@@ -132,7 +132,8 @@ class AccountServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateSettings(self, request, context):
-        """UpdateSettings changes the caller's display name or privacy settings.
+        """UpdateSettings changes the caller's profile (display name, about, picture) or
+        privacy settings; contacts and chat partners are told of a profile change (ProfileChanged).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

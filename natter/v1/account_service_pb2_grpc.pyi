@@ -44,7 +44,9 @@ class AccountServiceStub:
     GetMe: _grpc.UnaryUnaryMultiCallable[_account_service_pb2.GetMeRequest, _account_service_pb2.GetMeResponse]
     """GetMe returns the caller's account and settings."""
     UpdateSettings: _grpc.UnaryUnaryMultiCallable[_account_service_pb2.UpdateSettingsRequest, _account_service_pb2.UpdateSettingsResponse]
-    """UpdateSettings changes the caller's display name or privacy settings."""
+    """UpdateSettings changes the caller's profile (display name, about, picture) or
+    privacy settings; contacts and chat partners are told of a profile change (ProfileChanged).
+    """
     ChangePassword: _grpc.UnaryUnaryMultiCallable[_account_service_pb2.ChangePasswordRequest, _account_service_pb2.ChangePasswordResponse]
     """ChangePassword sets a new password, given the current one. Every other device of the
     account is logged out (its streams closed) unless keep_other_devices is set.
@@ -77,7 +79,9 @@ class AccountServiceAsyncStub(AccountServiceStub):
     GetMe: _aio.UnaryUnaryMultiCallable[_account_service_pb2.GetMeRequest, _account_service_pb2.GetMeResponse]  # type: ignore[assignment]
     """GetMe returns the caller's account and settings."""
     UpdateSettings: _aio.UnaryUnaryMultiCallable[_account_service_pb2.UpdateSettingsRequest, _account_service_pb2.UpdateSettingsResponse]  # type: ignore[assignment]
-    """UpdateSettings changes the caller's display name or privacy settings."""
+    """UpdateSettings changes the caller's profile (display name, about, picture) or
+    privacy settings; contacts and chat partners are told of a profile change (ProfileChanged).
+    """
     ChangePassword: _aio.UnaryUnaryMultiCallable[_account_service_pb2.ChangePasswordRequest, _account_service_pb2.ChangePasswordResponse]  # type: ignore[assignment]
     """ChangePassword sets a new password, given the current one. Every other device of the
     account is logged out (its streams closed) unless keep_other_devices is set.
@@ -143,7 +147,9 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _account_service_pb2.UpdateSettingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_account_service_pb2.UpdateSettingsResponse, _abc.Awaitable[_account_service_pb2.UpdateSettingsResponse]]:
-        """UpdateSettings changes the caller's display name or privacy settings."""
+        """UpdateSettings changes the caller's profile (display name, about, picture) or
+        privacy settings; contacts and chat partners are told of a profile change (ProfileChanged).
+        """
 
     @_abc_1.abstractmethod
     def ChangePassword(

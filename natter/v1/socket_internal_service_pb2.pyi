@@ -36,6 +36,7 @@ class Delivery(_message.Message):
     REVOKED_DEVICE_ID_FIELD_NUMBER: _builtins.int
     THREAD_MUTE_FIELD_NUMBER: _builtins.int
     USER_CHANGE_FIELD_NUMBER: _builtins.int
+    PROFILE_CHANGED_FIELD_NUMBER: _builtins.int
     thread_id: _builtins.int
     """Or, when user_ids is empty, to connected members of this group thread."""
     exclude_device_id: _builtins.int
@@ -74,6 +75,10 @@ class Delivery(_message.Message):
     def user_change(self) -> _types_pb2.UserChange:
         """A change to the user's own view, for their devices."""
 
+    @_builtins.property
+    def profile_changed(self) -> _types_pb2.ProfileChanged:
+        """A user's profile changed: for their contacts and chat partners."""
+
     def __init__(
         self,
         *,
@@ -88,12 +93,13 @@ class Delivery(_message.Message):
         revoked_device_id: _builtins.int = ...,
         thread_mute: _types_pb2.ThreadMute | None = ...,
         user_change: _types_pb2.UserChange | None = ...,
+        profile_changed: _types_pb2.ProfileChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "revoked_device_id", b"revoked_device_id", "thread_mute", b"thread_mute", "typing", b"typing", "user_change", b"user_change"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "presence", b"presence", "profile_changed", b"profile_changed", "read_cursor", b"read_cursor", "receipt", b"receipt", "revoked_device_id", b"revoked_device_id", "thread_mute", b"thread_mute", "typing", b"typing", "user_change", b"user_change"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "exclude_device_id", b"exclude_device_id", "message", b"message", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "revoked_device_id", b"revoked_device_id", "thread_id", b"thread_id", "thread_mute", b"thread_mute", "typing", b"typing", "user_change", b"user_change", "user_ids", b"user_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "exclude_device_id", b"exclude_device_id", "message", b"message", "presence", b"presence", "profile_changed", b"profile_changed", "read_cursor", b"read_cursor", "receipt", b"receipt", "revoked_device_id", b"revoked_device_id", "thread_id", b"thread_id", "thread_mute", b"thread_mute", "typing", b"typing", "user_change", b"user_change", "user_ids", b"user_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["message", "receipt", "presence", "typing", "read_cursor", "revoked_device_id", "thread_mute", "user_change"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["message", "receipt", "presence", "typing", "read_cursor", "revoked_device_id", "thread_mute", "user_change", "profile_changed"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

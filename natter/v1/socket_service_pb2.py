@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from natter.v1 import types_pb2 as natter_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enatter/v1/socket_service.proto\x12\tnatter.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15natter/v1/types.proto\"\xcc\x02\n\x0b\x43lientFrame\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.natter.v1.HelloH\x00\x12\x1f\n\x04send\x18\x02 \x01(\x0b\x32\x0f.natter.v1.SendH\x00\x12\x1d\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x0e.natter.v1.AckH\x00\x12\x1f\n\x04read\x18\x04 \x01(\x0b\x32\x0f.natter.v1.ReadH\x00\x12)\n\theartbeat\x18\x05 \x01(\x0b\x32\x14.natter.v1.HeartbeatH\x00\x12*\n\x06typing\x18\x06 \x01(\x0b\x32\x18.natter.v1.TypingRequestH\x00\x12\'\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x16.natter.v1.ClientBatchH\x00\x12.\n\x0c\x63lient_state\x18\x08 \x01(\x0b\x32\x16.natter.v1.ClientStateH\x00\x42\t\n\x07payload\"5\n\x0b\x43lientBatch\x12&\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x16.natter.v1.ClientFrame\"5\n\x0bServerBatch\x12&\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x16.natter.v1.ServerFrame\"\xea\x04\n\x0bServerFrame\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.natter.v1.WelcomeH\x00\x12%\n\x07message\x18\x02 \x01(\x0b\x32\x12.natter.v1.MessageH\x00\x12,\n\x0bsend_result\x18\x03 \x01(\x0b\x32\x15.natter.v1.SendResultH\x00\x12(\n\tsync_done\x18\x04 \x01(\x0b\x32\x13.natter.v1.SyncDoneH\x00\x12%\n\x07receipt\x18\x05 \x01(\x0b\x32\x12.natter.v1.ReceiptH\x00\x12\'\n\x08presence\x18\x06 \x01(\x0b\x32\x13.natter.v1.PresenceH\x00\x12#\n\x06typing\x18\x07 \x01(\x0b\x32\x11.natter.v1.TypingH\x00\x12\'\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x16.natter.v1.StreamErrorH\x00\x12\'\n\x08redirect\x18\t \x01(\x0b\x32\x13.natter.v1.RedirectH\x00\x12\x30\n\rheartbeat_ack\x18\n \x01(\x0b\x32\x17.natter.v1.HeartbeatAckH\x00\x12,\n\x0bread_cursor\x18\x0b \x01(\x0b\x32\x15.natter.v1.ReadCursorH\x00\x12\'\n\x05\x62\x61tch\x18\x0c \x01(\x0b\x32\x16.natter.v1.ServerBatchH\x00\x12,\n\x0bthread_mute\x18\r \x01(\x0b\x32\x15.natter.v1.ThreadMuteH\x00\x12,\n\x0buser_change\x18\x0e \x01(\x0b\x32\x15.natter.v1.UserChangeH\x00\x42\t\n\x07payload\"\x98\x01\n\x05Hello\x12\"\n\x07\x63ursors\x18\x01 \x03(\x0b\x32\x11.natter.v1.Cursor\x12\x13\n\x0bskip_replay\x18\x02 \x01(\x08\x12\x16\n\x0e\x61\x63\x63\x65pt_batches\x18\x03 \x01(\x08\x12\x12\n\nforeground\x18\x04 \x01(\x08\x12\x19\n\x0cuser_log_seq\x18\x05 \x01(\x03H\x00\x88\x01\x01\x42\x0f\n\r_user_log_seq\"!\n\x0b\x43lientState\x12\x12\n\nforeground\x18\x01 \x01(\x08\"p\n\x07Welcome\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x05\x12\x0f\n\x07node_id\x18\x04 \x01(\t\"\xa7\x02\n\x04Send\x12\x15\n\rclient_msg_id\x18\x01 \x01(\t\x12\x13\n\tthread_id\x18\x02 \x01(\x03H\x00\x12\x13\n\trecipient\x18\x03 \x01(\tH\x00\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x16\n\x0e\x61ttachment_ids\x18\x05 \x03(\t\x12\x14\n\x0creply_to_seq\x18\x06 \x01(\x03\x12!\n\x05react\x18\x07 \x01(\x0b\x32\x10.natter.v1.ReactH\x01\x12\x1f\n\x04\x65\x64it\x18\x08 \x01(\x0b\x32\x0f.natter.v1.EditH\x01\x12#\n\x06\x64\x65lete\x18\t \x01(\x0b\x32\x11.natter.v1.DeleteH\x01\x12%\n\x07\x66orward\x18\n \x01(\x0b\x32\x12.natter.v1.ForwardH\x01\x42\x08\n\x06targetB\x08\n\x06\x63hange\"#\n\x05React\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\r\n\x05\x65moji\x18\x02 \x01(\t\"\x13\n\x04\x45\x64it\x12\x0b\n\x03seq\x18\x01 \x01(\x03\"\x15\n\x06\x44\x65lete\x12\x0b\n\x03seq\x18\x01 \x01(\x03\")\n\x07\x46orward\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\xa9\x01\n\nSendResult\x12\x15\n\rclient_msg_id\x18\x01 \x01(\t\x12\x0e\n\x06msg_id\x18\x02 \x01(\t\x12\x11\n\tthread_id\x18\x03 \x01(\x03\x12\x0b\n\x03seq\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x07message\x18\x06 \x01(\x0b\x32\x12.natter.v1.Message\")\n\x03\x41\x63k\x12\"\n\x07\x63ursors\x18\x01 \x03(\x0b\x32\x11.natter.v1.Cursor\"&\n\x04Read\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\x0b\n\tHeartbeat\"\x0e\n\x0cHeartbeatAck\"2\n\rTypingRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\"\x1c\n\x08SyncDone\x12\x10\n\x08replayed\x18\x01 \x01(\x03\"S\n\x0bStreamError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x15\n\rclient_msg_id\x18\x04 \x01(\t\"\x1b\n\x08Redirect\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"/\n\nReadCursor\x12!\n\x06\x63ursor\x18\x01 \x01(\x0b\x32\x11.natter.v1.Cursor\"!\n\rLocateRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"2\n\x0eLocateResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t2\x8d\x01\n\rSocketService\x12=\n\x07\x43onnect\x12\x16.natter.v1.ClientFrame\x1a\x16.natter.v1.ServerFrame(\x01\x30\x01\x12=\n\x06Locate\x12\x18.natter.v1.LocateRequest\x1a\x19.natter.v1.LocateResponseB%\n\rdev.natter.v1B\x12SocketServiceProtoP\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enatter/v1/socket_service.proto\x12\tnatter.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15natter/v1/types.proto\"\xcc\x02\n\x0b\x43lientFrame\x12!\n\x05hello\x18\x01 \x01(\x0b\x32\x10.natter.v1.HelloH\x00\x12\x1f\n\x04send\x18\x02 \x01(\x0b\x32\x0f.natter.v1.SendH\x00\x12\x1d\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x0e.natter.v1.AckH\x00\x12\x1f\n\x04read\x18\x04 \x01(\x0b\x32\x0f.natter.v1.ReadH\x00\x12)\n\theartbeat\x18\x05 \x01(\x0b\x32\x14.natter.v1.HeartbeatH\x00\x12*\n\x06typing\x18\x06 \x01(\x0b\x32\x18.natter.v1.TypingRequestH\x00\x12\'\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x16.natter.v1.ClientBatchH\x00\x12.\n\x0c\x63lient_state\x18\x08 \x01(\x0b\x32\x16.natter.v1.ClientStateH\x00\x42\t\n\x07payload\"5\n\x0b\x43lientBatch\x12&\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x16.natter.v1.ClientFrame\"5\n\x0bServerBatch\x12&\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x16.natter.v1.ServerFrame\"\xa0\x05\n\x0bServerFrame\x12%\n\x07welcome\x18\x01 \x01(\x0b\x32\x12.natter.v1.WelcomeH\x00\x12%\n\x07message\x18\x02 \x01(\x0b\x32\x12.natter.v1.MessageH\x00\x12,\n\x0bsend_result\x18\x03 \x01(\x0b\x32\x15.natter.v1.SendResultH\x00\x12(\n\tsync_done\x18\x04 \x01(\x0b\x32\x13.natter.v1.SyncDoneH\x00\x12%\n\x07receipt\x18\x05 \x01(\x0b\x32\x12.natter.v1.ReceiptH\x00\x12\'\n\x08presence\x18\x06 \x01(\x0b\x32\x13.natter.v1.PresenceH\x00\x12#\n\x06typing\x18\x07 \x01(\x0b\x32\x11.natter.v1.TypingH\x00\x12\'\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x16.natter.v1.StreamErrorH\x00\x12\'\n\x08redirect\x18\t \x01(\x0b\x32\x13.natter.v1.RedirectH\x00\x12\x30\n\rheartbeat_ack\x18\n \x01(\x0b\x32\x17.natter.v1.HeartbeatAckH\x00\x12,\n\x0bread_cursor\x18\x0b \x01(\x0b\x32\x15.natter.v1.ReadCursorH\x00\x12\'\n\x05\x62\x61tch\x18\x0c \x01(\x0b\x32\x16.natter.v1.ServerBatchH\x00\x12,\n\x0bthread_mute\x18\r \x01(\x0b\x32\x15.natter.v1.ThreadMuteH\x00\x12,\n\x0buser_change\x18\x0e \x01(\x0b\x32\x15.natter.v1.UserChangeH\x00\x12\x34\n\x0fprofile_changed\x18\x0f \x01(\x0b\x32\x19.natter.v1.ProfileChangedH\x00\x42\t\n\x07payload\"\x98\x01\n\x05Hello\x12\"\n\x07\x63ursors\x18\x01 \x03(\x0b\x32\x11.natter.v1.Cursor\x12\x13\n\x0bskip_replay\x18\x02 \x01(\x08\x12\x16\n\x0e\x61\x63\x63\x65pt_batches\x18\x03 \x01(\x08\x12\x12\n\nforeground\x18\x04 \x01(\x08\x12\x19\n\x0cuser_log_seq\x18\x05 \x01(\x03H\x00\x88\x01\x01\x42\x0f\n\r_user_log_seq\"!\n\x0b\x43lientState\x12\x12\n\nforeground\x18\x01 \x01(\x08\"p\n\x07Welcome\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x05\x12\x0f\n\x07node_id\x18\x04 \x01(\t\"\xa7\x02\n\x04Send\x12\x15\n\rclient_msg_id\x18\x01 \x01(\t\x12\x13\n\tthread_id\x18\x02 \x01(\x03H\x00\x12\x13\n\trecipient\x18\x03 \x01(\tH\x00\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x16\n\x0e\x61ttachment_ids\x18\x05 \x03(\t\x12\x14\n\x0creply_to_seq\x18\x06 \x01(\x03\x12!\n\x05react\x18\x07 \x01(\x0b\x32\x10.natter.v1.ReactH\x01\x12\x1f\n\x04\x65\x64it\x18\x08 \x01(\x0b\x32\x0f.natter.v1.EditH\x01\x12#\n\x06\x64\x65lete\x18\t \x01(\x0b\x32\x11.natter.v1.DeleteH\x01\x12%\n\x07\x66orward\x18\n \x01(\x0b\x32\x12.natter.v1.ForwardH\x01\x42\x08\n\x06targetB\x08\n\x06\x63hange\"#\n\x05React\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\r\n\x05\x65moji\x18\x02 \x01(\t\"\x13\n\x04\x45\x64it\x12\x0b\n\x03seq\x18\x01 \x01(\x03\"\x15\n\x06\x44\x65lete\x12\x0b\n\x03seq\x18\x01 \x01(\x03\")\n\x07\x46orward\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\xa9\x01\n\nSendResult\x12\x15\n\rclient_msg_id\x18\x01 \x01(\t\x12\x0e\n\x06msg_id\x18\x02 \x01(\t\x12\x11\n\tthread_id\x18\x03 \x01(\x03\x12\x0b\n\x03seq\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x07message\x18\x06 \x01(\x0b\x32\x12.natter.v1.Message\")\n\x03\x41\x63k\x12\"\n\x07\x63ursors\x18\x01 \x03(\x0b\x32\x11.natter.v1.Cursor\"&\n\x04Read\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0b\n\x03seq\x18\x02 \x01(\x03\"\x0b\n\tHeartbeat\"\x0e\n\x0cHeartbeatAck\"2\n\rTypingRequest\x12\x11\n\tthread_id\x18\x01 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\"\x1c\n\x08SyncDone\x12\x10\n\x08replayed\x18\x01 \x01(\x03\"S\n\x0bStreamError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x15\n\rclient_msg_id\x18\x04 \x01(\t\"\x1b\n\x08Redirect\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"/\n\nReadCursor\x12!\n\x06\x63ursor\x18\x01 \x01(\x0b\x32\x11.natter.v1.Cursor\"!\n\rLocateRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"2\n\x0eLocateResponse\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t2\x8d\x01\n\rSocketService\x12=\n\x07\x43onnect\x12\x16.natter.v1.ClientFrame\x1a\x16.natter.v1.ServerFrame(\x01\x30\x01\x12=\n\x06Locate\x12\x18.natter.v1.LocateRequest\x1a\x19.natter.v1.LocateResponseB%\n\rdev.natter.v1B\x12SocketServiceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,47 +41,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVERBATCH']._serialized_start=491
   _globals['_SERVERBATCH']._serialized_end=544
   _globals['_SERVERFRAME']._serialized_start=547
-  _globals['_SERVERFRAME']._serialized_end=1165
-  _globals['_HELLO']._serialized_start=1168
-  _globals['_HELLO']._serialized_end=1320
-  _globals['_CLIENTSTATE']._serialized_start=1322
-  _globals['_CLIENTSTATE']._serialized_end=1355
-  _globals['_WELCOME']._serialized_start=1357
-  _globals['_WELCOME']._serialized_end=1469
-  _globals['_SEND']._serialized_start=1472
-  _globals['_SEND']._serialized_end=1767
-  _globals['_REACT']._serialized_start=1769
-  _globals['_REACT']._serialized_end=1804
-  _globals['_EDIT']._serialized_start=1806
-  _globals['_EDIT']._serialized_end=1825
-  _globals['_DELETE']._serialized_start=1827
-  _globals['_DELETE']._serialized_end=1848
-  _globals['_FORWARD']._serialized_start=1850
-  _globals['_FORWARD']._serialized_end=1891
-  _globals['_SENDRESULT']._serialized_start=1894
-  _globals['_SENDRESULT']._serialized_end=2063
-  _globals['_ACK']._serialized_start=2065
-  _globals['_ACK']._serialized_end=2106
-  _globals['_READ']._serialized_start=2108
-  _globals['_READ']._serialized_end=2146
-  _globals['_HEARTBEAT']._serialized_start=2148
-  _globals['_HEARTBEAT']._serialized_end=2159
-  _globals['_HEARTBEATACK']._serialized_start=2161
-  _globals['_HEARTBEATACK']._serialized_end=2175
-  _globals['_TYPINGREQUEST']._serialized_start=2177
-  _globals['_TYPINGREQUEST']._serialized_end=2227
-  _globals['_SYNCDONE']._serialized_start=2229
-  _globals['_SYNCDONE']._serialized_end=2257
-  _globals['_STREAMERROR']._serialized_start=2259
-  _globals['_STREAMERROR']._serialized_end=2342
-  _globals['_REDIRECT']._serialized_start=2344
-  _globals['_REDIRECT']._serialized_end=2371
-  _globals['_READCURSOR']._serialized_start=2373
-  _globals['_READCURSOR']._serialized_end=2420
-  _globals['_LOCATEREQUEST']._serialized_start=2422
-  _globals['_LOCATEREQUEST']._serialized_end=2455
-  _globals['_LOCATERESPONSE']._serialized_start=2457
-  _globals['_LOCATERESPONSE']._serialized_end=2507
-  _globals['_SOCKETSERVICE']._serialized_start=2510
-  _globals['_SOCKETSERVICE']._serialized_end=2651
+  _globals['_SERVERFRAME']._serialized_end=1219
+  _globals['_HELLO']._serialized_start=1222
+  _globals['_HELLO']._serialized_end=1374
+  _globals['_CLIENTSTATE']._serialized_start=1376
+  _globals['_CLIENTSTATE']._serialized_end=1409
+  _globals['_WELCOME']._serialized_start=1411
+  _globals['_WELCOME']._serialized_end=1523
+  _globals['_SEND']._serialized_start=1526
+  _globals['_SEND']._serialized_end=1821
+  _globals['_REACT']._serialized_start=1823
+  _globals['_REACT']._serialized_end=1858
+  _globals['_EDIT']._serialized_start=1860
+  _globals['_EDIT']._serialized_end=1879
+  _globals['_DELETE']._serialized_start=1881
+  _globals['_DELETE']._serialized_end=1902
+  _globals['_FORWARD']._serialized_start=1904
+  _globals['_FORWARD']._serialized_end=1945
+  _globals['_SENDRESULT']._serialized_start=1948
+  _globals['_SENDRESULT']._serialized_end=2117
+  _globals['_ACK']._serialized_start=2119
+  _globals['_ACK']._serialized_end=2160
+  _globals['_READ']._serialized_start=2162
+  _globals['_READ']._serialized_end=2200
+  _globals['_HEARTBEAT']._serialized_start=2202
+  _globals['_HEARTBEAT']._serialized_end=2213
+  _globals['_HEARTBEATACK']._serialized_start=2215
+  _globals['_HEARTBEATACK']._serialized_end=2229
+  _globals['_TYPINGREQUEST']._serialized_start=2231
+  _globals['_TYPINGREQUEST']._serialized_end=2281
+  _globals['_SYNCDONE']._serialized_start=2283
+  _globals['_SYNCDONE']._serialized_end=2311
+  _globals['_STREAMERROR']._serialized_start=2313
+  _globals['_STREAMERROR']._serialized_end=2396
+  _globals['_REDIRECT']._serialized_start=2398
+  _globals['_REDIRECT']._serialized_end=2425
+  _globals['_READCURSOR']._serialized_start=2427
+  _globals['_READCURSOR']._serialized_end=2474
+  _globals['_LOCATEREQUEST']._serialized_start=2476
+  _globals['_LOCATEREQUEST']._serialized_end=2509
+  _globals['_LOCATERESPONSE']._serialized_start=2511
+  _globals['_LOCATERESPONSE']._serialized_end=2561
+  _globals['_SOCKETSERVICE']._serialized_start=2564
+  _globals['_SOCKETSERVICE']._serialized_end=2705
 # @@protoc_insertion_point(module_scope)

@@ -156,6 +156,7 @@ class ServerFrame(_message.Message):
     BATCH_FIELD_NUMBER: _builtins.int
     THREAD_MUTE_FIELD_NUMBER: _builtins.int
     USER_CHANGE_FIELD_NUMBER: _builtins.int
+    PROFILE_CHANGED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome:
         """Answers Hello."""
@@ -212,6 +213,10 @@ class ServerFrame(_message.Message):
     def user_change(self) -> _types_pb2.UserChange:
         """A change to the user's own view (delete for me), after the Hello's user_log_seq."""
 
+    @_builtins.property
+    def profile_changed(self) -> _types_pb2.ProfileChanged:
+        """A contact or chat partner changed their display name, about or profile picture."""
+
     def __init__(
         self,
         *,
@@ -229,12 +234,13 @@ class ServerFrame(_message.Message):
         batch: Global___ServerBatch | None = ...,
         thread_mute: _types_pb2.ThreadMute | None = ...,
         user_change: _types_pb2.UserChange | None = ...,
+        profile_changed: _types_pb2.ProfileChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "thread_mute", b"thread_mute", "typing", b"typing", "user_change", b"user_change", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "profile_changed", b"profile_changed", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "thread_mute", b"thread_mute", "typing", b"typing", "user_change", b"user_change", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "thread_mute", b"thread_mute", "typing", b"typing", "user_change", b"user_change", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "payload", b"payload", "presence", b"presence", "profile_changed", b"profile_changed", "read_cursor", b"read_cursor", "receipt", b"receipt", "redirect", b"redirect", "send_result", b"send_result", "sync_done", b"sync_done", "thread_mute", b"thread_mute", "typing", b"typing", "user_change", b"user_change", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["welcome", "message", "send_result", "sync_done", "receipt", "presence", "typing", "error", "redirect", "heartbeat_ack", "read_cursor", "batch", "thread_mute", "user_change"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["welcome", "message", "send_result", "sync_done", "receipt", "presence", "typing", "error", "redirect", "heartbeat_ack", "read_cursor", "batch", "thread_mute", "user_change", "profile_changed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 

@@ -261,26 +261,67 @@ class User(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     USERNAME_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    ABOUT_FIELD_NUMBER: _builtins.int
+    PICTURE_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.int
     """Server-assigned id."""
     username: _builtins.str
     """Unique login name."""
     display_name: _builtins.str
     """Name shown to others."""
+    about: _builtins.str
+    """The status line the user wrote ("about"), at most 140 characters. Filled where a
+    profile is shown (GetMe, contacts, thread peers and members, lookups, ProfileChanged)
+    to those who may see it: the user's contacts and people in a thread with them, never
+    anyone either side blocked. Empty there otherwise, and always in message senders.
+    """
+    picture_id: _builtins.str
+    """The profile picture: an image attachment the user uploaded, empty when none (or not
+    shown, as for about). Download it as any attachment (MediaService.GetAttachment,
+    or GET /v1/attachments/{picture_id}); its thumbnail always exists and is the avatar.
+    """
     def __init__(
         self,
         *,
         user_id: _builtins.int = ...,
         username: _builtins.str = ...,
         display_name: _builtins.str = ...,
+        about: _builtins.str = ...,
+        picture_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["about", b"about", "display_name", b"display_name", "picture_id", b"picture_id", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___User: _TypeAlias = User  # noqa: Y015
+
+@_typing.final
+class ProfileChanged(_message.Message):
+    """ProfileChanged tells a user's contacts and chat partners that the user's display name,
+    about or picture changed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___User:
+        """The user as the receiver may see them now (about and picture_id filled or empty)."""
+
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProfileChanged: _TypeAlias = ProfileChanged  # noqa: Y015
 
 @_typing.final
 class SystemEvent(_message.Message):

@@ -1,6 +1,6 @@
 // Browser tests: real Chromium (Debian's, driven by playwright-core) against a running natter.
 //   NATTER_URL=http://127.0.0.1:7080 node e2e/run.mjs [scenario ...]
-// Scenarios: chat, offline, group, mobile, expired, settings, report, typing, logins, rich, push (default: all but push, which needs
+// Scenarios: chat, offline, group, mobile, expired, settings, report, typing, logins, rich, profile, blocked, push (default: all but push, which needs
 // NATTER_PUSH_PAYLOADS from tests/test_web.py). Prints "N passed, N failed";
 // exits 0 when all passed, 1 otherwise.
 import { mkdirSync, readFileSync } from "node:fs";
@@ -659,7 +659,7 @@ async function push(browser) {
   // Chromium replaces a tagged notification asynchronously (a read may still return the
   // old one): the checks look at the first read that shows one notification from natter.
   await deliver(hidden);
-  let all = [];
+  let all;
   const deadlineReplaced = Date.now() + WAIT;
   do {
     all = await notifications();
@@ -884,7 +884,103 @@ async function logins(browser) {
   console.log(`${times} logins: median ${took[Math.floor(times / 2)]} ms, slowest ${took[times - 1]} ms`);
 }
 
-const SCENARIOS = { chat, offline, group, mobile, expired, settings, report, typing, logins, rich, push };
+/** Alice sets an about line and a picture; bob sees them live in the chat list, the header and her profile; she removes the picture. */
+async function profile(browser) {
+  const alice = await person(browser, "alice");
+  const bob = await person(browser, "bob");
+  await register(alice, "Alice");
+  await register(bob, "Bob");
+  await openChatWith(alice, bob, "Bob");
+  await type(alice, "hello bob");
+  await openThread(bob, "Alice");
+  await seen(bob, "hello bob");
+  const chats = bob.page.getByRole("navigation", { name: "Chats" });
+  const row = chats.locator("[data-thread]").first();
+  check((await row.locator('[data-avatar="initials"]').count()) === 1, "initials before a picture");
+  // Alice: the profile screen in Settings, an about line and a picture, with a preview first.
+  await alice.page.goto("/#/settings");
+  await alice.page.getByRole("heading", { name: "Settings" }).waitFor({ timeout: WAIT });
+  await alice.page.getByLabel("About").fill("Out sailing until Sunday");
+  await alice.page.getByRole("button", { name: "Save" }).click();
+  await alice.page.getByRole("status").filter({ hasText: "Saved." }).waitFor({ timeout: WAIT });
+  await alice.page.locator("#profile-picture").setInputFiles({ name: "me.png", mimeType: "image/png", buffer: png(240, 240) });
+  await alice.page.locator('[data-avatar="preview"] img').waitFor({ timeout: WAIT });
+  await named(alice, "the profile screen with a picture chosen");
+  await alice.page.getByRole("button", { name: "Use this picture" }).click();
+  await alice.page.getByRole("status").filter({ hasText: "Profile picture saved." }).waitFor({ timeout: WAIT });
+  await alice.page.locator('.profile-row [data-avatar="picture"] img').waitFor({ timeout: WAIT });
+  await named(alice, "the profile screen");
+  // Bob, without reloading: the chat list, the chat header and alice's profile follow.
+  await row.locator('[data-avatar="picture"] img').waitFor({ timeout: WAIT });
+  const header = bob.page.locator(".chat-head .head-avatar");
+  await header.locator('[data-avatar="picture"] img').waitFor({ timeout: WAIT });
+  const src = await header.locator("img").getAttribute("src");
+  const res = await bob.page.evaluate(async (u) => (await fetch(u)).status, src);
+  check(res === 200, `the avatar's thumbnail loads (${res})`);
+  await header.click();
+  const shown = bob.page.locator(`[data-profile="${alice.username}"]`);
+  await shown.waitFor({ timeout: WAIT });
+  await shown.locator("[data-about]", { hasText: "Out sailing until Sunday" }).waitFor({ timeout: WAIT });
+  await shown.locator('[data-avatar="picture"] img').waitFor({ timeout: WAIT });
+  await named(bob, "a contact's profile");
+  await bob.page.keyboard.press("Escape");
+  await bob.page.getByLabel("Message", { exact: true }).waitFor({ timeout: WAIT });
+  // Alice removes the picture: bob sees her initials again, still without a reload.
+  await alice.page.getByRole("button", { name: "Remove picture" }).click();
+  await alice.page.getByRole("status").filter({ hasText: "Profile picture removed." }).waitFor({ timeout: WAIT });
+  await row.locator('[data-avatar="initials"]').waitFor({ timeout: WAIT });
+  await header.locator('[data-avatar="initials"]').waitFor({ timeout: WAIT });
+  check((await bob.page.locator('[data-avatar="picture"]').count()) === 0, "no picture left on bob's screen");
+  noProblems(alice, bob);
+}
+
+/** In a group shared with someone bob blocked, their messages still arrive; bob's app hides them when he chooses so. */
+async function blocked(browser) {
+  const alice = await person(browser, "alice");
+  const bob = await person(browser, "bob");
+  const carol = await person(browser, "carol");
+  await register(alice, "Alice");
+  await register(bob, "Bob");
+  await register(carol, "Carol");
+  await addContact(carol, alice);
+  await carol.page.goto("/#/new-group");
+  await carol.page.getByLabel("Group name").fill("Book club");
+  await carol.page.getByRole("checkbox", { name: /Alice/ }).check();
+  await carol.page.getByLabel("Other members (usernames, separated by commas)").fill(bob.username);
+  await carol.page.getByRole("button", { name: "Create group" }).click();
+  await carol.page.getByLabel("Message", { exact: true }).waitFor({ timeout: WAIT });
+  await type(carol, "welcome all");
+  await openThread(alice, "Book club");
+  await type(alice, "alice before the block");
+  await openThread(bob, "Book club");
+  await seen(bob, "alice before the block");
+  // Bob blocks alice (by her name, from the contacts page's chat with her) and turns hiding on.
+  await openChatWith(bob, alice, "Alice");
+  await chatMenu(bob, "Block Alice");
+  await bob.page.getByRole("button", { name: "Chat menu" }).click();
+  await bob.page.getByRole("menuitem", { name: "Unblock Alice" }).waitFor({ timeout: WAIT });
+  await bob.page.keyboard.press("Escape");
+  await bob.page.goto("/#/settings");
+  await bob.page.getByRole("checkbox", { name: "Hide messages of people I blocked in groups" }).check();
+  await bob.page.goto("/#/");
+  await openThread(bob, "Book club");
+  await type(alice, "alice after the block");
+  await type(carol, "carol after the block");
+  await seen(bob, "carol after the block");
+  check((await bubble(bob, "alice after the block").count()) === 0, "the blocked person's new message is hidden");
+  check((await bubble(bob, "alice before the block").count()) === 0, "and so are the earlier ones");
+  await seen(carol, "alice after the block"); // delivered to the others as usual
+  await named(bob, "a group with a blocked member's messages hidden");
+  // Turned off, they show again: they were delivered, only hidden.
+  await bob.page.goto("/#/settings");
+  await bob.page.getByRole("checkbox", { name: "Hide messages of people I blocked in groups" }).uncheck();
+  await bob.page.goto("/#/");
+  await openThread(bob, "Book club");
+  await seen(bob, "alice after the block");
+  noProblems(alice, bob, carol);
+}
+
+const SCENARIOS = { chat, offline, group, mobile, expired, settings, report, typing, logins, rich, push, profile, blocked };
 
 const wanted = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS).filter((s) => s !== "push");
 mkdirSync(SHOTS, { recursive: true });

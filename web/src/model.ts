@@ -4,6 +4,10 @@ export interface Person {
   id: number;
   username: string;
   name: string;
+  /** The status line, where the server shows the profile (contacts, chat partners); absent otherwise. */
+  about?: string;
+  /** The profile picture's attachment id; absent when none (initials are shown). */
+  picture?: string;
 }
 
 export type Tick = "pending" | "failed" | "sent" | "delivered" | "read";

@@ -399,6 +399,9 @@ export class Natter {
           p.clientMsgId === ev.clientMsgId ? { ...p, failed: ev.error.message || "refused" } : p,
         );
         break;
+      case "profile":
+        this.applyProfile(wire.person(ev.user));
+        break;
       case "user-change": {
         const c = ev.change;
         if (c.message) this.hide(Number(c.message.threadId), Number(c.message.seq));
@@ -1037,9 +1040,42 @@ export class Natter {
     this.emit();
   }
 
-  async updateProfile(displayName: string): Promise<void> {
-    await this.call(() => this.api.client.updateSettings({ displayName }));
+  async updateProfile(displayName: string, about?: string): Promise<void> {
+    await this.call(() => this.api.client.updateSettings({ displayName, ...(about === undefined ? {} : { about }) }));
     await this.refreshAccount();
+  }
+
+  /** Uploads an image through the attachment store and makes it the profile picture. */
+  async setPicture(file: File): Promise<void> {
+    const att = await this.call(() =>
+      upload(file, { name: file.name || "picture", type: file.type || "application/octet-stream" }, { baseUrl: this.base, token: this.s.token, chunkBytes: 256 * 1024 }),
+    );
+    await this.call(() => this.api.client.updateSettings({ pictureId: att.attachmentId }));
+    await this.refreshAccount();
+  }
+
+  async removePicture(): Promise<void> {
+    await this.call(() => this.api.client.updateSettings({ pictureId: "" }));
+    await this.refreshAccount();
+  }
+
+  /** A profile change pushed by the server: every place that shows the person follows it. */
+  private applyProfile(p: Person): void {
+    const st = this.s;
+    if (p.id === st.me.id) st.me = p;
+    for (const t of Object.values(st.threads)) {
+      if (t.peer?.id === p.id) st.threads[t.id] = { ...t, peer: p, title: t.group ? t.title : p.name };
+    }
+    st.contacts = st.contacts.map((c) => (c.person.id === p.id ? { ...c, person: p } : c));
+    for (const [t, list] of Object.entries(st.members)) {
+      if (list.some((m) => m.person.id === p.id)) st.members[Number(t)] = list.map((m) => (m.person.id === p.id ? { ...m, person: p } : m));
+    }
+  }
+
+  /** Who a direct chat is with, with the profile as last heard. */
+  peerOf(threadId: number): Person | null {
+    const t = this.state?.threads[threadId];
+    return t && !t.group ? t.peer : null;
   }
 
   async setHideLastSeen(hide: boolean): Promise<void> {

@@ -10,7 +10,10 @@ export function ms(ts: Timestamp | undefined): number {
 
 export function person(u: User | undefined): Person {
   if (!u) return { id: 0, username: "", name: "" };
-  return { id: Number(u.userId), username: u.username, name: u.displayName || u.username };
+  const p: Person = { id: Number(u.userId), username: u.username, name: u.displayName || u.username };
+  if (u.about) p.about = u.about;
+  if (u.pictureId) p.picture = u.pictureId;
+  return p;
 }
 
 export function msg(m: Message): Msg {

@@ -40,6 +40,10 @@ export interface SettingsChange {
   hideLastSeen?: boolean;
   /** Privacy mode of push notifications: what they show. */
   notificationPreview?: NotificationPreview;
+  /** The status line ("about"): at most 140 characters on one line; "" clears it. */
+  about?: string;
+  /** The profile picture: an image the user uploaded (`upload`), by attachment id; "" removes it. */
+  pictureId?: string;
 }
 
 /** A browser's push subscription, as `PushSubscription.toJSON()` gives it. */
@@ -135,6 +139,7 @@ export class NatterClient {
     return this.call(() => this.services.accounts.getMe({}));
   }
 
+  /** Changes settings and the profile (display name, about, picture); contacts and chat partners are told live (`profile` events). */
   async updateSettings(change: SettingsChange): Promise<void> {
     await this.call(() => this.services.accounts.updateSettings(change));
   }

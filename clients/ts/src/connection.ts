@@ -41,6 +41,8 @@ export type Event =
   | { type: "typing"; typing: Typing }
   /** The user muted or unmuted a thread on one of their devices; `until` in ms since the epoch, 0 for forever (or unmuted). */
   | { type: "thread-mute"; threadId: number; muted: boolean; until: number }
+  /** A contact or chat partner (or this user, on another device) changed their display name, about or picture: `user` as this user may see it now, also kept in `connection.profiles`. */
+  | { type: "profile"; user: User }
   /** A change to the user's own view (delete for me): `connection.fold` has taken it already. */
   | { type: "user-change"; change: UserChange }
   /** The user read a thread up to seq on another device. */
@@ -149,6 +151,8 @@ export class Connection {
   readonly merger: Merger<Message>;
   /** Every entry surfaced, folded: edits, deletes and reactions on their messages, hidden ones marked. */
   readonly fold = new Fold();
+  /** The latest profile of each user heard of by a `profile` event, by user id (lists fetched after a reconnect carry them too). */
+  readonly profiles = new Map<number, User>();
   state: ConnectionState = "offline";
   user: User | undefined;
   deviceId = 0;
@@ -656,6 +660,13 @@ export class Connection {
       case "heartbeatAck":
         this.stats.heartbeatAcks += 1;
         return;
+      case "profileChanged": {
+        const u = p.value.user;
+        if (!u) return;
+        this.profiles.set(Number(u.userId), u);
+        this.push({ type: "profile", user: u });
+        return;
+      }
       case "userChange": {
         const c = p.value;
         if (Number(c.seq) <= this.logArrived) return;

@@ -1,7 +1,7 @@
 // The account, device, safety, mute and push calls an app's settings screens make, against a real server.
 import { createECDH, randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { NatterError, NotificationPreview, ReportReason } from "../src/index.js";
+import { NatterError, NotificationPreview, ReportReason, upload } from "../src/index.js";
 import { nodeClient, nodeConnection } from "../src/node.js";
 import { NatterServer, PASSWORD, nameOf, newUser, received, until } from "./support.js";
 
@@ -27,6 +27,31 @@ describe("settings calls", () => {
     await alice.updateSettings({ hideLastSeen: false });
     expect((await alice.me()).hideLastSeen).toBe(false);
     expect((await alice.me()).user?.displayName).toBe("Alice A."); // left out: kept
+  });
+
+  it("profile: about and picture set, shown to a chat partner in lists and live, refused when invalid", async () => {
+    const alice = await newUser(server.address, "alice");
+    const bob = await newUser(server.address, "bob");
+    const ca = await nodeConnection(alice).start();
+    await ca.send("hi", { recipient: nameOf(bob) });
+    const cb = await nodeConnection(bob).start();
+    // A valid 1×1 PNG: every image gets a thumbnail, the avatar.
+    const png = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==", "base64");
+    const pic = await upload(new Blob([png]), { name: "me.png", type: "image/png" }, { baseUrl: `http://127.0.0.1:${server.httpPort}`, token: alice.token });
+    await alice.updateSettings({ about: "on a train", pictureId: pic.attachmentId });
+    const me = (await alice.me()).user;
+    expect([me?.about, me?.pictureId]).toEqual(["on a train", pic.attachmentId]);
+    const ev = (await until(cb, (e) => e.type === "profile")).pop();
+    expect(ev).toMatchObject({ type: "profile", user: { username: nameOf(alice), about: "on a train", pictureId: pic.attachmentId } });
+    expect(cb.profiles.get(Number(me?.userId))?.about).toBe("on a train");
+    const peer = (await bob.threads())[0].peer;
+    expect([peer?.about, peer?.pictureId]).toEqual(["on a train", pic.attachmentId]);
+    const links = await bob.attachmentLinks(pic.attachmentId);
+    expect((await fetch(`http://127.0.0.1:${server.httpPort}${links.thumbnailUrl}`)).status).toBe(200);
+    expect((await refusal(alice.updateSettings({ about: "x".repeat(141) }))).reason).toBe("ABOUT_TOO_LONG");
+    await alice.updateSettings({ pictureId: "" });
+    expect((await until(cb, (e) => e.type === "profile" && e.user.pictureId === "")).length).toBeGreaterThan(0);
+    for (const c of [ca, cb]) await c.close();
   });
 
   it("devices: listed with this one marked, one logged out, then all others; a new password logs out the rest", async () => {

@@ -8,7 +8,7 @@ import { go, type Route, useNatter, useRoute } from "./hooks";
 import { useUnreadBadge } from "./badge";
 import { NavIcon } from "./Icons";
 import { PushPrompt, Report } from "./Menus";
-import { Contacts, GroupInfo, NewGroup } from "./People";
+import { ContactProfile, Contacts, GroupInfo, NewGroup } from "./People";
 import { Devices, Settings } from "./Settings";
 import { Threads } from "./Threads";
 
@@ -35,7 +35,7 @@ const CONN_TEXT = {
 /** Where Escape leads from a page: a group's info back to its chat, anything else to the chat list. */
 function backFrom(route: Route): string | null {
   if (route.name === "home") return null;
-  if (route.name === "info") return `/chat/${route.id}`;
+  if (route.name === "info" || route.name === "profile") return `/chat/${route.id}`;
   return "/";
 }
 
@@ -91,7 +91,7 @@ export function App({ n }: { n: Natter }) {
     return <Auth n={n} />;
   }
 
-  const selected = route.name === "chat" || route.name === "info" ? route.id : 0;
+  const selected = route.name === "chat" || route.name === "info" || route.name === "profile" ? route.id : 0;
   let page;
   switch (route.name) {
     case "chat":
@@ -99,6 +99,9 @@ export function App({ n }: { n: Natter }) {
       break;
     case "info":
       page = <GroupInfo key={route.id} n={n} id={route.id} narrow={narrow} />;
+      break;
+    case "profile":
+      page = <ContactProfile key={route.id} n={n} id={route.id} narrow={narrow} />;
       break;
     case "contacts":
       page = <Contacts n={n} narrow={narrow} />;

@@ -8,6 +8,7 @@ import { ChatMenu } from "./Menus";
 import { Icon } from "./Icons";
 import { MessageList } from "./MessageList";
 import { SearchBox } from "./Search";
+import { Avatar } from "./Threads";
 
 export function Chat({ n, id, narrow }: { n: Natter; id: number; narrow: boolean }) {
   const st = n.state!;
@@ -62,6 +63,10 @@ export function Chat({ n, id, narrow }: { n: Natter; id: number; narrow: boolean
             ←
           </button>
         )}
+        <a class="head-avatar" href={t.group ? `#/chat/${id}/info` : `#/chat/${id}/profile`} title={t.group ? `About ${t.title}` : `Profile of ${t.title}`}>
+          <Avatar name={t.title} picture={t.group ? undefined : t.peer?.picture} n={n} />
+          <span class="sr-only">{t.group ? `About ${t.title}` : `Profile of ${t.title}`}</span>
+        </a>
         <div class="chat-title">
           <h2 id="chat-title">{t.title}</h2>
           <p class="subtitle" aria-live="polite">

@@ -81,7 +81,7 @@ export function Contacts({ n, narrow }: { n: Natter; narrow: boolean }) {
             const p = st.presence[c.person.id];
             return (
               <li key={c.person.id} data-contact={c.person.username}>
-                <Avatar name={c.alias || c.person.name} online={Boolean(p?.online)} />
+                <Avatar name={c.alias || c.person.name} online={Boolean(p?.online)} picture={c.person.picture} n={n} />
                 <span class="person-main">
                   <span class="person-name">{c.alias || c.person.name}</span>
                   <span class="person-sub">
@@ -212,7 +212,7 @@ export function GroupInfo({ n, id, narrow }: { n: Natter; id: number; narrow: bo
           const me = m.person.id === st.me.id;
           return (
             <li key={m.person.id} data-member={m.person.username}>
-              <Avatar name={m.person.name} online={Boolean(p?.online) || me} />
+              <Avatar name={m.person.name} online={Boolean(p?.online) || me} picture={m.person.picture} n={n} />
               <span class="person-main">
                 <span class="person-name">
                   {m.person.name}
@@ -273,6 +273,34 @@ export function GroupInfo({ n, id, narrow }: { n: Natter; id: number; narrow: bo
           Leave group
         </button>
       )}
+    </Page>
+  );
+}
+
+/** A contact's profile, opened from the chat header: picture, name, username and about. */
+export function ContactProfile({ n, id, narrow }: { n: Natter; id: number; narrow: boolean }) {
+  const st = n.state!;
+  const peer = n.peerOf(id);
+  const contact = peer ? st.contacts.find((c) => c.person.id === peer.id) : undefined;
+  useEffect(() => {
+    void n.loadMembers(id);
+  }, [id]);
+  if (!peer) return <Page title="Profile" narrow={narrow}>{null}</Page>;
+  const shown = contact?.person.id === peer.id && contact.alias ? contact.alias : peer.name;
+  return (
+    <Page title={shown} narrow={narrow}>
+      <p>
+        <a href={`#/chat/${id}`}>Back to the chat</a>
+      </p>
+      <div class="contact-profile" data-profile={peer.username}>
+        <Avatar name={peer.name} picture={peer.picture} n={n} large />
+        <p class="person-name">{peer.name}</p>
+        <p class="person-sub">@{peer.username}</p>
+        <h3 id="profile-about">About</h3>
+        <p class="about" dir="auto" aria-labelledby="profile-about" data-about>
+          {peer.about || "No about yet."}
+        </p>
+      </div>
     </Page>
   );
 }

@@ -41,16 +41,29 @@ export function Settings({ n, narrow }: { n: Natter; narrow: boolean }) {
   );
 }
 
+const MAX_ABOUT = 140;
+
 function Profile({ n }: { n: Natter }) {
   const st = n.state!;
   const [name, setName] = useState(st.me.name);
+  const [about, setAbout] = useState(st.me.about ?? "");
+  const [chosen, setChosen] = useState<{ file: File; url: string } | null>(null);
   const [done, setDone] = useState("");
   const [error, busy, run] = useAction();
+  useEffect(() => setAbout(st.me.about ?? ""), [st.me.about]);
+  useEffect(() => () => chosen && URL.revokeObjectURL(chosen.url), [chosen]);
+  const aboutLeft = MAX_ABOUT - [...about.trim()].length;
   return (
     <section class="settings-section" aria-labelledby="settings-profile">
       <h3 id="settings-profile">Profile</h3>
       <div class="profile-row">
-        <Avatar name={st.me.name} />
+        {chosen ? (
+          <span class="avatar" aria-hidden="true" data-avatar="preview">
+            <img src={chosen.url} alt="" />
+          </span>
+        ) : (
+          <Avatar name={st.me.name} picture={st.me.picture} n={n} />
+        )}
         <span class="person-main">
           <span class="person-name">{st.me.name}</span>
           <span class="person-sub">
@@ -59,20 +72,89 @@ function Profile({ n }: { n: Natter }) {
           </span>
         </span>
       </div>
+      <div class="row picture-row">
+        {chosen ? (
+          <>
+            <button
+              type="button"
+              class="primary"
+              disabled={busy}
+              onClick={() =>
+                void run(async () => {
+                  await n.setPicture(chosen.file);
+                  setChosen(null);
+                  setDone("Profile picture saved.");
+                })
+              }
+            >
+              Use this picture
+            </button>
+            <button type="button" class="secondary" disabled={busy} onClick={() => setChosen(null)}>
+              Cancel
+            </button>
+          </>
+        ) : (
+          <>
+            <label class="button secondary" for="profile-picture">
+              {st.me.picture ? "Change picture" : "Add a picture"}
+            </label>
+            <input
+              id="profile-picture"
+              class="sr-only"
+              type="file"
+              accept="image/*"
+              onChange={(e) => {
+                const file = e.currentTarget.files?.[0];
+                e.currentTarget.value = "";
+                setDone("");
+                if (file) setChosen({ file, url: URL.createObjectURL(file) });
+              }}
+            />
+            {st.me.picture && (
+              <button
+                type="button"
+                class="secondary"
+                disabled={busy}
+                onClick={() =>
+                  void run(async () => {
+                    await n.removePicture();
+                    setDone("Profile picture removed.");
+                  })
+                }
+              >
+                Remove picture
+              </button>
+            )}
+          </>
+        )}
+      </div>
       <form
         onSubmit={(e) => {
           e.preventDefault();
           setDone("");
           void run(async () => {
-            await n.updateProfile(name.trim());
+            await n.updateProfile(name.trim(), about.trim());
             setDone("Saved.");
           });
         }}
       >
         <label for="display-name">Display name</label>
+        <input id="display-name" dir="auto" maxLength={64} required value={name} onInput={(e) => setName(e.currentTarget.value)} />
+        <label for="about">About</label>
+        <input
+          id="about"
+          dir="auto"
+          maxLength={MAX_ABOUT}
+          placeholder="Hey there! I am using natter."
+          aria-describedby="about-left"
+          value={about}
+          onInput={(e) => setAbout(e.currentTarget.value)}
+        />
+        <p id="about-left" class="hint">
+          {aboutLeft} characters left
+        </p>
         <div class="row">
-          <input id="display-name" dir="auto" maxLength={64} required value={name} onInput={(e) => setName(e.currentTarget.value)} />
-          <button class="primary" type="submit" disabled={busy || !name.trim()}>
+          <button class="primary" type="submit" disabled={busy || !name.trim() || aboutLeft < 0}>
             Save
           </button>
         </div>

@@ -11,10 +11,24 @@ export function fold(s: string): string {
   return s.normalize("NFD").replace(/\p{M}/gu, "").toLowerCase();
 }
 
-export function Avatar({ name, online }: { name: string; online?: boolean | undefined }) {
+/** A person's picture (its thumbnail; the whole image when `large`), or their initials while there is none or it loads. */
+export function Avatar({
+  name,
+  online,
+  picture,
+  n,
+  large,
+}: {
+  name: string;
+  online?: boolean | undefined;
+  picture?: string | undefined;
+  n?: Natter | undefined;
+  large?: boolean;
+}) {
+  const link = picture && n ? n.link(picture) : undefined;
   return (
-    <span class="avatar" aria-hidden="true">
-      {initials(name)}
+    <span class={large ? "avatar large" : "avatar"} aria-hidden="true" data-avatar={link ? "picture" : "initials"}>
+      {link ? <img src={large ? link.url : link.thumbnailUrl} alt="" /> : initials(name)}
       {online !== undefined && <span class={online ? "dot online" : "dot"} />}
     </span>
   );
@@ -81,7 +95,7 @@ export function Threads({ n, selected }: { n: Natter; selected: number }) {
                   data-thread={t.id}
                   onClick={() => go(`/chat/${t.id}`)}
                 >
-                  <Avatar name={t.title} online={t.group ? undefined : Boolean(p?.online)} />
+                  <Avatar name={t.title} online={t.group ? undefined : Boolean(p?.online)} picture={t.group ? undefined : t.peer?.picture} n={n} />
                   <span class="thread-main">
                     <span class="thread-top">
                       <span class="thread-title">
@@ -127,7 +141,7 @@ export function Threads({ n, selected }: { n: Natter; selected: number }) {
           <ul class="people search-contacts" aria-labelledby="search-contacts">
             {contacts.map((c) => (
               <li key={c.person.id} data-contact={c.person.username}>
-                <Avatar name={c.alias || c.person.name} />
+                <Avatar name={c.alias || c.person.name} picture={c.person.picture} n={n} />
                 <span class="person-main">
                   <span class="person-name">{c.alias || c.person.name}</span>
                   <span class="person-sub">@{c.person.username}</span>

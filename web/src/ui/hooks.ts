@@ -12,6 +12,7 @@ export type Route =
   | { name: "home" }
   | { name: "chat"; id: number }
   | { name: "info"; id: number }
+  | { name: "profile"; id: number }
   | { name: "contacts" }
   | { name: "newGroup" }
   | { name: "devices" }
@@ -22,7 +23,9 @@ export type Route =
 export function parseRoute(hash: string): Route {
   const parts = hash.replace(/^#\/?/, "").split("/").filter(Boolean);
   if (parts[0] === "chat" && Number(parts[1]) > 0) {
-    return parts[2] === "info" ? { name: "info", id: Number(parts[1]) } : { name: "chat", id: Number(parts[1]) };
+    if (parts[2] === "info") return { name: "info", id: Number(parts[1]) };
+    if (parts[2] === "profile") return { name: "profile", id: Number(parts[1]) };
+    return { name: "chat", id: Number(parts[1]) };
   }
   if (parts[0] === "contacts") return { name: "contacts" };
   if (parts[0] === "new-group") return { name: "newGroup" };

@@ -12,7 +12,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file natter/v1/types.proto.
  */
 export const file_natter_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("ChVuYXR0ZXIvdjEvdHlwZXMucHJvdG8SCW5hdHRlci52MSI/CgRVc2VyEg8KB3VzZXJfaWQYASABKAMSEAoIdXNlcm5hbWUYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJIoYBCgtTeXN0ZW1FdmVudBIoCgRraW5kGAEgASgOMhoubmF0dGVyLnYxLlN5c3RlbUV2ZW50S2luZBIeCgVhY3RvchgCIAEoCzIPLm5hdHRlci52MS5Vc2VyEh4KBXVzZXJzGAMgAygLMg8ubmF0dGVyLnYxLlVzZXISDQoFdGl0bGUYBCABKAki5gQKB01lc3NhZ2USEQoJdGhyZWFkX2lkGAEgASgDEgsKA3NlcRgCIAEoAxIOCgZtc2dfaWQYAyABKAkSHwoGc2VuZGVyGAQgASgLMg8ubmF0dGVyLnYxLlVzZXISGAoQc2VuZGVyX2RldmljZV9pZBgFIAEoAxIVCg1jbGllbnRfbXNnX2lkGAYgASgJEiQKBGtpbmQYByABKA4yFi5uYXR0ZXIudjEuTWVzc2FnZUtpbmQSDAoEdGV4dBgIIAEoCRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoFc3RhdGUYCiABKA4yFy5uYXR0ZXIudjEuTWVzc2FnZVN0YXRlEiYKBnN5c3RlbRgLIAEoCzIWLm5hdHRlci52MS5TeXN0ZW1FdmVudBIqCgthdHRhY2htZW50cxgMIAMoCzIVLm5hdHRlci52MS5BdHRhY2htZW50EiQKCHJlcGx5X3RvGA0gASgLMhIubmF0dGVyLnYxLlJlcGx5VG8SEQoJZm9yd2FyZGVkGA4gASgIEhIKCnRhcmdldF9zZXEYDyABKAMSDQoFZW1vamkYECABKAkSLQoJZWRpdF90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghlZGl0X3NlcRgSIAEoAxIPCgdkZWxldGVkGBMgASgIEhIKCmRlbGV0ZV9zZXEYFCABKAMSJgoJcmVhY3Rpb25zGBUgAygLMhMubmF0dGVyLnYxLlJlYWN0aW9uEg4KBmhpZGRlbhgWIAEoCCLTAQoKQXR0YWNobWVudBIVCg1hdHRhY2htZW50X2lkGAEgASgJEhEKCW1pbWVfdHlwZRgCIAEoCRIMCgRzaXplGAMgASgDEgwKBG5hbWUYBCABKAkSDQoFd2lkdGgYBSABKAUSDgoGaGVpZ2h0GAYgASgFEhMKC2R1cmF0aW9uX21zGAcgASgDEhAKCGJsdXJoYXNoGAggASgJEhUKDWhhc190aHVtYm5haWwYCSABKAgSDgoGc2hhMjU2GAogASgJEhIKCnZvaWNlX25vdGUYCyABKAgibgoHUmVwbHlUbxILCgNzZXEYASABKAMSHwoGc2VuZGVyGAIgASgLMg8ubmF0dGVyLnYxLlVzZXISDwoHc25pcHBldBgDIAEoCRIkCgRraW5kGAQgASgOMhYubmF0dGVyLnYxLk1lc3NhZ2VLaW5kIm8KCFJlYWN0aW9uEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlchINCgVlbW9qaRgCIAEoCRILCgNzZXEYAyABKAMSKAoEdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAikAEKClVzZXJDaGFuZ2USCwoDc2VxGAEgASgDEicKBGtpbmQYAiABKA4yGS5uYXR0ZXIudjEuVXNlckNoYW5nZUtpbmQSIgoHbWVzc2FnZRgDIAEoCzIRLm5hdHRlci52MS5DdXJzb3ISKAoEdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKAoGQ3Vyc29yEhEKCXRocmVhZF9pZBgBIAEoAxILCgNzZXEYAiABKAMipAEKBk1lbWJlchIdCgR1c2VyGAEgASgLMg8ubmF0dGVyLnYxLlVzZXISIwoEcm9sZRgCIAEoDjIVLm5hdHRlci52MS5NZW1iZXJSb2xlEhUKDWRlbGl2ZXJlZF9zZXEYAyABKAMSEAoIcmVhZF9zZXEYBCABKAMSLQoJam9pbl90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKQAwoGVGhyZWFkEhEKCXRocmVhZF9pZBgBIAEoAxIjCgRraW5kGAIgASgOMhUubmF0dGVyLnYxLlRocmVhZEtpbmQSDQoFdGl0bGUYAyABKAkSHQoEcGVlchgEIAEoCzIPLm5hdHRlci52MS5Vc2VyEhAKCGxhc3Rfc2VxGAUgASgDEhAKCHJlYWRfc2VxGAYgASgDEhQKDHVucmVhZF9jb3VudBgHIAEoAxIoCgxsYXN0X21lc3NhZ2UYCCABKAsyEi5uYXR0ZXIudjEuTWVzc2FnZRIvCgt1cGRhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIwoEcm9sZRgKIAEoDjIVLm5hdHRlci52MS5NZW1iZXJSb2xlEhQKDG1lbWJlcl9jb3VudBgLIAEoBRIOCgZhY3RpdmUYDCABKAgSDQoFbXV0ZWQYDSABKAgSMQoNbXV0ZV9lbmRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYQoKVGhyZWFkTXV0ZRIRCgl0aHJlYWRfaWQYASABKAMSDQoFbXV0ZWQYAiABKAgSMQoNbXV0ZV9lbmRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAimAEKB1JlY2VpcHQSEQoJdGhyZWFkX2lkGAEgASgDEh0KBHVzZXIYAiABKAsyDy5uYXR0ZXIudjEuVXNlchIkCgRraW5kGAMgASgOMhYubmF0dGVyLnYxLlJlY2VpcHRLaW5kEgsKA3NlcRgEIAEoAxIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJtCghQcmVzZW5jZRIdCgR1c2VyGAEgASgLMg8ubmF0dGVyLnYxLlVzZXISDgoGb25saW5lGAIgASgIEjIKDmxhc3Rfc2Vlbl90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJKCgZUeXBpbmcSEQoJdGhyZWFkX2lkGAEgASgDEh0KBHVzZXIYAiABKAsyDy5uYXR0ZXIudjEuVXNlchIOCgZhY3RpdmUYAyABKAgi5AEKBkRldmljZRIRCglkZXZpY2VfaWQYASABKAMSDAoEbmFtZRgCIAEoCRIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQbGFzdF9hY3RpdmVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY3VycmVudBgFIAEoCBIQCghwbGF0Zm9ybRgGIAEoCRIvCgtleHBpcmVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqWAoKVGhyZWFkS2luZBIbChdUSFJFQURfS0lORF9VTlNQRUNJRklFRBAAEhYKElRIUkVBRF9LSU5EX0RJUkVDVBABEhUKEVRIUkVBRF9LSU5EX0dST1VQEAIqWAoKTWVtYmVyUm9sZRIbChdNRU1CRVJfUk9MRV9VTlNQRUNJRklFRBAAEhYKEk1FTUJFUl9ST0xFX01FTUJFUhABEhUKEU1FTUJFUl9ST0xFX0FETUlOEAIqwwEKC01lc3NhZ2VLaW5kEhwKGE1FU1NBR0VfS0lORF9VTlNQRUNJRklFRBAAEhUKEU1FU1NBR0VfS0lORF9URVhUEAESFwoTTUVTU0FHRV9LSU5EX1NZU1RFTRACEhsKF01FU1NBR0VfS0lORF9BVFRBQ0hNRU5UEAMSGQoVTUVTU0FHRV9LSU5EX1JFQUNUSU9OEAQSFQoRTUVTU0FHRV9LSU5EX0VESVQQBRIXChNNRVNTQUdFX0tJTkRfREVMRVRFEAYqVQoOVXNlckNoYW5nZUtpbmQSIAocVVNFUl9DSEFOR0VfS0lORF9VTlNQRUNJRklFRBAAEiEKHVVTRVJfQ0hBTkdFX0tJTkRfSElERV9NRVNTQUdFEAEqegoMTWVzc2FnZVN0YXRlEh0KGU1FU1NBR0VfU1RBVEVfVU5TUEVDSUZJRUQQABIWChJNRVNTQUdFX1NUQVRFX1NFTlQQARIbChdNRVNTQUdFX1NUQVRFX0RFTElWRVJFRBACEhYKEk1FU1NBR0VfU1RBVEVfUkVBRBADKroCCg9TeXN0ZW1FdmVudEtpbmQSIQodU1lTVEVNX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIjCh9TWVNURU1fRVZFTlRfS0lORF9HUk9VUF9DUkVBVEVEEAESIwofU1lTVEVNX0VWRU5UX0tJTkRfTUVNQkVSU19BRERFRBACEiUKIVNZU1RFTV9FVkVOVF9LSU5EX01FTUJFUlNfUkVNT1ZFRBADEiEKHVNZU1RFTV9FVkVOVF9LSU5EX01FTUJFUl9MRUZUEAQSIwofU1lTVEVNX0VWRU5UX0tJTkRfVElUTEVfQ0hBTkdFRBAFEiUKIVNZU1RFTV9FVkVOVF9LSU5EX0FETUlOU19QUk9NT1RFRBAGEiQKIFNZU1RFTV9FVkVOVF9LSU5EX0FETUlOU19ERU1PVEVEEAcqoQEKE05vdGlmaWNhdGlvblByZXZpZXcSJAogTk9USUZJQ0FUSU9OX1BSRVZJRVdfVU5TUEVDSUZJRUQQABIdChlOT1RJRklDQVRJT05fUFJFVklFV19GVUxMEAESJAogTk9USUZJQ0FUSU9OX1BSRVZJRVdfU0VOREVSX09OTFkQAhIfChtOT1RJRklDQVRJT05fUFJFVklFV19ISURERU4QAypeCgtSZWNlaXB0S2luZBIcChhSRUNFSVBUX0tJTkRfVU5TUEVDSUZJRUQQABIaChZSRUNFSVBUX0tJTkRfREVMSVZFUkVEEAESFQoRUkVDRUlQVF9LSU5EX1JFQUQQAkIdCg1kZXYubmF0dGVyLnYxQgpUeXBlc1Byb3RvUAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChVuYXR0ZXIvdjEvdHlwZXMucHJvdG8SCW5hdHRlci52MSJiCgRVc2VyEg8KB3VzZXJfaWQYASABKAMSEAoIdXNlcm5hbWUYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEg0KBWFib3V0GAQgASgJEhIKCnBpY3R1cmVfaWQYBSABKAkiLwoOUHJvZmlsZUNoYW5nZWQSHQoEdXNlchgBIAEoCzIPLm5hdHRlci52MS5Vc2VyIoYBCgtTeXN0ZW1FdmVudBIoCgRraW5kGAEgASgOMhoubmF0dGVyLnYxLlN5c3RlbUV2ZW50S2luZBIeCgVhY3RvchgCIAEoCzIPLm5hdHRlci52MS5Vc2VyEh4KBXVzZXJzGAMgAygLMg8ubmF0dGVyLnYxLlVzZXISDQoFdGl0bGUYBCABKAki5gQKB01lc3NhZ2USEQoJdGhyZWFkX2lkGAEgASgDEgsKA3NlcRgCIAEoAxIOCgZtc2dfaWQYAyABKAkSHwoGc2VuZGVyGAQgASgLMg8ubmF0dGVyLnYxLlVzZXISGAoQc2VuZGVyX2RldmljZV9pZBgFIAEoAxIVCg1jbGllbnRfbXNnX2lkGAYgASgJEiQKBGtpbmQYByABKA4yFi5uYXR0ZXIudjEuTWVzc2FnZUtpbmQSDAoEdGV4dBgIIAEoCRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoFc3RhdGUYCiABKA4yFy5uYXR0ZXIudjEuTWVzc2FnZVN0YXRlEiYKBnN5c3RlbRgLIAEoCzIWLm5hdHRlci52MS5TeXN0ZW1FdmVudBIqCgthdHRhY2htZW50cxgMIAMoCzIVLm5hdHRlci52MS5BdHRhY2htZW50EiQKCHJlcGx5X3RvGA0gASgLMhIubmF0dGVyLnYxLlJlcGx5VG8SEQoJZm9yd2FyZGVkGA4gASgIEhIKCnRhcmdldF9zZXEYDyABKAMSDQoFZW1vamkYECABKAkSLQoJZWRpdF90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghlZGl0X3NlcRgSIAEoAxIPCgdkZWxldGVkGBMgASgIEhIKCmRlbGV0ZV9zZXEYFCABKAMSJgoJcmVhY3Rpb25zGBUgAygLMhMubmF0dGVyLnYxLlJlYWN0aW9uEg4KBmhpZGRlbhgWIAEoCCLTAQoKQXR0YWNobWVudBIVCg1hdHRhY2htZW50X2lkGAEgASgJEhEKCW1pbWVfdHlwZRgCIAEoCRIMCgRzaXplGAMgASgDEgwKBG5hbWUYBCABKAkSDQoFd2lkdGgYBSABKAUSDgoGaGVpZ2h0GAYgASgFEhMKC2R1cmF0aW9uX21zGAcgASgDEhAKCGJsdXJoYXNoGAggASgJEhUKDWhhc190aHVtYm5haWwYCSABKAgSDgoGc2hhMjU2GAogASgJEhIKCnZvaWNlX25vdGUYCyABKAgibgoHUmVwbHlUbxILCgNzZXEYASABKAMSHwoGc2VuZGVyGAIgASgLMg8ubmF0dGVyLnYxLlVzZXISDwoHc25pcHBldBgDIAEoCRIkCgRraW5kGAQgASgOMhYubmF0dGVyLnYxLk1lc3NhZ2VLaW5kIm8KCFJlYWN0aW9uEh0KBHVzZXIYASABKAsyDy5uYXR0ZXIudjEuVXNlchINCgVlbW9qaRgCIAEoCRILCgNzZXEYAyABKAMSKAoEdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAikAEKClVzZXJDaGFuZ2USCwoDc2VxGAEgASgDEicKBGtpbmQYAiABKA4yGS5uYXR0ZXIudjEuVXNlckNoYW5nZUtpbmQSIgoHbWVzc2FnZRgDIAEoCzIRLm5hdHRlci52MS5DdXJzb3ISKAoEdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKAoGQ3Vyc29yEhEKCXRocmVhZF9pZBgBIAEoAxILCgNzZXEYAiABKAMipAEKBk1lbWJlchIdCgR1c2VyGAEgASgLMg8ubmF0dGVyLnYxLlVzZXISIwoEcm9sZRgCIAEoDjIVLm5hdHRlci52MS5NZW1iZXJSb2xlEhUKDWRlbGl2ZXJlZF9zZXEYAyABKAMSEAoIcmVhZF9zZXEYBCABKAMSLQoJam9pbl90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKQAwoGVGhyZWFkEhEKCXRocmVhZF9pZBgBIAEoAxIjCgRraW5kGAIgASgOMhUubmF0dGVyLnYxLlRocmVhZEtpbmQSDQoFdGl0bGUYAyABKAkSHQoEcGVlchgEIAEoCzIPLm5hdHRlci52MS5Vc2VyEhAKCGxhc3Rfc2VxGAUgASgDEhAKCHJlYWRfc2VxGAYgASgDEhQKDHVucmVhZF9jb3VudBgHIAEoAxIoCgxsYXN0X21lc3NhZ2UYCCABKAsyEi5uYXR0ZXIudjEuTWVzc2FnZRIvCgt1cGRhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIwoEcm9sZRgKIAEoDjIVLm5hdHRlci52MS5NZW1iZXJSb2xlEhQKDG1lbWJlcl9jb3VudBgLIAEoBRIOCgZhY3RpdmUYDCABKAgSDQoFbXV0ZWQYDSABKAgSMQoNbXV0ZV9lbmRfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYQoKVGhyZWFkTXV0ZRIRCgl0aHJlYWRfaWQYASABKAMSDQoFbXV0ZWQYAiABKAgSMQoNbXV0ZV9lbmRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAimAEKB1JlY2VpcHQSEQoJdGhyZWFkX2lkGAEgASgDEh0KBHVzZXIYAiABKAsyDy5uYXR0ZXIudjEuVXNlchIkCgRraW5kGAMgASgOMhYubmF0dGVyLnYxLlJlY2VpcHRLaW5kEgsKA3NlcRgEIAEoAxIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJtCghQcmVzZW5jZRIdCgR1c2VyGAEgASgLMg8ubmF0dGVyLnYxLlVzZXISDgoGb25saW5lGAIgASgIEjIKDmxhc3Rfc2Vlbl90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJKCgZUeXBpbmcSEQoJdGhyZWFkX2lkGAEgASgDEh0KBHVzZXIYAiABKAsyDy5uYXR0ZXIudjEuVXNlchIOCgZhY3RpdmUYAyABKAgi5AEKBkRldmljZRIRCglkZXZpY2VfaWQYASABKAMSDAoEbmFtZRgCIAEoCRIvCgtjcmVhdGVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoQbGFzdF9hY3RpdmVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY3VycmVudBgFIAEoCBIQCghwbGF0Zm9ybRgGIAEoCRIvCgtleHBpcmVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqWAoKVGhyZWFkS2luZBIbChdUSFJFQURfS0lORF9VTlNQRUNJRklFRBAAEhYKElRIUkVBRF9LSU5EX0RJUkVDVBABEhUKEVRIUkVBRF9LSU5EX0dST1VQEAIqWAoKTWVtYmVyUm9sZRIbChdNRU1CRVJfUk9MRV9VTlNQRUNJRklFRBAAEhYKEk1FTUJFUl9ST0xFX01FTUJFUhABEhUKEU1FTUJFUl9ST0xFX0FETUlOEAIqwwEKC01lc3NhZ2VLaW5kEhwKGE1FU1NBR0VfS0lORF9VTlNQRUNJRklFRBAAEhUKEU1FU1NBR0VfS0lORF9URVhUEAESFwoTTUVTU0FHRV9LSU5EX1NZU1RFTRACEhsKF01FU1NBR0VfS0lORF9BVFRBQ0hNRU5UEAMSGQoVTUVTU0FHRV9LSU5EX1JFQUNUSU9OEAQSFQoRTUVTU0FHRV9LSU5EX0VESVQQBRIXChNNRVNTQUdFX0tJTkRfREVMRVRFEAYqVQoOVXNlckNoYW5nZUtpbmQSIAocVVNFUl9DSEFOR0VfS0lORF9VTlNQRUNJRklFRBAAEiEKHVVTRVJfQ0hBTkdFX0tJTkRfSElERV9NRVNTQUdFEAEqegoMTWVzc2FnZVN0YXRlEh0KGU1FU1NBR0VfU1RBVEVfVU5TUEVDSUZJRUQQABIWChJNRVNTQUdFX1NUQVRFX1NFTlQQARIbChdNRVNTQUdFX1NUQVRFX0RFTElWRVJFRBACEhYKEk1FU1NBR0VfU1RBVEVfUkVBRBADKroCCg9TeXN0ZW1FdmVudEtpbmQSIQodU1lTVEVNX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIjCh9TWVNURU1fRVZFTlRfS0lORF9HUk9VUF9DUkVBVEVEEAESIwofU1lTVEVNX0VWRU5UX0tJTkRfTUVNQkVSU19BRERFRBACEiUKIVNZU1RFTV9FVkVOVF9LSU5EX01FTUJFUlNfUkVNT1ZFRBADEiEKHVNZU1RFTV9FVkVOVF9LSU5EX01FTUJFUl9MRUZUEAQSIwofU1lTVEVNX0VWRU5UX0tJTkRfVElUTEVfQ0hBTkdFRBAFEiUKIVNZU1RFTV9FVkVOVF9LSU5EX0FETUlOU19QUk9NT1RFRBAGEiQKIFNZU1RFTV9FVkVOVF9LSU5EX0FETUlOU19ERU1PVEVEEAcqoQEKE05vdGlmaWNhdGlvblByZXZpZXcSJAogTk9USUZJQ0FUSU9OX1BSRVZJRVdfVU5TUEVDSUZJRUQQABIdChlOT1RJRklDQVRJT05fUFJFVklFV19GVUxMEAESJAogTk9USUZJQ0FUSU9OX1BSRVZJRVdfU0VOREVSX09OTFkQAhIfChtOT1RJRklDQVRJT05fUFJFVklFV19ISURERU4QAypeCgtSZWNlaXB0S2luZBIcChhSRUNFSVBUX0tJTkRfVU5TUEVDSUZJRUQQABIaChZSRUNFSVBUX0tJTkRfREVMSVZFUkVEEAESFQoRUkVDRUlQVF9LSU5EX1JFQUQQAkIdCg1kZXYubmF0dGVyLnYxQgpUeXBlc1Byb3RvUAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * User is the public face of an account.
@@ -40,6 +40,25 @@ export type User = Message$1<"natter.v1.User"> & {
    * @generated from field: string display_name = 3;
    */
   displayName: string;
+
+  /**
+   * The status line the user wrote ("about"), at most 140 characters. Filled where a
+   * profile is shown (GetMe, contacts, thread peers and members, lookups, ProfileChanged)
+   * to those who may see it: the user's contacts and people in a thread with them, never
+   * anyone either side blocked. Empty there otherwise, and always in message senders.
+   *
+   * @generated from field: string about = 4;
+   */
+  about: string;
+
+  /**
+   * The profile picture: an image attachment the user uploaded, empty when none (or not
+   * shown, as for about). Download it as any attachment (MediaService.GetAttachment,
+   * or GET /v1/attachments/{picture_id}); its thumbnail always exists and is the avatar.
+   *
+   * @generated from field: string picture_id = 5;
+   */
+  pictureId: string;
 };
 
 /**
@@ -48,6 +67,28 @@ export type User = Message$1<"natter.v1.User"> & {
  */
 export const UserSchema: GenMessage<User> = /*@__PURE__*/
   messageDesc(file_natter_v1_types, 0);
+
+/**
+ * ProfileChanged tells a user's contacts and chat partners that the user's display name,
+ * about or picture changed.
+ *
+ * @generated from message natter.v1.ProfileChanged
+ */
+export type ProfileChanged = Message$1<"natter.v1.ProfileChanged"> & {
+  /**
+   * The user as the receiver may see them now (about and picture_id filled or empty).
+   *
+   * @generated from field: natter.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message natter.v1.ProfileChanged.
+ * Use `create(ProfileChangedSchema)` to create a new message.
+ */
+export const ProfileChangedSchema: GenMessage<ProfileChanged> = /*@__PURE__*/
+  messageDesc(file_natter_v1_types, 1);
 
 /**
  * SystemEvent is the structured content of a system message.
@@ -89,7 +130,7 @@ export type SystemEvent = Message$1<"natter.v1.SystemEvent"> & {
  * Use `create(SystemEventSchema)` to create a new message.
  */
 export const SystemEventSchema: GenMessage<SystemEvent> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 1);
+  messageDesc(file_natter_v1_types, 2);
 
 /**
  * Message is one entry in a thread's log.
@@ -257,7 +298,7 @@ export type Message = Message$1<"natter.v1.Message"> & {
  * Use `create(MessageSchema)` to create a new message.
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 2);
+  messageDesc(file_natter_v1_types, 3);
 
 /**
  * Attachment is a stored file a message refers to: a photo, a file or a voice note.
@@ -348,7 +389,7 @@ export type Attachment = Message$1<"natter.v1.Attachment"> & {
  * Use `create(AttachmentSchema)` to create a new message.
  */
 export const AttachmentSchema: GenMessage<Attachment> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 3);
+  messageDesc(file_natter_v1_types, 4);
 
 /**
  * ReplyTo quotes the message a reply answers, as it was when the reply was sent.
@@ -390,7 +431,7 @@ export type ReplyTo = Message$1<"natter.v1.ReplyTo"> & {
  * Use `create(ReplyToSchema)` to create a new message.
  */
 export const ReplyToSchema: GenMessage<ReplyTo> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 4);
+  messageDesc(file_natter_v1_types, 5);
 
 /**
  * Reaction is one member's emoji on a message.
@@ -432,7 +473,7 @@ export type Reaction = Message$1<"natter.v1.Reaction"> & {
  * Use `create(ReactionSchema)` to create a new message.
  */
 export const ReactionSchema: GenMessage<Reaction> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 5);
+  messageDesc(file_natter_v1_types, 6);
 
 /**
  * UserChange is one entry of a user's own change log, with its own sequence number.
@@ -474,7 +515,7 @@ export type UserChange = Message$1<"natter.v1.UserChange"> & {
  * Use `create(UserChangeSchema)` to create a new message.
  */
 export const UserChangeSchema: GenMessage<UserChange> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 6);
+  messageDesc(file_natter_v1_types, 7);
 
 /**
  * Cursor is a position in a thread.
@@ -502,7 +543,7 @@ export type Cursor = Message$1<"natter.v1.Cursor"> & {
  * Use `create(CursorSchema)` to create a new message.
  */
 export const CursorSchema: GenMessage<Cursor> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 7);
+  messageDesc(file_natter_v1_types, 8);
 
 /**
  * Member is a user's membership of a thread.
@@ -551,7 +592,7 @@ export type Member = Message$1<"natter.v1.Member"> & {
  * Use `create(MemberSchema)` to create a new message.
  */
 export const MemberSchema: GenMessage<Member> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 8);
+  messageDesc(file_natter_v1_types, 9);
 
 /**
  * Thread is a conversation as seen by one member.
@@ -663,7 +704,7 @@ export type Thread = Message$1<"natter.v1.Thread"> & {
  * Use `create(ThreadSchema)` to create a new message.
  */
 export const ThreadSchema: GenMessage<Thread> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 9);
+  messageDesc(file_natter_v1_types, 10);
 
 /**
  * ThreadMute is a member's mute of a thread, as their other devices learn of it.
@@ -698,7 +739,7 @@ export type ThreadMute = Message$1<"natter.v1.ThreadMute"> & {
  * Use `create(ThreadMuteSchema)` to create a new message.
  */
 export const ThreadMuteSchema: GenMessage<ThreadMute> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 10);
+  messageDesc(file_natter_v1_types, 11);
 
 /**
  * Receipt says that a member received or read a thread up to seq.
@@ -747,7 +788,7 @@ export type Receipt = Message$1<"natter.v1.Receipt"> & {
  * Use `create(ReceiptSchema)` to create a new message.
  */
 export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 11);
+  messageDesc(file_natter_v1_types, 12);
 
 /**
  * Presence is a user's online status.
@@ -782,7 +823,7 @@ export type Presence = Message$1<"natter.v1.Presence"> & {
  * Use `create(PresenceSchema)` to create a new message.
  */
 export const PresenceSchema: GenMessage<Presence> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 12);
+  messageDesc(file_natter_v1_types, 13);
 
 /**
  * Typing says that someone is typing in a thread.
@@ -817,7 +858,7 @@ export type Typing = Message$1<"natter.v1.Typing"> & {
  * Use `create(TypingSchema)` to create a new message.
  */
 export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 13);
+  messageDesc(file_natter_v1_types, 14);
 
 /**
  * Device is one login of a user.
@@ -880,7 +921,7 @@ export type Device = Message$1<"natter.v1.Device"> & {
  * Use `create(DeviceSchema)` to create a new message.
  */
 export const DeviceSchema: GenMessage<Device> = /*@__PURE__*/
-  messageDesc(file_natter_v1_types, 14);
+  messageDesc(file_natter_v1_types, 15);
 
 /**
  * ThreadKind says whether a thread joins two people or a group.

@@ -231,12 +231,24 @@ class NatterClient(
         accounts.call { deleteAccount(DeleteAccountRequest.newBuilder().setPassword(password).build(), it) }
     }
 
-    suspend fun updateSettings(displayName: String? = null, hideLastSeen: Boolean? = null) {
+    /**
+     * Changes settings and the profile; null leaves a field as it is. [about] is the status line
+     * (at most 140 characters, one line; "" clears it), [pictureId] an image the user uploaded
+     * ([upload]) as the profile picture ("" removes it). Contacts and chat partners are told live.
+     */
+    suspend fun updateSettings(
+        displayName: String? = null,
+        hideLastSeen: Boolean? = null,
+        about: String? = null,
+        pictureId: String? = null,
+    ) {
         accounts.call {
             updateSettings(
                 UpdateSettingsRequest.newBuilder().apply {
                     if (displayName != null) setDisplayName(displayName)
                     if (hideLastSeen != null) setHideLastSeen(hideLastSeen)
+                    if (about != null) setAbout(about)
+                    if (pictureId != null) setPictureId(pictureId)
                 }.build(),
                 it,
             )

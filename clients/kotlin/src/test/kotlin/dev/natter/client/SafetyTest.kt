@@ -44,6 +44,9 @@ class SafetyTest {
         try {
             val first = cb.send("hi alice", recipient = alice.username)
             assertEquals("hi alice", ca.received(1).single().text)
+            // A profile: the about line a chat partner sees in the thread list.
+            bob.updateSettings(about = "at the lake")
+            assertEquals("at the lake", alice.threads().single { it.threadId == first.threadId }.peer.about)
 
             assertEquals(bob.username, alice.block(bob.username).username)
             alice.block(bob.username) // twice is fine
