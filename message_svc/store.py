@@ -503,6 +503,11 @@ class LogEntry:
     text: str
     system: SystemEvent | None = None
     target_seq: int = 0
+    # What the SQL side derives from the entry when it moves the thread over it: the
+    # shaped references (attachments, quoted message, forwarded mark) as the SQL store
+    # keeps them, and whether the entry queues a push notification.
+    payload: str | None = None
+    notify: bool = False
 
 
 class MessageLog(Protocol):

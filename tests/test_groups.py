@@ -335,8 +335,13 @@ async def test_a_role_number_the_server_does_not_know_is_invalid_argument(
 
 class TestMemberCap:
     @pytest.fixture
-    def settings(self, tmp_path: Path, store_url: str) -> Settings:
-        return make_settings(tmp_path / "data", database_url=store_url, max_group_members=3)
+    def settings(self, tmp_path: Path, store_url: str, message_log_url: str) -> Settings:
+        return make_settings(
+            tmp_path / "data",
+            database_url=store_url,
+            message_log=message_log_url,
+            max_group_members=3,
+        )
 
     async def test_groups_cannot_grow_past_the_cap(self, user: UserFactory) -> None:
         alice = await user("alice")
