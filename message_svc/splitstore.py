@@ -26,6 +26,7 @@ import signal
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -114,27 +115,26 @@ class SplitStore(SqlStore):
         for tid, last in rows:
             head = heads.get(int(tid), 0)
             if head > int(last):
-                await self._catch_up(int(tid), int(last), head, [])
+                await self._catch_up({int(tid): (int(last), head, [])})
                 moved[int(tid)] = (int(last), head)
         return moved
 
     async def _catch_up(
-        self, thread_id: int, known_last: int, upto: int, fresh: Sequence[Logged]
+        self, spans: dict[int, tuple[int, int, Sequence[Logged]]]
     ) -> dict[Key, Message]:
-        """Apply the log up to `upto` to SQL; `fresh`: entries just appended (not read back).
+        """Apply the log to SQL, one transaction for every thread of `spans`.
 
-        What lies between the thread row (`known_last`, read before) and `fresh` is read
-        from the log. The row only moves up, so what the transaction finds is never lower.
+        `spans`: thread -> (its row's last seq read before, the seq to move it to, the
+        entries just appended, not read back). What lies between the row and those entries
+        is read from the log. The row only moves up, so what the transaction finds is never
+        lower than what was read before.
         """
-        have = {e.message.seq for e in fresh}
-        lo = min(have, default=upto + 1)
-        gap = (
-            await self.log.read_logged(thread_id, known_last, lo - 1) if lo - 1 > known_last else []
-        )
-        entries = sorted([*gap, *fresh], key=lambda e: e.message.seq)
-        return await self._retry(
-            lambda: self._write(lambda conn: _project(conn, thread_id, entries, upto))
-        )
+        work: dict[int, tuple[list[Logged], int]] = {}
+        for tid, (known_last, upto, fresh) in spans.items():
+            lo = min((e.message.seq for e in fresh), default=upto + 1)
+            gap = await self.log.read_logged(tid, known_last, lo - 1)
+            work[tid] = (sorted([*gap, *fresh], key=lambda e: e.message.seq), upto)
+        return await self._retry(lambda: self._write(lambda conn: _project(conn, work)))
 
     def _fault(self) -> None:
         self._appends += 1
@@ -173,9 +173,9 @@ class SplitStore(SqlStore):
             if not a.duplicate:
                 per_thread[m.thread_id].append(Logged(m, e.payload, e.notify))
         lasts = await self._last_seqs(list(upto))
-        stored: dict[Key, Message] = {}
-        for tid in sorted(upto):
-            stored.update(await self._catch_up(tid, lasts.get(tid, 0), upto[tid], per_thread[tid]))
+        stored = await self._catch_up(
+            {tid: (lasts.get(tid, 0), upto[tid], per_thread[tid]) for tid in upto}
+        )
         for i, a in zip(where, appended, strict=True):
             key = (a.message.sender.user_id, a.message.client_msg_id)
             out[i] = Appended(stored.get(key, a.message), a.duplicate)
@@ -199,7 +199,8 @@ class SplitStore(SqlStore):
         [appended] = await self.log.append([entry])
         self._fault()
         m = appended.message
-        stored = await self._catch_up(thread_id, 0, m.seq, [Logged(m, entry.payload, entry.notify)])
+        logged = Logged(m, entry.payload, entry.notify)
+        stored = await self._catch_up({thread_id: (0, m.seq, [logged])})
         return thread_id, stored.get((m.sender.user_id, m.client_msg_id), m)
 
     async def change_group(
@@ -300,24 +301,31 @@ def _check(
     return out
 
 
-def _project(
-    conn: Connection, thread_id: int, entries: Sequence[Logged], upto: int
-) -> dict[Key, Message]:
-    """Move the thread row over the log's entries up to `upto`, deriving their rows.
+def _project(conn: Connection, work: dict[int, tuple[list[Logged], int]]) -> dict[Key, Message]:
+    """Move thread rows over the log's entries, each up to its seq, deriving their rows.
 
-    Runs under the thread row's lock; entries at or below its last seq were applied by
-    someone else and are skipped. Returns the stored form of every entry up to `upto`
-    (shaped and folded as the SQL store answers), by key.
+    Threads are locked in id order (concurrent batches cannot deadlock); entries at or
+    below a row's last seq were applied by someone else and are skipped. Returns the stored
+    form of every entry (shaped and folded as the SQL store answers), by key.
     """
-    last = conn.execute(_SEQ_FOR_UPDATE, {"tid": thread_id}).scalar_one_or_none()
-    if last is None:
-        raise NotFound(f"thread {thread_id} does not exist")
-    _apply(conn, thread_id, int(last), entries, upto)
-    return _stored(conn, thread_id, entries)
+    now = utcnow()
+    out: dict[Key, Message] = {}
+    for thread_id, (entries, upto) in sorted(work.items()):
+        last = conn.execute(_SEQ_FOR_UPDATE, {"tid": thread_id}).scalar_one_or_none()
+        if last is None:
+            raise NotFound(f"thread {thread_id} does not exist")
+        _apply(conn, thread_id, int(last), entries, upto, now)
+        out.update(_stored(conn, thread_id, entries))
+    return out
 
 
 def _apply(
-    conn: Connection, thread_id: int, last: int, entries: Sequence[Logged], upto: int
+    conn: Connection,
+    thread_id: int,
+    last: int,
+    entries: Sequence[Logged],
+    upto: int,
+    now: datetime,
 ) -> None:
     todo = [e for e in entries if last < e.message.seq <= upto]
     if not todo:
@@ -325,7 +333,6 @@ def _apply(
     seqs = [e.message.seq for e in todo]
     if seqs != list(range(last + 1, last + 1 + len(todo))):
         raise AssertionError(f"thread {thread_id}: log entries {seqs} do not follow {last}")
-    now = utcnow()
     conn.execute(
         t.messages.insert(),
         [
@@ -499,11 +506,10 @@ def _settle_changes(
     conn.execute(
         m.update().where(m.c.thread_id == thread_id, m.c.left_seq == _PENDING).values(left_seq=seq)
     )
+    now = utcnow()
     last = conn.execute(_SEQ_FOR_UPDATE, {"tid": thread_id}).scalar_one()
-    _apply(conn, thread_id, int(last), entries, seq)
+    _apply(conn, thread_id, int(last), entries, seq, now)
     conn.execute(
-        m.update()
-        .where(m.c.thread_id == thread_id, m.c.left_seq.is_(None))
-        .values(update_time=utcnow())
+        m.update().where(m.c.thread_id == thread_id, m.c.left_seq.is_(None)).values(update_time=now)
     )
     return _stored(conn, thread_id, entries)

@@ -1,7 +1,9 @@
 """The Store contract: one suite that every backend (SQLite, PostgreSQL, MariaDB) must pass.
 
 Each engine's server starts once per test session (devtools/dbservers.py); every test gets a
-fresh, empty database with the migrations applied by `SqlStore.open()`.
+fresh, empty database with the migrations applied by `SqlStore.open()`. `sqlite+mongodb` is
+the split store (message_svc/splitstore.py): SQLite beside the MongoDB message log on a
+FerretDB server (devtools/ferretdb.py), a fresh MongoDB database with each SQL one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ import pytest
 import pytest_asyncio
 
 from devtools.dbservers import ENGINES, DbServer, missing, server_for
+from devtools.ferretdb import FerretDbServer
+from devtools.ferretdb import missing as mongo_missing
 from message_svc import schema
+from message_svc.mongolog import MongoMessageLog
+from message_svc.splitstore import SplitStore
 from message_svc.sqlstore import SqlStore
 from message_svc.store import Appended, MemberChange, NewMessage, Refusal, Refused, UserRow
 from natter.domain import (
@@ -51,25 +57,47 @@ from natter.errors import (
 # -- backends ------------------------------------------------------------------------------
 
 SERVER_ENGINES = [e for e in ENGINES if e != "sqlite"]
+SPLIT = "sqlite+mongodb"
 
 
 @dataclass
 class Backend:
-    """Where a test's fresh database comes from."""
+    """Where a test's fresh database comes from (and, split, its fresh message log)."""
 
     engine: str
     tmp: Path
     server: DbServer | None = None
     count: int = 0
+    mongo: FerretDbServer | None = None
+    logs: dict[str, str] | None = None
 
     async def new_url(self) -> str:
         if self.server is not None:
-            return await self.server.create_database()
-        self.count += 1
-        return f"sqlite+aiosqlite:///{self.tmp / f'natter-{self.count}.db'}"
+            url = await self.server.create_database()
+        else:
+            self.count += 1
+            url = f"sqlite+aiosqlite:///{self.tmp / f'natter-{self.count}.db'}"
+        if self.mongo is not None:
+            self.logs = self.logs or {}
+            self.logs[url] = await self.mongo.create_database()
+        return url
+
+    def make(self, url: str) -> SqlStore:
+        """A store on a database from new_url (split: over that database's message log)."""
+        if self.logs is not None and url in self.logs:
+            return SplitStore(url, MongoMessageLog(self.logs[url]))
+        return SqlStore(url)
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session", params=ENGINES)
+def reopen(store: SqlStore) -> SqlStore:
+    """Another store on the same database (and message log) as `store`."""
+    url = store.url.render_as_string(hide_password=False)
+    if isinstance(store, SplitStore):
+        return SplitStore(url, MongoMessageLog(store.log.url))
+    return SqlStore(url)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session", params=[*ENGINES, SPLIT])
 async def backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Backend]:
@@ -77,6 +105,13 @@ async def backend(
     tmp = tmp_path_factory.mktemp(engine)
     if engine == "sqlite":
         yield Backend(engine, tmp)
+        return
+    if engine == SPLIT:
+        reason = mongo_missing("ferretdb")
+        if reason is not None:
+            pytest.fail(f"the store contract suite needs FerretDB: {reason}", pytrace=False)
+        async with FerretDbServer() as mongo:
+            yield Backend(engine, tmp, mongo=mongo)
         return
     reason = missing(engine)
     if reason is not None:
@@ -87,7 +122,7 @@ async def backend(
 
 @pytest_asyncio.fixture
 async def store(backend: Backend) -> AsyncIterator[SqlStore]:
-    s = SqlStore(await backend.new_url())
+    s = backend.make(await backend.new_url())
     await s.open()
     try:
         yield s
@@ -175,7 +210,7 @@ async def all_seqs(store: SqlStore, thread_id: int) -> list[int]:
 
 async def test_reopen_keeps_data_and_applies_no_migration_twice(store: SqlStore) -> None:
     alice = await person(store, "alice")
-    again = SqlStore(store.url.render_as_string(hide_password=False))
+    again = reopen(store)
     await again.open()
     try:
         assert (await again.get_users([alice.id]))[alice.id].username == "alice"
@@ -784,7 +819,7 @@ async def test_concurrent_changes_from_two_processes_leave_an_admin(
         None,
         system(group, alice, SystemKind.ADMINS_PROMOTED, bob),
     )
-    other = SqlStore(store.url.render_as_string(hide_password=False))
+    other = reopen(store)
     await other.open()
     try:
         for _ in range(5):
@@ -1178,7 +1213,7 @@ async def test_push_claims_are_exclusive_fenced_and_taken_over_after_the_lease(
     backend: Backend,
 ) -> None:
     url = await backend.new_url()
-    one, two = SqlStore(url), SqlStore(url)
+    one, two = backend.make(url), backend.make(url)
     await one.open()
     await two.open()
     try:
@@ -1296,7 +1331,7 @@ async def test_mutes_and_privacy_mode_reach_the_push_context(store: SqlStore) ->
 
 async def test_a_server_secret_is_made_once_whoever_asks_first(backend: Backend) -> None:
     url = await backend.new_url()
-    stores = [SqlStore(url) for _ in range(3)]
+    stores = [backend.make(url) for _ in range(3)]
     for s in stores:
         await s.open()
     try:
