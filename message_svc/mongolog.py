@@ -33,8 +33,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pymongo.write_concern import WriteConcern
 
-from message_svc.store import Appended, LogEntry
-from natter.domain import Message, MessageKind, SystemEvent, SystemKind, User
+from message_svc.store import Appended, LogEntry, MemberChange
+from natter.domain import Message, MessageKind, Role, SystemEvent, SystemKind, User
 from natter.ids import new_msg_id
 
 DUPLICATE_KEY = 11000
@@ -97,8 +97,20 @@ def _doc(e: LogEntry, seq: int, now: datetime) -> Doc:
         "g": e.target_seq,
         "p": e.payload,
         "n": e.notify,
+        "mc": [_change_doc(ch) for ch in e.changes],
+        "gt": e.title,
         "ts": now,
     }
+
+
+def _change_doc(ch: MemberChange) -> Doc:
+    role = ch.role.value if ch.role is not None else None
+    return {"u": ch.user_id, "r": role, "j": ch.join, "l": ch.leave, "f": ch.full_history}
+
+
+def _change_of(d: Doc) -> MemberChange:
+    role = Role(d["r"]) if d.get("r") is not None else None
+    return MemberChange(d["u"], role=role, join=d["j"], leave=d["l"], full_history=d["f"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +120,13 @@ class Logged:
     message: Message
     payload: str | None
     notify: bool
+    changes: tuple[MemberChange, ...] = ()
+    title: str | None = None
 
 
 def logged_of(d: Doc) -> Logged:
-    return Logged(message_of(d), d.get("p"), bool(d.get("n")))
+    changes = tuple(_change_of(c) for c in d.get("mc") or ())
+    return Logged(message_of(d), d.get("p"), bool(d.get("n")), changes, d.get("gt"))
 
 
 def message_of(d: Doc) -> Message:

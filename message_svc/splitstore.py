@@ -221,7 +221,7 @@ class SplitStore(SqlStore):
         everything up to it. The rows of a crash between the append and the commit are
         rolled back; the system message stays in the log and is applied on repair.
         """
-        entry = _entry(event, None)
+        entry = replace(_entry(event, None), changes=tuple(changes), title=title)
         async with self._tx() as conn:
             last = await conn.run_sync(
                 lambda c: _stage_changes(c, thread_id, changes, title, max_members)
@@ -230,7 +230,7 @@ class SplitStore(SqlStore):
             self._fault()
             m = appended.message
             gap = await self.log.read_logged(thread_id, last, m.seq - 1)
-            entries = [*gap, Logged(m, entry.payload, entry.notify)]
+            entries = [*gap, Logged(m, entry.payload, entry.notify, entry.changes, title)]
             stored = await conn.run_sync(lambda c: _settle_changes(c, thread_id, m.seq, entries))
         return stored.get((m.sender.user_id, m.client_msg_id), m)
 
@@ -326,7 +326,9 @@ def _apply(
     entries: Sequence[Logged],
     upto: int,
     now: datetime,
+    staged: int = 0,
 ) -> None:
+    """Derive the rows of the entries (last, upto] in seq order; `staged`: a change applied."""
     todo = [e for e in entries if last < e.message.seq <= upto]
     if not todo:
         return
@@ -359,6 +361,9 @@ def _apply(
     touched = False
     for e in todo:
         m = e.message
+        if (e.changes or e.title is not None) and m.seq != staged:
+            # A group change whose own transaction died after its append: replayed here.
+            _member_changes(conn, thread_id, e.changes, e.title, m.seq, now)
         touched = touched or m.kind.is_content
         if e.notify:
             notify = (notify[0] if notify else m.seq, m.seq)
@@ -455,17 +460,51 @@ def _stage_changes(
     max_members: int | None,
 ) -> int:
     """Lock the group, write its changes with the seq pending, check them; the row's last seq."""
-    th, m = t.threads, t.thread_members
     last = conn.execute(_SEQ_FOR_UPDATE, {"tid": thread_id}).scalar_one_or_none()
     if last is None:
         raise NotFound(f"thread {thread_id} does not exist")
+    _member_changes(conn, thread_id, changes, title, _PENDING, utcnow())
+    _check_group(conn, thread_id, max_members)
+    return int(last)
+
+
+def _settle_changes(
+    conn: Connection, thread_id: int, seq: int, entries: Sequence[Logged]
+) -> dict[Key, Message]:
+    m = t.thread_members
+    conn.execute(
+        m.update()
+        .where(m.c.thread_id == thread_id, m.c.first_seq == _PENDING)
+        .values(first_seq=seq)
+    )
+    conn.execute(
+        m.update().where(m.c.thread_id == thread_id, m.c.left_seq == _PENDING).values(left_seq=seq)
+    )
     now = utcnow()
+    last = conn.execute(_SEQ_FOR_UPDATE, {"tid": thread_id}).scalar_one()
+    _apply(conn, thread_id, int(last), entries, seq, now, staged=seq)
+    conn.execute(
+        m.update().where(m.c.thread_id == thread_id, m.c.left_seq.is_(None)).values(update_time=now)
+    )
+    return _stored(conn, thread_id, entries)
+
+
+def _member_changes(
+    conn: Connection,
+    thread_id: int,
+    changes: Sequence[MemberChange],
+    title: str | None,
+    seq: int,
+    now: datetime,
+) -> None:
+    """A group change at `seq` (or _PENDING), as the SQL store applies it."""
+    th, m = t.threads, t.thread_members
     if title is not None:
         conn.execute(th.update().where(th.c.id == thread_id).values(title=title))
     for ch in changes:
         where = (m.c.thread_id == thread_id, m.c.owner_id == ch.user_id)
         if ch.join:
-            first = 1 if ch.full_history else _PENDING
+            first = 1 if ch.full_history else seq
             res = conn.execute(
                 m.update()
                 .where(*where, m.c.left_seq.is_not(None))
@@ -487,29 +526,6 @@ def _stage_changes(
                     )
                 )
         if ch.leave:
-            conn.execute(m.update().where(*where).values(left_seq=_PENDING, update_time=now))
+            conn.execute(m.update().where(*where).values(left_seq=seq, update_time=now))
         if ch.role is not None:
             conn.execute(m.update().where(*where).values(role=ch.role.value))
-    _check_group(conn, thread_id, max_members)
-    return int(last)
-
-
-def _settle_changes(
-    conn: Connection, thread_id: int, seq: int, entries: Sequence[Logged]
-) -> dict[Key, Message]:
-    m = t.thread_members
-    conn.execute(
-        m.update()
-        .where(m.c.thread_id == thread_id, m.c.first_seq == _PENDING)
-        .values(first_seq=seq)
-    )
-    conn.execute(
-        m.update().where(m.c.thread_id == thread_id, m.c.left_seq == _PENDING).values(left_seq=seq)
-    )
-    now = utcnow()
-    last = conn.execute(_SEQ_FOR_UPDATE, {"tid": thread_id}).scalar_one()
-    _apply(conn, thread_id, int(last), entries, seq, now)
-    conn.execute(
-        m.update().where(m.c.thread_id == thread_id, m.c.left_seq.is_(None)).values(update_time=now)
-    )
-    return _stored(conn, thread_id, entries)

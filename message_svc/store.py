@@ -508,6 +508,10 @@ class LogEntry:
     # keeps them, and whether the entry queues a push notification.
     payload: str | None = None
     notify: bool = False
+    # A group change's system message carries the change itself, so the thread's rows can
+    # be rebuilt from the log alone (a crash after the append rolls the SQL side back).
+    changes: tuple[MemberChange, ...] = ()
+    title: str | None = None
 
 
 class MessageLog(Protocol):
