@@ -282,6 +282,12 @@ class MongoMessageLog:
                     out[(m.sender.user_id, m.client_msg_id)] = m
         return out
 
+    async def resign(self, user: User) -> None:
+        """Sign a user's entries with their current name (a deleted account's, on erasure)."""
+        await self.collection.update_many(
+            {"u": user.user_id}, {"$set": {"un": user.username, "dn": user.display_name}}
+        )
+
     # -- reads -----------------------------------------------------------------------------
 
     async def _last_seq(self, thread_id: int) -> int:

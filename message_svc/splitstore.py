@@ -52,6 +52,7 @@ from message_svc.sqlstore import (
     utcnow,
 )
 from message_svc.store import (
+    DELETED_NAME,
     Appended,
     LogEntry,
     MemberChange,
@@ -59,7 +60,7 @@ from message_svc.store import (
     Refusal,
     Refused,
 )
-from natter.domain import Message, MessageKind, Role, ThreadKind
+from natter.domain import Message, MessageKind, Role, ThreadKind, User
 from natter.errors import NotFound
 from natter.metrics import NO_METRICS, Metrics
 
@@ -188,6 +189,12 @@ class SplitStore(SqlStore):
                 sa.select(th.c.id, th.c.last_seq).where(th.c.id.in_(list(thread_ids)))
             )
             return {int(r.id): int(r.last_seq) for r in rows}
+
+    async def erase_user(self, user_id: int) -> list[int]:
+        """Erase in SQL, then sign the account's log entries "Deleted account" too."""
+        revoked = await super().erase_user(user_id)
+        await self.log.resign(User(user_id, f"~deleted-{user_id}", DELETED_NAME))
+        return revoked
 
     # -- groups ------------------------------------------------------------------------
 

@@ -25,7 +25,15 @@ from message_svc import schema
 from message_svc.mongolog import MongoMessageLog
 from message_svc.splitstore import SplitStore
 from message_svc.sqlstore import SqlStore
-from message_svc.store import Appended, MemberChange, NewMessage, Refusal, Refused, UserRow
+from message_svc.store import (
+    Appended,
+    LogEntry,
+    MemberChange,
+    NewMessage,
+    Refusal,
+    Refused,
+    UserRow,
+)
 from natter.domain import (
     MUTED_FOREVER,
     Attachment,
@@ -2000,3 +2008,64 @@ def test_migration_names_fit_their_column() -> None:
     names = [name for _, name, _ in schema.MIGRATIONS]
     assert len(set(names)) == len(names)
     assert all(len(n) <= 64 for n in names)
+
+
+# -- the split store: the MongoDB message log is the truth, SQL's thread rows derive from it --
+
+
+@pytest.mark.parametrize("backend", [SPLIT], indirect=True)
+async def test_the_split_store_catches_a_thread_up_with_its_log(store: SqlStore) -> None:
+    assert isinstance(store, SplitStore)
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    first = await send(store, ab, alice, "through both")
+    # An append whose SQL step never ran (the process died after the log append).
+    [orphan] = await store.log.append(
+        [LogEntry(ab, alice.user, alice.device_id, "orphan", MessageKind.TEXT, "log only")]
+    )
+    assert orphan.message.seq == 2
+    assert (await store.get_thread(ab)).last_seq == 1  # type: ignore[union-attr]
+    # The next append to the thread moves the row over both, in seq order.
+    third = await send(store, ab, bob, "after it")
+    assert third.seq == 3
+    assert [m.text for m in await store.list_messages(ab, 0, 0, 10, False)] == [
+        "through both",
+        "log only",
+        "after it",
+    ]
+    [summary] = await store.list_threads(bob.id, None, 10)
+    assert (summary.thread.last_seq, summary.unread_count) == (3, 2)
+    # What SQL answers is what the log holds: same seqs, same ids.
+    logged = await store.log.read(ab, 0, 0, 10, False)
+    assert [(m.seq, m.msg_id) for m in logged] == [
+        (m.seq, m.msg_id) for m in await store.list_messages(ab, 0, 0, 10, False)
+    ]
+    assert logged[0].msg_id == first.msg_id
+    # A retry of the orphan's key answers with the stored entry, nothing appended.
+    [again] = await append(store, [text(ab, alice, "log only", key="orphan")])
+    assert again.duplicate and again.message.seq == 2
+    # Another one behind the log, repaired at start.
+    await store.log.append(
+        [LogEntry(ab, bob.user, bob.device_id, "late", MessageKind.TEXT, "repaired at start")]
+    )
+    other = reopen(store)
+    await other.open()
+    try:
+        assert (await other.get_thread(ab)).last_seq == 4  # type: ignore[union-attr]
+        [summary] = await other.list_threads(alice.id, None, 10)
+        assert summary.last_message is not None
+        assert (summary.last_message.text, summary.unread_count) == ("repaired at start", 2)
+    finally:
+        await other.close()
+
+
+@pytest.mark.parametrize("backend", [SPLIT], indirect=True)
+async def test_the_split_store_signs_an_erased_accounts_log_entries(store: SqlStore) -> None:
+    assert isinstance(store, SplitStore)
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    await send(store, ab, alice, "signed")
+    await store.erase_user(alice.id)
+    [m] = await store.log.read(ab, 0, 0, 10, False)
+    assert (m.sender.user_id, m.sender.display_name) == (alice.id, "Deleted account")
+    assert m.sender.username == f"~deleted-{alice.id}"
