@@ -61,7 +61,7 @@ from message_svc.store import (
     Refused,
 )
 from natter.domain import Message, MessageKind, Role, ThreadKind, User
-from natter.errors import NotFound
+from natter.errors import FailedPrecondition, NotFound
 from natter.metrics import NO_METRICS, Metrics
 
 logger = logging.getLogger(__name__)
@@ -95,8 +95,12 @@ class SplitStore(SqlStore):
 
     async def open(self) -> None:
         await super().open()
-        await self.log.open()
-        repaired = await self.repair()
+        try:
+            await self.log.open()
+            repaired = await self.repair()
+        except BaseException:
+            await self.close()
+            raise
         if repaired:
             logger.warning("moved %d thread rows up to the message log", len(repaired))
 
@@ -112,6 +116,14 @@ class SplitStore(SqlStore):
         th = t.threads
         async with self._read() as conn:
             rows = (await conn.execute(sa.select(th.c.id, th.c.last_seq))).all()
+        ahead = [int(tid) for tid, last in rows if int(last) > heads.get(int(tid), 0)]
+        if ahead:
+            # Never serve on such a pair: the log would hand out seqs SQL has already used.
+            raise FailedPrecondition(
+                f"{len(ahead)} threads (first: {ahead[:5]}) are further in SQL than in the "
+                f"message log {self.log.url}: not the log this database was written with",
+                "MESSAGE_LOG_BEHIND",
+            )
         moved: dict[int, tuple[int, int]] = {}
         for tid, last in rows:
             head = heads.get(int(tid), 0)

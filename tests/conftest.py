@@ -5,7 +5,8 @@ then every test that uses the `settings` fixture runs once per engine, each agai
 database on a real server started once per session (devtools/dbservers.py). Tests marked
 `all_stores` always run on all three SQL engines. `sqlite+mongodb` and `postgresql+mongodb`
 are the split store: that SQL engine beside the MongoDB message log on a FerretDB server
-started once per session (devtools/ferretdb.py), a fresh database per test.
+started once per session (devtools/ferretdb.py), a fresh database per test. Tests marked
+`message_log` run on `sqlite+mongodb` too, whatever `--stores` says.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ PASSWORD = "correct horse battery"
 _names = itertools.count(1)
 # What --stores takes: the SQL engines, and two of them beside the MongoDB message log.
 MESSAGE_LOG = "+mongodb"
-STORES = (*ENGINES, f"sqlite{MESSAGE_LOG}", f"postgresql{MESSAGE_LOG}")
+SPLIT = f"sqlite{MESSAGE_LOG}"
+STORES = (*ENGINES, SPLIT, f"postgresql{MESSAGE_LOG}")
 
 
 # What the suite needs instead of the product's defaults (tests/test_defaults.py checks
@@ -72,6 +74,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sqlite_only: checks something only the embedded SQLite store has"
     )
+    config.addinivalue_line(
+        "markers",
+        "message_log: runs on sqlite+mongodb too whatever --stores says (the split store's "
+        "end-to-end subset in CI)",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -82,6 +89,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         engines = list(ENGINES)
     if metafunc.definition.get_closest_marker("sqlite_only"):
         engines = ["sqlite"]
+    elif metafunc.definition.get_closest_marker("message_log") and SPLIT not in engines:
+        engines = [*engines, SPLIT]
     unknown = [e for e in engines if e not in STORES]
     if unknown:
         raise pytest.UsageError(f"--stores: unknown {unknown}; expected some of {STORES}")

@@ -2069,3 +2069,18 @@ async def test_the_split_store_signs_an_erased_accounts_log_entries(store: SqlSt
     [m] = await store.log.read(ab, 0, 0, 10, False)
     assert (m.sender.user_id, m.sender.display_name) == (alice.id, "Deleted account")
     assert m.sender.username == f"~deleted-{alice.id}"
+
+
+@pytest.mark.parametrize("backend", [SPLIT], indirect=True)
+async def test_the_split_store_refuses_a_log_behind_its_thread_rows(backend: Backend) -> None:
+    url = await backend.new_url()
+    sql = SqlStore(url)  # written without the log: its thread rows have no entries there
+    await sql.open()
+    try:
+        alice = await person(sql, "alice")
+        await send(sql, await sql.direct_thread(alice.id, alice.id), alice, "only in SQL")
+    finally:
+        await sql.close()
+    split = backend.make(url)
+    with pytest.raises(FailedPrecondition, match="message log"):
+        await split.open()  # and closes what it opened
