@@ -97,6 +97,7 @@ async def test_create_a_group_and_chat(user: UserFactory, connect: ConnFactory) 
     assert t.last_message.text == "hi all" and t.unread_count == 2  # the creation too
 
 
+@pytest.mark.message_log
 async def test_membership_changes_tell_every_device_the_same_story(
     user: UserFactory, connect: ConnFactory
 ) -> None:
@@ -149,6 +150,7 @@ async def test_membership_changes_tell_every_device_the_same_story(
     assert carols[g].active is False and carols[g].last_seq == 5
 
 
+@pytest.mark.message_log
 async def test_members_added_later_see_history_from_their_join(
     user: UserFactory, connect: ConnFactory
 ) -> None:
@@ -187,6 +189,7 @@ async def test_full_history_for_new_members_when_configured(settings: Settings) 
             await c.close()
 
 
+@pytest.mark.message_log
 async def test_the_last_admin_leaving_promotes_the_longest_member(
     user: UserFactory, connect: ConnFactory
 ) -> None:
