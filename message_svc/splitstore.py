@@ -133,21 +133,28 @@ class SplitStore(SqlStore):
         return moved
 
     async def _catch_up(
-        self, spans: dict[int, tuple[int, int, Sequence[Logged]]]
+        self, spans: dict[int, tuple[int, int, Sequence[Logged]]], answers: Sequence[Key] = ()
     ) -> dict[Key, Message]:
         """Apply the log to SQL, one transaction for every thread of `spans`.
 
         `spans`: thread -> (its row's last seq read before, the seq to move it to, the
         entries just appended, not read back). What lies between the row and those entries
         is read from the log. The row only moves up, so what the transaction finds is never
-        lower than what was read before.
+        lower than what was read before. Returns the stored form of the entries and of the
+        `answers` keys (shaped and folded as the SQL store answers).
         """
         work: dict[int, tuple[list[Logged], int]] = {}
         for tid, (known_last, upto, fresh) in spans.items():
             lo = min((e.message.seq for e in fresh), default=upto + 1)
             gap = await self.log.read_logged(tid, known_last, lo - 1)
             work[tid] = (sorted([*gap, *fresh], key=lambda e: e.message.seq), upto)
-        return await self._retry(lambda: self._write(lambda conn: _project(conn, work)))
+        want = {
+            (e.message.sender.user_id, e.message.client_msg_id)
+            for es, _ in work.values()
+            for e in es
+        }
+        want.update(answers)
+        return await self._retry(lambda: self._write(lambda conn: _project(conn, work, want)))
 
     def _fault(self) -> None:
         self._appends += 1
@@ -187,8 +194,9 @@ class SplitStore(SqlStore):
             if not a.duplicate:
                 per_thread[m.thread_id].append(Logged(m, e.payload, e.notify))
         lasts = await self._last_seqs(list(upto))
+        answers = [(a.message.sender.user_id, a.message.client_msg_id) for a in appended]
         stored = await self._catch_up(
-            {tid: (lasts.get(tid, 0), upto[tid], per_thread[tid]) for tid in upto}
+            {tid: (lasts.get(tid, 0), upto[tid], per_thread[tid]) for tid in upto}, answers
         )
         for i, a in zip(where, appended, strict=True):
             key = (a.message.sender.user_id, a.message.client_msg_id)
@@ -321,22 +329,22 @@ def _check(
     return out
 
 
-def _project(conn: Connection, work: dict[int, tuple[list[Logged], int]]) -> dict[Key, Message]:
+def _project(
+    conn: Connection, work: dict[int, tuple[list[Logged], int]], want: set[Key]
+) -> dict[Key, Message]:
     """Move thread rows over the log's entries, each up to its seq, deriving their rows.
 
     Threads are locked in id order (concurrent batches cannot deadlock); entries at or
     below a row's last seq were applied by someone else and are skipped. Returns the stored
-    form of every entry (shaped and folded as the SQL store answers), by key.
+    form of the `want` keys, as the SQL store answers them.
     """
     now = utcnow()
-    out: dict[Key, Message] = {}
     for thread_id, (entries, upto) in sorted(work.items()):
         last = conn.execute(_SEQ_FOR_UPDATE, {"tid": thread_id}).scalar_one_or_none()
         if last is None:
             raise NotFound(f"thread {thread_id} does not exist")
         _apply(conn, thread_id, int(last), entries, upto, now)
-        out.update(_stored(conn, thread_id, entries))
-    return out
+    return _stored(conn, want)
 
 
 def _apply(
@@ -422,17 +430,17 @@ def _target_deleted(conn: Connection, thread_id: int, seq: int) -> bool:
     return row is not None and row.delete_seq is not None
 
 
-def _stored(conn: Connection, thread_id: int, entries: Sequence[Logged]) -> dict[Key, Message]:
-    keys = {(e.message.sender.user_id, e.message.client_msg_id) for e in entries}
-    if not keys:
-        return {}
-    rows = conn.execute(
-        _SENT, {"senders": list({k[0] for k in keys}), "keys": list({k[1] for k in keys})}
-    )
+def _stored(conn: Connection, keys: set[Key]) -> dict[Key, Message]:
     out: dict[Key, Message] = {}
-    for r in _pairs(rows, keys, "sender_id", "client_msg_id"):
-        m = _message(r)
-        out[(m.sender.user_id, m.client_msg_id)] = m
+    todo = sorted(keys)
+    for start in range(0, len(todo), 300):
+        chunk = set(todo[start : start + 300])
+        rows = conn.execute(
+            _SENT, {"senders": list({k[0] for k in chunk}), "keys": list({k[1] for k in chunk})}
+        )
+        for r in _pairs(rows, chunk, "sender_id", "client_msg_id"):
+            m = _message(r)
+            out[(m.sender.user_id, m.client_msg_id)] = m
     return out
 
 
@@ -506,7 +514,7 @@ def _settle_changes(
     conn.execute(
         m.update().where(m.c.thread_id == thread_id, m.c.left_seq.is_(None)).values(update_time=now)
     )
-    return _stored(conn, thread_id, entries)
+    return _stored(conn, {(e.message.sender.user_id, e.message.client_msg_id) for e in entries})
 
 
 def _member_changes(
