@@ -1143,6 +1143,7 @@ async def cmd_serve(app: App) -> None:
         "http_addr": a.http,
         "internal_addr": a.internal,
         "database_url": a.database_url,
+        "message_log": a.message_log,
         "etcd_endpoints": a.etcd,
         "node_id": a.node_id,
         "log_level": a.log_level,
@@ -1274,6 +1275,11 @@ def parser() -> argparse.ArgumentParser:
         "--database-url",
         metavar="URL",
         help="SQLAlchemy URL (default: SQLite in the data folder)",
+    )
+    s.add_argument(
+        "--message-log",
+        metavar="URL",
+        help="MongoDB URL for the message log (default: none, the SQL store keeps it)",
     )
     s.add_argument(
         "--etcd",

@@ -16,10 +16,11 @@ from app.canary import Canary
 from app.listeners import public_server, serve_health_and_reflection
 from app.media import build_media
 from app.metrics_http import MetricsServer
+from app.stores import build_store
 from channel_svc import Channels
 from media_svc import PUBLIC_SERVICES as MEDIA_SERVICES
 from media_svc import MediaHttp, MediaServicer
-from message_svc import PUBLIC_SERVICES, MessageService, SqlStore
+from message_svc import PUBLIC_SERVICES, MessageService
 from message_svc.ports import DeviceRevocations
 from natter import domain as d
 from natter import tls
@@ -86,7 +87,7 @@ class EmbeddedServer:
         self.settings = settings
         self.node_id = settings.node_id or f"embedded-{uuid.uuid4().hex[:8]}"
         self.metrics = Metrics(settings.metrics_enabled)
-        self.store = SqlStore(settings.db_url, metrics=self.metrics)
+        self.store = build_store(settings, metrics=self.metrics)
         self.fanout = LocalFanout()
         self.messages = MessageService(self.store, settings, self.fanout, self.metrics, revocations)
         self.channels = Channels(self.fanout.socket, self.metrics)

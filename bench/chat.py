@@ -24,6 +24,7 @@ from bench.common import (
     print_table,
     server_from,
 )
+from bench.stores import add_store_argument, store_servers, stores_of
 from natter import domain as d
 from natter.errors import NatterError
 from natter.sdk import Client, Connection
@@ -342,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="keep the full-text index on the send path (default), drop its triggers from the "
         "server's SQLite store before the run (off), or run off, on, off, on in turn (both)",
     )
+    add_store_argument(p)
     p.add_argument("--no-record", action="store_true", help="do not append to bench-results.md")
     p.add_argument(
         "--metrics-ab",
@@ -360,8 +362,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.ceiling_seconds > 0:
         ceiling = echo.measure([(args.pairs, args.inflight)], args.ceiling_seconds)[0]
     modes = ["off", "on", "off", "on"] if args.search_index == "both" else [args.search_index]
-    for mode in modes:
-        _run_one(args, ceiling, mode)
+    with store_servers() as servers:
+        for store in stores_of(args):
+            for mode in modes:
+                _run_one(args, ceiling, mode, store, servers.env(store))
 
 
 def drop_search_index(server: BenchServer) -> None:
@@ -379,8 +383,14 @@ def drop_search_index(server: BenchServer) -> None:
         db.close()
 
 
-def _run_one(args: argparse.Namespace, ceiling: echo.EchoResult | None, mode: str) -> None:
-    server = server_from(args, count_fsyncs=not args.no_strace)
+def _run_one(
+    args: argparse.Namespace,
+    ceiling: echo.EchoResult | None,
+    mode: str,
+    store: str = "sqlite",
+    env: dict[str, str] | None = None,
+) -> None:
+    server = server_from(args, count_fsyncs=not args.no_strace, env=env)
     if mode == "off":
         drop_search_index(server)
     if not server.own:
@@ -437,7 +447,7 @@ def _run_one(args: argparse.Namespace, ceiling: echo.EchoResult | None, mode: st
     pace = f"paced {fmt(args.rate)} msg/s" if args.rate else "flat out"
     print_table(
         f"natter chat: {args.pairs} pairs x {args.inflight} in flight, {args.seconds:g} s, {pace}, "
-        f"search index {mode}",
+        f"search index {mode}, store {store}",
         rows,
     )
     if args.profile is not None:
@@ -458,6 +468,7 @@ def _run_one(args: argparse.Namespace, ceiling: echo.EchoResult | None, mode: st
         params = (
             f"{args.pairs} pairs x {args.inflight} in flight, {args.seconds:g} s, {pace}, "
             f"{args.procs} client procs, search index {mode}"
+            + ("" if store == "sqlite" else f", store {store}")
             + (", external server" if args.server else "")
             + (", cProfile" if args.profile else "")
         )

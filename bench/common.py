@@ -295,8 +295,10 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def server_from(args: argparse.Namespace, *, count_fsyncs: bool) -> BenchServer:
+def server_from(
+    args: argparse.Namespace, *, count_fsyncs: bool, env: dict[str, str] | None = None
+) -> BenchServer:
     """The server `add_server_arguments` asked for: the one given, or one of our own."""
     if args.server:
         return BenchServer(args.server, args.server_pid)
-    return BenchServer.start(count_fsyncs=count_fsyncs, profile=args.profile)
+    return BenchServer.start(count_fsyncs=count_fsyncs, profile=args.profile, env=env)

@@ -20,6 +20,7 @@ from bench.common import (
     print_table,
     server_from,
 )
+from bench.stores import add_store_argument, store_servers, stores_of
 from natter import domain as d
 from natter.sdk import Client, Connected, Connection, SyncDone
 
@@ -125,11 +126,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     add_server_arguments(p)
     p.add_argument("--no-ceiling", action="store_true", help="skip the bare-gRPC push ceiling")
+    add_store_argument(p)
     p.add_argument("--no-record", action="store_true", help="do not append to bench-results.md")
     args = p.parse_args(argv)
 
     ceiling = None if args.no_ceiling else echo.measure_push(args.messages)
-    server = server_from(args, count_fsyncs=False)
+    with store_servers() as servers:
+        for store in stores_of(args):
+            _run_one(args, ceiling, store, servers.env(store))
+
+
+def _run_one(
+    args: argparse.Namespace,
+    ceiling: echo.PushResult | None,
+    store: str,
+    env: dict[str, str],
+) -> None:
+    server = server_from(args, count_fsyncs=False, env=env)
     hot = ""
     try:
         r = asyncio.run(run_sync(server, args.messages, args.inflight))
@@ -167,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             ),
             ("natter catch-up rate / ceiling", ratio),
         ]
-    print_table(f"natter sync: reconnect {r.messages:,} messages behind", rows)
+    print_table(f"natter sync: reconnect {r.messages:,} messages behind, store {store}", rows)
     if args.profile is not None:
         print(hot)
     if not args.no_record:
@@ -182,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         params = (
             f"{r.messages:,} behind"
+            + ("" if store == "sqlite" else f", store {store}")
             + (", external server" if args.server else "")
             + (", cProfile" if args.profile else "")
         )

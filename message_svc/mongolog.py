@@ -23,20 +23,22 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from bson.codec_options import CodecOptions
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from pymongo.write_concern import WriteConcern
 
-from message_svc.store import Appended, LogEntry
-from natter.domain import Message, MessageKind, SystemEvent, SystemKind, User
+from message_svc.store import Appended, LogEntry, MemberChange
+from natter.domain import Message, MessageKind, Role, SystemEvent, SystemKind, User
 from natter.ids import new_msg_id
 
 DUPLICATE_KEY = 11000
+NOT_IMPLEMENTED = 238
 # A hook the crash tests use: awaited after the last seq is read and before the insert.
 AllocateHook = Callable[[int, int], Awaitable[None]]
 Doc = dict[str, Any]
@@ -48,8 +50,13 @@ def _now() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-def _user_doc(u: User) -> list[Any]:
-    return [u.user_id, u.username, u.display_name]
+def _user_doc(u: User) -> Doc:
+    # A subdocument, not an array: FerretDB v1 stores no arrays nested in arrays.
+    return {"i": u.user_id, "n": u.username, "d": u.display_name}
+
+
+def _user_of(d: Doc) -> User:
+    return User(d["i"], d["n"], d["d"])
 
 
 def _system_doc(event: SystemEvent | None) -> Doc | None:
@@ -68,8 +75,8 @@ def _system_of(doc: Doc | None) -> SystemEvent | None:
         return None
     return SystemEvent(
         kind=SystemKind(doc["kind"]),
-        actor=User(*doc["actor"]),
-        users=tuple(User(*u) for u in doc["users"]),
+        actor=_user_of(doc["actor"]),
+        users=tuple(_user_of(u) for u in doc["users"]),
         title=doc["title"],
     )
 
@@ -88,8 +95,38 @@ def _doc(e: LogEntry, seq: int, now: datetime) -> Doc:
         "x": e.text,
         "y": _system_doc(e.system),
         "g": e.target_seq,
+        "p": e.payload,
+        "n": e.notify,
+        "mc": [_change_doc(ch) for ch in e.changes],
+        "gt": e.title,
         "ts": now,
     }
+
+
+def _change_doc(ch: MemberChange) -> Doc:
+    role = ch.role.value if ch.role is not None else None
+    return {"u": ch.user_id, "r": role, "j": ch.join, "l": ch.leave, "f": ch.full_history}
+
+
+def _change_of(d: Doc) -> MemberChange:
+    role = Role(d["r"]) if d.get("r") is not None else None
+    return MemberChange(d["u"], role=role, join=d["j"], leave=d["l"], full_history=d["f"])
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    """An entry as the log holds it: the message, and what the SQL side derives from it."""
+
+    message: Message
+    payload: str | None
+    notify: bool
+    changes: tuple[MemberChange, ...] = ()
+    title: str | None = None
+
+
+def logged_of(d: Doc) -> Logged:
+    changes = tuple(_change_of(c) for c in d.get("mc") or ())
+    return Logged(message_of(d), d.get("p"), bool(d.get("n")), changes, d.get("gt"))
 
 
 def message_of(d: Doc) -> Message:
@@ -154,10 +191,21 @@ class MongoMessageLog:
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def append(self, entries: Sequence[LogEntry]) -> list[Appended]:
+    async def append(
+        self,
+        entries: Sequence[LogEntry],
+        *,
+        existing: dict[tuple[int, str], Message] | None = None,
+    ) -> list[Appended]:
+        """Append; `existing`: the keys' stored originals, when the caller looked them up.
+
+        A key stored by a concurrent writer after that lookup still answers with the
+        original: the insert meets `sender_key` and `_resolve_conflict` finds it.
+        """
         out: list[Appended | None] = [None] * len(entries)
-        keys = list(dict.fromkeys((e.sender.user_id, e.client_msg_id) for e in entries))
-        existing = await self._by_keys(keys)
+        if existing is None:
+            keys = list(dict.fromkeys((e.sender.user_id, e.client_msg_id) for e in entries))
+            existing = await self.find_keys(keys)
         first: dict[tuple[int, str], int] = {}
         per_thread: dict[int, list[int]] = defaultdict(list)
         for i, e in enumerate(entries):
@@ -220,7 +268,8 @@ class MongoMessageLog:
         else:
             await asyncio.sleep(0)  # let the writer that took the seq go on
 
-    async def _by_keys(self, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], Message]:
+    async def find_keys(self, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], Message]:
+        """The stored originals of (sender, client_msg_id) keys."""
         out: dict[tuple[int, str], Message] = {}
         by_sender: dict[int, list[str]] = defaultdict(list)
         for sender, cmid in keys:
@@ -233,6 +282,12 @@ class MongoMessageLog:
                     out[(m.sender.user_id, m.client_msg_id)] = m
         return out
 
+    async def resign(self, user: User) -> None:
+        """Sign a user's entries with their current name (a deleted account's, on erasure)."""
+        await self.collection.update_many(
+            {"u": user.user_id}, {"$set": {"un": user.username, "dn": user.display_name}}
+        )
+
     # -- reads -----------------------------------------------------------------------------
 
     async def _last_seq(self, thread_id: int) -> int:
@@ -243,6 +298,31 @@ class MongoMessageLog:
 
     async def last_seqs(self, thread_ids: Sequence[int]) -> dict[int, int]:
         return {tid: await self._last_seq(tid) for tid in dict.fromkeys(thread_ids)}
+
+    async def heads(self) -> dict[int, int]:
+        """Every thread's last seq in the log, in one pass (the repair at start).
+
+        `$max` of the seqs; a server without that accumulator (FerretDB v1) counts the
+        entries instead, which is the same number: seqs are 1..n with no gap and the log
+        never drops an entry.
+        """
+        for acc in ({"$max": "$s"}, {"$sum": 1}):
+            try:
+                cursor = await self.collection.aggregate([{"$group": {"_id": "$t", "s": acc}}])
+                return {int(d["_id"]): int(d["s"]) async for d in cursor}
+            except OperationFailure as err:
+                if err.code != NOT_IMPLEMENTED:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def read_logged(self, thread_id: int, after_seq: int, upto_seq: int) -> list[Logged]:
+        """Entries (after, upto] of one thread with what SQL derives from them, in seq order."""
+        if upto_seq <= after_seq:
+            return []
+        cursor = self.collection.find(
+            {"t": thread_id, "s": {"$gt": after_seq, "$lte": upto_seq}}
+        ).sort([("t", ASCENDING), ("s", ASCENDING)])
+        return [logged_of(d) async for d in cursor]
 
     async def read(
         self, thread_id: int, after_seq: int, before_seq: int, limit: int, newest: bool

@@ -509,6 +509,15 @@ class LogEntry:
     text: str
     system: SystemEvent | None = None
     target_seq: int = 0
+    # What the SQL side derives from the entry when it moves the thread over it: the
+    # shaped references (attachments, quoted message, forwarded mark) as the SQL store
+    # keeps them, and whether the entry queues a push notification.
+    payload: str | None = None
+    notify: bool = False
+    # A group change's system message carries the change itself, so the thread's rows can
+    # be rebuilt from the log alone (a crash after the append rolls the SQL side back).
+    changes: tuple[MemberChange, ...] = ()
+    title: str | None = None
 
 
 class MessageLog(Protocol):

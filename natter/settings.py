@@ -31,6 +31,13 @@ class Settings:
     advertise_internal_addr: str = ""
     node_id: str = ""
     database_url: str = ""
+    # A MongoDB URL (mongodb://…/natter?replicaSet=…) for the message log: messages, their
+    # seqs, idempotency keys and events live there, everything else in the SQL store.
+    # Empty: the SQL store holds the log too (docs/deployment.md, "The message log on MongoDB").
+    message_log: str = ""
+    # Fault injection for the crash tests only: n > 0 makes a process SIGKILL itself right
+    # after its n-th message-log append, before the SQL transaction that follows it.
+    fault_kill_after_log_appends: int = 0
     etcd_endpoints: tuple[str, ...] = ()
     etcd_prefix: str = "/natter"
     lease_ttl_seconds: int = 5

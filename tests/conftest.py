@@ -3,7 +3,10 @@
 The store is SQLite unless `--stores` names others (`--stores sqlite,postgresql,mariadb`):
 then every test that uses the `settings` fixture runs once per engine, each against a fresh
 database on a real server started once per session (devtools/dbservers.py). Tests marked
-`all_stores` always run on all three. `scripts/test` (and CI) runs everything on all three.
+`all_stores` always run on all three SQL engines. `sqlite+mongodb` and `postgresql+mongodb`
+are the split store: that SQL engine beside the MongoDB message log on a FerretDB server
+started once per session (devtools/ferretdb.py), a fresh database per test. Tests marked
+`message_log` run on `sqlite+mongodb` too, whatever `--stores` says.
 """
 
 from __future__ import annotations
@@ -16,11 +19,16 @@ import pytest
 
 from app.embedded import EmbeddedServer
 from devtools.dbservers import ENGINES, DbServer, require, server_class
+from devtools.ferretdb import FerretDbServer
 from natter.sdk import Client, Connection
 from natter.settings import Settings
 
 PASSWORD = "correct horse battery"
 _names = itertools.count(1)
+# What --stores takes: the SQL engines, and two of them beside the MongoDB message log.
+MESSAGE_LOG = "+mongodb"
+SPLIT = f"sqlite{MESSAGE_LOG}"
+STORES = (*ENGINES, SPLIT, f"postgresql{MESSAGE_LOG}")
 
 
 # What the suite needs instead of the product's defaults (tests/test_defaults.py checks
@@ -49,7 +57,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--stores",
         default="sqlite",
-        help="comma-separated stores the embedded-server tests run on: sqlite,postgresql,mariadb",
+        help="comma-separated stores the embedded-server tests run on: " + ",".join(STORES),
     )
     parser.addoption(
         "--fault-messages",
@@ -66,6 +74,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sqlite_only: checks something only the embedded SQLite store has"
     )
+    config.addinivalue_line(
+        "markers",
+        "message_log: runs on sqlite+mongodb too whatever --stores says (the split store's "
+        "end-to-end subset in CI)",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -76,9 +89,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         engines = list(ENGINES)
     if metafunc.definition.get_closest_marker("sqlite_only"):
         engines = ["sqlite"]
-    unknown = [e for e in engines if e not in ENGINES]
+    elif metafunc.definition.get_closest_marker("message_log") and SPLIT not in engines:
+        engines = [*engines, SPLIT]
+    unknown = [e for e in engines if e not in STORES]
     if unknown:
-        raise pytest.UsageError(f"--stores: unknown {unknown}; expected some of {ENGINES}")
+        raise pytest.UsageError(f"--stores: unknown {unknown}; expected some of {STORES}")
     if engines != ["sqlite"]:
         metafunc.parametrize("store_engine", engines, indirect=True)
 
@@ -100,23 +115,48 @@ def db_servers() -> Iterator[dict[str, DbServer]]:
     _db_servers.clear()
 
 
+_mongo: dict[str, FerretDbServer] = {}
+
+
+@pytest.fixture(scope="session")
+def mongo_servers() -> Iterator[dict[str, FerretDbServer]]:
+    """The FerretDB server of the split stores, started on first use, removed at the end."""
+    yield _mongo
+    for server in _mongo.values():
+        server.remove()
+    _mongo.clear()
+
+
 @pytest.fixture
 async def store_url(store_engine: str, db_servers: dict[str, DbServer]) -> str:
     """A fresh, empty database of the engine under test ("" for SQLite in the data folder)."""
-    if store_engine == "sqlite":
+    engine = store_engine.removesuffix(MESSAGE_LOG)
+    if engine == "sqlite":
         return ""
-    server = db_servers.get(store_engine)
+    server = db_servers.get(engine)
     if server is None:
-        require(store_engine)
-        server = server_class(store_engine)()
-        db_servers[store_engine] = server
+        require(engine)
+        server = server_class(engine)()
+        db_servers[engine] = server
         await server.start()
     return await server.create_database()
 
 
 @pytest.fixture
-def settings(tmp_path: Path, store_url: str) -> Settings:
-    return test_settings(tmp_path / "data", database_url=store_url)
+async def message_log_url(store_engine: str, mongo_servers: dict[str, FerretDbServer]) -> str:
+    """A fresh MongoDB database for the split stores' message log ("" for the SQL stores)."""
+    if not store_engine.endswith(MESSAGE_LOG):
+        return ""
+    server = mongo_servers.get("ferretdb")
+    if server is None:
+        server = mongo_servers["ferretdb"] = FerretDbServer()
+        await server.start()
+    return await server.create_database()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, store_url: str, message_log_url: str) -> Settings:
+    return test_settings(tmp_path / "data", database_url=store_url, message_log=message_log_url)
 
 
 @pytest.fixture

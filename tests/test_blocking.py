@@ -18,8 +18,13 @@ from tests.test_presence import BEAT, pending_presence, presence_event, reports_
 
 
 @pytest.fixture
-def settings(tmp_path: Path, store_url: str) -> Settings:
-    return make_settings(tmp_path / "data", database_url=store_url, heartbeat_interval_seconds=BEAT)
+def settings(tmp_path: Path, store_url: str, message_log_url: str) -> Settings:
+    return make_settings(
+        tmp_path / "data",
+        database_url=store_url,
+        message_log=message_log_url,
+        heartbeat_interval_seconds=BEAT,
+    )
 
 
 async def test_a_blocked_person_cannot_message_the_blocker_and_is_not_told_why(

@@ -57,10 +57,15 @@ class Cluster:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, store_url: str) -> Settings:
+def settings(tmp_path: Path, store_url: str, message_log_url: str) -> Settings:
     # No receipt or presence pushes to group members (they are deliveries too, at moments of
     # their own): the counts here are of messages alone.
-    return make_settings(tmp_path / "data", database_url=store_url, presence_push_group_size=0)
+    return make_settings(
+        tmp_path / "data",
+        database_url=store_url,
+        message_log=message_log_url,
+        presence_push_group_size=0,
+    )
 
 
 @pytest.fixture

@@ -23,6 +23,9 @@ from tests.conftest import PASSWORD, ConnFactory, UserFactory
 from tests.helpers import collect, eventually, replay_of
 from tests.procs import RawStream
 
+# The split store's end-to-end subset: these run on sqlite+mongodb too (tests/conftest.py).
+pytestmark = pytest.mark.message_log
+
 
 async def wait_for(
     conn: Connection, match: Callable[[object], bool], timeout: float = 10.0

@@ -97,6 +97,7 @@ async def test_create_a_group_and_chat(user: UserFactory, connect: ConnFactory) 
     assert t.last_message.text == "hi all" and t.unread_count == 2  # the creation too
 
 
+@pytest.mark.message_log
 async def test_membership_changes_tell_every_device_the_same_story(
     user: UserFactory, connect: ConnFactory
 ) -> None:
@@ -149,6 +150,7 @@ async def test_membership_changes_tell_every_device_the_same_story(
     assert carols[g].active is False and carols[g].last_seq == 5
 
 
+@pytest.mark.message_log
 async def test_members_added_later_see_history_from_their_join(
     user: UserFactory, connect: ConnFactory
 ) -> None:
@@ -187,6 +189,7 @@ async def test_full_history_for_new_members_when_configured(settings: Settings) 
             await c.close()
 
 
+@pytest.mark.message_log
 async def test_the_last_admin_leaving_promotes_the_longest_member(
     user: UserFactory, connect: ConnFactory
 ) -> None:
@@ -335,8 +338,13 @@ async def test_a_role_number_the_server_does_not_know_is_invalid_argument(
 
 class TestMemberCap:
     @pytest.fixture
-    def settings(self, tmp_path: Path, store_url: str) -> Settings:
-        return make_settings(tmp_path / "data", database_url=store_url, max_group_members=3)
+    def settings(self, tmp_path: Path, store_url: str, message_log_url: str) -> Settings:
+        return make_settings(
+            tmp_path / "data",
+            database_url=store_url,
+            message_log=message_log_url,
+            max_group_members=3,
+        )
 
     async def test_groups_cannot_grow_past_the_cap(self, user: UserFactory) -> None:
         alice = await user("alice")

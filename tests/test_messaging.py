@@ -13,6 +13,9 @@ from natter.settings import Settings
 from tests.conftest import PASSWORD, ConnFactory, UserFactory
 from tests.helpers import collect, eventually
 
+# The split store's end-to-end subset: these run on sqlite+mongodb too (tests/conftest.py).
+pytestmark = pytest.mark.message_log
+
 
 @pytest.mark.all_stores
 async def test_two_people_chat_in_real_time(user: UserFactory, connect: ConnFactory) -> None:

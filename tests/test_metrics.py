@@ -57,10 +57,11 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, store_url: str) -> Settings:
+def settings(tmp_path: Path, store_url: str, message_log_url: str) -> Settings:
     return make_settings(
         tmp_path / "data",
         database_url=store_url,
+        message_log=message_log_url,
         frames_per_second=50,
         frame_burst=20,
         heartbeat_interval_seconds=0.2,

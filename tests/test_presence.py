@@ -29,8 +29,13 @@ TIMEOUT = 3 * BEAT
 
 
 @pytest.fixture
-def settings(tmp_path: Path, store_url: str) -> Settings:
-    return make_settings(tmp_path / "data", database_url=store_url, heartbeat_interval_seconds=BEAT)
+def settings(tmp_path: Path, store_url: str, message_log_url: str) -> Settings:
+    return make_settings(
+        tmp_path / "data",
+        database_url=store_url,
+        message_log=message_log_url,
+        heartbeat_interval_seconds=BEAT,
+    )
 
 
 async def presence_event(
@@ -263,10 +268,11 @@ class TestChatsSeeStatus:
     """presence_audience = contacts_and_chats: people one shares a thread with see it too."""
 
     @pytest.fixture
-    def settings(self, tmp_path: Path, store_url: str) -> Settings:
+    def settings(self, tmp_path: Path, store_url: str, message_log_url: str) -> Settings:
         return make_settings(
             tmp_path / "data",
             database_url=store_url,
+            message_log=message_log_url,
             heartbeat_interval_seconds=BEAT,
             presence_audience="contacts_and_chats",
         )
@@ -292,10 +298,11 @@ class TestChatsSeeStatus:
 
 class TestSmallGroupPushes:
     @pytest.fixture
-    def settings(self, tmp_path: Path, store_url: str) -> Settings:
+    def settings(self, tmp_path: Path, store_url: str, message_log_url: str) -> Settings:
         return make_settings(
             tmp_path / "data",
             database_url=store_url,
+            message_log=message_log_url,
             heartbeat_interval_seconds=BEAT,
             presence_push_group_size=2,
             presence_audience="contacts_and_chats",
@@ -342,10 +349,11 @@ async def test_presence_query_limits(user: UserFactory, server: EmbeddedServer) 
 
 class TestHeartbeatFlood:
     @pytest.fixture
-    def settings(self, tmp_path: Path, store_url: str) -> Settings:
+    def settings(self, tmp_path: Path, store_url: str, message_log_url: str) -> Settings:
         return make_settings(
             tmp_path / "data",
             database_url=store_url,
+            message_log=message_log_url,
             heartbeat_interval_seconds=BEAT,
             frames_per_second=20.0,
             frame_burst=40,
@@ -499,9 +507,9 @@ async def next_of_kind(conn: Connection, kind: type[T], timeout: float = 10.0) -
 
 class TestCli:
     @pytest.fixture
-    def settings(self, tmp_path: Path, store_url: str) -> Settings:
+    def settings(self, tmp_path: Path, store_url: str, message_log_url: str) -> Settings:
         # The product's interval: the CLI's own device heartbeats every 5 s like any client.
-        return make_settings(tmp_path / "data", database_url=store_url)
+        return make_settings(tmp_path / "data", database_url=store_url, message_log=message_log_url)
 
     async def test_status_and_listen(
         self, tmp_path: Path, server: EmbeddedServer, user: UserFactory, connect: ConnFactory

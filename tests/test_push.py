@@ -34,8 +34,8 @@ async def ps() -> AsyncIterator[PushService]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, store_url: str, ps: PushService) -> Settings:
-    return push_settings(tmp_path / "data", ps, database_url=store_url)
+def settings(tmp_path: Path, store_url: str, message_log_url: str, ps: PushService) -> Settings:
+    return push_settings(tmp_path / "data", ps, database_url=store_url, message_log=message_log_url)
 
 
 def push_settings(data: Path, ps: PushService, **changes: object) -> Settings:

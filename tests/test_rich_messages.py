@@ -25,6 +25,9 @@ from natter.v1 import types_pb2 as pb
 from tests.conftest import PASSWORD, ConnFactory, UserFactory
 from tests.helpers import collect, eventually, gather_events
 
+# The split store's end-to-end subset: these run on sqlite+mongodb too (tests/conftest.py).
+pytestmark = pytest.mark.message_log
+
 
 async def test_reply_react_edit_and_delete_fold_onto_their_messages(
     user: UserFactory, connect: ConnFactory

@@ -1,7 +1,9 @@
 """The Store contract: one suite that every backend (SQLite, PostgreSQL, MariaDB) must pass.
 
 Each engine's server starts once per test session (devtools/dbservers.py); every test gets a
-fresh, empty database with the migrations applied by `SqlStore.open()`.
+fresh, empty database with the migrations applied by `SqlStore.open()`. `sqlite+mongodb` is
+the split store (message_svc/splitstore.py): SQLite beside the MongoDB message log on a
+FerretDB server (devtools/ferretdb.py), a fresh MongoDB database with each SQL one.
 """
 
 from __future__ import annotations
@@ -17,10 +19,22 @@ import pytest
 import pytest_asyncio
 
 from devtools.dbservers import ENGINES, DbServer, missing, server_for
+from devtools.ferretdb import FerretDbServer
+from devtools.ferretdb import missing as mongo_missing
 from devtools.waiting import eventually
 from message_svc import schema
+from message_svc.mongolog import MongoMessageLog
+from message_svc.splitstore import SplitStore
 from message_svc.sqlstore import SqlStore
-from message_svc.store import Appended, MemberChange, NewMessage, Refusal, Refused, UserRow
+from message_svc.store import (
+    Appended,
+    LogEntry,
+    MemberChange,
+    NewMessage,
+    Refusal,
+    Refused,
+    UserRow,
+)
 from natter.domain import (
     MUTED_FOREVER,
     Attachment,
@@ -52,25 +66,47 @@ from natter.errors import (
 # -- backends ------------------------------------------------------------------------------
 
 SERVER_ENGINES = [e for e in ENGINES if e != "sqlite"]
+SPLIT = "sqlite+mongodb"
 
 
 @dataclass
 class Backend:
-    """Where a test's fresh database comes from."""
+    """Where a test's fresh database comes from (and, split, its fresh message log)."""
 
     engine: str
     tmp: Path
     server: DbServer | None = None
     count: int = 0
+    mongo: FerretDbServer | None = None
+    logs: dict[str, str] | None = None
 
     async def new_url(self) -> str:
         if self.server is not None:
-            return await self.server.create_database()
-        self.count += 1
-        return f"sqlite+aiosqlite:///{self.tmp / f'natter-{self.count}.db'}"
+            url = await self.server.create_database()
+        else:
+            self.count += 1
+            url = f"sqlite+aiosqlite:///{self.tmp / f'natter-{self.count}.db'}"
+        if self.mongo is not None:
+            self.logs = self.logs or {}
+            self.logs[url] = await self.mongo.create_database()
+        return url
+
+    def make(self, url: str) -> SqlStore:
+        """A store on a database from new_url (split: over that database's message log)."""
+        if self.logs is not None and url in self.logs:
+            return SplitStore(url, MongoMessageLog(self.logs[url]))
+        return SqlStore(url)
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session", params=ENGINES)
+def reopen(store: SqlStore) -> SqlStore:
+    """Another store on the same database (and message log) as `store`."""
+    url = store.url.render_as_string(hide_password=False)
+    if isinstance(store, SplitStore):
+        return SplitStore(url, MongoMessageLog(store.log.url))
+    return SqlStore(url)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session", params=[*ENGINES, SPLIT])
 async def backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Backend]:
@@ -78,6 +114,13 @@ async def backend(
     tmp = tmp_path_factory.mktemp(engine)
     if engine == "sqlite":
         yield Backend(engine, tmp)
+        return
+    if engine == SPLIT:
+        reason = mongo_missing("ferretdb")
+        if reason is not None:
+            pytest.fail(f"the store contract suite needs FerretDB: {reason}", pytrace=False)
+        async with FerretDbServer() as mongo:
+            yield Backend(engine, tmp, mongo=mongo)
         return
     reason = missing(engine)
     if reason is not None:
@@ -88,7 +131,7 @@ async def backend(
 
 @pytest_asyncio.fixture
 async def store(backend: Backend) -> AsyncIterator[SqlStore]:
-    s = SqlStore(await backend.new_url())
+    s = backend.make(await backend.new_url())
     await s.open()
     try:
         yield s
@@ -176,7 +219,7 @@ async def all_seqs(store: SqlStore, thread_id: int) -> list[int]:
 
 async def test_reopen_keeps_data_and_applies_no_migration_twice(store: SqlStore) -> None:
     alice = await person(store, "alice")
-    again = SqlStore(store.url.render_as_string(hide_password=False))
+    again = reopen(store)
     await again.open()
     try:
         assert (await again.get_users([alice.id]))[alice.id].username == "alice"
@@ -787,7 +830,7 @@ async def test_concurrent_changes_from_two_processes_leave_an_admin(
         None,
         system(group, alice, SystemKind.ADMINS_PROMOTED, bob),
     )
-    other = SqlStore(store.url.render_as_string(hide_password=False))
+    other = reopen(store)
     await other.open()
     try:
         for _ in range(5):
@@ -1181,7 +1224,7 @@ async def test_push_claims_are_exclusive_fenced_and_taken_over_after_the_lease(
     backend: Backend,
 ) -> None:
     url = await backend.new_url()
-    one, two = SqlStore(url), SqlStore(url)
+    one, two = backend.make(url), backend.make(url)
     await one.open()
     await two.open()
     try:
@@ -1299,7 +1342,7 @@ async def test_mutes_and_privacy_mode_reach_the_push_context(store: SqlStore) ->
 
 async def test_a_server_secret_is_made_once_whoever_asks_first(backend: Backend) -> None:
     url = await backend.new_url()
-    stores = [SqlStore(url) for _ in range(3)]
+    stores = [backend.make(url) for _ in range(3)]
     for s in stores:
         await s.open()
     try:
@@ -1971,3 +2014,79 @@ def test_migration_names_fit_their_column() -> None:
     names = [name for _, name, _ in schema.MIGRATIONS]
     assert len(set(names)) == len(names)
     assert all(len(n) <= 64 for n in names)
+
+
+# -- the split store: the MongoDB message log is the truth, SQL's thread rows derive from it --
+
+
+@pytest.mark.parametrize("backend", [SPLIT], indirect=True)
+async def test_the_split_store_catches_a_thread_up_with_its_log(store: SqlStore) -> None:
+    assert isinstance(store, SplitStore)
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    first = await send(store, ab, alice, "through both")
+    # An append whose SQL step never ran (the process died after the log append).
+    [orphan] = await store.log.append(
+        [LogEntry(ab, alice.user, alice.device_id, "orphan", MessageKind.TEXT, "log only")]
+    )
+    assert orphan.message.seq == 2
+    assert (await store.get_thread(ab)).last_seq == 1  # type: ignore[union-attr]
+    # The next append to the thread moves the row over both, in seq order.
+    third = await send(store, ab, bob, "after it")
+    assert third.seq == 3
+    assert [m.text for m in await store.list_messages(ab, 0, 0, 10, False)] == [
+        "through both",
+        "log only",
+        "after it",
+    ]
+    [summary] = await store.list_threads(bob.id, None, 10)
+    assert (summary.thread.last_seq, summary.unread_count) == (3, 2)
+    # What SQL answers is what the log holds: same seqs, same ids.
+    logged = await store.log.read(ab, 0, 0, 10, False)
+    assert [(m.seq, m.msg_id) for m in logged] == [
+        (m.seq, m.msg_id) for m in await store.list_messages(ab, 0, 0, 10, False)
+    ]
+    assert logged[0].msg_id == first.msg_id
+    # A retry of the orphan's key answers with the stored entry, nothing appended.
+    [again] = await append(store, [text(ab, alice, "log only", key="orphan")])
+    assert again.duplicate and again.message.seq == 2
+    # Another one behind the log, repaired at start.
+    await store.log.append(
+        [LogEntry(ab, bob.user, bob.device_id, "late", MessageKind.TEXT, "repaired at start")]
+    )
+    other = reopen(store)
+    await other.open()
+    try:
+        assert (await other.get_thread(ab)).last_seq == 4  # type: ignore[union-attr]
+        [summary] = await other.list_threads(alice.id, None, 10)
+        assert summary.last_message is not None
+        assert (summary.last_message.text, summary.unread_count) == ("repaired at start", 2)
+    finally:
+        await other.close()
+
+
+@pytest.mark.parametrize("backend", [SPLIT], indirect=True)
+async def test_the_split_store_signs_an_erased_accounts_log_entries(store: SqlStore) -> None:
+    assert isinstance(store, SplitStore)
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    await send(store, ab, alice, "signed")
+    await store.erase_user(alice.id)
+    [m] = await store.log.read(ab, 0, 0, 10, False)
+    assert (m.sender.user_id, m.sender.display_name) == (alice.id, "Deleted account")
+    assert m.sender.username == f"~deleted-{alice.id}"
+
+
+@pytest.mark.parametrize("backend", [SPLIT], indirect=True)
+async def test_the_split_store_refuses_a_log_behind_its_thread_rows(backend: Backend) -> None:
+    url = await backend.new_url()
+    sql = SqlStore(url)  # written without the log: its thread rows have no entries there
+    await sql.open()
+    try:
+        alice = await person(sql, "alice")
+        await send(sql, await sql.direct_thread(alice.id, alice.id), alice, "only in SQL")
+    finally:
+        await sql.close()
+    split = backend.make(url)
+    with pytest.raises(FailedPrecondition, match="message log"):
+        await split.open()  # and closes what it opened

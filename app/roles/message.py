@@ -14,9 +14,10 @@ from app.outage import FrontDoor, Outage, OutageInterceptor
 from app.roles.node import DB_POOL, ClusterNode
 from app.roles.presence_proxy import add_presence_proxy
 from app.routing import ClusterFanout
+from app.stores import build_store
 from media_svc import PUBLIC_SERVICES as MEDIA_SERVICES
 from media_svc import MediaServicer
-from message_svc import PUBLIC_SERVICES, MessageClient, MessageService, SqlStore
+from message_svc import PUBLIC_SERVICES, MessageClient, MessageService
 from natter import domain as d
 from natter import tls
 from natter.errors import Unavailable
@@ -52,7 +53,7 @@ class MessageNode(ClusterNode):
 
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         super().__init__(settings, registry)
-        self.store = SqlStore(settings.db_url, pool_size=DB_POOL, metrics=self.metrics)
+        self.store = build_store(settings, pool_size=DB_POOL, metrics=self.metrics)
         self.outage.reachable = lambda: self.store.reachable
         # Retry pushes long enough for a dead socket server's lease to expire.
         retry = 3 * settings.lease_ttl_seconds + 4

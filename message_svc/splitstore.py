@@ -1,0 +1,559 @@
+"""The split store: the message log in MongoDB, everything else (and the thread rows) in SQL.
+
+`SplitStore` is a `SqlStore` whose appends go through a `MongoMessageLog` first:
+
+1. SQL checks (membership, blocks, a deleted peer, the rich-message rules), read in SQL;
+2. the log append: gap-free seqs, idempotent by (sender, client_msg_id) forever, durable
+   (write concern majority, journaled) before it returns;
+3. one SQL transaction that moves `threads.last_seq` over what the log holds, writing the
+   thread's derived rows for exactly the seqs it moves over: the messages' read rows (what
+   history, sync, the thread list, unread counts, search and push previews read, folded
+   with edits, deletes and reactions), member rows touched, push jobs queued.
+
+The log is the truth; everything step 3 writes is derived from it and rebuilt from it: at
+start (`repair`) and whenever an append finds the thread row behind the log, the missing
+span is read back from the log and applied in seq order. A crash between steps 2 and 3
+therefore loses nothing acknowledged (the sender was not answered; a retry finds its key
+in the log and runs step 3), and a thread row never points past the log (it only moves up
+to seqs read from it). docs/architecture.md, "The message log on MongoDB", has the why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from message_svc import schema as t
+from message_svc.mongolog import Logged, MongoMessageLog
+from message_svc.sqlstore import (
+    _ACTIVE,
+    _SENT,
+    _SEQ_FOR_UPDATE,
+    _TOUCH,
+    SqlStore,
+    _barred,
+    _check_group,
+    _is_member,
+    _message,
+    _pairs,
+    _payload_of,
+    _Prepared,
+    _queue_pushes,
+    _Rich,
+    _system_to_json,
+    utcnow,
+)
+from message_svc.store import (
+    DELETED_NAME,
+    Appended,
+    LogEntry,
+    MemberChange,
+    NewMessage,
+    Refusal,
+    Refused,
+)
+from natter.domain import Message, MessageKind, Role, ThreadKind, User
+from natter.errors import FailedPrecondition, NotFound
+from natter.metrics import NO_METRICS, Metrics
+
+logger = logging.getLogger(__name__)
+
+# Where a member change takes effect before its system message has a seq: the rows are
+# written with it and set to the seq the log gave, in the same SQL transaction.
+_PENDING = -1
+Key = tuple[int, str]
+
+
+class SplitStore(SqlStore):
+    """A SqlStore whose message log is a MongoDB collection; SQL holds what derives from it.
+
+    `kill_after_appends`: a fault hook for the crash tests, n > 0 makes the process SIGKILL
+    itself after its n-th log append and before the SQL transaction that follows it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        log: MongoMessageLog,
+        *,
+        pool_size: int = 5,
+        metrics: Metrics = NO_METRICS,
+        kill_after_appends: int = 0,
+    ) -> None:
+        super().__init__(url, pool_size=pool_size, metrics=metrics)
+        self.log = log
+        self._kill_after = kill_after_appends
+        self._appends = 0
+
+    async def open(self) -> None:
+        await super().open()
+        try:
+            await self.log.open()
+            repaired = await self.repair()
+        except BaseException:
+            await self.close()
+            raise
+        if repaired:
+            logger.warning("moved %d thread rows up to the message log", len(repaired))
+
+    async def close(self) -> None:
+        await self.log.close()
+        await super().close()
+
+    # -- consistency -------------------------------------------------------------------
+
+    async def repair(self) -> dict[int, tuple[int, int]]:
+        """Move every thread row behind the log up to it; {thread: (from, to)} moved."""
+        heads = await self.log.heads()
+        th = t.threads
+        async with self._read() as conn:
+            rows = (await conn.execute(sa.select(th.c.id, th.c.last_seq))).all()
+        ahead = [int(tid) for tid, last in rows if int(last) > heads.get(int(tid), 0)]
+        if ahead:
+            # Never serve on such a pair: the log would hand out seqs SQL has already used.
+            raise FailedPrecondition(
+                f"{len(ahead)} threads (first: {ahead[:5]}) are further in SQL than in the "
+                f"message log {self.log.url}: not the log this database was written with",
+                "MESSAGE_LOG_BEHIND",
+            )
+        moved: dict[int, tuple[int, int]] = {}
+        for tid, last in rows:
+            head = heads.get(int(tid), 0)
+            if head > int(last):
+                await self._catch_up({int(tid): (int(last), head, [])})
+                moved[int(tid)] = (int(last), head)
+        return moved
+
+    async def _catch_up(
+        self, spans: dict[int, tuple[int, int, Sequence[Logged]]], answers: Sequence[Key] = ()
+    ) -> dict[Key, Message]:
+        """Apply the log to SQL, one transaction for every thread of `spans`.
+
+        `spans`: thread -> (its row's last seq read before, the seq to move it to, the
+        entries just appended, not read back). What lies between the row and those entries
+        is read from the log. The row only moves up, so what the transaction finds is never
+        lower than what was read before. Returns the stored form of the entries and of the
+        `answers` keys (shaped and folded as the SQL store answers).
+        """
+        work: dict[int, tuple[list[Logged], int]] = {}
+        for tid, (known_last, upto, fresh) in spans.items():
+            lo = min((e.message.seq for e in fresh), default=upto + 1)
+            gap = await self.log.read_logged(tid, known_last, lo - 1)
+            work[tid] = (sorted([*gap, *fresh], key=lambda e: e.message.seq), upto)
+        want = {
+            (e.message.sender.user_id, e.message.client_msg_id)
+            for es, _ in work.values()
+            for e in es
+        }
+        want.update(answers)
+        return await self._retry(lambda: self._write(lambda conn: _project(conn, work, want)))
+
+    def _fault(self) -> None:
+        self._appends += 1
+        if self._kill_after and self._appends >= self._kill_after:
+            # Straight to the file descriptor: a buffered log line would die with the process.
+            os.write(2, f"fault hook: SIGKILL after log append {self._appends}\n".encode())
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # -- messages ----------------------------------------------------------------------
+
+    async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended | Refused]:
+        keys = list(dict.fromkeys((n.sender.user_id, n.client_msg_id) for n in batch))
+        existing = await self.log.find_keys(keys)
+        async with self._read() as conn:
+            checked = await conn.run_sync(lambda c: _check(c, batch, existing))
+        entries: list[LogEntry] = []
+        where: list[int] = []
+        for i, (n, c) in enumerate(zip(batch, checked, strict=True)):
+            if isinstance(c, Refused):
+                continue
+            entries.append(_entry(n, c))
+            where.append(i)
+        out: list[Appended | Refused | None] = [
+            c if isinstance(c, Refused) else None for c in checked
+        ]
+        if not entries:
+            return [x for x in out if x is not None]
+        appended = await self.log.append(entries, existing=existing)
+        self._fault()
+        # Which threads the SQL step moves, and how far: every seq the answers name (a
+        # duplicate's too: its first send may have died before its SQL step).
+        per_thread: dict[int, list[Logged]] = defaultdict(list)
+        upto: dict[int, int] = {}
+        for e, a in zip(entries, appended, strict=True):
+            m = a.message
+            upto[m.thread_id] = max(upto.get(m.thread_id, 0), m.seq)
+            if not a.duplicate:
+                per_thread[m.thread_id].append(Logged(m, e.payload, e.notify))
+        lasts = await self._last_seqs(list(upto))
+        answers = [(a.message.sender.user_id, a.message.client_msg_id) for a in appended]
+        stored = await self._catch_up(
+            {tid: (lasts.get(tid, 0), upto[tid], per_thread[tid]) for tid in upto}, answers
+        )
+        for i, a in zip(where, appended, strict=True):
+            key = (a.message.sender.user_id, a.message.client_msg_id)
+            out[i] = Appended(stored.get(key, a.message), a.duplicate)
+        return [x for x in out if x is not None]
+
+    async def _last_seqs(self, thread_ids: Sequence[int]) -> dict[int, int]:
+        th = t.threads
+        async with self._read() as conn:
+            rows = await conn.execute(
+                sa.select(th.c.id, th.c.last_seq).where(th.c.id.in_(list(thread_ids)))
+            )
+            return {int(r.id): int(r.last_seq) for r in rows}
+
+    async def erase_user(self, user_id: int) -> list[int]:
+        """Erase in SQL, then sign the account's log entries "Deleted account" too."""
+        revoked = await super().erase_user(user_id)
+        await self.log.resign(User(user_id, f"~deleted-{user_id}", DELETED_NAME))
+        return revoked
+
+    # -- groups ------------------------------------------------------------------------
+
+    async def create_group(
+        self, title: str, creator_id: int, member_ids: Sequence[int], event: NewMessage
+    ) -> tuple[int, Message]:
+        thread_id = await self._write(lambda conn: _new_group(conn, title, creator_id, member_ids))
+        entry = _entry(replace(event, thread_id=thread_id), None)
+        [appended] = await self.log.append([entry])
+        self._fault()
+        m = appended.message
+        logged = Logged(m, entry.payload, entry.notify)
+        stored = await self._catch_up({thread_id: (0, m.seq, [logged])})
+        return thread_id, stored.get((m.sender.user_id, m.client_msg_id), m)
+
+    async def change_group(
+        self,
+        thread_id: int,
+        changes: Sequence[MemberChange],
+        title: str | None,
+        event: NewMessage,
+        *,
+        max_members: int | None = None,
+    ) -> Message:
+        """Check under the group's row lock, append the system message, then apply at its seq.
+
+        One SQL transaction is held across the log append: it locks the thread row (changes
+        to one group are serialised across processes), writes the changes with their seq
+        pending and checks them (a refused change never reaches the log), then, once the
+        log has given the system message its seq, sets that seq and moves the thread over
+        everything up to it. The rows of a crash between the append and the commit are
+        rolled back; the system message stays in the log and is applied on repair.
+        """
+        entry = replace(_entry(event, None), changes=tuple(changes), title=title)
+        async with self._tx() as conn:
+            last = await conn.run_sync(
+                lambda c: _stage_changes(c, thread_id, changes, title, max_members)
+            )
+            [appended] = await self.log.append([entry])
+            self._fault()
+            m = appended.message
+            gap = await self.log.read_logged(thread_id, last, m.seq - 1)
+            entries = [*gap, Logged(m, entry.payload, entry.notify, entry.changes, title)]
+            stored = await conn.run_sync(lambda c: _settle_changes(c, thread_id, m.seq, entries))
+        return stored.get((m.sender.user_id, m.client_msg_id), m)
+
+
+def _entry(n: NewMessage, prep: _Prepared | None) -> LogEntry:
+    return LogEntry(
+        thread_id=n.thread_id,
+        sender=n.sender,
+        sender_device_id=n.sender_device_id,
+        client_msg_id=n.client_msg_id,
+        kind=prep.kind if prep is not None else n.kind,
+        text=prep.text if prep is not None else n.text,
+        system=n.system,
+        target_seq=n.target_seq,
+        payload=prep.payload if prep is not None else None,
+        notify=n.notify,
+    )
+
+
+def _check(
+    conn: Connection, batch: Sequence[NewMessage], existing: dict[Key, Message]
+) -> list[Refused | _Prepared | None]:
+    """What SQL says of each entry before the log append: refused, prepared, plain or known.
+
+    The same checks as the SQL store's own append, in batch order; a key stored before
+    passes unchecked (its answer is the original).
+    """
+    pairs = list(
+        {
+            (n.sender.user_id, n.thread_id)
+            for n in batch
+            if (n.sender.user_id, n.client_msg_id) not in existing
+        }
+    )
+    allowed: set[tuple[int, int]] = set()
+    for start in range(0, len(pairs), 300):
+        part = pairs[start : start + 300]
+        rows = conn.execute(
+            _ACTIVE, {"owners": list({p[0] for p in part}), "threads": list({p[1] for p in part})}
+        )
+        allowed.update(
+            (int(r.owner_id), int(r.thread_id))
+            for r in _pairs(rows, set(part), "owner_id", "thread_id")
+        )
+    barred = _barred(conn, batch, existing, allowed)
+    rich: _Rich | None = None
+    seen: set[Key] = set()
+    out: list[Refused | _Prepared | None] = []
+    for n in batch:
+        key = (n.sender.user_id, n.client_msg_id)
+        if key in existing or key in seen:
+            out.append(None)
+        elif (n.sender.user_id, n.thread_id) not in allowed:
+            out.append(Refused(n.thread_id))
+        elif n.peer_id and (n.sender.user_id, n.peer_id) in barred:
+            out.append(Refused(n.thread_id, barred[(n.sender.user_id, n.peer_id)]))
+        elif n.plain:
+            seen.add(key)
+            out.append(None)
+        else:
+            rich = rich or _Rich(conn)
+            prep = rich.prepare(n)
+            if isinstance(prep, Refusal):
+                out.append(Refused(n.thread_id, prep))
+            else:
+                seen.add(key)
+                out.append(prep)
+    return out
+
+
+def _project(
+    conn: Connection, work: dict[int, tuple[list[Logged], int]], want: set[Key]
+) -> dict[Key, Message]:
+    """Move thread rows over the log's entries, each up to its seq, deriving their rows.
+
+    Threads are locked in id order (concurrent batches cannot deadlock); entries at or
+    below a row's last seq were applied by someone else and are skipped. Returns the stored
+    form of the `want` keys, as the SQL store answers them.
+    """
+    now = utcnow()
+    for thread_id, (entries, upto) in sorted(work.items()):
+        last = conn.execute(_SEQ_FOR_UPDATE, {"tid": thread_id}).scalar_one_or_none()
+        if last is None:
+            raise NotFound(f"thread {thread_id} does not exist")
+        _apply(conn, thread_id, int(last), entries, upto, now)
+    return _stored(conn, want)
+
+
+def _apply(
+    conn: Connection,
+    thread_id: int,
+    last: int,
+    entries: Sequence[Logged],
+    upto: int,
+    now: datetime,
+    staged: int = 0,
+) -> None:
+    """Derive the rows of the entries (last, upto] in seq order; `staged`: a change applied."""
+    todo = [e for e in entries if last < e.message.seq <= upto]
+    if not todo:
+        return
+    seqs = [e.message.seq for e in todo]
+    if seqs != list(range(last + 1, last + 1 + len(todo))):
+        raise AssertionError(f"thread {thread_id}: log entries {seqs} do not follow {last}")
+    conn.execute(
+        t.messages.insert(),
+        [
+            dict(
+                thread_id=thread_id,
+                seq=m.seq,
+                msg_id=m.msg_id,
+                sender_id=m.sender.user_id,
+                sender_device_id=m.sender_device_id,
+                client_msg_id=m.client_msg_id,
+                kind=m.kind.value,
+                text=m.emoji if m.kind is MessageKind.REACTION else m.text,
+                system=_system_to_json(m.system),
+                create_time=m.create_time,
+                target_seq=m.target_seq or None,
+                payload=e.payload,
+            )
+            for e in todo
+            for m in (e.message,)
+        ],
+    )
+    rich = _Rich(conn)
+    notify: tuple[int, int] | None = None
+    touched = False
+    for e in todo:
+        m = e.message
+        if (e.changes or e.title is not None) and m.seq != staged:
+            # A group change whose own transaction died after its append: replayed here.
+            _member_changes(conn, thread_id, e.changes, e.title, m.seq, now)
+        touched = touched or m.kind.is_content
+        if e.notify:
+            notify = (notify[0] if notify else m.seq, m.seq)
+        if not (m.kind.is_event or e.payload):
+            continue
+        if m.kind.is_event and _target_deleted(conn, thread_id, m.target_seq):
+            continue  # a change that lost a race with a delete: an event that changes nothing
+        atts, _, _ = _payload_of(e.payload)
+        n = NewMessage(
+            thread_id=thread_id,
+            sender=m.sender,
+            sender_device_id=m.sender_device_id,
+            client_msg_id=m.client_msg_id,
+            kind=m.kind,
+            text=m.emoji if m.kind is MessageKind.REACTION else m.text,
+            target_seq=m.target_seq,
+        )
+        rich.apply(_Prepared(m.kind, n.text, attachments=atts), n, m.seq, m.create_time)
+    th = t.threads
+    conn.execute(
+        th.update()
+        .where(th.c.id == thread_id, th.c.last_seq < seqs[-1])
+        .values(last_seq=seqs[-1], update_time=now)
+    )
+    if touched:
+        conn.execute(_TOUCH, {"threads": [thread_id], "now": now})
+    if notify is not None:
+        _queue_pushes(conn, {thread_id: notify}, now)
+
+
+def _target_deleted(conn: Connection, thread_id: int, seq: int) -> bool:
+    msg = t.messages
+    row = conn.execute(
+        sa.select(msg.c.delete_seq).where(msg.c.thread_id == thread_id, msg.c.seq == seq)
+    ).first()
+    return row is not None and row.delete_seq is not None
+
+
+def _stored(conn: Connection, keys: set[Key]) -> dict[Key, Message]:
+    out: dict[Key, Message] = {}
+    todo = sorted(keys)
+    for start in range(0, len(todo), 300):
+        chunk = set(todo[start : start + 300])
+        rows = conn.execute(
+            _SENT, {"senders": list({k[0] for k in chunk}), "keys": list({k[1] for k in chunk})}
+        )
+        for r in _pairs(rows, chunk, "sender_id", "client_msg_id"):
+            m = _message(r)
+            out[(m.sender.user_id, m.client_msg_id)] = m
+    return out
+
+
+def _new_group(conn: Connection, title: str, creator_id: int, member_ids: Sequence[int]) -> int:
+    """The group's rows at seq 0: its creation message comes from the log next."""
+    th, m = t.threads, t.thread_members
+    now = utcnow()
+    res = conn.execute(
+        th.insert().values(
+            kind=ThreadKind.GROUP.value,
+            title=title,
+            last_seq=0,
+            direct_key=None,
+            create_time=now,
+            update_time=now,
+        )
+    )
+    thread_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+    conn.execute(
+        m.insert(),
+        [
+            dict(
+                owner_id=uid,
+                thread_id=thread_id,
+                role=(Role.ADMIN if uid == creator_id else Role.MEMBER).value,
+                nickname="",
+                first_seq=1,
+                left_seq=None,
+                delivered_seq=0,
+                read_seq=0,
+                create_time=now,
+                update_time=now,
+            )
+            for uid in dict.fromkeys([creator_id, *member_ids])
+        ],
+    )
+    return thread_id
+
+
+def _stage_changes(
+    conn: Connection,
+    thread_id: int,
+    changes: Sequence[MemberChange],
+    title: str | None,
+    max_members: int | None,
+) -> int:
+    """Lock the group, write its changes with the seq pending, check them; the row's last seq."""
+    last = conn.execute(_SEQ_FOR_UPDATE, {"tid": thread_id}).scalar_one_or_none()
+    if last is None:
+        raise NotFound(f"thread {thread_id} does not exist")
+    _member_changes(conn, thread_id, changes, title, _PENDING, utcnow())
+    _check_group(conn, thread_id, max_members)
+    return int(last)
+
+
+def _settle_changes(
+    conn: Connection, thread_id: int, seq: int, entries: Sequence[Logged]
+) -> dict[Key, Message]:
+    m = t.thread_members
+    conn.execute(
+        m.update()
+        .where(m.c.thread_id == thread_id, m.c.first_seq == _PENDING)
+        .values(first_seq=seq)
+    )
+    conn.execute(
+        m.update().where(m.c.thread_id == thread_id, m.c.left_seq == _PENDING).values(left_seq=seq)
+    )
+    now = utcnow()
+    last = conn.execute(_SEQ_FOR_UPDATE, {"tid": thread_id}).scalar_one()
+    _apply(conn, thread_id, int(last), entries, seq, now, staged=seq)
+    conn.execute(
+        m.update().where(m.c.thread_id == thread_id, m.c.left_seq.is_(None)).values(update_time=now)
+    )
+    return _stored(conn, {(e.message.sender.user_id, e.message.client_msg_id) for e in entries})
+
+
+def _member_changes(
+    conn: Connection,
+    thread_id: int,
+    changes: Sequence[MemberChange],
+    title: str | None,
+    seq: int,
+    now: datetime,
+) -> None:
+    """A group change at `seq` (or _PENDING), as the SQL store applies it."""
+    th, m = t.threads, t.thread_members
+    if title is not None:
+        conn.execute(th.update().where(th.c.id == thread_id).values(title=title))
+    for ch in changes:
+        where = (m.c.thread_id == thread_id, m.c.owner_id == ch.user_id)
+        if ch.join:
+            first = 1 if ch.full_history else seq
+            res = conn.execute(
+                m.update()
+                .where(*where, m.c.left_seq.is_not(None))
+                .values(left_seq=None, first_seq=first, role=Role.MEMBER.value, update_time=now)
+            )
+            if not res.rowcount and not _is_member(conn, thread_id, ch.user_id):
+                conn.execute(
+                    m.insert().values(
+                        owner_id=ch.user_id,
+                        thread_id=thread_id,
+                        role=Role.MEMBER.value,
+                        nickname="",
+                        first_seq=first,
+                        left_seq=None,
+                        delivered_seq=0,
+                        read_seq=0,
+                        create_time=now,
+                        update_time=now,
+                    )
+                )
+        if ch.leave:
+            conn.execute(m.update().where(*where).values(left_seq=seq, update_time=now))
+        if ch.role is not None:
+            conn.execute(m.update().where(*where).values(role=ch.role.value))
