@@ -301,12 +301,14 @@ class ServerProcess:
         doomed = self.root.with_name(f"{self.root.name}.removing")
         try:
             self.root.rename(doomed)
-            subprocess.Popen(
-                ["rm", "-rf", "--", str(doomed)],
+            # A shell that leaves `rm` running on its own and exits at once.
+            subprocess.run(
+                ["sh", "-c", 'rm -rf -- "$0" &', str(doomed)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
+                check=True,
             )
         except OSError:
             shutil.rmtree(self.root, ignore_errors=True)
