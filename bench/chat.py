@@ -442,6 +442,8 @@ def _run_one(args: argparse.Namespace, ceiling: echo.EchoResult | None, mode: st
     )
     if args.profile is not None:
         print(server.hot_spots())
+    if args.pyspy is not None:
+        print(server.flame_summary())
     if not args.no_record:
         figures = (
             f"acked {fmt(r.acked_rate)}/s, delivered {fmt(r.delivered_rate)}/s, "
@@ -460,6 +462,7 @@ def _run_one(args: argparse.Namespace, ceiling: echo.EchoResult | None, mode: st
             f"{args.procs} client procs, search index {mode}"
             + (", external server" if args.server else "")
             + (", cProfile" if args.profile else "")
+            + (", py-spy" if args.pyspy else "")
         )
         ceiling_text = (
             "n/a" if ceiling is None else f"echo {ceiling.shape}: {fmt(ceiling.rate)} rt/s"
