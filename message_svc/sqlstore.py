@@ -2511,24 +2511,29 @@ def _driver_insert(
     return cached
 
 
-def _insert_messages(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """A batch's messages in one executemany; on SQLite as driver SQL compiled once.
+# Rows per multi-row INSERT on SQLite: 12 parameters each, far below its 32,766 limit.
+_INSERT_ROWS = 64
 
-    Through Core every value of every row goes through the execution context's parameter
-    processing (a time through two processors) on the writer thread, holding the GIL the
-    event loop needs. Here each value gets the same processor its column's type has (a
-    batch shares one time, converted once), and the driver gets the rows as tuples. Errors
-    are still SQLAlchemy's (exec_driver_sql wraps them), so a repeated key is the same
-    IntegrityError. Other engines keep Core.
+
+def _insert_messages(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """A batch's messages; on SQLite as multi-row INSERTs of driver SQL compiled once.
+
+    On the writer thread every call into SQLite lets go of the GIL and must take it back
+    from the event loop, which keeps it for up to the interpreter's switch interval (5 ms)
+    when it is busy: an executemany of 40 rows was 40 such waits, the largest part of a
+    group commit's time under load. One INSERT of many rows is one step into SQLite. The
+    values are bound as Core would bind them (each column's own bind processor; a batch's
+    one time converted once), and errors are still SQLAlchemy's (exec_driver_sql wraps
+    them), so a repeated key is the same IntegrityError. Other engines keep Core.
     """
     if conn.dialect.name != "sqlite" or conn.dialect.paramstyle != "qmark":
         conn.execute(_msg.insert(), rows)
         return
     sql, order, procs = _driver_insert(conn.dialect)
+    head, _, one = sql.partition(" VALUES ")
     done: dict[tuple[int, Any], Any] = {}
-    params: list[tuple[Any, ...]] = []
+    values: list[Any] = []
     for row in rows:
-        values = []
         for at, name in enumerate(order):
             value = row[name]
             proc = procs[at]
@@ -2539,8 +2544,11 @@ def _insert_messages(conn: Connection, rows: list[dict[str, Any]]) -> None:
                     bound = done[key] = proc(value)
                 value = bound
             values.append(value)
-        params.append(tuple(values))
-    conn.exec_driver_sql(sql, params)
+    width = len(order)
+    for start in range(0, len(rows), _INSERT_ROWS):
+        count = min(_INSERT_ROWS, len(rows) - start)
+        part = values[start * width : (start + count) * width]
+        conn.exec_driver_sql(f"{head} VALUES {', '.join([one] * count)}", tuple(part))
 
 
 def _bump_seqs(conn: Connection, counts: dict[int, int], now: datetime) -> dict[int, int]:
