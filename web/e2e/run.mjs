@@ -659,7 +659,7 @@ async function push(browser) {
   // Chromium replaces a tagged notification asynchronously (a read may still return the
   // old one): the checks look at the first read that shows one notification from natter.
   await deliver(hidden);
-  let all = [];
+  let all;
   const deadlineReplaced = Date.now() + WAIT;
   do {
     all = await notifications();
