@@ -452,6 +452,8 @@ def _run_one(
     )
     if args.profile is not None:
         print(server.hot_spots())
+    if args.pyspy is not None:
+        print(server.flame_summary())
     if not args.no_record:
         figures = (
             f"acked {fmt(r.acked_rate)}/s, delivered {fmt(r.delivered_rate)}/s, "
@@ -471,6 +473,7 @@ def _run_one(
             + ("" if store == "sqlite" else f", store {store}")
             + (", external server" if args.server else "")
             + (", cProfile" if args.profile else "")
+            + (", py-spy" if args.pyspy else "")
         )
         ceiling_text = (
             "n/a" if ceiling is None else f"echo {ceiling.shape}: {fmt(ceiling.rate)} rt/s"

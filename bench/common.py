@@ -130,6 +130,8 @@ class BenchServer:
         self.own = False
         self.fsync_log: Path | None = None
         self.profile: Path | None = None
+        self.pyspy: Path | None = None
+        self._pyspy: subprocess.Popen[bytes] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
 
@@ -139,6 +141,7 @@ class BenchServer:
         *,
         count_fsyncs: bool = True,
         profile: Path | None = None,
+        pyspy: Path | None = None,
         timeout: float = 30.0,
         env: dict[str, str] | None = None,
     ) -> BenchServer:
@@ -191,6 +194,12 @@ class BenchServer:
                 cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder
             )
         server._wait_ready(timeout)
+        if pyspy is not None:
+            from bench import flame
+
+            assert server.pid is not None
+            server.pyspy = pyspy
+            server._pyspy = flame.start(server.pid, pyspy)
         return server
 
     @property
@@ -257,11 +266,26 @@ class BenchServer:
                 os.kill(target, signal.SIGKILL)
             proc.kill()
             proc.wait(5)
+        if self._pyspy is not None:  # it writes its file once the server has exited
+            try:
+                self._pyspy.wait(20)
+            except subprocess.TimeoutExpired:
+                self._pyspy.kill()
+                self._pyspy.wait(5)
+            self._pyspy = None
 
     def cleanup(self) -> None:
         self.stop()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
+
+    def flame_summary(self) -> str:
+        """The py-spy view (after stop(), with --py-spy): every thread, by layer and function."""
+        if self.pyspy is None or not self.pyspy.exists():
+            return ""
+        from bench import flame
+
+        return flame.summary(self.pyspy)
 
     def hot_spots(self, top: int = 20) -> str:
         """The server's cProfile view (after stop(), in profile mode): own time, then project code.
@@ -293,6 +317,13 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="run the own server under cProfile, write stats here, print hot spots",
     )
+    p.add_argument(
+        "--py-spy",
+        dest="pyspy",
+        type=Path,
+        help="sample the own server's threads with py-spy (collapsed stacks here), "
+        "print where its CPU went",
+    )
 
 
 def server_from(
@@ -301,4 +332,9 @@ def server_from(
     """The server `add_server_arguments` asked for: the one given, or one of our own."""
     if args.server:
         return BenchServer(args.server, args.server_pid)
-    return BenchServer.start(count_fsyncs=count_fsyncs, profile=args.profile, env=env)
+    return BenchServer.start(
+        count_fsyncs=count_fsyncs,
+        profile=args.profile,
+        pyspy=getattr(args, "pyspy", None),
+        env=env,
+    )

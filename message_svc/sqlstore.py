@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc, pool
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from message_svc import schema as t
@@ -74,7 +74,7 @@ from natter.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from natter.ids import new_msg_id
+from natter.ids import new_msg_id, new_msg_ids
 from natter.metrics import NO_METRICS, GaugeFamily, Metrics
 
 logger = logging.getLogger(__name__)
@@ -2502,6 +2502,108 @@ _WITH_TARGETS = sa.select(_th.c.id).where(
 )
 
 
+# The message insert as driver SQL, per dialect name: (SQL, each parameter's bind processor).
+_DRIVER_INSERTS: dict[
+    str, tuple[str, tuple[str, ...], tuple[Callable[[Any], Any] | None, ...]]
+] = {}
+_INSERT_COLUMNS = (
+    "thread_id",
+    "seq",
+    "msg_id",
+    "sender_id",
+    "sender_device_id",
+    "client_msg_id",
+    "kind",
+    "text",
+    "system",
+    "create_time",
+    "target_seq",
+    "payload",
+)
+
+
+def _driver_insert(
+    dialect: Dialect,
+) -> tuple[str, tuple[str, ...], tuple[Callable[[Any], Any] | None, ...]]:
+    """The messages insert compiled once, with the columns' own bind processors, in order."""
+    cached = _DRIVER_INSERTS.get(dialect.name)
+    if cached is None:
+        stmt = _msg.insert().values({c: sa.bindparam(c) for c in _INSERT_COLUMNS})
+        compiled = stmt.compile(dialect=dialect)
+        order = tuple(compiled.positiontup or ())
+        assert sorted(order) == sorted(_INSERT_COLUMNS), order
+        procs = tuple(_msg.c[name].type._cached_bind_processor(dialect) for name in order)
+        cached = _DRIVER_INSERTS[dialect.name] = (str(compiled), order, procs)
+    return cached
+
+
+# Rows per multi-row INSERT on SQLite: 12 parameters each, far below its 32,766 limit.
+_INSERT_ROWS = 64
+
+
+def _insert_messages(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """A batch's messages; on SQLite as multi-row INSERTs of driver SQL compiled once.
+
+    On the writer thread every call into SQLite lets go of the GIL and must take it back
+    from the event loop, which keeps it for up to the interpreter's switch interval (5 ms)
+    when it is busy: an executemany of 40 rows was 40 such waits, the largest part of a
+    group commit's time under load. One INSERT of many rows is one step into SQLite. The
+    values are bound as Core would bind them (each column's own bind processor; a batch's
+    one time converted once), and errors are still SQLAlchemy's (exec_driver_sql wraps
+    them), so a repeated key is the same IntegrityError. Other engines keep Core.
+    """
+    if conn.dialect.name != "sqlite" or conn.dialect.paramstyle != "qmark":
+        conn.execute(_msg.insert(), rows)
+        return
+    sql, order, procs = _driver_insert(conn.dialect)
+    head, _, one = sql.partition(" VALUES ")
+    done: dict[tuple[int, Any], Any] = {}
+    values: list[Any] = []
+    for row in rows:
+        for at, name in enumerate(order):
+            value = row[name]
+            proc = procs[at]
+            if proc is not None and value is not None:
+                key = (at, value)
+                bound = done.get(key)
+                if bound is None:
+                    bound = done[key] = proc(value)
+                value = bound
+            values.append(value)
+    width = len(order)
+    for start in range(0, len(rows), _INSERT_ROWS):
+        count = min(_INSERT_ROWS, len(rows) - start)
+        part = values[start * width : (start + count) * width]
+        conn.exec_driver_sql(f"{head} VALUES {', '.join([one] * count)}", tuple(part))
+
+
+def _bump_seqs(conn: Connection, counts: dict[int, int], now: datetime) -> dict[int, int]:
+    """Reserve sequence numbers in several threads at once; the last one of each.
+
+    SQLite has one writer, so one UPDATE for every thread of a batch (instead of one per
+    thread) cannot deadlock; other engines lock thread rows one by one in id order, so two
+    concurrent batches never wait for each other in a cycle.
+    """
+    if len(counts) > 1 and conn.dialect.name == "sqlite" and conn.dialect.update_returning:
+        ids = sorted(counts)
+        out: dict[int, int] = {}
+        for start in range(0, len(ids), 300):
+            part = ids[start : start + 300]
+            by = sa.case({tid: counts[tid] for tid in part}, value=_th.c.id)
+            rows = conn.execute(
+                _th.update()
+                .where(_th.c.id.in_(part))
+                .values(last_seq=_th.c.last_seq + by, update_time=now)
+                .returning(_th.c.id, _th.c.last_seq)
+            )
+            out.update((int(r.id), int(r.last_seq)) for r in rows)
+        missing = [tid for tid in ids if tid not in out]
+        if missing:
+            raise NotFound(f"thread {missing[0]} does not exist")
+        return out
+    return {tid: _bump_seq(conn, tid, n, now) for tid, n in sorted(counts.items())}
+
+
 def _bump_seq(conn: Connection, thread_id: int, n: int, now: datetime) -> int:
     """Reserve n sequence numbers in a thread; return the last one."""
     args = {"tid": thread_id, "n": n, "now": now}
@@ -2746,15 +2848,17 @@ def _append(
     notify: dict[int, tuple[int, int]] = {}
     touched: set[int] = set()
     # Threads are locked in id order so concurrent batches cannot deadlock.
+    lasts = _bump_seqs(conn, {tid: len(idxs) for tid, idxs in per_thread.items()}, now)
+    ids = iter(new_msg_ids(len(fresh)))
     for thread_id, idxs in sorted(per_thread.items()):
-        last = _bump_seq(conn, thread_id, len(idxs), now)
+        last = lasts[thread_id]
         for offset, i in enumerate(idxs):
             n = batch[i]
             seq = last - len(idxs) + 1 + offset
             if n.notify:
                 lo, _ = notify.get(thread_id, (seq, seq))
                 notify[thread_id] = (lo, seq)
-            msg_id = new_msg_id()
+            msg_id = next(ids)
             prep_ = prepared.get(i)
             kind = prep_.kind if prep_ is not None else n.kind
             text = prep_.text if prep_ is not None else n.text
@@ -2797,7 +2901,7 @@ def _append(
                 rich.apply(prep_, n, seq, now)
             out[i] = Appended(message, False)
     if rows_to_insert:
-        conn.execute(_msg.insert(), rows_to_insert)
+        _insert_messages(conn, rows_to_insert)
         if touched:
             conn.execute(_TOUCH, {"threads": list(touched), "now": now})
     _queue_pushes(conn, notify, now)

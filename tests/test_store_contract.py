@@ -919,6 +919,40 @@ async def test_append_assigns_gapless_seqs_per_thread_across_a_batch(store: SqlS
         assert thread is not None and thread.last_seq == last
 
 
+async def test_a_batch_larger_than_one_insert_is_stored_whole_and_in_order(
+    store: SqlStore,
+) -> None:
+    """150 messages over three threads (SQLite writes them in several multi-row INSERTs)."""
+    alice, bob, carol = [await person(store, n) for n in ("alice", "bob", "carol")]
+    ab = await store.direct_thread(alice.id, bob.id)
+    ac = await store.direct_thread(alice.id, carol.id)
+    bc = await store.direct_thread(bob.id, carol.id)
+    [kept] = await append(store, [text(ab, alice, "stored before", key="k-early")])
+    threads = [(ab, alice), (ac, carol), (bc, bob)]
+    batch = [
+        text(tid, who, f"bulk word{i} " + "é🌷" * (i % 3))
+        for i in range(150)
+        for tid, who in [threads[i % 3]]
+    ]
+    batch[70] = text(ab, alice, "stored before (retry)", key="k-early")  # a retry in the batch
+    result = await append(store, batch)
+    assert result[70].duplicate is True and result[70].message == kept.message
+    fresh = [a for i, a in enumerate(result) if i != 70]
+    assert not any(a.duplicate for a in fresh)
+    assert len({a.message.msg_id for a in result}) == 150
+    for tid, _ in threads:
+        mine = [a.message for a in fresh if a.message.thread_id == tid]
+        first = 2 if tid == ab else 1
+        assert [m.seq for m in mine] == list(range(first, first + len(mine)))
+        assert await store.list_messages(tid, first - 1, 0, 200, False) == mine
+        thread = await store.get_thread(tid)
+        assert thread is not None and thread.last_seq == mine[-1].seq
+    for a in fresh:
+        assert_utc(a.message.create_time)
+    found = await store.search_messages(carol.id, ["word148"], 0, 0, 10)
+    assert [(m.thread_id, m.text) for m in found] == [(batch[148].thread_id, batch[148].text)]
+
+
 async def test_a_repeated_client_msg_id_returns_the_original(store: SqlStore) -> None:
     alice, bob = await person(store, "alice"), await person(store, "bob")
     ab = await store.direct_thread(alice.id, bob.id)
