@@ -61,7 +61,11 @@ import io.grpc.Channel
 import io.grpc.ManagedChannel
 import io.grpc.ManagedChannelBuilder
 import io.grpc.Metadata
+import kotlinx.coroutines.delay
 import java.util.concurrent.TimeUnit
+
+/** Tries of a read-only call that fails UNAVAILABLE (see `read`). */
+private const val READ_ATTEMPTS = 4
 
 /**
  * Opens a gRPC channel to a natter server address (`host:port`). The app picks the
@@ -151,6 +155,24 @@ class NatterClient(
             throw NatterException.from(e)
         }
 
+    /**
+     * A call that only reads (or gets what exists): tried again, after 0.1, 0.2 and 0.4 s, when
+     * it fails UNAVAILABLE, as it does on a connection the server's restart broke a moment ago.
+     * Calls that change something are not: the app decides whether to repeat them.
+     */
+    private suspend fun <S : io.grpc.kotlin.AbstractCoroutineStub<S>, R> S.read(block: suspend S.(Metadata) -> R): R {
+        var pause = 100L
+        repeat(READ_ATTEMPTS - 1) {
+            try {
+                return call(block)
+            } catch (e: UnavailableException) {
+                delay(pause)
+                pause *= 2
+            }
+        }
+        return call(block)
+    }
+
     /** A [Connection] for this device: call [Connection.start], collect [Connection.events]. */
     fun connect(options: ConnectionOptions = ConnectionOptions()): Connection = Connection(this, options)
 
@@ -198,11 +220,11 @@ class NatterClient(
         accounts.call { logout(LogoutRequest.getDefaultInstance(), it) }
     }
 
-    suspend fun me(): GetMeResponse = accounts.call { getMe(GetMeRequest.getDefaultInstance(), it) }
+    suspend fun me(): GetMeResponse = accounts.read { getMe(GetMeRequest.getDefaultInstance(), it) }
 
     /** The user's active devices, oldest first: name, platform, last active time; [Device.getCurrent] is this one. */
     suspend fun devices(): List<Device> =
-        accounts.call { listDevices(ListDevicesRequest.getDefaultInstance(), it).devicesList }
+        accounts.read { listDevices(ListDevicesRequest.getDefaultInstance(), it).devicesList }
 
     /** Logs out one of the user's devices (a lost phone) by id; its streams are closed. */
     suspend fun revokeDevice(deviceId: Long) {
@@ -271,7 +293,7 @@ class NatterClient(
         val out = ArrayList<Contact>()
         var pageToken = ""
         do {
-            val res = contactsStub.call {
+            val res = contactsStub.read {
                 listContacts(ListContactsRequest.newBuilder().setPageSize(1000).setPageToken(pageToken).build(), it)
             }
             out.addAll(res.contactsList)
@@ -282,7 +304,7 @@ class NatterClient(
 
     /** Which of these usernames or phone numbers belong to someone, by identifier. */
     suspend fun discover(identifiers: List<String>): Map<String, User> =
-        contactsStub.call {
+        contactsStub.read {
             discoverContacts(DiscoverContactsRequest.newBuilder().addAllIdentifiers(identifiers).build(), it)
                 .foundList.associate { f -> f.identifier to f.user }
         }
@@ -309,7 +331,7 @@ class NatterClient(
         val out = ArrayList<User>()
         var pageToken = ""
         do {
-            val res = safetyStub.call {
+            val res = safetyStub.read {
                 listBlockedUsers(ListBlockedUsersRequest.newBuilder().setPageSize(1000).setPageToken(pageToken).build(), it)
             }
             out.addAll(res.usersList)
@@ -346,7 +368,7 @@ class NatterClient(
         val out = ArrayList<Thread>()
         var pageToken = ""
         do {
-            val res = threadsStub.call {
+            val res = threadsStub.read {
                 listThreads(
                     ListThreadsRequest.newBuilder()
                         .setPageSize(if (limit > 0) minOf(limit, 500) else 500).setPageToken(pageToken).build(),
@@ -360,11 +382,11 @@ class NatterClient(
     }
 
     suspend fun thread(threadId: Long): GetThreadResponse =
-        threadsStub.call { getThread(GetThreadRequest.newBuilder().setThreadId(threadId).build(), it) }
+        threadsStub.read { getThread(GetThreadRequest.newBuilder().setThreadId(threadId).build(), it) }
 
     /** The direct thread with a person (created on first use). */
     suspend fun directThread(username: String): Thread =
-        threadsStub.call { getDirectThread(GetDirectThreadRequest.newBuilder().setUsername(username).build(), it).thread }
+        threadsStub.read { getDirectThread(GetDirectThreadRequest.newBuilder().setUsername(username).build(), it).thread }
 
     /**
      * A page of a thread: the newest [limit] by default, older than [beforeSeq], or (with
@@ -380,7 +402,7 @@ class NatterClient(
         forward: Boolean = false,
         folded: Boolean = false,
     ): HistoryPage {
-        val res = threadsStub.call {
+        val res = threadsStub.read {
             listMessages(
                 ListMessagesRequest.newBuilder()
                     .setThreadId(threadId).setBeforeSeq(beforeSeq).setAfterSeq(afterSeq)
@@ -400,7 +422,7 @@ class NatterClient(
 
     /** A page of the user's own change log after [afterSeq]. */
     suspend fun userChanges(afterSeq: Long = 0, limit: Int = 500): UserChangePage {
-        val res = threadsStub.call {
+        val res = threadsStub.read {
             listUserChanges(ListUserChangesRequest.newBuilder().setAfterSeq(afterSeq).setLimit(limit).build(), it)
         }
         return UserChangePage(res.changesList, res.more)
@@ -412,7 +434,7 @@ class NatterClient(
      * message with the thread and seq to jump to. [threadId] narrows it to one thread.
      */
     suspend fun search(query: String, threadId: Long = 0, pageSize: Int = 20, pageToken: String = ""): SearchPage {
-        val res = threadsStub.call {
+        val res = threadsStub.read {
             searchMessages(
                 SearchMessagesRequest.newBuilder()
                     .setQuery(query).setThreadId(threadId).setPageSize(pageSize).setPageToken(pageToken).build(),
@@ -466,22 +488,22 @@ class NatterClient(
 
     /** Online status of contacts and people one shares a thread with (others are left out). */
     suspend fun presence(usernames: List<String>): List<Presence> =
-        presenceStub.call {
+        presenceStub.read {
             getPresence(GetPresenceRequest.newBuilder().addAllUsernames(usernames).build(), it).presencesList
         }
 
     // -- attachments ----------------------------------------------------------------------
 
     /** Where attachments go over HTTP (`httpUrl`), the size cap and the upload chunk size. */
-    suspend fun mediaInfo(): GetMediaInfoResponse = mediaStub.call { getMediaInfo(GetMediaInfoRequest.getDefaultInstance(), it) }
+    suspend fun mediaInfo(): GetMediaInfoResponse = mediaStub.read { getMediaInfo(GetMediaInfoRequest.getDefaultInstance(), it) }
 
     /** An attachment this user may see, with signed links (paths under [mediaInfo]'s `httpUrl`) valid for a while. */
     suspend fun attachment(attachmentId: String): GetAttachmentResponse =
-        mediaStub.call { getAttachment(GetAttachmentRequest.newBuilder().setAttachmentId(attachmentId).build(), it) }
+        mediaStub.read { getAttachment(GetAttachmentRequest.newBuilder().setAttachmentId(attachmentId).build(), it) }
 
     /** `host:port` of the socket server that holds this user's streams (cluster mode). */
     suspend fun locate(username: String): String =
-        socketStub.call { locate(LocateRequest.newBuilder().setUsername(username).build(), it).address }
+        socketStub.read { locate(LocateRequest.newBuilder().setUsername(username).build(), it).address }
 
     internal companion object {
         val AUTHORIZATION: Metadata.Key<String> = Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER)
