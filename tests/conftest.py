@@ -6,7 +6,9 @@ database on a real server started once per session (devtools/dbservers.py). Test
 `all_stores` always run on all three SQL engines. `sqlite+mongodb` and `postgresql+mongodb`
 are the split store: that SQL engine beside the MongoDB message log on a FerretDB server
 started once per session (devtools/ferretdb.py), a fresh database per test. Tests marked
-`message_log` run on `sqlite+mongodb` too, whatever `--stores` says.
+`message_log` run on `sqlite+mongodb` too, whatever `--stores` says. Tests marked
+`above_the_store` (the command line's, which reach the store only through the server's API,
+as every end-to-end test on each store already does) run on the first store `--stores` names.
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        "above_the_store: checks a layer above the store's API; runs on the first --stores only",
+    )
+    config.addinivalue_line(
+        "markers",
         "message_log: runs on sqlite+mongodb too whatever --stores says (the split store's "
         "end-to-end subset in CI)",
     )
@@ -89,6 +95,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         engines = list(ENGINES)
     if metafunc.definition.get_closest_marker("sqlite_only"):
         engines = ["sqlite"]
+    elif metafunc.definition.get_closest_marker("above_the_store"):
+        engines = engines[:1]
     elif metafunc.definition.get_closest_marker("message_log") and SPLIT not in engines:
         engines = [*engines, SPLIT]
     unknown = [e for e in engines if e not in STORES]

@@ -377,6 +377,7 @@ class TestMemberCap:
 # -- the command line ----------------------------------------------------------------------
 
 
+@pytest.mark.above_the_store
 async def test_cli_group_commands(tmp_path: Path, server: EmbeddedServer) -> None:
     cli = Cli(tmp_path / "home", server.grpc_address, PASSWORD)
     for name in ("alice", "bob", "carol"):

@@ -505,6 +505,7 @@ async def next_of_kind(conn: Connection, kind: type[T], timeout: float = 10.0) -
 # -- the command line -----------------------------------------------------------------------
 
 
+@pytest.mark.above_the_store
 class TestCli:
     @pytest.fixture
     def settings(self, tmp_path: Path, store_url: str, message_log_url: str) -> Settings:
