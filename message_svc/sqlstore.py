@@ -560,6 +560,11 @@ class SqlStore:
             closer.add_done_callback(closing.discard)
             closer.add_done_callback(_quiet)
 
+        def reap(t: asyncio.Task[AsyncConnection]) -> None:
+            """A probe given up on that answered after all: close what it opened."""
+            if not t.cancelled() and t.exception() is None and t.result() is not conn:
+                drop(t.result())
+
         async def select_one(c: AsyncConnection) -> AsyncConnection:
             await c.execute(sa.text("SELECT 1"))
             await c.rollback()
@@ -597,6 +602,7 @@ class SqlStore:
                     task.cancel()
                     abandoned.add(task)
                     task.add_done_callback(abandoned.discard)
+                    task.add_done_callback(reap)
                     conn = None
                 elif (failed := task.exception()) is not None:
                     error, conn = failed, None
@@ -621,6 +627,9 @@ class SqlStore:
             if task is not None and not task.done():
                 task.cancel()
                 abandoned.add(task)
+                task.add_done_callback(reap)
+            elif task is not None:
+                reap(task)  # it may have answered just as the store closed
             for t in abandoned:
                 t.cancel()
             await settle(set(abandoned))
