@@ -123,6 +123,7 @@ class DbServer(ServerProcess):
     """One database server process with its own data folder and port."""
 
     engine = ""  # the engine name, as in ENGINES
+    templates = False  # whether create_database can copy a template database
     not_ready = (exc.DBAPIError, OSError, TimeoutError)
 
     def __init__(
@@ -153,7 +154,7 @@ class DbServer(ServerProcess):
         """A SQLAlchemy URL for `database` (empty: the server's maintenance database)."""
         raise NotImplementedError
 
-    def _create_sql(self, name: str) -> str:
+    def _create_sql(self, name: str, template: str) -> str:
         raise NotImplementedError
 
     def _exists_sql(self) -> str:
@@ -187,18 +188,25 @@ class DbServer(ServerProcess):
             await engine.dispose()
         return True
 
-    async def create_database(self, name: str | None = None, *, exist_ok: bool = False) -> str:
-        """Create an empty database (unless `exist_ok` and it exists) and return its URL."""
+    async def create_database(
+        self, name: str | None = None, *, exist_ok: bool = False, template: str = ""
+    ) -> str:
+        """Create a database (unless `exist_ok` and it exists) and return its URL.
+
+        It is empty, or with `template` (PostgreSQL only) a copy of that database.
+        """
         if name is None:
             self._databases += 1
             name = f"natter_{self._databases}_{secrets.token_hex(3)}"
+        if template and not self.templates:
+            raise ValueError(f"{self.engine} cannot copy a database")
         if self.host is not None:
-            await self.host.call(lambda: self._create(name, exist_ok))
+            await self.host.call(lambda: self._create(name, exist_ok, template))
         else:
-            await self._create(name, exist_ok)
+            await self._create(name, exist_ok, template)
         return self.url(name)
 
-    async def _create(self, name: str, exist_ok: bool) -> None:
+    async def _create(self, name: str, exist_ok: bool, template: str) -> None:
         engine = create_async_engine(
             self._admin_url(), poolclass=NullPool, isolation_level="AUTOCOMMIT"
         )
@@ -206,7 +214,7 @@ class DbServer(ServerProcess):
             async with engine.connect() as conn:
                 found = await conn.execute(sa.text(self._exists_sql()), {"name": name})
                 if not (exist_ok and found.first() is not None):
-                    await conn.execute(sa.text(self._create_sql(name)))
+                    await conn.execute(sa.text(self._create_sql(name, template)))
         finally:
             await engine.dispose()
 
@@ -215,6 +223,7 @@ class PostgresServer(DbServer):
     """PostgreSQL with the Debian defaults for durability (fsync, synchronous_commit on)."""
 
     engine = name = "postgresql"
+    templates = True
     account_name = "postgres"
     stop_signal = signal.SIGINT  # "fast" shutdown: do not wait for clients to disconnect
 
@@ -286,8 +295,8 @@ class PostgresServer(DbServer):
             database=database or "postgres",
         ).render_as_string(hide_password=False)
 
-    def _create_sql(self, name: str) -> str:
-        return f'CREATE DATABASE "{name}"'
+    def _create_sql(self, name: str, template: str) -> str:
+        return f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")
 
     def _exists_sql(self) -> str:
         return "SELECT 1 FROM pg_database WHERE datname = :name"
@@ -364,7 +373,7 @@ class MariaDbServer(DbServer):
             await engine.dispose()
         (self.root / "account-created").touch()
 
-    def _create_sql(self, name: str) -> str:
+    def _create_sql(self, name: str, template: str) -> str:
         # The operator's usual choice; the schema itself asks for binary collation per table.
         return f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
 

@@ -13,6 +13,8 @@ as every end-to-end test on each store already does) run on the first store `--s
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ import pytest
 from app.embedded import EmbeddedServer
 from devtools.dbservers import ENGINES, DbServer, require, server_class
 from devtools.ferretdb import FerretDbServer
+from message_svc.sqlstore import SqlStore
 from natter.sdk import Client, Connection
 from natter.settings import Settings
 
@@ -118,9 +121,12 @@ _db_servers: dict[str, DbServer] = {}
 def db_servers() -> Iterator[dict[str, DbServer]]:
     """Database servers started on first use, one per engine, removed at the end."""
     yield _db_servers
+    concurrent.futures.wait(_next.values())
+    _next.clear()
     for server in _db_servers.values():
         server.remove(wait=False)
     _db_servers.clear()
+    _migrated.clear()
 
 
 _mongo: dict[str, FerretDbServer] = {}
@@ -135,9 +141,32 @@ def mongo_servers() -> Iterator[dict[str, FerretDbServer]]:
     _mongo.clear()
 
 
+# Every end-to-end test gets a database with the schema in place. PostgreSQL copies one it
+# migrated once (CREATE DATABASE … TEMPLATE); MariaDB cannot copy a database, so the next
+# test's is created and migrated on a thread of its own while the current test runs. Either
+# way about 0.4-0.7 s less per test than migrating in the test. The store contract suite
+# (tests/test_store_contract.py) migrates each of its databases itself.
+_TEMPLATE = "natter_migrated"
+_migrated: set[str] = set()
+_next: dict[str, concurrent.futures.Future[str]] = {}
+_preparer = concurrent.futures.ThreadPoolExecutor(1, "test-databases")
+
+
+async def _migrated_database(server: DbServer, name: str | None = None) -> str:
+    url = await server.create_database(name)
+    store = SqlStore(url)
+    await store.open()
+    await store.close()
+    return url
+
+
+def _prepare(server: DbServer) -> concurrent.futures.Future[str]:
+    return _preparer.submit(lambda: asyncio.run(_migrated_database(server)))
+
+
 @pytest.fixture
 async def store_url(store_engine: str, db_servers: dict[str, DbServer]) -> str:
-    """A fresh, empty database of the engine under test ("" for SQLite in the data folder)."""
+    """A fresh database of the engine under test, schema applied ("" for SQLite)."""
     engine = store_engine.removesuffix(MESSAGE_LOG)
     if engine == "sqlite":
         return ""
@@ -147,7 +176,19 @@ async def store_url(store_engine: str, db_servers: dict[str, DbServer]) -> str:
         server = server_class(engine)()
         db_servers[engine] = server
         await server.start()
-    return await server.create_database()
+    if server.templates:
+        if engine not in _migrated:
+            await _migrated_database(server, _TEMPLATE)
+            _migrated.add(engine)
+        return await server.create_database(template=_TEMPLATE)
+    ready = _next.pop(engine, None)
+    _next[engine] = _prepare(server)
+    try:
+        if ready is not None:
+            return await asyncio.wrap_future(ready)
+    except Exception:  # the server was restarted by the test before: make one now
+        pass
+    return await _migrated_database(server)
 
 
 @pytest.fixture
