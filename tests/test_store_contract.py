@@ -1,7 +1,8 @@
 """The Store contract: one suite that every backend (SQLite, PostgreSQL, MariaDB) must pass.
 
 Each engine's server starts once per test session (devtools/dbservers.py); every test gets a
-fresh, empty database with the migrations applied by `SqlStore.open()`. `sqlite+mongodb` is
+fresh database with the migrations applied by `SqlStore.open()` (on PostgreSQL, a copy of a
+database it migrated at the start: the same schema, a third of a second sooner). `sqlite+mongodb` is
 the split store (message_svc/splitstore.py): SQLite beside the MongoDB message log on a
 FerretDB server (devtools/ferretdb.py), a fresh MongoDB database with each SQL one.
 """
@@ -79,9 +80,18 @@ class Backend:
     count: int = 0
     mongo: FerretDbServer | None = None
     logs: dict[str, str] | None = None
+    template: str = ""
 
-    async def new_url(self) -> str:
-        if self.server is not None:
+    async def new_url(self, *, migrated: bool = False) -> str:
+        """An empty database; `migrated`: one the store will find migrated, where that is quicker."""
+        if migrated and self.server is not None and self.server.templates:
+            if not self.template:
+                migrated = SqlStore(await self.server.create_database("natter_migrated"))
+                await migrated.open()
+                await migrated.close()
+                self.template = "natter_migrated"
+            url = await self.server.create_database(template=self.template)
+        elif self.server is not None:
             url = await self.server.create_database()
         else:
             self.count += 1
@@ -131,7 +141,7 @@ async def backend(
 
 @pytest_asyncio.fixture
 async def store(backend: Backend) -> AsyncIterator[SqlStore]:
-    s = backend.make(await backend.new_url())
+    s = backend.make(await backend.new_url(migrated=True))
     await s.open()
     try:
         yield s
