@@ -86,9 +86,9 @@ class Backend:
         """An empty database; `migrated`: one the store will find migrated, where that is quicker."""
         if migrated and self.server is not None and self.server.templates:
             if not self.template:
-                migrated = SqlStore(await self.server.create_database("natter_migrated"))
-                await migrated.open()
-                await migrated.close()
+                template_store = SqlStore(await self.server.create_database("natter_template_store"))
+                await template_store.open()
+                await template_store.close()
                 self.template = "natter_migrated"
             url = await self.server.create_database(template=self.template)
         elif self.server is not None:
