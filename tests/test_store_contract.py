@@ -86,10 +86,10 @@ class Backend:
         """An empty database; `migrated`: one the store will find migrated, where that is quicker."""
         if migrated and self.server is not None and self.server.templates:
             if not self.template:
-                template_store = SqlStore(await self.server.create_database("natter_template_store"))
-                await template_store.open()
-                await template_store.close()
                 self.template = "natter_migrated"
+                template = SqlStore(await self.server.create_database(self.template))
+                await template.open()
+                await template.close()
             url = await self.server.create_database(template=self.template)
         elif self.server is not None:
             url = await self.server.create_database()
