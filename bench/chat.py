@@ -409,11 +409,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         ceiling = echo.measure([(args.pairs, args.inflight)], args.ceiling_seconds)[0]
     modes = ["off", "on", "off", "on"] if args.search_index == "both" else [args.search_index]
     clients = ["sdk", "batch"] if args.client == "both" else [args.client]
+    failed: list[str] = []
     with store_servers() as servers:
         for store in stores_of(args):
             for mode in modes:
                 for client in clients:
-                    _run_one(args, ceiling, mode, store, servers.env(store), client)
+                    r = _run_one(args, ceiling, mode, store, servers.env(store), client)
+                    if r.acked != r.delivered or r.duplicates:
+                        failed.append(
+                            f"{store}, {client} client: lost {r.acked - r.delivered}, "
+                            f"duplicates {r.duplicates}"
+                        )
+    if failed:
+        raise SystemExit("FAILED: " + "; ".join(failed))
 
 
 def drop_search_index(server: BenchServer) -> None:

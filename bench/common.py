@@ -22,7 +22,8 @@ from pathlib import Path
 from devtools.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "docs" / "bench-results.md"
+# `python -m bench all` points its benches at a file of its own, then appends the rows here.
+RESULTS = Path(os.environ.get("NATTER_BENCH_RESULTS") or REPO / "docs" / "bench-results.md")
 PASSWORD = "bench horse battery"
 # Client processes start fresh: no inherited gRPC state (grpc does not survive fork).
 SPAWN: multiprocessing.context.SpawnContext = multiprocessing.get_context("spawn")
@@ -122,7 +123,8 @@ def append_result(bench: str, params: str, figures: str, ceiling: str, ratio: st
     cells = [date, git_sha(), bench, params, figures, ceiling, ratio]
     with RESULTS.open("a") as fh:
         fh.write("| " + " | ".join(c.replace("|", "/") for c in cells) + " |\n")
-    print(f"result appended to {RESULTS.relative_to(REPO)}")
+    shown = RESULTS.relative_to(REPO) if RESULTS.is_relative_to(REPO) else RESULTS
+    print(f"result appended to {shown}")
 
 
 def fmt(value: float, digits: int = 0) -> str:

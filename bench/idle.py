@@ -33,7 +33,7 @@ from bench.common import (
 
 # Streams opening at once per client process: enough to be quick, few enough that a
 # connect is not a thundering herd the server must queue.
-CONNECT_CONCURRENCY = 256
+CONNECT_CONCURRENCY = 64
 # Each client channel gets its own TCP connection (grpc.aio shares one per target otherwise).
 CHANNEL_OPTIONS = [
     ("grpc.use_local_subchannel_pool", 1),
@@ -575,6 +575,8 @@ def measure_natter(
             print(server.log_tail())
             raise
         server.stop()
+        if check(result):
+            print("server log, last lines:\n" + server.log_tail(40))
         if pyspy is not None:
             print(server.flame_summary())
         if profile is not None:
