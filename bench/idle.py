@@ -553,6 +553,7 @@ def measure_natter(
             pyspy=pyspy,
             profile=profile,
             tracemalloc=None if tracemalloc is None else tracemalloc / "snapshot",
+            timeout=30.0 if tracemalloc is None else 300.0,  # tracing slows the start
         )
         assert server.pid is not None
         try:
@@ -711,6 +712,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         per_pair=args.per_pair,
         pyspy=args.pyspy,
         profile=args.profile,
+        tracemalloc=args.tracemalloc,
         **common,
     )
     print_table(

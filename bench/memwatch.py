@@ -31,7 +31,7 @@ def run(prefix: str, argv: Sequence[str]) -> None:
 
 def _place(trace: tracemalloc.Traceback) -> str:
     """The innermost frame of project code in a traceback, else the innermost frame."""
-    frames = list(trace)  # most recent call first
+    frames = list(reversed(trace))  # a Traceback runs oldest first: innermost first here
     for fr in frames:
         if "/site-packages/" not in fr.filename and "/lib/python3" not in fr.filename:
             return f"{Path(fr.filename).name}:{fr.lineno} {linecache.getline(fr.filename, fr.lineno).strip()[:70]}"
