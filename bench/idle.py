@@ -189,9 +189,17 @@ async def _client(pipe: Pipe, job: Job) -> None:
 
     beating = asyncio.Event()
     beating.set()
+    parked = asyncio.Event()  # the heartbeat task writes nothing while this is set
+
+    async def beat_one(dev: _Device) -> None:
+        with contextlib.suppress(Exception):
+            await dev.call.write(beat if job.kind == "natter" else echo.PAYLOAD)
+            report.beats_sent += 1
 
     async def heartbeats() -> None:
         # Every device beats once per interval, spread evenly over it, like phones would.
+        # A step's writes go out together (each on its own stream): awaited one by one they
+        # would take a loop turn each and fall behind with thousands of streams.
         if not devices:
             return
         step = 0.05
@@ -199,13 +207,14 @@ async def _client(pipe: Pipe, job: Job) -> None:
         i = 0
         due = time.monotonic()
         while True:
-            await beating.wait()
-            for _ in range(per_step):
-                dev = devices[i % len(devices)]
-                i += 1
-                with contextlib.suppress(Exception):
-                    await dev.call.write(beat if job.kind == "natter" else echo.PAYLOAD)
-                    report.beats_sent += 1
+            if not beating.is_set():
+                parked.set()
+                await beating.wait()
+                parked.clear()
+                due = time.monotonic()
+            chunk = [devices[(i + k) % len(devices)] for k in range(per_step)]
+            i += per_step
+            await asyncio.gather(*(beat_one(dev) for dev in chunk))
             due += step
             await asyncio.sleep(max(0.0, due - time.monotonic()))
 
@@ -218,7 +227,9 @@ async def _client(pipe: Pipe, job: Job) -> None:
         elif isinstance(command, tuple) and command[0] == "send":
             # Devices 2k send to 2k+1 (same process, so arrival is checked here).
             _, pairs, per_pair = command
-            beating.clear()  # one writer per stream at a time
+            beating.clear()  # one writer per stream at a time: wait for the beats to stop
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(parked.wait(), 30.0)
             pairs = min(pairs, len(devices) // 2)
             want = pairs * per_pair
             keys: list[str] = []
