@@ -88,7 +88,7 @@ def stages(size: str, plot_dir: Path) -> list[Stage]:
         Stage(
             "idle",
             "bench.idle",
-            _a("--devices 20000 --procs 4 --channels 8")
+            _a("--devices 20000 --procs 8 --channels 8")
             if full
             else _a("--devices 2000 --procs 2 --channels 4 --window 5"),
         ),

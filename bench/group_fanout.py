@@ -241,7 +241,9 @@ async def presence_times(address: str, trials: int) -> tuple[list[float], list[f
     watcher, subject = Client(address), Client(address)
     await watcher.login("watcher", PASSWORD, "bench")
     await subject.login("subject", PASSWORD, "bench")
+    # Presence goes to mutual contacts only (docs/safety.md): each adds the other.
     await watcher.add_contact("subject")
+    await subject.add_contact("watcher")
     watch = await Connection(watcher).start()
 
     async def pushed(online: bool) -> float:

@@ -674,7 +674,7 @@ def check(natter: IdleResult) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.idle", description=__doc__)
     p.add_argument("--devices", type=int, default=20_000, help="idle devices (default 20,000)")
-    p.add_argument("--procs", type=int, default=4, help="client processes (default 4)")
+    p.add_argument("--procs", type=int, default=8, help="client processes (default 8)")
     p.add_argument(
         "--channels",
         type=int,
