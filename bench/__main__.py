@@ -12,6 +12,7 @@ a message lost or duplicated exits non-zero, and so does this command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -130,11 +131,18 @@ def run_stage(stage: Stage, env: dict[str, str], n: int, total: int) -> tuple[bo
 def summary_plot(rows: Sequence[Sequence[str]], path: Path) -> Path | None:
     """Every row's ratio to its same-run ceiling as a bar (rows without one are left out)."""
     bars = []
-    for r in rows:
+    for n, r in enumerate(rows, 1):
         try:
-            bars.append((f"{r[2]}: {r[3][:40]}", float(r[6].split()[0])))
+            ratio = float(r[6].split()[0])
         except (ValueError, IndexError):
             continue
+        params = r[3].split(", load ")[0]
+        if "batch client" in params:
+            params = "batch client, " + params
+        label = f"{n}. {r[2]}: {params[:48]}"
+        if r[2] == "idle":
+            label += " (memory: lower is better)"
+        bars.append((label, ratio))
     if not bars:
         return None
     import matplotlib
@@ -147,7 +155,14 @@ def summary_plot(rows: Sequence[Sequence[str]], path: Path) -> Path | None:
     ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
     ax.invert_yaxis()
     ax.set_xlabel("ratio to the ceiling measured in the same run")
-    ax.set_title(f"python -m bench all (load {LOAD_AT_START:.1f} at start)", fontsize=9)
+    loads = []
+    for r in rows:
+        with contextlib.suppress(ValueError, IndexError):
+            loads.append(float(r[3].rsplit("load ", 1)[1].split()[0]))
+    span = f"{min(loads):.1f} to {max(loads):.1f}" if loads else "n/a"
+    ax.set_title(
+        f"python -m bench all, {rows[0][0]} (load {span} as each bench started)", fontsize=9
+    )
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
