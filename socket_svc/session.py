@@ -106,6 +106,7 @@ class Session:
         "_on_ack",
         "_on_state",
         "_out",
+        "_sends",
         "_typing",
         "_unacked",
         "_unacked_count",
@@ -123,7 +124,6 @@ class Session:
         "pushed",
         "queue",
         "replayed",
-        "sends",
         "settings",
         "skip_unknown",
         "synced",
@@ -164,7 +164,7 @@ class Session:
         self._frames = TokenBucket(settings.frames_per_second, settings.frame_burst)
         self._typing = TokenBucket(settings.typing_per_second, settings.typing_burst)
         self._last_limit_error = 0.0
-        self.sends = Sends(who, api, self._sent, self._send_refused, metrics)
+        self._sends: Sends | None = None  # made on the first send: most devices are idle
         self.replayed = 0
         # The user's own change log (delete for me): None when the device did not ask for it.
         self.log_pushed: int | None = None
@@ -179,6 +179,13 @@ class Session:
         self._unacked_count = 0
         # Commit times of the live messages in `_out`, for the deliver latency.
         self._fresh: list[datetime] = []
+
+    @property
+    def sends(self) -> Sends:
+        """The device's sends in order (socket_svc/sends.py), made when the first arrives."""
+        if self._sends is None:
+            self._sends = Sends(self.who, self.api, self._sent, self._send_refused, self.metrics)
+        return self._sends
 
     # -- outbound ------------------------------------------------------------------------
 
@@ -525,11 +532,13 @@ class Session:
 
     async def drain(self) -> None:
         """Wait for in-flight sends to finish (their results may still reach the device)."""
-        await self.sends.drain()
+        if self._sends is not None:
+            await self._sends.drain()
 
     async def finish(self, grace: float) -> None:
         """Once the stream is over, let sends in flight finish, cancel the rest, wait for them.
 
         Sends get up to `grace` seconds; nothing the session started outlives it.
         """
-        await self.sends.finish(grace)
+        if self._sends is not None:
+            await self._sends.finish(grace)
