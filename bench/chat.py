@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 
-from bench import echo
+from bench import echo, loadgen
 from bench.common import (
     PASSWORD,
     SPAWN,
@@ -71,12 +71,13 @@ class _Pair:
     recv_conn: Connection | None = None
 
 
-async def _warm_up(pair: _Pair) -> None:
+async def _warm_up(pair: _Pair) -> int:
     """One message per pair before the window: the first send creates the direct thread."""
     assert pair.send_conn is not None and pair.recv_conn is not None
-    await pair.send_conn.send("warm up", recipient=pair.peer, timeout=60.0)
+    sent = await pair.send_conn.send("warm up", recipient=pair.peer, timeout=60.0)
     while not isinstance(await pair.recv_conn.next_event(60.0), d.Message):
         pass
+    return sent.thread_id
 
 
 async def _client(
@@ -87,6 +88,7 @@ async def _client(
     inflight: int,
     rate_per_sender: float,
     seconds: float,
+    client: str = "sdk",
 ) -> None:
     res = ProcResult()
     gate = asyncio.Semaphore(8)
@@ -100,7 +102,28 @@ async def _client(
     for pair in pairs:
         pair.send_conn = await Connection(pair.sender).start()
         pair.recv_conn = await Connection(pair.recipient).start()
-    await asyncio.gather(*(_warm_up(pair) for pair in pairs))
+    threads = await asyncio.gather(*(_warm_up(pair) for pair in pairs))
+    if client == "batch":
+        for pair in pairs:
+            assert pair.send_conn is not None and pair.recv_conn is not None
+            await pair.send_conn.close()
+            await pair.recv_conn.close()
+        await loadgen.run_pairs(
+            pipe,
+            res,
+            [
+                (pair.sender.channel, pair.sender.token, pair.recipient.token, thread)
+                for pair, thread in zip(pairs, threads, strict=True)
+            ],
+            inflight,
+            rate_per_sender,
+            seconds,
+        )
+        for pair in pairs:
+            await pair.sender.close()
+            await pair.recipient.close()
+        pipe.send(res)
+        return
     pipe.send("ready")
     start_at: float = await asyncio.to_thread(pipe.recv)  # time.monotonic() of the window start
     end_ns = int((start_at + seconds) * 1e9)
@@ -210,9 +233,12 @@ def _client_main(
     inflight: int,
     rate_per_sender: float,
     seconds: float,
+    client: str = "sdk",
 ) -> None:
     try:
-        asyncio.run(_client(pipe, address, tag, indices, inflight, rate_per_sender, seconds))
+        asyncio.run(
+            _client(pipe, address, tag, indices, inflight, rate_per_sender, seconds, client)
+        )
     except BaseException as e:
         pipe.send(RuntimeError(f"client process failed: {e!r}"))  # gRPC errors do not pickle
         raise
@@ -248,7 +274,10 @@ def run_chat(
     inflight: int,
     rate: float,
     procs: int,
+    client: str = "sdk",
 ) -> ChatResult:
+    """One run against `server`; `client` is "sdk" (natter.sdk, frame by frame as an app
+    sends) or "batch" (bench/loadgen.py: raw streams, ready sends in one pre-encoded batch)."""
     tag = "b" + uuid.uuid4().hex[:8]
     groups = [list(range(p, pairs, procs)) for p in range(procs)]
     groups = [g for g in groups if g]
@@ -258,7 +287,16 @@ def run_chat(
         proc = SPAWN.Process(
             target=_client_main,
             daemon=True,
-            args=(theirs, address, tag, group, inflight, rate / pairs if rate else 0.0, seconds),
+            args=(
+                theirs,
+                address,
+                tag,
+                group,
+                inflight,
+                rate / pairs if rate else 0.0,
+                seconds,
+                client,
+            ),
         )
         proc.start()
         children.append((ours, proc))
@@ -328,6 +366,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="pace all senders to this many msg/s in total (default: flat out)",
     )
     p.add_argument("--procs", type=int, default=2, help="client processes (default 2)")
+    p.add_argument(
+        "--client",
+        choices=["sdk", "batch", "both"],
+        default="sdk",
+        help="sdk: natter.sdk connections, frame by frame as an app sends (default); batch: "
+        "bench/loadgen.py, raw streams sending each device's ready sends in one pre-encoded "
+        "batch; both: sdk then batch, each on a fresh server, against the same ceiling",
+    )
     add_server_arguments(p)
     p.add_argument(
         "--ceiling-seconds",
@@ -362,10 +408,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.ceiling_seconds > 0:
         ceiling = echo.measure([(args.pairs, args.inflight)], args.ceiling_seconds)[0]
     modes = ["off", "on", "off", "on"] if args.search_index == "both" else [args.search_index]
+    clients = ["sdk", "batch"] if args.client == "both" else [args.client]
+    failed: list[str] = []
     with store_servers() as servers:
         for store in stores_of(args):
             for mode in modes:
-                _run_one(args, ceiling, mode, store, servers.env(store))
+                for client in clients:
+                    r = _run_one(args, ceiling, mode, store, servers.env(store), client)
+                    if r.acked != r.delivered or r.duplicates:
+                        failed.append(
+                            f"{store}, {client} client: lost {r.acked - r.delivered}, "
+                            f"duplicates {r.duplicates}"
+                        )
+    if failed:
+        raise SystemExit("FAILED: " + "; ".join(failed))
 
 
 def drop_search_index(server: BenchServer) -> None:
@@ -389,7 +445,8 @@ def _run_one(
     mode: str,
     store: str = "sqlite",
     env: dict[str, str] | None = None,
-) -> None:
+    client: str = "sdk",
+) -> ChatResult:
     server = server_from(args, count_fsyncs=not args.no_strace, env=env)
     if mode == "off":
         drop_search_index(server)
@@ -400,7 +457,14 @@ def _run_one(
         )
     try:
         r = run_chat(
-            server.address, server, args.pairs, args.seconds, args.inflight, args.rate, args.procs
+            server.address,
+            server,
+            args.pairs,
+            args.seconds,
+            args.inflight,
+            args.rate,
+            args.procs,
+            client,
         )
     except BaseException:
         print(server.log_tail())
@@ -447,7 +511,7 @@ def _run_one(
     pace = f"paced {fmt(args.rate)} msg/s" if args.rate else "flat out"
     print_table(
         f"natter chat: {args.pairs} pairs x {args.inflight} in flight, {args.seconds:g} s, {pace}, "
-        f"search index {mode}, store {store}",
+        f"search index {mode}, store {store}, {client} client",
         rows,
     )
     if args.profile is not None:
@@ -470,6 +534,7 @@ def _run_one(
         params = (
             f"{args.pairs} pairs x {args.inflight} in flight, {args.seconds:g} s, {pace}, "
             f"{args.procs} client procs, search index {mode}"
+            + ("" if client == "sdk" else f", {client} client")
             + ("" if store == "sqlite" else f", store {store}")
             + (", external server" if args.server else "")
             + (", cProfile" if args.profile else "")
@@ -479,6 +544,7 @@ def _run_one(
             "n/a" if ceiling is None else f"echo {ceiling.shape}: {fmt(ceiling.rate)} rt/s"
         )
         append_result("chat", params, figures, ceiling_text, ratio)
+    return r
 
 
 def metrics_ab(args: argparse.Namespace) -> None:

@@ -22,7 +22,8 @@ from pathlib import Path
 from devtools.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "docs" / "bench-results.md"
+# `python -m bench all` points its benches at a file of its own, then appends the rows here.
+RESULTS = Path(os.environ.get("NATTER_BENCH_RESULTS") or REPO / "docs" / "bench-results.md")
 PASSWORD = "bench horse battery"
 # Client processes start fresh: no inherited gRPC state (grpc does not survive fork).
 SPAWN: multiprocessing.context.SpawnContext = multiprocessing.get_context("spawn")
@@ -66,6 +67,14 @@ def cpu_seconds(pid: int) -> float:
     raw = Path(f"/proc/{pid}/stat").read_text()
     fields = raw[raw.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (VmRSS from /proc/PID/status), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"no VmRSS for process {pid}")
 
 
 def percentile(ordered: Sequence[float], p: float) -> float:
@@ -114,7 +123,8 @@ def append_result(bench: str, params: str, figures: str, ceiling: str, ratio: st
     cells = [date, git_sha(), bench, params, figures, ceiling, ratio]
     with RESULTS.open("a") as fh:
         fh.write("| " + " | ".join(c.replace("|", "/") for c in cells) + " |\n")
-    print(f"result appended to {RESULTS.relative_to(REPO)}")
+    shown = RESULTS.relative_to(REPO) if RESULTS.is_relative_to(REPO) else RESULTS
+    print(f"result appended to {shown}")
 
 
 def fmt(value: float, digits: int = 0) -> str:
@@ -144,13 +154,19 @@ class BenchServer:
         pyspy: Path | None = None,
         timeout: float = 30.0,
         env: dict[str, str] | None = None,
+        folder: Path | None = None,
+        tracemalloc: Path | None = None,
     ) -> BenchServer:
         """`natter serve` on free ports over a temporary data folder, optionally under strace.
+
+        `folder` is one a stopped server of this bench left (its data is served again).
+        `tracemalloc`: the server traces its allocations and writes a snapshot to
+        TRACEMALLOC.N on each `snapshot()` (bench/memwatch.py).
 
         strace (`--seccomp-bpf`, only fsync/fdatasync traced) stops the server only on those
         calls, so it costs little; each is logged with a wall-clock time to count per window.
         """
-        folder = Path(tempfile.mkdtemp(prefix="natter-bench-"))
+        folder = folder or Path(tempfile.mkdtemp(prefix="natter-bench-"))
         grpc_addr = f"127.0.0.1:{free_port()}"
         serve = [
             "serve",
@@ -166,6 +182,8 @@ class BenchServer:
                 "import cProfile, sys; from app.cli import main; "
                 f"cProfile.run('main(sys.argv[1:])', {str(profile)!r})"
             )
+        elif tracemalloc is not None:
+            launch = f"import sys; from bench import memwatch; memwatch.run({str(tracemalloc)!r}, sys.argv[1:])"
         else:
             launch = "import sys; from app.cli import main; main(sys.argv[1:])"
         cmd = [sys.executable, "-c", launch, *serve]
@@ -188,8 +206,10 @@ class BenchServer:
                 *cmd,
             ]
         env = {**os.environ, **OWN_SERVER_ENV, **(env or {})}
+        if tracemalloc is not None:  # bench/ is not installed: the server finds it here
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         # The child has its own copy of the descriptor: ours is closed at once.
-        with (folder / "server.log").open("wb") as log:
+        with (folder / "server.log").open("ab") as log:
             server._proc = subprocess.Popen(
                 cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder
             )
@@ -201,6 +221,20 @@ class BenchServer:
             server.pyspy = pyspy
             server._pyspy = flame.start(server.pid, pyspy)
         return server
+
+    @property
+    def folder(self) -> Path | None:
+        """The temporary folder of a server this bench started (its data, its log)."""
+        return self._dir
+
+    def rss_bytes(self) -> int | None:
+        """The server's resident memory now (VmRSS), None when it is not ours to read."""
+        if self.pid is None:
+            return None
+        try:
+            return rss_bytes(self.pid)
+        except OSError:
+            return None
 
     @property
     def data_dir(self) -> Path | None:
@@ -224,6 +258,11 @@ class BenchServer:
         if self.fsync_log is not None:  # the server is strace's child
             children = Path(f"/proc/{self._proc.pid}/task/{self._proc.pid}/children")
             self.pid = int(children.read_text().split()[0])
+
+    def snapshot(self) -> None:
+        """Ask a server started with `tracemalloc` for its next snapshot (written at once)."""
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGUSR1)
 
     def cpu(self) -> float | None:
         if self.pid is None:

@@ -157,7 +157,9 @@ def _client_main(pipe: Pipe, address: str, job: tuple[str, int, int, float]) -> 
 # -- orchestration (no gRPC in this process) --------------------------------------------------
 
 
-class _EchoServer:
+class EchoServer:
+    """The bare grpc.aio server in a process of its own (`address`, `pid`), until `close()`."""
+
     def __init__(self) -> None:
         self.pipe, child = SPAWN.Pipe()
         self.proc = SPAWN.Process(target=_server_main, args=(child,), daemon=True)
@@ -165,6 +167,8 @@ class _EchoServer:
         if not self.pipe.poll(30):
             raise RuntimeError("echo server did not start")
         self.address = f"127.0.0.1:{self.pipe.recv()}"
+        assert self.proc.pid is not None
+        self.pid: int = self.proc.pid
 
     def run(self, job: tuple[str, int, int, float]) -> Any:
         pipe, child = SPAWN.Pipe()
@@ -197,7 +201,7 @@ class _EchoServer:
 
 def measure(shapes: Sequence[tuple[int, int]], seconds: float) -> list[EchoResult]:
     """Round trips/s for each (streams, in flight) shape, one client process per shape."""
-    server = _EchoServer()
+    server = EchoServer()
     try:
         return [server.run(("echo", s, k, seconds)) for s, k in shapes]
     finally:
@@ -206,7 +210,7 @@ def measure(shapes: Sequence[tuple[int, int]], seconds: float) -> list[EchoResul
 
 def measure_push(count: int) -> PushResult:
     """Time for the server to stream `count` 64-byte messages to one client (sync's ceiling)."""
-    server = _EchoServer()
+    server = EchoServer()
     try:
         result: PushResult = server.run(("push", count, 0, 0.0))
         return result

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 
-from bench.common import PASSWORD, SPAWN, cpu_seconds, fmt, percentile, print_table
+from bench.common import (
+    PASSWORD,
+    SPAWN,
+    append_result,
+    cpu_seconds,
+    fmt,
+    percentile,
+    print_table,
+)
 from natter import domain as d
 from natter.sdk import Client, Connection
 from natter.v1 import socket_service_pb2 as spb
@@ -233,7 +241,9 @@ async def presence_times(address: str, trials: int) -> tuple[list[float], list[f
     watcher, subject = Client(address), Client(address)
     await watcher.login("watcher", PASSWORD, "bench")
     await subject.login("subject", PASSWORD, "bench")
+    # Presence goes to mutual contacts only (docs/safety.md): each adds the other.
     await watcher.add_contact("subject")
+    await subject.add_contact("watcher")
     watch = await Connection(watcher).start()
 
     async def pushed(online: bool) -> float:
@@ -367,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="heartbeat interval in seconds (default 1; the product's is 5)",
     )
     p.add_argument("--presence-trials", type=int, default=3)
+    p.add_argument("--no-record", action="store_true", help="do not append to bench-results.md")
     args = p.parse_args(argv)
 
     started = time.monotonic()
@@ -393,6 +404,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     rows.append(("total run time", f"{time.monotonic() - started:.1f} s"))
     print_table(f"natter group fan-out: {args.members} members, {args.nodes} socket servers", rows)
+    if not args.no_record:
+        append_result(
+            "group",
+            f"{args.members} members, {args.nodes} socket servers, window {args.window}",
+            "; ".join(f"{k}: {v}" for k, v in rows if k != "total run time"),
+            "n/a",
+            "n/a",
+        )
 
 
 if __name__ == "__main__":

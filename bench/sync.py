@@ -34,12 +34,17 @@ class SyncResult:
     all_seconds: float
     replayed: int
     received: int
+    duplicates: int  # messages that came more than once (by msg_id)
     server_cpu: float | None
     client_cpu: float
 
     @property
     def rate(self) -> float:
         return self.received / self.all_seconds
+
+    @property
+    def lost(self) -> int:
+        return self.messages - self.received
 
 
 async def _login(address: str, username: str, register: bool = True) -> Client:
@@ -90,10 +95,15 @@ async def run_sync(server: BenchServer, messages: int, inflight: int) -> SyncRes
     conn = Connection(recipient, cursors=cursors)
     await conn.start(wait_synced=False)
     welcome = sync_done = 0.0
-    replayed = received = 0
+    replayed = received = duplicates = 0
+    seen: set[str] = set()
     while received < messages or not sync_done:
         ev = await conn.next_event(60)
         if isinstance(ev, d.Message):
+            if ev.msg_id in seen:
+                duplicates += 1
+                continue
+            seen.add(ev.msg_id)
             received += 1
         elif isinstance(ev, Connected) and not welcome:
             welcome = time.perf_counter() - t0
@@ -113,6 +123,7 @@ async def run_sync(server: BenchServer, messages: int, inflight: int) -> SyncRes
         all_seconds=all_seconds,
         replayed=replayed,
         received=received,
+        duplicates=duplicates,
         server_cpu=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
         client_cpu=ccpu1 - ccpu0,
     )
@@ -162,7 +173,11 @@ def _run_one(
         ),
         ("connect -> welcome", f"{r.welcome_seconds * 1e3:.1f} ms"),
         ("connect -> SyncDone", f"{r.sync_done_seconds:.3f} s  (server replayed {r.replayed:,})"),
-        ("connect -> all received", f"{r.all_seconds:.3f} s  ({r.received:,} messages)"),
+        (
+            "connect -> all received",
+            f"{r.all_seconds:.3f} s  ({r.received:,} messages, lost {r.lost}, "
+            f"duplicates {r.duplicates})",
+        ),
         ("catch-up rate", f"{fmt(r.rate)} msg/s"),
         (
             "server CPU per message",
@@ -186,7 +201,8 @@ def _run_one(
     if not args.no_record:
         figures = (
             f"SyncDone {r.sync_done_seconds:.3f} s, all {r.all_seconds:.3f} s "
-            f"({fmt(r.rate)} msg/s), welcome {r.welcome_seconds * 1e3:.1f} ms"
+            f"({fmt(r.rate)} msg/s), welcome {r.welcome_seconds * 1e3:.1f} ms, "
+            f"lost {r.lost}, duplicates {r.duplicates}"
             + (
                 ""
                 if r.server_cpu is None
@@ -206,6 +222,8 @@ def _run_one(
             f"({fmt(ceiling.rate)} msg/s)"
         )
         append_result("sync", params, figures, ceiling_text, ratio)
+    if r.lost or r.duplicates:
+        raise SystemExit(f"FAILED: lost {r.lost}, duplicates {r.duplicates}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from natter import domain as d
 from natter.errors import Internal, NatterError, transient
 from natter.metrics import NO_METRICS, Metrics
 from natter.v1 import socket_service_pb2 as spb
+from socket_svc.light import Flag
 from socket_svc.ports import MessageApi
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class Sends:
         self._waiting: deque[tuple[int, spb.Send]] = deque()
         # When each waiting or in-flight send arrived, by number (for send->ack latency).
         self._arrived: dict[int, float] = {}
-        self._room = asyncio.Event()
+        self._room = Flag()
         self._task: asyncio.Task[None] | None = None
         self._hold: _Hold | None = None
         self.runs = 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -23,6 +22,7 @@ from natter.errors import (
 from natter.metrics import NO_METRICS, Metrics
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
+from socket_svc.light import Flag, Inbox
 from socket_svc.ports import MessageApi
 from socket_svc.sends import Sends
 
@@ -63,6 +63,8 @@ class _Close:
 
 
 class TokenBucket:
+    __slots__ = ("at", "burst", "rate", "tokens")
+
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
         self.burst = burst
@@ -89,7 +91,46 @@ def error_frame(error: BaseException, client_msg_id: str = "") -> spb.ServerFram
 
 
 class Session:
-    """Frames in through `on_frame`; frames out through the transport, one writer task."""
+    """Frames in through `on_frame`; frames out through the transport, one writer task.
+
+    Slotted, with a light queue and flags: an idle device is mostly this object, and a
+    socket server holds tens of thousands of them (see docs/benchmarks.md, bench.idle).
+    """
+
+    __slots__ = (
+        "_catch_up_queued",
+        "_frames",
+        "_fresh",
+        "_last_limit_error",
+        "_member_of",
+        "_on_ack",
+        "_on_state",
+        "_out",
+        "_sends",
+        "_typing",
+        "_unacked",
+        "_unacked_count",
+        "ack_dirty",
+        "acked",
+        "api",
+        "batches",
+        "closed",
+        "device_id",
+        "done",
+        "foreground",
+        "last_frame",
+        "log_pushed",
+        "metrics",
+        "pushed",
+        "queue",
+        "replayed",
+        "settings",
+        "skip_unknown",
+        "synced",
+        "transport",
+        "user_id",
+        "who",
+    )
 
     def __init__(
         self,
@@ -108,9 +149,7 @@ class Session:
         self.transport = transport
         self.settings = settings
         self._on_ack = on_ack
-        self.queue: asyncio.Queue[d.Event | _Own | _Close | _CatchUp | spb.ServerFrame] = (
-            asyncio.Queue()
-        )
+        self.queue: Inbox[d.Event | _Own | _Close | _CatchUp | spb.ServerFrame] = Inbox()
         self._catch_up_queued = False
         self.pushed: dict[int, int] = {}
         self.skip_unknown = False
@@ -120,12 +159,12 @@ class Session:
         self.ack_dirty: dict[int, int] = {}
         self.last_frame = time.monotonic()
         self.closed: _Close | None = None
-        self.done = asyncio.Event()
-        self.synced = asyncio.Event()
+        self.done = Flag()
+        self.synced = Flag()
         self._frames = TokenBucket(settings.frames_per_second, settings.frame_burst)
         self._typing = TokenBucket(settings.typing_per_second, settings.typing_burst)
         self._last_limit_error = 0.0
-        self.sends = Sends(who, api, self._sent, self._send_refused, metrics)
+        self._sends: Sends | None = None  # made on the first send: most devices are idle
         self.replayed = 0
         # The user's own change log (delete for me): None when the device did not ask for it.
         self.log_pushed: int | None = None
@@ -140,6 +179,13 @@ class Session:
         self._unacked_count = 0
         # Commit times of the live messages in `_out`, for the deliver latency.
         self._fresh: list[datetime] = []
+
+    @property
+    def sends(self) -> Sends:
+        """The device's sends in order (socket_svc/sends.py), made when the first arrives."""
+        if self._sends is None:
+            self._sends = Sends(self.who, self.api, self._sent, self._send_refused, self.metrics)
+        return self._sends
 
     # -- outbound ------------------------------------------------------------------------
 
@@ -486,11 +532,13 @@ class Session:
 
     async def drain(self) -> None:
         """Wait for in-flight sends to finish (their results may still reach the device)."""
-        await self.sends.drain()
+        if self._sends is not None:
+            await self._sends.drain()
 
     async def finish(self, grace: float) -> None:
         """Once the stream is over, let sends in flight finish, cancel the rest, wait for them.
 
         Sends get up to `grace` seconds; nothing the session started outlives it.
         """
-        await self.sends.finish(grace)
+        if self._sends is not None:
+            await self._sends.finish(grace)
