@@ -146,6 +146,11 @@ def _errors() -> Iterator[None]:
         raise
     except OSError as e:
         raise Unavailable(f"database unavailable: {type(e).__name__}") from e
+    except exc.TimeoutError as e:
+        # Every pooled connection stayed busy for the pool's timeout (a connect storm):
+        # the caller may try later, like an outage, and it is no bug of the server's.
+        logger.warning("database busy: %s", e)
+        raise Unavailable("database busy: no connection came free in time; try again") from e
 
 
 def _server_limits(url: sa.URL) -> dict[str, Any]:
@@ -475,12 +480,20 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 class SqlStore:
     """One Store for every SQLAlchemy engine; dialect differences stay in a few helpers."""
 
-    def __init__(self, url: str, *, pool_size: int = 5, metrics: Metrics = NO_METRICS) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 5,
+        pool_timeout: float = 30.0,
+        metrics: Metrics = NO_METRICS,
+    ) -> None:
         self.metrics = metrics
         self.url = sa.make_url(url)
         self.sqlite = self.url.get_backend_name() == "sqlite"
         self.engine: AsyncEngine | None = None
         self._pool_size = pool_size
+        self._pool_timeout = pool_timeout
         # SQLite has one writer; serialising writes here avoids busy retries.
         self._write_lock = asyncio.Lock()
         # SQLite's hot writes run whole on one thread of their own (see _write).
@@ -498,11 +511,13 @@ class SqlStore:
         if self.sqlite:
             if self.url.database and self.url.database != ":memory:":
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+                kwargs.update(pool_timeout=self._pool_timeout)
         else:
             kwargs.update(
                 pool_size=self._pool_size,
                 max_overflow=10,
                 pool_pre_ping=True,
+                pool_timeout=self._pool_timeout,
                 connect_args=_server_limits(self.url),
             )
         # Statements' parameters (message text, token hashes) never appear in errors or logs.

@@ -10,6 +10,7 @@ FerretDB server (devtools/ferretdb.py), a fresh MongoDB database with each SQL o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -235,6 +236,30 @@ async def test_reopen_keeps_data_and_applies_no_migration_twice(store: SqlStore)
         assert (await again.get_users([alice.id]))[alice.id].username == "alice"
     finally:
         await again.close()
+
+
+async def test_a_store_whose_connections_are_all_busy_answers_unavailable(
+    backend: Backend,
+) -> None:
+    """A connect storm that keeps every pooled connection busy is a retryable UNAVAILABLE."""
+    import sqlalchemy as sa
+
+    store = SqlStore(await backend.new_url(migrated=True), pool_size=1, pool_timeout=0.2)
+    await store.open()
+    try:
+        alice = await person(store, "alice")
+        assert store.engine is not None
+        async with contextlib.AsyncExitStack() as held:
+            while True:  # take every connection the pool will give
+                try:
+                    await held.enter_async_context(store.engine.connect())
+                except sa.exc.TimeoutError:
+                    break
+            with pytest.raises(Unavailable, match="database busy"):
+                await store.get_users([alice.id])
+        assert (await store.get_users([alice.id]))[alice.id].username == "alice"
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize("backend", SERVER_ENGINES, indirect=True)
