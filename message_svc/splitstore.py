@@ -41,7 +41,6 @@ from message_svc.sqlstore import (
     SqlStore,
     _barred,
     _check_group,
-    _is_member,
     _message,
     _pairs,
     _payload_of,
@@ -49,6 +48,7 @@ from message_svc.sqlstore import (
     _queue_pushes,
     _Rich,
     _system_to_json,
+    member_changes,
     utcnow,
 )
 from message_svc.store import (
@@ -391,7 +391,7 @@ def _apply(
         m = e.message
         if (e.changes or e.title is not None) and m.seq != staged:
             # A group change whose own transaction died after its append: replayed here.
-            _member_changes(conn, thread_id, e.changes, e.title, m.seq, now)
+            member_changes(conn, thread_id, e.changes, e.title, m.seq, now)
         touched = touched or m.kind.is_content
         if e.notify:
             notify = (notify[0] if notify else m.seq, m.seq)
@@ -491,7 +491,7 @@ def _stage_changes(
     last = conn.execute(_SEQ_FOR_UPDATE, {"tid": thread_id}).scalar_one_or_none()
     if last is None:
         raise NotFound(f"thread {thread_id} does not exist")
-    _member_changes(conn, thread_id, changes, title, _PENDING, utcnow())
+    member_changes(conn, thread_id, changes, title, _PENDING, utcnow())
     _check_group(conn, thread_id, max_members)
     return int(last)
 
@@ -515,45 +515,3 @@ def _settle_changes(
         m.update().where(m.c.thread_id == thread_id, m.c.left_seq.is_(None)).values(update_time=now)
     )
     return _stored(conn, {(e.message.sender.user_id, e.message.client_msg_id) for e in entries})
-
-
-def _member_changes(
-    conn: Connection,
-    thread_id: int,
-    changes: Sequence[MemberChange],
-    title: str | None,
-    seq: int,
-    now: datetime,
-) -> None:
-    """A group change at `seq` (or _PENDING), as the SQL store applies it."""
-    th, m = t.threads, t.thread_members
-    if title is not None:
-        conn.execute(th.update().where(th.c.id == thread_id).values(title=title))
-    for ch in changes:
-        where = (m.c.thread_id == thread_id, m.c.owner_id == ch.user_id)
-        if ch.join:
-            first = 1 if ch.full_history else seq
-            res = conn.execute(
-                m.update()
-                .where(*where, m.c.left_seq.is_not(None))
-                .values(left_seq=None, first_seq=first, role=Role.MEMBER.value, update_time=now)
-            )
-            if not res.rowcount and not _is_member(conn, thread_id, ch.user_id):
-                conn.execute(
-                    m.insert().values(
-                        owner_id=ch.user_id,
-                        thread_id=thread_id,
-                        role=Role.MEMBER.value,
-                        nickname="",
-                        first_seq=first,
-                        left_seq=None,
-                        delivered_seq=0,
-                        read_seq=0,
-                        create_time=now,
-                        update_time=now,
-                    )
-                )
-        if ch.leave:
-            conn.execute(m.update().where(*where).values(left_seq=seq, update_time=now))
-        if ch.role is not None:
-            conn.execute(m.update().where(*where).values(role=ch.role.value))

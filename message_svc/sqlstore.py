@@ -2678,11 +2678,36 @@ def _change_group(
     event: NewMessage,
     max_members: int | None,
 ) -> Message:
-    th, m = t.threads, t.thread_members
+    m = t.thread_members
     now = utcnow()
     # Bumping the thread's seq first locks its row: changes to one group commit one at
     # a time across every message_svc process, and the check below sees the others.
     seq = _bump_seq(conn, thread_id, 1, now)
+    member_changes(conn, thread_id, changes, title, seq, now)
+    _check_group(conn, thread_id, max_members)
+    message = _insert_one(conn, thread_id, seq, event, now)
+    if event.notify:
+        _queue_pushes(conn, {thread_id: (seq, seq)}, now)
+    conn.execute(
+        m.update().where(m.c.thread_id == thread_id, m.c.left_seq.is_(None)).values(update_time=now)
+    )
+    return message
+
+
+def member_changes(
+    conn: Connection,
+    thread_id: int,
+    changes: Sequence[MemberChange],
+    title: str | None,
+    seq: int,
+    now: datetime,
+) -> None:
+    """A group change taking effect at `seq`: the title, joins, leaves and roles.
+
+    The SQL store calls it with the seq it just allocated; the split store with a pending
+    seq it settles once the log has numbered the system message, and on replay.
+    """
+    th, m = t.threads, t.thread_members
     if title is not None:
         conn.execute(th.update().where(th.c.id == thread_id).values(title=title))
     for ch in changes:
@@ -2713,14 +2738,6 @@ def _change_group(
             conn.execute(m.update().where(*where).values(left_seq=seq, update_time=now))
         if ch.role is not None:
             conn.execute(m.update().where(*where).values(role=ch.role.value))
-    _check_group(conn, thread_id, max_members)
-    message = _insert_one(conn, thread_id, seq, event, now)
-    if event.notify:
-        _queue_pushes(conn, {thread_id: (seq, seq)}, now)
-    conn.execute(
-        m.update().where(m.c.thread_id == thread_id, m.c.left_seq.is_(None)).values(update_time=now)
-    )
-    return message
 
 
 def _is_member(conn: Connection, thread_id: int, user_id: int) -> bool:
