@@ -11,7 +11,7 @@ import random
 import re
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -3019,8 +3019,17 @@ class _Rich:
     batch see what earlier ones did (an edit after a delete of the same message is refused).
     """
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(
+        self, conn: Connection, bodies: Mapping[tuple[int, int], Message] | None = None
+    ) -> None:
+        """`bodies`: the split store's, whose message rows hold no text (the log does).
+
+        There the texts of quoted and forwarded messages come from `bodies` (read from the
+        log before the transaction), and an edit records which event holds the new text
+        instead of writing it onto its target.
+        """
         self.conn = conn
+        self.bodies = bodies
         self.targets: dict[tuple[int, int], Message | None] = {}
         self.members: dict[tuple[int, int], Any] = {}
         self.kinds: dict[int, int] = {}
@@ -3031,7 +3040,17 @@ class _Rich:
             row = self.conn.execute(
                 _message_select().where(_msg.c.thread_id == thread_id, _msg.c.seq == seq)
             ).first()
-            self.targets[key] = _message(row) if row is not None else None
+            found = _message(row) if row is not None else None
+            body = self.bodies.get(key) if self.bodies is not None else None
+            if found is not None and body is not None:
+                found = replace(
+                    found,
+                    text=body.text,
+                    attachments=body.attachments,
+                    reply_to=body.reply_to,
+                    forwarded=body.forwarded,
+                )
+            self.targets[key] = found
         return self.targets[key]
 
     def _member(self, user_id: int, thread_id: int) -> Any:
@@ -3142,9 +3161,8 @@ class _Rich:
         target = n.target_seq
         where = (_msg.c.thread_id == thread_id, _msg.c.seq == target)
         if n.kind is MessageKind.EDIT:
-            conn.execute(
-                _msg.update().where(*where).values(text=n.text, edit_seq=seq, edit_time=now)
-            )
+            text = {} if self.bodies is not None else {"text": n.text}
+            conn.execute(_msg.update().where(*where).values(**text, edit_seq=seq, edit_time=now))
         elif n.kind is MessageKind.REACTION:
             r = t.reactions
             key = (r.c.thread_id == thread_id, r.c.seq == target, r.c.user_id == n.sender.user_id)
