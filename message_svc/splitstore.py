@@ -3,12 +3,17 @@
 `SplitStore` is a `SqlStore` whose appends go through a `MongoMessageLog` first:
 
 1. SQL checks (membership, blocks, a deleted peer, the rich-message rules), read in SQL;
+   the texts a reply quotes or a forward copies are read from the log just before;
 2. the log append: gap-free seqs, idempotent by (sender, client_msg_id) forever, durable
    (write concern majority, journaled) before it returns;
-3. one SQL transaction that moves `threads.last_seq` over what the log holds, writing the
-   thread's derived rows for exactly the seqs it moves over: the messages' read rows (what
-   history, sync, the thread list, unread counts, search and push previews read, folded
-   with edits, deletes and reactions), member rows touched, push jobs queued.
+3. one SQL transaction that moves `threads.last_seq` over what the log holds, writing for
+   exactly the seqs it moves over a narrow row per entry (ids, sender, kind, time, target:
+   no text, system event or payload), the folded state of events (edit and delete seqs,
+   reactions), attachment links, member rows touched and push jobs queued.
+
+Reads take the bodies from the log: history pages and sync read the entries there (bounded
+by the thread row) and fold in SQL's rows; the thread list's previews, a send's answer and
+search hits get theirs by `_id`. Search filters the log within what the user may see.
 
 The log is the truth; everything step 3 writes is derived from it and rebuilt from it: at
 start (`repair`) and whenever an append finds the thread row behind the log, the missing
@@ -77,6 +82,9 @@ Key = tuple[int, str]
 
 class SplitStore(SqlStore):
     """A SqlStore whose message log is a MongoDB collection; SQL holds what derives from it.
+
+    The bodies of messages are in the log only; prune_messages (the canary's) removes SQL's
+    rows and leaves the append-only log as it is (reads skip entries without a row).
 
     `kill_after_appends`: a fault hook for the crash tests, n > 0 makes the process SIGKILL
     itself after its n-th log append and before the SQL transaction that follows it.

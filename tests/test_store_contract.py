@@ -2234,3 +2234,20 @@ async def test_the_split_store_rebuilds_folded_state_from_the_log(store: SqlStor
         assert [m.seq for m in await other.search_messages(alice.id, ["edited"], 0, 0, 10)] == [1]
     finally:
         await other.close()
+
+
+async def test_pruning_a_thread_drops_its_older_messages_from_reads(store: SqlStore) -> None:
+    """The canary's prune: what is below the seq is gone from history and sync."""
+    alice = await person(store, "alice")
+    own = await store.direct_thread(alice.id, alice.id)
+    for i in range(5):
+        await send(store, own, alice, f"probe {i}")
+    assert await store.prune_messages(own, 4) == 3
+    assert await all_seqs(store, own) == [4, 5]
+    assert [m.seq for m in await store.messages_after([(own, 0, 10)], 10)] == [4, 5]
+    [summary] = await store.list_threads(alice.id, None, 10)
+    assert summary.last_message is not None and summary.last_message.text == "probe 4"
+    assert await send(store, own, alice, "after") is not None
+    assert await all_seqs(store, own) == [4, 5, 6]
+    if isinstance(store, SplitStore):  # the log is append-only: it keeps every entry
+        assert [m.seq for m in await store.log.read(own, 0, 0, 10, False)] == [1, 2, 3, 4, 5, 6]
