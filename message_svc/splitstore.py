@@ -401,11 +401,15 @@ class SplitStore(SqlStore):
 
     async def _last_seqs(self, thread_ids: Sequence[int]) -> dict[int, int]:
         th = t.threads
+        ids = list(dict.fromkeys(thread_ids))
+        out: dict[int, int] = {}
         async with self._read() as conn:
-            rows = await conn.execute(
-                sa.select(th.c.id, th.c.last_seq).where(th.c.id.in_(list(thread_ids)))
-            )
-            return {int(r.id): int(r.last_seq) for r in rows}
+            for start in range(0, len(ids), 500):
+                rows = await conn.execute(
+                    sa.select(th.c.id, th.c.last_seq).where(th.c.id.in_(ids[start : start + 500]))
+                )
+                out.update((int(r.id), int(r.last_seq)) for r in rows)
+        return out
 
     async def erase_user(self, user_id: int) -> list[int]:
         """Erase in SQL, then sign the account's log entries "Deleted account" too."""
