@@ -74,7 +74,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """The SQL log on every engine `--stores` names; the MongoDB log on every server here."""
     if "log_kind" in metafunc.fixturenames:
         stores = [e.strip() for e in metafunc.config.getoption("stores").split(",")]
-        kinds = [f"sql-{e}" for e in stores if e] + MONGO_KINDS
+        # A split combination (sqlite+mongodb) names its SQL engine for the SQL log.
+        engines = dict.fromkeys(e.removesuffix("+mongodb") for e in stores if e)
+        kinds = [f"sql-{e}" for e in engines] + MONGO_KINDS
         metafunc.parametrize("log_kind", kinds)
     if "mongo_kind" in metafunc.fixturenames:
         metafunc.parametrize("mongo_kind", MONGO_KINDS)
