@@ -422,6 +422,15 @@ class MongoMessageLog:
         for d in docs:
             e = logged_of(d)
             out[(e.message.thread_id, e.message.seq)] = e
+        # Entries written before `_id` named (thread, seq) have an ObjectId: by `thread_seq`.
+        missing: dict[int, list[int]] = defaultdict(list)
+        for tid, seq in keys:
+            if (tid, seq) not in out:
+                missing[tid].append(seq)
+        for tid, seqs in missing.items():
+            async for d in coll.find({"t": tid, "s": {"$in": sorted(set(seqs))}}):
+                e = logged_of(d)
+                out[(e.message.thread_id, e.message.seq)] = e
         return out
 
     async def search(

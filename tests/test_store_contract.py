@@ -2251,3 +2251,21 @@ async def test_pruning_a_thread_drops_its_older_messages_from_reads(store: SqlSt
     assert await all_seqs(store, own) == [4, 5, 6]
     if isinstance(store, SplitStore):  # the log is append-only: it keeps every entry
         assert [m.seq for m in await store.log.read(own, 0, 0, 10, False)] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("backend", [SPLIT], indirect=True)
+async def test_the_split_store_reads_entries_written_before_ids_named_thread_and_seq(
+    store: SqlStore,
+) -> None:
+    assert isinstance(store, SplitStore)
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    await send(store, ab, alice, "an older entry")
+    # As an older log stored it: the same document under an ObjectId.
+    coll = store.log.collection
+    doc = await coll.find_one_and_delete({"t": ab, "s": 1})
+    assert doc is not None
+    del doc["_id"]
+    await coll.insert_one(doc)
+    [summary] = await store.list_threads(bob.id, None, 10)
+    assert summary.last_message is not None and summary.last_message.text == "an older entry"
