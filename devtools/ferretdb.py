@@ -114,6 +114,33 @@ class FerretDbServer(MongoWireServer):
         ]
 
 
+class FerretDbPgServer(FerretDbServer):
+    """FerretDB on its PostgreSQL handler, over a PostgreSQL database's URL.
+
+    `postgresql_url` is a `postgres://user:password@host:port/database` URL (a
+    devtools.dbservers PostgresServer's, without the `+asyncpg` driver). This handler pushes
+    more filters down to PostgreSQL than the SQLite one does to SQLite.
+    """
+
+    name = "ferretdb-pg"
+
+    def __init__(self, postgresql_url: str, root: Path | None = None, *, port: int = 0) -> None:
+        self.postgresql_url = postgresql_url.replace("postgresql+asyncpg://", "postgres://")
+        super().__init__(root, port=port)
+
+    def _argv(self) -> list[str]:
+        return [
+            str(self.binary),
+            "--handler=pg",
+            f"--postgresql-url={self.postgresql_url}",
+            f"--listen-addr={HOST}:{self.port}",
+            "--telemetry=disable",
+            "--debug-addr=-",
+            f"--state-dir={self.root}",
+            "--log-level=warn",
+        ]
+
+
 class MongodServer(MongoWireServer):
     """A real `mongod` as a one-member replica set, so majority write concern means something."""
 

@@ -21,6 +21,7 @@ tests run, ignores write concern; its backend's fsync is its durability).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -81,8 +82,19 @@ def _system_of(doc: Doc | None) -> SystemEvent | None:
     )
 
 
+def entry_id(thread_id: int, seq: int) -> str:
+    """An entry's `_id`, "thread:seq": unique like `thread_seq`, and what FerretDB v1 seeks on.
+
+    FerretDB v1 uses no secondary index, and of filters pushes down to its backend only
+    equality on a string or ObjectId `_id`: reads of known entries (a thread list's
+    previews, the texts of edits, a send's answer) go by `_id` (docs/deployment.md).
+    """
+    return f"{thread_id}:{seq}"
+
+
 def _doc(e: LogEntry, seq: int, now: datetime) -> Doc:
     return {
+        "_id": entry_id(e.thread_id, seq),
         "t": e.thread_id,
         "s": seq,
         "m": new_msg_id(int(now.timestamp() * 1000)),
@@ -160,6 +172,7 @@ class MongoMessageLog:
         self._after_allocate = after_allocate
         self._client: AsyncMongoClient[Doc] | None = None
         self._coll: AsyncCollection[Doc] | None = None
+        self._ferretdb = False
 
     async def open(self) -> None:
         client: AsyncMongoClient[Doc] = AsyncMongoClient(
@@ -177,6 +190,8 @@ class MongoMessageLog:
         await coll.create_index(
             [("u", ASCENDING), ("c", ASCENDING)], unique=True, name="sender_key"
         )
+        info = await db.command("buildInfo")
+        self._ferretdb = "ferretdbVersion" in info
         self._client, self._coll = client, coll
 
     async def close(self) -> None:
@@ -327,23 +342,48 @@ class MongoMessageLog:
     async def read(
         self, thread_id: int, after_seq: int, before_seq: int, limit: int, newest: bool
     ) -> list[Message]:
+        rows = await self.read_page(thread_id, after_seq, before_seq, limit, newest)
+        return [e.message for e in rows]
+
+    async def read_page(
+        self,
+        thread_id: int,
+        after_seq: int,
+        before_seq: int,
+        limit: int,
+        newest: bool,
+        *,
+        skip_kinds: Sequence[MessageKind] = (),
+    ) -> list[Logged]:
+        """A history page: (after, before) of one thread, `limit` from either end, in seq order.
+
+        A seek on `thread_seq` (t, s), forwards or backwards; `skip_kinds` (events, for a
+        folded page) is a filter on the entries the seek walks.
+        """
         if limit <= 0:
             return []
         seq: Doc = {"$gt": after_seq}
         if before_seq > 0:
             seq["$lt"] = before_seq
+        query: Doc = {"t": thread_id, "s": seq}
+        if skip_kinds:
+            query["k"] = {"$nin": [k.value for k in skip_kinds]}
         cursor = (
-            self.collection.find({"t": thread_id, "s": seq})
+            self.collection.find(query)
             .sort([("t", ASCENDING), ("s", DESCENDING if newest else ASCENDING)])
             .limit(limit)
         )
-        rows = [message_of(d) async for d in cursor]
+        rows = [logged_of(d) async for d in cursor]
         if newest:
             rows.reverse()
         return rows
 
     async def read_after(self, ranges: Sequence[tuple[int, int, int]], limit: int) -> list[Message]:
-        out: list[Message] = []
+        return [e.message for e in await self.read_spans(ranges, limit)]
+
+    async def read_spans(self, ranges: Sequence[tuple[int, int, int]], limit: int) -> list[Logged]:
+        """Sync: (after, upto] of each (thread, after, upto), in order, `limit` in all."""
+        out: list[Logged] = []
         for thread_id, after, upto in ranges:
             if len(out) >= limit:
                 break
@@ -354,7 +394,66 @@ class MongoMessageLog:
                 .sort([("t", ASCENDING), ("s", ASCENDING)])
                 .limit(limit - len(out))
             )
-            out.extend([message_of(d) async for d in cursor])
+            out.extend([logged_of(d) async for d in cursor])
+        return out
+
+    async def read_ids(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Logged]:
+        """Known entries by (thread, seq), by `_id`.
+
+        MongoDB: `$in`, 500 to a query (the `_id` index). FerretDB v1 pushes down `_id`
+        equality but not `$in` (it would decode the whole collection), so there it is one
+        equality lookup per entry, 50 at a time.
+        """
+        ids = sorted({entry_id(tid, seq) for tid, seq in keys})
+        docs: list[Doc] = []
+        coll = self.collection
+        if self._ferretdb:
+            for start in range(0, len(ids), 50):
+                found = await asyncio.gather(
+                    *(coll.find_one({"_id": i}) for i in ids[start : start + 50])
+                )
+                docs.extend(d for d in found if d is not None)
+        else:
+            for start in range(0, len(ids), 500):
+                docs.extend(
+                    [d async for d in coll.find({"_id": {"$in": ids[start : start + 500]}})]
+                )
+        out: dict[tuple[int, int], Logged] = {}
+        for d in docs:
+            e = logged_of(d)
+            out[(e.message.thread_id, e.message.seq)] = e
+        # Entries written before `_id` named (thread, seq) have an ObjectId: by `thread_seq`.
+        missing: dict[int, list[int]] = defaultdict(list)
+        for tid, seq in keys:
+            if (tid, seq) not in out:
+                missing[tid].append(seq)
+        for tid, seqs in missing.items():
+            async for d in coll.find({"t": tid, "s": {"$in": sorted(set(seqs))}}):
+                e = logged_of(d)
+                out[(e.message.thread_id, e.message.seq)] = e
+        return out
+
+    async def search(
+        self, spans: Sequence[tuple[int, int, int]], words: Sequence[str], kinds: Sequence[int]
+    ) -> list[Logged]:
+        """Entries of `kinds` in the (thread, first, last) spans holding every word's prefix.
+
+        Words match at the start of a word, case-insensitively, as the SQL indexes match a
+        prefix. The scan is restricted to the spans' threads (the `t` prefix of
+        `thread_seq` on MongoDB) and their seq ranges; FerretDB v1 scans the collection.
+        """
+        if not spans or not words:
+            return []
+        pattern = [{"x": {"$regex": r"(^|[^\w])" + re.escape(w), "$options": "i"}} for w in words]
+        either = [{"t": tid, "s": {"$gte": lo, "$lte": hi}} for tid, lo, hi in spans]
+        out: list[Logged] = []
+        for start in range(0, len(either), 200):
+            query: Doc = {
+                "$or": either[start : start + 200],
+                "k": {"$in": list(kinds)},
+                "$and": pattern,
+            }
+            out.extend([logged_of(d) async for d in self.collection.find(query)])
         return out
 
     async def explain_read(self, thread_id: int, after_seq: int) -> Doc:
@@ -365,3 +464,33 @@ class MongoMessageLog:
             .limit(50)
         )
         return await cursor.explain()
+
+    async def explain(self, read: str, thread_id: int) -> Doc:
+        """The server's plan for one of the reads the split store makes (tests check them).
+
+        `read`: "newest" (the last history page), "folded" (a page without events),
+        "ids" (entries by `_id`), "search" (a word in one thread's span).
+        """
+        coll = self.collection
+        if read == "newest":
+            cursor = coll.find({"t": thread_id, "s": {"$gt": 0}}).sort(
+                [("t", ASCENDING), ("s", DESCENDING)]
+            )
+        elif read == "folded":
+            cursor = coll.find(
+                {"t": thread_id, "s": {"$gt": 0}, "k": {"$nin": [MessageKind.EDIT.value]}}
+            ).sort([("t", ASCENDING), ("s", ASCENDING)])
+        elif read == "ids":
+            ids = [entry_id(thread_id, 1), entry_id(thread_id, 2)]
+            cursor = coll.find({"_id": ids[0] if self._ferretdb else {"$in": ids}})
+        elif read == "search":
+            cursor = coll.find(
+                {
+                    "$or": [{"t": thread_id, "s": {"$gte": 1, "$lte": 1 << 30}}],
+                    "k": {"$in": [MessageKind.TEXT.value]},
+                    "$and": [{"x": {"$regex": "(^|[^\\w])word", "$options": "i"}}],
+                }
+            )
+        else:
+            raise ValueError(read)
+        return await cursor.limit(50).explain()

@@ -3,12 +3,17 @@
 `SplitStore` is a `SqlStore` whose appends go through a `MongoMessageLog` first:
 
 1. SQL checks (membership, blocks, a deleted peer, the rich-message rules), read in SQL;
+   the texts a reply quotes or a forward copies are read from the log just before;
 2. the log append: gap-free seqs, idempotent by (sender, client_msg_id) forever, durable
    (write concern majority, journaled) before it returns;
-3. one SQL transaction that moves `threads.last_seq` over what the log holds, writing the
-   thread's derived rows for exactly the seqs it moves over: the messages' read rows (what
-   history, sync, the thread list, unread counts, search and push previews read, folded
-   with edits, deletes and reactions), member rows touched, push jobs queued.
+3. one SQL transaction that moves `threads.last_seq` over what the log holds, writing for
+   exactly the seqs it moves over a narrow row per entry (ids, sender, kind, time, target:
+   no text, system event or payload), the folded state of events (edit and delete seqs,
+   reactions), attachment links, member rows touched and push jobs queued.
+
+Reads take the bodies from the log: history pages and sync read the entries there (bounded
+by the thread row) and fold in SQL's rows; the thread list's previews, a send's answer and
+search hits get theirs by `_id`. Search filters the log within what the user may see.
 
 The log is the truth; everything step 3 writes is derived from it and rebuilt from it: at
 start (`repair`) and whenever an append finds the thread row behind the log, the missing
@@ -24,12 +29,13 @@ import logging
 import os
 import signal
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from message_svc import schema as t
 from message_svc.mongolog import Logged, MongoMessageLog
@@ -41,14 +47,15 @@ from message_svc.sqlstore import (
     SqlStore,
     _barred,
     _check_group,
-    _is_member,
+    _fold,
     _message,
+    _message_select,
     _pairs,
     _payload_of,
     _Prepared,
     _queue_pushes,
     _Rich,
-    _system_to_json,
+    member_changes,
     utcnow,
 )
 from message_svc.store import (
@@ -59,6 +66,7 @@ from message_svc.store import (
     NewMessage,
     Refusal,
     Refused,
+    ThreadSummary,
 )
 from natter.domain import Message, MessageKind, Role, ThreadKind, User
 from natter.errors import FailedPrecondition, NotFound
@@ -74,6 +82,9 @@ Key = tuple[int, str]
 
 class SplitStore(SqlStore):
     """A SqlStore whose message log is a MongoDB collection; SQL holds what derives from it.
+
+    The bodies of messages are in the log only; prune_messages (the canary's) removes SQL's
+    rows and leaves the append-only log as it is (reads skip entries without a row).
 
     `kill_after_appends`: a fault hook for the crash tests, n > 0 makes the process SIGKILL
     itself after its n-th log append and before the SQL transaction that follows it.
@@ -154,7 +165,16 @@ class SplitStore(SqlStore):
             for e in es
         }
         want.update(answers)
-        return await self._retry(lambda: self._write(lambda conn: _project(conn, work, want)))
+        stored = await self._retry(lambda: self._write(lambda conn: _project(conn, work, want)))
+        known = {(e.message.thread_id, e.message.seq): e for es, _ in work.values() for e in es}
+        return await self._answers(stored, known)
+
+    async def _answers(
+        self, stored: dict[Key, Message], known: Mapping[tuple[int, int], Logged]
+    ) -> dict[Key, Message]:
+        """The stored rows of answered keys with their bodies (the entries at hand, else the log)."""
+        filled = await self._bodies(list(stored.values()), known)
+        return {(m.sender.user_id, m.client_msg_id): m for m in filled}
 
     def _fault(self) -> None:
         self._appends += 1
@@ -168,8 +188,19 @@ class SplitStore(SqlStore):
     async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended | Refused]:
         keys = list(dict.fromkeys((n.sender.user_id, n.client_msg_id) for n in batch))
         existing = await self.log.find_keys(keys)
+        # What replies quote and forwards copy: their current text is in the log.
+        quoted = {
+            k
+            for n in batch
+            if (n.sender.user_id, n.client_msg_id) not in existing
+            for k in (
+                *([(n.thread_id, n.reply_to_seq)] if n.reply_to_seq else []),
+                *([n.forward] if n.forward is not None else []),
+            )
+        }
+        bodies = await self._full(quoted)
         async with self._read() as conn:
-            checked = await conn.run_sync(lambda c: _check(c, batch, existing))
+            checked = await conn.run_sync(lambda c: _check(c, batch, existing, bodies))
         entries: list[LogEntry] = []
         where: list[int] = []
         for i, (n, c) in enumerate(zip(batch, checked, strict=True)):
@@ -203,13 +234,182 @@ class SplitStore(SqlStore):
             out[i] = Appended(stored.get(key, a.message), a.duplicate)
         return [x for x in out if x is not None]
 
+    # -- reads: entries from the log, what SQL keeps per message folded in ---------------
+
+    async def list_messages(
+        self,
+        thread_id: int,
+        after_seq: int,
+        before_seq: int,
+        limit: int,
+        newest: bool,
+        *,
+        viewer: int = 0,
+        folded: bool = False,
+    ) -> list[Message]:
+        """A history page read from the log (`thread_seq`), up to the thread row's last seq.
+
+        The row bounds it: entries the log holds past it (a send whose SQL step has not run)
+        are not shown until it has, as the SQL store would not show them.
+        """
+        last = (await self._last_seqs([thread_id])).get(thread_id, 0)
+        if before_seq <= 0 or before_seq > last + 1:
+            before_seq = last + 1
+        skip = [k for k in MessageKind if k.is_event] if folded else []
+        entries = await self.log.read_page(
+            thread_id, after_seq, before_seq, limit, newest, skip_kinds=skip
+        )
+        return await self._fold_log(entries, viewer)
+
+    async def messages_after(
+        self, ranges: Sequence[tuple[int, int, int]], limit: int, *, viewer: int = 0
+    ) -> list[Message]:
+        """Sync read from the log: each range up to its thread row's last seq, in order."""
+        last = await self._last_seqs([r[0] for r in ranges])
+        capped = [
+            (tid, after, min(upto, last.get(tid, 0)))
+            for tid, after, upto in ranges
+            if last.get(tid, 0) > after
+        ]
+        entries = await self.log.read_spans(capped, limit)
+        return await self._fold_log(entries, viewer)
+
+    async def list_threads(
+        self, user_id: int, before: tuple[datetime, int] | None, limit: int
+    ) -> list[ThreadSummary]:
+        """The SQL store's page; each preview's text comes from the log by `_id`."""
+        page = await super().list_threads(user_id, before, limit)
+        lasts = [s.last_message for s in page if s.last_message is not None]
+        if not lasts:
+            return page
+        filled = {(m.thread_id, m.seq): m for m in await self._bodies(lasts)}
+        return [
+            replace(s, last_message=filled[(m.thread_id, m.seq)])
+            if (m := s.last_message) is not None
+            else s
+            for s in page
+        ]
+
+    async def search_messages(
+        self, user_id: int, words: Sequence[str], thread_id: int, offset: int, limit: int
+    ) -> list[Message]:
+        """Search the log: every word's prefix, in what the user may see, newest first.
+
+        SQL no longer holds the texts to index, so the log is searched: a filter over the
+        user's threads and the seq ranges they may see there, then SQL says which hits are
+        current (not deleted, hidden by the user, or replaced by a later edit; an edit's
+        hit stands for its target).
+        """
+        if not words:
+            return []
+        m, th = t.thread_members, t.threads
+        q = (
+            sa.select(m.c.thread_id, m.c.first_seq, m.c.left_seq, th.c.last_seq)
+            .join(th, th.c.id == m.c.thread_id)
+            .where(m.c.owner_id == user_id)
+        )
+        if thread_id:
+            q = q.where(m.c.thread_id == thread_id)
+        async with self._read() as conn:
+            spans = [
+                (
+                    int(r.thread_id),
+                    int(r.first_seq),
+                    min(int(r.last_seq), int(r.left_seq or r.last_seq)),
+                )
+                for r in await conn.execute(q)
+            ]
+        spans = [(tid, lo, hi) for tid, lo, hi in spans if hi >= max(lo, 1)]
+        kinds = [MessageKind.TEXT.value, MessageKind.ATTACHMENT.value, MessageKind.EDIT.value]
+        found = await self.log.search(spans, [w.lower() for w in words], kinds)
+        hits = {(e.message.thread_id, e.message.seq): e for e in found}
+        targets = {
+            (
+                e.message.thread_id,
+                e.message.target_seq if e.message.kind is MessageKind.EDIT else e.message.seq,
+            )
+            for e in found
+        }
+        async with self._read() as conn:
+            rows = await _rows(conn, targets)
+            rows = await _fold(conn, rows, user_id)
+        current = sorted(
+            (
+                r
+                for r in rows
+                if not r.deleted
+                and not r.hidden
+                and r.kind in (MessageKind.TEXT, MessageKind.ATTACHMENT)
+                and (r.thread_id, r.edit_seq or r.seq) in hits
+            ),
+            key=lambda r: (r.thread_id, r.seq),
+            reverse=True,
+        )
+        return await self._bodies(current[offset : offset + limit], hits)
+
+    async def _fold_log(self, entries: Sequence[Logged], viewer: int) -> list[Message]:
+        """Log entries with what SQL keeps of them: names, edits, deletes, reactions, hiding.
+
+        An entry without its SQL row (a canary message pruned there) is left out.
+        """
+        if not entries:
+            return []
+        keys = [(e.message.thread_id, e.message.seq) for e in entries]
+        async with self._read() as conn:
+            rows = await _rows(conn, set(keys))
+            rows = await _fold(conn, rows, viewer)
+        by_key = {(r.thread_id, r.seq): r for r in rows}
+        ordered = [by_key[k] for k in keys if k in by_key]
+        return await self._bodies(ordered, {k: e for k, e in zip(keys, entries, strict=True)})
+
+    async def _bodies(
+        self, rows: Sequence[Message], known: Mapping[tuple[int, int], Logged] | None = None
+    ) -> list[Message]:
+        """SQL's rows of messages (no text) with their bodies from the log.
+
+        The text is the entry's own, or its last edit's (`edit_seq`, one more `_id`
+        lookup); a deleted message, and an edit of one, has none, as in the SQL store.
+        """
+        got: dict[tuple[int, int], Logged] = dict(known or {})
+        want = {(r.thread_id, r.seq) for r in rows}
+        want |= {(r.thread_id, r.edit_seq) for r in rows if r.edit_seq and not r.deleted}
+        missing = sorted(want - got.keys())
+        if missing:
+            got.update(await self.log.read_ids(missing))
+        edited = {(r.thread_id, r.target_seq) for r in rows if r.kind is MessageKind.EDIT}
+        gone: set[tuple[int, int]] = set()
+        if edited:
+            async with self._read() as conn:
+                gone = {(r.thread_id, r.seq) for r in await _rows(conn, edited) if r.deleted}
+        out: list[Message] = []
+        for r in rows:
+            e = got.get((r.thread_id, r.seq))
+            if e is None:
+                out.append(r)
+                continue
+            edit = got.get((r.thread_id, r.edit_seq)) if r.edit_seq else None
+            out.append(_body(r, e, edit, (r.thread_id, r.target_seq) in gone))
+        return out
+
+    async def _full(self, keys: set[tuple[int, int]]) -> dict[tuple[int, int], Message]:
+        """Messages with their current text, by (thread, seq): what a reply or forward copies."""
+        if not keys:
+            return {}
+        async with self._read() as conn:
+            rows = await _rows(conn, keys)
+        return {(m.thread_id, m.seq): m for m in await self._bodies(rows)}
+
     async def _last_seqs(self, thread_ids: Sequence[int]) -> dict[int, int]:
         th = t.threads
+        ids = list(dict.fromkeys(thread_ids))
+        out: dict[int, int] = {}
         async with self._read() as conn:
-            rows = await conn.execute(
-                sa.select(th.c.id, th.c.last_seq).where(th.c.id.in_(list(thread_ids)))
-            )
-            return {int(r.id): int(r.last_seq) for r in rows}
+            for start in range(0, len(ids), 500):
+                rows = await conn.execute(
+                    sa.select(th.c.id, th.c.last_seq).where(th.c.id.in_(ids[start : start + 500]))
+                )
+                out.update((int(r.id), int(r.last_seq)) for r in rows)
+        return out
 
     async def erase_user(self, user_id: int) -> list[int]:
         """Erase in SQL, then sign the account's log entries "Deleted account" too."""
@@ -260,7 +460,49 @@ class SplitStore(SqlStore):
             gap = await self.log.read_logged(thread_id, last, m.seq - 1)
             entries = [*gap, Logged(m, entry.payload, entry.notify, entry.changes, title)]
             stored = await conn.run_sync(lambda c: _settle_changes(c, thread_id, m.seq, entries))
-        return stored.get((m.sender.user_id, m.client_msg_id), m)
+        known = {(e.message.thread_id, e.message.seq): e for e in entries}
+        answers = await self._answers(stored, known)
+        return answers.get((m.sender.user_id, m.client_msg_id), m)
+
+
+async def _rows(conn: AsyncConnection, keys: set[tuple[int, int]]) -> list[Message]:
+    """SQL's rows of messages by (thread, seq): sender, kind, edit and delete, no text."""
+    msg = t.messages
+    out: list[Message] = []
+    todo = sorted(keys)
+    for start in range(0, len(todo), 500):
+        chunk = set(todo[start : start + 500])
+        found = await conn.execute(
+            _message_select().where(
+                msg.c.thread_id.in_({k[0] for k in chunk}), msg.c.seq.in_({k[1] for k in chunk})
+            )
+        )
+        out.extend(_message(r) for r in _pairs(found, chunk, "thread_id", "seq"))
+    return out
+
+
+def _body(row: Message, entry: Logged, edit: Logged | None, target_gone: bool) -> Message:
+    """A message as the SQL store answers it: SQL's row, the log's text, system and payload."""
+    m = entry.message
+    if row.hidden:
+        return replace(row, system=m.system)
+    if row.deleted:
+        return replace(row, system=m.system, text="", emoji="")
+    atts, reply, forwarded = _payload_of(entry.payload)
+    text = m.text
+    if row.edit_seq and edit is not None:
+        text = edit.message.text
+    elif m.kind is MessageKind.EDIT and target_gone:
+        text = ""
+    return replace(
+        row,
+        text=text,
+        emoji=m.emoji,
+        system=m.system,
+        attachments=atts,
+        reply_to=reply,
+        forwarded=forwarded,
+    )
 
 
 def _entry(n: NewMessage, prep: _Prepared | None) -> LogEntry:
@@ -279,7 +521,10 @@ def _entry(n: NewMessage, prep: _Prepared | None) -> LogEntry:
 
 
 def _check(
-    conn: Connection, batch: Sequence[NewMessage], existing: dict[Key, Message]
+    conn: Connection,
+    batch: Sequence[NewMessage],
+    existing: dict[Key, Message],
+    bodies: Mapping[tuple[int, int], Message],
 ) -> list[Refused | _Prepared | None]:
     """What SQL says of each entry before the log append: refused, prepared, plain or known.
 
@@ -319,7 +564,7 @@ def _check(
             seen.add(key)
             out.append(None)
         else:
-            rich = rich or _Rich(conn)
+            rich = rich or _Rich(conn, bodies)
             prep = rich.prepare(n)
             if isinstance(prep, Refusal):
                 out.append(Refused(n.thread_id, prep))
@@ -374,24 +619,25 @@ def _apply(
                 sender_device_id=m.sender_device_id,
                 client_msg_id=m.client_msg_id,
                 kind=m.kind.value,
-                text=m.emoji if m.kind is MessageKind.REACTION else m.text,
-                system=_system_to_json(m.system),
+                # No body: the text, the system event and the payload are the log's.
+                text="",
+                system=None,
                 create_time=m.create_time,
                 target_seq=m.target_seq or None,
-                payload=e.payload,
+                payload=None,
             )
             for e in todo
             for m in (e.message,)
         ],
     )
-    rich = _Rich(conn)
+    rich = _Rich(conn, {})
     notify: tuple[int, int] | None = None
     touched = False
     for e in todo:
         m = e.message
         if (e.changes or e.title is not None) and m.seq != staged:
             # A group change whose own transaction died after its append: replayed here.
-            _member_changes(conn, thread_id, e.changes, e.title, m.seq, now)
+            member_changes(conn, thread_id, e.changes, e.title, m.seq, now)
         touched = touched or m.kind.is_content
         if e.notify:
             notify = (notify[0] if notify else m.seq, m.seq)
@@ -491,7 +737,7 @@ def _stage_changes(
     last = conn.execute(_SEQ_FOR_UPDATE, {"tid": thread_id}).scalar_one_or_none()
     if last is None:
         raise NotFound(f"thread {thread_id} does not exist")
-    _member_changes(conn, thread_id, changes, title, _PENDING, utcnow())
+    member_changes(conn, thread_id, changes, title, _PENDING, utcnow())
     _check_group(conn, thread_id, max_members)
     return int(last)
 
@@ -515,45 +761,3 @@ def _settle_changes(
         m.update().where(m.c.thread_id == thread_id, m.c.left_seq.is_(None)).values(update_time=now)
     )
     return _stored(conn, {(e.message.sender.user_id, e.message.client_msg_id) for e in entries})
-
-
-def _member_changes(
-    conn: Connection,
-    thread_id: int,
-    changes: Sequence[MemberChange],
-    title: str | None,
-    seq: int,
-    now: datetime,
-) -> None:
-    """A group change at `seq` (or _PENDING), as the SQL store applies it."""
-    th, m = t.threads, t.thread_members
-    if title is not None:
-        conn.execute(th.update().where(th.c.id == thread_id).values(title=title))
-    for ch in changes:
-        where = (m.c.thread_id == thread_id, m.c.owner_id == ch.user_id)
-        if ch.join:
-            first = 1 if ch.full_history else seq
-            res = conn.execute(
-                m.update()
-                .where(*where, m.c.left_seq.is_not(None))
-                .values(left_seq=None, first_seq=first, role=Role.MEMBER.value, update_time=now)
-            )
-            if not res.rowcount and not _is_member(conn, thread_id, ch.user_id):
-                conn.execute(
-                    m.insert().values(
-                        owner_id=ch.user_id,
-                        thread_id=thread_id,
-                        role=Role.MEMBER.value,
-                        nickname="",
-                        first_seq=first,
-                        left_seq=None,
-                        delivered_seq=0,
-                        read_seq=0,
-                        create_time=now,
-                        update_time=now,
-                    )
-                )
-        if ch.leave:
-            conn.execute(m.update().where(*where).values(left_seq=seq, update_time=now))
-        if ch.role is not None:
-            conn.execute(m.update().where(*where).values(role=ch.role.value))

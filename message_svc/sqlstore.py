@@ -11,7 +11,7 @@ import random
 import re
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -2693,11 +2693,36 @@ def _change_group(
     event: NewMessage,
     max_members: int | None,
 ) -> Message:
-    th, m = t.threads, t.thread_members
+    m = t.thread_members
     now = utcnow()
     # Bumping the thread's seq first locks its row: changes to one group commit one at
     # a time across every message_svc process, and the check below sees the others.
     seq = _bump_seq(conn, thread_id, 1, now)
+    member_changes(conn, thread_id, changes, title, seq, now)
+    _check_group(conn, thread_id, max_members)
+    message = _insert_one(conn, thread_id, seq, event, now)
+    if event.notify:
+        _queue_pushes(conn, {thread_id: (seq, seq)}, now)
+    conn.execute(
+        m.update().where(m.c.thread_id == thread_id, m.c.left_seq.is_(None)).values(update_time=now)
+    )
+    return message
+
+
+def member_changes(
+    conn: Connection,
+    thread_id: int,
+    changes: Sequence[MemberChange],
+    title: str | None,
+    seq: int,
+    now: datetime,
+) -> None:
+    """A group change taking effect at `seq`: the title, joins, leaves and roles.
+
+    The SQL store calls it with the seq it just allocated; the split store with a pending
+    seq it settles once the log has numbered the system message, and on replay.
+    """
+    th, m = t.threads, t.thread_members
     if title is not None:
         conn.execute(th.update().where(th.c.id == thread_id).values(title=title))
     for ch in changes:
@@ -2728,14 +2753,6 @@ def _change_group(
             conn.execute(m.update().where(*where).values(left_seq=seq, update_time=now))
         if ch.role is not None:
             conn.execute(m.update().where(*where).values(role=ch.role.value))
-    _check_group(conn, thread_id, max_members)
-    message = _insert_one(conn, thread_id, seq, event, now)
-    if event.notify:
-        _queue_pushes(conn, {thread_id: (seq, seq)}, now)
-    conn.execute(
-        m.update().where(m.c.thread_id == thread_id, m.c.left_seq.is_(None)).values(update_time=now)
-    )
-    return message
 
 
 def _is_member(conn: Connection, thread_id: int, user_id: int) -> bool:
@@ -3017,8 +3034,17 @@ class _Rich:
     batch see what earlier ones did (an edit after a delete of the same message is refused).
     """
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(
+        self, conn: Connection, bodies: Mapping[tuple[int, int], Message] | None = None
+    ) -> None:
+        """`bodies`: the split store's, whose message rows hold no text (the log does).
+
+        There the texts of quoted and forwarded messages come from `bodies` (read from the
+        log before the transaction), and an edit records which event holds the new text
+        instead of writing it onto its target.
+        """
         self.conn = conn
+        self.bodies = bodies
         self.targets: dict[tuple[int, int], Message | None] = {}
         self.members: dict[tuple[int, int], Any] = {}
         self.kinds: dict[int, int] = {}
@@ -3029,7 +3055,17 @@ class _Rich:
             row = self.conn.execute(
                 _message_select().where(_msg.c.thread_id == thread_id, _msg.c.seq == seq)
             ).first()
-            self.targets[key] = _message(row) if row is not None else None
+            found = _message(row) if row is not None else None
+            body = self.bodies.get(key) if self.bodies is not None else None
+            if found is not None and body is not None:
+                found = replace(
+                    found,
+                    text=body.text,
+                    attachments=body.attachments,
+                    reply_to=body.reply_to,
+                    forwarded=body.forwarded,
+                )
+            self.targets[key] = found
         return self.targets[key]
 
     def _member(self, user_id: int, thread_id: int) -> Any:
@@ -3140,9 +3176,8 @@ class _Rich:
         target = n.target_seq
         where = (_msg.c.thread_id == thread_id, _msg.c.seq == target)
         if n.kind is MessageKind.EDIT:
-            conn.execute(
-                _msg.update().where(*where).values(text=n.text, edit_seq=seq, edit_time=now)
-            )
+            text = {} if self.bodies is not None else {"text": n.text}
+            conn.execute(_msg.update().where(*where).values(**text, edit_seq=seq, edit_time=now))
         elif n.kind is MessageKind.REACTION:
             r = t.reactions
             key = (r.c.thread_id == thread_id, r.c.seq == target, r.c.user_id == n.sender.user_id)

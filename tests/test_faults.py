@@ -1,5 +1,8 @@
 """Fault tests: real `natter serve` processes killed with SIGKILL, streams cut mid-transfer in
-both directions, devices offline through bursts. Synchronised by polling, never by sleeping."""
+both directions, devices offline through bursts. Synchronised by polling, never by sleeping.
+
+Marked `message_log`: CI runs them on the split store (sqlite+mongodb) too, the processes
+through `NATTER_MESSAGE_LOG`."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from app.embedded import EmbeddedServer
 from natter import domain as d
 from natter.errors import Unavailable
@@ -15,6 +20,8 @@ from natter.sdk import Client, Connection, Disconnected, SyncDone
 from tests.conftest import PASSWORD, ConnFactory, UserFactory
 from tests.helpers import collect, eventually
 from tests.procs import NatterServer, natter_server
+
+pytestmark = pytest.mark.message_log
 
 BIG = "x" * 2000  # big enough that a long replay is held back by flow control mid-way
 
@@ -27,6 +34,11 @@ async def account(
         await c.register(name, PASSWORD)
     await c.login(name, PASSWORD, device)
     return c
+
+
+def log_env(message_log_url: str) -> dict[str, str]:
+    """The server process's environment for the store under test: its message log, if any."""
+    return {"NATTER_MESSAGE_LOG": message_log_url} if message_log_url else {}
 
 
 def assert_once_in_order(got: list[d.Message], n: int, first: int = 1) -> None:
@@ -94,8 +106,10 @@ async def events_until(conn: Connection, messages: int, timeout: float = 10.0) -
 # -- offline recipient ---------------------------------------------------------------------
 
 
-async def test_an_offline_recipient_gets_1000_messages_once_in_order(tmp_path: Path) -> None:
-    async with natter_server(tmp_path / "data") as srv:
+async def test_an_offline_recipient_gets_1000_messages_once_in_order(
+    tmp_path: Path, message_log_url: str
+) -> None:
+    async with natter_server(tmp_path / "data", log_env(message_log_url)) as srv:
         alice = await account(srv.grpc_address, "alice")
         bob = await account(srv.grpc_address, "bob")
         ca = await Connection(alice).start()
@@ -121,8 +135,10 @@ async def test_an_offline_recipient_gets_1000_messages_once_in_order(tmp_path: P
 # -- the server killed mid-send ------------------------------------------------------------
 
 
-async def test_server_killed_while_a_client_sends_2000_messages(tmp_path: Path) -> None:
-    srv = NatterServer(tmp_path / "data")
+async def test_server_killed_while_a_client_sends_2000_messages(
+    tmp_path: Path, message_log_url: str
+) -> None:
+    srv = NatterServer(tmp_path / "data", log_env(message_log_url))
     await srv.start()
     try:
         alice = await account(srv.grpc_address, "alice")
@@ -183,8 +199,10 @@ async def test_server_killed_while_a_client_sends_2000_messages(tmp_path: Path) 
         srv.kill()
 
 
-async def test_server_killed_mid_replay_resumes_from_cursors(tmp_path: Path) -> None:
-    srv = NatterServer(tmp_path / "data")
+async def test_server_killed_mid_replay_resumes_from_cursors(
+    tmp_path: Path, message_log_url: str
+) -> None:
+    srv = NatterServer(tmp_path / "data", log_env(message_log_url))
     await srv.start()
     try:
         alice = await account(srv.grpc_address, "alice")
@@ -334,9 +352,9 @@ async def test_two_devices_one_offline_through_the_burst(
 
 
 async def test_reconnect_resumes_from_cursors_without_replaying_what_was_shown(
-    tmp_path: Path,
+    tmp_path: Path, message_log_url: str
 ) -> None:
-    async with natter_server(tmp_path / "data") as srv:
+    async with natter_server(tmp_path / "data", log_env(message_log_url)) as srv:
         alice = await account(srv.grpc_address, "alice")
         bob = await account(srv.grpc_address, "bob")
         ca = await Connection(alice, max_backoff=0.2).start()

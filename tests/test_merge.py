@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from unittest import mock
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -345,6 +346,7 @@ def test_any_interleaving_shows_each_message_once_in_order(
 # -- gap fill on a real server -------------------------------------------------------------
 
 
+@pytest.mark.message_log
 async def test_stale_cursors_are_filled_from_history_once_in_order(
     user: UserFactory, connect: ConnFactory
 ) -> None:
@@ -364,6 +366,7 @@ async def test_stale_cursors_are_filled_from_history_once_in_order(
     assert cb.stats.gaps_filled >= 1
 
 
+@pytest.mark.message_log
 async def test_connection_with_stale_hello_cursors_gets_the_rest_once(
     user: UserFactory, connect: ConnFactory
 ) -> None:

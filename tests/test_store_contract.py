@@ -2159,3 +2159,148 @@ async def test_the_split_store_refuses_a_log_behind_its_thread_rows(backend: Bac
     split = backend.make(url)
     with pytest.raises(FailedPrecondition, match="message log"):
         await split.open()  # and closes what it opened
+
+
+async def _sql_bodies(store: SqlStore, thread_id: int) -> list[tuple[int, str, object, object]]:
+    """What the SQL `messages` table holds of a thread's bodies: (seq, text, system, payload)."""
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    msg = schema.messages
+    engine = create_async_engine(store.url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(msg.c.seq, msg.c.text, msg.c.system, msg.c.payload)
+                .where(msg.c.thread_id == thread_id)
+                .order_by(msg.c.seq)
+            )
+            return [(int(r.seq), r.text, r.system, r.payload) for r in rows]
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("backend", [SPLIT], indirect=True)
+async def test_the_split_store_reads_bodies_from_the_log_and_keeps_none_in_sql(
+    store: SqlStore,
+) -> None:
+    assert isinstance(store, SplitStore)
+    from message_svc.mongolog import entry_id
+
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    first = await send(store, ab, alice, "hello world")
+    [reply] = await append(store, [replace(text(ab, bob, "a reply"), reply_to_seq=first.seq)])
+    [edit] = await append(store, [change(ab, alice, MessageKind.EDIT, first.seq, "hello there")])
+    await append(store, [change(ab, bob, MessageKind.REACTION, first.seq, "👍")])
+    [fwd] = await append(store, [replace(text(ab, bob, ""), forward=(ab, first.seq))])
+    assert reply.message.reply_to is not None and reply.message.reply_to.snippet == "hello world"
+    assert edit.message.text == "hello there" and fwd.message.text == "hello there"
+    # SQL keeps a narrow row per entry: no text, no system event, no payload.
+    rows = await _sql_bodies(store, ab)
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
+    assert {r[1:] for r in rows} == {("", None, None)}
+    page = await store.list_messages(ab, 0, 0, 10, False)
+    assert [(m.text, m.emoji) for m in page] == [
+        ("hello there", ""),
+        ("a reply", ""),
+        ("hello there", ""),
+        ("", "👍"),
+        ("hello there", ""),
+    ]
+    assert page[0].edit_seq == edit.message.seq and [r.emoji for r in page[0].reactions] == ["👍"]
+    assert page[1].reply_to == reply.message.reply_to and page[4].forwarded
+    # Change the log behind SQL's back: every read shows what the log holds.
+    coll = store.log.collection
+    await coll.update_one({"_id": entry_id(ab, edit.message.seq)}, {"$set": {"x": "log edit"}})
+    await coll.update_one({"_id": entry_id(ab, fwd.message.seq)}, {"$set": {"x": "log fwd"}})
+    [folded] = await store.list_messages(ab, 0, 2, 10, True)
+    assert folded.text == "log edit"
+    synced = await store.messages_after([(ab, 0, 10)], 10)
+    assert [m.text for m in synced][::2] == ["log edit", "log edit", "log fwd"]
+    [summary] = await store.list_threads(alice.id, None, 10)
+    assert summary.last_message is not None and summary.last_message.text == "log fwd"
+    found = await store.search_messages(bob.id, ["log"], 0, 0, 10)
+    assert [(m.seq, m.text) for m in found] == [(fwd.message.seq, "log fwd"), (1, "log edit")]
+    assert await store.search_messages(bob.id, ["there"], 0, 0, 10) == []
+    # A delete clears the folded state; the log keeps the entries.
+    await append(store, [change(ab, alice, MessageKind.DELETE, first.seq)])
+    [gone, *_] = await store.list_messages(ab, 0, 0, 10, False)
+    assert (gone.deleted, gone.text, gone.reactions) == (True, "", ())
+    edits = [m for m in await store.messages_after([(ab, 0, 10)], 10) if m.kind is MessageKind.EDIT]
+    assert [m.text for m in edits] == [""]
+    assert (await store.log.read(ab, 0, 0, 10, False))[0].text == "hello world"
+
+
+@pytest.mark.parametrize("backend", [SPLIT], indirect=True)
+async def test_the_split_store_rebuilds_folded_state_from_the_log(store: SqlStore) -> None:
+    assert isinstance(store, SplitStore)
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    first = await send(store, ab, alice, "to be edited")
+    second = await send(store, ab, bob, "to be deleted")
+
+    def event(who: Person, kind: MessageKind, target: int, body: str) -> LogEntry:
+        return LogEntry(
+            ab, who.user, who.device_id, f"ev-{next(_keys)}", kind, body, target_seq=target
+        )
+
+    # Events in the log only (their SQL step died): the repair at start applies them.
+    await store.log.append(
+        [
+            event(alice, MessageKind.EDIT, first.seq, "edited in the log"),
+            event(bob, MessageKind.REACTION, first.seq, "🎉"),
+            event(bob, MessageKind.DELETE, second.seq, ""),
+            event(bob, MessageKind.EDIT, second.seq, "lost a race with the delete"),
+        ]
+    )
+    other = reopen(store)
+    await other.open()
+    try:
+        one, two = await other.list_messages(ab, 0, 0, 10, False, folded=True)
+        assert (one.text, one.edit_seq, [r.emoji for r in one.reactions]) == (
+            "edited in the log",
+            3,
+            ["🎉"],
+        )
+        assert (two.deleted, two.text, two.edit_seq) == (True, "", 0)
+        [summary] = await other.list_threads(alice.id, None, 10)
+        assert (summary.thread.last_seq, summary.unread_count) == (6, 1)
+        assert [m.seq for m in await other.search_messages(alice.id, ["edited"], 0, 0, 10)] == [1]
+    finally:
+        await other.close()
+
+
+async def test_pruning_a_thread_drops_its_older_messages_from_reads(store: SqlStore) -> None:
+    """The canary's prune: what is below the seq is gone from history and sync."""
+    alice = await person(store, "alice")
+    own = await store.direct_thread(alice.id, alice.id)
+    for i in range(5):
+        await send(store, own, alice, f"probe {i}")
+    assert await store.prune_messages(own, 4) == 3
+    assert await all_seqs(store, own) == [4, 5]
+    assert [m.seq for m in await store.messages_after([(own, 0, 10)], 10)] == [4, 5]
+    [summary] = await store.list_threads(alice.id, None, 10)
+    assert summary.last_message is not None and summary.last_message.text == "probe 4"
+    assert await send(store, own, alice, "after") is not None
+    assert await all_seqs(store, own) == [4, 5, 6]
+    if isinstance(store, SplitStore):  # the log is append-only: it keeps every entry
+        assert [m.seq for m in await store.log.read(own, 0, 0, 10, False)] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("backend", [SPLIT], indirect=True)
+async def test_the_split_store_reads_entries_written_before_ids_named_thread_and_seq(
+    store: SqlStore,
+) -> None:
+    assert isinstance(store, SplitStore)
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+    await send(store, ab, alice, "an older entry")
+    # As an older log stored it: the same document under an ObjectId.
+    coll = store.log.collection
+    doc = await coll.find_one_and_delete({"t": ab, "s": 1})
+    assert doc is not None
+    del doc["_id"]
+    await coll.insert_one(doc)
+    [summary] = await store.list_threads(bob.id, None, 10)
+    assert summary.last_message is not None and summary.last_message.text == "an older entry"
