@@ -1,0 +1,156 @@
+"""Per-hop latency of the send path, from the servers' own histograms (`natter_hop_seconds`).
+
+Each natter process times the hops a message passes inside it (see natter/metrics.py
+HOP_NAMES). A snapshot sums every process's histograms; the difference between two
+snapshots is what happened in between, whose mean and quantiles (interpolated within a
+bucket, as Prometheus' histogram_quantile does) are reported per hop. Means add up along
+the path; quantiles do not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from natter.metrics import HOP_NAMES
+
+# Besides the hops, two end-to-end server-side figures every process already keeps.
+WHOLE = {
+    "natter_send_ack_seconds": "send->ack (socket edge)",
+    "natter_deliver_seconds": "commit->written",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """Cumulative bucket counts by upper bound, with the sum and count of observations."""
+
+    buckets: tuple[tuple[float, float], ...]
+    total: float
+    count: float
+
+    def minus(self, before: Histogram | None) -> Histogram:
+        if before is None:
+            return self
+        old = dict(before.buckets)
+        return Histogram(
+            tuple((le, n - old.get(le, 0.0)) for le, n in self.buckets),
+            self.total - before.total,
+            self.count - before.count,
+        )
+
+    def quantile(self, q: float) -> float:
+        """Seconds below which a fraction `q` of the observations fell (nan when empty)."""
+        if self.count <= 0:
+            return math.nan
+        rank = q * self.count
+        lower, below = 0.0, 0.0
+        for le, n in self.buckets:
+            if n >= rank:
+                if math.isinf(le):
+                    return lower
+                inside = n - below
+                return lower + (le - lower) * ((rank - below) / inside if inside else 1.0)
+            lower, below = le, n
+        return lower
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else math.nan
+
+
+Snapshot = dict[str, Histogram]
+
+
+def parse(text: str) -> Snapshot:
+    """The hop and end-to-end histograms in one process's Prometheus text."""
+    out: Snapshot = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("natter_hop_seconds", *WHOLE):
+            continue
+        parts: dict[str, dict[str, object]] = {}
+        for sample in family.samples:
+            key = sample.labels.get("hop", WHOLE.get(family.name, family.name))
+            part = parts.setdefault(key, {"buckets": {}, "sum": 0.0, "count": 0.0})
+            if sample.name.endswith("_bucket"):
+                buckets = part["buckets"]
+                assert isinstance(buckets, dict)
+                buckets[float(sample.labels["le"])] = sample.value
+            elif sample.name.endswith("_sum"):
+                part["sum"] = sample.value
+            elif sample.name.endswith("_count"):
+                part["count"] = sample.value
+        for key, part in parts.items():
+            buckets = part["buckets"]
+            assert isinstance(buckets, dict)
+            total, count = part["sum"], part["count"]
+            assert isinstance(total, float) and isinstance(count, float)
+            out[key] = Histogram(tuple(sorted(buckets.items())), total, count)
+    return out
+
+
+def add(snapshots: Iterable[Snapshot]) -> Snapshot:
+    """Histograms of several processes summed per hop."""
+    out: Snapshot = {}
+    for snap in snapshots:
+        for key, h in snap.items():
+            have = out.get(key)
+            if have is None:
+                out[key] = h
+                continue
+            counts = dict(have.buckets)
+            out[key] = Histogram(
+                tuple((le, counts.get(le, 0.0) + n) for le, n in h.buckets),
+                have.total + h.total,
+                have.count + h.count,
+            )
+    return out
+
+
+def scrape(addresses: Sequence[str], timeout: float = 5.0) -> Snapshot:
+    """Every given /metrics listener's histograms, summed (an unreachable one is skipped)."""
+    texts: list[Snapshot] = []
+    for address in addresses:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout) as r,
+        ):
+            texts.append(parse(r.read().decode()))
+    return add(texts)
+
+
+def between(before: Snapshot, after: Snapshot) -> Snapshot:
+    return {key: h.minus(before.get(key)) for key, h in after.items()}
+
+
+def rows(window: Snapshot, messages: int) -> list[tuple[str, str]]:
+    """One row per hop in path order, then the end-to-end figures, for `print_table`."""
+    out: list[tuple[str, str]] = []
+    for key in (*HOP_NAMES, *WHOLE.values()):
+        h = window.get(key)
+        if h is None or h.count <= 0:
+            continue
+        per = f", {h.count / max(1, messages):.2f} per message" if key in HOP_NAMES else ""
+        out.append(
+            (
+                f"  {key}",
+                f"mean {h.mean * 1e3:.2f} ms, p50 {h.quantile(0.5) * 1e3:.2f} ms, "
+                f"p99 {h.quantile(0.99) * 1e3:.2f} ms ({h.count:.0f} observations{per})",
+            )
+        )
+    return out
+
+
+def summary(window: Snapshot) -> str:
+    """The hops' means in one line, for docs/bench-results.md."""
+    parts = [
+        f"{key} {h.mean * 1e3:.2f}"
+        for key in HOP_NAMES
+        if (h := window.get(key)) is not None and h.count > 0
+    ]
+    return "hop means (ms): " + ", ".join(parts)
