@@ -67,13 +67,28 @@ class ClusterCpu(BenchServer):
     def __init__(self, address: str, procs: Sequence[cluster_local.Proc]) -> None:
         super().__init__(address)
         self.procs = list(procs)
-        # The hop histograms at each `cpu()` call: `run_chat` reads CPU at the window's ends.
+        # The hop histograms and CPU by role at each `cpu()` call: `run_chat` reads CPU at
+        # the window's ends.
         self.snapshots: list[hops.Snapshot] = []
+        self.by_role: list[dict[str, float]] = []
 
     def cpu(self) -> float | None:
-        total = sum(tree_cpu(p.pid) for p in self.procs)
+        roles: dict[str, float] = {}
+        for p in self.procs:
+            roles[p.role] = roles.get(p.role, 0.0) + tree_cpu(p.pid)
+        self.by_role.append(roles)
         self.snapshots.append(hops.scrape([p.metrics for p in self.procs if p.metrics]))
-        return total
+        return sum(roles.values())
+
+    def roles(self, messages: int) -> str:
+        """CPU-ms per message of each role over the last measured window."""
+        if len(self.by_role) < 2:
+            return "n/a"
+        before, after = self.by_role[-2], self.by_role[-1]
+        per = max(1, messages)
+        return ", ".join(
+            f"{role} {(after[role] - before.get(role, 0.0)) / per * 1e3:.2f}" for role in after
+        )
 
     def window(self) -> hops.Snapshot:
         """The hop histograms of the last measured window."""
@@ -91,10 +106,10 @@ def _front(procs: Sequence[cluster_local.Proc]) -> str:
 
 def measure(
     sockets: int, args: argparse.Namespace, base: int
-) -> tuple[ChatResult | None, ChatResult, hops.Snapshot]:
+) -> tuple[ChatResult | None, ChatResult, hops.Snapshot, str]:
     """Flat-out (unless `--paced-only`) and paced chat against a fresh cluster.
 
-    With the paced run's hop histograms."""
+    With the paced run's hop histograms and its CPU-ms per message by role."""
     with tempfile.TemporaryDirectory(prefix="natter-bench-cluster-") as tmp:
         folder = Path(tmp)
         procs = cluster_local.up(folder, base, sockets=sockets, env=OWN_SERVER_ENV)
@@ -117,7 +132,7 @@ def measure(
             )
         finally:
             cluster_local.down(folder, wipe=True, quiet=True)
-    return flat, paced, cpu.window()
+    return flat, paced, cpu.window(), cpu.roles(paced.acked_in_window)
 
 
 async def _reconnect(
@@ -239,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ceiling_text = "n/a" if ceiling is None else f"echo {ceiling.shape}: {fmt(ceiling.rate)} rt/s"
     rows: list[tuple[str, str]] = []
     for n in [int(x) for x in args.sockets.split(",") if x.strip()]:
-        flat, paced, window = measure(n, args, args.base_port)
+        flat, paced, window, roles = measure(n, args, args.base_port)
         params = (
             f"{n} socket servers, 2 message, 1 channel, 1 presence, PostgreSQL; "
             f"{args.pairs} pairs x {args.inflight}, {args.seconds:g} s"
@@ -258,12 +273,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows.append(
             (f"{n} socket server(s), paced {fmt(args.rate)}/s", _figures(paced, args.seconds))
         )
-        rows += hops.rows(window, paced.acked_in_window)
+        rows.append(("  CPU-ms/msg by role", roles))
+        rows += hops.rows_of(window, paced.acked_in_window)
         if not args.no_record:
             append_result(
                 "cluster",
                 params + f", paced {fmt(args.rate)}/s",
-                _figures(paced, args.seconds) + "; " + hops.summary(window),
+                _figures(paced, args.seconds)
+                + f"; CPU-ms/msg by role: {roles}; "
+                + hops.summary(window),
                 ceiling_text,
                 "n/a",
             )

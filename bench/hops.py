@@ -5,18 +5,26 @@ HOP_NAMES). A snapshot sums every process's histograms; the difference between t
 snapshots is what happened in between, whose mean and quantiles (interpolated within a
 bucket, as Prometheus' histogram_quantile does) are reported per hop. Means add up along
 the path; quantiles do not.
+
+`python -m bench.hops --rate 500,1000` runs `bench.chat`'s paced load against an embedded
+server of its own at each rate and prints the hops; `bench.cluster` reports them for a
+whole cluster.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
+import os
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import BenchServer, fmt, print_table
+from devtools.ports import free_port
 from natter.metrics import HOP_NAMES
 
 # Besides the hops, two end-to-end server-side figures every process already keeps.
@@ -128,7 +136,7 @@ def between(before: Snapshot, after: Snapshot) -> Snapshot:
     return {key: h.minus(before.get(key)) for key, h in after.items()}
 
 
-def rows(window: Snapshot, messages: int) -> list[tuple[str, str]]:
+def rows_of(window: Snapshot, messages: int) -> list[tuple[str, str]]:
     """One row per hop in path order, then the end-to-end figures, for `print_table`."""
     out: list[tuple[str, str]] = []
     for key in (*HOP_NAMES, *WHOLE.values()):
@@ -154,3 +162,66 @@ def summary(window: Snapshot) -> str:
         if (h := window.get(key)) is not None and h.count > 0
     ]
     return "hop means (ms): " + ", ".join(parts)
+
+
+class HopServer(BenchServer):
+    """An embedded server of our own whose hop histograms are read with its CPU time."""
+
+    def __init__(self, server: BenchServer, metrics: str) -> None:
+        super().__init__(server.address, server.pid)
+        self.server = server
+        self.metrics = metrics
+        self.snapshots: list[Snapshot] = []
+
+    def cpu(self) -> float | None:
+        self.snapshots.append(scrape([self.metrics]))
+        return self.server.cpu()
+
+    def stop(self) -> None:
+        """The server outlives one run; `main` stops it."""
+
+    def window(self) -> Snapshot:
+        if len(self.snapshots) < 2:
+            return {}
+        return between(self.snapshots[-2], self.snapshots[-1])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from bench.chat import run_chat  # its client processes are spawned, not forked
+
+    p = argparse.ArgumentParser(prog="python -m bench.hops", description=__doc__)
+    p.add_argument("--rate", default="300,750", help="paced total msg/s, comma-separated")
+    p.add_argument("--pairs", type=int, default=20, help="sender/recipient pairs (default 20)")
+    p.add_argument("--seconds", type=float, default=8.0, help="measured window (default 8)")
+    p.add_argument("--inflight", type=int, default=8, help="sends in flight per sender")
+    p.add_argument("--procs", type=int, default=2, help="client processes (default 2)")
+    args = p.parse_args(argv)
+    metrics = f"127.0.0.1:{free_port()}"
+    own = BenchServer.start(count_fsyncs=False, env={"NATTER_METRICS_ADDR": metrics})
+    server = HopServer(own, metrics)
+    rows: list[tuple[str, str]] = []
+    try:
+        for rate in [float(x) for x in args.rate.split(",") if x.strip()]:
+            r = run_chat(
+                own.address, server, args.pairs, args.seconds, args.inflight, rate, args.procs
+            )
+            cpu = (
+                "n/a"
+                if r.server_cpu is None
+                else f"{r.server_cpu / max(1, r.acked_in_window) * 1e3:.3f}"
+            )
+            rows.append(
+                (
+                    f"paced {fmt(rate)}/s (load {os.getloadavg()[0]:.1f})",
+                    f"acked {fmt(r.acked_rate)}/s, p50/p99 {r.p50_ms:.1f}/{r.p99_ms:.1f} ms, "
+                    f"server {cpu} CPU-ms/msg, lost {r.acked - r.delivered}, dup {r.duplicates}",
+                )
+            )
+            rows += rows_of(server.window(), r.acked_in_window)
+    finally:
+        own.stop()
+    print_table("natter embedded: hops of the send path", rows)
+
+
+if __name__ == "__main__":
+    main()
