@@ -4,9 +4,10 @@ Each configuration is a whole local cluster (`scripts/cluster`'s launcher: etcd,
 two message_svc, channel_svc, presence_svc and N socket servers, every one its own process)
 driven by `bench.chat`'s client processes through the front door. CPU is every cluster
 process's (PostgreSQL's backends and etcd included) over the measured window, divided by
-the messages acknowledged in it. The paced run also reports where a message spends its time,
-hop by hop (`bench.hops`: every natter process's own histograms over the window). Then, with three socket servers, the one holding the most
-connected users is SIGKILLed, and the time until each of its users is connected to its new
+the messages acknowledged in it. The paced run also reports where a message spends its
+time, hop by hop (`bench.hops`: every natter process's own histograms over the window),
+and the CPU per message of each role. Then, with three socket servers, the one holding the
+most connected users is SIGKILLed, and the time until each of its users is connected to its new
 owner is measured (this is bounded by the lease TTL: the dead node stays on the ring until
 etcd expires its lease).
 """
