@@ -4,8 +4,10 @@ Each configuration is a whole local cluster (`scripts/cluster`'s launcher: etcd,
 two message_svc, channel_svc, presence_svc and N socket servers, every one its own process)
 driven by `bench.chat`'s client processes through the front door. CPU is every cluster
 process's (PostgreSQL's backends and etcd included) over the measured window, divided by
-the messages acknowledged in it. Then, with three socket servers, the one holding the most
-connected users is SIGKILLed, and the time until each of its users is connected to its new
+the messages acknowledged in it. The paced run also reports where a message spends its
+time, hop by hop (`bench.hops`: every natter process's own histograms over the window),
+and the CPU per message of each role. Then, with three socket servers, the one holding the
+most connected users is SIGKILLed, and the time until each of its users is connected to its new
 owner is measured (this is bounded by the lease TTL: the dead node stays on the ring until
 etcd expires its lease).
 """
@@ -23,7 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import echo
+from bench import echo, hops
 from bench.chat import ChatResult, run_chat
 from bench.common import (
     OWN_SERVER_ENV,
@@ -66,9 +68,34 @@ class ClusterCpu(BenchServer):
     def __init__(self, address: str, procs: Sequence[cluster_local.Proc]) -> None:
         super().__init__(address)
         self.procs = list(procs)
+        # The hop histograms and CPU by role at each `cpu()` call: `run_chat` reads CPU at
+        # the window's ends.
+        self.snapshots: list[hops.Snapshot] = []
+        self.by_role: list[dict[str, float]] = []
 
     def cpu(self) -> float | None:
-        return sum(tree_cpu(p.pid) for p in self.procs)
+        roles: dict[str, float] = {}
+        for p in self.procs:
+            roles[p.role] = roles.get(p.role, 0.0) + tree_cpu(p.pid)
+        self.by_role.append(roles)
+        self.snapshots.append(hops.scrape([p.metrics for p in self.procs if p.metrics]))
+        return sum(roles.values())
+
+    def roles(self, messages: int) -> str:
+        """CPU-ms per message of each role over the last measured window."""
+        if len(self.by_role) < 2:
+            return "n/a"
+        before, after = self.by_role[-2], self.by_role[-1]
+        per = max(1, messages)
+        return ", ".join(
+            f"{role} {(after[role] - before.get(role, 0.0)) / per * 1e3:.2f}" for role in after
+        )
+
+    def window(self) -> hops.Snapshot:
+        """The hop histograms of the last measured window."""
+        if len(self.snapshots) < 2:
+            return {}
+        return hops.between(self.snapshots[-2], self.snapshots[-1])
 
     def stop(self) -> None:
         """The cluster outlives one run; `measure` takes it down."""
@@ -78,34 +105,35 @@ def _front(procs: Sequence[cluster_local.Proc]) -> str:
     return next(p.public for p in procs if p.role == "message")
 
 
-def measure(sockets: int, args: argparse.Namespace, base: int) -> tuple[ChatResult, ChatResult]:
-    """Flat-out and paced chat against a fresh cluster with `sockets` socket servers."""
+def measure(
+    sockets: int, args: argparse.Namespace, base: int
+) -> tuple[ChatResult | None, ChatResult, hops.Snapshot, str]:
+    """Flat-out (unless `--paced-only`) and paced chat against a fresh cluster.
+
+    With the paced run's hop histograms and its CPU-ms per message by role."""
     with tempfile.TemporaryDirectory(prefix="natter-bench-cluster-") as tmp:
         folder = Path(tmp)
         procs = cluster_local.up(folder, base, sockets=sockets, env=OWN_SERVER_ENV)
         try:
             front = _front(procs)
-            flat = run_chat(
-                front,
-                ClusterCpu(front, procs),
-                args.pairs,
-                args.seconds,
-                args.inflight,
-                0.0,
-                args.procs,
-            )
+            flat = None
+            if not args.paced_only:
+                flat = run_chat(
+                    front,
+                    ClusterCpu(front, procs),
+                    args.pairs,
+                    args.seconds,
+                    args.inflight,
+                    0.0,
+                    args.procs,
+                )
+            cpu = ClusterCpu(front, procs)
             paced = run_chat(
-                front,
-                ClusterCpu(front, procs),
-                args.pairs,
-                args.seconds,
-                args.inflight,
-                args.rate,
-                args.procs,
+                front, cpu, args.pairs, args.seconds, args.inflight, args.rate, args.procs
             )
         finally:
             cluster_local.down(folder, wipe=True, quiet=True)
-    return flat, paced
+    return flat, paced, cpu.window(), cpu.roles(paced.acked_in_window)
 
 
 async def _reconnect(
@@ -206,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="the paced run's total msg/s, for latency below saturation (300)",
     )
     p.add_argument("--procs", type=int, default=2, help="client processes (default 2)")
+    p.add_argument(
+        "--paced-only", action="store_true", help="skip the flat-out run (latency and hops only)"
+    )
     p.add_argument("--users", type=int, default=60, help="connected users in the kill test")
     p.add_argument("--ttl", type=int, default=5, help="lease TTL in the kill test (default 5)")
     p.add_argument("--base-port", type=int, default=17100, help="cluster ports from here")
@@ -224,24 +255,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     ceiling_text = "n/a" if ceiling is None else f"echo {ceiling.shape}: {fmt(ceiling.rate)} rt/s"
     rows: list[tuple[str, str]] = []
     for n in [int(x) for x in args.sockets.split(",") if x.strip()]:
-        flat, paced = measure(n, args, args.base_port)
-        ratio = "n/a" if ceiling is None else f"{flat.acked_rate / ceiling.rate:.2f}"
-        rows.append((f"{n} socket server(s), flat out", _figures(flat, args.seconds)))
+        flat, paced, window, roles = measure(n, args, args.base_port)
+        params = (
+            f"{n} socket servers, 2 message, 1 channel, 1 presence, PostgreSQL; "
+            f"{args.pairs} pairs x {args.inflight}, {args.seconds:g} s"
+        )
+        if flat is not None:
+            ratio = "n/a" if ceiling is None else f"{flat.acked_rate / ceiling.rate:.2f}"
+            rows.append((f"{n} socket server(s), flat out", _figures(flat, args.seconds)))
+            if not args.no_record:
+                append_result(
+                    "cluster",
+                    params + ", flat out",
+                    _figures(flat, args.seconds),
+                    ceiling_text,
+                    ratio,
+                )
         rows.append(
             (f"{n} socket server(s), paced {fmt(args.rate)}/s", _figures(paced, args.seconds))
         )
+        rows.append(("  CPU-ms/msg by role", roles))
+        rows += hops.rows_of(window, paced.acked_in_window)
         if not args.no_record:
-            params = (
-                f"{n} socket servers, 2 message, 1 channel, 1 presence, PostgreSQL; "
-                f"{args.pairs} pairs x {args.inflight}, {args.seconds:g} s"
-            )
-            append_result(
-                "cluster", params + ", flat out", _figures(flat, args.seconds), ceiling_text, ratio
-            )
             append_result(
                 "cluster",
                 params + f", paced {fmt(args.rate)}/s",
-                _figures(paced, args.seconds),
+                _figures(paced, args.seconds)
+                + f"; CPU-ms/msg by role: {roles}; "
+                + hops.summary(window),
                 ceiling_text,
                 "n/a",
             )

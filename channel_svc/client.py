@@ -45,7 +45,7 @@ class ChannelClient:
         return out, unowned
 
     def _stub(self, channel: grpc.aio.Channel) -> cpb_grpc.ChannelInternalServiceAsyncStub:
-        return cpb_grpc.ChannelInternalServiceStub(channel)
+        return self.pool.stub(channel, cpb_grpc.ChannelInternalServiceStub)
 
     async def subscribe(self, node_id: str, thread_ids: Sequence[int]) -> None:
         by_owner, unowned = self._by_owner(thread_ids)

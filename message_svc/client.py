@@ -40,7 +40,7 @@ class MessageClient:
         self.addresses = addresses
 
     def _stub(self, channel: grpc.aio.Channel) -> mpb_grpc.MessageInternalServiceAsyncStub:
-        return mpb_grpc.MessageInternalServiceStub(channel)
+        return self.pool.stub(channel, mpb_grpc.MessageInternalServiceStub)
 
     async def authenticate(self, token: str) -> d.Principal:
         async def go(ch: grpc.aio.Channel) -> mpb.AuthenticateResponse:

@@ -31,7 +31,8 @@ class GroupCommitter(Generic[T, R]):
         self._flush = flush
         self._max = max_batch
         self._metrics = metrics
-        self._pending: deque[tuple[Sequence[T], asyncio.Future[list[R]]]] = deque()
+        # Each run with its future and when it was submitted.
+        self._pending: deque[tuple[Sequence[T], asyncio.Future[list[R]], float]] = deque()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.items = 0
@@ -45,7 +46,7 @@ class GroupCommitter(Generic[T, R]):
         if not items:
             return []
         fut: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
-        self._pending.append((items, fut))
+        self._pending.append((items, fut, time.perf_counter()))
         if self._task is None:
             self._task = asyncio.create_task(self._run())
         return await fut
@@ -53,31 +54,38 @@ class GroupCommitter(Generic[T, R]):
     async def _run(self) -> None:
         try:
             while self._pending:
-                batch: list[tuple[Sequence[T], asyncio.Future[list[R]]]] = []
+                batch: list[tuple[Sequence[T], asyncio.Future[list[R]], float]] = []
                 size = 0
                 while self._pending and (not batch or size + len(self._pending[0][0]) <= self._max):
                     run = self._pending.popleft()
                     batch.append(run)
                     size += len(run[0])
-                live = [(items, f) for items, f in batch if not f.cancelled()]
+                live = [(items, f, at) for items, f, at in batch if not f.cancelled()]
                 if not live:
                     continue
-                items_ = [i for items, _ in live for i in items]
+                items_ = [i for items, _, _ in live for i in items]
                 started = time.perf_counter()
                 try:
                     results = await self._flush(items_)
                 except BaseException as e:  # every waiter learns of the failure
-                    for _, f in live:
+                    for _, f, _ in live:
                         if not f.done():
                             f.set_exception(e)
                     if isinstance(e, asyncio.CancelledError):
                         raise
                     continue
                 self.batches += 1
+                took = time.perf_counter() - started
                 self._metrics.commit_batch.observe(len(items_))
-                self._metrics.commit_seconds.observe(time.perf_counter() - started)
+                self._metrics.commit_seconds.observe(took)
+                if self._metrics.enabled:
+                    queue, commit = self._metrics.hops["commit_queue"], self._metrics.hops["commit"]
+                    for items, _, submitted in live:
+                        for _ in items:
+                            queue.observe(started - submitted)
+                            commit.observe(took)
                 at = 0
-                for items, f in live:
+                for items, f, _ in live:
                     part = list(results[at : at + len(items)])
                     at += len(items)
                     self.items += len(items)

@@ -173,6 +173,7 @@ class Messaging:
         out: list[SendResult | NatterError | None] = [None] * len(reqs)
         todo: list[tuple[int, NewMessage]] = []
         now = datetime.now(UTC)
+        received = time.perf_counter()
         for i, req in enumerate(reqs):
             try:
                 thread_id = await self._target(who, req)
@@ -188,6 +189,11 @@ class Messaging:
                     break
                 continue
             todo.append((i, new))
+        hops = self.metrics.hops
+        if self.metrics.enabled and todo:
+            prepared = time.perf_counter() - received
+            for _ in todo:
+                hops["send_prepare"].observe(prepared)
         try:
             appended = await self.committer.submit_many([new for _, new in todo])
         except BaseException:
@@ -217,7 +223,12 @@ class Messaging:
             )
         # A retry is pushed again: the replica that stored the original may have died
         # before pushing it. Devices drop what they already have (by thread and seq).
+        pushing = time.perf_counter()
         await self.publish_many(stored, exclude_device_id=who.device_id)
+        if self.metrics.enabled and stored:
+            pushed = time.perf_counter() - pushing
+            for _ in stored:
+                hops["fanout"].observe(pushed)
         return [o for o in out if o is not None]
 
     async def _target(self, who: Principal, req: SendRequest) -> int:

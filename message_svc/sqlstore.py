@@ -102,6 +102,8 @@ PROBE_TIMEOUT = 3.0
 # A transaction left open by a process cut off from the server is rolled back by the server
 # after this long, so its row locks do not hold up the other replicas (milliseconds).
 IDLE_IN_TRANSACTION_MS = 5_000
+# A pooled connection idle this long is pinged before it is handed out (see _ping_when_idle).
+PING_IDLE_SECONDS = 1.0
 
 
 def _quiet(task: asyncio.Future[Any]) -> None:
@@ -151,6 +153,45 @@ def _errors() -> Iterator[None]:
         # the caller may try later, like an outage, and it is no bug of the server's.
         logger.warning("database busy: %s", e)
         raise Unavailable("database busy: no connection came free in time; try again") from e
+
+
+class PingCount:
+    """How many pooled connections were pinged before use, and how many of those were dead."""
+
+    def __init__(self) -> None:
+        self.pings = 0
+        self.dead = 0
+
+
+def _ping_when_idle(engine: AsyncEngine, idle: float, count: PingCount) -> None:
+    """Ping a pooled connection at checkout only when it sat idle `idle` seconds or more.
+
+    SQLAlchemy's `pool_pre_ping` pings at every checkout, and on asyncpg a ping is three
+    round trips (BEGIN, an empty statement, ROLLBACK): more than half of a one-row read's
+    and a third of a send's statements, on every transaction. A connection in steady use
+    is handed out as it is. One that broke while in use (the server restarted within the
+    last `idle` seconds) fails its transaction with UNAVAILABLE, which the caller retries
+    (a send carries its client_msg_id), and the pool drops it; one that sat idle, the
+    case pre-ping is for, is still pinged and replaced at once when dead.
+    """
+    sync = engine.sync_engine
+
+    @event.listens_for(sync, "checkin")
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(sync, "checkout")
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < idle:
+            return  # fresh from connect, or in steady use
+        count.pings += 1
+        try:
+            sync.dialect.do_ping(dbapi_connection)
+        except Exception as e:
+            count.dead += 1
+            # The pool discards this connection and checks out another (a fresh one if need be).
+            raise exc.DisconnectionError(f"pooled connection is dead: {type(e).__name__}") from e
 
 
 def _server_limits(url: sa.URL) -> dict[str, Any]:
@@ -501,6 +542,8 @@ class SqlStore:
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._unreachable_since: float | None = None
         self._probe: asyncio.Task[None] | None = None
+        self.ping_idle_seconds = PING_IDLE_SECONDS
+        self.pinged = PingCount()
         # SQLite search: how it picks its plan (see _search_per_thread).
         self.per_thread_matches = PER_THREAD_MATCHES
 
@@ -516,12 +559,16 @@ class SqlStore:
             kwargs.update(
                 pool_size=self._pool_size,
                 max_overflow=10,
-                pool_pre_ping=True,
                 pool_timeout=self._pool_timeout,
+                # Last in, first out: under light load a few connections stay in use (and
+                # need no ping) while the rest idle, instead of every one going idle in turn.
+                pool_use_lifo=True,
                 connect_args=_server_limits(self.url),
             )
         # Statements' parameters (message text, token hashes) never appear in errors or logs.
         self.engine = create_async_engine(self.url, hide_parameters=True, **kwargs)
+        if not self.sqlite:
+            _ping_when_idle(self.engine, self.ping_idle_seconds, self.pinged)
         if self.sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         if self.sqlite and self.url.database not in (None, "", ":memory:"):

@@ -29,6 +29,18 @@ GaugeFamily = GaugeMetricFamily
 
 # Latencies from a millisecond to half a minute.
 LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# One hop of the send path: from a fifth of a millisecond (a queue that is not waited in).
+HOPS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+# The hops `hop_seconds` times, in the order a message passes them (docs/architecture.md).
+HOP_NAMES = (
+    "edge_queue",
+    "send_call",
+    "send_prepare",
+    "commit_queue",
+    "commit",
+    "fanout",
+    "push_queue",
+)
 # Counts of things per operation: messages per commit, servers or devices per group event.
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
@@ -109,6 +121,21 @@ class Metrics:
             "stream (server side; replays are not counted)",
             buckets=LATENCY,
         )
+        self.hop_seconds = make(
+            Histogram,
+            "natter_hop_seconds",
+            "Time one message spends in each hop of the send path, in the process that "
+            "holds it: edge_queue (Send frame read to handed to message_svc, behind the "
+            "device's run in flight), send_call (the whole call to message_svc, as the socket "
+            "server sees it), send_prepare (message_svc: call received to joining the group "
+            "commit), commit_queue (waiting for the transaction before), commit (its own "
+            "transaction), fanout (the push to the socket servers, their answer included), "
+            "push_queue (a socket server: delivery received to written to the device's stream)",
+            ("hop",),
+            buckets=HOPS,
+        )
+        # Bound once: a labels() lookup per message would cost more than the observation.
+        self.hops: dict[str, Any] = {name: self.hop_seconds.labels(name) for name in HOP_NAMES}
         self.group_fanout_devices = make(
             Histogram,
             "natter_group_fanout_devices",

@@ -26,7 +26,7 @@ class SocketClient:
         request = ipb.DeliverRequest(deliveries=[convert.delivery(x) for x in deliveries])
         await self.pool.call_one(
             self.address,
-            lambda ch: ipb_grpc.SocketInternalServiceStub(ch).Deliver(
+            lambda ch: self.pool.stub(ch, ipb_grpc.SocketInternalServiceStub).Deliver(
                 request, metadata=self.pool.metadata, timeout=self.pool.deadline
             ),
         )

@@ -137,8 +137,17 @@ class Sends:
             while self._waiting:
                 run = [self._waiting.popleft() for _ in range(min(MAX_BATCH, len(self._waiting)))]
                 self._room.set()
+                handed = time.perf_counter()
                 outcomes = await self._hand_over([send for _, send in run])
                 self.runs += 1
+                if self._arrived:
+                    answered = time.perf_counter()
+                    queue, call = self._metrics.hops["edge_queue"], self._metrics.hops["send_call"]
+                    for number, _ in run:
+                        at = self._arrived.get(number)
+                        if at is not None:
+                            queue.observe(handed - at)
+                            call.observe(answered - handed)
                 for (number, send), outcome in zip(run, outcomes, strict=True):
                     arrived = self._arrived.pop(number, None)
                     if isinstance(outcome, d.SendResult):

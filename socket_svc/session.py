@@ -177,8 +177,10 @@ class Session:
         # Pushed messages from others not acked yet: per thread, (seq, when pushed).
         self._unacked: dict[int, deque[tuple[int, float]]] = {}
         self._unacked_count = 0
-        # Commit times of the live messages in `_out`, for the deliver latency.
-        self._fresh: list[datetime] = []
+        # Commit times of the live messages in `_out` and when each was queued here, for the
+        # deliver latency and the push_queue hop; `_queued_at`: messages in `queue`, in order.
+        self._fresh: list[tuple[datetime, float]] = []
+        self._queued_at: deque[float] | None = None
 
     @property
     def sends(self) -> Sends:
@@ -213,6 +215,10 @@ class Session:
             self.close(ResourceExhausted("device too slow; reconnect to resync", "DEVICE_TOO_SLOW"))
             return
         self.queue.put_nowait(item)
+        if self.metrics.enabled and isinstance(item, d.Message):
+            if self._queued_at is None:
+                self._queued_at = deque()
+            self._queued_at.append(time.perf_counter())
 
     def close(self, error: NatterError | None = None) -> None:
         """End the session after what is queued; with an error, the device is told why."""
@@ -286,9 +292,12 @@ class Session:
                 await self.transport.send(spb.ServerFrame(batch=spb.ServerBatch(frames=chunk)))
         if self._fresh:
             fresh, self._fresh = self._fresh, []
-            now = time.time()
-            for committed in fresh:
+            now, written = time.time(), time.perf_counter()
+            push_queue = self.metrics.hops["push_queue"]
+            for committed, queued in fresh:
                 self.metrics.deliver_seconds.observe(max(0.0, now - committed.timestamp()))
+                if queued:
+                    push_queue.observe(written - queued)
 
     async def _sync(self, hello: spb.Hello) -> None:
         given = [convert.cursor_of(c) for c in hello.cursors]
@@ -344,6 +353,7 @@ class Session:
         elif isinstance(item, _Own):
             await self._advance(item.thread_id, item.seq, item.frame, own=True)
         elif isinstance(item, d.Message):
+            queued = self._queued_at.popleft() if self._queued_at else 0.0
             if (
                 await self._advance(
                     item.thread_id,
@@ -353,7 +363,7 @@ class Session:
                 )
                 and self.metrics.enabled
             ):
-                self._fresh.append(item.create_time)
+                self._fresh.append((item.create_time, queued))
         elif isinstance(item, d.Receipt):
             self._emit(spb.ServerFrame(receipt=convert.receipt(item)))
         elif isinstance(item, d.Presence):

@@ -13,9 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.canary import Canary
 from app.embedded import EmbeddedServer
+from bench import hops
 from devtools.ports import free_port
 from natter.errors import NotFound
-from natter.metrics import Metrics
+from natter.metrics import HOP_NAMES, Metrics
 from natter.sdk import Connection
 from natter.settings import Settings
 from natter.v1 import admin_service_pb2 as adpb
@@ -113,6 +114,33 @@ async def test_metrics_report_the_delivery_health_of_the_server(
     assert value(m, "natter_logins_total", outcome="ok") >= 3
     raw.cancel()
     await slow.close()
+
+
+async def test_every_hop_of_the_send_path_is_timed_once_per_message(
+    user: UserFactory, connect: ConnFactory, server: EmbeddedServer, http: aiohttp.ClientSession
+) -> None:
+    alice, bob = await user("alice"), await user("bob")
+    ca, cb = await connect(alice), await connect(bob)
+    before = await scrape(http, server.http_port)
+    assert not any(n == "natter_hop_seconds_count" and v for (n, _), v in before.items())
+    for i in range(5):
+        await ca.send(f"hop {i}", recipient="bob")
+    await collect(cb, 5)
+
+    async def counted() -> bool:
+        m = await scrape(http, server.http_port)
+        return all(value(m, "natter_hop_seconds_count", hop=h) == 5 for h in HOP_NAMES)
+
+    await eventually(counted, message="every hop observed once for each of the 5 messages")
+    async with http.get(f"http://127.0.0.1:{server.http_port}/metrics") as res:
+        window = hops.parse(await res.text())
+    whole = window["send->ack (socket edge)"]
+    assert whole.count == 5
+    # The hops inside one send add up to no more than its send->ack time at the edge.
+    inside = ("edge_queue", "send_call")
+    assert sum(window[h].total for h in inside) <= whole.total * 1.01 + 1e-3
+    for h in HOP_NAMES:
+        assert 0 <= window[h].quantile(0.5) <= window[h].quantile(0.99) <= 5.0
 
 
 async def test_metrics_need_a_token_when_one_is_set_and_a_private_address_otherwise(
