@@ -106,6 +106,7 @@ class Session:
         "_on_ack",
         "_on_state",
         "_out",
+        "_queued_at",
         "_sends",
         "_typing",
         "_unacked",

@@ -81,6 +81,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        "server_stores: checks what only a database server has (PostgreSQL and MariaDB, "
+        "whatever --stores says)",
+    )
+    config.addinivalue_line(
+        "markers",
         "above_the_store: checks a layer above the store's API; runs on the first --stores only",
     )
     config.addinivalue_line(
@@ -96,6 +101,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     engines = [e.strip() for e in metafunc.config.getoption("stores").split(",") if e.strip()]
     if metafunc.definition.get_closest_marker("all_stores"):
         engines = list(ENGINES)
+    if metafunc.definition.get_closest_marker("server_stores"):
+        engines = [e for e in ENGINES if e != "sqlite"]
     if metafunc.definition.get_closest_marker("sqlite_only"):
         engines = ["sqlite"]
     elif metafunc.definition.get_closest_marker("above_the_store"):
