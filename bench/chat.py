@@ -49,6 +49,18 @@ class ProcResult:
     latencies: array[int] = field(default_factory=lambda: array("q"))
     errors: list[str] = field(default_factory=list)
 
+    def received(self, msg_id: str, text: str, now: int, end_ns: int, seen: set[str]) -> bool:
+        """Count one pushed message at `now` (ns); False for a duplicate, which is not delivered."""
+        if msg_id in seen:
+            self.duplicates += 1
+            return False
+        seen.add(msg_id)
+        self.delivered += 1
+        if now <= end_ns:
+            self.delivered_in_window += 1
+        self.latencies.append(now - int(text[:STAMP_DIGITS]))
+        return True
+
 
 def _text(stamp_ns: int) -> str:
     head = f"{stamp_ns:0{STAMP_DIGITS}d} "
@@ -141,15 +153,8 @@ async def _client(
             ev = await conn.events.get()
             if not isinstance(ev, d.Message) or not ev.text[:STAMP_DIGITS].isdigit():
                 continue
-            now = time.monotonic_ns()
-            if ev.msg_id in seen:
-                res.duplicates += 1
+            if not res.received(ev.msg_id, ev.text, time.monotonic_ns(), end_ns, seen):
                 continue
-            seen.add(ev.msg_id)
-            res.delivered += 1
-            if now <= end_ns:
-                res.delivered_in_window += 1
-            res.latencies.append(now - int(ev.text[:STAMP_DIGITS]))
             if not sending and res.delivered >= res.acked:
                 all_in.set()
 

@@ -200,14 +200,8 @@ async def run_pairs(
                 if f.WhichOneof("payload") != "message":
                     continue
                 m = f.message
-                if m.msg_id in seen:
-                    res.duplicates += 1
+                if not res.received(m.msg_id, m.text, now, end_ns, seen):
                     continue
-                seen.add(m.msg_id)
-                res.delivered += 1
-                if now <= end_ns:
-                    res.delivered_in_window += 1
-                res.latencies.append(now - int(m.text[:STAMP_DIGITS]))
                 top[m.thread_id] = max(m.seq, top.get(m.thread_id, 0))
             if top:  # one ack per incoming stream message
                 ack = spb.ClientFrame(
