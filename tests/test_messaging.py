@@ -10,6 +10,7 @@ from natter import domain as d
 from natter.errors import InvalidArgument, NotFound, PermissionDenied
 from natter.sdk import Client
 from natter.settings import Settings
+from natter.v1 import socket_service_pb2 as spb
 from tests.conftest import PASSWORD, ConnFactory, UserFactory
 from tests.helpers import collect, eventually
 
@@ -180,7 +181,6 @@ async def test_bad_sends_get_clear_errors(
 async def test_invalid_utf8_and_malformed_frames_keep_the_stream(
     user: UserFactory, server: EmbeddedServer
 ) -> None:
-    from natter.v1 import socket_service_pb2 as spb
 
     alice = await user("alice")
     await user("bob")
@@ -212,42 +212,43 @@ async def test_invalid_utf8_and_malformed_frames_keep_the_stream(
     call.cancel()
 
 
+async def _refused(
+    call: grpc.aio.StreamStreamCall[spb.ClientFrame, spb.ServerFrame], *frames: spb.ClientFrame
+) -> grpc.aio.AioRpcError:
+    """Write frames and read until the server ends the stream with an error.
+
+    The server may refuse a stream on its metadata before it reads a frame,
+    so the error can surface on a write as well as on the read."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        for frame in frames:
+            await call.write(frame)
+        async for _ in call:
+            pass
+    return info.value
+
+
 async def test_oversized_frame_is_refused(user: UserFactory, server: EmbeddedServer) -> None:
-    from natter.v1 import socket_service_pb2 as spb
     from natter.v1 import socket_service_pb2_grpc as spb_grpc
 
     alice = await user("alice")
     stub = spb_grpc.SocketServiceStub(alice.channel)
     call = stub.Connect(metadata=alice.metadata())
-    await call.write(spb.ClientFrame(hello=spb.Hello()))
-    await call.write(
-        spb.ClientFrame(send=spb.Send(client_msg_id="big", recipient="alice", text="x" * 300_000))
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        async for _ in call:
-            pass
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    big = spb.ClientFrame(send=spb.Send(client_msg_id="big", recipient="alice", text="x" * 300_000))
+    info = await _refused(call, spb.ClientFrame(hello=spb.Hello()), big)
+    assert info.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     # The server keeps serving everyone else.
     assert len(await alice.devices()) == 1
 
 
 async def test_stream_requires_a_valid_token(user: UserFactory, server: EmbeddedServer) -> None:
-    from natter.v1 import socket_service_pb2 as spb
     from natter.v1 import socket_service_pb2_grpc as spb_grpc
 
     alice = await user("alice")
     stub = spb_grpc.SocketServiceStub(alice.channel)
     for metadata in ((), (("authorization", "Bearer nope"),), (("authorization", "Basic x"),)):
-        call = stub.Connect(metadata=metadata)
-        await call.write(spb.ClientFrame(hello=spb.Hello()))
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for _ in call:
-                pass
-        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        info = await _refused(stub.Connect(metadata=metadata), spb.ClientFrame(hello=spb.Hello()))
+        assert info.code() == grpc.StatusCode.UNAUTHENTICATED
     call = stub.Connect(metadata=alice.metadata())
-    await call.write(spb.ClientFrame(heartbeat=spb.Heartbeat()))
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        async for _ in call:
-            pass
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "hello" in (info.value.details() or "")
+    info = await _refused(call, spb.ClientFrame(heartbeat=spb.Heartbeat()))
+    assert info.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "hello" in (info.details() or "")
