@@ -8,6 +8,7 @@ instrumentation can be measured by turning it off (`metrics_enabled`).
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -208,6 +209,43 @@ class Metrics:
             Gauge,
             "natter_canary_last_success_timestamp_seconds",
             "Unix time of the delivery canary's last successful probe",
+        )
+
+    def watch_collector(self) -> None:
+        """Time every pass of Python's cyclic garbage collector in this process.
+
+        A pass stops the whole process (event loop and threads alike) for as long as it
+        walks the generation it collects, so a slow one shows in every latency at once.
+        Process-wide: call it once per process, for the metrics the process exposes.
+        """
+        if not self.enabled:
+            return
+        pauses = Histogram(
+            "natter_gc_pause_seconds",
+            "Time the process stood still in one pass of Python's cyclic garbage collector, "
+            "by the oldest generation the pass collected (2 is a full collection)",
+            ("generation",),
+            registry=self.registry,
+            buckets=HOPS,
+        )
+        by_generation = [pauses.labels(str(g)) for g in range(3)]
+        started = [0.0]
+
+        def timed(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                by_generation[info["generation"]].observe(time.perf_counter() - started[0])
+
+        gc.callbacks.append(timed)
+        self.gauges(
+            lambda: [
+                gauge(
+                    "natter_gc_frozen_objects",
+                    "Objects built at start-up and moved out of the collector's reach",
+                    gc.get_freeze_count(),
+                )
+            ]
         )
 
     def gauges(self, source: Callable[[], Iterable[GaugeMetricFamily]]) -> None:

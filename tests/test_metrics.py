@@ -246,3 +246,24 @@ async def test_the_grafana_dashboard_names_only_metrics_the_server_exports(
         text = await res.text()
     families = {base(f.name) for f in text_string_to_metric_families(text)}
     assert named and named <= families, named - families
+
+
+async def test_natter_serve_freezes_its_start_up_heap_and_times_collector_pauses(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    from tests.procs import natter_server
+
+    async with natter_server(tmp_path / "data") as srv:
+
+        async def settled() -> Samples | None:
+            samples = await scrape(http, srv.http_port)
+            frozen = samples.get(("natter_gc_frozen_objects", ()), 0.0)
+            return samples if frozen > 0 else None
+
+        await eventually(settled, message="natter serve froze nothing")
+        samples = await scrape(http, srv.http_port)
+    # Start-up builds far more than a handful of objects: modules, descriptors, pools.
+    assert value(samples, "natter_gc_frozen_objects") > 10_000
+    # The one full collection before the freeze is timed, like every pass after it.
+    assert value(samples, "natter_gc_pause_seconds_count", generation="2") >= 1
+    assert value(samples, "natter_gc_pause_seconds_count", generation="0") >= 1
