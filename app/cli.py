@@ -1183,6 +1183,35 @@ async def cmd_backup(app: App) -> None:
     )
 
 
+async def cmd_move_to_log(app: App) -> None:
+    from message_svc.mongolog import MongoMessageLog
+    from message_svc.movelog import move_to_log
+    from message_svc.sqlstore import SqlStore
+
+    a = app.args
+    overrides = {"data_dir": a.data, "database_url": a.database_url}
+    cfg = settings_mod.load(overrides, app.env, Path(a.config) if a.config else None)
+    store, log = SqlStore(cfg.db_url), MongoMessageLog(a.message_log)
+    await store.open()
+    try:
+        await log.open()
+        moved = await move_to_log(store, log)
+    finally:
+        await log.close()
+        await store.close()
+    app.out.emit(
+        {
+            "type": "moved",
+            "threads": moved.threads,
+            "entries": moved.entries,
+            "gaps": moved.gaps,
+            "stripped": moved.stripped,
+        },
+        f"moved {moved.entries} entries of {moved.threads} threads into the message log "
+        f"({moved.gaps} pruned seqs filled); serve with --message-log {a.message_log}",
+    )
+
+
 # -- parser --------------------------------------------------------------------------------
 
 
@@ -1316,6 +1345,22 @@ def parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE", help="TOML settings file (env NATTER_CONFIG; default: none)"
     )
     b.set_defaults(fn=cmd_backup)
+
+    mv = command(
+        "move-to-log",
+        "copy the database's messages into an empty MongoDB message log (server stopped)",
+    )
+    mv.add_argument(
+        "--message-log", required=True, metavar="URL", help="mongodb://… of the new log"
+    )
+    mv.add_argument("--data", metavar="DIR", help="data folder (default: ./natter-data)")
+    mv.add_argument(
+        "--database-url", metavar="URL", help="the SQL database (default: the data folder's)"
+    )
+    mv.add_argument(
+        "--config", metavar="FILE", help="TOML settings file (env NATTER_CONFIG; default: none)"
+    )
+    mv.set_defaults(fn=cmd_move_to_log)
 
     r = command("register", "create an account (password: NATTER_PASSWORD, else a prompt)")
     r.add_argument("user", metavar="USER", help="username: 3-32 of a-z, 0-9, '.', '_', '-'")

@@ -115,6 +115,61 @@ def _doc(e: LogEntry, seq: int, now: datetime) -> Doc:
     }
 
 
+def stored_doc(m: Message, payload: str | None) -> Doc:
+    """The log's entry for a message an SQL store already holds (`natter move-to-log`).
+
+    Its id, time and body are the stored row's; it queues no push and carries no group
+    change (the SQL side applied both when the message was sent).
+    """
+    return {
+        "_id": entry_id(m.thread_id, m.seq),
+        "t": m.thread_id,
+        "s": m.seq,
+        "m": m.msg_id,
+        "u": m.sender.user_id,
+        "un": m.sender.username,
+        "dn": m.sender.display_name,
+        "d": m.sender_device_id,
+        "c": m.client_msg_id,
+        "k": m.kind.value,
+        "x": m.emoji if m.kind is MessageKind.REACTION else m.text,
+        "y": _system_doc(m.system),
+        "g": m.target_seq,
+        "p": payload,
+        "n": False,
+        "mc": [],
+        "gt": None,
+        "ts": m.create_time.replace(microsecond=m.create_time.microsecond // 1000 * 1000),
+    }
+
+
+def gap_doc(thread_id: int, seq: int) -> Doc:
+    """An entry standing for a seq whose SQL row was pruned: the log's seqs have no gap.
+
+    Reads skip it, as they skip every entry without an SQL row.
+    """
+    return {
+        "_id": entry_id(thread_id, seq),
+        "t": thread_id,
+        "s": seq,
+        "m": "",
+        "u": 0,
+        "un": "",
+        "dn": "",
+        "d": 0,
+        "c": f"pruned:{thread_id}:{seq}",
+        "k": MessageKind.SYSTEM.value,
+        "x": "",
+        "y": None,
+        "g": 0,
+        "p": None,
+        "n": False,
+        "mc": [],
+        "gt": None,
+        "ts": _now(),
+    }
+
+
 def _change_doc(ch: MemberChange) -> Doc:
     role = ch.role.value if ch.role is not None else None
     return {"u": ch.user_id, "r": role, "j": ch.join, "l": ch.leave, "f": ch.full_history}

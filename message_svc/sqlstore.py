@@ -1853,6 +1853,41 @@ class SqlStore:
             )
             return int(res.rowcount or 0)
 
+    # -- moving to a message log (natter move-to-log) --------------------------------------
+
+    async def thread_last_seqs(self) -> dict[int, int]:
+        """Every thread's last seq."""
+        th = t.threads
+        async with self._read() as conn:
+            rows = await conn.execute(sa.select(th.c.id, th.c.last_seq))
+            return {int(tid): int(last) for tid, last in rows}
+
+    async def stored_entries(
+        self, thread_id: int, after_seq: int, limit: int
+    ) -> list[tuple[Message, str | None]]:
+        """A thread's rows after a seq, oldest first, as stored: each message and its payload."""
+        msg = t.messages
+        q = (
+            _message_select()
+            .add_columns(msg.c.payload.label("raw_payload"))
+            .where(msg.c.thread_id == thread_id, msg.c.seq > after_seq)
+            .order_by(msg.c.seq)
+            .limit(limit)
+        )
+        async with self._read() as conn:
+            return [(_message(r), r.raw_payload) for r in await conn.execute(q)]
+
+    async def strip_bodies(self, thread_id: int) -> int:
+        """Empty a thread's texts, system events and payloads: the log holds them now."""
+        msg = t.messages
+        has_body = sa.or_(msg.c.text != "", msg.c.system.is_not(None), msg.c.payload.is_not(None))
+        stmt = (
+            msg.update()
+            .where(msg.c.thread_id == thread_id, has_body)
+            .values(text="", system=None, payload=None)
+        )
+        return await self._write(lambda conn: int(conn.execute(stmt).rowcount or 0))
+
     async def list_messages(
         self,
         thread_id: int,
