@@ -241,6 +241,8 @@ class Hub:
         await self._flush_one(session)
 
     async def _join(self, user_id: int, groups: Sequence[int]) -> None:
+        if not groups:  # no empty set kept per user: most idle devices' users are in no group
+            return
         mine = self.groups_of.setdefault(user_id, set())
         loading = self._loading.get(user_id)
         fresh = []
