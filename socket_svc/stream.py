@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -340,6 +341,11 @@ async def _settle(task: asyncio.Task[Any]) -> None:
     await asyncio.wait({task})
 
 
+def _release(waiter: asyncio.Future[None], _: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 async def serve(
     hub: Hub,
     api: MessageApi,
@@ -357,8 +363,13 @@ async def serve(
     """
     stream = DeviceStream(hub, api, settings, transport, token, address, kind)
     task = asyncio.create_task(stream.run())
+    # asyncio.shield, in a future and one callback (shield's two closures and its outer
+    # future are most of a kilobyte, held by every open stream for its whole life).
+    ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task.add_done_callback(functools.partial(_release, ended))
     try:
-        return await asyncio.shield(task)
+        await ended
+        return task.result()
     except asyncio.CancelledError:
         stream.hang_up()
         await asyncio.wait({task})
