@@ -83,6 +83,24 @@ class End:
 class DeviceStream:
     """One device's stream from its first frame to its end, over any transport."""
 
+    __slots__ = (
+        "_gone",
+        "_hello_wait",
+        "_interrupted",
+        "_reader",
+        "_receiving",
+        "_refused",
+        "_stopping",
+        "address",
+        "api",
+        "hub",
+        "kind",
+        "session",
+        "settings",
+        "token",
+        "transport",
+    )
+
     def __init__(
         self,
         hub: Hub,
