@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from app import malloc
 from app.profiles import Profile, ProfileStore
 from natter import __version__, convert, tls
 from natter import domain as d
@@ -1742,7 +1743,9 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     check_args(args)
     env = dict(os.environ)
-    if args.command != "serve":
+    if args.command == "serve":
+        malloc.limit_arenas(env)  # before the server's threads start: see app/malloc.py
+    else:
         logging.basicConfig(level=logging.WARNING, format="natter: %(message)s")
     fn: Callable[[App], Awaitable[None]] = args.fn
     try:

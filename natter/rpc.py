@@ -256,6 +256,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         self.addresses = addresses or ClientAddresses()
         self.trust_request_id = trust_request_id
+        # The wrapped handler of each method, made once: a stream holds its handler for its
+        # whole life, and tens of thousands of idle streams each held their own closures.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     def _begin(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         metadata = context.invocation_metadata()
@@ -275,6 +278,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         deser = handler.request_deserializer
 
         def begin(context: grpc.aio.ServicerContext[Any, Any]) -> None:

@@ -80,10 +80,17 @@ class Tracker:
             before.setdefault(user_id, self.online(user_id))
             key = (user_id, device_id)
             if connected:
-                if key not in self._devices:
+                device = self._devices.get(key)
+                if device is None:
                     self._count[user_id] = self._count.get(user_id, 0) + 1
-                self._devices[key] = _Device(node_id, now, device_id in foreground)
-                self._devices.move_to_end(key)
+                    self._devices[key] = _Device(node_id, now, device_id in foreground)
+                else:
+                    # Updated in place: a socket server's report names every device it
+                    # holds, and a new object per device per report was garbage for the GC.
+                    device.node_id = node_id
+                    device.beat = now
+                    device.foreground = device_id in foreground
+                    self._devices.move_to_end(key)
                 self._seen[user_id] = wall
             else:
                 device = self._devices.get(key)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Protocol
 
 from natter import domain as d
@@ -118,7 +118,8 @@ class Hub:
         # Set on a connect or disconnect: reported within PRESENCE_QUICK, not a whole interval.
         self._presence_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._user_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # A lock per user while someone holds or waits for it: (lock, holders and waiters).
+        self._user_locks: dict[int, tuple[asyncio.Lock, list[int]]] = {}
         self.deliveries = 0
         # Where a user's devices belong when that is another server (None: here). Set by a
         # cluster's socket role from its ring; a ring of one serves everyone.
@@ -212,7 +213,7 @@ class Hub:
 
     async def _index(self, user_id: int) -> None:
         """Load a user's groups once per stay; every device waits, so none syncs unsubscribed."""
-        async with self._user_locks[user_id]:
+        async with self._user_lock(user_id):
             if user_id in self._indexed or user_id not in self.by_user:
                 return
             self._loading[user_id] = set()
@@ -222,6 +223,26 @@ class Hub:
                 left = self._loading.pop(user_id)
             await self._join(user_id, [g for g in groups if g not in left])
             self._indexed.add(user_id)
+
+    @contextlib.asynccontextmanager
+    async def _user_lock(self, user_id: int) -> AsyncIterator[None]:
+        """One user's connect or disconnect bookkeeping at a time.
+
+        The lock is forgotten once nobody holds or waits for it: one kept for every user
+        ever connected would grow without end.
+        """
+        entry = self._user_locks.get(user_id)
+        if entry is None:
+            entry = self._user_locks[user_id] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0] and self._user_locks.get(user_id) is entry:
+                del self._user_locks[user_id]
 
     async def detach(self, session: Session) -> None:
         if self.by_device.get(session.device_id) is session:
@@ -233,7 +254,7 @@ class Hub:
             sessions.discard(session)
             if not sessions:
                 del self.by_user[session.user_id]
-                async with self._user_locks[session.user_id]:
+                async with self._user_lock(session.user_id):
                     if session.user_id not in self.by_user:
                         self._indexed.discard(session.user_id)
                         groups = self.groups_of.pop(session.user_id, set())
@@ -241,6 +262,8 @@ class Hub:
         await self._flush_one(session)
 
     async def _join(self, user_id: int, groups: Sequence[int]) -> None:
+        if not groups:  # no empty set kept per user: most idle devices' users are in no group
+            return
         mine = self.groups_of.setdefault(user_id, set())
         loading = self._loading.get(user_id)
         fresh = []

@@ -27,6 +27,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class _GrpcTransport:
     """The Connect stream as a stream.Transport: frames in and out, nothing more."""
 
+    __slots__ = ("context",)
+
     def __init__(self, context: Context) -> None:
         self.context = context
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -81,9 +82,21 @@ class TokenBucket:
         return False
 
 
+def _nothing() -> None:
+    """A session's callbacks until someone sets them (one function, not one per session)."""
+
+
+def _ignore(_: Session) -> None:
+    """See `_nothing`."""
+
+
 def heartbeat_seconds(settings: Settings) -> int:
     """Welcome's whole-second interval: rounded up, never 0 (0 tells the device "default")."""
     return max(1, math.ceil(settings.heartbeat_interval_seconds))
+
+
+# One frame for every heartbeat's answer (never changed: shared by all sessions).
+HEARTBEAT_ACK = spb.ServerFrame(heartbeat_ack=spb.HeartbeatAck())
 
 
 def error_frame(error: BaseException, client_msg_id: str = "") -> spb.ServerFrame:
@@ -91,16 +104,21 @@ def error_frame(error: BaseException, client_msg_id: str = "") -> spb.ServerFram
 
 
 class Session:
-    """Frames in through `on_frame`; frames out through the transport, one writer task.
+    """Frames in through `on_frame`; frames out through the transport, one writer at a time.
 
     Slotted, with a light queue and flags: an idle device is mostly this object, and a
     socket server holds tens of thousands of them (see docs/benchmarks.md, bench.idle).
+    The writer is a task only while there is something to write: `run` syncs and writes
+    what queued meanwhile, and later an enqueue starts a writer that ends once the queue
+    is empty. A heartbeat is answered by the reader itself when no writer runs, so an idle
+    device costs no task of its own and a heartbeat no task switch.
     """
 
     __slots__ = (
         "_catch_up_queued",
         "_frames",
         "_fresh",
+        "_inline",
         "_last_limit_error",
         "_member_of",
         "_on_ack",
@@ -111,6 +129,8 @@ class Session:
         "_typing",
         "_unacked",
         "_unacked_count",
+        "_when_done",
+        "_writer",
         "ack_dirty",
         "acked",
         "api",
@@ -118,6 +138,7 @@ class Session:
         "closed",
         "device_id",
         "done",
+        "failure",
         "foreground",
         "last_frame",
         "log_pushed",
@@ -156,12 +177,19 @@ class Session:
         self.skip_unknown = False
         self.acked: dict[int, int] = {}
         # Threads message_svc confirmed the user is or was in (acks before sync named them).
-        self._member_of: set[int] = set()
+        self._member_of: set[int] | None = None  # made on the first such ack (216 B empty)
         self.ack_dirty: dict[int, int] = {}
         self.last_frame = time.monotonic()
         self.closed: _Close | None = None
         self.done = Flag()
         self.synced = Flag()
+        # What ended the writer, when it failed rather than closed.
+        self.failure: BaseException | None = None
+        self._when_done: Callable[[], None] = _nothing
+        # The running writer (the sync, then one per burst of queued items), if any; and
+        # whether the reader is writing a heartbeat's answer itself.
+        self._writer: asyncio.Task[None] | None = None
+        self._inline = False
         self._frames = TokenBucket(settings.frames_per_second, settings.frame_burst)
         self._typing = TokenBucket(settings.typing_per_second, settings.typing_burst)
         self._last_limit_error = 0.0
@@ -174,7 +202,7 @@ class Session:
         # The app says it is in front of the person (Hello, then ClientState): with a live
         # stream that makes the device active, and active devices get no push notifications.
         self.foreground = False
-        self._on_state: Callable[[Session], None] = lambda _: None
+        self._on_state: Callable[[Session], None] = _ignore
         # Pushed messages from others not acked yet: per thread, (seq, when pushed).
         self._unacked: dict[int, deque[tuple[int, float]]] = {}
         self._unacked_count = 0
@@ -220,12 +248,14 @@ class Session:
             if self._queued_at is None:
                 self._queued_at = deque()
             self._queued_at.append(time.perf_counter())
+        self._wake()
 
     def close(self, error: NatterError | None = None) -> None:
         """End the session after what is queued; with an error, the device is told why."""
         if self.closed is None:
             self.closed = _Close(error)
             self.queue.put_nowait(self.closed)
+            self._wake()
 
     def watch_state(self, changed: Callable[[Session], None]) -> None:
         """Call `changed` whenever the app moves between foreground and background."""
@@ -236,25 +266,97 @@ class Session:
             self.foreground = foreground
             self._on_state(self)
 
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the session is over (closed and written, or failed)."""
+        self._when_done = callback
+
+    def start(self, hello: spb.Hello) -> None:
+        """The first writer: replay what the device missed, SyncDone, then what queued."""
+        self._writer = asyncio.create_task(self.run(hello))
+
+    async def stop(self) -> None:
+        """Cancel a writer still running (the close grace ran out) and wait until it ends."""
+        writer = self._writer
+        if writer is not None:
+            if not writer.done():
+                writer.cancel()
+            await asyncio.wait({writer})
+
     async def run(self, hello: spb.Hello) -> None:
-        """Replay what the device missed, mark SyncDone, then push live events until closed."""
+        """Replay what the device missed, mark SyncDone, then push what queued meanwhile."""
         self.batches = hello.accept_batches
         try:
             await self._sync(hello)
             self.synced.set()
-            while True:
-                items = [await self.queue.get()]
+        except BaseException as e:
+            self._writer = None
+            self._finish(e)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return  # the stream reads `failure`: nothing else awaits this task's result
+        await self._write()
+
+    def _wake(self) -> None:
+        """Something was queued: start a writer unless one runs (or the reader is writing)."""
+        if (
+            self._writer is None
+            and not self._inline
+            and self.synced.is_set()
+            and not self.done.is_set()
+        ):
+            self._writer = asyncio.create_task(self._write())
+
+    async def _write(self) -> None:
+        """Push what is queued, in order, until the queue is empty or the session closed."""
+        try:
+            while not self.queue.empty():
+                items = [self.queue.get_nowait()]
                 # Whatever else is ready goes out with it: one stream message for many frames.
                 while len(items) < BATCH and not self.queue.empty():
                     items.append(self.queue.get_nowait())
                 for item in items:
                     if isinstance(item, _Close):
                         await self._flush()
+                        self._writer = None
+                        self._finish(None)
                         return
                     await self._push(item)
                 await self._flush()
+        except BaseException as e:
+            self._writer = None
+            self._finish(e)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return
+        # Nothing awaited since the queue was found empty: no item can be left behind.
+        self._writer = None
+
+    def _finish(self, error: BaseException | None) -> None:
+        if self.done.is_set():
+            return
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            self.failure = error
+        self.done.set()
+        self._when_done()
+
+    async def _beat(self) -> None:
+        """A heartbeat: answered at once by the reader when nothing else is being written."""
+        if (
+            self._writer is not None
+            or self._inline
+            or not self.synced.is_set()
+            or self.closed is not None
+            or not self.queue.empty()
+        ):
+            self.enqueue(HEARTBEAT_ACK)
+            return
+        self._inline = True
+        try:
+            await self.transport.send(HEARTBEAT_ACK)
         finally:
-            self.done.set()
+            self._inline = False
+            if not self.queue.empty():
+                self._wake()
 
     def _emit(self, frame: spb.ServerFrame) -> None:
         self._out.append(frame)
@@ -476,7 +578,7 @@ class Session:
             elif which == "read":
                 await self.api.mark_read(self.who, d.Cursor(frame.read.thread_id, frame.read.seq))
             elif which == "heartbeat":
-                self.enqueue(spb.ServerFrame(heartbeat_ack=spb.HeartbeatAck()))
+                await self._beat()
             elif which == "client_state":
                 self.set_foreground(frame.client_state.foreground)
             elif which == "typing":
@@ -521,8 +623,11 @@ class Session:
                     f"ack for thread {c.thread_id} has a negative seq ({c.seq})", "BAD_ACK"
                 )
         for c in ack.cursors:
-            if c.thread_id not in self.pushed and c.thread_id not in self._member_of:
+            known = self._member_of
+            if c.thread_id not in self.pushed and (known is None or c.thread_id not in known):
                 await self.api.check_member(self.who, c.thread_id)
+                if self._member_of is None:
+                    self._member_of = set()
                 self._member_of.add(c.thread_id)
         for c in ack.cursors:
             if c.seq > self.acked.get(c.thread_id, 0):

@@ -16,6 +16,8 @@ halfway through a call to message_svc.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -81,6 +83,24 @@ class End:
 class DeviceStream:
     """One device's stream from its first frame to its end, over any transport."""
 
+    __slots__ = (
+        "_gone",
+        "_hello_wait",
+        "_interrupted",
+        "_reader",
+        "_receiving",
+        "_refused",
+        "_stopping",
+        "address",
+        "api",
+        "hub",
+        "kind",
+        "session",
+        "settings",
+        "token",
+        "transport",
+    )
+
     def __init__(
         self,
         hub: Hub,
@@ -101,7 +121,9 @@ class DeviceStream:
         self.session: Session | None = None
         self._gone = False
         self._hello_wait: asyncio.Task[Incoming] | None = None
-        self._reader: asyncio.Task[None] | None = None
+        # The task reading the device's frames (the stream's own), while it reads them.
+        self._reader: asyncio.Task[Any] | None = None
+        self._interrupted = False
         self._receiving = False
         self._stopping = False
         self._refused: Refused | None = None
@@ -113,7 +135,12 @@ class DeviceStream:
             self._hello_wait.cancel()
         if self.session is not None:
             self.session.close()
-        if self._reader is not None and self._receiving:
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        """Stop the reader if it waits for the device's next frame (never mid-frame)."""
+        if self._reader is not None and self._receiving and not self._interrupted:
+            self._interrupted = True
             self._reader.cancel()
 
     async def run(self) -> End:
@@ -233,62 +260,96 @@ class DeviceStream:
     async def _converse(self, session: Session, hello: spb.Hello) -> End:
         """Run the session until either side ends it, then say how it ended.
 
-        When the device hangs up first, in-flight sends still answer before the session
-        closes; when the transport refused a frame, the session closes with that error.
+        This task reads the device's frames itself; the session writes from tasks of its
+        own only while it has something to write (socket_svc/session.py). When the device
+        hangs up first, in-flight sends still answer before the session closes; when the
+        transport refused a frame, the session closes with that error.
         """
-        writer = asyncio.create_task(session.run(hello))
-        reader = self._reader = asyncio.create_task(self._pump(session))
+        session.when_done(self._session_over)
+        session.start(hello)
         try:
-            await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if not writer.done():
+            try:
+                await self._pump(session)
+            except Exception as e:
+                logger.debug("reading from device %s failed: %r", session.device_id, e)
+            if not session.done.is_set():
                 if session.closed is None:
                     if self._refused is None:
                         await session.drain()
                     session.close(None if self._refused is None else self._refused.error)
-                await asyncio.wait({writer}, timeout=CLOSE_GRACE)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLOSE_GRACE):
+                        await session.done.wait()
         finally:
             self._stopping = True
-            if not reader.done() and not self._receiving:
-                # Halfway through a frame (a read cursor, an ack): let it finish rather than
-                # cut a call to message_svc short.
-                await asyncio.wait({reader}, timeout=FRAME_GRACE)
-            await _settle(reader)
-            await _settle(writer)
-        if not reader.cancelled() and reader.exception() is not None:
-            logger.debug("reading from device %s failed: %r", session.device_id, reader.exception())
-        return self._end(session, writer)
+            self._reader = None
+            await session.stop()
+        return self._end(session)
 
-    def _end(self, session: Session, writer: asyncio.Task[None]) -> End:
+    def _session_over(self) -> None:
+        """The session ended on its side: the reader stops, after the frame it is handling.
+
+        A frame being handled gets FRAME_GRACE to finish (a call to message_svc is not cut
+        short); then the reader is stopped wherever it is.
+        """
+        self._interrupt()
+        if self._reader is not None and not self._interrupted:
+            asyncio.get_running_loop().call_later(FRAME_GRACE, self._cut)
+
+    def _cut(self) -> None:
+        if self._reader is not None and not self._interrupted:
+            self._interrupted = True
+            self._reader.cancel()
+
+    def _end(self, session: Session) -> End:
         if self._refused is not None:
             return End(self._refused.error, violation=True)
-        if not writer.cancelled():
-            error = writer.exception()
-            if isinstance(error, NatterError):
-                return End(error)
-            if error is not None:
-                logger.debug("stream of device %s ended: %r", session.device_id, error)
-                return End(Internal("internal error", "INTERNAL"))
+        error = session.failure
+        if isinstance(error, NatterError):
+            return End(error)
+        if error is not None:
+            logger.debug("stream of device %s ended: %r", session.device_id, error)
+            return End(Internal("internal error", "INTERNAL"))
         closed = session.closed
         return End(closed.error if closed is not None else None)
 
     async def _pump(self, session: Session) -> None:
-        """Feed the device's frames to the session until it hangs up or the session ends."""
-        while session.closed is None and not self._stopping:
-            self._receiving = True
-            try:
-                incoming = await self.transport.receive()
-            finally:
-                self._receiving = False
-            if incoming is None:
-                return
-            if isinstance(incoming, Refused):
-                self._refused = incoming
-                return
-            if isinstance(incoming, Malformed):
-                session.on_malformed(incoming.error)
-                continue
-            self.hub.beat(session)
-            await session.on_frame(incoming)
+        """Feed the device's frames to the session until it hangs up or the session ends.
+
+        Stopped by `_interrupt` (a cancel of this task, taken back here) while it waits for
+        a frame, so the stream's own task is the reader and needs no task of its own.
+        """
+        self._reader = asyncio.current_task()
+        try:
+            while session.closed is None and not self._stopping and not session.done.is_set():
+                self._receiving = True
+                try:
+                    incoming = await self.transport.receive()
+                finally:
+                    self._receiving = False
+                if incoming is None:
+                    return
+                if isinstance(incoming, Refused):
+                    self._refused = incoming
+                    return
+                if isinstance(incoming, Malformed):
+                    session.on_malformed(incoming.error)
+                    continue
+                self.hub.beat(session)
+                await session.on_frame(incoming)
+        except asyncio.CancelledError:
+            if not self._interrupted:
+                raise
+        finally:
+            self._reader = None
+            if self._interrupted:
+                self._uncancel()
+
+    def _uncancel(self) -> None:
+        """Take back the reader's own cancel (`_interrupt`): the stream goes on to its end."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()
 
 
 async def _settle(task: asyncio.Task[Any]) -> None:
@@ -296,6 +357,11 @@ async def _settle(task: asyncio.Task[Any]) -> None:
     if not task.done():
         task.cancel()
     await asyncio.wait({task})
+
+
+def _release(waiter: asyncio.Future[None], _: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def serve(
@@ -315,8 +381,13 @@ async def serve(
     """
     stream = DeviceStream(hub, api, settings, transport, token, address, kind)
     task = asyncio.create_task(stream.run())
+    # asyncio.shield, in a future and one callback (shield's two closures and its outer
+    # future are most of a kilobyte, held by every open stream for its whole life).
+    ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task.add_done_callback(functools.partial(_release, ended))
     try:
-        return await asyncio.shield(task)
+        await ended
+        return task.result()
     except asyncio.CancelledError:
         stream.hang_up()
         await asyncio.wait({task})

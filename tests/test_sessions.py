@@ -139,6 +139,48 @@ async def test_the_sdk_heartbeats_at_the_interval_the_server_tells(tmp_path: Pat
         await alice.close()
 
 
+def _socket_tasks() -> int:
+    """Tasks running socket_svc code now (the hub's own loops among them)."""
+    return sum(
+        1
+        for t in asyncio.all_tasks()
+        if "/socket_svc/" in getattr(getattr(t.get_coro(), "cr_code", None), "co_filename", "")
+    )
+
+
+async def test_an_idle_device_costs_one_task_and_heartbeats_start_none(tmp_path: Path) -> None:
+    """A synced, idle stream runs in its own task only: no writer waits while there is
+    nothing to write, and a heartbeat is answered by the reader itself, not by a new task."""
+    async with running(make_settings(tmp_path)) as srv:
+        clients = [
+            await login(srv, name, f"phone{i}", register=i == 0)
+            for name in ("alice", "bob")
+            for i in range(2)
+        ]
+        before = _socket_tasks()
+        raws = [RawStream(c) for c in clients]
+        for raw in raws:
+            await raw.hello()
+        await eventually(lambda: _socket_tasks() == before + len(raws))
+        for _ in range(3):
+            for raw in raws:
+                await raw.write(spb.ClientFrame(heartbeat=spb.Heartbeat()))
+            for raw in raws:
+                await raw.until("heartbeat_ack")
+            assert _socket_tasks() == before + len(raws)
+        # The writer still starts when there is something to write, and ends after it.
+        await raws[0].write(send("k1", "hi", recipient="bob"))
+        await raws[0].until("send_result")
+        for raw in raws[2:]:
+            await raw.until("message")
+        await eventually(lambda: _socket_tasks() == before + len(raws))
+        for raw in raws:
+            raw.cancel()
+        await eventually(lambda: _socket_tasks() == before)
+        for c in clients:
+            await c.close()
+
+
 async def test_heartbeats_keep_a_session_alive_past_the_idle_timeout(tmp_path: Path) -> None:
     idle = 0.4
     async with running(
