@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 
+from bench import flame
 from bench.common import (
     PASSWORD,
     SPAWN,
@@ -137,10 +138,19 @@ class FanoutResult:
 
 
 class Run:
-    def __init__(self, addresses: list[str], server_pid: int, server_pipe: Pipe) -> None:
+    def __init__(
+        self,
+        addresses: list[str],
+        server_pid: int,
+        server_pipe: Pipe,
+        pyspy: Path | None = None,
+    ) -> None:
         self.addresses = addresses
         self.server_pid = server_pid
         self.server_pipe = server_pipe
+        # Samples of the server during each flat-out phase: PYSPY.<online>.
+        self.pyspy = pyspy
+        self.profiles: list[tuple[int, Path]] = []
 
     def stats(self) -> dict[str, int]:
         self.server_pipe.send("stats")
@@ -197,6 +207,12 @@ class Run:
                 lat, _ = await note(quiet_tag)
                 quiet.append(lat / 1e6)
             # 2. Flat out with a window of sends in flight: deliveries per second.
+            sampler = None
+            if self.pyspy is not None:
+                out = self.pyspy.with_name(f"{self.pyspy.name}.{online}")
+                sampler = flame.start(self.server_pid, out, rate=500)
+                self.profiles.append((online, out))
+                await asyncio.sleep(1.0)  # py-spy attaches before the window opens
             before, cpu0 = self.stats(), cpu_seconds(self.server_pid)
             slots = asyncio.Semaphore(window)
             start = time.monotonic_ns()
@@ -214,6 +230,8 @@ class Run:
                 loaded.append(lat / 1e6)
                 last = max(last, at)
             after, cpu1 = self.stats(), cpu_seconds(self.server_pid)
+            if sampler is not None:
+                await asyncio.to_thread(flame.stop, sampler)
             ours.send("stop")
             await reader
         finally:
@@ -377,6 +395,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="heartbeat interval in seconds (default 1; the product's is 5)",
     )
     p.add_argument("--presence-trials", type=int, default=3)
+    p.add_argument(
+        "--py-spy",
+        dest="pyspy",
+        type=Path,
+        help="sample the server with py-spy during each flat-out phase (collapsed stacks in "
+        "PYSPY.<online>), print where its CPU went",
+    )
     p.add_argument("--no-record", action="store_true", help="do not append to bench-results.md")
     args = p.parse_args(argv)
 
@@ -394,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise RuntimeError("the server did not start within 60 s")
         addresses: list[str] = ours.recv()
         assert server.pid is not None
-        rows = asyncio.run(run(args, Run(addresses, server.pid, ours)))
+        run_ = Run(addresses, server.pid, ours, args.pyspy)
+        rows = asyncio.run(run(args, run_))
         ours.send("stop")
         ours.poll(30)
     finally:
@@ -404,10 +430,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     rows.append(("total run time", f"{time.monotonic() - started:.1f} s"))
     print_table(f"natter group fan-out: {args.members} members, {args.nodes} socket servers", rows)
+    for online, path in run_.profiles:
+        if path.exists():
+            print(f"server, flat out with {online} online:\n{flame.summary(path)}\n")
     if not args.no_record:
         append_result(
             "group",
-            f"{args.members} members, {args.nodes} socket servers, window {args.window}",
+            f"{args.members} members, {args.nodes} socket servers, window {args.window}"
+            + (", py-spy" if args.pyspy else ""),
             "; ".join(f"{k}: {v}" for k, v in rows if k != "total run time"),
             "n/a",
             "n/a",
