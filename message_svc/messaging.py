@@ -16,6 +16,7 @@ from message_svc.committer import GroupCommitter
 from message_svc.contacts import Contacts
 from message_svc.ports import Fanout
 from message_svc.store import (
+    Advance,
     Appended,
     MemberRow,
     NewMessage,
@@ -728,27 +729,35 @@ class Messaging:
         advances = await self.store.advance_delivered(acks)
         if not advances:
             return
-        users = await self.store.get_users([a.user_id for a in advances])
-        deliveries: list[Delivery] = []
         # One look at each thread's members per flush, not one per member that acked: a
-        # group's flush holds an advance from nearly every member.
+        # group's flush holds an advance from nearly every member. Large groups have no
+        # receipt audience, and their members' profiles are not read at all.
         members: dict[int, list[int]] = {}
+        told: list[tuple[Advance, list[int]]] = []
         for a in advances:
             ids = members.get(a.thread_id)
             if ids is None:
                 ids = members[a.thread_id] = await self._receipt_members(a.thread_id)
             audience = [i for i in ids if i != a.user_id]
             if audience:
-                receipt = Receipt(
+                told.append((a, audience))
+        if not told:
+            return
+        users = await self.store.get_users([a.user_id for a, _ in told])
+        deliveries = [
+            Delivery(
+                Receipt(
                     a.thread_id,
                     public(users[a.user_id]),
                     ReceiptKind.DELIVERED,
                     a.seq,
                     datetime.now().astimezone(),
-                )
-                deliveries.append(Delivery(receipt, user_ids=audience))
-        if deliveries:
-            await self.fanout.deliver(deliveries)
+                ),
+                user_ids=audience,
+            )
+            for a, audience in told
+        ]
+        await self.fanout.deliver(deliveries)
 
     async def _receipt_audience(self, thread_id: int, user_id: int) -> list[int]:
         return [i for i in await self._receipt_members(thread_id) if i != user_id]

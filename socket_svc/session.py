@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -315,11 +316,19 @@ class Session:
                     self.replayed += 1
                     if m.sender.user_id != self.user_id:
                         self._pushed(m.thread_id, m.seq)
-            await self._flush()
             if not page.more:
+                await self._flush()
                 break
+            # The next page is read while this one is on its way to the device.
             cursors = [d.Cursor(t, s) for t, s in self.pushed.items()]
-            page, _ = await self.api.sync_device(self.who, cursors, False, SYNC_PAGE)
+            ahead = asyncio.ensure_future(self.api.sync_device(self.who, cursors, False, SYNC_PAGE))
+            try:
+                await self._flush()
+            except BaseException:
+                ahead.cancel()
+                await asyncio.wait({ahead})
+                raise
+            page, _ = await ahead
         if hello.HasField("user_log_seq"):
             self.log_pushed = max(0, hello.user_log_seq)
             await self._user_log_until(None)

@@ -314,6 +314,8 @@ class Connection:
         )
 
     async def next_event(self, timeout: float | None = None) -> Event:
+        if not self.events.empty():  # no task and timer for an event already here
+            return self.events.get_nowait()
         return await asyncio.wait_for(self.events.get(), timeout)
 
     async def messages(self) -> AsyncIterator[d.Message]:
@@ -593,7 +595,7 @@ class Connection:
 
     async def _surface(self, m: d.Message) -> None:
         self.fold.apply(m)
-        await self.events.put(m)
+        self.events.put_nowait(m)  # unbounded: put() would never wait
 
     def _took(self, ev: Event) -> None:
         """The application took `ev` from `events`: a message is now shown or stored."""
