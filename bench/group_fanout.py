@@ -37,6 +37,8 @@ from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
 
 TAG = "F"
+# Seconds the idle server's CPU rate is measured before each flat-out phase.
+IDLE_WINDOW = 3.0
 
 
 # -- the server process ------------------------------------------------------------------------
@@ -135,6 +137,10 @@ class FanoutResult:
     loaded_p99_ms: float
     forwards_per_message: float
     server_cpu_ms_per_delivery: float
+    # The same with the idle server's own CPU rate (heartbeats, presence, upkeep of the
+    # online devices, measured just before) taken out: what the deliveries themselves cost.
+    above_idle_ms_per_delivery: float
+    idle_cpu_share: float
 
 
 class Run:
@@ -213,7 +219,11 @@ class Run:
                 sampler = flame.start(self.server_pid, out, rate=500)
                 self.profiles.append((online, out))
                 await asyncio.sleep(1.0)  # py-spy attaches before the window opens
-            before, cpu0 = self.stats(), cpu_seconds(self.server_pid)
+            # The idle rate, every member online and nothing sent.
+            idle0, idle_at = cpu_seconds(self.server_pid), time.monotonic()
+            await asyncio.sleep(IDLE_WINDOW)
+            idle_rate = (cpu_seconds(self.server_pid) - idle0) / (time.monotonic() - idle_at)
+            before, cpu0, at0 = self.stats(), cpu_seconds(self.server_pid), time.monotonic()
             slots = asyncio.Semaphore(window)
             start = time.monotonic_ns()
 
@@ -229,7 +239,7 @@ class Run:
                 lat, at = await note(load_tag)
                 loaded.append(lat / 1e6)
                 last = max(last, at)
-            after, cpu1 = self.stats(), cpu_seconds(self.server_pid)
+            after, cpu1, at1 = self.stats(), cpu_seconds(self.server_pid), time.monotonic()
             if sampler is not None:
                 await asyncio.to_thread(flame.stop, sampler)
             ours.send("stop")
@@ -251,6 +261,10 @@ class Run:
             loaded_p99_ms=percentile(loaded, 99),
             forwards_per_message=(after["forwards"] - before["forwards"]) / load_messages,
             server_cpu_ms_per_delivery=(cpu1 - cpu0) * 1e3 / max(1, delivered),
+            above_idle_ms_per_delivery=(cpu1 - cpu0 - idle_rate * (at1 - at0))
+            * 1e3
+            / max(1, delivered),
+            idle_cpu_share=idle_rate,
         )
 
 
@@ -344,6 +358,11 @@ async def run(args: argparse.Namespace, run_: Run) -> list[tuple[str, str]]:
                 f"{r.forwards_per_message:.2f}  ({min(args.nodes, r.online)} socket servers)",
             ),
             (f"{label}: server CPU per delivery", f"{r.server_cpu_ms_per_delivery:.3f} ms"),
+            (
+                f"{label}: server CPU per delivery above idle",
+                f"{r.above_idle_ms_per_delivery:.3f} ms  (idle server: "
+                f"{r.idle_cpu_share * 100:.0f} % of a core, heartbeats every {args.beat:g} s)",
+            ),
         ]
     rows += [
         (
