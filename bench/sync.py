@@ -279,6 +279,7 @@ def _run_one(
                 if r.server_cpu is None
                 else f", server {r.server_cpu / r.received * 1e3:.3f} CPU-ms/msg"
             )
+            + f", client {r.client_cpu / r.received * 1e3:.3f} CPU-ms/msg"
         )
         params = (
             f"{r.messages:,} behind"

@@ -595,7 +595,7 @@ class Connection:
 
     async def _surface(self, m: d.Message) -> None:
         self.fold.apply(m)
-        self.events.put_nowait(m)  # unbounded: put() would never wait
+        await self.events.put(m)
 
     def _took(self, ev: Event) -> None:
         """The application took `ev` from `events`: a message is now shown or stored."""
