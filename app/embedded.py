@@ -28,14 +28,13 @@ from natter.errors import AlreadyExists
 from natter.metrics import Metrics
 from natter.settings import Settings
 from natter.v1 import media_service_pb2_grpc as mpb_grpc
-from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from presence_svc import PUBLIC_SERVICES as PRESENCE_SERVICES
 from presence_svc import PresenceService
 from presence_svc import add_public as add_presence_public
 from push_svc import PUBLIC_SERVICES as PUSH_SERVICES
 from push_svc import PushService
 from push_svc import add_public as add_push_public
-from socket_svc import Hub, SocketServicer
+from socket_svc import Hub, SocketServicer, add_socket_service
 from socket_svc.web import WebServer
 
 logger = logging.getLogger(__name__)
@@ -129,9 +128,7 @@ class EmbeddedServer:
         self.messages.add_public(server)
         add_presence_public(server, self.presence, self.messages)
         add_push_public(server, self.push, self.messages)
-        spb_grpc.add_SocketServiceServicer_to_server(
-            SocketServicer(hub, self.messages, self.settings, self._locate), server
-        )
+        add_socket_service(SocketServicer(hub, self.messages, self.settings, self._locate), server)
         mpb_grpc.add_MediaServiceServicer_to_server(MediaServicer(self.media), server)
         serve_health_and_reflection(
             server,

@@ -366,14 +366,21 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def server_from(
-    args: argparse.Namespace, *, count_fsyncs: bool, env: dict[str, str] | None = None
+    args: argparse.Namespace,
+    *,
+    count_fsyncs: bool,
+    env: dict[str, str] | None = None,
+    sample_whole_run: bool = True,
 ) -> BenchServer:
-    """The server `add_server_arguments` asked for: the one given, or one of our own."""
+    """The server `add_server_arguments` asked for: the one given, or one of our own.
+
+    `sample_whole_run` False leaves `--py-spy` to the bench, which samples only its window.
+    """
     if args.server:
         return BenchServer(args.server, args.server_pid)
     return BenchServer.start(
         count_fsyncs=count_fsyncs,
         profile=args.profile,
-        pyspy=getattr(args, "pyspy", None),
+        pyspy=getattr(args, "pyspy", None) if sample_whole_run else None,
         env=env,
     )

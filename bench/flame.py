@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -23,6 +25,7 @@ LAYERS: Sequence[tuple[str, Sequence[str]]] = (
     ("protobuf (encode/decode)", ("google/protobuf", "_pb2", "SerializeToString", "FromString")),
     ("gRPC (framing, C core, aio glue)", ("grpc/", "grpc_", "cygrpc")),
     ("conversions (natter/convert.py)", ("natter/convert.py",)),
+    ("client SDK (natter/sdk)", ("natter/sdk/",)),
     ("metrics", ("prometheus_client", "natter/metrics.py")),
     ("logging", ("logging/",)),
     ("store (message_svc/sqlstore.py)", ("message_svc/sqlstore.py", "message_svc/schema.py")),
@@ -65,6 +68,17 @@ def start(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def stop(sampler: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """End a sampler of `start` before its process exits: py-spy writes its file on SIGINT."""
+    with contextlib.suppress(ProcessLookupError):
+        sampler.send_signal(signal.SIGINT)
+    try:
+        sampler.wait(timeout)
+    except subprocess.TimeoutExpired:
+        sampler.kill()
+        sampler.wait(5)
 
 
 def _layer(frames: Sequence[str]) -> str:

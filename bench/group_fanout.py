@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 
+from bench import flame
 from bench.common import (
     PASSWORD,
     SPAWN,
@@ -36,6 +37,8 @@ from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
 
 TAG = "F"
+# Seconds the idle server's CPU rate is measured before each flat-out phase.
+IDLE_WINDOW = 3.0
 
 
 # -- the server process ------------------------------------------------------------------------
@@ -134,13 +137,26 @@ class FanoutResult:
     loaded_p99_ms: float
     forwards_per_message: float
     server_cpu_ms_per_delivery: float
+    # The same with the idle server's own CPU rate (heartbeats, presence, upkeep of the
+    # online devices, measured just before) taken out: what the deliveries themselves cost.
+    above_idle_ms_per_delivery: float
+    idle_cpu_share: float
 
 
 class Run:
-    def __init__(self, addresses: list[str], server_pid: int, server_pipe: Pipe) -> None:
+    def __init__(
+        self,
+        addresses: list[str],
+        server_pid: int,
+        server_pipe: Pipe,
+        pyspy: Path | None = None,
+    ) -> None:
         self.addresses = addresses
         self.server_pid = server_pid
         self.server_pipe = server_pipe
+        # Samples of the server during each flat-out phase: PYSPY.<online>.
+        self.pyspy = pyspy
+        self.profiles: list[tuple[int, Path]] = []
 
     def stats(self) -> dict[str, int]:
         self.server_pipe.send("stats")
@@ -197,7 +213,17 @@ class Run:
                 lat, _ = await note(quiet_tag)
                 quiet.append(lat / 1e6)
             # 2. Flat out with a window of sends in flight: deliveries per second.
-            before, cpu0 = self.stats(), cpu_seconds(self.server_pid)
+            sampler = None
+            if self.pyspy is not None:
+                out = self.pyspy.with_name(f"{self.pyspy.name}.{online}")
+                sampler = flame.start(self.server_pid, out, rate=500)
+                self.profiles.append((online, out))
+                await asyncio.sleep(1.0)  # py-spy attaches before the window opens
+            # The idle rate, every member online and nothing sent.
+            idle0, idle_at = cpu_seconds(self.server_pid), time.monotonic()
+            await asyncio.sleep(IDLE_WINDOW)
+            idle_rate = (cpu_seconds(self.server_pid) - idle0) / (time.monotonic() - idle_at)
+            before, cpu0, at0 = self.stats(), cpu_seconds(self.server_pid), time.monotonic()
             slots = asyncio.Semaphore(window)
             start = time.monotonic_ns()
 
@@ -213,7 +239,9 @@ class Run:
                 lat, at = await note(load_tag)
                 loaded.append(lat / 1e6)
                 last = max(last, at)
-            after, cpu1 = self.stats(), cpu_seconds(self.server_pid)
+            after, cpu1, at1 = self.stats(), cpu_seconds(self.server_pid), time.monotonic()
+            if sampler is not None:
+                await asyncio.to_thread(flame.stop, sampler)
             ours.send("stop")
             await reader
         finally:
@@ -233,6 +261,10 @@ class Run:
             loaded_p99_ms=percentile(loaded, 99),
             forwards_per_message=(after["forwards"] - before["forwards"]) / load_messages,
             server_cpu_ms_per_delivery=(cpu1 - cpu0) * 1e3 / max(1, delivered),
+            above_idle_ms_per_delivery=(cpu1 - cpu0 - idle_rate * (at1 - at0))
+            * 1e3
+            / max(1, delivered),
+            idle_cpu_share=idle_rate,
         )
 
 
@@ -326,6 +358,11 @@ async def run(args: argparse.Namespace, run_: Run) -> list[tuple[str, str]]:
                 f"{r.forwards_per_message:.2f}  ({min(args.nodes, r.online)} socket servers)",
             ),
             (f"{label}: server CPU per delivery", f"{r.server_cpu_ms_per_delivery:.3f} ms"),
+            (
+                f"{label}: server CPU per delivery above idle",
+                f"{r.above_idle_ms_per_delivery:.3f} ms  (idle server: "
+                f"{r.idle_cpu_share * 100:.0f} % of a core, heartbeats every {args.beat:g} s)",
+            ),
         ]
     rows += [
         (
@@ -377,6 +414,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="heartbeat interval in seconds (default 1; the product's is 5)",
     )
     p.add_argument("--presence-trials", type=int, default=3)
+    p.add_argument(
+        "--py-spy",
+        dest="pyspy",
+        type=Path,
+        help="sample the server with py-spy during each flat-out phase (collapsed stacks in "
+        "PYSPY.<online>), print where its CPU went",
+    )
     p.add_argument("--no-record", action="store_true", help="do not append to bench-results.md")
     args = p.parse_args(argv)
 
@@ -394,7 +438,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise RuntimeError("the server did not start within 60 s")
         addresses: list[str] = ours.recv()
         assert server.pid is not None
-        rows = asyncio.run(run(args, Run(addresses, server.pid, ours)))
+        run_ = Run(addresses, server.pid, ours, args.pyspy)
+        rows = asyncio.run(run(args, run_))
         ours.send("stop")
         ours.poll(30)
     finally:
@@ -404,10 +449,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     rows.append(("total run time", f"{time.monotonic() - started:.1f} s"))
     print_table(f"natter group fan-out: {args.members} members, {args.nodes} socket servers", rows)
+    for online, path in run_.profiles:
+        if path.exists():
+            print(f"server, flat out with {online} online:\n{flame.summary(path)}\n")
     if not args.no_record:
         append_result(
             "group",
-            f"{args.members} members, {args.nodes} socket servers, window {args.window}",
+            f"{args.members} members, {args.nodes} socket servers, window {args.window}"
+            + (", py-spy" if args.pyspy else ""),
             "; ".join(f"{k}: {v}" for k, v in rows if k != "total run time"),
             "n/a",
             "n/a",

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import statistics
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-from bench import echo
+from bench import echo, flame
 from bench.chat import TEXT_BYTES
 from bench.common import (
     PASSWORD,
@@ -55,7 +58,19 @@ async def _login(address: str, username: str, register: bool = True) -> Client:
     return client
 
 
-async def run_sync(server: BenchServer, messages: int, inflight: int) -> SyncResult:
+async def run_sync(
+    server: BenchServer,
+    messages: int,
+    inflight: int,
+    rounds_wanted: int = 1,
+    pyspy: Path | None = None,
+    client_pyspy: Path | None = None,
+) -> list[SyncResult]:
+    """Fill a device's thread while it is away, then reconnect it `rounds_wanted` times.
+
+    Each round connects with the cursors the device kept before the fill (Hello's cursors
+    win over the stored ones), so every round replays the same messages.
+    """
     tag = "y" + uuid.uuid4().hex[:8]
     sender = await _login(server.address, f"{tag}s")
     recipient = await _login(server.address, f"{tag}r")
@@ -89,7 +104,30 @@ async def run_sync(server: BenchServer, messages: int, inflight: int) -> SyncRes
     own.cancel()
     await out.close()
 
-    # Back online: connect with the cursors it kept, time until SyncDone and every message.
+    rounds = []
+    for _ in range(max(1, rounds_wanted)):
+        rounds.append(await _catch_up(server, recipient, cursors, messages, pyspy, client_pyspy))
+    await sender.close()
+    await recipient.close()
+    return [replace(r, fill_seconds=fill_seconds) for r in rounds]
+
+
+async def _catch_up(
+    server: BenchServer,
+    recipient: Client,
+    cursors: dict[int, int],
+    messages: int,
+    pyspy: Path | None,
+    client_pyspy: Path | None,
+) -> SyncResult:
+    """Back online with the cursors it kept: time until SyncDone and every message."""
+    samplers = []
+    if pyspy is not None and server.pid is not None:
+        samplers.append(flame.start(server.pid, pyspy, rate=1000))
+    if client_pyspy is not None:
+        samplers.append(flame.start(os.getpid(), client_pyspy, rate=1000))
+    if samplers:
+        await asyncio.sleep(1.0)  # py-spy attaches before the window opens
     cpu0, ccpu0 = server.cpu(), time.process_time()
     t0 = time.perf_counter()
     conn = Connection(recipient, cursors=cursors)
@@ -112,12 +150,12 @@ async def run_sync(server: BenchServer, messages: int, inflight: int) -> SyncRes
             replayed = ev.replayed
     all_seconds = time.perf_counter() - t0
     cpu1, ccpu1 = server.cpu(), time.process_time()
+    for sampler in samplers:
+        await asyncio.to_thread(flame.stop, sampler)
     await conn.close()
-    await sender.close()
-    await recipient.close()
     return SyncResult(
         messages=messages,
-        fill_seconds=fill_seconds,
+        fill_seconds=0.0,
         welcome_seconds=welcome,
         sync_done_seconds=sync_done,
         all_seconds=all_seconds,
@@ -134,6 +172,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--messages", type=int, default=10_000, help="how far behind (default 10000)")
     p.add_argument(
         "--inflight", type=int, default=32, help="sends in flight while filling (default 32)"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="reconnect this many times, each replaying the same messages; the median "
+        "round is reported (default 1)",
+    )
+    p.add_argument(
+        "--client-py-spy",
+        dest="client_pyspy",
+        type=Path,
+        help="sample this process (the SDK client) with py-spy during the catch-ups, "
+        "print where its CPU went",
     )
     add_server_arguments(p)
     p.add_argument("--no-ceiling", action="store_true", help="skip the bare-gRPC push ceiling")
@@ -153,10 +205,15 @@ def _run_one(
     store: str,
     env: dict[str, str],
 ) -> None:
-    server = server_from(args, count_fsyncs=False, env=env)
+    # --py-spy samples the server during the catch-ups only, not while the thread fills.
+    server = server_from(args, count_fsyncs=False, env=env, sample_whole_run=False)
     hot = ""
     try:
-        r = asyncio.run(run_sync(server, args.messages, args.inflight))
+        runs = asyncio.run(
+            run_sync(
+                server, args.messages, args.inflight, args.rounds, args.pyspy, args.client_pyspy
+            )
+        )
     except BaseException:
         print(server.log_tail())
         raise
@@ -165,6 +222,7 @@ def _run_one(
             server.stop()
             hot = server.hot_spots()
             server.cleanup()
+    r = sorted(runs, key=lambda x: x.sync_done_seconds)[len(runs) // 2]
     rows = [
         (
             "messages behind",
@@ -185,6 +243,15 @@ def _run_one(
         ),
         ("client CPU per message", f"{r.client_cpu / r.received * 1e3:.3f} ms"),
     ]
+    if len(runs) > 1:
+        rows.insert(
+            1,
+            (
+                "rounds (median shown), SyncDone s",
+                ", ".join(f"{x.sync_done_seconds:.3f}" for x in runs)
+                + f"  (median {statistics.median(x.sync_done_seconds for x in runs):.3f})",
+            ),
+        )
     ratio = "n/a"
     if ceiling is not None:
         ratio = f"{r.rate / ceiling.rate:.2f}"
@@ -198,6 +265,10 @@ def _run_one(
     print_table(f"natter sync: reconnect {r.messages:,} messages behind, store {store}", rows)
     if args.profile is not None:
         print(hot)
+    if args.pyspy is not None and args.pyspy.exists():
+        print(f"server, {len(runs)} catch-up(s):\n{flame.summary(args.pyspy)}\n")
+    if args.client_pyspy is not None and args.client_pyspy.exists():
+        print(f"client, {len(runs)} catch-up(s):\n{flame.summary(args.client_pyspy)}\n")
     if not args.no_record:
         figures = (
             f"SyncDone {r.sync_done_seconds:.3f} s, all {r.all_seconds:.3f} s "
@@ -208,12 +279,14 @@ def _run_one(
                 if r.server_cpu is None
                 else f", server {r.server_cpu / r.received * 1e3:.3f} CPU-ms/msg"
             )
+            + f", client {r.client_cpu / r.received * 1e3:.3f} CPU-ms/msg"
         )
         params = (
             f"{r.messages:,} behind"
             + ("" if store == "sqlite" else f", store {store}")
             + (", external server" if args.server else "")
             + (", cProfile" if args.profile else "")
+            + (f", median of {len(runs)} rounds" if len(runs) > 1 else "")
         )
         ceiling_text = (
             "n/a"
@@ -222,8 +295,9 @@ def _run_one(
             f"({fmt(ceiling.rate)} msg/s)"
         )
         append_result("sync", params, figures, ceiling_text, ratio)
-    if r.lost or r.duplicates:
-        raise SystemExit(f"FAILED: lost {r.lost}, duplicates {r.duplicates}")
+    lost, duplicates = sum(x.lost for x in runs), sum(x.duplicates for x in runs)
+    if lost or duplicates:
+        raise SystemExit(f"FAILED: lost {lost}, duplicates {duplicates}")
 
 
 if __name__ == "__main__":

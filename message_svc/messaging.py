@@ -16,6 +16,7 @@ from message_svc.committer import GroupCommitter
 from message_svc.contacts import Contacts
 from message_svc.ports import Fanout
 from message_svc.store import (
+    Advance,
     Appended,
     MemberRow,
     NewMessage,
@@ -728,23 +729,41 @@ class Messaging:
         advances = await self.store.advance_delivered(acks)
         if not advances:
             return
-        users = await self.store.get_users([a.user_id for a in advances])
-        deliveries: list[Delivery] = []
+        # One look at each thread's members per flush, not one per member that acked: a
+        # group's flush holds an advance from nearly every member. Large groups have no
+        # receipt audience, and their members' profiles are not read at all.
+        members: dict[int, list[int]] = {}
+        told: list[tuple[Advance, list[int]]] = []
         for a in advances:
-            receipt = Receipt(
-                a.thread_id,
-                public(users[a.user_id]),
-                ReceiptKind.DELIVERED,
-                a.seq,
-                datetime.now().astimezone(),
-            )
-            audience = await self._receipt_audience(a.thread_id, a.user_id)
+            ids = members.get(a.thread_id)
+            if ids is None:
+                ids = members[a.thread_id] = await self._receipt_members(a.thread_id)
+            audience = [i for i in ids if i != a.user_id]
             if audience:
-                deliveries.append(Delivery(receipt, user_ids=audience))
-        if deliveries:
-            await self.fanout.deliver(deliveries)
+                told.append((a, audience))
+        if not told:
+            return
+        users = await self.store.get_users([a.user_id for a, _ in told])
+        deliveries = [
+            Delivery(
+                Receipt(
+                    a.thread_id,
+                    public(users[a.user_id]),
+                    ReceiptKind.DELIVERED,
+                    a.seq,
+                    datetime.now().astimezone(),
+                ),
+                user_ids=audience,
+            )
+            for a, audience in told
+        ]
+        await self.fanout.deliver(deliveries)
 
     async def _receipt_audience(self, thread_id: int, user_id: int) -> list[int]:
+        return [i for i in await self._receipt_members(thread_id) if i != user_id]
+
+    async def _receipt_members(self, thread_id: int) -> list[int]:
+        """Who is told of a member's receipts in a thread (the member is left out by callers)."""
         try:
             kind = await self._kind(thread_id)
         except NotFound:
@@ -752,7 +771,7 @@ class Messaging:
         ids = await self.audience(thread_id, kind)
         if kind is ThreadKind.GROUP and len(ids) > self.settings.presence_push_group_size:
             return []  # large groups: per-member receipts are read with GetThread
-        return [i for i in ids if i != user_id]
+        return ids
 
     async def mark_read(self, who: Principal, cursor: Cursor) -> None:
         thread, me = await self.member(who, cursor.thread_id)

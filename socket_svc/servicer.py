@@ -18,6 +18,7 @@ from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
 from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from socket_svc import stream
+from socket_svc.frames import Frame, encode
 from socket_svc.hub import Hub
 from socket_svc.ports import MessageApi
 
@@ -38,7 +39,8 @@ class _GrpcTransport:
             return None
         return frame  # type: ignore[no-any-return]  # a ClientFrame, or a Malformed stand-in
 
-    async def send(self, frame: spb.ServerFrame) -> None:
+    async def send(self, frame: Frame) -> None:
+        # Bytes are a frame encoded once for many streams: the serializer passes them on.
         await self.context.write(frame)
 
 
@@ -95,6 +97,30 @@ class SocketServicer(spb_grpc.SocketServiceServicer):
 
     async def Locate(self, request: spb.LocateRequest, context: Context) -> spb.LocateResponse:
         return await locate(self.api, self._locate, request, context)
+
+
+def add_socket_service(servicer: spb_grpc.SocketServiceServicer, server: grpc.aio.Server) -> None:
+    """SocketService on `server`, with Connect's frames allowed to arrive encoded.
+
+    As the generated `add_SocketServiceServicer_to_server` registers it, except that
+    Connect's serializer passes a frame already encoded (bytes) through: what reaches the
+    wire is the same ServerFrame encoding either way.
+    """
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Connect": grpc.stream_stream_rpc_method_handler(
+            servicer.Connect,
+            request_deserializer=spb.ClientFrame.FromString,
+            response_serializer=encode,
+        ),
+        "Locate": grpc.unary_unary_rpc_method_handler(
+            servicer.Locate,
+            request_deserializer=spb.LocateRequest.FromString,
+            response_serializer=spb.LocateResponse.SerializeToString,
+        ),
+    }
+    name = spb.DESCRIPTOR.services_by_name["SocketService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
 
 
 class SocketInternalServicer(ipb_grpc.SocketInternalServiceServicer):

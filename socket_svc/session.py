@@ -23,6 +23,8 @@ from natter.errors import (
 from natter.metrics import NO_METRICS, Metrics
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
+from socket_svc import frames
+from socket_svc.frames import Frame
 from socket_svc.light import Flag, Inbox
 from socket_svc.ports import MessageApi
 from socket_svc.sends import Sends
@@ -39,7 +41,7 @@ MAX_UNACKED = 20_000
 class Transport(Protocol):
     """How a session reaches its device: the sending half of a `socket_svc.stream.Transport`."""
 
-    async def send(self, frame: spb.ServerFrame) -> None: ...
+    async def send(self, frame: Frame) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +200,7 @@ class Session:
         # The user's own change log (delete for me): None when the device did not ask for it.
         self.log_pushed: int | None = None
         self.batches = False
-        self._out: list[spb.ServerFrame] = []
+        self._out: list[Frame] = []
         # The app says it is in front of the person (Hello, then ClientState): with a live
         # stream that makes the device active, and active devices get no push notifications.
         self.foreground = False
@@ -358,7 +360,7 @@ class Session:
             if not self.queue.empty():
                 self._wake()
 
-    def _emit(self, frame: spb.ServerFrame) -> None:
+    def _emit(self, frame: Frame) -> None:
         self._out.append(frame)
 
     def _pushed(self, thread_id: int, seq: int) -> None:
@@ -391,8 +393,7 @@ class Session:
                 await self.transport.send(frame)
         else:
             for start in range(0, len(out), BATCH):
-                chunk = out[start : start + BATCH]
-                await self.transport.send(spb.ServerFrame(batch=spb.ServerBatch(frames=chunk)))
+                await self.transport.send(frames.batch(out[start : start + BATCH]))
         if self._fresh:
             fresh, self._fresh = self._fresh, []
             now, written = time.time(), time.perf_counter()
@@ -411,16 +412,24 @@ class Session:
         while True:
             for m in page.messages:
                 if m.seq > self.pushed.get(m.thread_id, 0):
-                    self._emit(spb.ServerFrame(message=convert.message(m)))
+                    self._emit(frames.replayed(m))
                     self.pushed[m.thread_id] = m.seq
                     self.replayed += 1
                     if m.sender.user_id != self.user_id:
                         self._pushed(m.thread_id, m.seq)
-            await self._flush()
             if not page.more:
+                await self._flush()
                 break
+            # The next page is read while this one is on its way to the device.
             cursors = [d.Cursor(t, s) for t, s in self.pushed.items()]
-            page, _ = await self.api.sync_device(self.who, cursors, False, SYNC_PAGE)
+            ahead = asyncio.ensure_future(self.api.sync_device(self.who, cursors, False, SYNC_PAGE))
+            try:
+                await self._flush()
+            except BaseException:
+                ahead.cancel()
+                await asyncio.wait({ahead})
+                raise
+            page, _ = await ahead
         if hello.HasField("user_log_seq"):
             self.log_pushed = max(0, hello.user_log_seq)
             await self._user_log_until(None)
@@ -461,7 +470,7 @@ class Session:
                 await self._advance(
                     item.thread_id,
                     item.seq,
-                    spb.ServerFrame(message=convert.message(item)),
+                    frames.message(item),
                     from_other=item.sender.user_id != self.user_id,
                 )
                 and self.metrics.enabled
@@ -495,7 +504,7 @@ class Session:
                 await self._advance(
                     m.thread_id,
                     m.seq,
-                    spb.ServerFrame(message=convert.message(m)),
+                    frames.replayed(m),
                     from_other=m.sender.user_id != self.user_id,
                 )
             if not page.more:
@@ -505,7 +514,7 @@ class Session:
         self,
         thread_id: int,
         seq: int,
-        frame: spb.ServerFrame,
+        frame: Frame,
         own: bool = False,
         from_other: bool = False,
     ) -> bool:
@@ -526,7 +535,7 @@ class Session:
             return False
         if seq > last + 1:
             for m in await self.api.messages_between(self.who, thread_id, last, seq):
-                self._emit(spb.ServerFrame(message=convert.message(m)))
+                self._emit(frames.replayed(m))
                 if m.sender.user_id != self.user_id:
                     self._pushed(thread_id, m.seq)
         self._emit(frame)

@@ -34,6 +34,7 @@ from natter.errors import (
 from natter.rpc import Malformed
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
+from socket_svc.frames import Frame
 from socket_svc.hub import Hub, Moved
 from socket_svc.ports import MessageApi
 from socket_svc.session import Session, heartbeat_seconds
@@ -64,7 +65,7 @@ class Transport(Protocol):
     """A device stream as the protocol sees it: the next frame in, a frame out."""
 
     async def receive(self) -> Incoming: ...
-    async def send(self, frame: spb.ServerFrame) -> None: ...
+    async def send(self, frame: Frame) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from natter.rpc import status_of
 from natter.settings import Settings
 from natter.v1 import socket_service_pb2 as spb
 from socket_svc import stream
+from socket_svc.frames import Frame, encode
 from socket_svc.hub import Hub
 from socket_svc.ports import MessageApi
 
@@ -92,8 +93,8 @@ class _WsTransport:
         # CLOSE, CLOSING, CLOSED, or ERROR (aiohttp has already closed it, e.g. 1009 too big).
         return None
 
-    async def send(self, frame: spb.ServerFrame) -> None:
-        await self.ws.send_bytes(frame.SerializeToString())
+    async def send(self, frame: Frame) -> None:
+        await self.ws.send_bytes(encode(frame))
 
 
 def close_of(end: stream.End) -> tuple[int, bytes]:

@@ -158,8 +158,9 @@ class _Wire:
     def __init__(self) -> None:
         self.frames: list[spb.ServerFrame] = []
 
-    async def send(self, frame: spb.ServerFrame) -> None:
-        self.frames.append(frame)
+    async def send(self, frame: spb.ServerFrame | bytes) -> None:
+        # Pushes arrive encoded (socket_svc/frames.py): read them as the device would.
+        self.frames.append(spb.ServerFrame.FromString(frame) if isinstance(frame, bytes) else frame)
 
 
 @dataclass

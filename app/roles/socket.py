@@ -12,10 +12,9 @@ from natter import domain as d
 from natter.errors import Unavailable
 from natter.settings import Settings
 from natter.v1 import socket_internal_service_pb2_grpc as ipb_grpc
-from natter.v1 import socket_service_pb2_grpc as spb_grpc
 from presence_svc.client import PresenceClient
 from registry import Registry
-from socket_svc import Hub, SocketInternalServicer, SocketServicer
+from socket_svc import Hub, SocketInternalServicer, SocketServicer, add_socket_service
 
 
 class SocketNode(ClusterNode):
@@ -36,9 +35,7 @@ class SocketNode(ClusterNode):
             presence=PresenceClient(self.pool, self.presence_owner),
             metrics=self.metrics,
         )
-        spb_grpc.add_SocketServiceServicer_to_server(
-            SocketServicer(self.hub, api, settings, self._locate), self.public
-        )
+        add_socket_service(SocketServicer(self.hub, api, settings, self._locate), self.public)
         ipb_grpc.add_SocketInternalServiceServicer_to_server(
             SocketInternalServicer(self.hub), self.internal
         )

@@ -314,6 +314,8 @@ class Connection:
         )
 
     async def next_event(self, timeout: float | None = None) -> Event:
+        if not self.events.empty():  # no task and timer for an event already here
+            return self.events.get_nowait()
         return await asyncio.wait_for(self.events.get(), timeout)
 
     async def messages(self) -> AsyncIterator[d.Message]:
