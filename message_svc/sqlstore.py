@@ -1942,7 +1942,7 @@ class SqlStore:
             .limit(limit)
         )
         async with self._read() as conn:
-            return [(_message(r), r.raw_payload) for r in await conn.execute(q)]
+            return [(_message(r[:-1]), r[-1]) for r in await conn.execute(q)]
 
     async def strip_bodies(self, thread_id: int) -> int:
         """Empty a thread's texts, system events and payloads: the log holds them now."""
