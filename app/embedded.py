@@ -73,8 +73,11 @@ class LocalFanout:
         direct = [x for x in deliveries if x.user_ids]
         group = [x for x in deliveries if not x.user_ids]
         if direct:
-            for hub in list(self.hubs.values()):
-                await hub.deliver(direct)
+            for node_id, hub in list(self.hubs.items()):
+                # A sender's own copies: that hub pushed them to its devices itself.
+                mine = [x for x in direct if x.pushed_by != node_id]
+                if mine:
+                    await hub.deliver(mine)
         if group:
             await self.channels.publish(group)
 

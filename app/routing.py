@@ -8,7 +8,7 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from channel_svc.client import ChannelClient
 from natter import domain as d
@@ -163,8 +163,12 @@ class ClusterFanout:
                 node = ring.owner(str(uid))
                 split[node.internal_addr if node is not None else ""].append(uid)
             for address, uids in split.items():
-                part = d.Delivery(dl.event, tuple(uids), dl.thread_id, dl.exclude_device_id)
-                if address:
+                part = replace(dl, user_ids=tuple(uids)) if len(split) > 1 else dl
+                if address == dl.pushed_by:
+                    # Pushed by that socket server itself (a sender's own copies); kept as
+                    # if handed over, so a ring change soon after pushes it to the new owner.
+                    self._remember([part], address)
+                elif address:
                     per_node[address].append(part)
                 else:
                     failed.append(part)

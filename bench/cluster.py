@@ -275,14 +275,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             (f"{n} socket server(s), paced {fmt(args.rate)}/s", _figures(paced, args.seconds))
         )
         rows.append(("  CPU-ms/msg by role", roles))
-        rows += hops.rows_of(window, paced.acked_in_window)
+        acked = paced.acked_in_window
+        rows += hops.rows_of(window, acked)
         if not args.no_record:
             append_result(
                 "cluster",
                 params + f", paced {fmt(args.rate)}/s",
                 _figures(paced, args.seconds)
                 + f"; CPU-ms/msg by role: {roles}; "
-                + hops.summary(window),
+                + hops.summary(window)
+                + (f"; Deliver calls: {d}" if (d := hops.deliver_summary(window, acked)) else ""),
                 ceiling_text,
                 "n/a",
             )

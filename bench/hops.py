@@ -32,6 +32,8 @@ WHOLE = {
     "natter_send_ack_seconds": "send->ack (socket edge)",
     "natter_deliver_seconds": "commit->written",
 }
+# And the Deliver calls socket servers receive (counters, kept as histograms of no buckets).
+DELIVERS = ("natter_deliver_calls", "natter_deliver_messages")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,12 @@ def parse(text: str) -> Snapshot:
     """The hop and end-to-end histograms in one process's Prometheus text."""
     out: Snapshot = {}
     for family in text_string_to_metric_families(text):
+        if family.name in DELIVERS:
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    key = family.name + "".join(f"_{v}" for v in sample.labels.values())
+                    out[key] = Histogram((), sample.value, sample.value)
+            continue
         if family.name not in ("natter_hop_seconds", *WHOLE):
             continue
         parts: dict[str, dict[str, object]] = {}
@@ -151,7 +159,24 @@ def rows_of(window: Snapshot, messages: int) -> list[tuple[str, str]]:
                 f"p99 {h.quantile(0.99) * 1e3:.2f} ms ({h.count:.0f} observations{per})",
             )
         )
+    delivers = deliver_summary(window, messages)
+    if delivers:
+        out.append(("  Deliver calls received", delivers))
     return out
+
+
+def deliver_summary(window: Snapshot, messages: int) -> str:
+    """Deliver calls the socket servers received per message sent (empty: not counted)."""
+    calls = {k: h.count for k, h in window.items() if k.startswith("natter_deliver_calls")}
+    if not calls:
+        return ""
+    n = max(1, messages)
+    carrying = calls.get("natter_deliver_calls_messages", 0.0)
+    pushed = window["natter_deliver_messages"].count if "natter_deliver_messages" in window else 0
+    return (
+        f"{sum(calls.values()) / n:.2f} per message, {carrying / n:.2f} carrying messages, "
+        f"{pushed / n:.2f} messages in them per message"
+    )
 
 
 def summary(window: Snapshot) -> str:

@@ -78,7 +78,7 @@ class MessageClient:
         return convert.send_result_of(res.result)
 
     async def send_many(
-        self, who: d.Principal, reqs: Sequence[d.SendRequest]
+        self, who: d.Principal, reqs: Sequence[d.SendRequest], origin: str = ""
     ) -> list[d.SendResult | NatterError]:
         """One call for a run of one device's sends: one replica stores them, in order."""
         if not reqs:
@@ -87,6 +87,7 @@ class MessageClient:
             user_id=who.user.user_id,
             device_id=who.device_id,
             sends=[convert.send(r) for r in reqs],
+            origin_address=origin,
         )
 
         async def go(ch: grpc.aio.Channel) -> mpb.SendMessagesResponse:

@@ -156,7 +156,7 @@ class Messaging:
         return outcome
 
     async def send_many(
-        self, who: Principal, reqs: Sequence[SendRequest]
+        self, who: Principal, reqs: Sequence[SendRequest], origin: str = ""
     ) -> list[SendResult | NatterError]:
         """Store a run of one device's sends; within each thread their seqs follow its order.
 
@@ -166,6 +166,10 @@ class Messaging:
         (say the store is unreachable while a recipient is looked up) the rest of the run is
         not tried and fails the same way, since storing a later send while an earlier one
         must be retried would put them out of order.
+
+        `origin` is the calling socket server (as the fan-out names it) when it pushes the
+        sender's own copies to the devices it holds once answered: they are pushed here only
+        to another server owning the sender (docs/architecture.md, "The sender's own copies").
         """
         if len(reqs) > MAX_SENDS_PER_CALL:
             raise InvalidArgument(
@@ -225,7 +229,7 @@ class Messaging:
         # A retry is pushed again: the replica that stored the original may have died
         # before pushing it. Devices drop what they already have (by thread and seq).
         pushing = time.perf_counter()
-        await self.publish_many(stored, exclude_device_id=who.device_id)
+        await self.publish_many(stored, exclude_device_id=who.device_id, origin=origin)
         if self.metrics.enabled and stored:
             pushed = time.perf_counter() - pushing
             for _ in stored:
@@ -422,27 +426,48 @@ class Messaging:
         messages: Sequence[tuple[Message, ThreadKind]],
         exclude_device_id: int = 0,
         extra_users: Iterable[int] = (),
+        origin: str = "",
     ) -> None:
-        """Push stored messages in the order given, in one hand-over to the fan-out."""
+        """Push stored messages in the order given, in one hand-over to the fan-out.
+
+        With an `origin` (the sender's socket server, which pushes the sender's other devices
+        itself) the sender's copy is a delivery of its own that the fan-out hands only to
+        another owner of the sender; the others' copies skip the sender's devices.
+        """
         if not messages:
             return
         extra = tuple(extra_users)
         try:
             deliveries: list[Delivery] = []
             for message, kind in messages:
+                sender = message.sender.user_id
                 if kind is ThreadKind.DIRECT:
                     users = await self.audience(message.thread_id, kind)
+                    if origin:
+                        users = [u for u in users if u != sender]
+                    if users:
+                        skip = 0 if origin else exclude_device_id
+                        deliveries.append(Delivery(message, user_ids=users, exclude_device_id=skip))
+                else:
                     deliveries.append(
-                        Delivery(message, user_ids=users, exclude_device_id=exclude_device_id)
+                        Delivery(
+                            message,
+                            thread_id=message.thread_id,
+                            exclude_device_id=exclude_device_id,
+                            exclude_user_id=sender if origin else 0,
+                        )
                     )
-                    continue
-                deliveries.append(
-                    Delivery(
-                        message, thread_id=message.thread_id, exclude_device_id=exclude_device_id
+                    if extra:
+                        deliveries.append(Delivery(message, user_ids=extra))
+                if origin:
+                    deliveries.append(
+                        Delivery(
+                            message,
+                            user_ids=(sender,),
+                            exclude_device_id=exclude_device_id,
+                            pushed_by=origin,
+                        )
                     )
-                )
-                if extra:
-                    deliveries.append(Delivery(message, user_ids=extra))
             await self.fanout.deliver(deliveries)
         except Exception:  # the store is the truth; devices catch up by sync
             first, last = messages[0][0], messages[-1][0]

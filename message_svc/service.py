@@ -112,9 +112,9 @@ class MessageService:
         return await self.messaging.send(who, req)
 
     async def send_many(
-        self, who: Principal, reqs: Sequence[SendRequest]
+        self, who: Principal, reqs: Sequence[SendRequest], origin: str = ""
     ) -> list[SendResult | NatterError]:
-        return await self.messaging.send_many(who, reqs)
+        return await self.messaging.send_many(who, reqs, origin)
 
     async def sync_device(
         self, who: Principal, cursors: Sequence[Cursor], skip_replay: bool, limit: int

@@ -324,6 +324,7 @@ class MessageInternalServicer(mpb_grpc.MessageInternalServiceServicer):
         outcomes = await self.messaging.send_many(
             await self._who(request.user_id, request.device_id),
             [convert.send_request_of(s) for s in request.sends],
+            request.origin_address,
         )
         return mpb.SendMessagesResponse(
             outcomes=[

@@ -2760,6 +2760,157 @@ _WITH_TARGETS = sa.select(_th.c.id).where(
     sa.exists().where(_mem.c.thread_id == _th.c.id, t.push_targets.c.user_id == _mem.c.owner_id),
 )
 
+# What an append checks before it numbers anything, in one statement (one round trip):
+# rows (what, a, b) — the senders' active memberships (owner, thread), blocks among the
+# people of its direct sends (blocker, blocked), its deleted peers (user, 0), and its
+# threads where someone has a push target (thread, 0).
+_CHECK_MEMBER, _CHECK_BLOCK, _CHECK_GONE, _CHECK_PUSH = 1, 2, 3, 4
+# Most ids a checks statement binds per list (SQLite's expanding IN lists); more go the long way.
+_CHECKS_MAX = 300
+
+
+def _checks_statement(arrays: bool) -> sa.CompoundSelect[Any]:
+    """The append's checks; `arrays`: lists bound as one array each (`= ANY(:x)`, PostgreSQL).
+
+    An expanding IN list is rendered anew at every execution (its length changes), which
+    showed in the message nodes' profile; an array is one parameter of a statement compiled
+    once, and asyncpg prepares it once per connection.
+    """
+
+    def among(col: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[bool]:
+        if arrays:
+            return col == sa.any_(sa.bindparam(name, type_=sa.ARRAY(sa.BigInteger)))
+        return col.in_(_in(name))
+
+    def tag(what: int) -> sa.ColumnElement[Any]:
+        return sa.literal_column(str(what), sa.Integer).label("what")
+
+    none = sa.literal_column("0", sa.BigInteger)
+    return sa.union_all(
+        sa.select(tag(_CHECK_MEMBER), _mem.c.owner_id.label("a"), _mem.c.thread_id.label("b"))
+        .where(among(_mem.c.owner_id, "owners"), among(_mem.c.thread_id, "threads"))
+        .where(_mem.c.left_seq.is_(None)),
+        sa.select(
+            tag(_CHECK_BLOCK),
+            t.blocks.c.blocker_id.label("a"),
+            t.blocks.c.blocked_id.label("b"),
+        ).where(among(t.blocks.c.blocker_id, "people"), among(t.blocks.c.blocked_id, "people")),
+        sa.select(tag(_CHECK_GONE), t.users.c.id.label("a"), none.label("b")).where(
+            among(t.users.c.id, "peers"), t.users.c.delete_time.is_not(None)
+        ),
+        sa.select(tag(_CHECK_PUSH), _th.c.id.label("a"), none.label("b")).where(
+            among(_th.c.id, "threads"),
+            sa.exists().where(
+                _mem.c.thread_id == _th.c.id, t.push_targets.c.user_id == _mem.c.owner_id
+            ),
+        ),
+    )
+
+
+_CHECKS = {False: _checks_statement(False), True: _checks_statement(True)}
+_TOUCH_ARRAY = (
+    _mem.update()
+    .where(
+        _mem.c.thread_id == sa.any_(sa.bindparam("threads", type_=sa.ARRAY(sa.BigInteger))),
+        _mem.c.left_seq.is_(None),
+    )
+    .values(update_time=sa.bindparam("now"))
+)
+
+
+def _arrays(conn: Connection) -> bool:
+    """Whether lists are bound as arrays (PostgreSQL) rather than expanded into IN lists."""
+    return conn.dialect.name == "postgresql"
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """What an append may store, as its checks found it.
+
+    Active (sender, thread) pairs, barred direct sends, and the threads that queue a push
+    job (None: not looked at, `_queue_pushes` asks).
+    """
+
+    allowed: set[tuple[int, int]]
+    barred: dict[tuple[int, int], Refusal]
+    pushing: set[int] | None
+
+
+def _check(
+    conn: Connection, batch: Sequence[NewMessage], existing: dict[tuple[int, str], Message]
+) -> _Checked:
+    """Membership, blocks and push targets of a batch, read in its own transaction.
+
+    One statement when the batch's lists are small (always, but for bulk loads), else the
+    three of before (`_ACTIVE`, `_barred`, `_queue_pushes`' own look). A block or a removal
+    made a moment ago holds; a push target registered after this is for later messages.
+    """
+    pairs = {
+        (n.sender.user_id, n.thread_id)
+        for n in batch
+        if (n.sender.user_id, n.client_msg_id) not in existing
+    }
+    direct = {
+        (n.sender.user_id, n.peer_id)
+        for n in batch
+        if n.peer_id
+        and n.peer_id != n.sender.user_id
+        and (n.sender.user_id, n.client_msg_id) not in existing
+    }
+    owners = {p[0] for p in pairs}
+    threads = {p[1] for p in pairs}
+    people = {x for pair in direct for x in pair}
+    if max(len(owners), len(threads), len(people)) > _CHECKS_MAX:
+        allowed = _active(conn, list(pairs))
+        return _Checked(allowed, _barred(conn, batch, existing, allowed), None)
+    rows = conn.execute(
+        _CHECKS[_arrays(conn)],
+        {
+            "owners": list(owners),
+            "threads": list(threads),
+            "people": list(people),
+            "peers": list({p for _, p in direct}),
+        },
+    )
+    allowed = set()
+    links: set[tuple[int, int]] = set()
+    gone: set[int] = set()
+    pushing: set[int] = set()
+    for r in rows:
+        what, a, b = int(r.what), int(r.a), int(r.b)
+        if what == _CHECK_MEMBER and (a, b) in pairs:
+            allowed.add((a, b))
+        elif what == _CHECK_BLOCK:
+            links.add((a, b))
+        elif what == _CHECK_GONE:
+            gone.add(a)
+        elif what == _CHECK_PUSH:
+            pushing.add(a)
+    barred: dict[tuple[int, int], Refusal] = {}
+    for sender, peer in direct:
+        if peer in gone:
+            barred[(sender, peer)] = Refusal.PEER_DELETED
+        elif (peer, sender) in links:
+            barred[(sender, peer)] = Refusal.BLOCKED_BY_PEER
+        elif (sender, peer) in links:
+            barred[(sender, peer)] = Refusal.BLOCKING_PEER
+    return _Checked(allowed, barred, pushing)
+
+
+def _active(conn: Connection, pairs: Sequence[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Which (owner, thread) pairs are active memberships, in chunks of IN lists."""
+    allowed: set[tuple[int, int]] = set()
+    for start in range(0, len(pairs), 300):
+        part = pairs[start : start + 300]
+        rows = conn.execute(
+            _ACTIVE, {"owners": list({p[0] for p in part}), "threads": list({p[1] for p in part})}
+        )
+        allowed.update(
+            (int(r.owner_id), int(r.thread_id))
+            for r in _pairs(rows, set(part), "owner_id", "thread_id")
+        )
+    return allowed
+
 
 # The message insert as driver SQL, per dialect name: (SQL, each parameter's bind processor).
 _DRIVER_INSERTS: dict[
@@ -3077,25 +3228,9 @@ def _append(
             m_ = _message(r)
             existing[(m_.sender.user_id, m_.client_msg_id)] = m_
     # Membership is checked in the same transaction that writes: a sender removed a
-    # moment ago cannot slip a message in.
-    pairs = list(
-        {
-            (n.sender.user_id, n.thread_id)
-            for n in batch
-            if (n.sender.user_id, n.client_msg_id) not in existing
-        }
-    )
-    allowed: set[tuple[int, int]] = set()
-    for start in range(0, len(pairs), 300):
-        part = pairs[start : start + 300]
-        rows = conn.execute(
-            _ACTIVE, {"owners": list({p[0] for p in part}), "threads": list({p[1] for p in part})}
-        )
-        allowed.update(
-            (int(r.owner_id), int(r.thread_id))
-            for r in _pairs(rows, set(part), "owner_id", "thread_id")
-        )
-    barred = _barred(conn, batch, existing, allowed)
+    # moment ago cannot slip a message in (and so are blocks, and push targets, at once).
+    checked = _check(conn, batch, existing)
+    allowed, barred = checked.allowed, checked.barred
     fresh: dict[tuple[int, str], int] = {}
     per_thread: dict[int, list[int]] = defaultdict(list)
     rich: _Rich | None = None
@@ -3179,8 +3314,9 @@ def _append(
     if rows_to_insert:
         _insert_messages(conn, rows_to_insert)
         if touched:
-            conn.execute(_TOUCH, {"threads": list(touched), "now": now})
-    _queue_pushes(conn, notify, now)
+            touch = _TOUCH_ARRAY if _arrays(conn) else _TOUCH
+            conn.execute(touch, {"threads": list(touched), "now": now})
+    _queue_pushes(conn, notify, now, checked.pushing)
     for i, n in enumerate(batch):
         if out[i] is None:  # repeated inside this batch: same answer as the first
             first = out[fresh[(n.sender.user_id, n.client_msg_id)]]
@@ -3189,19 +3325,26 @@ def _append(
     return [a for a in out if a is not None]
 
 
-def _queue_pushes(conn: Connection, spans: dict[int, tuple[int, int]], now: datetime) -> None:
+def _queue_pushes(
+    conn: Connection,
+    spans: dict[int, tuple[int, int]],
+    now: datetime,
+    wanted: set[int] | None = None,
+) -> None:
     """One push job per thread of the commit, for its new messages that notify.
 
     Written in the commit's own transaction: a message acknowledged to its sender has its
     push queued durably, whichever process dies next. The worker expands it to recipients
-    and honours the grace period from `now`.
+    and honours the grace period from `now`. `wanted`: the threads with a push target, when
+    the caller read them already (`_check`).
     """
     if not spans:
         return
     # Only threads where someone could be pushed to: most chats, and every benchmark, have
     # no push target at all, and then a row would only cost the worker a claim and a delete.
     # A target registered after this check is for messages after it.
-    wanted = set(conn.execute(_WITH_TARGETS, {"threads": list(spans)}).scalars())
+    if wanted is None:
+        wanted = set(conn.execute(_WITH_TARGETS, {"threads": list(spans)}).scalars())
     spans = {tid: span for tid, span in spans.items() if tid in wanted}
     if not spans:
         return

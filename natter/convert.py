@@ -570,7 +570,10 @@ def device_of(p: pb.Device) -> d.Device:
 
 def delivery(x: d.Delivery) -> ipb.Delivery:
     out = ipb.Delivery(
-        user_ids=list(x.user_ids), thread_id=x.thread_id, exclude_device_id=x.exclude_device_id
+        user_ids=list(x.user_ids),
+        thread_id=x.thread_id,
+        exclude_device_id=x.exclude_device_id,
+        exclude_user_id=x.exclude_user_id,
     )
     ev = x.event
     if isinstance(ev, d.Message):
@@ -618,7 +621,7 @@ def delivery_of(p: ipb.Delivery) -> d.Delivery | None:
         ev = d.ProfileChanged(user_of(p.profile_changed.user))
     else:
         return None
-    return d.Delivery(ev, tuple(p.user_ids), p.thread_id, p.exclude_device_id)
+    return d.Delivery(ev, tuple(p.user_ids), p.thread_id, p.exclude_device_id, p.exclude_user_id)
 
 
 def deliveries_of(ps: Iterable[ipb.Delivery]) -> list[d.Delivery]:

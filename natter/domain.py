@@ -319,6 +319,11 @@ class Delivery:
     user_ids: Sequence[int] = ()
     thread_id: int = 0
     exclude_device_id: int = 0
+    # Skip every device of this user: its own socket server pushes them (a sender's copies).
+    exclude_user_id: int = 0
+    # The socket server (as the fan-out knows it) that pushes these users' devices itself:
+    # routing hands the delivery only to the users' other owners. Not sent on the wire.
+    pushed_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,6 +143,19 @@ class Metrics:
             "Devices on this socket server reached by one group event",
             buckets=SIZES,
         )
+        self.deliver_calls = make(
+            Counter,
+            "natter_deliver_calls_total",
+            "Deliver calls this socket server received from message, channel and presence "
+            "nodes, by whether they carried a message (or only receipts, presence and the like)",
+            ("carries",),
+        )
+        self.deliver_messages = make(
+            Counter,
+            "natter_deliver_messages_total",
+            "Messages carried by the Deliver calls this socket server received (a sender's "
+            "own copies are pushed by the sender's socket server and are not among them)",
+        )
         self.rate_limited = make(
             Counter,
             "natter_rate_limited_total",

@@ -98,6 +98,9 @@ class Hub:
         metrics: Metrics = NO_METRICS,
     ) -> None:
         self.node_id = node_id
+        # What message_svc's fan-out calls this server (node id in one process, internal
+        # address in a cluster): it pushes its senders' own copies itself (sends.py).
+        self.origin = node_id
         self.api = api
         self.settings = settings
         self.channel = channel
@@ -298,6 +301,13 @@ class Hub:
 
     # -- deliveries ----------------------------------------------------------------------
 
+    def received(self, deliveries: Sequence[d.Delivery]) -> None:
+        """Count a Deliver call from another service (its deliveries follow to `deliver`)."""
+        messages = sum(1 for dl in deliveries if isinstance(dl.event, d.Message))
+        self.metrics.deliver_calls.labels("messages" if messages else "other").inc()
+        if messages:
+            self.metrics.deliver_messages.inc(messages)
+
     async def deliver(self, deliveries: Sequence[d.Delivery]) -> None:
         for dl in deliveries:
             event = dl.event
@@ -312,7 +322,7 @@ class Hub:
             typist = event.user.user_id if isinstance(event, d.Typing) else 0
             reached = 0
             for uid in users:
-                if uid == typist:
+                if uid == typist or uid == dl.exclude_user_id:
                     continue
                 for s in self.by_user.get(uid, ()):
                     if s.device_id != dl.exclude_device_id:

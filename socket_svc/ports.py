@@ -27,8 +27,15 @@ class MessageApi(Protocol):
         ...
 
     async def send_many(
-        self, who: Principal, reqs: Sequence[SendRequest]
-    ) -> list[SendResult | NatterError]: ...
+        self, who: Principal, reqs: Sequence[SendRequest], origin: str = ""
+    ) -> list[SendResult | NatterError]:
+        """Store a run of one device's sends in order, durable on return.
+
+        `origin` names the caller in message_svc's fan-out when it pushes the sender's own
+        copies to the devices it holds itself: message_svc does not push them there.
+        """
+        ...
+
     async def sync_device(
         self, who: Principal, cursors: Sequence[Cursor], skip_replay: bool, limit: int
     ) -> tuple[SyncPage, list[Cursor]]: ...

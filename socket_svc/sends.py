@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from natter import convert
 from natter import domain as d
@@ -26,6 +27,15 @@ MAX_BATCH = 128
 MAX_WAITING = 1024
 # How long later sends are held back behind one refused for now, at most.
 HOLD_SECONDS = 30.0
+
+
+class OwnCopies(Protocol):
+    """The sender's socket server (its Hub): pushes what a device sent to its other devices."""
+
+    # What message_svc's fan-out calls this server: it pushes the sender's copies elsewhere only.
+    origin: str
+
+    async def deliver(self, deliveries: Sequence[d.Delivery]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +62,11 @@ class Sends:
     same way: those queued behind it at once, those that arrive later on arrival. The
     device then sends them again in its order (the SDK does). The hold also ends after
     HOLD_SECONDS, so a client that gave that send up is not refused for ever.
+
+    With `own` (the socket server's hub) each run's stored messages are pushed to the
+    sender's other devices here, once answered, and message_svc pushes them only to another
+    server owning the sender: a device attached before the answer gets them now, one
+    attached after finds them in the store on sync (docs/architecture.md).
     """
 
     def __init__(
@@ -61,9 +76,11 @@ class Sends:
         answer: Callable[[d.SendResult], None],
         refuse: Callable[[str, NatterError], None],
         metrics: Metrics = NO_METRICS,
+        own: OwnCopies | None = None,
     ) -> None:
         self.who = who
         self.api = api
+        self._own = own
         self._answer = answer
         self._refuse = refuse
         self._metrics = metrics
@@ -148,6 +165,9 @@ class Sends:
                         if at is not None:
                             queue.observe(handed - at)
                             call.observe(answered - handed)
+                if self._own is not None:
+                    # Before the answers, as message_svc pushes others' copies before answering.
+                    await self._push_own(run, outcomes)
                 for (number, send), outcome in zip(run, outcomes, strict=True):
                     arrived = self._arrived.pop(number, None)
                     if isinstance(outcome, d.SendResult):
@@ -172,10 +192,44 @@ class Sends:
         finally:
             self._task = None
 
+    def _copy(self, send: spb.Send, res: d.SendResult) -> d.Delivery:
+        """The stored message for the sender's other devices (plain text comes back bare)."""
+        who = self.who
+        message = res.message or d.Message(
+            res.thread_id,
+            res.seq,
+            res.msg_id,
+            who.user,
+            who.device_id,
+            res.client_msg_id,
+            d.MessageKind.TEXT,
+            send.text,
+            res.create_time,
+        )
+        return d.Delivery(message, user_ids=(who.user.user_id,), exclude_device_id=who.device_id)
+
+    async def _push_own(
+        self, run: Sequence[tuple[int, spb.Send]], outcomes: Sequence[d.SendResult | NatterError]
+    ) -> None:
+        """The run's stored messages to the sender's other devices on this server."""
+        assert self._own is not None
+        own = [
+            self._copy(send, o)
+            for (_, send), o in zip(run, outcomes, strict=True)
+            if isinstance(o, d.SendResult)
+        ]
+        if not own:
+            return
+        try:
+            await self._own.deliver(own)
+        except Exception:  # the store is the truth: the other devices catch up by sync
+            logger.warning("push of %d own copies failed", len(own), exc_info=True)
+
     async def _hand_over(self, sends: Sequence[spb.Send]) -> Sequence[d.SendResult | NatterError]:
+        origin = self._own.origin if self._own is not None else ""
         try:
             outcomes = await self.api.send_many(
-                self.who, [convert.send_request_of(s) for s in sends]
+                self.who, [convert.send_request_of(s) for s in sends], origin
             )
         except NatterError as e:
             return [e] * len(sends)

@@ -128,7 +128,9 @@ class SocketInternalServicer(ipb_grpc.SocketInternalServiceServicer):
         self.hub = hub
 
     async def Deliver(self, request: ipb.DeliverRequest, context: Context) -> ipb.DeliverResponse:
-        await self.hub.deliver(convert.deliveries_of(request.deliveries))
+        deliveries = convert.deliveries_of(request.deliveries)
+        self.hub.received(deliveries)
+        await self.hub.deliver(deliveries)
         return ipb.DeliverResponse()
 
     async def ListSubscriptions(

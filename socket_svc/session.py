@@ -27,7 +27,7 @@ from socket_svc import frames
 from socket_svc.frames import Frame
 from socket_svc.light import Flag, Inbox
 from socket_svc.ports import MessageApi
-from socket_svc.sends import Sends
+from socket_svc.sends import OwnCopies, Sends
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ class Session:
         "_on_ack",
         "_on_state",
         "_out",
+        "_own",
         "_queued_at",
         "_sends",
         "_typing",
@@ -164,8 +165,10 @@ class Session:
         settings: Settings,
         on_ack: Callable[[Session], None],
         metrics: Metrics = NO_METRICS,
+        own: OwnCopies | None = None,
     ) -> None:
         self.who = who
+        self._own = own  # pushes this device's sends to the user's other devices here
         self.metrics = metrics
         self.user_id = who.user.user_id
         self.device_id = who.device_id
@@ -217,7 +220,9 @@ class Session:
     def sends(self) -> Sends:
         """The device's sends in order (socket_svc/sends.py), made when the first arrives."""
         if self._sends is None:
-            self._sends = Sends(self.who, self.api, self._sent, self._send_refused, self.metrics)
+            self._sends = Sends(
+                self.who, self.api, self._sent, self._send_refused, self.metrics, self._own
+            )
         return self._sends
 
     # -- outbound ------------------------------------------------------------------------

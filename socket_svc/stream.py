@@ -177,7 +177,13 @@ class DeviceStream:
 
     async def _run(self, who: d.Principal, hello: spb.Hello) -> End:
         session = Session(
-            who, self.api, self.transport, self.settings, self.hub.ack_pending, self.hub.metrics
+            who,
+            self.api,
+            self.transport,
+            self.settings,
+            self.hub.ack_pending,
+            self.hub.metrics,
+            self.hub,
         )
         session.foreground = hello.foreground
         try:

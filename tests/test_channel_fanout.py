@@ -1,4 +1,4 @@
-"""Group fan-out through channel_svc across several socket servers (hubs) in one process."""
+"""Fan-out across several socket servers (hubs) in one process: groups, a sender's own copies."""
 
 from __future__ import annotations
 
@@ -186,3 +186,50 @@ async def test_channel_restart_rebuilds_from_socket_servers_and_loses_nothing(
             (lost.seq, "while channels were down"),
             (after.seq, "after the restart"),
         ]
+
+
+async def test_a_senders_own_copies_reach_its_devices_on_every_socket_server_once(
+    cluster: Cluster, server: EmbeddedServer
+) -> None:
+    """The sending device's socket server pushes the sender's other devices there itself.
+
+    message_svc still pushes the sender's copies to every other socket server that holds
+    one of the sender's devices (here a second hub; in a cluster, one that owns the sender
+    after a ring change), and to no device twice: each hub counts one push per device.
+    """
+    main, other = await cluster.add_nodes(1)
+    await cluster.register(["alice", "bob"])
+    _, phone = await cluster.device("alice", main)
+    _, laptop = await cluster.device("alice", main)
+    _, tablet = await cluster.device("alice", other)
+    _, bob = await cluster.device("bob", other)
+    before = cluster.deliveries()
+    sent = [await phone.send(f"m{i}", recipient="bob") for i in range(5)]
+    want = [(s.thread_id, s.seq, f"m{i}") for i, s in enumerate(sent)]
+    for conn in (laptop, tablet, bob):
+        assert [(m.thread_id, m.seq, m.text) for m in await collect(conn, 5)] == want
+    # main: the laptop once per message; other: the tablet and bob once each.
+    assert delta(cluster.deliveries(), before) == {main: 5, other: 10}
+
+
+async def test_a_senders_own_copies_of_group_messages_reach_each_device_once(
+    cluster: Cluster, server: EmbeddedServer
+) -> None:
+    """In a group the same: channel_svc's forward skips the sender, whose socket server
+    pushes the sender's other devices there, and message_svc the sender's devices elsewhere."""
+    main, other = await cluster.add_nodes(1)
+    await cluster.register(["alice", "bob"])
+    alice, phone = await cluster.device("alice", main)
+    _, laptop = await cluster.device("alice", main)
+    _, tablet = await cluster.device("alice", other)
+    _, bob = await cluster.device("bob", other)
+    g = (await alice.create_group("g", ["bob"])).thread_id
+    for conn in (laptop, tablet, bob):
+        assert [m.seq for m in await collect(conn, 1)] == [1]
+    await eventually(lambda: server.channels.subs.get(g) == {main, other})
+    before = cluster.deliveries()
+    sent = [await phone.send(f"g{i}", thread_id=g) for i in range(3)]
+    want = [(g, s.seq, f"g{i}") for i, s in enumerate(sent)]
+    for conn in (laptop, tablet, bob):
+        assert [(m.thread_id, m.seq, m.text) for m in await collect(conn, 3)] == want
+    assert delta(cluster.deliveries(), before) == {main: 3, other: 6}

@@ -13,9 +13,11 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from natter.errors import Unavailable
 from natter.pool import SECRET_HEADER
@@ -32,7 +34,7 @@ from natter.v1 import socket_service_pb2 as spb
 from natter.v1 import types_pb2 as tpb
 from tests.cluster import SECRET, Chat, Cluster, running_cluster
 from tests.conftest import PASSWORD
-from tests.helpers import eventually
+from tests.helpers import collect, eventually
 from tests.procs import RawStream
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
@@ -214,6 +216,81 @@ async def test_a_device_that_reaches_a_server_not_owning_its_user_is_sent_to_the
         await direct.close()
         await sender.close()
         for c in clients:
+            await c.close()
+
+
+# -- the sender's own copies ---------------------------------------------------------------
+
+
+async def _deliver_counts(cluster: Cluster) -> dict[str, float]:
+    """Messages each socket server received in Deliver calls (natter_deliver_messages_total)."""
+    out: dict[str, float] = {}
+    async with aiohttp.ClientSession() as http:
+        for p in cluster.of("socket"):
+            async with http.get(f"http://127.0.0.1:{p.metrics_port}/metrics") as res:
+                assert res.status == 200, p.node_id
+                text = await res.text()
+            out[p.node_id] = sum(
+                s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "natter_deliver_messages_total"
+            )
+    return out
+
+
+async def test_a_senders_other_devices_get_its_messages_once_from_its_own_socket_server(
+    healthy: Cluster,
+) -> None:
+    """Three devices of one sender, its peer on another of the three socket servers.
+
+    The sender's socket server pushes the sender's copies to its other devices itself, once
+    SendMessages answered: message_svc's Deliver goes to the peer's socket server only. It
+    used to go to the sender's as well, a call per message that reached no device when the
+    sender had only the one, and whose share grew with the number of socket servers.
+    """
+    tag = f"cp{os.getpid() % 1000}x{int(time.time() * 1000) % 100000}"
+    sender = Client(healthy.front_door, timeout=20.0)
+    await sender.register(f"{tag}s", PASSWORD)
+    await sender.login(f"{tag}s", PASSWORD, "phone")
+    assert sender.user is not None
+    home = healthy.owner(sender.user.user_id)
+    peers: list[Client] = []
+    peer: Client | None = None
+    for i in range(8):  # a peer on another socket server: 1 - (1/3)^8 likely at once
+        c = Client(healthy.front_door, timeout=20.0)
+        peers.append(c)
+        await c.register(f"{tag}p{i}", PASSWORD)
+        await c.login(f"{tag}p{i}", PASSWORD, "test")
+        assert c.user is not None
+        if healthy.owner(c.user.user_id) != home:
+            peer = c
+            break
+    assert peer is not None and peer.user is not None, "every peer landed on the sender's server"
+    there = healthy.owner(peer.user.user_id)
+    others = [Client(healthy.front_door, timeout=20.0) for _ in range(2)]
+    for i, c in enumerate(others):
+        await c.login(f"{tag}s", PASSWORD, f"device{i}")
+    conns = [await Connection(c).start(timeout=30) for c in (sender, *others, peer)]
+    phone, *copies, recipient = conns
+    try:
+        before = await _deliver_counts(healthy)
+        sent = [await phone.send(f"m{i}", recipient=peer.user.username) for i in range(10)]
+        want = [(s.thread_id, s.seq) for s in sent]
+        for conn in (*copies, recipient):
+            got = await collect(conn, 10, timeout=30)
+            assert [(m.thread_id, m.seq) for m in got] == want
+            assert [m.text for m in got] == [f"m{i}" for i in range(10)]
+        after = await _deliver_counts(healthy)
+        delta = {node: after[node] - before[node] for node in after}
+        assert home is not None and there is not None
+        # The peer's server got each message in a Deliver; the sender's server none.
+        assert delta[there] >= 10, delta
+        assert delta[home] == 0, delta
+    finally:
+        for conn in conns:
+            await conn.close()
+        for c in (sender, *others, *peers):
             await c.close()
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import sqlalchemy as sa
 
 from devtools.dbservers import ENGINES, DbServer, missing, server_for
 from devtools.ferretdb import FerretDbServer
@@ -1794,6 +1795,43 @@ async def test_the_rich_messages_migration_holds_whatever_its_place(store: SqlSt
     ]
     rows = await store.search_messages(alice.id, ["migration"], 0, 0, 10)
     assert [m.text for m in rows] == ["kept through the migration"]
+
+
+async def test_a_direct_send_is_checked_in_one_statement_of_its_transaction(
+    store: SqlStore,
+) -> None:
+    """Membership, blocks and push targets are one statement (they were three round trips).
+
+    Counted at the driver: the checks, the seq bump (a locking read and an UPDATE where the
+    engine has no UPDATE ... RETURNING), the insert, the members' rows; BEGIN and COMMIT
+    around them. Every statement is a round trip on a database server.
+    """
+    if isinstance(store, SplitStore):
+        pytest.skip("the split store appends through its message log, not this transaction")
+    alice, bob = await person(store, "alice"), await person(store, "bob")
+    ab = await store.direct_thread(alice.id, bob.id)
+
+    def direct() -> NewMessage:
+        return replace(text(ab, alice), peer_id=bob.id, notify=True)
+
+    await append(store, [direct()])  # connections made, statements compiled
+    statements: list[str] = []
+
+    def seen(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    assert store.engine is not None
+    engines = {store.engine.sync_engine, getattr(store, "_sync_engine", None)} - {None}
+    for engine in engines:
+        sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        [appended] = await append(store, [direct()])
+    finally:
+        for engine in engines:
+            sa.event.remove(engine, "before_cursor_execute", seen)
+    assert appended.message.seq == 2
+    bump = 1 if store.engine.dialect.update_returning else 2
+    assert len(statements) == 3 + bump, statements
 
 
 # -- safety, administration, device limits ------------------------------------------------

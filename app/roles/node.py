@@ -69,6 +69,7 @@ class ClusterNode:
         self.health = health.aio.HealthServicer()
         self.public_port = 0
         self.internal_port = 0
+        self.internal_address = ""  # as registered: how the ring names this node
         self._tasks: set[asyncio.Task[None]] = set()
         self.registered = False  # between our registration and our clean stop
         self.registry.subscribe(self._prune_channels)
@@ -137,9 +138,10 @@ class ClusterNode:
             raise OSError("cannot bind the public or internal listener")
         await self.public.start()
         await self.internal.start()
-        self.started()
         public = s.advertise_addr or f"{_host(s.grpc_addr)}:{self.public_port}"
         internal = s.advertise_internal_addr or f"{_host(s.internal_addr)}:{self.internal_port}"
+        self.internal_address = internal
+        self.started()
         await self.registry.register(Node(self.node_id, self.role, public, internal))
         self.registered = True
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)

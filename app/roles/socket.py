@@ -74,6 +74,8 @@ class SocketNode(ClusterNode):
         return node.public_addr
 
     def started(self) -> None:
+        # message_svc's fan-out routes by internal address: the sender's copies it skips here.
+        self.hub.origin = self.internal_address
         self.hub.start()
         self.spawn(self._resubscribe_when_stale())
 

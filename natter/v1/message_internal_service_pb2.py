@@ -26,7 +26,7 @@ from natter.v1 import socket_service_pb2 as natter_dot_v1_dot_socket__service__p
 from natter.v1 import types_pb2 as natter_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(natter/v1/message_internal_service.proto\x12\tnatter.v1\x1a\x1enatter/v1/socket_service.proto\x1a\x15natter/v1/types.proto\"a\n,MessageInternalServiceListUserChangesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"e\n-MessageInternalServiceListUserChangesResponse\x12&\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x15.natter.v1.UserChange\x12\x0c\n\x04more\x18\x02 \x01(\x08\")\n\x13\x43heckDevicesRequest\x12\x12\n\ndevice_ids\x18\x01 \x03(\x03\"0\n\x14\x43heckDevicesResponse\x12\x18\n\x10valid_device_ids\x18\x01 \x03(\x03\"$\n\x13\x41uthenticateRequest\x12\r\n\x05token\x18\x01 \x01(\t\"H\n\x14\x41uthenticateResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\"W\n\x12SendMessageRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\x1d\n\x04send\x18\x03 \x01(\x0b\x32\x0f.natter.v1.Send\"<\n\x13SendMessageResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.natter.v1.SendResult\"Y\n\x13SendMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\x1e\n\x05sends\x18\x03 \x03(\x0b\x32\x0f.natter.v1.Send\"j\n\x0bSendOutcome\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x15.natter.v1.SendResultH\x00\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.natter.v1.StreamErrorH\x00\x42\t\n\x07outcome\"@\n\x14SendMessagesResponse\x12(\n\x08outcomes\x18\x01 \x03(\x0b\x32\x16.natter.v1.SendOutcome\"\x7f\n\x11SyncDeviceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\"\n\x07\x63ursors\x18\x03 \x03(\x0b\x32\x11.natter.v1.Cursor\x12\x13\n\x0bskip_replay\x18\x04 \x01(\x08\x12\r\n\x05limit\x18\x05 \x01(\x05\"k\n\x12SyncDeviceResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message\x12\x0c\n\x04more\x18\x02 \x01(\x08\x12!\n\x06starts\x18\x03 \x03(\x0b\x32\x11.natter.v1.Cursor\"8\n\x12\x43heckMemberRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tthread_id\x18\x02 \x01(\x03\"\x15\n\x13\x43heckMemberResponse\"S\n\tDeviceAck\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\"\n\x07\x63ursors\x18\x03 \x03(\x0b\x32\x11.natter.v1.Cursor\"7\n\x11\x41\x63kCursorsRequest\x12\"\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x14.natter.v1.DeviceAck\"\x14\n\x12\x41\x63kCursorsResponse\"X\n\x0fMarkReadRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12!\n\x06\x63ursor\x18\x03 \x01(\x0b\x32\x11.natter.v1.Cursor\"\x12\n\x10MarkReadResponse\"b\n\x12RelayTypingRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12(\n\x06typing\x18\x03 \x01(\x0b\x32\x18.natter.v1.TypingRequest\"\x15\n\x13RelayTypingResponse\"(\n\x15ListUserGroupsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\",\n\x16ListUserGroupsResponse\x12\x12\n\nthread_ids\x18\x01 \x03(\x03\"n\n\x0eReadGapRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\x11\n\tthread_id\x18\x03 \x01(\x03\x12\x11\n\tafter_seq\x18\x04 \x01(\x03\x12\x12\n\nbefore_seq\x18\x05 \x01(\x03\"7\n\x0fReadGapResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message2\xf0\x07\n\x16MessageInternalService\x12O\n\x0c\x41uthenticate\x12\x1e.natter.v1.AuthenticateRequest\x1a\x1f.natter.v1.AuthenticateResponse\x12L\n\x0bSendMessage\x12\x1d.natter.v1.SendMessageRequest\x1a\x1e.natter.v1.SendMessageResponse\x12I\n\nSyncDevice\x12\x1c.natter.v1.SyncDeviceRequest\x1a\x1d.natter.v1.SyncDeviceResponse\x12@\n\x07ReadGap\x12\x19.natter.v1.ReadGapRequest\x1a\x1a.natter.v1.ReadGapResponse\x12L\n\x0b\x43heckMember\x12\x1d.natter.v1.CheckMemberRequest\x1a\x1e.natter.v1.CheckMemberResponse\x12I\n\nAckCursors\x12\x1c.natter.v1.AckCursorsRequest\x1a\x1d.natter.v1.AckCursorsResponse\x12\x43\n\x08MarkRead\x12\x1a.natter.v1.MarkReadRequest\x1a\x1b.natter.v1.MarkReadResponse\x12L\n\x0bRelayTyping\x12\x1d.natter.v1.RelayTypingRequest\x1a\x1e.natter.v1.RelayTypingResponse\x12U\n\x0eListUserGroups\x12 .natter.v1.ListUserGroupsRequest\x1a!.natter.v1.ListUserGroupsResponse\x12O\n\x0cSendMessages\x12\x1e.natter.v1.SendMessagesRequest\x1a\x1f.natter.v1.SendMessagesResponse\x12\x84\x01\n\x0fListUserChanges\x12\x37.natter.v1.MessageInternalServiceListUserChangesRequest\x1a\x38.natter.v1.MessageInternalServiceListUserChangesResponse\x12O\n\x0c\x43heckDevices\x12\x1e.natter.v1.CheckDevicesRequest\x1a\x1f.natter.v1.CheckDevicesResponseB.\n\rdev.natter.v1B\x1bMessageInternalServiceProtoP\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(natter/v1/message_internal_service.proto\x12\tnatter.v1\x1a\x1enatter/v1/socket_service.proto\x1a\x15natter/v1/types.proto\"a\n,MessageInternalServiceListUserChangesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"e\n-MessageInternalServiceListUserChangesResponse\x12&\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x15.natter.v1.UserChange\x12\x0c\n\x04more\x18\x02 \x01(\x08\")\n\x13\x43heckDevicesRequest\x12\x12\n\ndevice_ids\x18\x01 \x03(\x03\"0\n\x14\x43heckDevicesResponse\x12\x18\n\x10valid_device_ids\x18\x01 \x03(\x03\"$\n\x13\x41uthenticateRequest\x12\r\n\x05token\x18\x01 \x01(\t\"H\n\x14\x41uthenticateResponse\x12\x1d\n\x04user\x18\x01 \x01(\x0b\x32\x0f.natter.v1.User\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\"W\n\x12SendMessageRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\x1d\n\x04send\x18\x03 \x01(\x0b\x32\x0f.natter.v1.Send\"<\n\x13SendMessageResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.natter.v1.SendResult\"q\n\x13SendMessagesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\x1e\n\x05sends\x18\x03 \x03(\x0b\x32\x0f.natter.v1.Send\x12\x16\n\x0eorigin_address\x18\x04 \x01(\t\"j\n\x0bSendOutcome\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x15.natter.v1.SendResultH\x00\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.natter.v1.StreamErrorH\x00\x42\t\n\x07outcome\"@\n\x14SendMessagesResponse\x12(\n\x08outcomes\x18\x01 \x03(\x0b\x32\x16.natter.v1.SendOutcome\"\x7f\n\x11SyncDeviceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\"\n\x07\x63ursors\x18\x03 \x03(\x0b\x32\x11.natter.v1.Cursor\x12\x13\n\x0bskip_replay\x18\x04 \x01(\x08\x12\r\n\x05limit\x18\x05 \x01(\x05\"k\n\x12SyncDeviceResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message\x12\x0c\n\x04more\x18\x02 \x01(\x08\x12!\n\x06starts\x18\x03 \x03(\x0b\x32\x11.natter.v1.Cursor\"8\n\x12\x43heckMemberRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tthread_id\x18\x02 \x01(\x03\"\x15\n\x13\x43heckMemberResponse\"S\n\tDeviceAck\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\"\n\x07\x63ursors\x18\x03 \x03(\x0b\x32\x11.natter.v1.Cursor\"7\n\x11\x41\x63kCursorsRequest\x12\"\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x14.natter.v1.DeviceAck\"\x14\n\x12\x41\x63kCursorsResponse\"X\n\x0fMarkReadRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12!\n\x06\x63ursor\x18\x03 \x01(\x0b\x32\x11.natter.v1.Cursor\"\x12\n\x10MarkReadResponse\"b\n\x12RelayTypingRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12(\n\x06typing\x18\x03 \x01(\x0b\x32\x18.natter.v1.TypingRequest\"\x15\n\x13RelayTypingResponse\"(\n\x15ListUserGroupsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\",\n\x16ListUserGroupsResponse\x12\x12\n\nthread_ids\x18\x01 \x03(\x03\"n\n\x0eReadGapRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tdevice_id\x18\x02 \x01(\x03\x12\x11\n\tthread_id\x18\x03 \x01(\x03\x12\x11\n\tafter_seq\x18\x04 \x01(\x03\x12\x12\n\nbefore_seq\x18\x05 \x01(\x03\"7\n\x0fReadGapResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.natter.v1.Message2\xf0\x07\n\x16MessageInternalService\x12O\n\x0c\x41uthenticate\x12\x1e.natter.v1.AuthenticateRequest\x1a\x1f.natter.v1.AuthenticateResponse\x12L\n\x0bSendMessage\x12\x1d.natter.v1.SendMessageRequest\x1a\x1e.natter.v1.SendMessageResponse\x12I\n\nSyncDevice\x12\x1c.natter.v1.SyncDeviceRequest\x1a\x1d.natter.v1.SyncDeviceResponse\x12@\n\x07ReadGap\x12\x19.natter.v1.ReadGapRequest\x1a\x1a.natter.v1.ReadGapResponse\x12L\n\x0b\x43heckMember\x12\x1d.natter.v1.CheckMemberRequest\x1a\x1e.natter.v1.CheckMemberResponse\x12I\n\nAckCursors\x12\x1c.natter.v1.AckCursorsRequest\x1a\x1d.natter.v1.AckCursorsResponse\x12\x43\n\x08MarkRead\x12\x1a.natter.v1.MarkReadRequest\x1a\x1b.natter.v1.MarkReadResponse\x12L\n\x0bRelayTyping\x12\x1d.natter.v1.RelayTypingRequest\x1a\x1e.natter.v1.RelayTypingResponse\x12U\n\x0eListUserGroups\x12 .natter.v1.ListUserGroupsRequest\x1a!.natter.v1.ListUserGroupsResponse\x12O\n\x0cSendMessages\x12\x1e.natter.v1.SendMessagesRequest\x1a\x1f.natter.v1.SendMessagesResponse\x12\x84\x01\n\x0fListUserChanges\x12\x37.natter.v1.MessageInternalServiceListUserChangesRequest\x1a\x38.natter.v1.MessageInternalServiceListUserChangesResponse\x12O\n\x0c\x43heckDevices\x12\x1e.natter.v1.CheckDevicesRequest\x1a\x1f.natter.v1.CheckDevicesResponseB.\n\rdev.natter.v1B\x1bMessageInternalServiceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,41 +51,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDMESSAGERESPONSE']._serialized_start=606
   _globals['_SENDMESSAGERESPONSE']._serialized_end=666
   _globals['_SENDMESSAGESREQUEST']._serialized_start=668
-  _globals['_SENDMESSAGESREQUEST']._serialized_end=757
-  _globals['_SENDOUTCOME']._serialized_start=759
-  _globals['_SENDOUTCOME']._serialized_end=865
-  _globals['_SENDMESSAGESRESPONSE']._serialized_start=867
-  _globals['_SENDMESSAGESRESPONSE']._serialized_end=931
-  _globals['_SYNCDEVICEREQUEST']._serialized_start=933
-  _globals['_SYNCDEVICEREQUEST']._serialized_end=1060
-  _globals['_SYNCDEVICERESPONSE']._serialized_start=1062
-  _globals['_SYNCDEVICERESPONSE']._serialized_end=1169
-  _globals['_CHECKMEMBERREQUEST']._serialized_start=1171
-  _globals['_CHECKMEMBERREQUEST']._serialized_end=1227
-  _globals['_CHECKMEMBERRESPONSE']._serialized_start=1229
-  _globals['_CHECKMEMBERRESPONSE']._serialized_end=1250
-  _globals['_DEVICEACK']._serialized_start=1252
-  _globals['_DEVICEACK']._serialized_end=1335
-  _globals['_ACKCURSORSREQUEST']._serialized_start=1337
-  _globals['_ACKCURSORSREQUEST']._serialized_end=1392
-  _globals['_ACKCURSORSRESPONSE']._serialized_start=1394
-  _globals['_ACKCURSORSRESPONSE']._serialized_end=1414
-  _globals['_MARKREADREQUEST']._serialized_start=1416
-  _globals['_MARKREADREQUEST']._serialized_end=1504
-  _globals['_MARKREADRESPONSE']._serialized_start=1506
-  _globals['_MARKREADRESPONSE']._serialized_end=1524
-  _globals['_RELAYTYPINGREQUEST']._serialized_start=1526
-  _globals['_RELAYTYPINGREQUEST']._serialized_end=1624
-  _globals['_RELAYTYPINGRESPONSE']._serialized_start=1626
-  _globals['_RELAYTYPINGRESPONSE']._serialized_end=1647
-  _globals['_LISTUSERGROUPSREQUEST']._serialized_start=1649
-  _globals['_LISTUSERGROUPSREQUEST']._serialized_end=1689
-  _globals['_LISTUSERGROUPSRESPONSE']._serialized_start=1691
-  _globals['_LISTUSERGROUPSRESPONSE']._serialized_end=1735
-  _globals['_READGAPREQUEST']._serialized_start=1737
-  _globals['_READGAPREQUEST']._serialized_end=1847
-  _globals['_READGAPRESPONSE']._serialized_start=1849
-  _globals['_READGAPRESPONSE']._serialized_end=1904
-  _globals['_MESSAGEINTERNALSERVICE']._serialized_start=1907
-  _globals['_MESSAGEINTERNALSERVICE']._serialized_end=2915
+  _globals['_SENDMESSAGESREQUEST']._serialized_end=781
+  _globals['_SENDOUTCOME']._serialized_start=783
+  _globals['_SENDOUTCOME']._serialized_end=889
+  _globals['_SENDMESSAGESRESPONSE']._serialized_start=891
+  _globals['_SENDMESSAGESRESPONSE']._serialized_end=955
+  _globals['_SYNCDEVICEREQUEST']._serialized_start=957
+  _globals['_SYNCDEVICEREQUEST']._serialized_end=1084
+  _globals['_SYNCDEVICERESPONSE']._serialized_start=1086
+  _globals['_SYNCDEVICERESPONSE']._serialized_end=1193
+  _globals['_CHECKMEMBERREQUEST']._serialized_start=1195
+  _globals['_CHECKMEMBERREQUEST']._serialized_end=1251
+  _globals['_CHECKMEMBERRESPONSE']._serialized_start=1253
+  _globals['_CHECKMEMBERRESPONSE']._serialized_end=1274
+  _globals['_DEVICEACK']._serialized_start=1276
+  _globals['_DEVICEACK']._serialized_end=1359
+  _globals['_ACKCURSORSREQUEST']._serialized_start=1361
+  _globals['_ACKCURSORSREQUEST']._serialized_end=1416
+  _globals['_ACKCURSORSRESPONSE']._serialized_start=1418
+  _globals['_ACKCURSORSRESPONSE']._serialized_end=1438
+  _globals['_MARKREADREQUEST']._serialized_start=1440
+  _globals['_MARKREADREQUEST']._serialized_end=1528
+  _globals['_MARKREADRESPONSE']._serialized_start=1530
+  _globals['_MARKREADRESPONSE']._serialized_end=1548
+  _globals['_RELAYTYPINGREQUEST']._serialized_start=1550
+  _globals['_RELAYTYPINGREQUEST']._serialized_end=1648
+  _globals['_RELAYTYPINGRESPONSE']._serialized_start=1650
+  _globals['_RELAYTYPINGRESPONSE']._serialized_end=1671
+  _globals['_LISTUSERGROUPSREQUEST']._serialized_start=1673
+  _globals['_LISTUSERGROUPSREQUEST']._serialized_end=1713
+  _globals['_LISTUSERGROUPSRESPONSE']._serialized_start=1715
+  _globals['_LISTUSERGROUPSRESPONSE']._serialized_end=1759
+  _globals['_READGAPREQUEST']._serialized_start=1761
+  _globals['_READGAPREQUEST']._serialized_end=1871
+  _globals['_READGAPRESPONSE']._serialized_start=1873
+  _globals['_READGAPRESPONSE']._serialized_end=1928
+  _globals['_MESSAGEINTERNALSERVICE']._serialized_start=1931
+  _globals['_MESSAGEINTERNALSERVICE']._serialized_end=2939
 # @@protoc_insertion_point(module_scope)

@@ -241,10 +241,16 @@ class SendMessagesRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     SENDS_FIELD_NUMBER: _builtins.int
+    ORIGIN_ADDRESS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.int
     """The sender."""
     device_id: _builtins.int
     """The sender's device."""
+    origin_address: _builtins.str
+    """The internal address of the calling socket server when it pushes the sender's own
+    other devices itself once answered; message_svc then pushes the sender's copies only
+    to another socket server owning the sender. Empty: message_svc pushes them all.
+    """
     @_builtins.property
     def sends(self) -> _containers.RepeatedCompositeFieldContainer[_socket_service_pb2.Send]:
         """The frames, in the order the device sent them."""
@@ -255,10 +261,11 @@ class SendMessagesRequest(_message.Message):
         user_id: _builtins.int = ...,
         device_id: _builtins.int = ...,
         sends: _abc.Iterable[_socket_service_pb2.Send] | None = ...,
+        origin_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "sends", b"sends", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "origin_address", b"origin_address", "sends", b"sends", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

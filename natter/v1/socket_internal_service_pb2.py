@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from natter.v1 import types_pb2 as natter_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'natter/v1/socket_internal_service.proto\x12\tnatter.v1\x1a\x15natter/v1/types.proto\"\xc8\x03\n\x08\x44\x65livery\x12\x10\n\x08user_ids\x18\x01 \x03(\x03\x12\x11\n\tthread_id\x18\x02 \x01(\x03\x12\x19\n\x11\x65xclude_device_id\x18\x03 \x01(\x03\x12%\n\x07message\x18\x04 \x01(\x0b\x32\x12.natter.v1.MessageH\x00\x12%\n\x07receipt\x18\x05 \x01(\x0b\x32\x12.natter.v1.ReceiptH\x00\x12\'\n\x08presence\x18\x06 \x01(\x0b\x32\x13.natter.v1.PresenceH\x00\x12#\n\x06typing\x18\x07 \x01(\x0b\x32\x11.natter.v1.TypingH\x00\x12(\n\x0bread_cursor\x18\x08 \x01(\x0b\x32\x11.natter.v1.CursorH\x00\x12\x1b\n\x11revoked_device_id\x18\t \x01(\x03H\x00\x12,\n\x0bthread_mute\x18\n \x01(\x0b\x32\x15.natter.v1.ThreadMuteH\x00\x12,\n\x0buser_change\x18\x0b \x01(\x0b\x32\x15.natter.v1.UserChangeH\x00\x12\x34\n\x0fprofile_changed\x18\x0c \x01(\x0b\x32\x19.natter.v1.ProfileChangedH\x00\x42\x07\n\x05\x65vent\"9\n\x0e\x44\x65liverRequest\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.natter.v1.Delivery\"\x11\n\x0f\x44\x65liverResponse\"\x1a\n\x18ListSubscriptionsRequest\"@\n\x19ListSubscriptionsResponse\x12\x12\n\nthread_ids\x18\x01 \x03(\x03\x12\x0f\n\x07node_id\x18\x02 \x01(\t2\xb9\x01\n\x15SocketInternalService\x12@\n\x07\x44\x65liver\x12\x19.natter.v1.DeliverRequest\x1a\x1a.natter.v1.DeliverResponse\x12^\n\x11ListSubscriptions\x12#.natter.v1.ListSubscriptionsRequest\x1a$.natter.v1.ListSubscriptionsResponseB-\n\rdev.natter.v1B\x1aSocketInternalServiceProtoP\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'natter/v1/socket_internal_service.proto\x12\tnatter.v1\x1a\x15natter/v1/types.proto\"\xe1\x03\n\x08\x44\x65livery\x12\x10\n\x08user_ids\x18\x01 \x03(\x03\x12\x11\n\tthread_id\x18\x02 \x01(\x03\x12\x19\n\x11\x65xclude_device_id\x18\x03 \x01(\x03\x12\x17\n\x0f\x65xclude_user_id\x18\r \x01(\x03\x12%\n\x07message\x18\x04 \x01(\x0b\x32\x12.natter.v1.MessageH\x00\x12%\n\x07receipt\x18\x05 \x01(\x0b\x32\x12.natter.v1.ReceiptH\x00\x12\'\n\x08presence\x18\x06 \x01(\x0b\x32\x13.natter.v1.PresenceH\x00\x12#\n\x06typing\x18\x07 \x01(\x0b\x32\x11.natter.v1.TypingH\x00\x12(\n\x0bread_cursor\x18\x08 \x01(\x0b\x32\x11.natter.v1.CursorH\x00\x12\x1b\n\x11revoked_device_id\x18\t \x01(\x03H\x00\x12,\n\x0bthread_mute\x18\n \x01(\x0b\x32\x15.natter.v1.ThreadMuteH\x00\x12,\n\x0buser_change\x18\x0b \x01(\x0b\x32\x15.natter.v1.UserChangeH\x00\x12\x34\n\x0fprofile_changed\x18\x0c \x01(\x0b\x32\x19.natter.v1.ProfileChangedH\x00\x42\x07\n\x05\x65vent\"9\n\x0e\x44\x65liverRequest\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.natter.v1.Delivery\"\x11\n\x0f\x44\x65liverResponse\"\x1a\n\x18ListSubscriptionsRequest\"@\n\x19ListSubscriptionsResponse\x12\x12\n\nthread_ids\x18\x01 \x03(\x03\x12\x0f\n\x07node_id\x18\x02 \x01(\t2\xb9\x01\n\x15SocketInternalService\x12@\n\x07\x44\x65liver\x12\x19.natter.v1.DeliverRequest\x1a\x1a.natter.v1.DeliverResponse\x12^\n\x11ListSubscriptions\x12#.natter.v1.ListSubscriptionsRequest\x1a$.natter.v1.ListSubscriptionsResponseB-\n\rdev.natter.v1B\x1aSocketInternalServiceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rdev.natter.v1B\032SocketInternalServiceProtoP\001'
   _globals['_DELIVERY']._serialized_start=78
-  _globals['_DELIVERY']._serialized_end=534
-  _globals['_DELIVERREQUEST']._serialized_start=536
-  _globals['_DELIVERREQUEST']._serialized_end=593
-  _globals['_DELIVERRESPONSE']._serialized_start=595
-  _globals['_DELIVERRESPONSE']._serialized_end=612
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=614
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=640
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=642
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=706
-  _globals['_SOCKETINTERNALSERVICE']._serialized_start=709
-  _globals['_SOCKETINTERNALSERVICE']._serialized_end=894
+  _globals['_DELIVERY']._serialized_end=559
+  _globals['_DELIVERREQUEST']._serialized_start=561
+  _globals['_DELIVERREQUEST']._serialized_end=618
+  _globals['_DELIVERRESPONSE']._serialized_start=620
+  _globals['_DELIVERRESPONSE']._serialized_end=637
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=639
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=665
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=667
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=731
+  _globals['_SOCKETINTERNALSERVICE']._serialized_start=734
+  _globals['_SOCKETINTERNALSERVICE']._serialized_end=919
 # @@protoc_insertion_point(module_scope)

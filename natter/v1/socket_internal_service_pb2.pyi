@@ -28,6 +28,7 @@ class Delivery(_message.Message):
     USER_IDS_FIELD_NUMBER: _builtins.int
     THREAD_ID_FIELD_NUMBER: _builtins.int
     EXCLUDE_DEVICE_ID_FIELD_NUMBER: _builtins.int
+    EXCLUDE_USER_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
     PRESENCE_FIELD_NUMBER: _builtins.int
@@ -41,6 +42,8 @@ class Delivery(_message.Message):
     """Or, when user_ids is empty, to connected members of this group thread."""
     exclude_device_id: _builtins.int
     """Skip this device (the one that caused the event)."""
+    exclude_user_id: _builtins.int
+    """Skip every device of this user (its own socket server pushes them itself)."""
     revoked_device_id: _builtins.int
     """A device was logged out: close its streams."""
     @_builtins.property
@@ -85,6 +88,7 @@ class Delivery(_message.Message):
         user_ids: _abc.Iterable[_builtins.int] | None = ...,
         thread_id: _builtins.int = ...,
         exclude_device_id: _builtins.int = ...,
+        exclude_user_id: _builtins.int = ...,
         message: _types_pb2.Message | None = ...,
         receipt: _types_pb2.Receipt | None = ...,
         presence: _types_pb2.Presence | None = ...,
@@ -97,7 +101,7 @@ class Delivery(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "presence", b"presence", "profile_changed", b"profile_changed", "read_cursor", b"read_cursor", "receipt", b"receipt", "revoked_device_id", b"revoked_device_id", "thread_mute", b"thread_mute", "typing", b"typing", "user_change", b"user_change"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "exclude_device_id", b"exclude_device_id", "message", b"message", "presence", b"presence", "profile_changed", b"profile_changed", "read_cursor", b"read_cursor", "receipt", b"receipt", "revoked_device_id", b"revoked_device_id", "thread_id", b"thread_id", "thread_mute", b"thread_mute", "typing", b"typing", "user_change", b"user_change", "user_ids", b"user_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "exclude_device_id", b"exclude_device_id", "exclude_user_id", b"exclude_user_id", "message", b"message", "presence", b"presence", "profile_changed", b"profile_changed", "read_cursor", b"read_cursor", "receipt", b"receipt", "revoked_device_id", b"revoked_device_id", "thread_id", b"thread_id", "thread_mute", b"thread_mute", "typing", b"typing", "user_change", b"user_change", "user_ids", b"user_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["message", "receipt", "presence", "typing", "read_cursor", "revoked_device_id", "thread_mute", "user_change", "profile_changed"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
