@@ -165,9 +165,7 @@ class SplitStore(SqlStore):
             for e in es
         }
         want.update(answers)
-        stored = await self._retry(
-            lambda: self._write(lambda conn: _project(conn, work, want), hot=True)
-        )
+        stored = await self._retry(lambda: self._write(lambda conn: _project(conn, work, want)))
         known = {(e.message.thread_id, e.message.seq): e for es, _ in work.values() for e in es}
         return await self._answers(stored, known)
 

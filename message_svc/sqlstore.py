@@ -852,15 +852,15 @@ class SqlStore:
             await self.engine.dispose()
             self.engine = None
 
-    async def _write(self, fn: Callable[[Connection], T], *, hot: bool = False) -> T:
+    async def _write(self, fn: Callable[[Connection], T]) -> T:
         """Run fn in one transaction; on SQLite, the whole transaction on one thread.
 
         Through aiosqlite each statement is a round trip between the event loop and the
         driver's thread, and a busy loop makes each one wait its turn: a group commit of a
         few dozen statements took tens of milliseconds. Here the transaction runs start to
-        finish on a writer thread of its own, with the same SQLAlchemy Core statements; `hot`
-        writes (the send path's: appends and acks) run on the loop's own thread while that
-        is quick (`_inline`). Other engines run fn through run_sync over their async driver.
+        finish on the loop's thread while that is quick (`_inline`), else on a writer
+        thread of its own, with the same SQLAlchemy Core statements. Other engines run fn
+        through run_sync over their async driver.
         """
         if self._writer is None:
             assert self.engine is not None, "store is not open"
@@ -902,7 +902,7 @@ class SqlStore:
 
         async with self._write_lock:
             out_commit: tuple[T, float] | None = None
-            if hot and time.monotonic() >= self._inline_after:
+            if time.monotonic() >= self._inline_after:
                 out_commit = self._inline(run)
             if out_commit is None:
                 loop = asyncio.get_running_loop()
@@ -1903,12 +1903,11 @@ class SqlStore:
         # A concurrent writer (another replica) may store one of these keys first; the next
         # attempt finds it and answers with the original.
         try:
-            return await self._write(lambda conn: _append(conn, batch, dedupe=False), hot=True)
+            return await self._write(lambda conn: _append(conn, batch, dedupe=False))
         except exc.IntegrityError:
             pass  # a retried send (or another replica stored a key first): look them up
         return await self._retry(
-            lambda: self._write(lambda conn: _append(conn, batch, dedupe=True), hot=True),
-            integrity=True,
+            lambda: self._write(lambda conn: _append(conn, batch, dedupe=True)), integrity=True
         )
 
     async def prune_messages(self, thread_id: int, below_seq: int) -> int:
@@ -2308,8 +2307,7 @@ class SqlStore:
 
     async def advance_delivered(self, acks: Sequence[DeviceAck]) -> list[Advance]:
         return await self._retry(
-            lambda: self._write(lambda conn: _advance_delivered(conn, acks), hot=True),
-            integrity=True,
+            lambda: self._write(lambda conn: _advance_delivered(conn, acks)), integrity=True
         )
 
     async def advance_read(self, user_id: int, thread_id: int, seq: int) -> bool:
