@@ -575,49 +575,13 @@ def _user_change(r: Any) -> UserChange:
     )
 
 
-# How long a SQLite statement waits for a lock another connection holds.
-BUSY_TIMEOUT_MS = 10_000
-# Writes on the event loop's thread taking longer than this on average (a moving average
-# weighing each new one by INLINE_WEIGHT) send writes to the writer thread for
-# INLINE_PAUSE_SECONDS (SqlStore._inline).
-INLINE_LIMIT_SECONDS = 0.005
-INLINE_WEIGHT = 0.1
-INLINE_PAUSE_SECONDS = 5.0
-
-
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
-
-
-def _writer_pragmas(dbapi_conn: Any, record: Any) -> None:
-    """The writer's connection: never waits for a lock unless it is on its own thread."""
-    _sqlite_pragmas(dbapi_conn, record)
-    dbapi_conn.execute("PRAGMA busy_timeout=0")
-
-
-@contextlib.contextmanager
-def _waiting_for_locks(conn: Connection, wait: bool) -> Iterator[None]:
-    """With `wait`, the writer's connection waits up to BUSY_TIMEOUT_MS for locks inside."""
-    if not wait:
-        yield
-        return
-    dbapi = conn.connection.dbapi_connection
-    assert dbapi is not None
-    dbapi.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    try:
-        yield
-    finally:
-        dbapi.execute("PRAGMA busy_timeout=0")
-
-
-def _is_locked(e: exc.OperationalError) -> bool:
-    """SQLite's SQLITE_BUSY: another connection holds the lock this statement needs."""
-    return "database is locked" in str(e.orig) or "database is busy" in str(e.orig)
 
 
 class SqlStore:
@@ -642,8 +606,6 @@ class SqlStore:
         # SQLite's hot writes run whole on one thread of their own (see _write).
         self._sync_engine: Engine | None = None
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
-        self._inline_after = 0.0  # writes run inline from then on (see _inline)
-        self._inline_mean = 0.0  # their recent duration, a moving average
         self._unreachable_since: float | None = None
         self._probe: asyncio.Task[None] | None = None
         self.ping_idle_seconds = PING_IDLE_SECONDS
@@ -682,7 +644,7 @@ class SqlStore:
                 connect_args={"check_same_thread": False},
                 hide_parameters=True,
             )
-            event.listen(self._sync_engine, "connect", _writer_pragmas)
+            event.listen(self._sync_engine, "connect", _sqlite_pragmas)
             self._writer = concurrent.futures.ThreadPoolExecutor(1, "sqlite-writer")
         async with self._tx() as conn:
             applied = await t.migrate(conn)
@@ -853,14 +815,13 @@ class SqlStore:
             self.engine = None
 
     async def _write(self, fn: Callable[[Connection], T]) -> T:
-        """Run fn in one transaction; on SQLite, the whole transaction on one thread.
+        """Run fn in one transaction; on SQLite, the whole transaction in one thread hop.
 
         Through aiosqlite each statement is a round trip between the event loop and the
         driver's thread, and a busy loop makes each one wait its turn: a group commit of a
         few dozen statements took tens of milliseconds. Here the transaction runs start to
-        finish on the loop's thread while that is quick (`_inline`), else on a writer
-        thread of its own, with the same SQLAlchemy Core statements. Other engines run fn
-        through run_sync over their async driver.
+        finish on a writer thread of its own, with the same SQLAlchemy Core statements.
+        Other engines run fn through run_sync over their async driver.
         """
         if self._writer is None:
             assert self.engine is not None, "store is not open"
@@ -883,8 +844,8 @@ class SqlStore:
         engine = self._sync_engine
         assert engine is not None
 
-        def run(wait_for_locks: bool = False) -> tuple[T, float]:
-            with engine.connect() as conn, _waiting_for_locks(conn, wait_for_locks):
+        def run() -> tuple[T, float]:
+            with _errors(), engine.connect() as conn:
                 tx = conn.begin()
                 try:
                     out = fn(conn)
@@ -896,52 +857,10 @@ class SqlStore:
                 tx.commit()
                 return out, time.perf_counter() - started
 
-        def on_thread() -> tuple[T, float]:
-            with _errors():
-                return run(wait_for_locks=True)
-
         async with self._write_lock:
-            out_commit: tuple[T, float] | None = None
-            if time.monotonic() >= self._inline_after:
-                out_commit = self._inline(run)
-            if out_commit is None:
-                loop = asyncio.get_running_loop()
-                out_commit = await loop.run_in_executor(self._writer, on_thread)
-        out, commit = out_commit
+            out, commit = await asyncio.get_running_loop().run_in_executor(self._writer, run)
         self.metrics.db_commit_seconds.observe(commit)
         return out
-
-    def _inline(self, run: Callable[[], tuple[T, float]]) -> tuple[T, float] | None:
-        """Run a write transaction on the event loop's own thread, if it is quick.
-
-        On the writer thread a transaction hands the interpreter lock back and forth with
-        the event loop at each statement: when the loop is busy, each hand-back waits for
-        the loop's switch interval (5 ms), and a commit of a few statements took 17 ms at
-        a fraction of the CPU that is (docs/benchmarks.md). Inline it costs what it costs,
-        and the loop waits that long. So a write runs inline while that is short: never
-        waiting for a lock (another process writing the same file: busy_timeout 0, and the
-        transaction runs again on the thread, where waiting blocks no one), and not for
-        INLINE_PAUSE_SECONDS once they take longer than INLINE_LIMIT_SECONDS on average (a
-        slow disk, huge batches).
-        """
-        started = time.perf_counter()
-        try:
-            with _errors():
-                try:
-                    result = run()
-                except exc.OperationalError as e:
-                    if not _is_locked(e):
-                        raise
-                    return None
-        finally:
-            # Capped: one slow write (the first of its shape compiles its statements) does
-            # not decide alone; a run of them does.
-            took = min(time.perf_counter() - started, 4 * INLINE_LIMIT_SECONDS)
-            self._inline_mean += (took - self._inline_mean) * INLINE_WEIGHT
-            if self._inline_mean > INLINE_LIMIT_SECONDS:
-                self._inline_after = time.monotonic() + INLINE_PAUSE_SECONDS
-                self._inline_mean = INLINE_LIMIT_SECONDS / 2
-        return result
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
