@@ -40,11 +40,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from message_svc import schema as t
 from message_svc.mongolog import Logged, MongoMessageLog
 from message_svc.sqlstore import (
-    _ACTIVE,
     _SENT,
     _SEQ_FOR_UPDATE,
     _TOUCH,
     SqlStore,
+    _active,
     _barred,
     _check_group,
     _fold,
@@ -538,16 +538,7 @@ def _check(
             if (n.sender.user_id, n.client_msg_id) not in existing
         }
     )
-    allowed: set[tuple[int, int]] = set()
-    for start in range(0, len(pairs), 300):
-        part = pairs[start : start + 300]
-        rows = conn.execute(
-            _ACTIVE, {"owners": list({p[0] for p in part}), "threads": list({p[1] for p in part})}
-        )
-        allowed.update(
-            (int(r.owner_id), int(r.thread_id))
-            for r in _pairs(rows, set(part), "owner_id", "thread_id")
-        )
+    allowed = _active(conn, pairs)
     barred = _barred(conn, batch, existing, allowed)
     rich: _Rich | None = None
     seen: set[Key] = set()

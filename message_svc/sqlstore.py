@@ -11,7 +11,15 @@ import random
 import re
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -2803,15 +2811,22 @@ def _check(
             gone.add(a)
         elif what == _CHECK_PUSH:
             pushing.add(a)
-    barred: dict[tuple[int, int], Refusal] = {}
+    return _Checked(allowed, _refusals(direct, gone, links), pushing)
+
+
+def _refusals(
+    direct: Iterable[tuple[int, int]], gone: set[int], links: set[tuple[int, int]]
+) -> dict[tuple[int, int], Refusal]:
+    """Which (sender, peer) direct sends are refused: a deleted peer, a block either way."""
+    out: dict[tuple[int, int], Refusal] = {}
     for sender, peer in direct:
         if peer in gone:
-            barred[(sender, peer)] = Refusal.PEER_DELETED
+            out[(sender, peer)] = Refusal.PEER_DELETED
         elif (peer, sender) in links:
-            barred[(sender, peer)] = Refusal.BLOCKED_BY_PEER
+            out[(sender, peer)] = Refusal.BLOCKED_BY_PEER
         elif (sender, peer) in links:
-            barred[(sender, peer)] = Refusal.BLOCKING_PEER
-    return _Checked(allowed, barred, pushing)
+            out[(sender, peer)] = Refusal.BLOCKING_PEER
+    return out
 
 
 def _active(conn: Connection, pairs: Sequence[tuple[int, int]]) -> set[tuple[int, int]]:
@@ -3554,15 +3569,7 @@ def _barred(
             gone.add(int(r.a))
         else:
             links.add((int(r.a), int(r.b)))
-    out: dict[tuple[int, int], Refusal] = {}
-    for sender, peer in direct:
-        if peer in gone:
-            out[(sender, peer)] = Refusal.PEER_DELETED
-        elif (peer, sender) in links:
-            out[(sender, peer)] = Refusal.BLOCKED_BY_PEER
-        elif (sender, peer) in links:
-            out[(sender, peer)] = Refusal.BLOCKING_PEER
-    return out
+    return _refusals(direct, gone, links)
 
 
 def _advance_delivered(conn: Connection, acks: Sequence[DeviceAck]) -> list[Advance]:

@@ -198,16 +198,26 @@ async def store_url(store_engine: str, db_servers: dict[str, DbServer]) -> str:
     return await _migrated_database(server)
 
 
-@pytest.fixture
-async def message_log_url(store_engine: str, mongo_servers: dict[str, FerretDbServer]) -> str:
-    """A fresh MongoDB database for the split stores' message log ("" for the SQL stores)."""
-    if not store_engine.endswith(MESSAGE_LOG):
-        return ""
+async def _ferretdb_database(mongo_servers: dict[str, FerretDbServer]) -> str:
     server = mongo_servers.get("ferretdb")
     if server is None:
         server = mongo_servers["ferretdb"] = FerretDbServer()
         await server.start()
     return await server.create_database()
+
+
+@pytest.fixture
+async def message_log_url(store_engine: str, mongo_servers: dict[str, FerretDbServer]) -> str:
+    """A fresh MongoDB database for the split stores' message log ("" for the SQL stores)."""
+    if not store_engine.endswith(MESSAGE_LOG):
+        return ""
+    return await _ferretdb_database(mongo_servers)
+
+
+@pytest.fixture
+async def log_url(mongo_servers: dict[str, FerretDbServer]) -> str:
+    """A fresh MongoDB database on FerretDB, whatever the stores (tests of the log itself)."""
+    return await _ferretdb_database(mongo_servers)
 
 
 @pytest.fixture

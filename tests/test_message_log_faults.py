@@ -17,22 +17,12 @@ from pathlib import Path
 import pytest
 from pymongo import AsyncMongoClient
 
-from devtools.ferretdb import FerretDbServer
 from natter.sdk import Client, Connection
 from tests.conftest import PASSWORD
 from tests.helpers import eventually
 from tests.procs import NatterServer
 
 FAULT = "NATTER_FAULT_KILL_AFTER_LOG_APPENDS"
-
-
-@pytest.fixture
-async def log_url(mongo_servers: dict[str, FerretDbServer]) -> str:
-    server = mongo_servers.get("ferretdb")
-    if server is None:
-        server = mongo_servers["ferretdb"] = FerretDbServer()
-        await server.start()
-    return await server.create_database()
 
 
 @contextlib.asynccontextmanager

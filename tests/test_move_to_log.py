@@ -16,24 +16,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from app.embedded import EmbeddedServer
-from devtools.ferretdb import FerretDbServer
 from devtools.serving import natter_command
 from natter.sdk import Client, Connection
 from tests.conftest import PASSWORD
 from tests.conftest import test_settings as make_settings
 from tests.procs import TEST_ENV
-
-
-@pytest.fixture
-async def log_url(mongo_servers: dict[str, FerretDbServer]) -> str:
-    server = mongo_servers.get("ferretdb")
-    if server is None:
-        server = mongo_servers["ferretdb"] = FerretDbServer()
-        await server.start()
-    return await server.create_database()
 
 
 async def _move(data: Path, log_url: str) -> tuple[int, dict[str, Any], str]:
